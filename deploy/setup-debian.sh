@@ -1,0 +1,22 @@
+#!/bin/sh
+# Installs every Debian 12 package that building, running and testing ainode need.
+# Safe to run again; needs root (uses sudo when not root).
+set -eu
+
+PACKAGES="
+  cmake pkg-config gcc g++ make
+  libdcmtk-dev dcmtk
+  libuv1-dev libsqlite3-dev libssl-dev libfyaml-dev libjansson-dev
+  libcmocka-dev
+  dicom3tools python3 python3-pydicom python3-numpy
+"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $PACKAGES
