@@ -1,0 +1,680 @@
+// server.cpp — C-ECHO / C-STORE SCP over DCMTK's dcmnet, behind dicom.h.
+//
+// Threads: dicom_server_run() owns the listening socket (bound to the
+// configured address, which DCMTK 3.6's own acceptor cannot do) and accepts
+// connections; each accepted socket is handed to dcmnet through
+// dcmExternalSocketHandle, which is only ever touched by this one thread.
+// Every accepted association then runs on a thread of its own.
+//
+// A C-STORE data set is streamed from the network into the caller's
+// temporary file exactly as it arrived (DIMSE_receiveDataSetInFile: no
+// parsing, no transcoding, no copy in memory). The file is then parsed only
+// up to its small values to pick out the indexed attributes, and the
+// caller's `stored` callback decides the response status.
+
+#include "dicom/dicom.h"
+
+#include "dcmtk/config/osconfig.h"
+#include "dcmtk/dcmdata/dcdeftag.h"
+#include "dcmtk/dcmdata/dcdict.h"
+#include "dcmtk/dcmdata/dcfilefo.h"
+#include "dcmtk/dcmdata/dcostrmf.h"
+#include "dcmtk/dcmdata/dcuid.h"
+#include "dcmtk/dcmdata/dcxfer.h"
+#include "dcmtk/dcmnet/assoc.h"
+#include "dcmtk/dcmnet/dimse.h"
+#include "dcmtk/dcmnet/dul.h"
+#include "dcmtk/oflog/oflog.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Transfer syntaxes we accept, most preferred first. Compressed syntaxes
+// come first so that a sender proposing its file's own encoding next to an
+// uncompressed fallback keeps its original bytes.
+// (non-const pointers: that is what the dcmnet API takes)
+const char *kTransferSyntaxes[] = {
+    UID_JPEGProcess14SV1TransferSyntax,
+    UID_JPEGProcess14TransferSyntax,
+    UID_JPEGProcess1TransferSyntax,
+    UID_JPEGProcess2_4TransferSyntax,
+    UID_JPEGLSLosslessTransferSyntax,
+    UID_JPEGLSLossyTransferSyntax,
+    UID_JPEG2000LosslessOnlyTransferSyntax,
+    UID_JPEG2000TransferSyntax,
+    UID_JPEG2000Part2MulticomponentImageCompressionLosslessOnlyTransferSyntax,
+    UID_JPEG2000Part2MulticomponentImageCompressionTransferSyntax,
+    UID_RLELosslessTransferSyntax,
+    UID_MPEG2MainProfileAtMainLevelTransferSyntax,
+    UID_MPEG2MainProfileAtHighLevelTransferSyntax,
+    UID_MPEG4HighProfileLevel4_1TransferSyntax,
+    UID_MPEG4BDcompatibleHighProfileLevel4_1TransferSyntax,
+    UID_MPEG4HighProfileLevel4_2_For2DVideoTransferSyntax,
+    UID_MPEG4HighProfileLevel4_2_For3DVideoTransferSyntax,
+    UID_MPEG4StereoHighProfileLevel4_2TransferSyntax,
+    UID_HEVCMainProfileLevel5_1TransferSyntax,
+    UID_HEVCMain10ProfileLevel5_1TransferSyntax,
+    UID_DeflatedExplicitVRLittleEndianTransferSyntax,
+    UID_LittleEndianExplicitTransferSyntax,
+    UID_LittleEndianImplicitTransferSyntax,
+    UID_BigEndianExplicitTransferSyntax,
+};
+const int kNumTransferSyntaxes = sizeof kTransferSyntaxes / sizeof kTransferSyntaxes[0];
+
+// Every storage SOP class DCMTK knows, and any other under the storage
+// root, so that new classes from a newer modality are still stored.
+bool is_storage_class(const char *uid)
+{
+    return dcmIsaStorageSOPClassUID(uid, ESSC_All) ||
+           std::strncmp(uid, "1.2.840.10008.5.1.4.1.1.", 24) == 0;
+}
+
+std::string trim(const char *s)
+{
+    std::string r(s ? s : "");
+    size_t b = r.find_first_not_of(' ');
+    size_t e = r.find_last_not_of(' ');
+    return b == std::string::npos ? std::string() : r.substr(b, e - b + 1);
+}
+
+void copy_err(char *err, size_t len, const std::string &msg)
+{
+    if (err && len)
+        std::snprintf(err, len, "%s", msg.c_str());
+}
+
+long long ms_since(Clock::time_point t)
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+} // namespace
+
+struct dicom_server {
+    std::string ae_title, bind_addr;
+    int port = 0, max_associations = 1, max_pdu = ASC_DEFAULTMAXPDU, timeout = 60;
+    std::vector<std::string> keywords;
+    std::vector<DcmTagKey> tags;
+    dicom_associate_fn associate = nullptr;
+    dicom_stored_fn stored = nullptr;
+    dicom_temp_path_fn temp_path = nullptr;
+    dicom_log_fn log_fn = nullptr;
+    void *ud = nullptr;
+
+    int listen_fd = -1;
+    T_ASC_Network *net = nullptr;
+    std::atomic<bool> stopping{false};
+    std::atomic<long long> abort_after_ms{-1}; // since stop_time; -1 = never
+    Clock::time_point stop_time;
+    std::mutex mu;
+    std::condition_variable cv;
+    int active = 0;
+
+    void log(int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)))
+    {
+        if (!log_fn)
+            return;
+        char buf[512];
+        va_list ap;
+        va_start(ap, fmt);
+        std::vsnprintf(buf, sizeof buf, fmt, ap);
+        va_end(ap);
+        log_fn(ud, level, buf);
+    }
+
+    bool must_abort()
+    {
+        long long after = abort_after_ms.load();
+        return stopping.load() && after >= 0 && ms_since(stop_time) >= after;
+    }
+};
+
+namespace {
+
+struct Association {
+    dicom_server *srv;
+    T_ASC_Association *assoc;
+    std::string calling, called, address;
+};
+
+void send_store_response(Association &a, T_ASC_PresentationContextID pres_id,
+                         T_DIMSE_C_StoreRQ &req, Uint16 status, const char *comment)
+{
+    T_DIMSE_C_StoreRSP rsp;
+    std::memset(&rsp, 0, sizeof rsp);
+    rsp.MessageIDBeingRespondedTo = req.MessageID;
+    rsp.DimseStatus = status;
+    rsp.DataSetType = DIMSE_DATASET_NULL;
+    OFStandard::strlcpy(rsp.AffectedSOPClassUID, req.AffectedSOPClassUID,
+                        sizeof rsp.AffectedSOPClassUID);
+    OFStandard::strlcpy(rsp.AffectedSOPInstanceUID, req.AffectedSOPInstanceUID,
+                        sizeof rsp.AffectedSOPInstanceUID);
+    rsp.opts = O_STORE_AFFECTEDSOPCLASSUID | O_STORE_AFFECTEDSOPINSTANCEUID;
+    DcmDataset detail;
+    DcmDataset *detail_ptr = nullptr;
+    if (status != STATUS_Success && comment && *comment) {
+        // Error Comment is LO: at most 64 characters.
+        std::string c(comment);
+        if (c.size() > 64)
+            c.resize(64);
+        detail.putAndInsertString(DCM_ErrorComment, c.c_str());
+        detail_ptr = &detail;
+    }
+    OFCondition cond = DIMSE_sendStoreResponse(a.assoc, pres_id, &req, &rsp, detail_ptr);
+    if (cond.bad())
+        a.srv->log(1, "cannot send C-STORE response to %s: %s", a.calling.c_str(), cond.text());
+}
+
+// Reads the wanted attributes of a just-received file. Values larger than
+// a few KB are never loaded: the pixel data stays on disk.
+OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
+                        std::vector<std::string> &values, std::vector<bool> &present,
+                        std::string &ts_out, DcmFileFormat &ff)
+{
+    OFCondition cond = ff.loadFile(path, EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
+    if (cond.bad())
+        return cond;
+    DcmDataset *ds = ff.getDataset();
+    values.assign(tags.size(), std::string());
+    present.assign(tags.size(), false);
+    for (size_t i = 0; i < tags.size(); i++) {
+        OFString v;
+        if (ds->findAndGetOFStringArray(tags[i], v).good()) {
+            values[i] = trim(v.c_str());
+            present[i] = true;
+        }
+    }
+    DcmXfer xfer(ds->getOriginalXfer());
+    ts_out = xfer.getXferID();
+    return EC_Normal;
+}
+
+void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C_StoreRQ &req,
+                  bool &fatal)
+{
+    dicom_server *srv = a.srv;
+    T_ASC_PresentationContext pc;
+    if (ASC_findAcceptedPresentationContext(a.assoc->params, pres_id, &pc).bad()) {
+        fatal = true;
+        return;
+    }
+    char temp[4096];
+    if (srv->temp_path(srv->ud, temp, sizeof temp) != 0) {
+        DIC_UL bytes = 0, pdvs = 0;
+        DIMSE_ignoreDataSet(a.assoc, DIMSE_NONBLOCKING, srv->timeout, &bytes, &pdvs);
+        send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES, "no temporary file");
+        return;
+    }
+
+    DcmOutputFileStream *out = nullptr;
+    OFCondition cond = DIMSE_createFilestream(temp, &req, a.assoc, pres_id, OFTrue, &out);
+    if (cond.bad()) {
+        srv->log(0, "cannot create %s: %s", temp, cond.text());
+        DIC_UL bytes = 0, pdvs = 0;
+        cond = DIMSE_ignoreDataSet(a.assoc, DIMSE_NONBLOCKING, srv->timeout, &bytes, &pdvs);
+        if (cond.bad()) {
+            fatal = true;
+            return;
+        }
+        send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES,
+                            "cannot create file");
+        return;
+    }
+    T_ASC_PresentationContextID data_pres_id = pres_id;
+    cond = DIMSE_receiveDataSetInFile(a.assoc, DIMSE_NONBLOCKING, srv->timeout, &data_pres_id,
+                                      out, nullptr, nullptr);
+    bool write_ok = out->good();
+    delete out; // closes the file
+    if (cond.bad()) {
+        // The association is broken mid data set: nothing was acknowledged.
+        srv->log(1, "receiving data set from %s failed: %s", a.calling.c_str(), cond.text());
+        std::remove(temp);
+        fatal = true;
+        return;
+    }
+    if (!write_ok) {
+        std::remove(temp);
+        send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES,
+                            "cannot write file (disk full?)");
+        return;
+    }
+    if (data_pres_id != pres_id) {
+        std::remove(temp);
+        send_store_response(a, pres_id, req, DICOM_STATUS_CANNOT_UNDERSTAND,
+                            "data set on another presentation context");
+        return;
+    }
+
+    std::vector<std::string> values;
+    std::vector<bool> present;
+    std::string ts;
+    DcmFileFormat ff;
+    cond = read_values(temp, srv->tags, values, present, ts, ff);
+    if (cond.bad()) {
+        srv->log(1, "unparseable data set from %s: %s", a.calling.c_str(), cond.text());
+        std::remove(temp);
+        send_store_response(a, pres_id, req, DICOM_STATUS_CANNOT_UNDERSTAND,
+                            "data set cannot be parsed");
+        return;
+    }
+    // The data set must be the instance the command announced.
+    OFString ds_class, ds_inst;
+    DcmDataset *ds = ff.getDataset();
+    ds->findAndGetOFString(DCM_SOPClassUID, ds_class);
+    ds->findAndGetOFString(DCM_SOPInstanceUID, ds_inst);
+    if (ds_class != req.AffectedSOPClassUID) {
+        std::remove(temp);
+        send_store_response(a, pres_id, req, DICOM_STATUS_DATASET_MISMATCH,
+                            "SOP Class UID differs from the request");
+        return;
+    }
+    if (ds_inst != req.AffectedSOPInstanceUID) {
+        std::remove(temp);
+        send_store_response(a, pres_id, req, DICOM_STATUS_CANNOT_UNDERSTAND,
+                            "SOP Instance UID differs from the request");
+        return;
+    }
+
+    std::vector<const char *> cvals(values.size());
+    for (size_t i = 0; i < values.size(); i++)
+        cvals[i] = present[i] ? values[i].c_str() : nullptr;
+    dicom_peer peer = {a.calling.c_str(), a.called.c_str(), a.address.c_str()};
+    dicom_received r = {temp, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID,
+                        pc.acceptedTransferSyntax, cvals.data(), &peer};
+    char err[256] = "";
+    uint16_t status = srv->stored(srv->ud, &r, err, sizeof err);
+    send_store_response(a, pres_id, req, status, err);
+}
+
+void run_association(Association *a)
+{
+    dicom_server *srv = a->srv;
+    srv->log(2, "association from %s (%s) to %s accepted", a->calling.c_str(), a->address.c_str(),
+             a->called.c_str());
+    unsigned stores = 0;
+    int idle_seconds = 0;
+    for (;;) {
+        T_ASC_PresentationContextID pres_id;
+        T_DIMSE_Message msg;
+        OFCondition cond = DIMSE_receiveCommand(a->assoc, DIMSE_NONBLOCKING, 1, &pres_id, &msg,
+                                                nullptr);
+        if (cond == DIMSE_NODATAAVAILABLE) {
+            if (srv->must_abort()) {
+                srv->log(1, "aborting association from %s at shutdown", a->calling.c_str());
+                ASC_abortAssociation(a->assoc);
+                break;
+            }
+            if (++idle_seconds >= srv->timeout) {
+                srv->log(1, "association from %s idle for %d s, aborting", a->calling.c_str(),
+                         idle_seconds);
+                ASC_abortAssociation(a->assoc);
+                break;
+            }
+            continue;
+        }
+        idle_seconds = 0;
+        if (cond == DUL_PEERREQUESTEDRELEASE) {
+            ASC_acknowledgeRelease(a->assoc);
+            break;
+        }
+        if (cond == DUL_PEERABORTEDASSOCIATION) {
+            srv->log(1, "association from %s aborted by peer", a->calling.c_str());
+            break;
+        }
+        if (cond.bad()) {
+            srv->log(1, "association from %s failed: %s", a->calling.c_str(), cond.text());
+            ASC_abortAssociation(a->assoc);
+            break;
+        }
+        bool fatal = false;
+        switch (msg.CommandField) {
+        case DIMSE_C_ECHO_RQ:
+            DIMSE_sendEchoResponse(a->assoc, pres_id, &msg.msg.CEchoRQ, STATUS_Success, nullptr);
+            break;
+        case DIMSE_C_STORE_RQ:
+            handle_store(*a, pres_id, msg.msg.CStoreRQ, fatal);
+            stores++;
+            break;
+        default:
+            srv->log(1, "unsupported DIMSE command 0x%04x from %s", (unsigned)msg.CommandField,
+                     a->calling.c_str());
+            fatal = true;
+            break;
+        }
+        if (fatal) {
+            ASC_abortAssociation(a->assoc);
+            break;
+        }
+    }
+    srv->log(2, "association from %s ended after %u C-STORE", a->calling.c_str(), stores);
+    ASC_dropSCPAssociation(a->assoc);
+    ASC_destroyAssociation(&a->assoc);
+    delete a;
+    {
+        std::lock_guard<std::mutex> g(srv->mu);
+        srv->active--;
+    }
+    srv->cv.notify_all();
+}
+
+void reject(T_ASC_Association *assoc, T_ASC_RejectParametersResult result,
+            T_ASC_RejectParametersSource source, T_ASC_RejectParametersReason reason)
+{
+    T_ASC_RejectParameters rej = {result, source, reason};
+    ASC_rejectAssociation(assoc, &rej);
+    ASC_dropAssociation(assoc);
+    ASC_destroyAssociation(&assoc);
+}
+
+// Negotiates one association request read from an accepted socket.
+void negotiate(dicom_server *srv, T_ASC_Association *assoc)
+{
+    char calling[64] = "", called[64] = "", peer[128] = "";
+    ASC_getAPTitles(assoc->params, calling, sizeof calling, called, sizeof called, nullptr, 0);
+    ASC_getPresentationAddresses(assoc->params, peer, sizeof peer, nullptr, 0);
+    std::string calling_s = trim(calling), called_s = trim(called), peer_s = peer;
+
+    bool busy;
+    {
+        std::lock_guard<std::mutex> g(srv->mu);
+        busy = srv->active >= srv->max_associations;
+    }
+    if (busy) {
+        srv->log(1, "refusing association from %s: %d associations already running",
+                 calling_s.c_str(), srv->max_associations);
+        reject(assoc, ASC_RESULT_REJECTEDTRANSIENT,
+               ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
+               ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
+        return;
+    }
+    dicom_peer p = {calling_s.c_str(), called_s.c_str(), peer_s.c_str()};
+    switch (srv->associate(srv->ud, &p)) {
+    case DICOM_ASSOC_ACCEPT:
+        break;
+    case DICOM_ASSOC_REJECT_CALLING_AE:
+        srv->log(1, "rejecting association from %s: calling AE title not allowed",
+                 calling_s.c_str());
+        reject(assoc, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+               ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
+        return;
+    case DICOM_ASSOC_REJECT_CALLED_AE:
+        srv->log(1, "rejecting association from %s: called AE title '%s' is not ours",
+                 calling_s.c_str(), called_s.c_str());
+        reject(assoc, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+               ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED);
+        return;
+    case DICOM_ASSOC_REJECT_BUSY:
+        reject(assoc, ASC_RESULT_REJECTEDTRANSIENT,
+               ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
+               ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
+        return;
+    }
+
+    // Accept Verification and every storage abstract syntax proposed.
+    std::vector<std::string> wanted;
+    int n = ASC_countPresentationContexts(assoc->params);
+    for (int i = 0; i < n; i++) {
+        T_ASC_PresentationContext pc;
+        if (ASC_getPresentationContext(assoc->params, i, &pc).bad())
+            continue;
+        if (std::strcmp(pc.abstractSyntax, UID_VerificationSOPClass) == 0 ||
+            is_storage_class(pc.abstractSyntax))
+            wanted.emplace_back(pc.abstractSyntax);
+    }
+    std::vector<const char *> wanted_c;
+    for (auto &w : wanted)
+        wanted_c.push_back(w.c_str());
+    OFCondition cond = EC_Normal;
+    if (!wanted_c.empty())
+        cond = ASC_acceptContextsWithPreferredTransferSyntaxes(
+            assoc->params, wanted_c.data(), (int)wanted_c.size(), kTransferSyntaxes,
+            kNumTransferSyntaxes);
+    if (cond.good())
+        cond = ASC_acknowledgeAssociation(assoc);
+    if (cond.bad()) {
+        srv->log(1, "cannot acknowledge association from %s: %s", calling_s.c_str(),
+                 cond.text());
+        ASC_dropAssociation(assoc);
+        ASC_destroyAssociation(&assoc);
+        return;
+    }
+    Association *a = new Association{srv, assoc, calling_s, called_s, peer_s};
+    {
+        std::lock_guard<std::mutex> g(srv->mu);
+        srv->active++;
+    }
+    try {
+        std::thread(run_association, a).detach();
+    } catch (...) {
+        srv->log(0, "cannot start a thread for the association from %s", calling_s.c_str());
+        ASC_abortAssociation(assoc);
+        ASC_dropSCPAssociation(assoc);
+        ASC_destroyAssociation(&a->assoc);
+        delete a;
+        std::lock_guard<std::mutex> g(srv->mu);
+        srv->active--;
+    }
+}
+
+int open_listen_socket(const std::string &addr, int port, std::string &err)
+{
+    addrinfo hints;
+    std::memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_INET; // dcmnet formats peer addresses as IPv4
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo *res = nullptr;
+    std::string port_s = std::to_string(port);
+    int rc = getaddrinfo(addr.c_str(), port_s.c_str(), &hints, &res);
+    if (rc != 0) {
+        err = "cannot resolve bind address '" + addr + "': " + gai_strerror(rc);
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+        err = "cannot listen on " + addr + ":" + port_s + ": " + std::strerror(errno);
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+} // namespace
+
+extern "C" {
+
+int dicom_init(char *err, size_t errlen)
+{
+    // Debian's DCMTK leaves Nagle's algorithm on; every socket dcmnet opens
+    // or accepts reads this variable. Without it each C-STORE stalls ~40 ms.
+    setenv("TCP_NODELAY", "1", 1);
+    if (!dcmDataDict.isDictionaryLoaded()) {
+        copy_err(err, errlen, "the DICOM data dictionary is not loaded (check DCMDICTPATH)");
+        return -1;
+    }
+    OFLog::configure(OFLogger::ERROR_LOG_LEVEL);
+    dcmDisableGethostbyaddr.set(OFTrue); // no reverse DNS on every association
+    return 0;
+}
+
+int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_server **out,
+                        char *err, size_t errlen)
+{
+    *out = nullptr;
+    dicom_server *srv = new (std::nothrow) dicom_server;
+    if (!srv) {
+        copy_err(err, errlen, "out of memory");
+        return -1;
+    }
+    srv->ae_title = cfg->ae_title;
+    srv->bind_addr = cfg->bind;
+    srv->port = cfg->port;
+    srv->max_associations = cfg->max_associations;
+    srv->max_pdu = cfg->max_pdu;
+    srv->timeout = cfg->network_timeout_seconds > 0 ? cfg->network_timeout_seconds : 60;
+    srv->associate = cfg->associate;
+    srv->stored = cfg->stored;
+    srv->temp_path = cfg->temp_path;
+    srv->log_fn = cfg->log;
+    srv->ud = cfg->ud;
+    for (size_t i = 0; i < cfg->n_keywords; i++) {
+        DcmTag tag;
+        if (DcmTag::findTagFromName(cfg->keywords[i], tag).bad()) {
+            copy_err(err, errlen, std::string("unknown DICOM keyword ") + cfg->keywords[i]);
+            delete srv;
+            return -1;
+        }
+        srv->keywords.emplace_back(cfg->keywords[i]);
+        srv->tags.push_back(tag);
+    }
+    std::string e;
+    srv->listen_fd = open_listen_socket(srv->bind_addr, srv->port, e);
+    if (srv->listen_fd < 0) {
+        copy_err(err, errlen, e);
+        delete srv;
+        return -1;
+    }
+    // dcmnet must not open a listening socket of its own (it would bind
+    // every interface): with dcmExternalSocketHandle set while the network
+    // is initialised it skips that, and connections are then handed over
+    // one by one through the same variable in dicom_server_run().
+    dcmExternalSocketHandle.set(srv->listen_fd);
+    OFCondition cond = ASC_initializeNetwork(NET_ACCEPTOR, srv->port, srv->timeout, &srv->net);
+    dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+    if (cond.bad()) {
+        copy_err(err, errlen, std::string("cannot initialise the DICOM network: ") + cond.text());
+        close(srv->listen_fd);
+        delete srv;
+        return -1;
+    }
+    *out = srv;
+    return 0;
+}
+
+int dicom_server_run(struct dicom_server *srv)
+{
+    srv->log(2, "listening on %s:%d as %s", srv->bind_addr.c_str(), srv->port,
+             srv->ae_title.c_str());
+    while (!srv->stopping.load()) {
+        pollfd pfd = {srv->listen_fd, POLLIN, 0};
+        int rc = poll(&pfd, 1, 200);
+        if (rc <= 0)
+            continue;
+        int fd = accept4(srv->listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        T_ASC_Association *assoc = nullptr;
+        dcmExternalSocketHandle.set(fd);
+        OFCondition cond = ASC_receiveAssociation(srv->net, &assoc, srv->max_pdu, nullptr,
+                                                  nullptr, OFFalse, DUL_NOBLOCK, srv->timeout);
+        dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+        if (cond.bad()) {
+            srv->log(1, "association request failed: %s", cond.text());
+            if (assoc) {
+                ASC_dropAssociation(assoc);
+                ASC_destroyAssociation(&assoc);
+            } else {
+                close(fd);
+            }
+            continue;
+        }
+        negotiate(srv, assoc);
+    }
+    close(srv->listen_fd);
+    srv->listen_fd = -1;
+    std::unique_lock<std::mutex> lk(srv->mu);
+    srv->cv.wait(lk, [srv] { return srv->active == 0; });
+    return 0;
+}
+
+void dicom_server_stop(struct dicom_server *srv, int grace_seconds)
+{
+    srv->stop_time = Clock::now();
+    srv->abort_after_ms.store((long long)grace_seconds * 1000);
+    srv->stopping.store(true);
+}
+
+int dicom_server_active(struct dicom_server *srv)
+{
+    std::lock_guard<std::mutex> g(srv->mu);
+    return srv->active;
+}
+
+void dicom_server_destroy(struct dicom_server *srv)
+{
+    if (!srv)
+        return;
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd);
+    if (srv->net)
+        ASC_dropNetwork(&srv->net);
+    delete srv;
+}
+
+int dicom_read_values(const char *path, const char *const *keywords, size_t n, char **values,
+                      char **transfer_syntax, char *err, size_t errlen)
+{
+    std::vector<DcmTagKey> tags;
+    for (size_t i = 0; i < n; i++) {
+        values[i] = nullptr;
+        DcmTag tag;
+        if (DcmTag::findTagFromName(keywords[i], tag).bad()) {
+            copy_err(err, errlen, std::string("unknown DICOM keyword ") + keywords[i]);
+            return -1;
+        }
+        tags.push_back(tag);
+    }
+    std::vector<std::string> v;
+    std::vector<bool> present;
+    std::string ts;
+    DcmFileFormat ff;
+    OFCondition cond = read_values(path, tags, v, present, ts, ff);
+    if (cond.bad()) {
+        copy_err(err, errlen, std::string(path) + ": " + cond.text());
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (present[i])
+            values[i] = strdup(v[i].c_str());
+    if (transfer_syntax)
+        *transfer_syntax = strdup(ts.c_str());
+    return 0;
+}
+
+void dicom_free_values(char **values, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(values[i]);
+        values[i] = nullptr;
+    }
+}
+
+} // extern "C"

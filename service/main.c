@@ -1,0 +1,94 @@
+/* main.c — the ainode command line. */
+#include "config/config.h"
+#include "service/service.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: ainode COMMAND -c CONFIG [options]\n"
+            "\n"
+            "commands:\n"
+            "  serve          run the node in the foreground\n"
+            "  check-config   validate CONFIG; print FILE:LINE:COLUMN: message per problem\n"
+            "  status         list the studies in the store (--json for JSON)\n"
+            "  version        print the version\n");
+}
+
+static void print_error(void *ud, const char *line)
+{
+    (void)ud;
+    fprintf(stderr, "%s\n", line);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("ainode %s\n", AINODE_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "serve") && strcmp(cmd, "check-config") && strcmp(cmd, "status")) {
+        fprintf(stderr, "ainode: unknown command '%s'\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = NULL;
+    int json = 0, c;
+    optind = 2;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': config_path = optarg; break;
+        case 'j': json = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "ainode: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!config_path) {
+        fprintf(stderr, "ainode: %s needs -c CONFIG\n", cmd);
+        return 2;
+    }
+    if (json && strcmp(cmd, "status")) {
+        fprintf(stderr, "ainode: --json only applies to status\n");
+        return 2;
+    }
+
+    struct config *cfg = NULL;
+    int problems = config_load(config_path, &cfg, print_error, NULL);
+    if (problems) {
+        fprintf(stderr, "%s: %d problem%s found\n", config_path, problems,
+                problems == 1 ? "" : "s");
+        return 1;
+    }
+    int rc = 0;
+    if (!strcmp(cmd, "check-config"))
+        printf("%s: OK\n", config_path);
+    else if (!strcmp(cmd, "serve"))
+        rc = serve_run(cfg);
+    else
+        rc = status_print(cfg, json);
+    config_free(cfg);
+    return rc;
+}

@@ -1,0 +1,213 @@
+/*
+ * serve.c — the running node.
+ *
+ * Where an instance goes: dicom/ accepts the association and streams the
+ * data set into a file under DATA_DIR/tmp (on_temp_path), then on_stored()
+ * hands it to storage_commit(), which makes it durable and indexed; only
+ * then is the C-STORE answered with success. A timer moves studies that
+ * have been idle for stable_seconds to "complete".
+ */
+#include "config/config.h"
+#include "dicom/dicom.h"
+#include "service/log.h"
+#include "service/service.h"
+#include "storage/storage.h"
+
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+#include <uv.h>
+
+struct node {
+    const struct config *cfg;
+    struct storage *store;
+    struct dicom_server *dicom;
+    uv_loop_t *loop;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t completion;
+    uv_async_t dicom_done;
+    uv_thread_t dicom_thread;
+    int stopping;
+    int exit_code;
+};
+
+int64_t service_now_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+void service_format_time(int64_t ms, char *buf, size_t len)
+{
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char base[32];
+    strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, len, "%s.%03dZ", base, (int)(ms % 1000));
+}
+
+static enum dicom_assoc_decision on_associate(void *ud, const struct dicom_peer *p)
+{
+    struct node *n = ud;
+    if (strcmp(p->called_ae, n->cfg->node.ae_title) != 0)
+        return DICOM_ASSOC_REJECT_CALLED_AE;
+    if (!config_caller_allowed(n->cfg, p->calling_ae))
+        return DICOM_ASSOC_REJECT_CALLING_AE;
+    return DICOM_ASSOC_ACCEPT;
+}
+
+static int on_temp_path(void *ud, char *buf, size_t len)
+{
+    struct node *n = ud;
+    return storage_temp_path(n->store, buf, len);
+}
+
+static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, size_t errlen)
+{
+    struct node *n = ud;
+    struct storage_instance inst;
+    memset(&inst, 0, sizeof inst);
+    for (int i = 0; i < SA_COUNT; i++)
+        inst.attr[i] = r->values[i];
+    inst.transfer_syntax = r->transfer_syntax;
+    inst.calling_ae = r->peer->calling_ae;
+    inst.called_ae = r->peer->called_ae;
+    inst.source_addr = r->peer->address;
+    inst.received_ms = service_now_ms();
+    int rc = storage_commit(n->store, r->temp_path, &inst, err, errlen);
+    if (rc == STORAGE_OK) {
+        log_msg(LOG_DEBUG, "stored %s from %s", r->sop_instance_uid, r->peer->calling_ae);
+        return DICOM_STATUS_SUCCESS;
+    }
+    log_msg(rc == STORAGE_EINVAL ? LOG_WARN : LOG_ERROR, "refused an instance from %s: %s",
+            r->peer->calling_ae, err);
+    return rc == STORAGE_EINVAL ? DICOM_STATUS_CANNOT_UNDERSTAND
+                                : DICOM_STATUS_OUT_OF_RESOURCES;
+}
+
+static void on_dicom_log(void *ud, int level, const char *msg)
+{
+    (void)ud;
+    log_msg((enum log_level)level, "%s", msg);
+}
+
+static void complete_due(struct node *n)
+{
+    int moved = 0;
+    if (storage_complete_due(n->store, service_now_ms(), n->cfg->node.stable_seconds, &moved)
+        != STORAGE_OK) {
+        log_msg(LOG_ERROR, "cannot update study states in the database");
+        return;
+    }
+    if (moved)
+        log_msg(LOG_INFO, "%d stud%s complete", moved, moved == 1 ? "y" : "ies");
+}
+
+static void on_completion_timer(uv_timer_t *t)
+{
+    complete_due(t->data);
+}
+
+static void dicom_thread_main(void *arg)
+{
+    struct node *n = arg;
+    dicom_server_run(n->dicom);
+    uv_async_send(&n->dicom_done);
+}
+
+static void on_dicom_done(uv_async_t *a)
+{
+    struct node *n = a->data;
+    uv_close((uv_handle_t *)&n->sigterm, NULL);
+    uv_close((uv_handle_t *)&n->sigint, NULL);
+    uv_close((uv_handle_t *)&n->completion, NULL);
+    uv_close((uv_handle_t *)&n->dicom_done, NULL);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct node *n = s->data;
+    if (n->stopping) {
+        log_msg(LOG_INFO, "already stopping (waiting for %d association%s)",
+                dicom_server_active(n->dicom), dicom_server_active(n->dicom) == 1 ? "" : "s");
+        return;
+    }
+    n->stopping = 1;
+    log_msg(LOG_INFO, "%s: no new associations; waiting up to %d s for %d running",
+            signum == SIGTERM ? "SIGTERM" : "SIGINT", n->cfg->node.shutdown_grace_seconds,
+            dicom_server_active(n->dicom));
+    dicom_server_stop(n->dicom, n->cfg->node.shutdown_grace_seconds);
+}
+
+int serve_run(const struct config *cfg)
+{
+    struct node n;
+    memset(&n, 0, sizeof n);
+    n.cfg = cfg;
+    log_set_level((enum log_level)cfg->node.log_level);
+
+    char err[512] = "";
+    if (dicom_init(err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        return 1;
+    }
+    if (storage_open(cfg->node.data_dir, &n.store, err, sizeof err) != STORAGE_OK) {
+        log_msg(LOG_ERROR, "%s", err);
+        return 1;
+    }
+    struct dicom_server_config dc = {
+        .ae_title = cfg->node.ae_title,
+        .bind = cfg->node.bind,
+        .port = cfg->node.port,
+        .max_associations = cfg->node.max_associations,
+        .max_pdu = cfg->node.max_pdu,
+        .network_timeout_seconds = cfg->node.network_timeout_seconds,
+        .keywords = storage_attr_keywords,
+        .n_keywords = SA_COUNT,
+        .associate = on_associate,
+        .stored = on_stored,
+        .temp_path = on_temp_path,
+        .log = on_dicom_log,
+        .ud = &n,
+    };
+    if (dicom_server_create(&dc, &n.dicom, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        storage_close(n.store);
+        return 1;
+    }
+
+    n.loop = uv_default_loop();
+    uv_signal_init(n.loop, &n.sigterm);
+    uv_signal_init(n.loop, &n.sigint);
+    n.sigterm.data = n.sigint.data = &n;
+    uv_signal_start(&n.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&n.sigint, on_signal, SIGINT);
+    uv_async_init(n.loop, &n.dicom_done, on_dicom_done);
+    n.dicom_done.data = &n;
+    uv_timer_init(n.loop, &n.completion);
+    n.completion.data = &n;
+    /* Studies left idle before a restart complete on the first tick. */
+    uint64_t tick = (uint64_t)cfg->node.stable_seconds * 1000 / 4;
+    tick = tick < 100 ? 100 : tick > 1000 ? 1000 : tick;
+    uv_timer_start(&n.completion, on_completion_timer, 0, tick);
+
+    if (uv_thread_create(&n.dicom_thread, dicom_thread_main, &n) != 0) {
+        log_msg(LOG_ERROR, "cannot start the DICOM thread");
+        dicom_server_destroy(n.dicom);
+        storage_close(n.store);
+        return 1;
+    }
+    log_msg(LOG_INFO, "ainode %s listening on %s:%d (AE %s), data in %s", AINODE_VERSION,
+            cfg->node.bind, cfg->node.port, cfg->node.ae_title, cfg->node.data_dir);
+    uv_run(n.loop, UV_RUN_DEFAULT);
+    uv_thread_join(&n.dicom_thread);
+    complete_due(&n);
+    dicom_server_destroy(n.dicom);
+    storage_close(n.store);
+    uv_loop_close(n.loop);
+    log_msg(LOG_INFO, "stopped");
+    return 0;
+}

@@ -1,0 +1,833 @@
+/*
+ * storage.c — the durable instance store and its SQLite index.
+ *
+ * Layout under DATA_DIR:
+ *   ainode.db                     SQLite (WAL, synchronous=FULL)
+ *   tmp/                          incoming bytes; emptied at every open
+ *   instances/<study>/<series>/   <sop>.dcm (or <sop>.N.dcm after a resend)
+ *
+ * Commit order (storage_commit), chosen so that a crash at any point leaves
+ * either nothing or a complete, indexed instance:
+ *   1. fsync the temporary file           (bytes durable)
+ *   2. link() it to a fresh final name    (never overwrites: EEXIST -> next N)
+ *   3. fsync the series directory         (name durable)
+ *   4. INSERT/UPDATE the rows, COMMIT      (index durable)  -> success
+ *   5. unlink the temp name, and the previous version of a resent instance
+ * A crash between 2 and 4 leaves a linked file no row references; the
+ * start-up scan after an unclean stop removes it. That instance was never
+ * acknowledged, so the sender still holds it.
+ */
+#include "storage/storage.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+const char *const storage_attr_keywords[SA_COUNT] = {
+    [SA_SOP_CLASS_UID] = "SOPClassUID",
+    [SA_SOP_INSTANCE_UID] = "SOPInstanceUID",
+    [SA_STUDY_INSTANCE_UID] = "StudyInstanceUID",
+    [SA_SERIES_INSTANCE_UID] = "SeriesInstanceUID",
+    [SA_PATIENT_ID] = "PatientID",
+    [SA_ISSUER_OF_PATIENT_ID] = "IssuerOfPatientID",
+    [SA_PATIENT_NAME] = "PatientName",
+    [SA_PATIENT_BIRTH_DATE] = "PatientBirthDate",
+    [SA_PATIENT_SEX] = "PatientSex",
+    [SA_STUDY_DATE] = "StudyDate",
+    [SA_STUDY_TIME] = "StudyTime",
+    [SA_ACCESSION_NUMBER] = "AccessionNumber",
+    [SA_STUDY_ID] = "StudyID",
+    [SA_STUDY_DESCRIPTION] = "StudyDescription",
+    [SA_MODALITY] = "Modality",
+    [SA_BODY_PART_EXAMINED] = "BodyPartExamined",
+    [SA_SERIES_DESCRIPTION] = "SeriesDescription",
+    [SA_PROTOCOL_NAME] = "ProtocolName",
+    [SA_MANUFACTURER] = "Manufacturer",
+    [SA_SERIES_NUMBER] = "SeriesNumber",
+    [SA_INSTANCE_NUMBER] = "InstanceNumber",
+    [SA_IMAGE_TYPE] = "ImageType",
+    [SA_SLICE_THICKNESS] = "SliceThickness",
+    [SA_ROWS] = "Rows",
+    [SA_COLUMNS] = "Columns",
+    [SA_NUMBER_OF_FRAMES] = "NumberOfFrames",
+};
+
+struct storage {
+    char *data_dir;
+    char *tmp_dir;
+    char *inst_dir;
+    sqlite3 *db;
+    int readonly;
+    pthread_mutex_t lock;     /* one writer connection, serialised */
+    atomic_ulong temp_seq;
+    sqlite3_stmt *st_patient_upsert;
+    sqlite3_stmt *st_study_upsert;
+    sqlite3_stmt *st_series_upsert;
+    sqlite3_stmt *st_inst_old;
+    sqlite3_stmt *st_inst_upsert;
+    sqlite3_stmt *st_prune_series;
+    sqlite3_stmt *st_prune_studies;
+};
+
+static const char SCHEMA[] =
+    "CREATE TABLE IF NOT EXISTS meta("
+    "  key TEXT PRIMARY KEY, value TEXT);"
+    "CREATE TABLE IF NOT EXISTS patients("
+    "  id INTEGER PRIMARY KEY,"
+    "  patient_id TEXT NOT NULL, issuer TEXT NOT NULL,"
+    "  patient_name TEXT, birth_date TEXT, sex TEXT,"
+    "  UNIQUE(patient_id, issuer));"
+    "CREATE TABLE IF NOT EXISTS studies("
+    "  study_uid TEXT PRIMARY KEY,"
+    "  patient INTEGER REFERENCES patients(id),"
+    "  study_date TEXT, study_time TEXT, accession_number TEXT, study_id TEXT,"
+    "  study_description TEXT,"
+    "  state TEXT NOT NULL DEFAULT 'receiving',"
+    "  first_received INTEGER NOT NULL, last_received INTEGER NOT NULL,"
+    "  completed_at INTEGER);"
+    "CREATE INDEX IF NOT EXISTS studies_state ON studies(state, last_received);"
+    "CREATE TABLE IF NOT EXISTS series("
+    "  series_uid TEXT PRIMARY KEY,"
+    "  study_uid TEXT NOT NULL REFERENCES studies(study_uid),"
+    "  modality TEXT, body_part_examined TEXT, series_description TEXT,"
+    "  protocol_name TEXT, manufacturer TEXT, series_number TEXT);"
+    "CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);"
+    "CREATE TABLE IF NOT EXISTS instances("
+    "  sop_instance_uid TEXT PRIMARY KEY,"
+    "  series_uid TEXT NOT NULL REFERENCES series(series_uid),"
+    "  sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL,"
+    "  instance_number TEXT, image_type TEXT, slice_thickness TEXT,"
+    "  rows INTEGER, columns INTEGER, number_of_frames INTEGER,"
+    "  calling_ae TEXT, called_ae TEXT, source_addr TEXT,"
+    "  received_at INTEGER NOT NULL,"
+    "  path TEXT NOT NULL UNIQUE, size INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);";
+
+const char *storage_strerror(int err)
+{
+    switch (err) {
+    case STORAGE_OK: return "ok";
+    case STORAGE_EINVAL: return "instance cannot be used";
+    case STORAGE_EIO: return "storage failure";
+    case STORAGE_ENOMEM: return "out of memory";
+    case STORAGE_ENOTFOUND: return "not found";
+    }
+    return "unknown storage error";
+}
+
+static void seterr(char *err, size_t len, const char *fmt, ...)
+{
+    if (!err || !len)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
+}
+
+int storage_uid_valid(const char *s)
+{
+    if (!s)
+        return 0;
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return 0;
+    const char *comp = s;
+    for (const char *p = s;; p++) {
+        if (*p == '.' || *p == '\0') {
+            size_t clen = (size_t)(p - comp);
+            if (clen == 0)
+                return 0;
+            if (clen > 1 && comp[0] == '0')
+                return 0;
+            if (*p == '\0')
+                return 1;
+            comp = p + 1;
+        } else if (*p < '0' || *p > '9') {
+            return 0;
+        }
+    }
+}
+
+static char *path_join(const char *a, const char *b)
+{
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *s = malloc(n);
+    if (s)
+        snprintf(s, n, "%s/%s", a, b);
+    return s;
+}
+
+static int fsync_path(const char *path, int directory)
+{
+    int fd = open(path, (directory ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+/* mkdir that makes a newly created directory's name durable in PARENT. */
+static int mkdir_durable(const char *parent, const char *path)
+{
+    if (mkdir(path, 0750) == 0)
+        return fsync_path(parent, 1);
+    return errno == EEXIST ? 0 : -1;
+}
+
+static int remove_tree_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? 0 : -1;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *p = path_join(dir, e->d_name);
+        if (!p || unlink(p) != 0)
+            rc = -1;
+        free(p);
+    }
+    closedir(d);
+    return rc;
+}
+
+static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        seterr(err, errlen, "sqlite: %s", msg ? msg : "error");
+        sqlite3_free(msg);
+        return STORAGE_EIO;
+    }
+    return STORAGE_OK;
+}
+
+static int prepare(struct storage *st, sqlite3_stmt **stmt, const char *sql)
+{
+    return sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL)
+                   == SQLITE_OK
+               ? 0
+               : -1;
+}
+
+static int prepare_all(struct storage *st)
+{
+    if (prepare(st, &st->st_patient_upsert,
+                "INSERT INTO patients(patient_id, issuer, patient_name, birth_date, sex)"
+                " VALUES(?1, ?2, ?3, ?4, ?5)"
+                " ON CONFLICT(patient_id, issuer) DO UPDATE SET"
+                "  patient_name=excluded.patient_name, birth_date=excluded.birth_date,"
+                "  sex=excluded.sex"
+                " RETURNING id") ||
+        prepare(st, &st->st_study_upsert,
+                "INSERT INTO studies(study_uid, patient, study_date, study_time,"
+                "  accession_number, study_id, study_description, state,"
+                "  first_received, last_received)"
+                " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 'receiving', ?8, ?8)"
+                " ON CONFLICT(study_uid) DO UPDATE SET"
+                "  patient=excluded.patient, study_date=excluded.study_date,"
+                "  study_time=excluded.study_time,"
+                "  accession_number=excluded.accession_number,"
+                "  study_id=excluded.study_id,"
+                "  study_description=excluded.study_description,"
+                "  state='receiving', completed_at=NULL,"
+                "  last_received=max(last_received, excluded.last_received)") ||
+        prepare(st, &st->st_series_upsert,
+                "INSERT INTO series(series_uid, study_uid, modality, body_part_examined,"
+                "  series_description, protocol_name, manufacturer, series_number)"
+                " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                " ON CONFLICT(series_uid) DO UPDATE SET"
+                "  study_uid=excluded.study_uid, modality=excluded.modality,"
+                "  body_part_examined=excluded.body_part_examined,"
+                "  series_description=excluded.series_description,"
+                "  protocol_name=excluded.protocol_name,"
+                "  manufacturer=excluded.manufacturer,"
+                "  series_number=excluded.series_number") ||
+        prepare(st, &st->st_inst_old,
+                "SELECT path FROM instances WHERE sop_instance_uid=?1") ||
+        prepare(st, &st->st_inst_upsert,
+                "INSERT INTO instances(sop_instance_uid, series_uid, sop_class_uid,"
+                "  transfer_syntax, instance_number, image_type, slice_thickness,"
+                "  rows, columns, number_of_frames, calling_ae, called_ae, source_addr,"
+                "  received_at, path, size)"
+                " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+                "  ?15, ?16)"
+                " ON CONFLICT(sop_instance_uid) DO UPDATE SET"
+                "  series_uid=excluded.series_uid, sop_class_uid=excluded.sop_class_uid,"
+                "  transfer_syntax=excluded.transfer_syntax,"
+                "  instance_number=excluded.instance_number,"
+                "  image_type=excluded.image_type,"
+                "  slice_thickness=excluded.slice_thickness, rows=excluded.rows,"
+                "  columns=excluded.columns, number_of_frames=excluded.number_of_frames,"
+                "  calling_ae=excluded.calling_ae, called_ae=excluded.called_ae,"
+                "  source_addr=excluded.source_addr, received_at=excluded.received_at,"
+                "  path=excluded.path, size=excluded.size") ||
+        /* A resend that moved an instance to another series/study may leave
+         * empty ones behind; they are dropped in the same transaction. */
+        prepare(st, &st->st_prune_series,
+                "DELETE FROM series WHERE series_uid=?1 AND NOT EXISTS"
+                " (SELECT 1 FROM instances WHERE series_uid=?1)") ||
+        prepare(st, &st->st_prune_studies,
+                "DELETE FROM studies WHERE study_uid=?1 AND NOT EXISTS"
+                " (SELECT 1 FROM series WHERE study_uid=?1)"))
+        return -1;
+    return 0;
+}
+
+static void finalize_all(struct storage *st)
+{
+    sqlite3_stmt **all[] = {&st->st_patient_upsert, &st->st_study_upsert,
+                            &st->st_series_upsert,  &st->st_inst_old,
+                            &st->st_inst_upsert,    &st->st_prune_series,
+                            &st->st_prune_studies};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        sqlite3_finalize(*all[i]);
+        *all[i] = NULL;
+    }
+}
+
+static int meta_get_int(struct storage *st, const char *key, int dflt)
+{
+    sqlite3_stmt *s;
+    int v = dflt;
+    if (sqlite3_prepare_v2(st->db, "SELECT value FROM meta WHERE key=?1", -1, &s, NULL)
+        != SQLITE_OK)
+        return dflt;
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        v = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    return v;
+}
+
+static int meta_set_int(struct storage *st, const char *key, int value)
+{
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(st->db,
+                           "INSERT INTO meta(key, value) VALUES(?1, ?2)"
+                           " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                           -1, &s, NULL)
+        != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 2, value);
+    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static int path_is_indexed(sqlite3_stmt *q, const char *path)
+{
+    sqlite3_reset(q);
+    sqlite3_bind_text(q, 1, path, -1, SQLITE_STATIC);
+    return sqlite3_step(q) == SQLITE_ROW;
+}
+
+/* Removes every file under instances/ that no row references (an instance
+ * linked into place but never acknowledged), and empty directories. */
+static int scan_orphans(struct storage *st, int *removed)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, "SELECT 1 FROM instances WHERE path=?1", -1, &q, NULL)
+        != SQLITE_OK)
+        return -1;
+    int rc = 0;
+    DIR *d1 = opendir(st->inst_dir);
+    if (!d1) {
+        sqlite3_finalize(q);
+        return errno == ENOENT ? 0 : -1;
+    }
+    struct dirent *e1;
+    while ((e1 = readdir(d1))) {
+        if (e1->d_name[0] == '.')
+            continue;
+        char *study = path_join(st->inst_dir, e1->d_name);
+        DIR *d2 = study ? opendir(study) : NULL;
+        struct dirent *e2;
+        while (d2 && (e2 = readdir(d2))) {
+            if (e2->d_name[0] == '.')
+                continue;
+            char *series = path_join(study, e2->d_name);
+            DIR *d3 = series ? opendir(series) : NULL;
+            struct dirent *e3;
+            while (d3 && (e3 = readdir(d3))) {
+                if (e3->d_name[0] == '.')
+                    continue;
+                char *f = path_join(series, e3->d_name);
+                if (f && !path_is_indexed(q, f)) {
+                    if (unlink(f) == 0)
+                        (*removed)++;
+                    else
+                        rc = -1;
+                }
+                free(f);
+            }
+            if (d3)
+                closedir(d3);
+            if (series)
+                rmdir(series); /* fails harmlessly unless empty */
+            free(series);
+        }
+        if (d2)
+            closedir(d2);
+        if (study)
+            rmdir(study);
+        free(study);
+    }
+    closedir(d1);
+    sqlite3_finalize(q);
+    return rc;
+}
+
+static int open_common(const char *data_dir, int readonly, struct storage **out,
+                       char *err, size_t errlen)
+{
+    *out = NULL;
+    struct storage *st = calloc(1, sizeof *st);
+    if (!st)
+        return STORAGE_ENOMEM;
+    st->readonly = readonly;
+    pthread_mutex_init(&st->lock, NULL);
+    st->data_dir = strdup(data_dir);
+    st->tmp_dir = path_join(data_dir, "tmp");
+    st->inst_dir = path_join(data_dir, "instances");
+    char *dbpath = path_join(data_dir, "ainode.db");
+    int rc = STORAGE_ENOMEM;
+    if (!st->data_dir || !st->tmp_dir || !st->inst_dir || !dbpath)
+        goto fail;
+
+    rc = STORAGE_EIO;
+    if (!readonly) {
+        if (mkdir(data_dir, 0750) != 0 && errno != EEXIST) {
+            seterr(err, errlen, "cannot create %s: %s", data_dir, strerror(errno));
+            goto fail;
+        }
+        if (mkdir_durable(data_dir, st->tmp_dir) || mkdir_durable(data_dir, st->inst_dir)) {
+            seterr(err, errlen, "cannot create directories under %s: %s", data_dir,
+                   strerror(errno));
+            goto fail;
+        }
+    }
+    int flags = readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    if (sqlite3_open_v2(dbpath, &st->db, flags | SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
+        seterr(err, errlen, "cannot open %s: %s", dbpath,
+               st->db ? sqlite3_errmsg(st->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_timeout(st->db, 10000);
+    if (readonly) {
+        /* A missing schema means nothing was ever received. */
+        rc = exec_sql(st->db, "SELECT 1 FROM studies LIMIT 1", err, errlen);
+        if (rc)
+            goto fail;
+    } else {
+        rc = exec_sql(st->db,
+                      "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                      "PRAGMA foreign_keys=ON;",
+                      err, errlen);
+        if (rc == 0)
+            rc = exec_sql(st->db, SCHEMA, err, errlen);
+        if (rc)
+            goto fail;
+        if (remove_tree_files(st->tmp_dir) != 0) {
+            seterr(err, errlen, "cannot empty %s: %s", st->tmp_dir, strerror(errno));
+            rc = STORAGE_EIO;
+            goto fail;
+        }
+        if (!meta_get_int(st, "clean_stop", 1)) {
+            int removed = 0;
+            if (scan_orphans(st, &removed) != 0) {
+                seterr(err, errlen, "cannot scan %s: %s", st->inst_dir, strerror(errno));
+                rc = STORAGE_EIO;
+                goto fail;
+            }
+            (void)removed;
+        }
+        if (meta_set_int(st, "clean_stop", 0) != 0 || prepare_all(st) != 0) {
+            seterr(err, errlen, "sqlite: %s", sqlite3_errmsg(st->db));
+            rc = STORAGE_EIO;
+            goto fail;
+        }
+    }
+    free(dbpath);
+    *out = st;
+    return STORAGE_OK;
+fail:
+    free(dbpath);
+    finalize_all(st);
+    if (st->db)
+        sqlite3_close(st->db);
+    free(st->data_dir);
+    free(st->tmp_dir);
+    free(st->inst_dir);
+    pthread_mutex_destroy(&st->lock);
+    free(st);
+    return rc;
+}
+
+int storage_open(const char *data_dir, struct storage **out, char *err, size_t errlen)
+{
+    return open_common(data_dir, 0, out, err, errlen);
+}
+
+int storage_open_readonly(const char *data_dir, struct storage **out, char *err, size_t errlen)
+{
+    return open_common(data_dir, 1, out, err, errlen);
+}
+
+void storage_close(struct storage *st)
+{
+    if (!st)
+        return;
+    finalize_all(st);
+    if (!st->readonly)
+        meta_set_int(st, "clean_stop", 1);
+    sqlite3_close(st->db);
+    pthread_mutex_destroy(&st->lock);
+    free(st->data_dir);
+    free(st->tmp_dir);
+    free(st->inst_dir);
+    free(st);
+}
+
+int storage_temp_path(struct storage *st, char *buf, size_t len)
+{
+    unsigned long seq = atomic_fetch_add(&st->temp_seq, 1);
+    int n = snprintf(buf, len, "%s/%ld-%lu.part", st->tmp_dir, (long)getpid(), seq);
+    return n < 0 || (size_t)n >= len ? STORAGE_EINVAL : STORAGE_OK;
+}
+
+static void bind_opt(sqlite3_stmt *s, int i, const char *v)
+{
+    if (v && *v)
+        sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, i);
+}
+
+static void bind_int_opt(sqlite3_stmt *s, int i, const char *v)
+{
+    char *end;
+    long long n = v ? strtoll(v, &end, 10) : 0;
+    if (v && *v && *end == '\0')
+        sqlite3_bind_int64(s, i, n);
+    else
+        sqlite3_bind_null(s, i);
+}
+
+static int step_done(sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    while (rc == SQLITE_ROW)
+        rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* Writes the rows for INST in one transaction; *OLD_PATH receives the path
+ * of the version this one replaces (caller frees), if any. */
+static int index_instance(struct storage *st, const struct storage_instance *inst,
+                          const char *path, int64_t size, char **old_path, char *err,
+                          size_t errlen)
+{
+    const char *const *a = inst->attr;
+    char *old_series = NULL, *old_study = NULL;
+    *old_path = NULL;
+    if (exec_sql(st->db, "BEGIN IMMEDIATE", err, errlen))
+        return STORAGE_EIO;
+
+    sqlite3_stmt *s = st->st_inst_old;
+    sqlite3_bind_text(s, 1, a[SA_SOP_INSTANCE_UID], -1, SQLITE_STATIC);
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        *old_path = strdup((const char *)sqlite3_column_text(s, 0));
+    }
+    sqlite3_reset(s);
+    if (*old_path) {
+        /* Remember where it was, to prune what the move leaves empty. */
+        sqlite3_stmt *q;
+        if (sqlite3_prepare_v2(st->db,
+                               "SELECT i.series_uid, s.study_uid FROM instances i"
+                               " JOIN series s USING(series_uid) WHERE sop_instance_uid=?1",
+                               -1, &q, NULL)
+            == SQLITE_OK) {
+            sqlite3_bind_text(q, 1, a[SA_SOP_INSTANCE_UID], -1, SQLITE_STATIC);
+            if (sqlite3_step(q) == SQLITE_ROW) {
+                old_series = strdup((const char *)sqlite3_column_text(q, 0));
+                old_study = strdup((const char *)sqlite3_column_text(q, 1));
+            }
+            sqlite3_finalize(q);
+        }
+    }
+
+    s = st->st_patient_upsert;
+    sqlite3_bind_text(s, 1, a[SA_PATIENT_ID] ? a[SA_PATIENT_ID] : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, a[SA_ISSUER_OF_PATIENT_ID] ? a[SA_ISSUER_OF_PATIENT_ID] : "", -1,
+                      SQLITE_STATIC);
+    bind_opt(s, 3, a[SA_PATIENT_NAME]);
+    bind_opt(s, 4, a[SA_PATIENT_BIRTH_DATE]);
+    bind_opt(s, 5, a[SA_PATIENT_SEX]);
+    int64_t patient = -1;
+    if (sqlite3_step(s) == SQLITE_ROW)
+        patient = sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+    if (patient < 0)
+        goto fail;
+
+    s = st->st_study_upsert;
+    sqlite3_bind_text(s, 1, a[SA_STUDY_INSTANCE_UID], -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, patient);
+    bind_opt(s, 3, a[SA_STUDY_DATE]);
+    bind_opt(s, 4, a[SA_STUDY_TIME]);
+    bind_opt(s, 5, a[SA_ACCESSION_NUMBER]);
+    bind_opt(s, 6, a[SA_STUDY_ID]);
+    bind_opt(s, 7, a[SA_STUDY_DESCRIPTION]);
+    sqlite3_bind_int64(s, 8, inst->received_ms);
+    if (step_done(s))
+        goto fail;
+
+    s = st->st_series_upsert;
+    sqlite3_bind_text(s, 1, a[SA_SERIES_INSTANCE_UID], -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, a[SA_STUDY_INSTANCE_UID], -1, SQLITE_STATIC);
+    bind_opt(s, 3, a[SA_MODALITY]);
+    bind_opt(s, 4, a[SA_BODY_PART_EXAMINED]);
+    bind_opt(s, 5, a[SA_SERIES_DESCRIPTION]);
+    bind_opt(s, 6, a[SA_PROTOCOL_NAME]);
+    bind_opt(s, 7, a[SA_MANUFACTURER]);
+    bind_opt(s, 8, a[SA_SERIES_NUMBER]);
+    if (step_done(s))
+        goto fail;
+
+    s = st->st_inst_upsert;
+    sqlite3_bind_text(s, 1, a[SA_SOP_INSTANCE_UID], -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, a[SA_SERIES_INSTANCE_UID], -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, a[SA_SOP_CLASS_UID], -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, inst->transfer_syntax, -1, SQLITE_STATIC);
+    bind_opt(s, 5, a[SA_INSTANCE_NUMBER]);
+    bind_opt(s, 6, a[SA_IMAGE_TYPE]);
+    bind_opt(s, 7, a[SA_SLICE_THICKNESS]);
+    bind_int_opt(s, 8, a[SA_ROWS]);
+    bind_int_opt(s, 9, a[SA_COLUMNS]);
+    bind_int_opt(s, 10, a[SA_NUMBER_OF_FRAMES]);
+    bind_opt(s, 11, inst->calling_ae);
+    bind_opt(s, 12, inst->called_ae);
+    bind_opt(s, 13, inst->source_addr);
+    sqlite3_bind_int64(s, 14, inst->received_ms);
+    sqlite3_bind_text(s, 15, path, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 16, size);
+    if (step_done(s))
+        goto fail;
+
+    if (old_series && strcmp(old_series, a[SA_SERIES_INSTANCE_UID]) != 0) {
+        sqlite3_bind_text(st->st_prune_series, 1, old_series, -1, SQLITE_STATIC);
+        if (step_done(st->st_prune_series))
+            goto fail;
+        sqlite3_bind_text(st->st_prune_studies, 1, old_study, -1, SQLITE_STATIC);
+        if (step_done(st->st_prune_studies))
+            goto fail;
+    }
+    if (exec_sql(st->db, "COMMIT", err, errlen))
+        goto fail_quiet;
+    free(old_series);
+    free(old_study);
+    return STORAGE_OK;
+fail:
+    seterr(err, errlen, "sqlite: %s", sqlite3_errmsg(st->db));
+fail_quiet:
+    exec_sql(st->db, "ROLLBACK", NULL, 0);
+    free(*old_path);
+    *old_path = NULL;
+    free(old_series);
+    free(old_study);
+    return STORAGE_EIO;
+}
+
+/* Links TEMP to a fresh name in SERIES_DIR ("<sop>.dcm", else "<sop>.N.dcm")
+ * so that an existing, acknowledged version is never overwritten. */
+static int link_fresh(const char *temp, const char *series_dir, const char *sop, char *out,
+                      size_t outlen)
+{
+    for (unsigned n = 0; n < 100000; n++) {
+        int w = n == 0 ? snprintf(out, outlen, "%s/%s.dcm", series_dir, sop)
+                       : snprintf(out, outlen, "%s/%s.%u.dcm", series_dir, sop, n);
+        if (w < 0 || (size_t)w >= outlen) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        if (link(temp, out) == 0)
+            return 0;
+        if (errno != EEXIST)
+            return -1;
+    }
+    errno = EEXIST;
+    return -1;
+}
+
+int storage_commit(struct storage *st, const char *temp_path,
+                   const struct storage_instance *inst, char *err, size_t errlen)
+{
+    const char *const *a = inst->attr;
+    static const enum storage_attr required[] = {SA_SOP_CLASS_UID, SA_SOP_INSTANCE_UID,
+                                                 SA_STUDY_INSTANCE_UID,
+                                                 SA_SERIES_INSTANCE_UID};
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+        const char *v = a[required[i]];
+        if (!v || !*v) {
+            seterr(err, errlen, "missing %s", storage_attr_keywords[required[i]]);
+            unlink(temp_path);
+            return STORAGE_EINVAL;
+        }
+        /* These reach file names: only the strict UID grammar is allowed. */
+        if (!storage_uid_valid(v)) {
+            seterr(err, errlen, "invalid %s", storage_attr_keywords[required[i]]);
+            unlink(temp_path);
+            return STORAGE_EINVAL;
+        }
+    }
+    if (!inst->transfer_syntax || !storage_uid_valid(inst->transfer_syntax)) {
+        seterr(err, errlen, "invalid transfer syntax");
+        unlink(temp_path);
+        return STORAGE_EINVAL;
+    }
+
+    char study_dir[PATH_MAX], series_dir[PATH_MAX], final[PATH_MAX];
+    int rc = STORAGE_EIO;
+    struct stat sb;
+    final[0] = '\0';
+    if (snprintf(study_dir, sizeof study_dir, "%s/%s", st->inst_dir,
+                 a[SA_STUDY_INSTANCE_UID]) >= (int)sizeof study_dir ||
+        snprintf(series_dir, sizeof series_dir, "%s/%s", study_dir,
+                 a[SA_SERIES_INSTANCE_UID]) >= (int)sizeof series_dir) {
+        seterr(err, errlen, "path too long");
+        goto fail;
+    }
+    if (fsync_path(temp_path, 0) != 0 || stat(temp_path, &sb) != 0) {
+        seterr(err, errlen, "cannot flush received file: %s", strerror(errno));
+        goto fail;
+    }
+    if (mkdir_durable(st->inst_dir, study_dir) != 0 ||
+        mkdir_durable(study_dir, series_dir) != 0) {
+        seterr(err, errlen, "cannot create directory: %s", strerror(errno));
+        goto fail;
+    }
+    if (link_fresh(temp_path, series_dir, a[SA_SOP_INSTANCE_UID], final, sizeof final) != 0) {
+        seterr(err, errlen, "cannot place file: %s", strerror(errno));
+        final[0] = '\0';
+        goto fail;
+    }
+    if (fsync_path(series_dir, 1) != 0) {
+        seterr(err, errlen, "cannot flush directory: %s", strerror(errno));
+        goto fail;
+    }
+    char *old_path = NULL;
+    pthread_mutex_lock(&st->lock);
+    rc = index_instance(st, inst, final, (int64_t)sb.st_size, &old_path, err, errlen);
+    pthread_mutex_unlock(&st->lock);
+    if (rc != STORAGE_OK)
+        goto fail;
+    unlink(temp_path);
+    if (old_path && strcmp(old_path, final) != 0)
+        unlink(old_path); /* a crash here leaves an orphan the scan removes */
+    free(old_path);
+    return STORAGE_OK;
+fail:
+    if (final[0])
+        unlink(final);
+    unlink(temp_path);
+    return rc;
+}
+
+int storage_complete_due(struct storage *st, int64_t now_ms, int stable_seconds,
+                         int *n_completed)
+{
+    sqlite3_stmt *s;
+    *n_completed = 0;
+    pthread_mutex_lock(&st->lock);
+    int rc = sqlite3_prepare_v2(st->db,
+                                "UPDATE studies SET state='complete', completed_at=?1"
+                                " WHERE state='receiving' AND last_received <= ?2",
+                                -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(s, 1, now_ms);
+        sqlite3_bind_int64(s, 2, now_ms - (int64_t)stable_seconds * 1000);
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE)
+            *n_completed = sqlite3_changes(st->db);
+        sqlite3_finalize(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc == SQLITE_DONE ? STORAGE_OK : STORAGE_EIO;
+}
+
+int storage_foreach_study(struct storage *st, storage_study_fn fn, void *ud)
+{
+    sqlite3_stmt *s;
+    pthread_mutex_lock(&st->lock);
+    int rc = sqlite3_prepare_v2(
+        st->db,
+        "SELECT st.study_uid, st.state,"
+        "  (SELECT count(*) FROM instances i JOIN series se USING(series_uid)"
+        "    WHERE se.study_uid=st.study_uid),"
+        "  (SELECT count(*) FROM series se WHERE se.study_uid=st.study_uid),"
+        "  st.last_received, coalesce(st.completed_at, 0)"
+        " FROM studies st ORDER BY st.first_received, st.study_uid",
+        -1, &s, NULL);
+    if (rc != SQLITE_OK) {
+        pthread_mutex_unlock(&st->lock);
+        return STORAGE_EIO;
+    }
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        struct storage_study row = {
+            .study_uid = (const char *)sqlite3_column_text(s, 0),
+            .state = (const char *)sqlite3_column_text(s, 1),
+            .instances = sqlite3_column_int64(s, 2),
+            .series = sqlite3_column_int64(s, 3),
+            .last_received_ms = sqlite3_column_int64(s, 4),
+            .completed_ms = sqlite3_column_int64(s, 5),
+        };
+        if (fn(ud, &row)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_finalize(s);
+    pthread_mutex_unlock(&st->lock);
+    return rc == SQLITE_DONE ? STORAGE_OK : STORAGE_EIO;
+}
+
+int storage_instance_path(struct storage *st, const char *sop_instance_uid, char *buf,
+                          size_t len)
+{
+    sqlite3_stmt *s;
+    int rc = STORAGE_ENOTFOUND;
+    pthread_mutex_lock(&st->lock);
+    if (sqlite3_prepare_v2(st->db, "SELECT path FROM instances WHERE sop_instance_uid=?1", -1,
+                           &s, NULL)
+        != SQLITE_OK) {
+        pthread_mutex_unlock(&st->lock);
+        return STORAGE_EIO;
+    }
+    sqlite3_bind_text(s, 1, sop_instance_uid, -1, SQLITE_STATIC);
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        snprintf(buf, len, "%s", (const char *)sqlite3_column_text(s, 0));
+        rc = STORAGE_OK;
+    }
+    sqlite3_finalize(s);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}

@@ -1,0 +1,132 @@
+/*
+ * storage — where a received instance lives: a file under
+ * DATA_DIR/instances/<study>/<series>/ and a row in DATA_DIR/ainode.db.
+ *
+ * The one promise of this module: when storage_commit() returns
+ * STORAGE_OK, the instance's bytes and its index row are both on stable
+ * storage (file fsync'ed, directory entry fsync'ed, SQLite WAL commit with
+ * synchronous=FULL). Only then may the receiver answer C-STORE success.
+ * Nothing half-written survives a failure or a crash: incoming bytes go to
+ * DATA_DIR/tmp, which storage_open() empties, and a file that was linked
+ * into place but never indexed is removed by the start-up scan.
+ *
+ * A repeated SOP Instance UID is handled "last write wins": the new file
+ * is stored under a fresh name, the row is switched to it in one
+ * transaction, and only then is the old file removed. A study that receives
+ * an instance after it was complete goes back to "receiving" and completes
+ * again after the stable time.
+ *
+ * All functions are safe to call from several threads on one handle.
+ */
+#ifndef AINODE_STORAGE_H
+#define AINODE_STORAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct storage;
+
+enum storage_error {
+    STORAGE_OK = 0,
+    STORAGE_EINVAL = -1,  /* the instance cannot be used: missing or invalid UIDs */
+    STORAGE_EIO = -2,     /* disk, file system or database failure */
+    STORAGE_ENOMEM = -3,
+    STORAGE_ENOTFOUND = -4,
+};
+
+const char *storage_strerror(int err);
+
+/* The DICOM attributes indexed for every instance, by keyword. The
+ * receiver reads these from the stored file and passes their values in the
+ * same order (NULL when absent; multi-valued ones joined with '\'). */
+enum storage_attr {
+    SA_SOP_CLASS_UID,
+    SA_SOP_INSTANCE_UID,
+    SA_STUDY_INSTANCE_UID,
+    SA_SERIES_INSTANCE_UID,
+    SA_PATIENT_ID,
+    SA_ISSUER_OF_PATIENT_ID,
+    SA_PATIENT_NAME,
+    SA_PATIENT_BIRTH_DATE,
+    SA_PATIENT_SEX,
+    SA_STUDY_DATE,
+    SA_STUDY_TIME,
+    SA_ACCESSION_NUMBER,
+    SA_STUDY_ID,
+    SA_STUDY_DESCRIPTION,
+    SA_MODALITY,
+    SA_BODY_PART_EXAMINED,
+    SA_SERIES_DESCRIPTION,
+    SA_PROTOCOL_NAME,
+    SA_MANUFACTURER,
+    SA_SERIES_NUMBER,
+    SA_INSTANCE_NUMBER,
+    SA_IMAGE_TYPE,
+    SA_SLICE_THICKNESS,
+    SA_ROWS,
+    SA_COLUMNS,
+    SA_NUMBER_OF_FRAMES,
+    SA_COUNT
+};
+
+extern const char *const storage_attr_keywords[SA_COUNT];
+
+/* One received instance, as handed to storage_commit(). */
+struct storage_instance {
+    const char *attr[SA_COUNT];
+    const char *transfer_syntax;  /* UID the dataset was received in */
+    const char *calling_ae;
+    const char *called_ae;
+    const char *source_addr;
+    int64_t received_ms;          /* wall clock, ms since the epoch */
+};
+
+/* Opens (creating if needed) the store under DATA_DIR, empties DATA_DIR/tmp
+ * and, after an unclean stop, removes files that no row references. */
+int storage_open(const char *data_dir, struct storage **out, char *err, size_t errlen);
+
+/* Opens an existing store read-only (for status); nothing is repaired. */
+int storage_open_readonly(const char *data_dir, struct storage **out, char *err, size_t errlen);
+
+/* Marks a clean stop (the next open skips the orphan scan) and closes. */
+void storage_close(struct storage *st);
+
+/* Writes a fresh temporary file name under DATA_DIR/tmp into BUF. */
+int storage_temp_path(struct storage *st, char *buf, size_t len);
+
+/*
+ * Makes TEMP_PATH durable and indexed as INST (see the promise above).
+ * TEMP_PATH is consumed: on success it has moved into place, on failure it
+ * is removed. ERR receives a short reason on failure.
+ */
+int storage_commit(struct storage *st, const char *temp_path,
+                   const struct storage_instance *inst, char *err, size_t errlen);
+
+/* Moves every study idle for STABLE_SECONDS (as of NOW_MS) from
+ * "receiving" to "complete"; *N_COMPLETED gets how many moved. */
+int storage_complete_due(struct storage *st, int64_t now_ms, int stable_seconds,
+                         int *n_completed);
+
+struct storage_study {
+    const char *study_uid;
+    const char *state;            /* "receiving" | "complete" */
+    int64_t instances;
+    int64_t series;
+    int64_t last_received_ms;
+    int64_t completed_ms;         /* 0 when not complete */
+};
+
+typedef int (*storage_study_fn)(void *ud, const struct storage_study *s);
+
+/* Calls FN for each study, oldest first; stops early if FN returns non-zero. */
+int storage_foreach_study(struct storage *st, storage_study_fn fn, void *ud);
+
+/* Looks up the stored path of SOP_INSTANCE_UID into BUF. */
+int storage_instance_path(struct storage *st, const char *sop_instance_uid,
+                          char *buf, size_t len);
+
+/* 1 when S is a valid DICOM UID (PS3.5 9.1: 1..64 chars of digits and
+ * dots, no empty component, no leading zero in a multi-digit component). */
+int storage_uid_valid(const char *s);
+
+#endif
