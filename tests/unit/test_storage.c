@@ -1,0 +1,353 @@
+/* Unit tests of the durable instance store and its SQLite index. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "storage/storage.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define STUDY "1.2.826.0.1.3680043.8.498.1"
+#define SERIES "1.2.826.0.1.3680043.8.498.1.1"
+#define SERIES2 "1.2.826.0.1.3680043.8.498.1.2"
+#define CT_CLASS "1.2.840.10008.5.1.4.1.1.2"
+#define EXPLICIT_LE "1.2.840.10008.1.2.1"
+
+struct fixture {
+    char dir[256];
+    struct storage *st;
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/ainode-test-storage-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    char err[256];
+    assert_int_equal(storage_open(f->dir, &f->st, err, sizeof err), STORAGE_OK);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    storage_close(f->st);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+    if (system(cmd) != 0)
+        return -1;
+    free(f);
+    return 0;
+}
+
+static void write_temp(struct storage *st, const char *content, char *path, size_t len)
+{
+    assert_int_equal(storage_temp_path(st, path, len), STORAGE_OK);
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    fputs(content, fp);
+    fclose(fp);
+}
+
+static void make_instance(struct storage_instance *inst, const char *series, const char *sop,
+                          int64_t when)
+{
+    memset(inst, 0, sizeof *inst);
+    inst->attr[SA_SOP_CLASS_UID] = CT_CLASS;
+    inst->attr[SA_SOP_INSTANCE_UID] = sop;
+    inst->attr[SA_STUDY_INSTANCE_UID] = STUDY;
+    inst->attr[SA_SERIES_INSTANCE_UID] = series;
+    inst->attr[SA_MODALITY] = "CT";
+    inst->attr[SA_ROWS] = "512";
+    inst->transfer_syntax = EXPLICIT_LE;
+    inst->calling_ae = "MODALITY";
+    inst->called_ae = "AINODE";
+    inst->source_addr = "127.0.0.1";
+    inst->received_ms = when;
+}
+
+static int commit_content(struct storage *st, const char *series, const char *sop,
+                          const char *content, int64_t when)
+{
+    char temp[512], err[256];
+    struct storage_instance inst;
+    write_temp(st, content, temp, sizeof temp);
+    make_instance(&inst, series, sop, when);
+    int rc = storage_commit(st, temp, &inst, err, sizeof err);
+    /* Consumed either way. */
+    assert_int_not_equal(access(temp, F_OK), 0);
+    return rc;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return NULL;
+    static char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, fp);
+    buf[n] = '\0';
+    fclose(fp);
+    return buf;
+}
+
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+struct tally {
+    int studies;
+    int64_t instances, series;
+    char state[16];
+};
+
+static int tally_fn(void *ud, const struct storage_study *s)
+{
+    struct tally *t = ud;
+    t->studies++;
+    t->instances += s->instances;
+    t->series += s->series;
+    snprintf(t->state, sizeof t->state, "%s", s->state);
+    return 0;
+}
+
+static struct tally tally(struct storage *st)
+{
+    struct tally t;
+    memset(&t, 0, sizeof t);
+    assert_int_equal(storage_foreach_study(st, tally_fn, &t), STORAGE_OK);
+    return t;
+}
+
+static void test_uid_grammar_accepts_valid_uids(void **state)
+{
+    (void)state;
+    assert_true(storage_uid_valid("1.2.840.10008.5.1.4.1.1.2"));
+    assert_true(storage_uid_valid("0"));
+    assert_true(storage_uid_valid("1.0.3"));
+    assert_true(storage_uid_valid(
+        "1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17.18.19.20.21.22.23.24.2"));
+}
+
+static void test_uid_grammar_rejects_path_tricks_and_bad_syntax(void **state)
+{
+    (void)state;
+    const char *bad[] = {"", "..", "../etc/passwd", "1..2", ".1.2", "1.2.", "1.02.3",
+                         "1.2/3", "1.2 ", "1.2a", "1.2\\3", "-1.2", NULL};
+    for (int i = 0; bad[i]; i++)
+        assert_false(storage_uid_valid(bad[i]));
+    assert_false(storage_uid_valid(NULL));
+    char long_uid[70];
+    memset(long_uid, '1', 65);
+    long_uid[65] = '\0';
+    assert_false(storage_uid_valid(long_uid));
+}
+
+static void test_commit_places_file_and_indexes_row(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "first", 1000), STORAGE_OK);
+    char path[512], expect[512];
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.1", path, sizeof path), STORAGE_OK);
+    snprintf(expect, sizeof expect, "%s/instances/%s/%s/1.2.3.1.dcm", f->dir, STUDY, SERIES);
+    assert_string_equal(path, expect);
+    assert_string_equal(slurp(path), "first");
+    struct tally t = tally(f->st);
+    assert_int_equal(t.studies, 1);
+    assert_int_equal(t.instances, 1);
+    assert_int_equal(t.series, 1);
+    assert_string_equal(t.state, "receiving");
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s/tmp", f->dir);
+    assert_int_equal(count_entries(tmp), 0);
+}
+
+static void test_commit_rejects_invalid_uid_and_leaves_nothing(void **state)
+{
+    struct fixture *f = *state;
+    char temp[512], err[256] = "";
+    struct storage_instance inst;
+    write_temp(f->st, "evil", temp, sizeof temp);
+    make_instance(&inst, "../../../tmp", "1.2.3", 1000);
+    assert_int_equal(storage_commit(f->st, temp, &inst, err, sizeof err), STORAGE_EINVAL);
+    assert_string_equal(err, "invalid SeriesInstanceUID");
+    assert_int_not_equal(access(temp, F_OK), 0);
+    char inst_dir[300];
+    snprintf(inst_dir, sizeof inst_dir, "%s/instances", f->dir);
+    assert_int_equal(count_entries(inst_dir), 0);
+    assert_int_equal(tally(f->st).studies, 0);
+}
+
+static void test_commit_rejects_missing_uid(void **state)
+{
+    struct fixture *f = *state;
+    char temp[512], err[256] = "";
+    struct storage_instance inst;
+    write_temp(f->st, "x", temp, sizeof temp);
+    make_instance(&inst, SERIES, "1.2.3", 1000);
+    inst.attr[SA_STUDY_INSTANCE_UID] = NULL;
+    assert_int_equal(storage_commit(f->st, temp, &inst, err, sizeof err), STORAGE_EINVAL);
+    assert_string_equal(err, "missing StudyInstanceUID");
+    assert_int_equal(tally(f->st).studies, 0);
+}
+
+static void test_commit_io_failure_leaves_nothing(void **state)
+{
+    struct fixture *f = *state;
+    /* A plain file where the study directory should go makes placing fail. */
+    char blocker[512];
+    snprintf(blocker, sizeof blocker, "%s/instances/%s", f->dir, STUDY);
+    FILE *fp = fopen(blocker, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "data", 1000), STORAGE_EIO);
+    assert_int_equal(tally(f->st).studies, 0);
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s/tmp", f->dir);
+    assert_int_equal(count_entries(tmp), 0);
+}
+
+static void test_resend_replaces_previous_version(void **state)
+{
+    struct fixture *f = *state;
+    char first[512], second[512];
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "version one", 1000), STORAGE_OK);
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.1", first, sizeof first), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "version two", 2000), STORAGE_OK);
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.1", second, sizeof second),
+                     STORAGE_OK);
+    assert_string_not_equal(first, second);
+    assert_string_equal(slurp(second), "version two");
+    assert_int_not_equal(access(first, F_OK), 0);
+    struct tally t = tally(f->st);
+    assert_int_equal(t.instances, 1);
+    char series_dir[512];
+    snprintf(series_dir, sizeof series_dir, "%s/instances/%s/%s", f->dir, STUDY, SERIES);
+    assert_int_equal(count_entries(series_dir), 1);
+}
+
+static void test_resend_into_other_series_drops_the_empty_one(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.1", "b", 2000), STORAGE_OK);
+    struct tally t = tally(f->st);
+    assert_int_equal(t.instances, 1);
+    assert_int_equal(t.series, 1);
+}
+
+static void test_idle_study_completes_and_reopens_on_new_instance(void **state)
+{
+    struct fixture *f = *state;
+    int moved = -1;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 10000), STORAGE_OK);
+    assert_int_equal(storage_complete_due(f->st, 14999, 5, &moved), STORAGE_OK);
+    assert_int_equal(moved, 0);
+    assert_string_equal(tally(f->st).state, "receiving");
+    assert_int_equal(storage_complete_due(f->st, 15000, 5, &moved), STORAGE_OK);
+    assert_int_equal(moved, 1);
+    assert_string_equal(tally(f->st).state, "complete");
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.2", "b", 16000), STORAGE_OK);
+    assert_string_equal(tally(f->st).state, "receiving");
+    assert_int_equal(tally(f->st).instances, 2);
+}
+
+static void test_open_empties_temporary_directory(void **state)
+{
+    struct fixture *f = *state;
+    char temp[512], err[256];
+    write_temp(f->st, "half-written", temp, sizeof temp);
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_not_equal(access(temp, F_OK), 0);
+}
+
+static void test_unclean_stop_removes_unindexed_files_only(void **state)
+{
+    struct fixture *f = *state;
+    char orphan[512], kept[512], err[256];
+    storage_close(f->st);
+    f->st = NULL;
+    /* A child opens the store, commits one instance, leaves an unindexed
+     * file where a crash between link and commit would, and dies without
+     * closing the store. */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct storage *st;
+        if (storage_open(f->dir, &st, err, sizeof err) != STORAGE_OK)
+            _exit(2);
+        if (commit_content(st, SERIES, "1.2.3.1", "acknowledged", 1000) != STORAGE_OK)
+            _exit(3);
+        snprintf(orphan, sizeof orphan, "%s/instances/%s/%s/1.2.3.2.dcm", f->dir, STUDY,
+                 SERIES);
+        FILE *fp = fopen(orphan, "w");
+        if (!fp)
+            _exit(4);
+        fputs("never acknowledged", fp);
+        fclose(fp);
+        _exit(0);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_int_equal(WEXITSTATUS(status), 0);
+    snprintf(orphan, sizeof orphan, "%s/instances/%s/%s/1.2.3.2.dcm", f->dir, STUDY, SERIES);
+    assert_int_equal(access(orphan, F_OK), 0);
+    assert_int_equal(storage_open(f->dir, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_not_equal(access(orphan, F_OK), 0);
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.1", kept, sizeof kept), STORAGE_OK);
+    assert_string_equal(slurp(kept), "acknowledged");
+}
+
+static void test_readonly_open_sees_committed_rows(void **state)
+{
+    struct fixture *f = *state;
+    struct storage *ro;
+    char err[256];
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    assert_int_equal(storage_open_readonly(f->dir, &ro, err, sizeof err), STORAGE_OK);
+    assert_int_equal(tally(ro).instances, 1);
+    storage_close(ro);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_uid_grammar_accepts_valid_uids),
+        cmocka_unit_test(test_uid_grammar_rejects_path_tricks_and_bad_syntax),
+        cmocka_unit_test_setup_teardown(test_commit_places_file_and_indexes_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_rejects_invalid_uid_and_leaves_nothing,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_rejects_missing_uid, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_io_failure_leaves_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resend_replaces_previous_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resend_into_other_series_drops_the_empty_one,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_study_completes_and_reopens_on_new_instance,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_empties_temporary_directory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unclean_stop_removes_unindexed_files_only, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_readonly_open_sees_committed_rows, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
