@@ -27,6 +27,7 @@
 #include "dcmtk/oflog/oflog.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -50,15 +51,17 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Transfer syntaxes we accept, most preferred first. Compressed syntaxes
-// come first so that a sender proposing its file's own encoding next to an
-// uncompressed fallback keeps its original bytes.
-// (non-const pointers: that is what the dcmnet API takes)
-const char *kTransferSyntaxes[] = {
-    UID_JPEGProcess14SV1TransferSyntax,
-    UID_JPEGProcess14TransferSyntax,
+// Transfer syntaxes we accept: everything a PACS or modality really sends.
+// None is ever decoded on receipt, so accepting one costs nothing.
+const char *const kTransferSyntaxes[] = {
+    UID_LittleEndianImplicitTransferSyntax,
+    UID_LittleEndianExplicitTransferSyntax,
+    UID_BigEndianExplicitTransferSyntax,
+    UID_DeflatedExplicitVRLittleEndianTransferSyntax,
     UID_JPEGProcess1TransferSyntax,
     UID_JPEGProcess2_4TransferSyntax,
+    UID_JPEGProcess14TransferSyntax,
+    UID_JPEGProcess14SV1TransferSyntax,
     UID_JPEGLSLosslessTransferSyntax,
     UID_JPEGLSLossyTransferSyntax,
     UID_JPEG2000LosslessOnlyTransferSyntax,
@@ -75,12 +78,15 @@ const char *kTransferSyntaxes[] = {
     UID_MPEG4StereoHighProfileLevel4_2TransferSyntax,
     UID_HEVCMainProfileLevel5_1TransferSyntax,
     UID_HEVCMain10ProfileLevel5_1TransferSyntax,
-    UID_DeflatedExplicitVRLittleEndianTransferSyntax,
-    UID_LittleEndianExplicitTransferSyntax,
-    UID_LittleEndianImplicitTransferSyntax,
-    UID_BigEndianExplicitTransferSyntax,
 };
-const int kNumTransferSyntaxes = sizeof kTransferSyntaxes / sizeof kTransferSyntaxes[0];
+
+bool is_supported_transfer_syntax(const char *uid)
+{
+    for (const char *ts : kTransferSyntaxes)
+        if (std::strcmp(ts, uid) == 0)
+            return true;
+    return false;
+}
 
 // Every storage SOP class DCMTK knows, and any other under the storage
 // root, so that new classes from a newer modality are still stored.
@@ -155,8 +161,18 @@ namespace {
 struct Association {
     dicom_server *srv;
     T_ASC_Association *assoc;
+    int fd; // the accepted socket, owned by dcmnet
     std::string calling, called, address;
 };
+
+// Sends A-ABORT and drops the connection without waiting on the peer:
+// dcmnet's abort reads until the peer closes, which an unresponsive peer
+// never does. Shutting down our reading side first makes that read end.
+void abort_association(Association &a)
+{
+    shutdown(a.fd, SHUT_RD);
+    ASC_abortAssociation(a.assoc);
+}
 
 void send_store_response(Association &a, T_ASC_PresentationContextID pres_id,
                          T_DIMSE_C_StoreRQ &req, Uint16 status, const char *comment)
@@ -210,6 +226,22 @@ OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
     return EC_Normal;
 }
 
+// Starts the disk writeback of a file while it is still being received,
+// so that the fsync before the response has little left to wait for.
+struct Writeback {
+    int fd = -1;
+    unsigned long started = 0;
+};
+
+void writeback_progress(void *ctx, unsigned long bytes)
+{
+    Writeback *wb = static_cast<Writeback *>(ctx);
+    if (wb->fd >= 0 && bytes - wb->started >= (256u << 10)) {
+        sync_file_range(wb->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        wb->started = bytes;
+    }
+}
+
 void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C_StoreRQ &req,
                   bool &fatal)
 {
@@ -242,10 +274,14 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
         return;
     }
     T_ASC_PresentationContextID data_pres_id = pres_id;
+    Writeback wb;
+    wb.fd = open(temp, O_RDONLY | O_CLOEXEC);
     cond = DIMSE_receiveDataSetInFile(a.assoc, DIMSE_NONBLOCKING, srv->timeout, &data_pres_id,
-                                      out, nullptr, nullptr);
+                                      out, writeback_progress, &wb);
     bool write_ok = out->good();
     delete out; // closes the file
+    if (wb.fd >= 0)
+        close(wb.fd);
     if (cond.bad()) {
         // The association is broken mid data set: nothing was acknowledged.
         srv->log(1, "receiving data set from %s failed: %s", a.calling.c_str(), cond.text());
@@ -322,13 +358,13 @@ void run_association(Association *a)
         if (cond == DIMSE_NODATAAVAILABLE) {
             if (srv->must_abort()) {
                 srv->log(1, "aborting association from %s at shutdown", a->calling.c_str());
-                ASC_abortAssociation(a->assoc);
+                abort_association(*a);
                 break;
             }
             if (++idle_seconds >= srv->timeout) {
                 srv->log(1, "association from %s idle for %d s, aborting", a->calling.c_str(),
                          idle_seconds);
-                ASC_abortAssociation(a->assoc);
+                abort_association(*a);
                 break;
             }
             continue;
@@ -344,7 +380,7 @@ void run_association(Association *a)
         }
         if (cond.bad()) {
             srv->log(1, "association from %s failed: %s", a->calling.c_str(), cond.text());
-            ASC_abortAssociation(a->assoc);
+            abort_association(*a);
             break;
         }
         bool fatal = false;
@@ -363,7 +399,7 @@ void run_association(Association *a)
             break;
         }
         if (fatal) {
-            ASC_abortAssociation(a->assoc);
+            abort_association(*a);
             break;
         }
     }
@@ -388,7 +424,7 @@ void reject(T_ASC_Association *assoc, T_ASC_RejectParametersResult result,
 }
 
 // Negotiates one association request read from an accepted socket.
-void negotiate(dicom_server *srv, T_ASC_Association *assoc)
+void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd)
 {
     char calling[64] = "", called[64] = "", peer[128] = "";
     ASC_getAPTitles(assoc->params, calling, sizeof calling, called, sizeof called, nullptr, 0);
@@ -431,25 +467,32 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc)
         return;
     }
 
-    // Accept Verification and every storage abstract syntax proposed.
-    std::vector<std::string> wanted;
-    int n = ASC_countPresentationContexts(assoc->params);
-    for (int i = 0; i < n; i++) {
-        T_ASC_PresentationContext pc;
-        if (ASC_getPresentationContext(assoc->params, i, &pc).bad())
-            continue;
-        if (std::strcmp(pc.abstractSyntax, UID_VerificationSOPClass) == 0 ||
-            is_storage_class(pc.abstractSyntax))
-            wanted.emplace_back(pc.abstractSyntax);
-    }
-    std::vector<const char *> wanted_c;
-    for (auto &w : wanted)
-        wanted_c.push_back(w.c_str());
+    // Accept Verification and every storage abstract syntax proposed, each
+    // in the first of its proposed transfer syntaxes that we support: the
+    // sender lists its own preference first (usually the encoding its file
+    // already has), so honouring it keeps the instance as the sender has it.
     OFCondition cond = EC_Normal;
-    if (!wanted_c.empty())
-        cond = ASC_acceptContextsWithPreferredTransferSyntaxes(
-            assoc->params, wanted_c.data(), (int)wanted_c.size(), kTransferSyntaxes,
-            kNumTransferSyntaxes);
+    int n = ASC_countPresentationContexts(assoc->params);
+    for (int i = 0; i < n && cond.good(); i++) {
+        T_ASC_PresentationContext pc;
+        cond = ASC_getPresentationContext(assoc->params, i, &pc);
+        if (cond.bad())
+            break;
+        if (std::strcmp(pc.abstractSyntax, UID_VerificationSOPClass) != 0 &&
+            !is_storage_class(pc.abstractSyntax)) {
+            cond = ASC_refusePresentationContext(assoc->params, pc.presentationContextID,
+                                                 ASC_P_ABSTRACTSYNTAXNOTSUPPORTED);
+            continue;
+        }
+        const char *chosen = nullptr;
+        for (int t = 0; t < pc.transferSyntaxCount && !chosen; t++)
+            if (is_supported_transfer_syntax(pc.proposedTransferSyntaxes[t]))
+                chosen = pc.proposedTransferSyntaxes[t];
+        cond = chosen ? ASC_acceptPresentationContext(assoc->params, pc.presentationContextID,
+                                                      chosen)
+                      : ASC_refusePresentationContext(assoc->params, pc.presentationContextID,
+                                                      ASC_P_TRANSFERSYNTAXESNOTSUPPORTED);
+    }
     if (cond.good())
         cond = ASC_acknowledgeAssociation(assoc);
     if (cond.bad()) {
@@ -459,7 +502,7 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc)
         ASC_destroyAssociation(&assoc);
         return;
     }
-    Association *a = new Association{srv, assoc, calling_s, called_s, peer_s};
+    Association *a = new Association{srv, assoc, fd, calling_s, called_s, peer_s};
     {
         std::lock_guard<std::mutex> g(srv->mu);
         srv->active++;
@@ -468,7 +511,7 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc)
         std::thread(run_association, a).detach();
     } catch (...) {
         srv->log(0, "cannot start a thread for the association from %s", calling_s.c_str());
-        ASC_abortAssociation(assoc);
+        abort_association(*a);
         ASC_dropSCPAssociation(assoc);
         ASC_destroyAssociation(&a->assoc);
         delete a;
@@ -518,7 +561,9 @@ int dicom_init(char *err, size_t errlen)
         copy_err(err, errlen, "the DICOM data dictionary is not loaded (check DCMDICTPATH)");
         return -1;
     }
-    OFLog::configure(OFLogger::ERROR_LOG_LEVEL);
+    // dcmnet/dcmdata report problems through their return values, which we
+    // log ourselves; their own logger would print raw lines to stderr.
+    OFLog::configure(OFLogger::FATAL_LOG_LEVEL);
     dcmDisableGethostbyaddr.set(OFTrue); // no reverse DNS on every association
     return 0;
 }
@@ -606,7 +651,7 @@ int dicom_server_run(struct dicom_server *srv)
             }
             continue;
         }
-        negotiate(srv, assoc);
+        negotiate(srv, assoc, fd);
     }
     close(srv->listen_fd);
     srv->listen_fd = -1;

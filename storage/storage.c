@@ -8,12 +8,12 @@
  *
  * Commit order (storage_commit), chosen so that a crash at any point leaves
  * either nothing or a complete, indexed instance:
- *   1. fsync the temporary file           (bytes durable)
- *   2. link() it to a fresh final name    (never overwrites: EEXIST -> next N)
+ *   1. link() it to a fresh final name    (never overwrites: EEXIST -> next N)
+ *   2. fsync the file                     (bytes durable)
  *   3. fsync the series directory         (name durable)
  *   4. INSERT/UPDATE the rows, COMMIT      (index durable)  -> success
  *   5. unlink the temp name, and the previous version of a resent instance
- * A crash between 2 and 4 leaves a linked file no row references; the
+ * A crash between 1 and 4 leaves a linked file no row references; the
  * start-up scan after an unclean stop removes it. That instance was never
  * acknowledged, so the sender still holds it.
  */
@@ -716,10 +716,6 @@ int storage_commit(struct storage *st, const char *temp_path,
         seterr(err, errlen, "path too long");
         goto fail;
     }
-    if (fsync_path(temp_path, 0) != 0 || stat(temp_path, &sb) != 0) {
-        seterr(err, errlen, "cannot flush received file: %s", strerror(errno));
-        goto fail;
-    }
     if (mkdir_durable(st->inst_dir, study_dir) != 0 ||
         mkdir_durable(study_dir, series_dir) != 0) {
         seterr(err, errlen, "cannot create directory: %s", strerror(errno));
@@ -728,6 +724,14 @@ int storage_commit(struct storage *st, const char *temp_path,
     if (link_fresh(temp_path, series_dir, a[SA_SOP_INSTANCE_UID], final, sizeof final) != 0) {
         seterr(err, errlen, "cannot place file: %s", strerror(errno));
         final[0] = '\0';
+        goto fail;
+    }
+    /* Linking before flushing is safe: until the row commits, the file is
+     * an orphan that the start-up scan would remove. Flushing the file
+     * after the link lets one journal commit (ext4 and the like) carry both
+     * the data and the new name, so the directory fsync is nearly free. */
+    if (fsync_path(final, 0) != 0 || stat(final, &sb) != 0) {
+        seterr(err, errlen, "cannot flush received file: %s", strerror(errno));
         goto fail;
     }
     if (fsync_path(series_dir, 1) != 0) {

@@ -733,6 +733,8 @@ def _selftest():
                            [{"slices": 3}, {"slices": 2, "modality": "MR"}],
                            rows=32, cols=32)
         ds = pydicom.dcmread(files[0])
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and ds.Rows == 64
+        assert [s["modality"] for s in study["series"]] == ["CT", "MR"]
         body = dataset_bytes(files[0])
         assert body[:4] == b"\x08\x00\x05\x00", body[:8]  # (0008,0005) first
         assert len(body) > 64 * 64 * 2
