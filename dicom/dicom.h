@@ -98,8 +98,9 @@ DICOM_API void dicom_server_stop(struct dicom_server *srv, int grace_seconds);
 DICOM_API int dicom_server_active(struct dicom_server *srv);
 DICOM_API void dicom_server_destroy(struct dicom_server *srv);
 
-/* Reads KEYWORDS from the Part-10 file at PATH, stopping before the pixel
- * data. VALUES[i] are malloc'ed strings (NULL where absent) freed with
+/* Reads KEYWORDS (group 0002 ones from the File Meta Information) from
+ * the Part-10 file at PATH, which must parse completely; large values such
+ * as the pixel data are skipped, not loaded. VALUES[i] are malloc'ed strings (NULL where absent) freed with
  * dicom_free_values(). *TRANSFER_SYNTAX (malloc'ed) gets the file's. */
 DICOM_API int dicom_read_values(const char *path, const char *const *keywords, size_t n,
                                 char **values, char **transfer_syntax, char *err,

@@ -18,6 +18,7 @@
 #include "dcmtk/dcmdata/dcdeftag.h"
 #include "dcmtk/dcmdata/dcdict.h"
 #include "dcmtk/dcmdata/dcfilefo.h"
+#include "dcmtk/dcmdata/dcmetinf.h"
 #include "dcmtk/dcmdata/dcostrmf.h"
 #include "dcmtk/dcmdata/dcuid.h"
 #include "dcmtk/dcmdata/dcxfer.h"
@@ -202,8 +203,9 @@ void send_store_response(Association &a, T_ASC_PresentationContextID pres_id,
         a.srv->log(1, "cannot send C-STORE response to %s: %s", a.calling.c_str(), cond.text());
 }
 
-// Reads the wanted attributes of a just-received file. Values larger than
-// a few KB are never loaded: the pixel data stays on disk.
+// Reads the wanted attributes of a just-received file (File Meta
+// Information keywords from the meta header). Values larger than a few KB
+// are never loaded: the pixel data stays on disk.
 OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
                         std::vector<std::string> &values, std::vector<bool> &present,
                         std::string &ts_out, DcmFileFormat &ff)
@@ -212,11 +214,13 @@ OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
     if (cond.bad())
         return cond;
     DcmDataset *ds = ff.getDataset();
+    DcmMetaInfo *meta = ff.getMetaInfo();
     values.assign(tags.size(), std::string());
     present.assign(tags.size(), false);
     for (size_t i = 0; i < tags.size(); i++) {
         OFString v;
-        if (ds->findAndGetOFStringArray(tags[i], v).good()) {
+        DcmItem *where = tags[i].getGroup() == 0x0002 ? static_cast<DcmItem *>(meta) : ds;
+        if (where->findAndGetOFStringArray(tags[i], v).good()) {
             values[i] = trim(v.c_str());
             present[i] = true;
         }

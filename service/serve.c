@@ -88,6 +88,26 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
                                 : DICOM_STATUS_OUT_OF_RESOURCES;
 }
 
+/* The storage repair reads instance files through the DICOM shim: the
+ * indexed attributes, then the calling AE kept in the meta header. */
+static int read_for_repair(void *ud, const char *path, char **values, char **ts,
+                           char **calling_ae)
+{
+    (void)ud;
+    const char *keywords[SA_COUNT + 1];
+    char *got[SA_COUNT + 1];
+    memcpy(keywords, storage_attr_keywords, sizeof storage_attr_keywords);
+    keywords[SA_COUNT] = "SourceApplicationEntityTitle";
+    char err[256];
+    if (dicom_read_values(path, keywords, SA_COUNT + 1, got, ts, err, sizeof err) != 0) {
+        log_msg(LOG_WARN, "repair: %s", err);
+        return -1;
+    }
+    memcpy(values, got, SA_COUNT * sizeof *values);
+    *calling_ae = got[SA_COUNT];
+    return 0;
+}
+
 static void on_dicom_log(void *ud, int level, const char *msg)
 {
     (void)ud;
@@ -154,10 +174,18 @@ int serve_run(const struct config *cfg)
         log_msg(LOG_ERROR, "%s", err);
         return 1;
     }
-    if (storage_open(cfg->node.data_dir, &n.store, err, sizeof err) != STORAGE_OK) {
+    if (storage_open(cfg->node.data_dir, read_for_repair, NULL, &n.store, err, sizeof err)
+        != STORAGE_OK) {
         log_msg(LOG_ERROR, "%s", err);
         return 1;
     }
+    int reindexed, removed;
+    storage_repair_counts(n.store, &reindexed, &removed);
+    if (reindexed || removed)
+        log_msg(LOG_WARN,
+                "after an unclean stop: %d instance file%s indexed again, %d incomplete one%s "
+                "removed",
+                reindexed, reindexed == 1 ? "" : "s", removed, removed == 1 ? "" : "s");
     struct dicom_server_config dc = {
         .ae_title = cfg->node.ae_title,
         .bind = cfg->node.bind,

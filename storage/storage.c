@@ -7,15 +7,17 @@
  *   instances/<study>/<series>/   <sop>.dcm (or <sop>.N.dcm after a resend)
  *
  * Commit order (storage_commit), chosen so that a crash at any point leaves
- * either nothing or a complete, indexed instance:
+ * either nothing or a complete instance:
  *   1. link() it to a fresh final name    (never overwrites: EEXIST -> next N)
  *   2. fsync the file                     (bytes durable)
  *   3. fsync the series directory         (name durable)
- *   4. INSERT/UPDATE the rows, COMMIT      (index durable)  -> success
+ *   4. INSERT/UPDATE the rows, COMMIT      (index; WAL, no wait for the disk)
  *   5. unlink the temp name, and the previous version of a resent instance
- * A crash between 1 and 4 leaves a linked file no row references; the
- * start-up scan after an unclean stop removes it. That instance was never
- * acknowledged, so the sender still holds it.
+ *      (that commit waits for the disk: the old file goes only once no
+ *      durable row can point to it)
+ * After an unclean stop, a linked file without a row (a crash between 1
+ * and 4, or a power cut that took the last WAL frames) is indexed again if
+ * it reads as a complete instance, and removed otherwise.
  */
 #include "storage/storage.h"
 
@@ -63,6 +65,10 @@ const char *const storage_attr_keywords[SA_COUNT] = {
 };
 
 struct storage {
+    storage_read_fn read;
+    void *read_ud;
+    int reindexed, removed;   /* by the repair at open */
+    int sync_full;            /* commits wait for the disk (only while opening) */
     char *data_dir;
     char *tmp_dir;
     char *inst_dir;
@@ -260,7 +266,8 @@ static int prepare_all(struct storage *st)
                 "  manufacturer=excluded.manufacturer,"
                 "  series_number=excluded.series_number") ||
         prepare(st, &st->st_inst_old,
-                "SELECT path FROM instances WHERE sop_instance_uid=?1") ||
+                "SELECT i.path, i.series_uid, s.study_uid FROM instances i"
+                " JOIN series s USING(series_uid) WHERE i.sop_instance_uid=?1") ||
         prepare(st, &st->st_inst_upsert,
                 "INSERT INTO instances(sop_instance_uid, series_uid, sop_class_uid,"
                 "  transfer_syntax, instance_number, image_type, slice_thickness,"
@@ -339,9 +346,54 @@ static int path_is_indexed(sqlite3_stmt *q, const char *path)
     return sqlite3_step(q) == SQLITE_ROW;
 }
 
-/* Removes every file under instances/ that no row references (an instance
- * linked into place but never acknowledged), and empty directories. */
-static int scan_orphans(struct storage *st, int *removed)
+static int index_instance(struct storage *st, const struct storage_instance *inst,
+                          const char *path, int64_t size, char **old_path, char *err,
+                          size_t errlen);
+
+/* Indexes again a complete instance file that no row references. Its
+ * place in the tree must be the one its UIDs give. */
+static int reindex_file(struct storage *st, const char *path, const char *study_dir_name,
+                        const char *series_dir_name, const struct stat *sb)
+{
+    char *values[SA_COUNT] = {0};
+    char *ts = NULL, *calling = NULL;
+    int rc = STORAGE_EINVAL;
+    if (!st->read || st->read(st->read_ud, path, values, &ts, &calling) != 0)
+        goto out;
+    const char *sop = values[SA_SOP_INSTANCE_UID];
+    const char *base = strrchr(path, '/') + 1;
+    size_t sop_len = sop ? strlen(sop) : 0;
+    if (!storage_uid_valid(values[SA_SOP_CLASS_UID]) || !storage_uid_valid(sop) ||
+        !storage_uid_valid(values[SA_STUDY_INSTANCE_UID]) ||
+        !storage_uid_valid(values[SA_SERIES_INSTANCE_UID]) || !storage_uid_valid(ts) ||
+        strcmp(values[SA_STUDY_INSTANCE_UID], study_dir_name) != 0 ||
+        strcmp(values[SA_SERIES_INSTANCE_UID], series_dir_name) != 0 ||
+        strncmp(base, sop, sop_len) != 0 || base[sop_len] != '.')
+        goto out;
+    struct storage_instance inst;
+    memset(&inst, 0, sizeof inst);
+    for (int i = 0; i < SA_COUNT; i++)
+        inst.attr[i] = values[i];
+    inst.transfer_syntax = ts;
+    inst.calling_ae = calling;
+    inst.received_ms = (int64_t)sb->st_mtime * 1000;
+    char *old_path = NULL;
+    rc = index_instance(st, &inst, path, (int64_t)sb->st_size, &old_path, NULL, 0);
+    if (rc == STORAGE_OK && old_path && strcmp(old_path, path) != 0)
+        unlink(old_path); /* this file is the newer version of a resend */
+    free(old_path);
+out:
+    for (int i = 0; i < SA_COUNT; i++)
+        free(values[i]);
+    free(ts);
+    free(calling);
+    return rc;
+}
+
+/* The start-up repair after an unclean stop: every file under instances/
+ * that no row references is indexed again when complete, else removed;
+ * empty directories go too. */
+static int repair_store(struct storage *st)
 {
     sqlite3_stmt *q;
     if (sqlite3_prepare_v2(st->db, "SELECT 1 FROM instances WHERE path=?1", -1, &q, NULL)
@@ -370,9 +422,13 @@ static int scan_orphans(struct storage *st, int *removed)
                 if (e3->d_name[0] == '.')
                     continue;
                 char *f = path_join(series, e3->d_name);
+                struct stat sb;
                 if (f && !path_is_indexed(q, f)) {
-                    if (unlink(f) == 0)
-                        (*removed)++;
+                    if (stat(f, &sb) == 0 &&
+                        reindex_file(st, f, e1->d_name, e2->d_name, &sb) == STORAGE_OK)
+                        st->reindexed++;
+                    else if (unlink(f) == 0)
+                        st->removed++;
                     else
                         rc = -1;
                 }
@@ -395,14 +451,17 @@ static int scan_orphans(struct storage *st, int *removed)
     return rc;
 }
 
-static int open_common(const char *data_dir, int readonly, struct storage **out,
-                       char *err, size_t errlen)
+static int open_common(const char *data_dir, int readonly, storage_read_fn read,
+                       void *read_ud, struct storage **out, char *err, size_t errlen)
 {
     *out = NULL;
     struct storage *st = calloc(1, sizeof *st);
     if (!st)
         return STORAGE_ENOMEM;
     st->readonly = readonly;
+    st->read = read;
+    st->read_ud = read_ud;
+    st->sync_full = 1;
     pthread_mutex_init(&st->lock, NULL);
     st->data_dir = strdup(data_dir);
     st->tmp_dir = path_join(data_dir, "tmp");
@@ -450,16 +509,22 @@ static int open_common(const char *data_dir, int readonly, struct storage **out,
             rc = STORAGE_EIO;
             goto fail;
         }
-        if (!meta_get_int(st, "clean_stop", 1)) {
-            int removed = 0;
-            if (scan_orphans(st, &removed) != 0) {
-                seterr(err, errlen, "cannot scan %s: %s", st->inst_dir, strerror(errno));
-                rc = STORAGE_EIO;
-                goto fail;
-            }
-            (void)removed;
+        if (prepare_all(st) != 0) {
+            seterr(err, errlen, "sqlite: %s", sqlite3_errmsg(st->db));
+            rc = STORAGE_EIO;
+            goto fail;
         }
-        if (meta_set_int(st, "clean_stop", 0) != 0 || prepare_all(st) != 0) {
+        if (!meta_get_int(st, "clean_stop", 1) && repair_store(st) != 0) {
+            seterr(err, errlen, "cannot repair %s: %s", st->inst_dir, strerror(errno));
+            rc = STORAGE_EIO;
+            goto fail;
+        }
+        /* Durable before any instance is acknowledged: a power cut from
+         * here on must lead to the repair. Then rows stop waiting for the
+         * disk (see storage.h). */
+        st->sync_full = 0;
+        if (meta_set_int(st, "clean_stop", 0) != 0 ||
+            exec_sql(st->db, "PRAGMA synchronous=NORMAL", err, errlen) != STORAGE_OK) {
             seterr(err, errlen, "sqlite: %s", sqlite3_errmsg(st->db));
             rc = STORAGE_EIO;
             goto fail;
@@ -481,14 +546,21 @@ fail:
     return rc;
 }
 
-int storage_open(const char *data_dir, struct storage **out, char *err, size_t errlen)
+int storage_open(const char *data_dir, storage_read_fn read, void *read_ud,
+                 struct storage **out, char *err, size_t errlen)
 {
-    return open_common(data_dir, 0, out, err, errlen);
+    return open_common(data_dir, 0, read, read_ud, out, err, errlen);
 }
 
 int storage_open_readonly(const char *data_dir, struct storage **out, char *err, size_t errlen)
 {
-    return open_common(data_dir, 1, out, err, errlen);
+    return open_common(data_dir, 1, NULL, NULL, out, err, errlen);
+}
+
+void storage_repair_counts(const struct storage *st, int *reindexed, int *removed)
+{
+    *reindexed = st->reindexed;
+    *removed = st->removed;
 }
 
 void storage_close(struct storage *st)
@@ -496,7 +568,8 @@ void storage_close(struct storage *st)
     if (!st)
         return;
     finalize_all(st);
-    if (!st->readonly)
+    /* One synced commit makes every earlier WAL frame durable too. */
+    if (!st->readonly && exec_sql(st->db, "PRAGMA synchronous=FULL", NULL, 0) == STORAGE_OK)
         meta_set_int(st, "clean_stop", 1);
     sqlite3_close(st->db);
     pthread_mutex_destroy(&st->lock);
@@ -541,7 +614,11 @@ static int step_done(sqlite3_stmt *s)
 }
 
 /* Writes the rows for INST in one transaction; *OLD_PATH receives the path
- * of the version this one replaces (caller frees), if any. */
+ * of the version this one replaces (caller frees), if any. A replacing
+ * transaction waits for the disk: the caller then removes the old file,
+ * and no durable row may still point to it. Called with st->lock held (or
+ * single-threaded at open), which also makes the look-up before BEGIN
+ * consistent: this connection is the only writer. */
 static int index_instance(struct storage *st, const struct storage_instance *inst,
                           const char *path, int64_t size, char **old_path, char *err,
                           size_t errlen)
@@ -549,31 +626,20 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
     const char *const *a = inst->attr;
     char *old_series = NULL, *old_study = NULL;
     *old_path = NULL;
-    if (exec_sql(st->db, "BEGIN IMMEDIATE", err, errlen))
-        return STORAGE_EIO;
 
     sqlite3_stmt *s = st->st_inst_old;
     sqlite3_bind_text(s, 1, a[SA_SOP_INSTANCE_UID], -1, SQLITE_STATIC);
     if (sqlite3_step(s) == SQLITE_ROW) {
         *old_path = strdup((const char *)sqlite3_column_text(s, 0));
+        old_series = strdup((const char *)sqlite3_column_text(s, 1));
+        old_study = strdup((const char *)sqlite3_column_text(s, 2));
     }
     sqlite3_reset(s);
-    if (*old_path) {
-        /* Remember where it was, to prune what the move leaves empty. */
-        sqlite3_stmt *q;
-        if (sqlite3_prepare_v2(st->db,
-                               "SELECT i.series_uid, s.study_uid FROM instances i"
-                               " JOIN series s USING(series_uid) WHERE sop_instance_uid=?1",
-                               -1, &q, NULL)
-            == SQLITE_OK) {
-            sqlite3_bind_text(q, 1, a[SA_SOP_INSTANCE_UID], -1, SQLITE_STATIC);
-            if (sqlite3_step(q) == SQLITE_ROW) {
-                old_series = strdup((const char *)sqlite3_column_text(q, 0));
-                old_study = strdup((const char *)sqlite3_column_text(q, 1));
-            }
-            sqlite3_finalize(q);
-        }
-    }
+    int full_sync = *old_path && !st->sync_full;
+    if (full_sync)
+        exec_sql(st->db, "PRAGMA synchronous=FULL", NULL, 0);
+    if (exec_sql(st->db, "BEGIN IMMEDIATE", err, errlen))
+        goto fail_quiet;
 
     s = st->st_patient_upsert;
     sqlite3_bind_text(s, 1, a[SA_PATIENT_ID] ? a[SA_PATIENT_ID] : "", -1, SQLITE_STATIC);
@@ -642,14 +708,19 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
             goto fail;
     }
     if (exec_sql(st->db, "COMMIT", err, errlen))
-        goto fail_quiet;
+        goto fail_rollback;
+    if (full_sync)
+        exec_sql(st->db, "PRAGMA synchronous=NORMAL", NULL, 0);
     free(old_series);
     free(old_study);
     return STORAGE_OK;
 fail:
     seterr(err, errlen, "sqlite: %s", sqlite3_errmsg(st->db));
-fail_quiet:
+fail_rollback:
     exec_sql(st->db, "ROLLBACK", NULL, 0);
+fail_quiet:
+    if (full_sync)
+        exec_sql(st->db, "PRAGMA synchronous=NORMAL", NULL, 0);
     free(*old_path);
     *old_path = NULL;
     free(old_series);

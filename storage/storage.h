@@ -3,18 +3,27 @@
  * DATA_DIR/instances/<study>/<series>/ and a row in DATA_DIR/ainode.db.
  *
  * The one promise of this module: when storage_commit() returns
- * STORAGE_OK, the instance's bytes and its index row are both on stable
- * storage (file fsync'ed, directory entry fsync'ed, SQLite WAL commit with
- * synchronous=FULL). Only then may the receiver answer C-STORE success.
- * Nothing half-written survives a failure or a crash: incoming bytes go to
- * DATA_DIR/tmp, which storage_open() empties, and a file that was linked
- * into place but never indexed is removed by the start-up scan.
+ * STORAGE_OK, the instance survives a crash of the process and a loss of
+ * power. Its file is on stable storage (file fsync'ed, directory entry
+ * fsync'ed) and its row is committed in SQLite's WAL. Only then may the
+ * receiver answer C-STORE success.
+ *
+ * The file is the source of truth; the row is an index of it. Rows are
+ * committed without waiting for the disk (WAL, synchronous=NORMAL): a
+ * killed process loses none, and a power cut can lose only the last ones,
+ * which the start-up repair rebuilds from their durable files. Whatever
+ * would make a file unreferenced (a resend replacing it) is committed with
+ * a full sync first, so a row never points to a removed file.
+ *
+ * Start-up repair, after an unclean stop: DATA_DIR/tmp is emptied (bytes
+ * never acknowledged) and every file under instances/ without a row is
+ * either indexed again, when it reads as a complete instance, or removed.
  *
  * A repeated SOP Instance UID is handled "last write wins": the new file
- * is stored under a fresh name, the row is switched to it in one
- * transaction, and only then is the old file removed. A study that receives
- * an instance after it was complete goes back to "receiving" and completes
- * again after the stable time.
+ * is stored under a fresh name, the row is switched to it, and only then
+ * is the old file removed. A study that receives an instance after it was
+ * complete goes back to "receiving" and completes again after the stable
+ * time.
  *
  * All functions are safe to call from several threads on one handle.
  */
@@ -81,14 +90,29 @@ struct storage_instance {
     int64_t received_ms;          /* wall clock, ms since the epoch */
 };
 
-/* Opens (creating if needed) the store under DATA_DIR, empties DATA_DIR/tmp
- * and, after an unclean stop, removes files that no row references. */
-int storage_open(const char *data_dir, struct storage **out, char *err, size_t errlen);
+/*
+ * Reads an instance file for the start-up repair: VALUES[SA_COUNT] (NULL
+ * where absent), *TRANSFER_SYNTAX and *CALLING_AE are malloc'ed for the
+ * caller of the callback to free. Returns 0, or non-zero when PATH is not a
+ * complete, readable instance.
+ */
+typedef int (*storage_read_fn)(void *ud, const char *path, char **values,
+                               char **transfer_syntax, char **calling_ae);
+
+/* Opens (creating if needed) the store under DATA_DIR and, after an
+ * unclean stop, repairs it (see above). READ may be NULL: unindexed files
+ * are then removed rather than indexed again. */
+int storage_open(const char *data_dir, storage_read_fn read, void *read_ud,
+                 struct storage **out, char *err, size_t errlen);
+
+/* What the repair at open did: files indexed again and files removed. */
+void storage_repair_counts(const struct storage *st, int *reindexed, int *removed);
 
 /* Opens an existing store read-only (for status); nothing is repaired. */
 int storage_open_readonly(const char *data_dir, struct storage **out, char *err, size_t errlen);
 
-/* Marks a clean stop (the next open skips the orphan scan) and closes. */
+/* Flushes the index, marks a clean stop (the next open skips the repair
+ * scan) and closes. */
 void storage_close(struct storage *st);
 
 /* Writes a fresh temporary file name under DATA_DIR/tmp into BUF. */

@@ -32,7 +32,7 @@ static int setup(void **state)
     snprintf(f->dir, sizeof f->dir, "/tmp/ainode-test-storage-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     char err[256];
-    assert_int_equal(storage_open(f->dir, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
     *state = f;
     return 0;
 }
@@ -277,45 +277,134 @@ static void test_open_empties_temporary_directory(void **state)
     char temp[512], err[256];
     write_temp(f->st, "half-written", temp, sizeof temp);
     storage_close(f->st);
-    assert_int_equal(storage_open(f->dir, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
     assert_int_not_equal(access(temp, F_OK), 0);
 }
 
-static void test_unclean_stop_removes_unindexed_files_only(void **state)
+/* What a crash leaves: a child opens the store, commits one instance,
+ * links a second file in place without indexing it (a crash between link
+ * and commit, or a power cut that took its row), and dies without
+ * closing the store. Returns the unindexed file's path. */
+static void crash_with_unindexed_file(struct fixture *f, const char *name, char *orphan,
+                                      size_t len)
 {
-    struct fixture *f = *state;
-    char orphan[512], kept[512], err[256];
+    char err[256];
     storage_close(f->st);
     f->st = NULL;
-    /* A child opens the store, commits one instance, leaves an unindexed
-     * file where a crash between link and commit would, and dies without
-     * closing the store. */
+    snprintf(orphan, len, "%s/instances/%s/%s/%s", f->dir, STUDY, SERIES, name);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
         struct storage *st;
-        if (storage_open(f->dir, &st, err, sizeof err) != STORAGE_OK)
+        if (storage_open(f->dir, NULL, NULL, &st, err, sizeof err) != STORAGE_OK)
             _exit(2);
         if (commit_content(st, SERIES, "1.2.3.1", "acknowledged", 1000) != STORAGE_OK)
             _exit(3);
-        snprintf(orphan, sizeof orphan, "%s/instances/%s/%s/1.2.3.2.dcm", f->dir, STUDY,
-                 SERIES);
         FILE *fp = fopen(orphan, "w");
         if (!fp)
             _exit(4);
-        fputs("never acknowledged", fp);
+        fputs("complete but unindexed", fp);
         fclose(fp);
         _exit(0);
     }
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_int_equal(WEXITSTATUS(status), 0);
-    snprintf(orphan, sizeof orphan, "%s/instances/%s/%s/1.2.3.2.dcm", f->dir, STUDY, SERIES);
     assert_int_equal(access(orphan, F_OK), 0);
-    assert_int_equal(storage_open(f->dir, &f->st, err, sizeof err), STORAGE_OK);
+}
+
+/* Stands in for the DICOM reader: a file reads as instance 1.2.3.2 of
+ * STUDY/SERIES unless its content says otherwise. */
+static int read_fake(void *ud, const char *path, char **values, char **ts, char **calling)
+{
+    const char *sop = ud;
+    char *content = slurp(path);
+    if (!content || strcmp(content, "complete but unindexed") != 0)
+        return -1;
+    for (int i = 0; i < SA_COUNT; i++)
+        values[i] = NULL;
+    values[SA_SOP_CLASS_UID] = strdup(CT_CLASS);
+    values[SA_SOP_INSTANCE_UID] = strdup(sop);
+    values[SA_STUDY_INSTANCE_UID] = strdup(STUDY);
+    values[SA_SERIES_INSTANCE_UID] = strdup(SERIES);
+    values[SA_MODALITY] = strdup("CT");
+    *ts = strdup(EXPLICIT_LE);
+    *calling = strdup("MODALITY");
+    return 0;
+}
+
+static int read_fails(void *ud, const char *path, char **values, char **ts, char **calling)
+{
+    (void)ud, (void)path, (void)values, (void)ts, (void)calling;
+    return -1;
+}
+
+static void test_unclean_stop_reindexes_complete_unindexed_files(void **state)
+{
+    struct fixture *f = *state;
+    char orphan[512], path[512], err[256];
+    int reindexed, removed;
+    crash_with_unindexed_file(f, "1.2.3.2.dcm", orphan, sizeof orphan);
+    assert_int_equal(storage_open(f->dir, read_fake, "1.2.3.2", &f->st, err, sizeof err),
+                     STORAGE_OK);
+    storage_repair_counts(f->st, &reindexed, &removed);
+    assert_int_equal(reindexed, 1);
+    assert_int_equal(removed, 0);
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.2", path, sizeof path), STORAGE_OK);
+    assert_string_equal(path, orphan);
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.1", path, sizeof path), STORAGE_OK);
+    assert_string_equal(slurp(path), "acknowledged");
+    assert_int_equal(tally(f->st).instances, 2);
+}
+
+static void test_unclean_stop_removes_unreadable_unindexed_files(void **state)
+{
+    struct fixture *f = *state;
+    char orphan[512], kept[512], err[256];
+    int reindexed, removed;
+    crash_with_unindexed_file(f, "1.2.3.2.dcm", orphan, sizeof orphan);
+    assert_int_equal(storage_open(f->dir, read_fails, NULL, &f->st, err, sizeof err),
+                     STORAGE_OK);
+    storage_repair_counts(f->st, &reindexed, &removed);
+    assert_int_equal(reindexed, 0);
+    assert_int_equal(removed, 1);
     assert_int_not_equal(access(orphan, F_OK), 0);
     assert_int_equal(storage_instance_path(f->st, "1.2.3.1", kept, sizeof kept), STORAGE_OK);
     assert_string_equal(slurp(kept), "acknowledged");
+    assert_int_equal(tally(f->st).instances, 1);
+}
+
+static void test_repair_removes_a_file_whose_uids_do_not_match_its_place(void **state)
+{
+    struct fixture *f = *state;
+    char orphan[512], err[256];
+    int reindexed, removed;
+    /* Its content names instance 1.2.3.9, its file name says 1.2.3.2. */
+    crash_with_unindexed_file(f, "1.2.3.2.dcm", orphan, sizeof orphan);
+    assert_int_equal(storage_open(f->dir, read_fake, "1.2.3.9", &f->st, err, sizeof err),
+                     STORAGE_OK);
+    storage_repair_counts(f->st, &reindexed, &removed);
+    assert_int_equal(reindexed, 0);
+    assert_int_equal(removed, 1);
+    assert_int_not_equal(access(orphan, F_OK), 0);
+}
+
+static void test_clean_stop_skips_the_repair(void **state)
+{
+    struct fixture *f = *state;
+    char stray[512], err[256];
+    int reindexed, removed;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    storage_close(f->st);
+    snprintf(stray, sizeof stray, "%s/instances/%s/%s/1.2.3.2.dcm", f->dir, STUDY, SERIES);
+    FILE *fp = fopen(stray, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(storage_open(f->dir, read_fails, NULL, &f->st, err, sizeof err),
+                     STORAGE_OK);
+    storage_repair_counts(f->st, &reindexed, &removed);
+    assert_int_equal(reindexed + removed, 0);
+    assert_int_equal(access(stray, F_OK), 0);
 }
 
 static void test_readonly_open_sees_committed_rows(void **state)
@@ -345,8 +434,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_study_completes_and_reopens_on_new_instance,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_empties_temporary_directory, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unclean_stop_removes_unindexed_files_only, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_unclean_stop_reindexes_complete_unindexed_files,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unclean_stop_removes_unreadable_unindexed_files,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_repair_removes_a_file_whose_uids_do_not_match_its_place, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clean_stop_skips_the_repair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_open_sees_committed_rows, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
