@@ -19,6 +19,7 @@
 #include "dcmtk/dcmdata/dcdict.h"
 #include "dcmtk/dcmdata/dcfilefo.h"
 #include "dcmtk/dcmdata/dcmetinf.h"
+#include "dcmtk/dcmdata/dcostrma.h"
 #include "dcmtk/dcmdata/dcostrmf.h"
 #include "dcmtk/dcmdata/dcuid.h"
 #include "dcmtk/dcmdata/dcxfer.h"
@@ -37,6 +38,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdarg>
@@ -230,21 +232,61 @@ OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
     return EC_Normal;
 }
 
-// Starts the disk writeback of a file while it is still being received,
-// so that the fsync before the response has little left to wait for.
-struct Writeback {
-    int fd = -1;
-    unsigned long started = 0;
+// Where a received data set goes: appended to the temporary file with
+// plain write(2). A failed write (disk full, I/O error) is remembered, not
+// reported to dcmnet: the rest of the data set is still read off the
+// network and dropped, so the sender gets an answer (out of resources)
+// instead of an aborted association. Writeback to disk is started while
+// the data still arrives, so that the fsync before the answer has little
+// left to wait for.
+class SpoolConsumer : public DcmConsumer {
+public:
+    explicit SpoolConsumer(int fd) : fd_(fd) {}
+    OFBool good() const override { return OFTrue; }
+    OFCondition status() const override { return EC_Normal; }
+    OFBool isFlushed() const override { return OFTrue; }
+    offile_off_t avail() const override { return 1 << 30; }
+    void flush() override {}
+    int error() const { return error_; }
+
+    offile_off_t write(const void *buf, offile_off_t len) override
+    {
+        const char *p = static_cast<const char *>(buf);
+        offile_off_t left = len;
+        while (left > 0 && !error_) {
+            ssize_t n = ::write(fd_, p, (size_t)left);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                error_ = errno;
+                break;
+            }
+            p += n;
+            left -= n;
+            written_ += n;
+        }
+        if (!error_ && written_ - flushed_ >= kWritebackChunk) {
+            sync_file_range(fd_, flushed_, written_ - flushed_, SYNC_FILE_RANGE_WRITE);
+            flushed_ = written_;
+        }
+        return len;
+    }
+
+private:
+    static const off_t kWritebackChunk = 256 << 10;
+    int fd_;
+    int error_ = 0;
+    off_t written_ = 0, flushed_ = 0;
 };
 
-void writeback_progress(void *ctx, unsigned long bytes)
-{
-    Writeback *wb = static_cast<Writeback *>(ctx);
-    if (wb->fd >= 0 && bytes - wb->started >= (256u << 10)) {
-        sync_file_range(wb->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-        wb->started = bytes;
-    }
-}
+class SpoolStream : public DcmOutputStream {
+public:
+    explicit SpoolStream(int fd) : DcmOutputStream(&consumer_), consumer_(fd) {}
+    int error() const { return consumer_.error(); }
+
+private:
+    SpoolConsumer consumer_;
+};
 
 void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C_StoreRQ &req,
                   bool &fatal)
@@ -263,10 +305,15 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
         return;
     }
 
-    DcmOutputFileStream *out = nullptr;
-    OFCondition cond = DIMSE_createFilestream(temp, &req, a.assoc, pres_id, OFTrue, &out);
-    if (cond.bad()) {
-        srv->log(0, "cannot create %s: %s", temp, cond.text());
+    // dcmnet writes the File Meta Information; the data set is appended.
+    DcmOutputFileStream *meta = nullptr;
+    OFCondition cond = DIMSE_createFilestream(temp, &req, a.assoc, pres_id, OFTrue, &meta);
+    bool meta_ok = cond.good() && meta->good();
+    delete meta; // closes the file
+    int fd = meta_ok ? open(temp, O_WRONLY | O_APPEND | O_CLOEXEC) : -1;
+    if (fd < 0) {
+        srv->log(0, "cannot create %s: %s", temp, cond.bad() ? cond.text() : std::strerror(errno));
+        std::remove(temp);
         DIC_UL bytes = 0, pdvs = 0;
         cond = DIMSE_ignoreDataSet(a.assoc, DIMSE_NONBLOCKING, srv->timeout, &bytes, &pdvs);
         if (cond.bad()) {
@@ -278,14 +325,12 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
         return;
     }
     T_ASC_PresentationContextID data_pres_id = pres_id;
-    Writeback wb;
-    wb.fd = open(temp, O_RDONLY | O_CLOEXEC);
+    SpoolStream out(fd);
     cond = DIMSE_receiveDataSetInFile(a.assoc, DIMSE_NONBLOCKING, srv->timeout, &data_pres_id,
-                                      out, writeback_progress, &wb);
-    bool write_ok = out->good();
-    delete out; // closes the file
-    if (wb.fd >= 0)
-        close(wb.fd);
+                                      &out, nullptr, nullptr);
+    int write_error = out.error();
+    if (close(fd) != 0 && !write_error)
+        write_error = errno;
     if (cond.bad()) {
         // The association is broken mid data set: nothing was acknowledged.
         srv->log(1, "receiving data set from %s failed: %s", a.calling.c_str(), cond.text());
@@ -293,7 +338,8 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
         fatal = true;
         return;
     }
-    if (!write_ok) {
+    if (write_error) {
+        srv->log(0, "cannot write a received instance: %s", std::strerror(write_error));
         std::remove(temp);
         send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES,
                             "cannot write file (disk full?)");

@@ -13,6 +13,7 @@
 #include "service/service.h"
 #include "storage/storage.h"
 
+#include <signal.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/time.h>
@@ -168,6 +169,9 @@ int serve_run(const struct config *cfg)
     memset(&n, 0, sizeof n);
     n.cfg = cfg;
     log_set_level((enum log_level)cfg->node.log_level);
+    /* A write past a file size limit must fail with EFBIG (answered as out
+     * of resources), not kill the node. */
+    signal(SIGXFSZ, SIG_IGN);
 
     char err[512] = "";
     if (dicom_init(err, sizeof err) != 0) {

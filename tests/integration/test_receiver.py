@@ -8,6 +8,7 @@ protocol). Run one with:
 
 import glob
 import os
+import resource
 import shutil
 import signal
 import sqlite3
@@ -410,6 +411,29 @@ class ReceiverTest(NodeTestCase):
         r = harness.dcmsend(n.port, good, ae_called=n.ae, check=False)
         self.assertEqual(r.returncode, 0, r.stdout)
         self.assertEqual(len(n.stored_files()), 1)
+        self.assertEqual(n.stop(), 0)
+
+    def test_failed_write_answers_out_of_resources_and_leaves_nothing(self):
+        # A file size limit on the node makes writing a large instance fail
+        # the way a full disk does (EFBIG instead of ENOSPC).
+        big = make_ct_series(os.path.join(self.workdir, "big"), 1, rows=2048, cols=2048)
+        small = make_ct_series(os.path.join(self.workdir, "small"), 1, rows=16, cols=16)
+        n = self.node()
+        limit = 4 << 20
+        old = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+        try:
+            n.start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        r = harness.storescu(n.port, big, ae_called=n.ae, check=False)
+        self.assertEqual(harness.storescu_statuses(r.stdout), ["Refused: OutOfResources"],
+                         r.stdout)
+        self.assertEqual(n.stored_files(), [])
+        self.assertEqual(os.listdir(os.path.join(n.data_dir, "tmp")), [])
+        r = harness.storescu(n.port, small, ae_called=n.ae)
+        self.assertTrue(harness.all_stores_succeeded(r.stdout, 1), r.stdout)
+        self.assert_store_clean(n)
         self.assertEqual(n.stop(), 0)
 
     def test_missing_uid_is_a_failure_status_for_dcmsend(self):
