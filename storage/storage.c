@@ -2,17 +2,18 @@
  * storage.c — the durable instance store and its SQLite index.
  *
  * Layout under DATA_DIR:
- *   ainode.db                     SQLite (WAL, synchronous=FULL)
+ *   ainode.db                     SQLite (WAL)
  *   tmp/                          incoming bytes; emptied at every open
  *   instances/<study>/<series>/   <sop>.dcm (or <sop>.N.dcm after a resend)
  *
  * Commit order (storage_commit), chosen so that a crash at any point leaves
  * either nothing or a complete instance:
- *   1. link() it to a fresh final name    (never overwrites: EEXIST -> next N)
+ *   1. link() it to a fresh final name    (never overwrites: EEXIST -> next N),
+ *      and unlink the temporary name
  *   2. fsync the file                     (bytes durable)
  *   3. fsync the series directory         (name durable)
  *   4. INSERT/UPDATE the rows, COMMIT      (index; WAL, no wait for the disk)
- *   5. unlink the temp name, and the previous version of a resent instance
+ *   5. unlink the previous version of a resent instance
  *      (that commit waits for the disk: the old file goes only once no
  *      durable row can point to it)
  * After an unclean stop, a linked file without a row (a crash between 1
@@ -69,6 +70,10 @@ struct storage {
     void *read_ud;
     int reindexed, removed;   /* by the repair at open */
     int sync_full;            /* commits wait for the disk (only while opening) */
+    /* The patient, study and series values of the last instance indexed:
+     * the next instance of the same series (the usual case) only touches
+     * its study's receive time and its own row. */
+    char *last_parents;
     char *data_dir;
     char *tmp_dir;
     char *inst_dir;
@@ -78,6 +83,7 @@ struct storage {
     atomic_ulong temp_seq;
     sqlite3_stmt *st_patient_upsert;
     sqlite3_stmt *st_study_upsert;
+    sqlite3_stmt *st_study_touch;
     sqlite3_stmt *st_series_upsert;
     sqlite3_stmt *st_inst_old;
     sqlite3_stmt *st_inst_upsert;
@@ -101,7 +107,7 @@ static const char SCHEMA[] =
     "  state TEXT NOT NULL DEFAULT 'receiving',"
     "  first_received INTEGER NOT NULL, last_received INTEGER NOT NULL,"
     "  completed_at INTEGER);"
-    "CREATE INDEX IF NOT EXISTS studies_state ON studies(state, last_received);"
+    "CREATE INDEX IF NOT EXISTS studies_state ON studies(state);"
     "CREATE TABLE IF NOT EXISTS series("
     "  series_uid TEXT PRIMARY KEY,"
     "  study_uid TEXT NOT NULL REFERENCES studies(study_uid),"
@@ -254,6 +260,9 @@ static int prepare_all(struct storage *st)
                 "  study_description=excluded.study_description,"
                 "  state='receiving', completed_at=NULL,"
                 "  last_received=max(last_received, excluded.last_received)") ||
+        prepare(st, &st->st_study_touch,
+                "UPDATE studies SET state='receiving', completed_at=NULL,"
+                "  last_received=max(last_received, ?2) WHERE study_uid=?1") ||
         prepare(st, &st->st_series_upsert,
                 "INSERT INTO series(series_uid, study_uid, modality, body_part_examined,"
                 "  series_description, protocol_name, manufacturer, series_number)"
@@ -299,7 +308,7 @@ static int prepare_all(struct storage *st)
 
 static void finalize_all(struct storage *st)
 {
-    sqlite3_stmt **all[] = {&st->st_patient_upsert, &st->st_study_upsert,
+    sqlite3_stmt **all[] = {&st->st_patient_upsert, &st->st_study_upsert, &st->st_study_touch,
                             &st->st_series_upsert,  &st->st_inst_old,
                             &st->st_inst_upsert,    &st->st_prune_series,
                             &st->st_prune_studies};
@@ -568,6 +577,7 @@ void storage_close(struct storage *st)
     if (!st)
         return;
     finalize_all(st);
+    free(st->last_parents);
     /* One synced commit makes every earlier WAL frame durable too. */
     if (!st->readonly && exec_sql(st->db, "PRAGMA synchronous=FULL", NULL, 0) == STORAGE_OK)
         meta_set_int(st, "clean_stop", 1);
@@ -613,6 +623,31 @@ static int step_done(sqlite3_stmt *s)
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
+/* The values INST gives its patient, study and series rows, as one string. */
+static char *parents_key(const struct storage_instance *inst)
+{
+    static const enum storage_attr parent_attrs[] = {
+        SA_PATIENT_ID,        SA_ISSUER_OF_PATIENT_ID, SA_PATIENT_NAME,
+        SA_PATIENT_BIRTH_DATE, SA_PATIENT_SEX,         SA_STUDY_INSTANCE_UID,
+        SA_STUDY_DATE,        SA_STUDY_TIME,           SA_ACCESSION_NUMBER,
+        SA_STUDY_ID,          SA_STUDY_DESCRIPTION,    SA_SERIES_INSTANCE_UID,
+        SA_MODALITY,          SA_BODY_PART_EXAMINED,   SA_SERIES_DESCRIPTION,
+        SA_PROTOCOL_NAME,     SA_MANUFACTURER,         SA_SERIES_NUMBER,
+    };
+    size_t n = sizeof parent_attrs / sizeof parent_attrs[0], len = 1;
+    for (size_t i = 0; i < n; i++)
+        len += (inst->attr[parent_attrs[i]] ? strlen(inst->attr[parent_attrs[i]]) : 0) + 2;
+    char *key = malloc(len), *p = key;
+    if (!key)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const char *v = inst->attr[parent_attrs[i]];
+        /* \x1e marks an absent value, \x1f ends each value. */
+        p += sprintf(p, "%s\x1f", v ? v : "\x1e");
+    }
+    return key;
+}
+
 /* Writes the rows for INST in one transaction; *OLD_PATH receives the path
  * of the version this one replaces (caller frees), if any. A replacing
  * transaction waits for the disk: the caller then removes the old file,
@@ -624,7 +659,7 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
                           size_t errlen)
 {
     const char *const *a = inst->attr;
-    char *old_series = NULL, *old_study = NULL;
+    char *old_series = NULL, *old_study = NULL, *parents = NULL;
     *old_path = NULL;
 
     sqlite3_stmt *s = st->st_inst_old;
@@ -640,6 +675,20 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
         exec_sql(st->db, "PRAGMA synchronous=FULL", NULL, 0);
     if (exec_sql(st->db, "BEGIN IMMEDIATE", err, errlen))
         goto fail_quiet;
+
+    parents = parents_key(inst);
+    if (!parents)
+        goto fail;
+    if (st->last_parents && strcmp(parents, st->last_parents) == 0) {
+        s = st->st_study_touch;
+        sqlite3_bind_text(s, 1, a[SA_STUDY_INSTANCE_UID], -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, inst->received_ms);
+        if (step_done(s))
+            goto fail;
+        if (sqlite3_changes(st->db) == 1)
+            goto instance_row;
+        /* The study row went away since: write all rows again. */
+    }
 
     s = st->st_patient_upsert;
     sqlite3_bind_text(s, 1, a[SA_PATIENT_ID] ? a[SA_PATIENT_ID] : "", -1, SQLITE_STATIC);
@@ -679,6 +728,7 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
     if (step_done(s))
         goto fail;
 
+instance_row:
     s = st->st_inst_upsert;
     sqlite3_bind_text(s, 1, a[SA_SOP_INSTANCE_UID], -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, a[SA_SERIES_INSTANCE_UID], -1, SQLITE_STATIC);
@@ -711,6 +761,10 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
         goto fail_rollback;
     if (full_sync)
         exec_sql(st->db, "PRAGMA synchronous=NORMAL", NULL, 0);
+    free(st->last_parents);
+    st->last_parents = old_series ? NULL : parents; /* a move may have pruned rows */
+    if (old_series)
+        free(parents);
     free(old_series);
     free(old_study);
     return STORAGE_OK;
@@ -721,6 +775,9 @@ fail_rollback:
 fail_quiet:
     if (full_sync)
         exec_sql(st->db, "PRAGMA synchronous=NORMAL", NULL, 0);
+    free(st->last_parents);
+    st->last_parents = NULL;
+    free(parents);
     free(*old_path);
     *old_path = NULL;
     free(old_series);
@@ -798,9 +855,11 @@ int storage_commit(struct storage *st, const char *temp_path,
         goto fail;
     }
     /* Linking before flushing is safe: until the row commits, the file is
-     * an orphan that the start-up scan would remove. Flushing the file
-     * after the link lets one journal commit (ext4 and the like) carry both
-     * the data and the new name, so the directory fsync is nearly free. */
+     * unindexed, and the repair after a crash checks it. With the temporary
+     * name gone the file has one name, so a file system that flushes a new
+     * file's directory with the file (ext4, with or without a journal)
+     * leaves the directory fsync below almost nothing to do. */
+    unlink(temp_path);
     if (fsync_path(final, 0) != 0 || stat(final, &sb) != 0) {
         seterr(err, errlen, "cannot flush received file: %s", strerror(errno));
         goto fail;
@@ -815,7 +874,6 @@ int storage_commit(struct storage *st, const char *temp_path,
     pthread_mutex_unlock(&st->lock);
     if (rc != STORAGE_OK)
         goto fail;
-    unlink(temp_path);
     if (old_path && strcmp(old_path, final) != 0)
         unlink(old_path); /* a crash here leaves an orphan the scan removes */
     free(old_path);
