@@ -288,6 +288,19 @@ private:
     SpoolConsumer consumer_;
 };
 
+// Reads a data set that cannot be stored off the network and answers
+// out of resources.
+void drop_data_set(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C_StoreRQ &req,
+                   bool &fatal)
+{
+    DIC_UL bytes = 0, pdvs = 0;
+    if (DIMSE_ignoreDataSet(a.assoc, DIMSE_NONBLOCKING, a.srv->timeout, &bytes, &pdvs).bad()) {
+        fatal = true;
+        return;
+    }
+    send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES, "cannot create file");
+}
+
 void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C_StoreRQ &req,
                   bool &fatal)
 {
@@ -299,9 +312,8 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     }
     char temp[4096];
     if (srv->temp_path(srv->ud, temp, sizeof temp) != 0) {
-        DIC_UL bytes = 0, pdvs = 0;
-        DIMSE_ignoreDataSet(a.assoc, DIMSE_NONBLOCKING, srv->timeout, &bytes, &pdvs);
-        send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES, "no temporary file");
+        srv->log(0, "no temporary file name for a received instance");
+        drop_data_set(a, pres_id, req, fatal);
         return;
     }
 
@@ -314,14 +326,7 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     if (fd < 0) {
         srv->log(0, "cannot create %s: %s", temp, cond.bad() ? cond.text() : std::strerror(errno));
         std::remove(temp);
-        DIC_UL bytes = 0, pdvs = 0;
-        cond = DIMSE_ignoreDataSet(a.assoc, DIMSE_NONBLOCKING, srv->timeout, &bytes, &pdvs);
-        if (cond.bad()) {
-            fatal = true;
-            return;
-        }
-        send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES,
-                            "cannot create file");
+        drop_data_set(a, pres_id, req, fatal);
         return;
     }
     T_ASC_PresentationContextID data_pres_id = pres_id;

@@ -76,6 +76,12 @@ def stored_path(node, sop_uid):
     return rows[0][0] if rows else None
 
 
+def files_by_sop(directory):
+    """{SOP Instance UID: path} of the DICOM files under DIRECTORY."""
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+            for p in harness.list_files(directory)}
+
+
 def meta_transfer_syntax(path):
     return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
 
@@ -196,9 +202,7 @@ class ReceiverTest(NodeTestCase):
         r = harness.storescu(n.port, files, ae_called=n.ae, ae_calling="MODALITY1")
         self.assertTrue(harness.all_stores_succeeded(r.stdout, len(files)), r.stdout)
 
-        ref_by_sop = {}
-        for p in harness.list_files(os.path.join(self.workdir, "ref")):
-            ref_by_sop[str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)] = p
+        ref_by_sop = files_by_sop(os.path.join(self.workdir, "ref"))
         for f in files:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             path = stored_path(n, ds.SOPInstanceUID)
@@ -252,9 +256,7 @@ class ReceiverTest(NodeTestCase):
             r = harness.storescu(n.port, path, ae_called=n.ae, extra=[scu_flag])
             self.assertTrue(harness.all_stores_succeeded(r.stdout, 1), r.stdout)
 
-        ref_by_sop = {}
-        for p in harness.list_files(ref_dir):
-            ref_by_sop[str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)] = p
+        ref_by_sop = files_by_sop(ref_dir)
         for f in files:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             path = stored_path(n, ds.SOPInstanceUID)
