@@ -6,27 +6,37 @@
  * against the schema tables below. Building our own tree (rather than a
  * fy_document) gives positions for collections too and lets duplicate keys
  * be reported where they occur instead of aborting the parse.
+ *
+ * Each model's manifest is a YAML file of its own, read with the same tree
+ * and tables; its problems are reported against the manifest's path and
+ * count toward the config's total.
  */
 #include "config/config.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <libfyaml.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
 /* Error reporting                                                          */
 
+struct ynode;
+
 struct ctx {
-    const char *file; /* as given by the caller */
+    const char *file; /* as given by the caller; a manifest's absolute path */
     config_error_fn fn;
     void *ud;
     int count;
+    const char *dir;            /* directory of FILE, absolute: relative paths start there */
+    const struct ynode *models; /* the models: mapping, for rules naming models */
 };
 
 static void emit(struct ctx *c, int line, int col, const char *fmt, va_list ap)
@@ -320,12 +330,41 @@ static int parse_tree(struct ctx *c, const char *buf, size_t len, struct ynode *
 
 enum ftype {
     T_INT,     /* int, range-checked */
-    T_STR,     /* char *, non-empty */
-    T_PATH,    /* char *, made absolute against the config file's directory */
+    T_STR,     /* char *, non-empty; .valid may refuse more */
+    T_PATH,    /* char *, made absolute against the file's directory */
     T_AE,      /* char[CONFIG_AE_MAX + 1] */
     T_AE_LIST, /* char ** plus a size_t count at off_n */
     T_ENUM,    /* int-sized enum, value is the index in names[] */
+    T_FLOAT,   /* double, a YAML int or float passing .fcheck */
+    T_INTS,    /* int[count], each in min..max */
+    T_FLOATS,  /* double[count], each passing .fcheck, plus an int at off_n set to 1 when given */
+    T_SECTION, /* nested mapping: fields sub[] applied at base + off, then check() */
+    T_CUSTOM,  /* parse() does it all; release() frees what it kept */
 };
+
+/* Limits on a T_FLOAT or T_FLOATS value. */
+enum fcheck {
+    F_ANY,      /* any finite number */
+    F_POSITIVE, /* > 0 */
+    F_NONZERO,  /* != 0 */
+    F_UNIT,     /* 0 <= x < 1 */
+};
+
+struct field;
+
+/* What parse_section saw in one mapping, for checks across its fields. */
+#define MAX_FIELDS 32
+struct parsed {
+    const char *sect;
+    const struct field *fs;
+    size_t nf;
+    const struct ynode *map, *pos;
+    unsigned char st[MAX_FIELDS]; /* per field: 0 absent, 1 accepted, 2 rejected */
+};
+
+typedef void (*check_fn)(struct ctx *c, const struct parsed *p, void *base);
+typedef void (*parse_fn)(struct ctx *c, const struct field *f, const char *what,
+                         const struct ynode *v, void *base);
 
 struct field {
     const char *key;
@@ -333,18 +372,55 @@ struct field {
     int required;
     long long def_int;
     const char *def_str;
+    double def_float;
     long long min, max;
     size_t off, off_n;
-    const char *const *names; /* T_ENUM, NULL-terminated */
+    int count;                           /* T_INTS, T_FLOATS: number of items */
+    enum fcheck fcheck;                  /* T_FLOAT, T_FLOATS */
+    const char *none;                    /* T_FLOATS: a word that stands for "not given" */
+    const char *const *names;            /* T_ENUM, NULL-terminated */
+    const char *(*valid)(const char *s); /* T_STR: NULL, or why S is refused */
+    const struct field *sub;             /* T_SECTION */
+    size_t n_sub;
+    check_fn check;                      /* T_SECTION: after its fields are set */
+    parse_fn parse;                      /* T_CUSTOM */
+    void (*release)(const struct field *f, void *base); /* T_CUSTOM */
     const char *doc;
 };
 
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+#define SUB(t) .sub = (t), .n_sub = NELEM(t)
+
 _Static_assert(sizeof(enum config_log_level) == sizeof(int), "log level stored as int");
+_Static_assert(sizeof(enum config_blend) == sizeof(int), "blend stored as int");
+_Static_assert(sizeof(enum config_decision) == sizeof(int), "decision stored as int");
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
+static const char *const blend_names[] = {"constant", "gaussian", NULL};
+static const char *const decision_names[] = {"argmax", "threshold", NULL};
+
+static const char *device_problem(const char *s);
+static void check_model(struct ctx *c, const struct parsed *p, void *base);
+static void check_preprocess(struct ctx *c, const struct parsed *p, void *base);
+static void check_inference(struct ctx *c, const struct parsed *p, void *base);
+static void check_output(struct ctx *c, const struct parsed *p, void *base);
+static void parse_labels(struct ctx *c, const struct field *f, const char *what,
+                         const struct ynode *v, void *base);
+static void release_labels(const struct field *f, void *base);
+static void parse_match(struct ctx *c, const struct field *f, const char *what,
+                        const struct ynode *v, void *base);
+static void parse_run(struct ctx *c, const struct field *f, const char *what,
+                      const struct ynode *v, void *base);
+static void release_str(const struct field *f, void *base);
+static void release_str_list(const struct field *f, void *base);
 
 #define NODE_OFF(m) offsetof(struct config_node, m)
 #define DEST_OFF(m) offsetof(struct config_destination, m)
+#define MODEL_OFF(m) offsetof(struct config_model, m)
+#define RULE_OFF(m) offsetof(struct config_rule, m)
+#define MAN_OFF(m) offsetof(struct config_manifest, m)
+#define CODE_OFF(m) offsetof(struct config_code, m)
+#define LABEL_OFF(m) offsetof(struct config_label, m)
 
 static const struct field node_fields[] = {
     {.key = "ae_title", .type = T_AE, .def_str = "AINODE", .off = NODE_OFF(ae_title),
@@ -380,7 +456,264 @@ static const struct field dest_fields[] = {
      .doc = "TCP port of the peer"},
 };
 
-#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+/* models.NAME; the file and the manifest are checked and loaded by check_model. */
+static const struct field model_fields[] = {
+    {.key = "file", .type = T_STR, .required = 1, .off = MODEL_OFF(file),
+     .doc = "builtin:NAME, or a TorchScript file relative to the config file's directory"},
+    {.key = "manifest", .type = T_PATH, .off = MODEL_OFF(manifest.path),
+     .doc = "the model's manifest; required unless file is builtin:NAME"},
+    {.key = "device", .type = T_STR, .def_str = "cpu", .valid = device_problem,
+     .off = MODEL_OFF(device), .doc = "cpu, cuda or cuda:N"},
+    {.key = "threads", .type = T_INT, .def_int = 1, .min = 1, .max = 256,
+     .off = MODEL_OFF(threads), .doc = "intra-op threads per worker"},
+    {.key = "workers", .type = T_INT, .def_int = 1, .min = 1, .max = 64,
+     .off = MODEL_OFF(workers), .doc = "worker threads running this model"},
+};
+
+/* rules[N]; run names are checked against the keys under models:. */
+static const struct field rule_fields[] = {
+    {.key = "name", .type = T_STR, .off = RULE_OFF(name), .doc = "shown in logs; default rule-N"},
+    {.key = "match", .type = T_CUSTOM, .parse = parse_match, .release = release_str,
+     .off = RULE_OFF(match_modality), .doc = "{Modality: X}; absent matches any series"},
+    {.key = "run", .type = T_CUSTOM, .required = 1, .parse = parse_run,
+     .release = release_str_list, .off = RULE_OFF(run), .off_n = RULE_OFF(n_run),
+     .doc = "models to run, by name"},
+};
+
+/* ---- manifest ---- */
+
+static const struct field code_fields[] = {
+    {.key = "value", .type = T_STR, .required = 1, .off = CODE_OFF(value), .doc = "CodeValue"},
+    {.key = "scheme", .type = T_STR, .required = 1, .off = CODE_OFF(scheme),
+     .doc = "CodingSchemeDesignator"},
+    {.key = "meaning", .type = T_STR, .required = 1, .off = CODE_OFF(meaning),
+     .doc = "CodeMeaning"},
+};
+
+static const struct field label_fields[] = {
+    {.key = "name", .type = T_STR, .required = 1, .off = LABEL_OFF(name), .doc = "Segment Label"},
+    {.key = "category", .type = T_SECTION, .required = 1, SUB(code_fields),
+     .off = LABEL_OFF(category), .doc = "Segmented Property Category"},
+    {.key = "type", .type = T_SECTION, .required = 1, SUB(code_fields), .off = LABEL_OFF(type),
+     .doc = "Segmented Property Type"},
+    {.key = "color", .type = T_INTS, .required = 1, .count = 3, .min = 0, .max = 255,
+     .off = LABEL_OFF(color), .doc = "display colour [r, g, b]"},
+};
+
+/* The manifest's sections fill the one flat struct config_manifest, hence
+ * .off = 0 for them: only codes are structs of their own. */
+static const struct field algorithm_fields[] = {
+    {.key = "name", .type = T_STR, .required = 1, .off = MAN_OFF(algorithm_name),
+     .doc = "Algorithm Name"},
+    {.key = "version", .type = T_STR, .required = 1, .off = MAN_OFF(algorithm_version),
+     .doc = "Algorithm Version"},
+    {.key = "family", .type = T_SECTION, .required = 1, SUB(code_fields),
+     .off = MAN_OFF(algorithm_family), .doc = "Algorithm Family (CID 7162)"},
+};
+
+static const struct field input_fields[] = {
+    {.key = "modality", .type = T_STR, .required = 1, .off = MAN_OFF(modality),
+     .doc = "modality of the series the model reads"},
+    {.key = "min_slices", .type = T_INT, .def_int = 1, .min = 1, .max = 100000,
+     .off = MAN_OFF(min_slices), .doc = "fewer slices are refused"},
+};
+
+static const struct field scale_fields[] = {
+    {.key = "offset", .type = T_FLOAT, .def_float = 0, .off = MAN_OFF(scale_offset),
+     .doc = "added before scaling"},
+    {.key = "factor", .type = T_FLOAT, .def_float = 1, .fcheck = F_NONZERO,
+     .off = MAN_OFF(scale_factor), .doc = "multiplied after the offset"},
+};
+
+static const struct field preprocess_fields[] = {
+    {.key = "spacing", .type = T_FLOATS, .count = 3, .fcheck = F_POSITIVE, .none = "none",
+     .off = MAN_OFF(spacing), .off_n = MAN_OFF(has_spacing),
+     .doc = "resample to [column, row, slice] mm, or none"},
+    {.key = "clip", .type = T_FLOATS, .count = 2, .off = MAN_OFF(clip), .off_n = MAN_OFF(has_clip),
+     .doc = "[low, high] after rescale"},
+    {.key = "scale", .type = T_SECTION, SUB(scale_fields), .doc = "(v + offset) * factor"},
+};
+
+static const struct field inference_fields[] = {
+    {.key = "patch", .type = T_INTS, .required = 1, .count = 3, .min = 1, .max = 4096,
+     .off = MAN_OFF(patch), .doc = "patch size [z, y, x] in voxels"},
+    {.key = "margin", .type = T_INTS, .count = 3, .min = 0, .max = 1024, .off = MAN_OFF(margin),
+     .doc = "voxels dropped at each patch border [z, y, x]"},
+    {.key = "overlap", .type = T_FLOAT, .def_float = 0.25, .fcheck = F_UNIT,
+     .off = MAN_OFF(overlap), .doc = "fraction of a patch shared with its neighbour"},
+    {.key = "blend", .type = T_ENUM, .def_int = CONFIG_BLEND_GAUSSIAN, .names = blend_names,
+     .off = MAN_OFF(blend), .doc = "weighting of overlapping patches"},
+};
+
+static const struct field output_fields[] = {
+    {.key = "channels", .type = T_INT, .required = 1, .min = 1, .max = 255,
+     .off = MAN_OFF(channels), .doc = "output channels of the model"},
+    {.key = "decision", .type = T_ENUM, .def_int = CONFIG_DECISION_ARGMAX, .names = decision_names,
+     .off = MAN_OFF(decision), .doc = "argmax or threshold"},
+    {.key = "threshold", .type = T_FLOAT, .def_float = 0.5, .off = MAN_OFF(threshold),
+     .doc = "cut-off for decision threshold"},
+    {.key = "labels", .type = T_CUSTOM, .required = 1, .parse = parse_labels,
+     .release = release_labels, .off = MAN_OFF(labels), .off_n = MAN_OFF(n_labels),
+     .doc = "label number -> segment"},
+};
+
+static const struct field manifest_fields[] = {
+    {.key = "algorithm", .type = T_SECTION, .required = 1, SUB(algorithm_fields)},
+    {.key = "input", .type = T_SECTION, .required = 1, SUB(input_fields)},
+    {.key = "preprocess", .type = T_SECTION, SUB(preprocess_fields), .check = check_preprocess},
+    {.key = "inference", .type = T_SECTION, .required = 1, SUB(inference_fields),
+     .check = check_inference},
+    {.key = "output", .type = T_SECTION, .required = 1, SUB(output_fields), .check = check_output},
+};
+
+_Static_assert(NELEM(node_fields) <= MAX_FIELDS && NELEM(dest_fields) <= MAX_FIELDS &&
+                   NELEM(model_fields) <= MAX_FIELDS && NELEM(rule_fields) <= MAX_FIELDS &&
+                   NELEM(code_fields) <= MAX_FIELDS && NELEM(label_fields) <= MAX_FIELDS &&
+                   NELEM(algorithm_fields) <= MAX_FIELDS && NELEM(input_fields) <= MAX_FIELDS &&
+                   NELEM(scale_fields) <= MAX_FIELDS && NELEM(preprocess_fields) <= MAX_FIELDS &&
+                   NELEM(inference_fields) <= MAX_FIELDS && NELEM(output_fields) <= MAX_FIELDS &&
+                   NELEM(manifest_fields) <= MAX_FIELDS,
+               "parsed.st[] too small");
+
+#define MAX_LIST 8 /* longest T_INTS / T_FLOATS */
+
+/* ------------------------------------------------------------------------ */
+/* Paths and files                                                          */
+
+/* Removes "." components, repeated and trailing slashes; keeps ".." since a
+ * symlinked directory makes lexical ".." removal wrong. */
+static void clean_path(char *p)
+{
+    char *r = p, *w = p;
+    while (*r) {
+        if (*r == '/') {
+            while (*r == '/')
+                r++;
+            if (r[0] == '.' && (r[1] == '/' || r[1] == '\0')) {
+                r++;
+                continue;
+            }
+            *w++ = '/';
+            continue;
+        }
+        *w++ = *r++;
+    }
+    if (w > p + 1 && w[-1] == '/')
+        w--;
+    if (w == p)
+        *w++ = '/';
+    *w = '\0';
+}
+
+static char *join_path(const char *dir, const char *rel)
+{
+    size_t n = strlen(dir) + strlen(rel) + 2;
+    char *s = malloc(n);
+    if (!s)
+        return NULL;
+    snprintf(s, n, "%s/%s", dir, rel);
+    clean_path(s);
+    return s;
+}
+
+static char *absolute_path(const char *path)
+{
+    if (path[0] == '/') {
+        char *s = strdup(path);
+        if (s)
+            clean_path(s);
+        return s;
+    }
+    char *cwd = getcwd(NULL, 0);
+    if (!cwd)
+        return NULL;
+    char *s = join_path(cwd, path);
+    free(cwd);
+    return s;
+}
+
+/* The directory part of the absolute PATH. */
+static char *dir_of(const char *path)
+{
+    char *dir = strdup(path);
+    if (!dir)
+        return NULL;
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    return dir;
+}
+
+/* PATH made absolute against the directory of the file being read. */
+static char *resolve_path(const struct ctx *c, const char *path)
+{
+    if (path[0] == '/' || !c->dir) {
+        char *s = strdup(path);
+        if (s)
+            clean_path(s);
+        return s;
+    }
+    return join_path(c->dir, path);
+}
+
+/* 0 when PATH is a file we can open for reading, else an errno. */
+static int readable(const char *path)
+{
+    /* O_NONBLOCK: a FIFO must not hang the check */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return errno;
+    struct stat st;
+    int e = fstat(fd, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : 0;
+    close(fd);
+    return e;
+}
+
+static char *read_file(const char *path, size_t *lenp, int *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        *err = errno;
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    if (!buf) {
+        *err = ENOMEM;
+        close(fd);
+        return NULL;
+    }
+    for (;;) {
+        if (len == cap) {
+            char *nb = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
+            if (!nb) {
+                *err = ENOMEM;
+                goto fail;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + len, cap - len);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            *err = errno;
+            goto fail;
+        }
+        if (r == 0)
+            break;
+        len += (size_t)r;
+    }
+    close(fd);
+    *lenp = len;
+    return buf;
+fail:
+    free(buf);
+    close(fd);
+    return NULL;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Value checks                                                             */
@@ -420,6 +753,20 @@ static const char *ae_problem(const char *s, size_t len)
     }
     if (s[0] == ' ' || s[len - 1] == ' ')
         return "has leading or trailing spaces";
+    return NULL;
+}
+
+/* NULL when S names a device syntactically; whether it exists is for the
+ * inference runtime to say. */
+static const char *device_problem(const char *s)
+{
+    if (!strcmp(s, "cpu") || !strcmp(s, "cuda"))
+        return NULL;
+    if (strncmp(s, "cuda:", 5) != 0)
+        return "is not cpu, cuda or cuda:N";
+    size_t n = strspn(s + 5, "0123456789");
+    if (n == 0 || n > 9 || s[5 + n])
+        return "is not cpu, cuda or cuda:N";
     return NULL;
 }
 
@@ -463,13 +810,137 @@ static int is_decimal(const char *s)
     return 1;
 }
 
+/* A plain decimal integer in MIN..MAX into *OUT. */
+static int get_int(const struct ynode *v, long long min, long long max, long long *out)
+{
+    if (v->kind != Y_SCALAR || !v->plain || v->tagged || !is_decimal(v->text))
+        return 0;
+    errno = 0;
+    long long n = strtoll(v->text, NULL, 10);
+    if (errno == ERANGE || n < min || n > max)
+        return 0;
+    *out = n;
+    return 1;
+}
+
+/* A plain YAML 1.2 int or float, finite: .inf, .nan, hex and quoted text
+ * are refused so that a typo never becomes a number. */
+static int get_number(const struct ynode *v, double *out)
+{
+    if (v->kind != Y_SCALAR || !v->plain || v->tagged)
+        return 0;
+    const char *s = v->text;
+    if (*s == '+' || *s == '-')
+        s++;
+    size_t whole = strspn(s, "0123456789"), frac = 0;
+    s += whole;
+    if (*s == '.') {
+        frac = strspn(s + 1, "0123456789");
+        s += 1 + frac;
+    }
+    if (whole == 0 && frac == 0)
+        return 0;
+    if (*s == 'e' || *s == 'E') {
+        s++;
+        if (*s == '+' || *s == '-')
+            s++;
+        size_t exp = strspn(s, "0123456789");
+        if (exp == 0)
+            return 0;
+        s += exp;
+    }
+    if (*s)
+        return 0;
+    double d = strtod(v->text, NULL);
+    if (!isfinite(d))
+        return 0;
+    *out = d;
+    return 1;
+}
+
+static int float_ok(enum fcheck fc, double d)
+{
+    switch (fc) {
+    case F_ANY:
+        return 1;
+    case F_POSITIVE:
+        return d > 0;
+    case F_NONZERO:
+        return d != 0;
+    case F_UNIT:
+        return d >= 0 && d < 1;
+    }
+    return 0;
+}
+
+/* "3 integers 0..255", "3 numbers > 0": what a list field holds. */
+static void describe_list(const struct field *f, char *buf, size_t n)
+{
+    static const char *const limit[] = {[F_ANY] = "", [F_POSITIVE] = " > 0",
+                                        [F_NONZERO] = " other than 0", [F_UNIT] = " 0..1"};
+    if (f->type == T_INTS)
+        snprintf(buf, n, "%d integers %lld..%lld", f->count, f->min, f->max);
+    else
+        snprintf(buf, n, "%s%s%s%d numbers%s", f->none ? "'" : "", f->none ? f->none : "",
+                 f->none ? "' or " : "", f->count, limit[f->fcheck]);
+}
+
+/* Sets a fixed-length list; one message for the whole list, at the
+ * offending item when there is one. */
+static void set_list(struct ctx *c, const char *what, const struct field *f,
+                     const struct ynode *v, void *base)
+{
+    char *p = (char *)base + f->off;
+    int is_float = f->type == T_FLOATS;
+    if (is_float && (is_null(v) || (f->none && v->kind == Y_SCALAR && v->plain && !v->tagged &&
+                                    !strcmp(v->text, f->none)))) {
+        int no = 0;
+        memcpy((char *)base + f->off_n, &no, sizeof no);
+        return;
+    }
+    char expect[96];
+    describe_list(f, expect, sizeof expect);
+    if (v->kind != Y_SEQ || v->n != (size_t)f->count) {
+        report_at(c, v->line, v->col, "%s: expected %s", what, expect);
+        return;
+    }
+    int iv[MAX_LIST];
+    double dv[MAX_LIST];
+    for (size_t i = 0; i < v->n; i++) {
+        const struct ynode *it = v->kids[i];
+        long long n;
+        if (it->kind == Y_ALIAS)
+            return; /* already reported */
+        int ok = is_float ? get_number(it, &dv[i]) && float_ok(f->fcheck, dv[i])
+                          : get_int(it, f->min, f->max, &n);
+        if (!ok) {
+            report_at(c, it->line, it->col, "%s: expected %s", what, expect);
+            return;
+        }
+        if (!is_float)
+            iv[i] = (int)n;
+    }
+    if (is_float) {
+        int yes = 1;
+        memcpy(p, dv, v->n * sizeof dv[0]);
+        memcpy((char *)base + f->off_n, &yes, sizeof yes);
+    } else {
+        memcpy(p, iv, v->n * sizeof iv[0]);
+    }
+}
+
+static void parse_section(struct ctx *c, const char *sect, const struct field *fs, size_t nf,
+                          const struct ynode *map, void *base, const struct ynode *pos,
+                          check_fn check);
+
 static void set_field(struct ctx *c, const char *sect, const struct field *f,
                       const struct ynode *v, void *base)
 {
-    char what[128];
+    char what[256];
     char b[80];
     char *p = (char *)base + f->off;
-    snprintf(what, sizeof what, "%s.%s", sect, f->key);
+    /* the manifest's top level has no section name */
+    snprintf(what, sizeof what, "%s%s%s", sect, sect[0] ? "." : "", f->key);
 
     if (v->kind == Y_ALIAS)
         return;
@@ -480,9 +951,8 @@ static void set_field(struct ctx *c, const char *sect, const struct field *f,
             report_at(c, v->line, v->col, "%s: expected an integer", what);
             return;
         }
-        errno = 0;
-        long long n = strtoll(v->text, NULL, 10);
-        if (errno == ERANGE || n < f->min || n > f->max) {
+        long long n;
+        if (!get_int(v, f->min, f->max, &n)) {
             report_at(c, v->line, v->col, "%s: %s is out of range %lld..%lld", what,
                       esc(v->text, v->len, b), f->min, f->max);
             return;
@@ -490,6 +960,30 @@ static void set_field(struct ctx *c, const char *sect, const struct field *f,
         *(int *)p = (int)n;
         return;
     }
+    case T_FLOAT: {
+        double d;
+        if (!get_number(v, &d)) {
+            report_at(c, v->line, v->col, "%s: expected a number", what);
+            return;
+        }
+        if (!float_ok(f->fcheck, d)) {
+            esc(v->text, v->len, b);
+            if (f->fcheck == F_UNIT)
+                report_at(c, v->line, v->col, "%s: %s is out of range 0..1%s", what, b,
+                          d == 1 ? " (1 excluded)" : "");
+            else if (f->fcheck == F_NONZERO)
+                report_at(c, v->line, v->col, "%s: must not be 0", what);
+            else
+                report_at(c, v->line, v->col, "%s: %s must be greater than 0", what, b);
+            return;
+        }
+        *(double *)p = d;
+        return;
+    }
+    case T_INTS:
+    case T_FLOATS:
+        set_list(c, what, f, v, base);
+        return;
     case T_STR:
     case T_PATH: {
         if (!want_string(c, what, v))
@@ -498,7 +992,12 @@ static void set_field(struct ctx *c, const char *sect, const struct field *f,
             report_at(c, v->line, v->col, "%s: must not be empty", what);
             return;
         }
-        char *s = strdup(v->text);
+        const char *why = f->valid ? f->valid(v->text) : NULL;
+        if (why) {
+            report_at(c, v->line, v->col, "%s: '%s' %s", what, esc(v->text, v->len, b), why);
+            return;
+        }
+        char *s = f->type == T_PATH ? resolve_path(c, v->text) : strdup(v->text);
         if (!s) {
             oom(c);
             return;
@@ -567,6 +1066,21 @@ static void set_field(struct ctx *c, const char *sect, const struct field *f,
         }
         return;
     }
+    case T_SECTION: {
+        /* an empty value is an empty mapping: its required keys are then missing */
+        struct ynode empty = {.kind = Y_MAP, .line = v->line, .col = v->col};
+        if (is_null(v))
+            v = &empty;
+        if (v->kind != Y_MAP) {
+            report_at(c, v->line, v->col, "%s: expected a mapping", what);
+            return;
+        }
+        parse_section(c, what, f->sub, f->n_sub, v, p, v, f->check);
+        return;
+    }
+    case T_CUSTOM:
+        f->parse(c, f, what, v, base);
+        return;
     }
 }
 
@@ -584,19 +1098,87 @@ static void set_defaults(struct ctx *c, const struct field *fs, size_t nf, void 
             memcpy(p, &v, sizeof v);
             break;
         }
+        case T_FLOAT:
+            *(double *)p = f->def_float;
+            break;
         case T_STR:
         case T_PATH:
-            if (f->def_str && !(*(char **)p = strdup(f->def_str)))
+            if (f->def_str &&
+                !(*(char **)p = f->type == T_PATH ? resolve_path(c, f->def_str) : strdup(f->def_str)))
                 oom(c);
             break;
         case T_AE:
             if (f->def_str)
                 snprintf(p, CONFIG_AE_MAX + 1, "%s", f->def_str);
             break;
+        case T_SECTION:
+            set_defaults(c, f->sub, f->n_sub, p);
+            break;
         case T_AE_LIST:
+        case T_INTS:   /* zeros, from the caller's calloc */
+        case T_FLOATS:
+        case T_CUSTOM:
             break;
         }
     }
+}
+
+static void release_str(const struct field *f, void *base)
+{
+    char **p = (char **)((char *)base + f->off);
+    free(*p);
+    *p = NULL;
+}
+
+static void release_str_list(const struct field *f, void *base)
+{
+    char ***listp = (char ***)((char *)base + f->off);
+    size_t *np = (size_t *)((char *)base + f->off_n);
+    for (size_t i = 0; i < *np; i++)
+        free((*listp)[i]);
+    free(*listp);
+    *listp = NULL;
+    *np = 0;
+}
+
+/* Frees what set_defaults and set_field allocated under FS. */
+static void free_fields(const struct field *fs, size_t nf, void *base)
+{
+    for (size_t i = 0; i < nf; i++) {
+        const struct field *f = &fs[i];
+        switch (f->type) {
+        case T_STR:
+        case T_PATH:
+            release_str(f, base);
+            break;
+        case T_AE_LIST:
+            release_str_list(f, base);
+            break;
+        case T_SECTION:
+            free_fields(f->sub, f->n_sub, (char *)base + f->off);
+            break;
+        case T_CUSTOM:
+            if (f->release)
+                f->release(f, base);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static int same_text(const struct ynode *y, const char *s)
+{
+    return y->kind == Y_SCALAR && y->len == strlen(s) && !memcmp(y->text, s, y->len);
+}
+
+/* The value of the first KEY in MAP, or NULL. */
+static const struct ynode *map_get(const struct ynode *map, const char *key)
+{
+    for (size_t i = 0; map && map->kind == Y_MAP && i + 1 < map->n; i += 2)
+        if (same_text(map->kids[i], key))
+            return map->kids[i + 1];
+    return NULL;
 }
 
 /* Finds an earlier key in MAP equal to key index KI (pairs before it). */
@@ -620,7 +1202,7 @@ static int usable_key(struct ctx *c, const char *sect, const struct ynode *map, 
     if (k->kind == Y_ALIAS)
         return 0;
     if (k->kind != Y_SCALAR) {
-        report_at(c, k->line, k->col, "%s: keys must be scalars", sect);
+        report_at(c, k->line, k->col, "%s: keys must be scalars", sect[0] ? sect : "top level");
         return 0;
     }
     if (key_seen_before(map, ki)) {
@@ -630,35 +1212,72 @@ static int usable_key(struct ctx *c, const char *sect, const struct ynode *map, 
     return 1;
 }
 
-/* Applies the pairs of MAP to BASE through FS; POS locates missing-key errors. */
+/*
+ * Applies the pairs of MAP to BASE through FS; POS locates missing-key
+ * errors. CHECK, when given, then checks the fields against each other.
+ * SECT "" is a file's top level.
+ */
 static void parse_section(struct ctx *c, const char *sect, const struct field *fs, size_t nf,
-                          const struct ynode *map, void *base, const struct ynode *pos)
+                          const struct ynode *map, void *base, const struct ynode *pos,
+                          check_fn check)
 {
-    unsigned char seen[32] = {0};
-    _Static_assert(NELEM(node_fields) <= sizeof seen && NELEM(dest_fields) <= sizeof seen,
-                   "seen[] too small");
+    struct parsed p = {.sect = sect, .fs = fs, .nf = nf, .map = map, .pos = pos};
     char b[80];
 
     for (size_t i = 0; i + 1 < map->n; i += 2) {
-        const struct ynode *k = map->kids[i];
+        const struct ynode *k = map->kids[i], *v = map->kids[i + 1];
         if (!usable_key(c, sect, map, i, "key"))
             continue;
         size_t fi = 0;
         while (fi < nf && (strlen(fs[fi].key) != k->len || memcmp(fs[fi].key, k->text, k->len)))
             fi++;
         if (fi == nf) {
-            report_at(c, k->line, k->col, "unknown key '%s' in %s", esc(k->text, k->len, b), sect);
+            if (sect[0])
+                report_at(c, k->line, k->col, "unknown key '%s' in %s", esc(k->text, k->len, b), sect);
+            else
+                report_at(c, k->line, k->col, "unknown top-level key '%s'", esc(k->text, k->len, b));
             continue;
         }
-        seen[fi] = 1;
-        set_field(c, sect, &fs[fi], map->kids[i + 1], base);
+        int before = c->count;
+        set_field(c, sect, &fs[fi], v, base);
+        p.st[fi] = v->kind == Y_ALIAS || c->count != before ? 2 : 1;
     }
-    for (size_t fi = 0; fi < nf; fi++)
-        if (fs[fi].required && !seen[fi])
+    for (size_t fi = 0; fi < nf; fi++) {
+        if (!fs[fi].required || p.st[fi])
+            continue;
+        if (sect[0])
             report_at(c, pos->line, pos->col, "%s: missing required key '%s'", sect, fs[fi].key);
+        else
+            report_at(c, pos->line, pos->col, "missing required key '%s'", fs[fi].key);
+    }
+    if (check)
+        check(c, &p, base);
 }
 
-static int valid_dest_name(const char *s, size_t len)
+static size_t field_index(const struct parsed *p, const char *key)
+{
+    size_t i = 0;
+    while (i < p->nf && strcmp(p->fs[i].key, key))
+        i++;
+    return i; /* KEY is always one of the table's: callers name their own fields */
+}
+
+/* 1 when KEY holds a value to check against: given and accepted, or absent
+ * and defaulted. */
+static int usable(const struct parsed *p, const char *key)
+{
+    size_t i = field_index(p, key);
+    return p->st[i] == 1 || (p->st[i] == 0 && !p->fs[i].required);
+}
+
+/* Where to report about KEY: its value, or the section when it is absent. */
+static const struct ynode *pos_of(const struct parsed *p, const char *key)
+{
+    const struct ynode *v = map_get(p->map, key);
+    return v ? v : p->pos;
+}
+
+static int valid_name(const char *s, size_t len)
 {
     if (len == 0)
         return 0;
@@ -669,6 +1288,345 @@ static int valid_dest_name(const char *s, size_t len)
             return 0;
     }
     return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Manifest                                                                 */
+
+/* The number of a label key (1..255), or -1. */
+static int label_number(const struct ynode *k)
+{
+    long long n;
+    return get_int(k, 1, 255, &n) ? (int)n : -1;
+}
+
+/* 1 when key KI of MAP has the same label number as an earlier key. */
+static int label_seen_before(const struct ynode *map, size_t ki, int n)
+{
+    for (size_t j = 0; j < ki; j += 2)
+        if (label_number(map->kids[j]) == n)
+            return 1;
+    return 0;
+}
+
+static int cmp_label(const void *a, const void *b)
+{
+    const struct config_label *x = a, *y = b;
+    return (x->value > y->value) - (x->value < y->value);
+}
+
+static void parse_labels(struct ctx *c, const struct field *f, const char *what,
+                         const struct ynode *v, void *base)
+{
+    struct config_label **lp = (struct config_label **)((char *)base + f->off);
+    size_t *np = (size_t *)((char *)base + f->off_n);
+    char b[80];
+    if (is_null(v) || (v->kind == Y_MAP && v->n == 0)) {
+        report_at(c, v->line, v->col, "%s: expected at least one label", what);
+        return;
+    }
+    if (v->kind != Y_MAP) {
+        report_at(c, v->line, v->col, "%s: expected a mapping", what);
+        return;
+    }
+    if (!(*lp = calloc(v->n / 2, sizeof **lp))) {
+        oom(c);
+        return;
+    }
+    for (size_t i = 0; i + 1 < v->n; i += 2) {
+        const struct ynode *k = v->kids[i], *val = v->kids[i + 1];
+        if (k->kind == Y_ALIAS)
+            continue;
+        if (k->kind != Y_SCALAR) {
+            report_at(c, k->line, k->col, "%s: keys must be scalars", what);
+            continue;
+        }
+        int n = label_number(k);
+        if (n < 0) {
+            report_at(c, k->line, k->col, "%s: '%s' is not a label number 1..255", what,
+                      esc(k->text, k->len, b));
+            continue;
+        }
+        if (label_seen_before(v, i, n)) {
+            report_at(c, k->line, k->col, "duplicate label %d", n);
+            continue;
+        }
+        char sect[300];
+        snprintf(sect, sizeof sect, "%s.%d", what, n);
+        if (val->kind == Y_ALIAS)
+            continue;
+        if (val->kind != Y_MAP) {
+            report_at(c, val->line, val->col, "%s: expected a mapping", sect);
+            continue;
+        }
+        struct config_label *l = &(*lp)[(*np)++];
+        l->value = n;
+        parse_section(c, sect, label_fields, NELEM(label_fields), val, l, k, NULL);
+    }
+    qsort(*lp, *np, sizeof **lp, cmp_label);
+}
+
+static void release_labels(const struct field *f, void *base)
+{
+    struct config_label **lp = (struct config_label **)((char *)base + f->off);
+    size_t *np = (size_t *)((char *)base + f->off_n);
+    for (size_t i = 0; i < *np; i++)
+        free_fields(label_fields, NELEM(label_fields), &(*lp)[i]);
+    free(*lp);
+    *lp = NULL;
+    *np = 0;
+}
+
+static void check_preprocess(struct ctx *c, const struct parsed *p, void *base)
+{
+    const struct config_manifest *m = base;
+    if (m->has_clip && !(m->clip[0] < m->clip[1])) {
+        const struct ynode *v = pos_of(p, "clip");
+        report_at(c, v->line, v->col, "%s.clip: low (%g) must be less than high (%g)", p->sect,
+                  m->clip[0], m->clip[1]);
+    }
+}
+
+static void check_inference(struct ctx *c, const struct parsed *p, void *base)
+{
+    const struct config_manifest *m = base;
+    if (!usable(p, "patch") || !usable(p, "margin"))
+        return;
+    /* each patch must keep a core after dropping the margin on both sides */
+    for (int i = 0; i < 3; i++) {
+        if (2 * m->margin[i] >= m->patch[i]) {
+            const struct ynode *v = pos_of(p, "margin");
+            report_at(c, v->line, v->col,
+                      "%s.margin: twice the margin must be less than the patch on each axis "
+                      "(%c: margin %d, patch %d)",
+                      p->sect, "zyx"[i], m->margin[i], m->patch[i]);
+            return;
+        }
+    }
+}
+
+static void check_output(struct ctx *c, const struct parsed *p, void *base)
+{
+    const struct config_manifest *m = base;
+    if (!usable(p, "channels") || !usable(p, "decision"))
+        return;
+    int argmax = m->decision == CONFIG_DECISION_ARGMAX;
+    /* argmax: channel 0 is the background and label N is channel N;
+     * threshold: label N is channel N - 1 */
+    if (argmax && m->channels < 2) {
+        const struct ynode *v = pos_of(p, "channels");
+        report_at(c, v->line, v->col, "%s.channels: argmax needs at least 2 channels", p->sect);
+        return;
+    }
+    const struct ynode *lv = map_get(p->map, "labels");
+    for (size_t i = 0; lv && lv->kind == Y_MAP && i + 1 < lv->n; i += 2) {
+        const struct ynode *k = lv->kids[i];
+        int n = label_number(k);
+        if (n < 0 || label_seen_before(lv, i, n))
+            continue; /* already reported */
+        if (argmax && n >= m->channels)
+            report_at(c, k->line, k->col,
+                      "%s.labels.%d: argmax needs each label below %s.channels (%d)", p->sect, n,
+                      p->sect, m->channels);
+        else if (!argmax && n > m->channels)
+            report_at(c, k->line, k->col,
+                      "%s.labels.%d: threshold needs each label at most %s.channels (%d)",
+                      p->sect, n, p->sect, m->channels);
+    }
+}
+
+/*
+ * Loads the manifest at PATH into M. Its problems are reported against PATH
+ * through C's callback and added to C's count. Returns 0, or an errno when
+ * PATH cannot be read (for the caller to report where PATH was named).
+ */
+static int load_manifest(struct ctx *c, const char *path, struct config_manifest *m)
+{
+    size_t len = 0;
+    int e = 0;
+    char *buf = read_file(path, &len, &e);
+    if (!buf)
+        return e;
+    char *dir = dir_of(path);
+    struct ctx mc = {.file = path, .fn = c->fn, .ud = c->ud, .dir = dir};
+    if (!dir)
+        oom(&mc);
+    set_defaults(&mc, manifest_fields, NELEM(manifest_fields), m);
+    struct ynode *root = NULL;
+    int perr = parse_tree(&mc, buf, len, &root);
+    free(buf);
+    if (perr == 0) {
+        struct ynode empty = {.kind = Y_MAP, .line = 1, .col = 1};
+        const struct ynode *r = root && !is_null(root) ? root : &empty;
+        if (r->kind == Y_MAP)
+            parse_section(&mc, "", manifest_fields, NELEM(manifest_fields), r, m, r, NULL);
+        else if (r->kind != Y_ALIAS)
+            report_at(&mc, r->line, r->col, "top level must be a mapping");
+    }
+    ynode_free(root);
+    free(dir);
+    c->count += mc.count;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Models and rules                                                         */
+
+static char *builtin_dir; /* config_set_builtin_dir(); NULL: no built-in models */
+
+void config_set_builtin_dir(const char *dir)
+{
+    free(builtin_dir);
+    builtin_dir = dir ? strdup(dir) : NULL;
+}
+
+/* BUILTIN_DIR/NAME.EXT as an absolute path; NULL without a directory. */
+static char *builtin_path(const char *name, const char *ext)
+{
+    if (!builtin_dir || !valid_name(name, strlen(name)))
+        return NULL;
+    size_t n = strlen(builtin_dir) + strlen(name) + strlen(ext) + 2;
+    char *rel = malloc(n);
+    if (!rel)
+        return NULL;
+    snprintf(rel, n, "%s/%s%s", builtin_dir, name, ext);
+    char *abs = absolute_path(rel);
+    free(rel);
+    return abs;
+}
+
+#define BUILTIN_PREFIX "builtin:"
+
+/* Resolves file: to a TorchScript file that exists, then loads the manifest. */
+static void check_model(struct ctx *c, const struct parsed *p, void *base)
+{
+    struct config_model *m = base;
+    const struct ynode *fv = pos_of(p, "file"), *mv = pos_of(p, "manifest");
+    int manifest_named = p->st[field_index(p, "manifest")] != 0;
+    if (!m->file)
+        return; /* missing or refused: already reported */
+
+    if (!strncmp(m->file, BUILTIN_PREFIX, strlen(BUILTIN_PREFIX))) {
+        const char *name = m->file + strlen(BUILTIN_PREFIX);
+        char *pt = builtin_path(name, ".pt");
+        struct stat st;
+        if (!pt || stat(pt, &st) != 0) {
+            char b[80];
+            report_at(c, fv->line, fv->col, "%s.file: unknown built-in model '%s'", p->sect,
+                      esc(name, strlen(name), b));
+            free(pt);
+        } else {
+            m->builtin = 1;
+            if (!manifest_named && !(m->manifest.path = builtin_path(name, ".yaml")))
+                oom(c);
+            free(m->file);
+            m->file = pt;
+        }
+    } else {
+        char *abs = resolve_path(c, m->file);
+        if (!abs) {
+            oom(c);
+            return;
+        }
+        free(m->file);
+        m->file = abs;
+        int e = readable(abs);
+        if (e)
+            report_at(c, fv->line, fv->col, "%s.file: cannot read %s: %s", p->sect, abs, strerror(e));
+        if (!manifest_named)
+            report_at(c, p->pos->line, p->pos->col, "%s: missing required key 'manifest'", p->sect);
+    }
+
+    if (!m->manifest.path)
+        return;
+    int e = load_manifest(c, m->manifest.path, &m->manifest);
+    if (e && manifest_named)
+        report_at(c, mv->line, mv->col, "%s.manifest: cannot read %s: %s", p->sect,
+                  m->manifest.path, strerror(e));
+    else if (e)
+        report_at(c, fv->line, fv->col, "%s.file: cannot read manifest %s: %s", p->sect,
+                  m->manifest.path, strerror(e));
+}
+
+/* 1 when NAME is a key under models: (even one with problems of its own:
+ * those are reported there, not again for each rule). */
+static int model_defined(const struct ctx *c, const struct ynode *name)
+{
+    const struct ynode *ms = c->models;
+    for (size_t i = 0; ms && i + 1 < ms->n; i += 2) {
+        const struct ynode *k = ms->kids[i];
+        if (k->kind == Y_SCALAR && k->len == name->len && !memcmp(k->text, name->text, k->len) &&
+            valid_name(k->text, k->len))
+            return 1;
+    }
+    return 0;
+}
+
+static void parse_match(struct ctx *c, const struct field *f, const char *what,
+                        const struct ynode *v, void *base)
+{
+    static const struct field modality = {.key = "Modality", .type = T_STR};
+    char b[80];
+    if (is_null(v))
+        return; /* matches any series */
+    if (v->kind != Y_MAP) {
+        report_at(c, v->line, v->col, "%s: expected a mapping", what);
+        return;
+    }
+    for (size_t i = 0; i + 1 < v->n; i += 2) {
+        const struct ynode *k = v->kids[i];
+        if (!usable_key(c, what, v, i, "key"))
+            continue;
+        if (!same_text(k, modality.key)) {
+            report_at(c, k->line, k->col, "%s: '%s' is not supported by this version", what,
+                      esc(k->text, k->len, b));
+            continue;
+        }
+        set_field(c, what, &modality, v->kids[i + 1], (char *)base + f->off);
+    }
+}
+
+static void parse_run(struct ctx *c, const struct field *f, const char *what,
+                      const struct ynode *v, void *base)
+{
+    char ***listp = (char ***)((char *)base + f->off);
+    size_t *np = (size_t *)((char *)base + f->off_n);
+    char b[80];
+    if (is_null(v) || (v->kind == Y_SEQ && v->n == 0)) {
+        report_at(c, v->line, v->col, "%s: expected at least one model", what);
+        return;
+    }
+    if (v->kind != Y_SEQ) {
+        report_at(c, v->line, v->col, "%s: expected a sequence", what);
+        return;
+    }
+    if (!(*listp = calloc(v->n, sizeof **listp))) {
+        oom(c);
+        return;
+    }
+    for (size_t i = 0; i < v->n; i++) {
+        const struct ynode *it = v->kids[i];
+        if (!want_string(c, what, it))
+            continue;
+        if (!model_defined(c, it)) {
+            report_at(c, it->line, it->col, "%s: unknown model '%s'", what,
+                      esc(it->text, it->len, b));
+            continue;
+        }
+        int dup = 0;
+        for (size_t j = 0; j < *np && !dup; j++)
+            dup = !strcmp((*listp)[j], it->text);
+        if (dup) {
+            report_at(c, it->line, it->col, "%s: duplicate model '%s'", what,
+                      esc(it->text, it->len, b));
+            continue;
+        }
+        if (!((*listp)[*np] = strdup(it->text))) {
+            oom(c);
+            return;
+        }
+        (*np)++;
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -684,14 +1642,37 @@ static void parse_node(struct ctx *c, struct config *cfg, const struct ynode *ke
         report_at(c, v->line, v->col, "node: expected a mapping");
         return;
     }
-    parse_section(c, "node", node_fields, NELEM(node_fields), v, &cfg->node, v);
+    parse_section(c, "node", node_fields, NELEM(node_fields), v, &cfg->node, v, NULL);
+}
+
+/* A mapping of named entries (destinations, models): checks the names and
+ * returns 1 when entry I of V is worth parsing, with its section name. */
+static int named_entry(struct ctx *c, const char *what, const char *dup_what,
+                       const struct ynode *v, size_t i, char *sect, size_t n)
+{
+    const struct ynode *k = v->kids[i], *val = v->kids[i + 1];
+    char b[80];
+    if (!usable_key(c, what, v, i, dup_what))
+        return 0;
+    if (!valid_name(k->text, k->len)) {
+        report_at(c, k->line, k->col, "%s: invalid name '%s' (use letters, digits, '_', '.', '-')",
+                  what, esc(k->text, k->len, b));
+        return 0;
+    }
+    snprintf(sect, n, "%s.%s", what, k->text);
+    if (val->kind == Y_ALIAS)
+        return 0;
+    if (val->kind != Y_MAP) {
+        report_at(c, val->line, val->col, "%s: expected a mapping", sect);
+        return 0;
+    }
+    return 1;
 }
 
 static void parse_destinations(struct ctx *c, struct config *cfg, const struct ynode *key,
                                const struct ynode *v)
 {
     (void)key;
-    char b[80];
     if (is_null(v) || v->kind == Y_ALIAS)
         return;
     if (v->kind != Y_MAP) {
@@ -704,40 +1685,96 @@ static void parse_destinations(struct ctx *c, struct config *cfg, const struct y
         return;
     }
     for (size_t i = 0; i + 1 < v->n; i += 2) {
-        const struct ynode *k = v->kids[i], *val = v->kids[i + 1];
-        if (!usable_key(c, "destinations", v, i, "destination"))
+        char sect[192];
+        if (!named_entry(c, "destinations", "destination", v, i, sect, sizeof sect))
             continue;
-        if (!valid_dest_name(k->text, k->len)) {
-            report_at(c, k->line, k->col,
-                      "destinations: invalid name '%s' (use letters, digits, '_', '.', '-')",
-                      esc(k->text, k->len, b));
-            continue;
-        }
-        char sect[128];
-        snprintf(sect, sizeof sect, "destinations.%s", k->text);
-        if (val->kind == Y_ALIAS)
-            continue;
-        if (val->kind != Y_MAP) {
-            report_at(c, val->line, val->col, "%s: expected a mapping", sect);
-            continue;
-        }
         struct config_destination *d = &cfg->destinations[cfg->n_destinations++];
-        if (!(d->name = strdup(k->text))) {
+        if (!(d->name = strdup(v->kids[i]->text))) {
             oom(c);
             continue;
         }
-        parse_section(c, sect, dest_fields, NELEM(dest_fields), val, d, k);
+        parse_section(c, sect, dest_fields, NELEM(dest_fields), v->kids[i + 1], d, v->kids[i], NULL);
     }
 }
 
-/* Sections a later version will define: accepted only while empty. */
-static void parse_reserved(struct ctx *c, struct config *cfg, const struct ynode *key,
-                           const struct ynode *v)
+static void parse_models(struct ctx *c, struct config *cfg, const struct ynode *key,
+                         const struct ynode *v)
 {
-    (void)cfg;
-    if (is_null(v) || v->kind == Y_ALIAS || ((v->kind == Y_MAP || v->kind == Y_SEQ) && v->n == 0))
+    (void)key;
+    if (is_null(v) || v->kind == Y_ALIAS)
         return;
-    report_at(c, key->line, key->col, "%s: not supported by this version of ainode", key->text);
+    if (v->kind != Y_MAP) {
+        report_at(c, v->line, v->col, "models: expected a mapping");
+        return;
+    }
+    cfg->models = calloc(v->n / 2 + 1, sizeof *cfg->models);
+    if (!cfg->models) {
+        oom(c);
+        return;
+    }
+    for (size_t i = 0; i + 1 < v->n; i += 2) {
+        char sect[192];
+        if (!named_entry(c, "models", "model", v, i, sect, sizeof sect))
+            continue;
+        struct config_model *m = &cfg->models[cfg->n_models++];
+        if (!(m->name = strdup(v->kids[i]->text))) {
+            oom(c);
+            continue;
+        }
+        set_defaults(c, model_fields, NELEM(model_fields), m);
+        parse_section(c, sect, model_fields, NELEM(model_fields), v->kids[i + 1], m, v->kids[i],
+                      check_model);
+    }
+}
+
+static void parse_rules(struct ctx *c, struct config *cfg, const struct ynode *key,
+                        const struct ynode *v)
+{
+    (void)key;
+    if (is_null(v) || v->kind == Y_ALIAS)
+        return;
+    if (v->kind != Y_SEQ) {
+        report_at(c, v->line, v->col, "rules: expected a sequence");
+        return;
+    }
+    cfg->rules = calloc(v->n + 1, sizeof *cfg->rules);
+    if (!cfg->rules) {
+        oom(c);
+        return;
+    }
+    for (size_t i = 0; i < v->n; i++) {
+        const struct ynode *it = v->kids[i];
+        char sect[32];
+        snprintf(sect, sizeof sect, "rules[%zu]", i + 1); /* 1-based, like the default names */
+        if (it->kind == Y_ALIAS)
+            continue;
+        if (it->kind != Y_MAP) {
+            report_at(c, it->line, it->col, "%s: expected a mapping", sect);
+            continue;
+        }
+        struct config_rule *r = &cfg->rules[cfg->n_rules++];
+        parse_section(c, sect, rule_fields, NELEM(rule_fields), it, r, it, NULL);
+        if (!r->name) {
+            char name[32];
+            snprintf(name, sizeof name, "rule-%zu", i + 1);
+            if (!(r->name = strdup(name))) {
+                oom(c);
+                continue;
+            }
+        }
+        /* logs name rules: two alike would be confusing */
+        for (size_t j = 0; j + 1 < cfg->n_rules; j++) {
+            if (cfg->rules[j].name && !strcmp(cfg->rules[j].name, r->name)) {
+                const struct ynode *nv = map_get(it, "name");
+                char b[80];
+                if (!nv)
+                    nv = it;
+                report_at(c, nv->line, nv->col, "%s.name: duplicate rule name '%s'", sect,
+                          esc(r->name, strlen(r->name), b));
+                break;
+            }
+        }
+    }
 }
 
 static const struct section {
@@ -746,158 +1783,45 @@ static const struct section {
 } sections[] = {
     {"node", parse_node},
     {"destinations", parse_destinations},
-    {"models", parse_reserved},
-    {"rules", parse_reserved},
+    {"models", parse_models},
+    {"rules", parse_rules},
 };
 
 /* ------------------------------------------------------------------------ */
-/* Paths                                                                    */
-
-/* Removes "." components, repeated and trailing slashes; keeps ".." since a
- * symlinked directory makes lexical ".." removal wrong. */
-static void clean_path(char *p)
-{
-    char *r = p, *w = p;
-    while (*r) {
-        if (*r == '/') {
-            while (*r == '/')
-                r++;
-            if (r[0] == '.' && (r[1] == '/' || r[1] == '\0')) {
-                r++;
-                continue;
-            }
-            *w++ = '/';
-            continue;
-        }
-        *w++ = *r++;
-    }
-    if (w > p + 1 && w[-1] == '/')
-        w--;
-    if (w == p)
-        *w++ = '/';
-    *w = '\0';
-}
-
-static char *join_path(const char *dir, const char *rel)
-{
-    size_t n = strlen(dir) + strlen(rel) + 2;
-    char *s = malloc(n);
-    if (!s)
-        return NULL;
-    snprintf(s, n, "%s/%s", dir, rel);
-    clean_path(s);
-    return s;
-}
-
-static char *absolute_path(const char *path)
-{
-    if (path[0] == '/') {
-        char *s = strdup(path);
-        if (s)
-            clean_path(s);
-        return s;
-    }
-    char *cwd = getcwd(NULL, 0);
-    if (!cwd)
-        return NULL;
-    char *s = join_path(cwd, path);
-    free(cwd);
-    return s;
-}
-
-static int resolve_paths(struct ctx *c, const struct field *fs, size_t nf, void *base,
-                         const char *cfg_path)
-{
-    char *dir = strdup(cfg_path);
-    if (!dir)
-        return oom(c);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir)
-        slash[1] = '\0';
-    else if (slash)
-        *slash = '\0';
-    for (size_t i = 0; i < nf; i++) {
-        if (fs[i].type != T_PATH)
-            continue;
-        char **p = (char **)((char *)base + fs[i].off);
-        if (!*p)
-            continue;
-        char *abs = (*p)[0] == '/' ? strdup(*p) : join_path(dir, *p);
-        if (!abs) {
-            free(dir);
-            return oom(c);
-        }
-        clean_path(abs);
-        free(*p);
-        *p = abs;
-    }
-    free(dir);
-    return 1;
-}
-
-/* ------------------------------------------------------------------------ */
-/* File                                                                     */
-
-static char *read_file(const char *path, size_t *lenp, int *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        *err = errno;
-        return NULL;
-    }
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    if (!buf) {
-        *err = ENOMEM;
-        close(fd);
-        return NULL;
-    }
-    for (;;) {
-        if (len == cap) {
-            char *nb = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
-            if (!nb) {
-                *err = ENOMEM;
-                goto fail;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        ssize_t r = read(fd, buf + len, cap - len);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            *err = errno;
-            goto fail;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
-    }
-    close(fd);
-    *lenp = len;
-    return buf;
-fail:
-    free(buf);
-    close(fd);
-    return NULL;
-}
+/* API                                                                      */
 
 void config_free(struct config *cfg)
 {
     if (!cfg)
         return;
     free(cfg->path);
-    free(cfg->node.bind);
-    free(cfg->node.data_dir);
-    for (size_t i = 0; i < cfg->node.n_allowed_callers; i++)
-        free(cfg->node.allowed_callers[i]);
-    free(cfg->node.allowed_callers);
+    free_fields(node_fields, NELEM(node_fields), &cfg->node);
     for (size_t i = 0; i < cfg->n_destinations; i++) {
         free(cfg->destinations[i].name);
-        free(cfg->destinations[i].host);
+        free_fields(dest_fields, NELEM(dest_fields), &cfg->destinations[i]);
     }
     free(cfg->destinations);
+    for (size_t i = 0; i < cfg->n_models; i++) {
+        struct config_model *m = &cfg->models[i];
+        free(m->name);
+        free_fields(manifest_fields, NELEM(manifest_fields), &m->manifest);
+        free_fields(model_fields, NELEM(model_fields), m); /* manifest.path among them */
+    }
+    free(cfg->models);
+    for (size_t i = 0; i < cfg->n_rules; i++)
+        free_fields(rule_fields, NELEM(rule_fields), &cfg->rules[i]);
+    free(cfg->rules);
     free(cfg);
+}
+
+const struct config_model *config_find_model(const struct config *cfg, const char *name)
+{
+    if (!cfg || !name)
+        return NULL;
+    for (size_t i = 0; i < cfg->n_models; i++)
+        if (!strcmp(cfg->models[i].name, name))
+            return &cfg->models[i];
+    return NULL;
 }
 
 int config_load(const char *path, struct config **out, config_error_fn err, void *ud)
@@ -928,6 +1852,15 @@ int config_load(const char *path, struct config **out, config_error_fn err, void
         oom(&c);
         return c.count;
     }
+    /* relative paths in the file are taken from its directory */
+    char *dir = NULL;
+    if (!(cfg->path = absolute_path(path)) || !(dir = dir_of(cfg->path))) {
+        report_at(&c, 0, 0, "cannot resolve path: %s", strerror(errno));
+        ynode_free(root);
+        config_free(cfg);
+        return c.count;
+    }
+    c.dir = dir;
     set_defaults(&c, node_fields, NELEM(node_fields), &cfg->node);
 
     if (perr == 0 && root && !is_null(root)) {
@@ -935,6 +1868,9 @@ int config_load(const char *path, struct config **out, config_error_fn err, void
             if (root->kind != Y_ALIAS)
                 report_at(&c, root->line, root->col, "top level must be a mapping");
         } else {
+            /* rules may name models defined further down */
+            const struct ynode *ms = map_get(root, "models");
+            c.models = ms && ms->kind == Y_MAP ? ms : NULL;
             char b[80];
             for (size_t i = 0; i + 1 < root->n; i += 2) {
                 const struct ynode *k = root->kids[i];
@@ -954,14 +1890,8 @@ int config_load(const char *path, struct config **out, config_error_fn err, void
         }
     }
     ynode_free(root);
+    free(dir);
 
-    if (c.count == 0) {
-        cfg->path = absolute_path(path);
-        if (!cfg->path)
-            report_at(&c, 0, 0, "cannot resolve path: %s", strerror(errno));
-        else
-            resolve_paths(&c, node_fields, NELEM(node_fields), &cfg->node, cfg->path);
-    }
     if (c.count > 0 || !out) {
         config_free(cfg);
         return c.count;

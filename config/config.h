@@ -48,12 +48,86 @@ struct config_destination {
     int port;
 };
 
+/* A coded concept: (CodeValue, CodingSchemeDesignator, CodeMeaning). */
+struct config_code {
+    char *value;
+    char *scheme;
+    char *meaning;
+};
+
+/* One output label of a model (a segment of its results). */
+struct config_label {
+    int value;                     /* label number in the output, 1..255 */
+    char *name;                    /* Segment Label */
+    struct config_code category;   /* Segmented Property Category (SNOMED CT) */
+    struct config_code type;       /* Segmented Property Type (SNOMED CT) */
+    int color[3];                  /* display colour, sRGB 0..255 */
+};
+
+enum config_blend { CONFIG_BLEND_CONSTANT = 0, CONFIG_BLEND_GAUSSIAN };
+enum config_decision { CONFIG_DECISION_ARGMAX = 0, CONFIG_DECISION_THRESHOLD };
+
+/* What a model accepts, how its input is prepared, how it is run and what
+ * its output means: one manifest file per model. */
+struct config_manifest {
+    char *path;                    /* absolute path of the manifest */
+    char *algorithm_name;
+    char *algorithm_version;
+    struct config_code algorithm_family;
+    char *modality;                /* input.modality, e.g. "CT" */
+    int min_slices;                /* input.min_slices, default 1 */
+    int has_spacing;               /* preprocess.spacing other than "none" */
+    double spacing[3];             /* column, row, slice (mm) */
+    int has_clip;
+    double clip[2];                /* preprocess.clip: [low, high] after rescale */
+    double scale_offset;           /* preprocess.scale: input = (v + offset) * factor */
+    double scale_factor;
+    int patch[3];                  /* inference.patch: z, y, x */
+    int margin[3];                 /* inference.margin: z, y, x, default 0 */
+    double overlap;                /* inference.overlap, 0 <= overlap < 1 */
+    enum config_blend blend;       /* inference.blend: constant | gaussian */
+    int channels;                  /* output.channels */
+    enum config_decision decision; /* output.decision: argmax | threshold */
+    double threshold;              /* output.threshold */
+    struct config_label *labels;   /* output.labels, by increasing value */
+    size_t n_labels;
+};
+
+struct config_model {
+    char *name;
+    char *file;                    /* absolute path of the TorchScript file */
+    int builtin;                   /* file was given as builtin:NAME */
+    char *device;                  /* "cpu", "cuda" or "cuda:N" */
+    int threads;                   /* intra-op threads per worker, 1..256 */
+    int workers;                   /* worker threads, 1..64 */
+    struct config_manifest manifest;
+};
+
+/* Which models run on a series of a completed study. */
+struct config_rule {
+    char *name;
+    char *match_modality;          /* match: {Modality: X}; NULL matches any */
+    char **run;                    /* model names, each defined under models: */
+    size_t n_run;
+};
+
 struct config {
     char *path;                   /* absolute path of the file that was loaded */
     struct config_node node;
     struct config_destination *destinations;
     size_t n_destinations;
+    struct config_model *models;
+    size_t n_models;
+    struct config_rule *rules;
+    size_t n_rules;
 };
+
+/* Where "builtin:NAME" models live: NAME.pt (TorchScript) and NAME.yaml
+ * (its manifest). Set once before config_load(); NULL means none. */
+void config_set_builtin_dir(const char *dir);
+
+/* The model called NAME, or NULL. */
+const struct config_model *config_find_model(const struct config *cfg, const char *name);
 
 /* Receives one "FILE:LINE:COLUMN: message" line (no trailing newline). */
 typedef void (*config_error_fn)(void *ud, const char *line);

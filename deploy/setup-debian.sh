@@ -5,10 +5,10 @@ set -eu
 
 PACKAGES="
   cmake pkg-config gcc g++ make
-  libdcmtk-dev dcmtk
+  libdcmtk-dev dcmtk libopenjp2-7-dev libtorch-dev
   libuv1-dev libsqlite3-dev libssl-dev libfyaml-dev libjansson-dev
   libcmocka-dev
-  dicom3tools python3 python3-pydicom python3-numpy
+  dicom3tools python3 python3-pydicom python3-numpy python3-torch
 "
 
 SUDO=""

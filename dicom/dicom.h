@@ -107,6 +107,35 @@ DICOM_API int dicom_read_values(const char *path, const char *const *keywords, s
                                 size_t errlen);
 DICOM_API void dicom_free_values(char **values, size_t n);
 
+/*
+ * A stored image, decoded: every frame's pixels as float after the Modality
+ * LUT (Rescale Slope/Intercept: Hounsfield units for CT), with the geometry
+ * of each frame. Classic single-frame images have one frame; enhanced
+ * multi-frame images take per-frame values from the Per-frame Functional
+ * Groups, else from the Shared ones.
+ */
+struct dicom_image {
+    int rows, cols, frames;
+    float *pixels;               /* frames * rows * cols, row-major per frame */
+    double *positions;           /* frames * 3: ImagePositionPatient */
+    double *orientations;        /* frames * 6: ImageOrientationPatient */
+    double pixel_spacing[2];     /* between rows, between columns (mm) */
+    int has_geometry;            /* positions, orientations and spacing present */
+    char sop_class_uid[65];
+    char modality[17];
+    char image_type[256];        /* values joined with '\' */
+};
+
+/*
+ * Decodes the image at PATH: uncompressed (any byte order), deflated, RLE,
+ * JPEG and JPEG-LS through DCMTK's decoders, JPEG 2000 through OpenJPEG.
+ * A file that holds no image (no Pixel Data: SR, ...) or one with more than
+ * one sample per pixel is refused with a reason in ERR.
+ */
+DICOM_API int dicom_image_read(const char *path, struct dicom_image **out, char *err,
+                               size_t errlen);
+DICOM_API void dicom_image_free(struct dicom_image *img);
+
 /* One-time process set-up: data dictionary check, TCP_NODELAY for every
  * DICOM socket, DCMTK's own logging quietened. */
 DICOM_API int dicom_init(char *err, size_t errlen);

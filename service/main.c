@@ -3,8 +3,11 @@
 #include "service/service.h"
 
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void usage(FILE *f)
 {
@@ -16,6 +19,31 @@ static void usage(FILE *f)
             "  check-config   validate CONFIG; print FILE:LINE:COLUMN: message per problem\n"
             "  status         list the studies in the store (--json for JSON)\n"
             "  version        print the version\n");
+}
+
+/* Built-in models sit next to the binary (models/, as in the build tree)
+ * or in ../share/ainode/models once installed. */
+static void find_builtin_models(void)
+{
+    static char dir[PATH_MAX + 32];
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return;
+    *slash = '\0';
+    static const char *const candidates[] = {"models", "../share/ainode/models"};
+    for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++) {
+        struct stat sb;
+        snprintf(dir, sizeof dir, "%s/%s", exe, candidates[i]);
+        if (stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            config_set_builtin_dir(dir);
+            return;
+        }
+    }
 }
 
 static void print_error(void *ud, const char *line)
@@ -76,6 +104,7 @@ int main(int argc, char **argv)
     }
 
     struct config *cfg = NULL;
+    find_builtin_models();
     int problems = config_load(config_path, &cfg, print_error, NULL);
     if (problems) {
         fprintf(stderr, "%s: %d problem%s found\n", config_path, problems,

@@ -24,6 +24,7 @@ struct node {
     const struct config *cfg;
     struct storage *store;
     struct dicom_server *dicom;
+    struct runner *runner;
     uv_loop_t *loop;
     uv_signal_t sigterm, sigint;
     uv_timer_t completion;
@@ -118,13 +119,17 @@ static void on_dicom_log(void *ud, int level, const char *msg)
 static void complete_due(struct node *n)
 {
     int moved = 0;
-    if (storage_complete_due(n->store, service_now_ms(), n->cfg->node.stable_seconds, &moved)
-        != STORAGE_OK) {
+    int queued = 0;
+    if (storage_complete_due(n->store, service_now_ms(), n->cfg->node.stable_seconds,
+                             runner_plan, (void *)n->cfg, &moved, &queued) != STORAGE_OK) {
         log_msg(LOG_ERROR, "cannot update study states in the database");
         return;
     }
     if (moved)
-        log_msg(LOG_INFO, "%d stud%s complete", moved, moved == 1 ? "y" : "ies");
+        log_msg(LOG_INFO, "%d stud%s complete, %d job%s queued", moved,
+                moved == 1 ? "y" : "ies", queued, queued == 1 ? "" : "s");
+    if (queued && n->runner)
+        runner_wake(n->runner);
 }
 
 static void on_completion_timer(uv_timer_t *t)
@@ -211,6 +216,13 @@ int serve_run(const struct config *cfg)
         return 1;
     }
 
+    if (runner_start(cfg, n.store, &n.runner, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        dicom_server_destroy(n.dicom);
+        storage_close(n.store);
+        return 1;
+    }
+
     n.loop = uv_default_loop();
     uv_signal_init(n.loop, &n.sigterm);
     uv_signal_init(n.loop, &n.sigint);
@@ -228,6 +240,7 @@ int serve_run(const struct config *cfg)
 
     if (uv_thread_create(&n.dicom_thread, dicom_thread_main, &n) != 0) {
         log_msg(LOG_ERROR, "cannot start the DICOM thread");
+        runner_stop(n.runner);
         dicom_server_destroy(n.dicom);
         storage_close(n.store);
         return 1;
@@ -236,6 +249,8 @@ int serve_run(const struct config *cfg)
             cfg->node.bind, cfg->node.port, cfg->node.ae_title, cfg->node.data_dir);
     uv_run(n.loop, UV_RUN_DEFAULT);
     uv_thread_join(&n.dicom_thread);
+    runner_stop(n.runner);
+    n.runner = NULL;
     complete_due(&n);
     dicom_server_destroy(n.dicom);
     storage_close(n.store);

@@ -25,6 +25,42 @@ static int add_study_json(void *ud, const struct storage_study *s)
     return json_array_append_new(studies, o);
 }
 
+static int add_job_json(void *ud, const struct storage_job_row *j)
+{
+    json_t *jobs = ud;
+    json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:I}", "id", (json_int_t)j->id, "study_uid",
+                          j->study_uid, "series_uid", j->series_uid, "model", j->model, "state",
+                          j->state, "attempts", (json_int_t)j->attempts);
+    if (!o)
+        return 1;
+    json_object_set_new(o, "error", j->error ? json_string(j->error) : json_null());
+    /* Run time of the last attempt: so far while running, in total once ended. */
+    json_t *secs = json_null();
+    if (j->started_ms && j->finished_ms)
+        secs = json_real((j->finished_ms - j->started_ms) / 1000.0);
+    else if (j->started_ms)
+        secs = json_real((service_now_ms() - j->started_ms) / 1000.0);
+    json_object_set_new(o, "seconds", secs);
+    json_object_set_new(o, "result", j->result ? json_string(j->result) : json_null());
+    json_t *summary = j->summary ? json_loads(j->summary, 0, NULL) : NULL;
+    json_object_set_new(o, "labels", summary ? summary : json_null());
+    return json_array_append_new(jobs, o);
+}
+
+static int print_job_row(void *ud, const struct storage_job_row *j)
+{
+    int *count = ud;
+    if (*count == 0)
+        printf("\n%-6s  %-24s  %-8s  %8s  %s\n", "JOB", "MODEL", "STATE", "SECONDS", "ERROR");
+    double secs = j->started_ms && j->finished_ms ? (j->finished_ms - j->started_ms) / 1000.0
+                  : j->started_ms                  ? (service_now_ms() - j->started_ms) / 1000.0
+                                                   : 0;
+    printf("%-6lld  %-24s  %-8s  %8.1f  %s\n", (long long)j->id, j->model, j->state, secs,
+           j->error ? j->error : "");
+    (*count)++;
+    return 0;
+}
+
 static int print_study_row(void *ud, const struct storage_study *s)
 {
     int *count = ud;
@@ -53,8 +89,11 @@ int status_print(const struct config *cfg, int json)
     if (json) {
         json_t *root = json_object();
         json_t *studies = json_array();
+        json_t *jobs = json_array();
         json_object_set_new(root, "studies", studies);
-        if (st && storage_foreach_study(st, add_study_json, studies) != STORAGE_OK)
+        json_object_set_new(root, "jobs", jobs);
+        if (st && (storage_foreach_study(st, add_study_json, studies) != STORAGE_OK ||
+                   storage_foreach_job(st, add_job_json, jobs) != STORAGE_OK))
             rc = 1;
         if (rc == 0) {
             json_dumpf(root, stdout, JSON_INDENT(2));
@@ -68,6 +107,9 @@ int status_print(const struct config *cfg, int json)
         if (st && storage_foreach_study(st, print_study_row, &count) != STORAGE_OK)
             rc = 1;
         printf("%d stud%s\n", count, count == 1 ? "y" : "ies");
+        int jobs = 0;
+        if (st && storage_foreach_job(st, print_job_row, &jobs) != STORAGE_OK)
+            rc = 1;
     }
     if (rc)
         fprintf(stderr, "ainode: cannot read the database in %s\n", cfg->node.data_dir);

@@ -123,7 +123,17 @@ static const char SCHEMA[] =
     "  calling_ae TEXT, called_ae TEXT, source_addr TEXT,"
     "  received_at INTEGER NOT NULL,"
     "  path TEXT NOT NULL UNIQUE, size INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);";
+    "CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);"
+    "CREATE TABLE IF NOT EXISTS jobs("
+    "  id INTEGER PRIMARY KEY,"
+    "  study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, model TEXT NOT NULL,"
+    "  state TEXT NOT NULL DEFAULT 'queued',"
+    "  priority INTEGER NOT NULL DEFAULT 1,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  lease_owner TEXT, lease_until INTEGER,"
+    "  error TEXT, result TEXT, summary TEXT,"
+    "  created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER);"
+    "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(model, state, priority, id);";
 
 const char *storage_strerror(int err)
 {
@@ -528,6 +538,14 @@ static int open_common(const char *data_dir, int readonly, storage_read_fn read,
             rc = STORAGE_EIO;
             goto fail;
         }
+        /* This process is the only one that runs jobs: whatever a previous
+         * one left running is runnable again. */
+        rc = exec_sql(st->db,
+                      "UPDATE jobs SET state='queued', lease_owner=NULL, lease_until=NULL"
+                      " WHERE state='running'",
+                      err, errlen);
+        if (rc)
+            goto fail;
         /* Durable before any instance is acknowledged: a power cut from
          * here on must lead to the repair. Then rows stop waiting for the
          * disk (see storage.h). */
@@ -885,24 +903,403 @@ fail:
     return rc;
 }
 
+struct storage_plan {
+    char **models;
+    size_t n, cap;
+    int failed;
+};
+
+void storage_plan_add(struct storage_plan *plan, const char *model)
+{
+    if (plan->n == plan->cap) {
+        size_t cap = plan->cap ? plan->cap * 2 : 4;
+        char **m = realloc(plan->models, cap * sizeof *m);
+        if (!m) {
+            plan->failed = 1;
+            return;
+        }
+        plan->models = m;
+        plan->cap = cap;
+    }
+    if (!(plan->models[plan->n] = strdup(model))) {
+        plan->failed = 1;
+        return;
+    }
+    plan->n++;
+}
+
+static void plan_reset(struct storage_plan *plan)
+{
+    for (size_t i = 0; i < plan->n; i++)
+        free(plan->models[i]);
+    plan->n = 0;
+}
+
+static const char *col_text(sqlite3_stmt *s, int i)
+{
+    return (const char *)sqlite3_column_text(s, i);
+}
+
+/* Queues the jobs PLAN asks for on every series of STUDY. */
+static int plan_study(struct storage *st, const char *study, int64_t now_ms,
+                      storage_plan_fn plan_fn, void *ud, int *n_jobs)
+{
+    sqlite3_stmt *q = NULL, *ins = NULL;
+    struct storage_plan plan = {0};
+    int rc = -1;
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT se.series_uid, se.modality, se.body_part_examined,"
+                           "  se.series_description, se.protocol_name, se.manufacturer,"
+                           "  (SELECT count(*) FROM instances i WHERE i.series_uid=se.series_uid)"
+                           " FROM series se WHERE se.study_uid=?1 ORDER BY se.series_uid",
+                           -1, &q, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(st->db,
+                           "INSERT INTO jobs(study_uid, series_uid, model, created_at)"
+                           " VALUES(?1, ?2, ?3, ?4)",
+                           -1, &ins, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(q, 1, study, -1, SQLITE_STATIC);
+    int step;
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
+        struct storage_series se = {
+            .study_uid = study,
+            .series_uid = col_text(q, 0),
+            .modality = col_text(q, 1),
+            .body_part_examined = col_text(q, 2),
+            .series_description = col_text(q, 3),
+            .protocol_name = col_text(q, 4),
+            .manufacturer = col_text(q, 5),
+            .instances = sqlite3_column_int64(q, 6),
+        };
+        plan_reset(&plan);
+        plan_fn(ud, &se, &plan);
+        if (plan.failed)
+            goto out;
+        for (size_t i = 0; i < plan.n; i++) {
+            sqlite3_bind_text(ins, 1, study, -1, SQLITE_STATIC);
+            sqlite3_bind_text(ins, 2, se.series_uid, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_text(ins, 3, plan.models[i], -1, SQLITE_STATIC);
+            sqlite3_bind_int64(ins, 4, now_ms);
+            if (step_done(ins))
+                goto out;
+            (*n_jobs)++;
+        }
+    }
+    rc = step == SQLITE_DONE ? 0 : -1;
+out:
+    plan_reset(&plan);
+    free(plan.models);
+    sqlite3_finalize(q);
+    sqlite3_finalize(ins);
+    return rc;
+}
+
 int storage_complete_due(struct storage *st, int64_t now_ms, int stable_seconds,
-                         int *n_completed)
+                         storage_plan_fn plan, void *plan_ud, int *n_completed, int *n_jobs)
+{
+    sqlite3_stmt *s = NULL;
+    *n_completed = 0;
+    *n_jobs = 0;
+    pthread_mutex_lock(&st->lock);
+    int rc = STORAGE_EIO;
+    if (exec_sql(st->db, "BEGIN IMMEDIATE", NULL, 0))
+        goto out;
+    if (sqlite3_prepare_v2(st->db,
+                           "UPDATE studies SET state='complete', completed_at=?1"
+                           " WHERE state='receiving' AND last_received <= ?2 RETURNING study_uid",
+                           -1, &s, NULL) != SQLITE_OK)
+        goto rollback;
+    sqlite3_bind_int64(s, 1, now_ms);
+    sqlite3_bind_int64(s, 2, now_ms - (int64_t)stable_seconds * 1000);
+    /* RETURNING rows are all known once the first step returns, so the
+     * planning below may run while this statement is still open. */
+    char **studies = NULL;
+    size_t n = 0;
+    int step;
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        char **ns = realloc(studies, (n + 1) * sizeof *ns);
+        if (!ns || !(ns[n] = strdup(col_text(s, 0)))) {
+            if (ns)
+                studies = ns;
+            step = SQLITE_NOMEM;
+            break;
+        }
+        studies = ns;
+        n++;
+    }
+    sqlite3_finalize(s);
+    s = NULL;
+    int ok = step == SQLITE_DONE;
+    for (size_t i = 0; i < n; i++) {
+        if (ok && plan && plan_study(st, studies[i], now_ms, plan, plan_ud, n_jobs) != 0)
+            ok = 0;
+        free(studies[i]);
+    }
+    free(studies);
+    if (!ok || exec_sql(st->db, "COMMIT", NULL, 0))
+        goto rollback;
+    *n_completed = (int)n;
+    rc = STORAGE_OK;
+    goto out;
+rollback:
+    sqlite3_finalize(s);
+    exec_sql(st->db, "ROLLBACK", NULL, 0);
+    *n_jobs = 0;
+out:
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int storage_job_claim(struct storage *st, const char *model, const char *owner, int64_t now_ms,
+                      int64_t lease_ms, struct storage_job *job)
 {
     sqlite3_stmt *s;
-    *n_completed = 0;
+    int rc = STORAGE_EIO;
     pthread_mutex_lock(&st->lock);
-    int rc = sqlite3_prepare_v2(st->db,
-                                "UPDATE studies SET state='complete', completed_at=?1"
-                                " WHERE state='receiving' AND last_received <= ?2",
-                                -1, &s, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_int64(s, 1, now_ms);
-        sqlite3_bind_int64(s, 2, now_ms - (int64_t)stable_seconds * 1000);
-        rc = sqlite3_step(s);
-        if (rc == SQLITE_DONE)
-            *n_completed = sqlite3_changes(st->db);
+    for (;;) {
+        if (sqlite3_prepare_v2(
+                st->db,
+                "UPDATE jobs SET state='running', lease_owner=?2, lease_until=?3 + ?4,"
+                "  started_at=?3, attempts=attempts + 1"
+                " WHERE id=(SELECT id FROM jobs WHERE model=?1 AND (state='queued' OR"
+                "  (state='running' AND lease_until < ?3)) ORDER BY priority, id LIMIT 1)"
+                " RETURNING id, study_uid, series_uid, attempts",
+                -1, &s, NULL) != SQLITE_OK)
+            break;
+        sqlite3_bind_text(s, 1, model, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, now_ms);
+        sqlite3_bind_int64(s, 4, lease_ms);
+        int step = sqlite3_step(s);
+        if (step != SQLITE_ROW) {
+            rc = step == SQLITE_DONE ? STORAGE_ENOTFOUND : STORAGE_EIO;
+            sqlite3_finalize(s);
+            break;
+        }
+        memset(job, 0, sizeof *job);
+        job->id = sqlite3_column_int64(s, 0);
+        snprintf(job->study_uid, sizeof job->study_uid, "%s", col_text(s, 1));
+        snprintf(job->series_uid, sizeof job->series_uid, "%s", col_text(s, 2));
+        snprintf(job->model, sizeof job->model, "%s", model);
+        job->attempts = sqlite3_column_int(s, 3);
+        sqlite3_step(s);
+        sqlite3_finalize(s);
+        if (job->attempts <= STORAGE_JOB_MAX_ATTEMPTS) {
+            rc = STORAGE_OK;
+            break;
+        }
+        /* It has been claimed and lost too often: give up on it. */
+        char msg[128];
+        snprintf(msg, sizeof msg, "gave up after %d attempts (the worker stopped each time)",
+                 STORAGE_JOB_MAX_ATTEMPTS);
+        if (sqlite3_prepare_v2(st->db,
+                               "UPDATE jobs SET state='failed', error=?2, finished_at=?3,"
+                               "  lease_owner=NULL, lease_until=NULL WHERE id=?1",
+                               -1, &s, NULL) != SQLITE_OK)
+            break;
+        sqlite3_bind_int64(s, 1, job->id);
+        sqlite3_bind_text(s, 2, msg, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, now_ms);
+        int done = step_done(s);
+        sqlite3_finalize(s);
+        if (done)
+            break;
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int storage_job_renew(struct storage *st, int64_t id, const char *owner, int64_t until_ms)
+{
+    sqlite3_stmt *s;
+    int rc = STORAGE_EIO;
+    pthread_mutex_lock(&st->lock);
+    if (sqlite3_prepare_v2(st->db,
+                           "UPDATE jobs SET lease_until=?3 WHERE id=?1 AND lease_owner=?2"
+                           " AND state='running'",
+                           -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(s, 1, id);
+        sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, until_ms);
+        if (step_done(s) == 0)
+            rc = sqlite3_changes(st->db) == 1 ? STORAGE_OK : STORAGE_ENOTFOUND;
         sqlite3_finalize(s);
     }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int storage_job_finish(struct storage *st, int64_t id, const char *owner, int64_t now_ms,
+                       const char *error, const char *result, const char *summary)
+{
+    sqlite3_stmt *s;
+    int rc = STORAGE_EIO;
+    pthread_mutex_lock(&st->lock);
+    if (sqlite3_prepare_v2(st->db,
+                           "UPDATE jobs SET state=?3, error=?4, result=?5, summary=?6,"
+                           "  finished_at=?7, lease_owner=NULL, lease_until=NULL"
+                           " WHERE id=?1 AND lease_owner=?2 AND state='running'",
+                           -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(s, 1, id);
+        sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, error ? "failed" : "done", -1, SQLITE_STATIC);
+        bind_opt(s, 4, error);
+        bind_opt(s, 5, result);
+        bind_opt(s, 6, summary);
+        sqlite3_bind_int64(s, 7, now_ms);
+        if (step_done(s) == 0)
+            rc = sqlite3_changes(st->db) == 1 ? STORAGE_OK : STORAGE_ENOTFOUND;
+        sqlite3_finalize(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int storage_job_release(struct storage *st, int64_t id, const char *owner)
+{
+    sqlite3_stmt *s;
+    int rc = STORAGE_EIO;
+    pthread_mutex_lock(&st->lock);
+    if (sqlite3_prepare_v2(st->db,
+                           "UPDATE jobs SET state='queued', attempts=attempts - 1,"
+                           "  lease_owner=NULL, lease_until=NULL, started_at=NULL"
+                           " WHERE id=?1 AND lease_owner=?2 AND state='running'",
+                           -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(s, 1, id);
+        sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC);
+        if (step_done(s) == 0)
+            rc = sqlite3_changes(st->db) == 1 ? STORAGE_OK : STORAGE_ENOTFOUND;
+        sqlite3_finalize(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* Writes DATA to DIR/NAME through a flushed temporary file and a rename. */
+static int write_durable(const char *dir, const char *name, const void *data, size_t len,
+                         char *path, size_t pathlen)
+{
+    char tmp[PATH_MAX];
+    if (snprintf(path, pathlen, "%s/%s", dir, name) >= (int)pathlen ||
+        snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -1;
+    const char *p = data;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            break;
+        p += n;
+        left -= (size_t)n;
+    }
+    int saved = errno;
+    if (left > 0 || fsync(fd) != 0) {
+        if (left == 0)
+            saved = errno;
+        close(fd);
+        unlink(tmp);
+        errno = saved;
+        return -1;
+    }
+    close(fd);
+    if (rename(tmp, path) != 0) {
+        saved = errno;
+        unlink(tmp);
+        errno = saved;
+        return -1;
+    }
+    return fsync_path(dir, 1);
+}
+
+int storage_write_result(struct storage *st, int64_t id, const char *json, const void *labels,
+                         size_t nbytes, char *path, size_t pathlen, char *err, size_t errlen)
+{
+    char dir[PATH_MAX], name[64], labels_path[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/results", st->data_dir);
+    if (mkdir_durable(st->data_dir, dir) != 0) {
+        seterr(err, errlen, "cannot create %s: %s", dir, strerror(errno));
+        return STORAGE_EIO;
+    }
+    snprintf(name, sizeof name, "%lld.labels", (long long)id);
+    if (write_durable(dir, name, labels, nbytes, labels_path, sizeof labels_path) != 0) {
+        seterr(err, errlen, "cannot write %s/%s: %s", dir, name, strerror(errno));
+        return STORAGE_EIO;
+    }
+    snprintf(name, sizeof name, "%lld.json", (long long)id);
+    if (write_durable(dir, name, json, strlen(json), path, pathlen) != 0) {
+        seterr(err, errlen, "cannot write %s/%s: %s", dir, name, strerror(errno));
+        return STORAGE_EIO;
+    }
+    return STORAGE_OK;
+}
+
+int storage_foreach_job(struct storage *st, storage_job_fn fn, void *ud)
+{
+    sqlite3_stmt *s;
+    pthread_mutex_lock(&st->lock);
+    int rc = sqlite3_prepare_v2(st->db,
+                                "SELECT id, study_uid, series_uid, model, state, error, result,"
+                                "  summary, attempts, created_at, coalesce(started_at, 0),"
+                                "  coalesce(finished_at, 0) FROM jobs ORDER BY id",
+                                -1, &s, NULL);
+    if (rc != SQLITE_OK) {
+        pthread_mutex_unlock(&st->lock);
+        /* A store from before jobs existed has no such table: no jobs. */
+        return STORAGE_OK;
+    }
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        struct storage_job_row j = {
+            .id = sqlite3_column_int64(s, 0),
+            .study_uid = col_text(s, 1),
+            .series_uid = col_text(s, 2),
+            .model = col_text(s, 3),
+            .state = col_text(s, 4),
+            .error = col_text(s, 5),
+            .result = col_text(s, 6),
+            .summary = col_text(s, 7),
+            .attempts = sqlite3_column_int(s, 8),
+            .created_ms = sqlite3_column_int64(s, 9),
+            .started_ms = sqlite3_column_int64(s, 10),
+            .finished_ms = sqlite3_column_int64(s, 11),
+        };
+        if (fn(ud, &j)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_finalize(s);
+    pthread_mutex_unlock(&st->lock);
+    return rc == SQLITE_DONE ? STORAGE_OK : STORAGE_EIO;
+}
+
+int storage_foreach_instance(struct storage *st, const char *series_uid, storage_path_fn fn,
+                             void *ud)
+{
+    sqlite3_stmt *s;
+    pthread_mutex_lock(&st->lock);
+    int rc = sqlite3_prepare_v2(st->db,
+                                "SELECT sop_instance_uid, path FROM instances WHERE series_uid=?1"
+                                " ORDER BY sop_instance_uid",
+                                -1, &s, NULL);
+    if (rc != SQLITE_OK) {
+        pthread_mutex_unlock(&st->lock);
+        return STORAGE_EIO;
+    }
+    sqlite3_bind_text(s, 1, series_uid, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (fn(ud, col_text(s, 0), col_text(s, 1))) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_finalize(s);
     pthread_mutex_unlock(&st->lock);
     return rc == SQLITE_DONE ? STORAGE_OK : STORAGE_EIO;
 }

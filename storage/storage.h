@@ -126,10 +126,97 @@ int storage_temp_path(struct storage *st, char *buf, size_t len);
 int storage_commit(struct storage *st, const char *temp_path,
                    const struct storage_instance *inst, char *err, size_t errlen);
 
+/* A series of a study that has just completed, as handed to the planner. */
+struct storage_series {
+    const char *study_uid;
+    const char *series_uid;
+    const char *modality;
+    const char *body_part_examined;
+    const char *series_description;
+    const char *protocol_name;
+    const char *manufacturer;
+    int64_t instances;
+};
+
+/* Collects the models to run on one series (storage_plan_add). */
+struct storage_plan;
+void storage_plan_add(struct storage_plan *plan, const char *model);
+
+/* Decides which models run on S: calls storage_plan_add() for each. */
+typedef void (*storage_plan_fn)(void *ud, const struct storage_series *s,
+                                struct storage_plan *plan);
+
 /* Moves every study idle for STABLE_SECONDS (as of NOW_MS) from
- * "receiving" to "complete"; *N_COMPLETED gets how many moved. */
+ * "receiving" to "complete" and, in the same transaction, queues one job
+ * per (series, model) that PLAN (may be NULL) asks for; a crash can never
+ * leave a complete study without its jobs. *N_COMPLETED and *N_JOBS get
+ * how many studies moved and jobs were queued. */
 int storage_complete_due(struct storage *st, int64_t now_ms, int stable_seconds,
-                         int *n_completed);
+                         storage_plan_fn plan, void *plan_ud, int *n_completed, int *n_jobs);
+
+/*
+ * Jobs: queued -> running -> done | failed. A worker claims a job with a
+ * lease (owner + expiry), renews it while it works and finishes it as its
+ * owner. A lease that expired (its worker died or hung) lets the job be
+ * claimed again; jobs left running by a previous process are queued again
+ * by storage_open(). A job claimed more than STORAGE_JOB_MAX_ATTEMPTS times
+ * fails instead of running again (it keeps killing its worker).
+ */
+#define STORAGE_JOB_MAX_ATTEMPTS 3
+
+struct storage_job {
+    int64_t id;
+    char study_uid[65];
+    char series_uid[65];
+    char model[128];
+    int attempts;                 /* including this one */
+};
+
+/* Claims the oldest runnable job of MODEL for OWNER until NOW_MS + LEASE_MS.
+ * STORAGE_ENOTFOUND when there is none. */
+int storage_job_claim(struct storage *st, const char *model, const char *owner, int64_t now_ms,
+                      int64_t lease_ms, struct storage_job *job);
+
+/* Extends the lease; STORAGE_ENOTFOUND when OWNER no longer holds it. */
+int storage_job_renew(struct storage *st, int64_t id, const char *owner, int64_t until_ms);
+
+/* Ends a job OWNER holds: done (ERROR NULL, RESULT the result file) or
+ * failed (ERROR the reason). STORAGE_ENOTFOUND when OWNER lost it. */
+int storage_job_finish(struct storage *st, int64_t id, const char *owner, int64_t now_ms,
+                       const char *error, const char *result, const char *summary);
+
+/* Gives a job OWNER holds back to the queue, not counting this attempt
+ * (the node is stopping; the job did not fail). */
+int storage_job_release(struct storage *st, int64_t id, const char *owner);
+
+/* Writes a job's results durably: DATA_DIR/results/<ID>.labels (LABELS,
+ * NBYTES) and then DATA_DIR/results/<ID>.json (JSON), whose path goes to
+ * PATH. Each file is written to a temporary name, flushed and renamed. */
+int storage_write_result(struct storage *st, int64_t id, const char *json, const void *labels,
+                         size_t nbytes, char *path, size_t pathlen, char *err, size_t errlen);
+
+struct storage_job_row {
+    int64_t id;
+    const char *study_uid;
+    const char *series_uid;
+    const char *model;
+    const char *state;
+    const char *error;            /* NULL unless failed */
+    const char *result;           /* result file, NULL unless done */
+    const char *summary;          /* JSON text, NULL unless done */
+    int attempts;
+    int64_t created_ms, started_ms, finished_ms; /* 0 when not yet */
+};
+
+typedef int (*storage_job_fn)(void *ud, const struct storage_job_row *j);
+
+/* Calls FN for each job, oldest first. */
+int storage_foreach_job(struct storage *st, storage_job_fn fn, void *ud);
+
+/* Calls FN with the stored path of each instance of SERIES_UID. */
+typedef int (*storage_path_fn)(void *ud, const char *sop_instance_uid, const char *path);
+int storage_foreach_instance(struct storage *st, const char *series_uid, storage_path_fn fn,
+                             void *ud);
 
 struct storage_study {
     const char *study_uid;

@@ -1,4 +1,5 @@
-/* Unit tests for config/: loading, defaults, and positioned error lines. */
+/* Unit tests for config/: loading, defaults, models, manifests, rules and
+ * positioned error lines. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -41,8 +42,10 @@ static void capture_free(struct capture *cap)
 }
 
 static char tmpdir[256];
-static char paths[64][1024];
+static char paths[128][1024];
 static int npaths;
+static char builtin_dir[512]; /* ct-bone-body.pt (empty) and its manifest */
+static char builtin_pt[1024], builtin_yaml[1024];
 
 static const char *data_dir(void)
 {
@@ -62,7 +65,7 @@ static const char *fixture(const char *name)
 /* Writes TEXT to a fresh file in the test's temp dir and returns its path. */
 static const char *write_tmp(const char *name, const char *text)
 {
-    assert_true(npaths < 64);
+    assert_true(npaths < 128);
     char *p = paths[npaths++];
     snprintf(p, sizeof paths[0], "%s/%s", tmpdir, name);
     FILE *f = fopen(p, "w");
@@ -72,19 +75,65 @@ static const char *write_tmp(const char *name, const char *text)
     return p;
 }
 
+/* Copies FROM to TO; 0 on success. */
+static int copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    char buf[4096];
+    size_t n;
+    int rc = in && out ? 0 : -1;
+    while (rc == 0 && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, out) != n)
+            rc = -1;
+    if (in)
+        fclose(in);
+    if (out && fclose(out) != 0)
+        rc = -1;
+    return rc;
+}
+
+/* The built-in model directory as the node would have it: an (empty)
+ * ct-bone-body.pt next to the real inference/models/ct-bone-body.yaml. */
+static int make_builtin_dir(void)
+{
+    const char *d = getenv("AINODE_TEST_DATA");
+    char src[1024];
+    if (!d)
+        return -1;
+    snprintf(builtin_dir, sizeof builtin_dir, "%s/builtin", tmpdir);
+    snprintf(builtin_pt, sizeof builtin_pt, "%s/ct-bone-body.pt", builtin_dir);
+    snprintf(builtin_yaml, sizeof builtin_yaml, "%s/ct-bone-body.yaml", builtin_dir);
+    snprintf(src, sizeof src, "%s/../../inference/models/ct-bone-body.yaml", d);
+    if (mkdir(builtin_dir, 0700) != 0)
+        return -1;
+    FILE *f = fopen(builtin_pt, "w");
+    if (!f || fclose(f) != 0)
+        return -1;
+    if (copy_file(src, builtin_yaml) != 0)
+        return -1;
+    config_set_builtin_dir(builtin_dir);
+    return 0;
+}
+
 static int group_setup(void **state)
 {
     (void)state;
     const char *t = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s/ainode-test-config-XXXXXX", t && *t ? t : "/tmp");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    if (!mkdtemp(tmpdir))
+        return -1;
+    return make_builtin_dir();
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
+    config_set_builtin_dir(NULL);
     for (int i = 0; i < npaths; i++)
         unlink(paths[i]);
+    unlink(builtin_pt);
+    unlink(builtin_yaml);
+    rmdir(builtin_dir);
     return rmdir(tmpdir);
 }
 
@@ -113,10 +162,19 @@ static struct config *load_ok(const char *path)
     return cfg;
 }
 
+/* Fails with every captured line printed, so a wrong count shows why. */
+static void expect_count(const struct capture *cap, int n)
+{
+    if (cap->n != n)
+        for (int i = 0; i < cap->n && i < MAX_LINES; i++)
+            print_error("got: %s\n", cap->lines[i]);
+    assert_int_equal(cap->n, n);
+}
+
 /* Asserts line I of CAP is "PATH:" followed by REST. */
 static void expect_line(const struct capture *cap, int i, const char *path, const char *rest)
 {
-    char want[1024];
+    char want[4096];
     snprintf(want, sizeof want, "%s:%s", path, rest);
     assert_true(i < cap->n);
     assert_string_equal(cap->lines[i], want);
@@ -127,10 +185,36 @@ static void expect_single_error(const char *name, const char *yaml, const char *
     struct capture cap = {0};
     const char *p = write_tmp(name, yaml);
     load_fails(p, &cap);
-    assert_int_equal(cap.n, 1);
+    expect_count(&cap, 1);
     expect_line(&cap, 0, p, rest);
     capture_free(&cap);
 }
+
+/* A config with one model "m" read from model.pt with manifest MANIFEST
+ * (written as NAME.yaml); the manifest's path is left in MPATH. */
+static const char *model_config(const char *name, const char *manifest, const char **mpath)
+{
+    char mname[128], cname[128], text[512];
+    write_tmp("model.pt", "");
+    snprintf(mname, sizeof mname, "%s.yaml", name);
+    snprintf(cname, sizeof cname, "%s.config.yaml", name);
+    *mpath = write_tmp(mname, manifest);
+    snprintf(text, sizeof text, "models:\n  m:\n    file: model.pt\n    manifest: %s\n", mname);
+    return write_tmp(cname, text);
+}
+
+/* A valid manifest up to output.labels, for tests that vary the rest. */
+#define MANIFEST_HEAD                                                                   \
+    "algorithm:\n"                                                                      \
+    "  name: t\n"                                                                       \
+    "  version: \"1\"\n"                                                                \
+    "  family: {value: \"123110\", scheme: DCM, meaning: Artificial Intelligence}\n"    \
+    "input: {modality: CT}\n"                                                           \
+    "inference: {patch: [8, 8, 8]}\n"
+
+#define LABEL_BODY                                                                      \
+    "{name: A, category: {value: \"1\", scheme: S, meaning: M}, "                         \
+    "type: {value: \"2\", scheme: S, meaning: M}, color: [1, 2, 3]}"
 
 static void assert_defaults(const struct config *cfg)
 {
@@ -158,6 +242,9 @@ static void test_empty_file_gives_all_defaults(void **state)
     snprintf(want, sizeof want, "%s/config/var", data_dir());
     assert_string_equal(cfg->node.data_dir, want);
     assert_string_equal(cfg->path, fixture("empty.yaml"));
+    assert_int_equal(cfg->n_models, 0);
+    assert_int_equal(cfg->n_rules, 0);
+    assert_null(config_find_model(cfg, "ct-bone-body"));
     config_free(cfg);
 }
 
@@ -249,13 +336,17 @@ static void test_absolute_data_dir_is_kept_and_normalised(void **state)
     config_free(cfg);
 }
 
-static void test_empty_reserved_sections_are_accepted(void **state)
+static void test_empty_models_and_rules_are_accepted(void **state)
 {
     (void)state;
-    struct config *cfg = load_ok(write_tmp("reserved_empty.yaml",
+    struct config *cfg = load_ok(write_tmp("sections_empty.yaml",
                                            "models: {}\nrules: []\ndestinations: {}\n"));
+    assert_int_equal(cfg->n_models, 0);
+    assert_int_equal(cfg->n_rules, 0);
     config_free(cfg);
-    cfg = load_ok(write_tmp("reserved_null.yaml", "models:\nrules: ~\ndestinations:\n"));
+    cfg = load_ok(write_tmp("sections_null.yaml", "models:\nrules: ~\ndestinations:\n"));
+    assert_int_equal(cfg->n_models, 0);
+    assert_int_equal(cfg->n_rules, 0);
     config_free(cfg);
 }
 
@@ -302,6 +393,38 @@ static void test_deploy_sample_loads_without_errors(void **state)
     snprintf(path, sizeof path, "%s/../../deploy/ainode.yaml", data_dir());
     struct config *cfg = load_ok(path);
     assert_defaults(cfg);
+
+    assert_int_equal(cfg->n_models, 1);
+    const struct config_model *m = config_find_model(cfg, "ct-bone-body");
+    assert_ptr_equal(m, &cfg->models[0]);
+    assert_int_equal(m->builtin, 1);
+    assert_string_equal(m->file, builtin_pt);
+    assert_string_equal(m->manifest.path, builtin_yaml);
+    assert_string_equal(m->device, "cpu");
+    assert_int_equal(m->threads, 2);
+    assert_int_equal(m->workers, 1);
+    assert_string_equal(m->manifest.algorithm_name, "ainode CT bone/body reference");
+
+    assert_int_equal(cfg->n_rules, 1);
+    assert_string_equal(cfg->rules[0].name, "ct-bone");
+    assert_string_equal(cfg->rules[0].match_modality, "CT");
+    assert_int_equal(cfg->rules[0].n_run, 1);
+    assert_string_equal(cfg->rules[0].run[0], "ct-bone-body");
+    config_free(cfg);
+}
+
+static void test_example_manifest_loads_without_errors(void **state)
+{
+    (void)state;
+    char text[1024];
+    snprintf(text, sizeof text,
+             "models:\n  lung:\n    file: builtin:ct-bone-body\n"
+             "    manifest: %s/../../deploy/manifest.yaml\n",
+             data_dir());
+    struct config *cfg = load_ok(write_tmp("example_manifest.yaml", text));
+    const struct config_manifest *mf = &cfg->models[0].manifest;
+    assert_string_equal(mf->algorithm_name, "Example lung segmentation");
+    assert_int_equal(mf->n_labels, 2);
     config_free(cfg);
 }
 
@@ -488,22 +611,6 @@ static void test_destination_needs_all_keys_and_a_valid_name(void **state)
     capture_free(&cap);
 }
 
-static void test_nonempty_models_and_rules_are_rejected(void **state)
-{
-    (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("reserved.yaml",
-                              "models:\n"
-                              "  chest: {path: x.onnx}\n"
-                              "rules:\n"
-                              "  - match: CT\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 2);
-    expect_line(&cap, 0, p, "1:1: models: not supported by this version of ainode");
-    expect_line(&cap, 1, p, "3:1: rules: not supported by this version of ainode");
-    capture_free(&cap);
-}
-
 static void test_multiple_errors_are_all_reported_in_file_order(void **state)
 {
     (void)state;
@@ -522,7 +629,7 @@ static void test_multiple_errors_are_all_reported_in_file_order(void **state)
     expect_line(&cap, 1, p, "3:3: unknown key 'bogus' in node");
     expect_line(&cap, 2, p, "4:14: node.log_level: 'loud' is not one of error, warn, info, debug");
     expect_line(&cap, 3, p, "6:3: destinations.x: missing required key 'port'");
-    expect_line(&cap, 4, p, "7:1: rules: not supported by this version of ainode");
+    expect_line(&cap, 4, p, "7:9: rules[1]: expected a mapping");
     capture_free(&cap);
 }
 
@@ -531,7 +638,7 @@ static void test_syntax_error_is_positioned_and_not_printed(void **state)
     (void)state;
     char errpath[600];
     snprintf(errpath, sizeof errpath, "%s/stderr.txt", tmpdir);
-    assert_true(npaths < 64);
+    assert_true(npaths < 128);
     snprintf(paths[npaths++], sizeof paths[0], "%s", errpath);
 
     const char *p = write_tmp("syntax.yaml", "node:\n  port: 1\n bind: x\n");
@@ -594,6 +701,591 @@ static void test_unreadable_file_is_one_unpositioned_line(void **state)
     capture_free(&cap);
 }
 
+/* ---- models, manifests, rules ----------------------------------------- */
+
+static void assert_code(const struct config_code *c, const char *value, const char *scheme,
+                        const char *meaning)
+{
+    assert_string_equal(c->value, value);
+    assert_string_equal(c->scheme, scheme);
+    assert_string_equal(c->meaning, meaning);
+}
+
+static void assert_color(const int *c, int r, int g, int b)
+{
+    assert_int_equal(c[0], r);
+    assert_int_equal(c[1], g);
+    assert_int_equal(c[2], b);
+}
+
+static void test_models_load_from_builtin_and_path_files(void **state)
+{
+    (void)state;
+    char want[1024];
+    struct config *cfg = load_ok(fixture("models.yaml"));
+    assert_int_equal(cfg->n_models, 2);
+
+    const struct config_model *lung = config_find_model(cfg, "lung");
+    assert_non_null(lung);
+    assert_string_equal(lung->name, "lung");
+    assert_int_equal(lung->builtin, 0);
+    snprintf(want, sizeof want, "%s/config/models/lung.pt", data_dir());
+    assert_string_equal(lung->file, want);
+    snprintf(want, sizeof want, "%s/config/models/lung.yaml", data_dir());
+    assert_string_equal(lung->manifest.path, want);
+    assert_string_equal(lung->device, "cuda:1");
+    assert_int_equal(lung->threads, 8);
+    assert_int_equal(lung->workers, 3);
+
+    const struct config_model *bone = config_find_model(cfg, "ct-bone-body");
+    assert_non_null(bone);
+    assert_int_equal(bone->builtin, 1);
+    assert_string_equal(bone->file, builtin_pt);
+    assert_string_equal(bone->manifest.path, builtin_yaml);
+    assert_string_equal(bone->device, "cpu"); /* defaults */
+    assert_int_equal(bone->threads, 1);
+    assert_int_equal(bone->workers, 1);
+
+    assert_null(config_find_model(cfg, "missing"));
+    assert_null(config_find_model(cfg, "ct-bone"));
+    assert_null(config_find_model(NULL, "lung"));
+    config_free(cfg);
+}
+
+static void test_full_manifest_round_trips_all_values(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(fixture("models.yaml"));
+    const struct config_manifest *m = &config_find_model(cfg, "lung")->manifest;
+    assert_string_equal(m->algorithm_name, "Test lung model");
+    assert_string_equal(m->algorithm_version, "2.1");
+    assert_code(&m->algorithm_family, "123110", "DCM", "Artificial Intelligence");
+    assert_string_equal(m->modality, "MR");
+    assert_int_equal(m->min_slices, 20);
+    assert_int_equal(m->has_spacing, 1);
+    assert_true(m->spacing[0] == 0.8 && m->spacing[1] == 0.9 && m->spacing[2] == 2.5);
+    assert_int_equal(m->has_clip, 1);
+    assert_true(m->clip[0] == -1000 && m->clip[1] == 500.5);
+    assert_true(m->scale_offset == 1000 && m->scale_factor == 1e-3);
+    assert_int_equal(m->patch[0], 32);
+    assert_int_equal(m->patch[1], 128);
+    assert_int_equal(m->patch[2], 96);
+    assert_int_equal(m->margin[0], 4);
+    assert_int_equal(m->margin[1], 8);
+    assert_int_equal(m->margin[2], 2);
+    assert_true(m->overlap == 0.5);
+    assert_int_equal(m->blend, CONFIG_BLEND_CONSTANT);
+    assert_int_equal(m->channels, 3);
+    assert_int_equal(m->decision, CONFIG_DECISION_THRESHOLD);
+    assert_true(m->threshold == 0.7);
+    assert_int_equal(m->n_labels, 2);
+    /* stored by value although the file lists 3 first */
+    assert_int_equal(m->labels[0].value, 1);
+    assert_string_equal(m->labels[0].name, "Right lung");
+    assert_code(&m->labels[0].category, "91723000", "SCT", "Anatomical Structure");
+    assert_code(&m->labels[0].type, "3341006", "SCT", "Right lung");
+    assert_color(m->labels[0].color, 0, 174, 255);
+    assert_int_equal(m->labels[1].value, 3);
+    assert_string_equal(m->labels[1].name, "Left lung");
+    assert_code(&m->labels[1].category, "91723000", "SCT", "Anatomical Structure");
+    assert_code(&m->labels[1].type, "44029006", "SCT", "Left lung");
+    assert_color(m->labels[1].color, 241, 214, 145);
+    config_free(cfg);
+}
+
+static void test_builtin_manifest_loads_with_the_reference_values(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(write_tmp("builtin_only.yaml",
+                                           "models:\n  ref: {file: 'builtin:ct-bone-body'}\n"));
+    const struct config_manifest *m = &cfg->models[0].manifest;
+    assert_string_equal(m->algorithm_name, "ainode CT bone/body reference");
+    assert_string_equal(m->algorithm_version, "1.0");
+    assert_code(&m->algorithm_family, "123105", "DCM", "Histogram Analysis");
+    assert_string_equal(m->modality, "CT");
+    assert_int_equal(m->min_slices, 1);
+    assert_int_equal(m->has_spacing, 0);
+    assert_int_equal(m->has_clip, 0);
+    assert_true(m->scale_offset == 0 && m->scale_factor == 1);
+    assert_int_equal(m->patch[0], 64);
+    assert_int_equal(m->patch[1], 256);
+    assert_int_equal(m->patch[2], 256);
+    assert_int_equal(m->margin[0] | m->margin[1] | m->margin[2], 0);
+    assert_true(m->overlap == 0.25);
+    assert_int_equal(m->blend, CONFIG_BLEND_CONSTANT);
+    assert_int_equal(m->channels, 3);
+    assert_int_equal(m->decision, CONFIG_DECISION_ARGMAX);
+    assert_int_equal(m->n_labels, 2);
+    assert_int_equal(m->labels[0].value, 1);
+    assert_string_equal(m->labels[0].name, "Bone");
+    assert_code(&m->labels[0].category, "85756007", "SCT", "Tissue");
+    assert_code(&m->labels[0].type, "272673000", "SCT", "Bone");
+    assert_color(m->labels[0].color, 241, 214, 145);
+    assert_int_equal(m->labels[1].value, 2);
+    assert_string_equal(m->labels[1].name, "Body");
+    assert_code(&m->labels[1].category, "91723000", "SCT", "Anatomical Structure");
+    assert_code(&m->labels[1].type, "38266002", "SCT", "Entire body");
+    assert_color(m->labels[1].color, 177, 122, 101);
+    config_free(cfg);
+}
+
+static void test_manifest_defaults_apply_to_absent_keys(void **state)
+{
+    (void)state;
+    const char *mp;
+    const char *p = model_config("defaults", MANIFEST_HEAD
+                                 "output:\n  channels: 2\n  labels: {1: " LABEL_BODY "}\n",
+                                 &mp);
+    struct config *cfg = load_ok(p);
+    const struct config_manifest *m = &cfg->models[0].manifest;
+    assert_string_equal(m->path, mp);
+    assert_int_equal(m->min_slices, 1);
+    assert_int_equal(m->has_spacing, 0);
+    assert_int_equal(m->has_clip, 0);
+    assert_true(m->scale_offset == 0 && m->scale_factor == 1);
+    assert_int_equal(m->margin[0] | m->margin[1] | m->margin[2], 0);
+    assert_true(m->overlap == 0.25);
+    assert_int_equal(m->blend, CONFIG_BLEND_GAUSSIAN);
+    assert_int_equal(m->decision, CONFIG_DECISION_ARGMAX);
+    assert_true(m->threshold == 0.5);
+    config_free(cfg);
+}
+
+static void test_builtin_model_with_manifest_key_uses_that_manifest(void **state)
+{
+    (void)state;
+    char text[1200];
+    snprintf(text, sizeof text,
+             "models:\n  ref:\n    file: builtin:ct-bone-body\n    manifest: %s\n",
+             fixture("models/lung.yaml"));
+    struct config *cfg = load_ok(write_tmp("builtin_override.yaml", text));
+    assert_int_equal(cfg->models[0].builtin, 1);
+    assert_string_equal(cfg->models[0].file, builtin_pt);
+    assert_string_equal(cfg->models[0].manifest.path, fixture("models/lung.yaml"));
+    assert_string_equal(cfg->models[0].manifest.algorithm_name, "Test lung model");
+    config_free(cfg);
+}
+
+static void test_unknown_builtin_model_is_reported_at_the_file_value(void **state)
+{
+    (void)state;
+    expect_single_error("builtin_unknown.yaml",
+                        "models:\n  x:\n    file: builtin:lung-ct\n",
+                        "3:11: models.x.file: unknown built-in model 'lung-ct'");
+    expect_single_error("builtin_badname.yaml",
+                        "models:\n  x: {file: 'builtin:../builtin/ct-bone-body'}\n",
+                        "2:13: models.x.file: unknown built-in model '../builtin/ct-bone-body'");
+    /* without a built-in directory no built-in model exists */
+    config_set_builtin_dir(NULL);
+    expect_single_error("builtin_nodir.yaml", "models:\n  x: {file: 'builtin:ct-bone-body'}\n",
+                        "2:13: models.x.file: unknown built-in model 'ct-bone-body'");
+    config_set_builtin_dir(builtin_dir);
+}
+
+static void test_unreadable_model_file_is_reported_with_the_reason(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    char text[2400], rest[1200];
+    snprintf(text, sizeof text,
+             "models:\n"
+             "  a: {file: nope.pt, manifest: %s}\n"
+             "  b:\n"
+             "    file: builtin\n" /* a directory, not builtin:NAME */
+             "    manifest: %s\n",
+             builtin_yaml, builtin_yaml);
+    const char *p = write_tmp("model_missing.yaml", text);
+    load_fails(p, &cap);
+    expect_count(&cap, 2);
+    snprintf(rest, sizeof rest,
+             "2:13: models.a.file: cannot read %s/nope.pt: No such file or directory", tmpdir);
+    expect_line(&cap, 0, p, rest);
+    snprintf(rest, sizeof rest, "4:11: models.b.file: cannot read %s: Is a directory",
+             builtin_dir);
+    expect_line(&cap, 1, p, rest);
+    capture_free(&cap);
+}
+
+static void test_path_model_needs_a_manifest(void **state)
+{
+    (void)state;
+    write_tmp("model.pt", "");
+    expect_single_error("no_manifest.yaml", "models:\n  seg:\n    file: model.pt\n",
+                        "2:3: models.seg: missing required key 'manifest'");
+    expect_single_error("no_file.yaml", "models:\n  seg:\n    manifest: x.yaml\n",
+                        "2:3: models.seg: missing required key 'file'");
+}
+
+static void test_unreadable_manifest_is_reported_at_the_manifest_value(void **state)
+{
+    (void)state;
+    char rest[1200];
+    write_tmp("model.pt", "");
+    snprintf(rest, sizeof rest,
+             "3:15: models.seg.manifest: cannot read %s/absent.yaml: No such file or directory",
+             tmpdir);
+    expect_single_error("manifest_missing.yaml",
+                        "models:\n  seg:\n    manifest: ./absent.yaml\n    file: model.pt\n", rest);
+}
+
+static void test_builtin_without_its_manifest_is_reported_at_the_file_value(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    char rest[1200], moved[1100];
+    const char *p = write_tmp("builtin_no_yaml.yaml", "models:\n  x: {file: 'builtin:ct-bone-body'}\n");
+    snprintf(moved, sizeof moved, "%s.away", builtin_yaml);
+    assert_int_equal(rename(builtin_yaml, moved), 0);
+    struct config *cfg = NULL;
+    int n = config_load(p, &cfg, capture_line, &cap);
+    assert_int_equal(rename(moved, builtin_yaml), 0); /* before asserting: later tests need it */
+    assert_int_equal(n, 1);
+    assert_null(cfg);
+    snprintf(rest, sizeof rest,
+             "2:13: models.x.file: cannot read manifest %s: No such file or directory",
+             builtin_yaml);
+    expect_line(&cap, 0, p, rest);
+    capture_free(&cap);
+}
+
+static void test_manifest_problems_carry_the_manifest_path_and_positions(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *mp;
+    const char *p = model_config(
+        "bad_manifest",
+        "algorithm:\n"                                                        /* 1 */
+        "  name: x\n"                                                         /* 2 */
+        "  version: \"1\"\n"                                                  /* 3 */
+        "  family: {value: \"123110\", scheme: DCM, meaning: ''}\n"           /* 4 */
+        "  colour: red\n"                                                     /* 5 */
+        "input:\n"                                                            /* 6 */
+        "  modality: CT\n"                                                    /* 7 */
+        "preprocess:\n"                                                       /* 8 */
+        "  spacing: [1, 1]\n"                                                 /* 9 */
+        "inference:\n"                                                        /* 10 */
+        "  patch: [64, 64, 64]\n"                                             /* 11 */
+        "  margin: [0, 32, 0]\n"                                              /* 12 */
+        "  overlap: 1.5\n"                                                    /* 13 */
+        "output:\n"                                                           /* 14 */
+        "  channels: 3\n"                                                     /* 15 */
+        "  labels:\n"                                                         /* 16 */
+        "    1: {name: A, category: {value: \"1\", scheme: S, meaning: M},\n" /* 17 */
+        "        type: {value: \"2\", scheme: S, meaning: M, x: 1},\n"        /* 18 */
+        "        color: [1, 2, 256]}\n"                                       /* 19 */
+        "    1: " LABEL_BODY "\n"                                             /* 20 */
+        "    3: " LABEL_BODY "\n",                                            /* 21 */
+        &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 9);
+    expect_line(&cap, 0, mp, "4:51: algorithm.family.meaning: must not be empty");
+    expect_line(&cap, 1, mp, "5:3: unknown key 'colour' in algorithm");
+    expect_line(&cap, 2, mp, "9:12: preprocess.spacing: expected 'none' or 3 numbers > 0");
+    expect_line(&cap, 3, mp, "13:12: inference.overlap: 1.5 is out of range 0..1");
+    expect_line(&cap, 4, mp,
+                "12:11: inference.margin: twice the margin must be less than the patch on each "
+                "axis (y: margin 32, patch 64)");
+    expect_line(&cap, 5, mp, "18:51: unknown key 'x' in output.labels.1.type");
+    expect_line(&cap, 6, mp, "19:23: output.labels.1.color: expected 3 integers 0..255");
+    expect_line(&cap, 7, mp, "20:5: duplicate label 1");
+    expect_line(&cap, 8, mp,
+                "21:5: output.labels.3: argmax needs each label below output.channels (3)");
+    capture_free(&cap);
+}
+
+static void test_more_manifest_problems_are_reported(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *mp;
+    const char *p = model_config(
+        "bad_manifest2",
+        "algorithm:\n"                                                  /* 1 */
+        "  name: x\n"                                                   /* 2 */
+        "  version: 1.0\n"                                              /* 3: a string */
+        "  family: 123105\n"                                            /* 4 */
+        "input: {modality: CT, min_slices: 0}\n"                        /* 5 */
+        "preprocess:\n"                                                 /* 6 */
+        "  spacing: [1, .inf, 1]\n"                                     /* 7 */
+        "  clip: [100, -100]\n"                                         /* 8 */
+        "  scale: {offset: '5', factor: 0}\n"                           /* 9 */
+        "inference:\n"                                                  /* 10 */
+        "  patch: [8, 8, 1.5]\n"                                        /* 11 */
+        "  overlap: 1\n"                                                /* 12 */
+        "  blend: linear\n"                                             /* 13 */
+        "output:\n"                                                     /* 14 */
+        "  channels: 1\n"                                               /* 15 */
+        "  labels: {one: " LABEL_BODY "}\n",                            /* 16 */
+        &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 11);
+    expect_line(&cap, 0, mp, "4:11: algorithm.family: expected a mapping");
+    expect_line(&cap, 1, mp, "5:35: input.min_slices: 0 is out of range 1..100000");
+    expect_line(&cap, 2, mp, "7:16: preprocess.spacing: expected 'none' or 3 numbers > 0");
+    expect_line(&cap, 3, mp, "9:19: preprocess.scale.offset: expected a number");
+    expect_line(&cap, 4, mp, "9:32: preprocess.scale.factor: must not be 0");
+    expect_line(&cap, 5, mp, "8:9: preprocess.clip: low (100) must be less than high (-100)");
+    expect_line(&cap, 6, mp, "11:17: inference.patch: expected 3 integers 1..4096");
+    expect_line(&cap, 7, mp, "12:12: inference.overlap: 1 is out of range 0..1 (1 excluded)");
+    expect_line(&cap, 8, mp, "13:10: inference.blend: 'linear' is not one of constant, gaussian");
+    expect_line(&cap, 9, mp, "16:12: output.labels: 'one' is not a label number 1..255");
+    expect_line(&cap, 10, mp, "15:13: output.channels: argmax needs at least 2 channels");
+    capture_free(&cap);
+}
+
+static void test_missing_manifest_sections_are_reported_at_the_top(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *mp;
+    const char *p = model_config("empty_manifest", "# nothing\n", &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 4);
+    expect_line(&cap, 0, mp, "1:1: missing required key 'algorithm'");
+    expect_line(&cap, 1, mp, "1:1: missing required key 'input'");
+    expect_line(&cap, 2, mp, "1:1: missing required key 'inference'");
+    expect_line(&cap, 3, mp, "1:1: missing required key 'output'");
+    capture_free(&cap);
+
+    p = model_config("seq_manifest", "- a\n", &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "1:1: top level must be a mapping");
+    capture_free(&cap);
+
+    p = model_config("syntax_manifest", MANIFEST_HEAD "output:\n  channels: 2\n labels: {}\n",
+                     &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "9:2: invalid indentation in mapping");
+    capture_free(&cap);
+}
+
+static void test_label_numbers_are_checked_against_channels(void **state)
+{
+    (void)state;
+    const char *mp;
+    /* threshold: label N is channel N - 1, so label == channels is fine */
+    struct config *cfg = load_ok(model_config(
+        "threshold_ok",
+        MANIFEST_HEAD "output:\n  channels: 2\n  decision: threshold\n  threshold: -1\n"
+                      "  labels: {2: " LABEL_BODY ", 1: " LABEL_BODY "}\n",
+        &mp));
+    assert_int_equal(cfg->models[0].manifest.n_labels, 2);
+    assert_true(cfg->models[0].manifest.threshold == -1);
+    config_free(cfg);
+
+    struct capture cap = {0};
+    const char *p = model_config(
+        "threshold_over",
+        MANIFEST_HEAD "output:\n  channels: 2\n  decision: threshold\n"
+                      "  labels: {3: " LABEL_BODY "}\n",
+        &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp,
+                "10:12: output.labels.3: threshold needs each label at most output.channels (2)");
+    capture_free(&cap);
+
+    p = model_config("argmax_one_channel",
+                     MANIFEST_HEAD "output:\n  channels: 1\n  labels: {1: " LABEL_BODY "}\n", &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "8:13: output.channels: argmax needs at least 2 channels");
+    capture_free(&cap);
+
+    p = model_config("no_labels", MANIFEST_HEAD "output:\n  channels: 2\n  labels: {}\n", &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "9:11: output.labels: expected at least one label");
+    capture_free(&cap);
+}
+
+static void test_bad_model_settings_are_rejected(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    char text[1200];
+    snprintf(text, sizeof text,
+             "models:\n"
+             "  a:\n"
+             "    file: builtin:ct-bone-body\n"
+             "    device: gpu\n"
+             "    threads: 0\n"
+             "    workers: 65\n"
+             "    colour: red\n"
+             "  b: {file: 'builtin:ct-bone-body', device: 'cuda:x'}\n"
+             "  'bad name': {file: 'builtin:ct-bone-body'}\n"
+             "  a: {file: 'builtin:ct-bone-body'}\n"
+             "  c: builtin:ct-bone-body\n");
+    const char *p = write_tmp("model_settings.yaml", text);
+    load_fails(p, &cap);
+    expect_count(&cap, 8);
+    expect_line(&cap, 0, p, "4:13: models.a.device: 'gpu' is not cpu, cuda or cuda:N");
+    expect_line(&cap, 1, p, "5:14: models.a.threads: 0 is out of range 1..256");
+    expect_line(&cap, 2, p, "6:14: models.a.workers: 65 is out of range 1..64");
+    expect_line(&cap, 3, p, "7:5: unknown key 'colour' in models.a");
+    expect_line(&cap, 4, p, "8:45: models.b.device: 'cuda:x' is not cpu, cuda or cuda:N");
+    expect_line(&cap, 5, p,
+                "9:3: models: invalid name 'bad name' (use letters, digits, '_', '.', '-')");
+    expect_line(&cap, 6, p, "10:3: duplicate model 'a'");
+    expect_line(&cap, 7, p, "11:6: models.c: expected a mapping");
+    capture_free(&cap);
+
+    struct config *cfg = load_ok(write_tmp("devices.yaml",
+                                           "models:\n"
+                                           "  a: {file: 'builtin:ct-bone-body', device: cuda}\n"
+                                           "  b: {file: 'builtin:ct-bone-body', device: 'cuda:0'}\n"
+                                           "  c: {file: 'builtin:ct-bone-body', threads: 256, workers: 64}\n"));
+    assert_string_equal(cfg->models[0].device, "cuda");
+    assert_string_equal(cfg->models[1].device, "cuda:0");
+    assert_int_equal(cfg->models[2].threads, 256);
+    assert_int_equal(cfg->models[2].workers, 64);
+    config_free(cfg);
+}
+
+static void test_rules_get_default_names_and_keep_their_order(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(fixture("models.yaml"));
+    assert_int_equal(cfg->n_rules, 3);
+    assert_string_equal(cfg->rules[0].name, "rule-1");
+    assert_string_equal(cfg->rules[0].match_modality, "CT");
+    assert_int_equal(cfg->rules[0].n_run, 2);
+    assert_string_equal(cfg->rules[0].run[0], "ct-bone-body");
+    assert_string_equal(cfg->rules[0].run[1], "lung");
+    assert_string_equal(cfg->rules[1].name, "lung-only");
+    assert_null(cfg->rules[1].match_modality); /* empty match: any series */
+    assert_int_equal(cfg->rules[1].n_run, 1);
+    assert_string_equal(cfg->rules[1].run[0], "lung");
+    assert_string_equal(cfg->rules[2].name, "rule-3");
+    assert_null(cfg->rules[2].match_modality);
+    assert_string_equal(cfg->rules[2].run[0], "ct-bone-body");
+    config_free(cfg);
+}
+
+static void test_rules_naming_unknown_models_are_rejected(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *p = write_tmp("rule_unknown.yaml",
+                              "models:\n"
+                              "  ref: {file: 'builtin:ct-bone-body'}\n"
+                              "rules:\n"
+                              "  - run: [ref, lung, ref]\n"
+                              "  - name: r\n"
+                              "    run:\n"
+                              "      - REF\n"
+                              "      - [ref]\n");
+    load_fails(p, &cap);
+    expect_count(&cap, 4);
+    expect_line(&cap, 0, p, "4:16: rules[1].run: unknown model 'lung'");
+    expect_line(&cap, 1, p, "4:22: rules[1].run: duplicate model 'ref'");
+    expect_line(&cap, 2, p, "7:9: rules[2].run: unknown model 'REF'");
+    expect_line(&cap, 3, p, "8:9: rules[2].run: expected a string");
+    capture_free(&cap);
+
+    /* no models: section at all */
+    expect_single_error("rule_no_models.yaml", "rules:\n  - run: [ct-bone-body]\n",
+                        "2:11: rules[1].run: unknown model 'ct-bone-body'");
+}
+
+static void test_rule_without_models_to_run_is_rejected(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *p = write_tmp("rule_no_run.yaml",
+                              "models:\n"
+                              "  ref: {file: 'builtin:ct-bone-body'}\n"
+                              "rules:\n"
+                              "  - name: nothing\n"
+                              "    match: {Modality: CT}\n"
+                              "  - run: []\n"
+                              "  - run:\n"
+                              "  - run: ref\n"
+                              "  - ref\n"
+                              "  - {run: [ref], when: later}\n");
+    load_fails(p, &cap);
+    expect_count(&cap, 6);
+    expect_line(&cap, 0, p, "4:5: rules[1]: missing required key 'run'");
+    expect_line(&cap, 1, p, "6:10: rules[2].run: expected at least one model");
+    expect_line(&cap, 2, p, "7:5: rules[3].run: expected at least one model");
+    expect_line(&cap, 3, p, "8:10: rules[4].run: expected a sequence");
+    expect_line(&cap, 4, p, "9:5: rules[5]: expected a mapping");
+    expect_line(&cap, 5, p, "10:18: unknown key 'when' in rules[6]");
+    capture_free(&cap);
+
+    expect_single_error("rules_mapping.yaml", "rules:\n  a: {run: [x]}\n",
+                        "2:3: rules: expected a sequence");
+}
+
+static void test_unsupported_match_key_is_rejected(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *p = write_tmp("rule_match.yaml",
+                              "models:\n"
+                              "  ref: {file: 'builtin:ct-bone-body'}\n"
+                              "rules:\n"
+                              "  - match: {Modality: CT, BodyPartExamined: CHEST}\n"
+                              "    run: [ref]\n"
+                              "  - match: CT\n"
+                              "    run: [ref]\n"
+                              "  - match: {Modality: ''}\n"
+                              "    run: [ref]\n");
+    load_fails(p, &cap);
+    expect_count(&cap, 3);
+    expect_line(&cap, 0, p,
+                "4:27: rules[1].match: 'BodyPartExamined' is not supported by this version");
+    expect_line(&cap, 1, p, "6:12: rules[2].match: expected a mapping");
+    expect_line(&cap, 2, p, "8:23: rules[3].match.Modality: must not be empty");
+    capture_free(&cap);
+}
+
+static void test_duplicate_rule_names_are_rejected(void **state)
+{
+    (void)state;
+    expect_single_error("rule_dup.yaml",
+                        "models:\n"
+                        "  ref: {file: 'builtin:ct-bone-body'}\n"
+                        "rules:\n"
+                        "  - {name: a, run: [ref]}\n"
+                        "  - {name: a, run: [ref]}\n",
+                        "5:12: rules[2].name: duplicate rule name 'a'");
+}
+
+static void test_numbers_accept_yaml_ints_and_floats_only(void **state)
+{
+    (void)state;
+    const char *mp;
+    struct config *cfg = load_ok(model_config(
+        "numbers_ok",
+        MANIFEST_HEAD "preprocess: {spacing: [1, .5, 2.], clip: [-1e3, +3E+3], "
+                      "scale: {offset: -0, factor: -2}}\n"
+                      "output: {channels: 2, labels: {1: " LABEL_BODY "}}\n",
+        &mp));
+    const struct config_manifest *m = &cfg->models[0].manifest;
+    assert_true(m->spacing[0] == 1 && m->spacing[1] == 0.5 && m->spacing[2] == 2);
+    assert_true(m->clip[0] == -1000 && m->clip[1] == 3000);
+    assert_true(m->scale_factor == -2);
+    config_free(cfg);
+
+    struct capture cap = {0};
+    const char *p = model_config(
+        "numbers_bad",
+        MANIFEST_HEAD "preprocess: {clip: [0x10, 1], scale: {offset: .nan, factor: '1'}}\n"
+                      "output: {channels: 2, threshold: 1e999, labels: {1: " LABEL_BODY "}}\n",
+        &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 4);
+    expect_line(&cap, 0, mp, "7:21: preprocess.clip: expected 2 numbers");
+    expect_line(&cap, 1, mp, "7:47: preprocess.scale.offset: expected a number");
+    expect_line(&cap, 2, mp, "7:61: preprocess.scale.factor: expected a number");
+    expect_line(&cap, 3, mp, "8:34: output.threshold: expected a number");
+    capture_free(&cap);
+}
+
 /* ---- API -------------------------------------------------------------- */
 
 static void test_config_free_accepts_null(void **state)
@@ -648,10 +1340,11 @@ int main(void)
         cmocka_unit_test(test_relative_data_dir_resolves_against_config_dir),
         cmocka_unit_test(test_relative_config_path_is_made_absolute),
         cmocka_unit_test(test_absolute_data_dir_is_kept_and_normalised),
-        cmocka_unit_test(test_empty_reserved_sections_are_accepted),
+        cmocka_unit_test(test_empty_models_and_rules_are_accepted),
         cmocka_unit_test(test_quoted_strings_are_accepted),
         cmocka_unit_test(test_range_limits_are_inclusive),
         cmocka_unit_test(test_deploy_sample_loads_without_errors),
+        cmocka_unit_test(test_example_manifest_loads_without_errors),
         cmocka_unit_test(test_unknown_key_is_reported_at_the_key),
         cmocka_unit_test(test_wrong_types_are_reported_at_the_value),
         cmocka_unit_test(test_non_mapping_sections_are_rejected),
@@ -663,7 +1356,27 @@ int main(void)
         cmocka_unit_test(test_bad_log_level_is_rejected),
         cmocka_unit_test(test_empty_strings_are_rejected),
         cmocka_unit_test(test_destination_needs_all_keys_and_a_valid_name),
-        cmocka_unit_test(test_nonempty_models_and_rules_are_rejected),
+        cmocka_unit_test(test_models_load_from_builtin_and_path_files),
+        cmocka_unit_test(test_full_manifest_round_trips_all_values),
+        cmocka_unit_test(test_builtin_manifest_loads_with_the_reference_values),
+        cmocka_unit_test(test_manifest_defaults_apply_to_absent_keys),
+        cmocka_unit_test(test_builtin_model_with_manifest_key_uses_that_manifest),
+        cmocka_unit_test(test_unknown_builtin_model_is_reported_at_the_file_value),
+        cmocka_unit_test(test_unreadable_model_file_is_reported_with_the_reason),
+        cmocka_unit_test(test_path_model_needs_a_manifest),
+        cmocka_unit_test(test_unreadable_manifest_is_reported_at_the_manifest_value),
+        cmocka_unit_test(test_builtin_without_its_manifest_is_reported_at_the_file_value),
+        cmocka_unit_test(test_manifest_problems_carry_the_manifest_path_and_positions),
+        cmocka_unit_test(test_more_manifest_problems_are_reported),
+        cmocka_unit_test(test_missing_manifest_sections_are_reported_at_the_top),
+        cmocka_unit_test(test_label_numbers_are_checked_against_channels),
+        cmocka_unit_test(test_bad_model_settings_are_rejected),
+        cmocka_unit_test(test_rules_get_default_names_and_keep_their_order),
+        cmocka_unit_test(test_rules_naming_unknown_models_are_rejected),
+        cmocka_unit_test(test_rule_without_models_to_run_is_rejected),
+        cmocka_unit_test(test_unsupported_match_key_is_rejected),
+        cmocka_unit_test(test_duplicate_rule_names_are_rejected),
+        cmocka_unit_test(test_numbers_accept_yaml_ints_and_floats_only),
         cmocka_unit_test(test_multiple_errors_are_all_reported_in_file_order),
         cmocka_unit_test(test_syntax_error_is_positioned_and_not_printed),
         cmocka_unit_test(test_aliases_and_extra_documents_are_rejected),

@@ -258,12 +258,12 @@ static void test_resend_into_other_series_drops_the_empty_one(void **state)
 static void test_idle_study_completes_and_reopens_on_new_instance(void **state)
 {
     struct fixture *f = *state;
-    int moved = -1;
+    int moved = -1, jobs = -1;
     assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 10000), STORAGE_OK);
-    assert_int_equal(storage_complete_due(f->st, 14999, 5, &moved), STORAGE_OK);
+    assert_int_equal(storage_complete_due(f->st, 14999, 5, NULL, NULL, &moved, &jobs), STORAGE_OK);
     assert_int_equal(moved, 0);
     assert_string_equal(tally(f->st).state, "receiving");
-    assert_int_equal(storage_complete_due(f->st, 15000, 5, &moved), STORAGE_OK);
+    assert_int_equal(storage_complete_due(f->st, 15000, 5, NULL, NULL, &moved, &jobs), STORAGE_OK);
     assert_int_equal(moved, 1);
     assert_string_equal(tally(f->st).state, "complete");
     assert_int_equal(commit_content(f->st, SERIES, "1.2.3.2", "b", 16000), STORAGE_OK);
@@ -407,6 +407,143 @@ static void test_clean_stop_skips_the_repair(void **state)
     assert_int_equal(access(stray, F_OK), 0);
 }
 
+/* Plans model "seg" for CT series and "other" for every series. */
+static void plan_ct(void *ud, const struct storage_series *s, struct storage_plan *plan)
+{
+    int *calls = ud;
+    (*calls)++;
+    if (s->modality && strcmp(s->modality, "CT") == 0)
+        storage_plan_add(plan, "seg");
+    storage_plan_add(plan, "other");
+}
+
+struct job_list {
+    int n;
+    char state[8][16];
+    char model[8][16];
+    int attempts[8];
+};
+
+static int collect_job(void *ud, const struct storage_job_row *j)
+{
+    struct job_list *l = ud;
+    if (l->n < 8) {
+        snprintf(l->state[l->n], 16, "%s", j->state);
+        snprintf(l->model[l->n], 16, "%s", j->model);
+        l->attempts[l->n] = j->attempts;
+        l->n++;
+    }
+    return 0;
+}
+
+static struct job_list list_jobs(struct storage *st)
+{
+    struct job_list l;
+    memset(&l, 0, sizeof l);
+    assert_int_equal(storage_foreach_job(st, collect_job, &l), STORAGE_OK);
+    return l;
+}
+
+static void complete_with_jobs(struct fixture *f)
+{
+    int moved, jobs, calls = 0;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.2", "b", 1000), STORAGE_OK);
+    assert_int_equal(storage_complete_due(f->st, 100000, 5, plan_ct, &calls, &moved, &jobs),
+                     STORAGE_OK);
+    assert_int_equal(moved, 1);
+    assert_int_equal(calls, 2);
+    assert_int_equal(jobs, 4);
+}
+
+static void test_completion_queues_the_planned_jobs(void **state)
+{
+    struct fixture *f = *state;
+    complete_with_jobs(f);
+    struct job_list l = list_jobs(f->st);
+    assert_int_equal(l.n, 4);
+    for (int i = 0; i < 4; i++)
+        assert_string_equal(l.state[i], "queued");
+    /* A second pass finds nothing new to complete or queue. */
+    int moved, jobs, calls = 0;
+    assert_int_equal(storage_complete_due(f->st, 200000, 5, plan_ct, &calls, &moved, &jobs),
+                     STORAGE_OK);
+    assert_int_equal(moved + jobs + calls, 0);
+}
+
+static void test_a_job_is_claimed_once_until_its_lease_expires(void **state)
+{
+    struct fixture *f = *state;
+    complete_with_jobs(f);
+    struct storage_job a, b, c;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 500, &a), STORAGE_OK);
+    assert_string_equal(a.series_uid, SERIES);
+    assert_int_equal(a.attempts, 1);
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 1100, 500, &b), STORAGE_OK);
+    assert_int_not_equal(a.id, b.id);
+    /* Both seg jobs are held: nothing left until a lease runs out. */
+    assert_int_equal(storage_job_claim(f->st, "seg", "w3", 1200, 500, &c), STORAGE_ENOTFOUND);
+    assert_int_equal(storage_job_renew(f->st, a.id, "w1", 5000), STORAGE_OK);
+    assert_int_equal(storage_job_claim(f->st, "seg", "w3", 1700, 500, &c), STORAGE_OK);
+    assert_int_equal(c.id, b.id); /* w2's lease expired at 1600, w1 renewed */
+    assert_int_equal(c.attempts, 2);
+    /* The worker that lost the job can neither renew nor finish it. */
+    assert_int_equal(storage_job_renew(f->st, b.id, "w2", 9000), STORAGE_ENOTFOUND);
+    assert_int_equal(storage_job_finish(f->st, b.id, "w2", 1800, NULL, "r", "{}"),
+                     STORAGE_ENOTFOUND);
+    assert_int_equal(storage_job_finish(f->st, c.id, "w3", 1800, NULL, "r", "{}"), STORAGE_OK);
+    assert_int_equal(storage_job_finish(f->st, a.id, "w1", 1900, "bad input", NULL, NULL),
+                     STORAGE_OK);
+    struct job_list l = list_jobs(f->st);
+    int done = 0, failed = 0;
+    for (int i = 0; i < l.n; i++) {
+        done += !strcmp(l.state[i], "done");
+        failed += !strcmp(l.state[i], "failed");
+    }
+    assert_int_equal(done, 1);
+    assert_int_equal(failed, 1);
+}
+
+static void test_jobs_left_running_are_queued_again_at_open(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    complete_with_jobs(f);
+    struct storage_job a;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 3600000, &a), STORAGE_OK);
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    struct storage_job b;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w9", 2000, 1000, &b), STORAGE_OK);
+    assert_int_equal(b.id, a.id);
+    assert_int_equal(b.attempts, 2);
+}
+
+static void test_a_job_lost_too_often_fails(void **state)
+{
+    struct fixture *f = *state;
+    complete_with_jobs(f);
+    struct storage_job j;
+    int64_t t = 1000;
+    for (int i = 1; i <= STORAGE_JOB_MAX_ATTEMPTS; i++, t += 10) {
+        assert_int_equal(storage_job_claim(f->st, "other", "w", t, 1, &j), STORAGE_OK);
+        assert_int_equal(j.attempts, i);
+    }
+    /* The first job's next claim exceeds the limit: it fails, and the
+     * claim moves on to the other job of that model. */
+    int64_t first = j.id;
+    assert_int_equal(storage_job_claim(f->st, "other", "w", t + 100, 1, &j), STORAGE_OK);
+    (void)first;
+    struct job_list l = list_jobs(f->st);
+    int failed = 0;
+    for (int i = 0; i < l.n; i++)
+        if (!strcmp(l.state[i], "failed")) {
+            failed++;
+            assert_int_equal(l.attempts[i], STORAGE_JOB_MAX_ATTEMPTS + 1);
+        }
+    assert_int_equal(failed, 1);
+}
+
 static void test_readonly_open_sees_committed_rows(void **state)
 {
     struct fixture *f = *state;
@@ -442,6 +579,12 @@ int main(void)
             test_repair_removes_a_file_whose_uids_do_not_match_its_place, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clean_stop_skips_the_repair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_open_sees_committed_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_completion_queues_the_planned_jobs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_job_is_claimed_once_until_its_lease_expires, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_jobs_left_running_are_queued_again_at_open, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_job_lost_too_often_fails, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,777 @@
+// Pixel decoding: stored values -> float after the Modality LUT, plus the
+// geometry of every frame. Native, deflated, RLE, JPEG and JPEG-LS data go
+// through DCMTK; JPEG 2000 through OpenJPEG (Debian's DCMTK has no J2K codec).
+
+#include "dicom/dicom.h"
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcmetinf.h>
+#include <dcmtk/dcmdata/dcpixel.h>
+#include <dcmtk/dcmdata/dcpixseq.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
+#include <dcmtk/dcmdata/dcrledrg.h>
+#include <dcmtk/dcmdata/dcsequen.h>
+#include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmdata/dcxfer.h>
+#include <dcmtk/ofstd/ofstd.h>
+#include <dcmtk/dcmjpeg/djdecode.h>
+#include <dcmtk/dcmjpls/djdecode.h>
+
+#include <openjpeg.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct image_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] void fail(const std::string &msg) { throw image_error(msg); }
+
+void copy_err(char *err, size_t errlen, const std::string &msg)
+{
+    if (!err || errlen == 0)
+        return;
+    size_t n = msg.size() < errlen - 1 ? msg.size() : errlen - 1;
+    memcpy(err, msg.data(), n);
+    err[n] = '\0';
+    // one line: DCMTK and OpenJPEG texts may carry newlines
+    for (size_t i = 0; i < n; i++)
+        if (err[i] == '\n' || err[i] == '\r')
+            err[i] = ' ';
+}
+
+void copy_field(char *dst, size_t size, const std::string &s)
+{
+    size_t n = s.size() < size - 1 ? s.size() : size - 1;
+    memcpy(dst, s.data(), n);
+    dst[n] = '\0';
+}
+
+void register_decoders()
+{
+    // DCMTK's codec list is global; registering twice would add duplicates.
+    static std::once_flag once;
+    std::call_once(once, [] {
+        DJDecoderRegistration::registerCodecs();
+        DJLSDecoderRegistration::registerCodecs();
+        DcmRLEDecoderRegistration::registerCodecs();
+    });
+}
+
+// Text of a string-valued attribute. Some writers (gdcmconv) leave elements
+// as UN in explicit VR files; their bytes are still the text.
+bool get_text(DcmItem *item, const DcmTagKey &key, std::string &out)
+{
+    DcmElement *e = nullptr;
+    if (!item || item->findAndGetElement(key, e, OFFalse).bad() || !e)
+        return false;
+    if (e->getVR() == EVR_UN) {
+        Uint8 *b = nullptr;
+        if (e->getLength() > 0 && (e->getUint8Array(b).bad() || !b))
+            return false;
+        out.assign(reinterpret_cast<const char *>(b), e->getLength());
+    } else {
+        OFString s;
+        if (e->getOFStringArray(s).bad())
+            return false;
+        out.assign(s.c_str(), s.length());
+    }
+    while (!out.empty() && (out.back() == ' ' || out.back() == '\0'))
+        out.pop_back();
+    return true;
+}
+
+std::string get_string(DcmItem *item, const DcmTagKey &key)
+{
+    std::string s;
+    return get_text(item, key, s) ? s : std::string();
+}
+
+long get_us(DcmItem *item, const DcmTagKey &key, long dflt)
+{
+    Uint16 v = 0;
+    if (item->findAndGetUint16(key, v).good())
+        return v;
+    return dflt;
+}
+
+// The first N values of a decimal string attribute, or false.
+bool get_doubles(DcmItem *item, const DcmTagKey &key, double *out, unsigned long n)
+{
+    std::string s;
+    if (!get_text(item, key, s))
+        return false;
+    size_t start = 0;
+    for (unsigned long i = 0; i < n; i++) {
+        if (start > s.size())
+            return false;
+        size_t end = s.find('\\', start);
+        if (end == std::string::npos)
+            end = s.size();
+        std::string v = s.substr(start, end - start);
+        OFBool ok = OFFalse;
+        double d = OFStandard::atof(v.c_str(), &ok); // locale-independent
+        if (!ok || !std::isfinite(d))
+            return false;
+        out[i] = d;
+        start = end + 1;
+    }
+    return true;
+}
+
+DcmItem *first_item(DcmItem *parent, const DcmTagKey &seq)
+{
+    DcmItem *item = nullptr;
+    if (parent && parent->findAndGetSequenceItem(seq, item, 0).good())
+        return item;
+    return nullptr;
+}
+
+// Functional group macros of one frame: the per-frame item wins over the shared one.
+struct frame_groups {
+    DcmItem *per_frame = nullptr;
+    DcmItem *shared = nullptr;
+
+    DcmItem *macro(const DcmTagKey &seq) const
+    {
+        if (DcmItem *m = first_item(per_frame, seq))
+            return m;
+        return first_item(shared, seq);
+    }
+};
+
+// Items of a sequence in order; walking with nextInContainer keeps this linear.
+std::vector<DcmItem *> sequence_items(DcmItem *parent, const DcmTagKey &key)
+{
+    std::vector<DcmItem *> items;
+    DcmSequenceOfItems *seq = nullptr;
+    if (parent->findAndGetSequence(key, seq).bad() || !seq)
+        return items;
+    items.reserve(seq->card());
+    for (DcmObject *o = seq->nextInContainer(nullptr); o; o = seq->nextInContainer(o))
+        items.push_back(static_cast<DcmItem *>(o));
+    return items;
+}
+
+struct pixel_format {
+    long rows = 0, cols = 0, frames = 1;
+    long bits_allocated = 0, bits_stored = 0, pixel_rep = 0;
+};
+
+// Stored value (raw bits in the low bits of W) to its integer meaning.
+inline int64_t stored_value(uint32_t w, const pixel_format &f)
+{
+    const int bs = static_cast<int>(f.bits_stored);
+    uint32_t mask = bs >= 32 ? 0xFFFFFFFFu : ((1u << bs) - 1u);
+    w &= mask;
+    if (f.pixel_rep == 1 && ((w >> (bs - 1)) & 1u))
+        return static_cast<int64_t>(w) - (static_cast<int64_t>(1) << bs);
+    return static_cast<int64_t>(w);
+}
+
+struct rescale {
+    double slope = 1.0, intercept = 0.0;
+};
+
+// ---------------------------------------------------------------- JPEG 2000
+
+struct mem_stream {
+    const uint8_t *data;
+    size_t size;
+    size_t pos;
+};
+
+OPJ_SIZE_T mem_read(void *buf, OPJ_SIZE_T n, void *ud)
+{
+    auto *m = static_cast<mem_stream *>(ud);
+    if (m->pos >= m->size)
+        return static_cast<OPJ_SIZE_T>(-1);
+    size_t k = m->size - m->pos < n ? m->size - m->pos : n;
+    memcpy(buf, m->data + m->pos, k);
+    m->pos += k;
+    return k;
+}
+
+OPJ_OFF_T mem_skip(OPJ_OFF_T n, void *ud)
+{
+    auto *m = static_cast<mem_stream *>(ud);
+    if (n < 0) {
+        if (static_cast<size_t>(-n) > m->pos)
+            n = -static_cast<OPJ_OFF_T>(m->pos);
+    } else if (static_cast<size_t>(n) > m->size - m->pos) {
+        n = static_cast<OPJ_OFF_T>(m->size - m->pos);
+    }
+    m->pos = static_cast<size_t>(static_cast<OPJ_OFF_T>(m->pos) + n);
+    return n;
+}
+
+OPJ_BOOL mem_seek(OPJ_OFF_T n, void *ud)
+{
+    auto *m = static_cast<mem_stream *>(ud);
+    if (n < 0 || static_cast<size_t>(n) > m->size)
+        return OPJ_FALSE;
+    m->pos = static_cast<size_t>(n);
+    return OPJ_TRUE;
+}
+
+void opj_error_cb(const char *msg, void *ud)
+{
+    auto *s = static_cast<std::string *>(ud);
+    if (s->empty() && msg) {
+        *s = msg;
+        while (!s->empty() && (s->back() == '\n' || s->back() == '\r'))
+            s->pop_back();
+    }
+}
+
+void opj_quiet_cb(const char *, void *) {}
+
+struct opj_guard {
+    opj_codec_t *codec = nullptr;
+    opj_stream_t *stream = nullptr;
+    opj_image_t *image = nullptr;
+    ~opj_guard()
+    {
+        if (image)
+            opj_image_destroy(image);
+        if (stream)
+            opj_stream_destroy(stream);
+        if (codec)
+            opj_destroy_codec(codec);
+    }
+};
+
+bool is_j2k_xfer(const DcmXfer &x)
+{
+    const char *uid = x.getXferID();
+    return uid && (!strcmp(uid, UID_JPEG2000LosslessOnlyTransferSyntax) ||
+                   !strcmp(uid, UID_JPEG2000TransferSyntax) ||
+                   !strcmp(uid, UID_JPEG2000Part2MulticomponentImageCompressionLosslessOnlyTransferSyntax) ||
+                   !strcmp(uid, UID_JPEG2000Part2MulticomponentImageCompressionTransferSyntax));
+}
+
+// Decodes one frame's codestream into OUT (rows*cols floats).
+void decode_j2k_frame(const uint8_t *data, size_t size, const pixel_format &f,
+                      const rescale &r, float *out, long frame)
+{
+    static const uint8_t jp2_sig[12] = {0x00, 0x00, 0x00, 0x0C, 0x6A, 0x50,
+                                        0x20, 0x20, 0x0D, 0x0A, 0x87, 0x0A};
+    // Some writers wrap the codestream in a JP2 file although DICOM asks for a bare one.
+    bool jp2 = size >= sizeof jp2_sig && !memcmp(data, jp2_sig, sizeof jp2_sig);
+
+    std::string opj_msg;
+    opj_guard g;
+    g.codec = opj_create_decompress(jp2 ? OPJ_CODEC_JP2 : OPJ_CODEC_J2K);
+    if (!g.codec)
+        fail("cannot create a JPEG 2000 decoder");
+    opj_set_error_handler(g.codec, opj_error_cb, &opj_msg);
+    opj_set_warning_handler(g.codec, opj_quiet_cb, nullptr);
+    opj_set_info_handler(g.codec, opj_quiet_cb, nullptr);
+    opj_dparameters_t params;
+    opj_set_default_decoder_parameters(&params);
+    if (!opj_setup_decoder(g.codec, &params))
+        fail("cannot set up the JPEG 2000 decoder");
+
+    mem_stream ms{data, size, 0};
+    g.stream = opj_stream_create(OPJ_J2K_STREAM_CHUNK_SIZE, OPJ_TRUE);
+    if (!g.stream)
+        fail("cannot create a JPEG 2000 stream");
+    opj_stream_set_user_data(g.stream, &ms, nullptr);
+    opj_stream_set_user_data_length(g.stream, size);
+    opj_stream_set_read_function(g.stream, mem_read);
+    opj_stream_set_skip_function(g.stream, mem_skip);
+    opj_stream_set_seek_function(g.stream, mem_seek);
+
+    std::string where = "JPEG 2000 frame " + std::to_string(frame + 1);
+    if (!opj_read_header(g.stream, g.codec, &g.image) || !g.image)
+        fail(where + ": bad header" + (opj_msg.empty() ? "" : ": " + opj_msg));
+    // Checked before decoding: the header alone decides how much OpenJPEG allocates.
+    if (g.image->numcomps != 1)
+        fail("colour images are not supported (JPEG 2000 data with " +
+             std::to_string(g.image->numcomps) + " components)");
+    const opj_image_comp_t &h = g.image->comps[0];
+    if (h.w != static_cast<OPJ_UINT32>(f.cols) || h.h != static_cast<OPJ_UINT32>(f.rows))
+        fail(where + ": size " + std::to_string(h.w) + "x" + std::to_string(h.h) +
+             " does not match Columns x Rows " + std::to_string(f.cols) + "x" +
+             std::to_string(f.rows));
+    if (h.prec < 1 || h.prec > 32)
+        fail(where + ": unsupported precision " + std::to_string(h.prec));
+    if (!opj_decode(g.codec, g.stream, g.image) || !opj_end_decompress(g.codec, g.stream))
+        fail(where + ": cannot decode" + (opj_msg.empty() ? "" : ": " + opj_msg));
+    const opj_image_comp_t &c = g.image->comps[0];
+    if (g.image->numcomps != 1 || !c.data || c.w != h.w || c.h != h.h)
+        fail(where + ": decoded image does not match its header");
+
+    const size_t n = static_cast<size_t>(f.rows) * static_cast<size_t>(f.cols);
+    const bool j2k_signed = c.sgnd != 0;
+    const bool dicom_signed = f.pixel_rep == 1;
+    const int prec = static_cast<int>(c.prec);
+    for (size_t i = 0; i < n; i++) {
+        int64_t v = c.data[i];
+        if (j2k_signed != dicom_signed) {
+            // Pixel Representation rules, as pydicom does: unsigned J2K samples
+            // are reinterpreted as two's complement of their own precision;
+            // signed ones go through the Bits Stored mask.
+            if (!j2k_signed) {
+                uint32_t w = static_cast<uint32_t>(v);
+                if (prec < 32)
+                    w &= (1u << prec) - 1u;
+                v = (prec < 32 && ((w >> (prec - 1)) & 1u))
+                        ? static_cast<int64_t>(w) - (static_cast<int64_t>(1) << prec)
+                        : static_cast<int64_t>(w);
+            } else {
+                v = stored_value(static_cast<uint32_t>(v), f);
+            }
+        }
+        out[i] = static_cast<float>(static_cast<double>(v) * r.slope + r.intercept);
+    }
+}
+
+struct fragment {
+    const uint8_t *data;
+    size_t size;
+    uint64_t offset; // of its item tag, from the first fragment's item tag (BOT units)
+};
+
+// Groups the fragments of an encapsulated J2K pixel sequence into frames.
+std::vector<std::vector<const fragment *>> j2k_frames(const std::vector<fragment> &frags,
+                                                      const std::vector<uint32_t> &bot,
+                                                      long frames)
+{
+    std::vector<std::vector<const fragment *>> out;
+    const size_t nf = static_cast<size_t>(frames);
+    if (frames == 1) {
+        out.emplace_back();
+        for (const fragment &fr : frags)
+            out.back().push_back(&fr);
+        return out;
+    }
+    if (bot.size() == nf) {
+        out.resize(nf);
+        for (const fragment &fr : frags) {
+            size_t k = 0;
+            while (k + 1 < nf && fr.offset >= bot[k + 1])
+                k++;
+            if (fr.offset < bot[k])
+                fail("the Basic Offset Table does not match the fragments");
+            out[k].push_back(&fr);
+        }
+        for (auto &v : out)
+            if (v.empty())
+                fail("the Basic Offset Table does not match the fragments");
+        return out;
+    }
+    if (frags.size() == nf) {
+        for (const fragment &fr : frags)
+            out.push_back({&fr});
+        return out;
+    }
+    // No usable offset table: a frame starts at each fragment that opens a
+    // codestream (SOC marker and SIZ) or a JP2 signature box.
+    for (const fragment &fr : frags) {
+        bool starts = fr.size >= 4 && ((fr.data[0] == 0xFF && fr.data[1] == 0x4F &&
+                                        fr.data[2] == 0xFF && fr.data[3] == 0x51) ||
+                                       (fr.size >= 8 && fr.data[4] == 0x6A && fr.data[5] == 0x50 &&
+                                        fr.data[6] == 0x20 && fr.data[7] == 0x20));
+        if (starts || out.empty())
+            out.emplace_back();
+        out.back().push_back(&fr);
+    }
+    if (out.size() != nf)
+        fail("cannot split the JPEG 2000 fragments into " + std::to_string(frames) + " frames");
+    return out;
+}
+
+void decode_j2k(DcmPixelData *px, E_TransferSyntax xfer, const pixel_format &f,
+                const std::vector<rescale> &rs, float *out)
+{
+    DcmPixelSequence *seq = nullptr;
+    if (px->getEncapsulatedRepresentation(xfer, nullptr, seq).bad() || !seq)
+        fail("JPEG 2000 pixel data is not encapsulated");
+    const unsigned long items = seq->card();
+    if (items < 2)
+        fail("JPEG 2000 pixel data has no fragments");
+
+    std::vector<uint32_t> bot;
+    std::vector<fragment> frags;
+    uint64_t offset = 0;
+    for (unsigned long i = 0; i < items; i++) {
+        DcmPixelItem *item = nullptr;
+        if (seq->getItem(item, i).bad() || !item)
+            fail("cannot read a JPEG 2000 fragment");
+        Uint8 *bytes = nullptr;
+        const Uint32 len = item->getLength();
+        if (len > 0 && (item->getUint8Array(bytes).bad() || !bytes))
+            fail("cannot read a JPEG 2000 fragment");
+        if (i == 0) {
+            for (Uint32 k = 0; k + 4 <= len; k += 4)
+                bot.push_back(static_cast<uint32_t>(bytes[k]) |
+                              static_cast<uint32_t>(bytes[k + 1]) << 8 |
+                              static_cast<uint32_t>(bytes[k + 2]) << 16 |
+                              static_cast<uint32_t>(bytes[k + 3]) << 24);
+            continue;
+        }
+        frags.push_back({bytes, len, offset});
+        offset += 8u + len; // item tag and length precede each fragment
+    }
+
+    auto frames = j2k_frames(frags, bot, f.frames);
+    const size_t per_frame = static_cast<size_t>(f.rows) * static_cast<size_t>(f.cols);
+    std::vector<uint8_t> joined;
+    for (size_t k = 0; k < frames.size(); k++) {
+        const uint8_t *data;
+        size_t size;
+        if (frames[k].size() == 1) {
+            data = frames[k][0]->data;
+            size = frames[k][0]->size;
+        } else {
+            joined.clear();
+            for (const fragment *fr : frames[k])
+                joined.insert(joined.end(), fr->data, fr->data + fr->size);
+            data = joined.data();
+            size = joined.size();
+        }
+        if (!data || size == 0)
+            fail("JPEG 2000 frame " + std::to_string(k + 1) + " is empty");
+        decode_j2k_frame(data, size, f, rs[k], out + k * per_frame, static_cast<long>(k));
+    }
+}
+
+// ---------------------------------------------------------------- native
+
+size_t native_size(const pixel_format &f, size_t total)
+{
+    return f.bits_allocated == 1 ? (total + 7) / 8
+                                 : total * static_cast<size_t>(f.bits_allocated / 8);
+}
+
+void check_length(DcmPixelData *px, const pixel_format &f, size_t total)
+{
+    if (px->getLength() < native_size(f, total))
+        fail("the pixel data is shorter than Rows x Columns x Number of Frames");
+}
+
+// PX holds native pixel data (as read, or decoded by DCMTK).
+void convert_native(DcmPixelData *px, const pixel_format &f, const std::vector<rescale> &rs,
+                    bool big_endian_source, float *out)
+{
+    const DcmEVR vr = px->getTag().getEVR();
+    Uint8 *bytes = nullptr;
+    // getUint8Array hands out little endian bytes (it swaps OW words read big endian)
+    OFCondition c = px->getUint8Array(bytes);
+    const size_t length = px->getLength();
+    if (c.bad() || (!bytes && length > 0))
+        fail(std::string("cannot read the pixel data: ") + c.text());
+
+    const size_t per_frame = static_cast<size_t>(f.rows) * static_cast<size_t>(f.cols);
+    const size_t total = per_frame * static_cast<size_t>(f.frames);
+    if (length < native_size(f, total))
+        fail("the pixel data is shorter than Rows x Columns x Number of Frames");
+
+    for (size_t i = 0; i < total; i++) {
+        uint32_t w;
+        switch (f.bits_allocated) {
+        case 1:
+            // frames are packed back to back, least significant bit first
+            w = (bytes[i / 8] >> (i % 8)) & 1u;
+            break;
+        case 8:
+            w = bytes[i];
+            break;
+        case 16:
+            w = static_cast<uint32_t>(bytes[2 * i]) | static_cast<uint32_t>(bytes[2 * i + 1]) << 8;
+            break;
+        default: {
+            const uint8_t *b = bytes + 4 * i;
+            if (!big_endian_source)
+                w = b[0] | b[1] << 8 | static_cast<uint32_t>(b[2]) << 16 |
+                    static_cast<uint32_t>(b[3]) << 24;
+            else if (vr == EVR_OW) // DCMTK swapped 16-bit words only: halves are in file order
+                w = b[2] | b[3] << 8 | static_cast<uint32_t>(b[0]) << 16 |
+                    static_cast<uint32_t>(b[1]) << 24;
+            else // OB: bytes exactly as in the big endian file
+                w = b[3] | b[2] << 8 | static_cast<uint32_t>(b[1]) << 16 |
+                    static_cast<uint32_t>(b[0]) << 24;
+            break;
+        }
+        }
+        const rescale &r = rs[i / per_frame];
+        out[i] = static_cast<float>(static_cast<double>(stored_value(w, f)) * r.slope + r.intercept);
+    }
+}
+
+// ---------------------------------------------------------------- geometry
+
+void cross(const double *a, const double *b, double *out)
+{
+    out[0] = a[1] * b[2] - a[2] * b[1];
+    out[1] = a[2] * b[0] - a[0] * b[2];
+    out[2] = a[0] * b[1] - a[1] * b[0];
+}
+
+void read_geometry(DcmDataset *ds, const std::vector<frame_groups> &fg, dicom_image *img)
+{
+    const long frames = img->frames;
+
+    // Pixel spacing: one value for the image, from the first frame; kept
+    // even when the plane is unknown (projection images).
+    DcmItem *pm = fg[0].macro(DCM_PixelMeasuresSequence);
+    bool ok = get_doubles(pm, DCM_PixelSpacing, img->pixel_spacing, 2) ||
+              get_doubles(ds, DCM_PixelSpacing, img->pixel_spacing, 2);
+    if (!ok)
+        img->pixel_spacing[0] = img->pixel_spacing[1] = 0;
+
+    double top_ori[6], top_pos[3];
+    const bool have_top_ori = get_doubles(ds, DCM_ImageOrientationPatient, top_ori, 6);
+    const bool have_top_pos = get_doubles(ds, DCM_ImagePositionPatient, top_pos, 3);
+
+    // Classic multi-frame (RT Dose): planes offset along the normal.
+    std::vector<double> offsets(static_cast<size_t>(frames));
+    const bool have_offsets = frames > 1 && have_top_ori && have_top_pos &&
+                              get_doubles(ds, DCM_GridFrameOffsetVector, offsets.data(),
+                                          static_cast<unsigned long>(frames));
+
+    for (long k = 0; k < frames && ok; k++) {
+        double *ori = img->orientations + 6 * k;
+        double *pos = img->positions + 3 * k;
+        const frame_groups &g = fg[static_cast<size_t>(k)];
+        if (!get_doubles(g.macro(DCM_PlaneOrientationSequence), DCM_ImageOrientationPatient, ori, 6)) {
+            if (!have_top_ori) {
+                ok = false;
+                break;
+            }
+            memcpy(ori, top_ori, sizeof top_ori);
+        }
+        if (get_doubles(g.macro(DCM_PlanePositionSequence), DCM_ImagePositionPatient, pos, 3))
+            continue;
+        if (have_top_pos && frames == 1) {
+            memcpy(pos, top_pos, sizeof top_pos);
+        } else if (have_offsets) {
+            // Relative offsets (first value 0) and absolute z (first value =
+            // IPP z, axial only) both reduce to this.
+            double n[3];
+            cross(ori, ori + 3, n);
+            const double d = offsets[static_cast<size_t>(k)] - offsets[0];
+            for (int j = 0; j < 3; j++)
+                pos[j] = top_pos[j] + d * n[j];
+        } else {
+            ok = false;
+        }
+    }
+    img->has_geometry = ok ? 1 : 0;
+    if (!ok) { // no half-filled planes
+        memset(img->positions, 0, sizeof(double) * 3 * static_cast<size_t>(frames));
+        memset(img->orientations, 0, sizeof(double) * 6 * static_cast<size_t>(frames));
+    }
+}
+
+std::vector<rescale> read_rescale(DcmDataset *ds, const std::vector<frame_groups> &fg)
+{
+    rescale top;
+    get_doubles(ds, DCM_RescaleSlope, &top.slope, 1);
+    get_doubles(ds, DCM_RescaleIntercept, &top.intercept, 1);
+    std::vector<rescale> rs(fg.size(), top);
+    for (size_t k = 0; k < fg.size(); k++) {
+        DcmItem *m = fg[k].macro(DCM_PixelValueTransformationSequence);
+        if (!m)
+            continue;
+        get_doubles(m, DCM_RescaleSlope, &rs[k].slope, 1);
+        get_doubles(m, DCM_RescaleIntercept, &rs[k].intercept, 1);
+    }
+    return rs;
+}
+
+void free_image(dicom_image *img)
+{
+    if (!img)
+        return;
+    free(img->pixels);
+    free(img->positions);
+    free(img->orientations);
+    free(img);
+}
+
+struct image_holder {
+    dicom_image *img = nullptr;
+    ~image_holder() { free_image(img); }
+    dicom_image *release()
+    {
+        dicom_image *p = img;
+        img = nullptr;
+        return p;
+    }
+};
+
+dicom_image *read_image(const char *path)
+{
+    DcmFileFormat ff;
+    OFCondition c = ff.loadFile(path);
+    if (c.bad())
+        fail(std::string("cannot read the DICOM file: ") + c.text());
+    DcmDataset *ds = ff.getDataset();
+
+    std::string sop_class = get_string(ds, DCM_SOPClassUID);
+    if (sop_class.empty())
+        sop_class = get_string(ff.getMetaInfo(), DCM_MediaStorageSOPClassUID);
+
+    DcmElement *elem = nullptr;
+    if (ds->findAndGetElement(DCM_PixelData, elem).bad() || !elem) {
+        std::string what = sop_class.empty() ? "unknown" : sop_class;
+        const char *name = sop_class.empty() ? nullptr : dcmFindNameOfUID(sop_class.c_str(), nullptr);
+        if (name)
+            what += std::string(" ") + name;
+        if (ds->tagExists(DCM_FloatPixelData) || ds->tagExists(DCM_DoubleFloatPixelData))
+            fail("float pixel data is not supported (SOP class " + what + ")");
+        fail("no pixel data (not an image: SOP class " + what + ")");
+    }
+    auto *px = dynamic_cast<DcmPixelData *>(elem);
+    if (!px)
+        fail("the pixel data element has an unexpected type");
+
+    const long spp = get_us(ds, DCM_SamplesPerPixel, 1);
+    if (spp != 1)
+        fail("colour images are not supported (" + std::to_string(spp) + " samples per pixel)");
+
+    // Palette indices and Modality LUT Sequence values would pass for real values.
+    if (get_string(ds, DCM_PhotometricInterpretation) == "PALETTE COLOR")
+        fail("colour images are not supported (PALETTE COLOR)");
+    if (ds->tagExists(DCM_ModalityLUTSequence))
+        fail("a Modality LUT Sequence is not supported (only Rescale Slope/Intercept)");
+
+    pixel_format f;
+    f.rows = get_us(ds, DCM_Rows, 0);
+    f.cols = get_us(ds, DCM_Columns, 0);
+    f.bits_allocated = get_us(ds, DCM_BitsAllocated, 0);
+    f.bits_stored = get_us(ds, DCM_BitsStored, f.bits_allocated);
+    f.pixel_rep = get_us(ds, DCM_PixelRepresentation, 0);
+    if (f.rows <= 0 || f.cols <= 0)
+        fail("Rows or Columns missing or zero");
+    if (f.bits_allocated != 1 && f.bits_allocated != 8 && f.bits_allocated != 16 &&
+        f.bits_allocated != 32)
+        fail("Bits Allocated " + std::to_string(f.bits_allocated) + " is not supported");
+    if (f.bits_stored < 1 || f.bits_stored > f.bits_allocated)
+        fail("Bits Stored " + std::to_string(f.bits_stored) + " does not fit Bits Allocated " +
+             std::to_string(f.bits_allocated));
+    if (f.pixel_rep != 0 && f.pixel_rep != 1)
+        fail("invalid Pixel Representation " + std::to_string(f.pixel_rep));
+    if (ds->tagExists(DCM_NumberOfFrames)) {
+        std::string s = get_string(ds, DCM_NumberOfFrames);
+        char *end = nullptr;
+        errno = 0;
+        long n = strtol(s.c_str(), &end, 10);
+        while (end && *end == ' ')
+            end++;
+        if (s.empty() || errno || !end || *end || n < 1 || n > 0x7FFFFFFF)
+            fail("invalid Number of Frames '" + s.substr(0, 16) + "'");
+        f.frames = n;
+    }
+    const size_t per_frame = static_cast<size_t>(f.rows) * static_cast<size_t>(f.cols);
+    if (static_cast<size_t>(f.frames) > SIZE_MAX / sizeof(float) / per_frame / 8)
+        fail("image too large");
+    const size_t total = per_frame * static_cast<size_t>(f.frames);
+
+    // A frame count the pixel data cannot hold is refused before any allocation.
+    const E_TransferSyntax xfer = ds->getOriginalXfer();
+    const DcmXfer x(xfer);
+    const bool j2k = x.isEncapsulated() && is_j2k_xfer(x);
+    if (x.isEncapsulated()) {
+        DcmPixelSequence *seq = nullptr;
+        if (px->getEncapsulatedRepresentation(xfer, nullptr, seq).bad() || !seq)
+            fail(std::string("the pixel data is not encapsulated as ") + x.getXferName() + " requires");
+        if (seq->card() < 2 || static_cast<unsigned long>(f.frames) > seq->card() - 1)
+            fail("the encapsulated pixel data holds fewer fragments than Number of Frames");
+    } else {
+        check_length(px, f, total);
+    }
+
+    // Per-frame functional groups (enhanced multi-frame); empty items elsewhere.
+    std::vector<frame_groups> fg(static_cast<size_t>(f.frames));
+    {
+        DcmItem *shared = first_item(ds, DCM_SharedFunctionalGroupsSequence);
+        std::vector<DcmItem *> per = sequence_items(ds, DCM_PerFrameFunctionalGroupsSequence);
+        for (size_t k = 0; k < fg.size(); k++) {
+            fg[k].shared = shared;
+            fg[k].per_frame = k < per.size() ? per[k] : nullptr;
+        }
+    }
+
+    image_holder h;
+    h.img = static_cast<dicom_image *>(calloc(1, sizeof(dicom_image)));
+    if (!h.img)
+        throw std::bad_alloc();
+    dicom_image *img = h.img;
+    img->rows = static_cast<int>(f.rows);
+    img->cols = static_cast<int>(f.cols);
+    img->frames = static_cast<int>(f.frames);
+    copy_field(img->sop_class_uid, sizeof img->sop_class_uid, sop_class);
+    copy_field(img->modality, sizeof img->modality, get_string(ds, DCM_Modality));
+    copy_field(img->image_type, sizeof img->image_type, get_string(ds, DCM_ImageType));
+    img->positions = static_cast<double *>(calloc(static_cast<size_t>(f.frames) * 3, sizeof(double)));
+    img->orientations = static_cast<double *>(calloc(static_cast<size_t>(f.frames) * 6, sizeof(double)));
+    if (!img->positions || !img->orientations)
+        throw std::bad_alloc();
+    read_geometry(ds, fg, img);
+    const std::vector<rescale> rs = read_rescale(ds, fg);
+
+    if (j2k) {
+        img->pixels = static_cast<float *>(malloc(total * sizeof(float)));
+        if (!img->pixels)
+            throw std::bad_alloc();
+        decode_j2k(px, xfer, f, rs, img->pixels);
+        return h.release();
+    }
+    if (x.isEncapsulated()) {
+        register_decoders();
+        c = ds->chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
+        if (c.bad() || !ds->canWriteXfer(EXS_LittleEndianExplicit))
+            fail(std::string("cannot decode ") + x.getXferName() + " (" + x.getXferID() +
+                 "): " + c.text());
+        check_length(px, f, total);
+    }
+    img->pixels = static_cast<float *>(malloc(total * sizeof(float)));
+    if (!img->pixels)
+        throw std::bad_alloc();
+    convert_native(px, f, rs, !x.isEncapsulated() && x.isBigEndian(), img->pixels);
+    return h.release();
+}
+
+} // namespace
+
+extern "C" int dicom_image_read(const char *path, struct dicom_image **out, char *err,
+                                size_t errlen)
+{
+    if (out)
+        *out = nullptr;
+    if (!path || !out) {
+        copy_err(err, errlen, "invalid arguments");
+        return -1;
+    }
+    try {
+        *out = read_image(path);
+        return 0;
+    } catch (const image_error &e) {
+        copy_err(err, errlen, e.what());
+    } catch (const std::bad_alloc &) {
+        copy_err(err, errlen, "out of memory decoding the image");
+    } catch (const std::exception &e) {
+        copy_err(err, errlen, std::string("cannot decode the image: ") + e.what());
+    } catch (...) {
+        copy_err(err, errlen, "cannot decode the image");
+    }
+    return -1;
+}
+
+extern "C" void dicom_image_free(struct dicom_image *img) { free_image(img); }

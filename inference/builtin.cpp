@@ -1,0 +1,113 @@
+/*
+ * builtin.cpp — the built-in reference model "ct-bone-body", built as a
+ * TorchScript module in C++ (no Python needed to produce it).
+ *
+ * Input 1x1xDxHxW float, CT Hounsfield units. Output 1x3xDxHxW float,
+ * one-hot, whose argmax over channels is
+ *   1 "Bone"  for 226 <= HU <= 3071,
+ *   2 "Body"  for HU > -500 that is not bone,
+ *   0 background otherwise (NaN included).
+ * A 1x1x1 Conv3d with weight [1, -1, 1] and bias [-226, 3071, 500] gives
+ * f0 = x - 226, f1 = 3071 - x, f2 = x + 500, compared against 0. Each is
+ * one correctly rounded operation on x with weights +-1, so its sign
+ * equals the sign of the exact difference: the thresholds hold exactly.
+ * The conv runs in float64 because CUDA convolutions may use TF32 on
+ * float32 (10-bit mantissa: 225.999 would become 226); float32 input
+ * converts to float64 exactly. Do not rescale x before the comparisons.
+ * Pointwise, so patch-wise (sliding window) runs give identical labels.
+ */
+#include "inference/inference.h"
+
+#include <torch/script.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+namespace {
+
+const char *const kDescription =
+    "ct-bone-body: transparent reference model, not a clinical model. "
+    "Thresholds CT Hounsfield units: label 1 bone for 226 <= HU <= 3071, "
+    "label 2 body for HU > -500 that is not bone, 0 otherwise.";
+
+const char *const kForward = R"JIT(
+def forward(self, x):
+    assert x.dim() == 5, "ct-bone-body expects a 5-D input N x 1 x D x H x W"
+    f = torch.conv3d(x.double(), self.weight, self.bias)
+    f0 = f[:, 0:1]
+    f1 = f[:, 1:2]
+    f2 = f[:, 2:3]
+    bone = (f0 >= 0) & (f1 >= 0)
+    body = (f2 > 0) & ~bone
+    bg = ~(bone | body)
+    return torch.cat([bg, bone, body], 1).float()
+)JIT";
+
+/* The first non-empty line: script compile errors start with a newline
+ * and continue with the offending source. */
+std::string first_line(const std::string &msg)
+{
+    size_t b = msg.find_first_not_of(" \t\r\n");
+    if (b == std::string::npos)
+        return "unknown error";
+    return msg.substr(b, msg.find_first_of("\r\n", b) - b);
+}
+
+void set_err(char *err, size_t errlen, const std::string &line)
+{
+    if (!err || errlen == 0)
+        return;
+    size_t n = line.size() < errlen - 1 ? line.size() : errlen - 1;
+    std::memcpy(err, line.data(), n);
+    err[n] = '\0';
+}
+
+} // namespace
+
+extern "C" INFER_API int infer_write_builtin_ct_bone_body(const char *path, char *err,
+                                                          size_t errlen)
+{
+    if (!path || !*path) {
+        set_err(err, errlen, "infer_write_builtin_ct_bone_body: no path");
+        return INFER_EINVAL;
+    }
+    /* Written under a temporary name and renamed, so a failed or
+     * interrupted write never leaves a truncated model at PATH. */
+    std::string tmp = std::string(path) + ".tmp";
+    std::string where = std::string("cannot write model '") + path + "': ";
+    try {
+        torch::jit::Module m("ainode.ct_bone_body");
+        auto f64 = torch::TensorOptions().dtype(torch::kDouble);
+        m.register_parameter("weight",
+                             torch::tensor({1.0, -1.0, 1.0}, f64).reshape({3, 1, 1, 1, 1}),
+                             /*is_buffer=*/false);
+        m.register_parameter("bias", torch::tensor({-226.0, 3071.0, 500.0}, f64),
+                             /*is_buffer=*/false);
+        m.register_attribute("description", c10::StringType::get(), std::string(kDescription));
+        m.define(kForward);
+        m.eval();
+        m.save(tmp);
+    } catch (const c10::Error &e) {
+        std::remove(tmp.c_str());
+        set_err(err, errlen, where + first_line(e.what_without_backtrace()));
+        return INFER_EMODEL;
+    } catch (const std::exception &e) {
+        std::remove(tmp.c_str());
+        set_err(err, errlen, where + first_line(e.what()));
+        return INFER_EMODEL;
+    } catch (...) {
+        std::remove(tmp.c_str());
+        set_err(err, errlen, where + "unknown error");
+        return INFER_EMODEL;
+    }
+    if (std::rename(tmp.c_str(), path) != 0) {
+        std::string why = std::strerror(errno);
+        std::remove(tmp.c_str());
+        set_err(err, errlen, where + why);
+        return INFER_EMODEL;
+    }
+    return 0;
+}

@@ -1,0 +1,193 @@
+/*
+ * inference — from decoded slices to a label volume on the source grid.
+ *
+ * Plain C API. Two parts live behind it:
+ *   - model.cpp, the only code that touches libtorch: load a TorchScript
+ *     file on a device, run it on a float tensor, read the output. No C++
+ *     type or exception crosses this header.
+ *   - volume.c, window.c, resample.c (C11): assemble slices into one
+ *     geometric volume (or refuse, with a reason), resample it, and run a
+ *     model over it patch by patch (sliding window).
+ * Nothing here knows DICOM files: the caller decodes them (dicom/) and
+ * hands over slices. This folder builds and tests on its own, with any
+ * libtorch CMake finds (Debian's libtorch-dev, or Torch_DIR).
+ *
+ * Errors: functions return 0 or a negative INFER_E* code and write a
+ * one-line reason into the caller's ERR buffer.
+ */
+#ifndef AINODE_INFERENCE_H
+#define AINODE_INFERENCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define INFER_API __attribute__((visibility("default")))
+#else
+#define INFER_API
+#endif
+
+enum infer_error {
+    INFER_OK = 0,
+    INFER_EINVAL = -1,    /* bad argument, bad input geometry */
+    INFER_EDEVICE = -2,   /* device unknown or not available (e.g. no CUDA) */
+    INFER_EMODEL = -3,    /* model file unreadable or failed to run */
+    INFER_ENOMEM = -4,
+    INFER_EREFUSED = -5,  /* the slices cannot form one volume (reason in ERR) */
+    INFER_ECANCELLED = -6, /* the progress callback asked to stop */
+};
+
+/* ---------------------------------------------------------------------
+ * Models (libtorch)
+ */
+
+struct infer_model;
+
+/* A dense float tensor, C order. DATA is malloc'ed; infer_tensor_free(). */
+struct infer_tensor {
+    float *data;
+    int64_t shape[8];
+    int ndim;
+};
+
+INFER_API void infer_tensor_free(struct infer_tensor *t);
+
+/* Loads the TorchScript file at PATH onto DEVICE ("cpu", "cuda", "cuda:N").
+ * A CUDA device on a machine without one (or without a CUDA libtorch) is
+ * INFER_EDEVICE with a clear reason, never a silent CPU run. */
+INFER_API int infer_model_load(const char *path, const char *device, struct infer_model **out,
+                               char *err, size_t errlen);
+
+/* Runs the model's forward on INPUT (SHAPE, NDIM dims; on the host) and
+ * returns its first output, copied to the host as float, in OUT. Safe to
+ * call from one thread at a time per model. */
+INFER_API int infer_model_run(struct infer_model *m, const float *input, const int64_t *shape,
+                              int ndim, struct infer_tensor *out, char *err, size_t errlen);
+
+INFER_API void infer_model_free(struct infer_model *m);
+
+/* Sets libtorch's intra-op thread count for the calling thread (call it
+ * at the start of each worker thread). */
+INFER_API void infer_set_threads(int n);
+
+/* 0 when DEVICE names a device this process can use, else INFER_EDEVICE
+ * with the reason in ERR. */
+INFER_API int infer_device_check(const char *device, char *err, size_t errlen);
+
+/* Writes the built-in reference model "ct-bone-body" as TorchScript to PATH
+ * (see builtin.cpp for what it computes). */
+INFER_API int infer_write_builtin_ct_bone_body(const char *path, char *err, size_t errlen);
+
+/* ---------------------------------------------------------------------
+ * Volumes
+ */
+
+/* One decoded 2-D slice in patient space (DICOM conventions, mm). */
+struct infer_slice {
+    const float *pixels;       /* rows*cols values, row-major, already rescaled */
+    int rows, cols;
+    double position[3];        /* ImagePositionPatient of the first pixel */
+    double orientation[6];     /* ImageOrientationPatient: row cosine, column cosine */
+    double pixel_spacing[2];   /* PixelSpacing: between rows, between columns */
+    int source;                /* caller's index (file), kept for references */
+    int frame;                 /* frame number within the source, from 0 */
+};
+
+/*
+ * A regular grid in patient space: voxel (i, j, k) (column, row, slice)
+ * lies at origin + i * spacing[0] * dir[0..2] + j * spacing[1] * dir[3..5]
+ *                + k * spacing[2] * dir[6..8].
+ */
+struct infer_grid {
+    int nx, ny, nz;
+    double origin[3];
+    double spacing[3];         /* column, row, slice spacing (mm) */
+    double dir[9];             /* row cosine, column cosine, slice normal */
+};
+
+/* A volume: data[(k * ny + j) * nx + i] is voxel (i, j, k) of GRID. */
+struct infer_volume {
+    struct infer_grid grid;
+    float *data;               /* malloc'ed */
+    int *source;               /* nz entries: slice k came from source[k], */
+    int *frame;                /* frame[k] (both NULL for resampled volumes) */
+};
+
+struct infer_volume_limits {
+    int min_slices;            /* refuse fewer slices than this */
+    double max_tilt_degrees;   /* refuse when slices are sheared beyond this */
+    double spacing_tolerance;  /* relative: uneven gaps beyond this are refused */
+};
+
+/* Sorts SLICES along the slice normal (position . normal, never by number
+ * or name) and builds one volume, or refuses with INFER_EREFUSED and a
+ * reason: mixed sizes or orientations, duplicate positions, uneven gaps
+ * (a missing slice), gantry tilt beyond the limit, too few slices. */
+INFER_API int infer_volume_assemble(const struct infer_slice *slices, size_t n,
+                                    const struct infer_volume_limits *limits,
+                                    struct infer_volume *out, char *err, size_t errlen);
+
+INFER_API void infer_volume_free(struct infer_volume *v);
+
+/* The grid covering FROM's extent with SPACING (column, row, slice). */
+INFER_API void infer_grid_respace(const struct infer_grid *from, const double spacing[3],
+                                  struct infer_grid *to);
+
+/* Resamples SRC (on grid FROM) onto grid TO into DST, trilinear, through
+ * patient coordinates (any two grids). Points of TO outside FROM take the
+ * nearest edge value. */
+INFER_API void infer_resample(const float *src, const struct infer_grid *from,
+                              const struct infer_grid *to, float *dst);
+
+/* The same for a label volume, nearest neighbour. */
+INFER_API void infer_resample_labels(const uint8_t *src, const struct infer_grid *from,
+                                     const struct infer_grid *to, uint8_t *dst);
+
+/* ---------------------------------------------------------------------
+ * Sliding-window inference
+ */
+
+enum infer_blend { INFER_BLEND_CONSTANT, INFER_BLEND_GAUSSIAN };
+
+enum infer_decision {
+    INFER_ARGMAX,      /* label = channel with the highest value (channel 0: background) */
+    INFER_THRESHOLD,   /* label = c + 1 for the highest channel c whose value >= threshold */
+};
+
+struct infer_window {
+    int patch[3];              /* z, y, x; a side longer than the volume is cut to it */
+    int margin[3];             /* z, y, x: context a patch needs on each side (the
+                                * model's receptive radius); outputs that close to a
+                                * patch edge are dropped, except at the volume's edge */
+    double overlap;            /* 0 <= overlap < 1, of the patch without its margins */
+    enum infer_blend blend;
+    int channels;              /* output channels the model must produce */
+    enum infer_decision decision;
+    float threshold;           /* for INFER_THRESHOLD */
+    /* Called after each patch (may be NULL); a non-zero return stops the
+     * run with INFER_ECANCELLED. */
+    int (*progress)(void *ud, long patches_done, long patches_total);
+    void *progress_ud;
+};
+
+/*
+ * Runs M over VOL patch by patch (model input 1x1xZxYxX, output
+ * 1xCxZxYxX), blends overlapping outputs with the window's weights and
+ * writes one label per voxel into LABELS (nz*ny*nx, caller-allocated).
+ * With the margin set to the model's receptive radius, every kept output
+ * saw the same input as in one whole-volume run, so the labels match it.
+ * Slices are decided as soon as no later patch touches them, so memory
+ * stays bounded by one slab of patch depth whatever the volume size.
+ */
+INFER_API int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
+                                   const struct infer_window *w, uint8_t *labels, char *err,
+                                   size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

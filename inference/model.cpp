@@ -1,0 +1,321 @@
+/*
+ * model.cpp — the only code that touches libtorch at run time: load a
+ * TorchScript file on a device, run it, copy the output out. Every C++
+ * exception is caught here and turned into an INFER_E* code and one line.
+ */
+#include "inference/inference.h"
+
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string>
+#include <vector>
+
+struct infer_model {
+    torch::jit::Module module;
+    c10::Device device;
+    std::string spec; /* the device as the caller named it, for messages */
+};
+
+namespace {
+
+/* One line out of a libtorch message. Most put the cause first and a
+ * backtrace after it; TorchScript interpreter errors put the cause last,
+ * after the script traceback. */
+std::string one_line(const std::string &msg)
+{
+    bool cause_last = msg.find("Traceback of TorchScript") != std::string::npos;
+    std::string pick;
+    size_t pos = 0;
+    while (pos <= msg.size()) {
+        size_t end = msg.find_first_of("\r\n", pos);
+        if (end == std::string::npos)
+            end = msg.size();
+        size_t b = msg.find_first_not_of(" \t", pos);
+        if (b != std::string::npos && b < end) {
+            pick = msg.substr(b, end - b);
+            if (!cause_last)
+                break;
+        }
+        pos = end + 1;
+    }
+    return pick.empty() ? "unknown error" : pick;
+}
+
+std::string what_of(const c10::Error &e)
+{
+    return one_line(e.what_without_backtrace());
+}
+
+std::string what_of(const std::exception &e)
+{
+    return one_line(e.what());
+}
+
+void set_err(char *err, size_t errlen, const std::string &msg)
+{
+    if (!err || errlen == 0)
+        return;
+    size_t n = std::min({msg.find_first_of("\r\n"), msg.size(), errlen - 1});
+    std::memcpy(err, msg.data(), n);
+    err[n] = '\0';
+}
+
+/* Parses "cpu", "cuda" or "cuda:N" ourselves: c10::Device accepts more
+ * ("mps", "xla", ...) and we want a single, explicit set. */
+int parse_device(const char *spec, c10::Device *out, std::string *why)
+{
+    if (!spec) {
+        *why = "no device given (use cpu, cuda or cuda:N)";
+        return INFER_EDEVICE;
+    }
+    if (std::strcmp(spec, "cpu") == 0) {
+        *out = c10::Device(c10::kCPU);
+        return 0;
+    }
+    long index = 0;
+    bool ok = false;
+    if (std::strcmp(spec, "cuda") == 0) {
+        ok = true; /* libtorch's current CUDA device, cuda:0 unless changed */
+    } else if (std::strncmp(spec, "cuda:", 5) == 0 && spec[5] >= '0' && spec[5] <= '9') {
+        char *end = nullptr;
+        index = std::strtol(spec + 5, &end, 10); /* LONG_MAX on overflow: no such device */
+        ok = *end == '\0';
+    }
+    if (!ok) {
+        *why = std::string("unknown device '") + spec + "' (use cpu, cuda or cuda:N)";
+        return INFER_EDEVICE;
+    }
+    if (!torch::cuda::is_available()) {
+        *why = std::string("device ") + spec +
+               " requested but this libtorch has no CUDA support or no GPU is visible";
+        return INFER_EDEVICE;
+    }
+    size_t count = torch::cuda::device_count();
+    if (static_cast<size_t>(index) >= count) {
+        *why = std::string("device ") + spec + " requested but only " + std::to_string(count) +
+               " CUDA device(s) are visible (cuda:0 to cuda:" + std::to_string(count - 1) + ")";
+        return INFER_EDEVICE;
+    }
+    /* index < count, and count fits c10::DeviceIndex. */
+    *out = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+    return 0;
+}
+
+/* The first tensor of a forward's result: a tensor, or the first element
+ * of a tuple or list (models often return (logits, aux...)). */
+bool first_tensor(const c10::IValue &v, at::Tensor *out)
+{
+    if (v.isTensor()) {
+        *out = v.toTensor();
+        return true;
+    }
+    if (v.isTuple()) {
+        const auto &elems = v.toTupleRef().elements();
+        if (!elems.empty() && elems[0].isTensor()) {
+            *out = elems[0].toTensor();
+            return true;
+        }
+        return false;
+    }
+    if (v.isTensorList()) {
+        auto list = v.toTensorList();
+        if (list.size() > 0) {
+            *out = list.get(0);
+            return true;
+        }
+        return false;
+    }
+    if (v.isList()) {
+        auto list = v.toList();
+        if (list.size() > 0 && list.get(0).isTensor()) {
+            *out = list.get(0).toTensor();
+            return true;
+        }
+    }
+    return false;
+}
+
+} // namespace
+
+extern "C" {
+
+INFER_API void infer_tensor_free(struct infer_tensor *t)
+{
+    if (!t)
+        return;
+    std::free(t->data);
+    t->data = nullptr;
+    t->ndim = 0;
+}
+
+INFER_API int infer_device_check(const char *device, char *err, size_t errlen)
+{
+    try {
+        c10::Device dev(c10::kCPU);
+        std::string why;
+        int rc = parse_device(device, &dev, &why);
+        if (rc != 0)
+            set_err(err, errlen, why);
+        return rc;
+    } catch (const c10::Error &e) {
+        set_err(err, errlen, "device check failed: " + what_of(e));
+    } catch (const std::exception &e) {
+        set_err(err, errlen, "device check failed: " + what_of(e));
+    } catch (...) {
+        set_err(err, errlen, "device check failed: unknown error");
+    }
+    return INFER_EDEVICE;
+}
+
+INFER_API int infer_model_load(const char *path, const char *device, struct infer_model **out,
+                               char *err, size_t errlen)
+{
+    if (!out) {
+        set_err(err, errlen, "infer_model_load: no output pointer");
+        return INFER_EINVAL;
+    }
+    *out = nullptr;
+    if (!path || !*path) {
+        set_err(err, errlen, "infer_model_load: no model path");
+        return INFER_EINVAL;
+    }
+    std::string where = std::string("cannot load model '") + path + "': ";
+    try {
+        c10::Device dev(c10::kCPU);
+        std::string why;
+        int rc = parse_device(device, &dev, &why);
+        if (rc != 0) {
+            set_err(err, errlen, why);
+            return rc;
+        }
+        /* libtorch's own message for an unreadable file lacks the reason. */
+        std::FILE *f = std::fopen(path, "rb");
+        if (!f) {
+            set_err(err, errlen, where + std::strerror(errno));
+            return INFER_EMODEL;
+        }
+        std::fclose(f);
+        torch::jit::Module module = torch::jit::load(path, dev);
+        module.eval();
+        *out = new infer_model{std::move(module), dev, device};
+        return 0;
+    } catch (const std::bad_alloc &) {
+        set_err(err, errlen, where + "out of memory");
+        return INFER_ENOMEM;
+    } catch (const c10::Error &e) {
+        set_err(err, errlen, where + what_of(e));
+    } catch (const std::exception &e) {
+        set_err(err, errlen, where + what_of(e));
+    } catch (...) {
+        set_err(err, errlen, where + "unknown error");
+    }
+    return INFER_EMODEL;
+}
+
+INFER_API int infer_model_run(struct infer_model *m, const float *input, const int64_t *shape,
+                              int ndim, struct infer_tensor *out, char *err, size_t errlen)
+{
+    if (!m || !input || !shape || !out) {
+        set_err(err, errlen, "infer_model_run: null argument");
+        return INFER_EINVAL;
+    }
+    out->data = nullptr;
+    out->ndim = 0;
+    if (ndim < 1 || ndim > 8) {
+        set_err(err, errlen, "infer_model_run: input must have 1 to 8 dimensions, got " +
+                                 std::to_string(ndim));
+        return INFER_EINVAL;
+    }
+    std::vector<int64_t> sizes(shape, shape + ndim);
+    for (int i = 0; i < ndim; i++) {
+        if (sizes[i] <= 0) {
+            set_err(err, errlen, "infer_model_run: input dimension " + std::to_string(i) +
+                                     " is " + std::to_string(sizes[i]) + ", must be > 0");
+            return INFER_EINVAL;
+        }
+    }
+    try {
+        /* Inference mode: no autograd bookkeeping, and the cheapest way to
+         * tell libtorch nothing here will ever be differentiated. */
+        c10::InferenceMode guard;
+        /* The model must not write to its input: from_blob wraps the
+         * caller's (const) buffer without a copy. */
+        at::Tensor x = torch::from_blob(const_cast<float *>(input), sizes,
+                                        torch::TensorOptions().dtype(torch::kFloat));
+        if (m->device.type() != c10::kCPU)
+            x = x.to(m->device);
+        std::vector<c10::IValue> args{x};
+        c10::IValue result = m->module.forward(args);
+        at::Tensor y;
+        if (!first_tensor(result, &y)) {
+            set_err(err, errlen, "model output is not a tensor (nor a tuple or list starting "
+                                 "with one), got " + result.tagKind());
+            return INFER_EMODEL;
+        }
+        y = y.to(c10::kCPU, c10::kFloat).contiguous();
+        if (y.dim() > 8) {
+            set_err(err, errlen, "model output has " + std::to_string(y.dim()) +
+                                     " dimensions, at most 8 are supported");
+            return INFER_EMODEL;
+        }
+        size_t n = static_cast<size_t>(y.numel());
+        float *data = static_cast<float *>(std::malloc(n ? n * sizeof(float) : 1));
+        if (!data) {
+            set_err(err, errlen, "out of memory for the model output (" + std::to_string(n) +
+                                     " floats)");
+            return INFER_ENOMEM;
+        }
+        if (n)
+            std::memcpy(data, y.data_ptr<float>(), n * sizeof(float));
+        out->data = data;
+        out->ndim = static_cast<int>(y.dim());
+        for (int i = 0; i < out->ndim; i++)
+            out->shape[i] = y.size(i);
+        return 0;
+    } catch (const std::bad_alloc &) {
+        set_err(err, errlen, "model run on " + m->spec + ": out of memory");
+        return INFER_ENOMEM;
+    } catch (const c10::OutOfMemoryError &e) {
+        /* CUDA allocator: the caller may retry with smaller patches. */
+        set_err(err, errlen, "model run on " + m->spec + ": out of memory: " + what_of(e));
+        return INFER_ENOMEM;
+    } catch (const c10::Error &e) {
+        set_err(err, errlen, "model run on " + m->spec + " failed: " + what_of(e));
+    } catch (const std::exception &e) {
+        set_err(err, errlen, "model run on " + m->spec + " failed: " + what_of(e));
+    } catch (...) {
+        set_err(err, errlen, "model run on " + m->spec + " failed: unknown error");
+    }
+    return INFER_EMODEL;
+}
+
+INFER_API void infer_model_free(struct infer_model *m)
+{
+    try {
+        delete m;
+    } catch (...) {
+        /* A destructor that throws must not cross into C. */
+    }
+}
+
+INFER_API void infer_set_threads(int n)
+{
+    if (n < 1)
+        return;
+    try {
+        at::set_num_threads(n);
+    } catch (...) {
+        /* Advisory: keep the current count if libtorch refuses. */
+    }
+}
+
+} // extern "C"

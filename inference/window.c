@@ -1,0 +1,211 @@
+/*
+ * window.c — sliding-window inference with bounded memory.
+ *
+ * Patches are visited slab by slab along z. A patch's outputs within the
+ * margin of an inner edge are dropped (they saw zero padding where the
+ * whole volume has data); the rest are weighted
+ * (constant, or a Gaussian that trusts patch centres more than edges) and
+ * summed into a ring of PATCH_Z slices; a slice is decided (argmax or
+ * threshold) and its ring slot reused as soon as no later patch can touch
+ * it. Memory: channels x patch_z x ny x nx floats, whatever nz is.
+ */
+#include "inference/inference.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(char *err, size_t len, int rc, const char *fmt, ...)
+{
+    if (err && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, len, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+/* Patch starts along one axis: every STEP, and a last one flush with the
+ * end. The kept part of a patch is all but MARGIN on each inner side, so
+ * STEP <= patch - 2 * margin keeps the whole axis covered. */
+static int patch_starts(int dim, int patch, int margin, double overlap, int *starts)
+{
+    int step = (int)floor((patch - 2 * margin) * (1.0 - overlap));
+    if (step < 1)
+        step = 1;
+    int n = 0;
+    for (int s = 0;; s += step) {
+        if (s + patch >= dim) {
+            starts[n++] = dim - patch;
+            return n;
+        }
+        starts[n++] = s;
+    }
+}
+
+static void axis_weights(int patch, enum infer_blend blend, float *w)
+{
+    double sigma = patch / 8.0, centre = (patch - 1) / 2.0;
+    for (int t = 0; t < patch; t++) {
+        if (blend == INFER_BLEND_CONSTANT || sigma <= 0) {
+            w[t] = 1.0f;
+        } else {
+            double g = exp(-(t - centre) * (t - centre) / (2 * sigma * sigma));
+            /* Never zero: every voxel must be decided by some weight. */
+            w[t] = (float)(g < 1e-3 ? 1e-3 : g);
+        }
+    }
+}
+
+static uint8_t decide(const float *acc, size_t stride, int channels, float weight,
+                      const struct infer_window *w)
+{
+    if (w->decision == INFER_ARGMAX) {
+        int best = 0;
+        for (int c = 1; c < channels; c++)
+            if (acc[c * stride] > acc[best * stride])
+                best = c;
+        return (uint8_t)best;
+    }
+    int label = 0;
+    float best = 0;
+    for (int c = 0; c < channels; c++) {
+        float v = acc[c * stride] / weight;
+        if (v >= w->threshold && (label == 0 || v > best)) {
+            label = c + 1;
+            best = v;
+        }
+    }
+    return (uint8_t)label;
+}
+
+int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
+                         const struct infer_window *w, uint8_t *labels, char *err,
+                         size_t errlen)
+{
+    const struct infer_grid *g = &vol->grid;
+    const int dim[3] = {g->nz, g->ny, g->nx};
+    int p[3];
+    int mg[3];
+    for (int a = 0; a < 3; a++) {
+        if (w->patch[a] <= 0 || w->margin[a] < 0)
+            return fail(err, errlen, INFER_EINVAL, "patch size must be positive");
+        p[a] = w->patch[a] < dim[a] ? w->patch[a] : dim[a];
+        mg[a] = p[a] == dim[a] ? 0 : w->margin[a]; /* one patch spans the axis */
+        if (p[a] - 2 * mg[a] < 1)
+            return fail(err, errlen, INFER_EINVAL,
+                        "patch %d is too small for a margin of %d on each side", w->patch[a],
+                        w->margin[a]);
+    }
+    if (w->channels < 1 || w->channels > 255 || w->overlap < 0 || w->overlap >= 1)
+        return fail(err, errlen, INFER_EINVAL, "invalid channels or overlap");
+    if (w->decision == INFER_ARGMAX && w->channels < 2)
+        return fail(err, errlen, INFER_EINVAL, "argmax needs at least two channels");
+
+    const int C = w->channels;
+    const size_t plane = (size_t)g->nx * g->ny;
+    const size_t patch_vox = (size_t)p[0] * p[1] * p[2];
+    int *starts[3] = {NULL, NULL, NULL};
+    int nstarts[3];
+    float *wt[3] = {NULL, NULL, NULL};
+    float *input = malloc(patch_vox * sizeof *input);
+    float *acc = calloc((size_t)C * p[0] * plane, sizeof *acc);
+    float *wsum = calloc((size_t)p[0] * plane, sizeof *wsum);
+    int rc = INFER_ENOMEM;
+    if (!input || !acc || !wsum)
+        goto done;
+    for (int a = 0; a < 3; a++) {
+        starts[a] = malloc(((size_t)dim[a] + 1) * sizeof(int));
+        wt[a] = malloc((size_t)p[a] * sizeof(float));
+        if (!starts[a] || !wt[a])
+            goto done;
+        nstarts[a] = patch_starts(dim[a], p[a], mg[a], w->overlap, starts[a]);
+        axis_weights(p[a], w->blend, wt[a]);
+    }
+
+    const long total = (long)nstarts[0] * nstarts[1] * nstarts[2];
+    long done_patches = 0;
+    const size_t ring = (size_t)p[0];
+    const size_t acc_stride = ring * plane; /* between channels */
+    int decided = 0;                        /* slices [0, decided) are final */
+    for (int zi = 0; zi < nstarts[0]; zi++) {
+        int z0 = starts[0][zi];
+        for (int yi = 0; yi < nstarts[1]; yi++) {
+            int y0 = starts[1][yi];
+            for (int xi = 0; xi < nstarts[2]; xi++) {
+                int x0 = starts[2][xi];
+                for (int z = 0; z < p[0]; z++)
+                    for (int y = 0; y < p[1]; y++)
+                        memcpy(input + ((size_t)z * p[1] + y) * p[2],
+                               vol->data + (size_t)(z0 + z) * plane + (size_t)(y0 + y) * g->nx +
+                                   x0,
+                               (size_t)p[2] * sizeof *input);
+                const int64_t shape[5] = {1, 1, p[0], p[1], p[2]};
+                struct infer_tensor out;
+                rc = infer_model_run(m, input, shape, 5, &out, err, errlen);
+                if (rc != INFER_OK)
+                    goto done;
+                if (out.ndim != 5 || out.shape[0] != 1 || out.shape[1] != C ||
+                    out.shape[2] != p[0] || out.shape[3] != p[1] || out.shape[4] != p[2]) {
+                    rc = fail(err, errlen, INFER_EMODEL,
+                              "the model returned a tensor of %d dims (%lldx%lld...) where "
+                              "1x%dx%dx%dx%d was expected",
+                              out.ndim, (long long)(out.ndim > 0 ? out.shape[0] : 0),
+                              (long long)(out.ndim > 1 ? out.shape[1] : 0), C, p[0], p[1], p[2]);
+                    infer_tensor_free(&out);
+                    goto done;
+                }
+                int lo[3], hi[3];
+                const int s0[3] = {z0, y0, x0};
+                for (int a = 0; a < 3; a++) {
+                    lo[a] = s0[a] == 0 ? 0 : mg[a];
+                    hi[a] = s0[a] + p[a] == dim[a] ? p[a] : p[a] - mg[a];
+                }
+                for (int z = lo[0]; z < hi[0]; z++) {
+                    size_t slot = (size_t)(z0 + z) % ring;
+                    for (int y = lo[1]; y < hi[1]; y++) {
+                        float wzy = wt[0][z] * wt[1][y];
+                        size_t base = slot * plane + (size_t)(y0 + y) * g->nx + x0;
+                        const float *o = out.data + ((size_t)z * p[1] + y) * p[2];
+                        for (int x = lo[2]; x < hi[2]; x++) {
+                            float wv = wzy * wt[2][x];
+                            wsum[base + x] += wv;
+                            for (int c = 0; c < C; c++)
+                                acc[c * acc_stride + base + x] += wv * o[c * patch_vox + x];
+                        }
+                    }
+                }
+                infer_tensor_free(&out);
+                if (w->progress && w->progress(w->progress_ud, ++done_patches, total)) {
+                    rc = fail(err, errlen, INFER_ECANCELLED, "cancelled");
+                    goto done;
+                }
+            }
+        }
+        /* Slices before the next slab's kept part get no more contributions. */
+        int final_end = zi + 1 < nstarts[0] ? starts[0][zi + 1] + mg[0] : dim[0];
+        for (; decided < final_end; decided++) {
+            size_t slot = (size_t)decided % ring;
+            float *a = acc + slot * plane, *ws = wsum + slot * plane;
+            uint8_t *lab = labels + (size_t)decided * plane;
+            for (size_t v = 0; v < plane; v++)
+                lab[v] = decide(a + v, acc_stride, C, ws[v], w);
+            for (int c = 0; c < C; c++)
+                memset(acc + c * acc_stride + slot * plane, 0, plane * sizeof *acc);
+            memset(ws, 0, plane * sizeof *ws);
+        }
+    }
+    rc = INFER_OK;
+done:
+    for (int a = 0; a < 3; a++) {
+        free(starts[a]);
+        free(wt[a]);
+    }
+    free(input);
+    free(acc);
+    free(wsum);
+    return rc;
+}

@@ -1,0 +1,178 @@
+#!/usr/bin/python3
+"""Integration tests of the inference pipeline: a study sent to the real
+node with storescu completes, its series are queued as jobs by the rules,
+and the built-in model's labels come out exactly as its definition says.
+    AINODE_BINARY=build/ainode /usr/bin/python3 -m unittest test_inference.InferenceTest.test_x
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from gen_series import make_ct_series  # noqa: E402
+from test_receiver import NodeTestCase  # noqa: E402
+
+import pydicom  # noqa: E402
+
+BUILTIN_MANIFEST = os.path.join(harness.REPO_ROOT, "inference", "models", "ct-bone-body.yaml")
+PYDICOM_FILES = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
+
+RULES = [{"name": "ct", "match": {"Modality": "CT"}, "run": ["ct-bone-body"]}]
+
+
+def models(file="builtin:ct-bone-body", manifest=None, device="cpu", workers=1):
+    m = {"file": file, "device": device, "threads": 1, "workers": workers}
+    if manifest:
+        m["manifest"] = manifest
+    return {"ct-bone-body": m}
+
+
+def phantom(z, rows, cols):
+    """HU values with every threshold of the model on both sides."""
+    hu = np.full((rows, cols), -1000, dtype=np.int16)          # air: background
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    body = (yy - rows / 2) ** 2 + (xx - cols / 2) ** 2 < (0.4 * rows) ** 2
+    hu[body] = 40                                              # soft tissue: body
+    hu[rows // 3:rows // 2, cols // 3:cols // 2] = 700 + 10 * z  # bone
+    # The edges of each class, one voxel each, on every slice.
+    edges = [-501, -500, -499, 0, 225, 226, 227, 3070, 3071, 3072, 3500]
+    for i, v in enumerate(edges):
+        hu[1, 1 + i] = v
+    return hu
+
+
+def expected_labels(hu):
+    bone = (hu >= 226) & (hu <= 3071)
+    body = (hu > -500) & ~bone
+    return np.where(bone, 1, np.where(body, 2, 0)).astype(np.uint8)
+
+
+def hu_of(path):
+    ds = pydicom.dcmread(path)
+    return ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+
+
+class InferenceTest(NodeTestCase):
+    def node_with_models(self, **kw):
+        sections = {"models": kw.pop("models", models()), "rules": kw.pop("rules", RULES)}
+        return self.node(sections=sections, stable_seconds=1, **kw)
+
+    def wait_job(self, n, state=("done", "failed"), timeout=120):
+        def check():
+            jobs = n.status().get("jobs", [])
+            return jobs if jobs and all(j["state"] in state for j in jobs) else None
+        return harness.wait_until(check, timeout, 0.2, "jobs to end")
+
+    def test_builtin_model_labels_a_phantom_exactly(self):
+        n = self.node_with_models()
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 12, rows=64, cols=80,
+                               pixel_fn=phantom)
+        # Sent in reverse order: the volume is ordered by position, not arrival.
+        harness.storescu(n.port, list(reversed(files)), ae_called=n.ae)
+        jobs = self.wait_job(n)
+        self.assertEqual(len(jobs), 1)
+        job = jobs[0]
+        self.assertEqual(job["state"], "done", job)
+        self.assertIsNone(job["error"])
+        self.assertEqual(job["model"], "ct-bone-body")
+        self.assertGreaterEqual(job["seconds"], 0)
+
+        truth = [expected_labels(hu_of(f)) for f in files]
+        want = {1: int(sum((t == 1).sum() for t in truth)),
+                2: int(sum((t == 2).sum() for t in truth))}
+        self.assertEqual({int(k): v["voxels"] for k, v in job["labels"].items()}, want)
+        self.assertEqual(job["labels"]["1"]["name"], "Bone")
+
+        # Voxel by voxel, slice k of the result against the source slice it
+        # names.
+        with open(job["result"]) as f:
+            result = json.load(f)
+        grid = result["grid"]
+        labels = np.fromfile(os.path.join(os.path.dirname(job["result"]),
+                                          result["labels_file"]), dtype=np.uint8)
+        labels = labels.reshape(grid["nz"], grid["ny"], grid["nx"])
+        by_sop = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f
+                  for f in files}
+        zs = []
+        for k, s in enumerate(result["slices"]):
+            src = by_sop[s["sop_instance_uid"]]
+            np.testing.assert_array_equal(labels[k], expected_labels(hu_of(src)))
+            zs.append(float(pydicom.dcmread(src).ImagePositionPatient[2]))
+        self.assertEqual(zs, sorted(zs))
+        self.assertEqual(n.stop(), 0)
+
+    def test_series_that_are_not_one_volume_fail_with_their_reason(self):
+        n = self.node_with_models(rules=[{"name": "all", "run": ["ct-bone-body"]}])
+        n.start()
+        gap = make_ct_series(os.path.join(self.workdir, "gap"), 8, rows=16, cols=16,
+                             pixel_fn=phantom)
+        del gap[4]
+        harness.storescu(n.port, gap, ae_called=n.ae)
+        # A non-image object in a series of its own.
+        harness.storescu(n.port, os.path.join(PYDICOM_FILES, "test-SR.dcm"), ae_called=n.ae,
+                         extra=["-R"])
+        jobs = self.wait_job(n)
+        errors = sorted(j["error"] or "" for j in jobs)
+        self.assertEqual(len(jobs), 2, jobs)
+        self.assertTrue(all(j["state"] == "failed" for j in jobs), jobs)
+        self.assertIn("uneven slice spacing", " ".join(errors))
+        self.assertIn("no pixel data", " ".join(errors))
+        self.assertEqual(n.stop(), 0)
+
+    def test_series_no_rule_matches_gets_no_job(self):
+        n = self.node_with_models()
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "mr"), 3, rows=16, cols=16,
+                               modality="MR")
+        study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+        harness.storescu(n.port, files, ae_called=n.ae)
+        n.wait_for_study(study, state="complete", timeout=10)
+        time.sleep(0.5)
+        self.assertEqual(n.status()["jobs"], [])
+        self.assertEqual(n.stop(), 0)
+
+    def test_job_of_a_killed_node_is_reclaimed_and_completes_after_restart(self):
+        # Tiny patches make the built-in model slow enough to be caught running.
+        manifest = os.path.join(self.workdir, "slow.yaml")
+        with open(BUILTIN_MANIFEST) as f:
+            text = f.read()
+        with open(manifest, "w") as f:
+            f.write(text.replace("patch: [64, 256, 256]", "patch: [1, 8, 8]"))
+        built = os.path.join(os.path.dirname(self.binary), "models", "ct-bone-body.pt")
+        n = self.node_with_models(models=models(file=built, manifest=manifest))
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 40, rows=128, cols=128,
+                               pixel_fn=phantom)
+        harness.storescu(n.port, files, ae_called=n.ae)
+        harness.wait_until(lambda: [j for j in n.status()["jobs"] if j["state"] == "running"],
+                           30, 0.05, "the job to run")
+        n.kill9()
+        self.assertEqual(n.status()["jobs"][0]["state"], "running")
+        n.start()
+        jobs = self.wait_job(n, timeout=300)
+        self.assertEqual(jobs[0]["state"], "done", jobs)
+        self.assertEqual(jobs[0]["attempts"], 2)
+        truth = sum(int((expected_labels(hu_of(f)) == 1).sum()) for f in files)
+        self.assertEqual(jobs[0]["labels"]["1"]["voxels"], truth)
+        self.assertEqual(n.stop(), 0)
+
+    def test_cuda_model_without_cuda_is_a_clear_start_up_error(self):
+        n = self.node_with_models(models=models(device="cuda:0"))
+        r = subprocess.run([self.binary, "serve", "-c", n.config_path], capture_output=True,
+                           text=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("model ct-bone-body", r.stderr)
+        self.assertIn("cuda", r.stderr.lower())
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,378 @@
+/* Unit tests for inference/model.cpp and the built-in ct-bone-body model. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "inference/inference.h"
+
+static char tmpdir[256];
+static char model_path[512];
+static char garbage_path[512];
+
+/* Boundary values and the label the spec gives each: 1 bone for
+ * 226 <= HU <= 3071, 2 body for HU > -500 not bone, else 0. Hex floats
+ * are the float neighbours of the thresholds. */
+static const struct {
+    float hu;
+    int label;
+} cases[] = {
+    {-1024.0f, 0},
+    {-1000.0f, 0},
+    {-0x1.f40002p+8f, 0}, /* just below -500 */
+    {-500.0f, 0},
+    {-0x1.f3fffep+8f, 2}, /* just above -500 */
+    {-499.5f, 2},
+    {-499.0f, 2},
+    {-100.0f, 2},
+    {0.0f, 2},
+    {225.0f, 2},
+    {225.999f, 2},
+    {0x1.c3fffep+7f, 2}, /* just below 226 */
+    {226.0f, 1},
+    {0x1.c40002p+7f, 1}, /* just above 226 */
+    {1000.0f, 1},
+    {3070.999f, 1},
+    {3071.0f, 1},
+    {0x1.7ff002p+11f, 2}, /* just above 3071 */
+    {3071.001f, 2},
+    {3072.0f, 2},
+    {5000.0f, 2},
+    {-INFINITY, 0},
+    {INFINITY, 2},
+    {NAN, 0},
+};
+#define NCASES ((int)(sizeof cases / sizeof cases[0]))
+
+enum { D = 4, H = 5, W = 6, NVOX = D * H * W };
+
+/* Voxel V gets case (7 V) mod NCASES: neighbouring voxels differ, so an
+ * output in the wrong order would not match. */
+static int case_of(int v)
+{
+    return (7 * v) % NCASES;
+}
+
+static void fill_input(float *x)
+{
+    for (int v = 0; v < NVOX; v++)
+        x[v] = cases[case_of(v)].hu;
+}
+
+static void assert_one_line(const char *err)
+{
+    assert_true(err[0] != '\0');
+    assert_null(strchr(err, '\n'));
+}
+
+/* Runs the model on the boundary volume and checks shape and labels. */
+static void check_labels_on(const char *device)
+{
+    char err[512] = "";
+    struct infer_model *m = NULL;
+    int rc = infer_model_load(model_path, device, &m, err, sizeof err);
+    if (rc != 0)
+        fail_msg("load on %s: %s", device, err);
+    assert_non_null(m);
+
+    float x[NVOX];
+    fill_input(x);
+    const int64_t shape[5] = {1, 1, D, H, W};
+    struct infer_tensor out;
+    rc = infer_model_run(m, x, shape, 5, &out, err, sizeof err);
+    if (rc != 0)
+        fail_msg("run on %s: %s", device, err);
+
+    assert_int_equal(out.ndim, 5);
+    assert_int_equal(out.shape[0], 1);
+    assert_int_equal(out.shape[1], 3);
+    assert_int_equal(out.shape[2], D);
+    assert_int_equal(out.shape[3], H);
+    assert_int_equal(out.shape[4], W);
+    assert_non_null(out.data);
+
+    for (int v = 0; v < NVOX; v++) {
+        int best = 0;
+        for (int c = 0; c < 3; c++) {
+            float p = out.data[c * NVOX + v];
+            /* One-hot: exactly 0 or 1 in each channel. */
+            if (p != 0.0f && p != 1.0f)
+                fail_msg("voxel %d channel %d: %g is not 0 or 1", v, c, (double)p);
+            if (p > out.data[best * NVOX + v])
+                best = c;
+        }
+        int want = cases[case_of(v)].label;
+        if (best != want)
+            fail_msg("voxel %d (HU %.9g): label %d, expected %d", v, (double)x[v], best, want);
+        float sum = out.data[v] + out.data[NVOX + v] + out.data[2 * NVOX + v];
+        assert_true(sum == 1.0f);
+    }
+    /* The input buffer is the caller's and stays unchanged. */
+    for (int v = 0; v < NVOX; v++) {
+        float want = cases[case_of(v)].hu;
+        assert_true(isnan(want) ? isnan(x[v]) : x[v] == want);
+    }
+
+    infer_tensor_free(&out);
+    assert_null(out.data);
+    infer_model_free(m);
+}
+
+/* ---- tests ------------------------------------------------------------ */
+
+static void test_builtin_model_labels_bone_and_body_exactly_at_the_thresholds(void **state)
+{
+    (void)state;
+    check_labels_on("cpu");
+}
+
+static void test_patch_by_patch_runs_give_the_same_labels_as_one_run(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    struct infer_model *m = NULL;
+    assert_int_equal(infer_model_load(model_path, "cpu", &m, err, sizeof err), 0);
+
+    float x[NVOX];
+    fill_input(x);
+    const int64_t whole_shape[5] = {1, 1, D, H, W};
+    struct infer_tensor whole;
+    assert_int_equal(infer_model_run(m, x, whole_shape, 5, &whole, err, sizeof err), 0);
+
+    /* One slab per z: the model is pointwise, so each slab's output is the
+     * matching part of the whole output. */
+    const int64_t slab_shape[5] = {1, 1, 1, H, W};
+    for (int z = 0; z < D; z++) {
+        struct infer_tensor part;
+        assert_int_equal(infer_model_run(m, x + z * H * W, slab_shape, 5, &part, err, sizeof err),
+                         0);
+        assert_int_equal(part.shape[1], 3);
+        assert_int_equal(part.shape[2], 1);
+        for (int c = 0; c < 3; c++)
+            assert_memory_equal(part.data + c * H * W, whole.data + c * NVOX + z * H * W,
+                                sizeof(float) * H * W);
+        infer_tensor_free(&part);
+    }
+    infer_tensor_free(&whole);
+    infer_model_free(m);
+}
+
+static void test_cuda_gives_the_same_labels_or_is_refused_with_a_reason(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    if (infer_device_check("cuda:0", err, sizeof err) == 0) {
+        /* A GPU is usable here: the same labels must come back from it. */
+        check_labels_on("cuda");
+        check_labels_on("cuda:0");
+    } else {
+        const char *devices[] = {"cuda", "cuda:0", "cuda:1"};
+        for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++) {
+            err[0] = '\0';
+            assert_int_equal(infer_device_check(devices[i], err, sizeof err), INFER_EDEVICE);
+            assert_one_line(err);
+            assert_non_null(strstr(err, "cuda"));
+
+            static char sentinel;
+            struct infer_model *m = (struct infer_model *)&sentinel; /* must be reset */
+            err[0] = '\0';
+            assert_int_equal(infer_model_load(model_path, devices[i], &m, err, sizeof err),
+                             INFER_EDEVICE);
+            assert_null(m);
+            assert_one_line(err);
+            assert_non_null(strstr(err, devices[i]));
+        }
+    }
+    /* No machine has that many GPUs: refused, never run on the CPU. */
+    const char *absent[] = {"cuda:99", "cuda:99999999999999999999"};
+    for (size_t i = 0; i < sizeof absent / sizeof absent[0]; i++) {
+        err[0] = '\0';
+        assert_int_equal(infer_device_check(absent[i], err, sizeof err), INFER_EDEVICE);
+        assert_one_line(err);
+        assert_non_null(strstr(err, absent[i]));
+    }
+}
+
+static void test_unknown_device_names_are_refused(void **state)
+{
+    (void)state;
+    const char *bad[] = {"gpu", "CPU", "", "cuda:", "cuda:-1", "cuda:x", "cuda:0x", "cuda0",
+                         " cpu", "cpu:0", "mps"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char err[512] = "";
+        assert_int_equal(infer_device_check(bad[i], err, sizeof err), INFER_EDEVICE);
+        assert_one_line(err);
+        if (!strstr(err, "unknown device"))
+            fail_msg("'%s': %s", bad[i], err);
+
+        struct infer_model *m = NULL;
+        err[0] = '\0';
+        assert_int_equal(infer_model_load(model_path, bad[i], &m, err, sizeof err),
+                         INFER_EDEVICE);
+        assert_null(m);
+        assert_non_null(strstr(err, "unknown device"));
+    }
+    char err[512] = "";
+    assert_int_equal(infer_device_check(NULL, err, sizeof err), INFER_EDEVICE);
+    assert_one_line(err);
+    assert_int_equal(infer_device_check("cpu", err, sizeof err), 0);
+}
+
+static void test_missing_model_file_is_emodel_naming_the_path(void **state)
+{
+    (void)state;
+    char path[600];
+    snprintf(path, sizeof path, "%s/no-such-model.pt", tmpdir);
+    char err[1024] = "";
+    struct infer_model *m = NULL;
+    assert_int_equal(infer_model_load(path, "cpu", &m, err, sizeof err), INFER_EMODEL);
+    assert_null(m);
+    assert_one_line(err);
+    assert_non_null(strstr(err, path));
+}
+
+static void test_file_that_is_not_torchscript_is_emodel(void **state)
+{
+    (void)state;
+    char err[1024] = "";
+    struct infer_model *m = NULL;
+    assert_int_equal(infer_model_load(garbage_path, "cpu", &m, err, sizeof err), INFER_EMODEL);
+    assert_null(m);
+    assert_one_line(err);
+    assert_non_null(strstr(err, garbage_path));
+}
+
+static void test_error_messages_are_cut_to_the_buffer(void **state)
+{
+    (void)state;
+    char err[8];
+    memset(err, 'x', sizeof err);
+    assert_int_equal(infer_device_check("gpu", err, sizeof err), INFER_EDEVICE);
+    assert_int_equal(strlen(err), sizeof err - 1);
+    /* No buffer at all is allowed. */
+    assert_int_equal(infer_device_check("gpu", NULL, 0), INFER_EDEVICE);
+}
+
+static void test_setting_threads_keeps_the_model_working(void **state)
+{
+    (void)state;
+    infer_set_threads(1);
+    infer_set_threads(2);
+    infer_set_threads(0);  /* ignored */
+    infer_set_threads(-3); /* ignored */
+    check_labels_on("cpu");
+    infer_set_threads(1);
+}
+
+static void test_wrong_input_geometry_is_an_error_not_an_abort(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    struct infer_model *m = NULL;
+    assert_int_equal(infer_model_load(model_path, "cpu", &m, err, sizeof err), 0);
+
+    float x[NVOX];
+    fill_input(x);
+    struct infer_tensor out = {.data = (float *)x, .ndim = 3};
+
+    /* Rank 2 and rank 4: the model refuses with its own reason. */
+    const int64_t rank2[2] = {D * H, W};
+    err[0] = '\0';
+    assert_int_equal(infer_model_run(m, x, rank2, 2, &out, err, sizeof err), INFER_EMODEL);
+    assert_one_line(err);
+    assert_null(out.data);
+    assert_int_equal(out.ndim, 0);
+
+    const int64_t rank4[4] = {1, D, H, W};
+    err[0] = '\0';
+    assert_int_equal(infer_model_run(m, x, rank4, 4, &out, err, sizeof err), INFER_EMODEL);
+    assert_one_line(err);
+
+    /* Two channels where the weights expect one: libtorch's conv refuses. */
+    const int64_t two_channels[5] = {1, 2, 2, H, W};
+    err[0] = '\0';
+    assert_int_equal(infer_model_run(m, x, two_channels, 5, &out, err, sizeof err), INFER_EMODEL);
+    assert_one_line(err);
+
+    /* Shapes the shim itself rejects before libtorch sees them. */
+    const int64_t shape[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
+    assert_int_equal(infer_model_run(m, x, shape, 0, &out, err, sizeof err), INFER_EINVAL);
+    assert_int_equal(infer_model_run(m, x, shape, 9, &out, err, sizeof err), INFER_EINVAL);
+    const int64_t negative[5] = {1, 1, -4, H, W};
+    assert_int_equal(infer_model_run(m, x, negative, 5, &out, err, sizeof err), INFER_EINVAL);
+    assert_one_line(err);
+    const int64_t empty[5] = {1, 1, 0, H, W};
+    assert_int_equal(infer_model_run(m, x, empty, 5, &out, err, sizeof err), INFER_EINVAL);
+    assert_int_equal(infer_model_run(NULL, x, shape, 5, &out, err, sizeof err), INFER_EINVAL);
+    assert_int_equal(infer_model_run(m, NULL, shape, 5, &out, err, sizeof err), INFER_EINVAL);
+
+    /* The model still works after the refusals. */
+    infer_model_free(m);
+    check_labels_on("cpu");
+}
+
+static void test_freeing_null_is_harmless(void **state)
+{
+    (void)state;
+    infer_model_free(NULL);
+    infer_tensor_free(NULL);
+    struct infer_tensor t = {0};
+    infer_tensor_free(&t);
+}
+
+/* ---- setup ------------------------------------------------------------ */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *t = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof tmpdir, "%s/ainode-test-model-XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(tmpdir))
+        return -1;
+    snprintf(model_path, sizeof model_path, "%s/ct-bone-body.pt", tmpdir);
+    snprintf(garbage_path, sizeof garbage_path, "%s/not-a-model.pt", tmpdir);
+
+    char err[512] = "";
+    if (infer_write_builtin_ct_bone_body(model_path, err, sizeof err) != 0) {
+        fprintf(stderr, "writing the built-in model: %s\n", err);
+        return -1;
+    }
+    FILE *f = fopen(garbage_path, "w");
+    if (!f)
+        return -1;
+    fputs("this is not a TorchScript archive\n", f);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    unlink(model_path);
+    unlink(garbage_path);
+    rmdir(tmpdir);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_builtin_model_labels_bone_and_body_exactly_at_the_thresholds),
+        cmocka_unit_test(test_patch_by_patch_runs_give_the_same_labels_as_one_run),
+        cmocka_unit_test(test_cuda_gives_the_same_labels_or_is_refused_with_a_reason),
+        cmocka_unit_test(test_unknown_device_names_are_refused),
+        cmocka_unit_test(test_missing_model_file_is_emodel_naming_the_path),
+        cmocka_unit_test(test_file_that_is_not_torchscript_is_emodel),
+        cmocka_unit_test(test_error_messages_are_cut_to_the_buffer),
+        cmocka_unit_test(test_setting_threads_keeps_the_model_working),
+        cmocka_unit_test(test_wrong_input_geometry_is_an_error_not_an_abort),
+        cmocka_unit_test(test_freeing_null_is_harmless),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
