@@ -7,14 +7,15 @@
  *   1 "Bone"  for 226 <= HU <= 3071,
  *   2 "Body"  for HU > -500 that is not bone,
  *   0 background otherwise (NaN included).
- * A 1x1x1 Conv3d with weight [1, -1, 1] and bias [-226, 3071, 500] gives
- * f0 = x - 226, f1 = 3071 - x, f2 = x + 500, compared against 0. Each is
- * one correctly rounded operation on x with weights +-1, so its sign
- * equals the sign of the exact difference: the thresholds hold exactly.
- * The conv runs in float64 because CUDA convolutions may use TF32 on
- * float32 (10-bit mantissa: 225.999 would become 226); float32 input
- * converts to float64 exactly. Do not rescale x before the comparisons.
- * Pointwise, so patch-wise (sliding window) runs give identical labels.
+ * Its one layer is a 1x1x1 convolution with weight [1, -1, 1] and bias
+ * [-226, 3071, 500], written as the broadcast multiply-add it amounts to
+ * (libtorch's CPU conv3d would im2col a 1x1x1 kernel): f0 = x - 226,
+ * f1 = 3071 - x, f2 = x + 500, compared against 0. Each is one correctly
+ * rounded operation on x with weights +-1, so its sign equals the sign of
+ * the exact difference: the thresholds hold exactly, in float32 and on any
+ * device (element-wise operations never use TF32). Do not rescale x
+ * before the comparisons. Pointwise, so patch-wise (sliding window) runs
+ * give identical labels.
  */
 #include "inference/inference.h"
 
@@ -36,7 +37,7 @@ const char *const kDescription =
 const char *const kForward = R"JIT(
 def forward(self, x):
     assert x.dim() == 5, "ct-bone-body expects a 5-D input N x 1 x D x H x W"
-    f = torch.conv3d(x.double(), self.weight, self.bias)
+    f = x * self.weight.view([1, 3, 1, 1, 1]) + self.bias.view([1, 3, 1, 1, 1])
     f0 = f[:, 0:1]
     f1 = f[:, 1:2]
     f2 = f[:, 2:3]
@@ -80,11 +81,11 @@ extern "C" INFER_API int infer_write_builtin_ct_bone_body(const char *path, char
     std::string where = std::string("cannot write model '") + path + "': ";
     try {
         torch::jit::Module m("ainode.ct_bone_body");
-        auto f64 = torch::TensorOptions().dtype(torch::kDouble);
+        auto f32 = torch::TensorOptions().dtype(torch::kFloat);
         m.register_parameter("weight",
-                             torch::tensor({1.0, -1.0, 1.0}, f64).reshape({3, 1, 1, 1, 1}),
+                             torch::tensor({1.0f, -1.0f, 1.0f}, f32).reshape({3, 1, 1, 1, 1}),
                              /*is_buffer=*/false);
-        m.register_parameter("bias", torch::tensor({-226.0, 3071.0, 500.0}, f64),
+        m.register_parameter("bias", torch::tensor({-226.0f, 3071.0f, 500.0f}, f32),
                              /*is_buffer=*/false);
         m.register_attribute("description", c10::StringType::get(), std::string(kDescription));
         m.define(kForward);

@@ -68,6 +68,13 @@ INFER_API int infer_model_load(const char *path, const char *device, struct infe
 INFER_API int infer_model_run(struct infer_model *m, const float *input, const int64_t *shape,
                               int ndim, struct infer_tensor *out, char *err, size_t errlen);
 
+/* The same, into the caller's BUF of CAPACITY floats (reused from run to
+ * run: no allocation per call). OUT_SHAPE (8 entries) and *OUT_NDIM get
+ * the output's shape; an output larger than CAPACITY is INFER_EMODEL. */
+INFER_API int infer_model_run_into(struct infer_model *m, const float *input,
+                                   const int64_t *shape, int ndim, float *buf, size_t capacity,
+                                   int64_t *out_shape, int *out_ndim, char *err, size_t errlen);
+
 INFER_API void infer_model_free(struct infer_model *m);
 
 /* Sets libtorch's intra-op thread count for the calling thread (call it

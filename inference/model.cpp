@@ -221,15 +221,13 @@ INFER_API int infer_model_load(const char *path, const char *device, struct infe
     return INFER_EMODEL;
 }
 
-INFER_API int infer_model_run(struct infer_model *m, const float *input, const int64_t *shape,
-                              int ndim, struct infer_tensor *out, char *err, size_t errlen)
+namespace {
+
+/* Runs the forward and leaves its first output, on the host, contiguous,
+ * as float, in *Y. Returns 0 or an INFER_E* code with ERR set. */
+int forward(struct infer_model *m, const float *input, const int64_t *shape, int ndim,
+            at::Tensor *y, char *err, size_t errlen)
 {
-    if (!m || !input || !shape || !out) {
-        set_err(err, errlen, "infer_model_run: null argument");
-        return INFER_EINVAL;
-    }
-    out->data = nullptr;
-    out->ndim = 0;
     if (ndim < 1 || ndim > 8) {
         set_err(err, errlen, "infer_model_run: input must have 1 to 8 dimensions, got " +
                                  std::to_string(ndim));
@@ -255,31 +253,17 @@ INFER_API int infer_model_run(struct infer_model *m, const float *input, const i
             x = x.to(m->device);
         std::vector<c10::IValue> args{x};
         c10::IValue result = m->module.forward(args);
-        at::Tensor y;
-        if (!first_tensor(result, &y)) {
+        if (!first_tensor(result, y)) {
             set_err(err, errlen, "model output is not a tensor (nor a tuple or list starting "
                                  "with one), got " + result.tagKind());
             return INFER_EMODEL;
         }
-        y = y.to(c10::kCPU, c10::kFloat).contiguous();
-        if (y.dim() > 8) {
-            set_err(err, errlen, "model output has " + std::to_string(y.dim()) +
+        *y = y->to(c10::kCPU, c10::kFloat).contiguous();
+        if (y->dim() > 8) {
+            set_err(err, errlen, "model output has " + std::to_string(y->dim()) +
                                      " dimensions, at most 8 are supported");
             return INFER_EMODEL;
         }
-        size_t n = static_cast<size_t>(y.numel());
-        float *data = static_cast<float *>(std::malloc(n ? n * sizeof(float) : 1));
-        if (!data) {
-            set_err(err, errlen, "out of memory for the model output (" + std::to_string(n) +
-                                     " floats)");
-            return INFER_ENOMEM;
-        }
-        if (n)
-            std::memcpy(data, y.data_ptr<float>(), n * sizeof(float));
-        out->data = data;
-        out->ndim = static_cast<int>(y.dim());
-        for (int i = 0; i < out->ndim; i++)
-            out->shape[i] = y.size(i);
         return 0;
     } catch (const std::bad_alloc &) {
         set_err(err, errlen, "model run on " + m->spec + ": out of memory");
@@ -296,6 +280,64 @@ INFER_API int infer_model_run(struct infer_model *m, const float *input, const i
         set_err(err, errlen, "model run on " + m->spec + " failed: unknown error");
     }
     return INFER_EMODEL;
+}
+
+} // namespace
+
+INFER_API int infer_model_run(struct infer_model *m, const float *input, const int64_t *shape,
+                              int ndim, struct infer_tensor *out, char *err, size_t errlen)
+{
+    if (!m || !input || !shape || !out) {
+        set_err(err, errlen, "infer_model_run: null argument");
+        return INFER_EINVAL;
+    }
+    out->data = nullptr;
+    out->ndim = 0;
+    at::Tensor y;
+    int rc = forward(m, input, shape, ndim, &y, err, errlen);
+    if (rc != 0)
+        return rc;
+    size_t n = static_cast<size_t>(y.numel());
+    float *data = static_cast<float *>(std::malloc(n ? n * sizeof(float) : 1));
+    if (!data) {
+        set_err(err, errlen,
+                "out of memory for the model output (" + std::to_string(n) + " floats)");
+        return INFER_ENOMEM;
+    }
+    if (n)
+        std::memcpy(data, y.data_ptr<float>(), n * sizeof(float));
+    out->data = data;
+    out->ndim = static_cast<int>(y.dim());
+    for (int i = 0; i < out->ndim; i++)
+        out->shape[i] = y.size(i);
+    return 0;
+}
+
+INFER_API int infer_model_run_into(struct infer_model *m, const float *input,
+                                   const int64_t *shape, int ndim, float *buf, size_t capacity,
+                                   int64_t *out_shape, int *out_ndim, char *err, size_t errlen)
+{
+    if (!m || !input || !shape || !buf || !out_shape || !out_ndim) {
+        set_err(err, errlen, "infer_model_run_into: null argument");
+        return INFER_EINVAL;
+    }
+    *out_ndim = 0;
+    at::Tensor y;
+    int rc = forward(m, input, shape, ndim, &y, err, errlen);
+    if (rc != 0)
+        return rc;
+    size_t n = static_cast<size_t>(y.numel());
+    *out_ndim = static_cast<int>(y.dim());
+    for (int i = 0; i < *out_ndim; i++)
+        out_shape[i] = y.size(i);
+    if (n > capacity) {
+        set_err(err, errlen, "the model returned " + std::to_string(n) + " values where at most " +
+                                 std::to_string(capacity) + " were expected");
+        return INFER_EMODEL;
+    }
+    if (n)
+        std::memcpy(buf, y.data_ptr<float>(), n * sizeof(float));
+    return 0;
 }
 
 INFER_API void infer_model_free(struct infer_model *m)

@@ -112,10 +112,11 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
     int nstarts[3];
     float *wt[3] = {NULL, NULL, NULL};
     float *input = malloc(patch_vox * sizeof *input);
+    float *output = malloc((size_t)C * patch_vox * sizeof *output);
     float *acc = calloc((size_t)C * p[0] * plane, sizeof *acc);
     float *wsum = calloc((size_t)p[0] * plane, sizeof *wsum);
     int rc = INFER_ENOMEM;
-    if (!input || !acc || !wsum)
+    if (!input || !output || !acc || !wsum)
         goto done;
     for (int a = 0; a < 3; a++) {
         starts[a] = malloc(((size_t)dim[a] + 1) * sizeof(int));
@@ -144,41 +145,46 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
                                    x0,
                                (size_t)p[2] * sizeof *input);
                 const int64_t shape[5] = {1, 1, p[0], p[1], p[2]};
-                struct infer_tensor out;
-                rc = infer_model_run(m, input, shape, 5, &out, err, errlen);
-                if (rc != INFER_OK)
-                    goto done;
-                if (out.ndim != 5 || out.shape[0] != 1 || out.shape[1] != C ||
-                    out.shape[2] != p[0] || out.shape[3] != p[1] || out.shape[4] != p[2]) {
+                int64_t oshape[8];
+                int ondim;
+                rc = infer_model_run_into(m, input, shape, 5, output, (size_t)C * patch_vox,
+                                          oshape, &ondim, err, errlen);
+                /* A wrong shape is the clearer message, also when the
+                 * output did not fit. */
+                if ((rc == INFER_OK || ondim > 0) &&
+                    (ondim != 5 || oshape[0] != 1 || oshape[1] != C || oshape[2] != p[0] ||
+                     oshape[3] != p[1] || oshape[4] != p[2]))
                     rc = fail(err, errlen, INFER_EMODEL,
                               "the model returned a tensor of %d dims (%lldx%lld...) where "
                               "1x%dx%dx%dx%d was expected",
-                              out.ndim, (long long)(out.ndim > 0 ? out.shape[0] : 0),
-                              (long long)(out.ndim > 1 ? out.shape[1] : 0), C, p[0], p[1], p[2]);
-                    infer_tensor_free(&out);
+                              ondim, (long long)(ondim > 0 ? oshape[0] : 0),
+                              (long long)(ondim > 1 ? oshape[1] : 0), C, p[0], p[1], p[2]);
+                if (rc != INFER_OK)
                     goto done;
-                }
                 int lo[3], hi[3];
                 const int s0[3] = {z0, y0, x0};
                 for (int a = 0; a < 3; a++) {
                     lo[a] = s0[a] == 0 ? 0 : mg[a];
                     hi[a] = s0[a] + p[a] == dim[a] ? p[a] : p[a] - mg[a];
                 }
+                /* Row by row and channel by channel: contiguous inner loops. */
                 for (int z = lo[0]; z < hi[0]; z++) {
                     size_t slot = (size_t)(z0 + z) % ring;
                     for (int y = lo[1]; y < hi[1]; y++) {
                         float wzy = wt[0][z] * wt[1][y];
                         size_t base = slot * plane + (size_t)(y0 + y) * g->nx + x0;
-                        const float *o = out.data + ((size_t)z * p[1] + y) * p[2];
-                        for (int x = lo[2]; x < hi[2]; x++) {
-                            float wv = wzy * wt[2][x];
-                            wsum[base + x] += wv;
-                            for (int c = 0; c < C; c++)
-                                acc[c * acc_stride + base + x] += wv * o[c * patch_vox + x];
+                        size_t orow = ((size_t)z * p[1] + y) * p[2];
+                        float *ws = wsum + base;
+                        for (int x = lo[2]; x < hi[2]; x++)
+                            ws[x] += wzy * wt[2][x];
+                        for (int c = 0; c < C; c++) {
+                            float *a = acc + c * acc_stride + base;
+                            const float *o = output + c * patch_vox + orow;
+                            for (int x = lo[2]; x < hi[2]; x++)
+                                a[x] += wzy * wt[2][x] * o[x];
                         }
                     }
                 }
-                infer_tensor_free(&out);
                 if (w->progress && w->progress(w->progress_ud, ++done_patches, total)) {
                     rc = fail(err, errlen, INFER_ECANCELLED, "cancelled");
                     goto done;
@@ -205,6 +211,7 @@ done:
         free(wt[a]);
     }
     free(input);
+    free(output);
     free(acc);
     free(wsum);
     return rc;

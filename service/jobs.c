@@ -9,10 +9,7 @@
  * failed (with the reason). Workers run at a lower CPU priority than the
  * receiver, which must keep its speed while models run.
  *
- * A job, start to end: the series' files are decoded (dicom/), assembled
- * into one volume along the slice normal, prepared as the manifest says
- * (clip, scale, resample to the model's spacing), run through the model
- * patch by patch, and the labels brought back onto the source grid.
+ * What a job computes is pipeline.c's.
  */
 #include "config/config.h"
 #include "dicom/dicom.h"
@@ -21,7 +18,7 @@
 #include "service/service.h"
 #include "storage/storage.h"
 
-#include <jansson.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -35,7 +32,6 @@
 #define LEASE_MS 60000            /* a job whose worker vanished runs again after this */
 #define RENEW_EVERY_MS 10000
 #define IDLE_WAIT_MS 1000         /* a worker rechecks the queue at least this often */
-#define MAX_TILT_DEGREES 1.0
 
 struct worker {
     struct runner *r;
@@ -143,247 +139,50 @@ static int on_progress(void *ud, long done, long total)
     return 0;
 }
 
-static int is_localizer(const char *image_type)
-{
-    return strstr(image_type, "LOCALIZER") != NULL;
-}
-
-/* Reads and decodes every instance of the series into slices. */
-static int load_slices(const struct config_manifest *mf, const struct series_files *files,
-                       struct dicom_image **images, struct infer_slice **slices_out,
-                       size_t *n_out, char *err, size_t errlen)
-{
-    size_t n = 0, cap = 0;
-    struct infer_slice *slices = NULL;
-    for (size_t i = 0; i < files->n; i++) {
-        char why[256];
-        if (dicom_image_read(files->path[i], &images[i], why, sizeof why) != 0) {
-            snprintf(err, errlen, "instance %zu of the series cannot be used: %s", i + 1, why);
-            goto fail;
-        }
-        const struct dicom_image *img = images[i];
-        if (is_localizer(img->image_type)) {
-            snprintf(err, errlen, "a localizer is mixed into the series");
-            goto fail;
-        }
-        if (mf->modality && strcasecmp(mf->modality, img->modality) != 0) {
-            snprintf(err, errlen, "the series is %s; the model takes %s",
-                     img->modality[0] ? img->modality : "of no modality", mf->modality);
-            goto fail;
-        }
-        if (!img->has_geometry) {
-            snprintf(err, errlen,
-                     "an image lacks its position, orientation or pixel spacing");
-            goto fail;
-        }
-        for (int f = 0; f < img->frames; f++) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 256;
-                struct infer_slice *ns = realloc(slices, cap * sizeof *ns);
-                if (!ns) {
-                    snprintf(err, errlen, "out of memory");
-                    goto fail;
-                }
-                slices = ns;
-            }
-            struct infer_slice *s = &slices[n++];
-            s->pixels = img->pixels + (size_t)f * img->rows * img->cols;
-            s->rows = img->rows;
-            s->cols = img->cols;
-            memcpy(s->position, img->positions + 3 * f, sizeof s->position);
-            memcpy(s->orientation, img->orientations + 6 * f, sizeof s->orientation);
-            memcpy(s->pixel_spacing, img->pixel_spacing, sizeof s->pixel_spacing);
-            s->source = (int)i;
-            s->frame = f;
-        }
-    }
-    *slices_out = slices;
-    *n_out = n;
-    return 0;
-fail:
-    free(slices);
-    return -1;
-}
-
-static void preprocess(const struct config_manifest *mf, struct infer_volume *v)
-{
-    size_t n = (size_t)v->grid.nx * v->grid.ny * v->grid.nz;
-    if (!mf->has_clip && mf->scale_offset == 0 && mf->scale_factor == 1)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        double x = v->data[i];
-        if (mf->has_clip)
-            x = x < mf->clip[0] ? mf->clip[0] : x > mf->clip[1] ? mf->clip[1] : x;
-        v->data[i] = (float)((x + mf->scale_offset) * mf->scale_factor);
-    }
-}
-
-static json_t *grid_json(const struct infer_grid *g)
-{
-    json_t *o = json_pack("{s:i, s:i, s:i}", "nx", g->nx, "ny", g->ny, "nz", g->nz);
-    json_t *origin = json_array(), *spacing = json_array(), *dir = json_array();
-    for (int i = 0; i < 3; i++) {
-        json_array_append_new(origin, json_real(g->origin[i]));
-        json_array_append_new(spacing, json_real(g->spacing[i]));
-    }
-    for (int i = 0; i < 9; i++)
-        json_array_append_new(dir, json_real(g->dir[i]));
-    json_object_set_new(o, "origin", origin);
-    json_object_set_new(o, "spacing", spacing);
-    json_object_set_new(o, "direction", dir);
-    return o;
-}
-
-/* The per-label voxel counts and volumes: the job's summary. */
-static json_t *label_summary(const struct config_manifest *mf, const uint8_t *labels,
-                             size_t nvox, const struct infer_grid *g)
-{
-    int64_t counts[256] = {0};
-    for (size_t i = 0; i < nvox; i++)
-        counts[labels[i]]++;
-    double voxel_ml = g->spacing[0] * g->spacing[1] * g->spacing[2] / 1000.0;
-    json_t *o = json_object();
-    for (size_t i = 0; i < mf->n_labels; i++) {
-        const struct config_label *l = &mf->labels[i];
-        char key[8];
-        snprintf(key, sizeof key, "%d", l->value);
-        json_object_set_new(o, key,
-                            json_pack("{s:s, s:I, s:f}", "name", l->name, "voxels",
-                                      (json_int_t)counts[l->value], "volume_ml",
-                                      (double)counts[l->value] * voxel_ml));
-    }
-    return o;
-}
-
-/* Runs JOB; on failure returns -1 with the reason in ERR (stored on the job). */
+/* Runs JOB; on failure returns -1 with the reason in ERR (stored on the
+ * job), -2 when the stop interrupted it, -3 when its lease was lost. */
 static int run_job(struct worker *w, struct infer_model *model, const struct storage_job *job,
                    char *result, size_t resultlen, char **summary, char *err, size_t errlen)
 {
     const struct config_model *cm = w->model;
-    const struct config_manifest *mf = &cm->manifest;
     struct runner *r = w->r;
     struct series_files files = {0};
-    struct dicom_image **images = NULL;
-    struct infer_slice *slices = NULL;
-    struct infer_volume vol = {0}, scaled = {0};
-    uint8_t *labels = NULL, *model_labels = NULL;
-    json_t *doc = NULL;
+    struct pipeline_output out = {0};
+    struct pipeline_timing t;
     char *text = NULL;
     int rc = -1;
-    size_t n_slices = 0;
 
     if (storage_foreach_instance(r->store, job->series_uid, collect_file, &files) != STORAGE_OK) {
         snprintf(err, errlen, "cannot list the series' instances");
-        goto out;
-    }
-    if (files.n == 0) {
-        snprintf(err, errlen, "the series has no instances");
-        goto out;
-    }
-    images = calloc(files.n, sizeof *images);
-    if (!images) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    if (load_slices(mf, &files, images, &slices, &n_slices, err, errlen) != 0)
-        goto out;
-    struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05};
-    if (infer_volume_assemble(slices, n_slices, &lim, &vol, err, errlen) != INFER_OK)
-        goto out;
-    /* The decoded images were copied into the volume. */
-    for (size_t i = 0; i < files.n; i++) {
-        dicom_image_free(images[i]);
-        images[i] = NULL;
-    }
-    preprocess(mf, &vol);
-
-    const struct infer_volume *input = &vol;
-    if (mf->has_spacing) {
-        infer_grid_respace(&vol.grid, mf->spacing, &scaled.grid);
-        size_t n = (size_t)scaled.grid.nx * scaled.grid.ny * scaled.grid.nz;
-        if (!(scaled.data = malloc(n * sizeof *scaled.data))) {
-            snprintf(err, errlen, "out of memory");
-            goto out;
-        }
-        infer_resample(vol.data, &vol.grid, &scaled.grid, scaled.data);
-        free(vol.data);
-        vol.data = NULL;
-        input = &scaled;
-    }
-
-    size_t model_vox = (size_t)input->grid.nx * input->grid.ny * input->grid.nz;
-    size_t src_vox = (size_t)vol.grid.nx * vol.grid.ny * vol.grid.nz;
-    if (!(model_labels = malloc(model_vox))) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
+        goto done;
     }
     struct job_ctx jc = {w, job, service_now_ms(), 0};
-    struct infer_window win = {
-        .patch = {mf->patch[0], mf->patch[1], mf->patch[2]},
-        .margin = {mf->margin[0], mf->margin[1], mf->margin[2]},
-        .overlap = mf->overlap,
-        .blend = mf->blend == CONFIG_BLEND_GAUSSIAN ? INFER_BLEND_GAUSSIAN : INFER_BLEND_CONSTANT,
-        .channels = mf->channels,
-        .decision = mf->decision == CONFIG_DECISION_THRESHOLD ? INFER_THRESHOLD : INFER_ARGMAX,
-        .threshold = (float)mf->threshold,
-        .progress = on_progress,
-        .progress_ud = &jc,
-    };
-    int irc = infer_sliding_window(model, input, &win, model_labels, err, errlen);
-    if (irc == INFER_ECANCELLED) {
+    int prc = pipeline_run(cm, model, (const char *const *)files.path, files.n, on_progress, &jc,
+                           &out, &t, err, errlen);
+    if (prc == PIPELINE_CANCELLED) {
         rc = jc.lost ? -3 : -2;
-        goto out;
+        goto done;
     }
-    if (irc != INFER_OK)
-        goto out;
-    if (input == &scaled) {
-        if (!(labels = malloc(src_vox))) {
-            snprintf(err, errlen, "out of memory");
-            goto out;
-        }
-        infer_resample_labels(model_labels, &scaled.grid, &vol.grid, labels);
-    } else {
-        labels = model_labels;
-        model_labels = NULL;
-    }
-
-    json_t *sum = label_summary(mf, labels, src_vox, &vol.grid);
-    json_t *slices_json = json_array();
-    for (int k = 0; k < vol.grid.nz; k++)
-        json_array_append_new(slices_json,
-                              json_pack("{s:s, s:i}", "sop_instance_uid",
-                                        files.sop[vol.source[k]], "frame", vol.frame[k]));
-    char labels_name[64];
-    snprintf(labels_name, sizeof labels_name, "%lld.labels", (long long)job->id);
-    /* The label file: one byte per voxel of "grid", slice k of it made
-     * from slices[k] of the source series. */
-    doc = json_pack("{s:I, s:s, s:s, s:s, s:s, s:o, s:o, s:O}", "job", (json_int_t)job->id,
-                    "study_uid", job->study_uid, "series_uid", job->series_uid, "model",
-                    cm->name, "labels_file", labels_name, "grid", grid_json(&vol.grid),
-                    "slices", slices_json, "labels", sum);
-    *summary = json_dumps(sum, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(sum);
-    text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
+    if (prc != 0)
+        goto done;
+    text = pipeline_result_json(cm, &out, (const char *const *)files.sop, job->id, job->study_uid,
+                                job->series_uid, summary);
     if (!text || !*summary) {
         snprintf(err, errlen, "out of memory");
-        goto out;
+        goto done;
     }
-    if (storage_write_result(r->store, job->id, text, labels, src_vox, result, resultlen, err,
+    size_t nvox = (size_t)out.grid.nx * out.grid.ny * out.grid.nz;
+    if (storage_write_result(r->store, job->id, text, out.labels, nvox, result, resultlen, err,
                              errlen) != STORAGE_OK)
-        goto out;
+        goto done;
+    log_msg(LOG_DEBUG,
+            "job %lld: decode %.2f s, assemble %.2f s, preprocess %.2f s, model %.2f s, "
+            "postprocess %.2f s",
+            (long long)job->id, t.decode, t.assemble, t.preprocess, t.model, t.postprocess);
     rc = 0;
-out:
-    if (images)
-        for (size_t i = 0; i < files.n; i++)
-            dicom_image_free(images[i]);
-    free(images);
-    free(slices);
+done:
     free_files(&files);
-    infer_volume_free(&vol);
-    infer_volume_free(&scaled);
-    free(labels);
-    free(model_labels);
-    json_decref(doc);
+    pipeline_output_free(&out);
     free(text);
     return rc;
 }
@@ -460,6 +259,7 @@ static void *worker_main(void *arg)
                 log_msg(LOG_WARN, "job %lld: failed: %s", (long long)job.id, why);
         }
         free(summary);
+        malloc_trim(0); /* an idle node hands a job's memory back */
     }
     infer_model_free(model);
     return NULL;

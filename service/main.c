@@ -17,7 +17,9 @@ static void usage(FILE *f)
             "commands:\n"
             "  serve          run the node in the foreground\n"
             "  check-config   validate CONFIG; print FILE:LINE:COLUMN: message per problem\n"
-            "  status         list the studies in the store (--json for JSON)\n"
+            "  status         list the studies and jobs in the store (--json for JSON)\n"
+            "  infer          run a model on files or folders in the foreground:\n"
+            "                 infer -c CONFIG -m MODEL [--labels FILE] PATH...\n"
             "  version        print the version\n");
 }
 
@@ -67,7 +69,8 @@ int main(int argc, char **argv)
         printf("ainode %s\n", AINODE_VERSION);
         return 0;
     }
-    if (strcmp(cmd, "serve") && strcmp(cmd, "check-config") && strcmp(cmd, "status")) {
+    if (strcmp(cmd, "serve") && strcmp(cmd, "check-config") && strcmp(cmd, "status") &&
+        strcmp(cmd, "infer")) {
         fprintf(stderr, "ainode: unknown command '%s'\n", cmd);
         usage(stderr);
         return 2;
@@ -76,22 +79,35 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"json", no_argument, NULL, 'j'},
+        {"model", required_argument, NULL, 'm'},
+        {"labels", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL;
+    const char *config_path = NULL, *model = NULL, *labels = NULL;
     int json = 0, c;
     optind = 2;
-    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:m:h", opts, NULL)) != -1) {
         switch (c) {
         case 'c': config_path = optarg; break;
         case 'j': json = 1; break;
+        case 'm': model = optarg; break;
+        case 'l': labels = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
+    int is_infer = !strcmp(cmd, "infer");
+    if (optind < argc && !is_infer) {
         fprintf(stderr, "ainode: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (is_infer && (!model || optind == argc)) {
+        fprintf(stderr, "ainode: infer needs -m MODEL and at least one file or folder\n");
+        return 2;
+    }
+    if (!is_infer && (model || labels)) {
+        fprintf(stderr, "ainode: -m and --labels only apply to infer\n");
         return 2;
     }
     if (!config_path) {
@@ -116,6 +132,8 @@ int main(int argc, char **argv)
         printf("%s: OK\n", config_path);
     else if (!strcmp(cmd, "serve"))
         rc = serve_run(cfg);
+    else if (is_infer)
+        rc = infer_command(cfg, model, argv + optind, argc - optind, labels);
     else
         rc = status_print(cfg, json);
     config_free(cfg);

@@ -216,6 +216,8 @@ int serve_run(const struct config *cfg)
         return 1;
     }
 
+    if (cfg->n_models)
+        pipeline_tune_allocator();
     if (runner_start(cfg, n.store, &n.runner, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
         dicom_server_destroy(n.dicom);

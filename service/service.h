@@ -12,7 +12,10 @@
 #include <stdint.h>
 #include <stddef.h>
 
+#include "inference/inference.h"
+
 struct config;
+struct config_model;
 
 struct storage;
 struct storage_series;
@@ -29,6 +32,47 @@ void runner_wake(struct runner *r);
 void runner_stop(struct runner *r);
 /* storage_plan_fn: the models CFG's rules run on a series (UD = config). */
 void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan);
+
+/* Seconds spent in each stage of one pipeline run (pipeline.c). */
+struct pipeline_timing {
+    double decode, assemble, preprocess, model, postprocess;
+};
+
+/* Labels on the source series' grid; slice k came from frame frame[k] of
+ * the file source[k] (an index into the paths given). */
+struct pipeline_output {
+    struct infer_grid grid;
+    uint8_t *labels;
+    int *source;
+    int *frame;
+};
+
+#define PIPELINE_CANCELLED (-2)
+
+/* Runs CM (loaded as MODEL) on the series in PATHS. Returns 0, -1 with the
+ * reason in ERR, or PIPELINE_CANCELLED when PROGRESS asked to stop. */
+int pipeline_run(const struct config_model *cm, struct infer_model *model,
+                 const char *const *paths, size_t n_paths,
+                 int (*progress)(void *ud, long done, long total), void *progress_ud,
+                 struct pipeline_output *out, struct pipeline_timing *t, char *err,
+                 size_t errlen);
+void pipeline_output_free(struct pipeline_output *o);
+
+/* The result document of a job (grid, source slices, label counts), and
+ * in *SUMMARY the label counts alone; both malloc'ed JSON text. */
+char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,
+                           const char *const *sops, int64_t job_id, const char *study_uid,
+                           const char *series_uid, char **summary);
+/* The label counts and volumes alone, as JSON text. */
+char *pipeline_summary_json(const struct config_model *cm, const struct pipeline_output *o);
+
+/* Sets up malloc for model runs (large buffers reused, not remapped). */
+void pipeline_tune_allocator(void);
+
+/* `ainode infer`: runs MODEL on the files (or folders) in PATHS in this
+ * process and prints the labels and the time of each stage as JSON. */
+int infer_command(const struct config *cfg, const char *model, char *const *paths, int n,
+                  const char *labels_out);
 
 /* Runs the node until SIGTERM/SIGINT. Returns the process exit code. */
 int serve_run(const struct config *cfg);

@@ -150,11 +150,16 @@ class InferenceTest(NodeTestCase):
         built = os.path.join(os.path.dirname(self.binary), "models", "ct-bone-body.pt")
         n = self.node_with_models(models=models(file=built, manifest=manifest))
         n.start()
-        files = make_ct_series(os.path.join(self.workdir, "in"), 40, rows=128, cols=128,
+        files = make_ct_series(os.path.join(self.workdir, "in"), 60, rows=256, cols=256,
                                pixel_fn=phantom)
         harness.storescu(n.port, files, ae_called=n.ae)
-        harness.wait_until(lambda: [j for j in n.status()["jobs"] if j["state"] == "running"],
-                           30, 0.05, "the job to run")
+
+        def running():
+            jobs = n.status()["jobs"]
+            ended = [j for j in jobs if j["state"] in ("done", "failed")]
+            self.assertEqual(ended, [], "the job ended before it could be interrupted")
+            return [j for j in jobs if j["state"] == "running"]
+        harness.wait_until(running, 30, 0.05, "the job to run")
         n.kill9()
         self.assertEqual(n.status()["jobs"][0]["state"], "running")
         n.start()

@@ -811,7 +811,7 @@ static void test_builtin_manifest_loads_with_the_reference_values(void **state)
     assert_int_equal(m->patch[1], 256);
     assert_int_equal(m->patch[2], 256);
     assert_int_equal(m->margin[0] | m->margin[1] | m->margin[2], 0);
-    assert_true(m->overlap == 0.25);
+    assert_true(m->overlap == 0);
     assert_int_equal(m->blend, CONFIG_BLEND_CONSTANT);
     assert_int_equal(m->channels, 3);
     assert_int_equal(m->decision, CONFIG_DECISION_ARGMAX);

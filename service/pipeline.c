@@ -1,0 +1,305 @@
+/*
+ * pipeline.c — one model on one series, from files to labels.
+ *
+ *   decode      every file's pixels, as float after the Modality LUT (dicom/)
+ *   assemble    one volume, slices ordered along their normal, or a refusal
+ *   preprocess  clip and scale as the manifest says; resample to its spacing
+ *   model       the model patch by patch (sliding window)
+ *   postprocess labels back onto the source grid; counts and volumes
+ *
+ * Used by the job workers (jobs.c) and by `ainode infer`.
+ */
+#include "config/config.h"
+#include "dicom/dicom.h"
+#include "inference/inference.h"
+#include "service/service.h"
+
+#include <jansson.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define MAX_TILT_DEGREES 1.0
+
+void pipeline_tune_allocator(void)
+{
+    /* A model run allocates and frees tensors of tens of MB per patch.
+     * glibc would map and unmap each (a page fault per 4 KB touched, every
+     * time); kept on the heap they are reused. Memory goes back to the
+     * system after each job (malloc_trim in the workers). */
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int is_localizer(const char *image_type)
+{
+    return strstr(image_type, "LOCALIZER") != NULL;
+}
+
+/* Decodes every file and lists its frames as slices. */
+static int load_slices(const struct config_manifest *mf, const char *const *paths, size_t n_paths,
+                       struct dicom_image **images, struct infer_slice **slices_out,
+                       size_t *n_out, char *err, size_t errlen)
+{
+    size_t n = 0, cap = 0;
+    struct infer_slice *slices = NULL;
+    for (size_t i = 0; i < n_paths; i++) {
+        char why[256];
+        if (dicom_image_read(paths[i], &images[i], why, sizeof why) != 0) {
+            snprintf(err, errlen, "instance %zu of the series cannot be used: %s", i + 1, why);
+            goto fail;
+        }
+        const struct dicom_image *img = images[i];
+        if (is_localizer(img->image_type)) {
+            snprintf(err, errlen, "a localizer is mixed into the series");
+            goto fail;
+        }
+        if (mf->modality && strcasecmp(mf->modality, img->modality) != 0) {
+            snprintf(err, errlen, "the series is %s; the model takes %s",
+                     img->modality[0] ? img->modality : "of no modality", mf->modality);
+            goto fail;
+        }
+        if (!img->has_geometry) {
+            snprintf(err, errlen, "an image lacks its position, orientation or pixel spacing");
+            goto fail;
+        }
+        for (int f = 0; f < img->frames; f++) {
+            if (n == cap) {
+                cap = cap ? cap * 2 : 256;
+                struct infer_slice *ns = realloc(slices, cap * sizeof *ns);
+                if (!ns) {
+                    snprintf(err, errlen, "out of memory");
+                    goto fail;
+                }
+                slices = ns;
+            }
+            struct infer_slice *s = &slices[n++];
+            s->pixels = img->pixels + (size_t)f * img->rows * img->cols;
+            s->rows = img->rows;
+            s->cols = img->cols;
+            memcpy(s->position, img->positions + 3 * f, sizeof s->position);
+            memcpy(s->orientation, img->orientations + 6 * f, sizeof s->orientation);
+            memcpy(s->pixel_spacing, img->pixel_spacing, sizeof s->pixel_spacing);
+            s->source = (int)i;
+            s->frame = f;
+        }
+    }
+    *slices_out = slices;
+    *n_out = n;
+    return 0;
+fail:
+    free(slices);
+    return -1;
+}
+
+static void preprocess(const struct config_manifest *mf, struct infer_volume *v)
+{
+    size_t n = (size_t)v->grid.nx * v->grid.ny * v->grid.nz;
+    if (!mf->has_clip && mf->scale_offset == 0 && mf->scale_factor == 1)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        double x = v->data[i];
+        if (mf->has_clip)
+            x = x < mf->clip[0] ? mf->clip[0] : x > mf->clip[1] ? mf->clip[1] : x;
+        v->data[i] = (float)((x + mf->scale_offset) * mf->scale_factor);
+    }
+}
+
+void pipeline_output_free(struct pipeline_output *o)
+{
+    free(o->labels);
+    free(o->source);
+    free(o->frame);
+    memset(o, 0, sizeof *o);
+}
+
+int pipeline_run(const struct config_model *cm, struct infer_model *model,
+                 const char *const *paths, size_t n_paths,
+                 int (*progress)(void *ud, long done, long total), void *progress_ud,
+                 struct pipeline_output *out, struct pipeline_timing *t, char *err,
+                 size_t errlen)
+{
+    const struct config_manifest *mf = &cm->manifest;
+    struct dicom_image **images = NULL;
+    struct infer_slice *slices = NULL;
+    struct infer_volume vol = {0}, scaled = {0};
+    uint8_t *model_labels = NULL;
+    size_t n_slices = 0;
+    int rc = -1;
+    memset(out, 0, sizeof *out);
+    memset(t, 0, sizeof *t);
+
+    double t0 = seconds_now();
+    if (n_paths == 0) {
+        snprintf(err, errlen, "the series has no instances");
+        return -1;
+    }
+    if (!(images = calloc(n_paths, sizeof *images))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (load_slices(mf, paths, n_paths, images, &slices, &n_slices, err, errlen) != 0)
+        goto out;
+    double t1 = seconds_now();
+    t->decode = t1 - t0;
+
+    struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05};
+    if (infer_volume_assemble(slices, n_slices, &lim, &vol, err, errlen) != INFER_OK)
+        goto out;
+    /* The decoded images were copied into the volume. */
+    for (size_t i = 0; i < n_paths; i++) {
+        dicom_image_free(images[i]);
+        images[i] = NULL;
+    }
+    double t2 = seconds_now();
+    t->assemble = t2 - t1;
+
+    preprocess(mf, &vol);
+    const struct infer_volume *input = &vol;
+    if (mf->has_spacing) {
+        infer_grid_respace(&vol.grid, mf->spacing, &scaled.grid);
+        size_t n = (size_t)scaled.grid.nx * scaled.grid.ny * scaled.grid.nz;
+        if (!(scaled.data = malloc(n * sizeof *scaled.data))) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+        infer_resample(vol.data, &vol.grid, &scaled.grid, scaled.data);
+        free(vol.data); /* only its grid is needed from here on */
+        vol.data = NULL;
+        input = &scaled;
+    }
+    double t3 = seconds_now();
+    t->preprocess = t3 - t2;
+
+    size_t model_vox = (size_t)input->grid.nx * input->grid.ny * input->grid.nz;
+    size_t src_vox = (size_t)vol.grid.nx * vol.grid.ny * vol.grid.nz;
+    if (!(model_labels = malloc(model_vox))) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    struct infer_window win = {
+        .patch = {mf->patch[0], mf->patch[1], mf->patch[2]},
+        .margin = {mf->margin[0], mf->margin[1], mf->margin[2]},
+        .overlap = mf->overlap,
+        .blend = mf->blend == CONFIG_BLEND_GAUSSIAN ? INFER_BLEND_GAUSSIAN : INFER_BLEND_CONSTANT,
+        .channels = mf->channels,
+        .decision = mf->decision == CONFIG_DECISION_THRESHOLD ? INFER_THRESHOLD : INFER_ARGMAX,
+        .threshold = (float)mf->threshold,
+        .progress = progress,
+        .progress_ud = progress_ud,
+    };
+    int irc = infer_sliding_window(model, input, &win, model_labels, err, errlen);
+    if (irc != INFER_OK) {
+        rc = irc == INFER_ECANCELLED ? PIPELINE_CANCELLED : -1;
+        goto out;
+    }
+    double t4 = seconds_now();
+    t->model = t4 - t3;
+
+    if (input == &scaled) {
+        if (!(out->labels = malloc(src_vox))) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+        infer_resample_labels(model_labels, &scaled.grid, &vol.grid, out->labels);
+    } else {
+        out->labels = model_labels;
+        model_labels = NULL;
+    }
+    out->grid = vol.grid;
+    out->source = vol.source;
+    out->frame = vol.frame;
+    vol.source = vol.frame = NULL;
+    t->postprocess = seconds_now() - t4;
+    rc = 0;
+out:
+    if (images)
+        for (size_t i = 0; i < n_paths; i++)
+            dicom_image_free(images[i]);
+    free(images);
+    free(slices);
+    infer_volume_free(&vol);
+    infer_volume_free(&scaled);
+    free(model_labels);
+    return rc;
+}
+
+static json_t *grid_json(const struct infer_grid *g)
+{
+    json_t *o = json_pack("{s:i, s:i, s:i}", "nx", g->nx, "ny", g->ny, "nz", g->nz);
+    json_t *origin = json_array(), *spacing = json_array(), *dir = json_array();
+    for (int i = 0; i < 3; i++) {
+        json_array_append_new(origin, json_real(g->origin[i]));
+        json_array_append_new(spacing, json_real(g->spacing[i]));
+    }
+    for (int i = 0; i < 9; i++)
+        json_array_append_new(dir, json_real(g->dir[i]));
+    json_object_set_new(o, "origin", origin);
+    json_object_set_new(o, "spacing", spacing);
+    json_object_set_new(o, "direction", dir);
+    return o;
+}
+
+/* The per-label voxel counts and volumes. */
+static json_t *label_summary(const struct config_manifest *mf, const struct pipeline_output *o)
+{
+    const struct infer_grid *g = &o->grid;
+    size_t nvox = (size_t)g->nx * g->ny * g->nz;
+    int64_t counts[256] = {0};
+    for (size_t i = 0; i < nvox; i++)
+        counts[o->labels[i]]++;
+    double voxel_ml = g->spacing[0] * g->spacing[1] * g->spacing[2] / 1000.0;
+    json_t *sum = json_object();
+    for (size_t i = 0; i < mf->n_labels; i++) {
+        const struct config_label *l = &mf->labels[i];
+        char key[8];
+        snprintf(key, sizeof key, "%d", l->value);
+        json_object_set_new(sum, key,
+                            json_pack("{s:s, s:I, s:f}", "name", l->name, "voxels",
+                                      (json_int_t)counts[l->value], "volume_ml",
+                                      (double)counts[l->value] * voxel_ml));
+    }
+    return sum;
+}
+
+char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,
+                           const char *const *sops, int64_t job_id, const char *study_uid,
+                           const char *series_uid, char **summary)
+{
+    json_t *sum = label_summary(&cm->manifest, o);
+    json_t *slices = json_array();
+    for (int k = 0; k < o->grid.nz; k++)
+        json_array_append_new(slices, json_pack("{s:s, s:i}", "sop_instance_uid",
+                                                sops[o->source[k]], "frame", o->frame[k]));
+    char labels_name[64];
+    snprintf(labels_name, sizeof labels_name, "%lld.labels", (long long)job_id);
+    /* The label file: one byte per voxel of "grid", slice k of it made from
+     * slices[k] of the source series. */
+    json_t *doc = json_pack("{s:I, s:s, s:s, s:s, s:s, s:o, s:o, s:O}", "job",
+                            (json_int_t)job_id, "study_uid", study_uid, "series_uid", series_uid,
+                            "model", cm->name, "labels_file", labels_name, "grid",
+                            grid_json(&o->grid), "slices", slices, "labels", sum);
+    *summary = json_dumps(sum, JSON_COMPACT | JSON_SORT_KEYS);
+    char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(sum);
+    json_decref(doc);
+    return text;
+}
+
+char *pipeline_summary_json(const struct config_model *cm, const struct pipeline_output *o)
+{
+    json_t *sum = label_summary(&cm->manifest, o);
+    char *text = json_dumps(sum, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sum);
+    return text;
+}
