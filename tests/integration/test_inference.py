@@ -65,10 +65,11 @@ class InferenceTest(NodeTestCase):
         sections = {"models": kw.pop("models", models()), "rules": kw.pop("rules", RULES)}
         return self.node(sections=sections, stable_seconds=1, **kw)
 
-    def wait_job(self, n, state=("done", "failed"), timeout=120):
+    def wait_job(self, n, state=("done", "failed"), timeout=120, count=1):
         def check():
             jobs = n.status().get("jobs", [])
-            return jobs if jobs and all(j["state"] in state for j in jobs) else None
+            ended = len(jobs) >= count and all(j["state"] in state for j in jobs)
+            return jobs if ended else None
         return harness.wait_until(check, timeout, 0.2, "jobs to end")
 
     def test_builtin_model_labels_a_phantom_exactly(self):
@@ -110,6 +111,73 @@ class InferenceTest(NodeTestCase):
         self.assertEqual(zs, sorted(zs))
         self.assertEqual(n.stop(), 0)
 
+    def test_every_lossless_encoding_gives_the_same_labels(self):
+        # One series per encoding, each made of the same phantom; DCMTK's
+        # own tools encode them and dcmsend -dn sends them as they are.
+        encoders = {
+            "explicit": None,
+            "jpeg-lossless": ["dcmcjpeg", "+e1"],
+            "jpeg-ls": ["dcmcjpls", "+el"],
+            "rle": ["dcmcrle"],
+            "deflated": ["dcmconv", "+td"],
+            "big-endian": ["dcmconv", "+tb"],
+        }
+        n = self.node_with_models(rules=[{"name": "all", "run": ["ct-bone-body"]}])
+        n.start()
+        truth = None
+        for name, cmd in encoders.items():
+            raw = make_ct_series(os.path.join(self.workdir, name, "raw"), 6, rows=48, cols=40,
+                                 pixel_fn=phantom)
+            if truth is None:
+                truth = {1: sum(int((expected_labels(hu_of(f)) == 1).sum()) for f in raw),
+                         2: sum(int((expected_labels(hu_of(f)) == 2).sum()) for f in raw)}
+            files = raw
+            if cmd:
+                files = []
+                for f in raw:
+                    out = f.replace(os.sep + "raw" + os.sep, os.sep)
+                    subprocess.run(cmd + [f, out], check=True)
+                    files.append(out)
+            if name == "big-endian":
+                # DCMTK's senders want explicit little endian first unless told.
+                r = harness.storescu(n.port, files, ae_called=n.ae, extra=["-xb"])
+                self.assertTrue(harness.all_stores_succeeded(r.stdout, 6), r.stdout)
+            else:
+                r = harness.dcmsend(n.port, files, ae_called=n.ae, extra=["-dn"], check=False)
+                self.assertIn("with status SUCCESS  : 6", r.stdout, name)
+        # An enhanced (multi-frame) CT image is a volume on its own.
+        enhanced = os.path.join(harness.REPO_ROOT, "tests", "data", "image",
+                                "enhanced_ct_3frames.dcm")
+        harness.dcmsend(n.port, enhanced, ae_called=n.ae, extra=["-dn"])
+        jobs = self.wait_job(n, count=len(encoders) + 1)
+        self.assertEqual(len(jobs), len(encoders) + 1, jobs)
+        self.assertTrue(all(j["state"] == "done" for j in jobs), jobs)
+        sent_ts = {}
+        for j in jobs:
+            with open(j["result"]) as f:
+                result = json.load(f)
+            if result["grid"]["nz"] == 3:
+                self.assertEqual((result["grid"]["nx"], result["grid"]["ny"]), (5, 4))
+                continue
+            counts = {int(k): v["voxels"] for k, v in j["labels"].items()}
+            self.assertEqual(counts, truth, j)
+            ts = self.stored_transfer_syntax(n, j["series_uid"])
+            sent_ts[ts] = True
+        # Every encoding arrived as itself (nothing was decompressed on the way).
+        self.assertEqual(len(sent_ts), len(encoders), sent_ts)
+        self.assertEqual(n.stop(), 0)
+
+    def stored_transfer_syntax(self, n, series_uid):
+        import sqlite3
+        con = sqlite3.connect("file:%s?mode=ro" % n.db_path, uri=True)
+        try:
+            rows = con.execute("SELECT DISTINCT transfer_syntax FROM instances WHERE series_uid=?",
+                               (series_uid,)).fetchall()
+        finally:
+            con.close()
+        self.assertEqual(len(rows), 1)
+        return rows[0][0]
+
     def test_series_that_are_not_one_volume_fail_with_their_reason(self):
         n = self.node_with_models(rules=[{"name": "all", "run": ["ct-bone-body"]}])
         n.start()
@@ -120,7 +188,7 @@ class InferenceTest(NodeTestCase):
         # A non-image object in a series of its own.
         harness.storescu(n.port, os.path.join(PYDICOM_FILES, "test-SR.dcm"), ae_called=n.ae,
                          extra=["-R"])
-        jobs = self.wait_job(n)
+        jobs = self.wait_job(n, count=2)
         errors = sorted(j["error"] or "" for j in jobs)
         self.assertEqual(len(jobs), 2, jobs)
         self.assertTrue(all(j["state"] == "failed" for j in jobs), jobs)
