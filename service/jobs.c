@@ -11,6 +11,8 @@
  *
  * What a job computes is pipeline.c's.
  */
+/* SCHED_IDLE is Linux-specific. */
+#define _GNU_SOURCE
 #include "config/config.h"
 #include "dicom/dicom.h"
 #include "inference/inference.h"
@@ -20,6 +22,7 @@
 
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,8 +210,12 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     struct runner *r = w->r;
     const struct config_model *cm = w->model;
-    /* Inference yields the CPU to the receiver. */
-    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+    /* Inference yields the CPU to the receiver: SCHED_IDLE runs only
+     * when nothing else wants the CPU, and the threads libtorch starts
+     * from here inherit it. */
+    struct sched_param sp = {0};
+    if (sched_setscheduler((pid_t)syscall(SYS_gettid), SCHED_IDLE, &sp) != 0)
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
     infer_set_threads(cm->threads);
 
     char err[512] = "";
