@@ -178,6 +178,33 @@ class InferenceTest(NodeTestCase):
         self.assertEqual(len(rows), 1)
         return rows[0][0]
 
+    def test_a_model_spacing_is_resampled_to_and_back_from(self):
+        # The model works at twice the slice and pixel spacing; its labels
+        # must come back on the source grid, close to the exact ones.
+        manifest = os.path.join(self.workdir, "coarse.yaml")
+        with open(BUILTIN_MANIFEST) as f:
+            text = f.read()
+        self.assertIn("spacing: none", text)
+        with open(manifest, "w") as f:
+            f.write(text.replace("spacing: none", "spacing: [1.4, 1.4, 2.0]"))
+        n = self.node_with_models(models=models(manifest=manifest))
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 20, rows=96, cols=96,
+                               spacing=1.0, pixel_spacing=(0.7, 0.7))
+        harness.storescu(n.port, files, ae_called=n.ae)
+        job = self.wait_job(n)[0]
+        self.assertEqual(job["state"], "done", job)
+        with open(job["result"]) as f:
+            grid = json.load(f)["grid"]
+        self.assertEqual((grid["nx"], grid["ny"], grid["nz"]), (96, 96, 20))
+        self.assertEqual(grid["spacing"], [0.7, 0.7, 1.0])
+        truth = [expected_labels(hu_of(f)) for f in files]
+        for label in (1, 2):
+            want = sum(int((t == label).sum()) for t in truth)
+            got = job["labels"][str(label)]["voxels"]
+            self.assertLess(abs(got - want), 0.1 * want, (label, got, want))
+        self.assertEqual(n.stop(), 0)
+
     def test_series_that_are_not_one_volume_fail_with_their_reason(self):
         n = self.node_with_models(rules=[{"name": "all", "run": ["ct-bone-body"]}])
         n.start()
