@@ -8,7 +8,7 @@ PACKAGES="
   libdcmtk-dev dcmtk libopenjp2-7-dev libtorch-dev
   libuv1-dev libsqlite3-dev libssl-dev libfyaml-dev libjansson-dev
   libcmocka-dev
-  dicom3tools python3 python3-pydicom python3-numpy python3-torch
+  dicom3tools python3 python3-pydicom python3-numpy python3-torch python3-yaml
 "
 
 SUDO=""
