@@ -37,6 +37,7 @@ struct ctx {
     int count;
     const char *dir;            /* directory of FILE, absolute: relative paths start there */
     const struct ynode *models; /* the models: mapping, for rules naming models */
+    const struct ynode *destinations; /* the destinations: mapping, likewise */
 };
 
 static void emit(struct ctx *c, int line, int col, const char *fmt, va_list ap)
@@ -454,6 +455,14 @@ static const struct field dest_fields[] = {
      .doc = "host name or address of the peer"},
     {.key = "port", .type = T_INT, .required = 1, .min = 1, .max = 65535, .off = DEST_OFF(port),
      .doc = "TCP port of the peer"},
+    {.key = "retry_initial_seconds", .type = T_INT, .def_int = 10, .min = 1, .max = 86400,
+     .off = DEST_OFF(retry_initial_seconds), .doc = "wait before the first retry"},
+    {.key = "retry_factor", .type = T_FLOAT, .def_float = 2.0, .fcheck = F_POSITIVE,
+     .off = DEST_OFF(retry_factor), .doc = "each further wait is the last one times this"},
+    {.key = "retry_max_seconds", .type = T_INT, .def_int = 600, .min = 1, .max = 86400,
+     .off = DEST_OFF(retry_max_seconds), .doc = "longest wait between retries"},
+    {.key = "max_attempts", .type = T_INT, .def_int = 10, .min = 1, .max = 1000,
+     .off = DEST_OFF(max_attempts), .doc = "attempts before an item is dead-lettered"},
 };
 
 /* models.NAME; the file and the manifest are checked and loaded by check_model. */
@@ -478,6 +487,9 @@ static const struct field rule_fields[] = {
     {.key = "run", .type = T_CUSTOM, .required = 1, .parse = parse_run,
      .release = release_str_list, .off = RULE_OFF(run), .off_n = RULE_OFF(n_run),
      .doc = "models to run, by name"},
+    {.key = "send_results_to", .type = T_CUSTOM, .parse = parse_run,
+     .release = release_str_list, .off = RULE_OFF(send_to), .off_n = RULE_OFF(n_send_to),
+     .doc = "destinations the results go to, by name"},
 };
 
 /* ---- manifest ---- */
@@ -1548,11 +1560,10 @@ static void check_model(struct ctx *c, const struct parsed *p, void *base)
                   m->manifest.path, strerror(e));
 }
 
-/* 1 when NAME is a key under models: (even one with problems of its own:
- * those are reported there, not again for each rule). */
-static int model_defined(const struct ctx *c, const struct ynode *name)
+/* 1 when NAME is a key of MS (models: or destinations:), even one with
+ * problems of its own: those are reported there, not again for each rule. */
+static int name_defined(const struct ynode *ms, const struct ynode *name)
 {
-    const struct ynode *ms = c->models;
     for (size_t i = 0; ms && i + 1 < ms->n; i += 2) {
         const struct ynode *k = ms->kids[i];
         if (k->kind == Y_SCALAR && k->len == name->len && !memcmp(k->text, name->text, k->len) &&
@@ -1586,12 +1597,18 @@ static void parse_match(struct ctx *c, const struct field *f, const char *what,
     }
 }
 
+/* run: (models, at least one) and send_results_to: (destinations). */
 static void parse_run(struct ctx *c, const struct field *f, const char *what,
                       const struct ynode *v, void *base)
 {
     char ***listp = (char ***)((char *)base + f->off);
     size_t *np = (size_t *)((char *)base + f->off_n);
     char b[80];
+    int models = !strcmp(f->key, "run");
+    const char *noun = models ? "model" : "destination";
+    const struct ynode *defined = models ? c->models : c->destinations;
+    if (!models && (is_null(v) || (v->kind == Y_SEQ && v->n == 0)))
+        return;
     if (is_null(v) || (v->kind == Y_SEQ && v->n == 0)) {
         report_at(c, v->line, v->col, "%s: expected at least one model", what);
         return;
@@ -1608,8 +1625,8 @@ static void parse_run(struct ctx *c, const struct field *f, const char *what,
         const struct ynode *it = v->kids[i];
         if (!want_string(c, what, it))
             continue;
-        if (!model_defined(c, it)) {
-            report_at(c, it->line, it->col, "%s: unknown model '%s'", what,
+        if (!name_defined(defined, it)) {
+            report_at(c, it->line, it->col, "%s: unknown %s '%s'", what, noun,
                       esc(it->text, it->len, b));
             continue;
         }
@@ -1617,7 +1634,7 @@ static void parse_run(struct ctx *c, const struct field *f, const char *what,
         for (size_t j = 0; j < *np && !dup; j++)
             dup = !strcmp((*listp)[j], it->text);
         if (dup) {
-            report_at(c, it->line, it->col, "%s: duplicate model '%s'", what,
+            report_at(c, it->line, it->col, "%s: duplicate %s '%s'", what, noun,
                       esc(it->text, it->len, b));
             continue;
         }
@@ -1693,6 +1710,7 @@ static void parse_destinations(struct ctx *c, struct config *cfg, const struct y
             oom(c);
             continue;
         }
+        set_defaults(c, dest_fields, NELEM(dest_fields), d);
         parse_section(c, sect, dest_fields, NELEM(dest_fields), v->kids[i + 1], d, v->kids[i], NULL);
     }
 }
@@ -1824,6 +1842,17 @@ const struct config_model *config_find_model(const struct config *cfg, const cha
     return NULL;
 }
 
+const struct config_destination *config_find_destination(const struct config *cfg,
+                                                         const char *name)
+{
+    if (!cfg || !name)
+        return NULL;
+    for (size_t i = 0; i < cfg->n_destinations; i++)
+        if (!strcmp(cfg->destinations[i].name, name))
+            return &cfg->destinations[i];
+    return NULL;
+}
+
 int config_load(const char *path, struct config **out, config_error_fn err, void *ud)
 {
     struct ctx c = {.file = path ? path : "(null)", .fn = err, .ud = ud};
@@ -1871,6 +1900,8 @@ int config_load(const char *path, struct config **out, config_error_fn err, void
             /* rules may name models defined further down */
             const struct ynode *ms = map_get(root, "models");
             c.models = ms && ms->kind == Y_MAP ? ms : NULL;
+            const struct ynode *ds = map_get(root, "destinations");
+            c.destinations = ds && ds->kind == Y_MAP ? ds : NULL;
             char b[80];
             for (size_t i = 0; i + 1 < root->n; i += 2) {
                 const struct ynode *k = root->kids[i];

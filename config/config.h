@@ -46,6 +46,13 @@ struct config_destination {
     char ae_title[CONFIG_AE_MAX + 1];
     char *host;
     int port;
+    /* Failed sends are retried after retry_initial_seconds, then each wait
+     * multiplied by retry_factor up to retry_max_seconds (with jitter);
+     * after max_attempts an item is dead-lettered (state failed). */
+    int retry_initial_seconds;
+    double retry_factor;
+    int retry_max_seconds;
+    int max_attempts;
 };
 
 /* A coded concept: (CodeValue, CodingSchemeDesignator, CodeMeaning). */
@@ -109,6 +116,8 @@ struct config_rule {
     char *match_modality;          /* match: {Modality: X}; NULL matches any */
     char **run;                    /* model names, each defined under models: */
     size_t n_run;
+    char **send_to;                /* send_results_to: destination names */
+    size_t n_send_to;
 };
 
 struct config {
@@ -128,6 +137,10 @@ void config_set_builtin_dir(const char *dir);
 
 /* The model called NAME, or NULL. */
 const struct config_model *config_find_model(const struct config *cfg, const char *name);
+
+/* The destination called NAME, or NULL. */
+const struct config_destination *config_find_destination(const struct config *cfg,
+                                                         const char *name);
 
 /* Receives one "FILE:LINE:COLUMN: message" line (no trailing newline). */
 typedef void (*config_error_fn)(void *ud, const char *line);

@@ -136,6 +136,104 @@ DICOM_API int dicom_image_read(const char *path, struct dicom_image **out, char 
                                size_t errlen);
 DICOM_API void dicom_image_free(struct dicom_image *img);
 
+/* ---------------------------------------------------------------------
+ * Results: DICOM Segmentation and TID 1500 measurement report
+ */
+
+/* A coded concept: CodeValue, CodingSchemeDesignator, CodeMeaning. */
+struct dicom_code {
+    const char *value;
+    const char *scheme;
+    const char *meaning;
+};
+
+/* One segment: one label value of the label volume. */
+struct dicom_segment {
+    int number;                  /* Segment Number = label value, 1..255 */
+    const char *label;           /* Segment Label */
+    struct dicom_code category;  /* Segmented Property Category (SNOMED CT) */
+    struct dicom_code type;      /* Segmented Property Type (SNOMED CT) */
+    int color[3];                /* display colour, sRGB 0..255 */
+    int64_t voxels;              /* voxels with this label */
+    double volume_ml;            /* their volume */
+};
+
+/*
+ * What the results are made from. Slice k of LABELS (nz x ny x nx, one byte
+ * per voxel, row-major) lies exactly on frame SOURCE_FRAMES[k] of the source
+ * file SOURCE_PATHS[k]; the SEG copies the patient, study and frame of
+ * reference of the sources and takes each frame's geometry from its source.
+ */
+struct dicom_result {
+    const char *const *source_paths;
+    const int *source_frames;
+    int nx, ny, nz;
+    const uint8_t *labels;
+    const struct dicom_segment *segments;
+    size_t n_segments;
+    const char *algorithm_name;
+    const char *algorithm_version;
+    struct dicom_code algorithm_family;
+    const char *series_description; /* of the new result series */
+    int series_number;
+    const char *manufacturer;        /* of the results, e.g. "ainode" */
+    const char *software_version;
+};
+
+/* Writes the SEG (BINARY, SOP class 1.2.840.10008.5.1.4.1.1.66.4) for R to
+ * PATH. SOP_UID (65 bytes) gets its SOP Instance UID; SERIES_UID (65)
+ * gets its new Series Instance UID. */
+DICOM_API int dicom_write_seg(const struct dicom_result *r, const char *path, char *sop_uid,
+                              char *series_uid, char *err, size_t errlen);
+
+/* Writes the Comprehensive 3D SR with a TID 1500 Imaging Measurement
+ * Report for R to PATH: one measurement group per segment (its volume in
+ * ml), referencing the SEG written by dicom_write_seg (SEG_SOP_UID) and the
+ * source series. SOP_UID (65) gets its SOP Instance UID. */
+DICOM_API int dicom_write_sr(const struct dicom_result *r, const char *seg_sop_uid,
+                             const char *seg_series_uid, const char *path, char *sop_uid,
+                             char *err, size_t errlen);
+
+/* ---------------------------------------------------------------------
+ * Sending (C-STORE SCU)
+ */
+
+/* One file to send and, after dicom_send(), what became of it. */
+struct dicom_send_file {
+    const char *path;
+    const char *sop_class_uid;
+    const char *sop_instance_uid;
+    const char *transfer_syntax;   /* the file's; proposed as it is */
+    int sent;                      /* out: 1 when the peer answered (see status) */
+    uint16_t status;               /* out: the C-STORE response status */
+    char error[160];               /* out: why it was not sent or not accepted */
+};
+
+struct dicom_send_peer {
+    const char *calling_ae;        /* ours */
+    const char *called_ae;
+    const char *host;
+    int port;
+    int timeout_seconds;           /* connect, ACSE and DIMSE */
+};
+
+/* 1 when STATUS completes a C-STORE: success or a warning (0xB000, 0xB006,
+ * 0xB007, 0x0001). */
+DICOM_API int dicom_store_status_ok(uint16_t status);
+
+/*
+ * Sends FILES over one association to PEER, proposing each file's own SOP
+ * class and transfer syntax. Returns 0 when the association was
+ * established (each file's sent/status/error then tells its fate; a network
+ * failure midway leaves the rest unsent), -1 when it was not (refused,
+ * unreachable: reason in ERR).
+ */
+DICOM_API int dicom_send(const struct dicom_send_peer *peer, struct dicom_send_file *files,
+                         size_t n, char *err, size_t errlen);
+
+/* A new UID under the 2.25 root (PS3.5 B.2: from a random UUID). */
+DICOM_API void dicom_new_uid(char uid[65]);
+
 /* One-time process set-up: data dictionary check, TCP_NODELAY for every
  * DICOM socket, DCMTK's own logging quietened. */
 DICOM_API int dicom_init(char *err, size_t errlen);

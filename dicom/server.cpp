@@ -769,6 +769,49 @@ int dicom_read_values(const char *path, const char *const *keywords, size_t n, c
     return 0;
 }
 
+void dicom_new_uid(char uid[65])
+{
+    // 2.25.<the UUID as one decimal integer>: 128 random bits (version 4
+    // UUID) need no registered root and never collide in practice.
+    unsigned char b[16];
+    FILE *f = std::fopen("/dev/urandom", "rb");
+    size_t got = f ? std::fread(b, 1, sizeof b, f) : 0;
+    if (f)
+        std::fclose(f);
+    if (got != sizeof b) {
+        // No /dev/urandom: DCMTK's own generator (site root, time, pid).
+        char tmp[65];
+        dcmGenerateUniqueIdentifier(tmp);
+        std::snprintf(uid, 65, "%s", tmp);
+        return;
+    }
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); // version 4
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); // variant 10
+    // Base-256 to base-10 by repeated division of the big number.
+    char digits[40];
+    int nd = 0;
+    unsigned char n[16];
+    std::memcpy(n, b, sizeof n);
+    for (;;) {
+        int zero = 1;
+        unsigned rem = 0;
+        for (int i = 0; i < 16; i++) {
+            unsigned cur = rem * 256 + n[i];
+            n[i] = (unsigned char)(cur / 10);
+            rem = cur % 10;
+            if (n[i])
+                zero = 0;
+        }
+        digits[nd++] = (char)('0' + rem);
+        if (zero)
+            break;
+    }
+    int o = std::snprintf(uid, 65, "2.25.");
+    while (nd > 0 && o < 64)
+        uid[o++] = digits[--nd];
+    uid[o] = '\0';
+}
+
 void dicom_free_values(char **values, size_t n)
 {
     for (size_t i = 0; i < n; i++) {

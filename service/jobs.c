@@ -48,6 +48,7 @@ struct worker {
 struct runner {
     const struct config *cfg;
     struct storage *store;
+    struct sender *sender;
     struct worker *workers;
     size_t n_workers;
     pthread_mutex_t lock;
@@ -68,8 +69,15 @@ void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *
         if (rule->match_modality &&
             (!s->modality || strcasecmp(rule->match_modality, s->modality) != 0))
             continue;
+        /* The rule's destinations, comma-separated, stored on each job. */
+        char send_to[1024] = "";
+        for (size_t d = 0; d < rule->n_send_to; d++) {
+            size_t used = strlen(send_to);
+            snprintf(send_to + used, sizeof send_to - used, "%s%s", d ? "," : "",
+                     rule->send_to[d]);
+        }
         for (size_t m = 0; m < rule->n_run; m++)
-            storage_plan_add(plan, rule->run[m]);
+            storage_plan_add(plan, rule->run[m], send_to);
         return;
     }
 }
@@ -142,10 +150,98 @@ static int on_progress(void *ud, long done, long total)
     return 0;
 }
 
+/* The DICOM results of a done job: files to send and their identity. */
+struct job_results {
+    char seg_path[4096], sr_path[4096];
+    char seg_uid[65], seg_series[65], sr_uid[65];
+};
+
+/* Writes the job's SEG and SR durably under DATA_DIR/results. Their UIDs
+ * are fixed from here on: every later send of them is the same instance. */
+static int write_dicom_results(struct runner *r, const struct config_model *cm,
+                               const struct storage_job *job, const struct pipeline_output *out,
+                               const struct series_files *files, struct job_results *res,
+                               char *err, size_t errlen)
+{
+    const struct config_manifest *mf = &cm->manifest;
+    size_t nvox = (size_t)out->grid.nx * out->grid.ny * out->grid.nz;
+    int64_t counts[256] = {0};
+    for (size_t i = 0; i < nvox; i++)
+        counts[out->labels[i]]++;
+    double voxel_ml = out->grid.spacing[0] * out->grid.spacing[1] * out->grid.spacing[2] / 1000.0;
+
+    int rc = -1;
+    const char **paths = calloc((size_t)out->grid.nz, sizeof *paths);
+    struct dicom_segment *segs = calloc(mf->n_labels ? mf->n_labels : 1, sizeof *segs);
+    if (!paths || !segs) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (int k = 0; k < out->grid.nz; k++)
+        paths[k] = files->path[out->source[k]];
+    for (size_t i = 0; i < mf->n_labels; i++) {
+        const struct config_label *l = &mf->labels[i];
+        segs[i] = (struct dicom_segment){
+            .number = l->value,
+            .label = l->name,
+            .category = {l->category.value, l->category.scheme, l->category.meaning},
+            .type = {l->type.value, l->type.scheme, l->type.meaning},
+            .color = {l->color[0], l->color[1], l->color[2]},
+            .voxels = counts[l->value],
+            .volume_ml = (double)counts[l->value] * voxel_ml,
+        };
+    }
+    char description[65];
+    snprintf(description, sizeof description, "%s", mf->algorithm_name);
+    struct dicom_result dr = {
+        .source_paths = paths,
+        .source_frames = out->frame,
+        .nx = out->grid.nx,
+        .ny = out->grid.ny,
+        .nz = out->grid.nz,
+        .labels = out->labels,
+        .segments = segs,
+        .n_segments = mf->n_labels,
+        .algorithm_name = mf->algorithm_name,
+        .algorithm_version = mf->algorithm_version,
+        .algorithm_family = {mf->algorithm_family.value, mf->algorithm_family.scheme,
+                             mf->algorithm_family.meaning},
+        .series_description = description,
+        .series_number = 900,
+        .manufacturer = "ainode",
+        .software_version = AINODE_VERSION,
+    };
+    char name[64], tmp[4096];
+    snprintf(name, sizeof name, "%lld.seg.dcm", (long long)job->id);
+    if (storage_result_temp(r->store, name, tmp, sizeof tmp) != STORAGE_OK ||
+        dicom_write_seg(&dr, tmp, res->seg_uid, res->seg_series, err, errlen) != 0 ||
+        storage_adopt_result(r->store, tmp, name, res->seg_path, sizeof res->seg_path, err,
+                             errlen) != STORAGE_OK) {
+        if (!err[0])
+            snprintf(err, errlen, "cannot write the segmentation");
+        goto out;
+    }
+    snprintf(name, sizeof name, "%lld.sr.dcm", (long long)job->id);
+    if (storage_result_temp(r->store, name, tmp, sizeof tmp) != STORAGE_OK ||
+        dicom_write_sr(&dr, res->seg_uid, res->seg_series, tmp, res->sr_uid, err, errlen) != 0 ||
+        storage_adopt_result(r->store, tmp, name, res->sr_path, sizeof res->sr_path, err,
+                             errlen) != STORAGE_OK) {
+        if (!err[0])
+            snprintf(err, errlen, "cannot write the measurement report");
+        goto out;
+    }
+    rc = 0;
+out:
+    free(paths);
+    free(segs);
+    return rc;
+}
+
 /* Runs JOB; on failure returns -1 with the reason in ERR (stored on the
  * job), -2 when the stop interrupted it, -3 when its lease was lost. */
 static int run_job(struct worker *w, struct infer_model *model, const struct storage_job *job,
-                   char *result, size_t resultlen, char **summary, char *err, size_t errlen)
+                   char *result, size_t resultlen, char **summary, struct job_results *res,
+                   char *err, size_t errlen)
 {
     const struct config_model *cm = w->model;
     struct runner *r = w->r;
@@ -177,6 +273,8 @@ static int run_job(struct worker *w, struct infer_model *model, const struct sto
     size_t nvox = (size_t)out.grid.nx * out.grid.ny * out.grid.nz;
     if (storage_write_result(r->store, job->id, text, out.labels, nvox, result, resultlen, err,
                              errlen) != STORAGE_OK)
+        goto done;
+    if (write_dicom_results(r, cm, job, &out, &files, res, err, errlen) != 0)
         goto done;
     log_msg(LOG_DEBUG,
             "job %lld: decode %.2f s, assemble %.2f s, preprocess %.2f s, model %.2f s, "
@@ -244,8 +342,26 @@ static void *worker_main(void *arg)
                 job.attempts);
         char result[4096] = "", why[512] = "";
         char *summary = NULL;
-        int jr = model ? run_job(w, model, &job, result, sizeof result, &summary, why, sizeof why)
+        struct job_results res;
+        memset(&res, 0, sizeof res);
+        int jr = model ? run_job(w, model, &job, result, sizeof result, &summary, &res, why,
+                                 sizeof why)
                        : (snprintf(why, sizeof why, "the model cannot be loaded: %s", err), -1);
+        /* Each destination of the job gets the SEG and the SR. */
+        struct storage_send_item items[2 * 16];
+        size_t n_items = 0;
+        char dests[sizeof job.send_to];
+        snprintf(dests, sizeof dests, "%s", job.send_to);
+        char *save = NULL;
+        for (char *d = strtok_r(dests, ",", &save); jr == 0 && d && n_items + 2 <= 32;
+             d = strtok_r(NULL, ",", &save)) {
+            items[n_items++] = (struct storage_send_item){
+                d, "seg", res.seg_path, "1.2.840.10008.5.1.4.1.1.66.4", res.seg_uid,
+                "1.2.840.10008.1.2.1"};
+            items[n_items++] = (struct storage_send_item){
+                d, "sr", res.sr_path, "1.2.840.10008.5.1.4.1.1.88.34", res.sr_uid,
+                "1.2.840.10008.1.2.1"};
+        }
         int64_t end = service_now_ms();
         if (jr == -2) {
             storage_job_release(r->store, job.id, w->owner);
@@ -256,12 +372,16 @@ static void *worker_main(void *arg)
                     (long long)job.id);
         } else {
             if (storage_job_finish(r->store, job.id, w->owner, end, jr == 0 ? NULL : why,
-                                   jr == 0 ? result : NULL, summary) != STORAGE_OK)
+                                   jr == 0 ? result : NULL, summary, items, n_items) !=
+                STORAGE_OK)
                 log_msg(LOG_WARN, "job %lld: could not record its end (lease lost?)",
                         (long long)job.id);
-            else if (jr == 0)
+            else if (jr == 0) {
                 log_msg(LOG_INFO, "job %lld: done in %.1f s", (long long)job.id,
                         (end - now) / 1000.0);
+                if (n_items && r->sender)
+                    sender_wake(r->sender);
+            }
             else
                 log_msg(LOG_WARN, "job %lld: failed: %s", (long long)job.id, why);
         }
@@ -272,8 +392,8 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int runner_start(const struct config *cfg, struct storage *st, struct runner **out, char *err,
-                 size_t errlen)
+int runner_start(const struct config *cfg, struct storage *st, struct sender *sender,
+                 struct runner **out, char *err, size_t errlen)
 {
     *out = NULL;
     /* A device that is not there is a start-up error, never a CPU run. */
@@ -291,6 +411,7 @@ int runner_start(const struct config *cfg, struct storage *st, struct runner **o
     }
     r->cfg = cfg;
     r->store = st;
+    r->sender = sender;
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->wake, NULL);
     for (size_t i = 0; i < cfg->n_models; i++)

@@ -5,6 +5,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,6 +19,8 @@ static void usage(FILE *f)
             "  serve          run the node in the foreground\n"
             "  check-config   validate CONFIG; print FILE:LINE:COLUMN: message per problem\n"
             "  status         list the studies and jobs in the store (--json for JSON)\n"
+            "  retry          send dead-lettered outbox items again:\n"
+            "                 retry -c CONFIG (ITEM | --all-failed)\n"
             "  infer          run a model on files or folders in the foreground:\n"
             "                 infer -c CONFIG -m MODEL [--labels FILE] PATH...\n"
             "  version        print the version\n");
@@ -70,7 +73,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "serve") && strcmp(cmd, "check-config") && strcmp(cmd, "status") &&
-        strcmp(cmd, "infer")) {
+        strcmp(cmd, "infer") && strcmp(cmd, "retry")) {
         fprintf(stderr, "ainode: unknown command '%s'\n", cmd);
         usage(stderr);
         return 2;
@@ -81,11 +84,12 @@ int main(int argc, char **argv)
         {"json", no_argument, NULL, 'j'},
         {"model", required_argument, NULL, 'm'},
         {"labels", required_argument, NULL, 'l'},
+        {"all-failed", no_argument, NULL, 'a'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL, *model = NULL, *labels = NULL;
-    int json = 0, c;
+    int json = 0, all_failed = 0, c;
     optind = 2;
     while ((c = getopt_long(argc, argv, "c:m:h", opts, NULL)) != -1) {
         switch (c) {
@@ -93,11 +97,31 @@ int main(int argc, char **argv)
         case 'j': json = 1; break;
         case 'm': model = optarg; break;
         case 'l': labels = optarg; break;
+        case 'a': all_failed = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    int is_infer = !strcmp(cmd, "infer");
+    int is_infer = !strcmp(cmd, "infer"), is_retry = !strcmp(cmd, "retry");
+    long long retry_id = -1;
+    if (is_retry) {
+        char *end = NULL;
+        if (all_failed == (optind < argc) || (optind < argc && optind + 1 != argc)) {
+            fprintf(stderr, "ainode: retry needs one outbox ITEM or --all-failed\n");
+            return 2;
+        }
+        if (optind < argc) {
+            retry_id = strtoll(argv[optind], &end, 10);
+            if (*end || retry_id < 0) {
+                fprintf(stderr, "ainode: '%s' is not an outbox item number\n", argv[optind]);
+                return 2;
+            }
+            optind++;
+        }
+    } else if (all_failed) {
+        fprintf(stderr, "ainode: --all-failed only applies to retry\n");
+        return 2;
+    }
     if (optind < argc && !is_infer) {
         fprintf(stderr, "ainode: unexpected argument '%s'\n", argv[optind]);
         return 2;
@@ -134,6 +158,8 @@ int main(int argc, char **argv)
         rc = serve_run(cfg);
     else if (is_infer)
         rc = infer_command(cfg, model, argv + optind, argc - optind, labels);
+    else if (is_retry)
+        rc = retry_command(cfg, retry_id);
     else
         rc = status_print(cfg, json);
     config_free(cfg);

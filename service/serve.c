@@ -25,6 +25,7 @@ struct node {
     struct storage *store;
     struct dicom_server *dicom;
     struct runner *runner;
+    struct sender *sender;
     uv_loop_t *loop;
     uv_signal_t sigterm, sigint;
     uv_timer_t completion;
@@ -218,8 +219,10 @@ int serve_run(const struct config *cfg)
 
     if (cfg->n_models)
         pipeline_tune_allocator();
-    if (runner_start(cfg, n.store, &n.runner, err, sizeof err) != 0) {
+    if (sender_start(cfg, n.store, &n.sender, err, sizeof err) != 0 ||
+        runner_start(cfg, n.store, n.sender, &n.runner, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
+        sender_stop(n.sender);
         dicom_server_destroy(n.dicom);
         storage_close(n.store);
         return 1;
@@ -243,6 +246,7 @@ int serve_run(const struct config *cfg)
     if (uv_thread_create(&n.dicom_thread, dicom_thread_main, &n) != 0) {
         log_msg(LOG_ERROR, "cannot start the DICOM thread");
         runner_stop(n.runner);
+        sender_stop(n.sender);
         dicom_server_destroy(n.dicom);
         storage_close(n.store);
         return 1;
@@ -253,6 +257,8 @@ int serve_run(const struct config *cfg)
     uv_thread_join(&n.dicom_thread);
     runner_stop(n.runner);
     n.runner = NULL;
+    sender_stop(n.sender);
+    n.sender = NULL;
     complete_due(&n);
     dicom_server_destroy(n.dicom);
     storage_close(n.store);

@@ -22,16 +22,35 @@ struct storage_series;
 struct storage_plan;
 struct runner;
 
+struct sender;
+
 /* Starts the inference workers of every model in CFG (jobs.c). Fails when
- * a model's device is not available. */
-int runner_start(const struct config *cfg, struct storage *st, struct runner **out, char *err,
-                 size_t errlen);
+ * a model's device is not available. SENDER (may be NULL) is woken when
+ * a finished job has put results in the outbox (SENDER is woken). */
+int runner_start(const struct config *cfg, struct storage *st, struct sender *sender,
+                 struct runner **out, char *err, size_t errlen);
 /* New jobs were queued: idle workers look now. */
 void runner_wake(struct runner *r);
 /* Stops the workers (a running job goes back to the queue) and frees R. */
 void runner_stop(struct runner *r);
 /* storage_plan_fn: the models CFG's rules run on a series (UD = config). */
 void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan);
+
+/* Starts the thread that delivers the outbox (sender.c). */
+int sender_start(const struct config *cfg, struct storage *st, struct sender **out, char *err,
+                 size_t errlen);
+/* Items were queued: deliver now rather than at the next poll. */
+void sender_wake(struct sender *s);
+void sender_stop(struct sender *s);
+/* The next attempt after ATTEMPTS failed ones of an item for D, as of
+ * NOW_MS, with JITTER in [0, 1); -1 when there is to be none. */
+struct config_destination;
+int64_t sender_next_attempt(const struct config_destination *d, int attempts, int64_t now_ms,
+                            double jitter);
+
+/* `ainode retry`: dead-lettered outbox item ID (or all when ID < 0) go
+ * back to the queue. */
+int retry_command(const struct config *cfg, int64_t id);
 
 /* Seconds spent in each stage of one pipeline run (pipeline.c). */
 struct pipeline_timing {

@@ -1,4 +1,5 @@
-/* status.c — `ainode status`: what the store holds, as a table or JSON. */
+/* status.c — `ainode status` (what the store holds, as a table or JSON)
+ * and `ainode retry` (dead-lettered sends back to the queue). */
 #include "config/config.h"
 #include "service/service.h"
 #include "storage/storage.h"
@@ -6,6 +7,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 
 static int add_study_json(void *ud, const struct storage_study *s)
@@ -61,6 +63,62 @@ static int print_job_row(void *ud, const struct storage_job_row *j)
     return 0;
 }
 
+static int add_outbox_json(void *ud, const struct storage_outbox_item *it)
+{
+    json_t *items = ud;
+    char when[40];
+    service_format_time(it->next_attempt_ms, when, sizeof when);
+    json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:i}", "id", (json_int_t)it->id,
+                          "destination", it->destination, "kind", it->kind, "study_uid",
+                          it->study_uid, "sop_instance_uid", it->sop_instance_uid, "state",
+                          it->state, "attempts", it->attempts);
+    if (!o)
+        return 1;
+    json_object_set_new(o, "next_attempt",
+                        strcmp(it->state, "pending") ? json_null() : json_string(when));
+    json_object_set_new(o, "error", it->error ? json_string(it->error) : json_null());
+    if (it->sent_ms) {
+        service_format_time(it->sent_ms, when, sizeof when);
+        json_object_set_new(o, "sent", json_string(when));
+    }
+    return json_array_append_new(items, o);
+}
+
+static int print_outbox_row(void *ud, const struct storage_outbox_item *it)
+{
+    int *count = ud;
+    if (*count == 0)
+        printf("\n%-6s  %-16s  %-4s  %-8s  %8s  %s\n", "ITEM", "DESTINATION", "KIND", "STATE",
+               "ATTEMPTS", "ERROR");
+    printf("%-6lld  %-16s  %-4s  %-8s  %8d  %s\n", (long long)it->id, it->destination, it->kind,
+           it->state, it->attempts, it->error && strcmp(it->state, "sent") ? it->error : "");
+    (*count)++;
+    return 0;
+}
+
+int retry_command(const struct config *cfg, int64_t id)
+{
+    struct storage *st = NULL;
+    char err[512] = "";
+    if (storage_open_admin(cfg->node.data_dir, &st, err, sizeof err) != STORAGE_OK) {
+        fprintf(stderr, "ainode: %s\n", err);
+        return 1;
+    }
+    int n = 0;
+    int rc = storage_outbox_retry(st, id, service_now_ms(), &n);
+    storage_close(st);
+    if (rc != STORAGE_OK) {
+        fprintf(stderr, "ainode: cannot update the outbox in %s\n", cfg->node.data_dir);
+        return 1;
+    }
+    if (id >= 0 && n == 0) {
+        fprintf(stderr, "ainode: outbox item %lld is not a failed one\n", (long long)id);
+        return 1;
+    }
+    printf("%d item%s queued again\n", n, n == 1 ? "" : "s");
+    return 0;
+}
+
 static int print_study_row(void *ud, const struct storage_study *s)
 {
     int *count = ud;
@@ -91,9 +149,12 @@ int status_print(const struct config *cfg, int json)
         json_t *studies = json_array();
         json_t *jobs = json_array();
         json_object_set_new(root, "studies", studies);
+        json_t *outbox = json_array();
         json_object_set_new(root, "jobs", jobs);
+        json_object_set_new(root, "outbox", outbox);
         if (st && (storage_foreach_study(st, add_study_json, studies) != STORAGE_OK ||
-                   storage_foreach_job(st, add_job_json, jobs) != STORAGE_OK))
+                   storage_foreach_job(st, add_job_json, jobs) != STORAGE_OK ||
+                   storage_foreach_outbox(st, add_outbox_json, outbox) != STORAGE_OK))
             rc = 1;
         if (rc == 0) {
             json_dumpf(root, stdout, JSON_INDENT(2));
@@ -107,8 +168,9 @@ int status_print(const struct config *cfg, int json)
         if (st && storage_foreach_study(st, print_study_row, &count) != STORAGE_OK)
             rc = 1;
         printf("%d stud%s\n", count, count == 1 ? "y" : "ies");
-        int jobs = 0;
-        if (st && storage_foreach_job(st, print_job_row, &jobs) != STORAGE_OK)
+        int jobs = 0, items = 0;
+        if (st && (storage_foreach_job(st, print_job_row, &jobs) != STORAGE_OK ||
+                   storage_foreach_outbox(st, print_outbox_row, &items) != STORAGE_OK))
             rc = 1;
     }
     if (rc)

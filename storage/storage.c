@@ -78,7 +78,7 @@ struct storage {
     char *tmp_dir;
     char *inst_dir;
     sqlite3 *db;
-    int readonly;
+    int readonly;             /* not the serving process: no upkeep at open or close */
     pthread_mutex_t lock;     /* one writer connection, serialised */
     atomic_ulong temp_seq;
     sqlite3_stmt *st_patient_upsert;
@@ -131,9 +131,19 @@ static const char SCHEMA[] =
     "  priority INTEGER NOT NULL DEFAULT 1,"
     "  attempts INTEGER NOT NULL DEFAULT 0,"
     "  lease_owner TEXT, lease_until INTEGER,"
-    "  error TEXT, result TEXT, summary TEXT,"
+    "  error TEXT, result TEXT, summary TEXT, send_to TEXT,"
     "  created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER);"
-    "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(model, state, priority, id);";
+    "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(model, state, priority, id);"
+    "CREATE TABLE IF NOT EXISTS outbox("
+    "  id INTEGER PRIMARY KEY,"
+    "  destination TEXT NOT NULL, study_uid TEXT NOT NULL, job_id INTEGER,"
+    "  kind TEXT NOT NULL, path TEXT NOT NULL,"
+    "  sop_class_uid TEXT NOT NULL, sop_instance_uid TEXT NOT NULL,"
+    "  transfer_syntax TEXT NOT NULL,"
+    "  state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,"
+    "  next_attempt INTEGER NOT NULL, error TEXT,"
+    "  created_at INTEGER NOT NULL, sent_at INTEGER);"
+    "CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);";
 
 const char *storage_strerror(int err)
 {
@@ -470,9 +480,11 @@ static int repair_store(struct storage *st)
     return rc;
 }
 
-static int open_common(const char *data_dir, int readonly, storage_read_fn read,
+/* MODE: 0 the serving process, 1 read-only, 2 an administrative writer. */
+static int open_common(const char *data_dir, int mode, storage_read_fn read,
                        void *read_ud, struct storage **out, char *err, size_t errlen)
 {
+    int readonly = mode != 0;
     *out = NULL;
     struct storage *st = calloc(1, sizeof *st);
     if (!st)
@@ -502,7 +514,9 @@ static int open_common(const char *data_dir, int readonly, storage_read_fn read,
             goto fail;
         }
     }
-    int flags = readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    int flags = mode == 1   ? SQLITE_OPEN_READONLY
+                : mode == 2 ? SQLITE_OPEN_READWRITE
+                            : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
     if (sqlite3_open_v2(dbpath, &st->db, flags | SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
         seterr(err, errlen, "cannot open %s: %s", dbpath,
                st->db ? sqlite3_errmsg(st->db) : "out of memory");
@@ -512,6 +526,8 @@ static int open_common(const char *data_dir, int readonly, storage_read_fn read,
     if (readonly) {
         /* A missing schema means nothing was ever received. */
         rc = exec_sql(st->db, "SELECT 1 FROM studies LIMIT 1", err, errlen);
+        if (rc == 0 && mode == 2)
+            rc = exec_sql(st->db, "PRAGMA synchronous=FULL", err, errlen);
         if (rc)
             goto fail;
     } else {
@@ -582,6 +598,11 @@ int storage_open(const char *data_dir, storage_read_fn read, void *read_ud,
 int storage_open_readonly(const char *data_dir, struct storage **out, char *err, size_t errlen)
 {
     return open_common(data_dir, 1, NULL, NULL, out, err, errlen);
+}
+
+int storage_open_admin(const char *data_dir, struct storage **out, char *err, size_t errlen)
+{
+    return open_common(data_dir, 2, NULL, NULL, out, err, errlen);
 }
 
 void storage_repair_counts(const struct storage *st, int *reindexed, int *removed)
@@ -905,23 +926,32 @@ fail:
 
 struct storage_plan {
     char **models;
+    char **send_to;
     size_t n, cap;
     int failed;
 };
 
-void storage_plan_add(struct storage_plan *plan, const char *model)
+void storage_plan_add(struct storage_plan *plan, const char *model, const char *send_to)
 {
     if (plan->n == plan->cap) {
         size_t cap = plan->cap ? plan->cap * 2 : 4;
         char **m = realloc(plan->models, cap * sizeof *m);
-        if (!m) {
+        if (m)
+            plan->models = m;
+        char **d = m ? realloc(plan->send_to, cap * sizeof *d) : NULL;
+        if (d)
+            plan->send_to = d;
+        if (!m || !d) {
             plan->failed = 1;
             return;
         }
-        plan->models = m;
         plan->cap = cap;
     }
-    if (!(plan->models[plan->n] = strdup(model))) {
+    plan->models[plan->n] = strdup(model);
+    plan->send_to[plan->n] = send_to && *send_to ? strdup(send_to) : NULL;
+    if (!plan->models[plan->n] || (send_to && *send_to && !plan->send_to[plan->n])) {
+        free(plan->models[plan->n]);
+        free(plan->send_to[plan->n]);
         plan->failed = 1;
         return;
     }
@@ -930,8 +960,10 @@ void storage_plan_add(struct storage_plan *plan, const char *model)
 
 static void plan_reset(struct storage_plan *plan)
 {
-    for (size_t i = 0; i < plan->n; i++)
+    for (size_t i = 0; i < plan->n; i++) {
         free(plan->models[i]);
+        free(plan->send_to[i]);
+    }
     plan->n = 0;
 }
 
@@ -954,8 +986,8 @@ static int plan_study(struct storage *st, const char *study, int64_t now_ms,
                            " FROM series se WHERE se.study_uid=?1 ORDER BY se.series_uid",
                            -1, &q, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(st->db,
-                           "INSERT INTO jobs(study_uid, series_uid, model, created_at)"
-                           " VALUES(?1, ?2, ?3, ?4)",
+                           "INSERT INTO jobs(study_uid, series_uid, model, created_at, send_to)"
+                           " VALUES(?1, ?2, ?3, ?4, ?5)",
                            -1, &ins, NULL) != SQLITE_OK)
         goto out;
     sqlite3_bind_text(q, 1, study, -1, SQLITE_STATIC);
@@ -980,6 +1012,7 @@ static int plan_study(struct storage *st, const char *study, int64_t now_ms,
             sqlite3_bind_text(ins, 2, se.series_uid, -1, SQLITE_TRANSIENT);
             sqlite3_bind_text(ins, 3, plan.models[i], -1, SQLITE_STATIC);
             sqlite3_bind_int64(ins, 4, now_ms);
+            bind_opt(ins, 5, plan.send_to[i]);
             if (step_done(ins))
                 goto out;
             (*n_jobs)++;
@@ -989,6 +1022,7 @@ static int plan_study(struct storage *st, const char *study, int64_t now_ms,
 out:
     plan_reset(&plan);
     free(plan.models);
+    free(plan.send_to);
     sqlite3_finalize(q);
     sqlite3_finalize(ins);
     return rc;
@@ -1063,7 +1097,7 @@ int storage_job_claim(struct storage *st, const char *model, const char *owner, 
                 "  started_at=?3, attempts=attempts + 1"
                 " WHERE id=(SELECT id FROM jobs WHERE model=?1 AND (state='queued' OR"
                 "  (state='running' AND lease_until < ?3)) ORDER BY priority, id LIMIT 1)"
-                " RETURNING id, study_uid, series_uid, attempts",
+                " RETURNING id, study_uid, series_uid, attempts, coalesce(send_to, '')",
                 -1, &s, NULL) != SQLITE_OK)
             break;
         sqlite3_bind_text(s, 1, model, -1, SQLITE_STATIC);
@@ -1082,6 +1116,7 @@ int storage_job_claim(struct storage *st, const char *model, const char *owner, 
         snprintf(job->series_uid, sizeof job->series_uid, "%s", col_text(s, 2));
         snprintf(job->model, sizeof job->model, "%s", model);
         job->attempts = sqlite3_column_int(s, 3);
+        snprintf(job->send_to, sizeof job->send_to, "%s", col_text(s, 4));
         sqlite3_step(s);
         sqlite3_finalize(s);
         if (job->attempts <= STORAGE_JOB_MAX_ATTEMPTS) {
@@ -1130,25 +1165,189 @@ int storage_job_renew(struct storage *st, int64_t id, const char *owner, int64_t
 }
 
 int storage_job_finish(struct storage *st, int64_t id, const char *owner, int64_t now_ms,
-                       const char *error, const char *result, const char *summary)
+                       const char *error, const char *result, const char *summary,
+                       const struct storage_send_item *items, size_t n_items)
+{
+    sqlite3_stmt *s = NULL, *q = NULL;
+    int rc = STORAGE_EIO;
+    pthread_mutex_lock(&st->lock);
+    if (exec_sql(st->db, "BEGIN IMMEDIATE", NULL, 0))
+        goto out;
+    if (sqlite3_prepare_v2(st->db,
+                           "UPDATE jobs SET state=?3, error=?4, result=?5, summary=?6,"
+                           "  finished_at=?7, lease_owner=NULL, lease_until=NULL"
+                           " WHERE id=?1 AND lease_owner=?2 AND state='running'"
+                           " RETURNING study_uid",
+                           -1, &s, NULL) != SQLITE_OK)
+        goto rollback;
+    sqlite3_bind_int64(s, 1, id);
+    sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, error ? "failed" : "done", -1, SQLITE_STATIC);
+    bind_opt(s, 4, error);
+    bind_opt(s, 5, result);
+    bind_opt(s, 6, summary);
+    sqlite3_bind_int64(s, 7, now_ms);
+    int step = sqlite3_step(s);
+    if (step == SQLITE_DONE) {
+        rc = STORAGE_ENOTFOUND; /* another worker holds it now */
+        goto rollback;
+    }
+    if (step != SQLITE_ROW)
+        goto rollback;
+    char *study = strdup(col_text(s, 0));
+    sqlite3_step(s);
+    sqlite3_finalize(s);
+    s = NULL;
+    if (!study)
+        goto rollback;
+    /* The results and the decision to send them are recorded together: a
+     * crash leaves either a job to run again or items to send. */
+    if (!error && n_items) {
+        if (sqlite3_prepare_v2(st->db,
+                               "INSERT INTO outbox(destination, study_uid, job_id, kind, path,"
+                               "  sop_class_uid, sop_instance_uid, transfer_syntax,"
+                               "  next_attempt, created_at)"
+                               " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                               -1, &q, NULL) != SQLITE_OK) {
+            free(study);
+            goto rollback;
+        }
+        for (size_t i = 0; i < n_items; i++) {
+            const struct storage_send_item *it = &items[i];
+            sqlite3_bind_text(q, 1, it->destination, -1, SQLITE_STATIC);
+            sqlite3_bind_text(q, 2, study, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(q, 3, id);
+            sqlite3_bind_text(q, 4, it->kind, -1, SQLITE_STATIC);
+            sqlite3_bind_text(q, 5, it->path, -1, SQLITE_STATIC);
+            sqlite3_bind_text(q, 6, it->sop_class_uid, -1, SQLITE_STATIC);
+            sqlite3_bind_text(q, 7, it->sop_instance_uid, -1, SQLITE_STATIC);
+            sqlite3_bind_text(q, 8, it->transfer_syntax, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(q, 9, now_ms);
+            if (step_done(q)) {
+                free(study);
+                goto rollback;
+            }
+        }
+    }
+    free(study);
+    if (exec_sql(st->db, "COMMIT", NULL, 0))
+        goto rollback;
+    rc = STORAGE_OK;
+    goto out;
+rollback:
+    exec_sql(st->db, "ROLLBACK", NULL, 0);
+out:
+    sqlite3_finalize(s);
+    sqlite3_finalize(q);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+static int outbox_rows(struct storage *st, const char *sql, int64_t now_ms, storage_outbox_fn fn,
+                       void *ud)
+{
+    sqlite3_stmt *s;
+    pthread_mutex_lock(&st->lock);
+    int rc = sqlite3_prepare_v2(st->db, sql, -1, &s, NULL);
+    if (rc != SQLITE_OK) {
+        pthread_mutex_unlock(&st->lock);
+        return STORAGE_EIO;
+    }
+    if (sqlite3_bind_parameter_count(s) > 0)
+        sqlite3_bind_int64(s, 1, now_ms);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        struct storage_outbox_item it = {
+            .id = sqlite3_column_int64(s, 0),
+            .destination = col_text(s, 1),
+            .study_uid = col_text(s, 2),
+            .kind = col_text(s, 3),
+            .path = col_text(s, 4),
+            .sop_class_uid = col_text(s, 5),
+            .sop_instance_uid = col_text(s, 6),
+            .transfer_syntax = col_text(s, 7),
+            .state = col_text(s, 8),
+            .error = col_text(s, 9),
+            .attempts = sqlite3_column_int(s, 10),
+            .next_attempt_ms = sqlite3_column_int64(s, 11),
+            .sent_ms = sqlite3_column_int64(s, 12),
+        };
+        if (fn(ud, &it)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_finalize(s);
+    pthread_mutex_unlock(&st->lock);
+    return rc == SQLITE_DONE ? STORAGE_OK : STORAGE_EIO;
+}
+
+#define OUTBOX_COLUMNS                                                                         \
+    "SELECT id, destination, study_uid, kind, path, sop_class_uid, sop_instance_uid,"          \
+    "  transfer_syntax, state, error, attempts, next_attempt, coalesce(sent_at, 0) FROM outbox"
+
+int storage_outbox_due(struct storage *st, int64_t now_ms, storage_outbox_fn fn, void *ud)
+{
+    return outbox_rows(st,
+                       OUTBOX_COLUMNS " WHERE state='pending' AND next_attempt <= ?1"
+                                      " ORDER BY destination, study_uid, id",
+                       now_ms, fn, ud);
+}
+
+int storage_foreach_outbox(struct storage *st, storage_outbox_fn fn, void *ud)
+{
+    /* A store from before the outbox existed has none: nothing to list. */
+    sqlite3_stmt *probe;
+    pthread_mutex_lock(&st->lock);
+    int exists = sqlite3_prepare_v2(st->db, "SELECT 1 FROM outbox", -1, &probe, NULL) ==
+                 SQLITE_OK;
+    sqlite3_finalize(probe);
+    pthread_mutex_unlock(&st->lock);
+    return exists ? outbox_rows(st, OUTBOX_COLUMNS " ORDER BY id", 0, fn, ud) : STORAGE_OK;
+}
+
+int storage_outbox_record(struct storage *st, int64_t id, int64_t now_ms, int sent,
+                          const char *error, int64_t next_attempt_ms)
 {
     sqlite3_stmt *s;
     int rc = STORAGE_EIO;
     pthread_mutex_lock(&st->lock);
     if (sqlite3_prepare_v2(st->db,
-                           "UPDATE jobs SET state=?3, error=?4, result=?5, summary=?6,"
-                           "  finished_at=?7, lease_owner=NULL, lease_until=NULL"
-                           " WHERE id=?1 AND lease_owner=?2 AND state='running'",
+                           "UPDATE outbox SET attempts=attempts + 1, error=?3,"
+                           "  state=CASE WHEN ?2 THEN 'sent' WHEN ?4 < 0 THEN 'failed'"
+                           "    ELSE 'pending' END,"
+                           "  sent_at=CASE WHEN ?2 THEN ?5 ELSE NULL END,"
+                           "  next_attempt=CASE WHEN ?4 < 0 THEN next_attempt ELSE ?4 END"
+                           " WHERE id=?1 AND state='pending'",
                            -1, &s, NULL) == SQLITE_OK) {
         sqlite3_bind_int64(s, 1, id);
-        sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 3, error ? "failed" : "done", -1, SQLITE_STATIC);
-        bind_opt(s, 4, error);
-        bind_opt(s, 5, result);
-        bind_opt(s, 6, summary);
-        sqlite3_bind_int64(s, 7, now_ms);
+        sqlite3_bind_int(s, 2, sent ? 1 : 0);
+        bind_opt(s, 3, sent ? NULL : error);
+        sqlite3_bind_int64(s, 4, sent ? now_ms : next_attempt_ms);
+        sqlite3_bind_int64(s, 5, now_ms);
         if (step_done(s) == 0)
             rc = sqlite3_changes(st->db) == 1 ? STORAGE_OK : STORAGE_ENOTFOUND;
+        sqlite3_finalize(s);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int storage_outbox_retry(struct storage *st, int64_t id, int64_t now_ms, int *n)
+{
+    sqlite3_stmt *s;
+    int rc = STORAGE_EIO;
+    *n = 0;
+    pthread_mutex_lock(&st->lock);
+    if (sqlite3_prepare_v2(st->db,
+                           "UPDATE outbox SET state='pending', attempts=0, next_attempt=?2,"
+                           "  error=NULL WHERE state='failed' AND (?1 < 0 OR id=?1)",
+                           -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(s, 1, id);
+        sqlite3_bind_int64(s, 2, now_ms);
+        if (step_done(s) == 0) {
+            *n = sqlite3_changes(st->db);
+            rc = STORAGE_OK;
+        }
         sqlite3_finalize(s);
     }
     pthread_mutex_unlock(&st->lock);
@@ -1216,6 +1415,30 @@ static int write_durable(const char *dir, const char *name, const void *data, si
         return -1;
     }
     return fsync_path(dir, 1);
+}
+
+int storage_result_temp(struct storage *st, const char *name, char *path, size_t pathlen)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/results", st->data_dir);
+    if (mkdir_durable(st->data_dir, dir) != 0)
+        return STORAGE_EIO;
+    int n = snprintf(path, pathlen, "%s/.%s.tmp", dir, name);
+    return n < 0 || (size_t)n >= pathlen ? STORAGE_EINVAL : STORAGE_OK;
+}
+
+int storage_adopt_result(struct storage *st, const char *tmp, const char *name, char *path,
+                         size_t pathlen, char *err, size_t errlen)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/results", st->data_dir);
+    if (snprintf(path, pathlen, "%s/%s", dir, name) >= (int)pathlen || fsync_path(tmp, 0) != 0 ||
+        rename(tmp, path) != 0 || fsync_path(dir, 1) != 0) {
+        seterr(err, errlen, "cannot store %s/%s: %s", dir, name, strerror(errno));
+        unlink(tmp);
+        return STORAGE_EIO;
+    }
+    return STORAGE_OK;
 }
 
 int storage_write_result(struct storage *st, int64_t id, const char *json, const void *labels,

@@ -111,6 +111,10 @@ void storage_repair_counts(const struct storage *st, int *reindexed, int *remove
 /* Opens an existing store read-only (for status); nothing is repaired. */
 int storage_open_readonly(const char *data_dir, struct storage **out, char *err, size_t errlen);
 
+/* Opens an existing store for an administrative change (retry) while the
+ * node may be running; nothing is repaired, every commit is synced. */
+int storage_open_admin(const char *data_dir, struct storage **out, char *err, size_t errlen);
+
 /* Flushes the index, marks a clean stop (the next open skips the repair
  * scan) and closes. */
 void storage_close(struct storage *st);
@@ -138,9 +142,10 @@ struct storage_series {
     int64_t instances;
 };
 
-/* Collects the models to run on one series (storage_plan_add). */
+/* Collects the models to run on one series (storage_plan_add), each with
+ * the destinations its results go to (comma-separated names, or NULL). */
 struct storage_plan;
-void storage_plan_add(struct storage_plan *plan, const char *model);
+void storage_plan_add(struct storage_plan *plan, const char *model, const char *send_to);
 
 /* Decides which models run on S: calls storage_plan_add() for each. */
 typedef void (*storage_plan_fn)(void *ud, const struct storage_series *s,
@@ -169,6 +174,7 @@ struct storage_job {
     char study_uid[65];
     char series_uid[65];
     char model[128];
+    char send_to[1024];           /* comma-separated destination names, or "" */
     int attempts;                 /* including this one */
 };
 
@@ -180,10 +186,63 @@ int storage_job_claim(struct storage *st, const char *model, const char *owner, 
 /* Extends the lease; STORAGE_ENOTFOUND when OWNER no longer holds it. */
 int storage_job_renew(struct storage *st, int64_t id, const char *owner, int64_t until_ms);
 
-/* Ends a job OWNER holds: done (ERROR NULL, RESULT the result file) or
- * failed (ERROR the reason). STORAGE_ENOTFOUND when OWNER lost it. */
+/* A file a finished job leaves to send. */
+struct storage_send_item {
+    const char *destination;
+    const char *kind;             /* "seg", "sr", ... (shown in status) */
+    const char *path;
+    const char *sop_class_uid;
+    const char *sop_instance_uid;
+    const char *transfer_syntax;
+};
+
+/* Ends a job OWNER holds: done (ERROR NULL, RESULT the result file, ITEMS
+ * put in the outbox in the same transaction) or failed (ERROR the reason).
+ * STORAGE_ENOTFOUND when OWNER lost it. */
 int storage_job_finish(struct storage *st, int64_t id, const char *owner, int64_t now_ms,
-                       const char *error, const char *result, const char *summary);
+                       const char *error, const char *result, const char *summary,
+                       const struct storage_send_item *items, size_t n_items);
+
+/*
+ * The outbox: files to send, each pending until a destination accepted it
+ * (sent) or it ran out of attempts (failed: dead-lettered until
+ * storage_outbox_retry). Sending the same item again sends the same file,
+ * so a destination may see an instance twice, never a different one.
+ */
+struct storage_outbox_item {
+    int64_t id;
+    const char *destination;
+    const char *study_uid;
+    const char *kind;
+    const char *path;
+    const char *sop_class_uid;
+    const char *sop_instance_uid;
+    const char *transfer_syntax;
+    const char *state;            /* pending | sent | failed */
+    const char *error;            /* the last failure, or NULL */
+    int attempts;
+    int64_t next_attempt_ms;
+    int64_t sent_ms;              /* 0 unless sent */
+};
+
+typedef int (*storage_outbox_fn)(void *ud, const struct storage_outbox_item *it);
+
+/* Calls FN for each pending item due by NOW_MS, grouped by destination and
+ * study (so that one study's files can share an association). */
+int storage_outbox_due(struct storage *st, int64_t now_ms, storage_outbox_fn fn, void *ud);
+
+/* Calls FN for every item, oldest first. */
+int storage_foreach_outbox(struct storage *st, storage_outbox_fn fn, void *ud);
+
+/* Records an attempt: sent, or failed with ERROR and then pending again
+ * from NEXT_ATTEMPT_MS, or dead-lettered when NEXT_ATTEMPT_MS < 0. */
+int storage_outbox_record(struct storage *st, int64_t id, int64_t now_ms, int sent,
+                          const char *error, int64_t next_attempt_ms);
+
+/* Puts dead-lettered items back in the queue, due now, with their attempts
+ * reset: item ID, or all failed ones when ID < 0. *N gets how many. */
+int storage_outbox_retry(struct storage *st, int64_t id, int64_t now_ms, int *n);
+
 
 /* Gives a job OWNER holds back to the queue, not counting this attempt
  * (the node is stopping; the job did not fail). */
@@ -194,6 +253,14 @@ int storage_job_release(struct storage *st, int64_t id, const char *owner);
  * PATH. Each file is written to a temporary name, flushed and renamed. */
 int storage_write_result(struct storage *st, int64_t id, const char *json, const void *labels,
                          size_t nbytes, char *path, size_t pathlen, char *err, size_t errlen);
+
+/* Makes the file TMP (written by the caller anywhere under DATA_DIR)
+ * durable as DATA_DIR/results/NAME, whose path goes to PATH. */
+int storage_adopt_result(struct storage *st, const char *tmp, const char *name, char *path,
+                         size_t pathlen, char *err, size_t errlen);
+
+/* A fresh temporary path under DATA_DIR/results for a result being written. */
+int storage_result_temp(struct storage *st, const char *name, char *path, size_t pathlen);
 
 struct storage_job_row {
     int64_t id;

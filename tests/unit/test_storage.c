@@ -413,8 +413,8 @@ static void plan_ct(void *ud, const struct storage_series *s, struct storage_pla
     int *calls = ud;
     (*calls)++;
     if (s->modality && strcmp(s->modality, "CT") == 0)
-        storage_plan_add(plan, "seg");
-    storage_plan_add(plan, "other");
+        storage_plan_add(plan, "seg", "pacs");
+    storage_plan_add(plan, "other", NULL);
 }
 
 struct job_list {
@@ -489,10 +489,10 @@ static void test_a_job_is_claimed_once_until_its_lease_expires(void **state)
     assert_int_equal(c.attempts, 2);
     /* The worker that lost the job can neither renew nor finish it. */
     assert_int_equal(storage_job_renew(f->st, b.id, "w2", 9000), STORAGE_ENOTFOUND);
-    assert_int_equal(storage_job_finish(f->st, b.id, "w2", 1800, NULL, "r", "{}"),
+    assert_int_equal(storage_job_finish(f->st, b.id, "w2", 1800, NULL, "r", "{}", NULL, 0),
                      STORAGE_ENOTFOUND);
-    assert_int_equal(storage_job_finish(f->st, c.id, "w3", 1800, NULL, "r", "{}"), STORAGE_OK);
-    assert_int_equal(storage_job_finish(f->st, a.id, "w1", 1900, "bad input", NULL, NULL),
+    assert_int_equal(storage_job_finish(f->st, c.id, "w3", 1800, NULL, "r", "{}", NULL, 0), STORAGE_OK);
+    assert_int_equal(storage_job_finish(f->st, a.id, "w1", 1900, "bad input", NULL, NULL, NULL, 0),
                      STORAGE_OK);
     struct job_list l = list_jobs(f->st);
     int done = 0, failed = 0;
@@ -544,6 +544,91 @@ static void test_a_job_lost_too_often_fails(void **state)
     assert_int_equal(failed, 1);
 }
 
+struct outbox_list {
+    int n;
+    int64_t id[8];
+    char state[8][16];
+    char dest[8][16];
+    int attempts[8];
+};
+
+static int collect_outbox(void *ud, const struct storage_outbox_item *it)
+{
+    struct outbox_list *l = ud;
+    if (l->n < 8) {
+        l->id[l->n] = it->id;
+        snprintf(l->state[l->n], 16, "%s", it->state);
+        snprintf(l->dest[l->n], 16, "%s", it->destination);
+        l->attempts[l->n] = it->attempts;
+        l->n++;
+    }
+    return 0;
+}
+
+static void test_a_finished_job_puts_its_results_in_the_outbox(void **state)
+{
+    struct fixture *f = *state;
+    complete_with_jobs(f);
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 500, &j), STORAGE_OK);
+    assert_string_equal(j.send_to, "pacs");
+    const struct storage_send_item items[] = {
+        {"pacs", "seg", "/r/1.seg.dcm", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.3.10", EXPLICIT_LE},
+        {"pacs", "sr", "/r/1.sr.dcm", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.3.11", EXPLICIT_LE},
+    };
+    assert_int_equal(storage_job_finish(f->st, j.id, "w1", 1100, NULL, "r", "{}", items, 2),
+                     STORAGE_OK);
+    struct outbox_list due;
+    memset(&due, 0, sizeof due);
+    assert_int_equal(storage_outbox_due(f->st, 1100, collect_outbox, &due), STORAGE_OK);
+    assert_int_equal(due.n, 2);
+    assert_string_equal(due.dest[0], "pacs");
+
+    /* A failed attempt waits for its next time; the sent one is done. */
+    assert_int_equal(storage_outbox_record(f->st, due.id[0], 1200, 0, "refused", 5000),
+                     STORAGE_OK);
+    assert_int_equal(storage_outbox_record(f->st, due.id[1], 1200, 1, NULL, 0), STORAGE_OK);
+    memset(&due, 0, sizeof due);
+    assert_int_equal(storage_outbox_due(f->st, 4999, collect_outbox, &due), STORAGE_OK);
+    assert_int_equal(due.n, 0);
+    assert_int_equal(storage_outbox_due(f->st, 5000, collect_outbox, &due), STORAGE_OK);
+    assert_int_equal(due.n, 1);
+    assert_int_equal(due.attempts[0], 1);
+
+    /* Dead-lettered, then re-queued with its attempts reset. */
+    assert_int_equal(storage_outbox_record(f->st, due.id[0], 5100, 0, "refused", -1),
+                     STORAGE_OK);
+    memset(&due, 0, sizeof due);
+    assert_int_equal(storage_outbox_due(f->st, 999999, collect_outbox, &due), STORAGE_OK);
+    assert_int_equal(due.n, 0);
+    int n = 0;
+    assert_int_equal(storage_outbox_retry(f->st, -1, 6000, &n), STORAGE_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(storage_outbox_due(f->st, 6000, collect_outbox, &due), STORAGE_OK);
+    assert_int_equal(due.n, 1);
+    assert_int_equal(due.attempts[0], 0);
+    struct outbox_list all;
+    memset(&all, 0, sizeof all);
+    assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
+    assert_int_equal(all.n, 2);
+    assert_string_equal(all.state[1], "sent");
+}
+
+static void test_a_failed_job_sends_nothing(void **state)
+{
+    struct fixture *f = *state;
+    complete_with_jobs(f);
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 500, &j), STORAGE_OK);
+    const struct storage_send_item item = {"pacs", "seg", "/r/1.seg.dcm", "1.2", "1.3", "1.4"};
+    assert_int_equal(storage_job_finish(f->st, j.id, "w1", 1100, "bad", NULL, NULL, &item, 1),
+                     STORAGE_OK);
+    struct outbox_list all;
+    memset(&all, 0, sizeof all);
+    assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
+    assert_int_equal(all.n, 0);
+}
+
 static void test_readonly_open_sees_committed_rows(void **state)
 {
     struct fixture *f = *state;
@@ -585,6 +670,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_jobs_left_running_are_queued_again_at_open, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_job_lost_too_often_fails, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_finished_job_puts_its_results_in_the_outbox,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_failed_job_sends_nothing, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

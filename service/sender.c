@@ -1,0 +1,245 @@
+/*
+ * sender.c — delivers the outbox.
+ *
+ * One thread takes the items that are due, a study's files for one
+ * destination together, and sends them over one association (dicom/). An
+ * item the destination accepted (success or warning) is sent; any other
+ * answer, a refused association or a network error schedules it again
+ * after a wait that grows by the destination's factor up to its maximum,
+ * with jitter so that many waiting items do not all come back at once.
+ * After max_attempts the item is dead-lettered until `ainode retry`.
+ */
+#include "config/config.h"
+#include "dicom/dicom.h"
+#include "service/log.h"
+#include "service/service.h"
+#include "storage/storage.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define POLL_MS 1000 /* due items are looked for at least this often */
+
+struct sender {
+    const struct config *cfg;
+    struct storage *store;
+    pthread_t thread;
+    int started;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    unsigned long wakeups;
+    atomic_int stopping;
+    unsigned int seed;
+};
+
+/* The due items, copied out of the database. */
+struct batch {
+    struct storage_outbox_item *items;
+    size_t n, cap;
+};
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static int collect_due(void *ud, const struct storage_outbox_item *it)
+{
+    struct batch *b = ud;
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 32;
+        struct storage_outbox_item *v = realloc(b->items, cap * sizeof *v);
+        if (!v)
+            return 1;
+        b->items = v;
+        b->cap = cap;
+    }
+    struct storage_outbox_item *c = &b->items[b->n++];
+    *c = *it;
+    c->destination = dup_or_null(it->destination);
+    c->study_uid = dup_or_null(it->study_uid);
+    c->kind = dup_or_null(it->kind);
+    c->path = dup_or_null(it->path);
+    c->sop_class_uid = dup_or_null(it->sop_class_uid);
+    c->sop_instance_uid = dup_or_null(it->sop_instance_uid);
+    c->transfer_syntax = dup_or_null(it->transfer_syntax);
+    c->state = NULL;
+    c->error = NULL;
+    return 0;
+}
+
+static void free_batch(struct batch *b)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        struct storage_outbox_item *c = &b->items[i];
+        free((char *)c->destination);
+        free((char *)c->study_uid);
+        free((char *)c->kind);
+        free((char *)c->path);
+        free((char *)c->sop_class_uid);
+        free((char *)c->sop_instance_uid);
+        free((char *)c->transfer_syntax);
+    }
+    free(b->items);
+    memset(b, 0, sizeof *b);
+}
+
+/* When attempt number ATTEMPTS (counting the one that just failed) is to
+ * be followed by another: NOW + backoff, or -1 when it was the last. */
+int64_t sender_next_attempt(const struct config_destination *d, int attempts, int64_t now_ms,
+                            double jitter)
+{
+    if (attempts >= d->max_attempts)
+        return -1;
+    double wait = d->retry_initial_seconds * pow(d->retry_factor, attempts - 1);
+    if (wait > d->retry_max_seconds)
+        wait = d->retry_max_seconds;
+    /* JITTER in [0, 1): +-20 % */
+    wait *= 0.8 + 0.4 * jitter;
+    return now_ms + (int64_t)(wait * 1000.0);
+}
+
+static void record_failure(struct sender *s, const struct config_destination *d,
+                           const struct storage_outbox_item *it, const char *why)
+{
+    int64_t now = service_now_ms();
+    double jitter = d ? (double)rand_r(&s->seed) / ((double)RAND_MAX + 1.0) : 0;
+    int64_t next = d ? sender_next_attempt(d, it->attempts + 1, now, jitter) : -1;
+    storage_outbox_record(s->store, it->id, now, 0, why, next);
+    if (next < 0)
+        log_msg(LOG_ERROR, "outbox item %lld (%s to %s) failed for good after %d attempt%s: %s",
+                (long long)it->id, it->kind, it->destination, it->attempts + 1,
+                it->attempts ? "s" : "", why);
+    else
+        log_msg(LOG_WARN, "outbox item %lld (%s to %s) failed, next try in %lld s: %s",
+                (long long)it->id, it->kind, it->destination, (long long)((next - now) / 1000),
+                why);
+}
+
+/* Sends ITEMS[0..n), all for one destination and study. */
+static void send_group(struct sender *s, struct storage_outbox_item *items, size_t n)
+{
+    const struct config_destination *d = config_find_destination(s->cfg, items[0].destination);
+    if (!d) {
+        for (size_t i = 0; i < n; i++)
+            record_failure(s, NULL, &items[i], "the destination is not in the configuration");
+        return;
+    }
+    struct dicom_send_file *files = calloc(n, sizeof *files);
+    if (!files)
+        return; /* tried again on the next round */
+    for (size_t i = 0; i < n; i++) {
+        files[i].path = items[i].path;
+        files[i].sop_class_uid = items[i].sop_class_uid;
+        files[i].sop_instance_uid = items[i].sop_instance_uid;
+        files[i].transfer_syntax = items[i].transfer_syntax;
+    }
+    struct dicom_send_peer peer = {
+        .calling_ae = s->cfg->node.ae_title,
+        .called_ae = d->ae_title,
+        .host = d->host,
+        .port = d->port,
+        .timeout_seconds = s->cfg->node.network_timeout_seconds,
+    };
+    char err[512] = "";
+    if (dicom_send(&peer, files, n, err, sizeof err) != 0) {
+        for (size_t i = 0; i < n; i++)
+            record_failure(s, d, &items[i], err);
+        free(files);
+        return;
+    }
+    int sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (files[i].sent && dicom_store_status_ok(files[i].status)) {
+            storage_outbox_record(s->store, items[i].id, service_now_ms(), 1, NULL, 0);
+            sent++;
+        } else {
+            record_failure(s, d, &items[i], files[i].error);
+        }
+    }
+    if (sent)
+        log_msg(LOG_INFO, "sent %d result%s to %s", sent, sent == 1 ? "" : "s", d->name);
+    free(files);
+}
+
+static void *sender_main(void *arg)
+{
+    struct sender *s = arg;
+    while (!atomic_load(&s->stopping)) {
+        pthread_mutex_lock(&s->lock);
+        unsigned long seen = s->wakeups;
+        pthread_mutex_unlock(&s->lock);
+
+        struct batch b = {0};
+        if (storage_outbox_due(s->store, service_now_ms(), collect_due, &b) != STORAGE_OK)
+            log_msg(LOG_ERROR, "cannot read the outbox");
+        size_t start = 0;
+        for (size_t i = 1; i <= b.n && !atomic_load(&s->stopping); i++) {
+            if (i < b.n && !strcmp(b.items[i].destination, b.items[start].destination) &&
+                !strcmp(b.items[i].study_uid, b.items[start].study_uid))
+                continue;
+            send_group(s, b.items + start, i - start);
+            start = i;
+        }
+        free_batch(&b);
+
+        pthread_mutex_lock(&s->lock);
+        if (s->wakeups == seen && !atomic_load(&s->stopping)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += POLL_MS / 1000;
+            pthread_cond_timedwait(&s->wake, &s->lock, &ts);
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    return NULL;
+}
+
+int sender_start(const struct config *cfg, struct storage *st, struct sender **out, char *err,
+                 size_t errlen)
+{
+    struct sender *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    s->cfg = cfg;
+    s->store = st;
+    s->seed = (unsigned int)service_now_ms();
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->wake, NULL);
+    if (pthread_create(&s->thread, NULL, sender_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the sender thread");
+        sender_stop(s);
+        return -1;
+    }
+    s->started = 1;
+    *out = s;
+    return 0;
+}
+
+void sender_wake(struct sender *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->wakeups++;
+    pthread_cond_broadcast(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void sender_stop(struct sender *s)
+{
+    if (!s)
+        return;
+    atomic_store(&s->stopping, 1);
+    sender_wake(s);
+    if (s->started)
+        pthread_join(s->thread, NULL);
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
