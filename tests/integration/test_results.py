@@ -1,0 +1,198 @@
+#!/usr/bin/python3
+"""Integration tests of the results path: a CT study sent with storescu to
+the real node comes back to DCMTK's storescp (the PACS) as one DICOM SEG
+and one TID 1500 SR, valid for dciodvfy, with exactly the built-in model's
+voxels, whatever the network and the PACS do.
+    AINODE_BINARY=build/ainode /usr/bin/python3 -m unittest test_results.ResultsTest.test_x
+"""
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from gen_series import make_ct_series  # noqa: E402
+from test_inference import expected_labels, hu_of, phantom  # noqa: E402
+from test_receiver import NodeTestCase  # noqa: E402
+
+import pydicom  # noqa: E402
+
+TOOLS = os.path.join(harness.REPO_ROOT, "tests", "tools")
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def dciodvfy_errors(path):
+    r = subprocess.run(["dciodvfy", path], capture_output=True, text=True)
+    return [l for l in (r.stdout + r.stderr).splitlines() if l.startswith("Error")]
+
+
+class ResultsTest(NodeTestCase):
+    def node_for(self, pacs_port, **dest):
+        d = {"ae_title": "STORESCP", "host": "127.0.0.1", "port": pacs_port,
+             "retry_initial_seconds": 1, "retry_factor": 2, "retry_max_seconds": 4}
+        d.update(dest)
+        sections = {
+            "destinations": {"pacs": d},
+            "models": {"ct-bone-body": {"file": "builtin:ct-bone-body", "threads": 1}},
+            "rules": [{"name": "ct", "match": {"Modality": "CT"}, "run": ["ct-bone-body"],
+                       "send_results_to": ["pacs"]}],
+        }
+        return self.node(sections=sections, stable_seconds=1, network_timeout_seconds=5)
+
+    def series(self, name, slices=8, shuffle=False):
+        files = make_ct_series(os.path.join(self.workdir, name), slices, rows=40, cols=48,
+                               pixel_fn=phantom)
+        order = list(files)
+        if shuffle:
+            random.Random(7).shuffle(order)
+        return files, order
+
+    def wait_outbox(self, n, state, count=2, timeout=120):
+        def check():
+            items = n.status()["outbox"]
+            return items if len(items) >= count and all(i["state"] == state for i in items) \
+                else None
+        return harness.wait_until(check, timeout, 0.2, "outbox items %s" % state)
+
+    def received(self, pacs_dir):
+        """{SOP class: [paths]} of what the PACS stored."""
+        out = {}
+        for p in harness.list_files(pacs_dir):
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            out.setdefault(str(ds.SOPClassUID), []).append(p)
+        return out
+
+    def check_results(self, pacs_dir, files):
+        """The PACS holds one valid SEG and one valid SR with the exact labels."""
+        got = self.received(pacs_dir)
+        self.assertEqual(sorted(got), sorted([SEG_CLASS, SR_CLASS]), got)
+        self.assertEqual(len(got[SEG_CLASS]), 1)
+        self.assertEqual(len(got[SR_CLASS]), 1)
+        seg, sr = got[SEG_CLASS][0], got[SR_CLASS][0]
+        self.assertEqual(dciodvfy_errors(seg), [])
+        self.assertEqual(dciodvfy_errors(sr), [])
+
+        # The expected labels, slice by slice in position order.
+        by_z = sorted(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+        labels = np.stack([expected_labels(hu_of(f)) for f in by_z])
+        raw = os.path.join(self.workdir, "expected.raw")
+        labels.tofile(raw)
+        nz, ny, nx = labels.shape
+        r = subprocess.run(["/usr/bin/python3", os.path.join(TOOLS, "verify_seg.py"), seg, raw,
+                            str(nx), str(ny), str(nz)] + by_z, capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        voxel_ml = 0.7 * 0.7 * 1.0 / 1000
+        vols = {lab: int((labels == lab).sum()) * voxel_ml for lab in (1, 2)}
+        seg_uid = str(pydicom.dcmread(seg, stop_before_pixels=True).SOPInstanceUID)
+        r = subprocess.run(["/usr/bin/python3", os.path.join(TOOLS, "verify_sr.py"), sr, seg_uid,
+                            str(ds.SeriesInstanceUID),
+                            "1:Bone:272673000=%r" % vols[1], "2:Body:38266002=%r" % vols[2]],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return seg, sr
+
+    def test_results_reach_the_pacs_as_a_valid_seg_and_sr(self):
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
+            n = self.node_for(pacs.port)
+            n.start()
+            files, order = self.series("in")
+            harness.storescu(n.port, order, ae_called=n.ae)
+            items = self.wait_outbox(n, "sent")
+            self.assertEqual(sorted(i["kind"] for i in items), ["seg", "sr"])
+            self.assertTrue(all(i["attempts"] == 1 and i["error"] is None for i in items))
+            self.check_results(pacs.out_dir, files)
+            self.assertEqual(n.stop(), 0)
+
+    def test_slices_sent_in_shuffled_order_give_the_same_seg(self):
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
+            n = self.node_for(pacs.port)
+            n.start()
+            files, order = self.series("in", shuffle=True)
+            self.assertNotEqual(order, files)
+            harness.storescu(n.port, order, ae_called=n.ae)
+            self.wait_outbox(n, "sent")
+            self.check_results(pacs.out_dir, files)
+            self.assertEqual(n.stop(), 0)
+
+    def test_a_pacs_down_for_20_seconds_gets_everything_once(self):
+        pacs = harness.StoreSCP(os.path.join(self.workdir, "pacs"), extra=["+uf"])
+        n = self.node_for(pacs.port)
+        n.start()
+        files, order = self.series("in")
+        harness.storescu(n.port, order, ae_called=n.ae)
+        harness.wait_until(lambda: [i for i in n.status()["outbox"] if i["attempts"] >= 1],
+                           60, 0.2, "a first failed attempt")
+        time.sleep(20)
+        items = n.status()["outbox"]
+        self.assertTrue(all(i["state"] == "pending" and i["attempts"] >= 3 for i in items),
+                        items)
+        self.assertIn("cannot open an association", items[0]["error"])
+        with pacs:
+            self.wait_outbox(n, "sent", timeout=30)
+            # Nothing lost, nothing twice (storescp +uf keeps every copy).
+            got = self.received(pacs.out_dir)
+            self.assertEqual({k: len(v) for k, v in got.items()}, {SEG_CLASS: 1, SR_CLASS: 1})
+            self.check_results(pacs.out_dir, files)
+        self.assertEqual(n.stop(), 0)
+
+    def test_failure_statuses_are_retried_dead_lettered_and_retried_by_hand(self):
+        pacs_dir = os.path.join(self.workdir, "pacs")
+        with harness.StoreSCP(pacs_dir) as pacs:
+            # A file where storescp writes: every C-STORE is refused (0xA700).
+            shutil.rmtree(pacs_dir)
+            with open(pacs_dir, "w") as f:
+                f.write("not a directory")
+            n = self.node_for(pacs.port, max_attempts=3)
+            n.start()
+            files, order = self.series("in")
+            harness.storescu(n.port, order, ae_called=n.ae)
+            items = self.wait_outbox(n, "failed", timeout=60)
+            for i in items:
+                self.assertEqual(i["attempts"], 3)
+                self.assertIn("status 0xa700", i["error"].lower())
+            # The PACS is repaired; the admin re-queues what was dead-lettered.
+            os.unlink(pacs_dir)
+            os.mkdir(pacs_dir)
+            r = n.cli("retry", "-c", n.config_path, "--all-failed")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("2 items queued again", r.stdout)
+            self.wait_outbox(n, "sent", timeout=30)
+            self.check_results(pacs_dir, files)
+            r = n.cli("retry", "-c", n.config_path, "1")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("not a failed one", r.stderr)
+            self.assertEqual(n.stop(), 0)
+
+    def test_results_written_but_not_sent_are_sent_after_a_crash(self):
+        # The PACS is down, so the results wait in the outbox when the node
+        # is killed; the restarted node sends them, once.
+        pacs = harness.StoreSCP(os.path.join(self.workdir, "pacs"), extra=["+uf"])
+        n = self.node_for(pacs.port)
+        n.start()
+        files, order = self.series("in")
+        harness.storescu(n.port, order, ae_called=n.ae)
+        harness.wait_until(lambda: [i for i in n.status()["outbox"] if i["attempts"] >= 1],
+                           60, 0.2, "a first failed attempt")
+        n.kill9()
+        self.assertTrue(all(i["state"] == "pending" for i in n.status()["outbox"]))
+        with pacs:
+            n.start()
+            self.wait_outbox(n, "sent", timeout=30)
+            got = self.received(pacs.out_dir)
+            self.assertEqual({k: len(v) for k, v in got.items()}, {SEG_CLASS: 1, SR_CLASS: 1})
+            self.check_results(pacs.out_dir, files)
+        self.assertEqual(n.stop(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
