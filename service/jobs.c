@@ -158,10 +158,15 @@ struct job_results {
 
 /* Writes the job's SEG and SR durably under DATA_DIR/results. Their UIDs
  * are fixed from here on: every later send of them is the same instance. */
+static double seconds_since(int64_t start_ms)
+{
+    return (service_now_ms() - start_ms) / 1000.0;
+}
+
 static int write_dicom_results(struct runner *r, const struct config_model *cm,
                                const struct storage_job *job, const struct pipeline_output *out,
                                const struct series_files *files, struct job_results *res,
-                               char *err, size_t errlen)
+                               struct pipeline_timing *t, char *err, size_t errlen)
 {
     const struct config_manifest *mf = &cm->manifest;
     size_t nvox = (size_t)out->grid.nx * out->grid.ny * out->grid.nz;
@@ -212,6 +217,7 @@ static int write_dicom_results(struct runner *r, const struct config_model *cm,
         .software_version = AINODE_VERSION,
     };
     char name[64], tmp[4096];
+    int64_t t0 = service_now_ms();
     snprintf(name, sizeof name, "%lld.seg.dcm", (long long)job->id);
     if (storage_result_temp(r->store, name, tmp, sizeof tmp) != STORAGE_OK ||
         dicom_write_seg(&dr, tmp, res->seg_uid, res->seg_series, err, errlen) != 0 ||
@@ -221,6 +227,8 @@ static int write_dicom_results(struct runner *r, const struct config_model *cm,
             snprintf(err, errlen, "cannot write the segmentation");
         goto out;
     }
+    t->seg = seconds_since(t0);
+    t0 = service_now_ms();
     snprintf(name, sizeof name, "%lld.sr.dcm", (long long)job->id);
     if (storage_result_temp(r->store, name, tmp, sizeof tmp) != STORAGE_OK ||
         dicom_write_sr(&dr, res->seg_uid, res->seg_series, tmp, res->sr_uid, err, errlen) != 0 ||
@@ -230,6 +238,7 @@ static int write_dicom_results(struct runner *r, const struct config_model *cm,
             snprintf(err, errlen, "cannot write the measurement report");
         goto out;
     }
+    t->sr = seconds_since(t0);
     rc = 0;
 out:
     free(paths);
@@ -264,8 +273,10 @@ static int run_job(struct worker *w, struct infer_model *model, const struct sto
     }
     if (prc != 0)
         goto done;
+    if (write_dicom_results(r, cm, job, &out, &files, res, &t, err, errlen) != 0)
+        goto done;
     text = pipeline_result_json(cm, &out, (const char *const *)files.sop, job->id, job->study_uid,
-                                job->series_uid, summary);
+                                job->series_uid, &t, res->seg_uid, res->sr_uid, summary);
     if (!text || !*summary) {
         snprintf(err, errlen, "out of memory");
         goto done;
@@ -274,12 +285,11 @@ static int run_job(struct worker *w, struct infer_model *model, const struct sto
     if (storage_write_result(r->store, job->id, text, out.labels, nvox, result, resultlen, err,
                              errlen) != STORAGE_OK)
         goto done;
-    if (write_dicom_results(r, cm, job, &out, &files, res, err, errlen) != 0)
-        goto done;
     log_msg(LOG_DEBUG,
             "job %lld: decode %.2f s, assemble %.2f s, preprocess %.2f s, model %.2f s, "
-            "postprocess %.2f s",
-            (long long)job->id, t.decode, t.assemble, t.preprocess, t.model, t.postprocess);
+            "postprocess %.2f s, SEG %.2f s, SR %.2f s",
+            (long long)job->id, t.decode, t.assemble, t.preprocess, t.model, t.postprocess,
+            t.seg, t.sr);
     rc = 0;
 done:
     free_files(&files);

@@ -274,7 +274,8 @@ static json_t *label_summary(const struct config_manifest *mf, const struct pipe
 
 char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,
                            const char *const *sops, int64_t job_id, const char *study_uid,
-                           const char *series_uid, char **summary)
+                           const char *series_uid, const struct pipeline_timing *t,
+                           const char *seg_uid, const char *sr_uid, char **summary)
 {
     json_t *sum = label_summary(&cm->manifest, o);
     json_t *slices = json_array();
@@ -289,6 +290,17 @@ char *pipeline_result_json(const struct config_model *cm, const struct pipeline_
                             (json_int_t)job_id, "study_uid", study_uid, "series_uid", series_uid,
                             "model", cm->name, "labels_file", labels_name, "grid",
                             grid_json(&o->grid), "slices", slices, "labels", sum);
+    if (doc) {
+        json_object_set_new(doc, "seconds",
+                            json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "decode", t->decode,
+                                      "assemble", t->assemble, "preprocess", t->preprocess,
+                                      "model", t->model, "postprocess", t->postprocess, "seg",
+                                      t->seg, "sr", t->sr));
+        if (seg_uid)
+            json_object_set_new(doc, "seg_sop_instance_uid", json_string(seg_uid));
+        if (sr_uid)
+            json_object_set_new(doc, "sr_sop_instance_uid", json_string(sr_uid));
+    }
     *summary = json_dumps(sum, JSON_COMPACT | JSON_SORT_KEYS);
     char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(sum);

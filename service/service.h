@@ -55,6 +55,7 @@ int retry_command(const struct config *cfg, int64_t id);
 /* Seconds spent in each stage of one pipeline run (pipeline.c). */
 struct pipeline_timing {
     double decode, assemble, preprocess, model, postprocess;
+    double seg, sr;               /* writing the results (jobs only) */
 };
 
 /* Labels on the source series' grid; slice k came from frame frame[k] of
@@ -77,11 +78,13 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
                  size_t errlen);
 void pipeline_output_free(struct pipeline_output *o);
 
-/* The result document of a job (grid, source slices, label counts), and
- * in *SUMMARY the label counts alone; both malloc'ed JSON text. */
+/* The result document of a job (grid, source slices, label counts, the
+ * seconds of each stage, the SEG and SR instances), and in *SUMMARY the
+ * label counts alone; both malloc'ed JSON text. */
 char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,
                            const char *const *sops, int64_t job_id, const char *study_uid,
-                           const char *series_uid, char **summary);
+                           const char *series_uid, const struct pipeline_timing *t,
+                           const char *seg_uid, const char *sr_uid, char **summary);
 /* The label counts and volumes alone, as JSON text. */
 char *pipeline_summary_json(const struct config_model *cm, const struct pipeline_output *o);
 

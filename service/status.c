@@ -43,6 +43,15 @@ static int add_job_json(void *ud, const struct storage_job_row *j)
     else if (j->started_ms)
         secs = json_real((service_now_ms() - j->started_ms) / 1000.0);
     json_object_set_new(o, "seconds", secs);
+    char when[40];
+    if (j->started_ms) {
+        service_format_time(j->started_ms, when, sizeof when);
+        json_object_set_new(o, "started", json_string(when));
+    }
+    if (j->finished_ms) {
+        service_format_time(j->finished_ms, when, sizeof when);
+        json_object_set_new(o, "finished", json_string(when));
+    }
     json_object_set_new(o, "result", j->result ? json_string(j->result) : json_null());
     json_t *summary = j->summary ? json_loads(j->summary, 0, NULL) : NULL;
     json_object_set_new(o, "labels", summary ? summary : json_null());
