@@ -567,6 +567,10 @@ static const struct field output_fields[] = {
     {.key = "labels", .type = T_CUSTOM, .required = 1, .parse = parse_labels,
      .release = release_labels, .off = MAN_OFF(labels), .off_n = MAN_OFF(n_labels),
      .doc = "label number -> segment"},
+    {.key = "series_description", .type = T_STR, .off = MAN_OFF(series_description),
+     .doc = "of the result series; default the algorithm name"},
+    {.key = "series_number", .type = T_INT, .def_int = 900, .min = 1, .max = 2147483646,
+     .off = MAN_OFF(series_number), .doc = "of the SEG series; the SR's is one more"},
 };
 
 static const struct field manifest_fields[] = {
@@ -1431,19 +1435,36 @@ static void check_output(struct ctx *c, const struct parsed *p, void *base)
         return;
     }
     const struct ynode *lv = map_get(p->map, "labels");
+    int reported = 0; /* a label with a problem of its own: no gap check */
     for (size_t i = 0; lv && lv->kind == Y_MAP && i + 1 < lv->n; i += 2) {
         const struct ynode *k = lv->kids[i];
         int n = label_number(k);
-        if (n < 0 || label_seen_before(lv, i, n))
+        if (n < 0 || label_seen_before(lv, i, n)) {
+            reported = 1;
             continue; /* already reported */
-        if (argmax && n >= m->channels)
+        }
+        if (argmax && n >= m->channels) {
             report_at(c, k->line, k->col,
                       "%s.labels.%d: argmax needs each label below %s.channels (%d)", p->sect, n,
                       p->sect, m->channels);
-        else if (!argmax && n > m->channels)
+            reported = 1;
+        } else if (!argmax && n > m->channels) {
             report_at(c, k->line, k->col,
                       "%s.labels.%d: threshold needs each label at most %s.channels (%d)",
                       p->sect, n, p->sect, m->channels);
+            reported = 1;
+        }
+    }
+    /* Labels become SEG segment numbers, which run 1, 2, ... without gaps. */
+    for (size_t i = 0; !reported && i < m->n_labels; i++) {
+        if (m->labels[i].value != (int)i + 1) {
+            const struct ynode *v = pos_of(p, "labels");
+            report_at(c, v->line, v->col,
+                      "%s.labels: label numbers must run 1, 2, 3, ... without gaps (they are "
+                      "the segment numbers of the results); %d is missing",
+                      p->sect, (int)i + 1);
+            break;
+        }
     }
 }
 

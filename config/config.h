@@ -96,8 +96,10 @@ struct config_manifest {
     int channels;                  /* output.channels */
     enum config_decision decision; /* output.decision: argmax | threshold */
     double threshold;              /* output.threshold */
-    struct config_label *labels;   /* output.labels, by increasing value */
+    struct config_label *labels;   /* output.labels, by increasing value: 1..n */
     size_t n_labels;
+    char *series_description;      /* output.series_description, or NULL */
+    int series_number;             /* output.series_number (the SEG's; the SR's is +1) */
 };
 
 struct config_model {

@@ -196,8 +196,9 @@ static int write_dicom_results(struct runner *r, const struct config_model *cm,
             .volume_ml = (double)counts[l->value] * voxel_ml,
         };
     }
-    char description[65];
-    snprintf(description, sizeof description, "%s", mf->algorithm_name);
+    char description[65]; /* LO: 64 characters */
+    snprintf(description, sizeof description, "%s",
+             mf->series_description ? mf->series_description : mf->algorithm_name);
     struct dicom_result dr = {
         .source_paths = paths,
         .source_frames = out->frame,
@@ -212,7 +213,7 @@ static int write_dicom_results(struct runner *r, const struct config_model *cm,
         .algorithm_family = {mf->algorithm_family.value, mf->algorithm_family.scheme,
                              mf->algorithm_family.meaning},
         .series_description = description,
-        .series_number = 900,
+        .series_number = mf->series_number,
         .manufacturer = "ainode",
         .software_version = AINODE_VERSION,
     };

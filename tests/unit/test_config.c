@@ -785,7 +785,7 @@ static void test_full_manifest_round_trips_all_values(void **state)
     assert_code(&m->labels[0].category, "91723000", "SCT", "Anatomical Structure");
     assert_code(&m->labels[0].type, "3341006", "SCT", "Right lung");
     assert_color(m->labels[0].color, 0, 174, 255);
-    assert_int_equal(m->labels[1].value, 3);
+    assert_int_equal(m->labels[1].value, 2);
     assert_string_equal(m->labels[1].name, "Left lung");
     assert_code(&m->labels[1].category, "91723000", "SCT", "Anatomical Structure");
     assert_code(&m->labels[1].type, "44029006", "SCT", "Left lung");
@@ -1059,6 +1059,25 @@ static void test_missing_manifest_sections_are_reported_at_the_top(void **state)
     load_fails(p, &cap);
     expect_count(&cap, 1);
     expect_line(&cap, 0, mp, "9:2: invalid indentation in mapping");
+    capture_free(&cap);
+}
+
+static void test_label_numbers_must_run_without_gaps(void **state)
+{
+    (void)state;
+    const char *mp;
+    const char *p = model_config("gap_manifest",
+                                 MANIFEST_HEAD "output:\n  channels: 4\n  labels:\n"
+                                 "    1: " LABEL_BODY "\n    3: " LABEL_BODY "\n",
+                                 &mp);
+    struct config *cfg = NULL;
+    struct capture cap = {0};
+    assert_int_equal(config_load(p, &cfg, capture_line, &cap), 1);
+    assert_null(cfg);
+    assert_non_null(strstr(cap.lines[0], "output.labels: label numbers must run 1, 2, 3, ... "
+                                         "without gaps (they are the segment numbers of the "
+                                         "results); 2 is missing"));
+    assert_non_null(strstr(cap.lines[0], mp));
     capture_free(&cap);
 }
 
@@ -1370,6 +1389,7 @@ int main(void)
         cmocka_unit_test(test_more_manifest_problems_are_reported),
         cmocka_unit_test(test_missing_manifest_sections_are_reported_at_the_top),
         cmocka_unit_test(test_label_numbers_are_checked_against_channels),
+        cmocka_unit_test(test_label_numbers_must_run_without_gaps),
         cmocka_unit_test(test_bad_model_settings_are_rejected),
         cmocka_unit_test(test_rules_get_default_names_and_keep_their_order),
         cmocka_unit_test(test_rules_naming_unknown_models_are_rejected),
