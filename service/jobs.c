@@ -359,12 +359,19 @@ static void *worker_main(void *arg)
                                  sizeof why)
                        : (snprintf(why, sizeof why, "the model cannot be loaded: %s", err), -1);
         /* Each destination of the job gets the SEG and the SR. */
-        struct storage_send_item items[2 * 16];
+        size_t n_dests = job.send_to[0] ? 1 : 0;
+        for (const char *c = job.send_to; *c; c++)
+            n_dests += *c == ',';
+        struct storage_send_item *items = calloc(2 * n_dests + 1, sizeof *items);
         size_t n_items = 0;
         char dests[sizeof job.send_to];
         snprintf(dests, sizeof dests, "%s", job.send_to);
         char *save = NULL;
-        for (char *d = strtok_r(dests, ",", &save); jr == 0 && d && n_items + 2 <= 32;
+        if (!items && jr == 0) {
+            snprintf(why, sizeof why, "out of memory");
+            jr = -1;
+        }
+        for (char *d = strtok_r(dests, ",", &save); jr == 0 && d;
              d = strtok_r(NULL, ",", &save)) {
             items[n_items++] = (struct storage_send_item){
                 d, "seg", res.seg_path, "1.2.840.10008.5.1.4.1.1.66.4", res.seg_uid,
@@ -397,6 +404,7 @@ static void *worker_main(void *arg)
                 log_msg(LOG_WARN, "job %lld: failed: %s", (long long)job.id, why);
         }
         free(summary);
+        free(items);
         malloc_trim(0); /* an idle node hands a job's memory back */
     }
     infer_model_free(model);
