@@ -31,6 +31,7 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define LEASE_MS 60000            /* a job whose worker vanished runs again after this */
 #define RENEW_EVERY_MS 10000
@@ -150,6 +151,34 @@ static int on_progress(void *ud, long done, long total)
     return 0;
 }
 
+/* DATA (LEN bytes) as a gzip stream in *OUT (malloc'ed), fast level. */
+static int gzip_buffer(const uint8_t *data, size_t len, unsigned char **out, size_t *out_len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return -1;
+    size_t cap = deflateBound(&z, (uLong)len) + 64;
+    *out = malloc(cap);
+    if (!*out) {
+        deflateEnd(&z);
+        return -1;
+    }
+    z.next_in = (Bytef *)data;
+    z.avail_in = (uInt)len; /* label volumes stay far below 4 GB */
+    z.next_out = *out;
+    z.avail_out = (uInt)cap;
+    int rc = deflate(&z, Z_FINISH);
+    *out_len = z.total_out;
+    deflateEnd(&z);
+    if (rc != Z_STREAM_END) {
+        free(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 /* The DICOM results of a done job: files to send and their identity. */
 struct job_results {
     char seg_path[4096], sr_path[4096];
@@ -259,6 +288,8 @@ static int run_job(struct worker *w, struct infer_model *model, const struct sto
     struct pipeline_output out = {0};
     struct pipeline_timing t;
     char *text = NULL;
+    unsigned char *packed = NULL;
+    size_t packed_len = 0;
     int rc = -1;
 
     if (storage_foreach_instance(r->store, job->series_uid, collect_file, &files) != STORAGE_OK) {
@@ -283,7 +314,13 @@ static int run_job(struct worker *w, struct infer_model *model, const struct sto
         goto done;
     }
     size_t nvox = (size_t)out.grid.nx * out.grid.ny * out.grid.nz;
-    if (storage_write_result(r->store, job->id, text, out.labels, nvox, result, resultlen, err,
+    /* Label volumes compress ~100-fold: writing (and flushing) them whole
+     * would compete with the receiver's own flushes for the disk. */
+    if (gzip_buffer(out.labels, nvox, &packed, &packed_len) != 0) {
+        snprintf(err, errlen, "cannot compress the labels");
+        goto done;
+    }
+    if (storage_write_result(r->store, job->id, text, packed, packed_len, result, resultlen, err,
                              errlen) != STORAGE_OK)
         goto done;
     log_msg(LOG_DEBUG,
@@ -296,6 +333,7 @@ done:
     free_files(&files);
     pipeline_output_free(&out);
     free(text);
+    free(packed);
     return rc;
 }
 

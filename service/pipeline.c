@@ -283,9 +283,9 @@ char *pipeline_result_json(const struct config_model *cm, const struct pipeline_
         json_array_append_new(slices, json_pack("{s:s, s:i}", "sop_instance_uid",
                                                 sops[o->source[k]], "frame", o->frame[k]));
     char labels_name[64];
-    snprintf(labels_name, sizeof labels_name, "%lld.labels", (long long)job_id);
-    /* The label file: one byte per voxel of "grid", slice k of it made from
-     * slices[k] of the source series. */
+    snprintf(labels_name, sizeof labels_name, "%lld.labels.gz", (long long)job_id);
+    /* The label file: gzip of one byte per voxel of "grid", slice k of it
+     * made from slices[k] of the source series. */
     json_t *doc = json_pack("{s:I, s:s, s:s, s:s, s:s, s:o, s:o, s:O}", "job",
                             (json_int_t)job_id, "study_uid", study_uid, "series_uid", series_uid,
                             "model", cm->name, "labels_file", labels_name, "grid",

@@ -1450,7 +1450,7 @@ int storage_write_result(struct storage *st, int64_t id, const char *json, const
         seterr(err, errlen, "cannot create %s: %s", dir, strerror(errno));
         return STORAGE_EIO;
     }
-    snprintf(name, sizeof name, "%lld.labels", (long long)id);
+    snprintf(name, sizeof name, "%lld.labels.gz", (long long)id);
     if (write_durable(dir, name, labels, nbytes, labels_path, sizeof labels_path) != 0) {
         seterr(err, errlen, "cannot write %s/%s: %s", dir, name, strerror(errno));
         return STORAGE_EIO;

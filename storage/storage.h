@@ -248,9 +248,10 @@ int storage_outbox_retry(struct storage *st, int64_t id, int64_t now_ms, int *n)
  * (the node is stopping; the job did not fail). */
 int storage_job_release(struct storage *st, int64_t id, const char *owner);
 
-/* Writes a job's results durably: DATA_DIR/results/<ID>.labels (LABELS,
- * NBYTES) and then DATA_DIR/results/<ID>.json (JSON), whose path goes to
- * PATH. Each file is written to a temporary name, flushed and renamed. */
+/* Writes a job's results durably: DATA_DIR/results/<ID>.labels.gz (LABELS,
+ * NBYTES, already gzip-compressed by the caller) and then
+ * DATA_DIR/results/<ID>.json (JSON), whose path goes to PATH. Each file is
+ * written to a temporary name, flushed and renamed. */
 int storage_write_result(struct storage *st, int64_t id, const char *json, const void *labels,
                          size_t nbytes, char *path, size_t pathlen, char *err, size_t errlen);
 

@@ -5,6 +5,7 @@ and the built-in model's labels come out exactly as its definition says.
     AINODE_BINARY=build/ainode /usr/bin/python3 -m unittest test_inference.InferenceTest.test_x
 """
 
+import gzip
 import json
 import os
 import shutil
@@ -98,8 +99,9 @@ class InferenceTest(NodeTestCase):
         with open(job["result"]) as f:
             result = json.load(f)
         grid = result["grid"]
-        labels = np.fromfile(os.path.join(os.path.dirname(job["result"]),
-                                          result["labels_file"]), dtype=np.uint8)
+        with gzip.open(os.path.join(os.path.dirname(job["result"]),
+                                    result["labels_file"])) as f:
+            labels = np.frombuffer(f.read(), dtype=np.uint8)
         labels = labels.reshape(grid["nz"], grid["ny"], grid["nx"])
         by_sop = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f
                   for f in files}
