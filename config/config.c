@@ -16,6 +16,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libfyaml.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -412,6 +414,14 @@ static void parse_match(struct ctx *c, const struct field *f, const char *what,
                         const struct ynode *v, void *base);
 static void parse_run(struct ctx *c, const struct field *f, const char *what,
                       const struct ynode *v, void *base);
+static void parse_rule_any(struct ctx *c, const struct field *f, const char *what,
+                           const struct ynode *v, void *base);
+static void parse_rule_not(struct ctx *c, const struct field *f, const char *what,
+                           const struct ynode *v, void *base);
+static void parse_flag(struct ctx *c, const struct field *f, const char *what,
+                       const struct ynode *v, void *base);
+static void release_match(const struct field *f, void *base);
+static void check_rule(struct ctx *c, const struct parsed *p, void *base);
 static void release_str(const struct field *f, void *base);
 static void release_str_list(const struct field *f, void *base);
 
@@ -479,17 +489,32 @@ static const struct field model_fields[] = {
      .off = MODEL_OFF(workers), .doc = "worker threads running this model"},
 };
 
-/* rules[N]; run names are checked against the keys under models:. */
+static const char *const priority_names[] = {"stat", "normal", "low", NULL};
+_Static_assert(sizeof(enum config_priority) == sizeof(int), "priority stored as int");
+
+/* rules[N]; run names are checked against the keys under models:, the
+ * destinations against those under destinations:. */
 static const struct field rule_fields[] = {
     {.key = "name", .type = T_STR, .off = RULE_OFF(name), .doc = "shown in logs; default rule-N"},
-    {.key = "match", .type = T_CUSTOM, .parse = parse_match, .release = release_str,
-     .off = RULE_OFF(match_modality), .doc = "{Modality: X}; absent matches any series"},
-    {.key = "run", .type = T_CUSTOM, .required = 1, .parse = parse_run,
+    {.key = "match", .type = T_CUSTOM, .parse = parse_match, .release = release_match,
+     .off = RULE_OFF(match), .doc = "conditions that must all hold; absent matches any series"},
+    {.key = "any", .type = T_CUSTOM, .parse = parse_rule_any, .off = RULE_OFF(match),
+     .doc = "sub-matches of which at least one must hold"},
+    {.key = "not", .type = T_CUSTOM, .parse = parse_rule_not, .off = RULE_OFF(match),
+     .doc = "a sub-match that must not hold"},
+    {.key = "run", .type = T_CUSTOM, .parse = parse_run,
      .release = release_str_list, .off = RULE_OFF(run), .off_n = RULE_OFF(n_run),
-     .doc = "models to run, by name"},
+     .doc = "models to run, by name; required unless forward_to is given"},
     {.key = "send_results_to", .type = T_CUSTOM, .parse = parse_run,
      .release = release_str_list, .off = RULE_OFF(send_to), .off_n = RULE_OFF(n_send_to),
      .doc = "destinations the results go to, by name"},
+    {.key = "forward_to", .type = T_CUSTOM, .parse = parse_run,
+     .release = release_str_list, .off = RULE_OFF(forward_to), .off_n = RULE_OFF(n_forward_to),
+     .doc = "destinations receiving the original instances, by name"},
+    {.key = "priority", .type = T_ENUM, .def_int = CONFIG_PRIORITY_NORMAL,
+     .names = priority_names, .off = RULE_OFF(priority), .doc = "stat, normal or low"},
+    {.key = "continue", .type = T_CUSTOM, .parse = parse_flag, .off = RULE_OFF(continues),
+     .doc = "true: later rules may match the series too; default false"},
 };
 
 /* ---- manifest ---- */
@@ -1594,31 +1619,365 @@ static int name_defined(const struct ynode *ms, const struct ynode *name)
     return 0;
 }
 
+/* ---- rule conditions ---- */
+
+/* What a condition may name; UIDs are compared exactly, the rest ignoring
+ * case. Keep deploy/ainode.yaml's list in step. */
+const char *const config_rule_attributes[] = {
+    "Modality", "BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName",
+    "Manufacturer", "SeriesNumber", "ImageType", "SliceThickness", "Rows", "Columns",
+    "NumberOfFrames", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber",
+    "StudyID", "StudyDate", "PatientID", "PatientSex", "instances", "calling_ae", "called_ae",
+    "source_address", NULL,
+};
+
+#define MATCH_MAX_DEPTH 16
+
+static const char *const operator_names = "regex, glob, range, contains or present";
+
+static int attribute_is_uid(const char *a)
+{
+    size_t n = strlen(a);
+    return n >= 3 && !strcmp(a + n - 3, "UID");
+}
+
+static void free_condition(struct config_condition *cd)
+{
+    for (size_t i = 0; i < cd->n_values; i++)
+        free(cd->values[i]);
+    free(cd->values);
+    free(cd->attribute);
+    if (cd->regex)
+        pcre2_code_free(cd->regex);
+}
+
+static void free_match(struct config_match *m)
+{
+    for (size_t i = 0; i < m->n_conditions; i++)
+        free_condition(&m->conditions[i]);
+    free(m->conditions);
+    for (size_t i = 0; i < m->n_any; i++)
+        free_match(&m->any[i]);
+    free(m->any);
+    if (m->not) {
+        free_match(m->not);
+        free(m->not);
+    }
+    memset(m, 0, sizeof *m);
+}
+
+int config_match_is_empty(const struct config_match *m)
+{
+    return !m || (m->n_conditions == 0 && m->n_any == 0 && !m->not);
+}
+
+static void release_match(const struct field *f, void *base)
+{
+    free_match((struct config_match *)((char *)base + f->off));
+}
+
+/* A non-empty string value of a condition, copied into CD->values. */
+static int add_value(struct ctx *c, const char *what, const struct ynode *v,
+                     struct config_condition *cd)
+{
+    if (!want_string(c, what, v))
+        return 0;
+    if (v->len == 0) {
+        report_at(c, v->line, v->col, "%s: must not be empty", what);
+        return 0;
+    }
+    char **nv = realloc(cd->values, (cd->n_values + 1) * sizeof *nv);
+    if (!nv)
+        return oom(c);
+    cd->values = nv;
+    if (!(nv[cd->n_values] = strdup(v->text)))
+        return oom(c);
+    cd->n_values++;
+    return 1;
+}
+
+/* {regex|glob|range|contains|present: X}; 1 when CD is complete. */
+static int parse_operator(struct ctx *c, const char *what, const struct ynode *map,
+                          struct config_condition *cd)
+{
+    static const char *const ops[] = {"regex", "glob", "range", "contains", "present"};
+    static const enum config_op codes[] = {CONFIG_OP_REGEX, CONFIG_OP_GLOB, CONFIG_OP_RANGE,
+                                           CONFIG_OP_CONTAINS, CONFIG_OP_PRESENT};
+    char b[80], sub[400];
+    if (map->n == 0) {
+        report_at(c, map->line, map->col, "%s: expected an operator (%s)", what, operator_names);
+        return 0;
+    }
+    const struct ynode *k = map->kids[0], *v = map->kids[1];
+    if (k->kind == Y_ALIAS)
+        return 0;
+    if (k->kind != Y_SCALAR) {
+        report_at(c, k->line, k->col, "%s: keys must be scalars", what);
+        return 0;
+    }
+    size_t oi = 0;
+    while (oi < NELEM(ops) && !same_text(k, ops[oi]))
+        oi++;
+    if (oi == NELEM(ops)) {
+        report_at(c, k->line, k->col, "%s: unknown operator '%s' (use %s)", what,
+                  esc(k->text, k->len, b), operator_names);
+        return 0;
+    }
+    if (map->n > 2) {
+        const struct ynode *k2 = map->kids[2];
+        report_at(c, k2->line, k2->col, "%s: one operator per condition", what);
+        return 0;
+    }
+    snprintf(sub, sizeof sub, "%s.%s", what, ops[oi]);
+    cd->op = codes[oi];
+    if (v->kind == Y_ALIAS)
+        return 0;
+    switch (cd->op) {
+    case CONFIG_OP_REGEX: {
+        if (!add_value(c, sub, v, cd))
+            return 0;
+        int code;
+        PCRE2_SIZE off;
+        pcre2_code *re = pcre2_compile((PCRE2_SPTR)v->text, v->len, PCRE2_CASELESS, &code, &off,
+                                       NULL);
+        if (!re) {
+            PCRE2_UCHAR msg[256];
+            if (pcre2_get_error_message(code, msg, sizeof msg) < 0)
+                snprintf((char *)msg, sizeof msg, "error %d", code);
+            report_at(c, v->line, v->col, "%s: invalid regular expression: %s at offset %zu", sub,
+                      (const char *)msg, (size_t)off);
+            return 0;
+        }
+        cd->regex = re;
+        return 1;
+    }
+    case CONFIG_OP_GLOB:
+    case CONFIG_OP_CONTAINS:
+        return add_value(c, sub, v, cd);
+    case CONFIG_OP_RANGE: {
+        double d[2];
+        if (v->kind != Y_SEQ || v->n != 2 || !get_number(v->kids[0], &d[0]) ||
+            !get_number(v->kids[1], &d[1])) {
+            report_at(c, v->line, v->col, "%s: expected [low, high], two numbers", sub);
+            return 0;
+        }
+        if (d[0] > d[1]) {
+            report_at(c, v->line, v->col, "%s: low %s is greater than high %s", sub,
+                      esc(v->kids[0]->text, v->kids[0]->len, b), v->kids[1]->text);
+            return 0;
+        }
+        cd->range[0] = d[0];
+        cd->range[1] = d[1];
+        return 1;
+    }
+    case CONFIG_OP_PRESENT:
+        if (v->kind == Y_SCALAR && v->plain && !v->tagged &&
+            (!strcmp(v->text, "true") || !strcmp(v->text, "false"))) {
+            cd->present = v->text[0] == 't';
+            return 1;
+        }
+        report_at(c, v->line, v->col, "%s: expected true or false", sub);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+/* ATTRIBUTE: X | [X, Y] | {operator: ...} into a new condition of M. */
+static void parse_condition(struct ctx *c, const char *what, const struct ynode *k,
+                            const struct ynode *v, struct config_match *m)
+{
+    char b[80], sub[320];
+    size_t ai = 0;
+    while (config_rule_attributes[ai] && !same_text(k, config_rule_attributes[ai]))
+        ai++;
+    if (!config_rule_attributes[ai]) {
+        report_at(c, k->line, k->col, "%s: unknown attribute '%s'", what, esc(k->text, k->len, b));
+        return;
+    }
+    snprintf(sub, sizeof sub, "%s.%s", what, config_rule_attributes[ai]);
+    if (v->kind == Y_ALIAS)
+        return;
+    struct config_condition cd = {.line = k->line, .column = k->col,
+                                  .exact = attribute_is_uid(config_rule_attributes[ai])};
+    int ok;
+    if (v->kind == Y_MAP) {
+        ok = parse_operator(c, sub, v, &cd);
+    } else if (v->kind == Y_SEQ) {
+        cd.op = CONFIG_OP_ONE_OF;
+        ok = 1;
+        if (v->n == 0) {
+            report_at(c, v->line, v->col, "%s: expected at least one value", sub);
+            ok = 0;
+        }
+        for (size_t i = 0; i < v->n; i++)
+            if (v->kids[i]->kind == Y_ALIAS || !add_value(c, sub, v->kids[i], &cd))
+                ok = 0;
+    } else {
+        cd.op = CONFIG_OP_EQUALS;
+        ok = add_value(c, sub, v, &cd);
+    }
+    if (ok && !(cd.attribute = strdup(config_rule_attributes[ai])))
+        ok = oom(c);
+    struct config_condition *nc =
+        ok ? realloc(m->conditions, (m->n_conditions + 1) * sizeof *nc) : NULL;
+    if (!nc) {
+        if (ok)
+            oom(c);
+        free_condition(&cd);
+        return;
+    }
+    m->conditions = nc;
+    nc[m->n_conditions++] = cd;
+}
+
+static void parse_match_map(struct ctx *c, const char *what, const struct ynode *v,
+                            struct config_match *m, int depth);
+
+/* any: [{...}, ...] into M->any. */
+static void parse_any(struct ctx *c, const char *what, const struct ynode *v,
+                      struct config_match *m, int depth)
+{
+    if (v->kind == Y_ALIAS)
+        return;
+    if (m->any) {
+        report_at(c, v->line, v->col, "%s: given twice (in match and next to it)", what);
+        return;
+    }
+    if (v->kind != Y_SEQ) {
+        report_at(c, v->line, v->col, "%s: expected a sequence", what);
+        return;
+    }
+    if (v->n == 0) {
+        report_at(c, v->line, v->col, "%s: expected at least one sub-match", what);
+        return;
+    }
+    if (!(m->any = calloc(v->n, sizeof *m->any))) {
+        oom(c);
+        return;
+    }
+    m->n_any = v->n;
+    for (size_t i = 0; i < v->n; i++) {
+        char sub[320];
+        snprintf(sub, sizeof sub, "%s[%zu]", what, i + 1);
+        const struct ynode *it = v->kids[i];
+        if (it->kind == Y_ALIAS)
+            continue;
+        if (it->kind != Y_MAP) {
+            report_at(c, it->line, it->col, "%s: expected a mapping", sub);
+            continue;
+        }
+        parse_match_map(c, sub, it, &m->any[i], depth + 1);
+    }
+}
+
+/* not: {...} into M->not. */
+static void parse_not(struct ctx *c, const char *what, const struct ynode *v,
+                      struct config_match *m, int depth)
+{
+    if (v->kind == Y_ALIAS)
+        return;
+    if (m->not) {
+        report_at(c, v->line, v->col, "%s: given twice (in match and next to it)", what);
+        return;
+    }
+    if (v->kind != Y_MAP) {
+        report_at(c, v->line, v->col, "%s: expected a mapping", what);
+        return;
+    }
+    if (v->n == 0) {
+        report_at(c, v->line, v->col, "%s: must not be empty", what);
+        return;
+    }
+    if (!(m->not = calloc(1, sizeof *m->not))) {
+        oom(c);
+        return;
+    }
+    parse_match_map(c, what, v, m->not, depth + 1);
+}
+
+/* A match mapping: attributes, plus any: and not:. */
+static void parse_match_map(struct ctx *c, const char *what, const struct ynode *v,
+                            struct config_match *m, int depth)
+{
+    if (depth > MATCH_MAX_DEPTH) {
+        report_at(c, v->line, v->col, "%s: nested more than %d deep", what, MATCH_MAX_DEPTH);
+        return;
+    }
+    for (size_t i = 0; i + 1 < v->n; i += 2) {
+        const struct ynode *k = v->kids[i], *val = v->kids[i + 1];
+        if (!usable_key(c, what, v, i, "key"))
+            continue;
+        char sub[320];
+        if (same_text(k, "any") || same_text(k, "not")) {
+            snprintf(sub, sizeof sub, "%s.%s", what, k->text);
+            if (k->text[0] == 'a')
+                parse_any(c, sub, val, m, depth);
+            else
+                parse_not(c, sub, val, m, depth);
+            continue;
+        }
+        parse_condition(c, what, k, val, m);
+    }
+}
+
 static void parse_match(struct ctx *c, const struct field *f, const char *what,
                         const struct ynode *v, void *base)
 {
-    static const struct field modality = {.key = "Modality", .type = T_STR};
-    char b[80];
-    if (is_null(v))
+    if (is_null(v) || v->kind == Y_ALIAS)
         return; /* matches any series */
     if (v->kind != Y_MAP) {
         report_at(c, v->line, v->col, "%s: expected a mapping", what);
         return;
     }
-    for (size_t i = 0; i + 1 < v->n; i += 2) {
-        const struct ynode *k = v->kids[i];
-        if (!usable_key(c, what, v, i, "key"))
-            continue;
-        if (!same_text(k, modality.key)) {
-            report_at(c, k->line, k->col, "%s: '%s' is not supported by this version", what,
-                      esc(k->text, k->len, b));
-            continue;
-        }
-        set_field(c, what, &modality, v->kids[i + 1], (char *)base + f->off);
+    parse_match_map(c, what, v, (struct config_match *)((char *)base + f->off), 0);
+}
+
+static void parse_rule_any(struct ctx *c, const struct field *f, const char *what,
+                           const struct ynode *v, void *base)
+{
+    parse_any(c, what, v, (struct config_match *)((char *)base + f->off), 0);
+}
+
+static void parse_rule_not(struct ctx *c, const struct field *f, const char *what,
+                           const struct ynode *v, void *base)
+{
+    parse_not(c, what, v, (struct config_match *)((char *)base + f->off), 0);
+}
+
+/* true | false into an int. */
+static void parse_flag(struct ctx *c, const struct field *f, const char *what,
+                       const struct ynode *v, void *base)
+{
+    int *p = (int *)((char *)base + f->off);
+    if (v->kind == Y_SCALAR && v->plain && !v->tagged &&
+        (!strcmp(v->text, "true") || !strcmp(v->text, "false"))) {
+        *p = v->text[0] == 't';
+        return;
+    }
+    report_at(c, v->line, v->col, "%s: expected true or false", what);
+}
+
+/* A rule runs models, forwards the instances, or both. */
+static void check_rule(struct ctx *c, const struct parsed *p, void *base)
+{
+    const struct config_rule *r = base;
+    unsigned char run = p->st[field_index(p, "run")], fwd = p->st[field_index(p, "forward_to")];
+    if (run == 2 || fwd == 2 || r->n_run > 0 || r->n_forward_to > 0)
+        return;
+    if (!run && !fwd) {
+        report_at(c, p->pos->line, p->pos->col, "%s: missing required key 'run'", p->sect);
+    } else if (!fwd) {
+        const struct ynode *v = pos_of(p, "run");
+        report_at(c, v->line, v->col, "%s.run: expected at least one model", p->sect);
+    } else {
+        const struct ynode *v = pos_of(p, "forward_to");
+        report_at(c, v->line, v->col,
+                  "%s: run and forward_to are both empty: the rule would do nothing", p->sect);
     }
 }
 
-/* run: (models, at least one) and send_results_to: (destinations). */
+/* run: (models), send_results_to: and forward_to: (destinations). */
 static void parse_run(struct ctx *c, const struct field *f, const char *what,
                       const struct ynode *v, void *base)
 {
@@ -1628,12 +1987,8 @@ static void parse_run(struct ctx *c, const struct field *f, const char *what,
     int models = !strcmp(f->key, "run");
     const char *noun = models ? "model" : "destination";
     const struct ynode *defined = models ? c->models : c->destinations;
-    if (!models && (is_null(v) || (v->kind == Y_SEQ && v->n == 0)))
-        return;
-    if (is_null(v) || (v->kind == Y_SEQ && v->n == 0)) {
-        report_at(c, v->line, v->col, "%s: expected at least one model", what);
-        return;
-    }
+    if (is_null(v) || (v->kind == Y_SEQ && v->n == 0))
+        return; /* check_rule: a rule needs models to run or destinations to forward to */
     if (v->kind != Y_SEQ) {
         report_at(c, v->line, v->col, "%s: expected a sequence", what);
         return;
@@ -1777,7 +2132,12 @@ static void parse_rules(struct ctx *c, struct config *cfg, const struct ynode *k
         return;
     }
     cfg->rules = calloc(v->n + 1, sizeof *cfg->rules);
-    if (!cfg->rules) {
+    /* per parsed rule: its number, and whether it stops every series */
+    size_t *rule_index = calloc(v->n + 1, sizeof *rule_index);
+    unsigned char *stops_all = calloc(v->n + 1, 1);
+    if (!cfg->rules || !rule_index || !stops_all) {
+        free(rule_index);
+        free(stops_all);
         oom(c);
         return;
     }
@@ -1792,7 +2152,13 @@ static void parse_rules(struct ctx *c, struct config *cfg, const struct ynode *k
             continue;
         }
         struct config_rule *r = &cfg->rules[cfg->n_rules++];
-        parse_section(c, sect, rule_fields, NELEM(rule_fields), it, r, it, NULL);
+        int before = c->count;
+        set_defaults(c, rule_fields, NELEM(rule_fields), r);
+        parse_section(c, sect, rule_fields, NELEM(rule_fields), it, r, it, check_rule);
+        rule_index[cfg->n_rules - 1] = i + 1;
+        /* a rule with problems of its own is not taken for a catch-all */
+        stops_all[cfg->n_rules - 1] =
+            c->count == before && config_match_is_empty(&r->match) && !r->continues;
         if (!r->name) {
             char name[32];
             snprintf(name, sizeof name, "rule-%zu", i + 1);
@@ -1813,7 +2179,21 @@ static void parse_rules(struct ctx *c, struct config *cfg, const struct ynode *k
                 break;
             }
         }
+        /* an earlier catch-all that stops leaves nothing for this rule */
+        for (size_t j = 0; j + 1 < cfg->n_rules; j++) {
+            const struct config_rule *e = &cfg->rules[j];
+            if (stops_all[j]) {
+                char b[80];
+                report_at(c, it->line, it->col,
+                          "%s: never matches: rules[%zu] ('%s') matches every series and does "
+                          "not continue",
+                          sect, rule_index[j], e->name ? esc(e->name, strlen(e->name), b) : "");
+                break;
+            }
+        }
     }
+    free(rule_index);
+    free(stops_all);
 }
 
 static const struct section {

@@ -112,15 +112,66 @@ struct config_model {
     struct config_manifest manifest;
 };
 
-/* Which models run on a series of a completed study. */
+/* How a condition compares the series' value of its attribute. */
+enum config_op {
+    CONFIG_OP_EQUALS = 0,  /* Attr: X */
+    CONFIG_OP_ONE_OF,      /* Attr: [X, Y] */
+    CONFIG_OP_REGEX,       /* Attr: {regex: R}: searched, caseless (PCRE2) */
+    CONFIG_OP_GLOB,        /* Attr: {glob: G}: fnmatch */
+    CONFIG_OP_RANGE,       /* Attr: {range: [low, high]}: numeric, inclusive */
+    CONFIG_OP_CONTAINS,    /* Attr: {contains: X}: one of the backslash-separated values */
+    CONFIG_OP_PRESENT,     /* Attr: {present: true|false} */
+};
+
+/* One condition on one attribute of a series. Text comparisons (equals,
+ * one of, glob, contains) ignore case except for UID attributes (exact). */
+struct config_condition {
+    char *attribute;               /* one of config_rule_attributes[] */
+    enum config_op op;
+    char **values;                 /* equals: 1, one of: n, regex/glob/contains: the pattern */
+    size_t n_values;
+    void *regex;                   /* CONFIG_OP_REGEX: the compiled pcre2_code */
+    double range[2];               /* CONFIG_OP_RANGE: low, high (low <= high) */
+    int present;                   /* CONFIG_OP_PRESENT: 1 true, 0 false */
+    int exact;                     /* a UID attribute: compared case-sensitively */
+    int line, column;              /* of the attribute's key in the file */
+};
+
+/* All conditions hold, at least one of ANY holds (when n_any > 0) and NOT
+ * (when given) does not hold. An empty match holds for every series. */
+struct config_match {
+    struct config_condition *conditions;
+    size_t n_conditions;
+    struct config_match *any;
+    size_t n_any;
+    struct config_match *not;      /* NULL when absent */
+};
+
+enum config_priority {
+    CONFIG_PRIORITY_STAT = 0,
+    CONFIG_PRIORITY_NORMAL,
+    CONFIG_PRIORITY_LOW,
+};
+
+/* What happens to a series of a completed study. */
 struct config_rule {
     char *name;
-    char *match_modality;          /* match: {Modality: X}; NULL matches any */
+    struct config_match match;     /* match:, any: and not: of the rule */
     char **run;                    /* model names, each defined under models: */
     size_t n_run;
     char **send_to;                /* send_results_to: destination names */
     size_t n_send_to;
+    char **forward_to;             /* destinations receiving the original instances */
+    size_t n_forward_to;
+    enum config_priority priority; /* default CONFIG_PRIORITY_NORMAL */
+    int continues;                 /* continue: true: later rules may match too */
 };
+
+/* The attributes a rule condition may name, NULL-terminated. */
+extern const char *const config_rule_attributes[];
+
+/* 1 when MATCH holds for every series (no condition, any or not). */
+int config_match_is_empty(const struct config_match *match);
 
 struct config {
     char *path;                   /* absolute path of the file that was loaded */

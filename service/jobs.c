@@ -61,26 +61,26 @@ struct runner {
 /* ------------------------------------------------------------------ */
 /* Planning                                                            */
 
+/* rules_apply_fn: queues the models of a matching rule, each with the
+ * rule's destinations (comma-separated, stored on each job). */
+static void plan_rule(void *ud, const struct config_rule *rule)
+{
+    struct storage_plan *plan = ud;
+    char send_to[1024] = "";
+    for (size_t d = 0; d < rule->n_send_to; d++) {
+        size_t used = strlen(send_to);
+        snprintf(send_to + used, sizeof send_to - used, "%s%s", d ? "," : "", rule->send_to[d]);
+    }
+    for (size_t m = 0; m < rule->n_run; m++)
+        storage_plan_add(plan, rule->run[m], send_to);
+}
+
 void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan)
 {
     const struct config *cfg = ud;
-    /* The first rule that matches decides. */
-    for (size_t i = 0; i < cfg->n_rules; i++) {
-        const struct config_rule *rule = &cfg->rules[i];
-        if (rule->match_modality &&
-            (!s->modality || strcasecmp(rule->match_modality, s->modality) != 0))
-            continue;
-        /* The rule's destinations, comma-separated, stored on each job. */
-        char send_to[1024] = "";
-        for (size_t d = 0; d < rule->n_send_to; d++) {
-            size_t used = strlen(send_to);
-            snprintf(send_to + used, sizeof send_to - used, "%s%s", d ? "," : "",
-                     rule->send_to[d]);
-        }
-        for (size_t m = 0; m < rule->n_run; m++)
-            storage_plan_add(plan, rule->run[m], send_to);
-        return;
-    }
+    /* The first rule that matches decides, unless it lets later ones match too. */
+    struct rules_series rs = {.series = s};
+    rules_select(cfg, rules_series_get, &rs, NULL, NULL, plan_rule, plan);
 }
 
 /* ------------------------------------------------------------------ */

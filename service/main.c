@@ -21,6 +21,8 @@ static void usage(FILE *f)
             "  status         list the studies and jobs in the store (--json for JSON)\n"
             "  retry          send dead-lettered outbox items again:\n"
             "                 retry -c CONFIG (ITEM | --all-failed)\n"
+            "  explain        how the rules treat each series of a study or of files:\n"
+            "                 explain -c CONFIG (STUDY_UID | FILE.dcm...)\n"
             "  infer          run a model on files or folders in the foreground:\n"
             "                 infer -c CONFIG -m MODEL [--labels FILE] PATH...\n"
             "  version        print the version\n");
@@ -73,7 +75,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "serve") && strcmp(cmd, "check-config") && strcmp(cmd, "status") &&
-        strcmp(cmd, "infer") && strcmp(cmd, "retry")) {
+        strcmp(cmd, "infer") && strcmp(cmd, "retry") && strcmp(cmd, "explain")) {
         fprintf(stderr, "ainode: unknown command '%s'\n", cmd);
         usage(stderr);
         return 2;
@@ -103,6 +105,7 @@ int main(int argc, char **argv)
         }
     }
     int is_infer = !strcmp(cmd, "infer"), is_retry = !strcmp(cmd, "retry");
+    int is_explain = !strcmp(cmd, "explain");
     long long retry_id = -1;
     if (is_retry) {
         char *end = NULL;
@@ -122,7 +125,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "ainode: --all-failed only applies to retry\n");
         return 2;
     }
-    if (optind < argc && !is_infer) {
+    if (is_explain && optind == argc) {
+        fprintf(stderr, "ainode: explain needs a study UID or DICOM files\n");
+        return 2;
+    }
+    if (optind < argc && !is_infer && !is_explain) {
         fprintf(stderr, "ainode: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
@@ -160,6 +167,8 @@ int main(int argc, char **argv)
         rc = infer_command(cfg, model, argv + optind, argc - optind, labels);
     else if (is_retry)
         rc = retry_command(cfg, retry_id);
+    else if (is_explain)
+        rc = explain_command(cfg, argv + optind, argc - optind);
     else
         rc = status_print(cfg, json);
     config_free(cfg);

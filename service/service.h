@@ -36,6 +36,38 @@ void runner_stop(struct runner *r);
 /* storage_plan_fn: the models CFG's rules run on a series (UD = config). */
 void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan);
 
+/* ---- rules (rules.c): which rules apply to a series ---- */
+
+struct config_rule;
+
+/* Looks up ATTRIBUTE of the series; NULL when absent. */
+typedef const char *(*rules_get_fn)(void *ud, const char *attribute);
+/* Called for each condition evaluated (may be NULL): the rule, a path like
+ * "match.SeriesDescription" or "any[1].Modality", whether it held, and the
+ * series' value (NULL if absent). */
+typedef void (*rules_trace_fn)(void *ud, const struct config_rule *rule, const char *where,
+                               int held, const char *value);
+/* 1 when RULE matches the series GET describes. Every condition of a match
+ * is evaluated (and traced), not only up to the first that fails. */
+int rules_match(const struct config_rule *rule, rules_get_fn get, void *get_ud,
+                rules_trace_fn trace, void *trace_ud);
+
+/* Receives a rule that applies to the series. */
+typedef void (*rules_apply_fn)(void *ud, const struct config_rule *rule);
+/* Evaluates CFG's rules in order, calling APPLY (may be NULL) for each
+ * that matches; stops after the first match unless that rule has
+ * continue: true. Returns how many rules applied. */
+size_t rules_select(const struct config *cfg, rules_get_fn get, void *get_ud,
+                    rules_trace_fn trace, void *trace_ud, rules_apply_fn apply, void *apply_ud);
+
+/* A rules_get_fn over a struct storage_series: UD is a struct
+ * rules_series whose SERIES is set (the rest is scratch space). */
+struct rules_series {
+    const struct storage_series *series;
+    char number[32];
+};
+const char *rules_series_get(void *ud, const char *attribute);
+
 /* Starts the thread that delivers the outbox (sender.c). */
 int sender_start(const struct config *cfg, struct storage *st, struct sender **out, char *err,
                  size_t errlen);
@@ -47,6 +79,10 @@ void sender_stop(struct sender *s);
 struct config_destination;
 int64_t sender_next_attempt(const struct config_destination *d, int attempts, int64_t now_ms,
                             double jitter);
+
+/* `ainode explain`: how the rules of CFG treat each series of a stored
+ * study (one argument: its Study Instance UID) or of DICOM files. */
+int explain_command(const struct config *cfg, char *const *args, int n);
 
 /* `ainode retry`: dead-lettered outbox item ID (or all when ID < 0) go
  * back to the queue. */

@@ -972,26 +972,35 @@ static const char *col_text(sqlite3_stmt *s, int i)
     return (const char *)sqlite3_column_text(s, i);
 }
 
-/* Queues the jobs PLAN asks for on every series of STUDY. */
-static int plan_study(struct storage *st, const char *study, int64_t now_ms,
-                      storage_plan_fn plan_fn, void *ud, int *n_jobs)
+/* Calls FN for each series of STUDY with what the planner and explain see:
+ * its own attributes, its study's and patient's, and its first instance's
+ * (lowest instance number). The caller holds st->lock. */
+static int series_rows(struct storage *st, const char *study, storage_series_fn fn, void *ud)
 {
-    sqlite3_stmt *q = NULL, *ins = NULL;
-    struct storage_plan plan = {0};
-    int rc = -1;
+    sqlite3_stmt *q = NULL;
     if (sqlite3_prepare_v2(st->db,
                            "SELECT se.series_uid, se.modality, se.body_part_examined,"
                            "  se.series_description, se.protocol_name, se.manufacturer,"
-                           "  (SELECT count(*) FROM instances i WHERE i.series_uid=se.series_uid)"
-                           " FROM series se WHERE se.study_uid=?1 ORDER BY se.series_uid",
-                           -1, &q, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(st->db,
-                           "INSERT INTO jobs(study_uid, series_uid, model, created_at, send_to)"
-                           " VALUES(?1, ?2, ?3, ?4, ?5)",
-                           -1, &ins, NULL) != SQLITE_OK)
-        goto out;
+                           "  (SELECT count(*) FROM instances i WHERE i.series_uid=se.series_uid),"
+                           "  se.series_number, st.study_description, st.accession_number,"
+                           "  st.study_id, st.study_date, p.patient_id, p.sex,"
+                           "  fi.sop_class_uid, fi.image_type, fi.slice_thickness,"
+                           "  CAST(fi.rows AS TEXT), CAST(fi.columns AS TEXT),"
+                           "  CAST(fi.number_of_frames AS TEXT), fi.calling_ae, fi.called_ae,"
+                           "  fi.source_addr"
+                           " FROM series se"
+                           " LEFT JOIN studies st ON st.study_uid=se.study_uid"
+                           " LEFT JOIN patients p ON p.id=st.patient"
+                           " LEFT JOIN instances fi ON fi.sop_instance_uid=("
+                           "   SELECT i.sop_instance_uid FROM instances i"
+                           "   WHERE i.series_uid=se.series_uid"
+                           "   ORDER BY i.instance_number IS NULL,"
+                           "     CAST(i.instance_number AS INTEGER), i.sop_instance_uid LIMIT 1)"
+                           " WHERE se.study_uid=?1 ORDER BY se.series_uid",
+                           -1, &q, NULL) != SQLITE_OK)
+        return -1;
     sqlite3_bind_text(q, 1, study, -1, SQLITE_STATIC);
-    int step;
+    int step, rc = 0;
     while ((step = sqlite3_step(q)) == SQLITE_ROW) {
         struct storage_series se = {
             .study_uid = study,
@@ -1002,29 +1011,84 @@ static int plan_study(struct storage *st, const char *study, int64_t now_ms,
             .protocol_name = col_text(q, 4),
             .manufacturer = col_text(q, 5),
             .instances = sqlite3_column_int64(q, 6),
+            .series_number = col_text(q, 7),
+            .study_description = col_text(q, 8),
+            .accession_number = col_text(q, 9),
+            .study_id = col_text(q, 10),
+            .study_date = col_text(q, 11),
+            .patient_id = col_text(q, 12),
+            .patient_sex = col_text(q, 13),
+            .sop_class_uid = col_text(q, 14),
+            .image_type = col_text(q, 15),
+            .slice_thickness = col_text(q, 16),
+            .rows = col_text(q, 17),
+            .columns = col_text(q, 18),
+            .number_of_frames = col_text(q, 19),
+            .calling_ae = col_text(q, 20),
+            .called_ae = col_text(q, 21),
+            .source_address = col_text(q, 22),
         };
-        plan_reset(&plan);
-        plan_fn(ud, &se, &plan);
-        if (plan.failed)
-            goto out;
-        for (size_t i = 0; i < plan.n; i++) {
-            sqlite3_bind_text(ins, 1, study, -1, SQLITE_STATIC);
-            sqlite3_bind_text(ins, 2, se.series_uid, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_text(ins, 3, plan.models[i], -1, SQLITE_STATIC);
-            sqlite3_bind_int64(ins, 4, now_ms);
-            bind_opt(ins, 5, plan.send_to[i]);
-            if (step_done(ins))
-                goto out;
-            (*n_jobs)++;
-        }
+        if ((rc = fn(ud, &se)) != 0)
+            break;
     }
-    rc = step == SQLITE_DONE ? 0 : -1;
-out:
-    plan_reset(&plan);
-    free(plan.models);
-    free(plan.send_to);
     sqlite3_finalize(q);
-    sqlite3_finalize(ins);
+    return rc ? rc : step == SQLITE_DONE ? 0 : -1;
+}
+
+int storage_foreach_series(struct storage *st, const char *study_uid, storage_series_fn fn,
+                           void *ud)
+{
+    pthread_mutex_lock(&st->lock);
+    int rc = series_rows(st, study_uid, fn, ud);
+    pthread_mutex_unlock(&st->lock);
+    return rc < 0 ? STORAGE_EIO : STORAGE_OK;
+}
+
+struct plan_ctx {
+    struct storage *st;
+    sqlite3_stmt *ins;
+    int64_t now_ms;
+    storage_plan_fn plan_fn;
+    void *ud;
+    struct storage_plan plan;
+    int *n_jobs;
+};
+
+static int plan_series(void *ud, const struct storage_series *se)
+{
+    struct plan_ctx *pc = ud;
+    plan_reset(&pc->plan);
+    pc->plan_fn(pc->ud, se, &pc->plan);
+    if (pc->plan.failed)
+        return -1;
+    for (size_t i = 0; i < pc->plan.n; i++) {
+        sqlite3_bind_text(pc->ins, 1, se->study_uid, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(pc->ins, 2, se->series_uid, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(pc->ins, 3, pc->plan.models[i], -1, SQLITE_STATIC);
+        sqlite3_bind_int64(pc->ins, 4, pc->now_ms);
+        bind_opt(pc->ins, 5, pc->plan.send_to[i]);
+        if (step_done(pc->ins))
+            return -1;
+        (*pc->n_jobs)++;
+    }
+    return 0;
+}
+
+/* Queues the jobs PLAN asks for on every series of STUDY. */
+static int plan_study(struct storage *st, const char *study, int64_t now_ms,
+                      storage_plan_fn plan_fn, void *ud, int *n_jobs)
+{
+    struct plan_ctx pc = {st, NULL, now_ms, plan_fn, ud, {0}, n_jobs};
+    int rc = -1;
+    if (sqlite3_prepare_v2(st->db,
+                           "INSERT INTO jobs(study_uid, series_uid, model, created_at, send_to)"
+                           " VALUES(?1, ?2, ?3, ?4, ?5)",
+                           -1, &pc.ins, NULL) == SQLITE_OK)
+        rc = series_rows(st, study, plan_series, &pc) == 0 ? 0 : -1;
+    plan_reset(&pc.plan);
+    free(pc.plan.models);
+    free(pc.plan.send_to);
+    sqlite3_finalize(pc.ins);
     return rc;
 }
 

@@ -130,7 +130,9 @@ int storage_temp_path(struct storage *st, char *buf, size_t len);
 int storage_commit(struct storage *st, const char *temp_path,
                    const struct storage_instance *inst, char *err, size_t errlen);
 
-/* A series of a study that has just completed, as handed to the planner. */
+/* A series of a study that has just completed, as handed to the planner:
+ * the series' own attributes, its study's and patient's, and those of its
+ * first instance (lowest InstanceNumber). Each is NULL when not known. */
 struct storage_series {
     const char *study_uid;
     const char *series_uid;
@@ -139,8 +141,32 @@ struct storage_series {
     const char *series_description;
     const char *protocol_name;
     const char *manufacturer;
+    const char *series_number;
+    /* the study and the patient */
+    const char *study_description;
+    const char *accession_number;
+    const char *study_id;
+    const char *study_date;
+    const char *patient_id;
+    const char *patient_sex;
+    /* the first instance */
+    const char *sop_class_uid;
+    const char *image_type;       /* backslash-separated values */
+    const char *slice_thickness;
+    const char *rows;
+    const char *columns;
+    const char *number_of_frames;
+    const char *calling_ae;       /* of the association that brought it */
+    const char *called_ae;
+    const char *source_address;
     int64_t instances;
 };
+
+typedef int (*storage_series_fn)(void *ud, const struct storage_series *s);
+
+/* Calls FN with each series of STUDY_UID as the planner would see it. */
+int storage_foreach_series(struct storage *st, const char *study_uid, storage_series_fn fn,
+                           void *ud);
 
 /* Collects the models to run on one series (storage_plan_add), each with
  * the destinations its results go to (comma-separated names, or NULL). */

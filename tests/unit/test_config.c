@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -407,7 +408,10 @@ static void test_deploy_sample_loads_without_errors(void **state)
 
     assert_int_equal(cfg->n_rules, 1);
     assert_string_equal(cfg->rules[0].name, "ct-bone");
-    assert_string_equal(cfg->rules[0].match_modality, "CT");
+    assert_int_equal(cfg->rules[0].match.n_conditions, 1);
+    assert_string_equal(cfg->rules[0].match.conditions[0].attribute, "Modality");
+    assert_int_equal(cfg->rules[0].match.conditions[0].op, CONFIG_OP_EQUALS);
+    assert_string_equal(cfg->rules[0].match.conditions[0].values[0], "CT");
     assert_int_equal(cfg->rules[0].n_run, 1);
     assert_string_equal(cfg->rules[0].run[0], "ct-bone-body");
     config_free(cfg);
@@ -1170,16 +1174,22 @@ static void test_rules_get_default_names_and_keep_their_order(void **state)
     struct config *cfg = load_ok(fixture("models.yaml"));
     assert_int_equal(cfg->n_rules, 3);
     assert_string_equal(cfg->rules[0].name, "rule-1");
-    assert_string_equal(cfg->rules[0].match_modality, "CT");
+    assert_int_equal(cfg->rules[0].match.n_conditions, 1);
+    assert_string_equal(cfg->rules[0].match.conditions[0].values[0], "CT");
+    assert_int_equal(cfg->rules[0].match.conditions[0].line, 4);
+    assert_int_equal(cfg->rules[0].match.conditions[0].column, 13);
     assert_int_equal(cfg->rules[0].n_run, 2);
     assert_string_equal(cfg->rules[0].run[0], "ct-bone-body");
     assert_string_equal(cfg->rules[0].run[1], "lung");
     assert_string_equal(cfg->rules[1].name, "lung-only");
-    assert_null(cfg->rules[1].match_modality); /* empty match: any series */
+    assert_true(config_match_is_empty(&cfg->rules[1].match)); /* empty match: any series */
+    assert_int_equal(cfg->rules[1].continues, 1);
     assert_int_equal(cfg->rules[1].n_run, 1);
     assert_string_equal(cfg->rules[1].run[0], "lung");
     assert_string_equal(cfg->rules[2].name, "rule-3");
-    assert_null(cfg->rules[2].match_modality);
+    assert_true(config_match_is_empty(&cfg->rules[2].match));
+    assert_int_equal(cfg->rules[2].continues, 0);
+    assert_int_equal(cfg->rules[2].priority, CONFIG_PRIORITY_NORMAL);
     assert_string_equal(cfg->rules[2].run[0], "ct-bone-body");
     config_free(cfg);
 }
@@ -1239,7 +1249,7 @@ static void test_rule_without_models_to_run_is_rejected(void **state)
                         "2:3: rules: expected a sequence");
 }
 
-static void test_unsupported_match_key_is_rejected(void **state)
+static void test_unknown_match_attribute_is_rejected(void **state)
 {
     (void)state;
     struct capture cap = {0};
@@ -1247,7 +1257,7 @@ static void test_unsupported_match_key_is_rejected(void **state)
                               "models:\n"
                               "  ref: {file: 'builtin:ct-bone-body'}\n"
                               "rules:\n"
-                              "  - match: {Modality: CT, BodyPartExamined: CHEST}\n"
+                              "  - match: {Modality: CT, ContrastBolusAgent: X}\n"
                               "    run: [ref]\n"
                               "  - match: CT\n"
                               "    run: [ref]\n"
@@ -1255,11 +1265,200 @@ static void test_unsupported_match_key_is_rejected(void **state)
                               "    run: [ref]\n");
     load_fails(p, &cap);
     expect_count(&cap, 3);
-    expect_line(&cap, 0, p,
-                "4:27: rules[1].match: 'BodyPartExamined' is not supported by this version");
+    expect_line(&cap, 0, p, "4:27: rules[1].match: unknown attribute 'ContrastBolusAgent'");
     expect_line(&cap, 1, p, "6:12: rules[2].match: expected a mapping");
     expect_line(&cap, 2, p, "8:23: rules[3].match.Modality: must not be empty");
     capture_free(&cap);
+}
+
+#define ARCH "destinations:\n  arch: {ae_title: ARCH, host: h, port: 104}\n"
+
+static void test_rule_conditions_load_with_their_operators(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(write_tmp("rule_ops.yaml",
+                                           ARCH
+                                           "rules:\n"
+                                           "  - name: all\n"
+                                           "    match:\n"
+                                           "      Modality: CT\n"
+                                           "      BodyPartExamined: [CHEST, THORAX]\n"
+                                           "      SeriesDescription: {regex: 'lung|chest'}\n"
+                                           "      StudyDescription: {glob: '*CHEST*'}\n"
+                                           "      SliceThickness: {range: [0.5, 2.5]}\n"
+                                           "      ImageType: {contains: AXIAL}\n"
+                                           "      ProtocolName: {present: false}\n"
+                                           "      SOPClassUID: 1.2.840.10008.5.1.4.1.1.2\n"
+                                           "      any: [{Rows: 512}, {not: {Columns: 1}}]\n"
+                                           "    not: {calling_ae: {glob: 'TEST_*'}}\n"
+                                           "    forward_to: [arch]\n"
+                                           "    priority: low\n"
+                                           "    continue: true\n"));
+    const struct config_rule *r = &cfg->rules[0];
+    assert_int_equal(r->n_run, 0);
+    assert_int_equal(r->n_forward_to, 1);
+    assert_string_equal(r->forward_to[0], "arch");
+    assert_int_equal(r->priority, CONFIG_PRIORITY_LOW);
+    assert_int_equal(r->continues, 1);
+    assert_int_equal(r->match.n_conditions, 8);
+    const struct config_condition *cd = r->match.conditions;
+    assert_int_equal(cd[0].op, CONFIG_OP_EQUALS);
+    assert_int_equal(cd[1].op, CONFIG_OP_ONE_OF);
+    assert_int_equal(cd[1].n_values, 2);
+    assert_string_equal(cd[1].values[1], "THORAX");
+    assert_int_equal(cd[2].op, CONFIG_OP_REGEX);
+    assert_non_null(cd[2].regex);
+    assert_int_equal(cd[2].line, 8);
+    assert_int_equal(cd[2].column, 7);
+    assert_int_equal(cd[3].op, CONFIG_OP_GLOB);
+    assert_int_equal(cd[4].op, CONFIG_OP_RANGE);
+    assert_true(cd[4].range[0] == 0.5 && cd[4].range[1] == 2.5);
+    assert_int_equal(cd[5].op, CONFIG_OP_CONTAINS);
+    assert_int_equal(cd[6].op, CONFIG_OP_PRESENT);
+    assert_int_equal(cd[6].present, 0);
+    assert_int_equal(cd[0].exact, 0);
+    assert_int_equal(cd[7].exact, 1);
+    assert_int_equal(r->match.n_any, 2);
+    assert_non_null(r->match.any[1].not);
+    assert_non_null(r->match.not);
+    assert_false(config_match_is_empty(&r->match));
+    config_free(cfg);
+}
+
+static void test_bad_rule_conditions_are_positioned(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *p = write_tmp("rule_bad_ops.yaml",
+                              ARCH
+                              "rules:\n"
+                              "  - match:\n"
+                              "      SeriesDescription: {regex: \"lung(\"}\n"
+                              "      StudyDescription: {like: x}\n"
+                              "      SliceThickness: {range: [2.5, 0.5]}\n"
+                              "      Rows: {range: [1, wide]}\n"
+                              "      ImageType: {contains: [A]}\n"
+                              "      ContrastBolusAgent: {present: false}\n"
+                              "      Modality: []\n"
+                              "      BodyPartExamined: {glob: '*', regex: x}\n"
+                              "      calling_ae: {present: maybe}\n"
+                              "    any: []\n"
+                              "    not: CT\n"
+                              "    forward_to: [arch]\n"
+                              "  - match: {Modality: {}}\n"
+                              "    forward_to: [arch]\n");
+    load_fails(p, &cap);
+    expect_count(&cap, 12);
+    expect_line(&cap, 0, p,
+                "5:34: rules[1].match.SeriesDescription.regex: invalid regular expression: "
+                "missing closing parenthesis at offset 5");
+    expect_line(&cap, 1, p,
+                "6:26: rules[1].match.StudyDescription: unknown operator 'like' "
+                "(use regex, glob, range, contains or present)");
+    expect_line(&cap, 2, p,
+                "7:31: rules[1].match.SliceThickness.range: low 2.5 is greater than high 0.5");
+    expect_line(&cap, 3, p, "8:21: rules[1].match.Rows.range: expected [low, high], two numbers");
+    expect_line(&cap, 4, p, "9:29: rules[1].match.ImageType.contains: expected a string");
+    expect_line(&cap, 5, p, "10:7: rules[1].match: unknown attribute 'ContrastBolusAgent'");
+    expect_line(&cap, 6, p, "11:17: rules[1].match.Modality: expected at least one value");
+    expect_line(&cap, 7, p, "12:37: rules[1].match.BodyPartExamined: one operator per condition");
+    expect_line(&cap, 8, p, "13:29: rules[1].match.calling_ae.present: expected true or false");
+    expect_line(&cap, 9, p, "14:10: rules[1].any: expected at least one sub-match");
+    expect_line(&cap, 10, p, "15:10: rules[1].not: expected a mapping");
+    expect_line(&cap, 11, p,
+                "17:23: rules[2].match.Modality: expected an operator "
+                "(regex, glob, range, contains or present)");
+    capture_free(&cap);
+}
+
+static void test_bad_rule_settings_are_positioned(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *p = write_tmp("rule_bad_settings.yaml",
+                              ARCH
+                              "rules:\n"
+                              "  - match: {Modality: CT}\n"
+                              "    forward_to: [arch, tape]\n"
+                              "    priority: urgent\n"
+                              "    continue: yes\n"
+                              "  - match: {Modality: MR}\n"
+                              "    run: []\n"
+                              "    forward_to: []\n"
+                              "  - match: {Modality: PT}\n"
+                              "    any: [{Modality: PT}, CT]\n");
+    load_fails(p, &cap);
+    expect_count(&cap, 6);
+    expect_line(&cap, 0, p, "5:24: rules[1].forward_to: unknown destination 'tape'");
+    expect_line(&cap, 1, p, "6:15: rules[1].priority: 'urgent' is not one of stat, normal, low");
+    expect_line(&cap, 2, p, "7:15: rules[1].continue: expected true or false");
+    expect_line(&cap, 3, p,
+                "10:17: rules[2]: run and forward_to are both empty: the rule would do nothing");
+    expect_line(&cap, 4, p, "12:27: rules[3].any[2]: expected a mapping");
+    expect_line(&cap, 5, p, "11:5: rules[3]: missing required key 'run'");
+    capture_free(&cap);
+}
+
+static void test_rules_after_a_catch_all_that_stops_are_rejected(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *p = write_tmp("rule_shadowed.yaml",
+                              ARCH
+                              "rules:\n"
+                              "  - name: first\n"
+                              "    match: {Modality: CT}\n"
+                              "    forward_to: [arch]\n"
+                              "  - name: everything\n"
+                              "    forward_to: [arch]\n"
+                              "  - name: late\n"
+                              "    match: {Modality: MR}\n"
+                              "    forward_to: [arch]\n"
+                              "  - match: {}\n"
+                              "    forward_to: [arch]\n");
+    load_fails(p, &cap);
+    expect_count(&cap, 2);
+    expect_line(&cap, 0, p,
+                "9:5: rules[3]: never matches: rules[2] ('everything') matches every series "
+                "and does not continue");
+    expect_line(&cap, 1, p,
+                "12:5: rules[4]: never matches: rules[2] ('everything') matches every series "
+                "and does not continue");
+    capture_free(&cap);
+
+    /* a catch-all that continues, or one at the end, is fine */
+    struct config *cfg = load_ok(write_tmp("rule_catch_all.yaml",
+                                           ARCH
+                                           "rules:\n"
+                                           "  - {name: copy, forward_to: [arch], continue: true}\n"
+                                           "  - {match: {Modality: MR}, forward_to: [arch]}\n"
+                                           "  - {name: rest, match: {}, forward_to: [arch]}\n"));
+    assert_int_equal(cfg->n_rules, 3);
+    config_free(cfg);
+}
+
+static void test_deploy_examples_load_without_errors(void **state)
+{
+    (void)state;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/../../deploy/examples", data_dir());
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (len < 6 || strcmp(e->d_name + len - 5, ".yaml"))
+            continue;
+        char path[2048];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct config *cfg = load_ok(path);
+        assert_true(cfg->n_rules > 0);
+        config_free(cfg);
+        n++;
+    }
+    closedir(d);
+    assert_true(n >= 4);
 }
 
 static void test_duplicate_rule_names_are_rejected(void **state)
@@ -1269,7 +1468,7 @@ static void test_duplicate_rule_names_are_rejected(void **state)
                         "models:\n"
                         "  ref: {file: 'builtin:ct-bone-body'}\n"
                         "rules:\n"
-                        "  - {name: a, run: [ref]}\n"
+                        "  - {name: a, match: {Modality: CT}, run: [ref]}\n"
                         "  - {name: a, run: [ref]}\n",
                         "5:12: rules[2].name: duplicate rule name 'a'");
 }
@@ -1394,7 +1593,12 @@ int main(void)
         cmocka_unit_test(test_rules_get_default_names_and_keep_their_order),
         cmocka_unit_test(test_rules_naming_unknown_models_are_rejected),
         cmocka_unit_test(test_rule_without_models_to_run_is_rejected),
-        cmocka_unit_test(test_unsupported_match_key_is_rejected),
+        cmocka_unit_test(test_unknown_match_attribute_is_rejected),
+        cmocka_unit_test(test_rule_conditions_load_with_their_operators),
+        cmocka_unit_test(test_bad_rule_conditions_are_positioned),
+        cmocka_unit_test(test_bad_rule_settings_are_positioned),
+        cmocka_unit_test(test_rules_after_a_catch_all_that_stops_are_rejected),
+        cmocka_unit_test(test_deploy_examples_load_without_errors),
         cmocka_unit_test(test_duplicate_rule_names_are_rejected),
         cmocka_unit_test(test_numbers_accept_yaml_ints_and_floats_only),
         cmocka_unit_test(test_multiple_errors_are_all_reported_in_file_order),
