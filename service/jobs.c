@@ -62,7 +62,8 @@ struct runner {
 /* Planning                                                            */
 
 /* rules_apply_fn: queues the models of a matching rule, each with the
- * rule's destinations (comma-separated, stored on each job). */
+ * rule's destinations (comma-separated, stored on each job) and priority,
+ * and the destinations the series is forwarded to. */
 static void plan_rule(void *ud, const struct config_rule *rule)
 {
     struct storage_plan *plan = ud;
@@ -71,8 +72,14 @@ static void plan_rule(void *ud, const struct config_rule *rule)
         size_t used = strlen(send_to);
         snprintf(send_to + used, sizeof send_to - used, "%s%s", d ? "," : "", rule->send_to[d]);
     }
+    /* Lower is claimed first. */
+    int priority = rule->priority == CONFIG_PRIORITY_STAT  ? 0
+                   : rule->priority == CONFIG_PRIORITY_LOW ? 2
+                                                           : 1;
     for (size_t m = 0; m < rule->n_run; m++)
-        storage_plan_add(plan, rule->run[m], send_to);
+        storage_plan_add(plan, rule->run[m], send_to, priority);
+    for (size_t d = 0; d < rule->n_forward_to; d++)
+        storage_plan_forward(plan, rule->forward_to[d]);
 }
 
 void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan)

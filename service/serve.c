@@ -127,10 +127,13 @@ static void complete_due(struct node *n)
         return;
     }
     if (moved)
-        log_msg(LOG_INFO, "%d stud%s complete, %d job%s queued", moved,
-                moved == 1 ? "y" : "ies", queued, queued == 1 ? "" : "s");
+        log_msg(LOG_INFO, "%d stud%s complete, %d job%s or forward%s queued", moved,
+                moved == 1 ? "y" : "ies", queued, queued == 1 ? "" : "s",
+                queued == 1 ? "" : "s");
     if (queued && n->runner)
         runner_wake(n->runner);
+    if (queued && n->sender)
+        sender_wake(n->sender); /* instances to forward */
 }
 
 static void on_completion_timer(uv_timer_t *t)

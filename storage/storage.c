@@ -927,11 +927,15 @@ fail:
 struct storage_plan {
     char **models;
     char **send_to;
+    int *priority;
     size_t n, cap;
+    char **forward;
+    size_t n_forward;
     int failed;
 };
 
-void storage_plan_add(struct storage_plan *plan, const char *model, const char *send_to)
+void storage_plan_add(struct storage_plan *plan, const char *model, const char *send_to,
+                      int priority)
 {
     if (plan->n == plan->cap) {
         size_t cap = plan->cap ? plan->cap * 2 : 4;
@@ -941,7 +945,10 @@ void storage_plan_add(struct storage_plan *plan, const char *model, const char *
         char **d = m ? realloc(plan->send_to, cap * sizeof *d) : NULL;
         if (d)
             plan->send_to = d;
-        if (!m || !d) {
+        int *p = d ? realloc(plan->priority, cap * sizeof *p) : NULL;
+        if (p)
+            plan->priority = p;
+        if (!m || !d || !p) {
             plan->failed = 1;
             return;
         }
@@ -949,6 +956,7 @@ void storage_plan_add(struct storage_plan *plan, const char *model, const char *
     }
     plan->models[plan->n] = strdup(model);
     plan->send_to[plan->n] = send_to && *send_to ? strdup(send_to) : NULL;
+    plan->priority[plan->n] = priority;
     if (!plan->models[plan->n] || (send_to && *send_to && !plan->send_to[plan->n])) {
         free(plan->models[plan->n]);
         free(plan->send_to[plan->n]);
@@ -958,13 +966,41 @@ void storage_plan_add(struct storage_plan *plan, const char *model, const char *
     plan->n++;
 }
 
+void storage_plan_forward(struct storage_plan *plan, const char *destination)
+{
+    for (size_t i = 0; i < plan->n_forward; i++)
+        if (!strcmp(plan->forward[i], destination))
+            return; /* two rules forwarding to one place: send once */
+    char **f = realloc(plan->forward, (plan->n_forward + 1) * sizeof *f);
+    if (!f || !(f[plan->n_forward] = strdup(destination))) {
+        if (f)
+            plan->forward = f;
+        plan->failed = 1;
+        return;
+    }
+    plan->forward = f;
+    plan->n_forward++;
+}
+
 static void plan_reset(struct storage_plan *plan)
 {
     for (size_t i = 0; i < plan->n; i++) {
         free(plan->models[i]);
         free(plan->send_to[i]);
     }
+    for (size_t i = 0; i < plan->n_forward; i++)
+        free(plan->forward[i]);
     plan->n = 0;
+    plan->n_forward = 0;
+}
+
+static void plan_free(struct storage_plan *plan)
+{
+    plan_reset(plan);
+    free(plan->models);
+    free(plan->send_to);
+    free(plan->priority);
+    free(plan->forward);
 }
 
 static const char *col_text(sqlite3_stmt *s, int i)
@@ -1046,7 +1082,7 @@ int storage_foreach_series(struct storage *st, const char *study_uid, storage_se
 
 struct plan_ctx {
     struct storage *st;
-    sqlite3_stmt *ins;
+    sqlite3_stmt *ins, *fwd;
     int64_t now_ms;
     storage_plan_fn plan_fn;
     void *ud;
@@ -1067,9 +1103,20 @@ static int plan_series(void *ud, const struct storage_series *se)
         sqlite3_bind_text(pc->ins, 3, pc->plan.models[i], -1, SQLITE_STATIC);
         sqlite3_bind_int64(pc->ins, 4, pc->now_ms);
         bind_opt(pc->ins, 5, pc->plan.send_to[i]);
+        sqlite3_bind_int(pc->ins, 6, pc->plan.priority[i]);
         if (step_done(pc->ins))
             return -1;
         (*pc->n_jobs)++;
+    }
+    /* Forwarding: every instance of the series, its stored file as it is. */
+    for (size_t i = 0; i < pc->plan.n_forward; i++) {
+        sqlite3_bind_text(pc->fwd, 1, pc->plan.forward[i], -1, SQLITE_STATIC);
+        sqlite3_bind_text(pc->fwd, 2, se->study_uid, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(pc->fwd, 3, pc->now_ms);
+        sqlite3_bind_text(pc->fwd, 4, se->series_uid, -1, SQLITE_TRANSIENT);
+        if (step_done(pc->fwd))
+            return -1;
+        *pc->n_jobs += sqlite3_changes(pc->st->db);
     }
     return 0;
 }
@@ -1078,17 +1125,23 @@ static int plan_series(void *ud, const struct storage_series *se)
 static int plan_study(struct storage *st, const char *study, int64_t now_ms,
                       storage_plan_fn plan_fn, void *ud, int *n_jobs)
 {
-    struct plan_ctx pc = {st, NULL, now_ms, plan_fn, ud, {0}, n_jobs};
+    struct plan_ctx pc = {st, NULL, NULL, now_ms, plan_fn, ud, {0}, n_jobs};
     int rc = -1;
     if (sqlite3_prepare_v2(st->db,
-                           "INSERT INTO jobs(study_uid, series_uid, model, created_at, send_to)"
-                           " VALUES(?1, ?2, ?3, ?4, ?5)",
-                           -1, &pc.ins, NULL) == SQLITE_OK)
+                           "INSERT INTO jobs(study_uid, series_uid, model, created_at, send_to,"
+                           "  priority) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+                           -1, &pc.ins, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(st->db,
+                           "INSERT INTO outbox(destination, study_uid, kind, path, sop_class_uid,"
+                           "  sop_instance_uid, transfer_syntax, next_attempt, created_at)"
+                           " SELECT ?1, ?2, 'forward', path, sop_class_uid, sop_instance_uid,"
+                           "  transfer_syntax, ?3, ?3 FROM instances WHERE series_uid=?4"
+                           " ORDER BY sop_instance_uid",
+                           -1, &pc.fwd, NULL) == SQLITE_OK)
         rc = series_rows(st, study, plan_series, &pc) == 0 ? 0 : -1;
-    plan_reset(&pc.plan);
-    free(pc.plan.models);
-    free(pc.plan.send_to);
+    plan_free(&pc.plan);
     sqlite3_finalize(pc.ins);
+    sqlite3_finalize(pc.fwd);
     return rc;
 }
 

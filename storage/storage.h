@@ -168,20 +168,26 @@ typedef int (*storage_series_fn)(void *ud, const struct storage_series *s);
 int storage_foreach_series(struct storage *st, const char *study_uid, storage_series_fn fn,
                            void *ud);
 
-/* Collects the models to run on one series (storage_plan_add), each with
- * the destinations its results go to (comma-separated names, or NULL). */
+/* Collects what is to happen to one series: models to run
+ * (storage_plan_add), each with the destinations its results go to
+ * (comma-separated names, or NULL) and its priority (lower is claimed
+ * first: 0 stat, 1 normal, 2 low); and destinations that receive the
+ * series' instances unchanged (storage_plan_forward). */
 struct storage_plan;
-void storage_plan_add(struct storage_plan *plan, const char *model, const char *send_to);
+void storage_plan_add(struct storage_plan *plan, const char *model, const char *send_to,
+                      int priority);
+void storage_plan_forward(struct storage_plan *plan, const char *destination);
 
-/* Decides which models run on S: calls storage_plan_add() for each. */
+/* Decides what happens to S through storage_plan_add/_forward. */
 typedef void (*storage_plan_fn)(void *ud, const struct storage_series *s,
                                 struct storage_plan *plan);
 
 /* Moves every study idle for STABLE_SECONDS (as of NOW_MS) from
  * "receiving" to "complete" and, in the same transaction, queues one job
- * per (series, model) that PLAN (may be NULL) asks for; a crash can never
- * leave a complete study without its jobs. *N_COMPLETED and *N_JOBS get
- * how many studies moved and jobs were queued. */
+ * per (series, model) that PLAN (may be NULL) asks for, and puts the
+ * instances to forward in the outbox; a crash can never leave a complete
+ * study without its jobs and forwards. *N_COMPLETED and *N_JOBS get how
+ * many studies moved and jobs or forwarded instances were queued. */
 int storage_complete_due(struct storage *st, int64_t now_ms, int stable_seconds,
                          storage_plan_fn plan, void *plan_ud, int *n_completed, int *n_jobs);
 

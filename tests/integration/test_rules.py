@@ -4,14 +4,18 @@ on a stored study and on files, and check-config on the shipped examples.
     AINODE_BINARY=build/ainode /usr/bin/python3 -m unittest test_rules.RulesTest.test_x
 """
 
+import datetime
 import glob
 import os
 import sys
 import unittest
 
+import pydicom
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from gen_series import make_study  # noqa: E402
+from gen_series import make_ct_series, make_study  # noqa: E402
+from test_inference import BUILTIN_MANIFEST, phantom  # noqa: E402
 from test_receiver import NodeTestCase  # noqa: E402
 
 RULES = {
@@ -87,6 +91,88 @@ class RulesTest(NodeTestCase):
         r = n.cli("explain", "-c", n.config_path, "1.2.3.4")
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("no study 1.2.3.4", r.stderr)
+        self.assertEqual(n.stop(), 0)
+
+    def test_forwarding_delivers_byte_identical_instances(self):
+        archive_dir = os.path.join(self.workdir, "archive")
+        with harness.StoreSCP(archive_dir, aet="ARCHIVE", extra=["-B", "+xa"]) as archive:
+            sections = {
+                "destinations": {"archive": {"ae_title": "ARCHIVE", "host": "127.0.0.1",
+                                             "port": archive.port}},
+                "rules": [{"name": "mr-archive", "match": {"Modality": "MR"},
+                           "forward_to": ["archive"]}],
+            }
+            n = self.node(sections=sections, stable_seconds=1)
+            n.start()
+            files = make_ct_series(os.path.join(self.workdir, "mr"), 3, rows=16, cols=16,
+                                   modality="MR")
+            # A JPEG-LS instance of the same study: forwarded as JPEG-LS.
+            jls = pydicom.dcmread(os.path.join(os.path.dirname(pydicom.__file__), "data",
+                                               "test_files", "MR_small_jpeg_ls_lossless.dcm"))
+            first = pydicom.dcmread(files[0], stop_before_pixels=True)
+            jls.StudyInstanceUID = first.StudyInstanceUID
+            jls.SeriesInstanceUID = first.SeriesInstanceUID
+            jls.SOPInstanceUID = pydicom.uid.generate_uid()
+            jls.file_meta.MediaStorageSOPInstanceUID = jls.SOPInstanceUID
+            jls_path = os.path.join(self.workdir, "jls.dcm")
+            jls.save_as(jls_path, write_like_original=True)
+            harness.storescu(n.port, files, ae_called=n.ae)
+            harness.dcmsend(n.port, jls_path, ae_called=n.ae, extra=["-dn"])
+            items = harness.wait_until(
+                lambda: (lambda o: o if len(o) == 4 and all(i["state"] == "sent" for i in o)
+                         else None)(n.status()["outbox"]), 60, 0.2, "4 forwarded instances")
+            self.assertEqual({i["kind"] for i in items}, {"forward"})
+            received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+                        for p in harness.list_files(archive_dir)}
+            self.assertEqual(len(received), 4)
+            for stored in n.stored_files():
+                ds = pydicom.dcmread(stored, stop_before_pixels=True)
+                got = received[str(ds.SOPInstanceUID)]
+                self.assertEqual(harness.dataset_bytes(got), harness.dataset_bytes(stored))
+                self.assertEqual(
+                    str(pydicom.dcmread(got, stop_before_pixels=True).file_meta.TransferSyntaxUID),
+                    str(ds.file_meta.TransferSyntaxUID))
+            self.assertEqual(n.stop(), 0)
+
+    def test_a_stat_study_overtakes_a_queue_of_normal_ones(self):
+        # One slow worker; three normal series queue up, then an emergency
+        # study from the ED's CT arrives and is run next.
+        manifest = os.path.join(self.workdir, "slow.yaml")
+        with open(BUILTIN_MANIFEST) as f:
+            text = f.read()
+        with open(manifest, "w") as f:
+            f.write(text.replace("patch: [64, 256, 256]", "patch: [1, 8, 8]"))
+        built = os.path.join(os.path.dirname(self.binary), "models", "ct-bone-body.pt")
+        sections = {
+            "models": {"m": {"file": built, "manifest": manifest, "threads": 1, "workers": 1}},
+            "rules": [
+                {"name": "stat-ed", "match": {"calling_ae": "ED_CT"}, "run": ["m"],
+                 "priority": "stat"},
+                {"name": "ct", "match": {"Modality": "CT"}, "run": ["m"]},
+            ],
+        }
+        n = self.node(sections=sections, stable_seconds=1)
+        n.start()
+        normal = make_study(os.path.join(self.workdir, "normal"), [
+            dict(slices=40, rows=256, cols=256, pixel_fn=phantom) for _ in range(3)])
+        harness.storescu(n.port, [f for s in normal["series"] for f in s["files"]],
+                         ae_called=n.ae, ae_calling="CT1")
+        harness.wait_until(lambda: [j for j in n.status()["jobs"] if j["state"] == "running"],
+                           30, 0.05, "the first normal job to run")
+        stat = make_ct_series(os.path.join(self.workdir, "stat"), 4, rows=32, cols=32,
+                              pixel_fn=phantom)
+        harness.storescu(n.port, stat, ae_called=n.ae, ae_calling="ED_CT")
+        jobs = harness.wait_until(
+            lambda: (lambda j: j if len(j) == 4 and all(x["state"] == "done" for x in j)
+                     else None)(n.status()["jobs"]), 300, 0.2, "all jobs to finish")
+
+        def started(j):
+            return datetime.datetime.strptime(j["started"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        stat_job = [j for j in jobs if j["study_uid"] != normal["study_uid"]][0]
+        normal_jobs = [j for j in jobs if j["study_uid"] == normal["study_uid"]]
+        # It was queued last, and yet not every normal job started before it.
+        self.assertEqual(stat_job["id"], max(j["id"] for j in jobs))
+        self.assertLess(started(stat_job), max(started(j) for j in normal_jobs), jobs)
         self.assertEqual(n.stop(), 0)
 
     def test_shipped_example_configs_pass_check_config(self):

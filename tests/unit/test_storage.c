@@ -413,8 +413,8 @@ static void plan_ct(void *ud, const struct storage_series *s, struct storage_pla
     int *calls = ud;
     (*calls)++;
     if (s->modality && strcmp(s->modality, "CT") == 0)
-        storage_plan_add(plan, "seg", "pacs");
-    storage_plan_add(plan, "other", NULL);
+        storage_plan_add(plan, "seg", "pacs", 1);
+    storage_plan_add(plan, "other", NULL, 1);
 }
 
 struct job_list {
