@@ -3,6 +3,7 @@
 // through DCMTK; JPEG 2000 through OpenJPEG (Debian's DCMTK has no J2K codec).
 
 #include "dicom/dicom.h"
+#include "dicom/error.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
@@ -34,24 +35,14 @@
 
 namespace {
 
+using ainode_dicom::copy_err;
+
 struct image_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
 [[noreturn]] void fail(const std::string &msg) { throw image_error(msg); }
 
-void copy_err(char *err, size_t errlen, const std::string &msg)
-{
-    if (!err || errlen == 0)
-        return;
-    size_t n = msg.size() < errlen - 1 ? msg.size() : errlen - 1;
-    memcpy(err, msg.data(), n);
-    err[n] = '\0';
-    // one line: DCMTK and OpenJPEG texts may carry newlines
-    for (size_t i = 0; i < n; i++)
-        if (err[i] == '\n' || err[i] == '\r')
-            err[i] = ' ';
-}
 
 void copy_field(char *dst, size_t size, const std::string &s)
 {

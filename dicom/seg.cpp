@@ -6,6 +6,7 @@
 // order or spacing.
 
 #include "dicom/dicom.h"
+#include "dicom/error.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
@@ -664,8 +665,7 @@ void write_seg(const dicom_result *r, const char *path, std::string &sop_out,
 
 void set_err(char *err, size_t errlen, const char *msg)
 {
-    if (err && errlen)
-        std::snprintf(err, errlen, "%s", msg);
+    ainode_dicom::copy_err(err, errlen, msg);
 }
 
 } // namespace

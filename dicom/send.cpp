@@ -6,6 +6,7 @@
 // the peer's answer to each C-STORE is handed back as it came.
 
 #include "dicom/dicom.h"
+#include "dicom/error.h"
 
 #include "dcmtk/config/osconfig.h"
 #include "dcmtk/dcmnet/diutil.h"
@@ -20,11 +21,8 @@
 
 namespace {
 
-void copy_err(char *err, size_t len, const std::string &msg)
-{
-    if (err && len)
-        std::snprintf(err, len, "%s", msg.c_str());
-}
+using ainode_dicom::copy_err;
+
 
 } // namespace
 

@@ -13,6 +13,7 @@
 // caller's `stored` callback decides the response status.
 
 #include "dicom/dicom.h"
+#include "dicom/error.h"
 
 #include "dcmtk/config/osconfig.h"
 #include "dcmtk/dcmdata/dcdeftag.h"
@@ -51,6 +52,8 @@
 #include <vector>
 
 namespace {
+
+using ainode_dicom::copy_err;
 
 using Clock = std::chrono::steady_clock;
 
@@ -107,11 +110,6 @@ std::string trim(const char *s)
     return b == std::string::npos ? std::string() : r.substr(b, e - b + 1);
 }
 
-void copy_err(char *err, size_t len, const std::string &msg)
-{
-    if (err && len)
-        std::snprintf(err, len, "%s", msg.c_str());
-}
 
 long long ms_since(Clock::time_point t)
 {

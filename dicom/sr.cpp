@@ -3,6 +3,7 @@
 // Volumetric ROI measurement group (TID 1411) per segment of the SEG.
 
 #include "dicom/dicom.h"
+#include "dicom/error.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
@@ -31,6 +32,8 @@
 
 namespace {
 
+using ainode_dicom::copy_err;
+
 struct sr_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
@@ -43,18 +46,6 @@ void check(const OFCondition &c, const std::string &what)
         fail(what + ": " + c.text());
 }
 
-void copy_err(char *err, size_t errlen, const std::string &msg)
-{
-    if (!err || errlen == 0)
-        return;
-    size_t n = msg.size() < errlen - 1 ? msg.size() : errlen - 1;
-    memcpy(err, msg.data(), n);
-    err[n] = '\0';
-    // one line: DCMTK condition texts may carry newlines
-    for (size_t i = 0; i < n; i++)
-        if (err[i] == '\n' || err[i] == '\r')
-            err[i] = ' ';
-}
 
 bool empty(const char *s) { return !s || !*s; }
 

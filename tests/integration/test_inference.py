@@ -29,6 +29,17 @@ PYDICOM_FILES = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_fi
 RULES = [{"name": "ct", "match": {"Modality": "CT"}, "run": ["ct-bone-body"]}]
 
 
+def slow_builtin_model(workdir, binary):
+    """The built-in model's file with a manifest of tiny patches: slow
+    enough for a test to catch a job running. Returns (file, manifest)."""
+    manifest = os.path.join(workdir, "slow.yaml")
+    with open(BUILTIN_MANIFEST) as f:
+        text = f.read()
+    with open(manifest, "w") as f:
+        f.write(text.replace("patch: [64, 256, 256]", "patch: [1, 8, 8]"))
+    return os.path.join(os.path.dirname(binary), "models", "ct-bone-body.pt"), manifest
+
+
 def models(file="builtin:ct-bone-body", manifest=None, device="cpu", workers=1):
     m = {"file": file, "device": device, "threads": 1, "workers": workers}
     if manifest:
@@ -238,13 +249,7 @@ class InferenceTest(NodeTestCase):
         self.assertEqual(n.stop(), 0)
 
     def test_job_of_a_killed_node_is_reclaimed_and_completes_after_restart(self):
-        # Tiny patches make the built-in model slow enough to be caught running.
-        manifest = os.path.join(self.workdir, "slow.yaml")
-        with open(BUILTIN_MANIFEST) as f:
-            text = f.read()
-        with open(manifest, "w") as f:
-            f.write(text.replace("patch: [64, 256, 256]", "patch: [1, 8, 8]"))
-        built = os.path.join(os.path.dirname(self.binary), "models", "ct-bone-body.pt")
+        built, manifest = slow_builtin_model(self.workdir, self.binary)
         n = self.node_with_models(models=models(file=built, manifest=manifest))
         n.start()
         files = make_ct_series(os.path.join(self.workdir, "in"), 60, rows=256, cols=256,

@@ -15,7 +15,7 @@ import pydicom
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from gen_series import make_ct_series, make_study  # noqa: E402
-from test_inference import BUILTIN_MANIFEST, phantom  # noqa: E402
+from test_inference import phantom, slow_builtin_model  # noqa: E402
 from test_receiver import NodeTestCase  # noqa: E402
 
 RULES = {
@@ -137,12 +137,7 @@ class RulesTest(NodeTestCase):
     def test_a_stat_study_overtakes_a_queue_of_normal_ones(self):
         # One slow worker; three normal series queue up, then an emergency
         # study from the ED's CT arrives and is run next.
-        manifest = os.path.join(self.workdir, "slow.yaml")
-        with open(BUILTIN_MANIFEST) as f:
-            text = f.read()
-        with open(manifest, "w") as f:
-            f.write(text.replace("patch: [64, 256, 256]", "patch: [1, 8, 8]"))
-        built = os.path.join(os.path.dirname(self.binary), "models", "ct-bone-body.pt")
+        built, manifest = slow_builtin_model(self.workdir, self.binary)
         sections = {
             "models": {"m": {"file": built, "manifest": manifest, "threads": 1, "workers": 1}},
             "rules": [
