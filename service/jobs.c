@@ -47,7 +47,7 @@ struct worker {
 };
 
 struct runner {
-    const struct config *cfg;
+    _Atomic(const struct config *) cfg; /* swapped by runner_set_config on reload */
     struct storage *store;
     struct sender *sender;
     struct worker *workers;
@@ -382,6 +382,22 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&r->lock);
         unsigned long seen = r->wakeups;
         pthread_mutex_unlock(&r->lock);
+        /* A reloaded configuration applies from the next job on: its
+         * manifest at once, a changed file, device or thread count after
+         * loading the model again. */
+        const struct config_model *now_cm = config_find_model(atomic_load(&r->cfg), cm->name);
+        if (now_cm && now_cm != cm) {
+            if (strcmp(now_cm->file, cm->file) || strcmp(now_cm->device, cm->device) ||
+                now_cm->threads != cm->threads) {
+                infer_model_free(model);
+                model = NULL;
+                infer_set_threads(now_cm->threads);
+                if (infer_model_load(now_cm->file, now_cm->device, &model, err, sizeof err) !=
+                    INFER_OK)
+                    log_msg(LOG_ERROR, "model %s cannot be loaded: %s", now_cm->name, err);
+            }
+            cm = w->model = now_cm;
+        }
         struct storage_job job;
         int64_t now = service_now_ms();
         int rc = storage_job_claim(r->store, cm->name, w->owner, now, LEASE_MS, &job);
@@ -506,6 +522,12 @@ int runner_start(const struct config *cfg, struct storage *st, struct sender *se
     }
     *out = r;
     return 0;
+}
+
+void runner_set_config(struct runner *r, const struct config *cfg)
+{
+    atomic_store(&r->cfg, cfg);
+    runner_wake(r);
 }
 
 void runner_wake(struct runner *r)

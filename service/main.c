@@ -19,6 +19,7 @@ static void usage(FILE *f)
             "  serve          run the node in the foreground\n"
             "  check-config   validate CONFIG; print FILE:LINE:COLUMN: message per problem\n"
             "  status         list the studies and jobs in the store (--json for JSON)\n"
+            "  reload         validate CONFIG and have the running node re-read it\n"
             "  retry          send dead-lettered outbox items again:\n"
             "                 retry -c CONFIG (ITEM | --all-failed)\n"
             "  explain        how the rules treat each series of a study or of files:\n"
@@ -75,7 +76,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "serve") && strcmp(cmd, "check-config") && strcmp(cmd, "status") &&
-        strcmp(cmd, "infer") && strcmp(cmd, "retry") && strcmp(cmd, "explain")) {
+        strcmp(cmd, "infer") && strcmp(cmd, "retry") && strcmp(cmd, "explain") &&
+        strcmp(cmd, "reload")) {
         fprintf(stderr, "ainode: unknown command '%s'\n", cmd);
         usage(stderr);
         return 2;
@@ -169,6 +171,8 @@ int main(int argc, char **argv)
         rc = retry_command(cfg, retry_id);
     else if (is_explain)
         rc = explain_command(cfg, argv + optind, argc - optind);
+    else if (!strcmp(cmd, "reload"))
+        rc = reload_command(cfg);
     else
         rc = status_print(cfg, json);
     config_free(cfg);

@@ -26,7 +26,7 @@
 #define POLL_MS 1000 /* due items are looked for at least this often */
 
 struct sender {
-    const struct config *cfg;
+    _Atomic(const struct config *) cfg; /* swapped by sender_set_config on reload */
     struct storage *store;
     pthread_t thread;
     int started;
@@ -124,7 +124,8 @@ static void record_failure(struct sender *s, const struct config_destination *d,
 /* Sends ITEMS[0..n), all for one destination and study. */
 static void send_group(struct sender *s, struct storage_outbox_item *items, size_t n)
 {
-    const struct config_destination *d = config_find_destination(s->cfg, items[0].destination);
+    const struct config *cfg = atomic_load(&s->cfg);
+    const struct config_destination *d = config_find_destination(cfg, items[0].destination);
     if (!d) {
         for (size_t i = 0; i < n; i++)
             record_failure(s, NULL, &items[i], "the destination is not in the configuration");
@@ -140,11 +141,11 @@ static void send_group(struct sender *s, struct storage_outbox_item *items, size
         files[i].transfer_syntax = items[i].transfer_syntax;
     }
     struct dicom_send_peer peer = {
-        .calling_ae = s->cfg->node.ae_title,
+        .calling_ae = cfg->node.ae_title,
         .called_ae = d->ae_title,
         .host = d->host,
         .port = d->port,
-        .timeout_seconds = s->cfg->node.network_timeout_seconds,
+        .timeout_seconds = cfg->node.network_timeout_seconds,
     };
     char err[512] = "";
     if (dicom_send(&peer, files, n, err, sizeof err) != 0) {
@@ -221,6 +222,12 @@ int sender_start(const struct config *cfg, struct storage *st, struct sender **o
     s->started = 1;
     *out = s;
     return 0;
+}
+
+void sender_set_config(struct sender *s, const struct config *cfg)
+{
+    atomic_store(&s->cfg, cfg);
+    sender_wake(s);
 }
 
 void sender_wake(struct sender *s)

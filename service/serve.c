@@ -18,16 +18,23 @@
 #include <strings.h>
 #include <sys/time.h>
 #include <time.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <uv.h>
 
 struct node {
-    const struct config *cfg;
+    /* The configuration in force: replaced whole by a reload. Every one
+     * loaded stays allocated until exit (threads may still hold it). */
+    _Atomic(const struct config *) cfg;
+    struct config *reloaded[64];
+    int n_reloaded;
     struct storage *store;
     struct dicom_server *dicom;
     struct runner *runner;
     struct sender *sender;
     uv_loop_t *loop;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t completion;
     uv_async_t dicom_done;
     uv_thread_t dicom_thread;
@@ -55,9 +62,10 @@ void service_format_time(int64_t ms, char *buf, size_t len)
 static enum dicom_assoc_decision on_associate(void *ud, const struct dicom_peer *p)
 {
     struct node *n = ud;
-    if (strcmp(p->called_ae, n->cfg->node.ae_title) != 0)
+    const struct config *cfg = atomic_load(&n->cfg);
+    if (strcmp(p->called_ae, cfg->node.ae_title) != 0)
         return DICOM_ASSOC_REJECT_CALLED_AE;
-    if (!config_caller_allowed(n->cfg, p->calling_ae))
+    if (!config_caller_allowed(cfg, p->calling_ae))
         return DICOM_ASSOC_REJECT_CALLING_AE;
     return DICOM_ASSOC_ACCEPT;
 }
@@ -121,8 +129,9 @@ static void complete_due(struct node *n)
 {
     int moved = 0;
     int queued = 0;
-    if (storage_complete_due(n->store, service_now_ms(), n->cfg->node.stable_seconds,
-                             runner_plan, (void *)n->cfg, &moved, &queued) != STORAGE_OK) {
+    const struct config *cfg = atomic_load(&n->cfg);
+    if (storage_complete_due(n->store, service_now_ms(), cfg->node.stable_seconds, runner_plan,
+                             (void *)cfg, &moved, &queued) != STORAGE_OK) {
         log_msg(LOG_ERROR, "cannot update study states in the database");
         return;
     }
@@ -141,6 +150,73 @@ static void on_completion_timer(uv_timer_t *t)
     complete_due(t->data);
 }
 
+static void log_config_error(void *ud, const char *line)
+{
+    (void)ud;
+    log_msg(LOG_ERROR, "%s", line);
+}
+
+/* What a reload cannot change in a running node. NULL when NEW may replace
+ * OLD, else the reason. */
+static const char *reload_blocker(const struct config *old, const struct config *new)
+{
+    if (strcmp(old->node.bind, new->node.bind) || old->node.port != new->node.port)
+        return "node.bind or node.port changed: restart ainode to listen elsewhere";
+    if (strcmp(old->node.data_dir, new->node.data_dir))
+        return "node.data_dir changed: restart ainode to use another store";
+    if (old->node.max_associations != new->node.max_associations ||
+        old->node.max_pdu != new->node.max_pdu)
+        return "node.max_associations or node.max_pdu changed: restart ainode to apply them";
+    if (old->n_models != new->n_models)
+        return "models were added or removed: restart ainode to start or stop their workers";
+    for (size_t i = 0; i < old->n_models; i++) {
+        const struct config_model *m = config_find_model(new, old->models[i].name);
+        if (!m)
+            return "models were renamed: restart ainode to start or stop their workers";
+        if (m->workers != old->models[i].workers)
+            return "a model's workers changed: restart ainode to apply it";
+    }
+    return NULL;
+}
+
+/* SIGHUP: re-read the configuration file. A valid one takes effect for
+ * what happens from now on (associations, studies completing, jobs
+ * starting, sends); an invalid one is refused and the old one stays. */
+static void reload(struct node *n)
+{
+    const struct config *old = atomic_load(&n->cfg);
+    log_msg(LOG_INFO, "reloading %s", old->path);
+    struct config *cfg = NULL;
+    int problems = config_load(old->path, &cfg, log_config_error, NULL);
+    if (problems) {
+        log_msg(LOG_ERROR, "reload refused: %d problem%s in %s; the running configuration stays",
+                problems, problems == 1 ? "" : "s", old->path);
+        return;
+    }
+    const char *why = reload_blocker(old, cfg);
+    if (!why && n->n_reloaded == (int)(sizeof n->reloaded / sizeof n->reloaded[0]))
+        why = "too many reloads: restart ainode";
+    if (why) {
+        log_msg(LOG_ERROR, "reload refused: %s; the running configuration stays", why);
+        config_free(cfg);
+        return;
+    }
+    n->reloaded[n->n_reloaded++] = cfg;
+    atomic_store(&n->cfg, cfg);
+    log_set_level((enum log_level)cfg->node.log_level);
+    sender_set_config(n->sender, cfg);
+    runner_set_config(n->runner, cfg);
+    log_msg(LOG_INFO, "reloaded: %zu rule%s, %zu model%s, %zu destination%s", cfg->n_rules,
+            cfg->n_rules == 1 ? "" : "s", cfg->n_models, cfg->n_models == 1 ? "" : "s",
+            cfg->n_destinations, cfg->n_destinations == 1 ? "" : "s");
+}
+
+static void on_sighup(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    reload(s->data);
+}
+
 static void dicom_thread_main(void *arg)
 {
     struct node *n = arg;
@@ -153,6 +229,7 @@ static void on_dicom_done(uv_async_t *a)
     struct node *n = a->data;
     uv_close((uv_handle_t *)&n->sigterm, NULL);
     uv_close((uv_handle_t *)&n->sigint, NULL);
+    uv_close((uv_handle_t *)&n->sighup, NULL);
     uv_close((uv_handle_t *)&n->completion, NULL);
     uv_close((uv_handle_t *)&n->dicom_done, NULL);
 }
@@ -166,17 +243,18 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     n->stopping = 1;
+    const struct config *cfg = atomic_load(&n->cfg);
     log_msg(LOG_INFO, "%s: no new associations; waiting up to %d s for %d running",
-            signum == SIGTERM ? "SIGTERM" : "SIGINT", n->cfg->node.shutdown_grace_seconds,
+            signum == SIGTERM ? "SIGTERM" : "SIGINT", cfg->node.shutdown_grace_seconds,
             dicom_server_active(n->dicom));
-    dicom_server_stop(n->dicom, n->cfg->node.shutdown_grace_seconds);
+    dicom_server_stop(n->dicom, cfg->node.shutdown_grace_seconds);
 }
 
 int serve_run(const struct config *cfg)
 {
     struct node n;
     memset(&n, 0, sizeof n);
-    n.cfg = cfg;
+    atomic_store(&n.cfg, cfg);
     log_set_level((enum log_level)cfg->node.log_level);
     /* A write past a file size limit must fail with EFBIG (answered as out
      * of resources), not kill the node. */
@@ -237,6 +315,9 @@ int serve_run(const struct config *cfg)
     n.sigterm.data = n.sigint.data = &n;
     uv_signal_start(&n.sigterm, on_signal, SIGTERM);
     uv_signal_start(&n.sigint, on_signal, SIGINT);
+    uv_signal_init(n.loop, &n.sighup);
+    n.sighup.data = &n;
+    uv_signal_start(&n.sighup, on_sighup, SIGHUP);
     uv_async_init(n.loop, &n.dicom_done, on_dicom_done);
     n.dicom_done.data = &n;
     uv_timer_init(n.loop, &n.completion);
@@ -254,6 +335,14 @@ int serve_run(const struct config *cfg)
         storage_close(n.store);
         return 1;
     }
+    /* `ainode reload` finds the node serving this store through it. */
+    char pidfile[4096];
+    snprintf(pidfile, sizeof pidfile, "%s/ainode.pid", cfg->node.data_dir);
+    FILE *pf = fopen(pidfile, "w");
+    if (pf) {
+        fprintf(pf, "%ld\n", (long)getpid());
+        fclose(pf);
+    }
     log_msg(LOG_INFO, "ainode %s listening on %s:%d (AE %s), data in %s", AINODE_VERSION,
             cfg->node.bind, cfg->node.port, cfg->node.ae_title, cfg->node.data_dir);
     uv_run(n.loop, UV_RUN_DEFAULT);
@@ -266,6 +355,9 @@ int serve_run(const struct config *cfg)
     dicom_server_destroy(n.dicom);
     storage_close(n.store);
     uv_loop_close(n.loop);
+    unlink(pidfile);
+    for (int i = 0; i < n.n_reloaded; i++)
+        config_free(n.reloaded[i]);
     log_msg(LOG_INFO, "stopped");
     return 0;
 }

@@ -31,6 +31,9 @@ int runner_start(const struct config *cfg, struct storage *st, struct sender *se
                  struct runner **out, char *err, size_t errlen);
 /* New jobs were queued: idle workers look now. */
 void runner_wake(struct runner *r);
+/* A reloaded configuration (same models and workers): used from the next
+ * job on. CFG must outlive the runner. */
+void runner_set_config(struct runner *r, const struct config *cfg);
 /* Stops the workers (a running job goes back to the queue) and frees R. */
 void runner_stop(struct runner *r);
 /* storage_plan_fn: the models CFG's rules run on a series (UD = config). */
@@ -73,12 +76,19 @@ int sender_start(const struct config *cfg, struct storage *st, struct sender **o
                  size_t errlen);
 /* Items were queued: deliver now rather than at the next poll. */
 void sender_wake(struct sender *s);
+/* A reloaded configuration: used from the next round on. CFG must outlive
+ * the sender. */
+void sender_set_config(struct sender *s, const struct config *cfg);
 void sender_stop(struct sender *s);
 /* The next attempt after ATTEMPTS failed ones of an item for D, as of
  * NOW_MS, with JITTER in [0, 1); -1 when there is to be none. */
 struct config_destination;
 int64_t sender_next_attempt(const struct config_destination *d, int attempts, int64_t now_ms,
                             double jitter);
+
+/* `ainode reload`: validates the configuration and asks the node serving
+ * its data directory to re-read it (SIGHUP). */
+int reload_command(const struct config *cfg);
 
 /* `ainode explain`: how the rules of CFG treat each series of a stored
  * study (one argument: its Study Instance UID) or of DICOM files. */

@@ -7,7 +7,10 @@ on a stored study and on files, and check-config on the shipped examples.
 import datetime
 import glob
 import os
+import re
+import signal
 import sys
+import time
 import unittest
 
 import pydicom
@@ -168,6 +171,58 @@ class RulesTest(NodeTestCase):
         # It was queued last, and yet not every normal job started before it.
         self.assertEqual(stat_job["id"], max(j["id"] for j in jobs))
         self.assertLess(started(stat_job), max(started(j) for j in normal_jobs), jobs)
+        self.assertEqual(n.stop(), 0)
+
+    def test_reload_refuses_a_broken_config_and_applies_a_valid_one(self):
+        sections = {"models": {"ct-bone-body": {"file": "builtin:ct-bone-body"}},
+                    "rules": [{"name": "ct", "match": {"Modality": "CT"},
+                               "run": ["ct-bone-body"]}]}
+        n = self.node(sections=sections, stable_seconds=1)
+        n.start()
+        good = n.config_text()
+
+        # Broken: refused with its positioned errors, the node keeps serving
+        # with the old rules.
+        n.write_raw_config(good + "rules: [\n")
+        n.signal(signal.SIGHUP)
+        harness.wait_until(lambda: "reload refused" in n.log(), 10, 0.1, "the refusal")
+        self.assertRegex(n.log(), re.escape(n.config_path) + r":\d+:\d+: ")
+        self.assertEqual(harness.echoscu(n.port, ae_called=n.ae, check=False).returncode, 0)
+        # `ainode reload` validates first: a broken file is not even sent.
+        r = n.cli("reload", "-c", n.config_path)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("flow sequence", r.stderr)
+        n.write_raw_config(good)  # (status reads the file too)
+        ct1 = make_ct_series(os.path.join(self.workdir, "ct1"), 2, rows=16, cols=16,
+                             pixel_fn=phantom)
+        harness.storescu(n.port, ct1, ae_called=n.ae)
+        harness.wait_until(lambda: len(n.status()["jobs"]) == 1, 20, 0.2, "a job by the old rule")
+
+        # Valid: from now on only MR series run the model.
+        n.write_raw_config(good.replace("Modality: CT", "Modality: MR"))
+        r = n.cli("reload", "-c", n.config_path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        harness.wait_until(lambda: "reloaded: 1 rule" in n.log(), 10, 0.1, "the reload")
+        ct2 = make_ct_series(os.path.join(self.workdir, "ct2"), 2, rows=16, cols=16,
+                             pixel_fn=phantom)
+        mr = make_ct_series(os.path.join(self.workdir, "mr"), 2, rows=16, cols=16,
+                            modality="MR", pixel_fn=phantom)
+        harness.storescu(n.port, ct2 + mr, ae_called=n.ae)
+        mr_study = str(pydicom.dcmread(mr[0], stop_before_pixels=True).StudyInstanceUID)
+        ct2_study = str(pydicom.dcmread(ct2[0], stop_before_pixels=True).StudyInstanceUID)
+        n.wait_for_study(ct2_study, state="complete", timeout=10)
+        jobs = harness.wait_until(lambda: (lambda j: j if len(j) == 2 else None)(
+            n.status()["jobs"]), 20, 0.2, "the MR job")
+        self.assertEqual(jobs[1]["study_uid"], mr_study)
+        time.sleep(1)
+        self.assertEqual(len(n.status()["jobs"]), 2)  # no job for the second CT study
+
+        # What a running node cannot change is refused, not half applied.
+        n.write_raw_config(good.replace("port: %d" % n.port, "port: %d" % (n.port + 1)))
+        n.signal(signal.SIGHUP)
+        harness.wait_until(lambda: "node.bind or node.port changed" in n.log(), 10, 0.1,
+                           "the refusal of a port change")
+        self.assertEqual(harness.echoscu(n.port, ae_called=n.ae, check=False).returncode, 0)
         self.assertEqual(n.stop(), 0)
 
     def test_shipped_example_configs_pass_check_config(self):
