@@ -456,6 +456,12 @@ static const struct field node_fields[] = {
      .off = NODE_OFF(network_timeout_seconds), .doc = "ACSE/DIMSE read timeout"},
     {.key = "max_pdu", .type = T_INT, .def_int = 131072, .min = 4096, .max = 131072,
      .off = NODE_OFF(max_pdu), .doc = "maximum receive PDU length"},
+    {.key = "retention_days", .type = T_INT, .def_int = 0, .min = 0, .max = 36500,
+     .off = NODE_OFF(retention_days),
+     .doc = "delete finished studies after this many days; 0 never"},
+    {.key = "disk_high_water_percent", .type = T_INT, .def_int = 0, .min = 0, .max = 99,
+     .off = NODE_OFF(disk_high_water_percent),
+     .doc = "delete oldest finished studies while the data disk is fuller; 0 never"},
 };
 
 static const struct field dest_fields[] = {

@@ -39,6 +39,8 @@ struct config_node {
     int shutdown_grace_seconds;   /* bounded wait for running associations, 0..3600 */
     int network_timeout_seconds;  /* ACSE/DIMSE read timeout, 1..3600 */
     int max_pdu;                  /* max receive PDU length, 4096..131072 */
+    int retention_days;           /* delete finished studies this old, 0..36500; 0 keeps them */
+    int disk_high_water_percent;  /* delete oldest finished studies above this, 0..99; 0 off */
 };
 
 struct config_destination {

@@ -5,7 +5,8 @@
  * data set into a file under DATA_DIR/tmp (on_temp_path), then on_stored()
  * hands it to storage_commit(), which makes it durable and indexed; only
  * then is the C-STORE answered with success. A timer moves studies that
- * have been idle for stable_seconds to "complete".
+ * have been idle for stable_seconds to "complete"; another deletes what the
+ * retention settings let go.
  */
 #include "config/config.h"
 #include "dicom/dicom.h"
@@ -23,6 +24,8 @@
 #include <unistd.h>
 #include <uv.h>
 
+#define RETENTION_EVERY_MS 60000
+
 struct node {
     /* The configuration in force: replaced whole by a reload. Every one
      * loaded stays allocated until exit (threads may still hold it). */
@@ -36,6 +39,7 @@ struct node {
     uv_loop_t *loop;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t completion;
+    uv_timer_t retention;
     uv_async_t dicom_done;
     uv_thread_t dicom_thread;
     int stopping;
@@ -125,6 +129,28 @@ static void on_dicom_log(void *ud, int level, const char *msg)
     log_msg((enum log_level)level, "%s", msg);
 }
 
+/* Deletes what the retention settings say may go (never a study with
+ * unfinished jobs or sends): every minute, and when studies complete. */
+static void retain(struct node *n)
+{
+    const struct config *cfg = atomic_load(&n->cfg);
+    if (!cfg->node.retention_days && !cfg->node.disk_high_water_percent)
+        return;
+    int deleted = 0;
+    char err[512] = "";
+    if (storage_retain(n->store, service_now_ms(), cfg->node.retention_days,
+                       cfg->node.disk_high_water_percent, &deleted, err, sizeof err) !=
+        STORAGE_OK)
+        log_msg(LOG_ERROR, "retention: %s", err);
+    if (deleted)
+        log_msg(LOG_INFO, "retention: %d stud%s deleted", deleted, deleted == 1 ? "y" : "ies");
+}
+
+static void on_retention_timer(uv_timer_t *t)
+{
+    retain(t->data);
+}
+
 static void complete_due(struct node *n)
 {
     int moved = 0;
@@ -143,6 +169,8 @@ static void complete_due(struct node *n)
         runner_wake(n->runner);
     if (queued && n->sender)
         sender_wake(n->sender); /* instances to forward */
+    if (moved)
+        retain(n);
 }
 
 static void on_completion_timer(uv_timer_t *t)
@@ -231,6 +259,7 @@ static void on_dicom_done(uv_async_t *a)
     uv_close((uv_handle_t *)&n->sigint, NULL);
     uv_close((uv_handle_t *)&n->sighup, NULL);
     uv_close((uv_handle_t *)&n->completion, NULL);
+    uv_close((uv_handle_t *)&n->retention, NULL);
     uv_close((uv_handle_t *)&n->dicom_done, NULL);
 }
 
@@ -326,6 +355,9 @@ int serve_run(const struct config *cfg)
     uint64_t tick = (uint64_t)cfg->node.stable_seconds * 1000 / 4;
     tick = tick < 100 ? 100 : tick > 1000 ? 1000 : tick;
     uv_timer_start(&n.completion, on_completion_timer, 0, tick);
+    uv_timer_init(n.loop, &n.retention);
+    n.retention.data = &n;
+    uv_timer_start(&n.retention, on_retention_timer, 1000, RETENTION_EVERY_MS);
 
     if (uv_thread_create(&n.dicom_thread, dicom_thread_main, &n) != 0) {
         log_msg(LOG_ERROR, "cannot start the DICOM thread");

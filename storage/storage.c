@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 const char *const storage_attr_keywords[SA_COUNT] = {
@@ -134,6 +135,7 @@ static const char SCHEMA[] =
     "  error TEXT, result TEXT, summary TEXT, send_to TEXT,"
     "  created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER);"
     "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(model, state, priority, id);"
+    "CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);"
     "CREATE TABLE IF NOT EXISTS outbox("
     "  id INTEGER PRIMARY KEY,"
     "  destination TEXT NOT NULL, study_uid TEXT NOT NULL, job_id INTEGER,"
@@ -480,6 +482,217 @@ static int repair_store(struct storage *st)
     return rc;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Retention: deleting a finished study (see storage.h).                    */
+
+/* A study may go: no job will still read its instances or write results,
+ * and no send (pending, or dead-lettered awaiting the administrator) still
+ * needs its files. Qualifies the studies table. */
+#define STUDY_FINISHED                                                                  \
+    " studies.state='complete'"                                                         \
+    " AND NOT EXISTS(SELECT 1 FROM jobs j WHERE j.study_uid=studies.study_uid"          \
+    "   AND j.state IN ('queued', 'running'))"                                          \
+    " AND NOT EXISTS(SELECT 1 FROM outbox o WHERE o.state IN ('pending', 'failed')"     \
+    "   AND (o.study_uid=studies.study_uid OR o.job_id IN"                              \
+    "     (SELECT j2.id FROM jobs j2 WHERE j2.study_uid=studies.study_uid)))"
+
+static int unlink_gone(const char *path)
+{
+    return unlink(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+/* Runs SQL with ?1 bound to UID, calling FN(UD, first column) for each row. */
+static int query_uid(struct storage *st, const char *sql, const char *uid,
+                     int (*fn)(void *ud, const char *value), void *ud)
+{
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(s, 1, uid, -1, SQLITE_STATIC);
+    int rc, failed = 0;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *v = (const char *)sqlite3_column_text(s, 0);
+        if (v && fn(ud, v) != 0)
+            failed = 1;
+    }
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE && !failed ? 0 : -1;
+}
+
+static int unlink_cb(void *ud, const char *path)
+{
+    (void)ud;
+    return unlink_gone(path);
+}
+
+/* Only files under DATA_DIR/results/ are the study's own results. */
+static int unlink_result_path_cb(void *ud, const char *path)
+{
+    struct storage *st = ud;
+    size_t n = strlen(st->data_dir);
+    if (strncmp(path, st->data_dir, n) != 0 || strncmp(path + n, "/results/", 9) != 0)
+        return 0;
+    return unlink_gone(path);
+}
+
+static int unlink_results_cb(void *ud, const char *job_id)
+{
+    struct storage *st = ud;
+    static const char *const suffix[] = {"json", "labels.gz", "seg.dcm", "sr.dcm"};
+    int rc = 0;
+    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/results/%s.%s", st->data_dir, job_id, suffix[i])
+                >= (int)sizeof path ||
+            unlink_gone(path) != 0)
+            rc = -1;
+    }
+    return rc;
+}
+
+/* Removes the now empty series directories of STUDY_DIR and then STUDY_DIR,
+ * each removal made durable. A directory that is not empty keeps an
+ * instance that arrived meanwhile (or an orphan the repair deals with). */
+static int remove_study_dirs(struct storage *st, const char *study_dir)
+{
+    DIR *d = opendir(study_dir);
+    if (!d)
+        return errno == ENOENT ? 0 : -1;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *series = path_join(study_dir, e->d_name);
+        /* Unlinks inside it are durable before its row deletion can be. */
+        if (!series || (fsync_path(series, 1) != 0 && errno != ENOENT))
+            rc = -1;
+        else
+            rmdir(series);
+        free(series);
+    }
+    closedir(d);
+    if (fsync_path(study_dir, 1) != 0 && errno != ENOENT)
+        rc = -1;
+    rmdir(study_dir);
+    return fsync_path(st->inst_dir, 1) != 0 ? -1 : rc;
+}
+
+/* Removes the files of UID, a study marked "deleting": its instances (by
+ * their rows, so that a file placed meanwhile by a new commit stays) and
+ * its jobs' results. Every unlink is durable on return, so that a power cut
+ * after the rows are gone cannot bring back files the repair would index
+ * again. */
+static int delete_study_files(struct storage *st, const char *uid)
+{
+    int rc = 0;
+    if (query_uid(st,
+                  "SELECT i.path FROM instances i JOIN series se USING(series_uid)"
+                  " WHERE se.study_uid=?1",
+                  uid, unlink_cb, NULL) != 0)
+        rc = -1;
+    if (query_uid(st, "SELECT id FROM jobs WHERE study_uid=?1", uid, unlink_results_cb, st) != 0)
+        rc = -1;
+    /* Result files under other names, as recorded by their jobs and sends. */
+    if (query_uid(st,
+                  "SELECT result FROM jobs WHERE study_uid=?1 AND result IS NOT NULL"
+                  " UNION SELECT path FROM outbox WHERE job_id IN"
+                  "  (SELECT id FROM jobs WHERE study_uid=?1)",
+                  uid, unlink_result_path_cb, st) != 0)
+        rc = -1;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/results", st->data_dir);
+    if (fsync_path(dir, 1) != 0 && errno != ENOENT)
+        rc = -1;
+    if (snprintf(dir, sizeof dir, "%s/%s", st->inst_dir, uid) >= (int)sizeof dir ||
+        remove_study_dirs(st, dir) != 0)
+        rc = -1;
+    return rc;
+}
+
+/* Deletes the rows of UID, a study marked "deleting", in one transaction. */
+static int delete_study_rows(struct storage *st, const char *uid)
+{
+    static const char *const sql[] = {
+        "DELETE FROM outbox WHERE study_uid=?1 OR job_id IN"
+        " (SELECT id FROM jobs WHERE study_uid=?1)",
+        "DELETE FROM jobs WHERE study_uid=?1",
+        "DELETE FROM instances WHERE series_uid IN"
+        " (SELECT series_uid FROM series WHERE study_uid=?1)",
+        "DELETE FROM series WHERE study_uid=?1",
+        "CREATE TEMP TABLE IF NOT EXISTS retain_patient(id INTEGER)",
+        "DELETE FROM temp.retain_patient",
+        "INSERT INTO temp.retain_patient SELECT patient FROM studies WHERE study_uid=?1",
+        "DELETE FROM studies WHERE study_uid=?1 AND state='deleting'",
+        "DELETE FROM patients WHERE id IN (SELECT id FROM temp.retain_patient)"
+        " AND NOT EXISTS(SELECT 1 FROM studies WHERE patient=patients.id)",
+    };
+    if (exec_sql(st->db, "BEGIN IMMEDIATE", NULL, 0))
+        return -1;
+    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+        sqlite3_stmt *s;
+        if (sqlite3_prepare_v2(st->db, sql[i], -1, &s, NULL) != SQLITE_OK) {
+            exec_sql(st->db, "ROLLBACK", NULL, 0);
+            return -1;
+        }
+        if (sqlite3_bind_parameter_count(s) > 0)
+            sqlite3_bind_text(s, 1, uid, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(s);
+        sqlite3_finalize(s);
+        if (rc != SQLITE_DONE) {
+            exec_sql(st->db, "ROLLBACK", NULL, 0);
+            return -1;
+        }
+    }
+    if (exec_sql(st->db, "COMMIT", NULL, 0)) {
+        exec_sql(st->db, "ROLLBACK", NULL, 0);
+        return -1;
+    }
+    /* The cached parents may name the rows just deleted. */
+    free(st->last_parents);
+    st->last_parents = NULL;
+    return 0;
+}
+
+static int finish_deletion_cb(void *ud, const char *uid)
+{
+    struct storage *st = ud;
+    if (delete_study_files(st, uid) != 0)
+        return -1;
+    return delete_study_rows(st, uid);
+}
+
+/* Finishes every study left "deleting" (by a stop in the middle, or a
+ * failure). Called with st->lock held or single-threaded at open. */
+static int finish_deletions(struct storage *st)
+{
+    char *list = NULL;
+    size_t n = 0;
+    /* Collected first: the callback's transactions must not run under the
+     * open statement that lists them. */
+    FILE *mem = open_memstream(&list, &n);
+    if (!mem)
+        return -1;
+    sqlite3_stmt *s;
+    int rc = -1;
+    if (sqlite3_prepare_v2(st->db, "SELECT study_uid FROM studies WHERE state='deleting'", -1,
+                           &s, NULL) == SQLITE_OK) {
+        int r;
+        while ((r = sqlite3_step(s)) == SQLITE_ROW)
+            fprintf(mem, "%s\n", (const char *)sqlite3_column_text(s, 0));
+        sqlite3_finalize(s);
+        rc = r == SQLITE_DONE ? 0 : -1;
+    }
+    fclose(mem);
+    for (char *p = list, *nl; rc == 0 && p && (nl = strchr(p, '\n')); p = nl + 1) {
+        *nl = '\0';
+        if (finish_deletion_cb(st, p) != 0)
+            rc = -1;
+    }
+    free(list);
+    return rc;
+}
+
 /* MODE: 0 the serving process, 1 read-only, 2 an administrative writer. */
 static int open_common(const char *data_dir, int mode, storage_read_fn read,
                        void *read_ud, struct storage **out, char *err, size_t errlen)
@@ -551,6 +764,13 @@ static int open_common(const char *data_dir, int mode, storage_read_fn read,
         }
         if (!meta_get_int(st, "clean_stop", 1) && repair_store(st) != 0) {
             seterr(err, errlen, "cannot repair %s: %s", st->inst_dir, strerror(errno));
+            rc = STORAGE_EIO;
+            goto fail;
+        }
+        /* Cheap, so done after any stop: a deletion interrupted midway
+         * would otherwise leave rows pointing to removed files. */
+        if (finish_deletions(st) != 0) {
+            seterr(err, errlen, "cannot finish deleting studies: %s", sqlite3_errmsg(st->db));
             rc = STORAGE_EIO;
             goto fail;
         }
@@ -883,12 +1103,21 @@ int storage_commit(struct storage *st, const char *temp_path,
         seterr(err, errlen, "path too long");
         goto fail;
     }
-    if (mkdir_durable(st->inst_dir, study_dir) != 0 ||
-        mkdir_durable(study_dir, series_dir) != 0) {
-        seterr(err, errlen, "cannot create directory: %s", strerror(errno));
-        goto fail;
-    }
-    if (link_fresh(temp_path, series_dir, a[SA_SOP_INSTANCE_UID], final, sizeof final) != 0) {
+    /* Retention may remove the (empty) directories of this study between
+     * the mkdir and the link: make them again. */
+    for (int tries = 0;; tries++) {
+        if (mkdir_durable(st->inst_dir, study_dir) != 0 ||
+            mkdir_durable(study_dir, series_dir) != 0) {
+            if (errno == ENOENT && tries < 5)
+                continue;
+            seterr(err, errlen, "cannot create directory: %s", strerror(errno));
+            goto fail;
+        }
+        if (link_fresh(temp_path, series_dir, a[SA_SOP_INSTANCE_UID], final, sizeof final)
+            == 0)
+            break;
+        if (errno == ENOENT && tries < 5 && access(temp_path, F_OK) == 0)
+            continue;
         seterr(err, errlen, "cannot place file: %s", strerror(errno));
         final[0] = '\0';
         goto fail;
@@ -1700,4 +1929,104 @@ int storage_instance_path(struct storage *st, const char *sop_instance_uid, char
     sqlite3_finalize(s);
     pthread_mutex_unlock(&st->lock);
     return rc;
+}
+
+static int statvfs_usage(void *ud, const char *data_dir, double *percent)
+{
+    (void)ud;
+    struct statvfs sv;
+    if (statvfs(data_dir, &sv) != 0 || sv.f_blocks == 0)
+        return -1;
+    *percent = 100.0 * (double)(sv.f_blocks - sv.f_bavail) / (double)sv.f_blocks;
+    return 0;
+}
+
+/* Marks the oldest finished study whose completion is before CUTOFF_MS
+ * "deleting" and removes its files and rows. Eligibility is checked in the
+ * very statement that marks it, whose commit is synced: the mark must be
+ * on disk before any file goes. Returns 1 when a study went, 0 when none
+ * is eligible, -1 on failure (a marked study is then finished later). */
+static int retain_one(struct storage *st, int64_t cutoff_ms, char *err, size_t errlen)
+{
+    char uid[128] = "";
+    pthread_mutex_lock(&st->lock);
+    if (!st->sync_full)
+        exec_sql(st->db, "PRAGMA synchronous=FULL", NULL, 0);
+    sqlite3_stmt *s;
+    int rc = -1;
+    if (sqlite3_prepare_v2(st->db,
+                           "UPDATE studies SET state='deleting' WHERE study_uid=("
+                           " SELECT study_uid FROM studies WHERE" STUDY_FINISHED
+                           " AND coalesce(completed_at, last_received) < ?1"
+                           " ORDER BY last_received, study_uid LIMIT 1) RETURNING study_uid",
+                           -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(s, 1, cutoff_ms);
+        int r = sqlite3_step(s);
+        if (r == SQLITE_ROW)
+            snprintf(uid, sizeof uid, "%s", (const char *)sqlite3_column_text(s, 0));
+        r = sqlite3_reset(s) == SQLITE_OK ? r : SQLITE_ERROR;
+        sqlite3_finalize(s);
+        rc = r == SQLITE_ROW ? 1 : r == SQLITE_DONE ? 0 : -1;
+    }
+    if (!st->sync_full)
+        exec_sql(st->db, "PRAGMA synchronous=NORMAL", NULL, 0);
+    if (rc < 0)
+        seterr(err, errlen, "sqlite: %s", sqlite3_errmsg(st->db));
+    if (rc == 1 && finish_deletion_cb(st, uid) != 0) {
+        seterr(err, errlen, "cannot delete study %s: %s", uid, strerror(errno));
+        rc = -1;
+    }
+    /* Held throughout: an instance arriving for this study is indexed only
+     * once its old rows are gone, and starts it afresh. */
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int storage_retain_with_usage(struct storage *st, int64_t now_ms, int retention_days,
+                              int high_water_percent, storage_usage_fn usage, void *usage_ud,
+                              int *studies_deleted, char *err, size_t errlen)
+{
+    int n = 0, rc = 0;
+    if (studies_deleted)
+        *studies_deleted = 0;
+    if (st->readonly)
+        return STORAGE_EINVAL;
+    if (!usage)
+        usage = statvfs_usage;
+    /* A deletion that failed earlier is retried first. */
+    pthread_mutex_lock(&st->lock);
+    if (finish_deletions(st) != 0) {
+        seterr(err, errlen, "cannot finish deleting studies: %s", strerror(errno));
+        rc = -1;
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (rc == 0 && retention_days > 0) {
+        int64_t cutoff = now_ms - (int64_t)retention_days * 86400 * 1000;
+        while ((rc = retain_one(st, cutoff, err, errlen)) == 1)
+            n++;
+    }
+    while (rc == 0 && high_water_percent > 0) {
+        double pct;
+        if (usage(usage_ud, st->data_dir, &pct) != 0) {
+            seterr(err, errlen, "cannot measure disk usage of %s", st->data_dir);
+            rc = -1;
+        } else if (pct <= high_water_percent) {
+            break;
+        } else if ((rc = retain_one(st, INT64_MAX, err, errlen)) == 1) {
+            n++;
+            rc = 0;
+        } else {
+            break; /* nothing left that may go, or a failure */
+        }
+    }
+    if (studies_deleted)
+        *studies_deleted = n;
+    return rc < 0 ? STORAGE_EIO : STORAGE_OK;
+}
+
+int storage_retain(struct storage *st, int64_t now_ms, int retention_days,
+                   int high_water_percent, int *studies_deleted, char *err, size_t errlen)
+{
+    return storage_retain_with_usage(st, now_ms, retention_days, high_water_percent, NULL, NULL,
+                                     studies_deleted, err, errlen);
 }

@@ -320,7 +320,7 @@ int storage_foreach_instance(struct storage *st, const char *series_uid, storage
 
 struct storage_study {
     const char *study_uid;
-    const char *state;            /* "receiving" | "complete" */
+    const char *state;            /* "receiving" | "complete" | "deleting" */
     int64_t instances;
     int64_t series;
     int64_t last_received_ms;
@@ -335,6 +335,38 @@ int storage_foreach_study(struct storage *st, storage_study_fn fn, void *ud);
 /* Looks up the stored path of SOP_INSTANCE_UID into BUF. */
 int storage_instance_path(struct storage *st, const char *sop_instance_uid,
                           char *buf, size_t len);
+
+/*
+ * Retention. A study may be deleted once it is finished: complete, with no
+ * job queued or running and no outbox item pending or failed (a
+ * dead-lettered send still needs the administrator, so it keeps its study).
+ * Deleting one removes its instance files, its jobs' result files and all
+ * its rows (instances, series, study, jobs, outbox, and its patient when no
+ * other study has it). It is crash-safe: the study is first marked
+ * "deleting" in a synced commit, then its files go, then its rows; a study
+ * found "deleting" by storage_open() is finished there.
+ *
+ * storage_retain deletes, oldest last_received first, (1) every finished
+ * study completed more than RETENTION_DAYS before NOW_MS (0: none), then
+ * (2) while the file system holding DATA_DIR is fuller than
+ * HIGH_WATER_PERCENT (0: never), the next oldest finished study, until it
+ * is not or none is left. *STUDIES_DELETED (may be NULL) gets how many
+ * went. Instances may keep arriving meanwhile: one for a study being
+ * deleted starts that study again.
+ */
+int storage_retain(struct storage *st, int64_t now_ms, int retention_days,
+                   int high_water_percent, int *studies_deleted, char *err, size_t errlen);
+
+/* Puts in *PERCENT how full the file system holding DATA_DIR is:
+ * 100 * (blocks - blocks available to unprivileged users) / blocks.
+ * Returns 0, or non-zero when it cannot tell. */
+typedef int (*storage_usage_fn)(void *ud, const char *data_dir, double *percent);
+
+/* storage_retain with the disk usage measured by USAGE (for tests; NULL
+ * measures with statvfs). */
+int storage_retain_with_usage(struct storage *st, int64_t now_ms, int retention_days,
+                              int high_water_percent, storage_usage_fn usage, void *usage_ud,
+                              int *studies_deleted, char *err, size_t errlen);
 
 /* 1 when S is a valid DICOM UID (PS3.5 9.1: 1..64 chars of digits and
  * dots, no empty component, no leading zero in a multi-digit component). */

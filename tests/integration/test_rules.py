@@ -138,7 +138,7 @@ class RulesTest(NodeTestCase):
             self.assertEqual(n.stop(), 0)
 
     def test_a_stat_study_overtakes_a_queue_of_normal_ones(self):
-        # One slow worker; three normal series queue up, then an emergency
+        # One slow worker; five normal series queue up, then an emergency
         # study from the ED's CT arrives and is run next.
         built, manifest = slow_builtin_model(self.workdir, self.binary)
         sections = {
@@ -152,7 +152,7 @@ class RulesTest(NodeTestCase):
         n = self.node(sections=sections, stable_seconds=1)
         n.start()
         normal = make_study(os.path.join(self.workdir, "normal"), [
-            dict(slices=40, rows=256, cols=256, pixel_fn=phantom) for _ in range(3)])
+            dict(slices=40, rows=256, cols=256, pixel_fn=phantom) for _ in range(5)])
         harness.storescu(n.port, [f for s in normal["series"] for f in s["files"]],
                          ae_called=n.ae, ae_calling="CT1")
         harness.wait_until(lambda: [j for j in n.status()["jobs"] if j["state"] == "running"],
@@ -161,7 +161,7 @@ class RulesTest(NodeTestCase):
                               pixel_fn=phantom)
         harness.storescu(n.port, stat, ae_called=n.ae, ae_calling="ED_CT")
         jobs = harness.wait_until(
-            lambda: (lambda j: j if len(j) == 4 and all(x["state"] == "done" for x in j)
+            lambda: (lambda j: j if len(j) == 6 and all(x["state"] == "done" for x in j)
                      else None)(n.status()["jobs"]), 300, 0.2, "all jobs to finish")
 
         def started(j):
@@ -223,6 +223,32 @@ class RulesTest(NodeTestCase):
         harness.wait_until(lambda: "node.bind or node.port changed" in n.log(), 10, 0.1,
                            "the refusal of a port change")
         self.assertEqual(harness.echoscu(n.port, ae_called=n.ae, check=False).returncode, 0)
+        self.assertEqual(n.stop(), 0)
+
+    def test_retention_deletes_only_what_it_may(self):
+        # A high-water mark of 1 % is always passed: everything that may go,
+        # goes. A study whose results still wait to be sent may not.
+        sections = {
+            "destinations": {"down": {"ae_title": "DOWN", "host": "127.0.0.1",
+                                      "port": harness.free_port(),
+                                      "retry_initial_seconds": 3600}},
+            "rules": [{"name": "mr", "match": {"Modality": "MR"}, "forward_to": ["down"]}],
+        }
+        n = self.node(sections=sections, stable_seconds=1, disk_high_water_percent=1)
+        n.start()
+        ct = make_ct_series(os.path.join(self.workdir, "ct"), 2, rows=16, cols=16)
+        mr = make_ct_series(os.path.join(self.workdir, "mr"), 2, rows=16, cols=16,
+                            modality="MR")
+        harness.storescu(n.port, ct + mr, ae_called=n.ae)
+        ct_study = str(pydicom.dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID)
+        mr_study = str(pydicom.dcmread(mr[0], stop_before_pixels=True).StudyInstanceUID)
+        harness.wait_until(lambda: ct_study not in n.studies(), 30, 0.2,
+                           "the CT study to be deleted")
+        self.assertEqual(n.studies()[mr_study]["state"], "complete")
+        self.assertIn("retention: 1 study deleted", n.log())
+        # Index and files agree: only the MR study's files remain.
+        self.assertEqual(len(n.stored_files()), 2)
+        self.assert_store_clean(n)
         self.assertEqual(n.stop(), 0)
 
     def test_shipped_example_configs_pass_check_config(self):

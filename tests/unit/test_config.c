@@ -229,6 +229,8 @@ static void assert_defaults(const struct config *cfg)
     assert_int_equal(cfg->node.shutdown_grace_seconds, 30);
     assert_int_equal(cfg->node.network_timeout_seconds, 60);
     assert_int_equal(cfg->node.max_pdu, 131072);
+    assert_int_equal(cfg->node.retention_days, 0);
+    assert_int_equal(cfg->node.disk_high_water_percent, 0);
     assert_int_equal(cfg->n_destinations, 0);
 }
 
@@ -385,6 +387,29 @@ static void test_range_limits_are_inclusive(void **state)
     assert_int_equal(cfg->node.network_timeout_seconds, 1);
     assert_int_equal(cfg->node.max_pdu, 4096);
     config_free(cfg);
+}
+
+static void test_retention_keys_load_and_are_bounded(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(write_tmp("retention.yaml",
+                                           "node:\n"
+                                           "  retention_days: 36500\n"
+                                           "  disk_high_water_percent: 99\n"));
+    assert_int_equal(cfg->node.retention_days, 36500);
+    assert_int_equal(cfg->node.disk_high_water_percent, 99);
+    config_free(cfg);
+
+    struct capture cap = {0};
+    const char *p = write_tmp("retention_range.yaml",
+                              "node:\n"
+                              "  retention_days: -1\n"
+                              "  disk_high_water_percent: 100\n");
+    load_fails(p, &cap);
+    assert_int_equal(cap.n, 2);
+    expect_line(&cap, 0, p, "2:19: node.retention_days: -1 is out of range 0..36500");
+    expect_line(&cap, 1, p, "3:28: node.disk_high_water_percent: 100 is out of range 0..99");
+    capture_free(&cap);
 }
 
 static void test_deploy_sample_loads_without_errors(void **state)
@@ -1561,6 +1586,7 @@ int main(void)
         cmocka_unit_test(test_empty_models_and_rules_are_accepted),
         cmocka_unit_test(test_quoted_strings_are_accepted),
         cmocka_unit_test(test_range_limits_are_inclusive),
+        cmocka_unit_test(test_retention_keys_load_and_are_bounded),
         cmocka_unit_test(test_deploy_sample_loads_without_errors),
         cmocka_unit_test(test_example_manifest_loads_without_errors),
         cmocka_unit_test(test_unknown_key_is_reported_at_the_key),

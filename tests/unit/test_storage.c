@@ -8,6 +8,7 @@
 #include "storage/storage.h"
 
 #include <dirent.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -640,6 +641,269 @@ static void test_readonly_open_sees_committed_rows(void **state)
     storage_close(ro);
 }
 
+/* ---- retention ---------------------------------------------------------- */
+
+#define DAY_MS ((int64_t)86400 * 1000)
+
+/* Commits instance SOP of STUDY_UID (series STUDY_UID.1) received at WHEN. */
+static void commit_in_study(struct storage *st, const char *study_uid, const char *sop,
+                            int64_t when)
+{
+    char temp[512], err[256], series[80];
+    struct storage_instance inst;
+    snprintf(series, sizeof series, "%s.1", study_uid);
+    write_temp(st, "x", temp, sizeof temp);
+    make_instance(&inst, series, sop, when);
+    inst.attr[SA_STUDY_INSTANCE_UID] = study_uid;
+    inst.attr[SA_SERIES_INSTANCE_UID] = series;
+    assert_int_equal(storage_commit(st, temp, &inst, err, sizeof err), STORAGE_OK);
+}
+
+/* Plans per study: "1.9.2" a job, "1.9.3" and "1.9.4" a forward. */
+static void plan_by_study(void *ud, const struct storage_series *s, struct storage_plan *plan)
+{
+    (void)ud;
+    if (strcmp(s->study_uid, "1.9.2") == 0 || strcmp(s->study_uid, "1.9.1") == 0)
+        storage_plan_add(plan, "seg", NULL, 1);
+    if (strcmp(s->study_uid, "1.9.3") == 0 || strcmp(s->study_uid, "1.9.4") == 0)
+        storage_plan_forward(plan, "pacs");
+}
+
+static void complete_all(struct storage *st, int64_t now_ms, storage_plan_fn plan)
+{
+    int moved, jobs;
+    assert_int_equal(storage_complete_due(st, now_ms, 5, plan, NULL, &moved, &jobs), STORAGE_OK);
+}
+
+/* The studies listed, in order, as "uid:state uid:state ...". */
+static int list_study(void *ud, const struct storage_study *s)
+{
+    char *buf = ud;
+    size_t n = strlen(buf);
+    snprintf(buf + n, 512 - n, "%s%s:%s", n ? " " : "", s->study_uid, s->state);
+    return 0;
+}
+
+static const char *studies(struct storage *st)
+{
+    static char buf[512];
+    buf[0] = '\0';
+    assert_int_equal(storage_foreach_study(st, list_study, buf), STORAGE_OK);
+    return buf;
+}
+
+static int path_exists(const char *fmt, const char *a, const char *b)
+{
+    char p[512];
+    snprintf(p, sizeof p, fmt, a, b);
+    return access(p, F_OK) == 0;
+}
+
+static void test_retention_deletes_old_finished_studies_with_their_results(void **state)
+{
+    struct fixture *f = *state;
+    char err[256], result[512], seg[512];
+    int n = -1;
+    /* 1.9.1: received on day 0, its job done with results, one of them sent. */
+    commit_in_study(f->st, "1.9.1", "1.9.1.1.1", 1000);
+    commit_in_study(f->st, "1.9.1", "1.9.1.1.2", 1000);
+    complete_all(f->st, 100000, plan_by_study);
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 100000, 500, &j), STORAGE_OK);
+    assert_int_equal(storage_write_result(f->st, j.id, "{}", "gz", 2, result, sizeof result, err,
+                                          sizeof err),
+                     STORAGE_OK);
+    snprintf(seg, sizeof seg, "%s/results/%lld.seg.dcm", f->dir, (long long)j.id);
+    FILE *fp = fopen(seg, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    const struct storage_send_item item = {"pacs", "seg", seg, "1.2", "1.3", EXPLICIT_LE};
+    assert_int_equal(storage_job_finish(f->st, j.id, "w1", 100100, NULL, result, "{}", &item, 1),
+                     STORAGE_OK);
+    struct outbox_list due;
+    memset(&due, 0, sizeof due);
+    assert_int_equal(storage_outbox_due(f->st, 100100, collect_outbox, &due), STORAGE_OK);
+    assert_int_equal(due.n, 1);
+    assert_int_equal(storage_outbox_record(f->st, due.id[0], 100200, 1, NULL, 0), STORAGE_OK);
+    /* 1.9.5: received on day 2. */
+    commit_in_study(f->st, "1.9.5", "1.9.5.1.1", 2 * DAY_MS);
+    complete_all(f->st, 2 * DAY_MS + 10000, NULL);
+
+    /* Nothing is old enough yet, and 0 days keeps everything. */
+    assert_int_equal(storage_retain(f->st, DAY_MS, 1, 0, &n, err, sizeof err), STORAGE_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(storage_retain(f->st, 100 * DAY_MS, 0, 0, &n, err, sizeof err),
+                     STORAGE_OK);
+    assert_int_equal(n, 0);
+
+    assert_int_equal(storage_retain(f->st, 2 * DAY_MS + 20000, 1, 0, &n, err, sizeof err),
+                     STORAGE_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(studies(f->st), "1.9.5:complete");
+    assert_false(path_exists("%s/instances/%s", f->dir, "1.9.1"));
+    assert_true(path_exists("%s/instances/%s", f->dir, "1.9.5"));
+    assert_int_not_equal(access(result, F_OK), 0);
+    assert_int_not_equal(access(seg, F_OK), 0);
+    char labels[512];
+    snprintf(labels, sizeof labels, "%s/results/%lld.labels.gz", f->dir, (long long)j.id);
+    assert_int_not_equal(access(labels, F_OK), 0);
+    assert_int_equal(list_jobs(f->st).n, 0);
+    struct outbox_list all;
+    memset(&all, 0, sizeof all);
+    assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
+    assert_int_equal(all.n, 0);
+    char path[512];
+    assert_int_equal(storage_instance_path(f->st, "1.9.1.1.1", path, sizeof path),
+                     STORAGE_ENOTFOUND);
+
+    /* The same study sent again starts afresh. */
+    commit_in_study(f->st, "1.9.1", "1.9.1.1.1", 3 * DAY_MS);
+    assert_string_equal(studies(f->st), "1.9.5:complete 1.9.1:receiving");
+    assert_int_equal(storage_instance_path(f->st, "1.9.1.1.1", path, sizeof path), STORAGE_OK);
+    assert_int_equal(access(path, F_OK), 0);
+}
+
+static int find_1_9_4(void *ud, const struct storage_outbox_item *it)
+{
+    if (strcmp(it->study_uid, "1.9.4") == 0)
+        *(int64_t *)ud = it->id;
+    return 0;
+}
+
+static int full_disk(void *ud, const char *data_dir, double *percent)
+{
+    (void)ud, (void)data_dir;
+    *percent = 100;
+    return 0;
+}
+
+static void test_retention_keeps_unfinished_studies(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    int n = -1;
+    /* 1.9.2 has a queued job, 1.9.3 a pending send, 1.9.4 a dead-lettered
+     * one, 1.9.6 is still receiving. */
+    commit_in_study(f->st, "1.9.2", "1.9.2.1.1", 1000);
+    commit_in_study(f->st, "1.9.3", "1.9.3.1.1", 1000);
+    commit_in_study(f->st, "1.9.4", "1.9.4.1.1", 1000);
+    complete_all(f->st, 10000, plan_by_study);
+    int64_t id = -1;
+    assert_int_equal(storage_outbox_due(f->st, 20000, find_1_9_4, &id), STORAGE_OK);
+    assert_int_equal(storage_outbox_record(f->st, id, 20000, 0, "refused", -1), STORAGE_OK);
+    commit_in_study(f->st, "1.9.6", "1.9.6.1.1", 30000);
+    assert_int_equal(storage_retain_with_usage(f->st, 100 * DAY_MS, 1, 50, full_disk, NULL, &n,
+                                               err, sizeof err),
+                     STORAGE_OK);
+    assert_int_equal(n, 0);
+    assert_string_equal(studies(f->st),
+                        "1.9.2:complete 1.9.3:complete 1.9.4:complete 1.9.6:receiving");
+
+    /* A running job keeps its study too; once done, the study may go. */
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 40000, 500, &j), STORAGE_OK);
+    assert_int_equal(storage_retain(f->st, 100 * DAY_MS, 1, 0, &n, err, sizeof err), STORAGE_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(storage_job_finish(f->st, j.id, "w1", 40100, NULL, NULL, NULL, NULL, 0),
+                     STORAGE_OK);
+    assert_int_equal(storage_retain(f->st, 100 * DAY_MS, 1, 0, &n, err, sizeof err), STORAGE_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(studies(f->st), "1.9.3:complete 1.9.4:complete 1.9.6:receiving");
+}
+
+/* Simulated usage: 50 % plus 10 % per study stored. */
+static int usage_by_studies(void *ud, const char *data_dir, double *percent)
+{
+    struct storage *st = ud;
+    (void)data_dir;
+    struct tally t = tally(st);
+    *percent = 50 + 10 * t.studies;
+    return 0;
+}
+
+static void test_high_water_deletes_oldest_finished_first_until_below(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    int n = -1;
+    commit_in_study(f->st, "1.9.10", "1.9.10.1.1", 3000);
+    commit_in_study(f->st, "1.9.11", "1.9.11.1.1", 1000);
+    commit_in_study(f->st, "1.9.12", "1.9.12.1.1", 2000);
+    complete_all(f->st, 10000, NULL);
+    commit_in_study(f->st, "1.9.13", "1.9.13.1.1", 500); /* older, but receiving */
+    /* 90 %: 1.9.11 and then 1.9.12 go, leaving 70 % (not above 70). */
+    assert_int_equal(storage_retain_with_usage(f->st, 20000, 0, 70, usage_by_studies, f->st, &n,
+                                               err, sizeof err),
+                     STORAGE_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(studies(f->st), "1.9.13:receiving 1.9.10:complete");
+    assert_false(path_exists("%s/instances/%s", f->dir, "1.9.11"));
+    assert_false(path_exists("%s/instances/%s", f->dir, "1.9.12"));
+    /* Still above 60 %, but nothing else may go. */
+    assert_int_equal(storage_retain_with_usage(f->st, 20000, 0, 60, usage_by_studies, f->st, &n,
+                                               err, sizeof err),
+                     STORAGE_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(studies(f->st), "1.9.13:receiving");
+    /* The real measurement works on this file system. */
+    assert_int_equal(storage_retain(f->st, 20000, 0, 99, &n, err, sizeof err), STORAGE_OK);
+}
+
+static void test_interrupted_deletion_is_finished_at_open(void **state)
+{
+    struct fixture *f = *state;
+    char err[256], first[512], second[512];
+    storage_close(f->st);
+    f->st = NULL;
+    /* A process marks a study "deleting", removes one of its files and
+     * dies before removing the rest and the rows. */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct storage *st;
+        sqlite3 *db;
+        char dbpath[300];
+        if (storage_open(f->dir, NULL, NULL, &st, err, sizeof err) != STORAGE_OK)
+            _exit(2);
+        commit_in_study(st, "1.9.20", "1.9.20.1.1", 1000);
+        commit_in_study(st, "1.9.20", "1.9.20.1.2", 1000);
+        commit_in_study(st, "1.9.21", "1.9.21.1.1", 1000);
+        complete_all(st, 10000, NULL);
+        snprintf(dbpath, sizeof dbpath, "%s/ainode.db", f->dir);
+        if (sqlite3_open(dbpath, &db) != SQLITE_OK ||
+            sqlite3_exec(db, "UPDATE studies SET state='deleting' WHERE study_uid='1.9.20'",
+                         NULL, NULL, NULL) != SQLITE_OK)
+            _exit(3);
+        sqlite3_close(db);
+        struct tally t = tally(st);
+        if (t.studies != 2)
+            _exit(4);
+        if (storage_instance_path(st, "1.9.20.1.1", first, sizeof first) != STORAGE_OK ||
+            unlink(first) != 0)
+            _exit(5);
+        _exit(0);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_int_equal(WEXITSTATUS(status), 0);
+    snprintf(second, sizeof second, "%s/instances/1.9.20/1.9.20.1/1.9.20.1.2.dcm", f->dir);
+    assert_int_equal(access(second, F_OK), 0);
+
+    /* Status shows the state as it is. */
+    struct storage *ro;
+    assert_int_equal(storage_open_readonly(f->dir, &ro, err, sizeof err), STORAGE_OK);
+    assert_string_equal(studies(ro), "1.9.20:deleting 1.9.21:complete");
+    storage_close(ro);
+
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_string_equal(studies(f->st), "1.9.21:complete");
+    assert_int_not_equal(access(second, F_OK), 0);
+    assert_false(path_exists("%s/instances/%s", f->dir, "1.9.20"));
+    assert_int_equal(storage_instance_path(f->st, "1.9.20.1.2", first, sizeof first),
+                     STORAGE_ENOTFOUND);
+    assert_true(path_exists("%s/instances/%s", f->dir, "1.9.21"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -673,6 +937,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_finished_job_puts_its_results_in_the_outbox,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_failed_job_sends_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_retention_deletes_old_finished_studies_with_their_results, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention_keeps_unfinished_studies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_high_water_deletes_oldest_finished_first_until_below,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_interrupted_deletion_is_finished_at_open, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
