@@ -251,6 +251,58 @@ class RulesTest(NodeTestCase):
         self.assert_store_clean(n)
         self.assertEqual(n.stop(), 0)
 
+    def test_three_studies_are_each_routed_to_exactly_their_models_and_destinations(self):
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs"), aet="PACS") as pacs, \
+                harness.StoreSCP(os.path.join(self.workdir, "archive"), aet="ARCHIVE") as arch:
+            sections = {
+                "destinations": {
+                    "pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port},
+                    "archive": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": arch.port},
+                },
+                "models": {"bone": {"file": "builtin:ct-bone-body"},
+                           "bone-ed": {"file": "builtin:ct-bone-body"}},
+                "rules": [
+                    {"name": "ed", "match": {"calling_ae": {"glob": "ED_*"}}, "run": ["bone-ed"],
+                     "priority": "stat"},
+                    {"name": "chest", "match": {"Modality": "CT", "BodyPartExamined": "CHEST"},
+                     "run": ["bone"], "send_results_to": ["pacs"]},
+                    {"name": "mr", "match": {"Modality": "MR"}, "forward_to": ["archive"]},
+                ],
+            }
+            n = self.node(sections=sections, stable_seconds=1)
+            n.start()
+            chest = make_ct_series(os.path.join(self.workdir, "chest"), 3, rows=24, cols=24,
+                                   body_part="CHEST", pixel_fn=phantom)
+            mr = make_ct_series(os.path.join(self.workdir, "mr"), 2, rows=24, cols=24,
+                                modality="MR", body_part="HEAD")
+            ed = make_ct_series(os.path.join(self.workdir, "ed"), 3, rows=24, cols=24,
+                                body_part="HEAD", pixel_fn=phantom)
+            harness.storescu(n.port, chest + mr, ae_called=n.ae, ae_calling="CT_MAIN")
+            harness.storescu(n.port, ed, ae_called=n.ae, ae_calling="ED_CT1")
+
+            def study_of(files):
+                return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+            def settled():
+                st = n.status()
+                done = len(st["jobs"]) == 2 and all(j["state"] == "done" for j in st["jobs"])
+                sent = len(st["outbox"]) == 4 and all(i["state"] == "sent" for i in st["outbox"])
+                return st if done and sent else None
+            st = harness.wait_until(settled, 120, 0.2, "jobs done and sends delivered")
+            jobs = {j["study_uid"]: j["model"] for j in st["jobs"]}
+            self.assertEqual(jobs, {study_of(chest): "bone", study_of(ed): "bone-ed"})
+            routes = sorted((i["study_uid"] == study_of(chest) and "chest" or
+                             i["study_uid"] == study_of(mr) and "mr" or "ed",
+                             i["destination"], i["kind"]) for i in st["outbox"])
+            self.assertEqual(routes, [("chest", "pacs", "seg"), ("chest", "pacs", "sr"),
+                                      ("mr", "archive", "forward"),
+                                      ("mr", "archive", "forward")])
+            self.assertEqual(len(harness.list_files(pacs.out_dir)), 2)
+            got = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID)
+                   for p in harness.list_files(arch.out_dir)}
+            self.assertEqual(got, {study_of(mr)})
+            self.assertEqual(n.stop(), 0)
+
     def test_shipped_example_configs_pass_check_config(self):
         examples = sorted(glob.glob(os.path.join(harness.REPO_ROOT, "deploy", "examples",
                                                  "*.yaml")))
