@@ -2202,6 +2202,49 @@ static void parse_rules(struct ctx *c, struct config *cfg, const struct ynode *k
     free(stops_all);
 }
 
+static const char *const on_max_wait_names[] = {"process", "discard", NULL};
+
+static void parse_required(struct ctx *c, const struct field *f, const char *what,
+                           const struct ynode *v, void *base)
+{
+    if (is_null(v))
+        return;
+    /* A list of match mappings: the same language as a rule's any:. */
+    parse_any(c, what, v, (struct config_match *)((char *)base + f->off), 0);
+}
+
+static void release_required(const struct field *f, void *base)
+{
+    free_match((struct config_match *)((char *)base + f->off));
+}
+
+#define COMPLETION_OFF(m) offsetof(struct config_completion, m)
+
+static const struct field completion_fields[] = {
+    {.key = "required_series", .type = T_CUSTOM, .parse = parse_required,
+     .release = release_required, .off = COMPLETION_OFF(required),
+     .doc = "matches: complete as soon as each is met by a series"},
+    {.key = "max_wait_seconds", .type = T_INT, .def_int = 0, .min = 0, .max = 2592000,
+     .off = COMPLETION_OFF(max_wait_seconds), .doc = "hard limit since the first instance"},
+    {.key = "on_max_wait", .type = T_ENUM, .def_int = CONFIG_ON_MAX_WAIT_PROCESS,
+     .names = on_max_wait_names, .off = COMPLETION_OFF(on_max_wait),
+     .doc = "process or discard a study at max_wait_seconds"},
+};
+
+static void parse_completion(struct ctx *c, struct config *cfg, const struct ynode *key,
+                             const struct ynode *v)
+{
+    (void)key;
+    if (is_null(v) || v->kind == Y_ALIAS)
+        return;
+    if (v->kind != Y_MAP) {
+        report_at(c, v->line, v->col, "completion: expected a mapping");
+        return;
+    }
+    parse_section(c, "completion", completion_fields, NELEM(completion_fields), v,
+                  &cfg->completion, v, NULL);
+}
+
 static const struct section {
     const char *key;
     void (*parse)(struct ctx *, struct config *, const struct ynode *key, const struct ynode *v);
@@ -2210,6 +2253,7 @@ static const struct section {
     {"destinations", parse_destinations},
     {"models", parse_models},
     {"rules", parse_rules},
+    {"completion", parse_completion},
 };
 
 /* ------------------------------------------------------------------------ */
@@ -2236,6 +2280,7 @@ void config_free(struct config *cfg)
     for (size_t i = 0; i < cfg->n_rules; i++)
         free_fields(rule_fields, NELEM(rule_fields), &cfg->rules[i]);
     free(cfg->rules);
+    free_fields(completion_fields, NELEM(completion_fields), &cfg->completion);
     free(cfg);
 }
 
@@ -2298,6 +2343,7 @@ int config_load(const char *path, struct config **out, config_error_fn err, void
     }
     c.dir = dir;
     set_defaults(&c, node_fields, NELEM(node_fields), &cfg->node);
+    set_defaults(&c, completion_fields, NELEM(completion_fields), &cfg->completion);
 
     if (perr == 0 && root && !is_null(root)) {
         if (root->kind != Y_MAP) {

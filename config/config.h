@@ -175,8 +175,20 @@ extern const char *const config_rule_attributes[];
 /* 1 when MATCH holds for every series (no condition, any or not). */
 int config_match_is_empty(const struct config_match *match);
 
+enum config_on_max_wait { CONFIG_ON_MAX_WAIT_PROCESS = 0, CONFIG_ON_MAX_WAIT_DISCARD };
+
+/* When a study counts as complete, besides stable_seconds of silence. */
+struct config_completion {
+    /* required_series: the study completes as soon as every one of these
+     * matches (required.any[i]) is met by one of its series. */
+    struct config_match required;
+    int max_wait_seconds;          /* since the first instance; 0: no limit */
+    enum config_on_max_wait on_max_wait; /* process what arrived, or discard it */
+};
+
 struct config {
     char *path;                   /* absolute path of the file that was loaded */
+    struct config_completion completion;
     struct config_node node;
     struct config_destination *destinations;
     size_t n_destinations;

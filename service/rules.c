@@ -161,6 +161,12 @@ static int match_holds(const struct eval *ev, const struct config_match *m, cons
     return held;
 }
 
+int rules_match_spec(const struct config_match *m, rules_get_fn get, void *get_ud)
+{
+    struct eval ev = {NULL, get, get_ud, NULL, NULL};
+    return match_holds(&ev, m, "match");
+}
+
 int rules_match(const struct config_rule *rule, rules_get_fn get, void *get_ud,
                 rules_trace_fn trace, void *trace_ud)
 {

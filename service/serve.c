@@ -21,6 +21,7 @@
 #include <time.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -151,6 +152,97 @@ static void on_retention_timer(uv_timer_t *t)
     retain(t->data);
 }
 
+/* The receiving studies, copied out for the completion checks. */
+struct receiving {
+    char (*uid)[65];
+    int64_t *first_ms;
+    size_t n, cap;
+};
+
+static int collect_receiving(void *ud, const char *study_uid, int64_t first_received_ms)
+{
+    struct receiving *r = ud;
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 16;
+        char(*u)[65] = realloc(r->uid, cap * sizeof *u);
+        if (!u)
+            return 1;
+        r->uid = u;
+        int64_t *f = realloc(r->first_ms, cap * sizeof *f);
+        if (!f)
+            return 1;
+        r->first_ms = f;
+        r->cap = cap;
+    }
+    snprintf(r->uid[r->n], sizeof r->uid[r->n], "%s", study_uid);
+    r->first_ms[r->n++] = first_received_ms;
+    return 0;
+}
+
+struct required_check {
+    const struct config_match *required;
+    int met[64];
+};
+
+static int check_required(void *ud, const struct storage_series *se)
+{
+    struct required_check *rc = ud;
+    struct rules_series rs = {.series = se};
+    for (size_t i = 0; i < rc->required->n_any && i < 64; i++)
+        if (!rc->met[i] && rules_match_spec(&rc->required->any[i], rules_series_get, &rs))
+            rc->met[i] = 1;
+    return 0;
+}
+
+/* Completes, before stable_seconds of silence, the studies whose required
+ * series are all there, and ends those that passed max_wait_seconds. */
+static int complete_early(struct node *n, const struct config *cfg, int64_t now)
+{
+    const struct config_completion *cc = &cfg->completion;
+    if (cc->required.n_any == 0 && cc->max_wait_seconds == 0)
+        return 0;
+    struct receiving r = {0};
+    int queued = 0;
+    if (storage_foreach_receiving(n->store, collect_receiving, &r) != STORAGE_OK)
+        log_msg(LOG_ERROR, "cannot read the receiving studies");
+    for (size_t i = 0; i < r.n; i++) {
+        int discard = 0, due = 0;
+        if (cc->max_wait_seconds && now - r.first_ms[i] >= (int64_t)cc->max_wait_seconds * 1000) {
+            due = 1;
+            discard = cc->on_max_wait == CONFIG_ON_MAX_WAIT_DISCARD;
+        } else if (cc->required.n_any) {
+            struct required_check chk = {&cc->required, {0}};
+            storage_foreach_series(n->store, r.uid[i], check_required, &chk);
+            due = 1;
+            for (size_t k = 0; k < cc->required.n_any && k < 64; k++)
+                due &= chk.met[k];
+        }
+        if (!due)
+            continue;
+        int jobs = 0;
+        if (storage_complete_study(n->store, r.uid[i], now, discard, runner_plan, (void *)cfg,
+                                   &jobs) != STORAGE_OK)
+            continue; /* it completed meanwhile */
+        queued += jobs;
+        if (discard)
+            log_msg(LOG_WARN, "a study still receiving after max_wait_seconds (%d s) was "
+                              "discarded", cc->max_wait_seconds);
+        else if (cc->max_wait_seconds &&
+                 now - r.first_ms[i] >= (int64_t)cc->max_wait_seconds * 1000)
+            log_msg(LOG_WARN, "a study still receiving after max_wait_seconds (%d s) is "
+                              "processed with what it has, %d job%s or forward%s queued",
+                    cc->max_wait_seconds, jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
+        else
+            log_msg(LOG_INFO, "a study has all its required series: complete, %d job%s or "
+                              "forward%s queued",
+                    jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
+        log_msg(LOG_DEBUG, "study %s ended early", r.uid[i]);
+    }
+    free(r.uid);
+    free(r.first_ms);
+    return queued;
+}
+
 static void complete_due(struct node *n)
 {
     int moved = 0;
@@ -165,6 +257,7 @@ static void complete_due(struct node *n)
         log_msg(LOG_INFO, "%d stud%s complete, %d job%s or forward%s queued", moved,
                 moved == 1 ? "y" : "ies", queued, queued == 1 ? "" : "s",
                 queued == 1 ? "" : "s");
+    queued += complete_early(n, cfg, service_now_ms());
     if (queued && n->runner)
         runner_wake(n->runner);
     if (queued && n->sender)

@@ -54,6 +54,9 @@ typedef void (*rules_trace_fn)(void *ud, const struct config_rule *rule, const c
  * is evaluated (and traced), not only up to the first that fails. */
 int rules_match(const struct config_rule *rule, rules_get_fn get, void *get_ud,
                 rules_trace_fn trace, void *trace_ud);
+/* 1 when the match M (a condition set, as in a rule or a required series)
+ * holds for the series read through GET. */
+int rules_match_spec(const struct config_match *m, rules_get_fn get, void *get_ud);
 
 /* Receives a rule that applies to the series. */
 typedef void (*rules_apply_fn)(void *ud, const struct config_rule *rule);

@@ -489,7 +489,7 @@ static int repair_store(struct storage *st)
  * and no send (pending, or dead-lettered awaiting the administrator) still
  * needs its files. Qualifies the studies table. */
 #define STUDY_FINISHED                                                                  \
-    " studies.state='complete'"                                                         \
+    " studies.state IN ('complete', 'discarded')"                                      \
     " AND NOT EXISTS(SELECT 1 FROM jobs j WHERE j.study_uid=studies.study_uid"          \
     "   AND j.state IN ('queued', 'running'))"                                          \
     " AND NOT EXISTS(SELECT 1 FROM outbox o WHERE o.state IN ('pending', 'failed')"     \
@@ -1426,6 +1426,67 @@ rollback:
     exec_sql(st->db, "ROLLBACK", NULL, 0);
     *n_jobs = 0;
 out:
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int storage_foreach_receiving(struct storage *st, storage_receiving_fn fn, void *ud)
+{
+    sqlite3_stmt *s;
+    pthread_mutex_lock(&st->lock);
+    int rc = sqlite3_prepare_v2(st->db,
+                                "SELECT study_uid, first_received FROM studies"
+                                " WHERE state='receiving' ORDER BY first_received",
+                                -1, &s, NULL);
+    if (rc != SQLITE_OK) {
+        pthread_mutex_unlock(&st->lock);
+        return STORAGE_EIO;
+    }
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+        if (fn(ud, col_text(s, 0), sqlite3_column_int64(s, 1))) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    sqlite3_finalize(s);
+    pthread_mutex_unlock(&st->lock);
+    return rc == SQLITE_DONE ? STORAGE_OK : STORAGE_EIO;
+}
+
+int storage_complete_study(struct storage *st, const char *study_uid, int64_t now_ms,
+                           int discard, storage_plan_fn plan, void *plan_ud, int *n_jobs)
+{
+    sqlite3_stmt *s = NULL;
+    *n_jobs = 0;
+    int rc = STORAGE_EIO;
+    pthread_mutex_lock(&st->lock);
+    if (exec_sql(st->db, "BEGIN IMMEDIATE", NULL, 0))
+        goto out;
+    if (sqlite3_prepare_v2(st->db,
+                           "UPDATE studies SET state=?3, completed_at=?2"
+                           " WHERE study_uid=?1 AND state='receiving'",
+                           -1, &s, NULL) != SQLITE_OK)
+        goto rollback;
+    sqlite3_bind_text(s, 1, study_uid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, now_ms);
+    sqlite3_bind_text(s, 3, discard ? "discarded" : "complete", -1, SQLITE_STATIC);
+    if (step_done(s))
+        goto rollback;
+    int moved = sqlite3_changes(st->db);
+    if (moved == 0) {
+        rc = STORAGE_ENOTFOUND; /* completed meanwhile, or unknown */
+        goto rollback;
+    }
+    if (!discard && plan && plan_study(st, study_uid, now_ms, plan, plan_ud, n_jobs) != 0)
+        goto rollback;
+    if (exec_sql(st->db, "COMMIT", NULL, 0))
+        goto rollback;
+    rc = STORAGE_OK;
+    goto out;
+rollback:
+    exec_sql(st->db, "ROLLBACK", NULL, 0);
+    *n_jobs = 0;
+out:
+    sqlite3_finalize(s);
     pthread_mutex_unlock(&st->lock);
     return rc;
 }

@@ -191,6 +191,17 @@ typedef void (*storage_plan_fn)(void *ud, const struct storage_series *s,
 int storage_complete_due(struct storage *st, int64_t now_ms, int stable_seconds,
                          storage_plan_fn plan, void *plan_ud, int *n_completed, int *n_jobs);
 
+/* Calls FN with each study still receiving: its UID and when its first
+ * instance arrived. */
+typedef int (*storage_receiving_fn)(void *ud, const char *study_uid, int64_t first_received_ms);
+int storage_foreach_receiving(struct storage *st, storage_receiving_fn fn, void *ud);
+
+/* Completes STUDY_UID now if it is still receiving, planning its jobs like
+ * storage_complete_due; or, with DISCARD, marks it "discarded" (kept for
+ * retention, nothing runs on it). *N_JOBS gets the jobs and forwards. */
+int storage_complete_study(struct storage *st, const char *study_uid, int64_t now_ms,
+                           int discard, storage_plan_fn plan, void *plan_ud, int *n_jobs);
+
 /*
  * Jobs: queued -> running -> done | failed. A worker claims a job with a
  * lease (owner + expiry), renews it while it works and finishes it as its

@@ -303,6 +303,41 @@ class RulesTest(NodeTestCase):
             self.assertEqual(got, {study_of(mr)})
             self.assertEqual(n.stop(), 0)
 
+    def test_required_series_complete_a_study_before_it_falls_silent(self):
+        sections = {"completion": {"required_series": [
+            {"Modality": "CT", "SeriesDescription": {"regex": "lung"}},
+            {"Modality": "CT", "SeriesDescription": {"regex": "mediastin"}}]}}
+        n = self.node(sections=sections, stable_seconds=600)
+        n.start()
+        both = make_study(os.path.join(self.workdir, "both"), [
+            dict(slices=2, rows=16, cols=16, series_description="Lung 1mm"),
+            dict(slices=2, rows=16, cols=16, series_description="Mediastinum 3mm")])
+        one = make_study(os.path.join(self.workdir, "one"), [
+            dict(slices=2, rows=16, cols=16, series_description="Lung 1mm")])
+        harness.storescu(n.port, [f for st in (both, one) for s in st["series"]
+                                  for f in s["files"]], ae_called=n.ae)
+        n.wait_for_study(both["study_uid"], state="complete", timeout=10)
+        time.sleep(1)
+        self.assertEqual(n.studies()[one["study_uid"]]["state"], "receiving")
+        self.assertEqual(n.stop(), 0)
+
+    def test_max_wait_seconds_discards_or_processes_what_arrived(self):
+        for action, state, jobs in (("discard", "discarded", 0), ("process", "complete", 1)):
+            sections = {"models": {"ct-bone-body": {"file": "builtin:ct-bone-body"}},
+                        "rules": [{"name": "ct", "match": {"Modality": "CT"},
+                                   "run": ["ct-bone-body"]}],
+                        "completion": {"max_wait_seconds": 2, "on_max_wait": action}}
+            n = self.node(name="node-" + action, sections=sections, stable_seconds=600)
+            n.start()
+            files = make_ct_series(os.path.join(self.workdir, action), 2, rows=16, cols=16,
+                                   pixel_fn=phantom)
+            harness.storescu(n.port, files, ae_called=n.ae)
+            study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+            n.wait_for_study(study, state=state, timeout=10)
+            self.assertEqual(len(n.status()["jobs"]), jobs)
+            self.assertIn("after max_wait_seconds (2 s)", n.log())
+            self.assertEqual(n.stop(), 0)
+
     def test_shipped_example_configs_pass_check_config(self):
         examples = sorted(glob.glob(os.path.join(harness.REPO_ROOT, "deploy", "examples",
                                                  "*.yaml")))

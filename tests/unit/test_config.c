@@ -1091,6 +1091,43 @@ static void test_missing_manifest_sections_are_reported_at_the_top(void **state)
     capture_free(&cap);
 }
 
+static void test_completion_section_is_parsed_and_checked(void **state)
+{
+    (void)state;
+    const char *p = write_tmp("completion.yaml",
+                              "completion:\n"
+                              "  required_series:\n"
+                              "    - {Modality: CT, SeriesDescription: {regex: lung}}\n"
+                              "    - {Modality: CT}\n"
+                              "  max_wait_seconds: 3600\n"
+                              "  on_max_wait: discard\n");
+    struct config *cfg = NULL;
+    struct capture cap = {0};
+    assert_int_equal(config_load(p, &cfg, capture_line, &cap), 0);
+    assert_int_equal(cfg->completion.required.n_any, 2);
+    assert_int_equal(cfg->completion.required.any[0].n_conditions, 2);
+    assert_int_equal(cfg->completion.max_wait_seconds, 3600);
+    assert_int_equal(cfg->completion.on_max_wait, CONFIG_ON_MAX_WAIT_DISCARD);
+    config_free(cfg);
+
+    p = write_tmp("completion_bad.yaml", "completion:\n  on_max_wait: wait\n"
+                                         "  required_series: {Modality: CT}\n");
+    cfg = NULL;
+    assert_int_equal(config_load(p, &cfg, capture_line, &cap), 2);
+    assert_non_null(strstr(cap.lines[0], ":2:16: completion.on_max_wait: 'wait' is not one of"));
+    assert_non_null(strstr(cap.lines[1], ":3:20: completion.required_series: expected a "
+                                         "sequence"));
+    capture_free(&cap);
+
+    /* Defaults: nothing required, no limit. */
+    p = write_tmp("completion_none.yaml", "node: {}\n");
+    assert_int_equal(config_load(p, &cfg, capture_line, &cap), 0);
+    assert_int_equal(cfg->completion.required.n_any, 0);
+    assert_int_equal(cfg->completion.max_wait_seconds, 0);
+    assert_int_equal(cfg->completion.on_max_wait, CONFIG_ON_MAX_WAIT_PROCESS);
+    config_free(cfg);
+}
+
 static void test_label_numbers_must_run_without_gaps(void **state)
 {
     (void)state;
@@ -1615,6 +1652,7 @@ int main(void)
         cmocka_unit_test(test_missing_manifest_sections_are_reported_at_the_top),
         cmocka_unit_test(test_label_numbers_are_checked_against_channels),
         cmocka_unit_test(test_label_numbers_must_run_without_gaps),
+        cmocka_unit_test(test_completion_section_is_parsed_and_checked),
         cmocka_unit_test(test_bad_model_settings_are_rejected),
         cmocka_unit_test(test_rules_get_default_names_and_keep_their_order),
         cmocka_unit_test(test_rules_naming_unknown_models_are_rejected),
