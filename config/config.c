@@ -1632,7 +1632,7 @@ static int name_defined(const struct ynode *ms, const struct ynode *name)
 const char *const config_rule_attributes[] = {
     "Modality", "BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName",
     "Manufacturer", "SeriesNumber", "ImageType", "SliceThickness", "Rows", "Columns",
-    "NumberOfFrames", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber",
+    "NumberOfFrames", "ContrastBolusAgent", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber",
     "StudyID", "StudyDate", "PatientID", "PatientSex", "instances", "calling_ae", "called_ae",
     "source_address", NULL,
 };

@@ -220,6 +220,7 @@ const char *rules_series_get(void *ud, const char *a)
         F("Rows", rows),
         F("Columns", columns),
         F("NumberOfFrames", number_of_frames),
+        F("ContrastBolusAgent", contrast_bolus_agent),
         F("calling_ae", calling_ae),
         F("called_ae", called_ae),
         F("source_address", source_address),

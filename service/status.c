@@ -151,6 +151,26 @@ int retry_command(const struct config *cfg, int64_t id)
     return 0;
 }
 
+static int add_unmatched_json(void *ud, const char *study_uid, const char *series_uid,
+                              const char *modality)
+{
+    return json_array_append_new(ud, json_pack("{s:s, s:s, s:s}", "study_uid", study_uid,
+                                                "series_uid", series_uid, "modality",
+                                                modality));
+}
+
+static int print_unmatched_row(void *ud, const char *study_uid, const char *series_uid,
+                               const char *modality)
+{
+    int *count = ud;
+    (void)study_uid;
+    if (*count == 0)
+        printf("\nseries no rule matched:\n");
+    printf("  %-64s  %s\n", series_uid, modality);
+    (*count)++;
+    return 0;
+}
+
 static int print_study_row(void *ud, const struct storage_study *s)
 {
     int *count = ud;
@@ -181,12 +201,14 @@ int status_print(const struct config *cfg, int json)
         json_t *studies = json_array();
         json_t *jobs = json_array();
         json_object_set_new(root, "studies", studies);
-        json_t *outbox = json_array();
+        json_t *outbox = json_array(), *unmatched = json_array();
         json_object_set_new(root, "jobs", jobs);
         json_object_set_new(root, "outbox", outbox);
+        json_object_set_new(root, "unmatched_series", unmatched);
         if (st && (storage_foreach_study(st, add_study_json, studies) != STORAGE_OK ||
                    storage_foreach_job(st, add_job_json, jobs) != STORAGE_OK ||
-                   storage_foreach_outbox(st, add_outbox_json, outbox) != STORAGE_OK))
+                   storage_foreach_outbox(st, add_outbox_json, outbox) != STORAGE_OK ||
+                   storage_foreach_unmatched(st, add_unmatched_json, unmatched) != STORAGE_OK))
             rc = 1;
         if (rc == 0) {
             json_dumpf(root, stdout, JSON_INDENT(2));
@@ -200,9 +222,10 @@ int status_print(const struct config *cfg, int json)
         if (st && storage_foreach_study(st, print_study_row, &count) != STORAGE_OK)
             rc = 1;
         printf("%d stud%s\n", count, count == 1 ? "y" : "ies");
-        int jobs = 0, items = 0;
+        int jobs = 0, items = 0, unmatched = 0;
         if (st && (storage_foreach_job(st, print_job_row, &jobs) != STORAGE_OK ||
-                   storage_foreach_outbox(st, print_outbox_row, &items) != STORAGE_OK))
+                   storage_foreach_outbox(st, print_outbox_row, &items) != STORAGE_OK ||
+                   storage_foreach_unmatched(st, print_unmatched_row, &unmatched) != STORAGE_OK))
             rc = 1;
     }
     if (rc)

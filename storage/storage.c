@@ -64,6 +64,7 @@ const char *const storage_attr_keywords[SA_COUNT] = {
     [SA_ROWS] = "Rows",
     [SA_COLUMNS] = "Columns",
     [SA_NUMBER_OF_FRAMES] = "NumberOfFrames",
+    [SA_CONTRAST_BOLUS_AGENT] = "ContrastBolusAgent",
 };
 
 struct storage {
@@ -113,14 +114,15 @@ static const char SCHEMA[] =
     "  series_uid TEXT PRIMARY KEY,"
     "  study_uid TEXT NOT NULL REFERENCES studies(study_uid),"
     "  modality TEXT, body_part_examined TEXT, series_description TEXT,"
-    "  protocol_name TEXT, manufacturer TEXT, series_number TEXT);"
+    "  protocol_name TEXT, manufacturer TEXT, series_number TEXT,"
+    "  routing TEXT);" /* NULL until its study completes; then matched | unmatched */
     "CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);"
     "CREATE TABLE IF NOT EXISTS instances("
     "  sop_instance_uid TEXT PRIMARY KEY,"
     "  series_uid TEXT NOT NULL REFERENCES series(series_uid),"
     "  sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL,"
     "  instance_number TEXT, image_type TEXT, slice_thickness TEXT,"
-    "  rows INTEGER, columns INTEGER, number_of_frames INTEGER,"
+    "  rows INTEGER, columns INTEGER, number_of_frames INTEGER, contrast_bolus_agent TEXT,"
     "  calling_ae TEXT, called_ae TEXT, source_addr TEXT,"
     "  received_at INTEGER NOT NULL,"
     "  path TEXT NOT NULL UNIQUE, size INTEGER NOT NULL);"
@@ -303,9 +305,9 @@ static int prepare_all(struct storage *st)
                 "INSERT INTO instances(sop_instance_uid, series_uid, sop_class_uid,"
                 "  transfer_syntax, instance_number, image_type, slice_thickness,"
                 "  rows, columns, number_of_frames, calling_ae, called_ae, source_addr,"
-                "  received_at, path, size)"
+                "  received_at, path, size, contrast_bolus_agent)"
                 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
-                "  ?15, ?16)"
+                "  ?15, ?16, ?17)"
                 " ON CONFLICT(sop_instance_uid) DO UPDATE SET"
                 "  series_uid=excluded.series_uid, sop_class_uid=excluded.sop_class_uid,"
                 "  transfer_syntax=excluded.transfer_syntax,"
@@ -315,7 +317,8 @@ static int prepare_all(struct storage *st)
                 "  columns=excluded.columns, number_of_frames=excluded.number_of_frames,"
                 "  calling_ae=excluded.calling_ae, called_ae=excluded.called_ae,"
                 "  source_addr=excluded.source_addr, received_at=excluded.received_at,"
-                "  path=excluded.path, size=excluded.size") ||
+                "  path=excluded.path, size=excluded.size,"
+                "  contrast_bolus_agent=excluded.contrast_bolus_agent") ||
         /* A resend that moved an instance to another series/study may leave
          * empty ones behind; they are dropped in the same transaction. */
         prepare(st, &st->st_prune_series,
@@ -1005,6 +1008,7 @@ instance_row:
     sqlite3_bind_int64(s, 14, inst->received_ms);
     sqlite3_bind_text(s, 15, path, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 16, size);
+    bind_opt(s, 17, a[SA_CONTRAST_BOLUS_AGENT]);
     if (step_done(s))
         goto fail;
 
@@ -1252,7 +1256,7 @@ static int series_rows(struct storage *st, const char *study, storage_series_fn 
                            "  fi.sop_class_uid, fi.image_type, fi.slice_thickness,"
                            "  CAST(fi.rows AS TEXT), CAST(fi.columns AS TEXT),"
                            "  CAST(fi.number_of_frames AS TEXT), fi.calling_ae, fi.called_ae,"
-                           "  fi.source_addr"
+                           "  fi.source_addr, fi.contrast_bolus_agent"
                            " FROM series se"
                            " LEFT JOIN studies st ON st.study_uid=se.study_uid"
                            " LEFT JOIN patients p ON p.id=st.patient"
@@ -1292,6 +1296,7 @@ static int series_rows(struct storage *st, const char *study, storage_series_fn 
             .calling_ae = col_text(q, 20),
             .called_ae = col_text(q, 21),
             .source_address = col_text(q, 22),
+            .contrast_bolus_agent = col_text(q, 23),
         };
         if ((rc = fn(ud, &se)) != 0)
             break;
@@ -1311,7 +1316,7 @@ int storage_foreach_series(struct storage *st, const char *study_uid, storage_se
 
 struct plan_ctx {
     struct storage *st;
-    sqlite3_stmt *ins, *fwd;
+    sqlite3_stmt *ins, *fwd, *routing;
     int64_t now_ms;
     storage_plan_fn plan_fn;
     void *ud;
@@ -1337,6 +1342,12 @@ static int plan_series(void *ud, const struct storage_series *se)
             return -1;
         (*pc->n_jobs)++;
     }
+    /* A series no rule matched is recorded as such (shown by status). */
+    sqlite3_bind_text(pc->routing, 1, se->series_uid, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(pc->routing, 2, pc->plan.n || pc->plan.n_forward ? "matched" : "unmatched",
+                      -1, SQLITE_STATIC);
+    if (step_done(pc->routing))
+        return -1;
     /* Forwarding: every instance of the series, its stored file as it is. */
     for (size_t i = 0; i < pc->plan.n_forward; i++) {
         sqlite3_bind_text(pc->fwd, 1, pc->plan.forward[i], -1, SQLITE_STATIC);
@@ -1354,7 +1365,7 @@ static int plan_series(void *ud, const struct storage_series *se)
 static int plan_study(struct storage *st, const char *study, int64_t now_ms,
                       storage_plan_fn plan_fn, void *ud, int *n_jobs)
 {
-    struct plan_ctx pc = {st, NULL, NULL, now_ms, plan_fn, ud, {0}, n_jobs};
+    struct plan_ctx pc = {st, NULL, NULL, NULL, now_ms, plan_fn, ud, {0}, n_jobs};
     int rc = -1;
     if (sqlite3_prepare_v2(st->db,
                            "INSERT INTO jobs(study_uid, series_uid, model, created_at, send_to,"
@@ -1366,11 +1377,14 @@ static int plan_study(struct storage *st, const char *study, int64_t now_ms,
                            " SELECT ?1, ?2, 'forward', path, sop_class_uid, sop_instance_uid,"
                            "  transfer_syntax, ?3, ?3 FROM instances WHERE series_uid=?4"
                            " ORDER BY sop_instance_uid",
-                           -1, &pc.fwd, NULL) == SQLITE_OK)
+                           -1, &pc.fwd, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(st->db, "UPDATE series SET routing=?2 WHERE series_uid=?1", -1,
+                           &pc.routing, NULL) == SQLITE_OK)
         rc = series_rows(st, study, plan_series, &pc) == 0 ? 0 : -1;
     plan_free(&pc.plan);
     sqlite3_finalize(pc.ins);
     sqlite3_finalize(pc.fwd);
+    sqlite3_finalize(pc.routing);
     return rc;
 }
 
@@ -1428,6 +1442,28 @@ rollback:
 out:
     pthread_mutex_unlock(&st->lock);
     return rc;
+}
+
+int storage_foreach_unmatched(struct storage *st, storage_unmatched_fn fn, void *ud)
+{
+    sqlite3_stmt *s;
+    pthread_mutex_lock(&st->lock);
+    int rc = sqlite3_prepare_v2(st->db,
+                                "SELECT study_uid, series_uid, coalesce(modality, '') FROM series"
+                                " WHERE routing='unmatched' ORDER BY study_uid, series_uid",
+                                -1, &s, NULL);
+    if (rc != SQLITE_OK) {
+        pthread_mutex_unlock(&st->lock);
+        return STORAGE_OK; /* a store from before routing was recorded */
+    }
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+        if (fn(ud, col_text(s, 0), col_text(s, 1), col_text(s, 2))) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    sqlite3_finalize(s);
+    pthread_mutex_unlock(&st->lock);
+    return rc == SQLITE_DONE ? STORAGE_OK : STORAGE_EIO;
 }
 
 int storage_foreach_receiving(struct storage *st, storage_receiving_fn fn, void *ud)

@@ -75,6 +75,7 @@ enum storage_attr {
     SA_ROWS,
     SA_COLUMNS,
     SA_NUMBER_OF_FRAMES,
+    SA_CONTRAST_BOLUS_AGENT,
     SA_COUNT
 };
 
@@ -156,6 +157,7 @@ struct storage_series {
     const char *rows;
     const char *columns;
     const char *number_of_frames;
+    const char *contrast_bolus_agent;
     const char *calling_ae;       /* of the association that brought it */
     const char *called_ae;
     const char *source_address;
@@ -190,6 +192,11 @@ typedef void (*storage_plan_fn)(void *ud, const struct storage_series *s,
  * many studies moved and jobs or forwarded instances were queued. */
 int storage_complete_due(struct storage *st, int64_t now_ms, int stable_seconds,
                          storage_plan_fn plan, void *plan_ud, int *n_completed, int *n_jobs);
+
+/* Calls FN with each series of a completed study that no rule matched. */
+typedef int (*storage_unmatched_fn)(void *ud, const char *study_uid, const char *series_uid,
+                                    const char *modality);
+int storage_foreach_unmatched(struct storage *st, storage_unmatched_fn fn, void *ud);
 
 /* Calls FN with each study still receiving: its UID and when its first
  * instance arrived. */

@@ -298,6 +298,7 @@ class RulesTest(NodeTestCase):
                                       ("mr", "archive", "forward"),
                                       ("mr", "archive", "forward")])
             self.assertEqual(len(harness.list_files(pacs.out_dir)), 2)
+            self.assertEqual(st["unmatched_series"], [])
             got = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID)
                    for p in harness.list_files(arch.out_dir)}
             self.assertEqual(got, {study_of(mr)})
@@ -337,6 +338,30 @@ class RulesTest(NodeTestCase):
             self.assertEqual(len(n.status()["jobs"]), jobs)
             self.assertIn("after max_wait_seconds (2 s)", n.log())
             self.assertEqual(n.stop(), 0)
+
+    def test_a_series_no_rule_matches_is_shown_as_unmatched(self):
+        n = self.node(sections=RULES, stable_seconds=1)
+        n.start()
+        study = self.study()
+        harness.storescu(n.port, [f for s in study["series"] for f in s["files"]],
+                         ae_called=n.ae)
+        head = study["series"][1]["series_uid"]  # CT HEAD, 1 mm: no rule matches it...
+        n.wait_for_study(study["study_uid"], state="complete", timeout=10)
+        unmatched = n.status()["unmatched_series"]
+        # ...except "thin" (1 mm slices): so every series matched something.
+        self.assertEqual(unmatched, [])
+        sections = dict(RULES, rules=RULES["rules"][:2])
+        m = self.node(name="strict", sections=sections, stable_seconds=1)
+        m.start()
+        harness.storescu(m.port, [f for s in study["series"] for f in s["files"]],
+                         ae_called=m.ae)
+        m.wait_for_study(study["study_uid"], state="complete", timeout=10)
+        self.assertEqual(m.status()["unmatched_series"],
+                         [{"study_uid": study["study_uid"], "series_uid": head,
+                           "modality": "CT"}])
+        self.assertIn(head, m.cli("status", "-c", m.config_path).stdout)
+        self.assertEqual(m.stop(), 0)
+        self.assertEqual(n.stop(), 0)
 
     def test_shipped_example_configs_pass_check_config(self):
         examples = sorted(glob.glob(os.path.join(harness.REPO_ROOT, "deploy", "examples",

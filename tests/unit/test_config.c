@@ -1319,7 +1319,7 @@ static void test_unknown_match_attribute_is_rejected(void **state)
                               "models:\n"
                               "  ref: {file: 'builtin:ct-bone-body'}\n"
                               "rules:\n"
-                              "  - match: {Modality: CT, ContrastBolusAgent: X}\n"
+                              "  - match: {Modality: CT, PatientWeight: X}\n"
                               "    run: [ref]\n"
                               "  - match: CT\n"
                               "    run: [ref]\n"
@@ -1327,7 +1327,7 @@ static void test_unknown_match_attribute_is_rejected(void **state)
                               "    run: [ref]\n");
     load_fails(p, &cap);
     expect_count(&cap, 3);
-    expect_line(&cap, 0, p, "4:27: rules[1].match: unknown attribute 'ContrastBolusAgent'");
+    expect_line(&cap, 0, p, "4:27: rules[1].match: unknown attribute 'PatientWeight'");
     expect_line(&cap, 1, p, "6:12: rules[2].match: expected a mapping");
     expect_line(&cap, 2, p, "8:23: rules[3].match.Modality: must not be empty");
     capture_free(&cap);
@@ -1400,7 +1400,7 @@ static void test_bad_rule_conditions_are_positioned(void **state)
                               "      SliceThickness: {range: [2.5, 0.5]}\n"
                               "      Rows: {range: [1, wide]}\n"
                               "      ImageType: {contains: [A]}\n"
-                              "      ContrastBolusAgent: {present: false}\n"
+                              "      PatientWeight: {present: false}\n"
                               "      Modality: []\n"
                               "      BodyPartExamined: {glob: '*', regex: x}\n"
                               "      calling_ae: {present: maybe}\n"
@@ -1421,7 +1421,7 @@ static void test_bad_rule_conditions_are_positioned(void **state)
                 "7:31: rules[1].match.SliceThickness.range: low 2.5 is greater than high 0.5");
     expect_line(&cap, 3, p, "8:21: rules[1].match.Rows.range: expected [low, high], two numbers");
     expect_line(&cap, 4, p, "9:29: rules[1].match.ImageType.contains: expected a string");
-    expect_line(&cap, 5, p, "10:7: rules[1].match: unknown attribute 'ContrastBolusAgent'");
+    expect_line(&cap, 5, p, "10:7: rules[1].match: unknown attribute 'PatientWeight'");
     expect_line(&cap, 6, p, "11:17: rules[1].match.Modality: expected at least one value");
     expect_line(&cap, 7, p, "12:37: rules[1].match.BodyPartExamined: one operator per condition");
     expect_line(&cap, 8, p, "13:29: rules[1].match.calling_ae.present: expected true or false");
