@@ -40,9 +40,10 @@
 struct worker {
     struct runner *r;
     const struct config_model *model;
+    char name[128];               /* the model's name: what it looks up after a reload */
     int index;
     pthread_t thread;
-    int started;
+    atomic_int retire;            /* leave after the current job (model removed or fewer workers) */
     char owner[160];
 };
 
@@ -50,7 +51,7 @@ struct runner {
     _Atomic(const struct config *) cfg; /* swapped by runner_set_config on reload */
     struct storage *store;
     struct sender *sender;
-    struct worker *workers;
+    struct worker **workers;      /* every worker started, retired ones too (joined at stop) */
     size_t n_workers;
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -385,8 +386,12 @@ static void *worker_main(void *arg)
         /* A reloaded configuration applies from the next job on: its
          * manifest at once, a changed file, device or thread count after
          * loading the model again. */
-        const struct config_model *now_cm = config_find_model(atomic_load(&r->cfg), cm->name);
-        if (now_cm && now_cm != cm) {
+        if (atomic_load(&w->retire))
+            break;
+        const struct config_model *now_cm = config_find_model(atomic_load(&r->cfg), w->name);
+        if (!now_cm)
+            break;
+        if (now_cm != cm) {
             if (strcmp(now_cm->file, cm->file) || strcmp(now_cm->device, cm->device) ||
                 now_cm->threads != cm->threads) {
                 infer_model_free(model);
@@ -472,6 +477,33 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* Starts worker INDEX of model M. */
+static int start_worker(struct runner *r, const struct config_model *m, int index, char *err,
+                        size_t errlen)
+{
+    struct worker **ws = realloc(r->workers, (r->n_workers + 1) * sizeof *ws);
+    struct worker *w = calloc(1, sizeof *w);
+    if (ws)
+        r->workers = ws;
+    if (!ws || !w) {
+        free(w);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    w->r = r;
+    w->model = m;
+    w->index = index;
+    snprintf(w->name, sizeof w->name, "%s", m->name);
+    snprintf(w->owner, sizeof w->owner, "%ld/%s/%d", (long)getpid(), m->name, index);
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        free(w);
+        snprintf(err, errlen, "cannot start a worker thread for %s", m->name);
+        return -1;
+    }
+    r->workers[r->n_workers++] = w;
+    return 0;
+}
+
 int runner_start(const struct config *cfg, struct storage *st, struct sender *sender,
                  struct runner **out, char *err, size_t errlen)
 {
@@ -495,38 +527,48 @@ int runner_start(const struct config *cfg, struct storage *st, struct sender *se
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->wake, NULL);
     for (size_t i = 0; i < cfg->n_models; i++)
-        r->n_workers += (size_t)cfg->models[i].workers;
-    r->workers = calloc(r->n_workers ? r->n_workers : 1, sizeof *r->workers);
-    if (!r->workers) {
-        snprintf(err, errlen, "out of memory");
-        runner_stop(r);
-        return -1;
-    }
-    size_t k = 0;
-    for (size_t i = 0; i < cfg->n_models; i++) {
-        for (int j = 0; j < cfg->models[i].workers; j++, k++) {
-            struct worker *w = &r->workers[k];
-            w->r = r;
-            w->model = &cfg->models[i];
-            w->index = j;
-            snprintf(w->owner, sizeof w->owner, "%ld/%s/%d", (long)getpid(),
-                     cfg->models[i].name, j);
-            if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-                snprintf(err, errlen, "cannot start a worker thread for %s",
-                         cfg->models[i].name);
+        for (int j = 0; j < cfg->models[i].workers; j++)
+            if (start_worker(r, &cfg->models[i], j, err, errlen) != 0) {
                 runner_stop(r);
                 return -1;
             }
-            w->started = 1;
-        }
-    }
     *out = r;
     return 0;
+}
+
+/* The workers of MODEL that are not retiring. */
+static int active_workers(struct runner *r, const char *model)
+{
+    int n = 0;
+    for (size_t i = 0; i < r->n_workers; i++)
+        n += !strcmp(r->workers[i]->name, model) && !atomic_load(&r->workers[i]->retire);
+    return n;
 }
 
 void runner_set_config(struct runner *r, const struct config *cfg)
 {
     atomic_store(&r->cfg, cfg);
+    /* Models removed, or fewer workers: the extra ones finish their job. */
+    for (size_t i = r->n_workers; i-- > 0;) {
+        struct worker *w = r->workers[i];
+        if (atomic_load(&w->retire))
+            continue;
+        const struct config_model *m = config_find_model(cfg, w->name);
+        if (!m || active_workers(r, w->name) > m->workers) {
+            atomic_store(&w->retire, 1);
+            log_msg(LOG_INFO, "model %s: a worker retires", w->name);
+        }
+    }
+    /* Models added, or more workers. */
+    for (size_t i = 0; i < cfg->n_models; i++) {
+        const struct config_model *m = &cfg->models[i];
+        char err[256];
+        for (int j = active_workers(r, m->name); j < m->workers; j++)
+            if (start_worker(r, m, j, err, sizeof err) != 0)
+                log_msg(LOG_ERROR, "%s", err);
+            else
+                log_msg(LOG_INFO, "model %s: a worker starts", m->name);
+    }
     runner_wake(r);
 }
 
@@ -544,9 +586,10 @@ void runner_stop(struct runner *r)
         return;
     atomic_store(&r->stopping, 1);
     runner_wake(r);
-    for (size_t i = 0; i < r->n_workers; i++)
-        if (r->workers[i].started)
-            pthread_join(r->workers[i].thread, NULL);
+    for (size_t i = 0; i < r->n_workers; i++) {
+        pthread_join(r->workers[i]->thread, NULL);
+        free(r->workers[i]);
+    }
     pthread_cond_destroy(&r->wake);
     pthread_mutex_destroy(&r->lock);
     free(r->workers);

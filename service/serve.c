@@ -288,14 +288,14 @@ static const char *reload_blocker(const struct config *old, const struct config 
     if (old->node.max_associations != new->node.max_associations ||
         old->node.max_pdu != new->node.max_pdu)
         return "node.max_associations or node.max_pdu changed: restart ainode to apply them";
-    if (old->n_models != new->n_models)
-        return "models were added or removed: restart ainode to start or stop their workers";
-    for (size_t i = 0; i < old->n_models; i++) {
-        const struct config_model *m = config_find_model(new, old->models[i].name);
-        if (!m)
-            return "models were renamed: restart ainode to start or stop their workers";
-        if (m->workers != old->models[i].workers)
-            return "a model's workers changed: restart ainode to apply it";
+    /* A model on a device that is not there is refused here as at start. */
+    static char why[320];
+    for (size_t i = 0; i < new->n_models; i++) {
+        char reason[256];
+        if (infer_device_check(new->models[i].device, reason, sizeof reason) != INFER_OK) {
+            snprintf(why, sizeof why, "model %s: %s", new->models[i].name, reason);
+            return why;
+        }
     }
     return NULL;
 }

@@ -31,8 +31,10 @@ int runner_start(const struct config *cfg, struct storage *st, struct sender *se
                  struct runner **out, char *err, size_t errlen);
 /* New jobs were queued: idle workers look now. */
 void runner_wake(struct runner *r);
-/* A reloaded configuration (same models and workers): used from the next
- * job on. CFG must outlive the runner. */
+/* A reloaded configuration: workers of added models start, workers of
+ * removed models (or beyond a lowered count) leave after their current job,
+ * and the others use it from their next job on. CFG must outlive the
+ * runner. */
 void runner_set_config(struct runner *r, const struct config *cfg);
 /* Stops the workers (a running job goes back to the queue) and frees R. */
 void runner_stop(struct runner *r);

@@ -243,7 +243,7 @@ class InferenceTest(NodeTestCase):
                                modality="MR")
         study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
         harness.storescu(n.port, files, ae_called=n.ae)
-        n.wait_for_study(study, state="complete", timeout=10)
+        n.wait_for_study(study, state="complete", timeout=30)
         time.sleep(0.5)
         self.assertEqual(n.status()["jobs"], [])
         self.assertEqual(n.stop(), 0)

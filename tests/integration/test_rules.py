@@ -225,6 +225,33 @@ class RulesTest(NodeTestCase):
         self.assertEqual(harness.echoscu(n.port, ae_called=n.ae, check=False).returncode, 0)
         self.assertEqual(n.stop(), 0)
 
+    def test_reload_adds_a_model_and_retires_a_removed_one(self):
+        sections = {"models": {"ct-bone-body": {"file": "builtin:ct-bone-body"}},
+                    "rules": [{"name": "ct", "match": {"Modality": "CT"},
+                               "run": ["ct-bone-body"]}]}
+        n = self.node(sections=sections, stable_seconds=1)
+        n.start()
+        good = n.config_text()
+        # The old model is replaced by a new name: its workers must start on
+        # reload and the removed model's workers must go.
+        n.write_raw_config(good.replace("ct-bone-body", "bone-v2")
+                           .replace("builtin:bone-v2", "builtin:ct-bone-body"))
+        r = n.cli("reload", "-c", n.config_path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        harness.wait_until(lambda: "reloaded: 1 rule, 1 model" in n.log(), 10, 0.1,
+                           "the reload")
+        self.assertIn("model ct-bone-body: a worker retires", n.log())
+        self.assertIn("model bone-v2: a worker starts", n.log())
+        ct = make_ct_series(os.path.join(self.workdir, "ct"), 2, rows=16, cols=16,
+                            pixel_fn=phantom)
+        harness.storescu(n.port, ct, ae_called=n.ae)
+        jobs = harness.wait_until(lambda: (lambda j: j if len(j) == 1 and j[0]["state"] in
+                                           ("done", "failed") else None)(n.status()["jobs"]),
+                                  60, 0.2, "the job of the added model")
+        self.assertEqual(jobs[0]["model"], "bone-v2")
+        self.assertEqual(jobs[0]["state"], "done", jobs)
+        self.assertEqual(n.stop(), 0)
+
     def test_retention_deletes_only_what_it_may(self):
         # A high-water mark of 1 % is always passed: everything that may go,
         # goes. A study whose results still wait to be sent may not.
