@@ -41,7 +41,6 @@ struct worker {
     struct runner *r;
     const struct config_model *model;
     char name[128];               /* the model's name: what it looks up after a reload */
-    int index;
     pthread_t thread;
     atomic_int retire;            /* leave after the current job (model removed or fewer workers) */
     char owner[160];
@@ -477,9 +476,9 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Starts worker INDEX of model M. */
-static int start_worker(struct runner *r, const struct config_model *m, int index, char *err,
-                        size_t errlen)
+/* Starts a worker for model M. Its lease owner is unique in the process,
+ * so a worker started on reload never shares one with a retiring worker. */
+static int start_worker(struct runner *r, const struct config_model *m, char *err, size_t errlen)
 {
     struct worker **ws = realloc(r->workers, (r->n_workers + 1) * sizeof *ws);
     struct worker *w = calloc(1, sizeof *w);
@@ -492,9 +491,9 @@ static int start_worker(struct runner *r, const struct config_model *m, int inde
     }
     w->r = r;
     w->model = m;
-    w->index = index;
     snprintf(w->name, sizeof w->name, "%s", m->name);
-    snprintf(w->owner, sizeof w->owner, "%ld/%s/%d", (long)getpid(), m->name, index);
+    snprintf(w->owner, sizeof w->owner, "%ld/%s/%zu", (long)getpid(), m->name,
+             r->n_workers);
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
         free(w);
         snprintf(err, errlen, "cannot start a worker thread for %s", m->name);
@@ -504,11 +503,9 @@ static int start_worker(struct runner *r, const struct config_model *m, int inde
     return 0;
 }
 
-int runner_start(const struct config *cfg, struct storage *st, struct sender *sender,
-                 struct runner **out, char *err, size_t errlen)
+/* A device that is not there is an error, never a CPU run. */
+int runner_check_devices(const struct config *cfg, char *err, size_t errlen)
 {
-    *out = NULL;
-    /* A device that is not there is a start-up error, never a CPU run. */
     for (size_t i = 0; i < cfg->n_models; i++) {
         char why[256];
         if (infer_device_check(cfg->models[i].device, why, sizeof why) != INFER_OK) {
@@ -516,6 +513,15 @@ int runner_start(const struct config *cfg, struct storage *st, struct sender *se
             return -1;
         }
     }
+    return 0;
+}
+
+int runner_start(const struct config *cfg, struct storage *st, struct sender *sender,
+                 struct runner **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (runner_check_devices(cfg, err, errlen) != 0)
+        return -1;
     struct runner *r = calloc(1, sizeof *r);
     if (!r) {
         snprintf(err, errlen, "out of memory");
@@ -528,7 +534,7 @@ int runner_start(const struct config *cfg, struct storage *st, struct sender *se
     pthread_cond_init(&r->wake, NULL);
     for (size_t i = 0; i < cfg->n_models; i++)
         for (int j = 0; j < cfg->models[i].workers; j++)
-            if (start_worker(r, &cfg->models[i], j, err, errlen) != 0) {
+            if (start_worker(r, &cfg->models[i], err, errlen) != 0) {
                 runner_stop(r);
                 return -1;
             }
@@ -564,7 +570,7 @@ void runner_set_config(struct runner *r, const struct config *cfg)
         const struct config_model *m = &cfg->models[i];
         char err[256];
         for (int j = active_workers(r, m->name); j < m->workers; j++)
-            if (start_worker(r, m, j, err, sizeof err) != 0)
+            if (start_worker(r, m, err, sizeof err) != 0)
                 log_msg(LOG_ERROR, "%s", err);
             else
                 log_msg(LOG_INFO, "model %s: a worker starts", m->name);

@@ -290,14 +290,7 @@ static const char *reload_blocker(const struct config *old, const struct config 
         return "node.max_associations or node.max_pdu changed: restart ainode to apply them";
     /* A model on a device that is not there is refused here as at start. */
     static char why[320];
-    for (size_t i = 0; i < new->n_models; i++) {
-        char reason[256];
-        if (infer_device_check(new->models[i].device, reason, sizeof reason) != INFER_OK) {
-            snprintf(why, sizeof why, "model %s: %s", new->models[i].name, reason);
-            return why;
-        }
-    }
-    return NULL;
+    return runner_check_devices(new, why, sizeof why) ? why : NULL;
 }
 
 /* SIGHUP: re-read the configuration file. A valid one takes effect for

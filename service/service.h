@@ -27,6 +27,9 @@ struct sender;
 /* Starts the inference workers of every model in CFG (jobs.c). Fails when
  * a model's device is not available. SENDER (may be NULL) is woken when
  * a finished job has put results in the outbox (SENDER is woken). */
+/* -1 with a message in ERR when a model of CFG names a device this host
+ * lacks (runner_start and reload refuse such a configuration). */
+int runner_check_devices(const struct config *cfg, char *err, size_t errlen);
 int runner_start(const struct config *cfg, struct storage *st, struct sender *sender,
                  struct runner **out, char *err, size_t errlen);
 /* New jobs were queued: idle workers look now. */
