@@ -394,7 +394,7 @@ struct field {
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 #define SUB(t) .sub = (t), .n_sub = NELEM(t)
 
-_Static_assert(sizeof(enum config_log_level) == sizeof(int), "log level stored as int");
+_Static_assert(sizeof(enum log_level) == sizeof(int), "log level stored as int");
 _Static_assert(sizeof(enum config_blend) == sizeof(int), "blend stored as int");
 _Static_assert(sizeof(enum config_decision) == sizeof(int), "decision stored as int");
 
@@ -448,7 +448,7 @@ static const struct field node_fields[] = {
      .off = NODE_OFF(max_associations), .doc = "concurrent associations accepted"},
     {.key = "allowed_callers", .type = T_AE_LIST, .off = NODE_OFF(allowed_callers),
      .off_n = NODE_OFF(n_allowed_callers), .doc = "calling AE titles allowed; empty allows any"},
-    {.key = "log_level", .type = T_ENUM, .def_int = CONFIG_LOG_INFO, .names = log_level_names,
+    {.key = "log_level", .type = T_ENUM, .def_int = LOG_INFO, .names = log_level_names,
      .off = NODE_OFF(log_level), .doc = "error, warn, info or debug"},
     {.key = "shutdown_grace_seconds", .type = T_INT, .def_int = 30, .min = 0, .max = 3600,
      .off = NODE_OFF(shutdown_grace_seconds), .doc = "wait for running associations on stop"},

@@ -17,14 +17,10 @@
 
 #include <stddef.h>
 
+#include "common/log.h"
+
 #define CONFIG_AE_MAX 16 /* DICOM AE title: at most 16 characters */
 
-enum config_log_level {
-    CONFIG_LOG_ERROR = 0,
-    CONFIG_LOG_WARN,
-    CONFIG_LOG_INFO,
-    CONFIG_LOG_DEBUG,
-};
 
 struct config_node {
     char ae_title[CONFIG_AE_MAX + 1];
@@ -35,7 +31,7 @@ struct config_node {
     int max_associations;         /* 1..1024 */
     char **allowed_callers;       /* calling AE titles; n == 0 means any */
     size_t n_allowed_callers;
-    enum config_log_level log_level;
+    enum log_level log_level;
     int shutdown_grace_seconds;   /* bounded wait for running associations, 0..3600 */
     int network_timeout_seconds;  /* ACSE/DIMSE read timeout, 1..3600 */
     int max_pdu;                  /* max receive PDU length, 4096..131072 */

@@ -16,7 +16,7 @@
 #include "config/config.h"
 #include "dicom/dicom.h"
 #include "inference/inference.h"
-#include "service/log.h"
+#include "common/log.h"
 #include "service/service.h"
 #include "storage/storage.h"
 

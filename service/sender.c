@@ -11,7 +11,7 @@
  */
 #include "config/config.h"
 #include "dicom/dicom.h"
-#include "service/log.h"
+#include "common/log.h"
 #include "service/service.h"
 #include "storage/storage.h"
 

@@ -10,7 +10,7 @@
  */
 #include "config/config.h"
 #include "dicom/dicom.h"
-#include "service/log.h"
+#include "common/log.h"
 #include "service/service.h"
 #include "storage/storage.h"
 
@@ -317,7 +317,7 @@ static void reload(struct node *n)
     }
     n->reloaded[n->n_reloaded++] = cfg;
     atomic_store(&n->cfg, cfg);
-    log_set_level((enum log_level)cfg->node.log_level);
+    log_set_level(cfg->node.log_level);
     sender_set_config(n->sender, cfg);
     runner_set_config(n->runner, cfg);
     log_msg(LOG_INFO, "reloaded: %zu rule%s, %zu model%s, %zu destination%s", cfg->n_rules,
@@ -370,7 +370,7 @@ int serve_run(const struct config *cfg)
     struct node n;
     memset(&n, 0, sizeof n);
     atomic_store(&n.cfg, cfg);
-    log_set_level((enum log_level)cfg->node.log_level);
+    log_set_level(cfg->node.log_level);
     /* A write past a file size limit must fail with EFBIG (answered as out
      * of resources), not kill the node. */
     signal(SIGXFSZ, SIG_IGN);

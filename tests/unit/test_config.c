@@ -225,7 +225,7 @@ static void assert_defaults(const struct config *cfg)
     assert_int_equal(cfg->node.stable_seconds, 10);
     assert_int_equal(cfg->node.max_associations, 32);
     assert_int_equal(cfg->node.n_allowed_callers, 0);
-    assert_int_equal(cfg->node.log_level, CONFIG_LOG_INFO);
+    assert_int_equal(cfg->node.log_level, LOG_INFO);
     assert_int_equal(cfg->node.shutdown_grace_seconds, 30);
     assert_int_equal(cfg->node.network_timeout_seconds, 60);
     assert_int_equal(cfg->node.max_pdu, 131072);
@@ -285,7 +285,7 @@ static void test_full_file_round_trips_all_values(void **state)
     assert_int_equal(cfg->node.n_allowed_callers, 2);
     assert_string_equal(cfg->node.allowed_callers[0], "PACS");
     assert_string_equal(cfg->node.allowed_callers[1], "MODALITY 1");
-    assert_int_equal(cfg->node.log_level, CONFIG_LOG_DEBUG);
+    assert_int_equal(cfg->node.log_level, LOG_DEBUG);
     assert_int_equal(cfg->node.shutdown_grace_seconds, 0);
     assert_int_equal(cfg->node.network_timeout_seconds, 120);
     assert_int_equal(cfg->node.max_pdu, 16384);
@@ -363,7 +363,7 @@ static void test_quoted_strings_are_accepted(void **state)
                                            "  log_level: \"warn\"\n"));
     assert_string_equal(cfg->node.ae_title, "MY AE");
     assert_string_equal(cfg->node.bind, "::1");
-    assert_int_equal(cfg->node.log_level, CONFIG_LOG_WARN);
+    assert_int_equal(cfg->node.log_level, LOG_WARN);
     config_free(cfg);
 }
 
