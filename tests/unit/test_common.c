@@ -1,12 +1,15 @@
-/* common/: the attribute table, plans, error lines and log escaping. */
+/* common/: the attribute table, plans, error lines, log escaping and the waiter. */
 #include "common/attr.h"
 #include "common/error.h"
 #include "common/plan.h"
+#include "common/wait.h"
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 static void test_attribute_keywords_and_columns_are_unique(void **state)
@@ -77,6 +80,152 @@ static void test_error_text_is_one_line_and_returns_the_code(void **state)
     assert_int_equal(error_set(NULL, 0, -3, "x"), -3);
 }
 
+/* ------------------------------------------------------------------ */
+/* waiter                                                              */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* A thread that waits once on a shared waiter (10 s at most) and records
+ * what it saw. */
+struct sleeper {
+    pthread_t thread;
+    struct waiter *w;
+    atomic_int *ready;
+    int rc;
+    int64_t waited_ms;
+};
+
+static void *sleeper_main(void *arg)
+{
+    struct sleeper *s = arg;
+    uint64_t seen = 0;
+    atomic_fetch_add(s->ready, 1);
+    int64_t t0 = now_ms();
+    s->rc = waiter_wait(s->w, &seen, 10000);
+    s->waited_ms = now_ms() - t0;
+    return NULL;
+}
+
+enum { SLEEPERS = 4 };
+
+/* Starts SLEEPERS threads on W and returns once all are about to wait
+ * (and have had the time to fall asleep). */
+static void start_sleepers(struct waiter *w, struct sleeper *s, atomic_int *ready)
+{
+    atomic_init(ready, 0);
+    for (int i = 0; i < SLEEPERS; i++) {
+        s[i] = (struct sleeper){.w = w, .ready = ready, .rc = -1};
+        assert_int_equal(pthread_create(&s[i].thread, NULL, sleeper_main, &s[i]), 0);
+    }
+    while (atomic_load(ready) < SLEEPERS)
+        sleep_ms(1);
+    sleep_ms(100);
+}
+
+static void test_waiter_a_wake_before_the_wait_is_not_lost(void **state)
+{
+    (void)state;
+    struct waiter w;
+    assert_int_equal(waiter_init(&w), 0);
+    uint64_t seen = 0;
+    waiter_wake(&w);
+    int64_t t0 = now_ms();
+    assert_int_equal(waiter_wait(&w, &seen, 10000), 0);
+    assert_true(now_ms() - t0 < 1000);
+    assert_int_equal(waiter_stopping(&w), 0);
+    waiter_destroy(&w);
+}
+
+static void test_waiter_many_wakes_coalesce_into_one(void **state)
+{
+    (void)state;
+    struct waiter w;
+    assert_int_equal(waiter_init(&w), 0);
+    uint64_t seen = 0;
+    for (int i = 0; i < 100; i++)
+        waiter_wake(&w);
+    int64_t t0 = now_ms();
+    assert_int_equal(waiter_wait(&w, &seen, 10000), 0);
+    assert_true(now_ms() - t0 < 1000);
+    /* The hundred wakes were one: the next wait sleeps its whole timeout. */
+    t0 = now_ms();
+    assert_int_equal(waiter_wait(&w, &seen, 200), 0);
+    assert_true(now_ms() - t0 >= 200);
+    waiter_destroy(&w);
+}
+
+static void test_waiter_timeout_is_honoured(void **state)
+{
+    (void)state;
+    struct waiter w;
+    assert_int_equal(waiter_init(&w), 0);
+    uint64_t seen = 0;
+    static const int64_t timeouts[] = {0, 1, 150, 1001};
+    for (size_t i = 0; i < sizeof timeouts / sizeof *timeouts; i++) {
+        int64_t t0 = now_ms();
+        assert_int_equal(waiter_wait(&w, &seen, timeouts[i]), 0);
+        int64_t took = now_ms() - t0;
+        assert_true(took >= timeouts[i]);
+        assert_true(took < timeouts[i] + 1000);
+    }
+    waiter_destroy(&w);
+}
+
+static void test_waiter_a_wake_reaches_every_waiting_thread(void **state)
+{
+    (void)state;
+    struct waiter w;
+    assert_int_equal(waiter_init(&w), 0);
+    struct sleeper s[SLEEPERS];
+    atomic_int ready;
+    start_sleepers(&w, s, &ready);
+    waiter_wake(&w);
+    for (int i = 0; i < SLEEPERS; i++) {
+        assert_int_equal(pthread_join(s[i].thread, NULL), 0);
+        assert_int_equal(s[i].rc, 0);
+        assert_true(s[i].waited_ms < 5000);
+    }
+    waiter_destroy(&w);
+}
+
+static void test_waiter_stop_wakes_every_thread_and_stays_set(void **state)
+{
+    (void)state;
+    struct waiter w;
+    assert_int_equal(waiter_init(&w), 0);
+    struct sleeper s[SLEEPERS];
+    atomic_int ready;
+    start_sleepers(&w, s, &ready);
+    waiter_stop(&w);
+    for (int i = 0; i < SLEEPERS; i++) {
+        assert_int_equal(pthread_join(s[i].thread, NULL), 0);
+        assert_int_equal(s[i].rc, 1);
+        assert_true(s[i].waited_ms < 5000);
+    }
+    /* Sticky: a later wake does not clear it, a later wait does not sleep. */
+    waiter_wake(&w);
+    assert_int_equal(waiter_stopping(&w), 1);
+    uint64_t seen = 0;
+    for (int i = 0; i < 3; i++) {
+        int64_t t0 = now_ms();
+        assert_int_equal(waiter_wait(&w, &seen, 10000), 1);
+        assert_true(now_ms() - t0 < 1000);
+    }
+    assert_int_equal(waiter_stopping(&w), 1);
+    waiter_destroy(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -84,6 +233,11 @@ int main(void)
         cmocka_unit_test(test_series_lookup_reads_attributes_and_facts),
         cmocka_unit_test(test_plan_merges_a_model_named_twice_for_one_series),
         cmocka_unit_test(test_error_text_is_one_line_and_returns_the_code),
+        cmocka_unit_test(test_waiter_a_wake_before_the_wait_is_not_lost),
+        cmocka_unit_test(test_waiter_many_wakes_coalesce_into_one),
+        cmocka_unit_test(test_waiter_timeout_is_honoured),
+        cmocka_unit_test(test_waiter_a_wake_reaches_every_waiting_thread),
+        cmocka_unit_test(test_waiter_stop_wakes_every_thread_and_stays_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
