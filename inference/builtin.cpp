@@ -19,6 +19,10 @@
  */
 #include "inference/inference.h"
 
+extern "C" {
+#include "common/error.h"
+}
+
 #include <torch/script.h>
 
 #include <cerrno>
@@ -57,24 +61,13 @@ std::string first_line(const std::string &msg)
     return msg.substr(b, msg.find_first_of("\r\n", b) - b);
 }
 
-void set_err(char *err, size_t errlen, const std::string &line)
-{
-    if (!err || errlen == 0)
-        return;
-    size_t n = line.size() < errlen - 1 ? line.size() : errlen - 1;
-    std::memcpy(err, line.data(), n);
-    err[n] = '\0';
-}
-
 } // namespace
 
 extern "C" INFER_API int infer_write_builtin_ct_bone_body(const char *path, char *err,
                                                           size_t errlen)
 {
-    if (!path || !*path) {
-        set_err(err, errlen, "infer_write_builtin_ct_bone_body: no path");
-        return INFER_EINVAL;
-    }
+    if (!path || !*path)
+        return error_set(err, errlen, INFER_EINVAL, "infer_write_builtin_ct_bone_body: no path");
     /* Written under a temporary name and renamed, so a failed or
      * interrupted write never leaves a truncated model at PATH. */
     std::string tmp = std::string(path) + ".tmp";
@@ -93,22 +86,20 @@ extern "C" INFER_API int infer_write_builtin_ct_bone_body(const char *path, char
         m.save(tmp);
     } catch (const c10::Error &e) {
         std::remove(tmp.c_str());
-        set_err(err, errlen, where + first_line(e.what_without_backtrace()));
-        return INFER_EMODEL;
+        return error_set(err, errlen, INFER_EMODEL, "%s%s", where.c_str(),
+                         first_line(e.what_without_backtrace()).c_str());
     } catch (const std::exception &e) {
         std::remove(tmp.c_str());
-        set_err(err, errlen, where + first_line(e.what()));
-        return INFER_EMODEL;
+        return error_set(err, errlen, INFER_EMODEL, "%s%s", where.c_str(),
+                         first_line(e.what()).c_str());
     } catch (...) {
         std::remove(tmp.c_str());
-        set_err(err, errlen, where + "unknown error");
-        return INFER_EMODEL;
+        return error_set(err, errlen, INFER_EMODEL, "%sunknown error", where.c_str());
     }
     if (std::rename(tmp.c_str(), path) != 0) {
         std::string why = std::strerror(errno);
         std::remove(tmp.c_str());
-        set_err(err, errlen, where + why);
-        return INFER_EMODEL;
+        return error_set(err, errlen, INFER_EMODEL, "%s%s", where.c_str(), why.c_str());
     }
     return 0;
 }

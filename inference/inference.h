@@ -12,8 +12,9 @@
  * hands over slices. This folder builds and tests on its own, with any
  * libtorch CMake finds (Debian's libtorch-dev, or Torch_DIR).
  *
- * Errors: functions return 0 or a negative INFER_E* code and write a
- * one-line reason into the caller's ERR buffer.
+ * Errors: functions return 0 or a negative INFER_E* code (named by
+ * inference_strerror()) and write a one-line reason into the caller's ERR
+ * buffer (common/error.h's error_set()).
  */
 #ifndef AINODE_INFERENCE_H
 #define AINODE_INFERENCE_H
@@ -40,6 +41,10 @@ enum infer_error {
     INFER_EREFUSED = -5,  /* the slices cannot form one volume (reason in ERR) */
     INFER_ECANCELLED = -6, /* the progress callback asked to stop */
 };
+
+/* A short text for an INFER_E* code ("model file unreadable or failed to
+ * run"); never NULL. */
+INFER_API const char *inference_strerror(int code);
 
 /* ---------------------------------------------------------------------
  * Models (libtorch)

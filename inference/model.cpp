@@ -5,6 +5,10 @@
  */
 #include "inference/inference.h"
 
+extern "C" {
+#include "common/error.h"
+}
+
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
@@ -58,15 +62,6 @@ std::string what_of(const c10::Error &e)
 std::string what_of(const std::exception &e)
 {
     return one_line(e.what());
-}
-
-void set_err(char *err, size_t errlen, const std::string &msg)
-{
-    if (!err || errlen == 0)
-        return;
-    size_t n = std::min({msg.find_first_of("\r\n"), msg.size(), errlen - 1});
-    std::memcpy(err, msg.data(), n);
-    err[n] = '\0';
 }
 
 /* Parses "cpu", "cuda" or "cuda:N" ourselves: c10::Device accepts more
@@ -164,61 +159,51 @@ INFER_API int infer_device_check(const char *device, char *err, size_t errlen)
         std::string why;
         int rc = parse_device(device, &dev, &why);
         if (rc != 0)
-            set_err(err, errlen, why);
+            error_set(err, errlen, rc, "%s", why.c_str());
         return rc;
     } catch (const c10::Error &e) {
-        set_err(err, errlen, "device check failed: " + what_of(e));
+        return error_set(err, errlen, INFER_EDEVICE, "device check failed: %s", what_of(e).c_str());
     } catch (const std::exception &e) {
-        set_err(err, errlen, "device check failed: " + what_of(e));
+        return error_set(err, errlen, INFER_EDEVICE, "device check failed: %s", what_of(e).c_str());
     } catch (...) {
-        set_err(err, errlen, "device check failed: unknown error");
+        return error_set(err, errlen, INFER_EDEVICE, "device check failed: unknown error");
     }
-    return INFER_EDEVICE;
 }
 
 INFER_API int infer_model_load(const char *path, const char *device, struct infer_model **out,
                                char *err, size_t errlen)
 {
-    if (!out) {
-        set_err(err, errlen, "infer_model_load: no output pointer");
-        return INFER_EINVAL;
-    }
+    if (!out)
+        return error_set(err, errlen, INFER_EINVAL, "infer_model_load: no output pointer");
     *out = nullptr;
-    if (!path || !*path) {
-        set_err(err, errlen, "infer_model_load: no model path");
-        return INFER_EINVAL;
-    }
+    if (!path || !*path)
+        return error_set(err, errlen, INFER_EINVAL, "infer_model_load: no model path");
     std::string where = std::string("cannot load model '") + path + "': ";
     try {
         c10::Device dev(c10::kCPU);
         std::string why;
         int rc = parse_device(device, &dev, &why);
-        if (rc != 0) {
-            set_err(err, errlen, why);
-            return rc;
-        }
+        if (rc != 0)
+            return error_set(err, errlen, rc, "%s", why.c_str());
         /* libtorch's own message for an unreadable file lacks the reason. */
         std::FILE *f = std::fopen(path, "rb");
-        if (!f) {
-            set_err(err, errlen, where + std::strerror(errno));
-            return INFER_EMODEL;
-        }
+        if (!f)
+            return error_set(err, errlen, INFER_EMODEL, "%s%s", where.c_str(),
+                             std::strerror(errno));
         std::fclose(f);
         torch::jit::Module module = torch::jit::load(path, dev);
         module.eval();
         *out = new infer_model{std::move(module), dev, device};
         return 0;
     } catch (const std::bad_alloc &) {
-        set_err(err, errlen, where + "out of memory");
-        return INFER_ENOMEM;
+        return error_set(err, errlen, INFER_ENOMEM, "%sout of memory", where.c_str());
     } catch (const c10::Error &e) {
-        set_err(err, errlen, where + what_of(e));
+        return error_set(err, errlen, INFER_EMODEL, "%s%s", where.c_str(), what_of(e).c_str());
     } catch (const std::exception &e) {
-        set_err(err, errlen, where + what_of(e));
+        return error_set(err, errlen, INFER_EMODEL, "%s%s", where.c_str(), what_of(e).c_str());
     } catch (...) {
-        set_err(err, errlen, where + "unknown error");
+        return error_set(err, errlen, INFER_EMODEL, "%sunknown error", where.c_str());
     }
-    return INFER_EMODEL;
 }
 
 namespace {
@@ -228,18 +213,15 @@ namespace {
 int forward(struct infer_model *m, const float *input, const int64_t *shape, int ndim,
             at::Tensor *y, char *err, size_t errlen)
 {
-    if (ndim < 1 || ndim > 8) {
-        set_err(err, errlen, "infer_model_run: input must have 1 to 8 dimensions, got " +
-                                 std::to_string(ndim));
-        return INFER_EINVAL;
-    }
+    if (ndim < 1 || ndim > 8)
+        return error_set(err, errlen, INFER_EINVAL,
+                         "infer_model_run: input must have 1 to 8 dimensions, got %d", ndim);
     std::vector<int64_t> sizes(shape, shape + ndim);
     for (int i = 0; i < ndim; i++) {
-        if (sizes[i] <= 0) {
-            set_err(err, errlen, "infer_model_run: input dimension " + std::to_string(i) +
-                                     " is " + std::to_string(sizes[i]) + ", must be > 0");
-            return INFER_EINVAL;
-        }
+        if (sizes[i] <= 0)
+            return error_set(err, errlen, INFER_EINVAL,
+                             "infer_model_run: input dimension %d is %lld, must be > 0", i,
+                             static_cast<long long>(sizes[i]));
     }
     try {
         /* Inference mode: no autograd bookkeeping, and the cheapest way to
@@ -253,33 +235,33 @@ int forward(struct infer_model *m, const float *input, const int64_t *shape, int
             x = x.to(m->device);
         std::vector<c10::IValue> args{x};
         c10::IValue result = m->module.forward(args);
-        if (!first_tensor(result, y)) {
-            set_err(err, errlen, "model output is not a tensor (nor a tuple or list starting "
-                                 "with one), got " + result.tagKind());
-            return INFER_EMODEL;
-        }
+        if (!first_tensor(result, y))
+            return error_set(err, errlen, INFER_EMODEL,
+                             "model output is not a tensor (nor a tuple or list starting "
+                             "with one), got %s", result.tagKind().c_str());
         *y = y->to(c10::kCPU, c10::kFloat).contiguous();
-        if (y->dim() > 8) {
-            set_err(err, errlen, "model output has " + std::to_string(y->dim()) +
-                                     " dimensions, at most 8 are supported");
-            return INFER_EMODEL;
-        }
+        if (y->dim() > 8)
+            return error_set(err, errlen, INFER_EMODEL,
+                             "model output has %lld dimensions, at most 8 are supported",
+                             static_cast<long long>(y->dim()));
         return 0;
     } catch (const std::bad_alloc &) {
-        set_err(err, errlen, "model run on " + m->spec + ": out of memory");
-        return INFER_ENOMEM;
+        return error_set(err, errlen, INFER_ENOMEM, "model run on %s: out of memory",
+                         m->spec.c_str());
     } catch (const c10::OutOfMemoryError &e) {
         /* CUDA allocator: the caller may retry with smaller patches. */
-        set_err(err, errlen, "model run on " + m->spec + ": out of memory: " + what_of(e));
-        return INFER_ENOMEM;
+        return error_set(err, errlen, INFER_ENOMEM, "model run on %s: out of memory: %s",
+                         m->spec.c_str(), what_of(e).c_str());
     } catch (const c10::Error &e) {
-        set_err(err, errlen, "model run on " + m->spec + " failed: " + what_of(e));
+        return error_set(err, errlen, INFER_EMODEL, "model run on %s failed: %s",
+                         m->spec.c_str(), what_of(e).c_str());
     } catch (const std::exception &e) {
-        set_err(err, errlen, "model run on " + m->spec + " failed: " + what_of(e));
+        return error_set(err, errlen, INFER_EMODEL, "model run on %s failed: %s",
+                         m->spec.c_str(), what_of(e).c_str());
     } catch (...) {
-        set_err(err, errlen, "model run on " + m->spec + " failed: unknown error");
+        return error_set(err, errlen, INFER_EMODEL, "model run on %s failed: unknown error",
+                         m->spec.c_str());
     }
-    return INFER_EMODEL;
 }
 
 } // namespace
@@ -287,10 +269,8 @@ int forward(struct infer_model *m, const float *input, const int64_t *shape, int
 INFER_API int infer_model_run(struct infer_model *m, const float *input, const int64_t *shape,
                               int ndim, struct infer_tensor *out, char *err, size_t errlen)
 {
-    if (!m || !input || !shape || !out) {
-        set_err(err, errlen, "infer_model_run: null argument");
-        return INFER_EINVAL;
-    }
+    if (!m || !input || !shape || !out)
+        return error_set(err, errlen, INFER_EINVAL, "infer_model_run: null argument");
     out->data = nullptr;
     out->ndim = 0;
     at::Tensor y;
@@ -299,11 +279,9 @@ INFER_API int infer_model_run(struct infer_model *m, const float *input, const i
         return rc;
     size_t n = static_cast<size_t>(y.numel());
     float *data = static_cast<float *>(std::malloc(n ? n * sizeof(float) : 1));
-    if (!data) {
-        set_err(err, errlen,
-                "out of memory for the model output (" + std::to_string(n) + " floats)");
-        return INFER_ENOMEM;
-    }
+    if (!data)
+        return error_set(err, errlen, INFER_ENOMEM,
+                         "out of memory for the model output (%zu floats)", n);
     if (n)
         std::memcpy(data, y.data_ptr<float>(), n * sizeof(float));
     out->data = data;
@@ -317,10 +295,8 @@ INFER_API int infer_model_run_into(struct infer_model *m, const float *input,
                                    const int64_t *shape, int ndim, float *buf, size_t capacity,
                                    int64_t *out_shape, int *out_ndim, char *err, size_t errlen)
 {
-    if (!m || !input || !shape || !buf || !out_shape || !out_ndim) {
-        set_err(err, errlen, "infer_model_run_into: null argument");
-        return INFER_EINVAL;
-    }
+    if (!m || !input || !shape || !buf || !out_shape || !out_ndim)
+        return error_set(err, errlen, INFER_EINVAL, "infer_model_run_into: null argument");
     *out_ndim = 0;
     at::Tensor y;
     int rc = forward(m, input, shape, ndim, &y, err, errlen);
@@ -330,11 +306,10 @@ INFER_API int infer_model_run_into(struct infer_model *m, const float *input,
     *out_ndim = static_cast<int>(y.dim());
     for (int i = 0; i < *out_ndim; i++)
         out_shape[i] = y.size(i);
-    if (n > capacity) {
-        set_err(err, errlen, "the model returned " + std::to_string(n) + " values where at most " +
-                                 std::to_string(capacity) + " were expected");
-        return INFER_EMODEL;
-    }
+    if (n > capacity)
+        return error_set(err, errlen, INFER_EMODEL,
+                         "the model returned %zu values where at most %zu were expected", n,
+                         capacity);
     if (n)
         std::memcpy(buf, y.data_ptr<float>(), n * sizeof(float));
     return 0;

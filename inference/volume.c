@@ -8,8 +8,9 @@
  */
 #include "inference/inference.h"
 
+#include "common/error.h"
+
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,17 +21,6 @@
 #ifndef M_PI
 #define M_PI 3.14159265358979323846
 #endif
-
-static int refuse(char *err, size_t len, const char *fmt, ...)
-{
-    if (err && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, len, fmt, ap);
-        va_end(ap);
-    }
-    return INFER_EREFUSED;
-}
 
 static double dot3(const double *a, const double *b)
 {
@@ -77,33 +67,36 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
 {
     memset(out, 0, sizeof *out);
     if (n == 0)
-        return refuse(err, errlen, "the series has no image slices");
+        return error_set(err, errlen, INFER_EREFUSED, "the series has no image slices");
     if (limits && (size_t)limits->min_slices > n)
-        return refuse(err, errlen, "the series has %zu slice%s; the model needs at least %d", n,
-                      n == 1 ? "" : "s", limits->min_slices);
+        return error_set(err, errlen, INFER_EREFUSED,
+                         "the series has %zu slice%s; the model needs at least %d", n,
+                         n == 1 ? "" : "s", limits->min_slices);
 
     const struct infer_slice *s0 = &slices[0];
     for (size_t i = 1; i < n; i++) {
         const struct infer_slice *s = &slices[i];
         if (s->rows != s0->rows || s->cols != s0->cols)
-            return refuse(err, errlen, "mixed image sizes in the series (%dx%d and %dx%d)",
-                          s0->cols, s0->rows, s->cols, s->rows);
+            return error_set(err, errlen, INFER_EREFUSED,
+                             "mixed image sizes in the series (%dx%d and %dx%d)", s0->cols,
+                             s0->rows, s->cols, s->rows);
         for (int c = 0; c < 6; c++)
             if (fabs(s->orientation[c] - s0->orientation[c]) > ORIENTATION_TOLERANCE)
-                return refuse(err, errlen,
-                              "mixed image orientations in the series (a localizer or another "
-                              "plane?)");
+                return error_set(err, errlen, INFER_EREFUSED,
+                                 "mixed image orientations in the series (a localizer or another "
+                                 "plane?)");
         for (int c = 0; c < 2; c++)
             if (fabs(s->pixel_spacing[c] - s0->pixel_spacing[c]) > SPACING_TOLERANCE_MM)
-                return refuse(err, errlen, "mixed pixel spacings in the series");
+                return error_set(err, errlen, INFER_EREFUSED, "mixed pixel spacings in the series");
     }
     if (s0->rows <= 0 || s0->cols <= 0 || s0->pixel_spacing[0] <= 0 || s0->pixel_spacing[1] <= 0)
-        return refuse(err, errlen, "invalid image size or pixel spacing");
+        return error_set(err, errlen, INFER_EREFUSED, "invalid image size or pixel spacing");
 
     const double *row = s0->orientation, *col = s0->orientation + 3;
     if (fabs(dot3(row, row) - 1) > 1e-2 || fabs(dot3(col, col) - 1) > 1e-2 ||
         fabs(dot3(row, col)) > 1e-2)
-        return refuse(err, errlen, "image orientation is not two orthogonal unit vectors");
+        return error_set(err, errlen, INFER_EREFUSED,
+                         "image orientation is not two orthogonal unit vectors");
     double normal[3];
     cross3(row, col, normal);
     double nlen = sqrt(dot3(normal, normal));
@@ -129,8 +122,9 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
         for (size_t k = 0; k + 1 < n; k++) {
             gaps[k] = ord[k + 1].d - ord[k].d;
             if (gaps[k] < DUPLICATE_MM) {
-                rc = refuse(err, errlen, "two slices at the same position (%.3f mm along the "
-                            "normal)", ord[k].d);
+                rc = error_set(err, errlen, INFER_EREFUSED,
+                               "two slices at the same position (%.3f mm along the normal)",
+                               ord[k].d);
                 goto done;
             }
         }
@@ -148,10 +142,10 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
         double tol = limits && limits->spacing_tolerance > 0 ? limits->spacing_tolerance : 0.05;
         for (size_t k = 0; k + 1 < n; k++) {
             if (fabs(gaps[k] - spacing) > tol * spacing) {
-                rc = refuse(err, errlen,
-                            "uneven slice spacing: a gap of %.3f mm where %.3f mm is expected "
-                            "(missing slice?)",
-                            gaps[k], spacing);
+                rc = error_set(err, errlen, INFER_EREFUSED,
+                               "uneven slice spacing: a gap of %.3f mm where %.3f mm is expected "
+                               "(missing slice?)",
+                               gaps[k], spacing);
                 goto done;
             }
         }
@@ -165,8 +159,8 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
         double tilt = atan2(sqrt(dot3(perp, perp)), along) * 180.0 / M_PI;
         double max_tilt = limits ? limits->max_tilt_degrees : 0.5;
         if (tilt > max_tilt) {
-            rc = refuse(err, errlen, "gantry tilt of %.2f degrees (the limit is %.2f)", tilt,
-                        max_tilt);
+            rc = error_set(err, errlen, INFER_EREFUSED,
+                           "gantry tilt of %.2f degrees (the limit is %.2f)", tilt, max_tilt);
             goto done;
         }
     }

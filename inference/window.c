@@ -11,22 +11,12 @@
  */
 #include "inference/inference.h"
 
+#include "common/error.h"
+
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int fail(char *err, size_t len, int rc, const char *fmt, ...)
-{
-    if (err && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, len, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 /* Patch starts along one axis: every STEP, and a last one flush with the
  * end. The kept part of a patch is all but MARGIN on each inner side, so
@@ -92,18 +82,18 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
     int mg[3];
     for (int a = 0; a < 3; a++) {
         if (w->patch[a] <= 0 || w->margin[a] < 0)
-            return fail(err, errlen, INFER_EINVAL, "patch size must be positive");
+            return error_set(err, errlen, INFER_EINVAL, "patch size must be positive");
         p[a] = w->patch[a] < dim[a] ? w->patch[a] : dim[a];
         mg[a] = p[a] == dim[a] ? 0 : w->margin[a]; /* one patch spans the axis */
         if (p[a] - 2 * mg[a] < 1)
-            return fail(err, errlen, INFER_EINVAL,
-                        "patch %d is too small for a margin of %d on each side", w->patch[a],
-                        w->margin[a]);
+            return error_set(err, errlen, INFER_EINVAL,
+                             "patch %d is too small for a margin of %d on each side", w->patch[a],
+                             w->margin[a]);
     }
     if (w->channels < 1 || w->channels > 255 || w->overlap < 0 || w->overlap >= 1)
-        return fail(err, errlen, INFER_EINVAL, "invalid channels or overlap");
+        return error_set(err, errlen, INFER_EINVAL, "invalid channels or overlap");
     if (w->decision == INFER_ARGMAX && w->channels < 2)
-        return fail(err, errlen, INFER_EINVAL, "argmax needs at least two channels");
+        return error_set(err, errlen, INFER_EINVAL, "argmax needs at least two channels");
 
     const int C = w->channels;
     const size_t plane = (size_t)g->nx * g->ny;
@@ -154,11 +144,11 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
                 if ((rc == INFER_OK || ondim > 0) &&
                     (ondim != 5 || oshape[0] != 1 || oshape[1] != C || oshape[2] != p[0] ||
                      oshape[3] != p[1] || oshape[4] != p[2]))
-                    rc = fail(err, errlen, INFER_EMODEL,
-                              "the model returned a tensor of %d dims (%lldx%lld...) where "
-                              "1x%dx%dx%dx%d was expected",
-                              ondim, (long long)(ondim > 0 ? oshape[0] : 0),
-                              (long long)(ondim > 1 ? oshape[1] : 0), C, p[0], p[1], p[2]);
+                    rc = error_set(err, errlen, INFER_EMODEL,
+                                   "the model returned a tensor of %d dims (%lldx%lld...) where "
+                                   "1x%dx%dx%dx%d was expected",
+                                   ondim, (long long)(ondim > 0 ? oshape[0] : 0),
+                                   (long long)(ondim > 1 ? oshape[1] : 0), C, p[0], p[1], p[2]);
                 if (rc != INFER_OK)
                     goto done;
                 int lo[3], hi[3];
@@ -186,7 +176,7 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
                     }
                 }
                 if (w->progress && w->progress(w->progress_ud, ++done_patches, total)) {
-                    rc = fail(err, errlen, INFER_ECANCELLED, "cancelled");
+                    rc = error_set(err, errlen, INFER_ECANCELLED, "cancelled");
                     goto done;
                 }
             }

@@ -225,28 +225,21 @@ static void test_unknown_device_names_are_refused(void **state)
     assert_int_equal(infer_device_check("cpu", err, sizeof err), 0);
 }
 
-static void test_missing_model_file_is_emodel_naming_the_path(void **state)
+static void test_unloadable_model_files_are_emodel_naming_the_path(void **state)
 {
     (void)state;
-    char path[600];
-    snprintf(path, sizeof path, "%s/no-such-model.pt", tmpdir);
-    char err[1024] = "";
-    struct infer_model *m = NULL;
-    assert_int_equal(infer_model_load(path, "cpu", &m, err, sizeof err), INFER_EMODEL);
-    assert_null(m);
-    assert_one_line(err);
-    assert_non_null(strstr(err, path));
-}
-
-static void test_file_that_is_not_torchscript_is_emodel(void **state)
-{
-    (void)state;
-    char err[1024] = "";
-    struct infer_model *m = NULL;
-    assert_int_equal(infer_model_load(garbage_path, "cpu", &m, err, sizeof err), INFER_EMODEL);
-    assert_null(m);
-    assert_one_line(err);
-    assert_non_null(strstr(err, garbage_path));
+    char missing[600];
+    snprintf(missing, sizeof missing, "%s/no-such-model.pt", tmpdir);
+    /* A file that does not exist, and one that is not TorchScript. */
+    const char *paths[] = {missing, garbage_path};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        char err[1024] = "";
+        struct infer_model *m = NULL;
+        assert_int_equal(infer_model_load(paths[i], "cpu", &m, err, sizeof err), INFER_EMODEL);
+        assert_null(m);
+        assert_one_line(err);
+        assert_non_null(strstr(err, paths[i]));
+    }
 }
 
 static void test_error_messages_are_cut_to_the_buffer(void **state)
@@ -280,42 +273,58 @@ static void test_wrong_input_geometry_is_an_error_not_an_abort(void **state)
 
     float x[NVOX];
     fill_input(x);
-    struct infer_tensor out = {.data = (float *)x, .ndim = 3};
-
-    /* Rank 2 and rank 4: the model refuses with its own reason. */
-    const int64_t rank2[2] = {D * H, W};
-    err[0] = '\0';
-    assert_int_equal(infer_model_run(m, x, rank2, 2, &out, err, sizeof err), INFER_EMODEL);
-    assert_one_line(err);
-    assert_null(out.data);
-    assert_int_equal(out.ndim, 0);
-
-    const int64_t rank4[4] = {1, D, H, W};
-    err[0] = '\0';
-    assert_int_equal(infer_model_run(m, x, rank4, 4, &out, err, sizeof err), INFER_EMODEL);
-    assert_one_line(err);
-
-    /* Two channels where the weights expect one: libtorch's conv refuses. */
-    const int64_t two_channels[5] = {1, 2, 2, H, W};
-    err[0] = '\0';
-    assert_int_equal(infer_model_run(m, x, two_channels, 5, &out, err, sizeof err), INFER_EMODEL);
-    assert_one_line(err);
-
-    /* Shapes the shim itself rejects before libtorch sees them. */
-    const int64_t shape[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
-    assert_int_equal(infer_model_run(m, x, shape, 0, &out, err, sizeof err), INFER_EINVAL);
-    assert_int_equal(infer_model_run(m, x, shape, 9, &out, err, sizeof err), INFER_EINVAL);
-    const int64_t negative[5] = {1, 1, -4, H, W};
-    assert_int_equal(infer_model_run(m, x, negative, 5, &out, err, sizeof err), INFER_EINVAL);
-    assert_one_line(err);
-    const int64_t empty[5] = {1, 1, 0, H, W};
-    assert_int_equal(infer_model_run(m, x, empty, 5, &out, err, sizeof err), INFER_EINVAL);
+    static const struct {
+        const char *what;
+        int64_t shape[9];
+        int ndim;
+        int rc;
+    } bad[] = {
+        /* The model refuses with its own reason. */
+        {"rank 2", {D * H, W}, 2, INFER_EMODEL},
+        {"rank 4", {1, D, H, W}, 4, INFER_EMODEL},
+        {"two channels where the weights expect one", {1, 2, 2, H, W}, 5, INFER_EMODEL},
+        /* The shim itself rejects these before libtorch sees them. */
+        {"rank 0", {1, 1, 1, 1, 1, 1, 1, 1, 1}, 0, INFER_EINVAL},
+        {"rank 9", {1, 1, 1, 1, 1, 1, 1, 1, 1}, 9, INFER_EINVAL},
+        {"a negative dimension", {1, 1, -4, H, W}, 5, INFER_EINVAL},
+        {"an empty dimension", {1, 1, 0, H, W}, 5, INFER_EINVAL},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct infer_tensor out = {.data = (float *)x, .ndim = 3};
+        err[0] = '\0';
+        int rc = infer_model_run(m, x, bad[i].shape, bad[i].ndim, &out, err, sizeof err);
+        if (rc != bad[i].rc)
+            fail_msg("%s: %d (%s), expected %d", bad[i].what, rc, err, bad[i].rc);
+        assert_one_line(err);
+        assert_null(out.data);
+        assert_int_equal(out.ndim, 0);
+    }
+    struct infer_tensor out;
+    const int64_t shape[5] = {1, 1, 1, 1, 1};
     assert_int_equal(infer_model_run(NULL, x, shape, 5, &out, err, sizeof err), INFER_EINVAL);
     assert_int_equal(infer_model_run(m, NULL, shape, 5, &out, err, sizeof err), INFER_EINVAL);
 
     /* The model still works after the refusals. */
     infer_model_free(m);
     check_labels_on("cpu");
+}
+
+static void test_every_error_code_has_its_own_text(void **state)
+{
+    (void)state;
+    static const int codes[] = {INFER_OK,     INFER_EINVAL,   INFER_EDEVICE,   INFER_EMODEL,
+                                INFER_ENOMEM, INFER_EREFUSED, INFER_ECANCELLED};
+    const size_t n = sizeof codes / sizeof codes[0];
+    for (size_t i = 0; i < n; i++) {
+        const char *text = inference_strerror(codes[i]);
+        assert_non_null(text);
+        assert_true(text[0] != '\0');
+        assert_string_not_equal(text, inference_strerror(-1000));
+        for (size_t j = 0; j < i; j++)
+            assert_string_not_equal(text, inference_strerror(codes[j]));
+    }
+    assert_string_equal(inference_strerror(INFER_EMODEL), "model file unreadable or failed to run");
+    assert_non_null(inference_strerror(1));
 }
 
 static void test_freeing_null_is_harmless(void **state)
@@ -367,11 +376,11 @@ int main(void)
         cmocka_unit_test(test_patch_by_patch_runs_give_the_same_labels_as_one_run),
         cmocka_unit_test(test_cuda_gives_the_same_labels_or_is_refused_with_a_reason),
         cmocka_unit_test(test_unknown_device_names_are_refused),
-        cmocka_unit_test(test_missing_model_file_is_emodel_naming_the_path),
-        cmocka_unit_test(test_file_that_is_not_torchscript_is_emodel),
+        cmocka_unit_test(test_unloadable_model_files_are_emodel_naming_the_path),
         cmocka_unit_test(test_error_messages_are_cut_to_the_buffer),
         cmocka_unit_test(test_setting_threads_keeps_the_model_working),
         cmocka_unit_test(test_wrong_input_geometry_is_an_error_not_an_abort),
+        cmocka_unit_test(test_every_error_code_has_its_own_text),
         cmocka_unit_test(test_freeing_null_is_harmless),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
