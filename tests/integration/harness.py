@@ -26,6 +26,7 @@ import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -44,8 +45,8 @@ START_TIMEOUT = 20.0
 
 __all__ = [
     "REPO_ROOT", "TOOLS_DIR", "LOOPBACK",
-    "HarnessError", "NodeError", "ToolError",
-    "default_binary", "free_port", "write_config", "dcmtk_env", "wait_until",
+    "HarnessError", "NodeError", "ToolError", "MissingToolError",
+    "require_tool", "default_binary", "free_port", "write_config", "dcmtk_env", "wait_until",
     "Node", "StoreSCP",
     "storescu", "dcmsend", "echoscu",
     "storescu_statuses", "storescu_file_statuses", "all_stores_succeeded",
@@ -59,6 +60,25 @@ class HarnessError(Exception):
 
 class NodeError(HarnessError):
     pass
+
+
+class MissingToolError(HarnessError):
+    """A program a test needs is not installed: the test fails, naming it."""
+
+
+# The Debian package of each outside program the tests run (the rest are DCMTK's).
+TOOL_PACKAGES = {"dciodvfy": "dicom3tools"}
+
+
+def require_tool(name):
+    """The path of program NAME on PATH; MissingToolError naming it when absent.
+    A missing tool fails the test that needs it: it never skips or passes."""
+    path = shutil.which(name)
+    if not path:
+        raise MissingToolError(
+            "required program '%s' is not installed or not on PATH (Debian package %s; "
+            "deploy/setup-debian.sh installs it)" % (name, TOOL_PACKAGES.get(name, "dcmtk")))
+    return path
 
 
 class ToolError(subprocess.CalledProcessError):
@@ -108,7 +128,8 @@ def dcmtk_env(extra=None):
 def wait_until(predicate, timeout=30.0, interval=0.1, what="condition"):
     """Calls predicate() until it returns something truthy; returns that value.
 
-    Raises TimeoutError (with the last exception, if any) after timeout s."""
+    Raises TimeoutError (with the last exception, if any) after timeout s;
+    a missing program is raised at once."""
     deadline = time.monotonic() + timeout
     last_exc = None
     while True:
@@ -116,6 +137,8 @@ def wait_until(predicate, timeout=30.0, interval=0.1, what="condition"):
             v = predicate()
             if v:
                 return v
+        except MissingToolError:
+            raise
         except Exception as e:  # noqa: BLE001 - reported on timeout
             last_exc = e
         if time.monotonic() >= deadline:
@@ -317,6 +340,8 @@ class Node:
         does not answer within timeout seconds (it is killed then)."""
         if self.running():
             raise NodeError("node already running (pid %d)" % self.proc.pid)
+        if wait:
+            require_tool("echoscu")  # before a node is started that nothing could reach
         log = open(self.log_path, "ab")
         try:
             log.write(("=== %s serve -c %s ===\n" % (self.binary, self.config_path)).encode())
@@ -480,6 +505,7 @@ def _dir_flags(files):
 
 
 def _run_tool(cmd, check, timeout, env=None):
+    require_tool(cmd[0])
     r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, errors="replace",
                        timeout=timeout, env=dcmtk_env(env))
@@ -594,6 +620,7 @@ class StoreSCP:
         if self.running():
             raise HarnessError("storescp already running (pid %d)" % self.proc.pid)
         os.makedirs(self.out_dir, exist_ok=True)
+        require_tool("storescp")
         cmd = ["storescp", "-od", self.out_dir, "-aet", self.aet]
         if self.fork:
             cmd.append("--fork")
@@ -717,7 +744,6 @@ def dataset_bytes(path):
 # Self-test
 
 def _selftest():
-    import shutil
     import tempfile
     import textwrap
 
@@ -765,7 +791,7 @@ def _selftest():
 
         # 3. storescp --fork, concurrent associations
         with StoreSCP(os.path.join(tmp, "scpf"), fork=True) as scp:
-            procs = [subprocess.Popen(["storescu", "-aec", scp.aet, LOOPBACK, str(scp.port), f],
+            procs = [subprocess.Popen([require_tool("storescu"), "-aec", scp.aet, LOOPBACK, str(scp.port), f],
                                       env=dcmtk_env(), stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL) for f in files]
             assert all(p.wait(60) == 0 for p in procs)

@@ -149,7 +149,8 @@ class InferenceTest(NodeTestCase):
                 files = []
                 for f in raw:
                     out = f.replace(os.sep + "raw" + os.sep, os.sep)
-                    subprocess.run(cmd + [f, out], check=True)
+                    subprocess.run([harness.require_tool(cmd[0])] + cmd[1:] + [f, out],
+                                   check=True)
                     files.append(out)
             if name == "big-endian":
                 # DCMTK's senders want explicit little endian first unless told.

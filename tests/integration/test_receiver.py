@@ -305,7 +305,7 @@ class ReceiverTest(NodeTestCase):
                                    seed=i)
             sent |= {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
                      for f in files}
-            cmd = ["storescu", "-v", "-aet", "SENDER%d" % i, "-aec", n.ae, "127.0.0.1",
+            cmd = [harness.require_tool("storescu"), "-v", "-aet", "SENDER%d" % i, "-aec", n.ae, "127.0.0.1",
                    str(n.port)] + files
             senders.append(subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True,
@@ -324,7 +324,8 @@ class ReceiverTest(NodeTestCase):
         n = self.node(stable_seconds=60)
         n.start()
         files = make_ct_series(os.path.join(self.workdir, "in"), 400, rows=256, cols=256)
-        cmd = ["storescu", "-v", "-aec", n.ae, "127.0.0.1", str(n.port)] + files
+        cmd = [harness.require_tool("storescu"), "-v", "-aec", n.ae, "127.0.0.1",
+               str(n.port)] + files
         sender = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, env=harness.dcmtk_env())
         out = []

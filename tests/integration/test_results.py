@@ -30,8 +30,14 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
 def dciodvfy_errors(path):
-    r = subprocess.run(["dciodvfy", path], capture_output=True, text=True)
-    return [l for l in (r.stdout + r.stderr).splitlines() if l.startswith("Error")]
+    """dciodvfy's Error and Abort lines for PATH. A missing dciodvfy fails;
+    so does a run that exits non-zero without saying why (it read nothing)."""
+    r = subprocess.run([harness.require_tool("dciodvfy"), path], capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    errors = [l for l in out.splitlines() if l.startswith(("Error", "Abort"))]
+    if r.returncode != 0 and not errors:
+        errors = ["dciodvfy exited with %d: %s" % (r.returncode, out[-2000:])]
+    return errors
 
 
 class ResultsTest(NodeTestCase):

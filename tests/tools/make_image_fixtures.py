@@ -20,6 +20,7 @@ Needs Debian's python3-pydicom and DCMTK's dcmcjpeg. Run again to reproduce:
   j2k_3frames_fragmented.dcm  ... 3 frames of 2 fragments, no offset table.
 """
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -146,7 +147,11 @@ def palette_and_lut(palette_path, lut_path):
 
 
 def dcmcjpeg(args, src, dst):
-    subprocess.run(["dcmcjpeg"] + args + [src, dst], check=True)
+    tool = shutil.which("dcmcjpeg")
+    if not tool:
+        sys.exit("make_image_fixtures.py: required program 'dcmcjpeg' is not installed "
+                 "(Debian package dcmtk)")
+    subprocess.run([tool] + args + [src, dst], check=True)
 
 
 def jp2_wrapped(path):
