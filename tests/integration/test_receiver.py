@@ -86,6 +86,18 @@ def meta_transfer_syntax(path):
     return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
 
 
+# How the node refuses an association, by cause: the echoscu and rawscu
+# arguments that provoke it, the words echoscu prints, and the A-ASSOCIATE-RJ
+# (result, source, reason) rawscu receives.
+REJECTIONS = {
+    "unknown called AE": (dict(ae_called="NOTAINODE"), dict(called="NOTAINODE"),
+                          "Rejected Permanent", "Called AE Title Not Recognized", (1, 1, 7)),
+    "caller not allowed": (dict(ae_calling="INTRUDER"), dict(calling="INTRUDER"),
+                           "Rejected Permanent", "Calling AE Title Not Recognized", (1, 1, 3)),
+    "over the limit": (dict(), dict(), "Rejected Transient", "Local Limit Exceeded", (2, 3, 2)),
+}
+
+
 class NodeTestCase(unittest.TestCase):
     def setUp(self):
         self.workdir = tempfile.mkdtemp(prefix="ainode-it-")
@@ -125,6 +137,21 @@ class NodeTestCase(unittest.TestCase):
 
 
 class ReceiverTest(NodeTestCase):
+    def assert_rejected(self, n, cause):
+        """echoscu and rawscu are both refused by N for CAUSE (see REJECTIONS);
+        returns how long echoscu took."""
+        echo, raw, kind, words, rj = REJECTIONS[cause]
+        t0 = time.monotonic()
+        r = harness.echoscu(n.port, **dict(dict(ae_called=n.ae), **echo), check=False)
+        took = time.monotonic() - t0
+        self.assertNotEqual(r.returncode, 0, cause)
+        self.assertIn(kind, r.stdout)
+        self.assertIn(words, r.stdout)
+        with self.assertRaises(rawscu.Rejected) as cm:
+            rawscu.Association(n.port, **raw)
+        self.assertEqual((cm.exception.result, cm.exception.source, cm.exception.reason), rj)
+        return took
+
     # --- association ------------------------------------------------------
     def test_echo_is_answered(self):
         n = self.node()
@@ -136,26 +163,12 @@ class ReceiverTest(NodeTestCase):
     def test_wrong_called_ae_is_rejected(self):
         n = self.node()
         n.start()
-        r = harness.echoscu(n.port, ae_called="NOTAINODE", check=False)
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("Rejected Permanent", r.stdout)
-        self.assertIn("Called AE Title Not Recognized", r.stdout)
-        with self.assertRaises(rawscu.Rejected) as cm:
-            rawscu.Association(n.port, called="NOTAINODE")
-        self.assertEqual((cm.exception.result, cm.exception.source, cm.exception.reason),
-                         (1, 1, 7))
+        self.assert_rejected(n, "unknown called AE")
 
     def test_caller_outside_allowed_list_is_rejected(self):
         n = self.node(allowed_callers=["MODALITY1", "PACS"])
         n.start()
-        r = harness.echoscu(n.port, ae_called=n.ae, ae_calling="INTRUDER", check=False)
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("Rejected Permanent", r.stdout)
-        self.assertIn("Calling AE Title Not Recognized", r.stdout)
-        with self.assertRaises(rawscu.Rejected) as cm:
-            rawscu.Association(n.port, calling="INTRUDER")
-        self.assertEqual((cm.exception.result, cm.exception.source, cm.exception.reason),
-                         (1, 1, 3))
+        self.assert_rejected(n, "caller not allowed")
         r = harness.echoscu(n.port, ae_called=n.ae, ae_calling="PACS", check=False)
         self.assertEqual(r.returncode, 0, r.stdout)
 
@@ -163,16 +176,7 @@ class ReceiverTest(NodeTestCase):
         n = self.node(max_associations=2)
         n.start()
         held = [rawscu.Association(n.port) for _ in range(2)]
-        t0 = time.monotonic()
-        r = harness.echoscu(n.port, ae_called=n.ae, check=False)
-        self.assertLess(time.monotonic() - t0, 5)
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("Rejected Transient", r.stdout)
-        self.assertIn("Local Limit Exceeded", r.stdout)
-        with self.assertRaises(rawscu.Rejected) as cm:
-            rawscu.Association(n.port)
-        self.assertEqual((cm.exception.result, cm.exception.source, cm.exception.reason),
-                         (2, 3, 2))
+        self.assertLess(self.assert_rejected(n, "over the limit"), 5)
         # The held associations still work, and a freed slot is usable again.
         self.assertEqual(held[0].echo(), 0)
         self.assertTrue(held[0].release())

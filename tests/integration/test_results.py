@@ -68,6 +68,26 @@ class ResultsTest(NodeTestCase):
                 else None
         return harness.wait_until(check, timeout, 0.2, "outbox items %s" % state)
 
+    def wait_first_failed_attempt(self, n):
+        harness.wait_until(lambda: [i for i in n.status()["outbox"] if i["attempts"] >= 1],
+                           60, 0.2, "a first failed attempt")
+
+    def deliver(self, shuffle):
+        """A series sent in position order or shuffled reaches the PACS as
+        one valid SEG and SR, each sent once at the first attempt."""
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
+            n = self.node_for(pacs.port)
+            n.start()
+            files, order = self.series("in", shuffle=shuffle)
+            if shuffle:
+                self.assertNotEqual(order, files)
+            harness.storescu(n.port, order, ae_called=n.ae)
+            items = self.wait_outbox(n, "sent")
+            self.assertEqual(sorted(i["kind"] for i in items), ["seg", "sr"])
+            self.assertTrue(all(i["attempts"] == 1 and i["error"] is None for i in items))
+            self.check_results(pacs.out_dir, files)
+            self.assertEqual(n.stop(), 0)
+
     def received(self, pacs_dir):
         """{SOP class: [paths]} of what the PACS stored."""
         out = {}
@@ -108,27 +128,10 @@ class ResultsTest(NodeTestCase):
         return seg, sr
 
     def test_results_reach_the_pacs_as_a_valid_seg_and_sr(self):
-        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
-            n = self.node_for(pacs.port)
-            n.start()
-            files, order = self.series("in")
-            harness.storescu(n.port, order, ae_called=n.ae)
-            items = self.wait_outbox(n, "sent")
-            self.assertEqual(sorted(i["kind"] for i in items), ["seg", "sr"])
-            self.assertTrue(all(i["attempts"] == 1 and i["error"] is None for i in items))
-            self.check_results(pacs.out_dir, files)
-            self.assertEqual(n.stop(), 0)
+        self.deliver(shuffle=False)
 
     def test_slices_sent_in_shuffled_order_give_the_same_seg(self):
-        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
-            n = self.node_for(pacs.port)
-            n.start()
-            files, order = self.series("in", shuffle=True)
-            self.assertNotEqual(order, files)
-            harness.storescu(n.port, order, ae_called=n.ae)
-            self.wait_outbox(n, "sent")
-            self.check_results(pacs.out_dir, files)
-            self.assertEqual(n.stop(), 0)
+        self.deliver(shuffle=True)
 
     def test_a_pacs_down_for_20_seconds_gets_everything_once(self):
         pacs = harness.StoreSCP(os.path.join(self.workdir, "pacs"), extra=["+uf"])
@@ -136,8 +139,7 @@ class ResultsTest(NodeTestCase):
         n.start()
         files, order = self.series("in")
         harness.storescu(n.port, order, ae_called=n.ae)
-        harness.wait_until(lambda: [i for i in n.status()["outbox"] if i["attempts"] >= 1],
-                           60, 0.2, "a first failed attempt")
+        self.wait_first_failed_attempt(n)
         time.sleep(20)
         items = n.status()["outbox"]
         self.assertTrue(all(i["state"] == "pending" and i["attempts"] >= 3 for i in items),
@@ -187,8 +189,7 @@ class ResultsTest(NodeTestCase):
         n.start()
         files, order = self.series("in")
         harness.storescu(n.port, order, ae_called=n.ae)
-        harness.wait_until(lambda: [i for i in n.status()["outbox"] if i["attempts"] >= 1],
-                           60, 0.2, "a first failed attempt")
+        self.wait_first_failed_attempt(n)
         n.kill9()
         self.assertTrue(all(i["state"] == "pending" for i in n.status()["outbox"]))
         with pacs:
