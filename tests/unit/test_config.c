@@ -14,7 +14,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/attr.h"
 #include "config/config.h"
+#include "config/schema.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -143,9 +145,9 @@ static void load_fails(const char *path, struct capture *cap)
 {
     static struct config sentinel;
     struct config *cfg = &sentinel; /* config_load must reset it to NULL */
-    int n = config_load(path, &cfg, capture_line, cap);
-    assert_int_equal(n, cap->n);
-    assert_true(n > 0);
+    int rc = config_load(path, &cfg, capture_line, cap);
+    assert_true(rc == CONFIG_EINVALID || rc == CONFIG_EREAD);
+    assert_true(cap->n > 0); /* every problem is a line */
     assert_null(cfg);
 }
 
@@ -231,8 +233,11 @@ static void assert_defaults(const struct config *cfg)
     assert_int_equal(cfg->node.max_pdu, 131072);
     assert_int_equal(cfg->node.retention_days, 0);
     assert_int_equal(cfg->node.disk_high_water_percent, 0);
+    assert_int_equal(cfg->node.artim_timeout_seconds, 10);
     assert_int_equal(cfg->n_destinations, 0);
 }
+
+#define ARCH_DEST "destinations:\n  arch: {ae_title: ARCH, host: h, port: 104}\n"
 
 /* ---- valid files ------------------------------------------------------ */
 
@@ -412,6 +417,132 @@ static void test_retention_keys_load_and_are_bounded(void **state)
     capture_free(&cap);
 }
 
+/* Every node key of the table and every attribute of attr.def appears in
+ * the sample file, so that it stays in step with the tables. */
+static void test_deploy_sample_names_every_key_and_attribute(void **state)
+{
+    (void)state;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/../../deploy/ainode.yaml", data_dir());
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    static char text[65536];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    const struct schema_field *node = NULL;
+    for (size_t i = 0; i < config_n_top_fields; i++) {
+        char want[64], commented[64]; /* completion: is shown commented out */
+        snprintf(want, sizeof want, "\n%s:", config_top_fields[i].key);
+        snprintf(commented, sizeof commented, "\n#   %s:", config_top_fields[i].key);
+        if (!strstr(text, want) && !strstr(text, commented))
+            fail_msg("deploy/ainode.yaml lacks top-level key %s", config_top_fields[i].key);
+        if (!strcmp(config_top_fields[i].key, "node"))
+            node = &config_top_fields[i];
+    }
+    assert_non_null(node);
+    for (size_t i = 0; i < node->n_sub; i++) {
+        char want[96];
+        snprintf(want, sizeof want, "\n  %s:", node->sub[i].key);
+        if (!strstr(text, want))
+            fail_msg("deploy/ainode.yaml lacks node.%s", node->sub[i].key);
+    }
+    for (int i = 0; i < ATTR_COUNT; i++)
+        if (!strstr(text, attr_table[i].keyword))
+            fail_msg("deploy/ainode.yaml does not name the attribute %s", attr_table[i].keyword);
+}
+
+static void test_artim_timeout_loads_and_is_bounded(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(write_tmp("artim.yaml", "node:\n  artim_timeout_seconds: 3600\n"));
+    assert_int_equal(cfg->node.artim_timeout_seconds, 3600);
+    config_free(cfg);
+    expect_single_error("artim_range.yaml", "node:\n  artim_timeout_seconds: 0\n",
+                        "2:26: node.artim_timeout_seconds: 0 is out of range 1..3600");
+}
+
+/* Reload refuses exactly the keys marked restart-only, and names them. */
+static void test_restart_changes_name_exactly_the_restart_only_keys(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *node;      /* the node: section of the new file */
+        int changes;
+        const char *names;
+    } cases[] = {
+        {"{}", 0, ""},
+        {"{port: 104}", 1, "node.port"},
+        {"{bind: 0.0.0.0}", 1, "node.bind"},
+        {"{data_dir: ./elsewhere}", 1, "node.data_dir"},
+        {"{max_associations: 2}", 1, "node.max_associations"},
+        {"{max_pdu: 16384}", 1, "node.max_pdu"},
+        {"{artim_timeout_seconds: 30}", 1, "node.artim_timeout_seconds"},
+        {"{port: 104, max_pdu: 16384, bind: 0.0.0.0}", 3, "node.port, node.bind, node.max_pdu"},
+        /* what a reload applies */
+        {"{ae_title: OTHER, stable_seconds: 3, log_level: debug, allowed_callers: [A], "
+         "shutdown_grace_seconds: 1, network_timeout_seconds: 5, retention_days: 2, "
+         "disk_high_water_percent: 90}",
+         0, ""},
+    };
+    struct config *old = load_ok(write_tmp("restart_old.yaml", "node: {}\n"));
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512], name[64], buf[256];
+        snprintf(text, sizeof text,
+                 "node: %s\n" ARCH_DEST "rules: [{forward_to: [arch]}]\n", cases[i].node);
+        snprintf(name, sizeof name, "restart_%zu.yaml", i);
+        struct config *new = load_ok(write_tmp(name, text));
+        int n = config_restart_changes(old, new, buf, sizeof buf);
+        if (n != cases[i].changes || strcmp(buf, cases[i].names))
+            fail_msg("%s: %d changes (%s)", cases[i].node, n, buf);
+        config_free(new);
+    }
+    /* a short buffer stays terminated */
+    struct config *new = load_ok(write_tmp("restart_many.yaml", "node: {port: 1, bind: x}\n"));
+    char small[8];
+    assert_int_equal(config_restart_changes(old, new, small, sizeof small), 2);
+    assert_true(strlen(small) < sizeof small);
+    config_free(new);
+    config_free(old);
+}
+
+static void test_configurations_are_reference_counted(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(fixture("full.yaml"));
+    assert_ptr_equal(config_ref(cfg), cfg);
+    assert_ptr_equal(config_ref(cfg), cfg);
+    config_unref(cfg);
+    config_unref(cfg);
+    /* still alive: one reference left */
+    assert_string_equal(cfg->path, fixture("full.yaml"));
+    config_unref(cfg);
+    config_unref(NULL);
+    assert_null(config_ref(NULL));
+    assert_string_equal(config_strerror(CONFIG_EINVALID), "the configuration has problems");
+    assert_string_equal(config_strerror(CONFIG_EREAD), "the configuration file cannot be read");
+    assert_string_equal(config_strerror(CONFIG_ENOMEM), "out of memory");
+    assert_string_equal(config_strerror(0), "success");
+}
+
+/* A missing file is CONFIG_EREAD, a file with problems CONFIG_EINVALID. */
+static void test_load_returns_the_class_of_the_failure(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    struct config *cfg = NULL;
+    char missing[600];
+    snprintf(missing, sizeof missing, "%s/absent.yaml", tmpdir);
+    assert_int_equal(config_load(missing, &cfg, capture_line, &cap), CONFIG_EREAD);
+    assert_int_equal(config_load(NULL, &cfg, capture_line, &cap), CONFIG_EREAD);
+    assert_int_equal(config_load(write_tmp("bad_port.yaml", "node: {port: 0}\n"), &cfg,
+                                 capture_line, &cap),
+                     CONFIG_EINVALID);
+    assert_null(cfg);
+    expect_count(&cap, 3);
+    capture_free(&cap);
+}
+
 static void test_deploy_sample_loads_without_errors(void **state)
 {
     (void)state;
@@ -435,7 +566,7 @@ static void test_deploy_sample_loads_without_errors(void **state)
     assert_string_equal(cfg->rules[0].name, "ct-bone");
     assert_int_equal(cfg->rules[0].match.n_conditions, 1);
     assert_string_equal(cfg->rules[0].match.conditions[0].attribute, "Modality");
-    assert_int_equal(cfg->rules[0].match.conditions[0].op, CONFIG_OP_EQUALS);
+    assert_int_equal(cfg->rules[0].match.conditions[0].op, RULES_OP_EQUALS);
     assert_string_equal(cfg->rules[0].match.conditions[0].values[0], "CT");
     assert_int_equal(cfg->rules[0].n_run, 1);
     assert_string_equal(cfg->rules[0].run[0], "ct-bone-body");
@@ -694,10 +825,12 @@ static void test_syntax_error_is_positioned_and_not_printed(void **state)
     assert_int_equal(stat(errpath, &st), 0);
     assert_int_equal(st.st_size, 0);
 
-    assert_int_equal(n1, 1);
+    assert_int_equal(n1, CONFIG_EINVALID);
+    assert_int_equal(cap1.n, 1);
     assert_null(cfg1);
     expect_line(&cap1, 0, p, "3:2: invalid indentation in mapping");
-    assert_int_equal(n2, 1);
+    assert_int_equal(n2, CONFIG_EINVALID);
+    assert_int_equal(cap2.n, 1);
     assert_null(cfg2);
     expect_line(&cap2, 0, q, "2:10: double-quoted scalar without closing quote");
     capture_free(&cap1);
@@ -968,7 +1101,8 @@ static void test_builtin_without_its_manifest_is_reported_at_the_file_value(void
     struct config *cfg = NULL;
     int n = config_load(p, &cfg, capture_line, &cap);
     assert_int_equal(rename(moved, builtin_yaml), 0); /* before asserting: later tests need it */
-    assert_int_equal(n, 1);
+    assert_int_equal(n, CONFIG_EINVALID);
+    assert_int_equal(cap.n, 1);
     assert_null(cfg);
     snprintf(rest, sizeof rest,
              "2:13: models.x.file: cannot read manifest %s: No such file or directory",
@@ -1113,7 +1247,8 @@ static void test_completion_section_is_parsed_and_checked(void **state)
     p = write_tmp("completion_bad.yaml", "completion:\n  on_max_wait: wait\n"
                                          "  required_series: {Modality: CT}\n");
     cfg = NULL;
-    assert_int_equal(config_load(p, &cfg, capture_line, &cap), 2);
+    assert_int_equal(config_load(p, &cfg, capture_line, &cap), CONFIG_EINVALID);
+    assert_int_equal(cap.n, 2);
     assert_non_null(strstr(cap.lines[0], ":2:16: completion.on_max_wait: 'wait' is not one of"));
     assert_non_null(strstr(cap.lines[1], ":3:20: completion.required_series: expected a "
                                          "sequence"));
@@ -1138,7 +1273,8 @@ static void test_label_numbers_must_run_without_gaps(void **state)
                                  &mp);
     struct config *cfg = NULL;
     struct capture cap = {0};
-    assert_int_equal(config_load(p, &cfg, capture_line, &cap), 1);
+    assert_int_equal(config_load(p, &cfg, capture_line, &cap), CONFIG_EINVALID);
+    assert_int_equal(cap.n, 1);
     assert_null(cfg);
     assert_non_null(strstr(cap.lines[0], "output.labels: label numbers must run 1, 2, 3, ... "
                                          "without gaps (they are the segment numbers of the "
@@ -1244,14 +1380,14 @@ static void test_rules_get_default_names_and_keep_their_order(void **state)
     assert_string_equal(cfg->rules[0].run[0], "ct-bone-body");
     assert_string_equal(cfg->rules[0].run[1], "lung");
     assert_string_equal(cfg->rules[1].name, "lung-only");
-    assert_true(config_match_is_empty(&cfg->rules[1].match)); /* empty match: any series */
+    assert_true(rules_match_is_empty(&cfg->rules[1].match)); /* empty match: any series */
     assert_int_equal(cfg->rules[1].continues, 1);
     assert_int_equal(cfg->rules[1].n_run, 1);
     assert_string_equal(cfg->rules[1].run[0], "lung");
     assert_string_equal(cfg->rules[2].name, "rule-3");
-    assert_true(config_match_is_empty(&cfg->rules[2].match));
+    assert_true(rules_match_is_empty(&cfg->rules[2].match));
     assert_int_equal(cfg->rules[2].continues, 0);
-    assert_int_equal(cfg->rules[2].priority, CONFIG_PRIORITY_NORMAL);
+    assert_int_equal(cfg->rules[2].priority, PLAN_PRIORITY_NORMAL);
     assert_string_equal(cfg->rules[2].run[0], "ct-bone-body");
     config_free(cfg);
 }
@@ -1356,34 +1492,34 @@ static void test_rule_conditions_load_with_their_operators(void **state)
                                            "    forward_to: [arch]\n"
                                            "    priority: low\n"
                                            "    continue: true\n"));
-    const struct config_rule *r = &cfg->rules[0];
+    const struct rules_rule *r = &cfg->rules[0];
     assert_int_equal(r->n_run, 0);
     assert_int_equal(r->n_forward_to, 1);
     assert_string_equal(r->forward_to[0], "arch");
-    assert_int_equal(r->priority, CONFIG_PRIORITY_LOW);
+    assert_int_equal(r->priority, PLAN_PRIORITY_LOW);
     assert_int_equal(r->continues, 1);
     assert_int_equal(r->match.n_conditions, 8);
-    const struct config_condition *cd = r->match.conditions;
-    assert_int_equal(cd[0].op, CONFIG_OP_EQUALS);
-    assert_int_equal(cd[1].op, CONFIG_OP_ONE_OF);
+    const struct rules_condition *cd = r->match.conditions;
+    assert_int_equal(cd[0].op, RULES_OP_EQUALS);
+    assert_int_equal(cd[1].op, RULES_OP_ONE_OF);
     assert_int_equal(cd[1].n_values, 2);
     assert_string_equal(cd[1].values[1], "THORAX");
-    assert_int_equal(cd[2].op, CONFIG_OP_REGEX);
+    assert_int_equal(cd[2].op, RULES_OP_REGEX);
     assert_non_null(cd[2].regex);
     assert_int_equal(cd[2].line, 8);
     assert_int_equal(cd[2].column, 7);
-    assert_int_equal(cd[3].op, CONFIG_OP_GLOB);
-    assert_int_equal(cd[4].op, CONFIG_OP_RANGE);
+    assert_int_equal(cd[3].op, RULES_OP_GLOB);
+    assert_int_equal(cd[4].op, RULES_OP_RANGE);
     assert_true(cd[4].range[0] == 0.5 && cd[4].range[1] == 2.5);
-    assert_int_equal(cd[5].op, CONFIG_OP_CONTAINS);
-    assert_int_equal(cd[6].op, CONFIG_OP_PRESENT);
+    assert_int_equal(cd[5].op, RULES_OP_CONTAINS);
+    assert_int_equal(cd[6].op, RULES_OP_PRESENT);
     assert_int_equal(cd[6].present, 0);
-    assert_int_equal(cd[0].exact, 0);
-    assert_int_equal(cd[7].exact, 1);
+    assert_int_equal(cd[0].kind, ATTR_KIND_TEXT); /* Modality: caseless */
+    assert_int_equal(cd[7].kind, ATTR_KIND_UID);  /* SOPClassUID: exact */
     assert_int_equal(r->match.n_any, 2);
     assert_non_null(r->match.any[1].not);
     assert_non_null(r->match.not);
-    assert_false(config_match_is_empty(&r->match));
+    assert_false(rules_match_is_empty(&r->match));
     config_free(cfg);
 }
 
@@ -1579,8 +1715,13 @@ static void test_load_works_without_error_callback(void **state)
     (void)state;
     struct config *cfg = NULL;
     const char *p = write_tmp("nocb.yaml", "node:\n  port: x\n  bind: 1.2.3.4\n  nope: 1\n");
-    assert_int_equal(config_load(p, &cfg, NULL, NULL), 2);
+    assert_int_equal(config_load(p, &cfg, NULL, NULL), CONFIG_EINVALID);
     assert_null(cfg);
+    /* the same file, counted: two problems */
+    struct capture cap = {0};
+    assert_int_equal(config_load(p, &cfg, capture_line, &cap), CONFIG_EINVALID);
+    expect_count(&cap, 2);
+    capture_free(&cap);
 }
 
 static void test_any_caller_allowed_when_list_empty(void **state)
@@ -1625,6 +1766,11 @@ int main(void)
         cmocka_unit_test(test_range_limits_are_inclusive),
         cmocka_unit_test(test_retention_keys_load_and_are_bounded),
         cmocka_unit_test(test_deploy_sample_loads_without_errors),
+        cmocka_unit_test(test_deploy_sample_names_every_key_and_attribute),
+        cmocka_unit_test(test_artim_timeout_loads_and_is_bounded),
+        cmocka_unit_test(test_restart_changes_name_exactly_the_restart_only_keys),
+        cmocka_unit_test(test_configurations_are_reference_counted),
+        cmocka_unit_test(test_load_returns_the_class_of_the_failure),
         cmocka_unit_test(test_example_manifest_loads_without_errors),
         cmocka_unit_test(test_unknown_key_is_reported_at_the_key),
         cmocka_unit_test(test_wrong_types_are_reported_at_the_value),
