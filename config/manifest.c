@@ -109,12 +109,17 @@ static const struct schema_field output_fields[] = {
 };
 
 const struct schema_field config_manifest_fields[] = {
-    {.key = "algorithm", .type = T_SECTION, .required = 1, SUB(algorithm_fields)},
-    {.key = "input", .type = T_SECTION, .required = 1, SUB(input_fields)},
-    {.key = "preprocess", .type = T_SECTION, SUB(preprocess_fields), .check = check_preprocess},
+    {.key = "algorithm", .type = T_SECTION, .required = 1, SUB(algorithm_fields),
+     .doc = "what the results say produced them"},
+    {.key = "input", .type = T_SECTION, .required = 1, SUB(input_fields),
+     .doc = "the series the model accepts"},
+    {.key = "preprocess", .type = T_SECTION, SUB(preprocess_fields),
+     .doc = "how the volume is prepared for the model", .check = check_preprocess},
     {.key = "inference", .type = T_SECTION, .required = 1, SUB(inference_fields),
+     .doc = "how the model is run over the volume",
      .check = check_inference},
-    {.key = "output", .type = T_SECTION, .required = 1, SUB(output_fields), .check = check_output},
+    {.key = "output", .type = T_SECTION, .required = 1, SUB(output_fields),
+     .doc = "what the model's output means", .check = check_output},
 };
 
 const size_t config_n_manifest_fields = NELEM(config_manifest_fields);

@@ -193,6 +193,22 @@ static void expect_single_error(const char *name, const char *yaml, const char *
     capture_free(&cap);
 }
 
+/* Loads YAML (written as NAME) expecting exactly the problem lines WANT
+ * (NULL-terminated, each without the "PATH:" prefix), in order. */
+static void expect_errors(const char *name, const char *yaml, const char *const *want)
+{
+    struct capture cap = {0};
+    const char *p = write_tmp(name, yaml);
+    load_fails(p, &cap);
+    int n = 0;
+    while (want[n])
+        n++;
+    expect_count(&cap, n);
+    for (int i = 0; i < n; i++)
+        expect_line(&cap, i, p, want[i]);
+    capture_free(&cap);
+}
+
 /* A config with one model "m" read from model.pt with manifest MANIFEST
  * (written as NAME.yaml); the manifest's path is left in MPATH. */
 static const char *model_config(const char *name, const char *manifest, const char **mpath)
@@ -405,16 +421,14 @@ static void test_retention_keys_load_and_are_bounded(void **state)
     assert_int_equal(cfg->node.disk_high_water_percent, 99);
     config_free(cfg);
 
-    struct capture cap = {0};
-    const char *p = write_tmp("retention_range.yaml",
-                              "node:\n"
-                              "  retention_days: -1\n"
-                              "  disk_high_water_percent: 100\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 2);
-    expect_line(&cap, 0, p, "2:19: node.retention_days: -1 is out of range 0..36500");
-    expect_line(&cap, 1, p, "3:28: node.disk_high_water_percent: 100 is out of range 0..99");
-    capture_free(&cap);
+    expect_errors("retention_range.yaml",
+                  "node:\n"
+                  "  retention_days: -1\n"
+                  "  disk_high_water_percent: 100\n",
+                  (const char *const[]){
+                      "2:19: node.retention_days: -1 is out of range 0..36500",
+                      "3:28: node.disk_high_water_percent: 100 is out of range 0..99",
+                      NULL});
 }
 
 /* Every node key of the table and every attribute of attr.def appears in
@@ -605,32 +619,30 @@ static void test_unknown_key_is_reported_at_the_key(void **state)
 static void test_wrong_types_are_reported_at_the_value(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("types.yaml",
-                              "node:\n"
-                              "  port: \"11112\"\n"            /* 2 */
-                              "  stable_seconds: 1.5\n"        /* 3 */
-                              "  max_associations: abc\n"      /* 4 */
-                              "  max_pdu: 0x1000\n"            /* 5 */
-                              "  bind: [a, b]\n"               /* 6 */
-                              "  data_dir: {x: 1}\n"           /* 7 */
-                              "  allowed_callers: PACS\n"      /* 8 */
-                              "  ae_title:\n"                  /* 9 */
-                              "  network_timeout_seconds: !!int 5\n" /* 10 */
-                              "destinations: [a]\n");          /* 11 */
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 10);
-    expect_line(&cap, 0, p, "2:9: node.port: expected an integer");
-    expect_line(&cap, 1, p, "3:19: node.stable_seconds: expected an integer");
-    expect_line(&cap, 2, p, "4:21: node.max_associations: expected an integer");
-    expect_line(&cap, 3, p, "5:12: node.max_pdu: expected an integer");
-    expect_line(&cap, 4, p, "6:9: node.bind: expected a string");
-    expect_line(&cap, 5, p, "7:13: node.data_dir: expected a string");
-    expect_line(&cap, 6, p, "8:20: node.allowed_callers: expected a sequence");
-    expect_line(&cap, 7, p, "9:3: node.ae_title: expected a string");
-    expect_line(&cap, 8, p, "10:34: node.network_timeout_seconds: expected an integer");
-    expect_line(&cap, 9, p, "11:15: destinations: expected a mapping");
-    capture_free(&cap);
+    expect_errors("types.yaml",
+                  "node:\n"
+                  "  port: \"11112\"\n"            /* 2 */
+                  "  stable_seconds: 1.5\n"        /* 3 */
+                  "  max_associations: abc\n"      /* 4 */
+                  "  max_pdu: 0x1000\n"            /* 5 */
+                  "  bind: [a, b]\n"               /* 6 */
+                  "  data_dir: {x: 1}\n"           /* 7 */
+                  "  allowed_callers: PACS\n"      /* 8 */
+                  "  ae_title:\n"                  /* 9 */
+                  "  network_timeout_seconds: !!int 5\n" /* 10 */
+                  "destinations: [a]\n",          /* 11 */
+                  (const char *const[]){
+                      "2:9: node.port: expected an integer",
+                      "3:19: node.stable_seconds: expected an integer",
+                      "4:21: node.max_associations: expected an integer",
+                      "5:12: node.max_pdu: expected an integer",
+                      "6:9: node.bind: expected a string",
+                      "7:13: node.data_dir: expected a string",
+                      "8:20: node.allowed_callers: expected a sequence",
+                      "9:3: node.ae_title: expected a string",
+                      "10:34: node.network_timeout_seconds: expected an integer",
+                      "11:15: destinations: expected a mapping",
+                      NULL});
 }
 
 static void test_non_mapping_sections_are_rejected(void **state)
@@ -645,42 +657,37 @@ static void test_non_mapping_sections_are_rejected(void **state)
 static void test_out_of_range_values_report_the_bounds(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("range.yaml",
-                              "node:\n"
-                              "  port: 70000\n"
-                              "  max_pdu: 1024\n"
-                              "  shutdown_grace_seconds: -1\n"
-                              "  stable_seconds: 99999999999999999999999\n"
-                              "  network_timeout_seconds: 0\n"
-                              "destinations:\n"
-                              "  pacs: {ae_title: P, host: h, port: 0}\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 6);
-    expect_line(&cap, 0, p, "2:9: node.port: 70000 is out of range 1..65535");
-    expect_line(&cap, 1, p, "3:12: node.max_pdu: 1024 is out of range 4096..131072");
-    expect_line(&cap, 2, p, "4:27: node.shutdown_grace_seconds: -1 is out of range 0..3600");
-    expect_line(&cap, 3, p,
-                "5:19: node.stable_seconds: 99999999999999999999999 is out of range 1..86400");
-    expect_line(&cap, 4, p, "6:28: node.network_timeout_seconds: 0 is out of range 1..3600");
-    expect_line(&cap, 5, p, "8:38: destinations.pacs.port: 0 is out of range 1..65535");
-    capture_free(&cap);
+    expect_errors("range.yaml",
+                  "node:\n"
+                  "  port: 70000\n"
+                  "  max_pdu: 1024\n"
+                  "  shutdown_grace_seconds: -1\n"
+                  "  stable_seconds: 99999999999999999999999\n"
+                  "  network_timeout_seconds: 0\n"
+                  "destinations:\n"
+                  "  pacs: {ae_title: P, host: h, port: 0}\n",
+                  (const char *const[]){
+                      "2:9: node.port: 70000 is out of range 1..65535",
+                      "3:12: node.max_pdu: 1024 is out of range 4096..131072",
+                      "4:27: node.shutdown_grace_seconds: -1 is out of range 0..3600",
+                      "5:19: node.stable_seconds: 99999999999999999999999 is out of range 1..86400",
+                      "6:28: node.network_timeout_seconds: 0 is out of range 1..3600",
+                      "8:38: destinations.pacs.port: 0 is out of range 1..65535",
+                      NULL});
 }
 
 static void test_duplicate_key_is_reported_at_the_second_occurrence(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("dupkey.yaml",
-                              "node:\n"
-                              "  port: 1\n"
-                              "  port: 2\n"
-                              "node: {}\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 2);
-    expect_line(&cap, 0, p, "3:3: duplicate key 'port'");
-    expect_line(&cap, 1, p, "4:1: duplicate key 'node'");
-    capture_free(&cap);
+    expect_errors("dupkey.yaml",
+                  "node:\n"
+                  "  port: 1\n"
+                  "  port: 2\n"
+                  "node: {}\n",
+                  (const char *const[]){
+                      "3:3: duplicate key 'port'",
+                      "4:1: duplicate key 'node'",
+                      NULL});
 }
 
 static void test_duplicate_allowed_caller_is_rejected(void **state)
@@ -714,29 +721,22 @@ static void test_duplicate_destination_is_rejected(void **state)
 static void test_bad_ae_titles_are_rejected(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("badae.yaml",
-                              "node:\n"
-                              "  ae_title: ABCDEFGHIJKLMNOPQ\n"
-                              "  allowed_callers: ['A\\B', ' LEAD', 'TRAIL ', '', \"TAB\\t\"]\n"
-                              "destinations:\n"
-                              "  pacs: {ae_title: \"X\\\\Y\", host: h, port: 104}\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 7);
-    expect_line(&cap, 0, p,
-                "2:13: node.ae_title: AE title 'ABCDEFGHIJKLMNOPQ' is longer than 16 characters");
-    expect_line(&cap, 1, p, "3:21: node.allowed_callers: AE title 'A\\B' contains a backslash");
-    expect_line(&cap, 2, p,
-                "3:28: node.allowed_callers: AE title ' LEAD' has leading or trailing spaces");
-    expect_line(&cap, 3, p,
-                "3:37: node.allowed_callers: AE title 'TRAIL ' has leading or trailing spaces");
-    expect_line(&cap, 4, p, "3:47: node.allowed_callers: AE title '' must not be empty");
-    expect_line(&cap, 5, p,
-                "3:51: node.allowed_callers: AE title 'TAB\\x09' contains a character that is "
-                "not printable ASCII");
-    expect_line(&cap, 6, p,
-                "5:20: destinations.pacs.ae_title: AE title 'X\\Y' contains a backslash");
-    capture_free(&cap);
+    expect_errors("badae.yaml",
+                  "node:\n"
+                  "  ae_title: ABCDEFGHIJKLMNOPQ\n"
+                  "  allowed_callers: ['A\\B', ' LEAD', 'TRAIL ', '', \"TAB\\t\"]\n"
+                  "destinations:\n"
+                  "  pacs: {ae_title: \"X\\\\Y\", host: h, port: 104}\n",
+                  (const char *const[]){
+                      "2:13: node.ae_title: AE title 'ABCDEFGHIJKLMNOPQ' is longer than 16 characters",
+                      "3:21: node.allowed_callers: AE title 'A\\B' contains a backslash",
+                      "3:28: node.allowed_callers: AE title ' LEAD' has leading or trailing spaces",
+                      "3:37: node.allowed_callers: AE title 'TRAIL ' has leading or trailing spaces",
+                      "3:47: node.allowed_callers: AE title '' must not be empty",
+                      "3:51: node.allowed_callers: AE title 'TAB\\x09' contains a character that is "
+                      "not printable ASCII",
+                      "5:20: destinations.pacs.ae_title: AE title 'X\\Y' contains a backslash",
+                      NULL});
 }
 
 static void test_bad_log_level_is_rejected(void **state)
@@ -756,41 +756,36 @@ static void test_empty_strings_are_rejected(void **state)
 static void test_destination_needs_all_keys_and_a_valid_name(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("destkeys.yaml",
-                              "destinations:\n"
-                              "  pacs:\n"
-                              "    host: pacs.local\n"
-                              "  'bad name': {ae_title: A, host: h, port: 1}\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 3);
-    expect_line(&cap, 0, p, "2:3: destinations.pacs: missing required key 'ae_title'");
-    expect_line(&cap, 1, p, "2:3: destinations.pacs: missing required key 'port'");
-    expect_line(&cap, 2, p,
-                "4:3: destinations: invalid name 'bad name' (use letters, digits, '_', '.', '-')");
-    capture_free(&cap);
+    expect_errors("destkeys.yaml",
+                  "destinations:\n"
+                  "  pacs:\n"
+                  "    host: pacs.local\n"
+                  "  'bad name': {ae_title: A, host: h, port: 1}\n",
+                  (const char *const[]){
+                      "2:3: destinations.pacs: missing required key 'ae_title'",
+                      "2:3: destinations.pacs: missing required key 'port'",
+                      "4:3: destinations: invalid name 'bad name' (use letters, digits, '_', '.', '-')",
+                      NULL});
 }
 
 static void test_multiple_errors_are_all_reported_in_file_order(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("multi.yaml",
-                              "node:\n"
-                              "  port: 0\n"
-                              "  bogus: 1\n"
-                              "  log_level: loud\n"
-                              "destinations:\n"
-                              "  x: {ae_title: A, host: h}\n"
-                              "rules: [1]\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 5);
-    expect_line(&cap, 0, p, "2:9: node.port: 0 is out of range 1..65535");
-    expect_line(&cap, 1, p, "3:3: unknown key 'bogus' in node");
-    expect_line(&cap, 2, p, "4:14: node.log_level: 'loud' is not one of error, warn, info, debug");
-    expect_line(&cap, 3, p, "6:3: destinations.x: missing required key 'port'");
-    expect_line(&cap, 4, p, "7:9: rules[1]: expected a mapping");
-    capture_free(&cap);
+    expect_errors("multi.yaml",
+                  "node:\n"
+                  "  port: 0\n"
+                  "  bogus: 1\n"
+                  "  log_level: loud\n"
+                  "destinations:\n"
+                  "  x: {ae_title: A, host: h}\n"
+                  "rules: [1]\n",
+                  (const char *const[]){
+                      "2:9: node.port: 0 is out of range 1..65535",
+                      "3:3: unknown key 'bogus' in node",
+                      "4:14: node.log_level: 'loud' is not one of error, warn, info, debug",
+                      "6:3: destinations.x: missing required key 'port'",
+                      "7:9: rules[1]: expected a mapping",
+                      NULL});
 }
 
 static void test_syntax_error_is_positioned_and_not_printed(void **state)
@@ -1395,23 +1390,21 @@ static void test_rules_get_default_names_and_keep_their_order(void **state)
 static void test_rules_naming_unknown_models_are_rejected(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_unknown.yaml",
-                              "models:\n"
-                              "  ref: {file: 'builtin:ct-bone-body'}\n"
-                              "rules:\n"
-                              "  - run: [ref, lung, ref]\n"
-                              "  - name: r\n"
-                              "    run:\n"
-                              "      - REF\n"
-                              "      - [ref]\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 4);
-    expect_line(&cap, 0, p, "4:16: rules[1].run: unknown model 'lung'");
-    expect_line(&cap, 1, p, "4:22: rules[1].run: duplicate model 'ref'");
-    expect_line(&cap, 2, p, "7:9: rules[2].run: unknown model 'REF'");
-    expect_line(&cap, 3, p, "8:9: rules[2].run: expected a string");
-    capture_free(&cap);
+    expect_errors("rule_unknown.yaml",
+                  "models:\n"
+                  "  ref: {file: 'builtin:ct-bone-body'}\n"
+                  "rules:\n"
+                  "  - run: [ref, lung, ref]\n"
+                  "  - name: r\n"
+                  "    run:\n"
+                  "      - REF\n"
+                  "      - [ref]\n",
+                  (const char *const[]){
+                      "4:16: rules[1].run: unknown model 'lung'",
+                      "4:22: rules[1].run: duplicate model 'ref'",
+                      "7:9: rules[2].run: unknown model 'REF'",
+                      "8:9: rules[2].run: expected a string",
+                      NULL});
 
     /* no models: section at all */
     expect_single_error("rule_no_models.yaml", "rules:\n  - run: [ct-bone-body]\n",
@@ -1421,27 +1414,25 @@ static void test_rules_naming_unknown_models_are_rejected(void **state)
 static void test_rule_without_models_to_run_is_rejected(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_no_run.yaml",
-                              "models:\n"
-                              "  ref: {file: 'builtin:ct-bone-body'}\n"
-                              "rules:\n"
-                              "  - name: nothing\n"
-                              "    match: {Modality: CT}\n"
-                              "  - run: []\n"
-                              "  - run:\n"
-                              "  - run: ref\n"
-                              "  - ref\n"
-                              "  - {run: [ref], when: later}\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 6);
-    expect_line(&cap, 0, p, "4:5: rules[1]: missing required key 'run'");
-    expect_line(&cap, 1, p, "6:10: rules[2].run: expected at least one model");
-    expect_line(&cap, 2, p, "7:5: rules[3].run: expected at least one model");
-    expect_line(&cap, 3, p, "8:10: rules[4].run: expected a sequence");
-    expect_line(&cap, 4, p, "9:5: rules[5]: expected a mapping");
-    expect_line(&cap, 5, p, "10:18: unknown key 'when' in rules[6]");
-    capture_free(&cap);
+    expect_errors("rule_no_run.yaml",
+                  "models:\n"
+                  "  ref: {file: 'builtin:ct-bone-body'}\n"
+                  "rules:\n"
+                  "  - name: nothing\n"
+                  "    match: {Modality: CT}\n"
+                  "  - run: []\n"
+                  "  - run:\n"
+                  "  - run: ref\n"
+                  "  - ref\n"
+                  "  - {run: [ref], when: later}\n",
+                  (const char *const[]){
+                      "4:5: rules[1]: missing required key 'run'",
+                      "6:10: rules[2].run: expected at least one model",
+                      "7:5: rules[3].run: expected at least one model",
+                      "8:10: rules[4].run: expected a sequence",
+                      "9:5: rules[5]: expected a mapping",
+                      "10:18: unknown key 'when' in rules[6]",
+                      NULL});
 
     expect_single_error("rules_mapping.yaml", "rules:\n  a: {run: [x]}\n",
                         "2:3: rules: expected a sequence");
@@ -1450,23 +1441,21 @@ static void test_rule_without_models_to_run_is_rejected(void **state)
 static void test_unknown_match_attribute_is_rejected(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_match.yaml",
-                              "models:\n"
-                              "  ref: {file: 'builtin:ct-bone-body'}\n"
-                              "rules:\n"
-                              "  - match: {Modality: CT, PatientWeight: X}\n"
-                              "    run: [ref]\n"
-                              "  - match: CT\n"
-                              "    run: [ref]\n"
-                              "  - match: {Modality: ''}\n"
-                              "    run: [ref]\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 3);
-    expect_line(&cap, 0, p, "4:27: rules[1].match: unknown attribute 'PatientWeight'");
-    expect_line(&cap, 1, p, "6:12: rules[2].match: expected a mapping");
-    expect_line(&cap, 2, p, "8:23: rules[3].match.Modality: must not be empty");
-    capture_free(&cap);
+    expect_errors("rule_match.yaml",
+                  "models:\n"
+                  "  ref: {file: 'builtin:ct-bone-body'}\n"
+                  "rules:\n"
+                  "  - match: {Modality: CT, PatientWeight: X}\n"
+                  "    run: [ref]\n"
+                  "  - match: CT\n"
+                  "    run: [ref]\n"
+                  "  - match: {Modality: ''}\n"
+                  "    run: [ref]\n",
+                  (const char *const[]){
+                      "4:27: rules[1].match: unknown attribute 'PatientWeight'",
+                      "6:12: rules[2].match: expected a mapping",
+                      "8:23: rules[3].match.Modality: must not be empty",
+                      NULL});
 }
 
 #define ARCH "destinations:\n  arch: {ae_title: ARCH, host: h, port: 104}\n"
@@ -1526,103 +1515,90 @@ static void test_rule_conditions_load_with_their_operators(void **state)
 static void test_bad_rule_conditions_are_positioned(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_bad_ops.yaml",
-                              ARCH
-                              "rules:\n"
-                              "  - match:\n"
-                              "      SeriesDescription: {regex: \"lung(\"}\n"
-                              "      StudyDescription: {like: x}\n"
-                              "      SliceThickness: {range: [2.5, 0.5]}\n"
-                              "      Rows: {range: [1, wide]}\n"
-                              "      ImageType: {contains: [A]}\n"
-                              "      PatientWeight: {present: false}\n"
-                              "      Modality: []\n"
-                              "      BodyPartExamined: {glob: '*', regex: x}\n"
-                              "      calling_ae: {present: maybe}\n"
-                              "    any: []\n"
-                              "    not: CT\n"
-                              "    forward_to: [arch]\n"
-                              "  - match: {Modality: {}}\n"
-                              "    forward_to: [arch]\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 12);
-    expect_line(&cap, 0, p,
-                "5:34: rules[1].match.SeriesDescription.regex: invalid regular expression: "
-                "missing closing parenthesis at offset 5");
-    expect_line(&cap, 1, p,
-                "6:26: rules[1].match.StudyDescription: unknown operator 'like' "
-                "(use regex, glob, range, contains or present)");
-    expect_line(&cap, 2, p,
-                "7:31: rules[1].match.SliceThickness.range: low 2.5 is greater than high 0.5");
-    expect_line(&cap, 3, p, "8:21: rules[1].match.Rows.range: expected [low, high], two numbers");
-    expect_line(&cap, 4, p, "9:29: rules[1].match.ImageType.contains: expected a string");
-    expect_line(&cap, 5, p, "10:7: rules[1].match: unknown attribute 'PatientWeight'");
-    expect_line(&cap, 6, p, "11:17: rules[1].match.Modality: expected at least one value");
-    expect_line(&cap, 7, p, "12:37: rules[1].match.BodyPartExamined: one operator per condition");
-    expect_line(&cap, 8, p, "13:29: rules[1].match.calling_ae.present: expected true or false");
-    expect_line(&cap, 9, p, "14:10: rules[1].any: expected at least one sub-match");
-    expect_line(&cap, 10, p, "15:10: rules[1].not: expected a mapping");
-    expect_line(&cap, 11, p,
-                "17:23: rules[2].match.Modality: expected an operator "
-                "(regex, glob, range, contains or present)");
-    capture_free(&cap);
+    expect_errors("rule_bad_ops.yaml",
+                  ARCH
+                  "rules:\n"
+                  "  - match:\n"
+                  "      SeriesDescription: {regex: \"lung(\"}\n"
+                  "      StudyDescription: {like: x}\n"
+                  "      SliceThickness: {range: [2.5, 0.5]}\n"
+                  "      Rows: {range: [1, wide]}\n"
+                  "      ImageType: {contains: [A]}\n"
+                  "      PatientWeight: {present: false}\n"
+                  "      Modality: []\n"
+                  "      BodyPartExamined: {glob: '*', regex: x}\n"
+                  "      calling_ae: {present: maybe}\n"
+                  "    any: []\n"
+                  "    not: CT\n"
+                  "    forward_to: [arch]\n"
+                  "  - match: {Modality: {}}\n"
+                  "    forward_to: [arch]\n",
+                  (const char *const[]){
+                      "5:34: rules[1].match.SeriesDescription.regex: invalid regular expression: "
+                      "missing closing parenthesis at offset 5",
+                      "6:26: rules[1].match.StudyDescription: unknown operator 'like' "
+                      "(use regex, glob, range, contains or present)",
+                      "7:31: rules[1].match.SliceThickness.range: low 2.5 is greater than high 0.5",
+                      "8:21: rules[1].match.Rows.range: expected [low, high], two numbers",
+                      "9:29: rules[1].match.ImageType.contains: expected a string",
+                      "10:7: rules[1].match: unknown attribute 'PatientWeight'",
+                      "11:17: rules[1].match.Modality: expected at least one value",
+                      "12:37: rules[1].match.BodyPartExamined: one operator per condition",
+                      "13:29: rules[1].match.calling_ae.present: expected true or false",
+                      "14:10: rules[1].any: expected at least one sub-match",
+                      "15:10: rules[1].not: expected a mapping",
+                      "17:23: rules[2].match.Modality: expected an operator "
+                      "(regex, glob, range, contains or present)",
+                      NULL});
 }
 
 static void test_bad_rule_settings_are_positioned(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_bad_settings.yaml",
-                              ARCH
-                              "rules:\n"
-                              "  - match: {Modality: CT}\n"
-                              "    forward_to: [arch, tape]\n"
-                              "    priority: urgent\n"
-                              "    continue: yes\n"
-                              "  - match: {Modality: MR}\n"
-                              "    run: []\n"
-                              "    forward_to: []\n"
-                              "  - match: {Modality: PT}\n"
-                              "    any: [{Modality: PT}, CT]\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 6);
-    expect_line(&cap, 0, p, "5:24: rules[1].forward_to: unknown destination 'tape'");
-    expect_line(&cap, 1, p, "6:15: rules[1].priority: 'urgent' is not one of stat, normal, low");
-    expect_line(&cap, 2, p, "7:15: rules[1].continue: expected true or false");
-    expect_line(&cap, 3, p,
-                "10:17: rules[2]: run and forward_to are both empty: the rule would do nothing");
-    expect_line(&cap, 4, p, "12:27: rules[3].any[2]: expected a mapping");
-    expect_line(&cap, 5, p, "11:5: rules[3]: missing required key 'run'");
-    capture_free(&cap);
+    expect_errors("rule_bad_settings.yaml",
+                  ARCH
+                  "rules:\n"
+                  "  - match: {Modality: CT}\n"
+                  "    forward_to: [arch, tape]\n"
+                  "    priority: urgent\n"
+                  "    continue: yes\n"
+                  "  - match: {Modality: MR}\n"
+                  "    run: []\n"
+                  "    forward_to: []\n"
+                  "  - match: {Modality: PT}\n"
+                  "    any: [{Modality: PT}, CT]\n",
+                  (const char *const[]){
+                      "5:24: rules[1].forward_to: unknown destination 'tape'",
+                      "6:15: rules[1].priority: 'urgent' is not one of stat, normal, low",
+                      "7:15: rules[1].continue: expected true or false",
+                      "10:17: rules[2]: run and forward_to are both empty: the rule would do nothing",
+                      "12:27: rules[3].any[2]: expected a mapping",
+                      "11:5: rules[3]: missing required key 'run'",
+                      NULL});
 }
 
 static void test_rules_after_a_catch_all_that_stops_are_rejected(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_shadowed.yaml",
-                              ARCH
-                              "rules:\n"
-                              "  - name: first\n"
-                              "    match: {Modality: CT}\n"
-                              "    forward_to: [arch]\n"
-                              "  - name: everything\n"
-                              "    forward_to: [arch]\n"
-                              "  - name: late\n"
-                              "    match: {Modality: MR}\n"
-                              "    forward_to: [arch]\n"
-                              "  - match: {}\n"
-                              "    forward_to: [arch]\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 2);
-    expect_line(&cap, 0, p,
-                "9:5: rules[3]: never matches: rules[2] ('everything') matches every series "
-                "and does not continue");
-    expect_line(&cap, 1, p,
-                "12:5: rules[4]: never matches: rules[2] ('everything') matches every series "
-                "and does not continue");
-    capture_free(&cap);
+    expect_errors("rule_shadowed.yaml",
+                  ARCH
+                  "rules:\n"
+                  "  - name: first\n"
+                  "    match: {Modality: CT}\n"
+                  "    forward_to: [arch]\n"
+                  "  - name: everything\n"
+                  "    forward_to: [arch]\n"
+                  "  - name: late\n"
+                  "    match: {Modality: MR}\n"
+                  "    forward_to: [arch]\n"
+                  "  - match: {}\n"
+                  "    forward_to: [arch]\n",
+                  (const char *const[]){
+                      "9:5: rules[3]: never matches: rules[2] ('everything') matches every series "
+                      "and does not continue",
+                      "12:5: rules[4]: never matches: rules[2] ('everything') matches every series "
+                      "and does not continue",
+                      NULL});
 
     /* a catch-all that continues, or one at the end, is fine */
     struct config *cfg = load_ok(write_tmp("rule_catch_all.yaml",
