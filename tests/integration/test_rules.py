@@ -257,8 +257,9 @@ class RulesTest(NodeTestCase):
         # What a running node cannot change is refused, not half applied.
         n.write_raw_config(good.replace("port: %d" % n.port, "port: %d" % (n.port + 1)))
         n.signal(signal.SIGHUP)
-        harness.wait_until(lambda: "node.bind or node.port changed" in n.log(), 10, 0.1,
-                           "the refusal of a port change")
+        # The refusal names exactly the restart-only keys that changed.
+        harness.wait_until(lambda: "reload refused: node.port changed: restart ainode to apply"
+                           in n.log(), 10, 0.1, "the refusal of a port change")
         self.assertEqual(harness.echoscu(n.port, ae_called=n.ae, check=False).returncode, 0)
         self.assertEqual(n.stop(), 0)
 
