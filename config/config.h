@@ -2,13 +2,15 @@
  * config — the ainode YAML configuration file.
  *
  * One file, parsed with libfyaml, checked against one schema table
- * (config.c): every key is declared once with its type, default, range and
- * documentation. Problems are reported one per line as
+ * (tables.c): every key is declared once with its type, default, range,
+ * documentation and whether a reload may change it; docs/configuration.md
+ * is generated from the same tables. Problems are reported one per line as
  * "FILE:LINE:COLUMN: message" through a caller-supplied callback, so
  * check-config, serve and reload print exactly the same text.
  *
- * The returned struct is plain read-only data owned by the caller
- * (config_free). Relative paths in the file are resolved against the
+ * The returned struct is plain read-only data, reference-counted
+ * (config_ref, config_unref) so that a reload can replace it while
+ * threads still use the old one. Relative paths in the file are resolved against the
  * directory that holds the config file, so the node finds its data whatever
  * the current directory is.
  */
@@ -16,8 +18,10 @@
 #define AINODE_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "common/log.h"
+#include "rules/rules.h"
 
 #define CONFIG_AE_MAX 16 /* DICOM AE title: at most 16 characters */
 
@@ -37,6 +41,7 @@ struct config_node {
     int max_pdu;                  /* max receive PDU length, 4096..131072 */
     int retention_days;           /* delete finished studies this old, 0..36500; 0 keeps them */
     int disk_high_water_percent;  /* delete oldest finished studies above this, 0..99; 0 off */
+    int artim_timeout_seconds;    /* a new connection's association request within, 1..3600 */
 };
 
 struct config_destination {
@@ -110,78 +115,19 @@ struct config_model {
     struct config_manifest manifest;
 };
 
-/* How a condition compares the series' value of its attribute. */
-enum config_op {
-    CONFIG_OP_EQUALS = 0,  /* Attr: X */
-    CONFIG_OP_ONE_OF,      /* Attr: [X, Y] */
-    CONFIG_OP_REGEX,       /* Attr: {regex: R}: searched, caseless (PCRE2) */
-    CONFIG_OP_GLOB,        /* Attr: {glob: G}: fnmatch */
-    CONFIG_OP_RANGE,       /* Attr: {range: [low, high]}: numeric, inclusive */
-    CONFIG_OP_CONTAINS,    /* Attr: {contains: X}: one of the backslash-separated values */
-    CONFIG_OP_PRESENT,     /* Attr: {present: true|false} */
-};
-
-/* One condition on one attribute of a series. Text comparisons (equals,
- * one of, glob, contains) ignore case except for UID attributes (exact). */
-struct config_condition {
-    char *attribute;               /* one of config_rule_attributes[] */
-    enum config_op op;
-    char **values;                 /* equals: 1, one of: n, regex/glob/contains: the pattern */
-    size_t n_values;
-    void *regex;                   /* CONFIG_OP_REGEX: the compiled pcre2_code */
-    double range[2];               /* CONFIG_OP_RANGE: low, high (low <= high) */
-    int present;                   /* CONFIG_OP_PRESENT: 1 true, 0 false */
-    int exact;                     /* a UID attribute: compared case-sensitively */
-    int line, column;              /* of the attribute's key in the file */
-};
-
-/* All conditions hold, at least one of ANY holds (when n_any > 0) and NOT
- * (when given) does not hold. An empty match holds for every series. */
-struct config_match {
-    struct config_condition *conditions;
-    size_t n_conditions;
-    struct config_match *any;
-    size_t n_any;
-    struct config_match *not;      /* NULL when absent */
-};
-
-enum config_priority {
-    CONFIG_PRIORITY_STAT = 0,
-    CONFIG_PRIORITY_NORMAL,
-    CONFIG_PRIORITY_LOW,
-};
-
-/* What happens to a series of a completed study. */
-struct config_rule {
-    char *name;
-    struct config_match match;     /* match:, any: and not: of the rule */
-    char **run;                    /* model names, each defined under models: */
-    size_t n_run;
-    char **send_to;                /* send_results_to: destination names */
-    size_t n_send_to;
-    char **forward_to;             /* destinations receiving the original instances */
-    size_t n_forward_to;
-    enum config_priority priority; /* default CONFIG_PRIORITY_NORMAL */
-    int continues;                 /* continue: true: later rules may match too */
-};
-
-/* The attributes a rule condition may name, NULL-terminated. */
-extern const char *const config_rule_attributes[];
-
-/* 1 when MATCH holds for every series (no condition, any or not). */
-int config_match_is_empty(const struct config_match *match);
-
 enum config_on_max_wait { CONFIG_ON_MAX_WAIT_PROCESS = 0, CONFIG_ON_MAX_WAIT_DISCARD };
 
 /* When a study counts as complete, besides stable_seconds of silence. */
 struct config_completion {
     /* required_series: the study completes as soon as every one of these
      * matches (required.any[i]) is met by one of its series. */
-    struct config_match required;
+    struct rules_match required;
     int max_wait_seconds;          /* since the first instance; 0: no limit */
     enum config_on_max_wait on_max_wait; /* process what arrived, or discard it */
 };
 
+/* A loaded configuration: read-only once loaded, shared between threads,
+ * freed when its last reference goes (config_unref). */
 struct config {
     char *path;                   /* absolute path of the file that was loaded */
     struct config_completion completion;
@@ -190,8 +136,9 @@ struct config {
     size_t n_destinations;
     struct config_model *models;
     size_t n_models;
-    struct config_rule *rules;
+    struct rules_rule *rules;     /* in order: the first that matches decides (rules.h) */
     size_t n_rules;
+    _Atomic int refs;             /* config_ref / config_unref */
 };
 
 /* Where "builtin:NAME" models live: NAME.pt (TorchScript) and NAME.yaml
@@ -205,17 +152,46 @@ const struct config_model *config_find_model(const struct config *cfg, const cha
 const struct config_destination *config_find_destination(const struct config *cfg,
                                                          const char *name);
 
+/* Error codes of config functions: 0 or one of these. */
+enum {
+    CONFIG_EINVALID = -1,         /* the file has problems, each reported as a line */
+    CONFIG_EREAD = -2,            /* the file cannot be read (reported as "FILE: reason") */
+    CONFIG_ENOMEM = -3,
+};
+
+/* A short text for a CONFIG_E* code. */
+const char *config_strerror(int code);
+
 /* Receives one "FILE:LINE:COLUMN: message" line (no trailing newline). */
 typedef void (*config_error_fn)(void *ud, const char *line);
 
 /*
- * Loads and validates PATH. Returns 0 and sets *out on success; on any
- * problem returns the (positive) number of problems reported through ERR and
- * leaves *out NULL. A file that cannot be read is reported as "FILE: reason".
+ * Loads and validates PATH. Returns 0 and sets *out (holding one
+ * reference) on success; otherwise reports every problem through ERR, one
+ * line each, returns a CONFIG_E* code and leaves *out NULL. A file that
+ * cannot be read is reported as "FILE: reason".
  */
 int config_load(const char *path, struct config **out, config_error_fn err, void *ud);
 
+/* Takes one more reference to CFG; returns CFG. */
+struct config *config_ref(struct config *cfg);
+/* Drops one reference; the last frees CFG. NULL is accepted. */
+void config_unref(struct config *cfg);
+/* The same as config_unref: for a configuration its loader alone holds. */
 void config_free(struct config *cfg);
+
+/*
+ * The keys marked restart-only (a running node applies them only when it
+ * starts: listen address and port, data directory, ...) whose values differ
+ * between OLD and NEW. Returns how many differ (0: NEW may replace OLD) and
+ * writes their names, comma-separated, into BUF (LEN bytes).
+ */
+int config_restart_changes(const struct config *old, const struct config *new, char *buf,
+                           size_t len);
+
+/* Writes the configuration reference (docs/configuration.md), generated
+ * from the key tables and the attribute table, to OUT. */
+void config_write_reference(FILE *out);
 
 /* 1 when AE is allowed to call us under CFG (empty list allows any). */
 int config_caller_allowed(const struct config *cfg, const char *ae);

@@ -1,13 +1,18 @@
 /*
  * explain.c — `ainode explain`: for each series, every rule in order, which
- * of its conditions held or failed, and what the node would do.
+ * of its conditions held or failed, and what the node would do
+ * (rules_explain).
  *
  * The series come from the store (a study UID) or from DICOM files read
- * directly (the calling AE, called AE and source address of files are
- * unknown, so conditions on them do not hold).
+ * directly. Files are read for every attribute of common/attr.def, so a
+ * series of files is seen as the store would index it; the calling AE,
+ * called AE and source address of files are unknown, so conditions on
+ * them do not hold.
  */
+#include "common/attr.h"
 #include "config/config.h"
 #include "dicom/dicom.h"
+#include "rules/rules.h"
 #include "service/service.h"
 #include "storage/storage.h"
 
@@ -16,132 +21,73 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* One series' attributes, as the planner sees them: name/value pairs. */
-struct series_attrs {
-    char *series_uid;
-    char *names[64];
-    char *values[64];
-    int n;
+/* One series of the files given: the values of its first instance (by
+ * InstanceNumber, as the store picks them) and how many files it has. */
+struct file_series {
+    char *values[ATTR_COUNT];
+    double first;                 /* InstanceNumber of the file VALUES came from */
+    struct attr_series row;
 };
 
-static void attrs_set(struct series_attrs *a, const char *name, const char *value)
+static double instance_number(char *const *values)
 {
-    if (!value || a->n >= 64)
-        return;
-    a->names[a->n] = strdup(name);
-    a->values[a->n] = strdup(value);
-    a->n++;
-}
-
-static void attrs_free(struct series_attrs *a)
-{
-    for (int i = 0; i < a->n; i++) {
-        free(a->names[i]);
-        free(a->values[i]);
-    }
-    free(a->series_uid);
-    memset(a, 0, sizeof *a);
-}
-
-static const char *attrs_get(void *ud, const char *attribute)
-{
-    const struct series_attrs *a = ud;
-    for (int i = 0; i < a->n; i++)
-        if (!strcmp(a->names[i], attribute))
-            return a->values[i];
-    return NULL;
-}
-
-static void on_trace(void *ud, const struct config_rule *rule, const char *where, int held,
-                     const char *value)
-{
-    (void)ud;
-    (void)rule;
-    printf("      %-40s %-6s (series value: %s)\n", where, held ? "held" : "failed",
-           value ? value : "absent");
-}
-
-static void print_list(const char *what, char *const *names, size_t n)
-{
-    if (!n)
-        return;
-    printf("      %s:", what);
-    for (size_t i = 0; i < n; i++)
-        printf(" %s", names[i]);
-    printf("\n");
-}
-
-/* Prints every rule in order for one series read through GET. */
-static void explain_series(const struct config *cfg, const char *series_uid, rules_get_fn get,
-                           void *ud)
-{
-    const char *modality = get(ud, "Modality"), *instances = get(ud, "instances");
-    printf("series %s (%s, %s instance%s)\n", series_uid, modality ? modality : "no modality",
-           instances ? instances : "?", instances && !strcmp(instances, "1") ? "" : "s");
-    int decided = 0;
-    for (size_t i = 0; i < cfg->n_rules; i++) {
-        const struct config_rule *r = &cfg->rules[i];
-        if (decided) {
-            printf("  rule %s: not evaluated (an earlier rule matched and does not continue)\n",
-                   r->name);
-            continue;
-        }
-        printf("  rule %s:\n", r->name);
-        int m = rules_match(r, get, ud, on_trace, NULL);
-        printf("    %s\n", m ? "MATCHES" : "does not match");
-        if (!m)
-            continue;
-        print_list("runs", r->run, r->n_run);
-        print_list("sends results to", r->send_to, r->n_send_to);
-        print_list("forwards to", r->forward_to, r->n_forward_to);
-        if (!r->continues)
-            decided = 1;
-    }
-    if (!decided && cfg->n_rules)
-        printf("  -> %s\n", "no rule decided: the series is recorded as unmatched");
+    const char *s = values[ATTR_INSTANCE_NUMBER];
+    return s ? strtod(s, NULL) : 1e300; /* without one: after those that have it */
 }
 
 /* Reads the attributes of the files given and explains each series. */
 static int explain_files(const struct config *cfg, char *const *paths, int n)
 {
-    struct series_attrs series[64];
-    int ns = 0, rc = 0;
-    const char *const keywords[] = {"SeriesInstanceUID", "Modality", "BodyPartExamined",
-                                    "StudyDescription", "SeriesDescription", "ProtocolName",
-                                    "Manufacturer", "ImageType", "SliceThickness", "Rows",
-                                    "Columns", "NumberOfFrames", "SOPClassUID"};
-    const size_t nk = sizeof keywords / sizeof keywords[0];
-    int counts[64] = {0};
+    const char *keywords[ATTR_COUNT];
+    for (int i = 0; i < ATTR_COUNT; i++)
+        keywords[i] = attr_table[i].keyword;
+    struct file_series *series = NULL;
+    size_t ns = 0;
+    int rc = 0;
     for (int i = 0; i < n; i++) {
-        char *values[sizeof keywords / sizeof keywords[0]];
+        char *values[ATTR_COUNT];
         char err[256];
-        if (dicom_read_values(paths[i], keywords, nk, values, NULL, err, sizeof err) != 0) {
+        if (dicom_read_values(paths[i], keywords, ATTR_COUNT, values, NULL, err, sizeof err) !=
+            0) {
             fprintf(stderr, "ainode: %s\n", err);
             rc = 1;
             continue;
         }
-        const char *uid = values[0] ? values[0] : "(no series UID)";
-        int s = 0;
-        while (s < ns && strcmp(series[s].series_uid, uid))
+        const char *uid = values[ATTR_SERIES_INSTANCE_UID];
+        size_t s = 0;
+        while (s < ns && !(uid ? series[s].values[ATTR_SERIES_INSTANCE_UID] &&
+                                     !strcmp(series[s].values[ATTR_SERIES_INSTANCE_UID], uid)
+                               : !series[s].values[ATTR_SERIES_INSTANCE_UID]))
             s++;
-        if (s == ns && ns < 64) {
+        if (s == ns) {
+            struct file_series *a = realloc(series, (ns + 1) * sizeof *a);
+            if (!a) {
+                fprintf(stderr, "ainode: out of memory\n");
+                dicom_free_values(values, ATTR_COUNT);
+                rc = 1;
+                break;
+            }
+            series = a;
             memset(&series[ns], 0, sizeof series[ns]);
-            series[ns].series_uid = strdup(uid);
-            for (size_t k = 1; k < nk; k++)
-                attrs_set(&series[ns], keywords[k], values[k]);
+            memcpy(series[ns].values, values, sizeof values);
+            series[ns].first = instance_number(values);
             ns++;
+        } else if (instance_number(values) < series[s].first) {
+            dicom_free_values(series[s].values, ATTR_COUNT);
+            memcpy(series[s].values, values, sizeof values);
+            series[s].first = instance_number(values);
+        } else {
+            dicom_free_values(values, ATTR_COUNT);
         }
-        if (s < 64)
-            counts[s]++;
-        dicom_free_values(values, nk);
+        series[s].row.instances++;
     }
-    for (int s = 0; s < ns; s++) {
-        char count[16];
-        snprintf(count, sizeof count, "%d", counts[s]);
-        attrs_set(&series[s], "instances", count);
-        explain_series(cfg, series[s].series_uid, attrs_get, &series[s]);
-        attrs_free(&series[s]);
+    for (size_t s = 0; s < ns; s++) {
+        for (int i = 0; i < ATTR_COUNT; i++)
+            series[s].row.value[i] = series[s].values[i];
+        rules_explain(cfg, &series[s].row, stdout);
+        dicom_free_values(series[s].values, ATTR_COUNT);
     }
+    free(series);
     return rc;
 }
 
@@ -153,8 +99,9 @@ struct study_ctx {
 static int explain_stored_series(void *ud, const struct storage_series *se)
 {
     struct study_ctx *sc = ud;
-    struct rules_series rs = {.series = se};
-    explain_series(sc->cfg, se->series_uid, rules_series_get, &rs);
+    struct attr_series row;
+    runner_series_row(se, &row);
+    rules_explain(sc->cfg, &row, stdout);
     sc->series++;
     return 0;
 }

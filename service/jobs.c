@@ -16,7 +16,10 @@
 #include "config/config.h"
 #include "dicom/dicom.h"
 #include "inference/inference.h"
+#include "common/attr.h"
 #include "common/log.h"
+#include "common/plan.h"
+#include "rules/rules.h"
 #include "service/service.h"
 #include "storage/storage.h"
 
@@ -61,33 +64,58 @@ struct runner {
 /* ------------------------------------------------------------------ */
 /* Planning                                                            */
 
-/* rules_apply_fn: queues the models of a matching rule, each with the
- * rule's destinations (comma-separated, stored on each job) and priority,
- * and the destinations the series is forwarded to. */
-static void plan_rule(void *ud, const struct config_rule *rule)
+void runner_series_row(const struct storage_series *s, struct attr_series *row)
 {
-    struct storage_plan *plan = ud;
-    char send_to[1024] = "";
-    for (size_t d = 0; d < rule->n_send_to; d++) {
-        size_t used = strlen(send_to);
-        snprintf(send_to + used, sizeof send_to - used, "%s%s", d ? "," : "", rule->send_to[d]);
-    }
-    /* Lower is claimed first. */
-    int priority = rule->priority == CONFIG_PRIORITY_STAT  ? 0
-                   : rule->priority == CONFIG_PRIORITY_LOW ? 2
-                                                           : 1;
-    for (size_t m = 0; m < rule->n_run; m++)
-        storage_plan_add(plan, rule->run[m], send_to, priority);
-    for (size_t d = 0; d < rule->n_forward_to; d++)
-        storage_plan_forward(plan, rule->forward_to[d]);
+    memset(row, 0, sizeof *row);
+    row->value[ATTR_STUDY_INSTANCE_UID] = s->study_uid;
+    row->value[ATTR_SERIES_INSTANCE_UID] = s->series_uid;
+    row->value[ATTR_MODALITY] = s->modality;
+    row->value[ATTR_BODY_PART_EXAMINED] = s->body_part_examined;
+    row->value[ATTR_SERIES_DESCRIPTION] = s->series_description;
+    row->value[ATTR_PROTOCOL_NAME] = s->protocol_name;
+    row->value[ATTR_MANUFACTURER] = s->manufacturer;
+    row->value[ATTR_SERIES_NUMBER] = s->series_number;
+    row->value[ATTR_STUDY_DESCRIPTION] = s->study_description;
+    row->value[ATTR_ACCESSION_NUMBER] = s->accession_number;
+    row->value[ATTR_STUDY_ID] = s->study_id;
+    row->value[ATTR_STUDY_DATE] = s->study_date;
+    row->value[ATTR_PATIENT_ID] = s->patient_id;
+    row->value[ATTR_PATIENT_SEX] = s->patient_sex;
+    row->value[ATTR_SOP_CLASS_UID] = s->sop_class_uid;
+    row->value[ATTR_IMAGE_TYPE] = s->image_type;
+    row->value[ATTR_SLICE_THICKNESS] = s->slice_thickness;
+    row->value[ATTR_ROWS] = s->rows;
+    row->value[ATTR_COLUMNS] = s->columns;
+    row->value[ATTR_NUMBER_OF_FRAMES] = s->number_of_frames;
+    row->value[ATTR_CONTRAST_BOLUS_AGENT] = s->contrast_bolus_agent;
+    row->calling_ae = s->calling_ae;
+    row->called_ae = s->called_ae;
+    row->source_address = s->source_address;
+    row->instances = s->instances;
 }
 
 void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan)
 {
     const struct config *cfg = ud;
-    /* The first rule that matches decides, unless it lets later ones match too. */
-    struct rules_series rs = {.series = s};
-    rules_select(cfg, rules_series_get, &rs, NULL, NULL, plan_rule, plan);
+    struct attr_series row;
+    runner_series_row(s, &row);
+    struct plan p = {0};
+    int rc = rules_plan(cfg, &row, 1, &p);
+    if (rc != 0)
+        log_msg(LOG_ERROR, "planning series %s: %s", s->series_uid, rules_strerror(rc));
+    /* Storage keeps a job's destinations as comma-separated names. */
+    for (size_t j = 0; j < p.n_jobs; j++) {
+        char send_to[1024] = "";
+        for (size_t d = 0; d < p.jobs[j].n_destinations; d++) {
+            size_t used = strlen(send_to);
+            snprintf(send_to + used, sizeof send_to - used, "%s%s", d ? "," : "",
+                     p.jobs[j].destinations[d]);
+        }
+        storage_plan_add(plan, p.jobs[j].model, send_to, (int)p.jobs[j].priority);
+    }
+    for (size_t f = 0; f < p.n_forwards; f++)
+        storage_plan_forward(plan, p.forwards[f].destination);
+    plan_free(&p);
 }
 
 /* ------------------------------------------------------------------ */

@@ -56,7 +56,7 @@ static void find_builtin_models(void)
 
 static void print_error(void *ud, const char *line)
 {
-    (void)ud;
+    ++*(int *)ud; /* the problems, counted */
     fprintf(stderr, "%s\n", line);
 }
 
@@ -154,8 +154,8 @@ int main(int argc, char **argv)
 
     struct config *cfg = NULL;
     find_builtin_models();
-    int problems = config_load(config_path, &cfg, print_error, NULL);
-    if (problems) {
+    int problems = 0;
+    if (config_load(config_path, &cfg, print_error, &problems) != 0) {
         fprintf(stderr, "%s: %d problem%s found\n", config_path, problems,
                 problems == 1 ? "" : "s");
         return 1;
@@ -175,6 +175,6 @@ int main(int argc, char **argv)
         rc = reload_command(cfg);
     else
         rc = status_print(cfg, json);
-    config_free(cfg);
+    config_unref(cfg);
     return rc;
 }

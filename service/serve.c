@@ -10,7 +10,9 @@
  */
 #include "config/config.h"
 #include "dicom/dicom.h"
+#include "common/attr.h"
 #include "common/log.h"
+#include "rules/rules.h"
 #include "service/service.h"
 #include "storage/storage.h"
 
@@ -28,11 +30,13 @@
 #define RETENTION_EVERY_MS 60000
 
 struct node {
-    /* The configuration in force: replaced whole by a reload. Every one
-     * loaded stays allocated until exit (threads may still hold it). */
+    /* The configuration in force: replaced whole by a reload. The node
+     * holds a reference to each one a reload made current and drops them
+     * at exit: the runner and sender threads read the configuration they
+     * were given without a reference of their own. */
     _Atomic(const struct config *) cfg;
-    struct config *reloaded[64];
-    int n_reloaded;
+    struct config **reloaded;
+    size_t n_reloaded, cap_reloaded;
     struct storage *store;
     struct dicom_server *dicom;
     struct runner *runner;
@@ -179,19 +183,51 @@ static int collect_receiving(void *ud, const char *study_uid, int64_t first_rece
     return 0;
 }
 
-struct required_check {
-    const struct config_match *required;
-    int met[64];
+/* The series of one study as rows for the rules; the strings are copied,
+ * since storage hands each series out only for the call. */
+struct study_rows {
+    struct attr_series *rows;
+    size_t n, cap;
 };
 
-static int check_required(void *ud, const struct storage_series *se)
+static char *dup_or_null(const char *s)
 {
-    struct required_check *rc = ud;
-    struct rules_series rs = {.series = se};
-    for (size_t i = 0; i < rc->required->n_any && i < 64; i++)
-        if (!rc->met[i] && rules_match_spec(&rc->required->any[i], rules_series_get, &rs))
-            rc->met[i] = 1;
+    return s ? strdup(s) : NULL;
+}
+
+static int collect_row(void *ud, const struct storage_series *se)
+{
+    struct study_rows *sr = ud;
+    if (sr->n == sr->cap) {
+        size_t cap = sr->cap ? sr->cap * 2 : 8;
+        struct attr_series *a = realloc(sr->rows, cap * sizeof *a);
+        if (!a)
+            return 1;
+        sr->rows = a;
+        sr->cap = cap;
+    }
+    struct attr_series row, *r = &sr->rows[sr->n++];
+    runner_series_row(se, &row);
+    memset(r, 0, sizeof *r);
+    for (int i = 0; i < ATTR_COUNT; i++)
+        r->value[i] = dup_or_null(row.value[i]);
+    r->calling_ae = dup_or_null(row.calling_ae);
+    r->called_ae = dup_or_null(row.called_ae);
+    r->source_address = dup_or_null(row.source_address);
+    r->instances = row.instances;
     return 0;
+}
+
+static void free_rows(struct study_rows *sr)
+{
+    for (size_t k = 0; k < sr->n; k++) {
+        for (int i = 0; i < ATTR_COUNT; i++)
+            free((char *)sr->rows[k].value[i]);
+        free((char *)sr->rows[k].calling_ae);
+        free((char *)sr->rows[k].called_ae);
+        free((char *)sr->rows[k].source_address);
+    }
+    free(sr->rows);
 }
 
 /* Completes, before stable_seconds of silence, the studies whose required
@@ -211,11 +247,10 @@ static int complete_early(struct node *n, const struct config *cfg, int64_t now)
             due = 1;
             discard = cc->on_max_wait == CONFIG_ON_MAX_WAIT_DISCARD;
         } else if (cc->required.n_any) {
-            struct required_check chk = {&cc->required, {0}};
-            storage_foreach_series(n->store, r.uid[i], check_required, &chk);
-            due = 1;
-            for (size_t k = 0; k < cc->required.n_any && k < 64; k++)
-                due &= chk.met[k];
+            struct study_rows sr = {0};
+            if (storage_foreach_series(n->store, r.uid[i], collect_row, &sr) == STORAGE_OK)
+                due = rules_required_met(cfg, sr.rows, sr.n);
+            free_rows(&sr);
         }
         if (!due)
             continue;
@@ -273,24 +308,8 @@ static void on_completion_timer(uv_timer_t *t)
 
 static void log_config_error(void *ud, const char *line)
 {
-    (void)ud;
+    ++*(int *)ud; /* the problems, counted */
     log_msg(LOG_ERROR, "%s", line);
-}
-
-/* What a reload cannot change in a running node. NULL when NEW may replace
- * OLD, else the reason. */
-static const char *reload_blocker(const struct config *old, const struct config *new)
-{
-    if (strcmp(old->node.bind, new->node.bind) || old->node.port != new->node.port)
-        return "node.bind or node.port changed: restart ainode to listen elsewhere";
-    if (strcmp(old->node.data_dir, new->node.data_dir))
-        return "node.data_dir changed: restart ainode to use another store";
-    if (old->node.max_associations != new->node.max_associations ||
-        old->node.max_pdu != new->node.max_pdu)
-        return "node.max_associations or node.max_pdu changed: restart ainode to apply them";
-    /* A model on a device that is not there is refused here as at start. */
-    static char why[320];
-    return runner_check_devices(new, why, sizeof why) ? why : NULL;
 }
 
 /* SIGHUP: re-read the configuration file. A valid one takes effect for
@@ -301,19 +320,36 @@ static void reload(struct node *n)
     const struct config *old = atomic_load(&n->cfg);
     log_msg(LOG_INFO, "reloading %s", old->path);
     struct config *cfg = NULL;
-    int problems = config_load(old->path, &cfg, log_config_error, NULL);
-    if (problems) {
+    int problems = 0;
+    int rc = config_load(old->path, &cfg, log_config_error, &problems);
+    if (rc != 0) {
         log_msg(LOG_ERROR, "reload refused: %d problem%s in %s; the running configuration stays",
                 problems, problems == 1 ? "" : "s", old->path);
         return;
     }
-    const char *why = reload_blocker(old, cfg);
-    if (!why && n->n_reloaded == (int)(sizeof n->reloaded / sizeof n->reloaded[0]))
-        why = "too many reloads: restart ainode";
-    if (why) {
-        log_msg(LOG_ERROR, "reload refused: %s; the running configuration stays", why);
-        config_free(cfg);
+    char keys[512], why[320];
+    if (config_restart_changes(old, cfg, keys, sizeof keys) > 0) {
+        log_msg(LOG_ERROR, "reload refused: %s changed: restart ainode to apply; the running "
+                           "configuration stays", keys);
+        config_unref(cfg);
         return;
+    }
+    /* A model on a device that is not there is refused here as at start. */
+    if (runner_check_devices(cfg, why, sizeof why) != 0) {
+        log_msg(LOG_ERROR, "reload refused: %s; the running configuration stays", why);
+        config_unref(cfg);
+        return;
+    }
+    if (n->n_reloaded == n->cap_reloaded) {
+        size_t cap = n->cap_reloaded ? n->cap_reloaded * 2 : 8;
+        struct config **a = realloc(n->reloaded, cap * sizeof *a);
+        if (!a) {
+            log_msg(LOG_ERROR, "reload refused: out of memory; the running configuration stays");
+            config_unref(cfg);
+            return;
+        }
+        n->reloaded = a;
+        n->cap_reloaded = cap;
     }
     n->reloaded[n->n_reloaded++] = cfg;
     atomic_store(&n->cfg, cfg);
@@ -474,8 +510,9 @@ int serve_run(const struct config *cfg)
     storage_close(n.store);
     uv_loop_close(n.loop);
     unlink(pidfile);
-    for (int i = 0; i < n.n_reloaded; i++)
-        config_free(n.reloaded[i]);
+    for (size_t i = 0; i < n.n_reloaded; i++)
+        config_unref(n.reloaded[i]);
+    free(n.reloaded);
     log_msg(LOG_INFO, "stopped");
     return 0;
 }

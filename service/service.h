@@ -41,43 +41,14 @@ void runner_wake(struct runner *r);
 void runner_set_config(struct runner *r, const struct config *cfg);
 /* Stops the workers (a running job goes back to the queue) and frees R. */
 void runner_stop(struct runner *r);
-/* storage_plan_fn: the models CFG's rules run on a series (UD = config). */
+/* storage_plan_fn: what CFG's rules plan for a series (UD = config): its
+ * jobs and forwards, through rules_plan. */
 void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan);
 
-/* ---- rules (rules.c): which rules apply to a series ---- */
-
-struct config_rule;
-
-/* Looks up ATTRIBUTE of the series; NULL when absent. */
-typedef const char *(*rules_get_fn)(void *ud, const char *attribute);
-/* Called for each condition evaluated (may be NULL): the rule, a path like
- * "match.SeriesDescription" or "any[1].Modality", whether it held, and the
- * series' value (NULL if absent). */
-typedef void (*rules_trace_fn)(void *ud, const struct config_rule *rule, const char *where,
-                               int held, const char *value);
-/* 1 when RULE matches the series GET describes. Every condition of a match
- * is evaluated (and traced), not only up to the first that fails. */
-int rules_match(const struct config_rule *rule, rules_get_fn get, void *get_ud,
-                rules_trace_fn trace, void *trace_ud);
-/* 1 when the match M (a condition set, as in a rule or a required series)
- * holds for the series read through GET. */
-int rules_match_spec(const struct config_match *m, rules_get_fn get, void *get_ud);
-
-/* Receives a rule that applies to the series. */
-typedef void (*rules_apply_fn)(void *ud, const struct config_rule *rule);
-/* Evaluates CFG's rules in order, calling APPLY (may be NULL) for each
- * that matches; stops after the first match unless that rule has
- * continue: true. Returns how many rules applied. */
-size_t rules_select(const struct config *cfg, rules_get_fn get, void *get_ud,
-                    rules_trace_fn trace, void *trace_ud, rules_apply_fn apply, void *apply_ud);
-
-/* A rules_get_fn over a struct storage_series: UD is a struct
- * rules_series whose SERIES is set (the rest is scratch space). */
-struct rules_series {
-    const struct storage_series *series;
-    char number[32];
-};
-const char *rules_series_get(void *ud, const char *attribute);
+/* A stored series as the rules see it: ROW's strings point into S
+ * (jobs.c; until storage hands out struct attr_series rows itself). */
+struct attr_series;
+void runner_series_row(const struct storage_series *s, struct attr_series *row);
 
 /* Starts the thread that delivers the outbox (sender.c). */
 int sender_start(const struct config *cfg, struct storage *st, struct sender **out, char *err,

@@ -88,6 +88,43 @@ class RulesTest(NodeTestCase):
         files = [f for s in study["series"] for f in s["files"]]
         self.check(self.explain(n, *files), study)
 
+    def test_explain_of_a_file_shows_its_real_values(self):
+        # Every condition names an attribute the file has: each must be
+        # shown with the file's value, none as "absent".
+        files = make_ct_series(os.path.join(self.workdir, "one"), 2, rows=16, cols=16,
+                               patient_id="PID-42", study_date="20240131",
+                               accession_number="ACC-77", study_id="S9",
+                               study_description="CT THORAX", protocol_name="LUNG LOW DOSE")
+        for f in files:
+            ds = pydicom.dcmread(f)
+            ds.ContrastBolusAgent = "OMNIPAQUE 350"
+            ds.PatientSex = "F"
+            ds.Manufacturer = "ACME"
+            ds.save_as(f)
+        ds = pydicom.dcmread(files[0])
+        want = {
+            "PatientID": "PID-42", "StudyDate": "20240131", "AccessionNumber": "ACC-77",
+            "StudyID": "S9", "StudyDescription": "CT THORAX", "ProtocolName": "LUNG LOW DOSE",
+            "ContrastBolusAgent": "OMNIPAQUE 350", "PatientSex": "F", "Manufacturer": "ACME",
+            "StudyInstanceUID": str(ds.StudyInstanceUID),
+            "SeriesInstanceUID": str(ds.SeriesInstanceUID),
+            "SOPClassUID": str(ds.SOPClassUID),
+        }
+        match = {k: {"present": True} for k in want}
+        sections = {"destinations": RULES["destinations"],
+                    "rules": [{"name": "all-present", "match": match,
+                               "forward_to": ["archive"]}]}
+        n = self.node(sections=sections)
+        blocks = self.explain(n, *files)
+        lines = blocks[str(ds.SeriesInstanceUID)]
+        for keyword, value in want.items():
+            line = [l for l in lines if l.startswith("match.%s " % keyword)]
+            self.assertEqual(len(line), 1, (keyword, lines))
+            self.assertIn("held", line[0])
+            self.assertIn("(series value: %s)" % value, line[0])
+        self.assertIn("MATCHES", lines)
+        self.assertFalse(any("absent" in l for l in lines), lines)
+
     def test_explain_of_an_unknown_study_is_an_error(self):
         n = self.node(sections=RULES)
         n.start()
@@ -220,8 +257,9 @@ class RulesTest(NodeTestCase):
         # What a running node cannot change is refused, not half applied.
         n.write_raw_config(good.replace("port: %d" % n.port, "port: %d" % (n.port + 1)))
         n.signal(signal.SIGHUP)
-        harness.wait_until(lambda: "node.bind or node.port changed" in n.log(), 10, 0.1,
-                           "the refusal of a port change")
+        # The refusal names exactly the restart-only keys that changed.
+        harness.wait_until(lambda: "reload refused: node.port changed: restart ainode to apply"
+                           in n.log(), 10, 0.1, "the refusal of a port change")
         self.assertEqual(harness.echoscu(n.port, ae_called=n.ae, check=False).returncode, 0)
         self.assertEqual(n.stop(), 0)
 

@@ -14,7 +14,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/attr.h"
 #include "config/config.h"
+#include "config/schema.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -143,9 +145,9 @@ static void load_fails(const char *path, struct capture *cap)
 {
     static struct config sentinel;
     struct config *cfg = &sentinel; /* config_load must reset it to NULL */
-    int n = config_load(path, &cfg, capture_line, cap);
-    assert_int_equal(n, cap->n);
-    assert_true(n > 0);
+    int rc = config_load(path, &cfg, capture_line, cap);
+    assert_true(rc == CONFIG_EINVALID || rc == CONFIG_EREAD);
+    assert_true(cap->n > 0); /* every problem is a line */
     assert_null(cfg);
 }
 
@@ -191,6 +193,22 @@ static void expect_single_error(const char *name, const char *yaml, const char *
     capture_free(&cap);
 }
 
+/* Loads YAML (written as NAME) expecting exactly the problem lines WANT
+ * (NULL-terminated, each without the "PATH:" prefix), in order. */
+static void expect_errors(const char *name, const char *yaml, const char *const *want)
+{
+    struct capture cap = {0};
+    const char *p = write_tmp(name, yaml);
+    load_fails(p, &cap);
+    int n = 0;
+    while (want[n])
+        n++;
+    expect_count(&cap, n);
+    for (int i = 0; i < n; i++)
+        expect_line(&cap, i, p, want[i]);
+    capture_free(&cap);
+}
+
 /* A config with one model "m" read from model.pt with manifest MANIFEST
  * (written as NAME.yaml); the manifest's path is left in MPATH. */
 static const char *model_config(const char *name, const char *manifest, const char **mpath)
@@ -231,8 +249,11 @@ static void assert_defaults(const struct config *cfg)
     assert_int_equal(cfg->node.max_pdu, 131072);
     assert_int_equal(cfg->node.retention_days, 0);
     assert_int_equal(cfg->node.disk_high_water_percent, 0);
+    assert_int_equal(cfg->node.artim_timeout_seconds, 10);
     assert_int_equal(cfg->n_destinations, 0);
 }
+
+#define ARCH_DEST "destinations:\n  arch: {ae_title: ARCH, host: h, port: 104}\n"
 
 /* ---- valid files ------------------------------------------------------ */
 
@@ -400,15 +421,139 @@ static void test_retention_keys_load_and_are_bounded(void **state)
     assert_int_equal(cfg->node.disk_high_water_percent, 99);
     config_free(cfg);
 
+    expect_errors("retention_range.yaml",
+                  "node:\n"
+                  "  retention_days: -1\n"
+                  "  disk_high_water_percent: 100\n",
+                  (const char *const[]){
+                      "2:19: node.retention_days: -1 is out of range 0..36500",
+                      "3:28: node.disk_high_water_percent: 100 is out of range 0..99",
+                      NULL});
+}
+
+/* Every node key of the table and every attribute of attr.def appears in
+ * the sample file, so that it stays in step with the tables. */
+static void test_deploy_sample_names_every_key_and_attribute(void **state)
+{
+    (void)state;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/../../deploy/ainode.yaml", data_dir());
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    static char text[65536];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    const struct schema_field *node = NULL;
+    for (size_t i = 0; i < config_n_top_fields; i++) {
+        char want[64], commented[64]; /* completion: is shown commented out */
+        snprintf(want, sizeof want, "\n%s:", config_top_fields[i].key);
+        snprintf(commented, sizeof commented, "\n#   %s:", config_top_fields[i].key);
+        if (!strstr(text, want) && !strstr(text, commented))
+            fail_msg("deploy/ainode.yaml lacks top-level key %s", config_top_fields[i].key);
+        if (!strcmp(config_top_fields[i].key, "node"))
+            node = &config_top_fields[i];
+    }
+    assert_non_null(node);
+    for (size_t i = 0; i < node->n_sub; i++) {
+        char want[96];
+        snprintf(want, sizeof want, "\n  %s:", node->sub[i].key);
+        if (!strstr(text, want))
+            fail_msg("deploy/ainode.yaml lacks node.%s", node->sub[i].key);
+    }
+    for (int i = 0; i < ATTR_COUNT; i++)
+        if (!strstr(text, attr_table[i].keyword))
+            fail_msg("deploy/ainode.yaml does not name the attribute %s", attr_table[i].keyword);
+}
+
+static void test_artim_timeout_loads_and_is_bounded(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(write_tmp("artim.yaml", "node:\n  artim_timeout_seconds: 3600\n"));
+    assert_int_equal(cfg->node.artim_timeout_seconds, 3600);
+    config_free(cfg);
+    expect_single_error("artim_range.yaml", "node:\n  artim_timeout_seconds: 0\n",
+                        "2:26: node.artim_timeout_seconds: 0 is out of range 1..3600");
+}
+
+/* Reload refuses exactly the keys marked restart-only, and names them. */
+static void test_restart_changes_name_exactly_the_restart_only_keys(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *node;      /* the node: section of the new file */
+        int changes;
+        const char *names;
+    } cases[] = {
+        {"{}", 0, ""},
+        {"{port: 104}", 1, "node.port"},
+        {"{bind: 0.0.0.0}", 1, "node.bind"},
+        {"{data_dir: ./elsewhere}", 1, "node.data_dir"},
+        {"{max_associations: 2}", 1, "node.max_associations"},
+        {"{max_pdu: 16384}", 1, "node.max_pdu"},
+        {"{artim_timeout_seconds: 30}", 1, "node.artim_timeout_seconds"},
+        {"{port: 104, max_pdu: 16384, bind: 0.0.0.0}", 3, "node.port, node.bind, node.max_pdu"},
+        /* what a reload applies */
+        {"{ae_title: OTHER, stable_seconds: 3, log_level: debug, allowed_callers: [A], "
+         "shutdown_grace_seconds: 1, network_timeout_seconds: 5, retention_days: 2, "
+         "disk_high_water_percent: 90}",
+         0, ""},
+    };
+    struct config *old = load_ok(write_tmp("restart_old.yaml", "node: {}\n"));
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512], name[64], buf[256];
+        snprintf(text, sizeof text,
+                 "node: %s\n" ARCH_DEST "rules: [{forward_to: [arch]}]\n", cases[i].node);
+        snprintf(name, sizeof name, "restart_%zu.yaml", i);
+        struct config *new = load_ok(write_tmp(name, text));
+        int n = config_restart_changes(old, new, buf, sizeof buf);
+        if (n != cases[i].changes || strcmp(buf, cases[i].names))
+            fail_msg("%s: %d changes (%s)", cases[i].node, n, buf);
+        config_free(new);
+    }
+    /* a short buffer stays terminated */
+    struct config *new = load_ok(write_tmp("restart_many.yaml", "node: {port: 1, bind: x}\n"));
+    char small[8];
+    assert_int_equal(config_restart_changes(old, new, small, sizeof small), 2);
+    assert_true(strlen(small) < sizeof small);
+    config_free(new);
+    config_free(old);
+}
+
+static void test_configurations_are_reference_counted(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(fixture("full.yaml"));
+    assert_ptr_equal(config_ref(cfg), cfg);
+    assert_ptr_equal(config_ref(cfg), cfg);
+    config_unref(cfg);
+    config_unref(cfg);
+    /* still alive: one reference left */
+    assert_string_equal(cfg->path, fixture("full.yaml"));
+    config_unref(cfg);
+    config_unref(NULL);
+    assert_null(config_ref(NULL));
+    assert_string_equal(config_strerror(CONFIG_EINVALID), "the configuration has problems");
+    assert_string_equal(config_strerror(CONFIG_EREAD), "the configuration file cannot be read");
+    assert_string_equal(config_strerror(CONFIG_ENOMEM), "out of memory");
+    assert_string_equal(config_strerror(0), "success");
+}
+
+/* A missing file is CONFIG_EREAD, a file with problems CONFIG_EINVALID. */
+static void test_load_returns_the_class_of_the_failure(void **state)
+{
+    (void)state;
     struct capture cap = {0};
-    const char *p = write_tmp("retention_range.yaml",
-                              "node:\n"
-                              "  retention_days: -1\n"
-                              "  disk_high_water_percent: 100\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 2);
-    expect_line(&cap, 0, p, "2:19: node.retention_days: -1 is out of range 0..36500");
-    expect_line(&cap, 1, p, "3:28: node.disk_high_water_percent: 100 is out of range 0..99");
+    struct config *cfg = NULL;
+    char missing[600];
+    snprintf(missing, sizeof missing, "%s/absent.yaml", tmpdir);
+    assert_int_equal(config_load(missing, &cfg, capture_line, &cap), CONFIG_EREAD);
+    assert_int_equal(config_load(NULL, &cfg, capture_line, &cap), CONFIG_EREAD);
+    assert_int_equal(config_load(write_tmp("bad_port.yaml", "node: {port: 0}\n"), &cfg,
+                                 capture_line, &cap),
+                     CONFIG_EINVALID);
+    assert_null(cfg);
+    expect_count(&cap, 3);
     capture_free(&cap);
 }
 
@@ -435,7 +580,7 @@ static void test_deploy_sample_loads_without_errors(void **state)
     assert_string_equal(cfg->rules[0].name, "ct-bone");
     assert_int_equal(cfg->rules[0].match.n_conditions, 1);
     assert_string_equal(cfg->rules[0].match.conditions[0].attribute, "Modality");
-    assert_int_equal(cfg->rules[0].match.conditions[0].op, CONFIG_OP_EQUALS);
+    assert_int_equal(cfg->rules[0].match.conditions[0].op, RULES_OP_EQUALS);
     assert_string_equal(cfg->rules[0].match.conditions[0].values[0], "CT");
     assert_int_equal(cfg->rules[0].n_run, 1);
     assert_string_equal(cfg->rules[0].run[0], "ct-bone-body");
@@ -474,32 +619,30 @@ static void test_unknown_key_is_reported_at_the_key(void **state)
 static void test_wrong_types_are_reported_at_the_value(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("types.yaml",
-                              "node:\n"
-                              "  port: \"11112\"\n"            /* 2 */
-                              "  stable_seconds: 1.5\n"        /* 3 */
-                              "  max_associations: abc\n"      /* 4 */
-                              "  max_pdu: 0x1000\n"            /* 5 */
-                              "  bind: [a, b]\n"               /* 6 */
-                              "  data_dir: {x: 1}\n"           /* 7 */
-                              "  allowed_callers: PACS\n"      /* 8 */
-                              "  ae_title:\n"                  /* 9 */
-                              "  network_timeout_seconds: !!int 5\n" /* 10 */
-                              "destinations: [a]\n");          /* 11 */
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 10);
-    expect_line(&cap, 0, p, "2:9: node.port: expected an integer");
-    expect_line(&cap, 1, p, "3:19: node.stable_seconds: expected an integer");
-    expect_line(&cap, 2, p, "4:21: node.max_associations: expected an integer");
-    expect_line(&cap, 3, p, "5:12: node.max_pdu: expected an integer");
-    expect_line(&cap, 4, p, "6:9: node.bind: expected a string");
-    expect_line(&cap, 5, p, "7:13: node.data_dir: expected a string");
-    expect_line(&cap, 6, p, "8:20: node.allowed_callers: expected a sequence");
-    expect_line(&cap, 7, p, "9:3: node.ae_title: expected a string");
-    expect_line(&cap, 8, p, "10:34: node.network_timeout_seconds: expected an integer");
-    expect_line(&cap, 9, p, "11:15: destinations: expected a mapping");
-    capture_free(&cap);
+    expect_errors("types.yaml",
+                  "node:\n"
+                  "  port: \"11112\"\n"            /* 2 */
+                  "  stable_seconds: 1.5\n"        /* 3 */
+                  "  max_associations: abc\n"      /* 4 */
+                  "  max_pdu: 0x1000\n"            /* 5 */
+                  "  bind: [a, b]\n"               /* 6 */
+                  "  data_dir: {x: 1}\n"           /* 7 */
+                  "  allowed_callers: PACS\n"      /* 8 */
+                  "  ae_title:\n"                  /* 9 */
+                  "  network_timeout_seconds: !!int 5\n" /* 10 */
+                  "destinations: [a]\n",          /* 11 */
+                  (const char *const[]){
+                      "2:9: node.port: expected an integer",
+                      "3:19: node.stable_seconds: expected an integer",
+                      "4:21: node.max_associations: expected an integer",
+                      "5:12: node.max_pdu: expected an integer",
+                      "6:9: node.bind: expected a string",
+                      "7:13: node.data_dir: expected a string",
+                      "8:20: node.allowed_callers: expected a sequence",
+                      "9:3: node.ae_title: expected a string",
+                      "10:34: node.network_timeout_seconds: expected an integer",
+                      "11:15: destinations: expected a mapping",
+                      NULL});
 }
 
 static void test_non_mapping_sections_are_rejected(void **state)
@@ -514,42 +657,37 @@ static void test_non_mapping_sections_are_rejected(void **state)
 static void test_out_of_range_values_report_the_bounds(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("range.yaml",
-                              "node:\n"
-                              "  port: 70000\n"
-                              "  max_pdu: 1024\n"
-                              "  shutdown_grace_seconds: -1\n"
-                              "  stable_seconds: 99999999999999999999999\n"
-                              "  network_timeout_seconds: 0\n"
-                              "destinations:\n"
-                              "  pacs: {ae_title: P, host: h, port: 0}\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 6);
-    expect_line(&cap, 0, p, "2:9: node.port: 70000 is out of range 1..65535");
-    expect_line(&cap, 1, p, "3:12: node.max_pdu: 1024 is out of range 4096..131072");
-    expect_line(&cap, 2, p, "4:27: node.shutdown_grace_seconds: -1 is out of range 0..3600");
-    expect_line(&cap, 3, p,
-                "5:19: node.stable_seconds: 99999999999999999999999 is out of range 1..86400");
-    expect_line(&cap, 4, p, "6:28: node.network_timeout_seconds: 0 is out of range 1..3600");
-    expect_line(&cap, 5, p, "8:38: destinations.pacs.port: 0 is out of range 1..65535");
-    capture_free(&cap);
+    expect_errors("range.yaml",
+                  "node:\n"
+                  "  port: 70000\n"
+                  "  max_pdu: 1024\n"
+                  "  shutdown_grace_seconds: -1\n"
+                  "  stable_seconds: 99999999999999999999999\n"
+                  "  network_timeout_seconds: 0\n"
+                  "destinations:\n"
+                  "  pacs: {ae_title: P, host: h, port: 0}\n",
+                  (const char *const[]){
+                      "2:9: node.port: 70000 is out of range 1..65535",
+                      "3:12: node.max_pdu: 1024 is out of range 4096..131072",
+                      "4:27: node.shutdown_grace_seconds: -1 is out of range 0..3600",
+                      "5:19: node.stable_seconds: 99999999999999999999999 is out of range 1..86400",
+                      "6:28: node.network_timeout_seconds: 0 is out of range 1..3600",
+                      "8:38: destinations.pacs.port: 0 is out of range 1..65535",
+                      NULL});
 }
 
 static void test_duplicate_key_is_reported_at_the_second_occurrence(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("dupkey.yaml",
-                              "node:\n"
-                              "  port: 1\n"
-                              "  port: 2\n"
-                              "node: {}\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 2);
-    expect_line(&cap, 0, p, "3:3: duplicate key 'port'");
-    expect_line(&cap, 1, p, "4:1: duplicate key 'node'");
-    capture_free(&cap);
+    expect_errors("dupkey.yaml",
+                  "node:\n"
+                  "  port: 1\n"
+                  "  port: 2\n"
+                  "node: {}\n",
+                  (const char *const[]){
+                      "3:3: duplicate key 'port'",
+                      "4:1: duplicate key 'node'",
+                      NULL});
 }
 
 static void test_duplicate_allowed_caller_is_rejected(void **state)
@@ -583,29 +721,22 @@ static void test_duplicate_destination_is_rejected(void **state)
 static void test_bad_ae_titles_are_rejected(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("badae.yaml",
-                              "node:\n"
-                              "  ae_title: ABCDEFGHIJKLMNOPQ\n"
-                              "  allowed_callers: ['A\\B', ' LEAD', 'TRAIL ', '', \"TAB\\t\"]\n"
-                              "destinations:\n"
-                              "  pacs: {ae_title: \"X\\\\Y\", host: h, port: 104}\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 7);
-    expect_line(&cap, 0, p,
-                "2:13: node.ae_title: AE title 'ABCDEFGHIJKLMNOPQ' is longer than 16 characters");
-    expect_line(&cap, 1, p, "3:21: node.allowed_callers: AE title 'A\\B' contains a backslash");
-    expect_line(&cap, 2, p,
-                "3:28: node.allowed_callers: AE title ' LEAD' has leading or trailing spaces");
-    expect_line(&cap, 3, p,
-                "3:37: node.allowed_callers: AE title 'TRAIL ' has leading or trailing spaces");
-    expect_line(&cap, 4, p, "3:47: node.allowed_callers: AE title '' must not be empty");
-    expect_line(&cap, 5, p,
-                "3:51: node.allowed_callers: AE title 'TAB\\x09' contains a character that is "
-                "not printable ASCII");
-    expect_line(&cap, 6, p,
-                "5:20: destinations.pacs.ae_title: AE title 'X\\Y' contains a backslash");
-    capture_free(&cap);
+    expect_errors("badae.yaml",
+                  "node:\n"
+                  "  ae_title: ABCDEFGHIJKLMNOPQ\n"
+                  "  allowed_callers: ['A\\B', ' LEAD', 'TRAIL ', '', \"TAB\\t\"]\n"
+                  "destinations:\n"
+                  "  pacs: {ae_title: \"X\\\\Y\", host: h, port: 104}\n",
+                  (const char *const[]){
+                      "2:13: node.ae_title: AE title 'ABCDEFGHIJKLMNOPQ' is longer than 16 characters",
+                      "3:21: node.allowed_callers: AE title 'A\\B' contains a backslash",
+                      "3:28: node.allowed_callers: AE title ' LEAD' has leading or trailing spaces",
+                      "3:37: node.allowed_callers: AE title 'TRAIL ' has leading or trailing spaces",
+                      "3:47: node.allowed_callers: AE title '' must not be empty",
+                      "3:51: node.allowed_callers: AE title 'TAB\\x09' contains a character that is "
+                      "not printable ASCII",
+                      "5:20: destinations.pacs.ae_title: AE title 'X\\Y' contains a backslash",
+                      NULL});
 }
 
 static void test_bad_log_level_is_rejected(void **state)
@@ -625,41 +756,36 @@ static void test_empty_strings_are_rejected(void **state)
 static void test_destination_needs_all_keys_and_a_valid_name(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("destkeys.yaml",
-                              "destinations:\n"
-                              "  pacs:\n"
-                              "    host: pacs.local\n"
-                              "  'bad name': {ae_title: A, host: h, port: 1}\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 3);
-    expect_line(&cap, 0, p, "2:3: destinations.pacs: missing required key 'ae_title'");
-    expect_line(&cap, 1, p, "2:3: destinations.pacs: missing required key 'port'");
-    expect_line(&cap, 2, p,
-                "4:3: destinations: invalid name 'bad name' (use letters, digits, '_', '.', '-')");
-    capture_free(&cap);
+    expect_errors("destkeys.yaml",
+                  "destinations:\n"
+                  "  pacs:\n"
+                  "    host: pacs.local\n"
+                  "  'bad name': {ae_title: A, host: h, port: 1}\n",
+                  (const char *const[]){
+                      "2:3: destinations.pacs: missing required key 'ae_title'",
+                      "2:3: destinations.pacs: missing required key 'port'",
+                      "4:3: destinations: invalid name 'bad name' (use letters, digits, '_', '.', '-')",
+                      NULL});
 }
 
 static void test_multiple_errors_are_all_reported_in_file_order(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("multi.yaml",
-                              "node:\n"
-                              "  port: 0\n"
-                              "  bogus: 1\n"
-                              "  log_level: loud\n"
-                              "destinations:\n"
-                              "  x: {ae_title: A, host: h}\n"
-                              "rules: [1]\n");
-    load_fails(p, &cap);
-    assert_int_equal(cap.n, 5);
-    expect_line(&cap, 0, p, "2:9: node.port: 0 is out of range 1..65535");
-    expect_line(&cap, 1, p, "3:3: unknown key 'bogus' in node");
-    expect_line(&cap, 2, p, "4:14: node.log_level: 'loud' is not one of error, warn, info, debug");
-    expect_line(&cap, 3, p, "6:3: destinations.x: missing required key 'port'");
-    expect_line(&cap, 4, p, "7:9: rules[1]: expected a mapping");
-    capture_free(&cap);
+    expect_errors("multi.yaml",
+                  "node:\n"
+                  "  port: 0\n"
+                  "  bogus: 1\n"
+                  "  log_level: loud\n"
+                  "destinations:\n"
+                  "  x: {ae_title: A, host: h}\n"
+                  "rules: [1]\n",
+                  (const char *const[]){
+                      "2:9: node.port: 0 is out of range 1..65535",
+                      "3:3: unknown key 'bogus' in node",
+                      "4:14: node.log_level: 'loud' is not one of error, warn, info, debug",
+                      "6:3: destinations.x: missing required key 'port'",
+                      "7:9: rules[1]: expected a mapping",
+                      NULL});
 }
 
 static void test_syntax_error_is_positioned_and_not_printed(void **state)
@@ -694,10 +820,12 @@ static void test_syntax_error_is_positioned_and_not_printed(void **state)
     assert_int_equal(stat(errpath, &st), 0);
     assert_int_equal(st.st_size, 0);
 
-    assert_int_equal(n1, 1);
+    assert_int_equal(n1, CONFIG_EINVALID);
+    assert_int_equal(cap1.n, 1);
     assert_null(cfg1);
     expect_line(&cap1, 0, p, "3:2: invalid indentation in mapping");
-    assert_int_equal(n2, 1);
+    assert_int_equal(n2, CONFIG_EINVALID);
+    assert_int_equal(cap2.n, 1);
     assert_null(cfg2);
     expect_line(&cap2, 0, q, "2:10: double-quoted scalar without closing quote");
     capture_free(&cap1);
@@ -968,7 +1096,8 @@ static void test_builtin_without_its_manifest_is_reported_at_the_file_value(void
     struct config *cfg = NULL;
     int n = config_load(p, &cfg, capture_line, &cap);
     assert_int_equal(rename(moved, builtin_yaml), 0); /* before asserting: later tests need it */
-    assert_int_equal(n, 1);
+    assert_int_equal(n, CONFIG_EINVALID);
+    assert_int_equal(cap.n, 1);
     assert_null(cfg);
     snprintf(rest, sizeof rest,
              "2:13: models.x.file: cannot read manifest %s: No such file or directory",
@@ -1113,7 +1242,8 @@ static void test_completion_section_is_parsed_and_checked(void **state)
     p = write_tmp("completion_bad.yaml", "completion:\n  on_max_wait: wait\n"
                                          "  required_series: {Modality: CT}\n");
     cfg = NULL;
-    assert_int_equal(config_load(p, &cfg, capture_line, &cap), 2);
+    assert_int_equal(config_load(p, &cfg, capture_line, &cap), CONFIG_EINVALID);
+    assert_int_equal(cap.n, 2);
     assert_non_null(strstr(cap.lines[0], ":2:16: completion.on_max_wait: 'wait' is not one of"));
     assert_non_null(strstr(cap.lines[1], ":3:20: completion.required_series: expected a "
                                          "sequence"));
@@ -1138,7 +1268,8 @@ static void test_label_numbers_must_run_without_gaps(void **state)
                                  &mp);
     struct config *cfg = NULL;
     struct capture cap = {0};
-    assert_int_equal(config_load(p, &cfg, capture_line, &cap), 1);
+    assert_int_equal(config_load(p, &cfg, capture_line, &cap), CONFIG_EINVALID);
+    assert_int_equal(cap.n, 1);
     assert_null(cfg);
     assert_non_null(strstr(cap.lines[0], "output.labels: label numbers must run 1, 2, 3, ... "
                                          "without gaps (they are the segment numbers of the "
@@ -1244,14 +1375,14 @@ static void test_rules_get_default_names_and_keep_their_order(void **state)
     assert_string_equal(cfg->rules[0].run[0], "ct-bone-body");
     assert_string_equal(cfg->rules[0].run[1], "lung");
     assert_string_equal(cfg->rules[1].name, "lung-only");
-    assert_true(config_match_is_empty(&cfg->rules[1].match)); /* empty match: any series */
+    assert_true(rules_match_is_empty(&cfg->rules[1].match)); /* empty match: any series */
     assert_int_equal(cfg->rules[1].continues, 1);
     assert_int_equal(cfg->rules[1].n_run, 1);
     assert_string_equal(cfg->rules[1].run[0], "lung");
     assert_string_equal(cfg->rules[2].name, "rule-3");
-    assert_true(config_match_is_empty(&cfg->rules[2].match));
+    assert_true(rules_match_is_empty(&cfg->rules[2].match));
     assert_int_equal(cfg->rules[2].continues, 0);
-    assert_int_equal(cfg->rules[2].priority, CONFIG_PRIORITY_NORMAL);
+    assert_int_equal(cfg->rules[2].priority, PLAN_PRIORITY_NORMAL);
     assert_string_equal(cfg->rules[2].run[0], "ct-bone-body");
     config_free(cfg);
 }
@@ -1259,23 +1390,21 @@ static void test_rules_get_default_names_and_keep_their_order(void **state)
 static void test_rules_naming_unknown_models_are_rejected(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_unknown.yaml",
-                              "models:\n"
-                              "  ref: {file: 'builtin:ct-bone-body'}\n"
-                              "rules:\n"
-                              "  - run: [ref, lung, ref]\n"
-                              "  - name: r\n"
-                              "    run:\n"
-                              "      - REF\n"
-                              "      - [ref]\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 4);
-    expect_line(&cap, 0, p, "4:16: rules[1].run: unknown model 'lung'");
-    expect_line(&cap, 1, p, "4:22: rules[1].run: duplicate model 'ref'");
-    expect_line(&cap, 2, p, "7:9: rules[2].run: unknown model 'REF'");
-    expect_line(&cap, 3, p, "8:9: rules[2].run: expected a string");
-    capture_free(&cap);
+    expect_errors("rule_unknown.yaml",
+                  "models:\n"
+                  "  ref: {file: 'builtin:ct-bone-body'}\n"
+                  "rules:\n"
+                  "  - run: [ref, lung, ref]\n"
+                  "  - name: r\n"
+                  "    run:\n"
+                  "      - REF\n"
+                  "      - [ref]\n",
+                  (const char *const[]){
+                      "4:16: rules[1].run: unknown model 'lung'",
+                      "4:22: rules[1].run: duplicate model 'ref'",
+                      "7:9: rules[2].run: unknown model 'REF'",
+                      "8:9: rules[2].run: expected a string",
+                      NULL});
 
     /* no models: section at all */
     expect_single_error("rule_no_models.yaml", "rules:\n  - run: [ct-bone-body]\n",
@@ -1285,27 +1414,25 @@ static void test_rules_naming_unknown_models_are_rejected(void **state)
 static void test_rule_without_models_to_run_is_rejected(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_no_run.yaml",
-                              "models:\n"
-                              "  ref: {file: 'builtin:ct-bone-body'}\n"
-                              "rules:\n"
-                              "  - name: nothing\n"
-                              "    match: {Modality: CT}\n"
-                              "  - run: []\n"
-                              "  - run:\n"
-                              "  - run: ref\n"
-                              "  - ref\n"
-                              "  - {run: [ref], when: later}\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 6);
-    expect_line(&cap, 0, p, "4:5: rules[1]: missing required key 'run'");
-    expect_line(&cap, 1, p, "6:10: rules[2].run: expected at least one model");
-    expect_line(&cap, 2, p, "7:5: rules[3].run: expected at least one model");
-    expect_line(&cap, 3, p, "8:10: rules[4].run: expected a sequence");
-    expect_line(&cap, 4, p, "9:5: rules[5]: expected a mapping");
-    expect_line(&cap, 5, p, "10:18: unknown key 'when' in rules[6]");
-    capture_free(&cap);
+    expect_errors("rule_no_run.yaml",
+                  "models:\n"
+                  "  ref: {file: 'builtin:ct-bone-body'}\n"
+                  "rules:\n"
+                  "  - name: nothing\n"
+                  "    match: {Modality: CT}\n"
+                  "  - run: []\n"
+                  "  - run:\n"
+                  "  - run: ref\n"
+                  "  - ref\n"
+                  "  - {run: [ref], when: later}\n",
+                  (const char *const[]){
+                      "4:5: rules[1]: missing required key 'run'",
+                      "6:10: rules[2].run: expected at least one model",
+                      "7:5: rules[3].run: expected at least one model",
+                      "8:10: rules[4].run: expected a sequence",
+                      "9:5: rules[5]: expected a mapping",
+                      "10:18: unknown key 'when' in rules[6]",
+                      NULL});
 
     expect_single_error("rules_mapping.yaml", "rules:\n  a: {run: [x]}\n",
                         "2:3: rules: expected a sequence");
@@ -1314,23 +1441,21 @@ static void test_rule_without_models_to_run_is_rejected(void **state)
 static void test_unknown_match_attribute_is_rejected(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_match.yaml",
-                              "models:\n"
-                              "  ref: {file: 'builtin:ct-bone-body'}\n"
-                              "rules:\n"
-                              "  - match: {Modality: CT, PatientWeight: X}\n"
-                              "    run: [ref]\n"
-                              "  - match: CT\n"
-                              "    run: [ref]\n"
-                              "  - match: {Modality: ''}\n"
-                              "    run: [ref]\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 3);
-    expect_line(&cap, 0, p, "4:27: rules[1].match: unknown attribute 'PatientWeight'");
-    expect_line(&cap, 1, p, "6:12: rules[2].match: expected a mapping");
-    expect_line(&cap, 2, p, "8:23: rules[3].match.Modality: must not be empty");
-    capture_free(&cap);
+    expect_errors("rule_match.yaml",
+                  "models:\n"
+                  "  ref: {file: 'builtin:ct-bone-body'}\n"
+                  "rules:\n"
+                  "  - match: {Modality: CT, PatientWeight: X}\n"
+                  "    run: [ref]\n"
+                  "  - match: CT\n"
+                  "    run: [ref]\n"
+                  "  - match: {Modality: ''}\n"
+                  "    run: [ref]\n",
+                  (const char *const[]){
+                      "4:27: rules[1].match: unknown attribute 'PatientWeight'",
+                      "6:12: rules[2].match: expected a mapping",
+                      "8:23: rules[3].match.Modality: must not be empty",
+                      NULL});
 }
 
 #define ARCH "destinations:\n  arch: {ae_title: ARCH, host: h, port: 104}\n"
@@ -1356,137 +1481,124 @@ static void test_rule_conditions_load_with_their_operators(void **state)
                                            "    forward_to: [arch]\n"
                                            "    priority: low\n"
                                            "    continue: true\n"));
-    const struct config_rule *r = &cfg->rules[0];
+    const struct rules_rule *r = &cfg->rules[0];
     assert_int_equal(r->n_run, 0);
     assert_int_equal(r->n_forward_to, 1);
     assert_string_equal(r->forward_to[0], "arch");
-    assert_int_equal(r->priority, CONFIG_PRIORITY_LOW);
+    assert_int_equal(r->priority, PLAN_PRIORITY_LOW);
     assert_int_equal(r->continues, 1);
     assert_int_equal(r->match.n_conditions, 8);
-    const struct config_condition *cd = r->match.conditions;
-    assert_int_equal(cd[0].op, CONFIG_OP_EQUALS);
-    assert_int_equal(cd[1].op, CONFIG_OP_ONE_OF);
+    const struct rules_condition *cd = r->match.conditions;
+    assert_int_equal(cd[0].op, RULES_OP_EQUALS);
+    assert_int_equal(cd[1].op, RULES_OP_ONE_OF);
     assert_int_equal(cd[1].n_values, 2);
     assert_string_equal(cd[1].values[1], "THORAX");
-    assert_int_equal(cd[2].op, CONFIG_OP_REGEX);
+    assert_int_equal(cd[2].op, RULES_OP_REGEX);
     assert_non_null(cd[2].regex);
     assert_int_equal(cd[2].line, 8);
     assert_int_equal(cd[2].column, 7);
-    assert_int_equal(cd[3].op, CONFIG_OP_GLOB);
-    assert_int_equal(cd[4].op, CONFIG_OP_RANGE);
+    assert_int_equal(cd[3].op, RULES_OP_GLOB);
+    assert_int_equal(cd[4].op, RULES_OP_RANGE);
     assert_true(cd[4].range[0] == 0.5 && cd[4].range[1] == 2.5);
-    assert_int_equal(cd[5].op, CONFIG_OP_CONTAINS);
-    assert_int_equal(cd[6].op, CONFIG_OP_PRESENT);
+    assert_int_equal(cd[5].op, RULES_OP_CONTAINS);
+    assert_int_equal(cd[6].op, RULES_OP_PRESENT);
     assert_int_equal(cd[6].present, 0);
-    assert_int_equal(cd[0].exact, 0);
-    assert_int_equal(cd[7].exact, 1);
+    assert_int_equal(cd[0].kind, ATTR_KIND_TEXT); /* Modality: caseless */
+    assert_int_equal(cd[7].kind, ATTR_KIND_UID);  /* SOPClassUID: exact */
     assert_int_equal(r->match.n_any, 2);
     assert_non_null(r->match.any[1].not);
     assert_non_null(r->match.not);
-    assert_false(config_match_is_empty(&r->match));
+    assert_false(rules_match_is_empty(&r->match));
     config_free(cfg);
 }
 
 static void test_bad_rule_conditions_are_positioned(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_bad_ops.yaml",
-                              ARCH
-                              "rules:\n"
-                              "  - match:\n"
-                              "      SeriesDescription: {regex: \"lung(\"}\n"
-                              "      StudyDescription: {like: x}\n"
-                              "      SliceThickness: {range: [2.5, 0.5]}\n"
-                              "      Rows: {range: [1, wide]}\n"
-                              "      ImageType: {contains: [A]}\n"
-                              "      PatientWeight: {present: false}\n"
-                              "      Modality: []\n"
-                              "      BodyPartExamined: {glob: '*', regex: x}\n"
-                              "      calling_ae: {present: maybe}\n"
-                              "    any: []\n"
-                              "    not: CT\n"
-                              "    forward_to: [arch]\n"
-                              "  - match: {Modality: {}}\n"
-                              "    forward_to: [arch]\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 12);
-    expect_line(&cap, 0, p,
-                "5:34: rules[1].match.SeriesDescription.regex: invalid regular expression: "
-                "missing closing parenthesis at offset 5");
-    expect_line(&cap, 1, p,
-                "6:26: rules[1].match.StudyDescription: unknown operator 'like' "
-                "(use regex, glob, range, contains or present)");
-    expect_line(&cap, 2, p,
-                "7:31: rules[1].match.SliceThickness.range: low 2.5 is greater than high 0.5");
-    expect_line(&cap, 3, p, "8:21: rules[1].match.Rows.range: expected [low, high], two numbers");
-    expect_line(&cap, 4, p, "9:29: rules[1].match.ImageType.contains: expected a string");
-    expect_line(&cap, 5, p, "10:7: rules[1].match: unknown attribute 'PatientWeight'");
-    expect_line(&cap, 6, p, "11:17: rules[1].match.Modality: expected at least one value");
-    expect_line(&cap, 7, p, "12:37: rules[1].match.BodyPartExamined: one operator per condition");
-    expect_line(&cap, 8, p, "13:29: rules[1].match.calling_ae.present: expected true or false");
-    expect_line(&cap, 9, p, "14:10: rules[1].any: expected at least one sub-match");
-    expect_line(&cap, 10, p, "15:10: rules[1].not: expected a mapping");
-    expect_line(&cap, 11, p,
-                "17:23: rules[2].match.Modality: expected an operator "
-                "(regex, glob, range, contains or present)");
-    capture_free(&cap);
+    expect_errors("rule_bad_ops.yaml",
+                  ARCH
+                  "rules:\n"
+                  "  - match:\n"
+                  "      SeriesDescription: {regex: \"lung(\"}\n"
+                  "      StudyDescription: {like: x}\n"
+                  "      SliceThickness: {range: [2.5, 0.5]}\n"
+                  "      Rows: {range: [1, wide]}\n"
+                  "      ImageType: {contains: [A]}\n"
+                  "      PatientWeight: {present: false}\n"
+                  "      Modality: []\n"
+                  "      BodyPartExamined: {glob: '*', regex: x}\n"
+                  "      calling_ae: {present: maybe}\n"
+                  "    any: []\n"
+                  "    not: CT\n"
+                  "    forward_to: [arch]\n"
+                  "  - match: {Modality: {}}\n"
+                  "    forward_to: [arch]\n",
+                  (const char *const[]){
+                      "5:34: rules[1].match.SeriesDescription.regex: invalid regular expression: "
+                      "missing closing parenthesis at offset 5",
+                      "6:26: rules[1].match.StudyDescription: unknown operator 'like' "
+                      "(use regex, glob, range, contains or present)",
+                      "7:31: rules[1].match.SliceThickness.range: low 2.5 is greater than high 0.5",
+                      "8:21: rules[1].match.Rows.range: expected [low, high], two numbers",
+                      "9:29: rules[1].match.ImageType.contains: expected a string",
+                      "10:7: rules[1].match: unknown attribute 'PatientWeight'",
+                      "11:17: rules[1].match.Modality: expected at least one value",
+                      "12:37: rules[1].match.BodyPartExamined: one operator per condition",
+                      "13:29: rules[1].match.calling_ae.present: expected true or false",
+                      "14:10: rules[1].any: expected at least one sub-match",
+                      "15:10: rules[1].not: expected a mapping",
+                      "17:23: rules[2].match.Modality: expected an operator "
+                      "(regex, glob, range, contains or present)",
+                      NULL});
 }
 
 static void test_bad_rule_settings_are_positioned(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_bad_settings.yaml",
-                              ARCH
-                              "rules:\n"
-                              "  - match: {Modality: CT}\n"
-                              "    forward_to: [arch, tape]\n"
-                              "    priority: urgent\n"
-                              "    continue: yes\n"
-                              "  - match: {Modality: MR}\n"
-                              "    run: []\n"
-                              "    forward_to: []\n"
-                              "  - match: {Modality: PT}\n"
-                              "    any: [{Modality: PT}, CT]\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 6);
-    expect_line(&cap, 0, p, "5:24: rules[1].forward_to: unknown destination 'tape'");
-    expect_line(&cap, 1, p, "6:15: rules[1].priority: 'urgent' is not one of stat, normal, low");
-    expect_line(&cap, 2, p, "7:15: rules[1].continue: expected true or false");
-    expect_line(&cap, 3, p,
-                "10:17: rules[2]: run and forward_to are both empty: the rule would do nothing");
-    expect_line(&cap, 4, p, "12:27: rules[3].any[2]: expected a mapping");
-    expect_line(&cap, 5, p, "11:5: rules[3]: missing required key 'run'");
-    capture_free(&cap);
+    expect_errors("rule_bad_settings.yaml",
+                  ARCH
+                  "rules:\n"
+                  "  - match: {Modality: CT}\n"
+                  "    forward_to: [arch, tape]\n"
+                  "    priority: urgent\n"
+                  "    continue: yes\n"
+                  "  - match: {Modality: MR}\n"
+                  "    run: []\n"
+                  "    forward_to: []\n"
+                  "  - match: {Modality: PT}\n"
+                  "    any: [{Modality: PT}, CT]\n",
+                  (const char *const[]){
+                      "5:24: rules[1].forward_to: unknown destination 'tape'",
+                      "6:15: rules[1].priority: 'urgent' is not one of stat, normal, low",
+                      "7:15: rules[1].continue: expected true or false",
+                      "10:17: rules[2]: run and forward_to are both empty: the rule would do nothing",
+                      "12:27: rules[3].any[2]: expected a mapping",
+                      "11:5: rules[3]: missing required key 'run'",
+                      NULL});
 }
 
 static void test_rules_after_a_catch_all_that_stops_are_rejected(void **state)
 {
     (void)state;
-    struct capture cap = {0};
-    const char *p = write_tmp("rule_shadowed.yaml",
-                              ARCH
-                              "rules:\n"
-                              "  - name: first\n"
-                              "    match: {Modality: CT}\n"
-                              "    forward_to: [arch]\n"
-                              "  - name: everything\n"
-                              "    forward_to: [arch]\n"
-                              "  - name: late\n"
-                              "    match: {Modality: MR}\n"
-                              "    forward_to: [arch]\n"
-                              "  - match: {}\n"
-                              "    forward_to: [arch]\n");
-    load_fails(p, &cap);
-    expect_count(&cap, 2);
-    expect_line(&cap, 0, p,
-                "9:5: rules[3]: never matches: rules[2] ('everything') matches every series "
-                "and does not continue");
-    expect_line(&cap, 1, p,
-                "12:5: rules[4]: never matches: rules[2] ('everything') matches every series "
-                "and does not continue");
-    capture_free(&cap);
+    expect_errors("rule_shadowed.yaml",
+                  ARCH
+                  "rules:\n"
+                  "  - name: first\n"
+                  "    match: {Modality: CT}\n"
+                  "    forward_to: [arch]\n"
+                  "  - name: everything\n"
+                  "    forward_to: [arch]\n"
+                  "  - name: late\n"
+                  "    match: {Modality: MR}\n"
+                  "    forward_to: [arch]\n"
+                  "  - match: {}\n"
+                  "    forward_to: [arch]\n",
+                  (const char *const[]){
+                      "9:5: rules[3]: never matches: rules[2] ('everything') matches every series "
+                      "and does not continue",
+                      "12:5: rules[4]: never matches: rules[2] ('everything') matches every series "
+                      "and does not continue",
+                      NULL});
 
     /* a catch-all that continues, or one at the end, is fine */
     struct config *cfg = load_ok(write_tmp("rule_catch_all.yaml",
@@ -1579,8 +1691,13 @@ static void test_load_works_without_error_callback(void **state)
     (void)state;
     struct config *cfg = NULL;
     const char *p = write_tmp("nocb.yaml", "node:\n  port: x\n  bind: 1.2.3.4\n  nope: 1\n");
-    assert_int_equal(config_load(p, &cfg, NULL, NULL), 2);
+    assert_int_equal(config_load(p, &cfg, NULL, NULL), CONFIG_EINVALID);
     assert_null(cfg);
+    /* the same file, counted: two problems */
+    struct capture cap = {0};
+    assert_int_equal(config_load(p, &cfg, capture_line, &cap), CONFIG_EINVALID);
+    expect_count(&cap, 2);
+    capture_free(&cap);
 }
 
 static void test_any_caller_allowed_when_list_empty(void **state)
@@ -1625,6 +1742,11 @@ int main(void)
         cmocka_unit_test(test_range_limits_are_inclusive),
         cmocka_unit_test(test_retention_keys_load_and_are_bounded),
         cmocka_unit_test(test_deploy_sample_loads_without_errors),
+        cmocka_unit_test(test_deploy_sample_names_every_key_and_attribute),
+        cmocka_unit_test(test_artim_timeout_loads_and_is_bounded),
+        cmocka_unit_test(test_restart_changes_name_exactly_the_restart_only_keys),
+        cmocka_unit_test(test_configurations_are_reference_counted),
+        cmocka_unit_test(test_load_returns_the_class_of_the_failure),
         cmocka_unit_test(test_example_manifest_loads_without_errors),
         cmocka_unit_test(test_unknown_key_is_reported_at_the_key),
         cmocka_unit_test(test_wrong_types_are_reported_at_the_value),

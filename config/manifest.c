@@ -1,0 +1,428 @@
+/*
+ * manifest.c — model manifests (one YAML file per model, read with the same
+ * engine against the tables below) and the built-in models: models.NAME is
+ * checked here once its keys are set.
+ */
+#include "config/schema.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+_Static_assert(sizeof(enum config_blend) == sizeof(int), "blend stored as int");
+_Static_assert(sizeof(enum config_decision) == sizeof(int), "decision stored as int");
+
+static const char *const blend_names[] = {"constant", "gaussian", NULL};
+static const char *const decision_names[] = {"argmax", "threshold", NULL};
+
+static void check_preprocess(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+static void check_inference(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+static void check_output(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+static void parse_labels(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                         const struct ynode *v, void *base);
+static void release_labels(const struct schema_field *f, void *base);
+
+#define MAN_OFF(m) offsetof(struct config_manifest, m)
+#define CODE_OFF(m) offsetof(struct config_code, m)
+#define LABEL_OFF(m) offsetof(struct config_label, m)
+
+
+static const struct schema_field code_fields[] = {
+    {.key = "value", .type = T_STR, .required = 1, .off = CODE_OFF(value), .doc = "CodeValue"},
+    {.key = "scheme", .type = T_STR, .required = 1, .off = CODE_OFF(scheme),
+     .doc = "CodingSchemeDesignator"},
+    {.key = "meaning", .type = T_STR, .required = 1, .off = CODE_OFF(meaning),
+     .doc = "CodeMeaning"},
+};
+
+static const struct schema_field label_fields[] = {
+    {.key = "name", .type = T_STR, .required = 1, .off = LABEL_OFF(name), .doc = "Segment Label"},
+    {.key = "category", .type = T_SECTION, .required = 1, SUB(code_fields),
+     .off = LABEL_OFF(category), .doc = "Segmented Property Category"},
+    {.key = "type", .type = T_SECTION, .required = 1, SUB(code_fields), .off = LABEL_OFF(type),
+     .doc = "Segmented Property Type"},
+    {.key = "color", .type = T_INTS, .required = 1, .count = 3, .min = 0, .max = 255,
+     .off = LABEL_OFF(color), .doc = "display colour [r, g, b]"},
+};
+
+/* The manifest's sections fill the one flat struct config_manifest, hence
+ * .off = 0 for them: only codes are structs of their own. */
+static const struct schema_field algorithm_fields[] = {
+    {.key = "name", .type = T_STR, .required = 1, .off = MAN_OFF(algorithm_name),
+     .doc = "Algorithm Name"},
+    {.key = "version", .type = T_STR, .required = 1, .off = MAN_OFF(algorithm_version),
+     .doc = "Algorithm Version"},
+    {.key = "family", .type = T_SECTION, .required = 1, SUB(code_fields),
+     .off = MAN_OFF(algorithm_family), .doc = "Algorithm Family (CID 7162)"},
+};
+
+static const struct schema_field input_fields[] = {
+    {.key = "modality", .type = T_STR, .required = 1, .off = MAN_OFF(modality),
+     .doc = "modality of the series the model reads"},
+    {.key = "min_slices", .type = T_INT, .def_int = 1, .min = 1, .max = 100000,
+     .off = MAN_OFF(min_slices), .doc = "fewer slices are refused"},
+};
+
+static const struct schema_field scale_fields[] = {
+    {.key = "offset", .type = T_FLOAT, .def_float = 0, .off = MAN_OFF(scale_offset),
+     .doc = "added before scaling"},
+    {.key = "factor", .type = T_FLOAT, .def_float = 1, .fcheck = F_NONZERO,
+     .off = MAN_OFF(scale_factor), .doc = "multiplied after the offset"},
+};
+
+static const struct schema_field preprocess_fields[] = {
+    {.key = "spacing", .type = T_FLOATS, .count = 3, .fcheck = F_POSITIVE, .none = "none",
+     .off = MAN_OFF(spacing), .off_n = MAN_OFF(has_spacing),
+     .doc = "resample to [column, row, slice] mm, or none"},
+    {.key = "clip", .type = T_FLOATS, .count = 2, .off = MAN_OFF(clip), .off_n = MAN_OFF(has_clip),
+     .doc = "[low, high] after rescale"},
+    {.key = "scale", .type = T_SECTION, SUB(scale_fields), .doc = "(v + offset) * factor"},
+};
+
+static const struct schema_field inference_fields[] = {
+    {.key = "patch", .type = T_INTS, .required = 1, .count = 3, .min = 1, .max = 4096,
+     .off = MAN_OFF(patch), .doc = "patch size [z, y, x] in voxels"},
+    {.key = "margin", .type = T_INTS, .count = 3, .min = 0, .max = 1024, .off = MAN_OFF(margin),
+     .doc = "voxels dropped at each patch border [z, y, x]"},
+    {.key = "overlap", .type = T_FLOAT, .def_float = 0.25, .fcheck = F_UNIT,
+     .off = MAN_OFF(overlap), .doc = "fraction of a patch shared with its neighbour"},
+    {.key = "blend", .type = T_ENUM, .def_int = CONFIG_BLEND_GAUSSIAN, .names = blend_names,
+     .off = MAN_OFF(blend), .doc = "weighting of overlapping patches"},
+};
+
+static const struct schema_field output_fields[] = {
+    {.key = "channels", .type = T_INT, .required = 1, .min = 1, .max = 255,
+     .off = MAN_OFF(channels), .doc = "output channels of the model"},
+    {.key = "decision", .type = T_ENUM, .def_int = CONFIG_DECISION_ARGMAX, .names = decision_names,
+     .off = MAN_OFF(decision), .doc = "argmax or threshold"},
+    {.key = "threshold", .type = T_FLOAT, .def_float = 0.5, .off = MAN_OFF(threshold),
+     .doc = "cut-off for decision threshold"},
+    {.key = "labels", .type = T_CUSTOM, .required = 1, .parse = parse_labels,
+     .release = release_labels, .off = MAN_OFF(labels), .off_n = MAN_OFF(n_labels),
+     .doc = "label number -> segment"},
+    {.key = "series_description", .type = T_STR, .off = MAN_OFF(series_description),
+     .doc = "of the result series; default the algorithm name"},
+    {.key = "series_number", .type = T_INT, .def_int = 900, .min = 1, .max = 2147483646,
+     .off = MAN_OFF(series_number), .doc = "of the SEG series; the SR's is one more"},
+};
+
+const struct schema_field config_manifest_fields[] = {
+    {.key = "algorithm", .type = T_SECTION, .required = 1, SUB(algorithm_fields),
+     .doc = "what the results say produced them"},
+    {.key = "input", .type = T_SECTION, .required = 1, SUB(input_fields),
+     .doc = "the series the model accepts"},
+    {.key = "preprocess", .type = T_SECTION, SUB(preprocess_fields),
+     .doc = "how the volume is prepared for the model", .check = check_preprocess},
+    {.key = "inference", .type = T_SECTION, .required = 1, SUB(inference_fields),
+     .doc = "how the model is run over the volume",
+     .check = check_inference},
+    {.key = "output", .type = T_SECTION, .required = 1, SUB(output_fields),
+     .doc = "what the model's output means", .check = check_output},
+};
+
+const size_t config_n_manifest_fields = NELEM(config_manifest_fields);
+
+_Static_assert(NELEM(code_fields) <= MAX_FIELDS && NELEM(label_fields) <= MAX_FIELDS &&
+                   NELEM(algorithm_fields) <= MAX_FIELDS && NELEM(input_fields) <= MAX_FIELDS &&
+                   NELEM(scale_fields) <= MAX_FIELDS && NELEM(preprocess_fields) <= MAX_FIELDS &&
+                   NELEM(inference_fields) <= MAX_FIELDS && NELEM(output_fields) <= MAX_FIELDS &&
+                   NELEM(config_manifest_fields) <= MAX_FIELDS,
+               "schema_parsed.st[] too small");
+
+/* ------------------------------------------------------------------------ */
+/* Manifest                                                                 */
+
+/* The number of a label key (1..255), or -1. */
+static int label_number(const struct ynode *k)
+{
+    long long n;
+    return ynode_int(k, 1, 255, &n) ? (int)n : -1;
+}
+
+/* 1 when key KI of MAP has the same label number as an earlier key. */
+static int label_seen_before(const struct ynode *map, size_t ki, int n)
+{
+    for (size_t j = 0; j < ki; j += 2)
+        if (label_number(map->kids[j]) == n)
+            return 1;
+    return 0;
+}
+
+static int cmp_label(const void *a, const void *b)
+{
+    const struct config_label *x = a, *y = b;
+    return (x->value > y->value) - (x->value < y->value);
+}
+
+static void parse_labels(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                         const struct ynode *v, void *base)
+{
+    struct config_label **lp = (struct config_label **)((char *)base + f->off);
+    size_t *np = (size_t *)((char *)base + f->off_n);
+    char b[80];
+    if (ynode_is_null(v) || (v->kind == Y_MAP && v->n == 0)) {
+        schema_report(c, v->line, v->col, "%s: expected at least one label", what);
+        return;
+    }
+    if (v->kind != Y_MAP) {
+        schema_report(c, v->line, v->col, "%s: expected a mapping", what);
+        return;
+    }
+    if (!(*lp = calloc(v->n / 2, sizeof **lp))) {
+        schema_oom(c);
+        return;
+    }
+    for (size_t i = 0; i + 1 < v->n; i += 2) {
+        const struct ynode *k = v->kids[i], *val = v->kids[i + 1];
+        if (k->kind == Y_ALIAS)
+            continue;
+        if (k->kind != Y_SCALAR) {
+            schema_report(c, k->line, k->col, "%s: keys must be scalars", what);
+            continue;
+        }
+        int n = label_number(k);
+        if (n < 0) {
+            schema_report(c, k->line, k->col, "%s: '%s' is not a label number 1..255", what,
+                      schema_esc(k->text, k->len, b));
+            continue;
+        }
+        if (label_seen_before(v, i, n)) {
+            schema_report(c, k->line, k->col, "duplicate label %d", n);
+            continue;
+        }
+        char sect[300];
+        snprintf(sect, sizeof sect, "%s.%d", what, n);
+        if (val->kind == Y_ALIAS)
+            continue;
+        if (val->kind != Y_MAP) {
+            schema_report(c, val->line, val->col, "%s: expected a mapping", sect);
+            continue;
+        }
+        struct config_label *l = &(*lp)[(*np)++];
+        l->value = n;
+        schema_parse_section(c, sect, label_fields, NELEM(label_fields), val, l, k, NULL);
+    }
+    qsort(*lp, *np, sizeof **lp, cmp_label);
+}
+
+static void release_labels(const struct schema_field *f, void *base)
+{
+    struct config_label **lp = (struct config_label **)((char *)base + f->off);
+    size_t *np = (size_t *)((char *)base + f->off_n);
+    for (size_t i = 0; i < *np; i++)
+        schema_free_fields(label_fields, NELEM(label_fields), &(*lp)[i]);
+    free(*lp);
+    *lp = NULL;
+    *np = 0;
+}
+
+static void check_preprocess(struct schema_ctx *c, const struct schema_parsed *p, void *base)
+{
+    const struct config_manifest *m = base;
+    if (m->has_clip && !(m->clip[0] < m->clip[1])) {
+        const struct ynode *v = schema_pos_of(p, "clip");
+        schema_report(c, v->line, v->col, "%s.clip: low (%g) must be less than high (%g)", p->sect,
+                  m->clip[0], m->clip[1]);
+    }
+}
+
+static void check_inference(struct schema_ctx *c, const struct schema_parsed *p, void *base)
+{
+    const struct config_manifest *m = base;
+    if (!schema_usable(p, "patch") || !schema_usable(p, "margin"))
+        return;
+    /* each patch must keep a core after dropping the margin on both sides */
+    for (int i = 0; i < 3; i++) {
+        if (2 * m->margin[i] >= m->patch[i]) {
+            const struct ynode *v = schema_pos_of(p, "margin");
+            schema_report(c, v->line, v->col,
+                      "%s.margin: twice the margin must be less than the patch on each axis "
+                      "(%c: margin %d, patch %d)",
+                      p->sect, "zyx"[i], m->margin[i], m->patch[i]);
+            return;
+        }
+    }
+}
+
+static void check_output(struct schema_ctx *c, const struct schema_parsed *p, void *base)
+{
+    const struct config_manifest *m = base;
+    if (!schema_usable(p, "channels") || !schema_usable(p, "decision"))
+        return;
+    int argmax = m->decision == CONFIG_DECISION_ARGMAX;
+    /* argmax: channel 0 is the background and label N is channel N;
+     * threshold: label N is channel N - 1 */
+    if (argmax && m->channels < 2) {
+        const struct ynode *v = schema_pos_of(p, "channels");
+        schema_report(c, v->line, v->col, "%s.channels: argmax needs at least 2 channels", p->sect);
+        return;
+    }
+    const struct ynode *lv = ynode_get(p->map, "labels");
+    int reported = 0; /* a label with a problem of its own: no gap check */
+    for (size_t i = 0; lv && lv->kind == Y_MAP && i + 1 < lv->n; i += 2) {
+        const struct ynode *k = lv->kids[i];
+        int n = label_number(k);
+        if (n < 0 || label_seen_before(lv, i, n)) {
+            reported = 1;
+            continue; /* already reported */
+        }
+        if (argmax && n >= m->channels) {
+            schema_report(c, k->line, k->col,
+                      "%s.labels.%d: argmax needs each label below %s.channels (%d)", p->sect, n,
+                      p->sect, m->channels);
+            reported = 1;
+        } else if (!argmax && n > m->channels) {
+            schema_report(c, k->line, k->col,
+                      "%s.labels.%d: threshold needs each label at most %s.channels (%d)",
+                      p->sect, n, p->sect, m->channels);
+            reported = 1;
+        }
+    }
+    /* Labels become SEG segment numbers, which run 1, 2, ... without gaps. */
+    for (size_t i = 0; !reported && i < m->n_labels; i++) {
+        if (m->labels[i].value != (int)i + 1) {
+            const struct ynode *v = schema_pos_of(p, "labels");
+            schema_report(c, v->line, v->col,
+                      "%s.labels: label numbers must run 1, 2, 3, ... without gaps (they are "
+                      "the segment numbers of the results); %d is missing",
+                      p->sect, (int)i + 1);
+            break;
+        }
+    }
+}
+
+/*
+ * Loads the manifest at PATH into M. Its problems are reported against PATH
+ * through C's callback and added to C's count. Returns 0, or an errno when
+ * PATH cannot be read (for the caller to report where PATH was named).
+ */
+static int load_manifest(struct schema_ctx *c, const char *path, struct config_manifest *m)
+{
+    size_t len = 0;
+    int e = 0;
+    char *buf = schema_read_file(path, &len, &e);
+    if (!buf)
+        return e;
+    char *dir = schema_dir_of(path);
+    struct schema_ctx mc = {.file = path, .fn = c->fn, .ud = c->ud, .dir = dir};
+    if (!dir)
+        schema_oom(&mc);
+    schema_set_defaults(&mc, config_manifest_fields, config_n_manifest_fields, m);
+    struct ynode *root = NULL;
+    int perr = yaml_parse(&mc, buf, len, &root);
+    free(buf);
+    if (perr == 0) {
+        struct ynode empty = {.kind = Y_MAP, .line = 1, .col = 1};
+        const struct ynode *r = root && !ynode_is_null(root) ? root : &empty;
+        if (r->kind == Y_MAP)
+            schema_parse_section(&mc, "", config_manifest_fields, config_n_manifest_fields, r, m, r, NULL);
+        else if (r->kind != Y_ALIAS)
+            schema_report(&mc, r->line, r->col, "top level must be a mapping");
+    }
+    ynode_free(root);
+    free(dir);
+    c->count += mc.count;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Models and rules                                                         */
+
+static char *builtin_dir; /* config_set_builtin_dir(); NULL: no built-in models */
+
+void config_set_builtin_dir(const char *dir)
+{
+    free(builtin_dir);
+    builtin_dir = dir ? strdup(dir) : NULL;
+}
+
+/* BUILTIN_DIR/NAME.EXT as an absolute path; NULL without a directory. */
+static char *builtin_path(const char *name, const char *ext)
+{
+    if (!builtin_dir || !schema_valid_name(name, strlen(name)))
+        return NULL;
+    size_t n = strlen(builtin_dir) + strlen(name) + strlen(ext) + 2;
+    char *rel = malloc(n);
+    if (!rel)
+        return NULL;
+    snprintf(rel, n, "%s/%s%s", builtin_dir, name, ext);
+    char *abs = schema_absolute_path(rel);
+    free(rel);
+    return abs;
+}
+
+#define BUILTIN_PREFIX "builtin:"
+
+/* Resolves file: to a TorchScript file that exists, then loads the manifest. */
+void config_check_model(struct schema_ctx *c, const struct schema_parsed *p, void *base)
+{
+    struct config_model *m = base;
+    const struct ynode *fv = schema_pos_of(p, "file"), *mv = schema_pos_of(p, "manifest");
+    int manifest_named = p->st[schema_field_index(p, "manifest")] != 0;
+    if (!m->file)
+        return; /* missing or refused: already reported */
+
+    if (!strncmp(m->file, BUILTIN_PREFIX, strlen(BUILTIN_PREFIX))) {
+        const char *name = m->file + strlen(BUILTIN_PREFIX);
+        char *pt = builtin_path(name, ".pt");
+        struct stat st;
+        if (!pt || stat(pt, &st) != 0) {
+            char b[80];
+            schema_report(c, fv->line, fv->col, "%s.file: unknown built-in model '%s'", p->sect,
+                      schema_esc(name, strlen(name), b));
+            free(pt);
+        } else {
+            m->builtin = 1;
+            if (!manifest_named && !(m->manifest.path = builtin_path(name, ".yaml")))
+                schema_oom(c);
+            free(m->file);
+            m->file = pt;
+        }
+    } else {
+        char *abs = schema_resolve_path(c, m->file);
+        if (!abs) {
+            schema_oom(c);
+            return;
+        }
+        free(m->file);
+        m->file = abs;
+        int e = schema_readable(abs);
+        if (e)
+            schema_report(c, fv->line, fv->col, "%s.file: cannot read %s: %s", p->sect, abs, strerror(e));
+        if (!manifest_named)
+            schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'manifest'", p->sect);
+    }
+
+    if (!m->manifest.path)
+        return;
+    int e = load_manifest(c, m->manifest.path, &m->manifest);
+    if (e && manifest_named)
+        schema_report(c, mv->line, mv->col, "%s.manifest: cannot read %s: %s", p->sect,
+                  m->manifest.path, strerror(e));
+    else if (e)
+        schema_report(c, fv->line, fv->col, "%s.file: cannot read manifest %s: %s", p->sect,
+                  m->manifest.path, strerror(e));
+}
+
+void config_release_model(const struct schema_field *f, void *base)
+{
+    (void)f;
+    struct config_model *m = base;
+    schema_free_fields(config_manifest_fields, config_n_manifest_fields, &m->manifest);
+}
+
+/* NULL when S names a device syntactically; whether it exists is for the
+ * inference runtime to say. */
+const char *config_device_problem(const char *s)
+{
+    if (!strcmp(s, "cpu") || !strcmp(s, "cuda"))
+        return NULL;
+    if (strncmp(s, "cuda:", 5) != 0)
+        return "is not cpu, cuda or cuda:N";
+    size_t n = strspn(s + 5, "0123456789");
+    if (n == 0 || n > 9 || s[5 + n])
+        return "is not cpu, cuda or cuda:N";
+    return NULL;
+}

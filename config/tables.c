@@ -1,0 +1,124 @@
+/*
+ * tables.c — the keys of the configuration file, one table per mapping,
+ * the top level included: type, default, range, whether a reload may
+ * change it (restart) and the line the reference shows for it.
+ */
+#include "config/schema.h"
+
+#include <stddef.h>
+
+_Static_assert(sizeof(enum log_level) == sizeof(int), "log level stored as int");
+_Static_assert(sizeof(enum config_on_max_wait) == sizeof(int), "on_max_wait stored as int");
+_Static_assert(sizeof(enum plan_priority) == sizeof(int), "priority stored as int");
+
+static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
+static const char *const on_max_wait_names[] = {"process", "discard", NULL};
+
+#define NODE_OFF(m) offsetof(struct config_node, m)
+#define DEST_OFF(m) offsetof(struct config_destination, m)
+#define MODEL_OFF(m) offsetof(struct config_model, m)
+#define COMPLETION_OFF(m) offsetof(struct config_completion, m)
+#define TOP_OFF(m) offsetof(struct config, m)
+
+static const struct schema_field node_fields[] = {
+    {.key = "ae_title", .type = T_AE, .def_str = "AINODE", .off = NODE_OFF(ae_title),
+     .doc = "AE title of this node"},
+    {.key = "port", .restart = 1, .type = T_INT, .def_int = 11112, .min = 1, .max = 65535, .off = NODE_OFF(port),
+     .doc = "TCP port to listen on"},
+    {.key = "bind", .restart = 1, .type = T_STR, .def_str = "127.0.0.1", .off = NODE_OFF(bind),
+     .doc = "listen address"},
+    {.key = "data_dir", .restart = 1, .type = T_PATH, .def_str = "./var", .off = NODE_OFF(data_dir),
+     .doc = "data directory, relative to the config file's directory"},
+    {.key = "stable_seconds", .type = T_INT, .def_int = 10, .min = 1, .max = 86400,
+     .off = NODE_OFF(stable_seconds), .doc = "idle time after which a study is complete"},
+    {.key = "max_associations", .restart = 1, .type = T_INT, .def_int = 32, .min = 1, .max = 1024,
+     .off = NODE_OFF(max_associations), .doc = "concurrent associations accepted"},
+    {.key = "allowed_callers", .type = T_AE_LIST, .off = NODE_OFF(allowed_callers),
+     .off_n = NODE_OFF(n_allowed_callers), .doc = "calling AE titles allowed; empty allows any"},
+    {.key = "log_level", .type = T_ENUM, .def_int = LOG_INFO, .names = log_level_names,
+     .off = NODE_OFF(log_level), .doc = "error, warn, info or debug"},
+    {.key = "shutdown_grace_seconds", .type = T_INT, .def_int = 30, .min = 0, .max = 3600,
+     .off = NODE_OFF(shutdown_grace_seconds), .doc = "wait for running associations on stop"},
+    {.key = "network_timeout_seconds", .type = T_INT, .def_int = 60, .min = 1, .max = 3600,
+     .off = NODE_OFF(network_timeout_seconds), .doc = "ACSE/DIMSE read timeout"},
+    {.key = "max_pdu", .restart = 1, .type = T_INT, .def_int = 131072, .min = 4096, .max = 131072,
+     .off = NODE_OFF(max_pdu), .doc = "maximum receive PDU length"},
+    {.key = "retention_days", .type = T_INT, .def_int = 0, .min = 0, .max = 36500,
+     .off = NODE_OFF(retention_days),
+     .doc = "delete finished studies after this many days; 0 never"},
+    {.key = "disk_high_water_percent", .type = T_INT, .def_int = 0, .min = 0, .max = 99,
+     .off = NODE_OFF(disk_high_water_percent),
+     .doc = "delete oldest finished studies while the data disk is fuller; 0 never"},
+    {.key = "artim_timeout_seconds", .restart = 1, .type = T_INT, .def_int = 10, .min = 1,
+     .max = 3600, .off = NODE_OFF(artim_timeout_seconds),
+     .doc = "how long a new connection may take to send its association request before it "
+            "is closed"},
+};
+
+static const struct schema_field dest_fields[] = {
+    {.key = "ae_title", .type = T_AE, .required = 1, .off = DEST_OFF(ae_title),
+     .doc = "AE title of the peer"},
+    {.key = "host", .type = T_STR, .required = 1, .off = DEST_OFF(host),
+     .doc = "host name or address of the peer"},
+    {.key = "port", .type = T_INT, .required = 1, .min = 1, .max = 65535, .off = DEST_OFF(port),
+     .doc = "TCP port of the peer"},
+    {.key = "retry_initial_seconds", .type = T_INT, .def_int = 10, .min = 1, .max = 86400,
+     .off = DEST_OFF(retry_initial_seconds), .doc = "wait before the first retry"},
+    {.key = "retry_factor", .type = T_FLOAT, .def_float = 2.0, .fcheck = F_POSITIVE,
+     .off = DEST_OFF(retry_factor), .doc = "each further wait is the last one times this"},
+    {.key = "retry_max_seconds", .type = T_INT, .def_int = 600, .min = 1, .max = 86400,
+     .off = DEST_OFF(retry_max_seconds), .doc = "longest wait between retries"},
+    {.key = "max_attempts", .type = T_INT, .def_int = 10, .min = 1, .max = 1000,
+     .off = DEST_OFF(max_attempts), .doc = "attempts before an item is dead-lettered"},
+};
+
+/* models.NAME; the file and the manifest are checked and loaded by check_model. */
+static const struct schema_field model_fields[] = {
+    {.key = "file", .type = T_STR, .required = 1, .off = MODEL_OFF(file),
+     .doc = "builtin:NAME, or a TorchScript file relative to the config file's directory"},
+    {.key = "manifest", .type = T_PATH, .off = MODEL_OFF(manifest.path),
+     .doc = "the model's manifest; required unless file is builtin:NAME"},
+    {.key = "device", .type = T_STR, .def_str = "cpu", .valid = config_device_problem,
+     .off = MODEL_OFF(device), .doc = "cpu, cuda or cuda:N"},
+    {.key = "threads", .type = T_INT, .def_int = 1, .min = 1, .max = 256,
+     .off = MODEL_OFF(threads), .doc = "intra-op threads per worker"},
+    {.key = "workers", .type = T_INT, .def_int = 1, .min = 1, .max = 64,
+     .off = MODEL_OFF(workers), .doc = "worker threads running this model"},
+};
+
+
+static const struct schema_field completion_fields[] = {
+    {.key = "required_series", .type = T_CUSTOM, .parse = rules_parse_required,
+     .type_doc = "list of match mappings", .release = rules_release_match, .off = COMPLETION_OFF(required),
+     .doc = "matches: complete as soon as each is met by a series"},
+    {.key = "max_wait_seconds", .type = T_INT, .def_int = 0, .min = 0, .max = 2592000,
+     .off = COMPLETION_OFF(max_wait_seconds), .doc = "hard limit since the first instance"},
+    {.key = "on_max_wait", .type = T_ENUM, .def_int = CONFIG_ON_MAX_WAIT_PROCESS,
+     .names = on_max_wait_names, .off = COMPLETION_OFF(on_max_wait),
+     .doc = "process or discard a study at max_wait_seconds"},
+};
+
+
+const struct schema_field config_top_fields[] = {
+    {.key = "node", .type = T_SECTION, SUB(node_fields), .off = TOP_OFF(node),
+     .doc = "this node: how it listens, where it keeps its data, how long it keeps it"},
+    {.key = "destinations", .type = T_NAMED, SUB(dest_fields), .noun = "destination",
+     .entry_size = sizeof(struct config_destination),
+     .name_off = offsetof(struct config_destination, name), .off = TOP_OFF(destinations),
+     .off_n = TOP_OFF(n_destinations), .doc = "DICOM peers results and instances are sent to"},
+    {.key = "models", .type = T_NAMED, SUB(model_fields), .noun = "model",
+     .entry_size = sizeof(struct config_model), .name_off = offsetof(struct config_model, name),
+     .check = config_check_model, .release = config_release_model, .off = TOP_OFF(models),
+     .off_n = TOP_OFF(n_models), .doc = "the models rules can run"},
+    {.key = "rules", .type = T_CUSTOM, .parse = rules_parse_list, .release = rules_release_list,
+     .type_doc = "list of rules", .off = TOP_OFF(rules), .off_n = TOP_OFF(n_rules),
+     .doc = "what happens to each series of a completed study; the first that matches decides"},
+    {.key = "completion", .type = T_SECTION, SUB(completion_fields), .off = TOP_OFF(completion),
+     .doc = "when a study counts as complete, besides node.stable_seconds of silence"},
+};
+const size_t config_n_top_fields = NELEM(config_top_fields);
+
+_Static_assert(NELEM(node_fields) <= MAX_FIELDS && NELEM(dest_fields) <= MAX_FIELDS &&
+                   NELEM(model_fields) <= MAX_FIELDS && NELEM(completion_fields) <= MAX_FIELDS &&
+                   NELEM(config_top_fields) <= MAX_FIELDS,
+               "schema_parsed.st[] too small");
