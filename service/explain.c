@@ -7,7 +7,7 @@
  * unknown, so conditions on them do not hold).
  */
 #include "config/config.h"
-#include "dicom/dicom.h"
+#include "dicom/image.h"
 #include "service/service.h"
 #include "storage/storage.h"
 

@@ -9,7 +9,8 @@
  * retention settings let go.
  */
 #include "config/config.h"
-#include "dicom/dicom.h"
+#include "dicom/image.h"
+#include "dicom/network.h"
 #include "common/log.h"
 #include "service/service.h"
 #include "storage/storage.h"
@@ -399,6 +400,7 @@ int serve_run(const struct config *cfg)
         .max_associations = cfg->node.max_associations,
         .max_pdu = cfg->node.max_pdu,
         .network_timeout_seconds = cfg->node.network_timeout_seconds,
+        .artim_timeout_seconds = 10, /* to become node.artim_timeout_seconds */
         .keywords = storage_attr_keywords,
         .n_keywords = SA_COUNT,
         .associate = on_associate,
