@@ -588,36 +588,38 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd)
     run_association(a);
 }
 
+enum request_wait { REQUEST_READY, REQUEST_TIMEOUT, REQUEST_CLOSED, REQUEST_DROPPED };
+
 // Waits until the whole A-ASSOCIATE-RQ PDU is in FD's receive buffer (then
-// dcmnet reads it without waiting). False when the ARTIM timer runs out, the
-// peer closes, the server stops or the connection is evicted.
-bool wait_for_request(dicom_server *srv, pending_conn &pc)
+// dcmnet reads it without waiting), or the ARTIM timer runs out, the peer
+// closes, the server stops or the connection is evicted.
+request_wait wait_for_request(dicom_server *srv, pending_conn &pc)
 {
     const auto deadline = Clock::now() + std::chrono::seconds(srv->artim);
     size_t want = 6; // PDU type, reserved, 32-bit length
     std::vector<unsigned char> buf(want);
     for (;;) {
         if (srv->stopping.load() || pc.evicted.load())
-            return false;
+            return REQUEST_DROPPED;
         long long left =
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now())
                 .count();
         if (left <= 0)
-            return false;
+            return REQUEST_TIMEOUT;
         pollfd p = {pc.fd, POLLIN, 0};
         int rc = poll(&p, 1, (int)(left < 100 ? left : 100));
         if (rc < 0 && errno != EINTR)
-            return false;
+            return REQUEST_CLOSED;
         if (rc <= 0)
             continue;
         buf.resize(want);
         ssize_t got = recv(pc.fd, buf.data(), want, MSG_PEEK | MSG_DONTWAIT);
         if (got == 0)
-            return false; // closed without a word
+            return REQUEST_CLOSED; // without a word
         if (got < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 continue;
-            return false;
+            return REQUEST_CLOSED;
         }
         if ((size_t)got < want) {
             // Part of it: poll would report the same bytes again at once.
@@ -632,7 +634,7 @@ bool wait_for_request(dicom_server *srv, pending_conn &pc)
             if (want > 6)
                 continue;
         }
-        return true;
+        return REQUEST_READY;
     }
 }
 
@@ -647,9 +649,10 @@ void remove_pending(dicom_server *srv, const std::shared_ptr<pending_conn> &pc)
 void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
 {
     const int fd = pc->fd;
-    if (!wait_for_request(srv, *pc)) {
-        if (!srv->stopping.load() && !pc->evicted.load())
-            srv->log(1, "connection closed: no association request within %d s", srv->artim);
+    const request_wait w = wait_for_request(srv, *pc);
+    if (w != REQUEST_READY) {
+        if (w == REQUEST_TIMEOUT)
+            srv->log(1, "closing a connection: no association request within %d s", srv->artim);
         close(fd);
         remove_pending(srv, pc);
         srv->cv.notify_all();
