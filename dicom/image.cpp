@@ -2,8 +2,8 @@
 // geometry of every frame. Native, deflated, RLE, JPEG and JPEG-LS data go
 // through DCMTK; JPEG 2000 through OpenJPEG (Debian's DCMTK has no J2K codec).
 
-#include "dicom/dicom.h"
-#include "dicom/error.h"
+#include "dicom/image.h"
+#include "dicom/internal.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
@@ -24,7 +24,9 @@
 
 #include <cerrno>
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -36,12 +38,15 @@
 namespace {
 
 using ainode_dicom::copy_err;
+using ainode_dicom::frame_geometry;
 
 struct image_error : std::runtime_error {
-    using std::runtime_error::runtime_error;
+    int code;
+    image_error(const std::string &m, int c) : std::runtime_error(m), code(c) {}
 };
 
-[[noreturn]] void fail(const std::string &msg) { throw image_error(msg); }
+[[noreturn]] void fail(const std::string &msg) { throw image_error(msg, DICOM_EFORMAT); }
+[[noreturn]] void fail_io(const std::string &msg) { throw image_error(msg, DICOM_EIO); }
 
 
 void copy_field(char *dst, size_t size, const std::string &s)
@@ -99,8 +104,10 @@ long get_us(DcmItem *item, const DcmTagKey &key, long dflt)
     return dflt;
 }
 
-// The first N values of a decimal string attribute, or false.
-bool get_doubles(DcmItem *item, const DcmTagKey &key, double *out, unsigned long n)
+// The first N values of a decimal string attribute, or false; TEXT (may be
+// NULL) gets each value as written.
+bool get_doubles(DcmItem *item, const DcmTagKey &key, double *out, unsigned long n,
+                 OFString *text = nullptr)
 {
     std::string s;
     if (!get_text(item, key, s))
@@ -113,11 +120,15 @@ bool get_doubles(DcmItem *item, const DcmTagKey &key, double *out, unsigned long
         if (end == std::string::npos)
             end = s.size();
         std::string v = s.substr(start, end - start);
+        size_t b = v.find_first_not_of(' '), e = v.find_last_not_of(' ');
+        v = b == std::string::npos ? std::string() : v.substr(b, e - b + 1);
         OFBool ok = OFFalse;
         double d = OFStandard::atof(v.c_str(), &ok); // locale-independent
-        if (!ok || !std::isfinite(d))
+        if (v.empty() || !ok || !std::isfinite(d))
             return false;
         out[i] = d;
+        if (text)
+            text[i] = v.c_str();
         start = end + 1;
     }
     return true;
@@ -513,59 +524,119 @@ void cross(const double *a, const double *b, double *out)
     out[2] = a[0] * b[1] - a[1] * b[0];
 }
 
-void read_geometry(DcmDataset *ds, const std::vector<frame_groups> &fg, dicom_image *img)
+// A DS value (at most 16 characters) for a computed coordinate.
+OFString ds_text(double v)
 {
-    const long frames = img->frames;
+    char buf[32];
+    for (int prec = 10; prec >= 1; prec--) {
+        std::snprintf(buf, sizeof buf, "%.*g", prec, v);
+        if (std::strlen(buf) <= 16)
+            break;
+    }
+    return buf;
+}
 
-    // Pixel spacing: one value for the image, from the first frame; kept
-    // even when the plane is unknown (projection images).
-    DcmItem *pm = fg[0].macro(DCM_PixelMeasuresSequence);
-    bool ok = get_doubles(pm, DCM_PixelSpacing, img->pixel_spacing, 2) ||
-              get_doubles(ds, DCM_PixelSpacing, img->pixel_spacing, 2);
-    if (!ok)
-        img->pixel_spacing[0] = img->pixel_spacing[1] = 0;
+std::vector<frame_groups> functional_groups(DcmItem *ds, long frames)
+{
+    // Per-frame functional groups (enhanced multi-frame); empty items elsewhere.
+    std::vector<frame_groups> fg(static_cast<size_t>(frames));
+    DcmItem *shared = first_item(ds, DCM_SharedFunctionalGroupsSequence);
+    std::vector<DcmItem *> per = sequence_items(ds, DCM_PerFrameFunctionalGroupsSequence);
+    for (size_t k = 0; k < fg.size(); k++) {
+        fg[k].shared = shared;
+        fg[k].per_frame = k < per.size() ? per[k] : nullptr;
+    }
+    return fg;
+}
 
-    double top_ori[6], top_pos[3];
-    const bool have_top_ori = get_doubles(ds, DCM_ImageOrientationPatient, top_ori, 6);
-    const bool have_top_pos = get_doubles(ds, DCM_ImagePositionPatient, top_pos, 3);
+std::vector<frame_geometry> geometry_of(DcmItem *ds, const std::vector<frame_groups> &fg)
+{
+    const size_t frames = fg.size();
+    std::vector<frame_geometry> geom(frames);
+
+    frame_geometry top;
+    top.has_iop = get_doubles(ds, DCM_ImageOrientationPatient, top.iop, 6, top.iop_text);
+    top.has_ipp = get_doubles(ds, DCM_ImagePositionPatient, top.ipp, 3, top.ipp_text);
+    OFString sp[2], th;
+    top.has_spacing = get_doubles(ds, DCM_PixelSpacing, top.spacing, 2, sp);
+    if (top.has_spacing)
+        top.spacing_text = sp[0] + "\\" + sp[1];
+    if (get_doubles(ds, DCM_SliceThickness, &top.thickness, 1, &th) && top.thickness > 0)
+        top.thickness_text = th;
+    else
+        top.thickness = 0;
 
     // Classic multi-frame (RT Dose): planes offset along the normal.
-    std::vector<double> offsets(static_cast<size_t>(frames));
-    const bool have_offsets = frames > 1 && have_top_ori && have_top_pos &&
+    std::vector<double> offsets(frames);
+    const bool have_offsets = frames > 1 && top.has_iop && top.has_ipp &&
                               get_doubles(ds, DCM_GridFrameOffsetVector, offsets.data(),
                                           static_cast<unsigned long>(frames));
 
-    for (long k = 0; k < frames && ok; k++) {
-        double *ori = img->orientations + 6 * k;
-        double *pos = img->positions + 3 * k;
-        const frame_groups &g = fg[static_cast<size_t>(k)];
-        if (!get_doubles(g.macro(DCM_PlaneOrientationSequence), DCM_ImageOrientationPatient, ori, 6)) {
-            if (!have_top_ori) {
-                ok = false;
-                break;
-            }
-            memcpy(ori, top_ori, sizeof top_ori);
+    for (size_t k = 0; k < frames; k++) {
+        frame_geometry &g = geom[k];
+        const frame_groups &f = fg[k];
+        g.has_iop = get_doubles(f.macro(DCM_PlaneOrientationSequence), DCM_ImageOrientationPatient,
+                                g.iop, 6, g.iop_text);
+        if (!g.has_iop && top.has_iop) {
+            std::copy(top.iop, top.iop + 6, g.iop);
+            std::copy(top.iop_text, top.iop_text + 6, g.iop_text);
+            g.has_iop = true;
         }
-        if (get_doubles(g.macro(DCM_PlanePositionSequence), DCM_ImagePositionPatient, pos, 3))
+        DcmItem *pm = f.macro(DCM_PixelMeasuresSequence);
+        g.has_spacing = get_doubles(pm, DCM_PixelSpacing, g.spacing, 2, sp);
+        if (g.has_spacing) {
+            g.spacing_text = sp[0] + "\\" + sp[1];
+        } else if (top.has_spacing) {
+            std::copy(top.spacing, top.spacing + 2, g.spacing);
+            g.spacing_text = top.spacing_text;
+            g.has_spacing = true;
+        }
+        if (get_doubles(pm, DCM_SliceThickness, &g.thickness, 1, &th) && g.thickness > 0) {
+            g.thickness_text = th;
+        } else {
+            g.thickness = top.thickness;
+            g.thickness_text = top.thickness_text;
+        }
+        g.has_ipp = get_doubles(f.macro(DCM_PlanePositionSequence), DCM_ImagePositionPatient,
+                                g.ipp, 3, g.ipp_text);
+        if (g.has_ipp)
             continue;
-        if (have_top_pos && frames == 1) {
-            memcpy(pos, top_pos, sizeof top_pos);
-        } else if (have_offsets) {
+        if (top.has_ipp && frames == 1) {
+            std::copy(top.ipp, top.ipp + 3, g.ipp);
+            std::copy(top.ipp_text, top.ipp_text + 3, g.ipp_text);
+            g.has_ipp = true;
+        } else if (have_offsets && g.has_iop) {
             // Relative offsets (first value 0) and absolute z (first value =
             // IPP z, axial only) both reduce to this.
             double n[3];
-            cross(ori, ori + 3, n);
-            const double d = offsets[static_cast<size_t>(k)] - offsets[0];
-            for (int j = 0; j < 3; j++)
-                pos[j] = top_pos[j] + d * n[j];
-        } else {
-            ok = false;
+            cross(g.iop, g.iop + 3, n);
+            const double d = offsets[k] - offsets[0];
+            for (int j = 0; j < 3; j++) {
+                g.ipp[j] = top.ipp[j] + d * n[j];
+                g.ipp_text[j] = ds_text(g.ipp[j]);
+            }
+            g.has_ipp = true;
         }
     }
+    return geom;
+}
+
+// The image's view of the geometry: all frames placed, or none.
+void fill_geometry(const std::vector<frame_geometry> &geom, dicom_image *img)
+{
+    bool ok = true;
+    for (const frame_geometry &g : geom)
+        ok = ok && g.complete();
+    // Pixel spacing: one value for the image, from the first frame; kept
+    // even when the plane is unknown (projection images).
+    img->pixel_spacing[0] = geom[0].has_spacing ? geom[0].spacing[0] : 0;
+    img->pixel_spacing[1] = geom[0].has_spacing ? geom[0].spacing[1] : 0;
     img->has_geometry = ok ? 1 : 0;
-    if (!ok) { // no half-filled planes
-        memset(img->positions, 0, sizeof(double) * 3 * static_cast<size_t>(frames));
-        memset(img->orientations, 0, sizeof(double) * 6 * static_cast<size_t>(frames));
+    if (!ok) // no half-filled planes
+        return;
+    for (size_t k = 0; k < geom.size(); k++) {
+        std::copy(geom[k].ipp, geom[k].ipp + 3, img->positions + 3 * k);
+        std::copy(geom[k].iop, geom[k].iop + 6, img->orientations + 6 * k);
     }
 }
 
@@ -606,12 +677,10 @@ struct image_holder {
     }
 };
 
-dicom_image *read_image(const char *path)
+// Decodes the image FF holds; GEOM gets the geometry of each frame.
+dicom_image *decode_image(DcmFileFormat &ff, std::vector<frame_geometry> &geom)
 {
-    DcmFileFormat ff;
-    OFCondition c = ff.loadFile(path);
-    if (c.bad())
-        fail(std::string("cannot read the DICOM file: ") + c.text());
+    OFCondition c;
     DcmDataset *ds = ff.getDataset();
 
     std::string sop_class = get_string(ds, DCM_SOPClassUID);
@@ -688,16 +757,7 @@ dicom_image *read_image(const char *path)
         check_length(px, f, total);
     }
 
-    // Per-frame functional groups (enhanced multi-frame); empty items elsewhere.
-    std::vector<frame_groups> fg(static_cast<size_t>(f.frames));
-    {
-        DcmItem *shared = first_item(ds, DCM_SharedFunctionalGroupsSequence);
-        std::vector<DcmItem *> per = sequence_items(ds, DCM_PerFrameFunctionalGroupsSequence);
-        for (size_t k = 0; k < fg.size(); k++) {
-            fg[k].shared = shared;
-            fg[k].per_frame = k < per.size() ? per[k] : nullptr;
-        }
-    }
+    const std::vector<frame_groups> fg = functional_groups(ds, f.frames);
 
     image_holder h;
     h.img = static_cast<dicom_image *>(calloc(1, sizeof(dicom_image)));
@@ -714,7 +774,8 @@ dicom_image *read_image(const char *path)
     img->orientations = static_cast<double *>(calloc(static_cast<size_t>(f.frames) * 6, sizeof(double)));
     if (!img->positions || !img->orientations)
         throw std::bad_alloc();
-    read_geometry(ds, fg, img);
+    geom = geometry_of(ds, fg);
+    fill_geometry(geom, img);
     const std::vector<rescale> rs = read_rescale(ds, fg);
 
     if (j2k) {
@@ -739,30 +800,135 @@ dicom_image *read_image(const char *path)
     return h.release();
 }
 
+void load(DcmFileFormat &ff, const char *path)
+{
+    OFCondition c = ff.loadFile(path);
+    if (c.bad())
+        fail_io(std::string("cannot read the DICOM file: ") + c.text());
+}
+
+dicom_image *read_image(const char *path)
+{
+    DcmFileFormat ff;
+    load(ff, path);
+    std::vector<frame_geometry> geom;
+    return decode_image(ff, geom);
+}
+
+std::string uid_of(DcmItem *ds, const DcmTagKey &key)
+{
+    std::string s = get_string(ds, key);
+    return s;
+}
+
+// Parses file I of a source set: decodes it, then keeps its header alone.
+void open_source(const char *path, ainode_dicom::source_file &sf)
+{
+    DcmFileFormat ff;
+    load(ff, path);
+    sf.path = path;
+    sf.image = decode_image(ff, sf.geom);
+    DcmDataset *ds = ff.getDataset();
+    // The pixels are decoded: their encoded form (and a decompressed copy
+    // DCMTK may hold) goes now, so that a series costs its floats and
+    // small headers only.
+    ds->findAndDeleteElement(DCM_PixelData);
+    sf.sop_class = uid_of(ds, DCM_SOPClassUID).c_str();
+    sf.sop_instance = uid_of(ds, DCM_SOPInstanceUID).c_str();
+    sf.study = uid_of(ds, DCM_StudyInstanceUID).c_str();
+    sf.series = uid_of(ds, DCM_SeriesInstanceUID).c_str();
+    sf.frame_of_ref = uid_of(ds, DCM_FrameOfReferenceUID).c_str();
+    sf.patient_id = get_string(ds, DCM_PatientID).c_str();
+    sf.multiframe = ds->tagExists(DCM_NumberOfFrames);
+    sf.header.reset(ff.getAndRemoveDataset());
+}
+
+int fail_to(char *err, size_t errlen, const std::string &prefix)
+{
+    try {
+        throw;
+    } catch (const image_error &e) {
+        return copy_err(err, errlen, prefix + e.what(), e.code);
+    } catch (const std::bad_alloc &) {
+        return copy_err(err, errlen, prefix + "out of memory decoding the image", DICOM_ENOMEM);
+    } catch (const std::exception &e) {
+        return copy_err(err, errlen, prefix + "cannot decode the image: " + e.what(),
+                        DICOM_EFORMAT);
+    } catch (...) {
+        return copy_err(err, errlen, prefix + "cannot decode the image", DICOM_EFORMAT);
+    }
+}
+
 } // namespace
+
+std::vector<frame_geometry> ainode_dicom::read_geometry(DcmItem *ds, long frames)
+{
+    return geometry_of(ds, functional_groups(ds, frames < 1 ? 1 : frames));
+}
 
 extern "C" int dicom_image_read(const char *path, struct dicom_image **out, char *err,
                                 size_t errlen)
 {
     if (out)
         *out = nullptr;
-    if (!path || !out) {
-        copy_err(err, errlen, "invalid arguments");
-        return -1;
-    }
+    if (!path || !out)
+        return copy_err(err, errlen, "invalid arguments", DICOM_EINVAL);
     try {
         *out = read_image(path);
         return 0;
-    } catch (const image_error &e) {
-        copy_err(err, errlen, e.what());
-    } catch (const std::bad_alloc &) {
-        copy_err(err, errlen, "out of memory decoding the image");
-    } catch (const std::exception &e) {
-        copy_err(err, errlen, std::string("cannot decode the image: ") + e.what());
     } catch (...) {
-        copy_err(err, errlen, "cannot decode the image");
+        return fail_to(err, errlen, "");
     }
-    return -1;
 }
 
 extern "C" void dicom_image_free(struct dicom_image *img) { free_image(img); }
+
+extern "C" int dicom_sources_open(const char *const *paths, size_t n,
+                                  struct dicom_sources **out, char *err, size_t errlen)
+{
+    *out = nullptr;
+    if (!paths || n == 0)
+        return copy_err(err, errlen, "no source files", DICOM_EINVAL);
+    dicom_sources *s = new (std::nothrow) dicom_sources;
+    if (!s)
+        return copy_err(err, errlen, "out of memory", DICOM_ENOMEM);
+    size_t i = 0;
+    try {
+        s->files.resize(n);
+        for (; i < n; i++)
+            open_source(paths[i], s->files[i]);
+    } catch (...) {
+        int rc = fail_to(err, errlen,
+                         "instance " + std::to_string(i + 1) + " (" +
+                             (paths[i] ? paths[i] : "no path") + "): ");
+        dicom_sources_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+extern "C" size_t dicom_sources_count(const struct dicom_sources *s) { return s->files.size(); }
+
+extern "C" const struct dicom_image *dicom_sources_image(const struct dicom_sources *s, size_t i)
+{
+    return i < s->files.size() ? s->files[i].image : nullptr;
+}
+
+extern "C" void dicom_sources_drop_pixels(struct dicom_sources *s)
+{
+    for (auto &f : s->files)
+        if (f.image) {
+            free(f.image->pixels);
+            f.image->pixels = nullptr;
+        }
+}
+
+extern "C" void dicom_sources_close(struct dicom_sources *s)
+{
+    if (!s)
+        return;
+    for (auto &f : s->files)
+        free_image(f.image);
+    delete s;
+}

@@ -1,18 +1,19 @@
-// seg.cpp — DICOM Segmentation writer (see dicom.h).
+// seg.cpp — DICOM Segmentation writer (see results.h).
 //
 // One BINARY Segmentation instance per result, built with dcmseg. The
 // geometry of every frame is copied from the source frame it was segmented
 // on, never recomputed, so the SEG lies exactly on its sources whatever their
 // order or spacing.
 
-#include "dicom/dicom.h"
-#include "dicom/error.h"
+#include "dicom/internal.h"
+#include "dicom/results.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcitem.h>
 #include <dcmtk/dcmdata/dcsequen.h>
+#include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmfg/fgderimg.h>
 #include <dcmtk/dcmfg/fgfracon.h>
 #include <dcmtk/dcmfg/fgpixmsr.h>
@@ -55,6 +56,7 @@ const char *const CONTRIB_PURPOSE_MEANING = "Processing Equipment";
 
 struct SegError {
     std::string msg;
+    int code;
 };
 
 [[noreturn]] void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -65,7 +67,7 @@ void fail(const char *fmt, ...)
     va_start(ap, fmt);
     std::vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    throw SegError{buf};
+    throw SegError{buf, DICOM_EINVAL};
 }
 
 void check_cond(const OFCondition &c, const char *what)
@@ -98,142 +100,16 @@ void check_code(const dicom_code &c, const char *what)
     check_text(c.meaning, 64, (w + " code meaning").c_str());
 }
 
-// Geometry of one source frame, as written in the source (the strings go
-// into the SEG unchanged), plus parsed values for comparisons.
-struct Geometry {
-    std::array<OFString, 3> ipp;
-    std::array<OFString, 6> iop;
-    OFString spacing;   // PixelSpacing, "row\col"
-    OFString thickness; // may be empty
-    double ippv[3] = {0, 0, 0};
-    double iopv[6] = {0, 0, 0, 0, 0, 0};
-    double spacingv[2] = {0, 0};
-    double thicknessv = 0;
-    bool has_ipp = false, has_iop = false, has_spacing = false;
-};
-
-struct Source {
-    OFString sop_class, sop_instance, study, series, frame_of_ref, patient_id;
-    unsigned rows = 0, cols = 0;
-    long frames = 1;
-    bool multiframe = false;      // has NumberOfFrames: frames are referenced by number
-    std::vector<Geometry> geom;   // per frame (one for classic images)
-};
-
-DcmItem *first_item(DcmItem *parent, const DcmTagKey &seq)
-{
-    DcmItem *it = nullptr;
-    if (!parent || parent->findAndGetSequenceItem(seq, it, 0).bad())
-        return nullptr;
-    return it;
-}
-
-// Reads the N components of a DS element; false when absent or short.
-template <size_t N>
-bool read_ds(DcmItem *it, const DcmTagKey &tag, std::array<OFString, N> &str, double *val)
-{
-    if (!it)
-        return false;
-    for (size_t i = 0; i < N; i++) {
-        Float64 v;
-        if (it->findAndGetOFString(tag, str[i], (unsigned long)i).bad() || str[i].empty() ||
-            it->findAndGetFloat64(tag, v, (unsigned long)i).bad())
-            return false;
-        val[i] = v;
-    }
-    return true;
-}
-
-// Fills what G still lacks from the macro items found in ITEM, which is a
-// per-frame item, the shared item or the top-level dataset.
-void take_geometry(DcmItem *it, Geometry &g, bool functional_groups)
-{
-    if (!it)
-        return;
-    DcmItem *pos = functional_groups ? first_item(it, DCM_PlanePositionSequence) : it;
-    DcmItem *ori = functional_groups ? first_item(it, DCM_PlaneOrientationSequence) : it;
-    DcmItem *pix = functional_groups ? first_item(it, DCM_PixelMeasuresSequence) : it;
-    if (!g.has_ipp)
-        g.has_ipp = read_ds<3>(pos, DCM_ImagePositionPatient, g.ipp, g.ippv);
-    if (!g.has_iop)
-        g.has_iop = read_ds<6>(ori, DCM_ImageOrientationPatient, g.iop, g.iopv);
-    if (!g.has_spacing && pix) {
-        std::array<OFString, 2> s;
-        if (read_ds<2>(pix, DCM_PixelSpacing, s, g.spacingv)) {
-            g.spacing = s[0] + "\\" + s[1];
-            g.has_spacing = true;
-        }
-    }
-    if (g.thickness.empty() && pix) {
-        std::array<OFString, 1> s;
-        double v = 0;
-        if (read_ds<1>(pix, DCM_SliceThickness, s, &v) && v > 0) {
-            g.thickness = s[0];
-            g.thicknessv = v;
-        }
-    }
-}
-
-// Reads what the SEG needs from one source file. Values larger than 4 KiB
-// (the pixel data) are left in the file.
-void read_source(const char *path, size_t k, Source &src, std::unique_ptr<DcmFileFormat> &keep)
-{
-    auto ff = std::make_unique<DcmFileFormat>();
-    OFCondition c = ff->loadFile(path, EXS_Unknown, EGL_noChange, 4096);
-    if (c.bad())
-        fail("cannot read source of slice %zu: %s", k, c.text());
-    DcmDataset *ds = ff->getDataset();
-    ds->findAndGetOFString(DCM_SOPClassUID, src.sop_class);
-    ds->findAndGetOFString(DCM_SOPInstanceUID, src.sop_instance);
-    ds->findAndGetOFString(DCM_StudyInstanceUID, src.study);
-    ds->findAndGetOFString(DCM_SeriesInstanceUID, src.series);
-    ds->findAndGetOFString(DCM_FrameOfReferenceUID, src.frame_of_ref);
-    ds->findAndGetOFString(DCM_PatientID, src.patient_id);
-    if (src.sop_class.empty() || src.sop_instance.empty() || src.study.empty() ||
-        src.series.empty())
-        fail("source of slice %zu lacks SOP, study or series UIDs", k);
-    Uint16 rows = 0, cols = 0;
-    ds->findAndGetUint16(DCM_Rows, rows);
-    ds->findAndGetUint16(DCM_Columns, cols);
-    src.rows = rows;
-    src.cols = cols;
-    Sint32 nf = 0;
-    if (ds->findAndGetSint32(DCM_NumberOfFrames, nf).good()) {
-        src.multiframe = true;
-        src.frames = nf > 0 ? nf : 1;
-    }
-
-    DcmItem *shared = first_item(ds, DCM_SharedFunctionalGroupsSequence);
-    DcmSequenceOfItems *perframe = nullptr;
-    ds->findAndGetSequence(DCM_PerFrameFunctionalGroupsSequence, perframe);
-    if (src.frames > 1 && !perframe)
-        fail("source of slice %zu is multi-frame without per-frame geometry", k);
-    // Frames without a per-frame item have no geometry to offer.
-    if (perframe && (unsigned long)src.frames > perframe->card())
-        src.frames = (long)perframe->card();
-    src.geom.assign((size_t)src.frames, Geometry());
-    if (perframe) {
-        // Walk the items in order: getItem(i) would restart from the head
-        // each time.
-        size_t f = 0;
-        for (DcmObject *o = perframe->nextInContainer(nullptr); o && f < src.geom.size();
-             o = perframe->nextInContainer(o), f++)
-            take_geometry(static_cast<DcmItem *>(o), src.geom[f], true);
-    }
-    for (Geometry &g : src.geom) {
-        take_geometry(shared, g, true);
-        // Classic images, and attributes some writers keep at the top level.
-        take_geometry(ds, g, false);
-    }
-    keep = std::move(ff);
-}
+using ainode_dicom::frame_geometry;
+using ainode_dicom::source_file;
+using Geometry = frame_geometry;
 
 bool near_eq(double a, double b, double tol) { return std::fabs(a - b) <= tol; }
 
 bool same_orientation(const Geometry &a, const Geometry &b)
 {
     for (int i = 0; i < 6; i++)
-        if (!near_eq(a.iopv[i], b.iopv[i], 1e-4))
+        if (!near_eq(a.iop[i], b.iop[i], 1e-4))
             return false;
     return true;
 }
@@ -243,8 +119,8 @@ bool same_measures(const Geometry &a, const Geometry &b)
     auto rel = [](double x, double y) {
         return near_eq(x, y, 1e-4 * std::max(std::fabs(x), 1.0));
     };
-    return rel(a.spacingv[0], b.spacingv[0]) && rel(a.spacingv[1], b.spacingv[1]) &&
-           a.thickness.empty() == b.thickness.empty() && rel(a.thicknessv, b.thicknessv);
+    return rel(a.spacing[0], b.spacing[0]) && rel(a.spacing[1], b.spacing[1]) &&
+           a.thickness_text.empty() == b.thickness_text.empty() && rel(a.thickness, b.thickness);
 }
 
 std::string now_dt()
@@ -276,10 +152,11 @@ void validate(const dicom_result *r)
         fail("slices of %dx%d are too large for a SEG", r->nx, r->ny);
     if (!r->labels)
         fail("no label volume");
-    if (!r->source_paths)
+    if (!r->sources || !r->source_files)
         fail("no source images");
+    const size_t n_files = r->sources->files.size();
     for (int k = 0; k < r->nz; k++) {
-        if (!r->source_paths[k] || !*r->source_paths[k])
+        if (r->source_files[k] < 0 || (size_t)r->source_files[k] >= n_files)
             fail("no source image for slice %d", k);
         if (r->source_frames && (r->source_frames[k] < 0 || r->source_frames[k] > 65534))
             fail("invalid source frame %d for slice %d", r->source_frames[k], k);
@@ -320,8 +197,7 @@ void validate(const dicom_result *r)
 }
 
 // The whole job; throws SegError (or std::exception) on failure.
-void write_seg(const dicom_result *r, const char *path, std::string &sop_out,
-               std::string &series_out)
+void write_seg(const dicom_result *r, const char *path, dicom_written *out)
 {
     validate(r);
     if (!path || !*path)
@@ -329,58 +205,60 @@ void write_seg(const dicom_result *r, const char *path, std::string &sop_out,
     const size_t nz = (size_t)r->nz, nx = (size_t)r->nx, ny = (size_t)r->ny;
     const size_t npix = nx * ny;
 
-    // --- sources: each distinct file read once ---
-    std::vector<Source> files;
-    std::unordered_map<std::string, size_t> file_index;
+    // --- sources: the set's files used by some slice, in order of first use ---
+    const std::vector<source_file> &all = r->sources->files;
+    std::vector<const source_file *> files;
+    std::vector<size_t> file_slot(all.size(), SIZE_MAX);
     std::vector<size_t> slice_file(nz);
     std::vector<long> slice_frame(nz);
-    std::unique_ptr<DcmFileFormat> first_ds; // the first source, for Patient/Study import
     for (size_t k = 0; k < nz; k++) {
-        auto ins = file_index.emplace(r->source_paths[k], files.size());
-        if (ins.second) {
-            files.emplace_back();
-            std::unique_ptr<DcmFileFormat> keep;
-            read_source(r->source_paths[k], k, files.back(), keep);
-            if (!first_ds)
-                first_ds = std::move(keep);
+        size_t i = (size_t)r->source_files[k];
+        if (file_slot[i] == SIZE_MAX) {
+            const source_file &s = all[i];
+            if (s.sop_class.empty() || s.sop_instance.empty() || s.study.empty() ||
+                s.series.empty())
+                fail("source of slice %zu lacks SOP, study or series UIDs", k);
+            file_slot[i] = files.size();
+            files.push_back(&s);
         }
-        slice_file[k] = ins.first->second;
+        slice_file[k] = file_slot[i];
         slice_frame[k] = r->source_frames ? r->source_frames[k] : 0;
     }
 
     std::set<std::pair<size_t, long>> used;
     std::vector<const Geometry *> geom(nz);
     for (size_t k = 0; k < nz; k++) {
-        const Source &s = files[slice_file[k]];
-        if (slice_frame[k] >= s.frames)
+        const source_file &s = *files[slice_file[k]];
+        const long frames = (long)s.geom.size();
+        if (slice_frame[k] >= frames)
             fail("slice %zu refers to frame %ld of a source with %ld frames", k,
-                 slice_frame[k] + 1, s.frames);
+                 slice_frame[k] + 1, frames);
         if (!used.emplace(slice_file[k], slice_frame[k]).second)
             fail("slice %zu refers to a source frame already used by another slice", k);
-        if (s.rows != ny || s.cols != nx)
-            fail("source of slice %zu has %ux%u pixels, the labels %zux%zu", k, s.cols, s.rows,
-                 nx, ny);
+        if ((size_t)s.image->rows != ny || (size_t)s.image->cols != nx)
+            fail("source of slice %zu has %dx%d pixels, the labels %zux%zu", k, s.image->cols,
+                 s.image->rows, nx, ny);
         const Geometry &g = s.geom[(size_t)slice_frame[k]];
-        if (!g.has_ipp || !g.has_iop || !g.has_spacing)
+        if (!g.complete())
             fail("source of slice %zu lacks position, orientation or pixel spacing", k);
-        if (s.study != files[0].study)
+        if (s.study != files[0]->study)
             fail("sources belong to different studies");
-        if (s.frame_of_ref != files[0].frame_of_ref)
+        if (s.frame_of_ref != files[0]->frame_of_ref)
             fail("sources have different frames of reference");
         geom[k] = &g;
     }
-    if (files[0].frame_of_ref.empty())
+    if (files[0]->frame_of_ref.empty())
         fail("sources have no Frame of Reference UID");
 
     // Position of each slice along the normal of the first slice's plane:
     // its rank is the second dimension index.
-    const double *o = geom[0]->iopv;
+    const double *o = geom[0]->iop;
     const double normal[3] = {o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5],
                               o[0] * o[4] - o[1] * o[3]};
     std::vector<double> along(nz);
     for (size_t k = 0; k < nz; k++)
-        along[k] = geom[k]->ippv[0] * normal[0] + geom[k]->ippv[1] * normal[1] +
-                   geom[k]->ippv[2] * normal[2];
+        along[k] = geom[k]->ipp[0] * normal[0] + geom[k]->ipp[1] * normal[1] +
+                   geom[k]->ipp[2] * normal[2];
     std::vector<size_t> order(nz);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(),
@@ -407,9 +285,9 @@ void write_seg(const dicom_result *r, const char *path, std::string &sop_out,
     std::vector<Geometry> measures(nz); // only spacing and thickness are used
     for (size_t k = 0; k < nz; k++) {
         measures[k] = *geom[k];
-        if (measures[k].thickness.empty() && !fallback_thickness.empty()) {
-            measures[k].thickness = fallback_thickness;
-            measures[k].thicknessv = std::atof(fallback_thickness.c_str());
+        if (measures[k].thickness_text.empty() && !fallback_thickness.empty()) {
+            measures[k].thickness_text = fallback_thickness;
+            measures[k].thickness = std::atof(fallback_thickness.c_str());
         }
     }
     bool shared_orientation = true, shared_measures = true;
@@ -438,8 +316,7 @@ void write_seg(const dicom_result *r, const char *path, std::string &sop_out,
 
     // Patient, Study and Frame of Reference from the first source. Its
     // equipment comes along with the study import and is replaced below.
-    check_cond(seg->importFromSourceImage(*first_ds->getDataset()), "cannot import patient/study");
-    first_ds.reset();
+    check_cond(seg->importFromSourceImage(*files[0]->header), "cannot import patient/study");
     seg->getEquipment().clearData();
     check_cond(seg->setEquipmentInfo(equipment), "invalid equipment");
 
@@ -461,7 +338,8 @@ void write_seg(const dicom_result *r, const char *path, std::string &sop_out,
     // Common Instance Reference: every source instance, once.
     {
         IODReferences refs;
-        for (const Source &s : files) {
+        for (const source_file *sf : files) {
+            const source_file &s = *sf;
             auto *ref = new IODReference(IODReference::LEVEL_INSTANCE);
             ref->m_PatientID = s.patient_id;
             ref->m_StudyInstanceUID = s.study;
@@ -473,7 +351,7 @@ void write_seg(const dicom_result *r, const char *path, std::string &sop_out,
                 fail("invalid source reference");
             }
         }
-        if (seg->getCommonInstanceReference().addReferences(refs, files[0].study) != files.size())
+        if (seg->getCommonInstanceReference().addReferences(refs, files[0]->study) != files.size())
             fail("cannot reference the source instances");
     }
 
@@ -516,14 +394,14 @@ void write_seg(const dicom_result *r, const char *path, std::string &sop_out,
 
     // Shared functional groups where all frames agree.
     auto orientation_fg = [](FGPlaneOrientationPatient &fg, const Geometry &g) {
-        check_cond(fg.setImageOrientationPatient(g.iop[0], g.iop[1], g.iop[2], g.iop[3], g.iop[4],
-                                                 g.iop[5]),
+        check_cond(fg.setImageOrientationPatient(g.iop_text[0], g.iop_text[1], g.iop_text[2],
+                                                 g.iop_text[3], g.iop_text[4], g.iop_text[5]),
                    "image orientation");
     };
     auto measures_fg = [](FGPixelMeasures &fg, const Geometry &g) {
-        check_cond(fg.setPixelSpacing(g.spacing), "pixel spacing");
-        if (!g.thickness.empty())
-            check_cond(fg.setSliceThickness(g.thickness), "slice thickness");
+        check_cond(fg.setPixelSpacing(g.spacing_text), "pixel spacing");
+        if (!g.thickness_text.empty())
+            check_cond(fg.setSliceThickness(g.thickness_text), "slice thickness");
     };
     if (shared_orientation) {
         FGPlaneOrientationPatient fg;
@@ -561,9 +439,9 @@ void write_seg(const dicom_result *r, const char *path, std::string &sop_out,
             return;
         const Geometry &g = *geom[k];
         pos_fg[k] = std::make_unique<FGPlanePosPatient>();
-        check_cond(pos_fg[k]->setImagePositionPatient(g.ipp[0], g.ipp[1], g.ipp[2]),
+        check_cond(pos_fg[k]->setImagePositionPatient(g.ipp_text[0], g.ipp_text[1], g.ipp_text[2]),
                    "image position");
-        const Source &s = files[slice_file[k]];
+        const source_file &s = *files[slice_file[k]];
         auto d = std::make_unique<FGDerivationImage>();
         DerivationImageItem *item = nullptr;
         check_cond(d->addDerivationImageItem(CodeSequenceMacro("113076", "DCM", "Segmentation"), "",
@@ -657,43 +535,39 @@ void write_seg(const dicom_result *r, const char *path, std::string &sop_out,
     OFCondition c = ff.saveFile(path, EXS_LittleEndianExplicit);
     if (c.bad()) {
         unlink(path);
-        fail("cannot write SEG file: %s", c.text());
+        throw SegError{std::string("cannot write SEG file: ") + c.text(), DICOM_EIO};
     }
-    sop_out = sop_uid;
-    series_out = series_uid;
-}
-
-void set_err(char *err, size_t errlen, const char *msg)
-{
-    ainode_dicom::copy_err(err, errlen, msg);
+    std::snprintf(out->sop_class_uid, sizeof out->sop_class_uid, "%s", UID_SegmentationStorage);
+    std::snprintf(out->sop_instance_uid, sizeof out->sop_instance_uid, "%s", sop_uid);
+    std::snprintf(out->series_uid, sizeof out->series_uid, "%s", series_uid);
+    std::snprintf(out->transfer_syntax, sizeof out->transfer_syntax, "%s",
+                  UID_LittleEndianExplicitTransferSyntax);
 }
 
 } // namespace
 
-extern "C" int dicom_write_seg(const struct dicom_result *r, const char *path, char *sop_uid,
-                               char *series_uid, char *err, size_t errlen)
+extern "C" int dicom_write_seg(const struct dicom_result *r, const char *path,
+                               struct dicom_written *out, char *err, size_t errlen)
 {
-    set_err(err, errlen, "");
-    if (sop_uid)
-        sop_uid[0] = '\0';
-    if (series_uid)
-        series_uid[0] = '\0';
+    using ainode_dicom::copy_err;
+    copy_err(err, errlen, "");
+    if (!out)
+        return copy_err(err, errlen, "no output given", DICOM_EINVAL);
+    std::memset(out, 0, sizeof *out);
     try {
-        std::string sop, series;
-        write_seg(r, path, sop, series);
-        if (sop_uid)
-            std::snprintf(sop_uid, 65, "%s", sop.c_str());
-        if (series_uid)
-            std::snprintf(series_uid, 65, "%s", series.c_str());
+        write_seg(r, path, out);
         return 0;
     } catch (const SegError &e) {
-        set_err(err, errlen, e.msg.c_str());
+        std::memset(out, 0, sizeof *out);
+        return copy_err(err, errlen, e.msg, e.code);
     } catch (const std::bad_alloc &) {
-        set_err(err, errlen, "out of memory writing SEG");
+        std::memset(out, 0, sizeof *out);
+        return copy_err(err, errlen, "out of memory writing SEG", DICOM_ENOMEM);
     } catch (const std::exception &e) {
-        set_err(err, errlen, e.what());
+        std::memset(out, 0, sizeof *out);
+        return copy_err(err, errlen, e.what(), DICOM_EINVAL);
     } catch (...) {
-        set_err(err, errlen, "unexpected error writing SEG");
+        std::memset(out, 0, sizeof *out);
+        return copy_err(err, errlen, "unexpected error writing SEG", DICOM_EINVAL);
     }
-    return -1;
 }

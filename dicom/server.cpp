@@ -1,10 +1,14 @@
-// server.cpp — C-ECHO / C-STORE SCP over DCMTK's dcmnet, behind dicom.h.
+// server.cpp — C-ECHO / C-STORE SCP over DCMTK's dcmnet, behind network.h.
 //
 // Threads: dicom_server_run() owns the listening socket (bound to the
-// configured address, which DCMTK 3.6's own acceptor cannot do) and accepts
-// connections; each accepted socket is handed to dcmnet through
-// dcmExternalSocketHandle, which is only ever touched by this one thread.
-// Every accepted association then runs on a thread of its own.
+// configured address, which DCMTK 3.6's own acceptor cannot do) and only
+// accepts connections. Each connection gets a thread of its own at once,
+// which waits (ARTIM timeout) until the peer's A-ASSOCIATE-RQ is wholly in
+// the socket's receive buffer, then hands the socket to dcmnet through
+// dcmExternalSocketHandle. That variable is process-wide, so the hand-over
+// is serialised by one mutex; as the request is already there, it is held
+// only while dcmnet parses it. A peer that connects and says nothing thus
+// holds one thread of its own and never delays another caller or a stop.
 //
 // A C-STORE data set is streamed from the network into the caller's
 // temporary file exactly as it arrived (DIMSE_receiveDataSetInFile: no
@@ -12,8 +16,9 @@
 // up to its small values to pick out the indexed attributes, and the
 // caller's `stored` callback decides the response status.
 
-#include "dicom/dicom.h"
-#include "dicom/error.h"
+#include "dicom/image.h"
+#include "dicom/internal.h"
+#include "dicom/network.h"
 
 #include "dcmtk/config/osconfig.h"
 #include "dcmtk/dcmdata/dcdeftag.h"
@@ -42,6 +47,8 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <list>
+#include <memory>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -116,11 +123,20 @@ long long ms_since(Clock::time_point t)
     return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
 
+// A connection whose A-ASSOCIATE-RQ has not arrived yet.
+struct pending_conn {
+    int fd;
+    std::atomic<bool> evicted{false};
+};
+
+// dcmExternalSocketHandle is one process-wide variable.
+std::mutex handover_mu;
+
 } // namespace
 
 struct dicom_server {
     std::string ae_title, bind_addr;
-    int port = 0, max_associations = 1, max_pdu = ASC_DEFAULTMAXPDU, timeout = 60;
+    int port = 0, max_associations = 1, max_pdu = ASC_DEFAULTMAXPDU, timeout = 60, artim = 10;
     std::vector<std::string> keywords;
     std::vector<DcmTagKey> tags;
     dicom_associate_fn associate = nullptr;
@@ -136,7 +152,15 @@ struct dicom_server {
     Clock::time_point stop_time;
     std::mutex mu;
     std::condition_variable cv;
-    int active = 0;
+    int active = 0;                // negotiated associations
+    // Connections still waiting for their A-ASSOCIATE-RQ. They do not count
+    // against max_associations (silent peers would lock real callers out);
+    // they are bounded on their own instead: beyond max_pending the oldest
+    // one is closed, so a flood of silent connections costs at most
+    // max_pending threads and a caller that speaks always gets through.
+    std::list<std::shared_ptr<pending_conn>> pending;
+    size_t max_pending = 64;
+    int threads = 0;               // connection threads still running
 
     void log(int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)))
     {
@@ -476,7 +500,8 @@ void reject(T_ASC_Association *assoc, T_ASC_RejectParametersResult result,
     ASC_destroyAssociation(&assoc);
 }
 
-// Negotiates one association request read from an accepted socket.
+// Negotiates one association request read from an accepted socket, and
+// runs the association on this thread when it is accepted.
 void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd)
 {
     char calling[64] = "", called[64] = "", peer[128] = "";
@@ -560,17 +585,101 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd)
         std::lock_guard<std::mutex> g(srv->mu);
         srv->active++;
     }
-    try {
-        std::thread(run_association, a).detach();
-    } catch (...) {
-        srv->log(0, "cannot start a thread for the association from %s", calling_s.c_str());
-        abort_association(*a);
-        ASC_dropSCPAssociation(assoc);
-        ASC_destroyAssociation(&a->assoc);
-        delete a;
-        std::lock_guard<std::mutex> g(srv->mu);
-        srv->active--;
+    run_association(a);
+}
+
+enum request_wait { REQUEST_READY, REQUEST_TIMEOUT, REQUEST_CLOSED, REQUEST_DROPPED };
+
+// Waits until the whole A-ASSOCIATE-RQ PDU is in FD's receive buffer (then
+// dcmnet reads it without waiting), or the ARTIM timer runs out, the peer
+// closes, the server stops or the connection is evicted.
+request_wait wait_for_request(dicom_server *srv, pending_conn &pc)
+{
+    const auto deadline = Clock::now() + std::chrono::seconds(srv->artim);
+    size_t want = 6; // PDU type, reserved, 32-bit length
+    std::vector<unsigned char> buf(want);
+    for (;;) {
+        if (srv->stopping.load() || pc.evicted.load())
+            return REQUEST_DROPPED;
+        long long left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now())
+                .count();
+        if (left <= 0)
+            return REQUEST_TIMEOUT;
+        pollfd p = {pc.fd, POLLIN, 0};
+        int rc = poll(&p, 1, (int)(left < 100 ? left : 100));
+        if (rc < 0 && errno != EINTR)
+            return REQUEST_CLOSED;
+        if (rc <= 0)
+            continue;
+        buf.resize(want);
+        ssize_t got = recv(pc.fd, buf.data(), want, MSG_PEEK | MSG_DONTWAIT);
+        if (got == 0)
+            return REQUEST_CLOSED; // without a word
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                continue;
+            return REQUEST_CLOSED;
+        }
+        if ((size_t)got < want) {
+            // Part of it: poll would report the same bytes again at once.
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            continue;
+        }
+        if (want == 6) {
+            size_t len = (size_t)buf[2] << 24 | (size_t)buf[3] << 16 | (size_t)buf[4] << 8 |
+                         (size_t)buf[5];
+            // Requests are a few KB; a larger one is left to dcmnet's own timeout.
+            want = 6 + (len < 65536 ? len : 65536);
+            if (want > 6)
+                continue;
+        }
+        return REQUEST_READY;
     }
+}
+
+void remove_pending(dicom_server *srv, const std::shared_ptr<pending_conn> &pc)
+{
+    std::lock_guard<std::mutex> g(srv->mu);
+    srv->pending.remove(pc);
+}
+
+// The thread of one accepted connection: its association request, then
+// the association itself.
+void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
+{
+    const int fd = pc->fd;
+    const request_wait w = wait_for_request(srv, *pc);
+    if (w != REQUEST_READY) {
+        if (w == REQUEST_TIMEOUT)
+            srv->log(1, "closing a connection: no association request within %d s", srv->artim);
+        close(fd);
+        remove_pending(srv, pc);
+        srv->cv.notify_all();
+        return;
+    }
+    T_ASC_Association *assoc = nullptr;
+    OFCondition cond;
+    {
+        std::lock_guard<std::mutex> g(handover_mu);
+        dcmExternalSocketHandle.set(fd);
+        cond = ASC_receiveAssociation(srv->net, &assoc, srv->max_pdu, nullptr, nullptr, OFFalse,
+                                      DUL_NOBLOCK, srv->artim);
+        dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+    }
+    remove_pending(srv, pc);
+    if (cond.bad()) {
+        srv->log(1, "association request failed: %s", cond.text());
+        if (assoc) {
+            ASC_dropAssociation(assoc);
+            ASC_destroyAssociation(&assoc);
+        } else {
+            close(fd);
+        }
+    } else {
+        negotiate(srv, assoc, fd);
+    }
+    srv->cv.notify_all();
 }
 
 int open_listen_socket(const std::string &addr, int port, std::string &err)
@@ -605,14 +714,29 @@ int open_listen_socket(const std::string &addr, int port, std::string &err)
 
 extern "C" {
 
+const char *dicom_strerror(int code)
+{
+    switch (code) {
+    case DICOM_OK: return "success";
+    case DICOM_EINVAL: return "invalid argument";
+    case DICOM_ENOMEM: return "out of memory";
+    case DICOM_EIO: return "file cannot be read or written";
+    case DICOM_EFORMAT: return "unsupported or malformed DICOM content";
+    case DICOM_ENETWORK: return "network failure";
+    case DICOM_EREFUSED: return "refused by the peer";
+    case DICOM_EDICT: return "data dictionary not loaded";
+    default: return "unknown error";
+    }
+}
+
 int dicom_init(char *err, size_t errlen)
 {
     // Debian's DCMTK leaves Nagle's algorithm on; every socket dcmnet opens
     // or accepts reads this variable. Without it each C-STORE stalls ~40 ms.
     setenv("TCP_NODELAY", "1", 1);
     if (!dcmDataDict.isDictionaryLoaded()) {
-        copy_err(err, errlen, "the DICOM data dictionary is not loaded (check DCMDICTPATH)");
-        return -1;
+        return copy_err(err, errlen,
+                        "the DICOM data dictionary is not loaded (check DCMDICTPATH)", DICOM_EDICT);
     }
     // dcmnet/dcmdata report problems through their return values, which we
     // log ourselves; their own logger would print raw lines to stderr.
@@ -627,8 +751,7 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
     *out = nullptr;
     dicom_server *srv = new (std::nothrow) dicom_server;
     if (!srv) {
-        copy_err(err, errlen, "out of memory");
-        return -1;
+        return copy_err(err, errlen, "out of memory", DICOM_ENOMEM);
     }
     srv->ae_title = cfg->ae_title;
     srv->bind_addr = cfg->bind;
@@ -636,6 +759,8 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
     srv->max_associations = cfg->max_associations;
     srv->max_pdu = cfg->max_pdu;
     srv->timeout = cfg->network_timeout_seconds > 0 ? cfg->network_timeout_seconds : 60;
+    srv->artim = cfg->artim_timeout_seconds > 0 ? cfg->artim_timeout_seconds : 10;
+    srv->max_pending = (size_t)(cfg->max_associations > 32 ? 2 * cfg->max_associations : 64);
     srv->associate = cfg->associate;
     srv->stored = cfg->stored;
     srv->temp_path = cfg->temp_path;
@@ -644,9 +769,9 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
     for (size_t i = 0; i < cfg->n_keywords; i++) {
         DcmTag tag;
         if (DcmTag::findTagFromName(cfg->keywords[i], tag).bad()) {
-            copy_err(err, errlen, std::string("unknown DICOM keyword ") + cfg->keywords[i]);
             delete srv;
-            return -1;
+            return copy_err(err, errlen, std::string("unknown DICOM keyword ") + cfg->keywords[i],
+                            DICOM_EINVAL);
         }
         srv->keywords.emplace_back(cfg->keywords[i]);
         srv->tags.push_back(tag);
@@ -654,9 +779,8 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
     std::string e;
     srv->listen_fd = open_listen_socket(srv->bind_addr, srv->port, e);
     if (srv->listen_fd < 0) {
-        copy_err(err, errlen, e);
         delete srv;
-        return -1;
+        return copy_err(err, errlen, e, DICOM_ENETWORK);
     }
     // dcmnet must not open a listening socket of its own (it would bind
     // every interface): with dcmExternalSocketHandle set while the network
@@ -666,10 +790,11 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
     OFCondition cond = ASC_initializeNetwork(NET_ACCEPTOR, srv->port, srv->timeout, &srv->net);
     dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
     if (cond.bad()) {
-        copy_err(err, errlen, std::string("cannot initialise the DICOM network: ") + cond.text());
         close(srv->listen_fd);
         delete srv;
-        return -1;
+        return copy_err(err, errlen,
+                        std::string("cannot initialise the DICOM network: ") + cond.text(),
+                        DICOM_ENETWORK);
     }
     *out = srv;
     return 0;
@@ -689,27 +814,39 @@ int dicom_server_run(struct dicom_server *srv)
             continue;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        T_ASC_Association *assoc = nullptr;
-        dcmExternalSocketHandle.set(fd);
-        OFCondition cond = ASC_receiveAssociation(srv->net, &assoc, srv->max_pdu, nullptr,
-                                                  nullptr, OFFalse, DUL_NOBLOCK, srv->timeout);
-        dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
-        if (cond.bad()) {
-            srv->log(1, "association request failed: %s", cond.text());
-            if (assoc) {
-                ASC_dropAssociation(assoc);
-                ASC_destroyAssociation(&assoc);
-            } else {
-                close(fd);
+        auto pc = std::make_shared<pending_conn>();
+        pc->fd = fd;
+        {
+            std::lock_guard<std::mutex> g(srv->mu);
+            if (srv->pending.size() >= srv->max_pending) {
+                // The oldest silent connection makes room (see max_pending).
+                srv->pending.front()->evicted.store(true);
+                srv->pending.pop_front();
+                srv->log(1, "%zu connections without an association request: closing the "
+                            "oldest", srv->max_pending);
             }
-            continue;
+            srv->pending.push_back(pc);
+            srv->threads++;
         }
-        negotiate(srv, assoc, fd);
+        try {
+            std::thread([srv, pc] {
+                run_connection(srv, pc);
+                std::lock_guard<std::mutex> g(srv->mu);
+                srv->threads--;
+                srv->cv.notify_all();
+            }).detach();
+        } catch (...) {
+            srv->log(0, "cannot start a thread for a connection");
+            close(fd);
+            std::lock_guard<std::mutex> g(srv->mu);
+            srv->pending.remove(pc);
+            srv->threads--;
+        }
     }
     close(srv->listen_fd);
     srv->listen_fd = -1;
     std::unique_lock<std::mutex> lk(srv->mu);
-    srv->cv.wait(lk, [srv] { return srv->active == 0; });
+    srv->cv.wait(lk, [srv] { return srv->threads == 0; });
     return 0;
 }
 
@@ -745,8 +882,8 @@ int dicom_read_values(const char *path, const char *const *keywords, size_t n, c
         values[i] = nullptr;
         DcmTag tag;
         if (DcmTag::findTagFromName(keywords[i], tag).bad()) {
-            copy_err(err, errlen, std::string("unknown DICOM keyword ") + keywords[i]);
-            return -1;
+            return copy_err(err, errlen, std::string("unknown DICOM keyword ") + keywords[i],
+                            DICOM_EINVAL);
         }
         tags.push_back(tag);
     }
@@ -756,8 +893,11 @@ int dicom_read_values(const char *path, const char *const *keywords, size_t n, c
     DcmFileFormat ff;
     OFCondition cond = read_values(path, tags, v, present, ts, ff);
     if (cond.bad()) {
-        copy_err(err, errlen, std::string(path) + ": " + cond.text());
-        return -1;
+        return copy_err(err, errlen, std::string(path) + ": " + cond.text(),
+                        cond == EC_InvalidStream || cond == EC_FileMetaInfoHeaderMissing ||
+                                cond == EC_StreamNotifyClient || cond == EC_CorruptedData
+                            ? DICOM_EFORMAT
+                            : DICOM_EIO);
     }
     for (size_t i = 0; i < n; i++)
         if (present[i])

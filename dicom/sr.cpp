@@ -1,9 +1,9 @@
-// sr.cpp — TID 1500 measurement report writer (see dicom.h): a Comprehensive
+// sr.cpp — TID 1500 measurement report writer (see results.h): a Comprehensive
 // 3D SR built with DCMTK's Content Mapping Resource templates (cmr), one
 // Volumetric ROI measurement group (TID 1411) per segment of the SEG.
 
-#include "dicom/dicom.h"
-#include "dicom/error.h"
+#include "dicom/internal.h"
+#include "dicom/results.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
@@ -35,10 +35,11 @@ namespace {
 using ainode_dicom::copy_err;
 
 struct sr_error : std::runtime_error {
-    using std::runtime_error::runtime_error;
+    int code;
+    sr_error(const std::string &m, int c) : std::runtime_error(m), code(c) {}
 };
 
-[[noreturn]] void fail(const std::string &msg) { throw sr_error(msg); }
+[[noreturn]] void fail(const std::string &msg) { throw sr_error(msg, DICOM_EINVAL); }
 
 void check(const OFCondition &c, const std::string &what)
 {
@@ -102,58 +103,56 @@ std::string ds_text(double v)
     fail("cannot represent " + std::to_string(v) + " as a decimal string");
 }
 
-// The source instances, each file loaded once, in the order first named.
+// The source instances a slice refers to, each once, in the order first used.
 struct source {
-    std::string path;
-    std::unique_ptr<DcmFileFormat> file;
+    const ainode_dicom::source_file *file;
+    const std::string &path() const { return file->path; }
     std::string sop_class, sop_instance, series, study;
-    DcmDataset &ds() const { return *file->getDataset(); }
+    DcmDataset &ds() const { return *file->header; }
 };
 
-std::vector<source> load_sources(const dicom_result *r)
+std::vector<source> used_sources(const dicom_result *r)
 {
     std::vector<source> out;
-    std::set<std::string> seen;
+    const auto &all = r->sources->files;
+    std::vector<bool> seen(all.size(), false);
     for (int k = 0; k < r->nz; k++) {
-        const char *p = r->source_paths[k];
-        if (empty(p))
-            fail("source path " + std::to_string(k) + " is empty");
-        if (!seen.insert(p).second)
+        const int i = r->source_files[k];
+        if (i < 0 || (size_t)i >= all.size())
+            fail("no source image for slice " + std::to_string(k));
+        if (seen[(size_t)i])
             continue;
+        seen[(size_t)i] = true;
+        const ainode_dicom::source_file &f = all[(size_t)i];
         source s;
-        s.path = p;
-        s.file.reset(new DcmFileFormat);
-        // Large values (the pixel data) stay on disk: only UIDs and the
-        // image-library descriptors are needed.
-        check(s.file->loadFile(p, EXS_Unknown, EGL_noChange, 4096), "cannot read " + s.path);
-        DcmDataset &ds = s.ds();
-        s.sop_class = get_string(ds, DCM_SOPClassUID);
-        s.sop_instance = get_string(ds, DCM_SOPInstanceUID);
-        s.series = get_string(ds, DCM_SeriesInstanceUID);
-        s.study = get_string(ds, DCM_StudyInstanceUID);
+        s.file = &f;
+        s.sop_class = f.sop_class.c_str();
+        s.sop_instance = f.sop_instance.c_str();
+        s.series = f.series.c_str();
+        s.study = f.study.c_str();
         if (s.sop_class.empty() || s.sop_instance.empty() || s.series.empty() ||
             s.study.empty())
-            fail(s.path + " lacks SOPClassUID, SOPInstanceUID, SeriesInstanceUID or "
+            fail(f.path + " lacks SOPClassUID, SOPInstanceUID, SeriesInstanceUID or "
                           "StudyInstanceUID");
         if (!out.empty() && s.study != out.front().study)
-            fail(s.path + " belongs to another study than " + out.front().path);
+            fail(f.path + " belongs to another study than " + out.front().path());
         out.push_back(std::move(s));
     }
     return out;
 }
 
 void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_series_uid,
-              const char *path, const char *sop_uid)
+              const char *path)
 {
     if (!r)
         fail("no result");
-    if (empty(path) || !sop_uid)
-        fail("no output path or UID buffer");
+    if (empty(path))
+        fail("no output path");
     if (!valid_uid(seg_sop_uid) || !valid_uid(seg_series_uid))
         fail("the SEG's SOP Instance UID and Series Instance UID must be valid UIDs");
     if (!r->segments || r->n_segments == 0)
         fail("no segments to report");
-    if (!r->source_paths || r->nz < 1)
+    if (!r->sources || !r->source_files || r->nz < 1)
         fail("no source images");
     if (empty(r->algorithm_name) || empty(r->algorithm_version))
         fail("the algorithm name and version are required");
@@ -222,7 +221,7 @@ void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
             group_series = s.series;
         }
         check(lib.addImageEntry(s.ds(), TID1600_ImageLibrary::withAllDescriptors),
-              "image library entry for " + s.path);
+              "image library entry for " + s.path());
     }
     // Descriptors shared by a whole series (modality, study date, ...) once per group.
     check(lib.moveCommonImageDescriptorsToImageGroups(), "image library descriptors");
@@ -263,28 +262,32 @@ void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
 }
 
 void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_series_uid,
-              const char *path, char *sop_uid_out)
+              const char *path, dicom_written *written)
 {
-    validate(r, seg_sop_uid, seg_series_uid, path, sop_uid_out);
+    validate(r, seg_sop_uid, seg_series_uid, path);
 
     // The context groups are built lazily on first use: build them once,
     // before any two threads race to do it.
     static std::once_flag cmr_init;
     std::call_once(cmr_init, [] { CMR_ContentMappingResource::initializeAllContextGroups(); });
 
-    std::vector<source> sources = load_sources(r);
+    std::vector<source> sources = used_sources(r);
     const source &first = sources.front();
 
     // Patient and study text is copied as stored, with the source's
     // character set; only when our own text needs more than ASCII is it
-    // all converted to UTF-8.
-    std::string charset = get_string(first.ds(), DCM_SpecificCharacterSet);
+    // all converted to UTF-8 (in a copy: the set is shared with the SEG).
+    DcmDataset *study_ds = &first.ds();
+    std::unique_ptr<DcmDataset> converted;
+    std::string charset = get_string(*study_ds, DCM_SpecificCharacterSet);
     if (!own_text_ascii(r)) {
         if (!charset.empty() && charset != "ISO_IR 192" && charset != "ISO_IR 6") {
             if (!OFCharacterEncoding::isLibraryAvailable())
                 fail("non-ASCII text with source character set " + charset +
                      ", and no character set conversion available");
-            check(first.ds().convertToUTF8(), "converting " + first.path + " to UTF-8");
+            converted.reset(new DcmDataset(*study_ds));
+            check(converted->convertToUTF8(), "converting " + first.path() + " to UTF-8");
+            study_ds = converted.get();
         }
         charset = "ISO_IR 192";
     }
@@ -296,7 +299,7 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     check(doc.setTreeFromRootTemplate(report), "document tree");
     // The template builds an Enhanced SR; its content fits Comprehensive 3D.
     check(doc.changeDocumentType(DSRTypes::DT_Comprehensive3DSR), "document type");
-    check(doc.readStudyData(first.ds()), "patient and study of " + first.path);
+    check(doc.readStudyData(*study_ds), "patient and study of " + first.path());
     if (!charset.empty())
         check(doc.setSpecificCharacterSet(charset.c_str()), "specific character set");
 
@@ -324,7 +327,7 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     for (const source &s : sources)
         check(evidence.addItem(s.study.c_str(), s.series.c_str(), s.sop_class.c_str(),
                                s.sop_instance.c_str()),
-              "evidence: " + s.path);
+              "evidence: " + s.path());
 
     DcmFileFormat file;
     DcmDataset &out = *file.getDataset();
@@ -337,30 +340,40 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     OFCondition c = file.saveFile(path, EXS_LittleEndianExplicit);
     if (c.bad()) {
         unlink(path);
-        fail(std::string("cannot write ") + path + ": " + c.text());
+        throw sr_error(std::string("cannot write ") + path + ": " + c.text(), DICOM_EIO);
     }
-    snprintf(sop_uid_out, 65, "%s", sop_uid.c_str());
+    snprintf(written->sop_class_uid, sizeof written->sop_class_uid, "%s",
+             UID_Comprehensive3DSRStorage);
+    snprintf(written->sop_instance_uid, sizeof written->sop_instance_uid, "%s", sop_uid.c_str());
+    snprintf(written->series_uid, sizeof written->series_uid, "%s", series_uid.c_str());
+    snprintf(written->transfer_syntax, sizeof written->transfer_syntax, "%s",
+             UID_LittleEndianExplicitTransferSyntax);
 }
 
 } // namespace
 
-extern "C" int dicom_write_sr(const struct dicom_result *r, const char *seg_sop_uid,
-                              const char *seg_series_uid, const char *path, char *sop_uid,
-                              char *err, size_t errlen)
+extern "C" int dicom_write_sr(const struct dicom_result *r, const struct dicom_written *seg,
+                              const char *path, struct dicom_written *out, char *err,
+                              size_t errlen)
 {
-    if (err && errlen)
-        err[0] = '\0';
-    if (sop_uid)
-        sop_uid[0] = '\0';
+    copy_err(err, errlen, "");
+    if (!out)
+        return copy_err(err, errlen, "no output given", DICOM_EINVAL);
+    std::memset(out, 0, sizeof *out);
+    int rc;
     try {
-        write_sr(r, seg_sop_uid, seg_series_uid, path, sop_uid);
+        write_sr(r, seg ? seg->sop_instance_uid : nullptr, seg ? seg->series_uid : nullptr, path,
+                 out);
         return 0;
+    } catch (const sr_error &e) {
+        rc = copy_err(err, errlen, e.what(), e.code);
     } catch (const std::bad_alloc &) {
-        copy_err(err, errlen, "out of memory");
+        rc = copy_err(err, errlen, "out of memory", DICOM_ENOMEM);
     } catch (const std::exception &e) {
-        copy_err(err, errlen, e.what());
+        rc = copy_err(err, errlen, e.what(), DICOM_EINVAL);
     } catch (...) {
-        copy_err(err, errlen, "unexpected error");
+        rc = copy_err(err, errlen, "unexpected error", DICOM_EINVAL);
     }
-    return -1;
+    std::memset(out, 0, sizeof *out);
+    return rc;
 }

@@ -11,7 +11,7 @@
  */
 #include "common/attr.h"
 #include "config/config.h"
-#include "dicom/dicom.h"
+#include "dicom/image.h"
 #include "rules/rules.h"
 #include "service/service.h"
 #include "storage/storage.h"

@@ -14,7 +14,7 @@
 /* SCHED_IDLE is Linux-specific. */
 #define _GNU_SOURCE
 #include "config/config.h"
-#include "dicom/dicom.h"
+#include "dicom/results.h"
 #include "inference/inference.h"
 #include "common/attr.h"
 #include "common/log.h"
@@ -214,11 +214,18 @@ static int gzip_buffer(const uint8_t *data, size_t len, unsigned char **out, siz
     return 0;
 }
 
-/* The DICOM results of a done job: files to send and their identity. */
+/* The DICOM results of a done job: files to send and what the writers
+ * wrote (SOP class, instance, transfer syntax). */
 struct job_results {
     char seg_path[4096], sr_path[4096];
-    char seg_uid[65], seg_series[65], sr_uid[65];
+    struct dicom_written seg, sr;
 };
+
+/* The one place result files of a job are named: DATA_DIR/results/<ID>.<KIND>.dcm. */
+static void result_name(int64_t job_id, const char *kind, char *buf, size_t len)
+{
+    snprintf(buf, len, "%lld.%s.dcm", (long long)job_id, kind);
+}
 
 /* Writes the job's SEG and SR durably under DATA_DIR/results. Their UIDs
  * are fixed from here on: every later send of them is the same instance. */
@@ -229,8 +236,8 @@ static double seconds_since(int64_t start_ms)
 
 static int write_dicom_results(struct runner *r, const struct config_model *cm,
                                const struct storage_job *job, const struct pipeline_output *out,
-                               const struct series_files *files, struct job_results *res,
-                               struct pipeline_timing *t, char *err, size_t errlen)
+                               struct job_results *res, struct pipeline_timing *t, char *err,
+                               size_t errlen)
 {
     const struct config_manifest *mf = &cm->manifest;
     size_t nvox = (size_t)out->grid.nx * out->grid.ny * out->grid.nz;
@@ -240,14 +247,11 @@ static int write_dicom_results(struct runner *r, const struct config_model *cm,
     double voxel_ml = out->grid.spacing[0] * out->grid.spacing[1] * out->grid.spacing[2] / 1000.0;
 
     int rc = -1;
-    const char **paths = calloc((size_t)out->grid.nz, sizeof *paths);
     struct dicom_segment *segs = calloc(mf->n_labels ? mf->n_labels : 1, sizeof *segs);
-    if (!paths || !segs) {
+    if (!segs) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
-    for (int k = 0; k < out->grid.nz; k++)
-        paths[k] = files->path[out->source[k]];
     for (size_t i = 0; i < mf->n_labels; i++) {
         const struct config_label *l = &mf->labels[i];
         segs[i] = (struct dicom_segment){
@@ -264,7 +268,8 @@ static int write_dicom_results(struct runner *r, const struct config_model *cm,
     snprintf(description, sizeof description, "%s",
              mf->series_description ? mf->series_description : mf->algorithm_name);
     struct dicom_result dr = {
-        .source_paths = paths,
+        .sources = out->sources,
+        .source_files = out->source,
         .source_frames = out->frame,
         .nx = out->grid.nx,
         .ny = out->grid.ny,
@@ -283,9 +288,9 @@ static int write_dicom_results(struct runner *r, const struct config_model *cm,
     };
     char name[64], tmp[4096];
     int64_t t0 = service_now_ms();
-    snprintf(name, sizeof name, "%lld.seg.dcm", (long long)job->id);
+    result_name(job->id, "seg", name, sizeof name);
     if (storage_result_temp(r->store, name, tmp, sizeof tmp) != STORAGE_OK ||
-        dicom_write_seg(&dr, tmp, res->seg_uid, res->seg_series, err, errlen) != 0 ||
+        dicom_write_seg(&dr, tmp, &res->seg, err, errlen) != DICOM_OK ||
         storage_adopt_result(r->store, tmp, name, res->seg_path, sizeof res->seg_path, err,
                              errlen) != STORAGE_OK) {
         if (!err[0])
@@ -294,9 +299,9 @@ static int write_dicom_results(struct runner *r, const struct config_model *cm,
     }
     t->seg = seconds_since(t0);
     t0 = service_now_ms();
-    snprintf(name, sizeof name, "%lld.sr.dcm", (long long)job->id);
+    result_name(job->id, "sr", name, sizeof name);
     if (storage_result_temp(r->store, name, tmp, sizeof tmp) != STORAGE_OK ||
-        dicom_write_sr(&dr, res->seg_uid, res->seg_series, tmp, res->sr_uid, err, errlen) != 0 ||
+        dicom_write_sr(&dr, &res->seg, tmp, &res->sr, err, errlen) != DICOM_OK ||
         storage_adopt_result(r->store, tmp, name, res->sr_path, sizeof res->sr_path, err,
                              errlen) != STORAGE_OK) {
         if (!err[0])
@@ -306,7 +311,6 @@ static int write_dicom_results(struct runner *r, const struct config_model *cm,
     t->sr = seconds_since(t0);
     rc = 0;
 out:
-    free(paths);
     free(segs);
     return rc;
 }
@@ -340,10 +344,11 @@ static int run_job(struct worker *w, struct infer_model *model, const struct sto
     }
     if (prc != 0)
         goto done;
-    if (write_dicom_results(r, cm, job, &out, &files, res, &t, err, errlen) != 0)
+    if (write_dicom_results(r, cm, job, &out, res, &t, err, errlen) != 0)
         goto done;
     text = pipeline_result_json(cm, &out, (const char *const *)files.sop, job->id, job->study_uid,
-                                job->series_uid, &t, res->seg_uid, res->sr_uid, summary);
+                                job->series_uid, &t, res->seg.sop_instance_uid,
+                                res->sr.sop_instance_uid, summary);
     if (!text || !*summary) {
         snprintf(err, errlen, "out of memory");
         goto done;
@@ -467,11 +472,11 @@ static void *worker_main(void *arg)
         for (char *d = strtok_r(dests, ",", &save); jr == 0 && d;
              d = strtok_r(NULL, ",", &save)) {
             items[n_items++] = (struct storage_send_item){
-                d, "seg", res.seg_path, "1.2.840.10008.5.1.4.1.1.66.4", res.seg_uid,
-                "1.2.840.10008.1.2.1"};
+                d, "seg", res.seg_path, res.seg.sop_class_uid, res.seg.sop_instance_uid,
+                res.seg.transfer_syntax};
             items[n_items++] = (struct storage_send_item){
-                d, "sr", res.sr_path, "1.2.840.10008.5.1.4.1.1.88.34", res.sr_uid,
-                "1.2.840.10008.1.2.1"};
+                d, "sr", res.sr_path, res.sr.sop_class_uid, res.sr.sop_instance_uid,
+                res.sr.transfer_syntax};
         }
         int64_t end = service_now_ms();
         if (jr == -2) {

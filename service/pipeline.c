@@ -10,7 +10,7 @@
  * Used by the job workers (jobs.c) and by `ainode infer`.
  */
 #include "config/config.h"
-#include "dicom/dicom.h"
+#include "dicom/image.h"
 #include "inference/inference.h"
 #include "service/service.h"
 
@@ -46,20 +46,14 @@ static int is_localizer(const char *image_type)
     return strstr(image_type, "LOCALIZER") != NULL;
 }
 
-/* Decodes every file and lists its frames as slices. */
-static int load_slices(const struct config_manifest *mf, const char *const *paths, size_t n_paths,
-                       struct dicom_image **images, struct infer_slice **slices_out,
-                       size_t *n_out, char *err, size_t errlen)
+/* Lists the frames of every decoded file of SRC as slices. */
+static int list_slices(const struct config_manifest *mf, const struct dicom_sources *src,
+                       struct infer_slice **slices_out, size_t *n_out, char *err, size_t errlen)
 {
     size_t n = 0, cap = 0;
     struct infer_slice *slices = NULL;
-    for (size_t i = 0; i < n_paths; i++) {
-        char why[256];
-        if (dicom_image_read(paths[i], &images[i], why, sizeof why) != 0) {
-            snprintf(err, errlen, "instance %zu of the series cannot be used: %s", i + 1, why);
-            goto fail;
-        }
-        const struct dicom_image *img = images[i];
+    for (size_t i = 0; i < dicom_sources_count(src); i++) {
+        const struct dicom_image *img = dicom_sources_image(src, i);
         if (is_localizer(img->image_type)) {
             snprintf(err, errlen, "a localizer is mixed into the series");
             goto fail;
@@ -120,6 +114,7 @@ void pipeline_output_free(struct pipeline_output *o)
     free(o->labels);
     free(o->source);
     free(o->frame);
+    dicom_sources_close(o->sources);
     memset(o, 0, sizeof *o);
 }
 
@@ -130,7 +125,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
                  size_t errlen)
 {
     const struct config_manifest *mf = &cm->manifest;
-    struct dicom_image **images = NULL;
+    struct dicom_sources *src = NULL;
     struct infer_slice *slices = NULL;
     struct infer_volume vol = {0}, scaled = {0};
     uint8_t *model_labels = NULL;
@@ -144,11 +139,12 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         snprintf(err, errlen, "the series has no instances");
         return -1;
     }
-    if (!(images = calloc(n_paths, sizeof *images))) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
+    char why[512];
+    if (dicom_sources_open(paths, n_paths, &src, why, sizeof why) != DICOM_OK) {
+        snprintf(err, errlen, "the series cannot be used: %s", why);
+        goto out;
     }
-    if (load_slices(mf, paths, n_paths, images, &slices, &n_slices, err, errlen) != 0)
+    if (list_slices(mf, src, &slices, &n_slices, err, errlen) != 0)
         goto out;
     double t1 = seconds_now();
     t->decode = t1 - t0;
@@ -156,11 +152,9 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05};
     if (infer_volume_assemble(slices, n_slices, &lim, &vol, err, errlen) != INFER_OK)
         goto out;
-    /* The decoded images were copied into the volume. */
-    for (size_t i = 0; i < n_paths; i++) {
-        dicom_image_free(images[i]);
-        images[i] = NULL;
-    }
+    /* The decoded images were copied into the volume; the headers stay
+     * for the result writers. */
+    dicom_sources_drop_pixels(src);
     double t2 = seconds_now();
     t->assemble = t2 - t1;
 
@@ -220,13 +214,12 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     out->source = vol.source;
     out->frame = vol.frame;
     vol.source = vol.frame = NULL;
+    out->sources = src;
+    src = NULL;
     t->postprocess = seconds_now() - t4;
     rc = 0;
 out:
-    if (images)
-        for (size_t i = 0; i < n_paths; i++)
-            dicom_image_free(images[i]);
-    free(images);
+    dicom_sources_close(src);
     free(slices);
     infer_volume_free(&vol);
     infer_volume_free(&scaled);

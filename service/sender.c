@@ -3,14 +3,17 @@
  *
  * One thread takes the items that are due, a study's files for one
  * destination together, and sends them over one association (dicom/). An
- * item the destination accepted (success or warning) is sent; any other
- * answer, a refused association or a network error schedules it again
- * after a wait that grows by the destination's factor up to its maximum,
- * with jitter so that many waiting items do not all come back at once.
- * After max_attempts the item is dead-lettered until `ainode retry`.
+ * item the destination accepted (success or warning) is sent. A transient
+ * failure (network error, timeout, busy peer, status 0xA7xx) schedules it
+ * again after a wait that grows by the destination's factor up to its
+ * maximum, with jitter so that many waiting items do not all come back at
+ * once; after max_attempts it is dead-lettered. A permanent one (association
+ * rejected permanently, no accepted presentation context, 0xA9xx, 0xCxxx)
+ * is dead-lettered at once: trying again would be refused again. A
+ * dead-lettered item waits, with its reason, for `ainode retry`.
  */
 #include "config/config.h"
-#include "dicom/dicom.h"
+#include "dicom/network.h"
 #include "common/log.h"
 #include "service/service.h"
 #include "storage/storage.h"
@@ -105,20 +108,26 @@ int64_t sender_next_attempt(const struct config_destination *d, int attempts, in
 }
 
 static void record_failure(struct sender *s, const struct config_destination *d,
-                           const struct storage_outbox_item *it, const char *why)
+                           const struct storage_outbox_item *it, enum dicom_send_outcome outcome,
+                           const char *why)
 {
     int64_t now = service_now_ms();
     double jitter = d ? (double)rand_r(&s->seed) / ((double)RAND_MAX + 1.0) : 0;
-    int64_t next = d ? sender_next_attempt(d, it->attempts + 1, now, jitter) : -1;
+    int64_t next = d && outcome == DICOM_SEND_TRANSIENT
+                       ? sender_next_attempt(d, it->attempts + 1, now, jitter)
+                       : -1;
     storage_outbox_record(s->store, it->id, now, 0, why, next);
-    if (next < 0)
-        log_msg(LOG_ERROR, "outbox item %lld (%s to %s) failed for good after %d attempt%s: %s",
-                (long long)it->id, it->kind, it->destination, it->attempts + 1,
-                it->attempts ? "s" : "", why);
-    else
+    if (next >= 0)
         log_msg(LOG_WARN, "outbox item %lld (%s to %s) failed, next try in %lld s: %s",
                 (long long)it->id, it->kind, it->destination, (long long)((next - now) / 1000),
                 why);
+    else if (outcome == DICOM_SEND_PERMANENT)
+        log_msg(LOG_ERROR, "outbox item %lld (%s to %s) refused for good: %s", (long long)it->id,
+                it->kind, it->destination, why);
+    else
+        log_msg(LOG_ERROR, "outbox item %lld (%s to %s) failed for good after %d attempt%s: %s",
+                (long long)it->id, it->kind, it->destination, it->attempts + 1,
+                it->attempts ? "s" : "", why);
 }
 
 /* Sends ITEMS[0..n), all for one destination and study. */
@@ -128,7 +137,8 @@ static void send_group(struct sender *s, struct storage_outbox_item *items, size
     const struct config_destination *d = config_find_destination(cfg, items[0].destination);
     if (!d) {
         for (size_t i = 0; i < n; i++)
-            record_failure(s, NULL, &items[i], "the destination is not in the configuration");
+            record_failure(s, NULL, &items[i], DICOM_SEND_PERMANENT,
+                           "the destination is not in the configuration");
         return;
     }
     struct dicom_send_file *files = calloc(n, sizeof *files);
@@ -147,20 +157,16 @@ static void send_group(struct sender *s, struct storage_outbox_item *items, size
         .port = d->port,
         .timeout_seconds = cfg->node.network_timeout_seconds,
     };
+    /* Each file carries its outcome, the association's when it failed. */
     char err[512] = "";
-    if (dicom_send(&peer, files, n, err, sizeof err) != 0) {
-        for (size_t i = 0; i < n; i++)
-            record_failure(s, d, &items[i], err);
-        free(files);
-        return;
-    }
+    dicom_send(&peer, files, n, err, sizeof err);
     int sent = 0;
     for (size_t i = 0; i < n; i++) {
-        if (files[i].sent && dicom_store_status_ok(files[i].status)) {
+        if (files[i].outcome == DICOM_SEND_SENT) {
             storage_outbox_record(s->store, items[i].id, service_now_ms(), 1, NULL, 0);
             sent++;
         } else {
-            record_failure(s, d, &items[i], files[i].error);
+            record_failure(s, d, &items[i], files[i].outcome, files[i].error);
         }
     }
     if (sent)

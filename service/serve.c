@@ -9,8 +9,9 @@
  * retention settings let go.
  */
 #include "config/config.h"
-#include "dicom/dicom.h"
 #include "common/attr.h"
+#include "dicom/image.h"
+#include "dicom/network.h"
 #include "common/log.h"
 #include "rules/rules.h"
 #include "service/service.h"
@@ -435,6 +436,7 @@ int serve_run(const struct config *cfg)
         .max_associations = cfg->node.max_associations,
         .max_pdu = cfg->node.max_pdu,
         .network_timeout_seconds = cfg->node.network_timeout_seconds,
+        .artim_timeout_seconds = cfg->node.artim_timeout_seconds,
         .keywords = storage_attr_keywords,
         .n_keywords = SA_COUNT,
         .associate = on_associate,

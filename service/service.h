@@ -84,12 +84,15 @@ struct pipeline_timing {
 };
 
 /* Labels on the source series' grid; slice k came from frame frame[k] of
- * the file source[k] (an index into the paths given). */
+ * the file source[k] (an index into the paths given). SOURCES is the
+ * series as parsed once (headers only by now), for the result writers. */
+struct dicom_sources;
 struct pipeline_output {
     struct infer_grid grid;
     uint8_t *labels;
     int *source;
     int *frame;
+    struct dicom_sources *sources;
 };
 
 #define PIPELINE_CANCELLED (-2)

@@ -1,11 +1,20 @@
 #!/usr/bin/python3
-"""A minimal DICOM Upper Layer client for the tests that DCMTK's tools
-cannot express: holding associations open, and sending a C-STORE whose data
-set is garbage, truncated or inconsistent with its command. It speaks the
-real protocol (PS3.8 PDUs, PS3.7 command sets) over a real socket."""
+"""A minimal DICOM Upper Layer client and server for the tests that DCMTK's
+tools cannot express: holding associations open, sending a C-STORE whose data
+set is garbage, truncated or inconsistent with its command, and a peer that
+rejects associations, refuses a SOP class or answers each C-STORE with a
+chosen status. It speaks the real protocol (PS3.8 PDUs, PS3.7 command sets)
+over a real socket.
 
+As a server (run as a process of its own, stopped by its PID):
+    rawscu.py scp PORT [--reject RESULT,SOURCE,REASON] [--status 0xA700]
+                       [--refuse-class UID]...
+"""
+
+import argparse
 import socket
 import struct
+import sys
 
 APP_CONTEXT = b"1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -185,3 +194,149 @@ def _parse_command(data):
             out[elem] = struct.unpack("<H", value)[0]
         off += 8 + length
     return out
+
+
+# ---------------------------------------------------------------- server
+
+def _items(data, off):
+    """(type, payload) of the items of an association PDU body from OFF."""
+    out = []
+    while off + 4 <= len(data):
+        itype, _, ilen = struct.unpack(">BBH", data[off:off + 4])
+        out.append((itype, data[off + 4:off + 4 + ilen]))
+        off += 4 + ilen
+    return out
+
+
+def _command_values(data):
+    """{element: raw value} of a command set."""
+    out, off = {}, 0
+    while off + 8 <= len(data):
+        _, elem, length = struct.unpack("<HHI", data[off:off + 8])
+        out[elem] = data[off + 8:off + 8 + length]
+        off += 8 + length
+    return out
+
+
+class _Conn:
+    def __init__(self, sock):
+        self.sock = sock
+
+    def recv_exact(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise Aborted("connection closed by peer")
+            buf += chunk
+        return buf
+
+    def read_pdu(self):
+        pdu_type, _, length = struct.unpack(">BBI", self.recv_exact(6))
+        return pdu_type, self.recv_exact(length)
+
+    def send_pdu(self, pdu_type, body):
+        self.sock.sendall(struct.pack(">BBI", pdu_type, 0, len(body)) + body)
+
+
+def serve_one(conn, reject=None, status=0, refuse_classes=()):
+    """Handles one association on CONN (a _Conn)."""
+    pdu_type, rq = conn.read_pdu()
+    if pdu_type != 0x01:
+        return
+    if reject:
+        conn.send_pdu(0x03, struct.pack(">BBBB", 0, *reject))
+        return
+    called, calling = rq[4:20], rq[20:36]
+    body = struct.pack(">HH", 1, 0) + called + calling + b"\0" * 32
+    body += _item(0x10, APP_CONTEXT)
+    for itype, payload in _items(rq, 68):
+        if itype != 0x20:
+            continue
+        pcid = payload[0]
+        subs = _items(payload, 4)
+        abstract = next(v for t, v in subs if t == 0x30).rstrip(b"\0").decode("ascii")
+        ts = next(v for t, v in subs if t == 0x40)
+        result = 3 if abstract in refuse_classes else 0  # 3: abstract syntax not supported
+        body += _item(0x21, struct.pack(">BBBB", pcid, 0, result, 0) + _item(0x40, ts))
+    body += _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, IMPL_CLASS_UID))
+    conn.send_pdu(0x02, body)
+    command, in_data = b"", False
+    while True:
+        pdu_type, data = conn.read_pdu()
+        if pdu_type == 0x05:
+            conn.send_pdu(0x06, b"\0" * 4)
+            return
+        if pdu_type != 0x04:
+            return
+        off = 0
+        while off < len(data):
+            length = struct.unpack(">I", data[off:off + 4])[0]
+            pcid, control = data[off + 4], data[off + 5]
+            fragment = data[off + 6:off + 4 + length]
+            off += 4 + length
+            if control & 1:
+                command += fragment
+                if not control & 2:
+                    continue
+                values = _command_values(command)
+                command = b""
+                field = struct.unpack("<H", values[0x0100])[0]
+                has_data = struct.unpack("<H", values[0x0800])[0] != 0x0101
+                if field == 0x0030:  # C-ECHO-RQ
+                    rsp = [(0x0002, values[0x0002]), (0x0100, _us(0x8030)),
+                           (0x0120, values[0x0110]), (0x0800, _us(0x0101)), (0x0900, _us(0))]
+                    _send_command(conn, pcid, rsp)
+                elif field == 0x0001:  # C-STORE-RQ: answered once its data set is in
+                    pending = (pcid, values)
+                    in_data = has_data
+                    if not in_data:
+                        _store_rsp(conn, pending, status)
+            elif control & 2 and in_data:
+                in_data = False
+                _store_rsp(conn, pending, status)
+
+
+def _send_command(conn, pcid, elements):
+    cmd = _command(elements)
+    conn.send_pdu(0x04, struct.pack(">IBB", len(cmd) + 2, pcid, 3) + cmd)
+
+
+def _store_rsp(conn, pending, status):
+    pcid, values = pending
+    _send_command(conn, pcid, [(0x0002, values[0x0002]), (0x0100, _us(0x8001)),
+                               (0x0120, values[0x0110]), (0x0800, _us(0x0101)),
+                               (0x0900, _us(status)), (0x1000, values[0x1000])])
+
+
+def scp_main(argv):
+    ap = argparse.ArgumentParser(prog="rawscu.py scp")
+    ap.add_argument("port", type=int)
+    ap.add_argument("--reject", help="RESULT,SOURCE,REASON of an A-ASSOCIATE-RJ")
+    ap.add_argument("--status", default="0", help="status of every C-STORE-RSP")
+    ap.add_argument("--refuse-class", action="append", default=[],
+                    help="abstract syntax whose presentation contexts are refused")
+    args = ap.parse_args(argv)
+    reject = tuple(int(v) for v in args.reject.split(",")) if args.reject else None
+    status = int(args.status, 0)
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", args.port))
+    srv.listen(16)
+    print("listening on 127.0.0.1:%d" % args.port, flush=True)
+    while True:
+        sock, _ = srv.accept()
+        sock.settimeout(30)
+        try:
+            serve_one(_Conn(sock), reject, status, args.refuse_class)
+        except (Aborted, OSError, KeyError, StopIteration, struct.error) as e:
+            print("association ended: %r" % e, file=sys.stderr, flush=True)
+        finally:
+            sock.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "scp":
+        scp_main(sys.argv[2:])
+    else:
+        sys.exit(__doc__)

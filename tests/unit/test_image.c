@@ -1,5 +1,6 @@
 /*
- * dicom_image_read: every transfer syntax against a reference decoding.
+ * dicom_image_read and the source set: every transfer syntax against a
+ * reference decoding; the set gives the same images and geometry, parsed once.
  * Lossless encodings of one image must give identical values; reference
  * numbers for single pixels come from pydicom (its decoding or its own test
  * suite). Files: pydicom's test files (AINODE_PYDICOM_DATA) and fixtures
@@ -17,7 +18,7 @@
 
 #include <cmocka.h>
 
-#include "dicom/dicom.h"
+#include "dicom/image.h"
 
 static const char *pydicom_dir(void)
 {
@@ -55,13 +56,13 @@ static struct dicom_image *load(const char *dir, const char *name)
 static struct dicom_image *pyd(const char *name) { return load(pydicom_dir(), name); }
 static struct dicom_image *fixture(const char *name) { return load(fixture_dir(), name); }
 
-/* Reads NAME expecting a failure whose message contains WANT. */
-static void expect_refused(const char *dir, const char *name, const char *want)
+/* Reads NAME expecting failure CODE with a message that contains WANT. */
+static void expect_refused(const char *dir, const char *name, const char *want, int code)
 {
     char path[1200], err[256] = "";
     struct dicom_image *img = (struct dicom_image *)1;
     path_of(path, sizeof path, dir, name);
-    assert_int_equal(dicom_image_read(path, &img, err, sizeof err), -1);
+    assert_int_equal(dicom_image_read(path, &img, err, sizeof err), code);
     assert_null(img);
     if (!strstr(err, want))
         print_error("%s: got '%s', want '%s'\n", name, err, want);
@@ -300,27 +301,6 @@ static void test_jpeg2000_unsigned_codestream_follows_pixel_representation(void 
     dicom_image_free(img);
 }
 
-static void test_colour_images_are_refused(void **state)
-{
-    (void)state;
-    static const char *const files[] = {
-        "SC_rgb_jpeg_dcmtk.dcm", /* JPEG baseline */
-        "SC_rgb_jpeg_gdcm.dcm",  /* JPEG lossless */
-        "SC_rgb_rle.dcm",        /* RLE */
-        "SC_rgb_gdcm_KY.dcm",    /* JPEG 2000 */
-        "ExplVR_BigEnd.dcm",     /* native big endian */
-    };
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
-        expect_refused(pydicom_dir(), files[i], "colour images are not supported");
-    expect_refused(fixture_dir(), "palette_color.dcm", "colour images are not supported");
-}
-
-static void test_modality_lut_sequence_is_refused(void **state)
-{
-    (void)state;
-    expect_refused(fixture_dir(), "modality_lut.dcm", "Modality LUT Sequence");
-}
-
 static void test_rle_multiframe_rt_dose(void **state)
 {
     (void)state;
@@ -411,24 +391,38 @@ static void test_one_bit_segmentation_decodes(void **state)
     }
 }
 
-static void test_files_without_pixel_data_are_refused(void **state)
-{
-    (void)state;
-    expect_refused(pydicom_dir(), "test-SR.dcm", "no pixel data");
-    expect_refused(pydicom_dir(), "test-SR.dcm", "SOP class 1.2.840.10008.5.1.4.1.1.88.33");
-    expect_refused(pydicom_dir(), "rtplan.dcm", "no pixel data");
-    expect_refused(pydicom_dir(), "waveform_ecg.dcm", "no pixel data");
-}
+/* Files that are refused, and why. */
+static const struct {
+    int pydicom;          /* 1: pydicom's test files, 0: our fixtures */
+    const char *name;
+    const char *want;
+    int code;
+} refused[] = {
+    {1, "SC_rgb_jpeg_dcmtk.dcm", "colour images are not supported", DICOM_EFORMAT}, /* JPEG baseline */
+    {1, "SC_rgb_jpeg_gdcm.dcm", "colour images are not supported", DICOM_EFORMAT},  /* JPEG lossless */
+    {1, "SC_rgb_rle.dcm", "colour images are not supported", DICOM_EFORMAT},        /* RLE */
+    {1, "SC_rgb_gdcm_KY.dcm", "colour images are not supported", DICOM_EFORMAT},    /* JPEG 2000 */
+    {1, "ExplVR_BigEnd.dcm", "colour images are not supported", DICOM_EFORMAT},     /* native BE */
+    {0, "palette_color.dcm", "colour images are not supported", DICOM_EFORMAT},
+    {0, "modality_lut.dcm", "Modality LUT Sequence", DICOM_EFORMAT},
+    {1, "test-SR.dcm", "no pixel data", DICOM_EFORMAT},
+    {1, "test-SR.dcm", "SOP class 1.2.840.10008.5.1.4.1.1.88.33", DICOM_EFORMAT},
+    {1, "rtplan.dcm", "no pixel data", DICOM_EFORMAT},
+    {1, "waveform_ecg.dcm", "no pixel data", DICOM_EFORMAT},
+    {1, "MR_truncated.dcm", "cannot read the DICOM file", DICOM_EIO},
+    {1, "rtplan_truncated.dcm", "cannot read the DICOM file", DICOM_EIO},
+    {1, "JPEG2000-embedded-sequence-delimiter.dcm", "JPEG 2000", DICOM_EFORMAT},
+    {1, "badVR.dcm", "Number of Frames", DICOM_EFORMAT},
+    {1, "README.txt", "cannot read the DICOM file", DICOM_EIO},
+    {1, "no-such-file.dcm", "cannot read the DICOM file", DICOM_EIO},
+};
 
-static void test_broken_files_fail_cleanly(void **state)
+static void test_unusable_files_are_refused_with_a_reason(void **state)
 {
     (void)state;
-    expect_refused(pydicom_dir(), "MR_truncated.dcm", "cannot read the DICOM file");
-    expect_refused(pydicom_dir(), "rtplan_truncated.dcm", "cannot read the DICOM file");
-    expect_refused(pydicom_dir(), "JPEG2000-embedded-sequence-delimiter.dcm", "JPEG 2000");
-    expect_refused(pydicom_dir(), "badVR.dcm", "Number of Frames");
-    expect_refused(pydicom_dir(), "README.txt", "cannot read the DICOM file");
-    expect_refused(pydicom_dir(), "no-such-file.dcm", "cannot read the DICOM file");
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++)
+        expect_refused(refused[i].pydicom ? pydicom_dir() : fixture_dir(), refused[i].name,
+                       refused[i].want, refused[i].code);
 }
 
 static void test_error_buffer_is_respected(void **state)
@@ -438,11 +432,82 @@ static void test_error_buffer_is_respected(void **state)
     struct dicom_image *img = NULL;
     path_of(path, sizeof path, pydicom_dir(), "test-SR.dcm");
     memset(err, 'x', sizeof err);
-    assert_int_equal(dicom_image_read(path, &img, err, sizeof err), -1);
+    assert_int_equal(dicom_image_read(path, &img, err, sizeof err), DICOM_EFORMAT);
     assert_int_equal(strlen(err), sizeof err - 1);
-    assert_int_equal(dicom_image_read(path, &img, NULL, 0), -1);
+    assert_int_equal(dicom_image_read(path, &img, NULL, 0), DICOM_EFORMAT);
     assert_null(img);
     dicom_image_free(NULL);
+}
+
+/* The source set decodes each file as dicom_image_read does (geometry from
+ * the one reader: per-frame groups, Grid Frame Offset Vector, classic);
+ * dropping the pixels keeps the rest. */
+static void test_source_set_gives_the_images_of_its_files(void **state)
+{
+    (void)state;
+    static const struct {
+        int pydicom;
+        const char *name;
+    } files[] = {{1, "CT_small.dcm"}, {1, "rtdose.dcm"}, {0, "enhanced_ct_3frames.dcm"},
+                 {1, "MR_small_jp2klossless.dcm"}};
+    enum { N = sizeof files / sizeof *files };
+    char paths[N][1200];
+    const char *pp[N];
+    for (size_t i = 0; i < N; i++) {
+        path_of(paths[i], sizeof paths[i], files[i].pydicom ? pydicom_dir() : fixture_dir(),
+                files[i].name);
+        pp[i] = paths[i];
+    }
+    struct dicom_sources *set = NULL;
+    char err[256] = "";
+    int rc = dicom_sources_open(pp, N, &set, err, sizeof err);
+    if (rc != 0)
+        print_error("%s\n", err);
+    assert_int_equal(rc, DICOM_OK);
+    assert_int_equal(dicom_sources_count(set), N);
+    for (size_t i = 0; i < N; i++) {
+        struct dicom_image *ref = load(files[i].pydicom ? pydicom_dir() : fixture_dir(),
+                                       files[i].name);
+        assert_same_image(dicom_sources_image(set, i), ref);
+        dicom_image_free(ref);
+    }
+    dicom_sources_drop_pixels(set);
+    const struct dicom_image *dose = dicom_sources_image(set, 1);
+    assert_null(dose->pixels);
+    assert_int_equal(dose->has_geometry, 1);
+    assert_vec(dose->positions + 3 * 14, (double[]){189.43125, 199.43125, -761.87 + 70.0}, 3);
+    assert_null(dicom_sources_image(set, N));
+    dicom_sources_close(set);
+}
+
+static void test_source_set_names_the_instance_it_cannot_use(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *second;
+        const char *want;
+        int code;
+    } cases[] = {
+        {"test-SR.dcm", "instance 2 (", DICOM_EFORMAT},
+        {"test-SR.dcm", "no pixel data", DICOM_EFORMAT},
+        {"no-such-file.dcm", "no-such-file.dcm", DICOM_EIO},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char a[1200], b[1200], err[256] = "";
+        path_of(a, sizeof a, pydicom_dir(), "CT_small.dcm");
+        path_of(b, sizeof b, pydicom_dir(), cases[i].second);
+        const char *pp[] = {a, b};
+        struct dicom_sources *set = (struct dicom_sources *)1;
+        assert_int_equal(dicom_sources_open(pp, 2, &set, err, sizeof err), cases[i].code);
+        assert_null(set);
+        if (!strstr(err, cases[i].want))
+            print_error("got '%s', want '%s'\n", err, cases[i].want);
+        assert_non_null(strstr(err, cases[i].want));
+    }
+    struct dicom_sources *set = NULL;
+    char err[64];
+    assert_int_equal(dicom_sources_open(NULL, 0, &set, err, sizeof err), DICOM_EINVAL);
+    assert_string_equal(dicom_strerror(DICOM_EINVAL), "invalid argument");
 }
 
 /* Several threads decode the same files at once and must agree with a serial run. */
@@ -519,14 +584,13 @@ int main(void)
         cmocka_unit_test(test_jpeg2000_lossy_matches_the_jpeg_lossy_copy),
         cmocka_unit_test(test_jpeg2000_multiframe_fragments_are_split_into_frames),
         cmocka_unit_test(test_jpeg2000_unsigned_codestream_follows_pixel_representation),
-        cmocka_unit_test(test_colour_images_are_refused),
-        cmocka_unit_test(test_modality_lut_sequence_is_refused),
         cmocka_unit_test(test_rle_multiframe_rt_dose),
         cmocka_unit_test(test_enhanced_ct_per_frame_geometry_and_rescale),
         cmocka_unit_test(test_signed_values_below_bits_allocated_are_sign_extended),
         cmocka_unit_test(test_one_bit_segmentation_decodes),
-        cmocka_unit_test(test_files_without_pixel_data_are_refused),
-        cmocka_unit_test(test_broken_files_fail_cleanly),
+        cmocka_unit_test(test_unusable_files_are_refused_with_a_reason),
+        cmocka_unit_test(test_source_set_gives_the_images_of_its_files),
+        cmocka_unit_test(test_source_set_names_the_instance_it_cannot_use),
         cmocka_unit_test(test_error_buffer_is_respected),
         cmocka_unit_test(test_concurrent_decoding_agrees_with_serial),
     };

@@ -3,7 +3,9 @@
  * dciodvfy (IOD conformance) and tests/tools/verify_seg.py (pydicom: every
  * frame against the label volume and the geometry of its source slice).
  * Sources are a synthetic CT series made by tests/tools/gen_series.py, given
- * in shuffled order, and the Enhanced CT fixture in AINODE_TEST_DATA/image.
+ * in shuffled order, the Enhanced CT fixture in AINODE_TEST_DATA/image, and
+ * pydicom's RT Dose (a classic multi-frame placed by its Grid Frame Offset
+ * Vector). Every SEG written is checked by dciodvfy; a missing dciodvfy fails.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,10 +16,12 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
-#include "dicom/dicom.h"
+#include "dicom/image.h"
+#include "dicom/results.h"
 
 #define NX 20 /* columns */
 #define NY 24 /* rows */
@@ -57,9 +61,22 @@ static int run(const char *cmd, char **out)
 struct fixture {
     char dir[64];
     char series[NZ][256]; /* spatial order: ascending z */
+    struct dicom_sources *set; /* the series, file i = series[i] */
     char seg_path[128];
     char labels_path[128];
 };
+
+/* The source set of N PATHS; fails the test when it cannot be opened. */
+static struct dicom_sources *open_set(const char *const *paths, size_t n)
+{
+    struct dicom_sources *set = NULL;
+    char err[512] = "";
+    int rc = dicom_sources_open(paths, n, &set, err, sizeof err);
+    if (rc != DICOM_OK)
+        print_error("dicom_sources_open: %s\n", err);
+    assert_int_equal(rc, DICOM_OK);
+    return set;
+}
 
 static int setup(void **state)
 {
@@ -84,6 +101,14 @@ static int setup(void **state)
         return -1;
     for (int z = 0; z < NZ; z++)
         snprintf(f->series[z], sizeof f->series[z], "%s/s01_CT/IM%05d.dcm", f->dir, z + 1);
+    const char *pp[NZ];
+    for (int z = 0; z < NZ; z++)
+        pp[z] = f->series[z];
+    char err[512];
+    if (dicom_sources_open(pp, NZ, &f->set, err, sizeof err) != DICOM_OK) {
+        print_error("%s\n", err);
+        return -1;
+    }
     snprintf(f->seg_path, sizeof f->seg_path, "%s/seg.dcm", f->dir);
     snprintf(f->labels_path, sizeof f->labels_path, "%s/labels.raw", f->dir);
     *state = f;
@@ -97,6 +122,7 @@ static int teardown(void **state)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
     run(cmd, &out);
     free(out);
+    dicom_sources_close(f->set);
     free(f);
     return 0;
 }
@@ -126,17 +152,20 @@ static const struct dicom_segment SEGMENTS[] = {
 };
 
 struct job {
-    const char *paths[NZ];
+    const char *paths[NZ]; /* of each slice's source, for verify_seg.py */
+    int files[NZ];
     int frames[NZ];
     uint8_t labels[NZ * NY * NX];
     struct dicom_result r;
 };
 
-static void init_result(struct dicom_result *r, const char *const *paths, const int *frames,
-                        int nx, int ny, int nz, const uint8_t *labels, size_t n_segments)
+static void init_result(struct dicom_result *r, const struct dicom_sources *set,
+                        const int *files, const int *frames, int nx, int ny, int nz,
+                        const uint8_t *labels, size_t n_segments)
 {
     memset(r, 0, sizeof *r);
-    r->source_paths = paths;
+    r->sources = set;
+    r->source_files = files;
     r->source_frames = frames;
     r->nx = nx;
     r->ny = ny;
@@ -158,12 +187,13 @@ static void shuffled_job(struct fixture *f, struct job *j, size_t n_segments)
 {
     for (int k = 0; k < NZ; k++) {
         j->paths[k] = f->series[PERM[k]];
+        j->files[k] = PERM[k];
         j->frames[k] = 0;
         for (int y = 0; y < NY; y++)
             for (int x = 0; x < NX; x++)
                 j->labels[(k * NY + y) * NX + x] = spatial_label(PERM[k], y, x);
     }
-    init_result(&j->r, j->paths, j->frames, NX, NY, NZ, j->labels, n_segments);
+    init_result(&j->r, f->set, j->files, j->frames, NX, NY, NZ, j->labels, n_segments);
 }
 
 static void write_labels(const char *path, const uint8_t *labels, size_t n)
@@ -174,22 +204,16 @@ static void write_labels(const char *path, const uint8_t *labels, size_t n)
     assert_int_equal(fclose(fp), 0);
 }
 
-static void write_seg(const struct dicom_result *r, const char *path, char *sop, char *series)
-{
-    char err[256] = "";
-    int rc = dicom_write_seg(r, path, sop, series, err, sizeof err);
-    if (rc != 0)
-        print_error("dicom_write_seg: %s\n", err);
-    assert_int_equal(rc, 0);
-    assert_string_equal(err, "");
-}
-
-/* dciodvfy must report no error; its warnings are shown. */
+/* dciodvfy must run and report no error; its warnings are shown. A missing
+ * dciodvfy fails: the SEG would go unchecked. */
 static void assert_dciodvfy_clean(const char *path)
 {
     char cmd[512], *out = NULL;
     snprintf(cmd, sizeof cmd, "dciodvfy '%s'", path);
-    run(cmd, &out);
+    int rc = run(cmd, &out);
+    if (rc != 0 && rc != 1)
+        print_error("dciodvfy did not run (exit %d): %s\n", rc, out);
+    assert_true(rc == 0 || rc == 1);
     int errors = 0;
     for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
         if (strncmp(line, "Error", 5) == 0) {
@@ -201,6 +225,21 @@ static void assert_dciodvfy_clean(const char *path)
     }
     free(out);
     assert_int_equal(errors, 0);
+    assert_int_equal(rc, 0);
+}
+
+/* Writes the SEG of R to PATH and checks it with dciodvfy. */
+static void write_seg(const struct dicom_result *r, const char *path, struct dicom_written *w)
+{
+    char err[256] = "";
+    int rc = dicom_write_seg(r, path, w, err, sizeof err);
+    if (rc != 0)
+        print_error("dicom_write_seg: %s\n", err);
+    assert_int_equal(rc, 0);
+    assert_string_equal(err, "");
+    assert_string_equal(w->sop_class_uid, "1.2.840.10008.5.1.4.1.1.66.4");
+    assert_string_equal(w->transfer_syntax, "1.2.840.10008.1.2.1");
+    assert_dciodvfy_clean(path);
 }
 
 /* verify_seg.py must accept the SEG; FRAMES may be NULL. */
@@ -227,50 +266,34 @@ static void assert_verified(const char *seg, const char *labels_path, const uint
     assert_int_equal(rc, 0);
 }
 
-static void seg_of_shuffled_series_passes_dciodvfy(void **state)
+/* The shuffled series with 2 and with 3 segments (segment 3 labels no voxel
+ * and keeps one empty frame): valid, and every frame on its source slice. */
+static void seg_of_shuffled_series_is_valid_and_matches_the_labels(void **state)
 {
     struct fixture *f = *state;
-    struct job j;
-    char sop[65], series[65];
-    shuffled_job(f, &j, 2);
-    write_seg(&j.r, f->seg_path, sop, series);
-    assert_dciodvfy_clean(f->seg_path);
-}
-
-static void seg_frames_match_labels_and_their_source_slices(void **state)
-{
-    struct fixture *f = *state;
-    struct job j;
-    char sop[65], series[65];
-    shuffled_job(f, &j, 2);
-    write_seg(&j.r, f->seg_path, sop, series);
-    assert_verified(f->seg_path, f->labels_path, j.labels, NX, NY, NZ, j.paths, NULL);
+    static const size_t n_segments[] = {2, 3};
+    for (size_t i = 0; i < sizeof n_segments / sizeof *n_segments; i++) {
+        struct job j;
+        struct dicom_written w;
+        shuffled_job(f, &j, n_segments[i]);
+        write_seg(&j.r, f->seg_path, &w);
+        assert_verified(f->seg_path, f->labels_path, j.labels, NX, NY, NZ, j.paths, NULL);
+    }
 }
 
 static void each_seg_gets_new_sop_and_series_uids(void **state)
 {
     struct fixture *f = *state;
     struct job j;
-    char sop1[65], series1[65], sop2[65], series2[65];
+    struct dicom_written a, b;
     shuffled_job(f, &j, 2);
-    write_seg(&j.r, f->seg_path, sop1, series1);
-    write_seg(&j.r, f->seg_path, sop2, series2);
-    assert_true(strncmp(sop1, "2.25.", 5) == 0);
-    assert_true(strncmp(series1, "2.25.", 5) == 0);
-    assert_string_not_equal(sop1, series1);
-    assert_string_not_equal(sop1, sop2);
-    assert_string_not_equal(series1, series2);
-}
-
-static void segment_without_voxels_keeps_one_empty_frame(void **state)
-{
-    struct fixture *f = *state;
-    struct job j;
-    char sop[65], series[65];
-    shuffled_job(f, &j, 3); /* segment 3 labels no voxel */
-    write_seg(&j.r, f->seg_path, sop, series);
-    assert_dciodvfy_clean(f->seg_path);
-    assert_verified(f->seg_path, f->labels_path, j.labels, NX, NY, NZ, j.paths, NULL);
+    write_seg(&j.r, f->seg_path, &a);
+    write_seg(&j.r, f->seg_path, &b);
+    assert_true(strncmp(a.sop_instance_uid, "2.25.", 5) == 0);
+    assert_true(strncmp(a.series_uid, "2.25.", 5) == 0);
+    assert_string_not_equal(a.sop_instance_uid, a.series_uid);
+    assert_string_not_equal(a.sop_instance_uid, b.sop_instance_uid);
+    assert_string_not_equal(a.series_uid, b.series_uid);
 }
 
 static void enhanced_multiframe_source_is_referenced_by_frame(void **state)
@@ -279,6 +302,7 @@ static void enhanced_multiframe_source_is_referenced_by_frame(void **state)
     char path[1024];
     snprintf(path, sizeof path, "%s/image/enhanced_ct_3frames.dcm", data_dir());
     const char *paths[3] = {path, path, path};
+    const int files[3] = {0, 0, 0};
     const int frames[3] = {0, 1, 2};
     enum { ENX = 5, ENY = 4, ENZ = 3 };
     uint8_t labels[ENZ * ENY * ENX] = {0};
@@ -286,12 +310,59 @@ static void enhanced_multiframe_source_is_referenced_by_frame(void **state)
     labels[1 * ENY * ENX + 2 * ENX + 3] = 2; /* frame 2: one of 2 and one of 1 */
     labels[1 * ENY * ENX + 0 * ENX + 0] = 1;
     /* frame 3: nothing */
+    struct dicom_sources *set = open_set(paths, 1);
     struct dicom_result r;
-    char sop[65], series[65];
-    init_result(&r, paths, frames, ENX, ENY, ENZ, labels, 2);
-    write_seg(&r, f->seg_path, sop, series);
-    assert_dciodvfy_clean(f->seg_path);
+    struct dicom_written w;
+    init_result(&r, set, files, frames, ENX, ENY, ENZ, labels, 2);
+    write_seg(&r, f->seg_path, &w);
     assert_verified(f->seg_path, f->labels_path, labels, ENX, ENY, ENZ, paths, frames);
+    dicom_sources_close(set);
+}
+
+/* RT Dose: 15 frames with no per-frame groups, placed by the Grid Frame
+ * Offset Vector. The SEG's frames must lie where the decoder put them (the
+ * same geometry reader), 5 mm apart along z. */
+static void classic_multiframe_source_is_placed_by_grid_frame_offsets(void **state)
+{
+    struct fixture *f = *state;
+    const char *pyd = getenv("AINODE_PYDICOM_DATA");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/rtdose.dcm",
+             pyd && *pyd ? pyd : "/usr/lib/python3/dist-packages/pydicom/data/test_files");
+    const char *pp[1] = {path};
+    struct dicom_sources *set = open_set(pp, 1);
+    enum { DX = 10, DY = 10, DZ = 15 };
+    int files[DZ], frames[DZ];
+    uint8_t labels[DZ * DY * DX] = {0};
+    for (int k = 0; k < DZ; k++) {
+        files[k] = 0;
+        frames[k] = DZ - 1 - k; /* any order */
+        labels[k * DY * DX + (k % DY) * DX + 2] = 1;
+    }
+    struct dicom_result r;
+    struct dicom_written w;
+    init_result(&r, set, files, frames, DX, DY, DZ, labels, 1);
+    write_seg(&r, f->seg_path, &w);
+    dicom_sources_close(set);
+
+    /* Frame by frame: its source frame number and its position. */
+    char cmd[2048], *out = NULL;
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 -c 'import sys, pydicom\n"
+             "seg = pydicom.dcmread(sys.argv[1])\n"
+             "for it in seg.PerFrameFunctionalGroupsSequence:\n"
+             "    n = int(it.DerivationImageSequence[0].SourceImageSequence[0]"
+             ".ReferencedFrameNumber)\n"
+             "    z = float(it.PlanePositionSequence[0].ImagePositionPatient[2])\n"
+             "    assert abs(z - (-761.87 + 5 * (n - 1))) < 1e-3, (n, z)\n"
+             "print(len(seg.PerFrameFunctionalGroupsSequence))' '%s'",
+             f->seg_path);
+    int rc = run(cmd, &out);
+    if (rc != 0)
+        print_error("%s\n", out);
+    assert_int_equal(rc, 0);
+    assert_int_equal(atoi(out), DZ);
+    free(out);
 }
 
 /* Slice 2 of the series tilted and with another pixel spacing, no slice
@@ -325,109 +396,99 @@ static void per_slice_geometry_goes_into_per_frame_groups(void **state)
     assert_int_equal(rc, 0);
 
     static char paths[NZ][256];
-    struct job j;
-    char sop[65], series[65];
-    shuffled_job(f, &j, 2);
-    for (int k = 0; k < NZ; k++) {
-        snprintf(paths[k], sizeof paths[k], "%s/IM%05d.dcm", dir, PERM[k] + 1);
-        j.paths[k] = paths[k];
+    const char *pp[NZ];
+    for (int z = 0; z < NZ; z++) {
+        snprintf(paths[z], sizeof paths[z], "%s/IM%05d.dcm", dir, z + 1);
+        pp[z] = paths[z];
     }
-    write_seg(&j.r, f->seg_path, sop, series);
-    assert_dciodvfy_clean(f->seg_path);
+    struct dicom_sources *set = open_set(pp, NZ);
+    struct job j;
+    struct dicom_written w;
+    shuffled_job(f, &j, 2);
+    j.r.sources = set;
+    for (int k = 0; k < NZ; k++)
+        j.paths[k] = paths[PERM[k]];
+    write_seg(&j.r, f->seg_path, &w);
     assert_verified(f->seg_path, f->labels_path, j.labels, NX, NY, NZ, j.paths, NULL);
+    dicom_sources_close(set);
 }
 
-/* dicom_write_seg must fail with a one-line reason containing WANT and no
- * patient data. */
-static void expect_refused(const struct dicom_result *r, const char *path, const char *want)
-{
-    char err[256] = "", sop[65] = "x", series[65] = "x";
-    assert_int_equal(dicom_write_seg(r, path, sop, series, err, sizeof err), -1);
-    if (!strstr(err, want))
-        print_error("got '%s', want '%s'\n", err, want);
-    assert_non_null(strstr(err, want));
-    assert_null(strchr(err, '\n'));
-    assert_null(strstr(err, "TEST0001"));
-    assert_null(strstr(err, "Phantom"));
-    assert_string_equal(sop, "");
-    assert_string_equal(series, "");
-}
+/* What is changed in a valid job, and the reason the writer must give. */
+enum change {
+    EMPTY_VOLUME,
+    DUPLICATE_SEGMENT,
+    SEGMENT_ZERO,
+    SEGMENT_256,
+    SEGMENT_GAP,
+    NO_LABELS,
+    NO_SEGMENT_LABEL,
+    BACKSLASH_IN_LABEL,
+    SMALLER_LABELS,
+    FILE_OUT_OF_SET,
+    SAME_SOURCE_FRAME,
+    FRAME_OUT_OF_SOURCE,
+    NO_SOURCES,
+};
 
-static void rejects_empty_volume(void **state)
-{
-    struct fixture *f = *state;
-    struct job j;
-    shuffled_job(f, &j, 2);
-    j.r.nz = 0;
-    expect_refused(&j.r, f->seg_path, "empty label volume");
-}
+static const struct {
+    enum change change;
+    const char *want;
+} refusals[] = {
+    {EMPTY_VOLUME, "empty label volume"},
+    {DUPLICATE_SEGMENT, "segment number 1 used twice"},
+    {SEGMENT_ZERO, "segment number 0 outside 1..255"},
+    {SEGMENT_256, "segment number 256 outside 1..255"},
+    {SEGMENT_GAP, "without gaps"},
+    {NO_LABELS, "no label volume"},
+    {NO_SEGMENT_LABEL, "segment 2 label is missing"},
+    {BACKSLASH_IN_LABEL, "segment 2 label contains"},
+    {SMALLER_LABELS, "pixels"},
+    {FILE_OUT_OF_SET, "no source image for slice 2"},
+    {SAME_SOURCE_FRAME, "already used"},
+    {FRAME_OUT_OF_SOURCE, "refers to frame 2 of a source with 1 frames"},
+    {NO_SOURCES, "no source images"},
+};
 
-static void rejects_duplicate_segment_numbers(void **state)
-{
-    struct fixture *f = *state;
-    struct job j;
-    struct dicom_segment twice[2] = {SEGMENTS[0], SEGMENTS[0]};
-    shuffled_job(f, &j, 2);
-    j.r.segments = twice;
-    expect_refused(&j.r, f->seg_path, "segment number 1 used twice");
-}
-
-static void rejects_segment_numbers_outside_1_to_255_or_with_gaps(void **state)
-{
-    struct fixture *f = *state;
-    struct job j;
-    struct dicom_segment segs[2] = {SEGMENTS[0], SEGMENTS[1]};
-    shuffled_job(f, &j, 2);
-    j.r.segments = segs;
-    segs[1].number = 0;
-    expect_refused(&j.r, f->seg_path, "segment number 0 outside 1..255");
-    segs[1].number = 256;
-    expect_refused(&j.r, f->seg_path, "segment number 256 outside 1..255");
-    segs[1].number = 3;
-    expect_refused(&j.r, f->seg_path, "without gaps");
-}
-
-static void rejects_missing_labels_and_segment_text(void **state)
+/* dicom_write_seg must fail with a one-line reason containing WANT, no
+ * patient data, nothing in OUT and no file. */
+static void refusals_give_a_reason_and_no_file(void **state)
 {
     struct fixture *f = *state;
-    struct job j;
-    struct dicom_segment segs[2] = {SEGMENTS[0], SEGMENTS[1]};
-    shuffled_job(f, &j, 2);
-    j.r.labels = NULL;
-    expect_refused(&j.r, f->seg_path, "no label volume");
-    shuffled_job(f, &j, 2);
-    j.r.segments = segs;
-    segs[1].label = NULL;
-    expect_refused(&j.r, f->seg_path, "segment 2 label is missing");
-    segs[1].label = "a\\b";
-    expect_refused(&j.r, f->seg_path, "segment 2 label contains");
-}
-
-static void rejects_labels_whose_size_differs_from_the_sources(void **state)
-{
-    struct fixture *f = *state;
-    struct job j;
-    shuffled_job(f, &j, 2);
-    j.r.nx = NX - 1; /* same buffer, read as a smaller volume */
-    expect_refused(&j.r, f->seg_path, "pixels");
-}
-
-static void rejects_unreadable_source(void **state)
-{
-    struct fixture *f = *state;
-    struct job j;
-    shuffled_job(f, &j, 2);
-    j.paths[2] = "/nonexistent/ainode/IM1.dcm";
-    expect_refused(&j.r, f->seg_path, "cannot read source of slice 2");
-}
-
-static void rejects_two_slices_on_the_same_source_frame(void **state)
-{
-    struct fixture *f = *state;
-    struct job j;
-    shuffled_job(f, &j, 2);
-    j.paths[4] = j.paths[1];
-    expect_refused(&j.r, f->seg_path, "already used");
+    for (size_t i = 0; i < sizeof refusals / sizeof *refusals; i++) {
+        struct job j;
+        struct dicom_segment segs[2] = {SEGMENTS[0], SEGMENTS[1]};
+        shuffled_job(f, &j, 2);
+        j.r.segments = segs;
+        switch (refusals[i].change) {
+        case EMPTY_VOLUME: j.r.nz = 0; break;
+        case DUPLICATE_SEGMENT: segs[1] = segs[0]; break;
+        case SEGMENT_ZERO: segs[1].number = 0; break;
+        case SEGMENT_256: segs[1].number = 256; break;
+        case SEGMENT_GAP: segs[1].number = 3; break;
+        case NO_LABELS: j.r.labels = NULL; break;
+        case NO_SEGMENT_LABEL: segs[1].label = NULL; break;
+        case BACKSLASH_IN_LABEL: segs[1].label = "a\\b"; break;
+        case SMALLER_LABELS: j.r.nx = NX - 1; break; /* same buffer, read as smaller */
+        case FILE_OUT_OF_SET: j.files[2] = NZ; break;
+        case SAME_SOURCE_FRAME: j.files[4] = j.files[1]; break;
+        case FRAME_OUT_OF_SOURCE: j.frames[3] = 1; break;
+        case NO_SOURCES: j.r.sources = NULL; break;
+        }
+        char err[256] = "";
+        struct dicom_written w;
+        memset(&w, 'x', sizeof w);
+        unlink(f->seg_path);
+        assert_int_equal(dicom_write_seg(&j.r, f->seg_path, &w, err, sizeof err), DICOM_EINVAL);
+        if (!strstr(err, refusals[i].want))
+            print_error("got '%s', want '%s'\n", err, refusals[i].want);
+        assert_non_null(strstr(err, refusals[i].want));
+        assert_null(strchr(err, '\n'));
+        assert_null(strstr(err, "TEST0001"));
+        assert_null(strstr(err, "Phantom"));
+        assert_string_equal(w.sop_instance_uid, "");
+        assert_string_equal(w.series_uid, "");
+        assert_int_not_equal(access(f->seg_path, F_OK), 0);
+    }
 }
 
 /* 400 slices of 512x512, two segments; prints the time. */
@@ -464,13 +525,24 @@ static void writes_400_slices_of_512x512_quickly(void **state)
             }
     }
     struct dicom_result r;
-    init_result(&r, pp, NULL, BX, BY, BZ, labels, 2);
-    char seg_path[128], sop[65], series[65];
+    static int files[BZ];
+    for (int k = 0; k < BZ; k++)
+        files[k] = k;
+    struct dicom_sources *set = open_set(pp, BZ);
+    dicom_sources_drop_pixels(set); /* as a job does before writing */
+    init_result(&r, set, files, NULL, BX, BY, BZ, labels, 2);
+    char seg_path[128], err[256] = "";
+    struct dicom_written w;
     snprintf(seg_path, sizeof seg_path, "%s/seg.dcm", dir);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    write_seg(&r, seg_path, sop, series);
+    rc = dicom_write_seg(&r, seg_path, &w, err, sizeof err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (rc != 0)
+        print_error("dicom_write_seg: %s\n", err);
+    assert_int_equal(rc, 0);
+    assert_dciodvfy_clean(seg_path);
+    dicom_sources_close(set);
     double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     print_message("400 x 512x512, 2 segments (600 frames): %.3f s\n", s);
     free(labels);
@@ -489,19 +561,12 @@ int main(void)
         return 1;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(seg_of_shuffled_series_passes_dciodvfy),
-        cmocka_unit_test(seg_frames_match_labels_and_their_source_slices),
+        cmocka_unit_test(seg_of_shuffled_series_is_valid_and_matches_the_labels),
         cmocka_unit_test(each_seg_gets_new_sop_and_series_uids),
-        cmocka_unit_test(segment_without_voxels_keeps_one_empty_frame),
         cmocka_unit_test(enhanced_multiframe_source_is_referenced_by_frame),
+        cmocka_unit_test(classic_multiframe_source_is_placed_by_grid_frame_offsets),
         cmocka_unit_test(per_slice_geometry_goes_into_per_frame_groups),
-        cmocka_unit_test(rejects_empty_volume),
-        cmocka_unit_test(rejects_duplicate_segment_numbers),
-        cmocka_unit_test(rejects_segment_numbers_outside_1_to_255_or_with_gaps),
-        cmocka_unit_test(rejects_missing_labels_and_segment_text),
-        cmocka_unit_test(rejects_labels_whose_size_differs_from_the_sources),
-        cmocka_unit_test(rejects_unreadable_source),
-        cmocka_unit_test(rejects_two_slices_on_the_same_source_frame),
+        cmocka_unit_test(refusals_give_a_reason_and_no_file),
         cmocka_unit_test(writes_400_slices_of_512x512_quickly),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

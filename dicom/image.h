@@ -1,0 +1,81 @@
+/*
+ * dicom/image — reading stored instances: attribute values, decoded
+ * images, and the source set a job is made from.
+ */
+#ifndef AINODE_DICOM_IMAGE_H
+#define AINODE_DICOM_IMAGE_H
+
+#include "dicom/dicom.h"
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Reads KEYWORDS (group 0002 ones from the File Meta Information) from
+ * the Part-10 file at PATH, which must parse completely; large values such
+ * as the pixel data are skipped, not loaded. VALUES[i] are malloc'ed strings
+ * (NULL where absent) freed with dicom_free_values(). *TRANSFER_SYNTAX
+ * (malloc'ed; TRANSFER_SYNTAX may be NULL) gets the file's. */
+DICOM_API int dicom_read_values(const char *path, const char *const *keywords, size_t n,
+                                char **values, char **transfer_syntax, char *err,
+                                size_t errlen);
+DICOM_API void dicom_free_values(char **values, size_t n);
+
+/*
+ * A stored image, decoded: every frame's pixels as float after the Modality
+ * LUT (Rescale Slope/Intercept: Hounsfield units for CT), with the geometry
+ * of each frame. Classic single-frame images have one frame; enhanced
+ * multi-frame images take per-frame values from the Per-frame Functional
+ * Groups, else from the Shared ones; classic multi-frame images (RT Dose)
+ * place their frames with the Grid Frame Offset Vector.
+ */
+struct dicom_image {
+    int rows, cols, frames;
+    float *pixels;               /* frames * rows * cols, row-major per frame;
+                                  * NULL once dicom_sources_drop_pixels() ran */
+    double *positions;           /* frames * 3: ImagePositionPatient */
+    double *orientations;        /* frames * 6: ImageOrientationPatient */
+    double pixel_spacing[2];     /* between rows, between columns (mm), of the first frame */
+    int has_geometry;            /* positions, orientations and spacing present */
+    char sop_class_uid[65];
+    char modality[17];
+    char image_type[256];        /* values joined with '\' */
+};
+
+/*
+ * Decodes the image at PATH: uncompressed (any byte order), deflated, RLE,
+ * JPEG and JPEG-LS through DCMTK's decoders, JPEG 2000 through OpenJPEG.
+ * A file that holds no image (no Pixel Data: SR, ...) or one with more than
+ * one sample per pixel is refused (DICOM_EFORMAT) with a reason in ERR.
+ */
+DICOM_API int dicom_image_read(const char *path, struct dicom_image **out, char *err,
+                               size_t errlen);
+DICOM_API void dicom_image_free(struct dicom_image *img);
+
+/*
+ * The source set of a job: each file of a series parsed once. Opening it
+ * decodes every file's pixels (as dicom_image_read) and keeps each file's
+ * header (the attributes the SEG and SR copy: patient, study, UIDs, frame
+ * geometry), without its pixel data. The volume is assembled from the
+ * images; the result writers take the set (dicom/results.h).
+ */
+struct dicom_sources;
+
+/* Opens the N files of PATHS. On failure ERR names the instance (1-based
+ * position in PATHS) and the reason. */
+DICOM_API int dicom_sources_open(const char *const *paths, size_t n,
+                                 struct dicom_sources **out, char *err, size_t errlen);
+DICOM_API size_t dicom_sources_count(const struct dicom_sources *s);
+/* The decoded image of file I (0-based). */
+DICOM_API const struct dicom_image *dicom_sources_image(const struct dicom_sources *s, size_t i);
+/* Frees every file's decoded pixels (once the volume has its copy); the
+ * headers stay for the result writers. */
+DICOM_API void dicom_sources_drop_pixels(struct dicom_sources *s);
+DICOM_API void dicom_sources_close(struct dicom_sources *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,66 @@
+// internal.h — inside dicom/ only: the one helper that hands a reason to C
+// callers, the frame geometry reader, and the source set's insides.
+#ifndef AINODE_DICOM_INTERNAL_H
+#define AINODE_DICOM_INTERNAL_H
+
+#include "dicom/image.h"
+
+extern "C" {
+#include "common/error.h"
+}
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdatset.h>
+#include <dcmtk/ofstd/ofstring.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ainode_dicom {
+
+// Copies MSG into the caller's ERR buffer as one line (common/error.h:
+// DCMTK condition texts and codec messages may carry newlines); returns CODE.
+inline int copy_err(char *err, size_t errlen, const std::string &msg, int code = DICOM_EINVAL)
+{
+    return error_set(err, errlen, code, "%s", msg.c_str());
+}
+
+// The geometry of one frame, as the one reader below finds it. The text
+// forms are the source's own values (the SEG copies them unchanged), or
+// formatted from the computed value where a position is derived from the
+// Grid Frame Offset Vector.
+struct frame_geometry {
+    double ipp[3] = {0, 0, 0};
+    double iop[6] = {0, 0, 0, 0, 0, 0};
+    double spacing[2] = {0, 0};     // between rows, between columns
+    double thickness = 0;           // 0: none given
+    OFString ipp_text[3], iop_text[6], spacing_text, thickness_text;
+    bool has_ipp = false, has_iop = false, has_spacing = false;
+    bool complete() const { return has_ipp && has_iop && has_spacing; }
+};
+
+// Reads the geometry of each of FRAMES frames of DS: per frame from the
+// Per-frame Functional Groups, else the Shared ones, else the top level;
+// frames of a classic multi-frame image (no plane position per frame) are
+// placed along the normal by the Grid Frame Offset Vector.
+std::vector<frame_geometry> read_geometry(DcmItem *ds, long frames);
+
+// One file of a source set.
+struct source_file {
+    std::string path;
+    std::unique_ptr<DcmDataset> header;  // the data set without its pixel data
+    dicom_image *image = nullptr;
+    std::vector<frame_geometry> geom;    // per frame
+    OFString sop_class, sop_instance, study, series, frame_of_ref, patient_id;
+    bool multiframe = false;             // has Number of Frames: frames referenced by number
+};
+
+} // namespace ainode_dicom
+
+struct dicom_sources {
+    std::vector<ainode_dicom::source_file> files;
+};
+
+#endif

@@ -1,0 +1,154 @@
+/*
+ * dicom/network — the DICOM network: a C-ECHO / C-STORE SCP (the server)
+ * and a C-STORE SCU (sending results).
+ *
+ * A dicom_server accepts associations and streams each received dataset,
+ * exactly as it arrived, into a file the caller names. The caller decides
+ * everything else through callbacks:
+ *   - associate: accept or reject an association request;
+ *   - stored:    make a received file durable; its return value is the
+ *                C-STORE response status.
+ * dicom_server_run() blocks; call it from a thread of its own and stop it
+ * from any thread with dicom_server_stop().
+ */
+#ifndef AINODE_DICOM_NETWORK_H
+#define AINODE_DICOM_NETWORK_H
+
+#include "dicom/dicom.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* C-STORE response statuses (PS3.4 B.2.3, PS3.7 C). */
+enum {
+    DICOM_STATUS_SUCCESS = 0x0000,
+    DICOM_STATUS_OUT_OF_RESOURCES = 0xA700,
+    DICOM_STATUS_DATASET_MISMATCH = 0xA900,
+    DICOM_STATUS_CANNOT_UNDERSTAND = 0xC000,
+};
+
+/* A-ASSOCIATE-RJ decisions (PS3.8 9.3.4). */
+enum dicom_assoc_decision {
+    DICOM_ASSOC_ACCEPT = 0,
+    DICOM_ASSOC_REJECT_CALLING_AE,   /* permanent, service-user, calling AE not recognized */
+    DICOM_ASSOC_REJECT_CALLED_AE,    /* permanent, service-user, called AE not recognized */
+    DICOM_ASSOC_REJECT_BUSY,         /* transient, service-provider, local limit exceeded */
+};
+
+struct dicom_peer {
+    const char *calling_ae;
+    const char *called_ae;
+    const char *address;
+};
+
+/* Values of the keywords passed in dicom_server_config, read from the
+ * stored file; NULL where absent. */
+struct dicom_received {
+    const char *temp_path;
+    const char *sop_class_uid;       /* from the C-STORE request */
+    const char *sop_instance_uid;    /* from the C-STORE request */
+    const char *transfer_syntax;     /* of the accepted presentation context */
+    const char *const *values;       /* one per keyword */
+    const struct dicom_peer *peer;
+};
+
+typedef enum dicom_assoc_decision (*dicom_associate_fn)(void *ud, const struct dicom_peer *p);
+/* Returns the C-STORE status. ERR (may stay empty) explains a failure. */
+typedef uint16_t (*dicom_stored_fn)(void *ud, const struct dicom_received *r, char *err,
+                                    size_t errlen);
+/* Returns a fresh temporary path for the next incoming instance. */
+typedef int (*dicom_temp_path_fn)(void *ud, char *buf, size_t len);
+typedef void (*dicom_log_fn)(void *ud, int level, const char *msg);
+
+struct dicom_server_config {
+    const char *ae_title;
+    const char *bind;
+    int port;
+    int max_associations;
+    int max_pdu;
+    int network_timeout_seconds;
+    int artim_timeout_seconds;       /* for the A-ASSOCIATE-RQ after connecting; 10 when 0 */
+    const char *const *keywords;     /* attributes to read from each stored file */
+    size_t n_keywords;
+    dicom_associate_fn associate;
+    dicom_stored_fn stored;
+    dicom_temp_path_fn temp_path;
+    dicom_log_fn log;                /* level: 0 error, 1 warn, 2 info, 3 debug */
+    void *ud;
+};
+
+struct dicom_server;
+
+/* Loads the data dictionary, opens the listening socket. ERR gets the
+ * reason on failure (e.g. port in use). */
+DICOM_API int dicom_server_create(const struct dicom_server_config *cfg,
+                                  struct dicom_server **out, char *err, size_t errlen);
+/* Accepts connections until dicom_server_stop(); returns 0 after a stop.
+ * Each connection negotiates its association on a thread of its own. */
+DICOM_API int dicom_server_run(struct dicom_server *srv);
+/* Stops accepting at once; associations in progress may finish for
+ * GRACE_SECONDS, after which they are aborted (connections still
+ * negotiating are closed at once). Thread-safe, returns at once. */
+DICOM_API void dicom_server_stop(struct dicom_server *srv, int grace_seconds);
+/* Number of associations currently running (negotiated ones). */
+DICOM_API int dicom_server_active(struct dicom_server *srv);
+DICOM_API void dicom_server_destroy(struct dicom_server *srv);
+
+/* ---------------------------------------------------------------------
+ * Sending (C-STORE SCU)
+ */
+
+/* What became of an association or of one file sent over it. */
+enum dicom_send_outcome {
+    DICOM_SEND_SENT = 0,     /* the peer kept it (success or warning status) */
+    DICOM_SEND_TRANSIENT,    /* may work later: network error, timeout, busy peer, 0xA7xx */
+    DICOM_SEND_PERMANENT,    /* will not work as it is: rejected permanently, no accepted
+                              * presentation context, 0xA9xx, 0xCxxx, other failures */
+};
+
+/* One file to send and, after dicom_send(), what became of it. */
+struct dicom_send_file {
+    const char *path;
+    const char *sop_class_uid;
+    const char *sop_instance_uid;
+    const char *transfer_syntax;   /* the file's; proposed as it is */
+    enum dicom_send_outcome outcome; /* out */
+    int answered;                  /* out: 1 when the peer answered the C-STORE (see status) */
+    uint16_t status;               /* out: the C-STORE response status */
+    char error[256];               /* out: why it was not sent (empty when sent) */
+};
+
+struct dicom_send_peer {
+    const char *calling_ae;        /* ours */
+    const char *called_ae;
+    const char *host;
+    int port;
+    int timeout_seconds;           /* connect, ACSE and DIMSE */
+};
+
+/* 1 when STATUS completes a C-STORE: success or a warning (0xB000, 0xB006,
+ * 0xB007, 0x0001). */
+DICOM_API int dicom_store_status_ok(uint16_t status);
+
+/* The outcome a C-STORE response STATUS means. */
+DICOM_API enum dicom_send_outcome dicom_store_status_outcome(uint16_t status);
+
+/*
+ * Sends FILES over one association to PEER, proposing each file's own SOP
+ * class and transfer syntax. Every file's outcome and error are set. Returns
+ * 0 when the association was established; else DICOM_ENETWORK (no
+ * connection, timeout) or DICOM_EREFUSED (A-ASSOCIATE-RJ, transient or
+ * permanent as the files' outcome says), with the reason in ERR and in
+ * every file.
+ */
+DICOM_API int dicom_send(const struct dicom_send_peer *peer, struct dicom_send_file *files,
+                         size_t n, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

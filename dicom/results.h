@@ -1,0 +1,84 @@
+/*
+ * dicom/results — the DICOM results of a job: a Segmentation (SEG) and a
+ * Comprehensive 3D SR with a TID 1500 Imaging Measurement Report, both made
+ * from the job's source set (dicom/image.h), never from the files again.
+ */
+#ifndef AINODE_DICOM_RESULTS_H
+#define AINODE_DICOM_RESULTS_H
+
+#include "dicom/dicom.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct dicom_sources;
+
+/* A coded concept: CodeValue, CodingSchemeDesignator, CodeMeaning. */
+struct dicom_code {
+    const char *value;
+    const char *scheme;
+    const char *meaning;
+};
+
+/* One segment: one label value of the label volume. */
+struct dicom_segment {
+    int number;                  /* Segment Number = label value, 1..255 */
+    const char *label;           /* Segment Label */
+    struct dicom_code category;  /* Segmented Property Category (SNOMED CT) */
+    struct dicom_code type;      /* Segmented Property Type (SNOMED CT) */
+    int color[3];                /* display colour, sRGB 0..255 */
+    int64_t voxels;              /* voxels with this label */
+    double volume_ml;            /* their volume */
+};
+
+/*
+ * What the results are made from. Slice k of LABELS (nz x ny x nx, one byte
+ * per voxel, row-major) lies exactly on frame SOURCE_FRAMES[k] of file
+ * SOURCE_FILES[k] of SOURCES; the SEG copies the patient, study and frame of
+ * reference of the sources and takes each frame's geometry from its source.
+ */
+struct dicom_result {
+    const struct dicom_sources *sources;
+    const int *source_files;         /* nz indexes into SOURCES */
+    const int *source_frames;        /* nz 0-based frame numbers; NULL: all 0 */
+    int nx, ny, nz;
+    const uint8_t *labels;
+    const struct dicom_segment *segments;
+    size_t n_segments;
+    const char *algorithm_name;
+    const char *algorithm_version;
+    struct dicom_code algorithm_family;
+    const char *series_description; /* of the new result series */
+    int series_number;
+    const char *manufacturer;        /* of the results, e.g. "ainode" */
+    const char *software_version;
+};
+
+/* What a writer wrote: the identity a sender needs. */
+struct dicom_written {
+    char sop_class_uid[65];
+    char sop_instance_uid[65];
+    char series_uid[65];
+    char transfer_syntax[65];
+};
+
+/* Writes the SEG (BINARY) for R to PATH; OUT gets what was written. */
+DICOM_API int dicom_write_seg(const struct dicom_result *r, const char *path,
+                              struct dicom_written *out, char *err, size_t errlen);
+
+/* Writes the SR for R to PATH: one measurement group per segment (its
+ * volume in ml), referencing the SEG written before (SEG, as
+ * dicom_write_seg returned it) and the source series. OUT gets what was
+ * written. */
+DICOM_API int dicom_write_sr(const struct dicom_result *r, const struct dicom_written *seg,
+                             const char *path, struct dicom_written *out, char *err,
+                             size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

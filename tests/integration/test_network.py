@@ -1,0 +1,202 @@
+#!/usr/bin/python3
+"""Integration tests of the node's network behaviour against real peers:
+how a failed send is classified (transient: backoff; permanent: dead-lettered
+at once, shown by `status`, re-queued by `retry`), and association requests
+read off the accept thread, so that silent connections delay neither other
+callers nor a stop. Peers: DCMTK's storescp and rawscu.py's server, which
+speaks real PDUs and rejects, refuses a SOP class or answers a chosen status.
+    AINODE_BINARY=build/ainode /usr/bin/python3 -m unittest test_network.NetworkTest.test_x
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from gen_series import make_ct_series  # noqa: E402
+from test_inference import phantom  # noqa: E402
+from test_receiver import NodeTestCase  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+class RawSCP:
+    """rawscu.py's server on a free loopback port, as a process stopped by its PID."""
+
+    def __init__(self, log_path, *args):
+        self.port = harness.free_port()
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", os.path.join(HERE, "rawscu.py"), "scp", str(self.port), *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log,
+            start_new_session=True)
+        line = self.proc.stdout.readline().decode()
+        if "listening" not in line:
+            self.stop()
+            raise harness.HarnessError("rawscu.py scp did not start: %r" % line)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        self.proc.stdout.close()
+        self.log.close()
+
+
+# Destinations of one study's results, each behind another peer, with what
+# must become of its SEG and SR: (name, rawscu.py arguments or None for a
+# port nothing listens on, {kind: expected outcome}, text the error holds).
+TRANSIENT, PERMANENT, SENT = "transient", "permanent", "sent"
+PEERS = [
+    ("down", None, {"seg": TRANSIENT, "sr": TRANSIENT}, "cannot open an association"),
+    ("busy", ["--reject", "2,3,2"], {"seg": TRANSIENT, "sr": TRANSIENT}, "rejected transiently"),
+    ("full", ["--status", "0xA700"], {"seg": TRANSIENT, "sr": TRANSIENT}, "status 0xa700"),
+    ("refuses", ["--reject", "1,1,3"], {"seg": PERMANENT, "sr": PERMANENT},
+     "rejected permanently"),
+    ("mismatch", ["--status", "0xA900"], {"seg": PERMANENT, "sr": PERMANENT}, "status 0xa900"),
+    ("cannot", ["--status", "0xC000"], {"seg": PERMANENT, "sr": PERMANENT}, "status 0xc000"),
+    ("noseg", ["--refuse-class", SEG_CLASS], {"seg": PERMANENT, "sr": SENT},
+     "no presentation context for SOP class " + SEG_CLASS),
+]
+
+
+class NetworkTest(NodeTestCase):
+    def setUp(self):
+        super().setUp()
+        self.peers = []
+
+    def tearDown(self):
+        for p in self.peers:
+            p.stop()
+        super().tearDown()
+
+    def test_send_failures_are_transient_or_permanent(self):
+        ports = {}
+        for name, args, _, _ in PEERS:
+            if args is None:
+                ports[name] = harness.free_port()
+            else:
+                peer = RawSCP(os.path.join(self.workdir, name + ".log"), *args)
+                self.peers.append(peer)
+                ports[name] = peer.port
+        dest = {name: {"ae_title": "PEER", "host": "127.0.0.1", "port": ports[name],
+                       "retry_initial_seconds": 1, "retry_factor": 2, "retry_max_seconds": 2,
+                       "max_attempts": 50}
+                for name, _, _, _ in PEERS}
+        sections = {
+            "destinations": dest,
+            "models": {"ct-bone-body": {"file": "builtin:ct-bone-body", "threads": 1}},
+            "rules": [{"name": "ct", "match": {"Modality": "CT"}, "run": ["ct-bone-body"],
+                       "send_results_to": [name for name, _, _, _ in PEERS]}],
+        }
+        n = self.node(sections=sections, stable_seconds=1, network_timeout_seconds=5)
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 8, rows=40, cols=48,
+                               pixel_fn=phantom)
+        harness.storescu(n.port, files, ae_called=n.ae)
+
+        def settled():
+            items = n.status()["outbox"]
+            if len(items) < 2 * len(PEERS):
+                return None
+            for name, _, want, _ in PEERS:
+                for it in items:
+                    if it["destination"] != name:
+                        continue
+                    w = want[it["kind"]]
+                    if w == TRANSIENT and not (it["state"] == "pending" and it["attempts"] >= 2):
+                        return None
+                    if w == PERMANENT and it["state"] != "failed":
+                        return None
+                    if w == SENT and it["state"] != "sent":
+                        return None
+            return items
+        items = harness.wait_until(settled, 120, 0.3, "every send classified")
+
+        # Give permanent failures time to be (wrongly) tried again.
+        time.sleep(3)
+        items = n.status()["outbox"]
+        for name, _, want, text in PEERS:
+            for it in [i for i in items if i["destination"] == name]:
+                w = want[it["kind"]]
+                with self.subTest(destination=name, kind=it["kind"]):
+                    if w == SENT:
+                        self.assertEqual(it["state"], "sent", it)
+                        continue
+                    self.assertIn(text, it["error"], it)
+                    if w == TRANSIENT:
+                        self.assertEqual(it["state"], "pending", it)
+                        self.assertGreaterEqual(it["attempts"], 2, it)
+                        self.assertIsNotNone(it["next_attempt"], it)
+                    else:
+                        self.assertEqual(it["state"], "failed", it)
+                        self.assertEqual(it["attempts"], 1, it)
+                        self.assertIsNone(it["next_attempt"], it)
+
+        # The peer that rejected is replaced by a PACS that accepts: retry
+        # re-queues the dead-lettered items and they arrive.
+        refuses = next(p for p in self.peers if p.port == ports["refuses"])
+        refuses.stop()
+        self.peers.remove(refuses)
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs"), aet="PEER",
+                              port=ports["refuses"]) as pacs:
+            r = n.cli("retry", "-c", n.config_path, "--all-failed")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+            def delivered():
+                its = [i for i in n.status()["outbox"] if i["destination"] == "refuses"]
+                return its if its and all(i["state"] == "sent" for i in its) else None
+            its = harness.wait_until(delivered, 60, 0.3, "re-queued items sent")
+            self.assertEqual(sorted(i["kind"] for i in its), ["seg", "sr"])
+            self.assertEqual(len(pacs.files()), 2)
+        self.assertEqual(n.stop(), 0)
+
+    def test_silent_connections_delay_neither_callers_nor_stop(self):
+        grace = 3
+        n = self.node(shutdown_grace_seconds=grace, max_associations=8)
+        n.start()
+        # More silent connections than max_associations: they must not count.
+        silent = [socket.create_connection(("127.0.0.1", n.port)) for _ in range(50)]
+        try:
+            time.sleep(0.5)
+            for _ in range(3):
+                t0 = time.monotonic()
+                r = harness.echoscu(n.port, ae_called=n.ae, check=False)
+                took = time.monotonic() - t0
+                self.assertEqual(r.returncode, 0, r.stdout)
+                self.assertLess(took, 1.0, "C-ECHO took %.2f s" % took)
+            t0 = time.monotonic()
+            n.signal(signal.SIGTERM)
+            rc = n.wait(timeout=grace + 10)
+            took = time.monotonic() - t0
+            self.assertEqual(rc, 0, n.log_tail())
+            self.assertLess(took, grace, "stop took %.2f s" % took)
+        finally:
+            for s in silent:
+                s.close()
+
+    def test_silent_connection_is_closed_after_the_artim_timeout(self):
+        n = self.node()
+        n.start()
+        s = socket.create_connection(("127.0.0.1", n.port))
+        try:
+            s.settimeout(30)
+            t0 = time.monotonic()
+            self.assertEqual(s.recv(1), b"")  # closed by the node
+            took = time.monotonic() - t0
+            self.assertGreater(took, 8)
+            self.assertLess(took, 15)
+        finally:
+            s.close()
+        self.assertEqual(n.stop(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
