@@ -1,9 +1,9 @@
 /*
  * jobs.c — the inference workers.
  *
- * When a study completes, runner_plan() (called by storage inside the
- * completing transaction) picks the models the rules ask for, one job per
- * (series, model). Each model has its own pool of worker threads; a worker
+ * When a study is due, runner_plan_study() turns the rules' decisions on
+ * its series rows into a plan (one job per series and model, forwards),
+ * which the node commits to the store. Each model has its own pool of worker threads; a worker
  * claims a job with a lease, renews the lease while the model runs, and
  * finishes the job as done (results written under DATA_DIR/results) or
  * failed (with the reason). Workers run at a lower CPU priority than the
@@ -16,7 +16,9 @@
 #include "config/config.h"
 #include "dicom/dicom.h"
 #include "inference/inference.h"
+#include "common/attr.h"
 #include "common/log.h"
+#include "common/plan.h"
 #include "service/service.h"
 #include "storage/storage.h"
 
@@ -61,33 +63,68 @@ struct runner {
 /* ------------------------------------------------------------------ */
 /* Planning                                                            */
 
+/* The series being planned and the plan it adds to. */
+struct plan_ctx {
+    const char *series_uid;
+    struct plan *plan;
+    int failed;
+};
+
 /* rules_apply_fn: queues the models of a matching rule, each with the
- * rule's destinations (comma-separated, stored on each job) and priority,
- * and the destinations the series is forwarded to. */
+ * rule's destinations and priority, and the destinations the series is
+ * forwarded to. */
 static void plan_rule(void *ud, const struct config_rule *rule)
 {
-    struct storage_plan *plan = ud;
-    char send_to[1024] = "";
-    for (size_t d = 0; d < rule->n_send_to; d++) {
-        size_t used = strlen(send_to);
-        snprintf(send_to + used, sizeof send_to - used, "%s%s", d ? "," : "", rule->send_to[d]);
-    }
-    /* Lower is claimed first. */
-    int priority = rule->priority == CONFIG_PRIORITY_STAT  ? 0
-                   : rule->priority == CONFIG_PRIORITY_LOW ? 2
-                                                           : 1;
+    struct plan_ctx *pc = ud;
+    enum plan_priority priority = rule->priority == CONFIG_PRIORITY_STAT  ? PLAN_PRIORITY_STAT
+                                  : rule->priority == CONFIG_PRIORITY_LOW ? PLAN_PRIORITY_LOW
+                                                                          : PLAN_PRIORITY_NORMAL;
     for (size_t m = 0; m < rule->n_run; m++)
-        storage_plan_add(plan, rule->run[m], send_to, priority);
+        if (plan_add_job(pc->plan, pc->series_uid, rule->run[m], priority,
+                         (const char *const *)rule->send_to, rule->n_send_to) != 0)
+            pc->failed = 1;
     for (size_t d = 0; d < rule->n_forward_to; d++)
-        storage_plan_forward(plan, rule->forward_to[d]);
+        if (plan_add_forward(pc->plan, pc->series_uid, rule->forward_to[d]) != 0)
+            pc->failed = 1;
 }
 
-void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan)
+int runner_plan_study(const struct config *cfg, const struct attr_series *rows, size_t n,
+                      struct plan *out)
 {
-    const struct config *cfg = ud;
-    /* The first rule that matches decides, unless it lets later ones match too. */
-    struct rules_series rs = {.series = s};
-    rules_select(cfg, rules_series_get, &rs, NULL, NULL, plan_rule, plan);
+    for (size_t i = 0; i < n; i++) {
+        const char *uid = rows[i].value[ATTR_SERIES_INSTANCE_UID];
+        if (!uid)
+            continue;
+        size_t jobs = out->n_jobs, forwards = out->n_forwards;
+        struct plan_ctx pc = {uid, out, 0};
+        /* The first rule that matches decides, unless it lets later ones match too. */
+        struct rules_series rs = {.series = &rows[i]};
+        rules_select(cfg, rules_series_get, &rs, NULL, NULL, plan_rule, &pc);
+        /* Nothing to run or send: recorded as unmatched (shown by status). */
+        if (!pc.failed && out->n_jobs == jobs && out->n_forwards == forwards &&
+            plan_add_unmatched(out, uid) != 0)
+            pc.failed = 1;
+        if (pc.failed)
+            return -1;
+    }
+    return 0;
+}
+
+int runner_required_met(const struct config *cfg, const struct attr_series *rows, size_t n)
+{
+    const struct config_match *required = &cfg->completion.required;
+    if (required->n_any == 0)
+        return 0;
+    for (size_t k = 0; k < required->n_any; k++) {
+        int met = 0;
+        for (size_t i = 0; i < n && !met; i++) {
+            struct rules_series rs = {.series = &rows[i]};
+            met = rules_match_spec(&required->any[k], rules_series_get, &rs);
+        }
+        if (!met)
+            return 0;
+    }
+    return 1;
 }
 
 /* ------------------------------------------------------------------ */

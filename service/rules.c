@@ -14,8 +14,8 @@
 /* FNM_CASEFOLD is a GNU extension. */
 #define _GNU_SOURCE
 #include "config/config.h"
+#include "common/attr.h"
 #include "service/service.h"
-#include "storage/storage.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <fnmatch.h>
@@ -194,44 +194,5 @@ size_t rules_select(const struct config *cfg, rules_get_fn get, void *get_ud,
 const char *rules_series_get(void *ud, const char *a)
 {
     struct rules_series *rs = ud;
-    const struct storage_series *s = rs->series;
-    static const struct {
-        const char *name;
-        size_t off;
-    } fields[] = {
-#define F(n, m) {n, offsetof(struct storage_series, m)}
-        F("Modality", modality),
-        F("BodyPartExamined", body_part_examined),
-        F("SeriesDescription", series_description),
-        F("ProtocolName", protocol_name),
-        F("Manufacturer", manufacturer),
-        F("SeriesNumber", series_number),
-        F("StudyDescription", study_description),
-        F("AccessionNumber", accession_number),
-        F("StudyID", study_id),
-        F("StudyDate", study_date),
-        F("PatientID", patient_id),
-        F("PatientSex", patient_sex),
-        F("StudyInstanceUID", study_uid),
-        F("SeriesInstanceUID", series_uid),
-        F("SOPClassUID", sop_class_uid),
-        F("ImageType", image_type),
-        F("SliceThickness", slice_thickness),
-        F("Rows", rows),
-        F("Columns", columns),
-        F("NumberOfFrames", number_of_frames),
-        F("ContrastBolusAgent", contrast_bolus_agent),
-        F("calling_ae", calling_ae),
-        F("called_ae", called_ae),
-        F("source_address", source_address),
-#undef F
-    };
-    if (!strcmp(a, "instances")) {
-        snprintf(rs->number, sizeof rs->number, "%lld", (long long)s->instances);
-        return rs->number;
-    }
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
-        if (!strcmp(fields[i].name, a))
-            return *(const char *const *)((const char *)s + fields[i].off);
-    return NULL;
+    return attr_series_get(rs->series, a, rs->number, sizeof rs->number);
 }

@@ -18,9 +18,9 @@ struct config;
 struct config_model;
 
 struct storage;
-struct storage_series;
-struct storage_plan;
 struct runner;
+struct attr_series;
+struct plan;
 
 struct sender;
 
@@ -41,8 +41,15 @@ void runner_wake(struct runner *r);
 void runner_set_config(struct runner *r, const struct config *cfg);
 /* Stops the workers (a running job goes back to the queue) and frees R. */
 void runner_stop(struct runner *r);
-/* storage_plan_fn: the models CFG's rules run on a series (UD = config). */
-void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan);
+/* The plan CFG's rules make for a study from its series rows (as read by
+ * storage_study_series): jobs, forwards, and the series no rule matched,
+ * added to OUT (the caller's, released with plan_free()). 0, or -1 when
+ * out of memory. */
+int runner_plan_study(const struct config *cfg, const struct attr_series *rows, size_t n,
+                      struct plan *out);
+/* 1 when the series ROWS meet every required series of CFG's completion
+ * settings (none configured: 0). */
+int runner_required_met(const struct config *cfg, const struct attr_series *rows, size_t n);
 
 /* ---- rules (rules.c): which rules apply to a series ---- */
 
@@ -71,10 +78,10 @@ typedef void (*rules_apply_fn)(void *ud, const struct config_rule *rule);
 size_t rules_select(const struct config *cfg, rules_get_fn get, void *get_ud,
                     rules_trace_fn trace, void *trace_ud, rules_apply_fn apply, void *apply_ud);
 
-/* A rules_get_fn over a struct storage_series: UD is a struct
+/* A rules_get_fn over a struct attr_series: UD is a struct
  * rules_series whose SERIES is set (the rest is scratch space). */
 struct rules_series {
-    const struct storage_series *series;
+    const struct attr_series *series;
     char number[32];
 };
 const char *rules_series_get(void *ud, const char *attribute);

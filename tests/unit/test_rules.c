@@ -1,5 +1,5 @@
 /* Unit tests for service/rules.c: every operator, case rules, absent
- * attributes, any/not, rule order and continue, the storage_series getter. */
+ * attributes, any/not, rule order and continue, the attr_series getter. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -349,19 +349,19 @@ static void test_first_match_wins_unless_it_continues(void **state)
     config_free(cfg);
 }
 
-static void test_series_getter_reads_storage_series(void **state)
+static void test_series_getter_reads_attr_series(void **state)
 {
     (void)state;
-    struct storage_series s = {
-        .study_uid = "1.2.3",
-        .series_uid = "1.2.3.4",
-        .modality = "CT",
-        .body_part_examined = "CHEST",
-        .study_description = "Thorax",
-        .image_type = "ORIGINAL\\PRIMARY\\AXIAL",
-        .slice_thickness = "1.25",
-        .rows = "512",
-        .sop_class_uid = "1.2.840.10008.5.1.4.1.1.2",
+    struct attr_series s = {
+        .value[ATTR_STUDY_INSTANCE_UID] = "1.2.3",
+        .value[ATTR_SERIES_INSTANCE_UID] = "1.2.3.4",
+        .value[ATTR_MODALITY] = "CT",
+        .value[ATTR_BODY_PART_EXAMINED] = "CHEST",
+        .value[ATTR_STUDY_DESCRIPTION] = "Thorax",
+        .value[ATTR_IMAGE_TYPE] = "ORIGINAL\\PRIMARY\\AXIAL",
+        .value[ATTR_SLICE_THICKNESS] = "1.25",
+        .value[ATTR_ROWS] = "512",
+        .value[ATTR_SOP_CLASS_UID] = "1.2.840.10008.5.1.4.1.1.2",
         .calling_ae = "CT_ROOM1",
         .called_ae = "AINODE",
         .source_address = "10.0.0.7",
@@ -379,11 +379,11 @@ static void test_series_getter_reads_storage_series(void **state)
     /* every attribute a rule may name is known to the getter */
     for (size_t i = 0; config_rule_attributes[i]; i++) {
         const char *a = config_rule_attributes[i];
-        struct storage_series all;
+        struct attr_series all;
         memset(&all, 0, sizeof all);
-        const char **fields = (const char **)&all;
-        for (size_t f = 0; f * sizeof(char *) < offsetof(struct storage_series, instances); f++)
-            fields[f] = "x";
+        for (int f = 0; f < ATTR_COUNT; f++)
+            all.value[f] = "x";
+        all.calling_ae = all.called_ae = all.source_address = "x";
         struct rules_series ra = {.series = &all};
         assert_non_null(rules_series_get(&ra, a));
     }
@@ -411,7 +411,7 @@ int main(void)
         cmocka_unit_test(test_nested_any_and_not),
         cmocka_unit_test(test_trace_names_every_condition),
         cmocka_unit_test(test_first_match_wins_unless_it_continues),
-        cmocka_unit_test(test_series_getter_reads_storage_series),
+        cmocka_unit_test(test_series_getter_reads_attr_series),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

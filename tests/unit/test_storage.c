@@ -63,12 +63,12 @@ static void make_instance(struct storage_instance *inst, const char *series, con
                           int64_t when)
 {
     memset(inst, 0, sizeof *inst);
-    inst->attr[SA_SOP_CLASS_UID] = CT_CLASS;
-    inst->attr[SA_SOP_INSTANCE_UID] = sop;
-    inst->attr[SA_STUDY_INSTANCE_UID] = STUDY;
-    inst->attr[SA_SERIES_INSTANCE_UID] = series;
-    inst->attr[SA_MODALITY] = "CT";
-    inst->attr[SA_ROWS] = "512";
+    inst->attr[ATTR_SOP_CLASS_UID] = CT_CLASS;
+    inst->attr[ATTR_SOP_INSTANCE_UID] = sop;
+    inst->attr[ATTR_STUDY_INSTANCE_UID] = STUDY;
+    inst->attr[ATTR_SERIES_INSTANCE_UID] = series;
+    inst->attr[ATTR_MODALITY] = "CT";
+    inst->attr[ATTR_ROWS] = "512";
     inst->transfer_syntax = EXPLICIT_LE;
     inst->calling_ae = "MODALITY";
     inst->called_ae = "AINODE";
@@ -139,6 +139,73 @@ static struct tally tally(struct storage *st)
     return t;
 }
 
+/* What the node does to complete studies: each study idle for
+ * STABLE_SECONDS as of NOW_MS is planned series by series with PLAN (NULL
+ * plans nothing) outside the store and the plan committed against the
+ * study's last_received. */
+typedef void (*planner_fn)(void *ud, const struct attr_series *s, struct plan *p);
+
+struct receiving_list {
+    int n;
+    char uid[16][65];
+    int64_t last[16];
+};
+
+static int collect_receiving(void *ud, const struct storage_receiving *r)
+{
+    struct receiving_list *l = ud;
+    if (l->n < 16) {
+        snprintf(l->uid[l->n], 65, "%s", r->study_uid);
+        l->last[l->n++] = r->last_received_ms;
+    }
+    return 0;
+}
+
+static void plan_study(struct storage *st, const char *study_uid, planner_fn plan, void *ud,
+                       struct plan *p)
+{
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(st, study_uid, &rows, &n), STORAGE_OK);
+    for (size_t k = 0; plan && k < n; k++)
+        plan(ud, &rows[k], p);
+    storage_series_free(rows, n);
+}
+
+static void complete_due(struct storage *st, int64_t now_ms, int stable_seconds, planner_fn plan,
+                         void *ud, int *moved, int *jobs)
+{
+    struct receiving_list l;
+    memset(&l, 0, sizeof l);
+    *moved = *jobs = 0;
+    assert_int_equal(storage_foreach_receiving(st, collect_receiving, &l), STORAGE_OK);
+    for (int i = 0; i < l.n; i++) {
+        if (now_ms - l.last[i] < (int64_t)stable_seconds * 1000)
+            continue;
+        struct plan p = {0};
+        int q = 0;
+        plan_study(st, l.uid[i], plan, ud, &p);
+        assert_int_equal(storage_commit_plan(st, l.uid[i], l.last[i], &p, 0, now_ms, &q),
+                         STORAGE_OK);
+        plan_free(&p);
+        (*moved)++;
+        *jobs += q;
+    }
+}
+
+/* Plans model "seg" for CT series (results to pacs) and "other" for every
+ * series. */
+static void plan_ct(void *ud, const struct attr_series *s, struct plan *p)
+{
+    int *calls = ud;
+    const char *series = s->value[ATTR_SERIES_INSTANCE_UID];
+    const char *pacs = "pacs";
+    (*calls)++;
+    if (s->value[ATTR_MODALITY] && strcmp(s->value[ATTR_MODALITY], "CT") == 0)
+        assert_int_equal(plan_add_job(p, series, "seg", PLAN_PRIORITY_NORMAL, &pacs, 1), 0);
+    assert_int_equal(plan_add_job(p, series, "other", PLAN_PRIORITY_NORMAL, NULL, 0), 0);
+}
+
 static void test_uid_grammar_accepts_valid_uids(void **state)
 {
     (void)state;
@@ -205,7 +272,7 @@ static void test_commit_rejects_missing_uid(void **state)
     struct storage_instance inst;
     write_temp(f->st, "x", temp, sizeof temp);
     make_instance(&inst, SERIES, "1.2.3", 1000);
-    inst.attr[SA_STUDY_INSTANCE_UID] = NULL;
+    inst.attr[ATTR_STUDY_INSTANCE_UID] = NULL;
     assert_int_equal(storage_commit(f->st, temp, &inst, err, sizeof err), STORAGE_EINVAL);
     assert_string_equal(err, "missing StudyInstanceUID");
     assert_int_equal(tally(f->st).studies, 0);
@@ -261,10 +328,10 @@ static void test_idle_study_completes_and_reopens_on_new_instance(void **state)
     struct fixture *f = *state;
     int moved = -1, jobs = -1;
     assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 10000), STORAGE_OK);
-    assert_int_equal(storage_complete_due(f->st, 14999, 5, NULL, NULL, &moved, &jobs), STORAGE_OK);
+    complete_due(f->st, 14999, 5, NULL, NULL, &moved, &jobs);
     assert_int_equal(moved, 0);
     assert_string_equal(tally(f->st).state, "receiving");
-    assert_int_equal(storage_complete_due(f->st, 15000, 5, NULL, NULL, &moved, &jobs), STORAGE_OK);
+    complete_due(f->st, 15000, 5, NULL, NULL, &moved, &jobs);
     assert_int_equal(moved, 1);
     assert_string_equal(tally(f->st).state, "complete");
     assert_int_equal(commit_content(f->st, SERIES, "1.2.3.2", "b", 16000), STORAGE_OK);
@@ -322,13 +389,13 @@ static int read_fake(void *ud, const char *path, char **values, char **ts, char 
     char *content = slurp(path);
     if (!content || strcmp(content, "complete but unindexed") != 0)
         return -1;
-    for (int i = 0; i < SA_COUNT; i++)
+    for (int i = 0; i < ATTR_COUNT; i++)
         values[i] = NULL;
-    values[SA_SOP_CLASS_UID] = strdup(CT_CLASS);
-    values[SA_SOP_INSTANCE_UID] = strdup(sop);
-    values[SA_STUDY_INSTANCE_UID] = strdup(STUDY);
-    values[SA_SERIES_INSTANCE_UID] = strdup(SERIES);
-    values[SA_MODALITY] = strdup("CT");
+    values[ATTR_SOP_CLASS_UID] = strdup(CT_CLASS);
+    values[ATTR_SOP_INSTANCE_UID] = strdup(sop);
+    values[ATTR_STUDY_INSTANCE_UID] = strdup(STUDY);
+    values[ATTR_SERIES_INSTANCE_UID] = strdup(SERIES);
+    values[ATTR_MODALITY] = strdup("CT");
     *ts = strdup(EXPLICIT_LE);
     *calling = strdup("MODALITY");
     return 0;
@@ -408,16 +475,6 @@ static void test_clean_stop_skips_the_repair(void **state)
     assert_int_equal(access(stray, F_OK), 0);
 }
 
-/* Plans model "seg" for CT series and "other" for every series. */
-static void plan_ct(void *ud, const struct storage_series *s, struct storage_plan *plan)
-{
-    int *calls = ud;
-    (*calls)++;
-    if (s->modality && strcmp(s->modality, "CT") == 0)
-        storage_plan_add(plan, "seg", "pacs", 1);
-    storage_plan_add(plan, "other", NULL, 1);
-}
-
 struct job_list {
     int n;
     char state[8][16];
@@ -450,8 +507,7 @@ static void complete_with_jobs(struct fixture *f)
     int moved, jobs, calls = 0;
     assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
     assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.2", "b", 1000), STORAGE_OK);
-    assert_int_equal(storage_complete_due(f->st, 100000, 5, plan_ct, &calls, &moved, &jobs),
-                     STORAGE_OK);
+    complete_due(f->st, 100000, 5, plan_ct, &calls, &moved, &jobs);
     assert_int_equal(moved, 1);
     assert_int_equal(calls, 2);
     assert_int_equal(jobs, 4);
@@ -467,8 +523,7 @@ static void test_completion_queues_the_planned_jobs(void **state)
         assert_string_equal(l.state[i], "queued");
     /* A second pass finds nothing new to complete or queue. */
     int moved, jobs, calls = 0;
-    assert_int_equal(storage_complete_due(f->st, 200000, 5, plan_ct, &calls, &moved, &jobs),
-                     STORAGE_OK);
+    complete_due(f->st, 200000, 5, plan_ct, &calls, &moved, &jobs);
     assert_int_equal(moved + jobs + calls, 0);
 }
 
@@ -641,40 +696,6 @@ static void test_readonly_open_sees_committed_rows(void **state)
     storage_close(ro);
 }
 
-/* ---- retention ---------------------------------------------------------- */
-
-#define DAY_MS ((int64_t)86400 * 1000)
-
-/* Commits instance SOP of STUDY_UID (series STUDY_UID.1) received at WHEN. */
-static void commit_in_study(struct storage *st, const char *study_uid, const char *sop,
-                            int64_t when)
-{
-    char temp[512], err[256], series[80];
-    struct storage_instance inst;
-    snprintf(series, sizeof series, "%s.1", study_uid);
-    write_temp(st, "x", temp, sizeof temp);
-    make_instance(&inst, series, sop, when);
-    inst.attr[SA_STUDY_INSTANCE_UID] = study_uid;
-    inst.attr[SA_SERIES_INSTANCE_UID] = series;
-    assert_int_equal(storage_commit(st, temp, &inst, err, sizeof err), STORAGE_OK);
-}
-
-/* Plans per study: "1.9.2" a job, "1.9.3" and "1.9.4" a forward. */
-static void plan_by_study(void *ud, const struct storage_series *s, struct storage_plan *plan)
-{
-    (void)ud;
-    if (strcmp(s->study_uid, "1.9.2") == 0 || strcmp(s->study_uid, "1.9.1") == 0)
-        storage_plan_add(plan, "seg", NULL, 1);
-    if (strcmp(s->study_uid, "1.9.3") == 0 || strcmp(s->study_uid, "1.9.4") == 0)
-        storage_plan_forward(plan, "pacs");
-}
-
-static void complete_all(struct storage *st, int64_t now_ms, storage_plan_fn plan)
-{
-    int moved, jobs;
-    assert_int_equal(storage_complete_due(st, now_ms, 5, plan, NULL, &moved, &jobs), STORAGE_OK);
-}
-
 /* The studies listed, in order, as "uid:state uid:state ...". */
 static int list_study(void *ud, const struct storage_study *s)
 {
@@ -690,6 +711,416 @@ static const char *studies(struct storage *st)
     buf[0] = '\0';
     assert_int_equal(storage_foreach_study(st, list_study, buf), STORAGE_OK);
     return buf;
+}
+
+/* ---- the attribute table, schema versions, plan commit ------------------- */
+
+/* A value of the right kind for attribute I, distinct per attribute. */
+static const char *attr_value(int i, char *buf, size_t len)
+{
+    switch (i) {
+    case ATTR_SOP_CLASS_UID: return CT_CLASS;
+    case ATTR_SOP_INSTANCE_UID: return "1.2.3.1";
+    case ATTR_STUDY_INSTANCE_UID: return STUDY;
+    case ATTR_SERIES_INSTANCE_UID: return SERIES;
+    }
+    switch (attr_table[i].kind) {
+    case ATTR_KIND_UID: snprintf(buf, len, "1.2.99.%d", i); break;
+    case ATTR_KIND_INT:
+    case ATTR_KIND_NUMBER: snprintf(buf, len, "%d", 100 + i); break;
+    case ATTR_KIND_DATE: snprintf(buf, len, "202401%02d", i % 28 + 1); break;
+    case ATTR_KIND_TIME: snprintf(buf, len, "1200%02d", i % 60); break;
+    case ATTR_KIND_MULTI: snprintf(buf, len, "A%d\\B%d", i, i); break;
+    default: snprintf(buf, len, "text %s", attr_table[i].keyword); break;
+    }
+    return buf;
+}
+
+static void test_every_attribute_is_indexed_and_in_the_series_rows(void **state)
+{
+    struct fixture *f = *state;
+    char temp[512], err[256], bufs[ATTR_COUNT][80];
+    struct storage_instance inst;
+    make_instance(&inst, SERIES, "1.2.3.1", 1000);
+    for (int i = 0; i < ATTR_COUNT; i++)
+        inst.attr[i] = attr_value(i, bufs[i], sizeof bufs[i]);
+    write_temp(f->st, "x", temp, sizeof temp);
+    assert_int_equal(storage_commit(f->st, temp, &inst, err, sizeof err), STORAGE_OK);
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(f->st, STUDY, &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 1);
+    for (int i = 0; i < ATTR_COUNT; i++) {
+        assert_non_null(rows[0].value[i]);
+        assert_string_equal(rows[0].value[i], inst.attr[i]);
+    }
+    assert_string_equal(rows[0].calling_ae, "MODALITY");
+    assert_string_equal(rows[0].called_ae, "AINODE");
+    assert_string_equal(rows[0].source_address, "127.0.0.1");
+    assert_int_equal(rows[0].instances, 1);
+    storage_series_free(rows, n);
+    assert_int_equal(storage_study_series(f->st, "1.2.404", &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 0);
+    storage_series_free(rows, n);
+}
+
+static void test_series_rows_take_the_first_instance_by_number(void **state)
+{
+    struct fixture *f = *state;
+    char temp[512], err[256];
+    const char *numbers[] = {"10", "2", NULL};
+    const char *sops[] = {"1.2.3.1", "1.2.3.2", "1.2.3.3"};
+    const char *thickness[] = {"5", "1.25", "3"};
+    for (int i = 0; i < 3; i++) {
+        struct storage_instance inst;
+        make_instance(&inst, SERIES, sops[i], 1000 + i);
+        inst.attr[ATTR_INSTANCE_NUMBER] = numbers[i];
+        inst.attr[ATTR_SLICE_THICKNESS] = thickness[i];
+        write_temp(f->st, "x", temp, sizeof temp);
+        assert_int_equal(storage_commit(f->st, temp, &inst, err, sizeof err), STORAGE_OK);
+    }
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(f->st, STUDY, &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(rows[0].instances, 3);
+    assert_string_equal(rows[0].value[ATTR_SOP_INSTANCE_UID], "1.2.3.2");
+    assert_string_equal(rows[0].value[ATTR_SLICE_THICKNESS], "1.25");
+    storage_series_free(rows, n);
+}
+
+#define V1_STUDY_A "1.2.826.0.1.3680043.8.498.10"
+#define V1_STUDY_B "1.2.826.0.1.3680043.8.498.20"
+
+/* Writes DATA_DIR/ainode.db from the SQL dump at tests/data/NAME/ainode.sql. */
+static void load_dump(const char *dir, const char *name)
+{
+    char path[512], dbpath[512];
+    const char *data = getenv("AINODE_TEST_DATA");
+    assert_non_null(data);
+    snprintf(path, sizeof path, "%s/%s/ainode.sql", data, name);
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    static char sql[1 << 16];
+    size_t n = fread(sql, 1, sizeof sql - 1, fp);
+    fclose(fp);
+    assert_true(n > 0 && n < sizeof sql - 1);
+    sql[n] = '\0';
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static int user_version(const char *dir)
+{
+    char dbpath[512];
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", dir);
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int v = -1;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        v = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return v;
+}
+
+static int list_unmatched(void *ud, const char *study_uid, const char *series_uid,
+                          const char *modality)
+{
+    char *buf = ud;
+    size_t n = strlen(buf);
+    snprintf(buf + n, 512 - n, "%s%s/%s/%s", n ? " " : "", study_uid, series_uid, modality);
+    return 0;
+}
+
+static void test_a_store_of_the_first_release_is_migrated(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    storage_close(f->st);
+    f->st = NULL;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir '%s'", f->dir, f->dir);
+    assert_int_equal(system(cmd), 0);
+    load_dump(f->dir, "store-v1");
+    assert_int_equal(user_version(f->dir), 0);
+
+    /* Status refuses to read it before the node migrated it (when there is
+     * anything to migrate). */
+    struct storage *ro;
+    if (storage_schema_version() > 1) {
+        assert_int_equal(storage_open_readonly(f->dir, &ro, err, sizeof err), STORAGE_EVERSION);
+        assert_non_null(strstr(err, "migrate"));
+    }
+
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(user_version(f->dir), storage_schema_version());
+
+    /* The studies, as they were. */
+    assert_string_equal(studies(f->st), V1_STUDY_A ":complete " V1_STUDY_B ":receiving");
+    struct receiving_list r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(storage_foreach_receiving(f->st, collect_receiving, &r), STORAGE_OK);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.uid[0], V1_STUDY_B);
+    assert_int_equal(r.last[0], 1700000100000);
+
+    /* The series rows: every level, the first instance by number. */
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(f->st, V1_STUDY_A, &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(rows[0].value[ATTR_SERIES_INSTANCE_UID], V1_STUDY_A ".1");
+    assert_string_equal(rows[0].value[ATTR_SOP_INSTANCE_UID], V1_STUDY_A ".1.2");
+    assert_string_equal(rows[0].value[ATTR_PATIENT_NAME], "Doe^Jane");
+    assert_string_equal(rows[0].value[ATTR_PATIENT_ID], "P1");
+    assert_string_equal(rows[0].value[ATTR_STUDY_DESCRIPTION], "CT Thorax");
+    assert_string_equal(rows[0].value[ATTR_SERIES_DESCRIPTION], "Axial 1.25");
+    assert_string_equal(rows[0].value[ATTR_IMAGE_TYPE], "ORIGINAL\\PRIMARY\\AXIAL");
+    assert_string_equal(rows[0].value[ATTR_ROWS], "512");
+    assert_string_equal(rows[0].value[ATTR_CONTRAST_BOLUS_AGENT], "IODINE");
+    assert_string_equal(rows[0].calling_ae, "CT_ROOM1");
+    assert_int_equal(rows[0].instances, 2);
+    assert_int_equal(rows[1].instances, 2);
+    assert_string_equal(rows[2].value[ATTR_MODALITY], "SR");
+    storage_series_free(rows, n);
+
+    /* Its queued job, its forwards and its unmatched series. */
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 500, &j), STORAGE_OK);
+    assert_string_equal(j.study_uid, V1_STUDY_A);
+    assert_string_equal(j.series_uid, V1_STUDY_A ".1");
+    assert_string_equal(j.send_to, "pacs,archive");
+    struct outbox_list all;
+    memset(&all, 0, sizeof all);
+    assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
+    assert_int_equal(all.n, 2);
+    assert_string_equal(all.dest[0], "pacs");
+    assert_string_equal(all.state[1], "pending");
+    char unmatched[512] = "";
+    assert_int_equal(storage_foreach_unmatched(f->st, list_unmatched, unmatched), STORAGE_OK);
+    assert_string_equal(unmatched, V1_STUDY_A "/" V1_STUDY_A ".3/SR");
+
+    /* The receiving study completes on the migrated store. */
+    struct plan p = {0};
+    int q = -1;
+    assert_int_equal(plan_add_forward(&p, V1_STUDY_B ".1", "archive"), 0);
+    assert_int_equal(
+        storage_commit_plan(f->st, V1_STUDY_B, 1700000100000, &p, 0, 1700000200000, &q),
+        STORAGE_OK);
+    plan_free(&p);
+    assert_int_equal(q, 1);
+
+    /* Reopened, it is at the current version and needs nothing. */
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(storage_open_readonly(f->dir, &ro, err, sizeof err), STORAGE_OK);
+    assert_string_equal(studies(ro), V1_STUDY_A ":complete " V1_STUDY_B ":complete");
+    storage_close(ro);
+}
+
+static void test_a_store_of_a_newer_version_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "", dbpath[512], sql[64];
+    storage_close(f->st);
+    f->st = NULL;
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", f->dir);
+    snprintf(sql, sizeof sql, "PRAGMA user_version=%d", storage_schema_version() + 1);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err),
+                     STORAGE_EVERSION);
+    assert_null(f->st);
+    assert_non_null(strstr(err, "newer ainode"));
+    struct storage *ro;
+    assert_int_equal(storage_open_readonly(f->dir, &ro, err, sizeof err), STORAGE_EVERSION);
+    assert_int_equal(storage_open_admin(f->dir, &ro, err, sizeof err), STORAGE_EVERSION);
+    /* Nothing was changed: still the newer version. */
+    assert_int_equal(user_version(f->dir), storage_schema_version() + 1);
+}
+
+static void test_strerror_names_every_code(void **state)
+{
+    (void)state;
+    for (int c = STORAGE_EVERSION; c <= STORAGE_OK; c++)
+        assert_string_not_equal(storage_strerror(c), "unknown storage error");
+    assert_string_equal(storage_strerror(STORAGE_ECONFLICT), "the study changed meanwhile");
+}
+
+static int64_t last_received(struct storage *st, const char *study)
+{
+    struct receiving_list l;
+    memset(&l, 0, sizeof l);
+    assert_int_equal(storage_foreach_receiving(st, collect_receiving, &l), STORAGE_OK);
+    for (int i = 0; i < l.n; i++)
+        if (!strcmp(l.uid[i], study))
+            return l.last[i];
+    return -1;
+}
+
+static void test_a_plan_against_a_stale_last_received_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    int calls = 0, q = -1;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    struct plan p = {0};
+    plan_study(f->st, STUDY, plan_ct, &calls, &p);
+    assert_int_equal(p.n_jobs, 2);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 999, &p, 0, 100000, &q),
+                     STORAGE_ECONFLICT);
+    assert_int_equal(q, 0);
+    assert_string_equal(tally(f->st).state, "receiving");
+    assert_int_equal(list_jobs(f->st).n, 0);
+    /* An unknown study, or one completed already, conflicts too. */
+    assert_int_equal(storage_commit_plan(f->st, "1.2.404", 1000, &p, 0, 100000, &q),
+                     STORAGE_ECONFLICT);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, &p, 0, 100000, &q), STORAGE_OK);
+    assert_int_equal(q, 2);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, &p, 0, 100000, &q),
+                     STORAGE_ECONFLICT);
+    assert_int_equal(list_jobs(f->st).n, 2);
+    plan_free(&p);
+}
+
+static void test_an_instance_arriving_while_planning_wins(void **state)
+{
+    struct fixture *f = *state;
+    int calls = 0, moved, jobs;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    int64_t last = last_received(f->st, STUDY);
+    struct plan p = {0};
+    plan_study(f->st, STUDY, plan_ct, &calls, &p);
+    /* Between reading the rows and committing the plan, another instance. */
+    assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.2", "b", 7000), STORAGE_OK);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, last, &p, 0, 8000, NULL),
+                     STORAGE_ECONFLICT);
+    plan_free(&p);
+    assert_string_equal(tally(f->st).state, "receiving");
+    assert_int_equal(list_jobs(f->st).n, 0);
+    /* Later it completes with both series planned. */
+    calls = 0;
+    complete_due(f->st, 20000, 5, plan_ct, &calls, &moved, &jobs);
+    assert_int_equal(moved, 1);
+    assert_int_equal(calls, 2);
+    assert_int_equal(jobs, 4);
+    assert_string_equal(tally(f->st).state, "complete");
+}
+
+static void test_a_plan_lands_jobs_forwards_and_unmatched_together(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.2", "b", 1000), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.3", "c", 1000), STORAGE_OK);
+    const char *dests[] = {"pacs", "archive"};
+    struct plan p = {0};
+    assert_int_equal(plan_add_job(&p, SERIES, "seg", PLAN_PRIORITY_STAT, dests, 2), 0);
+    assert_int_equal(plan_add_forward(&p, SERIES, "viewer"), 0);
+    assert_int_equal(plan_add_unmatched(&p, SERIES2), 0);
+    int q = -1;
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, &p, 0, 5000, &q), STORAGE_OK);
+    assert_int_equal(q, 3); /* one job, two forwarded instances */
+    plan_free(&p);
+    assert_string_equal(tally(f->st).state, "complete");
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 6000, 500, &j), STORAGE_OK);
+    assert_string_equal(j.series_uid, SERIES);
+    assert_string_equal(j.send_to, "pacs,archive");
+    struct outbox_list all;
+    memset(&all, 0, sizeof all);
+    assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
+    assert_int_equal(all.n, 2);
+    assert_string_equal(all.dest[0], "viewer");
+    char unmatched[512] = "";
+    assert_int_equal(storage_foreach_unmatched(f->st, list_unmatched, unmatched), STORAGE_OK);
+    assert_string_equal(unmatched, STUDY "/" SERIES2 "/CT");
+
+    /* All or nothing: a plan that fails midway (here a job row a trigger
+     * refuses, after a forward and a job went in) leaves the study
+     * receiving with nothing of it queued. */
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.9", "d", 9000), STORAGE_OK);
+    char dbpath[512];
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", f->dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "CREATE TRIGGER refuse_model BEFORE INSERT ON jobs"
+                                  " WHEN NEW.model='bad' BEGIN SELECT RAISE(ABORT, 'no'); END",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    memset(&p, 0, sizeof p);
+    assert_int_equal(plan_add_forward(&p, SERIES, "viewer"), 0);
+    assert_int_equal(plan_add_job(&p, SERIES, "good", PLAN_PRIORITY_NORMAL, dests, 1), 0);
+    assert_int_equal(plan_add_job(&p, SERIES, "bad", PLAN_PRIORITY_NORMAL, dests, 1), 0);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 9000, &p, 0, 10000, &q), STORAGE_EIO);
+    assert_int_equal(q, 0);
+    plan_free(&p);
+    assert_string_equal(tally(f->st).state, "receiving");
+    assert_int_equal(list_jobs(f->st).n, 1);
+    memset(&all, 0, sizeof all);
+    assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
+    assert_int_equal(all.n, 2);
+}
+
+static void test_a_discarded_study_queues_nothing(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    struct plan p = {0};
+    assert_int_equal(plan_add_job(&p, SERIES, "seg", PLAN_PRIORITY_NORMAL, NULL, 0), 0);
+    int q = -1;
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, &p, 1, 5000, &q), STORAGE_OK);
+    assert_int_equal(q, 0);
+    plan_free(&p);
+    assert_string_equal(tally(f->st).state, "discarded");
+    assert_int_equal(list_jobs(f->st).n, 0);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, NULL, 1, 5000, &q),
+                     STORAGE_ECONFLICT);
+}
+
+/* ---- retention ---------------------------------------------------------- */
+
+#define DAY_MS ((int64_t)86400 * 1000)
+
+/* Commits instance SOP of STUDY_UID (series STUDY_UID.1) received at WHEN. */
+static void commit_in_study(struct storage *st, const char *study_uid, const char *sop,
+                            int64_t when)
+{
+    char temp[512], err[256], series[80];
+    struct storage_instance inst;
+    snprintf(series, sizeof series, "%s.1", study_uid);
+    write_temp(st, "x", temp, sizeof temp);
+    make_instance(&inst, series, sop, when);
+    inst.attr[ATTR_STUDY_INSTANCE_UID] = study_uid;
+    inst.attr[ATTR_SERIES_INSTANCE_UID] = series;
+    assert_int_equal(storage_commit(st, temp, &inst, err, sizeof err), STORAGE_OK);
+}
+
+/* Plans per study: "1.9.2" a job, "1.9.3" and "1.9.4" a forward. */
+static void plan_by_study(void *ud, const struct attr_series *s, struct plan *p)
+{
+    (void)ud;
+    const char *study = s->value[ATTR_STUDY_INSTANCE_UID];
+    const char *series = s->value[ATTR_SERIES_INSTANCE_UID];
+    if (strcmp(study, "1.9.2") == 0 || strcmp(study, "1.9.1") == 0)
+        assert_int_equal(plan_add_job(p, series, "seg", PLAN_PRIORITY_NORMAL, NULL, 0), 0);
+    if (strcmp(study, "1.9.3") == 0 || strcmp(study, "1.9.4") == 0)
+        assert_int_equal(plan_add_forward(p, series, "pacs"), 0);
+}
+
+static void complete_all(struct storage *st, int64_t now_ms, planner_fn plan)
+{
+    int moved, jobs;
+    complete_due(st, now_ms, 5, plan, NULL, &moved, &jobs);
 }
 
 static int path_exists(const char *fmt, const char *a, const char *b)
@@ -929,6 +1360,22 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_clean_stop_skips_the_repair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_open_sees_committed_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_completion_queues_the_planned_jobs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_attribute_is_indexed_and_in_the_series_rows,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_series_rows_take_the_first_instance_by_number, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_store_of_the_first_release_is_migrated, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_store_of_a_newer_version_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test(test_strerror_names_every_code),
+        cmocka_unit_test_setup_teardown(test_a_plan_against_a_stale_last_received_is_refused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_an_instance_arriving_while_planning_wins, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_plan_lands_jobs_forwards_and_unmatched_together,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_discarded_study_queues_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_job_is_claimed_once_until_its_lease_expires, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_jobs_left_running_are_queued_again_at_open, setup,
