@@ -78,6 +78,8 @@ static const char *const migrations[] = {
     "  next_attempt INTEGER NOT NULL, error TEXT,"
     "  created_at INTEGER NOT NULL, sent_at INTEGER);"
     "CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);",
+    /* 2: ViewPosition (0018,5101). */
+    "ALTER TABLE series ADD COLUMN view_position TEXT;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
