@@ -461,26 +461,19 @@ static void *worker_main(void *arg)
                                  sizeof why)
                        : (snprintf(why, sizeof why, "the model cannot be loaded: %s", err), -1);
         /* Each destination of the job gets the SEG and the SR. */
-        size_t n_dests = job.send_to[0] ? 1 : 0;
-        for (const char *c = job.send_to; *c; c++)
-            n_dests += *c == ',';
-        struct storage_send_item *items = calloc(2 * n_dests + 1, sizeof *items);
+        struct storage_send_item *items = calloc(2 * job.n_destinations + 1, sizeof *items);
         size_t n_items = 0;
-        char dests[sizeof job.send_to];
-        snprintf(dests, sizeof dests, "%s", job.send_to);
-        char *save = NULL;
         if (!items && jr == 0) {
             snprintf(why, sizeof why, "out of memory");
             jr = -1;
         }
-        for (char *d = strtok_r(dests, ",", &save); jr == 0 && d;
-             d = strtok_r(NULL, ",", &save)) {
+        for (size_t d = 0; jr == 0 && d < job.n_destinations; d++) {
             items[n_items++] = (struct storage_send_item){
-                d, "seg", res.seg_path, "1.2.840.10008.5.1.4.1.1.66.4", res.seg_uid,
-                "1.2.840.10008.1.2.1"};
+                job.destinations[d], "seg", res.seg_path, "1.2.840.10008.5.1.4.1.1.66.4",
+                res.seg_uid, "1.2.840.10008.1.2.1"};
             items[n_items++] = (struct storage_send_item){
-                d, "sr", res.sr_path, "1.2.840.10008.5.1.4.1.1.88.34", res.sr_uid,
-                "1.2.840.10008.1.2.1"};
+                job.destinations[d], "sr", res.sr_path, "1.2.840.10008.5.1.4.1.1.88.34",
+                res.sr_uid, "1.2.840.10008.1.2.1"};
         }
         int64_t end = service_now_ms();
         if (jr == -2) {
@@ -507,6 +500,7 @@ static void *worker_main(void *arg)
         }
         free(summary);
         free(items);
+        storage_job_clear(&job);
         malloc_trim(0); /* an idle node hands a job's memory back */
     }
     infer_model_free(model);

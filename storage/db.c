@@ -80,6 +80,42 @@ static const char *const migrations[] = {
     "CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);",
     /* 2: ViewPosition (0018,5101). */
     "ALTER TABLE series ADD COLUMN view_position TEXT;",
+    /* 3: a job's destinations as rows, not comma-separated text; job ids
+     * never reused (AUTOINCREMENT), so neither are result file names; the
+     * files of deleted studies still to be removed (retention.c). */
+    "CREATE TEMP TABLE split_destinations AS"
+    "  WITH RECURSIVE split(job_id, position, rest, destination) AS ("
+    "    SELECT id, -1, send_to || ',', NULL FROM jobs WHERE coalesce(send_to, '') <> ''"
+    "    UNION ALL"
+    "    SELECT job_id, position + 1, substr(rest, instr(rest, ',') + 1),"
+    "      substr(rest, 1, instr(rest, ',') - 1) FROM split WHERE rest <> '')"
+    "  SELECT job_id, position, destination FROM split"
+    "  WHERE coalesce(destination, '') <> '';"
+    "CREATE TABLE jobs_v3("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, model TEXT NOT NULL,"
+    "  state TEXT NOT NULL DEFAULT 'queued',"
+    "  priority INTEGER NOT NULL DEFAULT 1,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  lease_owner TEXT, lease_until INTEGER,"
+    "  error TEXT, result TEXT, summary TEXT,"
+    "  created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER);"
+    "INSERT INTO jobs_v3 SELECT id, study_uid, series_uid, model, state, priority, attempts,"
+    "  lease_owner, lease_until, error, result, summary, created_at, started_at, finished_at"
+    "  FROM jobs;"
+    "DROP TABLE jobs;"
+    "ALTER TABLE jobs_v3 RENAME TO jobs;"
+    "CREATE INDEX jobs_claim ON jobs(model, state, priority, id);"
+    "CREATE INDEX jobs_study ON jobs(study_uid);"
+    "CREATE TABLE job_destinations("
+    "  job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"
+    "  position INTEGER NOT NULL, destination TEXT NOT NULL,"
+    "  PRIMARY KEY(job_id, position));"
+    "INSERT INTO job_destinations SELECT job_id, position, destination"
+    "  FROM temp.split_destinations;"
+    "DROP TABLE temp.split_destinations;"
+    "CREATE TABLE retention_files("
+    "  path TEXT PRIMARY KEY, directory INTEGER NOT NULL DEFAULT 0);",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -345,6 +381,7 @@ static void free_handle(struct storage *st)
     free(st->inst_dir);
     free(st->results_dir);
     pthread_mutex_destroy(&st->lock);
+    pthread_mutex_destroy(&st->doomed_lock);
     free(st);
 }
 
@@ -372,13 +409,14 @@ static int open_serving(struct storage *st, char *err, size_t errlen)
     if (db_run(st, "SELECT value FROM meta WHERE key='clean_stop'", meta_clean_stop, &clean,
                NULL) != STORAGE_OK)
         return error_set(err, errlen, STORAGE_EIO, "sqlite: %s", sqlite3_errmsg(st->db));
+    /* Cheap, so done after any stop: a deletion interrupted midway would
+     * otherwise leave files nothing refers to. Before the repair, which
+     * would index those files again. */
+    if ((rc = retention_finish(st, err, errlen)) != STORAGE_OK)
+        return rc;
     if (!clean && instance_repair(st) != 0)
         return error_set(err, errlen, STORAGE_EIO, "cannot repair %s: %s", st->inst_dir,
                          strerror(errno));
-    /* Cheap, so done after any stop: a deletion interrupted midway
-     * would otherwise leave files nothing refers to. */
-    if ((rc = retention_finish(st, err, errlen)) != STORAGE_OK)
-        return rc;
     /* This process is the only one that runs jobs: whatever a previous
      * one left running is runnable again. */
     if ((rc = db_exec(st,
@@ -408,6 +446,7 @@ static int open_mode(const char *data_dir, enum storage_mode mode, storage_read_
     st->read_ud = read_ud;
     st->sync_full = 1;
     pthread_mutex_init(&st->lock, NULL);
+    pthread_mutex_init(&st->doomed_lock, NULL);
     st->data_dir = strdup(data_dir);
     st->tmp_dir = file_join(data_dir, "tmp");
     st->inst_dir = file_join(data_dir, "instances");

@@ -69,7 +69,7 @@ int file_unlink_gone(const char *path)
 }
 
 int file_link_fresh(const char *temp, const char *dir, const char *name, char *out,
-                    size_t outlen)
+                    size_t outlen, int (*taken)(void *ud, const char *path), void *ud)
 {
     for (unsigned n = 0; n < 100000; n++) {
         int w = n == 0 ? snprintf(out, outlen, "%s/%s.dcm", dir, name)
@@ -78,6 +78,8 @@ int file_link_fresh(const char *temp, const char *dir, const char *name, char *o
             errno = ENAMETOOLONG;
             return -1;
         }
+        if (taken && taken(ud, out))
+            continue;
         if (link(temp, out) == 0)
             return 0;
         if (errno != EEXIST)

@@ -368,6 +368,18 @@ fail_quiet:
 /* ------------------------------------------------------------------------ */
 /* Commit                                                                   */
 
+/* A name retention is removing a file under (see retention.c). */
+static int name_doomed(void *ud, const char *path)
+{
+    struct storage *st = ud;
+    int found = 0;
+    pthread_mutex_lock(&st->doomed_lock);
+    for (size_t i = 0; i < st->n_doomed && !found; i++)
+        found = !strcmp(st->doomed[i], path);
+    pthread_mutex_unlock(&st->doomed_lock);
+    return found;
+}
+
 int storage_commit(struct storage *st, const char *temp_path,
                    const struct storage_instance *inst, char *err, size_t errlen)
 {
@@ -411,7 +423,7 @@ int storage_commit(struct storage *st, const char *temp_path,
             goto fail;
         }
         if (file_link_fresh(temp_path, series_dir, a[ATTR_SOP_INSTANCE_UID], final,
-                            sizeof final) == 0)
+                            sizeof final, name_doomed, st) == 0)
             break;
         if (errno == ENOENT && tries < 5 && access(temp_path, F_OK) == 0)
             continue;

@@ -61,6 +61,12 @@ struct storage {
     sqlite3_stmt *st_prune_studies;
     /* The series rows query, generated from attr.def at open (plan.c). */
     char *series_rows_sql;
+    /* The files retention is removing, and their names: a new instance
+     * must not take one of those names until their records are gone
+     * durably (see retention.c). */
+    pthread_mutex_t doomed_lock;
+    char *const *doomed;
+    size_t n_doomed;
     /* For tests: called by retention while it removes a study's files,
      * with no lock held (see storage_set_retain_hook). */
     void (*retain_hook)(void *ud, const char *study_uid);
@@ -80,9 +86,10 @@ int file_empty_dir(const char *dir);
 /* Unlinks PATH; a missing file is not an error. */
 int file_unlink_gone(const char *path);
 /* Links TEMP to a fresh name in DIR ("<name>.dcm", else "<name>.N.dcm")
- * so that an existing file is never overwritten; the name goes to OUT. */
+ * so that an existing file is never overwritten, nor a name TAKEN (may be
+ * NULL) says is reserved; the name goes to OUT. */
 int file_link_fresh(const char *temp, const char *dir, const char *name, char *out,
-                    size_t outlen);
+                    size_t outlen, int (*taken)(void *ud, const char *path), void *ud);
 /* Writes DATA to DIR/NAME through a flushed temporary file and a rename
  * whose directory entry is flushed too; the final path goes to PATH. */
 int file_write_durable(const char *dir, const char *name, const void *data, size_t len,

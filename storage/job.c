@@ -14,8 +14,28 @@ static int claimed_fn(void *ud, sqlite3_stmt *row)
     snprintf(job->study_uid, sizeof job->study_uid, "%s", db_text(row, 1));
     snprintf(job->series_uid, sizeof job->series_uid, "%s", db_text(row, 2));
     job->attempts = sqlite3_column_int(row, 3);
-    snprintf(job->send_to, sizeof job->send_to, "%s", db_text(row, 4));
     return 0;
+}
+
+static int destination_fn(void *ud, sqlite3_stmt *row)
+{
+    struct storage_job *job = ud;
+    char **d = realloc(job->destinations, (job->n_destinations + 1) * sizeof *d);
+    if (!d)
+        return STORAGE_ENOMEM;
+    job->destinations = d;
+    if (!(d[job->n_destinations] = strdup(db_text(row, 0))))
+        return STORAGE_ENOMEM;
+    job->n_destinations++;
+    return 0;
+}
+
+void storage_job_clear(struct storage_job *job)
+{
+    for (size_t i = 0; i < job->n_destinations; i++)
+        free(job->destinations[i]);
+    free(job->destinations);
+    memset(job, 0, sizeof *job);
 }
 
 int storage_job_claim(struct storage *st, const char *model, const char *owner, int64_t now_ms,
@@ -31,7 +51,7 @@ int storage_job_claim(struct storage *st, const char *model, const char *owner, 
                     "  started_at=?3, attempts=attempts + 1"
                     " WHERE id=(SELECT id FROM jobs WHERE model=?1 AND (state='queued' OR"
                     "  (state='running' AND lease_until < ?3)) ORDER BY priority, id LIMIT 1)"
-                    " RETURNING id, study_uid, series_uid, attempts, coalesce(send_to, '')",
+                    " RETURNING id, study_uid, series_uid, attempts",
                     claimed_fn, job, "ttII", model, owner, now_ms, lease_ms);
         if (rc != STORAGE_OK)
             break;
@@ -40,8 +60,15 @@ int storage_job_claim(struct storage *st, const char *model, const char *owner, 
             break;
         }
         snprintf(job->model, sizeof job->model, "%s", model);
-        if (job->attempts <= STORAGE_JOB_MAX_ATTEMPTS)
+        if (job->attempts <= STORAGE_JOB_MAX_ATTEMPTS) {
+            rc = db_run(st,
+                        "SELECT destination FROM job_destinations WHERE job_id=?1"
+                        " ORDER BY position",
+                        destination_fn, job, "I", job->id);
+            if (rc != STORAGE_OK)
+                storage_job_clear(job);
             break;
+        }
         /* It has been claimed and lost too often: give up on it. */
         char msg[128];
         snprintf(msg, sizeof msg, "gave up after %d attempts (the worker stopped each time)",

@@ -171,28 +171,26 @@ static int set_routing(struct storage *st, const char *study_uid, const char *se
                   NULL, NULL, "ttt", series_uid, study_uid, routing);
 }
 
+static int row_id_fn(void *ud, sqlite3_stmt *row)
+{
+    *(int64_t *)ud = sqlite3_column_int64(row, 0);
+    return 0;
+}
+
 static int queue_job(struct storage *st, const char *study_uid, const struct plan_job *j,
                      int64_t now_ms)
 {
-    /* The destinations as stored by schema 1: names joined with ','. */
-    size_t len = 1;
-    for (size_t d = 0; d < j->n_destinations; d++)
-        len += strlen(j->destinations[d]) + 1;
-    char *send_to = malloc(len);
-    if (!send_to)
-        return STORAGE_ENOMEM;
-    send_to[0] = '\0';
-    for (size_t d = 0; d < j->n_destinations; d++) {
-        if (d)
-            strcat(send_to, ",");
-        strcat(send_to, j->destinations[d]);
-    }
+    int64_t id = -1;
     int rc = db_run(st,
-                    "INSERT INTO jobs(study_uid, series_uid, model, created_at, send_to,"
-                    "  priority) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-                    NULL, NULL, "tttIoi", study_uid, j->series_uid, j->model, now_ms, send_to,
+                    "INSERT INTO jobs(study_uid, series_uid, model, created_at, priority)"
+                    " VALUES(?1, ?2, ?3, ?4, ?5) RETURNING id",
+                    row_id_fn, &id, "tttIi", study_uid, j->series_uid, j->model, now_ms,
                     (int)j->priority);
-    free(send_to);
+    for (size_t d = 0; rc == STORAGE_OK && d < j->n_destinations; d++)
+        rc = db_run(st,
+                    "INSERT INTO job_destinations(job_id, position, destination)"
+                    " VALUES(?1, ?2, ?3)",
+                    NULL, NULL, "Iit", id, (int)d, j->destinations[d]);
     return rc;
 }
 

@@ -1,5 +1,18 @@
 /*
  * retention.c — deleting finished studies (see storage.h).
+ *
+ * The lock every C-STORE commit needs is never held while files go:
+ *   1. under the lock, one synced transaction deletes the study's rows and
+ *      records in retention_files every file they named;
+ *   2. with no lock held, the files are removed and the removals flushed;
+ *   3. under the lock, their records go.
+ * An instance arriving meanwhile for the study finds no rows: it is
+ * indexed as the first of a study received afresh, in a file of its own:
+ * link() never replaces a recorded file that still exists, and the names
+ * being removed are reserved (storage->doomed) until their records are
+ * gone durably, so a record only ever names a file of a deleted study.
+ * After a stop in the middle, storage_open() removes what is recorded
+ * before its repair could index such files again.
  */
 #include "storage/internal.h"
 
@@ -31,37 +44,118 @@ void storage_set_retain_hook(struct storage *st, void (*fn)(void *ud, const char
     st->retain_hook_ud = ud;
 }
 
-static int unlink_fn(void *ud, sqlite3_stmt *row)
-{
-    (void)ud;
-    const char *path = db_text(row, 0);
-    return path && file_unlink_gone(path) != 0 ? STORAGE_EIO : 0;
-}
+/* ------------------------------------------------------------------------ */
+/* Detaching a study: its rows go, the files they named are recorded        */
 
-/* Only files under DATA_DIR/results/ are the study's own results. */
-static int unlink_result_fn(void *ud, sqlite3_stmt *row)
+/*
+ * Deletes the rows of UID and records in retention_files every file they
+ * named: its instances, its jobs' results (by job id, and as recorded by
+ * the jobs and their sends, when under DATA_DIR/results/), and its
+ * instance directory. Runs in the caller's transaction, under st->lock.
+ * ?1 is the study, ?2 the results directory, ?3 the study's directory.
+ */
+static int detach_study(struct storage *st, const char *uid)
 {
-    struct storage *st = ud;
-    const char *path = db_text(row, 0);
-    size_t n = strlen(st->results_dir);
-    if (!path || strncmp(path, st->results_dir, n) != 0 || path[n] != '/')
-        return 0;
-    return file_unlink_gone(path) != 0 ? STORAGE_EIO : 0;
-}
-
-static int unlink_results_fn(void *ud, sqlite3_stmt *row)
-{
-    struct storage *st = ud;
-    static const char *const suffix[] = {"json", "labels.gz", "seg.dcm", "sr.dcm"};
-    int rc = 0;
-    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
-        char path[PATH_MAX];
-        if (snprintf(path, sizeof path, "%s/%lld.%s", st->results_dir,
-                     (long long)sqlite3_column_int64(row, 0), suffix[i]) >= (int)sizeof path ||
-            file_unlink_gone(path) != 0)
-            rc = STORAGE_EIO;
+    static const char *const sql[] = {
+        "INSERT OR IGNORE INTO retention_files(path)"
+        " SELECT i.path FROM instances i JOIN series se USING(series_uid)"
+        " WHERE se.study_uid=?1",
+        "INSERT OR IGNORE INTO retention_files(path)"
+        " SELECT ?2 || '/' || j.id || '.' || x.suffix FROM jobs j,"
+        "  (SELECT 'json' AS suffix UNION ALL SELECT 'labels.gz' UNION ALL SELECT 'seg.dcm'"
+        "   UNION ALL SELECT 'sr.dcm') x"
+        " WHERE j.study_uid=?1",
+        "INSERT OR IGNORE INTO retention_files(path)"
+        " SELECT p FROM (SELECT result AS p FROM jobs WHERE study_uid=?1"
+        "  UNION SELECT path FROM outbox WHERE job_id IN"
+        "   (SELECT id FROM jobs WHERE study_uid=?1))"
+        " WHERE p IS NOT NULL AND substr(p, 1, length(?2) + 1) = ?2 || '/'",
+        "INSERT OR IGNORE INTO retention_files(path, directory) VALUES(?3, 1)",
+        "DELETE FROM outbox WHERE study_uid=?1 OR job_id IN"
+        " (SELECT id FROM jobs WHERE study_uid=?1)",
+        "DELETE FROM job_destinations WHERE job_id IN (SELECT id FROM jobs WHERE study_uid=?1)",
+        "DELETE FROM jobs WHERE study_uid=?1",
+        "DELETE FROM instances WHERE series_uid IN"
+        " (SELECT series_uid FROM series WHERE study_uid=?1)",
+        "DELETE FROM series WHERE study_uid=?1",
+        "CREATE TEMP TABLE IF NOT EXISTS retain_patient(id INTEGER)",
+        "DELETE FROM temp.retain_patient",
+        "INSERT INTO temp.retain_patient SELECT patient FROM studies WHERE study_uid=?1",
+        "DELETE FROM studies WHERE study_uid=?1",
+        "DELETE FROM patients WHERE id IN (SELECT id FROM temp.retain_patient)"
+        " AND NOT EXISTS(SELECT 1 FROM studies WHERE patient=patients.id)",
+    };
+    char dir[PATH_MAX];
+    if (snprintf(dir, sizeof dir, "%s/%s", st->inst_dir, uid) >= (int)sizeof dir)
+        return STORAGE_EINVAL;
+    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+        /* Statements without ?2 or ?3 ignore them. */
+        int rc = db_run(st, sql[i], NULL, NULL, "ttt", uid, st->results_dir, dir);
+        if (rc != STORAGE_OK)
+            return rc;
     }
-    return rc;
+    /* The cached parents may name the rows just deleted. */
+    free(st->last_parents);
+    st->last_parents = NULL;
+    return STORAGE_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Removing the recorded files                                              */
+
+struct doomed {
+    char **path;
+    int *directory;
+    int *removed;
+    size_t n;
+};
+
+static int doomed_fn(void *ud, sqlite3_stmt *row)
+{
+    struct doomed *d = ud;
+    char **p = realloc(d->path, (d->n + 1) * sizeof *p);
+    if (p)
+        d->path = p;
+    int *dir = p ? realloc(d->directory, (d->n + 1) * sizeof *dir) : NULL;
+    if (dir)
+        d->directory = dir;
+    int *rm = dir ? realloc(d->removed, (d->n + 1) * sizeof *rm) : NULL;
+    if (rm)
+        d->removed = rm;
+    if (!rm || !(p[d->n] = strdup(db_text(row, 0))))
+        return STORAGE_ENOMEM;
+    dir[d->n] = sqlite3_column_int(row, 1);
+    rm[d->n] = 0;
+    d->n++;
+    return 0;
+}
+
+static void doomed_free(struct doomed *d)
+{
+    for (size_t i = 0; i < d->n; i++)
+        free(d->path[i]);
+    free(d->path);
+    free(d->directory);
+    free(d->removed);
+    memset(d, 0, sizeof *d);
+}
+
+/* The recorded files, under st->lock. */
+static int doomed_list(struct storage *st, struct doomed *d)
+{
+    return db_run(st, "SELECT path, directory FROM retention_files ORDER BY directory, path",
+                  doomed_fn, d, NULL);
+}
+
+/* While D's files go, no new instance may take their names (a name freed
+ * by an unlink could otherwise be taken, and a stop before the records go
+ * would have the next open remove an acknowledged file). */
+static void doomed_publish(struct storage *st, const struct doomed *d)
+{
+    pthread_mutex_lock(&st->doomed_lock);
+    st->doomed = d ? d->path : NULL;
+    st->n_doomed = d ? d->n : 0;
+    pthread_mutex_unlock(&st->doomed_lock);
 }
 
 /* Removes the now empty series directories of STUDY_DIR and then STUDY_DIR,
@@ -78,7 +172,7 @@ static int remove_study_dirs(struct storage *st, const char *study_dir)
         if (e->d_name[0] == '.')
             continue;
         char *series = file_join(study_dir, e->d_name);
-        /* Unlinks inside it are durable before its row deletion can be. */
+        /* Unlinks inside it are durable before their record goes. */
         if (!series || (file_sync(series, 1) != 0 && errno != ENOENT))
             rc = -1;
         else
@@ -92,89 +186,82 @@ static int remove_study_dirs(struct storage *st, const char *study_dir)
     return file_sync(st->inst_dir, 1) != 0 ? -1 : rc;
 }
 
-/* Removes the files of UID, a study marked "deleting": its instances (by
- * their rows, so that a file placed meanwhile by a new commit stays) and
- * its jobs' results. Every unlink is durable on return, so that a power cut
- * after the rows are gone cannot bring back files the repair would index
- * again. */
-static int delete_study_files(struct storage *st, const char *uid)
+/* Removes the files of D, with no lock held: receiving carries on, and
+ * flushes the removals, so that a power cut cannot bring back a file the
+ * repair would index again. A record goes once its file is unlinked: a
+ * record then always names a file that still exists, whose name no new
+ * instance can take (link() never replaces). UID (may be NULL) names the
+ * study for the test hook. Returns 0, or -1 when something stays. */
+static int doomed_remove(struct storage *st, struct doomed *d, const char *uid)
 {
-    int rc = 0;
-    if (db_run(st,
-               "SELECT i.path FROM instances i JOIN series se USING(series_uid)"
-               " WHERE se.study_uid=?1",
-               unlink_fn, NULL, "t", uid) != STORAGE_OK)
-        rc = -1;
-    if (db_run(st, "SELECT id FROM jobs WHERE study_uid=?1", unlink_results_fn, st, "t", uid) !=
-        STORAGE_OK)
-        rc = -1;
-    /* Result files under other names, as recorded by their jobs and sends. */
-    if (db_run(st,
-               "SELECT result FROM jobs WHERE study_uid=?1 AND result IS NOT NULL"
-               " UNION SELECT path FROM outbox WHERE job_id IN"
-               "  (SELECT id FROM jobs WHERE study_uid=?1)",
-               unlink_result_fn, st, "t", uid) != STORAGE_OK)
-        rc = -1;
+    int hooked = 0, rc = 0;
+    for (size_t i = 0; i < d->n; i++) {
+        if (d->directory[i])
+            continue;
+        d->removed[i] = file_unlink_gone(d->path[i]) == 0;
+        if (!d->removed[i])
+            rc = -1;
+        if (!hooked && st->retain_hook) {
+            hooked = 1;
+            st->retain_hook(st->retain_hook_ud, uid ? uid : "");
+        }
+    }
+    /* Results live in one directory, instances under their study's. */
     if (file_sync(st->results_dir, 1) != 0 && errno != ENOENT)
         rc = -1;
-    char dir[PATH_MAX];
-    if (snprintf(dir, sizeof dir, "%s/%s", st->inst_dir, uid) >= (int)sizeof dir ||
-        remove_study_dirs(st, dir) != 0)
-        rc = -1;
+    for (size_t i = 0; i < d->n; i++)
+        if (d->directory[i]) {
+            d->removed[i] = remove_study_dirs(st, d->path[i]) == 0;
+            if (!d->removed[i])
+                rc = -1;
+        }
     return rc;
 }
 
-/* Deletes the rows of UID, a study marked "deleting", in one transaction. */
-static int delete_study_rows(struct storage *st, const char *uid)
+/* Drops the records of the files D removed, under st->lock, in a synced
+ * commit: once their names are free again, no record may come back. */
+static int doomed_forget(struct storage *st, const struct doomed *d)
 {
-    static const char *const sql[] = {
-        "DELETE FROM outbox WHERE study_uid=?1 OR job_id IN"
-        " (SELECT id FROM jobs WHERE study_uid=?1)",
-        "DELETE FROM jobs WHERE study_uid=?1",
-        "DELETE FROM instances WHERE series_uid IN"
-        " (SELECT series_uid FROM series WHERE study_uid=?1)",
-        "DELETE FROM series WHERE study_uid=?1",
-        "CREATE TEMP TABLE IF NOT EXISTS retain_patient(id INTEGER)",
-        "DELETE FROM temp.retain_patient",
-        "INSERT INTO temp.retain_patient SELECT patient FROM studies WHERE study_uid=?1",
-        "DELETE FROM studies WHERE study_uid=?1 AND state='deleting'",
-        "DELETE FROM patients WHERE id IN (SELECT id FROM temp.retain_patient)"
-        " AND NOT EXISTS(SELECT 1 FROM studies WHERE patient=patients.id)",
-    };
-    if (db_begin(st) != STORAGE_OK)
-        return -1;
-    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
-        /* Extra arguments are ignored by statements without ?1. */
-        sqlite3_stmt *s;
-        if (sqlite3_prepare_v2(st->db, sql[i], -1, &s, NULL) != SQLITE_OK) {
-            db_rollback(st);
-            return -1;
-        }
-        if (sqlite3_bind_parameter_count(s) > 0)
-            sqlite3_bind_text(s, 1, uid, -1, SQLITE_STATIC);
-        int rc = db_step(s, NULL, NULL);
-        sqlite3_finalize(s);
-        if (rc != STORAGE_OK) {
-            db_rollback(st);
-            return -1;
-        }
-    }
-    if (db_commit(st) != STORAGE_OK) {
+    if (!st->sync_full)
+        db_exec(st, "PRAGMA synchronous=FULL", NULL, 0);
+    int rc = db_begin(st);
+    for (size_t i = 0; rc == STORAGE_OK && i < d->n; i++)
+        if (d->removed[i])
+            rc = db_run(st, "DELETE FROM retention_files WHERE path=?1", NULL, NULL, "t",
+                        d->path[i]);
+    if (rc == STORAGE_OK)
+        rc = db_commit(st);
+    if (rc != STORAGE_OK)
         db_rollback(st);
-        return -1;
-    }
-    /* The cached parents may name the rows just deleted. */
-    free(st->last_parents);
-    st->last_parents = NULL;
-    return 0;
+    if (!st->sync_full)
+        db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
+    return rc;
 }
 
-static int finish_deletion(struct storage *st, const char *uid)
+/* Lists the recorded files under the lock, removes them without it, and
+ * forgets those removed under it again. */
+static int remove_recorded(struct storage *st, const char *uid)
 {
-    if (delete_study_files(st, uid) != 0)
-        return -1;
-    return delete_study_rows(st, uid);
+    struct doomed d = {0};
+    pthread_mutex_lock(&st->lock);
+    int rc = doomed_list(st, &d);
+    pthread_mutex_unlock(&st->lock);
+    if (rc == STORAGE_OK && d.n) {
+        doomed_publish(st, &d);
+        int removed = doomed_remove(st, &d, uid);
+        pthread_mutex_lock(&st->lock);
+        rc = doomed_forget(st, &d);
+        pthread_mutex_unlock(&st->lock);
+        doomed_publish(st, NULL);
+        if (rc == STORAGE_OK && removed != 0)
+            rc = STORAGE_EIO;
+    }
+    doomed_free(&d);
+    return rc;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Finishing interrupted deletions                                          */
 
 struct uids {
     char **v;
@@ -194,31 +281,42 @@ static int collect_uid_fn(void *ud, sqlite3_stmt *row)
     return 0;
 }
 
-/* Finishes every study left "deleting" (by a stop in the middle, or a
- * failure). Called with st->lock held or single-threaded at open. */
-static int finish_deletions(struct storage *st)
+/* Detaches every study an earlier release left "deleting", in one synced
+ * transaction, under st->lock. */
+static int detach_left_deleting(struct storage *st)
 {
     struct uids u = {0};
-    /* Collected first: the deletions' transactions must not run under the
-     * open statement that lists them. */
     int rc = db_run(st, "SELECT study_uid FROM studies WHERE state='deleting'", collect_uid_fn,
-                    &u, NULL) == STORAGE_OK
-                 ? 0
-                 : -1;
-    for (size_t i = 0; i < u.n; i++) {
-        if (rc == 0 && finish_deletion(st, u.v[i]) != 0)
-            rc = -1;
-        free(u.v[i]);
+                    &u, NULL);
+    if (rc == STORAGE_OK && u.n) {
+        if (!st->sync_full)
+            db_exec(st, "PRAGMA synchronous=FULL", NULL, 0);
+        rc = db_begin(st);
+        for (size_t i = 0; rc == STORAGE_OK && i < u.n; i++)
+            rc = detach_study(st, u.v[i]);
+        if (rc == STORAGE_OK)
+            rc = db_commit(st);
+        if (rc != STORAGE_OK)
+            db_rollback(st);
+        if (!st->sync_full)
+            db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
     }
+    for (size_t i = 0; i < u.n; i++)
+        free(u.v[i]);
     free(u.v);
     return rc;
 }
 
 int retention_finish(struct storage *st, char *err, size_t errlen)
 {
-    if (finish_deletions(st) != 0)
-        return error_set(err, errlen, STORAGE_EIO, "cannot finish deleting studies: %s",
-                         sqlite3_errmsg(st->db));
+    pthread_mutex_lock(&st->lock);
+    int rc = detach_left_deleting(st);
+    pthread_mutex_unlock(&st->lock);
+    if (rc == STORAGE_OK)
+        rc = remove_recorded(st, NULL);
+    if (rc != STORAGE_OK)
+        return error_set(err, errlen, rc, "cannot finish deleting studies: %s",
+                         rc == STORAGE_EIO && errno ? strerror(errno) : storage_strerror(rc));
     return STORAGE_OK;
 }
 
@@ -235,38 +333,48 @@ static int statvfs_usage(void *ud, const char *data_dir, double *percent)
 static int uid_fn(void *ud, sqlite3_stmt *row)
 {
     snprintf(ud, 128, "%s", db_text(row, 0));
-    return 0;
+    return 1;
 }
 
-/* Marks the oldest finished study whose completion is before CUTOFF_MS
- * "deleting" and removes its files and rows. Eligibility is checked in the
- * very statement that marks it, whose commit is synced: the mark must be
- * on disk before any file goes. Returns 1 when a study went, 0 when none
- * is eligible, -1 on failure (a marked study is then finished later). */
+/* Deletes the oldest finished study whose completion is before CUTOFF_MS:
+ * its rows go and its files are recorded in one synced commit under the
+ * lock (the record must be on disk before any file goes), then the files
+ * go with no lock held. Returns 1 when a study went, 0 when none is
+ * eligible, -1 on failure (recorded files are removed on a later run). */
 static int retain_one(struct storage *st, int64_t cutoff_ms, char *err, size_t errlen)
 {
     char uid[128] = "";
     pthread_mutex_lock(&st->lock);
     if (!st->sync_full)
         db_exec(st, "PRAGMA synchronous=FULL", NULL, 0);
-    int rc = db_run(st,
-                    "UPDATE studies SET state='deleting' WHERE study_uid=("
-                    " SELECT study_uid FROM studies WHERE" STUDY_FINISHED
+    int rc = db_begin(st);
+    if (rc == STORAGE_OK)
+        rc = db_run(st,
+                    "SELECT study_uid FROM studies WHERE" STUDY_FINISHED
                     " AND coalesce(completed_at, last_received) < ?1"
-                    " ORDER BY last_received, study_uid LIMIT 1) RETURNING study_uid",
-                    uid_fn, uid, "I", cutoff_ms) == STORAGE_OK
-                 ? (uid[0] ? 1 : 0)
-                 : -1;
+                    " ORDER BY last_received, study_uid LIMIT 1",
+                    uid_fn, uid, "I", cutoff_ms);
+    if (rc == STORAGE_OK && uid[0])
+        rc = detach_study(st, uid);
+    if (rc == STORAGE_OK)
+        rc = db_commit(st);
+    if (rc != STORAGE_OK) {
+        error_set(err, errlen, rc, "sqlite: %s", sqlite3_errmsg(st->db));
+        db_rollback(st);
+    }
     if (!st->sync_full)
         db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
-    if (rc < 0)
-        error_set(err, errlen, rc, "sqlite: %s", sqlite3_errmsg(st->db));
-    if (rc == 1 && finish_deletion(st, uid) != 0)
-        rc = error_set(err, errlen, -1, "cannot delete study %s: %s", uid, strerror(errno));
-    /* Held throughout: an instance arriving for this study is indexed only
-     * once its old rows are gone, and starts it afresh. */
     pthread_mutex_unlock(&st->lock);
-    return rc;
+    if (rc != STORAGE_OK)
+        return -1;
+    if (!uid[0])
+        return 0;
+    if (remove_recorded(st, uid) != STORAGE_OK) {
+        error_set(err, errlen, -1, "cannot remove the files of study %s: %s", uid,
+                  strerror(errno));
+        return -1;
+    }
+    return 1;
 }
 
 int storage_retain_with_usage(struct storage *st, int64_t now_ms, int retention_days,
@@ -281,10 +389,8 @@ int storage_retain_with_usage(struct storage *st, int64_t now_ms, int retention_
     if (!usage)
         usage = statvfs_usage;
     /* A deletion that failed earlier is retried first. */
-    pthread_mutex_lock(&st->lock);
-    if (finish_deletions(st) != 0)
-        rc = error_set(err, errlen, -1, "cannot finish deleting studies: %s", strerror(errno));
-    pthread_mutex_unlock(&st->lock);
+    if (retention_finish(st, err, errlen) != STORAGE_OK)
+        rc = -1;
     if (rc == 0 && retention_days > 0) {
         int64_t cutoff = now_ms - (int64_t)retention_days * 86400 * 1000;
         while ((rc = retain_one(st, cutoff, err, errlen)) == 1)

@@ -196,11 +196,16 @@ struct storage_job {
     char study_uid[65];
     char series_uid[65];
     char model[128];
-    char send_to[1024];           /* comma-separated destination names, or "" */
+    char **destinations;          /* where its results go, in the rule's order */
+    size_t n_destinations;
     int attempts;                 /* including this one */
 };
 
-/* Claims the oldest runnable job of MODEL for OWNER until NOW_MS + LEASE_MS.
+/* Releases what a claimed JOB holds (its destinations) and empties it. */
+void storage_job_clear(struct storage_job *job);
+
+/* Claims the oldest runnable job of MODEL for OWNER until NOW_MS + LEASE_MS
+ * into *JOB (overwritten: release it with storage_job_clear()).
  * STORAGE_ENOTFOUND when there is none. */
 int storage_job_claim(struct storage *st, const char *model, const char *owner, int64_t now_ms,
                       int64_t lease_ms, struct storage_job *job);
@@ -335,9 +340,16 @@ int storage_foreach_unmatched(struct storage *st, storage_unmatched_fn fn, void 
  * dead-lettered send still needs the administrator, so it keeps its study).
  * Deleting one removes its instance files, its jobs' result files and all
  * its rows (instances, series, study, jobs, outbox, and its patient when no
- * other study has it). It is crash-safe: the study is first marked
- * "deleting" in a synced commit, then its files go, then its rows; a study
- * found "deleting" by storage_open() is finished there.
+ * other study has it).
+ *
+ * It never holds the store's lock while files go, so receiving carries on:
+ * in one synced commit under the lock the study's rows are deleted and the
+ * files they named recorded as to be removed; the files then go with no
+ * lock held (each removal flushed); then the record goes. An instance
+ * arriving meanwhile for that study finds no rows and starts it afresh,
+ * in a file of its own. After a stop in the middle, storage_open() finishes
+ * the removal (a file some instance row names again is kept). A study left
+ * "deleting" by an earlier release is finished the same way.
  *
  * storage_retain deletes, oldest last_received first, (1) every finished
  * study completed more than RETENTION_DAYS before NOW_MS (0: none), then

@@ -6,8 +6,11 @@
 #include <cmocka.h>
 
 #include "storage/storage.h"
+#include "storage/internal.h" /* storage_set_retain_hook */
 
 #include <dirent.h>
+#include <pthread.h>
+#include <time.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -540,6 +543,7 @@ static void test_a_job_is_claimed_once_until_its_lease_expires(void **state)
     /* Both seg jobs are held: nothing left until a lease runs out. */
     assert_int_equal(storage_job_claim(f->st, "seg", "w3", 1200, 500, &c), STORAGE_ENOTFOUND);
     assert_int_equal(storage_job_renew(f->st, a.id, "w1", 5000), STORAGE_OK);
+    storage_job_clear(&c);
     assert_int_equal(storage_job_claim(f->st, "seg", "w3", 1700, 500, &c), STORAGE_OK);
     assert_int_equal(c.id, b.id); /* w2's lease expired at 1600, w1 renewed */
     assert_int_equal(c.attempts, 2);
@@ -558,6 +562,9 @@ static void test_a_job_is_claimed_once_until_its_lease_expires(void **state)
     }
     assert_int_equal(done, 1);
     assert_int_equal(failed, 1);
+    storage_job_clear(&a);
+    storage_job_clear(&b);
+    storage_job_clear(&c);
 }
 
 static void test_jobs_left_running_are_queued_again_at_open(void **state)
@@ -573,6 +580,8 @@ static void test_jobs_left_running_are_queued_again_at_open(void **state)
     assert_int_equal(storage_job_claim(f->st, "seg", "w9", 2000, 1000, &b), STORAGE_OK);
     assert_int_equal(b.id, a.id);
     assert_int_equal(b.attempts, 2);
+    storage_job_clear(&a);
+    storage_job_clear(&b);
 }
 
 static void test_a_job_lost_too_often_fails(void **state)
@@ -627,13 +636,16 @@ static void test_a_finished_job_puts_its_results_in_the_outbox(void **state)
     complete_with_jobs(f);
     struct storage_job j;
     assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 500, &j), STORAGE_OK);
-    assert_string_equal(j.send_to, "pacs");
+    assert_int_equal(j.n_destinations, 1);
+    assert_string_equal(j.destinations[0], "pacs");
     const struct storage_send_item items[] = {
         {"pacs", "seg", "/r/1.seg.dcm", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.3.10", EXPLICIT_LE},
         {"pacs", "sr", "/r/1.sr.dcm", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.3.11", EXPLICIT_LE},
     };
     assert_int_equal(storage_job_finish(f->st, j.id, "w1", 1100, NULL, "r", "{}", items, 2),
                      STORAGE_OK);
+    storage_job_clear(&j);
+    assert_int_equal(j.n_destinations, 0);
     struct outbox_list due;
     memset(&due, 0, sizeof due);
     assert_int_equal(storage_outbox_due(f->st, 1100, collect_outbox, &due), STORAGE_OK);
@@ -679,6 +691,7 @@ static void test_a_failed_job_sends_nothing(void **state)
     const struct storage_send_item item = {"pacs", "seg", "/r/1.seg.dcm", "1.2", "1.3", "1.4"};
     assert_int_equal(storage_job_finish(f->st, j.id, "w1", 1100, "bad", NULL, NULL, &item, 1),
                      STORAGE_OK);
+    storage_job_clear(&j);
     struct outbox_list all;
     memset(&all, 0, sizeof all);
     assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
@@ -895,7 +908,10 @@ static void test_a_store_of_the_first_release_is_migrated(void **state)
     assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 500, &j), STORAGE_OK);
     assert_string_equal(j.study_uid, V1_STUDY_A);
     assert_string_equal(j.series_uid, V1_STUDY_A ".1");
-    assert_string_equal(j.send_to, "pacs,archive");
+    assert_int_equal(j.n_destinations, 2);
+    assert_string_equal(j.destinations[0], "pacs");
+    assert_string_equal(j.destinations[1], "archive");
+    storage_job_clear(&j);
     struct outbox_list all;
     memset(&all, 0, sizeof all);
     assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
@@ -1033,7 +1049,10 @@ static void test_a_plan_lands_jobs_forwards_and_unmatched_together(void **state)
     struct storage_job j;
     assert_int_equal(storage_job_claim(f->st, "seg", "w1", 6000, 500, &j), STORAGE_OK);
     assert_string_equal(j.series_uid, SERIES);
-    assert_string_equal(j.send_to, "pacs,archive");
+    assert_int_equal(j.n_destinations, 2);
+    assert_string_equal(j.destinations[0], "pacs");
+    assert_string_equal(j.destinations[1], "archive");
+    storage_job_clear(&j);
     struct outbox_list all;
     memset(&all, 0, sizeof all);
     assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
@@ -1335,6 +1354,197 @@ static void test_interrupted_deletion_is_finished_at_open(void **state)
     assert_true(path_exists("%s/instances/%s", f->dir, "1.9.21"));
 }
 
+/* Commits instance SOP of STUDY_UID (series STUDY_UID.1) without cmocka
+ * assertions (safe off the test's thread); its path goes to PATH. */
+static int commit_quiet(struct storage *st, const char *study_uid, const char *sop, int64_t when,
+                        char *path, size_t len)
+{
+    char temp[512], err[256], series[80];
+    struct storage_instance inst;
+    snprintf(series, sizeof series, "%s.1", study_uid);
+    if (storage_temp_path(st, temp, sizeof temp) != STORAGE_OK)
+        return -1;
+    FILE *fp = fopen(temp, "wb");
+    if (!fp)
+        return -1;
+    fputs("arrived while deleting", fp);
+    fclose(fp);
+    make_instance(&inst, series, sop, when);
+    inst.attr[ATTR_STUDY_INSTANCE_UID] = study_uid;
+    inst.attr[ATTR_SERIES_INSTANCE_UID] = series;
+    int rc = storage_commit(st, temp, &inst, err, sizeof err);
+    if (rc == STORAGE_OK)
+        rc = storage_instance_path(st, sop, path, len);
+    return rc;
+}
+
+struct deleting {
+    struct storage *st;
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    pthread_t thread;
+    int started, done, done_in_hook, calls;
+    char uid[128];
+    int rc[3];
+    char path[3][512];
+};
+
+/* Receives while retention removes files: into another study, a new
+ * instance of the study being deleted, and a resend of the instance whose
+ * file was removed first. */
+static void *receive_meanwhile(void *arg)
+{
+    struct deleting *d = arg;
+    d->rc[0] = commit_quiet(d->st, "1.9.31", "1.9.31.1.1", 50000, d->path[0], 512);
+    d->rc[1] = commit_quiet(d->st, "1.9.30", "1.9.30.1.9", 50000, d->path[1], 512);
+    d->rc[2] = commit_quiet(d->st, "1.9.30", "1.9.30.1.1", 50000, d->path[2], 512);
+    pthread_mutex_lock(&d->m);
+    d->done = 1;
+    pthread_cond_signal(&d->c);
+    pthread_mutex_unlock(&d->m);
+    return NULL;
+}
+
+/* Called by retention after the first file of the study went: commits on
+ * another thread must finish while it waits here. If retention held the
+ * store's lock, they could not, and the wait ends unfinished. */
+static void hold_retention(void *ud, const char *study_uid)
+{
+    struct deleting *d = ud;
+    d->calls++;
+    snprintf(d->uid, sizeof d->uid, "%s", study_uid);
+    if (d->started)
+        return;
+    d->started = pthread_create(&d->thread, NULL, receive_meanwhile, d) == 0;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 30; /* a bound on a hang, not a measure of speed */
+    pthread_mutex_lock(&d->m);
+    while (!d->done && pthread_cond_timedwait(&d->c, &d->m, &until) == 0)
+        ;
+    d->done_in_hook = d->done;
+    pthread_mutex_unlock(&d->m);
+}
+
+static void test_receiving_goes_on_while_retention_removes_files(void **state)
+{
+    struct fixture *f = *state;
+    char err[256], first[512], second[512];
+    int n = -1;
+    commit_in_study(f->st, "1.9.30", "1.9.30.1.1", 1000);
+    commit_in_study(f->st, "1.9.30", "1.9.30.1.2", 1000);
+    complete_all(f->st, 10000, NULL);
+    assert_int_equal(storage_instance_path(f->st, "1.9.30.1.1", first, sizeof first), STORAGE_OK);
+    assert_int_equal(storage_instance_path(f->st, "1.9.30.1.2", second, sizeof second),
+                     STORAGE_OK);
+
+    struct deleting d;
+    memset(&d, 0, sizeof d);
+    d.st = f->st;
+    pthread_mutex_init(&d.m, NULL);
+    pthread_cond_init(&d.c, NULL);
+    storage_set_retain_hook(f->st, hold_retention, &d);
+    assert_int_equal(storage_retain(f->st, 100 * DAY_MS, 1, 0, &n, err, sizeof err), STORAGE_OK);
+    storage_set_retain_hook(f->st, NULL, NULL);
+    assert_true(d.started);
+    pthread_join(d.thread, NULL);
+    pthread_cond_destroy(&d.c);
+    pthread_mutex_destroy(&d.m);
+
+    assert_int_equal(n, 1);
+    assert_int_equal(d.calls, 1);
+    assert_string_equal(d.uid, "1.9.30");
+    /* The commits were not serialised behind the removal of files. */
+    assert_true(d.done_in_hook);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(d.rc[i], STORAGE_OK);
+        assert_int_equal(access(d.path[i], F_OK), 0);
+    }
+    /* The resend did not take the name of the file just removed. */
+    assert_string_not_equal(d.path[2], first);
+    /* The old files went; what arrived meanwhile started the study again. */
+    assert_int_not_equal(access(first, F_OK), 0);
+    assert_int_not_equal(access(second, F_OK), 0);
+    assert_string_equal(studies(f->st), "1.9.30:receiving 1.9.31:receiving");
+    struct tally t = tally(f->st);
+    assert_int_equal(t.instances, 3);
+    assert_int_equal(storage_instance_path(f->st, "1.9.30.1.2", second, sizeof second),
+                     STORAGE_ENOTFOUND);
+}
+
+/* Stands in for the DICOM reader: the UIDs a file's place gives it. */
+static int read_from_place(void *ud, const char *path, char **values, char **ts, char **calling)
+{
+    (void)ud;
+    char study[80], series[80], sop[80];
+    const char *p = strstr(path, "/instances/");
+    if (!p || sscanf(p, "/instances/%79[^/]/%79[^/]/%79[0-9.]", study, series, sop) != 3)
+        return -1;
+    size_t n = strlen(sop);
+    if (n > 4 && !strcmp(sop + n - 4, ".dcm"))
+        sop[n - 4] = '\0';
+    else if (n && sop[n - 1] == '.')
+        sop[n - 1] = '\0';
+    for (int i = 0; i < ATTR_COUNT; i++)
+        values[i] = NULL;
+    values[ATTR_SOP_CLASS_UID] = strdup(CT_CLASS);
+    values[ATTR_SOP_INSTANCE_UID] = strdup(sop);
+    values[ATTR_STUDY_INSTANCE_UID] = strdup(study);
+    values[ATTR_SERIES_INSTANCE_UID] = strdup(series);
+    *ts = strdup(EXPLICIT_LE);
+    *calling = strdup("MODALITY");
+    return 0;
+}
+
+static void die_in_retention(void *ud, const char *study_uid)
+{
+    (void)ud, (void)study_uid;
+    _exit(0);
+}
+
+static void test_a_stop_while_retention_removes_files_is_finished_at_open(void **state)
+{
+    struct fixture *f = *state;
+    char err[256], first[512], second[512];
+    storage_close(f->st);
+    f->st = NULL;
+    snprintf(first, sizeof first, "%s/instances/1.9.40/1.9.40.1/1.9.40.1.1.dcm", f->dir);
+    snprintf(second, sizeof second, "%s/instances/1.9.40/1.9.40.1/1.9.40.1.2.dcm", f->dir);
+    /* A node deletes a study and dies after its first file went. */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct storage *st;
+        int n;
+        if (storage_open(f->dir, NULL, NULL, &st, err, sizeof err) != STORAGE_OK)
+            _exit(2);
+        commit_in_study(st, "1.9.40", "1.9.40.1.1", 1000);
+        commit_in_study(st, "1.9.40", "1.9.40.1.2", 1000);
+        commit_in_study(st, "1.9.41", "1.9.41.1.1", 1000);
+        complete_all(st, 10000, NULL);
+        storage_set_retain_hook(st, die_in_retention, NULL);
+        storage_retain_with_usage(st, 100 * DAY_MS, 0, 50, full_disk, NULL, &n, err, sizeof err);
+        _exit(3);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_not_equal(access(first, F_OK), 0);
+    assert_int_equal(access(second, F_OK), 0); /* a complete instance nothing indexes */
+
+    /* The repair would index it again as a study received afresh; the
+     * recorded removal goes first. */
+    int reindexed, removed;
+    assert_int_equal(storage_open(f->dir, read_from_place, NULL, &f->st, err, sizeof err),
+                     STORAGE_OK);
+    storage_repair_counts(f->st, &reindexed, &removed);
+    assert_int_equal(reindexed + removed, 0);
+    assert_int_not_equal(access(second, F_OK), 0);
+    assert_false(path_exists("%s/instances/%s", f->dir, "1.9.40"));
+    assert_string_equal(studies(f->st), "1.9.41:complete");
+    assert_true(path_exists("%s/instances/%s", f->dir, "1.9.41"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1391,6 +1601,10 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_interrupted_deletion_is_finished_at_open, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_receiving_goes_on_while_retention_removes_files,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_stop_while_retention_removes_files_is_finished_at_open, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
