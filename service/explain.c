@@ -91,21 +91,6 @@ static int explain_files(const struct config *cfg, char *const *paths, int n)
     return rc;
 }
 
-struct study_ctx {
-    const struct config *cfg;
-    int series;
-};
-
-static int explain_stored_series(void *ud, const struct storage_series *se)
-{
-    struct study_ctx *sc = ud;
-    struct attr_series row;
-    runner_series_row(se, &row);
-    rules_explain(sc->cfg, &row, stdout);
-    sc->series++;
-    return 0;
-}
-
 /* The series of a study in the store, as the planner sees them. */
 static int explain_study(const struct config *cfg, const char *study_uid)
 {
@@ -115,14 +100,18 @@ static int explain_study(const struct config *cfg, const char *study_uid)
         fprintf(stderr, "ainode: %s\n", err);
         return 1;
     }
-    struct study_ctx sc = {cfg, 0};
-    int rc = storage_foreach_series(st, study_uid, explain_stored_series, &sc);
+    struct attr_series *rows = NULL;
+    size_t n = 0;
+    int rc = storage_study_series(st, study_uid, &rows, &n);
     storage_close(st);
     if (rc != STORAGE_OK) {
         fprintf(stderr, "ainode: cannot read the store in %s\n", cfg->node.data_dir);
         return 1;
     }
-    if (sc.series == 0) {
+    for (size_t i = 0; i < n; i++)
+        rules_explain(cfg, &rows[i], stdout);
+    storage_series_free(rows, n);
+    if (n == 0) {
         fprintf(stderr, "ainode: no study %s in the store\n", study_uid);
         return 1;
     }

@@ -1,9 +1,9 @@
 /*
  * jobs.c — the inference workers.
  *
- * When a study completes, runner_plan() (called by storage inside the
- * completing transaction) picks the models the rules ask for, one job per
- * (series, model). Each model has its own pool of worker threads; a worker
+ * When a study is due, runner_plan_study() turns the rules' decisions on
+ * its series rows into a plan (one job per series and model, forwards),
+ * which the node commits to the store. Each model has its own pool of worker threads; a worker
  * claims a job with a lease, renews the lease while the model runs, and
  * finishes the job as done (results written under DATA_DIR/results) or
  * failed (with the reason). Workers run at a lower CPU priority than the
@@ -19,7 +19,6 @@
 #include "common/attr.h"
 #include "common/log.h"
 #include "common/plan.h"
-#include "rules/rules.h"
 #include "service/service.h"
 #include "storage/storage.h"
 
@@ -60,63 +59,6 @@ struct runner {
     unsigned long wakeups;        /* bumped by runner_wake() */
     atomic_int stopping;
 };
-
-/* ------------------------------------------------------------------ */
-/* Planning                                                            */
-
-void runner_series_row(const struct storage_series *s, struct attr_series *row)
-{
-    memset(row, 0, sizeof *row);
-    row->value[ATTR_STUDY_INSTANCE_UID] = s->study_uid;
-    row->value[ATTR_SERIES_INSTANCE_UID] = s->series_uid;
-    row->value[ATTR_MODALITY] = s->modality;
-    row->value[ATTR_BODY_PART_EXAMINED] = s->body_part_examined;
-    row->value[ATTR_SERIES_DESCRIPTION] = s->series_description;
-    row->value[ATTR_PROTOCOL_NAME] = s->protocol_name;
-    row->value[ATTR_MANUFACTURER] = s->manufacturer;
-    row->value[ATTR_SERIES_NUMBER] = s->series_number;
-    row->value[ATTR_STUDY_DESCRIPTION] = s->study_description;
-    row->value[ATTR_ACCESSION_NUMBER] = s->accession_number;
-    row->value[ATTR_STUDY_ID] = s->study_id;
-    row->value[ATTR_STUDY_DATE] = s->study_date;
-    row->value[ATTR_PATIENT_ID] = s->patient_id;
-    row->value[ATTR_PATIENT_SEX] = s->patient_sex;
-    row->value[ATTR_SOP_CLASS_UID] = s->sop_class_uid;
-    row->value[ATTR_IMAGE_TYPE] = s->image_type;
-    row->value[ATTR_SLICE_THICKNESS] = s->slice_thickness;
-    row->value[ATTR_ROWS] = s->rows;
-    row->value[ATTR_COLUMNS] = s->columns;
-    row->value[ATTR_NUMBER_OF_FRAMES] = s->number_of_frames;
-    row->value[ATTR_CONTRAST_BOLUS_AGENT] = s->contrast_bolus_agent;
-    row->calling_ae = s->calling_ae;
-    row->called_ae = s->called_ae;
-    row->source_address = s->source_address;
-    row->instances = s->instances;
-}
-
-void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan)
-{
-    const struct config *cfg = ud;
-    struct attr_series row;
-    runner_series_row(s, &row);
-    struct plan p = {0};
-    int rc = rules_plan(cfg, &row, 1, &p);
-    if (rc != 0)
-        log_msg(LOG_ERROR, "planning series %s: %s", s->series_uid, rules_strerror(rc));
-    /* Storage keeps a job's destinations as comma-separated names. */
-    for (size_t j = 0; j < p.n_jobs; j++) {
-        char send_to[1024] = "";
-        for (size_t d = 0; d < p.jobs[j].n_destinations; d++) {
-            size_t used = strlen(send_to);
-            snprintf(send_to + used, sizeof send_to - used, "%s%s", d ? "," : "",
-                     p.jobs[j].destinations[d]);
-        }
-        storage_plan_add(plan, p.jobs[j].model, send_to, (int)p.jobs[j].priority);
-    }
-    for (size_t f = 0; f < p.n_forwards; f++)
-        storage_plan_forward(plan, p.forwards[f].destination);
-    plan_free(&p);
-}
 
 /* ------------------------------------------------------------------ */
 /* One job                                                             */
@@ -457,25 +399,18 @@ static void *worker_main(void *arg)
                                  sizeof why)
                        : (snprintf(why, sizeof why, "the model cannot be loaded: %s", err), -1);
         /* Each destination of the job gets the SEG and the SR. */
-        size_t n_dests = job.send_to[0] ? 1 : 0;
-        for (const char *c = job.send_to; *c; c++)
-            n_dests += *c == ',';
-        struct storage_send_item *items = calloc(2 * n_dests + 1, sizeof *items);
+        struct storage_send_item *items = calloc(2 * job.n_destinations + 1, sizeof *items);
         size_t n_items = 0;
-        char dests[sizeof job.send_to];
-        snprintf(dests, sizeof dests, "%s", job.send_to);
-        char *save = NULL;
         if (!items && jr == 0) {
             snprintf(why, sizeof why, "out of memory");
             jr = -1;
         }
-        for (char *d = strtok_r(dests, ",", &save); jr == 0 && d;
-             d = strtok_r(NULL, ",", &save)) {
+        for (size_t d = 0; jr == 0 && d < job.n_destinations; d++) {
             items[n_items++] = (struct storage_send_item){
-                d, "seg", res.seg_path, res.seg.sop_class_uid, res.seg.sop_instance_uid,
+                job.destinations[d], "seg", res.seg_path, res.seg.sop_class_uid, res.seg.sop_instance_uid,
                 res.seg.transfer_syntax};
             items[n_items++] = (struct storage_send_item){
-                d, "sr", res.sr_path, res.sr.sop_class_uid, res.sr.sop_instance_uid,
+                job.destinations[d], "sr", res.sr_path, res.sr.sop_class_uid, res.sr.sop_instance_uid,
                 res.sr.transfer_syntax};
         }
         int64_t end = service_now_ms();
@@ -503,6 +438,7 @@ static void *worker_main(void *arg)
         }
         free(summary);
         free(items);
+        storage_job_clear(&job);
         malloc_trim(0); /* an idle node hands a job's memory back */
     }
     infer_model_free(model);

@@ -4,15 +4,19 @@
  * Where an instance goes: dicom/ accepts the association and streams the
  * data set into a file under DATA_DIR/tmp (on_temp_path), then on_stored()
  * hands it to storage_commit(), which makes it durable and indexed; only
- * then is the C-STORE answered with success. A timer moves studies that
- * have been idle for stable_seconds to "complete"; another deletes what the
- * retention settings let go.
+ * then is the C-STORE answered with success. A timer completes the studies
+ * that are due (idle for stable_seconds, past max_wait_seconds, or with
+ * their required series): it reads each one's series rows, plans it with
+ * the rules outside any store lock and commits the plan, which the store
+ * refuses when an instance arrived meanwhile (the study is then planned
+ * again later). Another timer deletes what the retention settings let go.
  */
 #include "config/config.h"
 #include "common/attr.h"
+#include "common/log.h"
+#include "common/plan.h"
 #include "dicom/image.h"
 #include "dicom/network.h"
-#include "common/log.h"
 #include "rules/rules.h"
 #include "service/service.h"
 #include "storage/storage.h"
@@ -91,7 +95,7 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
     struct node *n = ud;
     struct storage_instance inst;
     memset(&inst, 0, sizeof inst);
-    for (int i = 0; i < SA_COUNT; i++)
+    for (int i = 0; i < ATTR_COUNT; i++)
         inst.attr[i] = r->values[i];
     inst.transfer_syntax = r->transfer_syntax;
     inst.calling_ae = r->peer->calling_ae;
@@ -109,23 +113,31 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
                                 : DICOM_STATUS_OUT_OF_RESOURCES;
 }
 
-/* The storage repair reads instance files through the DICOM shim: the
- * indexed attributes, then the calling AE kept in the meta header. */
+/* The keywords of the indexed attributes (attr.def's order), then the
+ * calling AE kept in the meta header: what the receiver and the repair
+ * read from a file. */
+static const char *read_keywords[ATTR_COUNT + 1];
+
+static void init_read_keywords(void)
+{
+    for (int i = 0; i < ATTR_COUNT; i++)
+        read_keywords[i] = attr_table[i].keyword;
+    read_keywords[ATTR_COUNT] = "SourceApplicationEntityTitle";
+}
+
+/* The storage repair reads instance files through the DICOM shim. */
 static int read_for_repair(void *ud, const char *path, char **values, char **ts,
                            char **calling_ae)
 {
     (void)ud;
-    const char *keywords[SA_COUNT + 1];
-    char *got[SA_COUNT + 1];
-    memcpy(keywords, storage_attr_keywords, sizeof storage_attr_keywords);
-    keywords[SA_COUNT] = "SourceApplicationEntityTitle";
+    char *got[ATTR_COUNT + 1];
     char err[256];
-    if (dicom_read_values(path, keywords, SA_COUNT + 1, got, ts, err, sizeof err) != 0) {
+    if (dicom_read_values(path, read_keywords, ATTR_COUNT + 1, got, ts, err, sizeof err) != 0) {
         log_msg(LOG_WARN, "repair: %s", err);
         return -1;
     }
-    memcpy(values, got, SA_COUNT * sizeof *values);
-    *calling_ae = got[SA_COUNT];
+    memcpy(values, got, ATTR_COUNT * sizeof *values);
+    *calling_ae = got[ATTR_COUNT];
     return 0;
 }
 
@@ -160,11 +172,11 @@ static void on_retention_timer(uv_timer_t *t)
 /* The receiving studies, copied out for the completion checks. */
 struct receiving {
     char (*uid)[65];
-    int64_t *first_ms;
+    int64_t *first_ms, *last_ms;
     size_t n, cap;
 };
 
-static int collect_receiving(void *ud, const char *study_uid, int64_t first_received_ms)
+static int collect_receiving(void *ud, const struct storage_receiving *s)
 {
     struct receiving *r = ud;
     if (r->n == r->cap) {
@@ -177,128 +189,117 @@ static int collect_receiving(void *ud, const char *study_uid, int64_t first_rece
         if (!f)
             return 1;
         r->first_ms = f;
+        int64_t *l = realloc(r->last_ms, cap * sizeof *l);
+        if (!l)
+            return 1;
+        r->last_ms = l;
         r->cap = cap;
     }
-    snprintf(r->uid[r->n], sizeof r->uid[r->n], "%s", study_uid);
-    r->first_ms[r->n++] = first_received_ms;
+    snprintf(r->uid[r->n], sizeof r->uid[r->n], "%s", s->study_uid);
+    r->first_ms[r->n] = s->first_received_ms;
+    r->last_ms[r->n++] = s->last_received_ms;
     return 0;
 }
 
-/* The series of one study as rows for the rules; the strings are copied,
- * since storage hands each series out only for the call. */
-struct study_rows {
-    struct attr_series *rows;
-    size_t n, cap;
-};
+/* Why a receiving study is due now, if it is. */
+enum due { DUE_NOT, DUE_STABLE, DUE_MAX_WAIT, DUE_REQUIRED };
 
-static char *dup_or_null(const char *s)
-{
-    return s ? strdup(s) : NULL;
-}
-
-static int collect_row(void *ud, const struct storage_series *se)
-{
-    struct study_rows *sr = ud;
-    if (sr->n == sr->cap) {
-        size_t cap = sr->cap ? sr->cap * 2 : 8;
-        struct attr_series *a = realloc(sr->rows, cap * sizeof *a);
-        if (!a)
-            return 1;
-        sr->rows = a;
-        sr->cap = cap;
-    }
-    struct attr_series row, *r = &sr->rows[sr->n++];
-    runner_series_row(se, &row);
-    memset(r, 0, sizeof *r);
-    for (int i = 0; i < ATTR_COUNT; i++)
-        r->value[i] = dup_or_null(row.value[i]);
-    r->calling_ae = dup_or_null(row.calling_ae);
-    r->called_ae = dup_or_null(row.called_ae);
-    r->source_address = dup_or_null(row.source_address);
-    r->instances = row.instances;
-    return 0;
-}
-
-static void free_rows(struct study_rows *sr)
-{
-    for (size_t k = 0; k < sr->n; k++) {
-        for (int i = 0; i < ATTR_COUNT; i++)
-            free((char *)sr->rows[k].value[i]);
-        free((char *)sr->rows[k].calling_ae);
-        free((char *)sr->rows[k].called_ae);
-        free((char *)sr->rows[k].source_address);
-    }
-    free(sr->rows);
-}
-
-/* Completes, before stable_seconds of silence, the studies whose required
- * series are all there, and ends those that passed max_wait_seconds. */
-static int complete_early(struct node *n, const struct config *cfg, int64_t now)
+/* Plans study I of R from its series rows and commits the plan, outside
+ * any store lock while planning. Returns 1 when it completed, 0 when it
+ * changed meanwhile (it is planned again once due again) or failed. */
+static int complete_study(struct node *n, const struct config *cfg, const struct receiving *r,
+                          size_t i, enum due due, struct attr_series *rows, size_t n_rows,
+                          int64_t now, int *queued)
 {
     const struct config_completion *cc = &cfg->completion;
-    if (cc->required.n_any == 0 && cc->max_wait_seconds == 0)
+    int discard = due == DUE_MAX_WAIT && cc->on_max_wait == CONFIG_ON_MAX_WAIT_DISCARD;
+    struct plan plan = {0};
+    int jobs = 0;
+    if (!discard && rules_plan(cfg, rows, n_rows, &plan) != 0) {
+        log_msg(LOG_ERROR, "out of memory planning study %s", r->uid[i]);
+        plan_free(&plan);
         return 0;
+    }
+    int rc = storage_commit_plan(n->store, r->uid[i], r->last_ms[i], &plan, discard, now, &jobs);
+    plan_free(&plan);
+    if (rc == STORAGE_ECONFLICT) {
+        log_msg(LOG_DEBUG, "study %s received more while it was planned", r->uid[i]);
+        return 0;
+    }
+    if (rc != STORAGE_OK) {
+        log_msg(LOG_ERROR, "cannot complete study %s: %s", r->uid[i], storage_strerror(rc));
+        return 0;
+    }
+    *queued += jobs;
+    if (due == DUE_STABLE)
+        return 1;
+    if (discard)
+        log_msg(LOG_WARN, "a study still receiving after max_wait_seconds (%d s) was "
+                          "discarded", cc->max_wait_seconds);
+    else if (due == DUE_MAX_WAIT)
+        log_msg(LOG_WARN, "a study still receiving after max_wait_seconds (%d s) is "
+                          "processed with what it has, %d job%s or forward%s queued",
+                cc->max_wait_seconds, jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
+    else
+        log_msg(LOG_INFO, "a study has all its required series: complete, %d job%s or "
+                          "forward%s queued",
+                jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
+    log_msg(LOG_DEBUG, "study %s ended early", r->uid[i]);
+    return 1;
+}
+
+/* Completes every receiving study that is due: idle for stable_seconds,
+ * past max_wait_seconds, or with all its required series. */
+static void complete_due(struct node *n)
+{
+    const struct config *cfg = atomic_load(&n->cfg);
+    const struct config_completion *cc = &cfg->completion;
+    int64_t now = service_now_ms();
     struct receiving r = {0};
-    int queued = 0;
+    int moved = 0, queued = 0, stable_queued = 0, any = 0;
     if (storage_foreach_receiving(n->store, collect_receiving, &r) != STORAGE_OK)
         log_msg(LOG_ERROR, "cannot read the receiving studies");
     for (size_t i = 0; i < r.n; i++) {
-        int discard = 0, due = 0;
-        if (cc->max_wait_seconds && now - r.first_ms[i] >= (int64_t)cc->max_wait_seconds * 1000) {
-            due = 1;
-            discard = cc->on_max_wait == CONFIG_ON_MAX_WAIT_DISCARD;
-        } else if (cc->required.n_any) {
-            struct study_rows sr = {0};
-            if (storage_foreach_series(n->store, r.uid[i], collect_row, &sr) == STORAGE_OK)
-                due = rules_required_met(cfg, sr.rows, sr.n);
-            free_rows(&sr);
-        }
-        if (!due)
-            continue;
-        int jobs = 0;
-        if (storage_complete_study(n->store, r.uid[i], now, discard, runner_plan, (void *)cfg,
-                                   &jobs) != STORAGE_OK)
-            continue; /* it completed meanwhile */
-        queued += jobs;
-        if (discard)
-            log_msg(LOG_WARN, "a study still receiving after max_wait_seconds (%d s) was "
-                              "discarded", cc->max_wait_seconds);
+        enum due due = DUE_NOT;
+        struct attr_series *rows = NULL;
+        size_t n_rows = 0;
+        if (now - r.last_ms[i] >= (int64_t)cfg->node.stable_seconds * 1000)
+            due = DUE_STABLE;
         else if (cc->max_wait_seconds &&
                  now - r.first_ms[i] >= (int64_t)cc->max_wait_seconds * 1000)
-            log_msg(LOG_WARN, "a study still receiving after max_wait_seconds (%d s) is "
-                              "processed with what it has, %d job%s or forward%s queued",
-                    cc->max_wait_seconds, jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
-        else
-            log_msg(LOG_INFO, "a study has all its required series: complete, %d job%s or "
-                              "forward%s queued",
-                    jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
-        log_msg(LOG_DEBUG, "study %s ended early", r.uid[i]);
+            due = DUE_MAX_WAIT;
+        else if (cc->required.n_any) {
+            if (storage_study_series(n->store, r.uid[i], &rows, &n_rows) != STORAGE_OK)
+                log_msg(LOG_ERROR, "cannot read the series of study %s", r.uid[i]);
+            else if (rules_required_met(cfg, rows, n_rows))
+                due = DUE_REQUIRED;
+        }
+        if (due != DUE_NOT && !rows &&
+            storage_study_series(n->store, r.uid[i], &rows, &n_rows) != STORAGE_OK) {
+            log_msg(LOG_ERROR, "cannot read the series of study %s", r.uid[i]);
+            due = DUE_NOT;
+        }
+        if (due != DUE_NOT &&
+            complete_study(n, cfg, &r, i, due, rows, n_rows, now,
+                           due == DUE_STABLE ? &stable_queued : &queued)) {
+            any = 1;
+            moved += due == DUE_STABLE;
+        }
+        storage_series_free(rows, n_rows);
     }
     free(r.uid);
     free(r.first_ms);
-    return queued;
-}
-
-static void complete_due(struct node *n)
-{
-    int moved = 0;
-    int queued = 0;
-    const struct config *cfg = atomic_load(&n->cfg);
-    if (storage_complete_due(n->store, service_now_ms(), cfg->node.stable_seconds, runner_plan,
-                             (void *)cfg, &moved, &queued) != STORAGE_OK) {
-        log_msg(LOG_ERROR, "cannot update study states in the database");
-        return;
-    }
+    free(r.last_ms);
     if (moved)
         log_msg(LOG_INFO, "%d stud%s complete, %d job%s or forward%s queued", moved,
-                moved == 1 ? "y" : "ies", queued, queued == 1 ? "" : "s",
-                queued == 1 ? "" : "s");
-    queued += complete_early(n, cfg, service_now_ms());
+                moved == 1 ? "y" : "ies", stable_queued, stable_queued == 1 ? "" : "s",
+                stable_queued == 1 ? "" : "s");
+    queued += stable_queued;
     if (queued && n->runner)
         runner_wake(n->runner);
     if (queued && n->sender)
         sender_wake(n->sender); /* instances to forward */
-    if (moved)
+    if (any)
         retain(n);
 }
 
@@ -413,6 +414,7 @@ int serve_run(const struct config *cfg)
     signal(SIGXFSZ, SIG_IGN);
 
     char err[512] = "";
+    init_read_keywords();
     if (dicom_init(err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
         return 1;
@@ -437,8 +439,8 @@ int serve_run(const struct config *cfg)
         .max_pdu = cfg->node.max_pdu,
         .network_timeout_seconds = cfg->node.network_timeout_seconds,
         .artim_timeout_seconds = cfg->node.artim_timeout_seconds,
-        .keywords = storage_attr_keywords,
-        .n_keywords = SA_COUNT,
+        .keywords = read_keywords,
+        .n_keywords = ATTR_COUNT,
         .associate = on_associate,
         .stored = on_stored,
         .temp_path = on_temp_path,

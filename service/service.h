@@ -18,9 +18,9 @@ struct config;
 struct config_model;
 
 struct storage;
-struct storage_series;
-struct storage_plan;
 struct runner;
+struct attr_series;
+struct plan;
 
 struct sender;
 
@@ -41,14 +41,6 @@ void runner_wake(struct runner *r);
 void runner_set_config(struct runner *r, const struct config *cfg);
 /* Stops the workers (a running job goes back to the queue) and frees R. */
 void runner_stop(struct runner *r);
-/* storage_plan_fn: what CFG's rules plan for a series (UD = config): its
- * jobs and forwards, through rules_plan. */
-void runner_plan(void *ud, const struct storage_series *s, struct storage_plan *plan);
-
-/* A stored series as the rules see it: ROW's strings point into S
- * (jobs.c; until storage hands out struct attr_series rows itself). */
-struct attr_series;
-void runner_series_row(const struct storage_series *s, struct attr_series *row);
 
 /* Starts the thread that delivers the outbox (sender.c). */
 int sender_start(const struct config *cfg, struct storage *st, struct sender **out, char *err,

@@ -26,6 +26,11 @@
  * time.
  *
  * All functions are safe to call from several threads on one handle.
+ *
+ * The header is sectioned by what each part of the module owns: errors,
+ * opening (storage/db.c), instances (instance.c), completion (plan.c), the
+ * job queue (job.c), the outbox (outbox.c), result files (result.c),
+ * listings (listing.c) and retention (retention.c).
  */
 #ifndef AINODE_STORAGE_H
 #define AINODE_STORAGE_H
@@ -33,92 +38,77 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/attr.h"
+#include "common/plan.h"
+
 struct storage;
+
+/* ---- errors -------------------------------------------------------------- */
 
 enum storage_error {
     STORAGE_OK = 0,
-    STORAGE_EINVAL = -1,  /* the instance cannot be used: missing or invalid UIDs */
-    STORAGE_EIO = -2,     /* disk, file system or database failure */
+    STORAGE_EINVAL = -1,    /* the instance cannot be used: missing or invalid UIDs */
+    STORAGE_EIO = -2,       /* disk, file system or database failure */
     STORAGE_ENOMEM = -3,
     STORAGE_ENOTFOUND = -4,
+    STORAGE_ECONFLICT = -5, /* the study changed meanwhile: plan it again later */
+    STORAGE_EVERSION = -6,  /* the store's schema version is not one this code can use */
 };
 
+/* The class of ERR, for any code above. */
 const char *storage_strerror(int err);
 
-/* The DICOM attributes indexed for every instance, by keyword. The
- * receiver reads these from the stored file and passes their values in the
- * same order (NULL when absent; multi-valued ones joined with '\'). */
-enum storage_attr {
-    SA_SOP_CLASS_UID,
-    SA_SOP_INSTANCE_UID,
-    SA_STUDY_INSTANCE_UID,
-    SA_SERIES_INSTANCE_UID,
-    SA_PATIENT_ID,
-    SA_ISSUER_OF_PATIENT_ID,
-    SA_PATIENT_NAME,
-    SA_PATIENT_BIRTH_DATE,
-    SA_PATIENT_SEX,
-    SA_STUDY_DATE,
-    SA_STUDY_TIME,
-    SA_ACCESSION_NUMBER,
-    SA_STUDY_ID,
-    SA_STUDY_DESCRIPTION,
-    SA_MODALITY,
-    SA_BODY_PART_EXAMINED,
-    SA_SERIES_DESCRIPTION,
-    SA_PROTOCOL_NAME,
-    SA_MANUFACTURER,
-    SA_SERIES_NUMBER,
-    SA_INSTANCE_NUMBER,
-    SA_IMAGE_TYPE,
-    SA_SLICE_THICKNESS,
-    SA_ROWS,
-    SA_COLUMNS,
-    SA_NUMBER_OF_FRAMES,
-    SA_CONTRAST_BOLUS_AGENT,
-    SA_COUNT
-};
+/* ---- opening (db.c) ------------------------------------------------------ */
 
-extern const char *const storage_attr_keywords[SA_COUNT];
+/*
+ * Reads an instance file for the start-up repair: VALUES[ATTR_COUNT] in
+ * attr.def's order (NULL where absent), *TRANSFER_SYNTAX and *CALLING_AE,
+ * each malloc'ed for the caller of the callback to free. Returns 0, or
+ * non-zero when PATH is not a complete, readable instance.
+ */
+typedef int (*storage_read_fn)(void *ud, const char *path, char **values,
+                               char **transfer_syntax, char **calling_ae);
 
-/* One received instance, as handed to storage_commit(). */
+/* Opens (creating if needed) the store under DATA_DIR, brings its schema
+ * to this code's version (numbered migrations, one transaction; a store of
+ * a newer version is refused with STORAGE_EVERSION) and, after an unclean
+ * stop, repairs it (see above). READ may be NULL: unindexed files are then
+ * removed rather than indexed again. */
+int storage_open(const char *data_dir, storage_read_fn read, void *read_ud,
+                 struct storage **out, char *err, size_t errlen);
+
+/* The schema version this code writes (PRAGMA user_version). */
+int storage_schema_version(void);
+
+/* What the repair at open did: files indexed again and files removed. */
+void storage_repair_counts(const struct storage *st, int *reindexed, int *removed);
+
+/* Opens an existing store read-only (for status); nothing is repaired or
+ * migrated: a store of another schema version is refused (STORAGE_EVERSION). */
+int storage_open_readonly(const char *data_dir, struct storage **out, char *err, size_t errlen);
+
+/* Opens an existing store for an administrative change (retry) while the
+ * node may be running; nothing is repaired or migrated, every commit is
+ * synced. */
+int storage_open_admin(const char *data_dir, struct storage **out, char *err, size_t errlen);
+
+/* Flushes the index, marks a clean stop (the next open skips the repair
+ * scan) and closes. */
+void storage_close(struct storage *st);
+
+/* ---- instances (instance.c) ---------------------------------------------- */
+
+/* One received instance, as handed to storage_commit(): ATTR holds the
+ * values of attr.def's attributes (NULL when absent; multi-valued ones
+ * joined with '\'). */
 struct storage_instance {
-    const char *attr[SA_COUNT];
+    const char *attr[ATTR_COUNT];
     const char *transfer_syntax;  /* UID the dataset was received in */
     const char *calling_ae;
     const char *called_ae;
     const char *source_addr;
     int64_t received_ms;          /* wall clock, ms since the epoch */
 };
-
-/*
- * Reads an instance file for the start-up repair: VALUES[SA_COUNT] (NULL
- * where absent), *TRANSFER_SYNTAX and *CALLING_AE are malloc'ed for the
- * caller of the callback to free. Returns 0, or non-zero when PATH is not a
- * complete, readable instance.
- */
-typedef int (*storage_read_fn)(void *ud, const char *path, char **values,
-                               char **transfer_syntax, char **calling_ae);
-
-/* Opens (creating if needed) the store under DATA_DIR and, after an
- * unclean stop, repairs it (see above). READ may be NULL: unindexed files
- * are then removed rather than indexed again. */
-int storage_open(const char *data_dir, storage_read_fn read, void *read_ud,
-                 struct storage **out, char *err, size_t errlen);
-
-/* What the repair at open did: files indexed again and files removed. */
-void storage_repair_counts(const struct storage *st, int *reindexed, int *removed);
-
-/* Opens an existing store read-only (for status); nothing is repaired. */
-int storage_open_readonly(const char *data_dir, struct storage **out, char *err, size_t errlen);
-
-/* Opens an existing store for an administrative change (retry) while the
- * node may be running; nothing is repaired, every commit is synced. */
-int storage_open_admin(const char *data_dir, struct storage **out, char *err, size_t errlen);
-
-/* Flushes the index, marks a clean stop (the next open skips the repair
- * scan) and closes. */
-void storage_close(struct storage *st);
 
 /* Writes a fresh temporary file name under DATA_DIR/tmp into BUF. */
 int storage_temp_path(struct storage *st, char *buf, size_t len);
@@ -131,83 +121,65 @@ int storage_temp_path(struct storage *st, char *buf, size_t len);
 int storage_commit(struct storage *st, const char *temp_path,
                    const struct storage_instance *inst, char *err, size_t errlen);
 
-/* A series of a study that has just completed, as handed to the planner:
- * the series' own attributes, its study's and patient's, and those of its
- * first instance (lowest InstanceNumber). Each is NULL when not known. */
-struct storage_series {
+/* Looks up the stored path of SOP_INSTANCE_UID into BUF. */
+int storage_instance_path(struct storage *st, const char *sop_instance_uid,
+                          char *buf, size_t len);
+
+/* Calls FN with the stored path of each instance of SERIES_UID. */
+typedef int (*storage_path_fn)(void *ud, const char *sop_instance_uid, const char *path);
+int storage_foreach_instance(struct storage *st, const char *series_uid, storage_path_fn fn,
+                             void *ud);
+
+/* 1 when S is a valid DICOM UID (PS3.5 9.1: 1..64 chars of digits and
+ * dots, no empty component, no leading zero in a multi-digit component). */
+int storage_uid_valid(const char *s);
+
+/* ---- completion (plan.c) ------------------------------------------------- */
+
+/*
+ * Storage does not decide when a study is complete nor what runs on it.
+ * The caller lists the studies still receiving, reads a due one's series
+ * rows, computes a plan (common/plan.h) outside any store lock and commits
+ * it with storage_commit_plan(), which applies it only if nothing arrived
+ * since the rows were read.
+ */
+
+/* A study still receiving. */
+struct storage_receiving {
     const char *study_uid;
-    const char *series_uid;
-    const char *modality;
-    const char *body_part_examined;
-    const char *series_description;
-    const char *protocol_name;
-    const char *manufacturer;
-    const char *series_number;
-    /* the study and the patient */
-    const char *study_description;
-    const char *accession_number;
-    const char *study_id;
-    const char *study_date;
-    const char *patient_id;
-    const char *patient_sex;
-    /* the first instance */
-    const char *sop_class_uid;
-    const char *image_type;       /* backslash-separated values */
-    const char *slice_thickness;
-    const char *rows;
-    const char *columns;
-    const char *number_of_frames;
-    const char *contrast_bolus_agent;
-    const char *calling_ae;       /* of the association that brought it */
-    const char *called_ae;
-    const char *source_address;
-    int64_t instances;
+    int64_t first_received_ms;
+    int64_t last_received_ms;     /* what storage_commit_plan compares */
 };
 
-typedef int (*storage_series_fn)(void *ud, const struct storage_series *s);
+typedef int (*storage_receiving_fn)(void *ud, const struct storage_receiving *r);
 
-/* Calls FN with each series of STUDY_UID as the planner would see it. */
-int storage_foreach_series(struct storage *st, const char *study_uid, storage_series_fn fn,
-                           void *ud);
-
-/* Collects what is to happen to one series: models to run
- * (storage_plan_add), each with the destinations its results go to
- * (comma-separated names, or NULL) and its priority (lower is claimed
- * first: 0 stat, 1 normal, 2 low); and destinations that receive the
- * series' instances unchanged (storage_plan_forward). */
-struct storage_plan;
-void storage_plan_add(struct storage_plan *plan, const char *model, const char *send_to,
-                      int priority);
-void storage_plan_forward(struct storage_plan *plan, const char *destination);
-
-/* Decides what happens to S through storage_plan_add/_forward. */
-typedef void (*storage_plan_fn)(void *ud, const struct storage_series *s,
-                                struct storage_plan *plan);
-
-/* Moves every study idle for STABLE_SECONDS (as of NOW_MS) from
- * "receiving" to "complete" and, in the same transaction, queues one job
- * per (series, model) that PLAN (may be NULL) asks for, and puts the
- * instances to forward in the outbox; a crash can never leave a complete
- * study without its jobs and forwards. *N_COMPLETED and *N_JOBS get how
- * many studies moved and jobs or forwarded instances were queued. */
-int storage_complete_due(struct storage *st, int64_t now_ms, int stable_seconds,
-                         storage_plan_fn plan, void *plan_ud, int *n_completed, int *n_jobs);
-
-/* Calls FN with each series of a completed study that no rule matched. */
-typedef int (*storage_unmatched_fn)(void *ud, const char *study_uid, const char *series_uid,
-                                    const char *modality);
-int storage_foreach_unmatched(struct storage *st, storage_unmatched_fn fn, void *ud);
-
-/* Calls FN with each study still receiving: its UID and when its first
- * instance arrived. */
-typedef int (*storage_receiving_fn)(void *ud, const char *study_uid, int64_t first_received_ms);
+/* Calls FN with each study still receiving, oldest first; stops early if
+ * FN returns non-zero. */
 int storage_foreach_receiving(struct storage *st, storage_receiving_fn fn, void *ud);
 
-/* Completes STUDY_UID now if it is still receiving, planning its jobs like
- * storage_complete_due; or, with DISCARD, marks it "discarded" (kept for
- * retention, nothing runs on it). *N_JOBS gets the jobs and forwards. */
-int storage_complete_study(struct storage *st, const char *study_uid, int64_t now_ms,
-                           int discard, storage_plan_fn plan, void *plan_ud, int *n_jobs);
+/* The series of STUDY_UID as the planner sees them (common/attr.h): each
+ * attribute from the series' row, its study's and patient's, and its first
+ * instance's (lowest InstanceNumber); how its first instance arrived, and
+ * how many instances it has. *ROWS (N of them, none for an unknown study)
+ * is the caller's, freed with storage_series_free(). */
+int storage_study_series(struct storage *st, const char *study_uid, struct attr_series **rows,
+                         size_t *n);
+void storage_series_free(struct attr_series *rows, size_t n);
+
+/*
+ * In one transaction: if STUDY_UID is still receiving and its last
+ * instance arrived at LAST_RECEIVED_MS, it becomes complete as of NOW_MS
+ * (or "discarded" with DISCARD: kept for retention, nothing runs on it and
+ * PLAN, which may then be NULL, is ignored), PLAN's jobs are queued with
+ * their destinations and priorities, the instances of its forwarded series
+ * go to the outbox, and its series are recorded as matched or unmatched.
+ * Otherwise STORAGE_ECONFLICT and nothing changes. *N_QUEUED (may be NULL)
+ * gets the jobs and forwarded instances queued.
+ */
+int storage_commit_plan(struct storage *st, const char *study_uid, int64_t last_received_ms,
+                        const struct plan *plan, int discard, int64_t now_ms, int *n_queued);
+
+/* ---- jobs (job.c) -------------------------------------------------------- */
 
 /*
  * Jobs: queued -> running -> done | failed. A worker claims a job with a
@@ -224,17 +196,26 @@ struct storage_job {
     char study_uid[65];
     char series_uid[65];
     char model[128];
-    char send_to[1024];           /* comma-separated destination names, or "" */
+    char **destinations;          /* where its results go, in the rule's order */
+    size_t n_destinations;
     int attempts;                 /* including this one */
 };
 
-/* Claims the oldest runnable job of MODEL for OWNER until NOW_MS + LEASE_MS.
+/* Releases what a claimed JOB holds (its destinations) and empties it. */
+void storage_job_clear(struct storage_job *job);
+
+/* Claims the oldest runnable job of MODEL for OWNER until NOW_MS + LEASE_MS
+ * into *JOB (overwritten: release it with storage_job_clear()).
  * STORAGE_ENOTFOUND when there is none. */
 int storage_job_claim(struct storage *st, const char *model, const char *owner, int64_t now_ms,
                       int64_t lease_ms, struct storage_job *job);
 
 /* Extends the lease; STORAGE_ENOTFOUND when OWNER no longer holds it. */
 int storage_job_renew(struct storage *st, int64_t id, const char *owner, int64_t until_ms);
+
+/* Gives a job OWNER holds back to the queue, not counting this attempt
+ * (the node is stopping; the job did not fail). */
+int storage_job_release(struct storage *st, int64_t id, const char *owner);
 
 /* A file a finished job leaves to send. */
 struct storage_send_item {
@@ -252,6 +233,8 @@ struct storage_send_item {
 int storage_job_finish(struct storage *st, int64_t id, const char *owner, int64_t now_ms,
                        const char *error, const char *result, const char *summary,
                        const struct storage_send_item *items, size_t n_items);
+
+/* ---- the outbox (outbox.c) ----------------------------------------------- */
 
 /*
  * The outbox: files to send, each pending until a destination accepted it
@@ -293,10 +276,7 @@ int storage_outbox_record(struct storage *st, int64_t id, int64_t now_ms, int se
  * reset: item ID, or all failed ones when ID < 0. *N gets how many. */
 int storage_outbox_retry(struct storage *st, int64_t id, int64_t now_ms, int *n);
 
-
-/* Gives a job OWNER holds back to the queue, not counting this attempt
- * (the node is stopping; the job did not fail). */
-int storage_job_release(struct storage *st, int64_t id, const char *owner);
+/* ---- result files (result.c) --------------------------------------------- */
 
 /* Writes a job's results durably: DATA_DIR/results/<ID>.labels.gz (LABELS,
  * NBYTES, already gzip-compressed by the caller) and then
@@ -312,6 +292,22 @@ int storage_adopt_result(struct storage *st, const char *tmp, const char *name, 
 
 /* A fresh temporary path under DATA_DIR/results for a result being written. */
 int storage_result_temp(struct storage *st, const char *name, char *path, size_t pathlen);
+
+/* ---- listings (listing.c) ------------------------------------------------ */
+
+struct storage_study {
+    const char *study_uid;
+    const char *state;            /* receiving | complete | discarded | deleting */
+    int64_t instances;
+    int64_t series;
+    int64_t last_received_ms;
+    int64_t completed_ms;         /* 0 when not complete */
+};
+
+typedef int (*storage_study_fn)(void *ud, const struct storage_study *s);
+
+/* Calls FN for each study, oldest first; stops early if FN returns non-zero. */
+int storage_foreach_study(struct storage *st, storage_study_fn fn, void *ud);
 
 struct storage_job_row {
     int64_t id;
@@ -331,38 +327,29 @@ typedef int (*storage_job_fn)(void *ud, const struct storage_job_row *j);
 /* Calls FN for each job, oldest first. */
 int storage_foreach_job(struct storage *st, storage_job_fn fn, void *ud);
 
-/* Calls FN with the stored path of each instance of SERIES_UID. */
-typedef int (*storage_path_fn)(void *ud, const char *sop_instance_uid, const char *path);
-int storage_foreach_instance(struct storage *st, const char *series_uid, storage_path_fn fn,
-                             void *ud);
+/* Calls FN with each series of a completed study that no rule matched. */
+typedef int (*storage_unmatched_fn)(void *ud, const char *study_uid, const char *series_uid,
+                                    const char *modality);
+int storage_foreach_unmatched(struct storage *st, storage_unmatched_fn fn, void *ud);
 
-struct storage_study {
-    const char *study_uid;
-    const char *state;            /* "receiving" | "complete" | "deleting" */
-    int64_t instances;
-    int64_t series;
-    int64_t last_received_ms;
-    int64_t completed_ms;         /* 0 when not complete */
-};
-
-typedef int (*storage_study_fn)(void *ud, const struct storage_study *s);
-
-/* Calls FN for each study, oldest first; stops early if FN returns non-zero. */
-int storage_foreach_study(struct storage *st, storage_study_fn fn, void *ud);
-
-/* Looks up the stored path of SOP_INSTANCE_UID into BUF. */
-int storage_instance_path(struct storage *st, const char *sop_instance_uid,
-                          char *buf, size_t len);
+/* ---- retention (retention.c) --------------------------------------------- */
 
 /*
- * Retention. A study may be deleted once it is finished: complete, with no
+ * A study may be deleted once it is finished: complete, with no
  * job queued or running and no outbox item pending or failed (a
  * dead-lettered send still needs the administrator, so it keeps its study).
  * Deleting one removes its instance files, its jobs' result files and all
  * its rows (instances, series, study, jobs, outbox, and its patient when no
- * other study has it). It is crash-safe: the study is first marked
- * "deleting" in a synced commit, then its files go, then its rows; a study
- * found "deleting" by storage_open() is finished there.
+ * other study has it).
+ *
+ * It never holds the store's lock while files go, so receiving carries on:
+ * in one synced commit under the lock the study's rows are deleted and the
+ * files they named recorded as to be removed; the files then go with no
+ * lock held (each removal flushed); then the record goes. An instance
+ * arriving meanwhile for that study finds no rows and starts it afresh,
+ * in a file of its own. After a stop in the middle, storage_open() finishes
+ * the removal (a file some instance row names again is kept). A study left
+ * "deleting" by an earlier release is finished the same way.
  *
  * storage_retain deletes, oldest last_received first, (1) every finished
  * study completed more than RETENTION_DAYS before NOW_MS (0: none), then
@@ -385,9 +372,5 @@ typedef int (*storage_usage_fn)(void *ud, const char *data_dir, double *percent)
 int storage_retain_with_usage(struct storage *st, int64_t now_ms, int retention_days,
                               int high_water_percent, storage_usage_fn usage, void *usage_ud,
                               int *studies_deleted, char *err, size_t errlen);
-
-/* 1 when S is a valid DICOM UID (PS3.5 9.1: 1..64 chars of digits and
- * dots, no empty component, no leading zero in a multi-digit component). */
-int storage_uid_valid(const char *s);
 
 #endif

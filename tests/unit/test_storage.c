@@ -6,8 +6,11 @@
 #include <cmocka.h>
 
 #include "storage/storage.h"
+#include "storage/internal.h" /* storage_set_retain_hook */
 
 #include <dirent.h>
+#include <pthread.h>
+#include <time.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,12 +66,12 @@ static void make_instance(struct storage_instance *inst, const char *series, con
                           int64_t when)
 {
     memset(inst, 0, sizeof *inst);
-    inst->attr[SA_SOP_CLASS_UID] = CT_CLASS;
-    inst->attr[SA_SOP_INSTANCE_UID] = sop;
-    inst->attr[SA_STUDY_INSTANCE_UID] = STUDY;
-    inst->attr[SA_SERIES_INSTANCE_UID] = series;
-    inst->attr[SA_MODALITY] = "CT";
-    inst->attr[SA_ROWS] = "512";
+    inst->attr[ATTR_SOP_CLASS_UID] = CT_CLASS;
+    inst->attr[ATTR_SOP_INSTANCE_UID] = sop;
+    inst->attr[ATTR_STUDY_INSTANCE_UID] = STUDY;
+    inst->attr[ATTR_SERIES_INSTANCE_UID] = series;
+    inst->attr[ATTR_MODALITY] = "CT";
+    inst->attr[ATTR_ROWS] = "512";
     inst->transfer_syntax = EXPLICIT_LE;
     inst->calling_ae = "MODALITY";
     inst->called_ae = "AINODE";
@@ -139,6 +142,73 @@ static struct tally tally(struct storage *st)
     return t;
 }
 
+/* What the node does to complete studies: each study idle for
+ * STABLE_SECONDS as of NOW_MS is planned series by series with PLAN (NULL
+ * plans nothing) outside the store and the plan committed against the
+ * study's last_received. */
+typedef void (*planner_fn)(void *ud, const struct attr_series *s, struct plan *p);
+
+struct receiving_list {
+    int n;
+    char uid[16][65];
+    int64_t last[16];
+};
+
+static int collect_receiving(void *ud, const struct storage_receiving *r)
+{
+    struct receiving_list *l = ud;
+    if (l->n < 16) {
+        snprintf(l->uid[l->n], 65, "%s", r->study_uid);
+        l->last[l->n++] = r->last_received_ms;
+    }
+    return 0;
+}
+
+static void plan_study(struct storage *st, const char *study_uid, planner_fn plan, void *ud,
+                       struct plan *p)
+{
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(st, study_uid, &rows, &n), STORAGE_OK);
+    for (size_t k = 0; plan && k < n; k++)
+        plan(ud, &rows[k], p);
+    storage_series_free(rows, n);
+}
+
+static void complete_due(struct storage *st, int64_t now_ms, int stable_seconds, planner_fn plan,
+                         void *ud, int *moved, int *jobs)
+{
+    struct receiving_list l;
+    memset(&l, 0, sizeof l);
+    *moved = *jobs = 0;
+    assert_int_equal(storage_foreach_receiving(st, collect_receiving, &l), STORAGE_OK);
+    for (int i = 0; i < l.n; i++) {
+        if (now_ms - l.last[i] < (int64_t)stable_seconds * 1000)
+            continue;
+        struct plan p = {0};
+        int q = 0;
+        plan_study(st, l.uid[i], plan, ud, &p);
+        assert_int_equal(storage_commit_plan(st, l.uid[i], l.last[i], &p, 0, now_ms, &q),
+                         STORAGE_OK);
+        plan_free(&p);
+        (*moved)++;
+        *jobs += q;
+    }
+}
+
+/* Plans model "seg" for CT series (results to pacs) and "other" for every
+ * series. */
+static void plan_ct(void *ud, const struct attr_series *s, struct plan *p)
+{
+    int *calls = ud;
+    const char *series = s->value[ATTR_SERIES_INSTANCE_UID];
+    const char *pacs = "pacs";
+    (*calls)++;
+    if (s->value[ATTR_MODALITY] && strcmp(s->value[ATTR_MODALITY], "CT") == 0)
+        assert_int_equal(plan_add_job(p, series, "seg", PLAN_PRIORITY_NORMAL, &pacs, 1), 0);
+    assert_int_equal(plan_add_job(p, series, "other", PLAN_PRIORITY_NORMAL, NULL, 0), 0);
+}
+
 static void test_uid_grammar_accepts_valid_uids(void **state)
 {
     (void)state;
@@ -205,7 +275,7 @@ static void test_commit_rejects_missing_uid(void **state)
     struct storage_instance inst;
     write_temp(f->st, "x", temp, sizeof temp);
     make_instance(&inst, SERIES, "1.2.3", 1000);
-    inst.attr[SA_STUDY_INSTANCE_UID] = NULL;
+    inst.attr[ATTR_STUDY_INSTANCE_UID] = NULL;
     assert_int_equal(storage_commit(f->st, temp, &inst, err, sizeof err), STORAGE_EINVAL);
     assert_string_equal(err, "missing StudyInstanceUID");
     assert_int_equal(tally(f->st).studies, 0);
@@ -261,10 +331,10 @@ static void test_idle_study_completes_and_reopens_on_new_instance(void **state)
     struct fixture *f = *state;
     int moved = -1, jobs = -1;
     assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 10000), STORAGE_OK);
-    assert_int_equal(storage_complete_due(f->st, 14999, 5, NULL, NULL, &moved, &jobs), STORAGE_OK);
+    complete_due(f->st, 14999, 5, NULL, NULL, &moved, &jobs);
     assert_int_equal(moved, 0);
     assert_string_equal(tally(f->st).state, "receiving");
-    assert_int_equal(storage_complete_due(f->st, 15000, 5, NULL, NULL, &moved, &jobs), STORAGE_OK);
+    complete_due(f->st, 15000, 5, NULL, NULL, &moved, &jobs);
     assert_int_equal(moved, 1);
     assert_string_equal(tally(f->st).state, "complete");
     assert_int_equal(commit_content(f->st, SERIES, "1.2.3.2", "b", 16000), STORAGE_OK);
@@ -322,13 +392,13 @@ static int read_fake(void *ud, const char *path, char **values, char **ts, char 
     char *content = slurp(path);
     if (!content || strcmp(content, "complete but unindexed") != 0)
         return -1;
-    for (int i = 0; i < SA_COUNT; i++)
+    for (int i = 0; i < ATTR_COUNT; i++)
         values[i] = NULL;
-    values[SA_SOP_CLASS_UID] = strdup(CT_CLASS);
-    values[SA_SOP_INSTANCE_UID] = strdup(sop);
-    values[SA_STUDY_INSTANCE_UID] = strdup(STUDY);
-    values[SA_SERIES_INSTANCE_UID] = strdup(SERIES);
-    values[SA_MODALITY] = strdup("CT");
+    values[ATTR_SOP_CLASS_UID] = strdup(CT_CLASS);
+    values[ATTR_SOP_INSTANCE_UID] = strdup(sop);
+    values[ATTR_STUDY_INSTANCE_UID] = strdup(STUDY);
+    values[ATTR_SERIES_INSTANCE_UID] = strdup(SERIES);
+    values[ATTR_MODALITY] = strdup("CT");
     *ts = strdup(EXPLICIT_LE);
     *calling = strdup("MODALITY");
     return 0;
@@ -408,16 +478,6 @@ static void test_clean_stop_skips_the_repair(void **state)
     assert_int_equal(access(stray, F_OK), 0);
 }
 
-/* Plans model "seg" for CT series and "other" for every series. */
-static void plan_ct(void *ud, const struct storage_series *s, struct storage_plan *plan)
-{
-    int *calls = ud;
-    (*calls)++;
-    if (s->modality && strcmp(s->modality, "CT") == 0)
-        storage_plan_add(plan, "seg", "pacs", 1);
-    storage_plan_add(plan, "other", NULL, 1);
-}
-
 struct job_list {
     int n;
     char state[8][16];
@@ -450,8 +510,7 @@ static void complete_with_jobs(struct fixture *f)
     int moved, jobs, calls = 0;
     assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
     assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.2", "b", 1000), STORAGE_OK);
-    assert_int_equal(storage_complete_due(f->st, 100000, 5, plan_ct, &calls, &moved, &jobs),
-                     STORAGE_OK);
+    complete_due(f->st, 100000, 5, plan_ct, &calls, &moved, &jobs);
     assert_int_equal(moved, 1);
     assert_int_equal(calls, 2);
     assert_int_equal(jobs, 4);
@@ -467,8 +526,7 @@ static void test_completion_queues_the_planned_jobs(void **state)
         assert_string_equal(l.state[i], "queued");
     /* A second pass finds nothing new to complete or queue. */
     int moved, jobs, calls = 0;
-    assert_int_equal(storage_complete_due(f->st, 200000, 5, plan_ct, &calls, &moved, &jobs),
-                     STORAGE_OK);
+    complete_due(f->st, 200000, 5, plan_ct, &calls, &moved, &jobs);
     assert_int_equal(moved + jobs + calls, 0);
 }
 
@@ -485,6 +543,7 @@ static void test_a_job_is_claimed_once_until_its_lease_expires(void **state)
     /* Both seg jobs are held: nothing left until a lease runs out. */
     assert_int_equal(storage_job_claim(f->st, "seg", "w3", 1200, 500, &c), STORAGE_ENOTFOUND);
     assert_int_equal(storage_job_renew(f->st, a.id, "w1", 5000), STORAGE_OK);
+    storage_job_clear(&c);
     assert_int_equal(storage_job_claim(f->st, "seg", "w3", 1700, 500, &c), STORAGE_OK);
     assert_int_equal(c.id, b.id); /* w2's lease expired at 1600, w1 renewed */
     assert_int_equal(c.attempts, 2);
@@ -503,6 +562,9 @@ static void test_a_job_is_claimed_once_until_its_lease_expires(void **state)
     }
     assert_int_equal(done, 1);
     assert_int_equal(failed, 1);
+    storage_job_clear(&a);
+    storage_job_clear(&b);
+    storage_job_clear(&c);
 }
 
 static void test_jobs_left_running_are_queued_again_at_open(void **state)
@@ -518,6 +580,8 @@ static void test_jobs_left_running_are_queued_again_at_open(void **state)
     assert_int_equal(storage_job_claim(f->st, "seg", "w9", 2000, 1000, &b), STORAGE_OK);
     assert_int_equal(b.id, a.id);
     assert_int_equal(b.attempts, 2);
+    storage_job_clear(&a);
+    storage_job_clear(&b);
 }
 
 static void test_a_job_lost_too_often_fails(void **state)
@@ -572,13 +636,16 @@ static void test_a_finished_job_puts_its_results_in_the_outbox(void **state)
     complete_with_jobs(f);
     struct storage_job j;
     assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 500, &j), STORAGE_OK);
-    assert_string_equal(j.send_to, "pacs");
+    assert_int_equal(j.n_destinations, 1);
+    assert_string_equal(j.destinations[0], "pacs");
     const struct storage_send_item items[] = {
         {"pacs", "seg", "/r/1.seg.dcm", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.3.10", EXPLICIT_LE},
         {"pacs", "sr", "/r/1.sr.dcm", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.3.11", EXPLICIT_LE},
     };
     assert_int_equal(storage_job_finish(f->st, j.id, "w1", 1100, NULL, "r", "{}", items, 2),
                      STORAGE_OK);
+    storage_job_clear(&j);
+    assert_int_equal(j.n_destinations, 0);
     struct outbox_list due;
     memset(&due, 0, sizeof due);
     assert_int_equal(storage_outbox_due(f->st, 1100, collect_outbox, &due), STORAGE_OK);
@@ -624,6 +691,7 @@ static void test_a_failed_job_sends_nothing(void **state)
     const struct storage_send_item item = {"pacs", "seg", "/r/1.seg.dcm", "1.2", "1.3", "1.4"};
     assert_int_equal(storage_job_finish(f->st, j.id, "w1", 1100, "bad", NULL, NULL, &item, 1),
                      STORAGE_OK);
+    storage_job_clear(&j);
     struct outbox_list all;
     memset(&all, 0, sizeof all);
     assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
@@ -641,40 +709,6 @@ static void test_readonly_open_sees_committed_rows(void **state)
     storage_close(ro);
 }
 
-/* ---- retention ---------------------------------------------------------- */
-
-#define DAY_MS ((int64_t)86400 * 1000)
-
-/* Commits instance SOP of STUDY_UID (series STUDY_UID.1) received at WHEN. */
-static void commit_in_study(struct storage *st, const char *study_uid, const char *sop,
-                            int64_t when)
-{
-    char temp[512], err[256], series[80];
-    struct storage_instance inst;
-    snprintf(series, sizeof series, "%s.1", study_uid);
-    write_temp(st, "x", temp, sizeof temp);
-    make_instance(&inst, series, sop, when);
-    inst.attr[SA_STUDY_INSTANCE_UID] = study_uid;
-    inst.attr[SA_SERIES_INSTANCE_UID] = series;
-    assert_int_equal(storage_commit(st, temp, &inst, err, sizeof err), STORAGE_OK);
-}
-
-/* Plans per study: "1.9.2" a job, "1.9.3" and "1.9.4" a forward. */
-static void plan_by_study(void *ud, const struct storage_series *s, struct storage_plan *plan)
-{
-    (void)ud;
-    if (strcmp(s->study_uid, "1.9.2") == 0 || strcmp(s->study_uid, "1.9.1") == 0)
-        storage_plan_add(plan, "seg", NULL, 1);
-    if (strcmp(s->study_uid, "1.9.3") == 0 || strcmp(s->study_uid, "1.9.4") == 0)
-        storage_plan_forward(plan, "pacs");
-}
-
-static void complete_all(struct storage *st, int64_t now_ms, storage_plan_fn plan)
-{
-    int moved, jobs;
-    assert_int_equal(storage_complete_due(st, now_ms, 5, plan, NULL, &moved, &jobs), STORAGE_OK);
-}
-
 /* The studies listed, in order, as "uid:state uid:state ...". */
 static int list_study(void *ud, const struct storage_study *s)
 {
@@ -690,6 +724,422 @@ static const char *studies(struct storage *st)
     buf[0] = '\0';
     assert_int_equal(storage_foreach_study(st, list_study, buf), STORAGE_OK);
     return buf;
+}
+
+/* ---- the attribute table, schema versions, plan commit ------------------- */
+
+/* A value of the right kind for attribute I, distinct per attribute. */
+static const char *attr_value(int i, char *buf, size_t len)
+{
+    switch (i) {
+    case ATTR_SOP_CLASS_UID: return CT_CLASS;
+    case ATTR_SOP_INSTANCE_UID: return "1.2.3.1";
+    case ATTR_STUDY_INSTANCE_UID: return STUDY;
+    case ATTR_SERIES_INSTANCE_UID: return SERIES;
+    }
+    switch (attr_table[i].kind) {
+    case ATTR_KIND_UID: snprintf(buf, len, "1.2.99.%d", i); break;
+    case ATTR_KIND_INT:
+    case ATTR_KIND_NUMBER: snprintf(buf, len, "%d", 100 + i); break;
+    case ATTR_KIND_DATE: snprintf(buf, len, "202401%02d", i % 28 + 1); break;
+    case ATTR_KIND_TIME: snprintf(buf, len, "1200%02d", i % 60); break;
+    case ATTR_KIND_MULTI: snprintf(buf, len, "A%d\\B%d", i, i); break;
+    default: snprintf(buf, len, "text %s", attr_table[i].keyword); break;
+    }
+    return buf;
+}
+
+static void test_every_attribute_is_indexed_and_in_the_series_rows(void **state)
+{
+    struct fixture *f = *state;
+    char temp[512], err[256], bufs[ATTR_COUNT][80];
+    struct storage_instance inst;
+    make_instance(&inst, SERIES, "1.2.3.1", 1000);
+    for (int i = 0; i < ATTR_COUNT; i++)
+        inst.attr[i] = attr_value(i, bufs[i], sizeof bufs[i]);
+    write_temp(f->st, "x", temp, sizeof temp);
+    assert_int_equal(storage_commit(f->st, temp, &inst, err, sizeof err), STORAGE_OK);
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(f->st, STUDY, &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 1);
+    for (int i = 0; i < ATTR_COUNT; i++) {
+        assert_non_null(rows[0].value[i]);
+        assert_string_equal(rows[0].value[i], inst.attr[i]);
+    }
+    assert_string_equal(rows[0].calling_ae, "MODALITY");
+    assert_string_equal(rows[0].called_ae, "AINODE");
+    assert_string_equal(rows[0].source_address, "127.0.0.1");
+    assert_int_equal(rows[0].instances, 1);
+    storage_series_free(rows, n);
+    assert_int_equal(storage_study_series(f->st, "1.2.404", &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 0);
+    storage_series_free(rows, n);
+}
+
+static void test_series_rows_take_the_first_instance_by_number(void **state)
+{
+    struct fixture *f = *state;
+    char temp[512], err[256];
+    const char *numbers[] = {"10", "2", NULL};
+    const char *sops[] = {"1.2.3.1", "1.2.3.2", "1.2.3.3"};
+    const char *thickness[] = {"5", "1.25", "3"};
+    for (int i = 0; i < 3; i++) {
+        struct storage_instance inst;
+        make_instance(&inst, SERIES, sops[i], 1000 + i);
+        inst.attr[ATTR_INSTANCE_NUMBER] = numbers[i];
+        inst.attr[ATTR_SLICE_THICKNESS] = thickness[i];
+        write_temp(f->st, "x", temp, sizeof temp);
+        assert_int_equal(storage_commit(f->st, temp, &inst, err, sizeof err), STORAGE_OK);
+    }
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(f->st, STUDY, &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(rows[0].instances, 3);
+    assert_string_equal(rows[0].value[ATTR_SOP_INSTANCE_UID], "1.2.3.2");
+    assert_string_equal(rows[0].value[ATTR_SLICE_THICKNESS], "1.25");
+    storage_series_free(rows, n);
+}
+
+#define V1_STUDY_A "1.2.826.0.1.3680043.8.498.10"
+#define V1_STUDY_B "1.2.826.0.1.3680043.8.498.20"
+
+/* Writes DATA_DIR/ainode.db from the SQL dump at tests/data/NAME/ainode.sql. */
+static void load_dump(const char *dir, const char *name)
+{
+    char path[512], dbpath[512];
+    const char *data = getenv("AINODE_TEST_DATA");
+    assert_non_null(data);
+    snprintf(path, sizeof path, "%s/%s/ainode.sql", data, name);
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    static char sql[1 << 16];
+    size_t n = fread(sql, 1, sizeof sql - 1, fp);
+    fclose(fp);
+    assert_true(n > 0 && n < sizeof sql - 1);
+    sql[n] = '\0';
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static int user_version(const char *dir)
+{
+    char dbpath[512];
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", dir);
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int v = -1;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        v = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return v;
+}
+
+static int list_unmatched(void *ud, const char *study_uid, const char *series_uid,
+                          const char *modality)
+{
+    char *buf = ud;
+    size_t n = strlen(buf);
+    snprintf(buf + n, 512 - n, "%s%s/%s/%s", n ? " " : "", study_uid, series_uid, modality);
+    return 0;
+}
+
+static void test_a_store_of_the_first_release_is_migrated(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    storage_close(f->st);
+    f->st = NULL;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir '%s'", f->dir, f->dir);
+    assert_int_equal(system(cmd), 0);
+    load_dump(f->dir, "store-v1");
+    assert_int_equal(user_version(f->dir), 0);
+
+    /* Status refuses to read it before the node migrated it (when there is
+     * anything to migrate). */
+    struct storage *ro;
+    if (storage_schema_version() > 1) {
+        assert_int_equal(storage_open_readonly(f->dir, &ro, err, sizeof err), STORAGE_EVERSION);
+        assert_non_null(strstr(err, "migrate"));
+    }
+
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(user_version(f->dir), storage_schema_version());
+
+    /* The studies, as they were. */
+    assert_string_equal(studies(f->st), V1_STUDY_A ":complete " V1_STUDY_B ":receiving");
+    struct receiving_list r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(storage_foreach_receiving(f->st, collect_receiving, &r), STORAGE_OK);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.uid[0], V1_STUDY_B);
+    assert_int_equal(r.last[0], 1700000100000);
+
+    /* The series rows: every level, the first instance by number. */
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(f->st, V1_STUDY_A, &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(rows[0].value[ATTR_SERIES_INSTANCE_UID], V1_STUDY_A ".1");
+    assert_string_equal(rows[0].value[ATTR_SOP_INSTANCE_UID], V1_STUDY_A ".1.2");
+    assert_string_equal(rows[0].value[ATTR_PATIENT_NAME], "Doe^Jane");
+    assert_string_equal(rows[0].value[ATTR_PATIENT_ID], "P1");
+    assert_string_equal(rows[0].value[ATTR_STUDY_DESCRIPTION], "CT Thorax");
+    assert_string_equal(rows[0].value[ATTR_SERIES_DESCRIPTION], "Axial 1.25");
+    assert_string_equal(rows[0].value[ATTR_IMAGE_TYPE], "ORIGINAL\\PRIMARY\\AXIAL");
+    assert_string_equal(rows[0].value[ATTR_ROWS], "512");
+    assert_string_equal(rows[0].value[ATTR_CONTRAST_BOLUS_AGENT], "IODINE");
+    assert_string_equal(rows[0].calling_ae, "CT_ROOM1");
+    assert_int_equal(rows[0].instances, 2);
+    assert_int_equal(rows[1].instances, 2);
+    assert_string_equal(rows[2].value[ATTR_MODALITY], "SR");
+    storage_series_free(rows, n);
+
+    /* Its queued job, its forwards and its unmatched series. */
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 500, &j), STORAGE_OK);
+    assert_string_equal(j.study_uid, V1_STUDY_A);
+    assert_string_equal(j.series_uid, V1_STUDY_A ".1");
+    assert_int_equal(j.n_destinations, 2);
+    assert_string_equal(j.destinations[0], "pacs");
+    assert_string_equal(j.destinations[1], "archive");
+    storage_job_clear(&j);
+    struct outbox_list all;
+    memset(&all, 0, sizeof all);
+    assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
+    assert_int_equal(all.n, 2);
+    assert_string_equal(all.dest[0], "pacs");
+    assert_string_equal(all.state[1], "pending");
+    char unmatched[512] = "";
+    assert_int_equal(storage_foreach_unmatched(f->st, list_unmatched, unmatched), STORAGE_OK);
+    assert_string_equal(unmatched, V1_STUDY_A "/" V1_STUDY_A ".3/SR");
+
+    /* The receiving study completes on the migrated store. */
+    struct plan p = {0};
+    int q = -1;
+    assert_int_equal(plan_add_forward(&p, V1_STUDY_B ".1", "archive"), 0);
+    assert_int_equal(
+        storage_commit_plan(f->st, V1_STUDY_B, 1700000100000, &p, 0, 1700000200000, &q),
+        STORAGE_OK);
+    plan_free(&p);
+    assert_int_equal(q, 1);
+
+    /* Reopened, it is at the current version and needs nothing. */
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(storage_open_readonly(f->dir, &ro, err, sizeof err), STORAGE_OK);
+    assert_string_equal(studies(ro), V1_STUDY_A ":complete " V1_STUDY_B ":complete");
+    storage_close(ro);
+}
+
+static void test_a_store_of_a_newer_version_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "", dbpath[512], sql[64];
+    storage_close(f->st);
+    f->st = NULL;
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", f->dir);
+    snprintf(sql, sizeof sql, "PRAGMA user_version=%d", storage_schema_version() + 1);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err),
+                     STORAGE_EVERSION);
+    assert_null(f->st);
+    assert_non_null(strstr(err, "newer ainode"));
+    struct storage *ro;
+    assert_int_equal(storage_open_readonly(f->dir, &ro, err, sizeof err), STORAGE_EVERSION);
+    assert_int_equal(storage_open_admin(f->dir, &ro, err, sizeof err), STORAGE_EVERSION);
+    /* Nothing was changed: still the newer version. */
+    assert_int_equal(user_version(f->dir), storage_schema_version() + 1);
+}
+
+static void test_strerror_names_every_code(void **state)
+{
+    (void)state;
+    for (int c = STORAGE_EVERSION; c <= STORAGE_OK; c++)
+        assert_string_not_equal(storage_strerror(c), "unknown storage error");
+    assert_string_equal(storage_strerror(STORAGE_ECONFLICT), "the study changed meanwhile");
+}
+
+static int64_t last_received(struct storage *st, const char *study)
+{
+    struct receiving_list l;
+    memset(&l, 0, sizeof l);
+    assert_int_equal(storage_foreach_receiving(st, collect_receiving, &l), STORAGE_OK);
+    for (int i = 0; i < l.n; i++)
+        if (!strcmp(l.uid[i], study))
+            return l.last[i];
+    return -1;
+}
+
+static void test_a_plan_against_a_stale_last_received_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    int calls = 0, q = -1;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    struct plan p = {0};
+    plan_study(f->st, STUDY, plan_ct, &calls, &p);
+    assert_int_equal(p.n_jobs, 2);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 999, &p, 0, 100000, &q),
+                     STORAGE_ECONFLICT);
+    assert_int_equal(q, 0);
+    assert_string_equal(tally(f->st).state, "receiving");
+    assert_int_equal(list_jobs(f->st).n, 0);
+    /* An unknown study, or one completed already, conflicts too. */
+    assert_int_equal(storage_commit_plan(f->st, "1.2.404", 1000, &p, 0, 100000, &q),
+                     STORAGE_ECONFLICT);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, &p, 0, 100000, &q), STORAGE_OK);
+    assert_int_equal(q, 2);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, &p, 0, 100000, &q),
+                     STORAGE_ECONFLICT);
+    assert_int_equal(list_jobs(f->st).n, 2);
+    plan_free(&p);
+}
+
+static void test_an_instance_arriving_while_planning_wins(void **state)
+{
+    struct fixture *f = *state;
+    int calls = 0, moved, jobs;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    int64_t last = last_received(f->st, STUDY);
+    struct plan p = {0};
+    plan_study(f->st, STUDY, plan_ct, &calls, &p);
+    /* Between reading the rows and committing the plan, another instance. */
+    assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.2", "b", 7000), STORAGE_OK);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, last, &p, 0, 8000, NULL),
+                     STORAGE_ECONFLICT);
+    plan_free(&p);
+    assert_string_equal(tally(f->st).state, "receiving");
+    assert_int_equal(list_jobs(f->st).n, 0);
+    /* Later it completes with both series planned. */
+    calls = 0;
+    complete_due(f->st, 20000, 5, plan_ct, &calls, &moved, &jobs);
+    assert_int_equal(moved, 1);
+    assert_int_equal(calls, 2);
+    assert_int_equal(jobs, 4);
+    assert_string_equal(tally(f->st).state, "complete");
+}
+
+static void test_a_plan_lands_jobs_forwards_and_unmatched_together(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.2", "b", 1000), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.3", "c", 1000), STORAGE_OK);
+    const char *dests[] = {"pacs", "archive"};
+    struct plan p = {0};
+    assert_int_equal(plan_add_job(&p, SERIES, "seg", PLAN_PRIORITY_STAT, dests, 2), 0);
+    assert_int_equal(plan_add_forward(&p, SERIES, "viewer"), 0);
+    assert_int_equal(plan_add_unmatched(&p, SERIES2), 0);
+    int q = -1;
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, &p, 0, 5000, &q), STORAGE_OK);
+    assert_int_equal(q, 3); /* one job, two forwarded instances */
+    plan_free(&p);
+    assert_string_equal(tally(f->st).state, "complete");
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 6000, 500, &j), STORAGE_OK);
+    assert_string_equal(j.series_uid, SERIES);
+    assert_int_equal(j.n_destinations, 2);
+    assert_string_equal(j.destinations[0], "pacs");
+    assert_string_equal(j.destinations[1], "archive");
+    storage_job_clear(&j);
+    struct outbox_list all;
+    memset(&all, 0, sizeof all);
+    assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
+    assert_int_equal(all.n, 2);
+    assert_string_equal(all.dest[0], "viewer");
+    char unmatched[512] = "";
+    assert_int_equal(storage_foreach_unmatched(f->st, list_unmatched, unmatched), STORAGE_OK);
+    assert_string_equal(unmatched, STUDY "/" SERIES2 "/CT");
+
+    /* All or nothing: a plan that fails midway (here a job row a trigger
+     * refuses, after a forward and a job went in) leaves the study
+     * receiving with nothing of it queued. */
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.9", "d", 9000), STORAGE_OK);
+    char dbpath[512];
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", f->dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "CREATE TRIGGER refuse_model BEFORE INSERT ON jobs"
+                                  " WHEN NEW.model='bad' BEGIN SELECT RAISE(ABORT, 'no'); END",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    memset(&p, 0, sizeof p);
+    assert_int_equal(plan_add_forward(&p, SERIES, "viewer"), 0);
+    assert_int_equal(plan_add_job(&p, SERIES, "good", PLAN_PRIORITY_NORMAL, dests, 1), 0);
+    assert_int_equal(plan_add_job(&p, SERIES, "bad", PLAN_PRIORITY_NORMAL, dests, 1), 0);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 9000, &p, 0, 10000, &q), STORAGE_EIO);
+    assert_int_equal(q, 0);
+    plan_free(&p);
+    assert_string_equal(tally(f->st).state, "receiving");
+    assert_int_equal(list_jobs(f->st).n, 1);
+    memset(&all, 0, sizeof all);
+    assert_int_equal(storage_foreach_outbox(f->st, collect_outbox, &all), STORAGE_OK);
+    assert_int_equal(all.n, 2);
+}
+
+static void test_a_discarded_study_queues_nothing(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    struct plan p = {0};
+    assert_int_equal(plan_add_job(&p, SERIES, "seg", PLAN_PRIORITY_NORMAL, NULL, 0), 0);
+    int q = -1;
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, &p, 1, 5000, &q), STORAGE_OK);
+    assert_int_equal(q, 0);
+    plan_free(&p);
+    assert_string_equal(tally(f->st).state, "discarded");
+    assert_int_equal(list_jobs(f->st).n, 0);
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, NULL, 1, 5000, &q),
+                     STORAGE_ECONFLICT);
+}
+
+/* ---- retention ---------------------------------------------------------- */
+
+#define DAY_MS ((int64_t)86400 * 1000)
+
+/* Commits instance SOP of STUDY_UID (series STUDY_UID.1) received at WHEN. */
+static void commit_in_study(struct storage *st, const char *study_uid, const char *sop,
+                            int64_t when)
+{
+    char temp[512], err[256], series[80];
+    struct storage_instance inst;
+    snprintf(series, sizeof series, "%s.1", study_uid);
+    write_temp(st, "x", temp, sizeof temp);
+    make_instance(&inst, series, sop, when);
+    inst.attr[ATTR_STUDY_INSTANCE_UID] = study_uid;
+    inst.attr[ATTR_SERIES_INSTANCE_UID] = series;
+    assert_int_equal(storage_commit(st, temp, &inst, err, sizeof err), STORAGE_OK);
+}
+
+/* Plans per study: "1.9.2" a job, "1.9.3" and "1.9.4" a forward. */
+static void plan_by_study(void *ud, const struct attr_series *s, struct plan *p)
+{
+    (void)ud;
+    const char *study = s->value[ATTR_STUDY_INSTANCE_UID];
+    const char *series = s->value[ATTR_SERIES_INSTANCE_UID];
+    if (strcmp(study, "1.9.2") == 0 || strcmp(study, "1.9.1") == 0)
+        assert_int_equal(plan_add_job(p, series, "seg", PLAN_PRIORITY_NORMAL, NULL, 0), 0);
+    if (strcmp(study, "1.9.3") == 0 || strcmp(study, "1.9.4") == 0)
+        assert_int_equal(plan_add_forward(p, series, "pacs"), 0);
+}
+
+static void complete_all(struct storage *st, int64_t now_ms, planner_fn plan)
+{
+    int moved, jobs;
+    complete_due(st, now_ms, 5, plan, NULL, &moved, &jobs);
 }
 
 static int path_exists(const char *fmt, const char *a, const char *b)
@@ -904,6 +1354,197 @@ static void test_interrupted_deletion_is_finished_at_open(void **state)
     assert_true(path_exists("%s/instances/%s", f->dir, "1.9.21"));
 }
 
+/* Commits instance SOP of STUDY_UID (series STUDY_UID.1) without cmocka
+ * assertions (safe off the test's thread); its path goes to PATH. */
+static int commit_quiet(struct storage *st, const char *study_uid, const char *sop, int64_t when,
+                        char *path, size_t len)
+{
+    char temp[512], err[256], series[80];
+    struct storage_instance inst;
+    snprintf(series, sizeof series, "%s.1", study_uid);
+    if (storage_temp_path(st, temp, sizeof temp) != STORAGE_OK)
+        return -1;
+    FILE *fp = fopen(temp, "wb");
+    if (!fp)
+        return -1;
+    fputs("arrived while deleting", fp);
+    fclose(fp);
+    make_instance(&inst, series, sop, when);
+    inst.attr[ATTR_STUDY_INSTANCE_UID] = study_uid;
+    inst.attr[ATTR_SERIES_INSTANCE_UID] = series;
+    int rc = storage_commit(st, temp, &inst, err, sizeof err);
+    if (rc == STORAGE_OK)
+        rc = storage_instance_path(st, sop, path, len);
+    return rc;
+}
+
+struct deleting {
+    struct storage *st;
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    pthread_t thread;
+    int started, done, done_in_hook, calls;
+    char uid[128];
+    int rc[3];
+    char path[3][512];
+};
+
+/* Receives while retention removes files: into another study, a new
+ * instance of the study being deleted, and a resend of the instance whose
+ * file was removed first. */
+static void *receive_meanwhile(void *arg)
+{
+    struct deleting *d = arg;
+    d->rc[0] = commit_quiet(d->st, "1.9.31", "1.9.31.1.1", 50000, d->path[0], 512);
+    d->rc[1] = commit_quiet(d->st, "1.9.30", "1.9.30.1.9", 50000, d->path[1], 512);
+    d->rc[2] = commit_quiet(d->st, "1.9.30", "1.9.30.1.1", 50000, d->path[2], 512);
+    pthread_mutex_lock(&d->m);
+    d->done = 1;
+    pthread_cond_signal(&d->c);
+    pthread_mutex_unlock(&d->m);
+    return NULL;
+}
+
+/* Called by retention after the first file of the study went: commits on
+ * another thread must finish while it waits here. If retention held the
+ * store's lock, they could not, and the wait ends unfinished. */
+static void hold_retention(void *ud, const char *study_uid)
+{
+    struct deleting *d = ud;
+    d->calls++;
+    snprintf(d->uid, sizeof d->uid, "%s", study_uid);
+    if (d->started)
+        return;
+    d->started = pthread_create(&d->thread, NULL, receive_meanwhile, d) == 0;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 30; /* a bound on a hang, not a measure of speed */
+    pthread_mutex_lock(&d->m);
+    while (!d->done && pthread_cond_timedwait(&d->c, &d->m, &until) == 0)
+        ;
+    d->done_in_hook = d->done;
+    pthread_mutex_unlock(&d->m);
+}
+
+static void test_receiving_goes_on_while_retention_removes_files(void **state)
+{
+    struct fixture *f = *state;
+    char err[256], first[512], second[512];
+    int n = -1;
+    commit_in_study(f->st, "1.9.30", "1.9.30.1.1", 1000);
+    commit_in_study(f->st, "1.9.30", "1.9.30.1.2", 1000);
+    complete_all(f->st, 10000, NULL);
+    assert_int_equal(storage_instance_path(f->st, "1.9.30.1.1", first, sizeof first), STORAGE_OK);
+    assert_int_equal(storage_instance_path(f->st, "1.9.30.1.2", second, sizeof second),
+                     STORAGE_OK);
+
+    struct deleting d;
+    memset(&d, 0, sizeof d);
+    d.st = f->st;
+    pthread_mutex_init(&d.m, NULL);
+    pthread_cond_init(&d.c, NULL);
+    storage_set_retain_hook(f->st, hold_retention, &d);
+    assert_int_equal(storage_retain(f->st, 100 * DAY_MS, 1, 0, &n, err, sizeof err), STORAGE_OK);
+    storage_set_retain_hook(f->st, NULL, NULL);
+    assert_true(d.started);
+    pthread_join(d.thread, NULL);
+    pthread_cond_destroy(&d.c);
+    pthread_mutex_destroy(&d.m);
+
+    assert_int_equal(n, 1);
+    assert_int_equal(d.calls, 1);
+    assert_string_equal(d.uid, "1.9.30");
+    /* The commits were not serialised behind the removal of files. */
+    assert_true(d.done_in_hook);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(d.rc[i], STORAGE_OK);
+        assert_int_equal(access(d.path[i], F_OK), 0);
+    }
+    /* The resend did not take the name of the file just removed. */
+    assert_string_not_equal(d.path[2], first);
+    /* The old files went; what arrived meanwhile started the study again. */
+    assert_int_not_equal(access(first, F_OK), 0);
+    assert_int_not_equal(access(second, F_OK), 0);
+    assert_string_equal(studies(f->st), "1.9.30:receiving 1.9.31:receiving");
+    struct tally t = tally(f->st);
+    assert_int_equal(t.instances, 3);
+    assert_int_equal(storage_instance_path(f->st, "1.9.30.1.2", second, sizeof second),
+                     STORAGE_ENOTFOUND);
+}
+
+/* Stands in for the DICOM reader: the UIDs a file's place gives it. */
+static int read_from_place(void *ud, const char *path, char **values, char **ts, char **calling)
+{
+    (void)ud;
+    char study[80], series[80], sop[80];
+    const char *p = strstr(path, "/instances/");
+    if (!p || sscanf(p, "/instances/%79[^/]/%79[^/]/%79[0-9.]", study, series, sop) != 3)
+        return -1;
+    size_t n = strlen(sop);
+    if (n > 4 && !strcmp(sop + n - 4, ".dcm"))
+        sop[n - 4] = '\0';
+    else if (n && sop[n - 1] == '.')
+        sop[n - 1] = '\0';
+    for (int i = 0; i < ATTR_COUNT; i++)
+        values[i] = NULL;
+    values[ATTR_SOP_CLASS_UID] = strdup(CT_CLASS);
+    values[ATTR_SOP_INSTANCE_UID] = strdup(sop);
+    values[ATTR_STUDY_INSTANCE_UID] = strdup(study);
+    values[ATTR_SERIES_INSTANCE_UID] = strdup(series);
+    *ts = strdup(EXPLICIT_LE);
+    *calling = strdup("MODALITY");
+    return 0;
+}
+
+static void die_in_retention(void *ud, const char *study_uid)
+{
+    (void)ud, (void)study_uid;
+    _exit(0);
+}
+
+static void test_a_stop_while_retention_removes_files_is_finished_at_open(void **state)
+{
+    struct fixture *f = *state;
+    char err[256], first[512], second[512];
+    storage_close(f->st);
+    f->st = NULL;
+    snprintf(first, sizeof first, "%s/instances/1.9.40/1.9.40.1/1.9.40.1.1.dcm", f->dir);
+    snprintf(second, sizeof second, "%s/instances/1.9.40/1.9.40.1/1.9.40.1.2.dcm", f->dir);
+    /* A node deletes a study and dies after its first file went. */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct storage *st;
+        int n;
+        if (storage_open(f->dir, NULL, NULL, &st, err, sizeof err) != STORAGE_OK)
+            _exit(2);
+        commit_in_study(st, "1.9.40", "1.9.40.1.1", 1000);
+        commit_in_study(st, "1.9.40", "1.9.40.1.2", 1000);
+        commit_in_study(st, "1.9.41", "1.9.41.1.1", 1000);
+        complete_all(st, 10000, NULL);
+        storage_set_retain_hook(st, die_in_retention, NULL);
+        storage_retain_with_usage(st, 100 * DAY_MS, 0, 50, full_disk, NULL, &n, err, sizeof err);
+        _exit(3);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_not_equal(access(first, F_OK), 0);
+    assert_int_equal(access(second, F_OK), 0); /* a complete instance nothing indexes */
+
+    /* The repair would index it again as a study received afresh; the
+     * recorded removal goes first. */
+    int reindexed, removed;
+    assert_int_equal(storage_open(f->dir, read_from_place, NULL, &f->st, err, sizeof err),
+                     STORAGE_OK);
+    storage_repair_counts(f->st, &reindexed, &removed);
+    assert_int_equal(reindexed + removed, 0);
+    assert_int_not_equal(access(second, F_OK), 0);
+    assert_false(path_exists("%s/instances/%s", f->dir, "1.9.40"));
+    assert_string_equal(studies(f->st), "1.9.41:complete");
+    assert_true(path_exists("%s/instances/%s", f->dir, "1.9.41"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -929,6 +1570,22 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_clean_stop_skips_the_repair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_open_sees_committed_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_completion_queues_the_planned_jobs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_attribute_is_indexed_and_in_the_series_rows,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_series_rows_take_the_first_instance_by_number, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_store_of_the_first_release_is_migrated, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_store_of_a_newer_version_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test(test_strerror_names_every_code),
+        cmocka_unit_test_setup_teardown(test_a_plan_against_a_stale_last_received_is_refused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_an_instance_arriving_while_planning_wins, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_plan_lands_jobs_forwards_and_unmatched_together,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_discarded_study_queues_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_job_is_claimed_once_until_its_lease_expires, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_jobs_left_running_are_queued_again_at_open, setup,
@@ -944,6 +1601,10 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_interrupted_deletion_is_finished_at_open, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_receiving_goes_on_while_retention_removes_files,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_stop_while_retention_removes_files_is_finished_at_open, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

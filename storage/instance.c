@@ -1,0 +1,634 @@
+/*
+ * instance.c — received instances: commit, index and the start-up repair.
+ *
+ * Layout under DATA_DIR:
+ *   ainode.db                     SQLite (WAL)
+ *   tmp/                          incoming bytes; emptied at every open
+ *   instances/<study>/<series>/   <sop>.dcm (or <sop>.N.dcm after a resend)
+ *
+ * Commit order (storage_commit), chosen so that a crash at any point leaves
+ * either nothing or a complete instance:
+ *   1. link() it to a fresh final name    (never overwrites: EEXIST -> next N),
+ *      and unlink the temporary name
+ *   2. fsync the file                     (bytes durable)
+ *   3. fsync the series directory         (name durable)
+ *   4. INSERT/UPDATE the rows, COMMIT      (index; WAL, no wait for the disk)
+ *   5. unlink the previous version of a resent instance
+ *      (that commit waits for the disk: the old file goes only once no
+ *      durable row can point to it)
+ * After an unclean stop, a linked file without a row (a crash between 1
+ * and 4, or a power cut that took the last WAL frames) is indexed again if
+ * it reads as a complete instance, and removed otherwise.
+ *
+ * The rows: one per patient, study, series and instance, each holding the
+ * attributes attr.def puts at its level. The upserts are generated from
+ * attr.def when the store opens, so a new attribute is indexed without a
+ * line here.
+ */
+#include "storage/internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int storage_uid_valid(const char *s)
+{
+    if (!s)
+        return 0;
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return 0;
+    const char *comp = s;
+    for (const char *p = s;; p++) {
+        if (*p == '.' || *p == '\0') {
+            size_t clen = (size_t)(p - comp);
+            if (clen == 0)
+                return 0;
+            if (clen > 1 && comp[0] == '0')
+                return 0;
+            if (*p == '\0')
+                return 1;
+            comp = p + 1;
+        } else if (*p < '0' || *p > '9') {
+            return 0;
+        }
+    }
+}
+
+int storage_temp_path(struct storage *st, char *buf, size_t len)
+{
+    unsigned long seq = atomic_fetch_add(&st->temp_seq, 1);
+    int n = snprintf(buf, len, "%s/%ld-%lu.part", st->tmp_dir, (long)getpid(), seq);
+    return n < 0 || (size_t)n >= len ? STORAGE_EINVAL : STORAGE_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The upserts, from attr.def                                               */
+
+/* The attributes that identify a row of their level: its conflict target,
+ * bound as '' when absent (a patient without an ID or issuer). */
+static int attr_is_key(int id)
+{
+    return id == ATTR_PATIENT_ID || id == ATTR_ISSUER_OF_PATIENT_ID ||
+           id == ATTR_STUDY_INSTANCE_UID || id == ATTR_SERIES_INSTANCE_UID ||
+           id == ATTR_SOP_INSTANCE_UID;
+}
+
+/*
+ * INSERT INTO <table of LEVEL>(<its attribute columns>, EXT_COLS)
+ *   VALUES(?N_EXT+1 ..., EXT_VALS) ON CONFLICT(<its keys>)
+ *   DO UPDATE SET <each other attribute column>=excluded.<column>, EXT_SET TAIL
+ * The N_EXT parameters of EXT_VALS come first (?1..?N_EXT).
+ */
+static char *build_upsert(enum attr_level level, int n_ext, const char *ext_cols,
+                          const char *ext_vals, const char *ext_set, const char *tail)
+{
+    char *sql = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&sql, &len);
+    if (!f)
+        return NULL;
+    fprintf(f, "INSERT INTO %s(", db_level_table(level));
+    int n = 0;
+    for (int i = 0; i < ATTR_COUNT; i++)
+        if (attr_table[i].level == level)
+            fprintf(f, "%s%s", n++ ? ", " : "", attr_table[i].column);
+    fprintf(f, "%s%s) VALUES(", ext_cols ? ", " : "", ext_cols ? ext_cols : "");
+    for (int j = 0; j < n; j++)
+        fprintf(f, "%s?%d", j ? ", " : "", n_ext + 1 + j);
+    fprintf(f, "%s%s) ON CONFLICT(", ext_vals ? ", " : "", ext_vals ? ext_vals : "");
+    n = 0;
+    for (int i = 0; i < ATTR_COUNT; i++)
+        if (attr_table[i].level == level && attr_is_key(i))
+            fprintf(f, "%s%s", n++ ? ", " : "", attr_table[i].column);
+    fprintf(f, ") DO UPDATE SET ");
+    n = 0;
+    for (int i = 0; i < ATTR_COUNT; i++)
+        if (attr_table[i].level == level && !attr_is_key(i))
+            fprintf(f, "%s%s=excluded.%s", n++ ? ", " : "", attr_table[i].column,
+                    attr_table[i].column);
+    fprintf(f, "%s%s %s", ext_set && n ? ", " : "", ext_set ? ext_set : "", tail ? tail : "");
+    if (fclose(f) != 0) {
+        free(sql);
+        return NULL;
+    }
+    return sql;
+}
+
+/* Binds the attributes of LEVEL from A, after N_EXT other parameters. */
+static void bind_level(sqlite3_stmt *s, enum attr_level level, int n_ext, const char *const *a)
+{
+    int j = n_ext + 1;
+    for (int i = 0; i < ATTR_COUNT; i++) {
+        if (attr_table[i].level != level)
+            continue;
+        if (attr_is_key(i))
+            sqlite3_bind_text(s, j, a[i] ? a[i] : "", -1, SQLITE_STATIC);
+        else
+            db_bind_attr(s, j, attr_table[i].kind, a[i]);
+        j++;
+    }
+}
+
+static int prepare_owned(struct storage *st, sqlite3_stmt **stmt, char *sql)
+{
+    if (!sql)
+        return STORAGE_ENOMEM;
+    int rc = sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL);
+    free(sql);
+    return rc == SQLITE_OK ? STORAGE_OK : STORAGE_EIO;
+}
+
+static int prepare(struct storage *st, sqlite3_stmt **stmt, const char *sql)
+{
+    return prepare_owned(st, stmt, strdup(sql));
+}
+
+int instance_prepare(struct storage *st, char *err, size_t errlen)
+{
+    const char *study_col = attr_table[ATTR_STUDY_INSTANCE_UID].column;
+    const char *series_col = attr_table[ATTR_SERIES_INSTANCE_UID].column;
+    char cols[128], set[128], old[256], prune_series[256], prune_studies[256];
+    snprintf(cols, sizeof cols, "%s", study_col);
+    snprintf(set, sizeof set, "%s=excluded.%s", study_col, study_col);
+    snprintf(old, sizeof old,
+             "SELECT i.path, i.%s, s.%s FROM instances i JOIN series s USING(%s)"
+             " WHERE i.%s=?1",
+             series_col, study_col, series_col, attr_table[ATTR_SOP_INSTANCE_UID].column);
+    /* A resend that moved an instance to another series/study may leave
+     * empty ones behind; they are dropped in the same transaction. */
+    snprintf(prune_series, sizeof prune_series,
+             "DELETE FROM series WHERE %s=?1 AND NOT EXISTS"
+             " (SELECT 1 FROM instances WHERE %s=?1)",
+             series_col, series_col);
+    snprintf(prune_studies, sizeof prune_studies,
+             "DELETE FROM studies WHERE %s=?1 AND NOT EXISTS"
+             " (SELECT 1 FROM series WHERE %s=?1)",
+             study_col, study_col);
+    int rc;
+    if ((rc = prepare_owned(st, &st->st_patient_upsert,
+                            build_upsert(ATTR_LEVEL_PATIENT, 0, NULL, NULL, NULL,
+                                         "RETURNING id"))) ||
+        (rc = prepare_owned(
+             st, &st->st_study_upsert,
+             build_upsert(ATTR_LEVEL_STUDY, 2, "patient, state, first_received, last_received",
+                          "?1, 'receiving', ?2, ?2",
+                          "patient=excluded.patient, state='receiving', completed_at=NULL,"
+                          " last_received=max(last_received, excluded.last_received)",
+                          NULL))) ||
+        (rc = prepare(st, &st->st_study_touch,
+                      "UPDATE studies SET state='receiving', completed_at=NULL,"
+                      "  last_received=max(last_received, ?2) WHERE study_uid=?1")) ||
+        (rc = prepare_owned(st, &st->st_series_upsert,
+                            build_upsert(ATTR_LEVEL_SERIES, 1, cols, "?1", set, NULL))) ||
+        (rc = prepare(st, &st->st_inst_old, old)) ||
+        (rc = prepare_owned(
+             st, &st->st_inst_upsert,
+             build_upsert(ATTR_LEVEL_INSTANCE, 8,
+                          "series_uid, transfer_syntax, calling_ae, called_ae, source_addr,"
+                          " received_at, path, size",
+                          "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8",
+                          "series_uid=excluded.series_uid,"
+                          " transfer_syntax=excluded.transfer_syntax,"
+                          " calling_ae=excluded.calling_ae, called_ae=excluded.called_ae,"
+                          " source_addr=excluded.source_addr, received_at=excluded.received_at,"
+                          " path=excluded.path, size=excluded.size",
+                          NULL))) ||
+        (rc = prepare(st, &st->st_prune_series, prune_series)) ||
+        (rc = prepare(st, &st->st_prune_studies, prune_studies)))
+        return error_set(err, errlen, rc, "sqlite: %s", sqlite3_errmsg(st->db));
+    return STORAGE_OK;
+}
+
+void instance_finalize(struct storage *st)
+{
+    sqlite3_stmt **all[] = {&st->st_patient_upsert, &st->st_study_upsert, &st->st_study_touch,
+                            &st->st_series_upsert,  &st->st_inst_old,
+                            &st->st_inst_upsert,    &st->st_prune_series,
+                            &st->st_prune_studies};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        sqlite3_finalize(*all[i]);
+        *all[i] = NULL;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Index                                                                    */
+
+/* The values INST gives its patient, study and series rows, as one string. */
+static char *parents_key(const struct storage_instance *inst)
+{
+    size_t len = 1;
+    for (int i = 0; i < ATTR_COUNT; i++)
+        if (attr_table[i].level != ATTR_LEVEL_INSTANCE)
+            len += (inst->attr[i] ? strlen(inst->attr[i]) : 0) + 2;
+    char *key = malloc(len), *p = key;
+    if (!key)
+        return NULL;
+    *p = '\0';
+    for (int i = 0; i < ATTR_COUNT; i++) {
+        if (attr_table[i].level == ATTR_LEVEL_INSTANCE)
+            continue;
+        const char *v = inst->attr[i];
+        /* \x1e marks an absent value, \x1f ends each value. */
+        p += sprintf(p, "%s\x1f", v ? v : "\x1e");
+    }
+    return key;
+}
+
+struct old_row {
+    char *path, *series, *study;
+};
+
+static int old_row_fn(void *ud, sqlite3_stmt *row)
+{
+    struct old_row *o = ud;
+    o->path = strdup(db_text(row, 0));
+    o->series = strdup(db_text(row, 1));
+    o->study = strdup(db_text(row, 2));
+    return 1;
+}
+
+static int row_id_fn(void *ud, sqlite3_stmt *row)
+{
+    *(int64_t *)ud = sqlite3_column_int64(row, 0);
+    return 1;
+}
+
+/* Writes the rows for INST in one transaction; *OLD_PATH receives the path
+ * of the version this one replaces (caller frees), if any. A replacing
+ * transaction waits for the disk: the caller then removes the old file,
+ * and no durable row may still point to it. Called with st->lock held (or
+ * single-threaded at open), which also makes the look-up before BEGIN
+ * consistent: this connection is the only writer. */
+static int index_instance(struct storage *st, const struct storage_instance *inst,
+                          const char *path, int64_t size, char **old_path, char *err,
+                          size_t errlen)
+{
+    const char *const *a = inst->attr;
+    const char *study = a[ATTR_STUDY_INSTANCE_UID], *series = a[ATTR_SERIES_INSTANCE_UID];
+    struct old_row old = {0};
+    char *parents = NULL;
+    *old_path = NULL;
+
+    sqlite3_bind_text(st->st_inst_old, 1, a[ATTR_SOP_INSTANCE_UID], -1, SQLITE_STATIC);
+    db_step(st->st_inst_old, old_row_fn, &old);
+    *old_path = old.path;
+    int full_sync = old.path && !st->sync_full;
+    if (full_sync)
+        db_exec(st, "PRAGMA synchronous=FULL", NULL, 0);
+    if (db_exec(st, "BEGIN IMMEDIATE", err, errlen))
+        goto fail_quiet;
+
+    parents = parents_key(inst);
+    if (!parents)
+        goto fail;
+    if (st->last_parents && strcmp(parents, st->last_parents) == 0) {
+        sqlite3_stmt *s = st->st_study_touch;
+        sqlite3_bind_text(s, 1, study, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, inst->received_ms);
+        if (db_step(s, NULL, NULL))
+            goto fail;
+        if (db_changes(st) == 1)
+            goto instance_row;
+        /* The study row went away since: write all rows again. */
+    }
+
+    int64_t patient = -1;
+    bind_level(st->st_patient_upsert, ATTR_LEVEL_PATIENT, 0, a);
+    if (db_step(st->st_patient_upsert, row_id_fn, &patient) || patient < 0)
+        goto fail;
+
+    sqlite3_bind_int64(st->st_study_upsert, 1, patient);
+    sqlite3_bind_int64(st->st_study_upsert, 2, inst->received_ms);
+    bind_level(st->st_study_upsert, ATTR_LEVEL_STUDY, 2, a);
+    if (db_step(st->st_study_upsert, NULL, NULL))
+        goto fail;
+
+    sqlite3_bind_text(st->st_series_upsert, 1, study, -1, SQLITE_STATIC);
+    bind_level(st->st_series_upsert, ATTR_LEVEL_SERIES, 1, a);
+    if (db_step(st->st_series_upsert, NULL, NULL))
+        goto fail;
+
+instance_row:;
+    sqlite3_stmt *s = st->st_inst_upsert;
+    sqlite3_bind_text(s, 1, series, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, inst->transfer_syntax, -1, SQLITE_STATIC);
+    db_bind_attr(s, 3, ATTR_KIND_TEXT, inst->calling_ae);
+    db_bind_attr(s, 4, ATTR_KIND_TEXT, inst->called_ae);
+    db_bind_attr(s, 5, ATTR_KIND_TEXT, inst->source_addr);
+    sqlite3_bind_int64(s, 6, inst->received_ms);
+    sqlite3_bind_text(s, 7, path, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 8, size);
+    bind_level(s, ATTR_LEVEL_INSTANCE, 8, a);
+    if (db_step(s, NULL, NULL))
+        goto fail;
+
+    if (old.series && strcmp(old.series, series) != 0) {
+        sqlite3_bind_text(st->st_prune_series, 1, old.series, -1, SQLITE_STATIC);
+        if (db_step(st->st_prune_series, NULL, NULL))
+            goto fail;
+        sqlite3_bind_text(st->st_prune_studies, 1, old.study, -1, SQLITE_STATIC);
+        if (db_step(st->st_prune_studies, NULL, NULL))
+            goto fail;
+    }
+    if (db_exec(st, "COMMIT", err, errlen))
+        goto fail_rollback;
+    if (full_sync)
+        db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
+    free(st->last_parents);
+    st->last_parents = old.series ? NULL : parents; /* a move may have pruned rows */
+    if (old.series)
+        free(parents);
+    free(old.series);
+    free(old.study);
+    return STORAGE_OK;
+fail:
+    error_set(err, errlen, STORAGE_EIO, "sqlite: %s", sqlite3_errmsg(st->db));
+fail_rollback:
+    db_rollback(st);
+fail_quiet:
+    if (full_sync)
+        db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
+    free(st->last_parents);
+    st->last_parents = NULL;
+    free(parents);
+    free(*old_path);
+    *old_path = NULL;
+    free(old.series);
+    free(old.study);
+    return STORAGE_EIO;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Commit                                                                   */
+
+/* A name retention is removing a file under (see retention.c). */
+static int name_doomed(void *ud, const char *path)
+{
+    struct storage *st = ud;
+    int found = 0;
+    pthread_mutex_lock(&st->doomed_lock);
+    for (size_t i = 0; i < st->n_doomed && !found; i++)
+        found = !strcmp(st->doomed[i], path);
+    pthread_mutex_unlock(&st->doomed_lock);
+    return found;
+}
+
+int storage_commit(struct storage *st, const char *temp_path,
+                   const struct storage_instance *inst, char *err, size_t errlen)
+{
+    const char *const *a = inst->attr;
+    static const enum attr_id required[] = {ATTR_SOP_CLASS_UID, ATTR_SOP_INSTANCE_UID,
+                                            ATTR_STUDY_INSTANCE_UID, ATTR_SERIES_INSTANCE_UID};
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+        const char *v = a[required[i]];
+        const char *why = !v || !*v ? "missing" : !storage_uid_valid(v) ? "invalid" : NULL;
+        /* These reach file names: only the strict UID grammar is allowed. */
+        if (why) {
+            unlink(temp_path);
+            return error_set(err, errlen, STORAGE_EINVAL, "%s %s", why,
+                             attr_table[required[i]].keyword);
+        }
+    }
+    if (!inst->transfer_syntax || !storage_uid_valid(inst->transfer_syntax)) {
+        unlink(temp_path);
+        return error_set(err, errlen, STORAGE_EINVAL, "invalid transfer syntax");
+    }
+
+    char study_dir[PATH_MAX], series_dir[PATH_MAX], final[PATH_MAX];
+    int rc = STORAGE_EIO;
+    struct stat sb;
+    final[0] = '\0';
+    if (snprintf(study_dir, sizeof study_dir, "%s/%s", st->inst_dir,
+                 a[ATTR_STUDY_INSTANCE_UID]) >= (int)sizeof study_dir ||
+        snprintf(series_dir, sizeof series_dir, "%s/%s", study_dir,
+                 a[ATTR_SERIES_INSTANCE_UID]) >= (int)sizeof series_dir) {
+        error_set(err, errlen, rc, "path too long");
+        goto fail;
+    }
+    /* Retention may remove the (empty) directories of this study between
+     * the mkdir and the link: make them again. */
+    for (int tries = 0;; tries++) {
+        if (file_mkdir_durable(st->inst_dir, study_dir) != 0 ||
+            file_mkdir_durable(study_dir, series_dir) != 0) {
+            if (errno == ENOENT && tries < 5)
+                continue;
+            error_set(err, errlen, rc, "cannot create directory: %s", strerror(errno));
+            goto fail;
+        }
+        if (file_link_fresh(temp_path, series_dir, a[ATTR_SOP_INSTANCE_UID], final,
+                            sizeof final, name_doomed, st) == 0)
+            break;
+        if (errno == ENOENT && tries < 5 && access(temp_path, F_OK) == 0)
+            continue;
+        error_set(err, errlen, rc, "cannot place file: %s", strerror(errno));
+        final[0] = '\0';
+        goto fail;
+    }
+    /* Linking before flushing is safe: until the row commits, the file is
+     * unindexed, and the repair after a crash checks it. With the temporary
+     * name gone the file has one name, so a file system that flushes a new
+     * file's directory with the file (ext4, with or without a journal)
+     * leaves the directory fsync below almost nothing to do. */
+    unlink(temp_path);
+    if (file_sync(final, 0) != 0 || stat(final, &sb) != 0) {
+        error_set(err, errlen, rc, "cannot flush received file: %s", strerror(errno));
+        goto fail;
+    }
+    if (file_sync(series_dir, 1) != 0) {
+        error_set(err, errlen, rc, "cannot flush directory: %s", strerror(errno));
+        goto fail;
+    }
+    char *old_path = NULL;
+    pthread_mutex_lock(&st->lock);
+    rc = index_instance(st, inst, final, (int64_t)sb.st_size, &old_path, err, errlen);
+    pthread_mutex_unlock(&st->lock);
+    if (rc != STORAGE_OK)
+        goto fail;
+    if (old_path && strcmp(old_path, final) != 0)
+        unlink(old_path); /* a crash here leaves an orphan the scan removes */
+    free(old_path);
+    return STORAGE_OK;
+fail:
+    if (final[0])
+        unlink(final);
+    unlink(temp_path);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Repair                                                                   */
+
+/* Indexes again a complete instance file that no row references. Its
+ * place in the tree must be the one its UIDs give. */
+static int reindex_file(struct storage *st, const char *path, const char *study_dir_name,
+                        const char *series_dir_name, const struct stat *sb)
+{
+    char *values[ATTR_COUNT] = {0};
+    char *ts = NULL, *calling = NULL;
+    int rc = STORAGE_EINVAL;
+    if (!st->read || st->read(st->read_ud, path, values, &ts, &calling) != 0)
+        goto out;
+    const char *sop = values[ATTR_SOP_INSTANCE_UID];
+    const char *base = strrchr(path, '/') + 1;
+    size_t sop_len = sop ? strlen(sop) : 0;
+    if (!storage_uid_valid(values[ATTR_SOP_CLASS_UID]) || !storage_uid_valid(sop) ||
+        !storage_uid_valid(values[ATTR_STUDY_INSTANCE_UID]) ||
+        !storage_uid_valid(values[ATTR_SERIES_INSTANCE_UID]) || !storage_uid_valid(ts) ||
+        strcmp(values[ATTR_STUDY_INSTANCE_UID], study_dir_name) != 0 ||
+        strcmp(values[ATTR_SERIES_INSTANCE_UID], series_dir_name) != 0 ||
+        strncmp(base, sop, sop_len) != 0 || base[sop_len] != '.')
+        goto out;
+    struct storage_instance inst;
+    memset(&inst, 0, sizeof inst);
+    for (int i = 0; i < ATTR_COUNT; i++)
+        inst.attr[i] = values[i];
+    inst.transfer_syntax = ts;
+    inst.calling_ae = calling;
+    inst.received_ms = (int64_t)sb->st_mtime * 1000;
+    char *old_path = NULL;
+    rc = index_instance(st, &inst, path, (int64_t)sb->st_size, &old_path, NULL, 0);
+    if (rc == STORAGE_OK && old_path && strcmp(old_path, path) != 0)
+        unlink(old_path); /* this file is the newer version of a resend */
+    free(old_path);
+out:
+    for (int i = 0; i < ATTR_COUNT; i++)
+        free(values[i]);
+    free(ts);
+    free(calling);
+    return rc;
+}
+
+static int found_fn(void *ud, sqlite3_stmt *row)
+{
+    (void)row;
+    *(int *)ud = 1;
+    return 1;
+}
+
+static int path_is_indexed(sqlite3_stmt *q, const char *path)
+{
+    int found = 0;
+    sqlite3_bind_text(q, 1, path, -1, SQLITE_STATIC);
+    db_step(q, found_fn, &found);
+    return found;
+}
+
+/* The start-up repair after an unclean stop: every file under instances/
+ * that no row references is indexed again when complete, else removed;
+ * empty directories go too. */
+int instance_repair(struct storage *st)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, "SELECT 1 FROM instances WHERE path=?1", -1, &q, NULL)
+        != SQLITE_OK)
+        return -1;
+    int rc = 0;
+    DIR *d1 = opendir(st->inst_dir);
+    if (!d1) {
+        sqlite3_finalize(q);
+        return errno == ENOENT ? 0 : -1;
+    }
+    struct dirent *e1;
+    while ((e1 = readdir(d1))) {
+        if (e1->d_name[0] == '.')
+            continue;
+        char *study = file_join(st->inst_dir, e1->d_name);
+        DIR *d2 = study ? opendir(study) : NULL;
+        struct dirent *e2;
+        while (d2 && (e2 = readdir(d2))) {
+            if (e2->d_name[0] == '.')
+                continue;
+            char *series = file_join(study, e2->d_name);
+            DIR *d3 = series ? opendir(series) : NULL;
+            struct dirent *e3;
+            while (d3 && (e3 = readdir(d3))) {
+                if (e3->d_name[0] == '.')
+                    continue;
+                char *f = file_join(series, e3->d_name);
+                struct stat sb;
+                if (f && !path_is_indexed(q, f)) {
+                    if (stat(f, &sb) == 0 &&
+                        reindex_file(st, f, e1->d_name, e2->d_name, &sb) == STORAGE_OK)
+                        st->reindexed++;
+                    else if (unlink(f) == 0)
+                        st->removed++;
+                    else
+                        rc = -1;
+                }
+                free(f);
+            }
+            if (d3)
+                closedir(d3);
+            if (series)
+                rmdir(series); /* fails harmlessly unless empty */
+            free(series);
+        }
+        if (d2)
+            closedir(d2);
+        if (study)
+            rmdir(study);
+        free(study);
+    }
+    closedir(d1);
+    sqlite3_finalize(q);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Look-ups                                                                 */
+
+struct path_buf {
+    char *buf;
+    size_t len;
+    int found;
+};
+
+static int path_fn(void *ud, sqlite3_stmt *row)
+{
+    struct path_buf *p = ud;
+    snprintf(p->buf, p->len, "%s", db_text(row, 0));
+    p->found = 1;
+    return 1;
+}
+
+int storage_instance_path(struct storage *st, const char *sop_instance_uid, char *buf,
+                          size_t len)
+{
+    struct path_buf p = {buf, len, 0};
+    pthread_mutex_lock(&st->lock);
+    int rc = db_run(st, "SELECT path FROM instances WHERE sop_instance_uid=?1", path_fn, &p,
+                    "t", sop_instance_uid);
+    pthread_mutex_unlock(&st->lock);
+    return rc != STORAGE_OK ? rc : p.found ? STORAGE_OK : STORAGE_ENOTFOUND;
+}
+
+struct each_path {
+    storage_path_fn fn;
+    void *ud;
+};
+
+static int each_path_fn(void *ud, sqlite3_stmt *row)
+{
+    struct each_path *e = ud;
+    return e->fn(e->ud, db_text(row, 0), db_text(row, 1)) ? 1 : 0;
+}
+
+int storage_foreach_instance(struct storage *st, const char *series_uid, storage_path_fn fn,
+                             void *ud)
+{
+    struct each_path e = {fn, ud};
+    pthread_mutex_lock(&st->lock);
+    int rc = db_run(st,
+                    "SELECT sop_instance_uid, path FROM instances WHERE series_uid=?1"
+                    " ORDER BY sop_instance_uid",
+                    each_path_fn, &e, "t", series_uid);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}

@@ -1,0 +1,161 @@
+/*
+ * job.c — the job queue: claim with a lease, renew, release, finish.
+ */
+#include "storage/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int claimed_fn(void *ud, sqlite3_stmt *row)
+{
+    struct storage_job *job = ud;
+    job->id = sqlite3_column_int64(row, 0);
+    snprintf(job->study_uid, sizeof job->study_uid, "%s", db_text(row, 1));
+    snprintf(job->series_uid, sizeof job->series_uid, "%s", db_text(row, 2));
+    job->attempts = sqlite3_column_int(row, 3);
+    return 0;
+}
+
+static int destination_fn(void *ud, sqlite3_stmt *row)
+{
+    struct storage_job *job = ud;
+    char **d = realloc(job->destinations, (job->n_destinations + 1) * sizeof *d);
+    if (!d)
+        return STORAGE_ENOMEM;
+    job->destinations = d;
+    if (!(d[job->n_destinations] = strdup(db_text(row, 0))))
+        return STORAGE_ENOMEM;
+    job->n_destinations++;
+    return 0;
+}
+
+void storage_job_clear(struct storage_job *job)
+{
+    for (size_t i = 0; i < job->n_destinations; i++)
+        free(job->destinations[i]);
+    free(job->destinations);
+    memset(job, 0, sizeof *job);
+}
+
+int storage_job_claim(struct storage *st, const char *model, const char *owner, int64_t now_ms,
+                      int64_t lease_ms, struct storage_job *job)
+{
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    for (;;) {
+        memset(job, 0, sizeof *job);
+        job->id = -1;
+        rc = db_run(st,
+                    "UPDATE jobs SET state='running', lease_owner=?2, lease_until=?3 + ?4,"
+                    "  started_at=?3, attempts=attempts + 1"
+                    " WHERE id=(SELECT id FROM jobs WHERE model=?1 AND (state='queued' OR"
+                    "  (state='running' AND lease_until < ?3)) ORDER BY priority, id LIMIT 1)"
+                    " RETURNING id, study_uid, series_uid, attempts",
+                    claimed_fn, job, "ttII", model, owner, now_ms, lease_ms);
+        if (rc != STORAGE_OK)
+            break;
+        if (job->id < 0) {
+            rc = STORAGE_ENOTFOUND;
+            break;
+        }
+        snprintf(job->model, sizeof job->model, "%s", model);
+        if (job->attempts <= STORAGE_JOB_MAX_ATTEMPTS) {
+            rc = db_run(st,
+                        "SELECT destination FROM job_destinations WHERE job_id=?1"
+                        " ORDER BY position",
+                        destination_fn, job, "I", job->id);
+            if (rc != STORAGE_OK)
+                storage_job_clear(job);
+            break;
+        }
+        /* It has been claimed and lost too often: give up on it. */
+        char msg[128];
+        snprintf(msg, sizeof msg, "gave up after %d attempts (the worker stopped each time)",
+                 STORAGE_JOB_MAX_ATTEMPTS);
+        if ((rc = db_run(st,
+                         "UPDATE jobs SET state='failed', error=?2, finished_at=?3,"
+                         "  lease_owner=NULL, lease_until=NULL WHERE id=?1",
+                         NULL, NULL, "ItI", job->id, msg, now_ms)) != STORAGE_OK)
+            break;
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* Runs an UPDATE of job ID held by OWNER (?1, ?2; VALUE is ?3 when ARGS
+ * names it): STORAGE_ENOTFOUND when the owner no longer holds it. */
+static int update_held(struct storage *st, const char *sql, const char *args, int64_t id,
+                       const char *owner, int64_t value)
+{
+    pthread_mutex_lock(&st->lock);
+    int rc = db_run(st, sql, NULL, NULL, args, id, owner, value);
+    if (rc == STORAGE_OK && db_changes(st) != 1)
+        rc = STORAGE_ENOTFOUND;
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int storage_job_renew(struct storage *st, int64_t id, const char *owner, int64_t until_ms)
+{
+    return update_held(st,
+                       "UPDATE jobs SET lease_until=?3 WHERE id=?1 AND lease_owner=?2"
+                       " AND state='running'",
+                       "ItI", id, owner, until_ms);
+}
+
+int storage_job_release(struct storage *st, int64_t id, const char *owner)
+{
+    return update_held(st,
+                       "UPDATE jobs SET state='queued', attempts=attempts - 1,"
+                       "  lease_owner=NULL, lease_until=NULL, started_at=NULL"
+                       " WHERE id=?1 AND lease_owner=?2 AND state='running'",
+                       "It", id, owner, 0);
+}
+
+static int study_fn(void *ud, sqlite3_stmt *row)
+{
+    char **study = ud;
+    *study = strdup(db_text(row, 0));
+    return *study ? 0 : STORAGE_ENOMEM;
+}
+
+int storage_job_finish(struct storage *st, int64_t id, const char *owner, int64_t now_ms,
+                       const char *error, const char *result, const char *summary,
+                       const struct storage_send_item *items, size_t n_items)
+{
+    char *study = NULL;
+    int rc;
+    pthread_mutex_lock(&st->lock);
+    if ((rc = db_begin(st)) != STORAGE_OK)
+        goto out;
+    rc = db_run(st,
+                "UPDATE jobs SET state=?3, error=?4, result=?5, summary=?6,"
+                "  finished_at=?7, lease_owner=NULL, lease_until=NULL"
+                " WHERE id=?1 AND lease_owner=?2 AND state='running'"
+                " RETURNING study_uid",
+                study_fn, &study, "Ittooo" "I", id, owner, error ? "failed" : "done", error,
+                result, summary, now_ms);
+    if (rc == STORAGE_OK && !study)
+        rc = STORAGE_ENOTFOUND; /* another worker holds it now */
+    /* The results and the decision to send them are recorded together: a
+     * crash leaves either a job to run again or items to send. */
+    for (size_t i = 0; rc == STORAGE_OK && !error && i < n_items; i++) {
+        const struct storage_send_item *it = &items[i];
+        rc = db_run(st,
+                    "INSERT INTO outbox(destination, study_uid, job_id, kind, path,"
+                    "  sop_class_uid, sop_instance_uid, transfer_syntax,"
+                    "  next_attempt, created_at)"
+                    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                    NULL, NULL, "ttIttttt" "I", it->destination, study, id, it->kind, it->path,
+                    it->sop_class_uid, it->sop_instance_uid, it->transfer_syntax, now_ms);
+    }
+    if (rc == STORAGE_OK)
+        rc = db_commit(st);
+    if (rc != STORAGE_OK)
+        db_rollback(st);
+out:
+    pthread_mutex_unlock(&st->lock);
+    free(study);
+    return rc;
+}

@@ -1,0 +1,51 @@
+/*
+ * result.c — a job's result files under DATA_DIR/results, each written to a
+ * temporary name, flushed and renamed, the rename flushed too.
+ */
+#include "storage/internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+int storage_result_temp(struct storage *st, const char *name, char *path, size_t pathlen)
+{
+    if (file_mkdir_durable(st->data_dir, st->results_dir) != 0)
+        return STORAGE_EIO;
+    int n = snprintf(path, pathlen, "%s/.%s.tmp", st->results_dir, name);
+    return n < 0 || (size_t)n >= pathlen ? STORAGE_EINVAL : STORAGE_OK;
+}
+
+int storage_adopt_result(struct storage *st, const char *tmp, const char *name, char *path,
+                         size_t pathlen, char *err, size_t errlen)
+{
+    const char *dir = st->results_dir;
+    if (snprintf(path, pathlen, "%s/%s", dir, name) >= (int)pathlen || file_sync(tmp, 0) != 0 ||
+        rename(tmp, path) != 0 || file_sync(dir, 1) != 0) {
+        error_set(err, errlen, STORAGE_EIO, "cannot store %s/%s: %s", dir, name,
+                  strerror(errno));
+        unlink(tmp);
+        return STORAGE_EIO;
+    }
+    return STORAGE_OK;
+}
+
+int storage_write_result(struct storage *st, int64_t id, const char *json, const void *labels,
+                         size_t nbytes, char *path, size_t pathlen, char *err, size_t errlen)
+{
+    const char *dir = st->results_dir;
+    char name[64], labels_path[4096];
+    if (file_mkdir_durable(st->data_dir, dir) != 0)
+        return error_set(err, errlen, STORAGE_EIO, "cannot create %s: %s", dir,
+                         strerror(errno));
+    snprintf(name, sizeof name, "%lld.labels.gz", (long long)id);
+    if (file_write_durable(dir, name, labels, nbytes, labels_path, sizeof labels_path) != 0)
+        return error_set(err, errlen, STORAGE_EIO, "cannot write %s/%s: %s", dir, name,
+                         strerror(errno));
+    snprintf(name, sizeof name, "%lld.json", (long long)id);
+    if (file_write_durable(dir, name, json, strlen(json), path, pathlen) != 0)
+        return error_set(err, errlen, STORAGE_EIO, "cannot write %s/%s: %s", dir, name,
+                         strerror(errno));
+    return STORAGE_OK;
+}
