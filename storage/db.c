@@ -248,6 +248,24 @@ void db_rollback(struct storage *st)
     db_exec(st, "ROLLBACK", NULL, 0);
 }
 
+int db_begin_synced(struct storage *st)
+{
+    if (!st->sync_full)
+        db_exec(st, "PRAGMA synchronous=FULL", NULL, 0);
+    return db_begin(st);
+}
+
+int db_end_synced(struct storage *st, int rc)
+{
+    if (rc == STORAGE_OK)
+        rc = db_commit(st);
+    if (rc != STORAGE_OK)
+        db_rollback(st);
+    if (!st->sync_full)
+        db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
+    return rc;
+}
+
 const char *db_level_table(enum attr_level level)
 {
     static const char *const tables[] = {"patients", "studies", "series", "instances"};

@@ -120,6 +120,12 @@ int db_exec(struct storage *st, const char *sql, char *err, size_t errlen);
 int db_begin(struct storage *st);
 int db_commit(struct storage *st);
 void db_rollback(struct storage *st);
+/* A transaction whose commit is on disk when it returns (synchronous=FULL
+ * for it alone): for changes that must precede removing a file.
+ * db_end_synced commits when RC is STORAGE_OK, else rolls back, and
+ * returns the outcome. */
+int db_begin_synced(struct storage *st);
+int db_end_synced(struct storage *st, int rc);
 /* Binds V as text, NULL (absent or empty), or by attr KIND (an INT kind
  * as an integer when it reads as one, else NULL). */
 void db_bind_attr(sqlite3_stmt *s, int i, enum attr_kind kind, const char *v);

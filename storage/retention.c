@@ -222,20 +222,12 @@ static int doomed_remove(struct storage *st, struct doomed *d, const char *uid)
  * commit: once their names are free again, no record may come back. */
 static int doomed_forget(struct storage *st, const struct doomed *d)
 {
-    if (!st->sync_full)
-        db_exec(st, "PRAGMA synchronous=FULL", NULL, 0);
-    int rc = db_begin(st);
+    int rc = db_begin_synced(st);
     for (size_t i = 0; rc == STORAGE_OK && i < d->n; i++)
         if (d->removed[i])
             rc = db_run(st, "DELETE FROM retention_files WHERE path=?1", NULL, NULL, "t",
                         d->path[i]);
-    if (rc == STORAGE_OK)
-        rc = db_commit(st);
-    if (rc != STORAGE_OK)
-        db_rollback(st);
-    if (!st->sync_full)
-        db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
-    return rc;
+    return db_end_synced(st, rc);
 }
 
 /* Lists the recorded files under the lock, removes them without it, and
@@ -289,17 +281,10 @@ static int detach_left_deleting(struct storage *st)
     int rc = db_run(st, "SELECT study_uid FROM studies WHERE state='deleting'", collect_uid_fn,
                     &u, NULL);
     if (rc == STORAGE_OK && u.n) {
-        if (!st->sync_full)
-            db_exec(st, "PRAGMA synchronous=FULL", NULL, 0);
-        rc = db_begin(st);
+        rc = db_begin_synced(st);
         for (size_t i = 0; rc == STORAGE_OK && i < u.n; i++)
             rc = detach_study(st, u.v[i]);
-        if (rc == STORAGE_OK)
-            rc = db_commit(st);
-        if (rc != STORAGE_OK)
-            db_rollback(st);
-        if (!st->sync_full)
-            db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
+        rc = db_end_synced(st, rc);
     }
     for (size_t i = 0; i < u.n; i++)
         free(u.v[i]);
@@ -345,9 +330,7 @@ static int retain_one(struct storage *st, int64_t cutoff_ms, char *err, size_t e
 {
     char uid[128] = "";
     pthread_mutex_lock(&st->lock);
-    if (!st->sync_full)
-        db_exec(st, "PRAGMA synchronous=FULL", NULL, 0);
-    int rc = db_begin(st);
+    int rc = db_begin_synced(st);
     if (rc == STORAGE_OK)
         rc = db_run(st,
                     "SELECT study_uid FROM studies WHERE" STUDY_FINISHED
@@ -356,14 +339,11 @@ static int retain_one(struct storage *st, int64_t cutoff_ms, char *err, size_t e
                     uid_fn, uid, "I", cutoff_ms);
     if (rc == STORAGE_OK && uid[0])
         rc = detach_study(st, uid);
-    if (rc == STORAGE_OK)
-        rc = db_commit(st);
-    if (rc != STORAGE_OK) {
+    int failed = rc != STORAGE_OK;
+    if (failed) /* the reason, before the rollback clears it */
         error_set(err, errlen, rc, "sqlite: %s", sqlite3_errmsg(st->db));
-        db_rollback(st);
-    }
-    if (!st->sync_full)
-        db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
+    if ((rc = db_end_synced(st, rc)) != STORAGE_OK && !failed)
+        error_set(err, errlen, rc, "sqlite: %s", sqlite3_errmsg(st->db));
     pthread_mutex_unlock(&st->lock);
     if (rc != STORAGE_OK)
         return -1;
