@@ -55,7 +55,30 @@ def _us(v):
     return struct.pack("<H", v)
 
 
-class Association:
+class _Conn:
+    """PDUs over a connected socket (both sides of the protocol use it)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def recv_exact(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise Aborted("connection closed by peer")
+            buf += chunk
+        return buf
+
+    def read_pdu(self):
+        pdu_type, _, length = struct.unpack(">BBI", self.recv_exact(6))
+        return pdu_type, self.recv_exact(length)
+
+    def send_pdu(self, pdu_type, body):
+        self.sock.sendall(struct.pack(">BBI", pdu_type, 0, len(body)) + body)
+
+
+class Association(_Conn):
     """One association; contexts is a list of (abstract syntax, [transfer syntaxes])."""
 
     def __init__(self, port, called="AINODE", calling="RAWSCU", contexts=None, host="127.0.0.1",
@@ -75,8 +98,8 @@ class Association:
             body += _item(0x20, struct.pack(">BBBB", pcid, 0, 0, 0) + sub)
         user = _item(0x51, struct.pack(">I", 16384)) + _item(0x52, IMPL_CLASS_UID)
         body += _item(0x50, user)
-        self._send_pdu(0x01, body)
-        pdu_type, data = self._read_pdu()
+        self.send_pdu(0x01, body)
+        pdu_type, data = self.read_pdu()
         if pdu_type == 0x03:
             raise Rejected(data[1], data[2], data[3])
         if pdu_type != 0x02:
@@ -95,22 +118,6 @@ class Association:
             off += 4 + ilen
         self.message_id = 0
 
-    def _send_pdu(self, pdu_type, body):
-        self.sock.sendall(struct.pack(">BBI", pdu_type, 0, len(body)) + body)
-
-    def _recv_exact(self, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise Aborted("connection closed by peer")
-            buf += chunk
-        return buf
-
-    def _read_pdu(self):
-        pdu_type, _, length = struct.unpack(">BBI", self._recv_exact(6))
-        return pdu_type, self._recv_exact(length)
-
     def context_for(self, abstract):
         for pcid, a in self.proposed.items():
             if a == abstract and pcid in self.accepted:
@@ -123,12 +130,12 @@ class Association:
             last = i == len(chunks) - 1
             control = (1 if command else 0) | (2 if last else 0)
             pdv = struct.pack(">IBB", len(chunk) + 2, pcid, control) + chunk
-            self._send_pdu(0x04, pdv)
+            self.send_pdu(0x04, pdv)
 
     def _read_command(self):
         command = b""
         while True:
-            pdu_type, data = self._read_pdu()
+            pdu_type, data = self.read_pdu()
             if pdu_type == 0x07:
                 raise Aborted("A-ABORT received")
             if pdu_type != 0x04:
@@ -162,16 +169,16 @@ class Association:
         return self._read_command().get(0x0900)
 
     def release(self):
-        self._send_pdu(0x05, b"\0" * 4)
+        self.send_pdu(0x05, b"\0" * 4)
         try:
-            pdu_type, _ = self._read_pdu()
+            pdu_type, _ = self.read_pdu()
         finally:
             self.sock.close()
         return pdu_type == 0x06
 
     def abort(self):
         try:
-            self._send_pdu(0x07, b"\0" * 4)
+            self.send_pdu(0x07, b"\0" * 4)
         finally:
             self.sock.close()
 
@@ -217,26 +224,6 @@ def _command_values(data):
         off += 8 + length
     return out
 
-
-class _Conn:
-    def __init__(self, sock):
-        self.sock = sock
-
-    def recv_exact(self, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise Aborted("connection closed by peer")
-            buf += chunk
-        return buf
-
-    def read_pdu(self):
-        pdu_type, _, length = struct.unpack(">BBI", self.recv_exact(6))
-        return pdu_type, self.recv_exact(length)
-
-    def send_pdu(self, pdu_type, body):
-        self.sock.sendall(struct.pack(">BBI", pdu_type, 0, len(body)) + body)
 
 
 def serve_one(conn, reject=None, status=0, refuse_classes=()):
