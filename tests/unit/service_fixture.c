@@ -8,6 +8,7 @@
 #include "service_fixture.h"
 
 #include "common/attr.h"
+#include "common/plan.h"
 #include "config/config.h"
 #include "dicom/image.h"
 #include "storage/storage.h"
@@ -117,6 +118,84 @@ void fx_store_series(struct storage *st, char *const *paths, size_t n, int64_t w
         dicom_free_values(values, ATTR_COUNT);
         free(ts);
     }
+}
+
+void fx_queue_job(struct storage *st, const char *study, const char *series, int64_t last_ms,
+                  const char *model, const char *const *dests, size_t n)
+{
+    struct plan p = {0};
+    assert_int_equal(plan_add_job(&p, series, model, PLAN_PRIORITY_NORMAL, dests, n), 0);
+    int queued = 0;
+    assert_int_equal(storage_commit_plan(st, study, last_ms, &p, 0, last_ms + 1000, &queued),
+                     STORAGE_OK);
+    assert_int_equal(queued, 1);
+    plan_free(&p);
+}
+
+struct job_find {
+    int64_t id;
+    struct fx_job *out;
+    int found;
+};
+
+static void copy(char *dst, size_t len, const char *src)
+{
+    snprintf(dst, len, "%s", src ? src : "");
+}
+
+static int find_job(void *ud, const struct storage_job_row *j)
+{
+    struct job_find *jf = ud;
+    if (j->id != jf->id)
+        return 0;
+    copy(jf->out->state, sizeof jf->out->state, j->state);
+    copy(jf->out->error, sizeof jf->out->error, j->error);
+    copy(jf->out->result, sizeof jf->out->result, j->result);
+    jf->out->attempts = j->attempts;
+    jf->found = 1;
+    return 0;
+}
+
+void fx_job_row(struct storage *st, int64_t id, struct fx_job *out)
+{
+    struct job_find jf = {id, out, 0};
+    memset(out, 0, sizeof *out);
+    assert_int_equal(storage_foreach_job(st, find_job, &jf), STORAGE_OK);
+    assert_true(jf.found);
+}
+
+struct item_list {
+    struct fx_item *items;
+    size_t n, max;
+};
+
+static int add_item(void *ud, const struct storage_outbox_item *it)
+{
+    struct item_list *l = ud;
+    if (l->n < l->max) {
+        struct fx_item *c = &l->items[l->n];
+        memset(c, 0, sizeof *c);
+        c->id = it->id;
+        copy(c->destination, sizeof c->destination, it->destination);
+        copy(c->kind, sizeof c->kind, it->kind);
+        copy(c->path, sizeof c->path, it->path);
+        copy(c->sop_class_uid, sizeof c->sop_class_uid, it->sop_class_uid);
+        copy(c->sop_instance_uid, sizeof c->sop_instance_uid, it->sop_instance_uid);
+        copy(c->transfer_syntax, sizeof c->transfer_syntax, it->transfer_syntax);
+        copy(c->state, sizeof c->state, it->state);
+        copy(c->error, sizeof c->error, it->error);
+        c->attempts = it->attempts;
+        c->next_attempt_ms = it->next_attempt_ms;
+    }
+    l->n++;
+    return 0;
+}
+
+size_t fx_outbox(struct storage *st, struct fx_item *items, size_t max)
+{
+    struct item_list l = {items, 0, max};
+    assert_int_equal(storage_foreach_outbox(st, add_item, &l), STORAGE_OK);
+    return l.n;
 }
 
 static void print_problem(void *ud, const char *line)

@@ -31,6 +31,32 @@ void fx_free_paths(char **paths, size_t n);
 void fx_store_series(struct storage *st, char *const *paths, size_t n, int64_t when_ms,
                      char *study, char *series);
 
+/* Completes the study STUDY (last received at LAST_MS) with a plan of one
+ * job of MODEL on SERIES whose results go to DESTS[0..n) (storage_commit_plan). */
+void fx_queue_job(struct storage *st, const char *study, const char *series, int64_t last_ms,
+                  const char *model, const char *const *dests, size_t n);
+
+/* A job's row, copied. */
+struct fx_job {
+    char state[16], error[512], result[4096];
+    int attempts;
+};
+/* The row of job ID (a test failure when there is none). */
+void fx_job_row(struct storage *st, int64_t id, struct fx_job *out);
+
+/* An outbox item, copied. */
+struct fx_item {
+    int64_t id;
+    char destination[64], kind[16], path[4096];
+    char sop_class_uid[65], sop_instance_uid[65], transfer_syntax[65];
+    char state[16], error[512];
+    int attempts;
+    int64_t next_attempt_ms;
+};
+/* Up to MAX items of the outbox into ITEMS (in the store's order); returns
+ * how many there are. */
+size_t fx_outbox(struct storage *st, struct fx_item *items, size_t max);
+
 /* Writes YAML into DIR/ainode.yaml and loads it (the built-in models dir
  * set to the build tree's). */
 struct config *fx_load_config(const char *dir, const char *yaml);
