@@ -132,6 +132,18 @@ void fx_queue_job(struct storage *st, const char *study, const char *series, int
     plan_free(&p);
 }
 
+int fx_queue_forward(struct storage *st, const char *study, const char *series, int64_t last_ms,
+                     const char *dest)
+{
+    struct plan p = {0};
+    assert_int_equal(plan_add_forward(&p, series, dest), 0);
+    int queued = 0;
+    assert_int_equal(storage_commit_plan(st, study, last_ms, &p, 0, last_ms + 1000, &queued),
+                     STORAGE_OK);
+    plan_free(&p);
+    return queued;
+}
+
 struct job_find {
     int64_t id;
     struct fx_job *out;

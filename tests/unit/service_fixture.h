@@ -36,6 +36,11 @@ void fx_store_series(struct storage *st, char *const *paths, size_t n, int64_t w
 void fx_queue_job(struct storage *st, const char *study, const char *series, int64_t last_ms,
                   const char *model, const char *const *dests, size_t n);
 
+/* Completes STUDY (last received at LAST_MS) with a plan that forwards
+ * the instances of SERIES to DEST; returns how many items were queued. */
+int fx_queue_forward(struct storage *st, const char *study, const char *series, int64_t last_ms,
+                     const char *dest);
+
 /* A job's row, copied. */
 struct fx_job {
     char state[16], error[512], result[4096];
