@@ -18,7 +18,8 @@
  * their required series): it reads each one's series rows, plans it with
  * the rules outside any store lock and commits the plan, which the store
  * refuses when an instance arrived meanwhile (the study is then planned
- * again later). Another timer deletes what the retention settings let go.
+ * again later). Another timer starts retention on the work queue, one run
+ * at a time; the stop waits for a run in progress.
  */
 #include "service/node.h"
 
