@@ -1,6 +1,8 @@
-/* main.c — the ainode command line. */
+/* main.c — the ainode command line: parses the arguments, loads the
+ * configuration and hands it to the node (node.h) or a command (cli.h). */
 #include "config/config.h"
-#include "service/service.h"
+#include "service/cli.h"
+#include "service/node.h"
 
 #include <getopt.h>
 #include <limits.h>
@@ -164,17 +166,17 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "check-config"))
         printf("%s: OK\n", config_path);
     else if (!strcmp(cmd, "serve"))
-        rc = serve_run(cfg);
+        rc = node_run(cfg);
     else if (is_infer)
-        rc = infer_command(cfg, model, argv + optind, argc - optind, labels);
+        rc = cli_infer(cfg, model, argv + optind, argc - optind, labels);
     else if (is_retry)
-        rc = retry_command(cfg, retry_id);
+        rc = cli_retry(cfg, retry_id);
     else if (is_explain)
-        rc = explain_command(cfg, argv + optind, argc - optind);
+        rc = cli_explain(cfg, argv + optind, argc - optind);
     else if (!strcmp(cmd, "reload"))
-        rc = reload_command(cfg);
+        rc = cli_reload(cfg);
     else
-        rc = status_print(cfg, json);
+        rc = cli_status(cfg, json);
     config_unref(cfg);
     return rc;
 }

@@ -7,12 +7,13 @@
  *   model       the model patch by patch (sliding window)
  *   postprocess labels back onto the source grid; counts and volumes
  *
- * Used by the job workers (jobs.c) and by `ainode infer`.
+ * Used by one job (job.c) and by `ainode infer` (cli_infer.c).
  */
+#include "service/pipeline.h"
+
 #include "config/config.h"
 #include "dicom/image.h"
 #include "inference/inference.h"
-#include "service/service.h"
 
 #include <jansson.h>
 #include <malloc.h>
@@ -23,6 +24,16 @@
 #include <time.h>
 
 #define MAX_TILT_DEGREES 1.0
+
+const char *pipeline_strerror(int code)
+{
+    switch (code) {
+    case 0: return "success";
+    case PIPELINE_EFAILED: return "the series or the model failed";
+    case PIPELINE_ECANCELLED: return "cancelled";
+    default: return "unknown pipeline error";
+    }
+}
 
 void pipeline_tune_allocator(void)
 {
@@ -130,14 +141,14 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     struct infer_volume vol = {0}, scaled = {0};
     uint8_t *model_labels = NULL;
     size_t n_slices = 0;
-    int rc = -1;
+    int rc = PIPELINE_EFAILED;
     memset(out, 0, sizeof *out);
     memset(t, 0, sizeof *t);
 
     double t0 = seconds_now();
     if (n_paths == 0) {
         snprintf(err, errlen, "the series has no instances");
-        return -1;
+        return PIPELINE_EFAILED;
     }
     char why[512];
     if (dicom_sources_open(paths, n_paths, &src, why, sizeof why) != DICOM_OK) {
@@ -194,7 +205,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     };
     int irc = infer_sliding_window(model, input, &win, model_labels, err, errlen);
     if (irc != INFER_OK) {
-        rc = irc == INFER_ECANCELLED ? PIPELINE_CANCELLED : -1;
+        rc = irc == INFER_ECANCELLED ? PIPELINE_ECANCELLED : PIPELINE_EFAILED;
         goto out;
     }
     double t4 = seconds_now();
@@ -267,21 +278,20 @@ static json_t *label_summary(const struct config_manifest *mf, const struct pipe
 
 char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,
                            const char *const *sops, int64_t job_id, const char *study_uid,
-                           const char *series_uid, const struct pipeline_timing *t,
-                           const char *seg_uid, const char *sr_uid, char **summary)
+                           const char *series_uid, const char *labels_file,
+                           const struct pipeline_timing *t, const char *seg_uid,
+                           const char *sr_uid, char **summary)
 {
     json_t *sum = label_summary(&cm->manifest, o);
     json_t *slices = json_array();
     for (int k = 0; k < o->grid.nz; k++)
         json_array_append_new(slices, json_pack("{s:s, s:i}", "sop_instance_uid",
                                                 sops[o->source[k]], "frame", o->frame[k]));
-    char labels_name[64];
-    snprintf(labels_name, sizeof labels_name, "%lld.labels.gz", (long long)job_id);
     /* The label file: gzip of one byte per voxel of "grid", slice k of it
      * made from slices[k] of the source series. */
     json_t *doc = json_pack("{s:I, s:s, s:s, s:s, s:s, s:o, s:o, s:O}", "job",
                             (json_int_t)job_id, "study_uid", study_uid, "series_uid", series_uid,
-                            "model", cm->name, "labels_file", labels_name, "grid",
+                            "model", cm->name, "labels_file", labels_file, "grid",
                             grid_json(&o->grid), "slices", slices, "labels", sum);
     if (doc) {
         json_object_set_new(doc, "seconds",

@@ -12,32 +12,32 @@
  * is dead-lettered at once: trying again would be refused again. A
  * dead-lettered item waits, with its reason, for `ainode retry`.
  */
+#include "service/sender.h"
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/wait.h"
 #include "config/config.h"
 #include "dicom/network.h"
-#include "common/log.h"
-#include "service/service.h"
 #include "storage/storage.h"
 
 #include <math.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define POLL_MS 1000 /* due items are looked for at least this often */
 
 struct sender {
-    _Atomic(const struct config *) cfg; /* swapped by sender_set_config on reload */
+    pthread_mutex_t cfg_lock;     /* guards CFG: swapped by a reload, referenced per round */
+    struct config *cfg;
     struct storage *store;
     pthread_t thread;
     int started;
-    pthread_mutex_t lock;
-    pthread_cond_t wake;
-    unsigned long wakeups;
-    atomic_int stopping;
-    unsigned int seed;
+    struct waiter waiter;         /* wakes the thread; stops it */
+    unsigned int seed;            /* rand_r() state for the jitter: this thread's alone */
 };
 
 /* The due items, copied out of the database. */
@@ -111,7 +111,7 @@ static void record_failure(struct sender *s, const struct config_destination *d,
                            const struct storage_outbox_item *it, enum dicom_send_outcome outcome,
                            const char *why)
 {
-    int64_t now = service_now_ms();
+    int64_t now = clock_now_ms();
     double jitter = d ? (double)rand_r(&s->seed) / ((double)RAND_MAX + 1.0) : 0;
     int64_t next = d && outcome == DICOM_SEND_TRANSIENT
                        ? sender_next_attempt(d, it->attempts + 1, now, jitter)
@@ -130,10 +130,10 @@ static void record_failure(struct sender *s, const struct config_destination *d,
                 it->attempts ? "s" : "", why);
 }
 
-/* Sends ITEMS[0..n), all for one destination and study. */
-static void send_group(struct sender *s, struct storage_outbox_item *items, size_t n)
+/* Sends ITEMS[0..n), all for one destination and study, under CFG. */
+static void send_group(struct sender *s, const struct config *cfg,
+                       struct storage_outbox_item *items, size_t n)
 {
-    const struct config *cfg = atomic_load(&s->cfg);
     const struct config_destination *d = config_find_destination(cfg, items[0].destination);
     if (!d) {
         for (size_t i = 0; i < n; i++)
@@ -163,7 +163,7 @@ static void send_group(struct sender *s, struct storage_outbox_item *items, size
     int sent = 0;
     for (size_t i = 0; i < n; i++) {
         if (files[i].outcome == DICOM_SEND_SENT) {
-            storage_outbox_record(s->store, items[i].id, service_now_ms(), 1, NULL, 0);
+            storage_outbox_record(s->store, items[i].id, clock_now_ms(), 1, NULL, 0);
             sent++;
         } else {
             record_failure(s, d, &items[i], files[i].outcome, files[i].error);
@@ -177,82 +177,79 @@ static void send_group(struct sender *s, struct storage_outbox_item *items, size
 static void *sender_main(void *arg)
 {
     struct sender *s = arg;
-    while (!atomic_load(&s->stopping)) {
-        pthread_mutex_lock(&s->lock);
-        unsigned long seen = s->wakeups;
-        pthread_mutex_unlock(&s->lock);
-
+    uint64_t seen = 0;
+    while (!waiter_stopping(&s->waiter)) {
+        /* One round under one configuration: a reload meanwhile applies
+         * from the next round on. */
+        pthread_mutex_lock(&s->cfg_lock);
+        struct config *cfg = config_ref(s->cfg);
+        pthread_mutex_unlock(&s->cfg_lock);
         struct batch b = {0};
-        if (storage_outbox_due(s->store, service_now_ms(), collect_due, &b) != STORAGE_OK)
+        if (storage_outbox_due(s->store, clock_now_ms(), collect_due, &b) != STORAGE_OK)
             log_msg(LOG_ERROR, "cannot read the outbox");
         size_t start = 0;
-        for (size_t i = 1; i <= b.n && !atomic_load(&s->stopping); i++) {
+        for (size_t i = 1; i <= b.n && !waiter_stopping(&s->waiter); i++) {
             if (i < b.n && !strcmp(b.items[i].destination, b.items[start].destination) &&
                 !strcmp(b.items[i].study_uid, b.items[start].study_uid))
                 continue;
-            send_group(s, b.items + start, i - start);
+            send_group(s, cfg, b.items + start, i - start);
             start = i;
         }
         free_batch(&b);
-
-        pthread_mutex_lock(&s->lock);
-        if (s->wakeups == seen && !atomic_load(&s->stopping)) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += POLL_MS / 1000;
-            pthread_cond_timedwait(&s->wake, &s->lock, &ts);
-        }
-        pthread_mutex_unlock(&s->lock);
+        config_unref(cfg);
+        waiter_wait(&s->waiter, &seen, POLL_MS);
     }
     return NULL;
 }
 
-int sender_start(const struct config *cfg, struct storage *st, struct sender **out, char *err,
+int sender_start(struct config *cfg, struct storage *st, struct sender **out, char *err,
                  size_t errlen)
 {
+    *out = NULL;
     struct sender *s = calloc(1, sizeof *s);
-    if (!s) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
+    if (!s)
+        return error_set(err, errlen, -1, "out of memory");
+    if (waiter_init(&s->waiter) != 0) {
+        free(s);
+        return error_set(err, errlen, -1, "cannot make the sender's waiter");
     }
-    s->cfg = cfg;
+    pthread_mutex_init(&s->cfg_lock, NULL);
+    s->cfg = config_ref(cfg);
     s->store = st;
-    s->seed = (unsigned int)service_now_ms();
-    pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->wake, NULL);
+    s->seed = (unsigned int)clock_now_ms();
     if (pthread_create(&s->thread, NULL, sender_main, s) != 0) {
-        snprintf(err, errlen, "cannot start the sender thread");
         sender_stop(s);
-        return -1;
+        return error_set(err, errlen, -1, "cannot start the sender thread");
     }
     s->started = 1;
     *out = s;
     return 0;
 }
 
-void sender_set_config(struct sender *s, const struct config *cfg)
+void sender_set_config(struct sender *s, struct config *cfg)
 {
-    atomic_store(&s->cfg, cfg);
+    pthread_mutex_lock(&s->cfg_lock);
+    struct config *old = s->cfg;
+    s->cfg = config_ref(cfg);
+    pthread_mutex_unlock(&s->cfg_lock);
+    config_unref(old);
     sender_wake(s);
 }
 
 void sender_wake(struct sender *s)
 {
-    pthread_mutex_lock(&s->lock);
-    s->wakeups++;
-    pthread_cond_broadcast(&s->wake);
-    pthread_mutex_unlock(&s->lock);
+    waiter_wake(&s->waiter);
 }
 
 void sender_stop(struct sender *s)
 {
     if (!s)
         return;
-    atomic_store(&s->stopping, 1);
-    sender_wake(s);
+    waiter_stop(&s->waiter);
     if (s->started)
         pthread_join(s->thread, NULL);
-    pthread_cond_destroy(&s->wake);
-    pthread_mutex_destroy(&s->lock);
+    waiter_destroy(&s->waiter);
+    pthread_mutex_destroy(&s->cfg_lock);
+    config_unref(s->cfg);
     free(s);
 }

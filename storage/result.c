@@ -9,6 +9,23 @@
 #include <string.h>
 #include <unistd.h>
 
+int storage_result_name(int64_t job_id, enum storage_result_kind kind, char *buf, size_t len)
+{
+    static const char *const suffix[] = {
+        [STORAGE_RESULT_SEG] = "seg.dcm",
+        [STORAGE_RESULT_SR] = "sr.dcm",
+        [STORAGE_RESULT_LABELS] = "labels.gz",
+        [STORAGE_RESULT_JSON] = "json",
+    };
+    if ((unsigned)kind >= sizeof suffix / sizeof suffix[0]) {
+        if (len)
+            buf[0] = '\0';
+        return STORAGE_EINVAL;
+    }
+    int n = snprintf(buf, len, "%lld.%s", (long long)job_id, suffix[kind]);
+    return n < 0 || (size_t)n >= len ? STORAGE_EINVAL : STORAGE_OK;
+}
+
 int storage_result_temp(struct storage *st, const char *name, char *path, size_t pathlen)
 {
     if (file_mkdir_durable(st->data_dir, st->results_dir) != 0)
@@ -39,11 +56,11 @@ int storage_write_result(struct storage *st, int64_t id, const char *json, const
     if (file_mkdir_durable(st->data_dir, dir) != 0)
         return error_set(err, errlen, STORAGE_EIO, "cannot create %s: %s", dir,
                          strerror(errno));
-    snprintf(name, sizeof name, "%lld.labels.gz", (long long)id);
+    storage_result_name(id, STORAGE_RESULT_LABELS, name, sizeof name);
     if (file_write_durable(dir, name, labels, nbytes, labels_path, sizeof labels_path) != 0)
         return error_set(err, errlen, STORAGE_EIO, "cannot write %s/%s: %s", dir, name,
                          strerror(errno));
-    snprintf(name, sizeof name, "%lld.json", (long long)id);
+    storage_result_name(id, STORAGE_RESULT_JSON, name, sizeof name);
     if (file_write_durable(dir, name, json, strlen(json), path, pathlen) != 0)
         return error_set(err, errlen, STORAGE_EIO, "cannot write %s/%s: %s", dir, name,
                          strerror(errno));

@@ -60,6 +60,7 @@ static int detach_study(struct storage *st, const char *uid)
         "INSERT OR IGNORE INTO retention_files(path)"
         " SELECT i.path FROM instances i JOIN series se USING(series_uid)"
         " WHERE se.study_uid=?1",
+        /* Every name storage_result_name() gives a job's files. */
         "INSERT OR IGNORE INTO retention_files(path)"
         " SELECT ?2 || '/' || j.id || '.' || x.suffix FROM jobs j,"
         "  (SELECT 'json' AS suffix UNION ALL SELECT 'labels.gz' UNION ALL SELECT 'seg.dcm'"

@@ -278,6 +278,19 @@ int storage_outbox_retry(struct storage *st, int64_t id, int64_t now_ms, int *n)
 
 /* ---- result files (result.c) --------------------------------------------- */
 
+/* The files a job leaves under DATA_DIR/results. */
+enum storage_result_kind {
+    STORAGE_RESULT_SEG,           /* <ID>.seg.dcm: the DICOM SEG */
+    STORAGE_RESULT_SR,            /* <ID>.sr.dcm: the DICOM SR */
+    STORAGE_RESULT_LABELS,        /* <ID>.labels.gz: one byte per voxel, gzip */
+    STORAGE_RESULT_JSON,          /* <ID>.json: the result document */
+};
+
+/* The one place result files are named: writes the file name (no folder)
+ * of KIND for job JOB_ID into BUF (LEN bytes). STORAGE_EINVAL when it does
+ * not fit or KIND is unknown. */
+int storage_result_name(int64_t job_id, enum storage_result_kind kind, char *buf, size_t len);
+
 /* Writes a job's results durably: DATA_DIR/results/<ID>.labels.gz (LABELS,
  * NBYTES, already gzip-compressed by the caller) and then
  * DATA_DIR/results/<ID>.json (JSON), whose path goes to PATH. Each file is

@@ -1,7 +1,10 @@
-/* status.c — `ainode status` (what the store holds, as a table or JSON)
- * and `ainode retry` (dead-lettered sends back to the queue). */
+/* cli_status.c — `ainode status` (what the store holds, as a table or
+ * JSON), `ainode retry` (dead-lettered sends back to the queue) and
+ * `ainode reload` (the running node re-reads its configuration). */
+#include "service/cli.h"
+
+#include "common/clock.h"
 #include "config/config.h"
-#include "service/service.h"
 #include "storage/storage.h"
 
 #include <errno.h>
@@ -15,14 +18,14 @@ static int add_study_json(void *ud, const struct storage_study *s)
 {
     json_t *studies = ud;
     char when[40];
-    service_format_time(s->last_received_ms, when, sizeof when);
+    clock_format_time(s->last_received_ms, when, sizeof when);
     json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:s}", "study_uid", s->study_uid, "state",
                           s->state, "instances", (json_int_t)s->instances, "series",
                           (json_int_t)s->series, "last_received", when);
     if (!o)
         return 1;
     if (s->completed_ms) {
-        service_format_time(s->completed_ms, when, sizeof when);
+        clock_format_time(s->completed_ms, when, sizeof when);
         json_object_set_new(o, "completed", json_string(when));
     }
     return json_array_append_new(studies, o);
@@ -42,15 +45,15 @@ static int add_job_json(void *ud, const struct storage_job_row *j)
     if (j->started_ms && j->finished_ms)
         secs = json_real((j->finished_ms - j->started_ms) / 1000.0);
     else if (j->started_ms)
-        secs = json_real((service_now_ms() - j->started_ms) / 1000.0);
+        secs = json_real((clock_now_ms() - j->started_ms) / 1000.0);
     json_object_set_new(o, "seconds", secs);
     char when[40];
     if (j->started_ms) {
-        service_format_time(j->started_ms, when, sizeof when);
+        clock_format_time(j->started_ms, when, sizeof when);
         json_object_set_new(o, "started", json_string(when));
     }
     if (j->finished_ms) {
-        service_format_time(j->finished_ms, when, sizeof when);
+        clock_format_time(j->finished_ms, when, sizeof when);
         json_object_set_new(o, "finished", json_string(when));
     }
     json_object_set_new(o, "result", j->result ? json_string(j->result) : json_null());
@@ -65,7 +68,7 @@ static int print_job_row(void *ud, const struct storage_job_row *j)
     if (*count == 0)
         printf("\n%-6s  %-24s  %-8s  %8s  %s\n", "JOB", "MODEL", "STATE", "SECONDS", "ERROR");
     double secs = j->started_ms && j->finished_ms ? (j->finished_ms - j->started_ms) / 1000.0
-                  : j->started_ms                  ? (service_now_ms() - j->started_ms) / 1000.0
+                  : j->started_ms                  ? (clock_now_ms() - j->started_ms) / 1000.0
                                                    : 0;
     printf("%-6lld  %-24s  %-8s  %8.1f  %s\n", (long long)j->id, j->model, j->state, secs,
            j->error ? j->error : "");
@@ -77,7 +80,7 @@ static int add_outbox_json(void *ud, const struct storage_outbox_item *it)
 {
     json_t *items = ud;
     char when[40];
-    service_format_time(it->next_attempt_ms, when, sizeof when);
+    clock_format_time(it->next_attempt_ms, when, sizeof when);
     json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:i}", "id", (json_int_t)it->id,
                           "destination", it->destination, "kind", it->kind, "study_uid",
                           it->study_uid, "sop_instance_uid", it->sop_instance_uid, "state",
@@ -88,7 +91,7 @@ static int add_outbox_json(void *ud, const struct storage_outbox_item *it)
                         strcmp(it->state, "pending") ? json_null() : json_string(when));
     json_object_set_new(o, "error", it->error ? json_string(it->error) : json_null());
     if (it->sent_ms) {
-        service_format_time(it->sent_ms, when, sizeof when);
+        clock_format_time(it->sent_ms, when, sizeof when);
         json_object_set_new(o, "sent", json_string(when));
     }
     return json_array_append_new(items, o);
@@ -106,7 +109,7 @@ static int print_outbox_row(void *ud, const struct storage_outbox_item *it)
     return 0;
 }
 
-int reload_command(const struct config *cfg)
+int cli_reload(const struct config *cfg)
 {
     char pidfile[4096];
     snprintf(pidfile, sizeof pidfile, "%s/ainode.pid", cfg->node.data_dir);
@@ -128,7 +131,7 @@ int reload_command(const struct config *cfg)
     return 0;
 }
 
-int retry_command(const struct config *cfg, int64_t id)
+int cli_retry(const struct config *cfg, int64_t id)
 {
     struct storage *st = NULL;
     char err[512] = "";
@@ -137,7 +140,7 @@ int retry_command(const struct config *cfg, int64_t id)
         return 1;
     }
     int n = 0;
-    int rc = storage_outbox_retry(st, id, service_now_ms(), &n);
+    int rc = storage_outbox_retry(st, id, clock_now_ms(), &n);
     storage_close(st);
     if (rc != STORAGE_OK) {
         fprintf(stderr, "ainode: cannot update the outbox in %s\n", cfg->node.data_dir);
@@ -175,14 +178,14 @@ static int print_study_row(void *ud, const struct storage_study *s)
 {
     int *count = ud;
     char when[40];
-    service_format_time(s->last_received_ms, when, sizeof when);
+    clock_format_time(s->last_received_ms, when, sizeof when);
     printf("%-64s  %-9s  %6lld  %9lld  %s\n", s->study_uid, s->state, (long long)s->series,
            (long long)s->instances, when);
     (*count)++;
     return 0;
 }
 
-int status_print(const struct config *cfg, int json)
+int cli_status(const struct config *cfg, int json)
 {
     struct storage *st = NULL;
     char err[512] = "";

@@ -1,6 +1,9 @@
-/* infer.c — `ainode infer`: one model on one series, in the foreground. */
+/* cli_infer.c — `ainode infer`: one model on one series, in the foreground. */
+#include "service/cli.h"
+
 #include "config/config.h"
-#include "service/service.h"
+#include "inference/inference.h"
+#include "service/pipeline.h"
 
 #include <dirent.h>
 #include <jansson.h>
@@ -68,8 +71,8 @@ static int collect(struct paths *p, const char *path)
     return rc;
 }
 
-int infer_command(const struct config *cfg, const char *model_name, char *const *args, int n,
-                  const char *labels_out)
+int cli_infer(const struct config *cfg, const char *model_name, char *const *args, int n,
+              const char *labels_out)
 {
     const struct config_model *cm = config_find_model(cfg, model_name);
     if (!cm) {

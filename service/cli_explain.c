@@ -1,5 +1,5 @@
 /*
- * explain.c — `ainode explain`: for each series, every rule in order, which
+ * cli_explain.c — `ainode explain`: for each series, every rule in order, which
  * of its conditions held or failed, and what the node would do
  * (rules_explain).
  *
@@ -9,11 +9,12 @@
  * called AE and source address of files are unknown, so conditions on
  * them do not hold.
  */
+#include "service/cli.h"
+
 #include "common/attr.h"
 #include "config/config.h"
 #include "dicom/image.h"
 #include "rules/rules.h"
-#include "service/service.h"
 #include "storage/storage.h"
 
 #include <stdio.h>
@@ -118,7 +119,7 @@ static int explain_study(const struct config *cfg, const char *study_uid)
     return 0;
 }
 
-int explain_command(const struct config *cfg, char *const *args, int n)
+int cli_explain(const struct config *cfg, char *const *args, int n)
 {
     struct stat sb;
     if (n == 1 && stat(args[0], &sb) != 0) {

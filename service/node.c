@@ -1,5 +1,14 @@
 /*
- * serve.c — the running node.
+ * node.c — the running node.
+ *
+ * Threads: libuv's loop thread coordinates (signals, the completion timer,
+ * reload, the wake-up when the DICOM server ends); the DICOM server accepts
+ * on a thread of its own and negotiates and receives on per-association
+ * threads; the runner's workers and the sender block on models and peers
+ * on theirs; retention, which deletes files and may take seconds, runs on
+ * libuv's work queue. libuv stays because one loop thread that owns the
+ * timers and signals needs no locks for them and sees every event in order;
+ * whatever may block runs on a thread so that the loop never waits on it.
  *
  * Where an instance goes: dicom/ accepts the association and streams the
  * data set into a file under DATA_DIR/tmp (on_temp_path), then on_stored()
@@ -9,39 +18,42 @@
  * their required series): it reads each one's series rows, plans it with
  * the rules outside any store lock and commits the plan, which the store
  * refuses when an instance arrived meanwhile (the study is then planned
- * again later). Another timer deletes what the retention settings let go.
+ * again later). Another timer starts retention on the work queue, one run
+ * at a time; the stop waits for a run in progress.
  */
-#include "config/config.h"
+#include "service/node.h"
+
 #include "common/attr.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/plan.h"
+#include "config/config.h"
 #include "dicom/image.h"
 #include "dicom/network.h"
 #include "rules/rules.h"
-#include "service/service.h"
+#include "service/pipeline.h"
+#include "service/runner.h"
+#include "service/sender.h"
 #include "storage/storage.h"
 
+#include <pthread.h>
 #include <signal.h>
-#include <string.h>
-#include <strings.h>
-#include <sys/time.h>
-#include <time.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #include <uv.h>
 
 #define RETENTION_EVERY_MS 60000
 
 struct node {
-    /* The configuration in force: replaced whole by a reload. The node
-     * holds a reference to each one a reload made current and drops them
-     * at exit: the runner and sender threads read the configuration they
-     * were given without a reference of their own. */
-    _Atomic(const struct config *) cfg;
-    struct config **reloaded;
-    size_t n_reloaded, cap_reloaded;
+    /* The configuration in force, one reference: replaced whole by a
+     * reload, which drops the old one (the runner and the sender hold
+     * references of their own for what they use). The loop thread is the
+     * only writer and reads it freely; other threads read it under
+     * CFG_LOCK. */
+    struct config *cfg;
+    pthread_mutex_t cfg_lock;
     struct storage *store;
     struct dicom_server *dicom;
     struct runner *runner;
@@ -52,36 +64,28 @@ struct node {
     uv_timer_t retention;
     uv_async_t dicom_done;
     uv_thread_t dicom_thread;
+    /* Retention on the work queue: one run at a time; a request while one
+     * runs makes it run again once done. */
+    uv_work_t retain_work;
+    int retain_running, retain_again;
+    int retain_days, retain_high_water, retain_deleted;
+    char retain_err[512];
+    int loop_done;                /* uv_run returned: retention runs inline */
     int stopping;
     int exit_code;
 };
 
-int64_t service_now_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
-void service_format_time(int64_t ms, char *buf, size_t len)
-{
-    time_t secs = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    char base[32];
-    strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, len, "%s.%03dZ", base, (int)(ms % 1000));
-}
-
 static enum dicom_assoc_decision on_associate(void *ud, const struct dicom_peer *p)
 {
     struct node *n = ud;
-    const struct config *cfg = atomic_load(&n->cfg);
-    if (strcmp(p->called_ae, cfg->node.ae_title) != 0)
-        return DICOM_ASSOC_REJECT_CALLED_AE;
-    if (!config_caller_allowed(cfg, p->calling_ae))
-        return DICOM_ASSOC_REJECT_CALLING_AE;
-    return DICOM_ASSOC_ACCEPT;
+    enum dicom_assoc_decision d = DICOM_ASSOC_ACCEPT;
+    pthread_mutex_lock(&n->cfg_lock);
+    if (strcmp(p->called_ae, n->cfg->node.ae_title) != 0)
+        d = DICOM_ASSOC_REJECT_CALLED_AE;
+    else if (!config_caller_allowed(n->cfg, p->calling_ae))
+        d = DICOM_ASSOC_REJECT_CALLING_AE;
+    pthread_mutex_unlock(&n->cfg_lock);
+    return d;
 }
 
 static int on_temp_path(void *ud, char *buf, size_t len)
@@ -101,7 +105,7 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
     inst.calling_ae = r->peer->calling_ae;
     inst.called_ae = r->peer->called_ae;
     inst.source_addr = r->peer->address;
-    inst.received_ms = service_now_ms();
+    inst.received_ms = clock_now_ms();
     int rc = storage_commit(n->store, r->temp_path, &inst, err, errlen);
     if (rc == STORAGE_OK) {
         log_msg(LOG_DEBUG, "stored %s from %s", r->sop_instance_uid, r->peer->calling_ae);
@@ -148,20 +152,55 @@ static void on_dicom_log(void *ud, int level, const char *msg)
 }
 
 /* Deletes what the retention settings say may go (never a study with
- * unfinished jobs or sends): every minute, and when studies complete. */
+ * unfinished jobs or sends): every minute, and when studies complete. The
+ * deletion runs on libuv's work queue (retain_run), off the loop thread,
+ * so that completion ticks and the stop never wait for it. */
+static void retain_run(uv_work_t *req)
+{
+    struct node *n = req->data;
+    n->retain_deleted = 0;
+    n->retain_err[0] = '\0';
+    if (storage_retain(n->store, clock_now_ms(), n->retain_days, n->retain_high_water,
+                       &n->retain_deleted, n->retain_err, sizeof n->retain_err) != STORAGE_OK)
+        log_msg(LOG_ERROR, "retention: %s", n->retain_err);
+    if (n->retain_deleted)
+        log_msg(LOG_INFO, "retention: %d stud%s deleted", n->retain_deleted,
+                n->retain_deleted == 1 ? "y" : "ies");
+}
+
+static void retain(struct node *n);
+
+static void retain_done(uv_work_t *req, int status)
+{
+    struct node *n = req->data;
+    (void)status;
+    n->retain_running = 0;
+    if (n->retain_again && !n->stopping) {
+        n->retain_again = 0;
+        retain(n);
+    }
+}
+
 static void retain(struct node *n)
 {
-    const struct config *cfg = atomic_load(&n->cfg);
+    const struct config *cfg = n->cfg;
     if (!cfg->node.retention_days && !cfg->node.disk_high_water_percent)
         return;
-    int deleted = 0;
-    char err[512] = "";
-    if (storage_retain(n->store, service_now_ms(), cfg->node.retention_days,
-                       cfg->node.disk_high_water_percent, &deleted, err, sizeof err) !=
-        STORAGE_OK)
-        log_msg(LOG_ERROR, "retention: %s", err);
-    if (deleted)
-        log_msg(LOG_INFO, "retention: %d stud%s deleted", deleted, deleted == 1 ? "y" : "ies");
+    if (n->retain_running) {
+        n->retain_again = 1;
+        return;
+    }
+    n->retain_days = cfg->node.retention_days;
+    n->retain_high_water = cfg->node.disk_high_water_percent;
+    n->retain_work.data = n;
+    if (n->loop_done) {
+        retain_run(&n->retain_work); /* the last completion at the stop */
+        return;
+    }
+    if (uv_queue_work(n->loop, &n->retain_work, retain_run, retain_done) == 0)
+        n->retain_running = 1;
+    else
+        log_msg(LOG_ERROR, "retention: cannot queue the work");
 }
 
 static void on_retention_timer(uv_timer_t *t)
@@ -252,9 +291,9 @@ static int complete_study(struct node *n, const struct config *cfg, const struct
  * past max_wait_seconds, or with all its required series. */
 static void complete_due(struct node *n)
 {
-    const struct config *cfg = atomic_load(&n->cfg);
+    const struct config *cfg = n->cfg;
     const struct config_completion *cc = &cfg->completion;
-    int64_t now = service_now_ms();
+    int64_t now = clock_now_ms();
     struct receiving r = {0};
     int moved = 0, queued = 0, stable_queued = 0, any = 0;
     if (storage_foreach_receiving(n->store, collect_receiving, &r) != STORAGE_OK)
@@ -319,7 +358,7 @@ static void log_config_error(void *ud, const char *line)
  * starting, sends); an invalid one is refused and the old one stays. */
 static void reload(struct node *n)
 {
-    const struct config *old = atomic_load(&n->cfg);
+    struct config *old = n->cfg;
     log_msg(LOG_INFO, "reloading %s", old->path);
     struct config *cfg = NULL;
     int problems = 0;
@@ -342,22 +381,15 @@ static void reload(struct node *n)
         config_unref(cfg);
         return;
     }
-    if (n->n_reloaded == n->cap_reloaded) {
-        size_t cap = n->cap_reloaded ? n->cap_reloaded * 2 : 8;
-        struct config **a = realloc(n->reloaded, cap * sizeof *a);
-        if (!a) {
-            log_msg(LOG_ERROR, "reload refused: out of memory; the running configuration stays");
-            config_unref(cfg);
-            return;
-        }
-        n->reloaded = a;
-        n->cap_reloaded = cap;
-    }
-    n->reloaded[n->n_reloaded++] = cfg;
-    atomic_store(&n->cfg, cfg);
+    /* The node's reference moves to the new configuration; the old one is
+     * freed once the runner's workers and the sender let it go too. */
+    pthread_mutex_lock(&n->cfg_lock);
+    n->cfg = cfg;
+    pthread_mutex_unlock(&n->cfg_lock);
     log_set_level(cfg->node.log_level);
     sender_set_config(n->sender, cfg);
     runner_set_config(n->runner, cfg);
+    config_unref(old);
     log_msg(LOG_INFO, "reloaded: %zu rule%s, %zu model%s, %zu destination%s", cfg->n_rules,
             cfg->n_rules == 1 ? "" : "s", cfg->n_models, cfg->n_models == 1 ? "" : "s",
             cfg->n_destinations, cfg->n_destinations == 1 ? "" : "s");
@@ -396,18 +428,31 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     n->stopping = 1;
-    const struct config *cfg = atomic_load(&n->cfg);
+    const struct config *cfg = n->cfg;
     log_msg(LOG_INFO, "%s: no new associations; waiting up to %d s for %d running",
             signum == SIGTERM ? "SIGTERM" : "SIGINT", cfg->node.shutdown_grace_seconds,
             dicom_server_active(n->dicom));
     dicom_server_stop(n->dicom, cfg->node.shutdown_grace_seconds);
 }
 
-int serve_run(const struct config *cfg)
+static int node_serve(struct node *n);
+
+int node_run(struct config *cfg)
 {
     struct node n;
     memset(&n, 0, sizeof n);
-    atomic_store(&n.cfg, cfg);
+    n.cfg = config_ref(cfg);
+    pthread_mutex_init(&n.cfg_lock, NULL);
+    int rc = node_serve(&n);
+    config_unref(n.cfg);
+    pthread_mutex_destroy(&n.cfg_lock);
+    return rc;
+}
+
+/* Runs N (its configuration set) until the stop. */
+static int node_serve(struct node *n)
+{
+    const struct config *cfg = n->cfg; /* until the loop runs: a reload may replace it */
     log_set_level(cfg->node.log_level);
     /* A write past a file size limit must fail with EFBIG (answered as out
      * of resources), not kill the node. */
@@ -419,13 +464,13 @@ int serve_run(const struct config *cfg)
         log_msg(LOG_ERROR, "%s", err);
         return 1;
     }
-    if (storage_open(cfg->node.data_dir, read_for_repair, NULL, &n.store, err, sizeof err)
+    if (storage_open(cfg->node.data_dir, read_for_repair, NULL, &n->store, err, sizeof err)
         != STORAGE_OK) {
         log_msg(LOG_ERROR, "%s", err);
         return 1;
     }
     int reindexed, removed;
-    storage_repair_counts(n.store, &reindexed, &removed);
+    storage_repair_counts(n->store, &reindexed, &removed);
     if (reindexed || removed)
         log_msg(LOG_WARN,
                 "after an unclean stop: %d instance file%s indexed again, %d incomplete one%s "
@@ -445,52 +490,52 @@ int serve_run(const struct config *cfg)
         .stored = on_stored,
         .temp_path = on_temp_path,
         .log = on_dicom_log,
-        .ud = &n,
+        .ud = n,
     };
-    if (dicom_server_create(&dc, &n.dicom, err, sizeof err) != 0) {
+    if (dicom_server_create(&dc, &n->dicom, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
-        storage_close(n.store);
+        storage_close(n->store);
         return 1;
     }
 
     if (cfg->n_models)
         pipeline_tune_allocator();
-    if (sender_start(cfg, n.store, &n.sender, err, sizeof err) != 0 ||
-        runner_start(cfg, n.store, n.sender, &n.runner, err, sizeof err) != 0) {
+    if (sender_start(n->cfg, n->store, &n->sender, err, sizeof err) != 0 ||
+        runner_start(n->cfg, n->store, n->sender, &n->runner, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
-        sender_stop(n.sender);
-        dicom_server_destroy(n.dicom);
-        storage_close(n.store);
+        sender_stop(n->sender);
+        dicom_server_destroy(n->dicom);
+        storage_close(n->store);
         return 1;
     }
 
-    n.loop = uv_default_loop();
-    uv_signal_init(n.loop, &n.sigterm);
-    uv_signal_init(n.loop, &n.sigint);
-    n.sigterm.data = n.sigint.data = &n;
-    uv_signal_start(&n.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&n.sigint, on_signal, SIGINT);
-    uv_signal_init(n.loop, &n.sighup);
-    n.sighup.data = &n;
-    uv_signal_start(&n.sighup, on_sighup, SIGHUP);
-    uv_async_init(n.loop, &n.dicom_done, on_dicom_done);
-    n.dicom_done.data = &n;
-    uv_timer_init(n.loop, &n.completion);
-    n.completion.data = &n;
+    n->loop = uv_default_loop();
+    uv_signal_init(n->loop, &n->sigterm);
+    uv_signal_init(n->loop, &n->sigint);
+    n->sigterm.data = n->sigint.data = n;
+    uv_signal_start(&n->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&n->sigint, on_signal, SIGINT);
+    uv_signal_init(n->loop, &n->sighup);
+    n->sighup.data = n;
+    uv_signal_start(&n->sighup, on_sighup, SIGHUP);
+    uv_async_init(n->loop, &n->dicom_done, on_dicom_done);
+    n->dicom_done.data = n;
+    uv_timer_init(n->loop, &n->completion);
+    n->completion.data = n;
     /* Studies left idle before a restart complete on the first tick. */
     uint64_t tick = (uint64_t)cfg->node.stable_seconds * 1000 / 4;
     tick = tick < 100 ? 100 : tick > 1000 ? 1000 : tick;
-    uv_timer_start(&n.completion, on_completion_timer, 0, tick);
-    uv_timer_init(n.loop, &n.retention);
-    n.retention.data = &n;
-    uv_timer_start(&n.retention, on_retention_timer, 1000, RETENTION_EVERY_MS);
+    uv_timer_start(&n->completion, on_completion_timer, 0, tick);
+    uv_timer_init(n->loop, &n->retention);
+    n->retention.data = n;
+    uv_timer_start(&n->retention, on_retention_timer, 1000, RETENTION_EVERY_MS);
 
-    if (uv_thread_create(&n.dicom_thread, dicom_thread_main, &n) != 0) {
+    if (uv_thread_create(&n->dicom_thread, dicom_thread_main, n) != 0) {
         log_msg(LOG_ERROR, "cannot start the DICOM thread");
-        runner_stop(n.runner);
-        sender_stop(n.sender);
-        dicom_server_destroy(n.dicom);
-        storage_close(n.store);
+        runner_stop(n->runner);
+        sender_stop(n->sender);
+        dicom_server_destroy(n->dicom);
+        storage_close(n->store);
         return 1;
     }
     /* `ainode reload` finds the node serving this store through it. */
@@ -503,20 +548,18 @@ int serve_run(const struct config *cfg)
     }
     log_msg(LOG_INFO, "ainode %s listening on %s:%d (AE %s), data in %s", AINODE_VERSION,
             cfg->node.bind, cfg->node.port, cfg->node.ae_title, cfg->node.data_dir);
-    uv_run(n.loop, UV_RUN_DEFAULT);
-    uv_thread_join(&n.dicom_thread);
-    runner_stop(n.runner);
-    n.runner = NULL;
-    sender_stop(n.sender);
-    n.sender = NULL;
-    complete_due(&n);
-    dicom_server_destroy(n.dicom);
-    storage_close(n.store);
-    uv_loop_close(n.loop);
+    uv_run(n->loop, UV_RUN_DEFAULT); /* returns once the handles closed and retention ended */
+    n->loop_done = 1;
+    uv_thread_join(&n->dicom_thread);
+    runner_stop(n->runner);
+    n->runner = NULL;
+    sender_stop(n->sender);
+    n->sender = NULL;
+    complete_due(n);
+    dicom_server_destroy(n->dicom);
+    storage_close(n->store);
+    uv_loop_close(n->loop);
     unlink(pidfile);
-    for (size_t i = 0; i < n.n_reloaded; i++)
-        config_unref(n.reloaded[i]);
-    free(n.reloaded);
     log_msg(LOG_INFO, "stopped");
     return 0;
 }

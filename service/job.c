@@ -1,0 +1,343 @@
+/*
+ * job.c — one job: decode -> infer -> write results -> finish.
+ *
+ * The SEG and SR are written first (their UIDs are fixed from then on:
+ * every later send of them is the same instance), then the labels and the
+ * result document; the job is finished with its outbox items in one
+ * transaction of the store. What a job computes is pipeline.c's.
+ */
+#include "service/job.h"
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "config/config.h"
+#include "dicom/results.h"
+#include "inference/inference.h"
+#include "service/pipeline.h"
+#include "storage/storage.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+const char *job_strerror(int result)
+{
+    switch (result) {
+    case JOB_DONE: return "done";
+    case JOB_FAILED: return "failed";
+    case JOB_INTERRUPTED: return "interrupted by the stop";
+    case JOB_LEASE_LOST: return "its lease went to another worker";
+    default: return "unknown job result";
+    }
+}
+
+/* The series' files: SOP Instance UIDs and paths, in the store's order. */
+struct series_files {
+    char **sop, **path;
+    size_t n, cap;
+};
+
+static int collect_file(void *ud, const char *sop, const char *path)
+{
+    struct series_files *f = ud;
+    if (f->n == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 64;
+        char **a = realloc(f->sop, cap * sizeof *a), **b;
+        if (!a)
+            return 1;
+        f->sop = a;
+        if (!(b = realloc(f->path, cap * sizeof *b)))
+            return 1;
+        f->path = b;
+        f->cap = cap;
+    }
+    f->sop[f->n] = strdup(sop);
+    f->path[f->n] = strdup(path);
+    if (!f->sop[f->n] || !f->path[f->n]) {
+        free(f->sop[f->n]);
+        free(f->path[f->n]);
+        return 1;
+    }
+    f->n++;
+    return 0;
+}
+
+static void free_files(struct series_files *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        free(f->sop[i]);
+        free(f->path[i]);
+    }
+    free(f->sop);
+    free(f->path);
+}
+
+struct progress_ctx {
+    const struct job_context *ctx;
+    const struct storage_job *job;
+    int64_t last_renew_ms;
+    int lost;                     /* the lease went to another worker */
+};
+
+static int on_progress(void *ud, long done, long total)
+{
+    struct progress_ctx *pc = ud;
+    (void)done, (void)total;
+    if (pc->ctx->stopping && pc->ctx->stopping(pc->ctx->stopping_ud))
+        return 1;
+    int64_t now = clock_now_ms();
+    if (now - pc->last_renew_ms >= JOB_RENEW_EVERY_MS) {
+        pc->last_renew_ms = now;
+        if (storage_job_renew(pc->ctx->store, pc->job->id, pc->ctx->owner, now + JOB_LEASE_MS) ==
+            STORAGE_ENOTFOUND) {
+            pc->lost = 1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* DATA (LEN bytes) as a gzip stream in *OUT (malloc'ed), fast level. */
+static int gzip_buffer(const uint8_t *data, size_t len, unsigned char **out, size_t *out_len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return -1;
+    size_t cap = deflateBound(&z, (uLong)len) + 64;
+    *out = malloc(cap);
+    if (!*out) {
+        deflateEnd(&z);
+        return -1;
+    }
+    z.next_in = (Bytef *)data;
+    z.avail_in = (uInt)len; /* label volumes stay far below 4 GB */
+    z.next_out = *out;
+    z.avail_out = (uInt)cap;
+    int rc = deflate(&z, Z_FINISH);
+    *out_len = z.total_out;
+    deflateEnd(&z);
+    if (rc != Z_STREAM_END) {
+        free(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* The DICOM results of a done job: files to send and what the writers
+ * wrote (SOP class, instance, transfer syntax). */
+struct job_results {
+    char seg_path[4096], sr_path[4096];
+    struct dicom_written seg, sr;
+};
+
+static double seconds_since(int64_t start_ms)
+{
+    return (clock_now_ms() - start_ms) / 1000.0;
+}
+
+/* Writes the job's SEG and SR durably under DATA_DIR/results. */
+static int write_dicom_results(struct storage *store, const struct config_model *cm,
+                               const struct storage_job *job, const struct pipeline_output *out,
+                               struct job_results *res, struct pipeline_timing *t, char *err,
+                               size_t errlen)
+{
+    const struct config_manifest *mf = &cm->manifest;
+    size_t nvox = (size_t)out->grid.nx * out->grid.ny * out->grid.nz;
+    int64_t counts[256] = {0};
+    for (size_t i = 0; i < nvox; i++)
+        counts[out->labels[i]]++;
+    double voxel_ml = out->grid.spacing[0] * out->grid.spacing[1] * out->grid.spacing[2] / 1000.0;
+
+    int rc = -1;
+    struct dicom_segment *segs = calloc(mf->n_labels ? mf->n_labels : 1, sizeof *segs);
+    if (!segs) {
+        error_set(err, errlen, -1, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < mf->n_labels; i++) {
+        const struct config_label *l = &mf->labels[i];
+        segs[i] = (struct dicom_segment){
+            .number = l->value,
+            .label = l->name,
+            .category = {l->category.value, l->category.scheme, l->category.meaning},
+            .type = {l->type.value, l->type.scheme, l->type.meaning},
+            .color = {l->color[0], l->color[1], l->color[2]},
+            .voxels = counts[l->value],
+            .volume_ml = (double)counts[l->value] * voxel_ml,
+        };
+    }
+    char description[65]; /* LO: 64 characters */
+    snprintf(description, sizeof description, "%s",
+             mf->series_description ? mf->series_description : mf->algorithm_name);
+    struct dicom_result dr = {
+        .sources = out->sources,
+        .source_files = out->source,
+        .source_frames = out->frame,
+        .nx = out->grid.nx,
+        .ny = out->grid.ny,
+        .nz = out->grid.nz,
+        .labels = out->labels,
+        .segments = segs,
+        .n_segments = mf->n_labels,
+        .algorithm_name = mf->algorithm_name,
+        .algorithm_version = mf->algorithm_version,
+        .algorithm_family = {mf->algorithm_family.value, mf->algorithm_family.scheme,
+                             mf->algorithm_family.meaning},
+        .series_description = description,
+        .series_number = mf->series_number,
+        .manufacturer = "ainode",
+        .software_version = AINODE_VERSION,
+    };
+    char name[64], tmp[4096];
+    int64_t t0 = clock_now_ms();
+    if (storage_result_name(job->id, STORAGE_RESULT_SEG, name, sizeof name) != STORAGE_OK ||
+        storage_result_temp(store, name, tmp, sizeof tmp) != STORAGE_OK ||
+        dicom_write_seg(&dr, tmp, &res->seg, err, errlen) != DICOM_OK ||
+        storage_adopt_result(store, tmp, name, res->seg_path, sizeof res->seg_path, err,
+                             errlen) != STORAGE_OK) {
+        if (!err[0])
+            error_set(err, errlen, -1, "cannot write the segmentation");
+        goto out;
+    }
+    t->seg = seconds_since(t0);
+    t0 = clock_now_ms();
+    if (storage_result_name(job->id, STORAGE_RESULT_SR, name, sizeof name) != STORAGE_OK ||
+        storage_result_temp(store, name, tmp, sizeof tmp) != STORAGE_OK ||
+        dicom_write_sr(&dr, &res->seg, tmp, &res->sr, err, errlen) != DICOM_OK ||
+        storage_adopt_result(store, tmp, name, res->sr_path, sizeof res->sr_path, err,
+                             errlen) != STORAGE_OK) {
+        if (!err[0])
+            error_set(err, errlen, -1, "cannot write the measurement report");
+        goto out;
+    }
+    t->sr = seconds_since(t0);
+    rc = 0;
+out:
+    free(segs);
+    return rc;
+}
+
+/* Computes JOB's results: JOB_DONE with RESULT (the result document's
+ * path), *SUMMARY and RES filled, else JOB_FAILED (reason in ERR),
+ * JOB_INTERRUPTED or JOB_LEASE_LOST. */
+static int compute(const struct job_context *ctx, const struct storage_job *job, char *result,
+                   size_t resultlen, char **summary, struct job_results *res, char *err,
+                   size_t errlen)
+{
+    const struct config_model *cm = ctx->model_cfg;
+    struct series_files files = {0};
+    struct pipeline_output out = {0};
+    struct pipeline_timing t;
+    char *text = NULL;
+    unsigned char *packed = NULL;
+    size_t packed_len = 0;
+    int rc = JOB_FAILED;
+
+    if (storage_foreach_instance(ctx->store, job->series_uid, collect_file, &files) !=
+        STORAGE_OK) {
+        error_set(err, errlen, JOB_FAILED, "cannot list the series' instances");
+        goto done;
+    }
+    struct progress_ctx pc = {ctx, job, clock_now_ms(), 0};
+    int prc = pipeline_run(cm, ctx->model, (const char *const *)files.path, files.n, on_progress,
+                           &pc, &out, &t, err, errlen);
+    if (prc == PIPELINE_ECANCELLED) {
+        rc = pc.lost ? JOB_LEASE_LOST : JOB_INTERRUPTED;
+        goto done;
+    }
+    if (prc != 0)
+        goto done;
+    if (write_dicom_results(ctx->store, cm, job, &out, res, &t, err, errlen) != 0)
+        goto done;
+    char labels_name[64];
+    storage_result_name(job->id, STORAGE_RESULT_LABELS, labels_name, sizeof labels_name);
+    text = pipeline_result_json(cm, &out, (const char *const *)files.sop, job->id, job->study_uid,
+                                job->series_uid, labels_name, &t, res->seg.sop_instance_uid,
+                                res->sr.sop_instance_uid, summary);
+    if (!text || !*summary) {
+        error_set(err, errlen, JOB_FAILED, "out of memory");
+        goto done;
+    }
+    size_t nvox = (size_t)out.grid.nx * out.grid.ny * out.grid.nz;
+    /* Label volumes compress ~100-fold: writing (and flushing) them whole
+     * would compete with the receiver's own flushes for the disk. */
+    if (gzip_buffer(out.labels, nvox, &packed, &packed_len) != 0) {
+        error_set(err, errlen, JOB_FAILED, "cannot compress the labels");
+        goto done;
+    }
+    if (storage_write_result(ctx->store, job->id, text, packed, packed_len, result, resultlen,
+                             err, errlen) != STORAGE_OK)
+        goto done;
+    log_msg(LOG_DEBUG,
+            "job %lld: decode %.2f s, assemble %.2f s, preprocess %.2f s, model %.2f s, "
+            "postprocess %.2f s, SEG %.2f s, SR %.2f s",
+            (long long)job->id, t.decode, t.assemble, t.preprocess, t.model, t.postprocess,
+            t.seg, t.sr);
+    rc = JOB_DONE;
+done:
+    free_files(&files);
+    pipeline_output_free(&out);
+    free(text);
+    free(packed);
+    return rc;
+}
+
+int job_run(const struct job_context *ctx, const struct storage_job *job, char *why,
+            size_t whylen)
+{
+    int64_t start = clock_now_ms();
+    char result[4096] = "";
+    char *summary = NULL;
+    struct job_results res;
+    memset(&res, 0, sizeof res);
+    if (whylen)
+        why[0] = '\0';
+    int jr = ctx->model ? compute(ctx, job, result, sizeof result, &summary, &res, why, whylen)
+                        : error_set(why, whylen, JOB_FAILED, "the model cannot be loaded: %s",
+                                    ctx->load_error ? ctx->load_error : "unknown reason");
+    /* Each destination of the job gets the SEG and the SR. */
+    struct storage_send_item *items = calloc(2 * job->n_destinations + 1, sizeof *items);
+    size_t n_items = 0;
+    if (!items && jr == JOB_DONE)
+        jr = error_set(why, whylen, JOB_FAILED, "out of memory");
+    for (size_t d = 0; jr == JOB_DONE && d < job->n_destinations; d++) {
+        items[n_items++] = (struct storage_send_item){
+            job->destinations[d], "seg", res.seg_path, res.seg.sop_class_uid,
+            res.seg.sop_instance_uid, res.seg.transfer_syntax};
+        items[n_items++] = (struct storage_send_item){
+            job->destinations[d], "sr", res.sr_path, res.sr.sop_class_uid,
+            res.sr.sop_instance_uid, res.sr.transfer_syntax};
+    }
+    int64_t end = clock_now_ms();
+    if (jr == JOB_INTERRUPTED) {
+        storage_job_release(ctx->store, job->id, ctx->owner);
+        log_msg(LOG_INFO, "job %lld: interrupted by the stop, queued again", (long long)job->id);
+    } else if (jr == JOB_LEASE_LOST) {
+        log_msg(LOG_WARN, "job %lld: its lease was taken over; dropping this run",
+                (long long)job->id);
+    } else {
+        int frc = storage_job_finish(ctx->store, job->id, ctx->owner, end,
+                                     jr == JOB_DONE ? NULL : why, jr == JOB_DONE ? result : NULL,
+                                     summary, items, n_items);
+        if (frc == STORAGE_ENOTFOUND) {
+            log_msg(LOG_WARN, "job %lld: its lease was taken over before it ended; dropping "
+                              "this run", (long long)job->id);
+            jr = JOB_LEASE_LOST;
+        } else if (frc != STORAGE_OK) {
+            log_msg(LOG_WARN, "job %lld: could not record its end: %s", (long long)job->id,
+                    storage_strerror(frc));
+        } else if (jr == JOB_DONE) {
+            log_msg(LOG_INFO, "job %lld: done in %.1f s", (long long)job->id,
+                    (end - start) / 1000.0);
+        } else {
+            log_msg(LOG_WARN, "job %lld: failed: %s", (long long)job->id, why);
+        }
+    }
+    free(summary);
+    free(items);
+    return jr;
+}

@@ -1,0 +1,166 @@
+/* Unit tests of the pipeline: the built-in model on a real CT series. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "service/pipeline.h"
+#include "service_fixture.h"
+
+#include "config/config.h"
+#include "inference/inference.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SLICES 5
+#define ROWS 20
+#define COLS 24
+
+struct fixture {
+    char dir[256];
+    char **paths;
+    size_t n;
+    struct config *cfg;
+    const struct config_model *cm;
+    struct infer_model *model;
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    fx_tempdir("pipeline", f->dir, sizeof f->dir);
+    char series[512], yaml[2048];
+    snprintf(series, sizeof series, "%s/series", f->dir);
+    fx_make_series(series, SLICES, ROWS, COLS, &f->paths, &f->n);
+    snprintf(yaml, sizeof yaml,
+             "node:\n  ae_title: AINODE\n  port: 11112\n  data_dir: %s/data\n"
+             "models:\n  ct-bone-body:\n    file: builtin:ct-bone-body\n    threads: 1\n",
+             f->dir);
+    f->cfg = fx_load_config(f->dir, yaml);
+    f->cm = config_find_model(f->cfg, "ct-bone-body");
+    assert_non_null(f->cm);
+    char err[512] = "";
+    if (infer_model_load(f->cm->file, f->cm->device, &f->model, err, sizeof err) != INFER_OK)
+        fail_msg("cannot load the built-in model: %s", err);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    infer_model_free(f->model);
+    config_unref(f->cfg);
+    fx_free_paths(f->paths, f->n);
+    fx_rmtree(f->dir);
+    free(f);
+    return 0;
+}
+
+/* The files in reverse order: the pipeline orders slices by position. */
+static void reversed(const struct fixture *f, const char **paths)
+{
+    for (size_t i = 0; i < f->n; i++)
+        paths[i] = f->paths[f->n - 1 - i];
+}
+
+static void test_builtin_model_labels_equal_the_thresholds_of_each_files_pixels(void **state)
+{
+    struct fixture *f = *state;
+    const char *paths[SLICES];
+    reversed(f, paths);
+    struct pipeline_output out;
+    struct pipeline_timing t;
+    char err[512] = "";
+    int rc = pipeline_run(f->cm, f->model, paths, f->n, NULL, NULL, &out, &t, err, sizeof err);
+    if (rc != 0)
+        fail_msg("pipeline_run: %s (%s)", pipeline_strerror(rc), err);
+    assert_int_equal(out.grid.nx, COLS);
+    assert_int_equal(out.grid.ny, ROWS);
+    assert_int_equal(out.grid.nz, SLICES);
+    assert_non_null(out.sources);
+    size_t plane = (size_t)COLS * ROWS;
+    int64_t count[3] = {0};
+    for (int k = 0; k < SLICES; k++) {
+        /* Slice k along the normal is the file with position z = k. */
+        assert_int_equal(out.source[k], SLICES - 1 - k);
+        assert_int_equal(out.frame[k], 0);
+        char expected_path[4096];
+        snprintf(expected_path, sizeof expected_path, "%s.labels", paths[out.source[k]]);
+        size_t len;
+        unsigned char *expected = fx_slurp(expected_path, &len);
+        assert_non_null(expected);
+        assert_int_equal(len, plane);
+        assert_memory_equal(out.labels + k * plane, expected, plane);
+        /* The threshold edges of the first row: 225 226 3071 3072 -500 -499 -1024 40. */
+        static const uint8_t edges[] = {2, 1, 1, 2, 0, 2, 0, 2};
+        assert_memory_equal(out.labels + k * plane, edges, sizeof edges);
+        for (size_t i = 0; i < plane; i++)
+            count[out.labels[k * plane + i]]++;
+        free(expected);
+    }
+    /* The phantom has air, body and a spine. */
+    assert_true(count[0] > 0 && count[1] > 0 && count[2] > 0);
+    char *summary = pipeline_summary_json(f->cm, &out);
+    assert_non_null(summary);
+    char want[64];
+    snprintf(want, sizeof want, "\"voxels\":%lld", (long long)count[1]);
+    assert_non_null(strstr(summary, want));
+    free(summary);
+    pipeline_output_free(&out);
+    assert_null(out.labels);
+}
+
+static int stop_at_once(void *ud, long done, long total)
+{
+    (void)done, (void)total;
+    ++*(int *)ud;
+    return 1;
+}
+
+static void test_progress_that_asks_to_stop_cancels_the_run(void **state)
+{
+    struct fixture *f = *state;
+    struct pipeline_output out;
+    struct pipeline_timing t;
+    char err[512] = "";
+    int calls = 0;
+    assert_int_equal(pipeline_run(f->cm, f->model, (const char *const *)f->paths, f->n,
+                                  stop_at_once, &calls, &out, &t, err, sizeof err),
+                     PIPELINE_ECANCELLED);
+    assert_int_equal(calls, 1);
+    assert_null(out.labels);
+    assert_null(out.sources);
+    assert_string_equal(pipeline_strerror(PIPELINE_ECANCELLED), "cancelled");
+}
+
+static void test_a_missing_file_fails_with_its_reason(void **state)
+{
+    struct fixture *f = *state;
+    const char *paths[SLICES];
+    memcpy(paths, f->paths, sizeof paths);
+    char missing[4096];
+    snprintf(missing, sizeof missing, "%s/series/gone.dcm", f->dir);
+    paths[2] = missing;
+    struct pipeline_output out;
+    struct pipeline_timing t;
+    char err[512] = "";
+    assert_int_equal(pipeline_run(f->cm, f->model, paths, f->n, NULL, NULL, &out, &t, err,
+                                  sizeof err),
+                     PIPELINE_EFAILED);
+    assert_non_null(strstr(err, "cannot be used"));
+    assert_null(out.labels);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_builtin_model_labels_equal_the_thresholds_of_each_files_pixels),
+        cmocka_unit_test(test_progress_that_asks_to_stop_cancels_the_run),
+        cmocka_unit_test(test_a_missing_file_fails_with_its_reason),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
