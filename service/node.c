@@ -63,7 +63,7 @@ struct node {
     uv_timer_t completion;
     uv_timer_t retention;
     uv_async_t dicom_done;
-    uv_thread_t dicom_thread;
+    pthread_t dicom_thread;       /* threads are pthreads everywhere; libuv only coordinates */
     /* Retention on the work queue: one run at a time; a request while one
      * runs makes it run again once done. */
     uv_work_t retain_work;
@@ -401,11 +401,12 @@ static void on_sighup(uv_signal_t *s, int signum)
     reload(s->data);
 }
 
-static void dicom_thread_main(void *arg)
+static void *dicom_thread_main(void *arg)
 {
     struct node *n = arg;
     dicom_server_run(n->dicom);
     uv_async_send(&n->dicom_done);
+    return NULL;
 }
 
 static void on_dicom_done(uv_async_t *a)
@@ -530,7 +531,7 @@ static int node_serve(struct node *n)
     n->retention.data = n;
     uv_timer_start(&n->retention, on_retention_timer, 1000, RETENTION_EVERY_MS);
 
-    if (uv_thread_create(&n->dicom_thread, dicom_thread_main, n) != 0) {
+    if (pthread_create(&n->dicom_thread, NULL, dicom_thread_main, n) != 0) {
         log_msg(LOG_ERROR, "cannot start the DICOM thread");
         runner_stop(n->runner);
         sender_stop(n->sender);
@@ -550,7 +551,7 @@ static int node_serve(struct node *n)
             cfg->node.bind, cfg->node.port, cfg->node.ae_title, cfg->node.data_dir);
     uv_run(n->loop, UV_RUN_DEFAULT); /* returns once the handles closed and retention ended */
     n->loop_done = 1;
-    uv_thread_join(&n->dicom_thread);
+    pthread_join(n->dicom_thread, NULL);
     runner_stop(n->runner);
     n->runner = NULL;
     sender_stop(n->sender);
