@@ -21,6 +21,7 @@
 #include <dcmtk/dcmjpls/djdecode.h>
 
 #include <openjpeg.h>
+#include <sys/mman.h>
 
 #include <cerrno>
 #include <cmath>
@@ -656,11 +657,39 @@ std::vector<rescale> read_rescale(DcmDataset *ds, const std::vector<frame_groups
     return rs;
 }
 
+// Decoded pixels get pages of their own rather than heap memory. A job
+// frees them once the volume has its copy while the files' small headers
+// stay; from the heap (whose mmap threshold the node raises for model
+// tensors) they would leave a hole per file between live headers that no
+// later large buffer can reuse: measured +330 MiB peak on a 400-slice CT.
+size_t pixel_bytes(const dicom_image *img)
+{
+    return static_cast<size_t>(img->rows) * static_cast<size_t>(img->cols) *
+           static_cast<size_t>(img->frames) * sizeof(float);
+}
+
+float *alloc_pixels(const dicom_image *img)
+{
+    size_t n = pixel_bytes(img);
+    void *p = n ? mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                : MAP_FAILED;
+    if (p == MAP_FAILED)
+        throw std::bad_alloc();
+    return static_cast<float *>(p);
+}
+
+void free_pixels(dicom_image *img)
+{
+    if (img->pixels)
+        munmap(img->pixels, pixel_bytes(img));
+    img->pixels = nullptr;
+}
+
 void free_image(dicom_image *img)
 {
     if (!img)
         return;
-    free(img->pixels);
+    free_pixels(img);
     free(img->positions);
     free(img->orientations);
     free(img);
@@ -779,9 +808,7 @@ dicom_image *decode_image(DcmFileFormat &ff, std::vector<frame_geometry> &geom)
     const std::vector<rescale> rs = read_rescale(ds, fg);
 
     if (j2k) {
-        img->pixels = static_cast<float *>(malloc(total * sizeof(float)));
-        if (!img->pixels)
-            throw std::bad_alloc();
+        img->pixels = alloc_pixels(img);
         decode_j2k(px, xfer, f, rs, img->pixels);
         return h.release();
     }
@@ -793,9 +820,7 @@ dicom_image *decode_image(DcmFileFormat &ff, std::vector<frame_geometry> &geom)
                  "): " + c.text());
         check_length(px, f, total);
     }
-    img->pixels = static_cast<float *>(malloc(total * sizeof(float)));
-    if (!img->pixels)
-        throw std::bad_alloc();
+    img->pixels = alloc_pixels(img);
     convert_native(px, f, rs, !x.isEncapsulated() && x.isBigEndian(), img->pixels);
     return h.release();
 }
@@ -918,10 +943,8 @@ extern "C" const struct dicom_image *dicom_sources_image(const struct dicom_sour
 extern "C" void dicom_sources_drop_pixels(struct dicom_sources *s)
 {
     for (auto &f : s->files)
-        if (f.image) {
-            free(f.image->pixels);
-            f.image->pixels = nullptr;
-        }
+        if (f.image)
+            free_pixels(f.image);
 }
 
 extern "C" void dicom_sources_close(struct dicom_sources *s)
