@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <libfyaml.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,12 +182,57 @@ static void report_syntax(struct schema_ctx *c, struct fy_diag *diag, const stru
 
 #define MAX_DEPTH 64 /* far beyond any sane config; bounds recursion */
 
+/* The position of the first byte of BUF that is not well-formed UTF-8
+ * (overlong forms, surrogates and values past U+10FFFF included) or is
+ * NUL; 0 when there is none. */
+static int utf8_invalid_at(const char *buf, size_t len, int *line, int *col)
+{
+    const unsigned char *s = (const unsigned char *)buf;
+    int l = 1, c = 1;
+    for (size_t i = 0; i < len;) {
+        unsigned char b = s[i];
+        size_t n = b < 0x80 ? 1 : (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3
+                 : (b & 0xF8) == 0xF0 ? 4 : 0;
+        int ok = n != 0 && b != 0 && i + n <= len;
+        uint32_t cp = n == 1 ? b : n == 2 ? b & 0x1Fu : n == 3 ? b & 0x0Fu : b & 0x07u;
+        for (size_t k = 1; ok && k < n; k++) {
+            ok = (s[i + k] & 0xC0) == 0x80;
+            cp = cp << 6 | (s[i + k] & 0x3Fu);
+        }
+        if (ok && n > 1)
+            ok = (n == 2 && cp >= 0x80) ||
+                 (n == 3 && cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)) ||
+                 (n == 4 && cp >= 0x10000 && cp <= 0x10FFFF);
+        if (!ok) {
+            *line = l;
+            *col = c;
+            return 1;
+        }
+        if (b == '\n') {
+            l++;
+            c = 1;
+        } else {
+            c++;
+        }
+        i += n;
+    }
+    return 0;
+}
+
 /*
  * Parses BUF into *ROOT (NULL for an empty stream). Syntax errors and
  * unsupported constructs are reported; returns -1 when the tree is unusable.
  */
 int yaml_parse(struct schema_ctx *c, const char *buf, size_t len, struct ynode **root)
 {
+    /* YAML is Unicode text; libfyaml may also loop forever on some invalid
+     * bytes (a directive followed by them), so they never reach it. */
+    int bad_line, bad_col;
+    *root = NULL;
+    if (utf8_invalid_at(buf, len, &bad_line, &bad_col)) {
+        schema_report(c, bad_line, bad_col, "not UTF-8 text (a NUL or an invalid byte)");
+        return -1;
+    }
     struct diag_text dt = {.have = 0};
     struct fy_diag_cfg dcfg;
     fy_diag_cfg_default(&dcfg);

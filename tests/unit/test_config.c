@@ -613,6 +613,18 @@ static void test_unknown_key_is_reported_at_the_key(void **state)
                         "2:41: unknown key 'tls' in destinations.pacs");
 }
 
+/* libfyaml loops forever on a directive followed by invalid bytes: the
+ * text is checked before it is parsed. */
+static void test_bytes_that_are_not_utf8_are_refused_at_their_place(void **state)
+{
+    (void)state;
+#define NOT_UTF8 "not UTF-8 text (a NUL or an invalid byte)"
+    expect_single_error("directive.yaml", "%F\xaa\xff", "1:3: " NOT_UTF8);
+    expect_single_error("surrogate.yaml", "node:\n  ae_title: \xed\xa0\x80\n", "2:13: " NOT_UTF8);
+    expect_single_error("overlong.yaml", "node: {}\n# \xc0\xaf\n", "2:3: " NOT_UTF8);
+#undef NOT_UTF8
+}
+
 static void test_wrong_types_are_reported_at_the_value(void **state)
 {
     (void)state;
@@ -1746,6 +1758,7 @@ int main(void)
         cmocka_unit_test(test_load_returns_the_class_of_the_failure),
         cmocka_unit_test(test_example_manifest_loads_without_errors),
         cmocka_unit_test(test_unknown_key_is_reported_at_the_key),
+        cmocka_unit_test(test_bytes_that_are_not_utf8_are_refused_at_their_place),
         cmocka_unit_test(test_wrong_types_are_reported_at_the_value),
         cmocka_unit_test(test_non_mapping_sections_are_rejected),
         cmocka_unit_test(test_out_of_range_values_report_the_bounds),
