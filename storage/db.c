@@ -135,6 +135,7 @@ const char *storage_strerror(int err)
     case STORAGE_ENOTFOUND: return "not found";
     case STORAGE_ECONFLICT: return "the study changed meanwhile";
     case STORAGE_EVERSION: return "the store has a schema version this ainode cannot use";
+    case STORAGE_EINTEGRITY: return "the instance contradicts what is stored";
     }
     return "unknown storage error";
 }
@@ -398,6 +399,7 @@ static void free_handle(struct storage *st)
     free(st->tmp_dir);
     free(st->inst_dir);
     free(st->results_dir);
+    free(st->quarantine_dir);
     pthread_mutex_destroy(&st->lock);
     pthread_mutex_destroy(&st->doomed_lock);
     free(st);
@@ -469,9 +471,11 @@ static int open_mode(const char *data_dir, enum storage_mode mode, storage_read_
     st->tmp_dir = file_join(data_dir, "tmp");
     st->inst_dir = file_join(data_dir, "instances");
     st->results_dir = file_join(data_dir, "results");
+    st->quarantine_dir = file_join(data_dir, "quarantine");
     char *dbpath = file_join(data_dir, "ainode.db");
     int rc;
-    if (!st->data_dir || !st->tmp_dir || !st->inst_dir || !st->results_dir || !dbpath) {
+    if (!st->data_dir || !st->tmp_dir || !st->inst_dir || !st->results_dir ||
+        !st->quarantine_dir || !dbpath) {
         rc = error_set(err, errlen, STORAGE_ENOMEM, "out of memory");
         goto fail;
     }

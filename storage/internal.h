@@ -47,6 +47,8 @@ struct storage {
     char *tmp_dir;
     char *inst_dir;
     char *results_dir;
+    char *quarantine_dir;         /* refused instances, kept aside (conflict policy) */
+    atomic_int conflict_policy;   /* enum storage_conflict_policy */
     sqlite3 *db;
     pthread_mutex_t lock;         /* one writer connection, serialised */
     atomic_ulong temp_seq;
@@ -57,8 +59,10 @@ struct storage {
     sqlite3_stmt *st_series_upsert;
     sqlite3_stmt *st_inst_old;
     sqlite3_stmt *st_inst_upsert;
-    sqlite3_stmt *st_prune_series;
-    sqlite3_stmt *st_prune_studies;
+    /* What an instance must agree with (instance.c). */
+    sqlite3_stmt *st_series_study;
+    sqlite3_stmt *st_study_patient;
+    sqlite3_stmt *st_patient_demographics;
     /* The series rows query, generated from attr.def at open (plan.c). */
     char *series_rows_sql;
     /* The files retention is removing, and their names: a new instance

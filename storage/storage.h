@@ -19,11 +19,15 @@
  * never acknowledged) and every file under instances/ without a row is
  * either indexed again, when it reads as a complete instance, or removed.
  *
- * A repeated SOP Instance UID is handled "last write wins": the new file
- * is stored under a fresh name, the row is switched to it, and only then
- * is the old file removed. A study that receives an instance after it was
- * complete goes back to "receiving" and completes again after the stable
- * time.
+ * A repeated SOP Instance UID in the same series, study and patient is
+ * handled "last write wins": the new file is stored under a fresh name,
+ * the row is switched to it, and only then is the old file removed. A
+ * study that receives an instance after it was complete goes back to
+ * "receiving" and completes again after the stable time.
+ *
+ * What is stored is never moved nor renamed by a later instance: one that
+ * contradicts it is refused with STORAGE_EINTEGRITY and changes nothing
+ * (see storage_commit).
  *
  * All functions are safe to call from several threads on one handle.
  *
@@ -53,6 +57,7 @@ enum storage_error {
     STORAGE_ENOTFOUND = -4,
     STORAGE_ECONFLICT = -5, /* the study changed meanwhile: plan it again later */
     STORAGE_EVERSION = -6,  /* the store's schema version is not one this code can use */
+    STORAGE_EINTEGRITY = -7,/* the instance contradicts what is stored: refused, nothing changed */
 };
 
 /* The class of ERR, for any code above. */
@@ -110,13 +115,33 @@ struct storage_instance {
     int64_t received_ms;          /* wall clock, ms since the epoch */
 };
 
+/* What storage_commit does with an instance it refuses as contradicting
+ * the store (STORAGE_EINTEGRITY). */
+enum storage_conflict_policy {
+    STORAGE_CONFLICT_REFUSE = 0,     /* the default: its file is removed */
+    STORAGE_CONFLICT_QUARANTINE,     /* its file is kept, unindexed, under DATA_DIR/quarantine */
+};
+
+/* Sets the policy for instances refused as contradicting the store. */
+void storage_set_conflict_policy(struct storage *st, enum storage_conflict_policy policy);
+
 /* Writes a fresh temporary file name under DATA_DIR/tmp into BUF. */
 int storage_temp_path(struct storage *st, char *buf, size_t len);
 
 /*
  * Makes TEMP_PATH durable and indexed as INST (see the promise above).
  * TEMP_PATH is consumed: on success it has moved into place, on failure it
- * is removed. ERR receives a short reason on failure.
+ * is removed (or, refused with the quarantine policy, kept aside). ERR
+ * receives a short reason on failure, naming attributes, never values.
+ *
+ * STORAGE_EINTEGRITY, and nothing stored changes, when INST contradicts
+ * the store: its SOP Instance UID is stored in another series, its Series
+ * Instance UID in another study, its Study Instance UID for another
+ * patient (Patient ID and issuer), or its Patient ID with another
+ * PatientName, PatientBirthDate or PatientSex (compared where both are
+ * given; an instance without a Patient ID has no identity to contradict).
+ * Any of these would otherwise move or rename what other instances
+ * already rely on.
  */
 int storage_commit(struct storage *st, const char *temp_path,
                    const struct storage_instance *inst, char *err, size_t errlen);

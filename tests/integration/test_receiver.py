@@ -306,6 +306,60 @@ class ReceiverTest(NodeTestCase):
         self.assertEqual(pydicom.dcmread(path).SeriesDescription, "CORRECTED")
         self.assert_store_clean(n)
 
+    def test_a_known_uid_resent_under_another_study_or_patient_is_refused(self):
+        n = self.node()
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 3, rows=16, cols=16)
+        r = harness.storescu(n.port, files, ae_called=n.ae)
+        self.assertTrue(harness.all_stores_succeeded(r.stdout, 3), r.stdout)
+        original = pydicom.dcmread(files[0])
+        study = str(original.StudyInstanceUID)
+        path = stored_path(n, original.SOPInstanceUID)
+        with open(path, "rb") as f:
+            before = f.read()
+        self.assertEqual(n.studies()[study]["instances"], 3)
+
+        # The same instance rewritten into another study and patient; the
+        # same series re-used in another study; the same Patient ID under
+        # another name.
+        def rewritten(name, **values):
+            ds = pydicom.dcmread(files[0])
+            for k, v in values.items():
+                setattr(ds, k, v)
+            p = os.path.join(self.workdir, name + ".dcm")
+            ds.save_as(p, write_like_original=True)
+            return p
+        hostile = [
+            rewritten("other_study", StudyInstanceUID=pydicom.uid.generate_uid(),
+                      SeriesInstanceUID=pydicom.uid.generate_uid(), PatientID="INTRUDER",
+                      PatientName="Other^Patient"),
+            rewritten("other_series_study", StudyInstanceUID=pydicom.uid.generate_uid(),
+                      SOPInstanceUID=pydicom.uid.generate_uid()),
+            rewritten("renamed", StudyInstanceUID=pydicom.uid.generate_uid(),
+                      SeriesInstanceUID=pydicom.uid.generate_uid(),
+                      SOPInstanceUID=pydicom.uid.generate_uid(), PatientName="Renamed^Patient"),
+        ]
+        for p in hostile:
+            r = harness.storescu(n.port, p, ae_called=n.ae, check=False)
+            self.assertEqual(harness.storescu_statuses(r.stdout), ["Error: CannotUnderstand"],
+                             r.stdout)
+        studies = n.studies()
+        self.assertEqual(list(studies), [study])
+        self.assertEqual(studies[study]["instances"], 3)
+        self.assertEqual(stored_path(n, original.SOPInstanceUID), path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(db_rows(n, "SELECT patient_id, patient_name FROM patients"),
+                         [(str(original.PatientID), str(original.PatientName))])
+        self.assert_store_clean(n)
+        # The log says what conflicted, naming attributes, not values.
+        log = n.log_tail()
+        self.assertIn("SOPInstanceUID already stored in another study", log)
+        self.assertIn("SeriesInstanceUID already stored in another study", log)
+        self.assertIn("PatientID already stored with another PatientName", log)
+        self.assertNotIn("Renamed^Patient", log)
+        self.assertEqual(n.stop(), 0)
+
     def test_eight_concurrent_associations_lose_and_duplicate_nothing(self):
         n = self.node()
         n.start()

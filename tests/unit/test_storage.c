@@ -316,14 +316,251 @@ static void test_resend_replaces_previous_version(void **state)
     assert_int_equal(count_entries(series_dir), 1);
 }
 
-static void test_resend_into_other_series_drops_the_empty_one(void **state)
+/* An instance with its study, series and patient given: what a peer
+ * resending a known UID under other parents sends. */
+struct sent {
+    const char *study, *series, *sop, *patient_id, *name, *birth_date, *sex;
+};
+
+static int commit_sent(struct storage *st, const struct sent *s, const char *content,
+                       int64_t when, char *err, size_t errlen)
+{
+    char temp[512];
+    struct storage_instance inst;
+    write_temp(st, content, temp, sizeof temp);
+    make_instance(&inst, s->series, s->sop, when);
+    inst.attr[ATTR_STUDY_INSTANCE_UID] = s->study;
+    inst.attr[ATTR_PATIENT_ID] = s->patient_id;
+    inst.attr[ATTR_PATIENT_NAME] = s->name;
+    inst.attr[ATTR_PATIENT_BIRTH_DATE] = s->birth_date;
+    inst.attr[ATTR_PATIENT_SEX] = s->sex;
+    err[0] = '\0';
+    int rc = storage_commit(st, temp, &inst, err, errlen);
+    assert_int_not_equal(access(temp, F_OK), 0);
+    return rc;
+}
+
+#define OTHER_STUDY "1.2.826.0.1.3680043.8.498.2"
+#define OTHER_SERIES "1.2.826.0.1.3680043.8.498.2.1"
+
+/* Everything a refused instance must leave as it was: the rows of every
+ * level and the stored file's place and bytes. */
+struct snapshot {
+    char rows[4096];
+    char path[512];
+    char bytes[64];
+};
+
+static void snapshot_take(struct fixture *f, const char *sop, struct snapshot *s)
+{
+    char dbpath[512];
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", f->dir);
+    sqlite3 *db;
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db,
+                           "SELECT 'p', patient_id, issuer, patient_name, birth_date, sex, ''"
+                           " FROM patients UNION ALL"
+                           " SELECT 's', study_uid, patient, state, study_description, '', ''"
+                           " FROM studies UNION ALL"
+                           " SELECT 'r', series_uid, study_uid, modality, '', '', '' FROM series"
+                           " UNION ALL SELECT 'i', sop_instance_uid, series_uid, path, size, '',"
+                           " '' FROM instances ORDER BY 1, 2",
+                           -1, &q, NULL),
+        SQLITE_OK);
+    s->rows[0] = '\0';
+    while (sqlite3_step(q) == SQLITE_ROW)
+        for (int i = 0; i < 7; i++) {
+            size_t n = strlen(s->rows);
+            const unsigned char *v = sqlite3_column_text(q, i);
+            snprintf(s->rows + n, sizeof s->rows - n, "%s|", v ? (const char *)v : "NULL");
+        }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    assert_int_equal(storage_instance_path(f->st, sop, s->path, sizeof s->path), STORAGE_OK);
+    snprintf(s->bytes, sizeof s->bytes, "%.63s", slurp(s->path));
+}
+
+static void assert_unchanged(struct fixture *f, const char *sop, const struct snapshot *before)
+{
+    struct snapshot now;
+    snapshot_take(f, sop, &now);
+    assert_string_equal(now.rows, before->rows);
+    assert_string_equal(now.path, before->path);
+    assert_string_equal(now.bytes, before->bytes);
+    /* Nothing left behind for the refused instance. */
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/instances", f->dir);
+    assert_int_equal(count_entries(dir), 1);
+    snprintf(dir, sizeof dir, "%s/tmp", f->dir);
+    assert_int_equal(count_entries(dir), 0);
+}
+
+static const struct sent ORIGINAL = {STUDY, SERIES, "1.2.3.1", "P1", "DOE^JANE", "19700101",
+                                     "F"};
+
+static void test_an_instance_resent_under_another_study_is_refused(void **state)
 {
     struct fixture *f = *state;
-    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
-    assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.1", "b", 2000), STORAGE_OK);
+    char err[256];
+    struct snapshot before;
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "original", 1000, err, sizeof err),
+                     STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+
+    struct sent s = ORIGINAL;
+    s.study = OTHER_STUDY;
+    s.series = OTHER_SERIES;
+    assert_int_equal(commit_sent(f->st, &s, "hostile", 2000, err, sizeof err),
+                     STORAGE_EINTEGRITY);
+    assert_string_equal(err, "SOPInstanceUID already stored in another study");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+
+    /* Under another patient too (and another study). */
+    s.patient_id = "P2";
+    s.name = "ROE^RICHARD";
+    assert_int_equal(commit_sent(f->st, &s, "hostile", 3000, err, sizeof err),
+                     STORAGE_EINTEGRITY);
+    assert_unchanged(f, ORIGINAL.sop, &before);
     struct tally t = tally(f->st);
+    assert_int_equal(t.studies, 1);
     assert_int_equal(t.instances, 1);
-    assert_int_equal(t.series, 1);
+}
+
+static void test_an_instance_resent_into_another_series_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct snapshot before;
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "a", 1000, err, sizeof err), STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+    struct sent s = ORIGINAL;
+    s.series = SERIES2;
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "SOPInstanceUID already stored in another series");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+    char series_dir[512];
+    snprintf(series_dir, sizeof series_dir, "%s/instances/%s/%s", f->dir, STUDY, SERIES2);
+    assert_int_not_equal(access(series_dir, F_OK), 0);
+}
+
+static void test_a_series_reused_in_another_study_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct snapshot before;
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "a", 1000, err, sizeof err), STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+    struct sent s = ORIGINAL;
+    s.study = OTHER_STUDY;
+    s.sop = "1.2.3.2";
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "SeriesInstanceUID already stored in another study");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.2", before.path, sizeof before.path),
+                     STORAGE_ENOTFOUND);
+}
+
+static void test_a_study_reused_for_another_patient_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct snapshot before;
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "a", 1000, err, sizeof err), STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+    struct sent s = ORIGINAL;
+    s.series = SERIES2;
+    s.sop = "1.2.3.2";
+    s.patient_id = "P2";
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "StudyInstanceUID already stored for another PatientID");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+}
+
+static void test_a_patient_id_with_other_demographics_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct snapshot before;
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "a", 1000, err, sizeof err), STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+    /* A new study of the same Patient ID under another name and sex. */
+    struct sent s = {OTHER_STUDY, OTHER_SERIES, "1.2.3.9", "P1", "ROE^RICHARD", "19700101", "M"};
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "PatientID already stored with another PatientName, PatientSex");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+    s.name = "DOE^JANE";
+    s.sex = "F";
+    s.birth_date = "19800101";
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "PatientID already stored with another PatientBirthDate");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+
+    /* Values missing on either side are not a contradiction, nor is case;
+     * what the store knows is kept. */
+    s.name = "doe^jane";
+    s.birth_date = NULL;
+    s.sex = "";
+    assert_int_equal(commit_sent(f->st, &s, "b", 3000, err, sizeof err), STORAGE_OK);
+    struct tally t = tally(f->st);
+    assert_int_equal(t.studies, 2);
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(f->st, OTHER_STUDY, &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(rows[0].value[ATTR_PATIENT_BIRTH_DATE], "19700101");
+    assert_string_equal(rows[0].value[ATTR_PATIENT_SEX], "F");
+    storage_series_free(rows, n);
+}
+
+static void test_instances_without_a_patient_id_are_not_compared(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct sent a = {STUDY, SERIES, "1.2.3.1", NULL, "ANON^ONE", NULL, "F"};
+    struct sent b = {OTHER_STUDY, OTHER_SERIES, "1.2.3.2", "", "ANON^TWO", NULL, "M"};
+    assert_int_equal(commit_sent(f->st, &a, "a", 1000, err, sizeof err), STORAGE_OK);
+    assert_int_equal(commit_sent(f->st, &b, "b", 2000, err, sizeof err), STORAGE_OK);
+    assert_int_equal(tally(f->st).studies, 2);
+}
+
+static void test_an_identical_resend_stays_idempotent(void **state)
+{
+    struct fixture *f = *state;
+    char err[256], path[512];
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "one", 1000, err, sizeof err), STORAGE_OK);
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "two", 2000, err, sizeof err), STORAGE_OK);
+    /* The next instance of the series after a resend is checked afresh. */
+    struct sent s = ORIGINAL;
+    s.sop = "1.2.3.2";
+    assert_int_equal(commit_sent(f->st, &s, "three", 3000, err, sizeof err), STORAGE_OK);
+    assert_int_equal(storage_instance_path(f->st, ORIGINAL.sop, path, sizeof path), STORAGE_OK);
+    assert_string_equal(slurp(path), "two");
+    struct tally t = tally(f->st);
+    assert_int_equal(t.studies, 1);
+    assert_int_equal(t.instances, 2);
+}
+
+static void test_quarantine_keeps_a_refused_instance_aside_unindexed(void **state)
+{
+    struct fixture *f = *state;
+    char err[256], dir[512], path[512];
+    struct snapshot before;
+    storage_set_conflict_policy(f->st, STORAGE_CONFLICT_QUARANTINE);
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "original", 1000, err, sizeof err),
+                     STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+    struct sent s = ORIGINAL;
+    s.study = OTHER_STUDY;
+    s.series = OTHER_SERIES;
+    assert_int_equal(commit_sent(f->st, &s, "hostile", 2000, err, sizeof err),
+                     STORAGE_EINTEGRITY);
+    assert_unchanged(f, ORIGINAL.sop, &before);
+    snprintf(path, sizeof path, "%s/quarantine/%s.dcm", f->dir, ORIGINAL.sop);
+    assert_string_equal(slurp(path), "hostile");
+    snprintf(dir, sizeof dir, "%s/quarantine", f->dir);
+    assert_int_equal(count_entries(dir), 1);
 }
 
 static void test_idle_study_completes_and_reopens_on_new_instance(void **state)
@@ -966,7 +1203,7 @@ static void test_a_store_of_a_newer_version_is_refused(void **state)
 static void test_strerror_names_every_code(void **state)
 {
     (void)state;
-    for (int c = STORAGE_EVERSION; c <= STORAGE_OK; c++)
+    for (int c = STORAGE_EINTEGRITY; c <= STORAGE_OK; c++)
         assert_string_not_equal(storage_strerror(c), "unknown storage error");
     assert_string_equal(storage_strerror(STORAGE_ECONFLICT), "the study changed meanwhile");
 }
@@ -1556,7 +1793,21 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_commit_rejects_missing_uid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commit_io_failure_leaves_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resend_replaces_previous_version, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_resend_into_other_series_drops_the_empty_one,
+        cmocka_unit_test_setup_teardown(test_an_instance_resent_into_another_series_is_refused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_an_instance_resent_under_another_study_is_refused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_series_reused_in_another_study_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_study_reused_for_another_patient_is_refused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_patient_id_with_other_demographics_is_refused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_instances_without_a_patient_id_are_not_compared,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_an_identical_resend_stays_idempotent, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_quarantine_keeps_a_refused_instance_aside_unindexed,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_study_completes_and_reopens_on_new_instance,
                                         setup, teardown),
