@@ -116,6 +116,12 @@ static const char *const migrations[] = {
     "DROP TABLE temp.split_destinations;"
     "CREATE TABLE retention_files("
     "  path TEXT PRIMARY KEY, directory INTEGER NOT NULL DEFAULT 0);",
+    /* 4: the risky stage a running job is in (NULL between stages) and how
+     * often the node stopped during one of its stages: a job found inside
+     * a stage at open was running when its node died (job.c). */
+    "ALTER TABLE jobs ADD COLUMN stage TEXT;"
+    "ALTER TABLE jobs ADD COLUMN stage_started INTEGER;"
+    "ALTER TABLE jobs ADD COLUMN stops INTEGER NOT NULL DEFAULT 0;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -400,6 +406,7 @@ static void free_handle(struct storage *st)
     free(st->inst_dir);
     free(st->results_dir);
     free(st->quarantine_dir);
+    free(st->crash_record);
     pthread_mutex_destroy(&st->lock);
     pthread_mutex_destroy(&st->doomed_lock);
     free(st);
@@ -438,11 +445,8 @@ static int open_serving(struct storage *st, char *err, size_t errlen)
         return error_set(err, errlen, STORAGE_EIO, "cannot repair %s: %s", st->inst_dir,
                          strerror(errno));
     /* This process is the only one that runs jobs: whatever a previous
-     * one left running is runnable again. */
-    if ((rc = db_exec(st,
-                      "UPDATE jobs SET state='queued', lease_owner=NULL, lease_until=NULL"
-                      " WHERE state='running'",
-                      err, errlen)))
+     * one left running is runnable again, unless it killed that one. */
+    if ((rc = job_recover(st, err, errlen)) != STORAGE_OK)
         return rc;
     /* Durable before any instance is acknowledged: a power cut from here
      * on must lead to the repair. Then rows stop waiting for the disk
@@ -472,10 +476,11 @@ static int open_mode(const char *data_dir, enum storage_mode mode, storage_read_
     st->inst_dir = file_join(data_dir, "instances");
     st->results_dir = file_join(data_dir, "results");
     st->quarantine_dir = file_join(data_dir, "quarantine");
+    st->crash_record = file_join(data_dir, "job-crash");
     char *dbpath = file_join(data_dir, "ainode.db");
     int rc;
     if (!st->data_dir || !st->tmp_dir || !st->inst_dir || !st->results_dir ||
-        !st->quarantine_dir || !dbpath) {
+        !st->quarantine_dir || !st->crash_record || !dbpath) {
         rc = error_set(err, errlen, STORAGE_ENOMEM, "out of memory");
         goto fail;
     }

@@ -48,6 +48,7 @@ struct storage {
     char *inst_dir;
     char *results_dir;
     char *quarantine_dir;         /* refused instances, kept aside (conflict policy) */
+    char *crash_record;           /* DATA_DIR/job-crash (see storage_crash_record_path) */
     atomic_int conflict_policy;   /* enum storage_conflict_policy */
     sqlite3 *db;
     pthread_mutex_t lock;         /* one writer connection, serialised */
@@ -143,6 +144,13 @@ const char *db_level_table(enum attr_level level);
 int instance_prepare(struct storage *st, char *err, size_t errlen);
 void instance_finalize(struct storage *st);
 int instance_repair(struct storage *st);
+
+/* ---- job.c ---- */
+
+/* At open for serving: quarantines the jobs that were inside a stage when
+ * the previous process died (see storage.h) and queues again the other
+ * jobs it left running; then removes the crash record. */
+int job_recover(struct storage *st, char *err, size_t errlen);
 
 /* ---- plan.c ---- */
 

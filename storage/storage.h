@@ -207,14 +207,30 @@ int storage_commit_plan(struct storage *st, const char *study_uid, int64_t last_
 /* ---- jobs (job.c) -------------------------------------------------------- */
 
 /*
- * Jobs: queued -> running -> done | failed. A worker claims a job with a
- * lease (owner + expiry), renews it while it works and finishes it as its
- * owner. A lease that expired (its worker died or hung) lets the job be
- * claimed again; jobs left running by a previous process are queued again
- * by storage_open(). A job claimed more than STORAGE_JOB_MAX_ATTEMPTS times
- * fails instead of running again (it keeps killing its worker).
+ * Jobs: queued -> running -> done | failed | quarantined. A worker claims
+ * a job with a lease (owner + expiry), renews it while it works and
+ * finishes it as its owner. A lease that expired (its worker died or hung)
+ * lets the job be claimed again; jobs left running by a previous process
+ * are queued again by storage_open(). A job claimed more than
+ * STORAGE_JOB_MAX_ATTEMPTS times fails instead of running again (it keeps
+ * killing its worker).
+ *
+ * A job that may crash the node does so inside a risky stage (decoding its
+ * series, running the model, writing its results): its worker records the
+ * stage (storage_job_stage) before entering it and clears it after. A job
+ * storage_open() finds inside a stage was running when its node died:
+ *   - it is quarantined at once when the crash record names it: the node
+ *     crashed (a fatal signal) while it was inside a stage;
+ *   - otherwise (killed from outside, out of memory, power cut: the cause
+ *     is unknown) it runs again, and is quarantined the
+ *     STORAGE_JOB_MAX_STOPS-th time this happens.
+ * A quarantined job keeps its reason ("the node crashed (SIGSEGV) during
+ * inference") and never runs again by itself: storage_job_retry queues it
+ * again. A clean stop gives a running job back (storage_job_release),
+ * which clears its stage: it is never quarantined.
  */
 #define STORAGE_JOB_MAX_ATTEMPTS 3
+#define STORAGE_JOB_MAX_STOPS 2
 
 struct storage_job {
     int64_t id;
@@ -241,6 +257,25 @@ int storage_job_renew(struct storage *st, int64_t id, const char *owner, int64_t
 /* Gives a job OWNER holds back to the queue, not counting this attempt
  * (the node is stopping; the job did not fail). */
 int storage_job_release(struct storage *st, int64_t id, const char *owner);
+
+/* Records that job ID, held by OWNER, enters STAGE ("decode",
+ * "inference", "results") at NOW_MS, or left it (STAGE NULL). Committed
+ * when it returns: a kill of the process right after finds it.
+ * STORAGE_ENOTFOUND when OWNER no longer holds it. */
+int storage_job_stage(struct storage *st, int64_t id, const char *owner, const char *stage,
+                      int64_t now_ms);
+
+/*
+ * The crash record: DATA_DIR/job-crash, written by the node as it dies of
+ * a fatal signal, one line "JOB_ID SIGNAL" per job then inside a stage,
+ * read and removed by the next storage_open(). The path is fixed at open
+ * (the string lives as long as ST), so a signal handler may use it.
+ */
+const char *storage_crash_record_path(const struct storage *st);
+
+/* Queues a quarantined job again, as new (attempts and stops reset).
+ * STORAGE_ENOTFOUND when job ID is not quarantined. */
+int storage_job_retry(struct storage *st, int64_t id);
 
 /* A file a finished job leaves to send. */
 struct storage_send_item {
@@ -353,7 +388,8 @@ struct storage_job_row {
     const char *series_uid;
     const char *model;
     const char *state;
-    const char *error;            /* NULL unless failed */
+    const char *stage;            /* the stage a running job is in, or NULL */
+    const char *error;            /* the reason when failed or quarantined, else NULL */
     const char *result;           /* result file, NULL unless done */
     const char *summary;          /* JSON text, NULL unless done */
     int attempts;

@@ -606,5 +606,73 @@ class ReceiverTest(NodeTestCase):
         self.assertEqual(n.stop(), 0)
 
 
+
+class JobCrashTest(NodeTestCase):
+    """A job that crashes the node is quarantined, not run at every start."""
+
+    def test_a_job_that_crashes_the_node_is_quarantined_until_retried(self):
+        # The slow model of the inference tests (imported here: that module
+        # imports this one).
+        from test_inference import models, phantom, slow_builtin_model
+        # The crash is on purpose: no core file for it.
+        soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_CORE, (soft, hard))
+        built, manifest = slow_builtin_model(self.workdir, self.binary)
+        rules = [{"name": "ct", "match": {"Modality": "CT"}, "run": ["ct-bone-body"]}]
+        n = self.node(sections={"models": models(file=built, manifest=manifest),
+                                "rules": rules}, stable_seconds=1)
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 60, rows=256, cols=256,
+                               pixel_fn=phantom)
+        harness.storescu(n.port, files, ae_called=n.ae)
+
+        def in_inference():
+            jobs = n.status()["jobs"]
+            self.assertEqual([j for j in jobs if j["state"] in ("done", "failed")], [],
+                             "the job ended before the node could crash in it")
+            return [j for j in jobs if j["state"] == "running" and j["stage"] == "inference"]
+        job = harness.wait_until(in_inference, 60, 0.05, "the job to run its model")[0]
+
+        # A fatal signal while the model runs, as a crash in it would raise.
+        n.signal(signal.SIGSEGV)
+        self.assertEqual(n.wait(30), -signal.SIGSEGV)
+        with open(os.path.join(n.data_dir, "job-crash")) as f:
+            self.assertEqual(f.read(), "%d %d\n" % (job["id"], signal.SIGSEGV))
+
+        # Started again, the node quarantines it with its reason and never
+        # runs it by itself.
+        n.start()
+        reason = "the node crashed (SIGSEGV) during inference"
+        for _ in range(3):
+            jobs = n.status()["jobs"]
+            self.assertEqual(len(jobs), 1)
+            self.assertEqual(jobs[0]["state"], "quarantined", jobs)
+            self.assertEqual(jobs[0]["error"], reason)
+            self.assertIsNone(jobs[0]["stage"])
+            self.assertEqual(jobs[0]["attempts"], 1)
+            time.sleep(1)
+        self.assertFalse(os.path.exists(os.path.join(n.data_dir, "job-crash")))
+        table = n.cli("status", "-c", n.config_path, check=True).stdout
+        self.assertIn("quarantined", table)
+        self.assertIn(reason, table)
+
+        # Retried by hand, it runs again; a clean stop during it gives it
+        # back to the queue, not to the quarantine.
+        r = n.cli("retry", "-c", n.config_path, "--job", str(job["id"]))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(r.stdout.strip(), "job %d queued again" % job["id"])
+        r = n.cli("retry", "-c", n.config_path, "--job", str(job["id"]))
+        self.assertNotEqual(r.returncode, 0)
+        harness.wait_until(in_inference, 60, 0.05, "the retried job to run its model")
+        self.assertEqual(n.stop(), 0)
+        jobs = n.status()["jobs"]
+        self.assertEqual(jobs[0]["state"], "queued", jobs)
+        self.assertIsNone(jobs[0]["error"])
+        n.start()
+        self.assertNotEqual(n.status()["jobs"][0]["state"], "quarantined")
+        self.assertEqual(n.stop(), 0)
+
+
 if __name__ == "__main__":
     unittest.main()

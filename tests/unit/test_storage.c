@@ -10,6 +10,7 @@
 
 #include <dirent.h>
 #include <pthread.h>
+#include <signal.h>
 #include <time.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -720,6 +721,9 @@ struct job_list {
     char state[8][16];
     char model[8][16];
     int attempts[8];
+    int64_t id[8];
+    char stage[8][16];
+    char error[8][128];
 };
 
 static int collect_job(void *ud, const struct storage_job_row *j)
@@ -729,6 +733,9 @@ static int collect_job(void *ud, const struct storage_job_row *j)
         snprintf(l->state[l->n], 16, "%s", j->state);
         snprintf(l->model[l->n], 16, "%s", j->model);
         l->attempts[l->n] = j->attempts;
+        l->id[l->n] = j->id;
+        snprintf(l->stage[l->n], 16, "%s", j->stage ? j->stage : "");
+        snprintf(l->error[l->n], 128, "%s", j->error ? j->error : "");
         l->n++;
     }
     return 0;
@@ -819,6 +826,135 @@ static void test_jobs_left_running_are_queued_again_at_open(void **state)
     assert_int_equal(b.attempts, 2);
     storage_job_clear(&a);
     storage_job_clear(&b);
+}
+
+/* The row of job ID in L, or -1. */
+static int job_index(const struct job_list *l, int64_t id)
+{
+    for (int i = 0; i < l->n; i++)
+        if (l->id[i] == id)
+            return i;
+    return -1;
+}
+
+/* What a node dying while job "seg" is in STAGE leaves: the job claimed
+ * by "w1", inside the stage, and the store closed without a word about
+ * it. Returns the job's id. */
+static int64_t die_inside_stage(struct fixture *f, const char *stage, int64_t now)
+{
+    struct storage_job j;
+    char err[256];
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", now, 3600000, &j), STORAGE_OK);
+    assert_int_equal(storage_job_stage(f->st, j.id, "w1", stage, now + 1), STORAGE_OK);
+    struct job_list l = list_jobs(f->st);
+    assert_string_equal(l.stage[job_index(&l, j.id)], stage);
+    int64_t id = j.id;
+    storage_job_clear(&j);
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    return id;
+}
+
+static void test_a_job_the_node_stopped_inside_runs_again_then_is_quarantined(void **state)
+{
+    struct fixture *f = *state;
+    complete_with_jobs(f);
+    /* Once: the cause is unknown (a kill, a power cut), so it runs again. */
+    int64_t id = die_inside_stage(f, "inference", 1000);
+    struct job_list l = list_jobs(f->st);
+    int i = job_index(&l, id);
+    assert_string_equal(l.state[i], "queued");
+    assert_string_equal(l.stage[i], "");
+    /* Twice: quarantined with its reason, never claimed again. */
+    assert_int_equal(die_inside_stage(f, "inference", 2000), id);
+    l = list_jobs(f->st);
+    i = job_index(&l, id);
+    assert_string_equal(l.state[i], "quarantined");
+    assert_string_equal(l.error[i], "the node stopped during inference 2 times");
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 3000, 1000, &j), STORAGE_OK);
+    assert_int_not_equal(j.id, id); /* the other series' job */
+    storage_job_clear(&j);
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 3000, 1000, &j), STORAGE_ENOTFOUND);
+    char err[256];
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_string_equal(list_jobs(f->st).state[i], "quarantined");
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 4000, 1000, &j), STORAGE_OK);
+    assert_int_not_equal(j.id, id); /* the other one, given back by the stop */
+    storage_job_clear(&j);
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 4000, 1000, &j), STORAGE_ENOTFOUND);
+
+    /* Retried by hand: queued as new, and runs. */
+    assert_int_equal(storage_job_retry(f->st, id), STORAGE_OK);
+    assert_int_equal(storage_job_retry(f->st, id), STORAGE_ENOTFOUND);
+    l = list_jobs(f->st);
+    assert_string_equal(l.state[i], "queued");
+    assert_string_equal(l.error[i], "");
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 5000, 1000, &j), STORAGE_OK);
+    assert_int_equal(j.id, id);
+    assert_int_equal(j.attempts, 1);
+    storage_job_clear(&j);
+}
+
+static void test_a_job_named_in_the_crash_record_is_quarantined_at_once(void **state)
+{
+    struct fixture *f = *state;
+    complete_with_jobs(f);
+    struct storage_job other;
+    assert_int_equal(storage_job_claim(f->st, "other", "w2", 1000, 3600000, &other), STORAGE_OK);
+    assert_int_equal(storage_job_stage(f->st, other.id, "w2", "decode", 1001), STORAGE_OK);
+    /* What the dying node writes: the job of the crashing worker. */
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 3600000, &j), STORAGE_OK);
+    assert_int_equal(storage_job_stage(f->st, j.id, "w1", "results", 1002), STORAGE_OK);
+    char record[512], err[256];
+    snprintf(record, sizeof record, "%s", storage_crash_record_path(f->st));
+    FILE *fp = fopen(record, "w");
+    assert_non_null(fp);
+    fprintf(fp, "%lld %d\n", (long long)j.id, SIGSEGV);
+    fclose(fp);
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    struct job_list l = list_jobs(f->st);
+    assert_string_equal(l.state[job_index(&l, j.id)], "quarantined");
+    assert_string_equal(l.error[job_index(&l, j.id)], "the node crashed (SIGSEGV) during results");
+    /* The other one was inside a stage too, but not the one crashing. */
+    assert_string_equal(l.state[job_index(&l, other.id)], "queued");
+    assert_int_not_equal(access(record, F_OK), 0);
+    storage_job_clear(&j);
+    storage_job_clear(&other);
+}
+
+static void test_a_stage_left_or_a_job_given_back_is_never_quarantined(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    complete_with_jobs(f);
+    for (int round = 0; round < STORAGE_JOB_MAX_STOPS + 1; round++) {
+        struct storage_job j;
+        assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 3600000, &j), STORAGE_OK);
+        assert_int_equal(storage_job_stage(f->st, j.id, "w1", "inference", 1001), STORAGE_OK);
+        if (round == 0) {
+            /* Died between stages. */
+            assert_int_equal(storage_job_stage(f->st, j.id, "w1", NULL, 1002), STORAGE_OK);
+        } else {
+            /* A clean stop gives the job back. */
+            assert_int_equal(storage_job_release(f->st, j.id, "w1"), STORAGE_OK);
+        }
+        storage_job_clear(&j);
+        storage_close(f->st);
+        assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+        struct job_list l = list_jobs(f->st);
+        for (int i = 0; i < l.n; i++)
+            assert_string_not_equal(l.state[i], "quarantined");
+    }
+    /* Someone else's job is not this owner's to mark. */
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 3600000, &j), STORAGE_OK);
+    assert_int_equal(storage_job_stage(f->st, j.id, "w9", "inference", 1001), STORAGE_ENOTFOUND);
+    assert_int_equal(storage_job_retry(f->st, j.id), STORAGE_ENOTFOUND);
+    storage_job_clear(&j);
 }
 
 static void test_a_job_lost_too_often_fails(void **state)
@@ -1148,6 +1284,7 @@ static void test_a_store_of_the_first_release_is_migrated(void **state)
     assert_int_equal(j.n_destinations, 2);
     assert_string_equal(j.destinations[0], "pacs");
     assert_string_equal(j.destinations[1], "archive");
+    int64_t v1_job = j.id;
     storage_job_clear(&j);
     struct outbox_list all;
     memset(&all, 0, sizeof all);
@@ -1168,6 +1305,16 @@ static void test_a_store_of_the_first_release_is_migrated(void **state)
         STORAGE_OK);
     plan_free(&p);
     assert_int_equal(q, 1);
+
+    /* Its job, running on the migrated store, has its stage recorded and,
+     * the node stopped inside it, runs again. */
+    assert_int_equal(storage_job_stage(f->st, v1_job, "w1", "inference", 1001), STORAGE_OK);
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    struct job_list jl = list_jobs(f->st);
+    assert_int_equal(jl.n, 1);
+    assert_string_equal(jl.state[0], "queued");
+    assert_string_equal(jl.stage[0], "");
 
     /* Reopened, it is at the current version and needs nothing. */
     storage_close(f->st);
@@ -1842,6 +1989,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_jobs_left_running_are_queued_again_at_open, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_job_lost_too_often_fails, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_job_the_node_stopped_inside_runs_again_then_is_quarantined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_job_named_in_the_crash_record_is_quarantined_at_once,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_stage_left_or_a_job_given_back_is_never_quarantined,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_finished_job_puts_its_results_in_the_outbox,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_failed_job_sends_nothing, setup, teardown),
