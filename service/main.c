@@ -64,6 +64,10 @@ static void print_error(void *ud, const char *line)
 
 int main(int argc, char **argv)
 {
+    /* What the node writes holds patient data: nothing it creates is for
+     * other users, whichever library creates it (storage also sets the
+     * modes it creates with). */
+    umask(027);
     if (argc < 2) {
         usage(stderr);
         return 2;

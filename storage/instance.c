@@ -31,6 +31,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,7 +68,20 @@ int storage_temp_path(struct storage *st, char *buf, size_t len)
 {
     unsigned long seq = atomic_fetch_add(&st->temp_seq, 1);
     int n = snprintf(buf, len, "%s/%ld-%lu.part", st->tmp_dir, (long)getpid(), seq);
-    return n < 0 || (size_t)n >= len ? STORAGE_EINVAL : STORAGE_OK;
+    if (n < 0 || (size_t)n >= len)
+        return STORAGE_EINVAL;
+    /* Made here, private: the writer (DCMTK's, or any) truncates it and
+     * keeps its mode, so received bytes are never readable by others. */
+    int fd = open(buf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return STORAGE_EIO;
+    int rc = fchmod(fd, 0640);
+    close(fd);
+    if (rc != 0) {
+        unlink(buf);
+        return STORAGE_EIO;
+    }
+    return STORAGE_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -561,6 +575,13 @@ int storage_commit(struct storage *st, const char *temp_path,
         snprintf(series_dir, sizeof series_dir, "%s/%s", study_dir,
                  a[ATTR_SERIES_INSTANCE_UID]) >= (int)sizeof series_dir) {
         error_set(err, errlen, rc, "path too long");
+        goto fail;
+    }
+    /* Private before it has a name under instances/, however it was
+     * written. */
+    if (chmod(temp_path, 0640) != 0) {
+        error_set(err, errlen, rc, "cannot make the received file private: %s",
+                  strerror(errno));
         goto fail;
     }
     /* Retention may remove the (empty) directories of this study between

@@ -84,7 +84,8 @@ struct storage {
 char *file_join(const char *a, const char *b);
 /* fsync of a file, or of a directory (DIRECTORY non-zero); errno kept. */
 int file_sync(const char *path, int directory);
-/* mkdir PATH and make its name durable in PARENT; 0 when it exists. */
+/* mkdir PATH (0750 whatever the umask) and make its name durable in
+ * PARENT; 0 when it exists. */
 int file_mkdir_durable(const char *parent, const char *path);
 /* Unlinks every entry of DIR (not recursive); 0 when DIR does not exist. */
 int file_empty_dir(const char *dir);
@@ -95,8 +96,8 @@ int file_unlink_gone(const char *path);
  * NULL) says is reserved; the name goes to OUT. */
 int file_link_fresh(const char *temp, const char *dir, const char *name, char *out,
                     size_t outlen, int (*taken)(void *ud, const char *path), void *ud);
-/* Writes DATA to DIR/NAME through a flushed temporary file and a rename
- * whose directory entry is flushed too; the final path goes to PATH. */
+/* Writes DATA to DIR/NAME (0640) through a flushed temporary file and a
+ * rename whose directory entry is flushed too; the final path goes to PATH. */
 int file_write_durable(const char *dir, const char *name, const void *data, size_t len,
                        char *path, size_t pathlen);
 

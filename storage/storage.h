@@ -58,6 +58,7 @@ enum storage_error {
     STORAGE_ECONFLICT = -5, /* the study changed meanwhile: plan it again later */
     STORAGE_EVERSION = -6,  /* the store's schema version is not one this code can use */
     STORAGE_EINTEGRITY = -7,/* the instance contradicts what is stored: refused, nothing changed */
+    STORAGE_EACCESS = -8,   /* DATA_DIR is writable by every user: refused */
 };
 
 /* The class of ERR, for any code above. */
@@ -73,6 +74,14 @@ const char *storage_strerror(int err);
  */
 typedef int (*storage_read_fn)(void *ud, const char *path, char **values,
                                char **transfer_syntax, char **calling_ae);
+
+/* Files and directories storage creates are private to the node's user
+ * and group: files 0640 (instances, results, temporary files, the
+ * database and its -wal and -shm), directories 0750, whatever the umask.
+ * Opening for serving creates DATA_DIR 0750; an existing one writable by
+ * every user is refused (STORAGE_EACCESS: anyone could replace what it
+ * stores), one readable by every user or writable by its group is used
+ * with a warning in the log. */
 
 /* Opens (creating if needed) the store under DATA_DIR, brings its schema
  * to this code's version (numbered migrations, one transaction; a store of
@@ -125,7 +134,9 @@ enum storage_conflict_policy {
 /* Sets the policy for instances refused as contradicting the store. */
 void storage_set_conflict_policy(struct storage *st, enum storage_conflict_policy policy);
 
-/* Writes a fresh temporary file name under DATA_DIR/tmp into BUF. */
+/* Writes a fresh temporary file name under DATA_DIR/tmp into BUF and
+ * creates it empty and private (0640), for the caller to write (a writer
+ * that truncates keeps the mode). Left unused, open empties it. */
 int storage_temp_path(struct storage *st, char *buf, size_t len);
 
 /*

@@ -360,6 +360,37 @@ class ReceiverTest(NodeTestCase):
         self.assertNotIn("Renamed^Patient", log)
         self.assertEqual(n.stop(), 0)
 
+    def test_received_files_and_the_database_are_private(self):
+        n = self.node(create_data_dir=False)
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 2, rows=16, cols=16)
+        r = harness.storescu(n.port, files, ae_called=n.ae)
+        self.assertTrue(harness.all_stores_succeeded(r.stdout, 2), r.stdout)
+
+        def mode(path):
+            return os.stat(path).st_mode & 0o7777
+        self.assertEqual(mode(n.data_dir), 0o750)
+        path = stored_path(n, pydicom.dcmread(files[0]).SOPInstanceUID)
+        self.assertEqual(mode(path), 0o640)
+        self.assertEqual(mode(os.path.dirname(path)), 0o750)
+        self.assertEqual(mode(os.path.dirname(os.path.dirname(path))), 0o750)
+        for name in ("ainode.db", "ainode.db-wal", "ainode.db-shm"):
+            self.assertEqual(mode(os.path.join(n.data_dir, name)), 0o640, name)
+        for name in ("tmp", "instances"):
+            self.assertEqual(mode(os.path.join(n.data_dir, name)), 0o750, name)
+        self.assertEqual(n.stop(), 0)
+
+        # A data directory every user may write in is refused, naming it
+        # and its mode; one every user may read is used, with a warning.
+        os.chmod(n.data_dir, 0o777)
+        with self.assertRaises(harness.NodeError) as e:
+            n.start()
+        self.assertIn("the data directory %s has mode 0777" % n.data_dir, str(e.exception))
+        os.chmod(n.data_dir, 0o755)
+        n.start()
+        self.assertIn("the data directory %s has mode 0755" % n.data_dir, n.log())
+        self.assertEqual(n.stop(), 0)
+
     def test_eight_concurrent_associations_lose_and_duplicate_nothing(self):
         n = self.node()
         n.start()

@@ -564,6 +564,102 @@ static void test_quarantine_keeps_a_refused_instance_aside_unindexed(void **stat
     assert_int_equal(count_entries(dir), 1);
 }
 
+static unsigned mode_of(const char *dir, const char *name)
+{
+    char path[1024];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s%s%s", dir, name ? "/" : "", name ? name : "");
+    if (stat(path, &sb) != 0)
+        return 0;
+    return (unsigned)sb.st_mode & 07777;
+}
+
+static void test_what_storage_creates_is_private_whatever_the_umask(void **state)
+{
+    struct fixture *f = *state;
+    char dir[300], err[256], path[512];
+    mode_t old = umask(0);
+    snprintf(dir, sizeof dir, "%s/fresh", f->dir);
+    struct storage *st;
+    assert_int_equal(storage_open(dir, NULL, NULL, &st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(mode_of(dir, NULL), 0750);
+    assert_int_equal(mode_of(dir, "tmp"), 0750);
+    assert_int_equal(mode_of(dir, "instances"), 0750);
+    assert_int_equal(mode_of(dir, "ainode.db"), 0640);
+    /* The temporary file, written as any writer would (0666 asked). */
+    assert_int_equal(storage_temp_path(st, path, sizeof path), STORAGE_OK);
+    assert_int_equal(mode_of(path, NULL), 0640);
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    fputs("bytes", fp);
+    fclose(fp);
+    assert_int_equal(mode_of(path, NULL), 0640);
+    struct storage_instance inst;
+    make_instance(&inst, SERIES, "1.2.3.1", 1000);
+    assert_int_equal(storage_commit(st, path, &inst, err, sizeof err), STORAGE_OK);
+    char stored[512];
+    assert_int_equal(storage_instance_path(st, "1.2.3.1", stored, sizeof stored), STORAGE_OK);
+    assert_int_equal(mode_of(stored, NULL), 0640);
+    snprintf(path, sizeof path, "%s/instances/%s", dir, STUDY);
+    assert_int_equal(mode_of(path, NULL), 0750);
+    assert_int_equal(mode_of(path, SERIES), 0750);
+    /* The database's journal files take its mode. */
+    assert_int_equal(mode_of(dir, "ainode.db-wal"), 0640);
+    assert_int_equal(mode_of(dir, "ainode.db-shm"), 0640);
+    /* Results: written by storage, and adopted from another writer. */
+    char result[512], tmp[512];
+    assert_int_equal(storage_write_result(st, 7, "{}", "x", 1, result, sizeof result, err,
+                                          sizeof err),
+                     STORAGE_OK);
+    assert_int_equal(mode_of(result, NULL), 0640);
+    assert_int_equal(mode_of(dir, "results"), 0750);
+    snprintf(result, sizeof result, "%s/results/7.labels.gz", dir);
+    assert_int_equal(mode_of(result, NULL), 0640);
+    assert_int_equal(storage_result_temp(st, "7.seg.dcm", tmp, sizeof tmp), STORAGE_OK);
+    fp = fopen(tmp, "wb");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(storage_adopt_result(st, tmp, "7.seg.dcm", result, sizeof result, err,
+                                          sizeof err),
+                     STORAGE_OK);
+    assert_int_equal(mode_of(result, NULL), 0640);
+    storage_close(st);
+    umask(old);
+}
+
+static void test_a_data_dir_every_user_may_write_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char dir[300], err[512] = "";
+    snprintf(dir, sizeof dir, "%s/open", f->dir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    assert_int_equal(chmod(dir, 0777), 0);
+    struct storage *st = NULL;
+    assert_int_equal(storage_open(dir, NULL, NULL, &st, err, sizeof err), STORAGE_EACCESS);
+    assert_null(st);
+    assert_non_null(strstr(err, dir));
+    assert_non_null(strstr(err, "0777"));
+    char db[400];
+    snprintf(db, sizeof db, "%s/ainode.db", dir);
+    assert_int_not_equal(access(db, F_OK), 0);
+    /* Readable by every user: used (with a warning). */
+    assert_int_equal(chmod(dir, 0755), 0);
+    assert_int_equal(storage_open(dir, NULL, NULL, &st, err, sizeof err), STORAGE_OK);
+    storage_close(st);
+}
+
+static void test_a_database_of_an_earlier_release_is_made_private(void **state)
+{
+    struct fixture *f = *state;
+    char db[400], err[256];
+    storage_close(f->st);
+    f->st = NULL;
+    snprintf(db, sizeof db, "%s/ainode.db", f->dir);
+    assert_int_equal(chmod(db, 0644), 0);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(mode_of(db, NULL), 0640);
+}
+
 static void test_idle_study_completes_and_reopens_on_new_instance(void **state)
 {
     struct fixture *f = *state;
@@ -1350,7 +1446,7 @@ static void test_a_store_of_a_newer_version_is_refused(void **state)
 static void test_strerror_names_every_code(void **state)
 {
     (void)state;
-    for (int c = STORAGE_EINTEGRITY; c <= STORAGE_OK; c++)
+    for (int c = STORAGE_EACCESS; c <= STORAGE_OK; c++)
         assert_string_not_equal(storage_strerror(c), "unknown storage error");
     assert_string_equal(storage_strerror(STORAGE_ECONFLICT), "the study changed meanwhile");
 }
@@ -1955,6 +2051,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_an_identical_resend_stays_idempotent, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_quarantine_keeps_a_refused_instance_aside_unindexed,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_what_storage_creates_is_private_whatever_the_umask,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_data_dir_every_user_may_write_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_database_of_an_earlier_release_is_made_private,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_study_completes_and_reopens_on_new_instance,
                                         setup, teardown),
