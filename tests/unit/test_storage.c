@@ -1741,6 +1741,24 @@ static void test_retention_keeps_unfinished_studies(void **state)
     assert_string_equal(studies(f->st), "1.9.3:complete 1.9.4:complete 1.9.6:receiving");
 }
 
+static void test_retention_keeps_the_study_of_a_quarantined_job(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    int n = -1;
+    commit_in_study(f->st, "1.9.2", "1.9.2.1.1", 1000);
+    complete_all(f->st, 10000, plan_by_study);
+    int64_t id = die_inside_stage(f, "inference", 20000);
+    assert_int_equal(die_inside_stage(f, "results", 30000), id);
+    struct job_list l = list_jobs(f->st);
+    assert_string_equal(l.state[job_index(&l, id)], "quarantined");
+    assert_string_equal(l.error[job_index(&l, id)], "the node stopped during results 2 times");
+    /* It awaits the administrator, who may run it again on its files. */
+    assert_int_equal(storage_retain(f->st, 100 * DAY_MS, 1, 0, &n, err, sizeof err), STORAGE_OK);
+    assert_int_equal(n, 0);
+    assert_string_equal(studies(f->st), "1.9.2:complete");
+}
+
 /* Simulated usage: 50 % plus 10 % per study stored. */
 static int usage_by_studies(void *ud, const char *data_dir, double *percent)
 {
@@ -2103,6 +2121,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_retention_deletes_old_finished_studies_with_their_results, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_keeps_unfinished_studies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention_keeps_the_study_of_a_quarantined_job,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_high_water_deletes_oldest_finished_first_until_below,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_interrupted_deletion_is_finished_at_open, setup,
