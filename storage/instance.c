@@ -185,7 +185,7 @@ int instance_prepare(struct storage *st, char *err, size_t errlen)
     snprintf(series_study, sizeof series_study, "SELECT %s FROM series WHERE %s=?1", study_col,
              series_col);
     snprintf(study_patient, sizeof study_patient,
-             "SELECT p.%s, p.%s FROM studies s JOIN patients p ON p.id=s.patient"
+             "SELECT p.%s, p.%s, p.id FROM studies s JOIN patients p ON p.id=s.patient"
              " WHERE s.%s=?1",
              attr_table[ATTR_PATIENT_ID].column, attr_table[ATTR_ISSUER_OF_PATIENT_ID].column,
              study_col);
@@ -337,12 +337,19 @@ static int value_differs(enum attr_id id, const char *old, const char *new)
 
 /*
  * STORAGE_EINTEGRITY when INST contradicts the rows above it (its series
- * in another study, its study for another patient, its patient with other
- * demographics), with the reason in ERR: attribute names only, since the
- * reason is logged and sent back to the caller. Called with st->lock held.
+ * in another study; its patient with other demographics; resent (RESEND),
+ * its study for another patient), with the reason in ERR: attribute names
+ * only, since the reason is logged and sent back to the caller.
+ *
+ * A new instance of a stored study that names another patient is kept in
+ * that study, which stays its patient's: *KEEP_PATIENT gets the study's
+ * patient row, else -1 (the instance's own patient row applies). A study
+ * is never moved to another patient; refusing such an instance would
+ * refuse studies whose modalities disagree on the Patient ID.
+ * Called with st->lock held.
  */
-static int check_parents(struct storage *st, const struct storage_instance *inst, char *err,
-                         size_t errlen)
+static int check_parents(struct storage *st, const struct storage_instance *inst, int resend,
+                         int64_t *keep_patient, char *err, size_t errlen)
 {
     const char *const *a = inst->attr;
     const char *pid = or_empty(a[ATTR_PATIENT_ID]), *issuer = or_empty(a[ATTR_ISSUER_OF_PATIENT_ID]);
@@ -357,13 +364,19 @@ static int check_parents(struct storage *st, const struct storage_instance *inst
         return error_set(err, errlen, STORAGE_EINTEGRITY,
                          "SeriesInstanceUID already stored in another study");
 
+    *keep_patient = -1;
     if ((rc = texts_query(st->st_study_patient, a[ATTR_STUDY_INSTANCE_UID], NULL, &t)))
         goto io;
     moved = t.found && (strcmp(or_empty(t.v[0]), pid) != 0 || strcmp(or_empty(t.v[1]), issuer) != 0);
+    int64_t study_patient = t.found && t.v[2] ? strtoll(t.v[2], NULL, 10) : -1;
     texts_free(&t);
-    if (moved)
+    if (moved && resend)
         return error_set(err, errlen, STORAGE_EINTEGRITY,
-                         "StudyInstanceUID already stored for another PatientID");
+                         "SOPInstanceUID already stored for another PatientID");
+    if (moved) {
+        *keep_patient = study_patient;
+        return STORAGE_OK; /* its patient's values are not stored: nothing to compare */
+    }
 
     /* Without a Patient ID, instances share one anonymous patient row:
      * there is no identity to contradict. */
@@ -429,7 +442,9 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
     }
     /* The rows above the last instance indexed were checked then. */
     int same_parents = st->last_parents && strcmp(parents, st->last_parents) == 0;
-    int crc = same_parents ? STORAGE_OK : check_parents(st, inst, err, errlen);
+    int64_t keep_patient = -1;
+    int crc = same_parents ? STORAGE_OK
+                           : check_parents(st, inst, old.path != NULL, &keep_patient, err, errlen);
     if (crc != STORAGE_OK) {
         free(parents);
         free(old.path);
@@ -455,10 +470,12 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
         /* The study row went away since: write all rows again. */
     }
 
-    int64_t patient = -1;
-    bind_level(st->st_patient_upsert, ATTR_LEVEL_PATIENT, 0, a);
-    if (db_step(st->st_patient_upsert, row_id_fn, &patient) || patient < 0)
-        goto fail;
+    int64_t patient = keep_patient;
+    if (patient < 0) {
+        bind_level(st->st_patient_upsert, ATTR_LEVEL_PATIENT, 0, a);
+        if (db_step(st->st_patient_upsert, row_id_fn, &patient) || patient < 0)
+            goto fail;
+    }
 
     sqlite3_bind_int64(st->st_study_upsert, 1, patient);
     sqlite3_bind_int64(st->st_study_upsert, 2, inst->received_ms);

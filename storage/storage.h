@@ -146,13 +146,14 @@ int storage_temp_path(struct storage *st, char *buf, size_t len);
  * receives a short reason on failure, naming attributes, never values.
  *
  * STORAGE_EINTEGRITY, and nothing stored changes, when INST contradicts
- * the store: its SOP Instance UID is stored in another series, its Series
- * Instance UID in another study, its Study Instance UID for another
- * patient (Patient ID and issuer), or its Patient ID with another
- * PatientName, PatientBirthDate or PatientSex (compared where both are
- * given; an instance without a Patient ID has no identity to contradict).
- * Any of these would otherwise move or rename what other instances
- * already rely on.
+ * the store: its SOP Instance UID is stored in another series or for
+ * another patient (Patient ID and issuer), its Series Instance UID in
+ * another study, or its Patient ID with another PatientName,
+ * PatientBirthDate or PatientSex (compared where both are given; an
+ * instance without a Patient ID has no identity to contradict). Any of
+ * these would otherwise move or rename what other instances already rely
+ * on. A new instance of a stored study that names another patient is
+ * stored in that study, which stays with its patient.
  */
 int storage_commit(struct storage *st, const char *temp_path,
                    const struct storage_instance *inst, char *err, size_t errlen);

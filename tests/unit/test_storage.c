@@ -463,20 +463,40 @@ static void test_a_series_reused_in_another_study_is_refused(void **state)
                      STORAGE_ENOTFOUND);
 }
 
-static void test_a_study_reused_for_another_patient_is_refused(void **state)
+static void test_a_study_is_never_moved_to_another_patient(void **state)
 {
     struct fixture *f = *state;
     char err[256];
     struct snapshot before;
     assert_int_equal(commit_sent(f->st, &ORIGINAL, "a", 1000, err, sizeof err), STORAGE_OK);
     snapshot_take(f, ORIGINAL.sop, &before);
+    /* The same instance resent for another patient: refused. */
     struct sent s = ORIGINAL;
+    s.patient_id = "P2";
+    s.name = "ROE^RICHARD";
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "SOPInstanceUID already stored for another PatientID");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+    /* A new instance of the study naming another patient: kept in the
+     * study, which stays with its patient (no row for the other one). */
     s.series = SERIES2;
     s.sop = "1.2.3.2";
-    s.patient_id = "P2";
-    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
-    assert_string_equal(err, "StudyInstanceUID already stored for another PatientID");
-    assert_unchanged(f, ORIGINAL.sop, &before);
+    assert_int_equal(commit_sent(f->st, &s, "c", 3000, err, sizeof err), STORAGE_OK);
+    s.sop = "1.2.3.3";
+    assert_int_equal(commit_sent(f->st, &s, "d", 4000, err, sizeof err), STORAGE_OK);
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(f->st, STUDY, &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(rows[i].value[ATTR_PATIENT_ID], "P1");
+        assert_string_equal(rows[i].value[ATTR_PATIENT_NAME], "DOE^JANE");
+    }
+    storage_series_free(rows, n);
+    struct snapshot now;
+    snapshot_take(f, ORIGINAL.sop, &now);
+    assert_null(strstr(now.rows, "P2"));
+    assert_int_equal(tally(f->st).instances, 3);
 }
 
 static void test_a_patient_id_with_other_demographics_is_refused(void **state)
@@ -2060,8 +2080,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_series_reused_in_another_study_is_refused, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_a_study_reused_for_another_patient_is_refused,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_study_is_never_moved_to_another_patient, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_a_patient_id_with_other_demographics_is_refused,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_instances_without_a_patient_id_are_not_compared,
