@@ -641,14 +641,10 @@ class ReceiverTest(NodeTestCase):
 class JobCrashTest(NodeTestCase):
     """A job that crashes the node is quarantined, not run at every start."""
 
-    def test_a_job_that_crashes_the_node_is_quarantined_until_retried(self):
-        # The slow model of the inference tests (imported here: that module
-        # imports this one).
+    def node_running_a_slow_job(self):
+        """A node running the slow model of the inference tests on a series."""
+        # Imported here: that module imports this one.
         from test_inference import models, phantom, slow_builtin_model
-        # The crash is on purpose: no core file for it.
-        soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
-        self.addCleanup(resource.setrlimit, resource.RLIMIT_CORE, (soft, hard))
         built, manifest = slow_builtin_model(self.workdir, self.binary)
         rules = [{"name": "ct", "match": {"Modality": "CT"}, "run": ["ct-bone-body"]}]
         n = self.node(sections={"models": models(file=built, manifest=manifest),
@@ -657,12 +653,24 @@ class JobCrashTest(NodeTestCase):
         files = make_ct_series(os.path.join(self.workdir, "in"), 60, rows=256, cols=256,
                                pixel_fn=phantom)
         harness.storescu(n.port, files, ae_called=n.ae)
+        return n
+
+    def in_inference(self, n):
+        """The jobs running their model now (fails if one ended)."""
+        jobs = n.status()["jobs"]
+        self.assertEqual([j for j in jobs if j["state"] in ("done", "failed")], [],
+                         "the job ended before the node could die in it")
+        return [j for j in jobs if j["state"] == "running" and j["stage"] == "inference"]
+
+    def test_a_job_that_crashes_the_node_is_quarantined_until_retried(self):
+        # The crash is on purpose: no core file for it.
+        soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_CORE, (soft, hard))
+        n = self.node_running_a_slow_job()
 
         def in_inference():
-            jobs = n.status()["jobs"]
-            self.assertEqual([j for j in jobs if j["state"] in ("done", "failed")], [],
-                             "the job ended before the node could crash in it")
-            return [j for j in jobs if j["state"] == "running" and j["stage"] == "inference"]
+            return self.in_inference(n)
         job = harness.wait_until(in_inference, 60, 0.05, "the job to run its model")[0]
 
         # A fatal signal while the model runs, as a crash in it would raise.
@@ -702,6 +710,28 @@ class JobCrashTest(NodeTestCase):
         self.assertIsNone(jobs[0]["error"])
         n.start()
         self.assertNotEqual(n.status()["jobs"][0]["state"], "quarantined")
+        self.assertEqual(n.stop(), 0)
+
+
+    def test_a_job_inside_which_the_node_is_killed_twice_is_quarantined(self):
+        # A kill from outside (an operator, the OOM killer) may not be the
+        # job's doing: it runs again once, and is quarantined the second time.
+        n = self.node_running_a_slow_job()
+
+        def in_inference():
+            return self.in_inference(n)
+        job = harness.wait_until(in_inference, 60, 0.05, "the job to run its model")[0]
+        n.kill9()
+        n.start()
+        again = harness.wait_until(in_inference, 60, 0.05, "the job to run again")[0]
+        self.assertEqual((again["id"], again["attempts"]), (job["id"], 2))
+        n.kill9()
+        n.start()
+        jobs = n.status()["jobs"]
+        self.assertEqual(jobs[0]["state"], "quarantined", jobs)
+        self.assertEqual(jobs[0]["error"], "the node stopped during inference 2 times")
+        time.sleep(2)
+        self.assertEqual(n.status()["jobs"][0]["state"], "quarantined")
         self.assertEqual(n.stop(), 0)
 
 
