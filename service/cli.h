@@ -19,6 +19,9 @@ int cli_status(const struct config *cfg, int json);
  * ID < 0) go back to the queue. */
 int cli_retry(const struct config *cfg, int64_t id);
 
+/* `ainode retry --job ID`: the quarantined job ID queued again. */
+int cli_retry_job(const struct config *cfg, int64_t id);
+
 /* `ainode reload`: asks the node serving CFG's data directory to re-read
  * its configuration (SIGHUP); CFG was validated by loading it. */
 int cli_reload(const struct config *cfg);

@@ -1,5 +1,6 @@
 /* cli_status.c — `ainode status` (what the store holds, as a table or
- * JSON), `ainode retry` (dead-lettered sends back to the queue) and
+ * JSON), `ainode retry` (dead-lettered sends or a quarantined job back to
+ * the queue) and
  * `ainode reload` (the running node re-reads its configuration). */
 #include "service/cli.h"
 
@@ -40,6 +41,7 @@ static int add_job_json(void *ud, const struct storage_job_row *j)
     if (!o)
         return 1;
     json_object_set_new(o, "error", j->error ? json_string(j->error) : json_null());
+    json_object_set_new(o, "stage", j->stage ? json_string(j->stage) : json_null());
     /* Run time of the last attempt: so far while running, in total once ended. */
     json_t *secs = json_null();
     if (j->started_ms && j->finished_ms)
@@ -66,11 +68,11 @@ static int print_job_row(void *ud, const struct storage_job_row *j)
 {
     int *count = ud;
     if (*count == 0)
-        printf("\n%-6s  %-24s  %-8s  %8s  %s\n", "JOB", "MODEL", "STATE", "SECONDS", "ERROR");
+        printf("\n%-6s  %-24s  %-11s  %8s  %s\n", "JOB", "MODEL", "STATE", "SECONDS", "ERROR");
     double secs = j->started_ms && j->finished_ms ? (j->finished_ms - j->started_ms) / 1000.0
                   : j->started_ms                  ? (clock_now_ms() - j->started_ms) / 1000.0
                                                    : 0;
-    printf("%-6lld  %-24s  %-8s  %8.1f  %s\n", (long long)j->id, j->model, j->state, secs,
+    printf("%-6lld  %-24s  %-11s  %8.1f  %s\n", (long long)j->id, j->model, j->state, secs,
            j->error ? j->error : "");
     (*count)++;
     return 0;
@@ -151,6 +153,28 @@ int cli_retry(const struct config *cfg, int64_t id)
         return 1;
     }
     printf("%d item%s queued again\n", n, n == 1 ? "" : "s");
+    return 0;
+}
+
+int cli_retry_job(const struct config *cfg, int64_t id)
+{
+    struct storage *st = NULL;
+    char err[512] = "";
+    if (storage_open_admin(cfg->node.data_dir, &st, err, sizeof err) != STORAGE_OK) {
+        fprintf(stderr, "ainode: %s\n", err);
+        return 1;
+    }
+    int rc = storage_job_retry(st, id);
+    storage_close(st);
+    if (rc == STORAGE_ENOTFOUND) {
+        fprintf(stderr, "ainode: job %lld is not a quarantined one\n", (long long)id);
+        return 1;
+    }
+    if (rc != STORAGE_OK) {
+        fprintf(stderr, "ainode: cannot update the jobs in %s\n", cfg->node.data_dir);
+        return 1;
+    }
+    printf("job %lld queued again\n", (long long)id);
     return 0;
 }
 

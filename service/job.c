@@ -5,6 +5,14 @@
  * every later send of them is the same instance), then the labels and the
  * result document; the job is finished with its outbox items in one
  * transaction of the store. What a job computes is pipeline.c's.
+ *
+ * The stages that may crash the node are marked in the store before they
+ * start and cleared when they end (storage_job_stage): "inference" (the
+ * pipeline: decoding the series and running the model, one call) and
+ * "results" (writing the SEG, the SR and the result files). The crash
+ * guard adds what the store cannot learn by itself: which jobs were inside
+ * a stage when the node died of a fatal signal (the crash record, see
+ * storage.h). The next start quarantines those at once.
  */
 #include "service/job.h"
 
@@ -17,10 +25,112 @@
 #include "service/pipeline.h"
 #include "storage/storage.h"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
+
+/* ------------------------------------------------------------------------ */
+/* The crash guard                                                          */
+
+/* The jobs inside a stage now, one slot per worker that is in one: what
+ * the fatal signal handler reads. Only lock-free atomics and a path fixed
+ * before the handler is installed: it runs in a dying process. */
+#define GUARD_SLOTS 64
+
+static atomic_llong guard_jobs[GUARD_SLOTS];
+static _Thread_local int guard_slot = -1; /* the slot of this thread's job */
+static char guard_path[4096];
+static atomic_int guard_installed;
+
+/* Writes "JOB SIG\n" with async-signal-safe calls only. */
+static void guard_write(int fd, long long job, int sig)
+{
+    char line[48], tmp[24];
+    size_t n = 0;
+    for (int part = 0; part < 2; part++) {
+        unsigned long long v = part == 0 ? (unsigned long long)job : (unsigned long long)sig;
+        size_t k = 0;
+        do
+            tmp[k++] = (char)('0' + v % 10);
+        while ((v /= 10) && k < sizeof tmp);
+        while (k)
+            line[n++] = tmp[--k];
+        line[n++] = part == 0 ? ' ' : '\n';
+    }
+    ssize_t w = write(fd, line, n);
+    (void)w;
+}
+
+/* A fatal signal: records the job this thread was running inside a stage
+ * (or, when another thread died, e.g. one libtorch started for the model,
+ * every job inside a stage), then dies of the signal as it would have. */
+static void guard_on_signal(int sig)
+{
+    int fd = open(guard_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd >= 0) {
+        int mine = guard_slot;
+        for (int i = 0; i < GUARD_SLOTS; i++) {
+            long long job = atomic_load(&guard_jobs[i]);
+            if (job > 0 && (mine < 0 || mine == i))
+                guard_write(fd, job, sig);
+        }
+        fsync(fd);
+        close(fd);
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+int job_guard_install(struct storage *store)
+{
+    if (atomic_exchange(&guard_installed, 1))
+        return 0;
+    snprintf(guard_path, sizeof guard_path, "%s", storage_crash_record_path(store));
+    static const int fatal[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = guard_on_signal;
+    sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++)
+        if (sigaction(fatal[i], &sa, NULL) != 0)
+            return -1;
+    return 0;
+}
+
+/* JOB enters STAGE: marked in the store first (what any death finds),
+ * then in the guard (what a crash adds). */
+static void stage_enter(const struct job_context *ctx, const struct storage_job *job,
+                        const char *stage)
+{
+    int rc = storage_job_stage(ctx->store, job->id, ctx->owner, stage, clock_now_ms());
+    if (rc != STORAGE_OK)
+        log_msg(LOG_WARN, "job %lld: cannot record its stage: %s", (long long)job->id,
+                storage_strerror(rc));
+    if (guard_slot < 0)
+        for (int i = 0; i < GUARD_SLOTS && guard_slot < 0; i++) {
+            long long free_slot = 0;
+            if (atomic_compare_exchange_strong(&guard_jobs[i], &free_slot, (long long)job->id))
+                guard_slot = i;
+        }
+    else
+        atomic_store(&guard_jobs[guard_slot], (long long)job->id);
+}
+
+/* JOB left its stage: out of the guard, then out of the store. */
+static void stage_leave(const struct job_context *ctx, const struct storage_job *job)
+{
+    if (guard_slot >= 0) {
+        atomic_store(&guard_jobs[guard_slot], 0);
+        guard_slot = -1;
+    }
+    storage_job_stage(ctx->store, job->id, ctx->owner, NULL, clock_now_ms());
+}
 
 const char *job_strerror(int result)
 {
@@ -243,14 +353,17 @@ static int compute(const struct job_context *ctx, const struct storage_job *job,
         goto done;
     }
     struct progress_ctx pc = {ctx, job, clock_now_ms(), 0};
+    stage_enter(ctx, job, "inference");
     int prc = pipeline_run(cm, ctx->model, (const char *const *)files.path, files.n, on_progress,
                            &pc, &out, &t, err, errlen);
+    stage_leave(ctx, job);
     if (prc == PIPELINE_ECANCELLED) {
         rc = pc.lost ? JOB_LEASE_LOST : JOB_INTERRUPTED;
         goto done;
     }
     if (prc != 0)
         goto done;
+    stage_enter(ctx, job, "results");
     if (write_dicom_results(ctx->store, cm, job, &out, res, &t, err, errlen) != 0)
         goto done;
     char labels_name[64];
@@ -279,6 +392,8 @@ static int compute(const struct job_context *ctx, const struct storage_job *job,
             t.seg, t.sr);
     rc = JOB_DONE;
 done:
+    if (guard_slot >= 0)
+        stage_leave(ctx, job);
     free_files(&files);
     pipeline_output_free(&out);
     free(text);

@@ -49,6 +49,12 @@ struct job_context {
     void *stopping_ud;
 };
 
+/* Installs, once per process, the handler of fatal signals (SIGSEGV,
+ * SIGBUS, SIGILL, SIGFPE, SIGABRT) that writes the crash record of STORE
+ * (storage.h) naming the jobs inside a stage, so that the next start
+ * quarantines them. Returns 0, or -1 when a handler cannot be set. */
+int job_guard_install(struct storage *store);
+
 /* Runs JOB (claimed by CTX->owner) and records its end in the store.
  * Returns a JOB_* result; for JOB_FAILED the reason also goes to WHY
  * (WHYLEN bytes). Nothing of JOB is kept. */

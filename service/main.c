@@ -22,8 +22,8 @@ static void usage(FILE *f)
             "  check-config   validate CONFIG; print FILE:LINE:COLUMN: message per problem\n"
             "  status         list the studies and jobs in the store (--json for JSON)\n"
             "  reload         validate CONFIG and have the running node re-read it\n"
-            "  retry          send dead-lettered outbox items again:\n"
-            "                 retry -c CONFIG (ITEM | --all-failed)\n"
+            "  retry          send dead-lettered outbox items again, or run a quarantined\n"
+            "                 job again: retry -c CONFIG (ITEM | --all-failed | --job JOB)\n"
             "  explain        how the rules treat each series of a study or of files:\n"
             "                 explain -c CONFIG (STUDY_UID | FILE.dcm...)\n"
             "  infer          run a model on files or folders in the foreground:\n"
@@ -64,6 +64,10 @@ static void print_error(void *ud, const char *line)
 
 int main(int argc, char **argv)
 {
+    /* What the node writes holds patient data: nothing it creates is for
+     * other users, whichever library creates it (storage also sets the
+     * modes it creates with). */
+    umask(027);
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -91,10 +95,11 @@ int main(int argc, char **argv)
         {"model", required_argument, NULL, 'm'},
         {"labels", required_argument, NULL, 'l'},
         {"all-failed", no_argument, NULL, 'a'},
+        {"job", required_argument, NULL, 'J'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL, *model = NULL, *labels = NULL;
+    const char *config_path = NULL, *model = NULL, *labels = NULL, *job = NULL;
     int json = 0, all_failed = 0, c;
     optind = 2;
     while ((c = getopt_long(argc, argv, "c:m:h", opts, NULL)) != -1) {
@@ -104,17 +109,32 @@ int main(int argc, char **argv)
         case 'm': model = optarg; break;
         case 'l': labels = optarg; break;
         case 'a': all_failed = 1; break;
+        case 'J': job = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     int is_infer = !strcmp(cmd, "infer"), is_retry = !strcmp(cmd, "retry");
     int is_explain = !strcmp(cmd, "explain");
-    long long retry_id = -1;
-    if (is_retry) {
+    long long retry_id = -1, job_id = -1;
+    if (is_retry && job) {
+        char *end = NULL;
+        job_id = strtoll(job, &end, 10);
+        if (*end || job_id < 0 || !*job) {
+            fprintf(stderr, "ainode: '%s' is not a job number\n", job);
+            return 2;
+        }
+        if (all_failed || optind < argc) {
+            fprintf(stderr, "ainode: retry takes one outbox ITEM, --all-failed or --job JOB\n");
+            return 2;
+        }
+    } else if (job) {
+        fprintf(stderr, "ainode: --job only applies to retry\n");
+        return 2;
+    } else if (is_retry) {
         char *end = NULL;
         if (all_failed == (optind < argc) || (optind < argc && optind + 1 != argc)) {
-            fprintf(stderr, "ainode: retry needs one outbox ITEM or --all-failed\n");
+            fprintf(stderr, "ainode: retry needs one outbox ITEM, --all-failed or --job JOB\n");
             return 2;
         }
         if (optind < argc) {
@@ -169,6 +189,8 @@ int main(int argc, char **argv)
         rc = node_run(cfg);
     else if (is_infer)
         rc = cli_infer(cfg, model, argv + optind, argc - optind, labels);
+    else if (is_retry && job)
+        rc = cli_retry_job(cfg, job_id);
     else if (is_retry)
         rc = cli_retry(cfg, retry_id);
     else if (is_explain)

@@ -111,10 +111,12 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
         log_msg(LOG_DEBUG, "stored %s from %s", r->sop_instance_uid, r->peer->calling_ae);
         return DICOM_STATUS_SUCCESS;
     }
-    log_msg(rc == STORAGE_EINVAL ? LOG_WARN : LOG_ERROR, "refused an instance from %s: %s",
+    /* An instance contradicting the store is the sender's to correct, not
+     * to retry: a failure (Cxxx), not "out of resources" (A7xx). */
+    int refused = rc == STORAGE_EINVAL || rc == STORAGE_EINTEGRITY;
+    log_msg(refused ? LOG_WARN : LOG_ERROR, "refused an instance from %s: %s",
             r->peer->calling_ae, err);
-    return rc == STORAGE_EINVAL ? DICOM_STATUS_CANNOT_UNDERSTAND
-                                : DICOM_STATUS_OUT_OF_RESOURCES;
+    return refused ? DICOM_STATUS_CANNOT_UNDERSTAND : DICOM_STATUS_OUT_OF_RESOURCES;
 }
 
 /* The keywords of the indexed attributes (attr.def's order), then the

@@ -188,6 +188,9 @@ int runner_start(struct config *cfg, struct storage *st, struct sender *sender,
     *out = NULL;
     if (runner_check_devices(cfg, err, errlen) != 0)
         return -1;
+    /* A job that crashes the node must not crash it again at each start. */
+    if (job_guard_install(st) != 0)
+        return error_set(err, errlen, -1, "cannot install the crash guard of the jobs");
     struct runner *r = calloc(1, sizeof *r);
     if (!r)
         return error_set(err, errlen, -1, "out of memory");

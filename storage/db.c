@@ -14,12 +14,16 @@
  */
 #include "storage/internal.h"
 
+#include "common/log.h"
+
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* Migration N is migrations[N - 1]. */
 static const char *const migrations[] = {
@@ -116,6 +120,12 @@ static const char *const migrations[] = {
     "DROP TABLE temp.split_destinations;"
     "CREATE TABLE retention_files("
     "  path TEXT PRIMARY KEY, directory INTEGER NOT NULL DEFAULT 0);",
+    /* 4: the risky stage a running job is in (NULL between stages) and how
+     * often the node stopped during one of its stages: a job found inside
+     * a stage at open was running when its node died (job.c). */
+    "ALTER TABLE jobs ADD COLUMN stage TEXT;"
+    "ALTER TABLE jobs ADD COLUMN stage_started INTEGER;"
+    "ALTER TABLE jobs ADD COLUMN stops INTEGER NOT NULL DEFAULT 0;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -135,6 +145,8 @@ const char *storage_strerror(int err)
     case STORAGE_ENOTFOUND: return "not found";
     case STORAGE_ECONFLICT: return "the study changed meanwhile";
     case STORAGE_EVERSION: return "the store has a schema version this ainode cannot use";
+    case STORAGE_EINTEGRITY: return "the instance contradicts what is stored";
+    case STORAGE_EACCESS: return "the data directory is writable by every user";
     }
     return "unknown storage error";
 }
@@ -398,6 +410,8 @@ static void free_handle(struct storage *st)
     free(st->tmp_dir);
     free(st->inst_dir);
     free(st->results_dir);
+    free(st->quarantine_dir);
+    free(st->crash_record);
     pthread_mutex_destroy(&st->lock);
     pthread_mutex_destroy(&st->doomed_lock);
     free(st);
@@ -436,11 +450,8 @@ static int open_serving(struct storage *st, char *err, size_t errlen)
         return error_set(err, errlen, STORAGE_EIO, "cannot repair %s: %s", st->inst_dir,
                          strerror(errno));
     /* This process is the only one that runs jobs: whatever a previous
-     * one left running is runnable again. */
-    if ((rc = db_exec(st,
-                      "UPDATE jobs SET state='queued', lease_owner=NULL, lease_until=NULL"
-                      " WHERE state='running'",
-                      err, errlen)))
+     * one left running is runnable again, unless it killed that one. */
+    if ((rc = job_recover(st, err, errlen)) != STORAGE_OK)
         return rc;
     /* Durable before any instance is acknowledged: a power cut from here
      * on must lead to the repair. Then rows stop waiting for the disk
@@ -449,6 +460,60 @@ static int open_serving(struct storage *st, char *err, size_t errlen)
     if (set_clean_stop(st, 0) != STORAGE_OK ||
         db_exec(st, "PRAGMA synchronous=NORMAL", err, errlen) != STORAGE_OK)
         return error_set(err, errlen, STORAGE_EIO, "sqlite: %s", sqlite3_errmsg(st->db));
+    return STORAGE_OK;
+}
+
+/* Creates DATA_DIR private, or checks that an existing one is: refused
+ * when every user may write in it, a warning when every user may read it
+ * or its group may write (an administrator may mean that). */
+static int data_dir_private(const char *data_dir, char *err, size_t errlen)
+{
+    if (mkdir(data_dir, 0750) == 0)
+        return chmod(data_dir, 0750) == 0
+                   ? STORAGE_OK
+                   : error_set(err, errlen, STORAGE_EIO, "cannot make %s private: %s", data_dir,
+                               strerror(errno));
+    struct stat sb;
+    if (errno != EEXIST || stat(data_dir, &sb) != 0)
+        return error_set(err, errlen, STORAGE_EIO, "cannot create %s: %s", data_dir,
+                         strerror(errno));
+    unsigned perm = (unsigned)sb.st_mode & 07777;
+    if (sb.st_mode & S_IWOTH)
+        return error_set(err, errlen, STORAGE_EACCESS,
+                         "the data directory %s has mode %04o: every user may write in it and "
+                         "replace what it stores; make it private (chmod 750 %s)",
+                         data_dir, perm, data_dir);
+    if (sb.st_mode & (S_IROTH | S_IXOTH | S_IWGRP))
+        log_msg(LOG_WARN,
+                "the data directory %s has mode %04o: %s; chmod 750 %s makes it private",
+                data_dir, perm,
+                sb.st_mode & (S_IROTH | S_IXOTH) ? "every user may read the instances it holds"
+                                                 : "its group may write in it",
+                data_dir);
+    return STORAGE_OK;
+}
+
+/* The database file, made (or, from an earlier release, turned) 0640
+ * before SQLite opens it: SQLite gives the -wal and -shm files the mode
+ * of the database. */
+static int db_file_private(const char *dbpath, char *err, size_t errlen)
+{
+    static const char *const suffix[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s%s", dbpath, suffix[i]);
+        int fd = open(path, O_RDWR | O_CLOEXEC | (i == 0 ? O_CREAT : 0), 0640);
+        if (fd < 0 && (i > 0 && errno == ENOENT))
+            continue;
+        if (fd < 0 || fchmod(fd, 0640) != 0) {
+            int saved = errno;
+            if (fd >= 0)
+                close(fd);
+            return error_set(err, errlen, STORAGE_EIO, "cannot make %s private: %s", path,
+                             strerror(saved));
+        }
+        close(fd);
+    }
     return STORAGE_OK;
 }
 
@@ -469,17 +534,19 @@ static int open_mode(const char *data_dir, enum storage_mode mode, storage_read_
     st->tmp_dir = file_join(data_dir, "tmp");
     st->inst_dir = file_join(data_dir, "instances");
     st->results_dir = file_join(data_dir, "results");
+    st->quarantine_dir = file_join(data_dir, "quarantine");
+    st->crash_record = file_join(data_dir, "job-crash");
     char *dbpath = file_join(data_dir, "ainode.db");
     int rc;
-    if (!st->data_dir || !st->tmp_dir || !st->inst_dir || !st->results_dir || !dbpath) {
+    if (!st->data_dir || !st->tmp_dir || !st->inst_dir || !st->results_dir ||
+        !st->quarantine_dir || !st->crash_record || !dbpath) {
         rc = error_set(err, errlen, STORAGE_ENOMEM, "out of memory");
         goto fail;
     }
-    if (mode == STORAGE_MODE_SERVE && mkdir(data_dir, 0750) != 0 && errno != EEXIST) {
-        rc = error_set(err, errlen, STORAGE_EIO, "cannot create %s: %s", data_dir,
-                       strerror(errno));
+    if (mode == STORAGE_MODE_SERVE &&
+        ((rc = data_dir_private(data_dir, err, errlen)) != STORAGE_OK ||
+         (rc = db_file_private(dbpath, err, errlen)) != STORAGE_OK))
         goto fail;
-    }
     int flags = mode == STORAGE_MODE_READONLY ? SQLITE_OPEN_READONLY
                 : mode == STORAGE_MODE_ADMIN  ? SQLITE_OPEN_READWRITE
                                               : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;

@@ -39,8 +39,9 @@ int file_sync(const char *path, int directory)
 
 int file_mkdir_durable(const char *parent, const char *path)
 {
+    /* chmod: the mode whatever the umask. */
     if (mkdir(path, 0750) == 0)
-        return file_sync(parent, 1);
+        return chmod(path, 0750) == 0 ? file_sync(parent, 1) : -1;
     return errno == EEXIST ? 0 : -1;
 }
 
@@ -101,6 +102,13 @@ int file_write_durable(const char *dir, const char *name, const void *data, size
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0)
         return -1;
+    if (fchmod(fd, 0640) != 0) {
+        int saved = errno;
+        close(fd);
+        unlink(tmp);
+        errno = saved;
+        return -1;
+    }
     const char *p = data;
     size_t left = len;
     while (left > 0) {

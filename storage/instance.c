@@ -5,6 +5,8 @@
  *   ainode.db                     SQLite (WAL)
  *   tmp/                          incoming bytes; emptied at every open
  *   instances/<study>/<series>/   <sop>.dcm (or <sop>.N.dcm after a resend)
+ *   quarantine/                   <sop>.dcm: instances refused as contradicting
+ *                                 the store, kept with the quarantine policy
  *
  * Commit order (storage_commit), chosen so that a crash at any point leaves
  * either nothing or a complete instance:
@@ -29,10 +31,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -64,7 +68,20 @@ int storage_temp_path(struct storage *st, char *buf, size_t len)
 {
     unsigned long seq = atomic_fetch_add(&st->temp_seq, 1);
     int n = snprintf(buf, len, "%s/%ld-%lu.part", st->tmp_dir, (long)getpid(), seq);
-    return n < 0 || (size_t)n >= len ? STORAGE_EINVAL : STORAGE_OK;
+    if (n < 0 || (size_t)n >= len)
+        return STORAGE_EINVAL;
+    /* Made here, private: the writer (DCMTK's, or any) truncates it and
+     * keeps its mode, so received bytes are never readable by others. */
+    int fd = open(buf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return STORAGE_EIO;
+    int rc = fchmod(fd, 0640);
+    close(fd);
+    if (rc != 0) {
+        unlink(buf);
+        return STORAGE_EIO;
+    }
+    return STORAGE_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -83,7 +100,9 @@ static int attr_is_key(int id)
  * INSERT INTO <table of LEVEL>(<its attribute columns>, EXT_COLS)
  *   VALUES(?N_EXT+1 ..., EXT_VALS) ON CONFLICT(<its keys>)
  *   DO UPDATE SET <each other attribute column>=excluded.<column>, EXT_SET TAIL
- * The N_EXT parameters of EXT_VALS come first (?1..?N_EXT).
+ * The N_EXT parameters of EXT_VALS come first (?1..?N_EXT). The patient's
+ * columns keep their stored value where the instance has none: an
+ * instance without a PatientName must not blank the patient's.
  */
 static char *build_upsert(enum attr_level level, int n_ext, const char *ext_cols,
                           const char *ext_vals, const char *ext_set, const char *tail)
@@ -110,7 +129,9 @@ static char *build_upsert(enum attr_level level, int n_ext, const char *ext_cols
     n = 0;
     for (int i = 0; i < ATTR_COUNT; i++)
         if (attr_table[i].level == level && !attr_is_key(i))
-            fprintf(f, "%s%s=excluded.%s", n++ ? ", " : "", attr_table[i].column,
+            fprintf(f, level == ATTR_LEVEL_PATIENT ? "%s%s=coalesce(excluded.%s, %s)"
+                                                   : "%s%s=excluded.%s",
+                    n++ ? ", " : "", attr_table[i].column, attr_table[i].column,
                     attr_table[i].column);
     fprintf(f, "%s%s %s", ext_set && n ? ", " : "", ext_set ? ext_set : "", tail ? tail : "");
     if (fclose(f) != 0) {
@@ -153,23 +174,26 @@ int instance_prepare(struct storage *st, char *err, size_t errlen)
 {
     const char *study_col = attr_table[ATTR_STUDY_INSTANCE_UID].column;
     const char *series_col = attr_table[ATTR_SERIES_INSTANCE_UID].column;
-    char cols[128], set[128], old[256], prune_series[256], prune_studies[256];
+    char cols[128], set[128], old[256], series_study[128], study_patient[256],
+        demographics[256];
     snprintf(cols, sizeof cols, "%s", study_col);
     snprintf(set, sizeof set, "%s=excluded.%s", study_col, study_col);
     snprintf(old, sizeof old,
              "SELECT i.path, i.%s, s.%s FROM instances i JOIN series s USING(%s)"
              " WHERE i.%s=?1",
              series_col, study_col, series_col, attr_table[ATTR_SOP_INSTANCE_UID].column);
-    /* A resend that moved an instance to another series/study may leave
-     * empty ones behind; they are dropped in the same transaction. */
-    snprintf(prune_series, sizeof prune_series,
-             "DELETE FROM series WHERE %s=?1 AND NOT EXISTS"
-             " (SELECT 1 FROM instances WHERE %s=?1)",
-             series_col, series_col);
-    snprintf(prune_studies, sizeof prune_studies,
-             "DELETE FROM studies WHERE %s=?1 AND NOT EXISTS"
-             " (SELECT 1 FROM series WHERE %s=?1)",
-             study_col, study_col);
+    snprintf(series_study, sizeof series_study, "SELECT %s FROM series WHERE %s=?1", study_col,
+             series_col);
+    snprintf(study_patient, sizeof study_patient,
+             "SELECT p.%s, p.%s, p.id FROM studies s JOIN patients p ON p.id=s.patient"
+             " WHERE s.%s=?1",
+             attr_table[ATTR_PATIENT_ID].column, attr_table[ATTR_ISSUER_OF_PATIENT_ID].column,
+             study_col);
+    snprintf(demographics, sizeof demographics,
+             "SELECT %s, %s, %s FROM patients WHERE %s=?1 AND %s=?2",
+             attr_table[ATTR_PATIENT_NAME].column, attr_table[ATTR_PATIENT_BIRTH_DATE].column,
+             attr_table[ATTR_PATIENT_SEX].column, attr_table[ATTR_PATIENT_ID].column,
+             attr_table[ATTR_ISSUER_OF_PATIENT_ID].column);
     int rc;
     if ((rc = prepare_owned(st, &st->st_patient_upsert,
                             build_upsert(ATTR_LEVEL_PATIENT, 0, NULL, NULL, NULL,
@@ -199,18 +223,20 @@ int instance_prepare(struct storage *st, char *err, size_t errlen)
                           " source_addr=excluded.source_addr, received_at=excluded.received_at,"
                           " path=excluded.path, size=excluded.size",
                           NULL))) ||
-        (rc = prepare(st, &st->st_prune_series, prune_series)) ||
-        (rc = prepare(st, &st->st_prune_studies, prune_studies)))
+        (rc = prepare(st, &st->st_series_study, series_study)) ||
+        (rc = prepare(st, &st->st_study_patient, study_patient)) ||
+        (rc = prepare(st, &st->st_patient_demographics, demographics)))
         return error_set(err, errlen, rc, "sqlite: %s", sqlite3_errmsg(st->db));
     return STORAGE_OK;
 }
 
 void instance_finalize(struct storage *st)
 {
-    sqlite3_stmt **all[] = {&st->st_patient_upsert, &st->st_study_upsert, &st->st_study_touch,
-                            &st->st_series_upsert,  &st->st_inst_old,
-                            &st->st_inst_upsert,    &st->st_prune_series,
-                            &st->st_prune_studies};
+    sqlite3_stmt **all[] = {&st->st_patient_upsert,   &st->st_study_upsert,
+                            &st->st_study_touch,      &st->st_series_upsert,
+                            &st->st_inst_old,         &st->st_inst_upsert,
+                            &st->st_series_study,     &st->st_study_patient,
+                            &st->st_patient_demographics};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         sqlite3_finalize(*all[i]);
         *all[i] = NULL;
@@ -260,6 +286,124 @@ static int row_id_fn(void *ud, sqlite3_stmt *row)
     return 1;
 }
 
+struct texts {
+    char *v[3];
+    int found;
+};
+
+static int texts_fn(void *ud, sqlite3_stmt *row)
+{
+    struct texts *t = ud;
+    t->found = 1;
+    for (int i = 0; i < 3 && i < sqlite3_column_count(row); i++) {
+        const char *v = db_text(row, i);
+        if (v && !(t->v[i] = strdup(v)))
+            return STORAGE_ENOMEM;
+    }
+    return 1;
+}
+
+static void texts_free(struct texts *t)
+{
+    for (int i = 0; i < 3; i++)
+        free(t->v[i]);
+    memset(t, 0, sizeof *t);
+}
+
+/* Runs S bound to A and B (B may be NULL) into *T. */
+static int texts_query(sqlite3_stmt *s, const char *a, const char *b, struct texts *t)
+{
+    memset(t, 0, sizeof *t);
+    sqlite3_bind_text(s, 1, a, -1, SQLITE_STATIC);
+    if (b)
+        sqlite3_bind_text(s, 2, b, -1, SQLITE_STATIC);
+    return db_step(s, texts_fn, t);
+}
+
+static const char *or_empty(const char *s)
+{
+    return s ? s : "";
+}
+
+/* 1 when the stored value OLD and the received NEW of attribute ID both
+ * exist and differ (as attr.def compares them: TEXT ignoring case). */
+static int value_differs(enum attr_id id, const char *old, const char *new)
+{
+    if (!old || !*old || !new || !*new)
+        return 0;
+    return attr_table[id].kind == ATTR_KIND_TEXT ? strcasecmp(old, new) != 0
+                                                 : strcmp(old, new) != 0;
+}
+
+/*
+ * STORAGE_EINTEGRITY when INST contradicts the rows above it (its series
+ * in another study; its patient with other demographics; resent (RESEND),
+ * its study for another patient), with the reason in ERR: attribute names
+ * only, since the reason is logged and sent back to the caller.
+ *
+ * A new instance of a stored study that names another patient is kept in
+ * that study, which stays its patient's: *KEEP_PATIENT gets the study's
+ * patient row, else -1 (the instance's own patient row applies). A study
+ * is never moved to another patient; refusing such an instance would
+ * refuse studies whose modalities disagree on the Patient ID.
+ * Called with st->lock held.
+ */
+static int check_parents(struct storage *st, const struct storage_instance *inst, int resend,
+                         int64_t *keep_patient, char *err, size_t errlen)
+{
+    const char *const *a = inst->attr;
+    const char *pid = or_empty(a[ATTR_PATIENT_ID]), *issuer = or_empty(a[ATTR_ISSUER_OF_PATIENT_ID]);
+    struct texts t;
+    int rc;
+
+    if ((rc = texts_query(st->st_series_study, a[ATTR_SERIES_INSTANCE_UID], NULL, &t)))
+        goto io;
+    int moved = t.found && strcmp(or_empty(t.v[0]), a[ATTR_STUDY_INSTANCE_UID]) != 0;
+    texts_free(&t);
+    if (moved)
+        return error_set(err, errlen, STORAGE_EINTEGRITY,
+                         "SeriesInstanceUID already stored in another study");
+
+    *keep_patient = -1;
+    if ((rc = texts_query(st->st_study_patient, a[ATTR_STUDY_INSTANCE_UID], NULL, &t)))
+        goto io;
+    moved = t.found && (strcmp(or_empty(t.v[0]), pid) != 0 || strcmp(or_empty(t.v[1]), issuer) != 0);
+    int64_t study_patient = t.found && t.v[2] ? strtoll(t.v[2], NULL, 10) : -1;
+    texts_free(&t);
+    if (moved && resend)
+        return error_set(err, errlen, STORAGE_EINTEGRITY,
+                         "SOPInstanceUID already stored for another PatientID");
+    if (moved) {
+        *keep_patient = study_patient;
+        return STORAGE_OK; /* its patient's values are not stored: nothing to compare */
+    }
+
+    /* Without a Patient ID, instances share one anonymous patient row:
+     * there is no identity to contradict. */
+    if (!*pid)
+        return STORAGE_OK;
+    if ((rc = texts_query(st->st_patient_demographics, pid, issuer, &t)))
+        goto io;
+    static const enum attr_id demo[] = {ATTR_PATIENT_NAME, ATTR_PATIENT_BIRTH_DATE,
+                                        ATTR_PATIENT_SEX};
+    char which[128] = "";
+    for (size_t i = 0; t.found && i < sizeof demo / sizeof demo[0]; i++)
+        if (value_differs(demo[i], t.v[i], a[demo[i]])) {
+            size_t n = strlen(which);
+            snprintf(which + n, sizeof which - n, "%s%s", n ? ", " : "",
+                     attr_table[demo[i]].keyword);
+        }
+    texts_free(&t);
+    if (which[0])
+        return error_set(err, errlen, STORAGE_EINTEGRITY,
+                         "PatientID already stored with another %s", which);
+    return STORAGE_OK;
+io:
+    texts_free(&t);
+    return error_set(err, errlen, rc == STORAGE_ENOMEM ? rc : STORAGE_EIO, "sqlite: %s",
+                     sqlite3_errmsg(st->db));
+}
+
 /* Writes the rows for INST in one transaction; *OLD_PATH receives the path
  * of the version this one replaces (caller frees), if any. A replacing
  * transaction waits for the disk: the caller then removes the old file,
@@ -278,6 +422,36 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
 
     sqlite3_bind_text(st->st_inst_old, 1, a[ATTR_SOP_INSTANCE_UID], -1, SQLITE_STATIC);
     db_step(st->st_inst_old, old_row_fn, &old);
+    /* A resend stays in its series: moving it would change what its
+     * study held (and drop a study left empty). */
+    if (old.series && strcmp(old.series, series) != 0) {
+        int rc = error_set(err, errlen, STORAGE_EINTEGRITY,
+                           "SOPInstanceUID already stored in another %s",
+                           strcmp(old.study, study) != 0 ? "study" : "series");
+        free(old.path);
+        free(old.series);
+        free(old.study);
+        return rc;
+    }
+    parents = parents_key(inst);
+    if (!parents) {
+        free(old.path);
+        free(old.series);
+        free(old.study);
+        return error_set(err, errlen, STORAGE_ENOMEM, "out of memory");
+    }
+    /* The rows above the last instance indexed were checked then. */
+    int same_parents = st->last_parents && strcmp(parents, st->last_parents) == 0;
+    int64_t keep_patient = -1;
+    int crc = same_parents ? STORAGE_OK
+                           : check_parents(st, inst, old.path != NULL, &keep_patient, err, errlen);
+    if (crc != STORAGE_OK) {
+        free(parents);
+        free(old.path);
+        free(old.series);
+        free(old.study);
+        return crc;
+    }
     *old_path = old.path;
     int full_sync = old.path && !st->sync_full;
     if (full_sync)
@@ -285,10 +459,7 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
     if (db_exec(st, "BEGIN IMMEDIATE", err, errlen))
         goto fail_quiet;
 
-    parents = parents_key(inst);
-    if (!parents)
-        goto fail;
-    if (st->last_parents && strcmp(parents, st->last_parents) == 0) {
+    if (same_parents) {
         sqlite3_stmt *s = st->st_study_touch;
         sqlite3_bind_text(s, 1, study, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 2, inst->received_ms);
@@ -299,10 +470,12 @@ static int index_instance(struct storage *st, const struct storage_instance *ins
         /* The study row went away since: write all rows again. */
     }
 
-    int64_t patient = -1;
-    bind_level(st->st_patient_upsert, ATTR_LEVEL_PATIENT, 0, a);
-    if (db_step(st->st_patient_upsert, row_id_fn, &patient) || patient < 0)
-        goto fail;
+    int64_t patient = keep_patient;
+    if (patient < 0) {
+        bind_level(st->st_patient_upsert, ATTR_LEVEL_PATIENT, 0, a);
+        if (db_step(st->st_patient_upsert, row_id_fn, &patient) || patient < 0)
+            goto fail;
+    }
 
     sqlite3_bind_int64(st->st_study_upsert, 1, patient);
     sqlite3_bind_int64(st->st_study_upsert, 2, inst->received_ms);
@@ -329,22 +502,12 @@ instance_row:;
     if (db_step(s, NULL, NULL))
         goto fail;
 
-    if (old.series && strcmp(old.series, series) != 0) {
-        sqlite3_bind_text(st->st_prune_series, 1, old.series, -1, SQLITE_STATIC);
-        if (db_step(st->st_prune_series, NULL, NULL))
-            goto fail;
-        sqlite3_bind_text(st->st_prune_studies, 1, old.study, -1, SQLITE_STATIC);
-        if (db_step(st->st_prune_studies, NULL, NULL))
-            goto fail;
-    }
     if (db_exec(st, "COMMIT", err, errlen))
         goto fail_rollback;
     if (full_sync)
         db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
     free(st->last_parents);
-    st->last_parents = old.series ? NULL : parents; /* a move may have pruned rows */
-    if (old.series)
-        free(parents);
+    st->last_parents = parents;
     free(old.series);
     free(old.study);
     return STORAGE_OK;
@@ -380,6 +543,25 @@ static int name_doomed(void *ud, const char *path)
     return found;
 }
 
+void storage_set_conflict_policy(struct storage *st, enum storage_conflict_policy policy)
+{
+    atomic_store(&st->conflict_policy, (int)policy);
+}
+
+/* A refused instance's file PATH: removed, or with the quarantine policy
+ * moved (durably, unindexed) to DATA_DIR/quarantine, where the repair
+ * never looks. */
+static void set_aside(struct storage *st, const char *path, const char *sop)
+{
+    char kept[PATH_MAX];
+    if (atomic_load(&st->conflict_policy) == STORAGE_CONFLICT_QUARANTINE &&
+        file_mkdir_durable(st->data_dir, st->quarantine_dir) == 0 &&
+        file_link_fresh(path, st->quarantine_dir, sop, kept, sizeof kept, NULL, NULL) == 0 &&
+        file_sync(st->quarantine_dir, 1) != 0)
+        unlink(kept); /* not durably kept: as good as refused */
+    unlink(path);
+}
+
 int storage_commit(struct storage *st, const char *temp_path,
                    const struct storage_instance *inst, char *err, size_t errlen)
 {
@@ -410,6 +592,13 @@ int storage_commit(struct storage *st, const char *temp_path,
         snprintf(series_dir, sizeof series_dir, "%s/%s", study_dir,
                  a[ATTR_SERIES_INSTANCE_UID]) >= (int)sizeof series_dir) {
         error_set(err, errlen, rc, "path too long");
+        goto fail;
+    }
+    /* Private before it has a name under instances/, however it was
+     * written. */
+    if (chmod(temp_path, 0640) != 0) {
+        error_set(err, errlen, rc, "cannot make the received file private: %s",
+                  strerror(errno));
         goto fail;
     }
     /* Retention may remove the (empty) directories of this study between
@@ -449,6 +638,16 @@ int storage_commit(struct storage *st, const char *temp_path,
     pthread_mutex_lock(&st->lock);
     rc = index_instance(st, inst, final, (int64_t)sb.st_size, &old_path, err, errlen);
     pthread_mutex_unlock(&st->lock);
+    if (rc == STORAGE_EINTEGRITY) {
+        set_aside(st, final, a[ATTR_SOP_INSTANCE_UID]);
+        final[0] = '\0';
+        /* Directories made for this instance alone go (rmdir fails
+         * harmlessly on one that holds other instances; a commit racing
+         * this makes its directories again, see above). */
+        rmdir(series_dir);
+        rmdir(study_dir);
+        goto fail;
+    }
     if (rc != STORAGE_OK)
         goto fail;
     if (old_path && strcmp(old_path, final) != 0)

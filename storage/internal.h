@@ -47,6 +47,9 @@ struct storage {
     char *tmp_dir;
     char *inst_dir;
     char *results_dir;
+    char *quarantine_dir;         /* refused instances, kept aside (conflict policy) */
+    char *crash_record;           /* DATA_DIR/job-crash (see storage_crash_record_path) */
+    atomic_int conflict_policy;   /* enum storage_conflict_policy */
     sqlite3 *db;
     pthread_mutex_t lock;         /* one writer connection, serialised */
     atomic_ulong temp_seq;
@@ -57,8 +60,10 @@ struct storage {
     sqlite3_stmt *st_series_upsert;
     sqlite3_stmt *st_inst_old;
     sqlite3_stmt *st_inst_upsert;
-    sqlite3_stmt *st_prune_series;
-    sqlite3_stmt *st_prune_studies;
+    /* What an instance must agree with (instance.c). */
+    sqlite3_stmt *st_series_study;
+    sqlite3_stmt *st_study_patient;
+    sqlite3_stmt *st_patient_demographics;
     /* The series rows query, generated from attr.def at open (plan.c). */
     char *series_rows_sql;
     /* The files retention is removing, and their names: a new instance
@@ -79,7 +84,8 @@ struct storage {
 char *file_join(const char *a, const char *b);
 /* fsync of a file, or of a directory (DIRECTORY non-zero); errno kept. */
 int file_sync(const char *path, int directory);
-/* mkdir PATH and make its name durable in PARENT; 0 when it exists. */
+/* mkdir PATH (0750 whatever the umask) and make its name durable in
+ * PARENT; 0 when it exists. */
 int file_mkdir_durable(const char *parent, const char *path);
 /* Unlinks every entry of DIR (not recursive); 0 when DIR does not exist. */
 int file_empty_dir(const char *dir);
@@ -90,8 +96,8 @@ int file_unlink_gone(const char *path);
  * NULL) says is reserved; the name goes to OUT. */
 int file_link_fresh(const char *temp, const char *dir, const char *name, char *out,
                     size_t outlen, int (*taken)(void *ud, const char *path), void *ud);
-/* Writes DATA to DIR/NAME through a flushed temporary file and a rename
- * whose directory entry is flushed too; the final path goes to PATH. */
+/* Writes DATA to DIR/NAME (0640) through a flushed temporary file and a
+ * rename whose directory entry is flushed too; the final path goes to PATH. */
 int file_write_durable(const char *dir, const char *name, const void *data, size_t len,
                        char *path, size_t pathlen);
 
@@ -139,6 +145,13 @@ const char *db_level_table(enum attr_level level);
 int instance_prepare(struct storage *st, char *err, size_t errlen);
 void instance_finalize(struct storage *st);
 int instance_repair(struct storage *st);
+
+/* ---- job.c ---- */
+
+/* At open for serving: quarantines the jobs that were inside a stage when
+ * the previous process died (see storage.h) and queues again the other
+ * jobs it left running; then removes the crash record. */
+int job_recover(struct storage *st, char *err, size_t errlen);
 
 /* ---- plan.c ---- */
 

@@ -1,11 +1,15 @@
 /*
- * job.c — the job queue: claim with a lease, renew, release, finish.
+ * job.c — the job queue: claim with a lease, renew, release, finish; the
+ * stage markers and what open does with the jobs a dead node left.
  */
 #include "storage/internal.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int claimed_fn(void *ud, sqlite3_stmt *row)
 {
@@ -48,7 +52,7 @@ int storage_job_claim(struct storage *st, const char *model, const char *owner, 
         job->id = -1;
         rc = db_run(st,
                     "UPDATE jobs SET state='running', lease_owner=?2, lease_until=?3 + ?4,"
-                    "  started_at=?3, attempts=attempts + 1"
+                    "  started_at=?3, attempts=attempts + 1, stage=NULL, stage_started=NULL"
                     " WHERE id=(SELECT id FROM jobs WHERE model=?1 AND (state='queued' OR"
                     "  (state='running' AND lease_until < ?3)) ORDER BY priority, id LIMIT 1)"
                     " RETURNING id, study_uid, series_uid, attempts",
@@ -108,7 +112,8 @@ int storage_job_release(struct storage *st, int64_t id, const char *owner)
 {
     return update_held(st,
                        "UPDATE jobs SET state='queued', attempts=attempts - 1,"
-                       "  lease_owner=NULL, lease_until=NULL, started_at=NULL"
+                       "  lease_owner=NULL, lease_until=NULL, started_at=NULL,"
+                       "  stage=NULL, stage_started=NULL"
                        " WHERE id=?1 AND lease_owner=?2 AND state='running'",
                        "It", id, owner, 0);
 }
@@ -131,7 +136,8 @@ int storage_job_finish(struct storage *st, int64_t id, const char *owner, int64_
         goto out;
     rc = db_run(st,
                 "UPDATE jobs SET state=?3, error=?4, result=?5, summary=?6,"
-                "  finished_at=?7, lease_owner=NULL, lease_until=NULL"
+                "  finished_at=?7, lease_owner=NULL, lease_until=NULL,"
+                "  stage=NULL, stage_started=NULL"
                 " WHERE id=?1 AND lease_owner=?2 AND state='running'"
                 " RETURNING study_uid",
                 study_fn, &study, "Ittooo" "I", id, owner, error ? "failed" : "done", error,
@@ -158,4 +164,159 @@ out:
     pthread_mutex_unlock(&st->lock);
     free(study);
     return rc;
+}
+
+int storage_job_stage(struct storage *st, int64_t id, const char *owner, const char *stage,
+                      int64_t now_ms)
+{
+    pthread_mutex_lock(&st->lock);
+    int rc = db_run(st,
+                    "UPDATE jobs SET stage=?3, stage_started=CASE WHEN ?3 IS NULL THEN NULL"
+                    "  ELSE ?4 END WHERE id=?1 AND lease_owner=?2 AND state='running'",
+                    NULL, NULL, "ItoI", id, owner, stage, now_ms);
+    if (rc == STORAGE_OK && db_changes(st) != 1)
+        rc = STORAGE_ENOTFOUND;
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+const char *storage_crash_record_path(const struct storage *st)
+{
+    return st->crash_record;
+}
+
+int storage_job_retry(struct storage *st, int64_t id)
+{
+    pthread_mutex_lock(&st->lock);
+    int rc = db_run(st,
+                    "UPDATE jobs SET state='queued', error=NULL, attempts=0, stops=0,"
+                    "  started_at=NULL, finished_at=NULL, stage=NULL, stage_started=NULL"
+                    " WHERE id=?1 AND state='quarantined'",
+                    NULL, NULL, "I", id);
+    if (rc == STORAGE_OK && db_changes(st) != 1)
+        rc = STORAGE_ENOTFOUND;
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* At open                                                                  */
+
+#define MAX_CRASHED 64
+
+/* The crash record: jobs named in it, and the signal each died of. */
+struct crashed {
+    int64_t id[MAX_CRASHED];
+    int sig[MAX_CRASHED];
+    int n;
+};
+
+static void read_crash_record(const char *path, struct crashed *c)
+{
+    memset(c, 0, sizeof *c);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    long long id;
+    int sig;
+    while (c->n < MAX_CRASHED && fscanf(f, "%lld %d", &id, &sig) == 2) {
+        c->id[c->n] = id;
+        c->sig[c->n++] = sig;
+    }
+    fclose(f);
+}
+
+static const char *signal_name(int sig, char *buf, size_t len)
+{
+    switch (sig) {
+    case SIGSEGV: return "SIGSEGV";
+    case SIGBUS: return "SIGBUS";
+    case SIGILL: return "SIGILL";
+    case SIGFPE: return "SIGFPE";
+    case SIGABRT: return "SIGABRT";
+    }
+    snprintf(buf, len, "signal %d", sig);
+    return buf;
+}
+
+/* A job the previous process left inside a stage. */
+struct in_stage {
+    int64_t id;
+    char stage[32];
+    int stops;
+};
+
+struct in_stage_list {
+    struct in_stage *v;
+    size_t n;
+};
+
+static int in_stage_fn(void *ud, sqlite3_stmt *row)
+{
+    struct in_stage_list *l = ud;
+    struct in_stage *v = realloc(l->v, (l->n + 1) * sizeof *v);
+    if (!v)
+        return STORAGE_ENOMEM;
+    l->v = v;
+    v[l->n].id = sqlite3_column_int64(row, 0);
+    snprintf(v[l->n].stage, sizeof v[l->n].stage, "%s", db_text(row, 1));
+    v[l->n].stops = sqlite3_column_int(row, 2);
+    l->n++;
+    return 0;
+}
+
+int job_recover(struct storage *st, char *err, size_t errlen)
+{
+    struct crashed crashed;
+    struct in_stage_list l = {NULL, 0};
+    read_crash_record(st->crash_record, &crashed);
+    int rc = db_begin(st);
+    if (rc == STORAGE_OK)
+        rc = db_run(st,
+                    "SELECT id, stage, stops FROM jobs WHERE state='running'"
+                    " AND stage IS NOT NULL ORDER BY id",
+                    in_stage_fn, &l, NULL);
+    for (size_t i = 0; rc == STORAGE_OK && i < l.n; i++) {
+        const struct in_stage *j = &l.v[i];
+        char why[160], sigbuf[32];
+        int sig = 0;
+        for (int k = 0; k < crashed.n; k++)
+            if (crashed.id[k] == j->id)
+                sig = crashed.sig[k];
+        if (sig)
+            snprintf(why, sizeof why, "the node crashed (%s) during %s",
+                     signal_name(sig, sigbuf, sizeof sigbuf), j->stage);
+        else if (j->stops + 1 >= STORAGE_JOB_MAX_STOPS)
+            snprintf(why, sizeof why, "the node stopped during %s %d times",
+                     j->stage, j->stops + 1);
+        else
+            why[0] = '\0';
+        /* Quarantined, or counted and queued again below. */
+        rc = db_run(st,
+                    "UPDATE jobs SET stops=stops + 1, state=CASE WHEN ?2 IS NULL THEN state"
+                    "  ELSE 'quarantined' END, error=?2,"
+                    "  finished_at=CASE WHEN ?2 IS NULL THEN NULL ELSE stage_started END"
+                    " WHERE id=?1",
+                    NULL, NULL, "Io", j->id, why);
+    }
+    if (rc == STORAGE_OK)
+        rc = db_run(st,
+                    "UPDATE jobs SET lease_owner=NULL, lease_until=NULL, stage=NULL,"
+                    "  stage_started=NULL, state=CASE state WHEN 'running' THEN 'queued'"
+                    "  ELSE state END WHERE state IN ('running', 'quarantined')"
+                    "  AND (lease_owner IS NOT NULL OR stage IS NOT NULL)",
+                    NULL, NULL, NULL);
+    if (rc == STORAGE_OK)
+        rc = db_commit(st);
+    if (rc != STORAGE_OK)
+        db_rollback(st);
+    free(l.v);
+    if (rc != STORAGE_OK)
+        return error_set(err, errlen, rc, "cannot recover the jobs: %s", sqlite3_errmsg(st->db));
+    /* Applied: a crash before this unlink reads the record again, which
+     * then names no job left inside a stage. */
+    if (unlink(st->crash_record) != 0 && errno != ENOENT)
+        return error_set(err, errlen, STORAGE_EIO, "cannot remove %s: %s", st->crash_record,
+                         strerror(errno));
+    return STORAGE_OK;
 }

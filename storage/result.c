@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int storage_result_name(int64_t job_id, enum storage_result_kind kind, char *buf, size_t len)
@@ -38,8 +39,9 @@ int storage_adopt_result(struct storage *st, const char *tmp, const char *name, 
                          size_t pathlen, char *err, size_t errlen)
 {
     const char *dir = st->results_dir;
-    if (snprintf(path, pathlen, "%s/%s", dir, name) >= (int)pathlen || file_sync(tmp, 0) != 0 ||
-        rename(tmp, path) != 0 || file_sync(dir, 1) != 0) {
+    /* chmod: private whatever wrote it. */
+    if (snprintf(path, pathlen, "%s/%s", dir, name) >= (int)pathlen || chmod(tmp, 0640) != 0 ||
+        file_sync(tmp, 0) != 0 || rename(tmp, path) != 0 || file_sync(dir, 1) != 0) {
         error_set(err, errlen, STORAGE_EIO, "cannot store %s/%s: %s", dir, name,
                   strerror(errno));
         unlink(tmp);

@@ -26,13 +26,14 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-/* A study may go: no job will still read its instances or write results,
- * and no send (pending, or dead-lettered awaiting the administrator) still
+/* A study may go: no job will still read its instances or write results
+ * (a quarantined one awaits the administrator, who may run it again), and
+ * no send (pending, or dead-lettered awaiting the administrator) still
  * needs its files. Qualifies the studies table. */
 #define STUDY_FINISHED                                                                  \
     " studies.state IN ('complete', 'discarded')"                                      \
     " AND NOT EXISTS(SELECT 1 FROM jobs j WHERE j.study_uid=studies.study_uid"          \
-    "   AND j.state IN ('queued', 'running'))"                                          \
+    "   AND j.state IN ('queued', 'running', 'quarantined'))"                           \
     " AND NOT EXISTS(SELECT 1 FROM outbox o WHERE o.state IN ('pending', 'failed')"     \
     "   AND (o.study_uid=studies.study_uid OR o.job_id IN"                              \
     "     (SELECT j2.id FROM jobs j2 WHERE j2.study_uid=studies.study_uid)))"

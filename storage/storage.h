@@ -19,11 +19,15 @@
  * never acknowledged) and every file under instances/ without a row is
  * either indexed again, when it reads as a complete instance, or removed.
  *
- * A repeated SOP Instance UID is handled "last write wins": the new file
- * is stored under a fresh name, the row is switched to it, and only then
- * is the old file removed. A study that receives an instance after it was
- * complete goes back to "receiving" and completes again after the stable
- * time.
+ * A repeated SOP Instance UID in the same series, study and patient is
+ * handled "last write wins": the new file is stored under a fresh name,
+ * the row is switched to it, and only then is the old file removed. A
+ * study that receives an instance after it was complete goes back to
+ * "receiving" and completes again after the stable time.
+ *
+ * What is stored is never moved nor renamed by a later instance: one that
+ * contradicts it is refused with STORAGE_EINTEGRITY and changes nothing
+ * (see storage_commit).
  *
  * All functions are safe to call from several threads on one handle.
  *
@@ -53,6 +57,8 @@ enum storage_error {
     STORAGE_ENOTFOUND = -4,
     STORAGE_ECONFLICT = -5, /* the study changed meanwhile: plan it again later */
     STORAGE_EVERSION = -6,  /* the store's schema version is not one this code can use */
+    STORAGE_EINTEGRITY = -7,/* the instance contradicts what is stored: refused, nothing changed */
+    STORAGE_EACCESS = -8,   /* DATA_DIR is writable by every user: refused */
 };
 
 /* The class of ERR, for any code above. */
@@ -68,6 +74,14 @@ const char *storage_strerror(int err);
  */
 typedef int (*storage_read_fn)(void *ud, const char *path, char **values,
                                char **transfer_syntax, char **calling_ae);
+
+/* Files and directories storage creates are private to the node's user
+ * and group: files 0640 (instances, results, temporary files, the
+ * database and its -wal and -shm), directories 0750, whatever the umask.
+ * Opening for serving creates DATA_DIR 0750; an existing one writable by
+ * every user is refused (STORAGE_EACCESS: anyone could replace what it
+ * stores), one readable by every user or writable by its group is used
+ * with a warning in the log. */
 
 /* Opens (creating if needed) the store under DATA_DIR, brings its schema
  * to this code's version (numbered migrations, one transaction; a store of
@@ -110,13 +124,36 @@ struct storage_instance {
     int64_t received_ms;          /* wall clock, ms since the epoch */
 };
 
-/* Writes a fresh temporary file name under DATA_DIR/tmp into BUF. */
+/* What storage_commit does with an instance it refuses as contradicting
+ * the store (STORAGE_EINTEGRITY). */
+enum storage_conflict_policy {
+    STORAGE_CONFLICT_REFUSE = 0,     /* the default: its file is removed */
+    STORAGE_CONFLICT_QUARANTINE,     /* its file is kept, unindexed, under DATA_DIR/quarantine */
+};
+
+/* Sets the policy for instances refused as contradicting the store. */
+void storage_set_conflict_policy(struct storage *st, enum storage_conflict_policy policy);
+
+/* Writes a fresh temporary file name under DATA_DIR/tmp into BUF and
+ * creates it empty and private (0640), for the caller to write (a writer
+ * that truncates keeps the mode). Left unused, open empties it. */
 int storage_temp_path(struct storage *st, char *buf, size_t len);
 
 /*
  * Makes TEMP_PATH durable and indexed as INST (see the promise above).
  * TEMP_PATH is consumed: on success it has moved into place, on failure it
- * is removed. ERR receives a short reason on failure.
+ * is removed (or, refused with the quarantine policy, kept aside). ERR
+ * receives a short reason on failure, naming attributes, never values.
+ *
+ * STORAGE_EINTEGRITY, and nothing stored changes, when INST contradicts
+ * the store: its SOP Instance UID is stored in another series or for
+ * another patient (Patient ID and issuer), its Series Instance UID in
+ * another study, or its Patient ID with another PatientName,
+ * PatientBirthDate or PatientSex (compared where both are given; an
+ * instance without a Patient ID has no identity to contradict). Any of
+ * these would otherwise move or rename what other instances already rely
+ * on. A new instance of a stored study that names another patient is
+ * stored in that study, which stays with its patient.
  */
 int storage_commit(struct storage *st, const char *temp_path,
                    const struct storage_instance *inst, char *err, size_t errlen);
@@ -182,14 +219,30 @@ int storage_commit_plan(struct storage *st, const char *study_uid, int64_t last_
 /* ---- jobs (job.c) -------------------------------------------------------- */
 
 /*
- * Jobs: queued -> running -> done | failed. A worker claims a job with a
- * lease (owner + expiry), renews it while it works and finishes it as its
- * owner. A lease that expired (its worker died or hung) lets the job be
- * claimed again; jobs left running by a previous process are queued again
- * by storage_open(). A job claimed more than STORAGE_JOB_MAX_ATTEMPTS times
- * fails instead of running again (it keeps killing its worker).
+ * Jobs: queued -> running -> done | failed | quarantined. A worker claims
+ * a job with a lease (owner + expiry), renews it while it works and
+ * finishes it as its owner. A lease that expired (its worker died or hung)
+ * lets the job be claimed again; jobs left running by a previous process
+ * are queued again by storage_open(). A job claimed more than
+ * STORAGE_JOB_MAX_ATTEMPTS times fails instead of running again (it keeps
+ * killing its worker).
+ *
+ * A job that may crash the node does so inside a risky stage (decoding its
+ * series, running the model, writing its results): its worker records the
+ * stage (storage_job_stage) before entering it and clears it after. A job
+ * storage_open() finds inside a stage was running when its node died:
+ *   - it is quarantined at once when the crash record names it: the node
+ *     crashed (a fatal signal) while it was inside a stage;
+ *   - otherwise (killed from outside, out of memory, power cut: the cause
+ *     is unknown) it runs again, and is quarantined the
+ *     STORAGE_JOB_MAX_STOPS-th time this happens.
+ * A quarantined job keeps its reason ("the node crashed (SIGSEGV) during
+ * inference") and never runs again by itself: storage_job_retry queues it
+ * again. A clean stop gives a running job back (storage_job_release),
+ * which clears its stage: it is never quarantined.
  */
 #define STORAGE_JOB_MAX_ATTEMPTS 3
+#define STORAGE_JOB_MAX_STOPS 2
 
 struct storage_job {
     int64_t id;
@@ -216,6 +269,25 @@ int storage_job_renew(struct storage *st, int64_t id, const char *owner, int64_t
 /* Gives a job OWNER holds back to the queue, not counting this attempt
  * (the node is stopping; the job did not fail). */
 int storage_job_release(struct storage *st, int64_t id, const char *owner);
+
+/* Records that job ID, held by OWNER, enters STAGE ("decode",
+ * "inference", "results") at NOW_MS, or left it (STAGE NULL). Committed
+ * when it returns: a kill of the process right after finds it.
+ * STORAGE_ENOTFOUND when OWNER no longer holds it. */
+int storage_job_stage(struct storage *st, int64_t id, const char *owner, const char *stage,
+                      int64_t now_ms);
+
+/*
+ * The crash record: DATA_DIR/job-crash, written by the node as it dies of
+ * a fatal signal, one line "JOB_ID SIGNAL" per job then inside a stage,
+ * read and removed by the next storage_open(). The path is fixed at open
+ * (the string lives as long as ST), so a signal handler may use it.
+ */
+const char *storage_crash_record_path(const struct storage *st);
+
+/* Queues a quarantined job again, as new (attempts and stops reset).
+ * STORAGE_ENOTFOUND when job ID is not quarantined. */
+int storage_job_retry(struct storage *st, int64_t id);
 
 /* A file a finished job leaves to send. */
 struct storage_send_item {
@@ -328,7 +400,8 @@ struct storage_job_row {
     const char *series_uid;
     const char *model;
     const char *state;
-    const char *error;            /* NULL unless failed */
+    const char *stage;            /* the stage a running job is in, or NULL */
+    const char *error;            /* the reason when failed or quarantined, else NULL */
     const char *result;           /* result file, NULL unless done */
     const char *summary;          /* JSON text, NULL unless done */
     int attempts;

@@ -306,6 +306,91 @@ class ReceiverTest(NodeTestCase):
         self.assertEqual(pydicom.dcmread(path).SeriesDescription, "CORRECTED")
         self.assert_store_clean(n)
 
+    def test_a_known_uid_resent_under_another_study_or_patient_is_refused(self):
+        n = self.node()
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 3, rows=16, cols=16)
+        r = harness.storescu(n.port, files, ae_called=n.ae)
+        self.assertTrue(harness.all_stores_succeeded(r.stdout, 3), r.stdout)
+        original = pydicom.dcmread(files[0])
+        study = str(original.StudyInstanceUID)
+        path = stored_path(n, original.SOPInstanceUID)
+        with open(path, "rb") as f:
+            before = f.read()
+        self.assertEqual(n.studies()[study]["instances"], 3)
+
+        # The same instance rewritten into another study and patient; the
+        # same series re-used in another study; the same Patient ID under
+        # another name.
+        def rewritten(name, **values):
+            ds = pydicom.dcmread(files[0])
+            for k, v in values.items():
+                setattr(ds, k, v)
+            p = os.path.join(self.workdir, name + ".dcm")
+            ds.save_as(p, write_like_original=True)
+            return p
+        hostile = [
+            rewritten("other_study", StudyInstanceUID=pydicom.uid.generate_uid(),
+                      SeriesInstanceUID=pydicom.uid.generate_uid(), PatientID="INTRUDER",
+                      PatientName="Other^Patient"),
+            rewritten("other_series_study", StudyInstanceUID=pydicom.uid.generate_uid(),
+                      SOPInstanceUID=pydicom.uid.generate_uid()),
+            rewritten("renamed", StudyInstanceUID=pydicom.uid.generate_uid(),
+                      SeriesInstanceUID=pydicom.uid.generate_uid(),
+                      SOPInstanceUID=pydicom.uid.generate_uid(), PatientName="Renamed^Patient"),
+        ]
+        for p in hostile:
+            r = harness.storescu(n.port, p, ae_called=n.ae, check=False)
+            self.assertEqual(harness.storescu_statuses(r.stdout), ["Error: CannotUnderstand"],
+                             r.stdout)
+        studies = n.studies()
+        self.assertEqual(list(studies), [study])
+        self.assertEqual(studies[study]["instances"], 3)
+        self.assertEqual(stored_path(n, original.SOPInstanceUID), path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(db_rows(n, "SELECT patient_id, patient_name FROM patients"),
+                         [(str(original.PatientID), str(original.PatientName))])
+        self.assert_store_clean(n)
+        # The log says what conflicted, naming attributes, not values.
+        log = n.log_tail()
+        self.assertIn("SOPInstanceUID already stored in another study", log)
+        self.assertIn("SeriesInstanceUID already stored in another study", log)
+        self.assertIn("PatientID already stored with another PatientName", log)
+        self.assertNotIn("Renamed^Patient", log)
+        self.assertEqual(n.stop(), 0)
+
+    def test_received_files_and_the_database_are_private(self):
+        n = self.node(create_data_dir=False)
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 2, rows=16, cols=16)
+        r = harness.storescu(n.port, files, ae_called=n.ae)
+        self.assertTrue(harness.all_stores_succeeded(r.stdout, 2), r.stdout)
+
+        def mode(path):
+            return os.stat(path).st_mode & 0o7777
+        self.assertEqual(mode(n.data_dir), 0o750)
+        path = stored_path(n, pydicom.dcmread(files[0]).SOPInstanceUID)
+        self.assertEqual(mode(path), 0o640)
+        self.assertEqual(mode(os.path.dirname(path)), 0o750)
+        self.assertEqual(mode(os.path.dirname(os.path.dirname(path))), 0o750)
+        for name in ("ainode.db", "ainode.db-wal", "ainode.db-shm"):
+            self.assertEqual(mode(os.path.join(n.data_dir, name)), 0o640, name)
+        for name in ("tmp", "instances"):
+            self.assertEqual(mode(os.path.join(n.data_dir, name)), 0o750, name)
+        self.assertEqual(n.stop(), 0)
+
+        # A data directory every user may write in is refused, naming it
+        # and its mode; one every user may read is used, with a warning.
+        os.chmod(n.data_dir, 0o777)
+        with self.assertRaises(harness.NodeError) as e:
+            n.start()
+        self.assertIn("the data directory %s has mode 0777" % n.data_dir, str(e.exception))
+        os.chmod(n.data_dir, 0o755)
+        n.start()
+        self.assertIn("the data directory %s has mode 0755" % n.data_dir, n.log())
+        self.assertEqual(n.stop(), 0)
+
     def test_eight_concurrent_associations_lose_and_duplicate_nothing(self):
         n = self.node()
         n.start()
@@ -549,6 +634,104 @@ class ReceiverTest(NodeTestCase):
         table = n.cli("status", "-c", n.config_path).stdout
         self.assertIn(study, table)
         self.assertIn("complete", table)
+        self.assertEqual(n.stop(), 0)
+
+
+
+class JobCrashTest(NodeTestCase):
+    """A job that crashes the node is quarantined, not run at every start."""
+
+    def node_running_a_slow_job(self):
+        """A node running the slow model of the inference tests on a series."""
+        # Imported here: that module imports this one.
+        from test_inference import models, phantom, slow_builtin_model
+        built, manifest = slow_builtin_model(self.workdir, self.binary)
+        rules = [{"name": "ct", "match": {"Modality": "CT"}, "run": ["ct-bone-body"]}]
+        n = self.node(sections={"models": models(file=built, manifest=manifest),
+                                "rules": rules}, stable_seconds=1)
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 60, rows=256, cols=256,
+                               pixel_fn=phantom)
+        harness.storescu(n.port, files, ae_called=n.ae)
+        return n
+
+    def in_inference(self, n):
+        """The jobs running their model now (fails if one ended)."""
+        jobs = n.status()["jobs"]
+        self.assertEqual([j for j in jobs if j["state"] in ("done", "failed")], [],
+                         "the job ended before the node could die in it")
+        return [j for j in jobs if j["state"] == "running" and j["stage"] == "inference"]
+
+    def test_a_job_that_crashes_the_node_is_quarantined_until_retried(self):
+        # The crash is on purpose: no core file for it.
+        soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_CORE, (soft, hard))
+        n = self.node_running_a_slow_job()
+
+        def in_inference():
+            return self.in_inference(n)
+        job = harness.wait_until(in_inference, 60, 0.05, "the job to run its model")[0]
+
+        # A fatal signal while the model runs, as a crash in it would raise.
+        n.signal(signal.SIGSEGV)
+        self.assertEqual(n.wait(30), -signal.SIGSEGV)
+        with open(os.path.join(n.data_dir, "job-crash")) as f:
+            self.assertEqual(f.read(), "%d %d\n" % (job["id"], signal.SIGSEGV))
+
+        # Started again, the node quarantines it with its reason and never
+        # runs it by itself.
+        n.start()
+        reason = "the node crashed (SIGSEGV) during inference"
+        for _ in range(3):
+            jobs = n.status()["jobs"]
+            self.assertEqual(len(jobs), 1)
+            self.assertEqual(jobs[0]["state"], "quarantined", jobs)
+            self.assertEqual(jobs[0]["error"], reason)
+            self.assertIsNone(jobs[0]["stage"])
+            self.assertEqual(jobs[0]["attempts"], 1)
+            time.sleep(1)
+        self.assertFalse(os.path.exists(os.path.join(n.data_dir, "job-crash")))
+        table = n.cli("status", "-c", n.config_path, check=True).stdout
+        self.assertIn("quarantined", table)
+        self.assertIn(reason, table)
+
+        # Retried by hand, it runs again; a clean stop during it gives it
+        # back to the queue, not to the quarantine.
+        r = n.cli("retry", "-c", n.config_path, "--job", str(job["id"]))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(r.stdout.strip(), "job %d queued again" % job["id"])
+        r = n.cli("retry", "-c", n.config_path, "--job", str(job["id"]))
+        self.assertNotEqual(r.returncode, 0)
+        harness.wait_until(in_inference, 60, 0.05, "the retried job to run its model")
+        self.assertEqual(n.stop(), 0)
+        jobs = n.status()["jobs"]
+        self.assertEqual(jobs[0]["state"], "queued", jobs)
+        self.assertIsNone(jobs[0]["error"])
+        n.start()
+        self.assertNotEqual(n.status()["jobs"][0]["state"], "quarantined")
+        self.assertEqual(n.stop(), 0)
+
+
+    def test_a_job_inside_which_the_node_is_killed_twice_is_quarantined(self):
+        # A kill from outside (an operator, the OOM killer) may not be the
+        # job's doing: it runs again once, and is quarantined the second time.
+        n = self.node_running_a_slow_job()
+
+        def in_inference():
+            return self.in_inference(n)
+        job = harness.wait_until(in_inference, 60, 0.05, "the job to run its model")[0]
+        n.kill9()
+        n.start()
+        again = harness.wait_until(in_inference, 60, 0.05, "the job to run again")[0]
+        self.assertEqual((again["id"], again["attempts"]), (job["id"], 2))
+        n.kill9()
+        n.start()
+        jobs = n.status()["jobs"]
+        self.assertEqual(jobs[0]["state"], "quarantined", jobs)
+        self.assertEqual(jobs[0]["error"], "the node stopped during inference 2 times")
+        time.sleep(2)
+        self.assertEqual(n.status()["jobs"][0]["state"], "quarantined")
         self.assertEqual(n.stop(), 0)
 
 

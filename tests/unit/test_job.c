@@ -15,10 +15,13 @@
 #include "inference/inference.h"
 #include "storage/storage.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MODEL "ct-bone-body"
@@ -43,7 +46,7 @@ static int setup(void **state)
     char series[512], yaml[2048], err[512] = "";
     snprintf(series, sizeof series, "%s/series", f->dir);
     snprintf(f->data, sizeof f->data, "%s/data", f->dir);
-    assert_int_equal(mkdir(f->data, 0755), 0);
+    assert_int_equal(mkdir(f->data, 0750), 0);
     fx_make_series(series, 4, 20, 24, &f->paths, &f->n);
     snprintf(yaml, sizeof yaml,
              "node:\n  ae_title: AINODE\n  port: 11112\n  data_dir: %s\n"
@@ -264,6 +267,57 @@ static void test_a_model_that_cannot_be_loaded_fails_the_job(void **state)
     storage_job_clear(&job);
 }
 
+/* Crashes the process as a fault in the model would, from inside it. */
+static int crash(void *ud)
+{
+    (void)ud;
+    raise(SIGSEGV);
+    return 0;
+}
+
+static void test_a_job_that_crashes_the_node_is_quarantined_at_the_next_start(void **state)
+{
+    struct fixture *f = *state;
+    char err[512] = "";
+    storage_close(f->st);
+    f->st = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* The node: its store, its crash guard, its worker running the job. */
+        struct rlimit none = {0, 0};
+        setrlimit(RLIMIT_CORE, &none);
+        struct storage *st;
+        struct storage_job job;
+        if (storage_open(f->data, NULL, NULL, &st, err, sizeof err) != STORAGE_OK ||
+            job_guard_install(st) != 0 ||
+            storage_job_claim(st, MODEL, "w1", clock_now_ms(), JOB_LEASE_MS, &job) != STORAGE_OK)
+            _exit(2);
+        struct job_context ctx = {.store = st, .model_cfg = f->cm, .model = f->model,
+                                  .owner = "w1", .stopping = crash};
+        char why[512];
+        job_run(&ctx, &job, why, sizeof why);
+        _exit(3); /* not reached: the model's progress crashed the process */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGSEGV);
+
+    assert_int_equal(storage_open(f->data, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    struct storage_job job;
+    assert_int_equal(storage_job_claim(f->st, MODEL, "w2", clock_now_ms(), JOB_LEASE_MS, &job),
+                     STORAGE_ENOTFOUND);
+    struct fx_job row;
+    fx_job_row(f->st, 1, &row);
+    assert_string_equal(row.state, "quarantined");
+    assert_string_equal(row.error, "the node crashed (SIGSEGV) during inference");
+    assert_int_equal(storage_job_retry(f->st, 1), STORAGE_OK);
+    assert_int_equal(storage_job_claim(f->st, MODEL, "w2", clock_now_ms(), JOB_LEASE_MS, &job),
+                     STORAGE_OK);
+    storage_job_clear(&job);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -278,6 +332,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_model_that_cannot_be_loaded_fails_the_job, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_job_that_crashes_the_node_is_quarantined_at_the_next_start, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

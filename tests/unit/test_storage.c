@@ -10,6 +10,7 @@
 
 #include <dirent.h>
 #include <pthread.h>
+#include <signal.h>
 #include <time.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -316,14 +317,367 @@ static void test_resend_replaces_previous_version(void **state)
     assert_int_equal(count_entries(series_dir), 1);
 }
 
-static void test_resend_into_other_series_drops_the_empty_one(void **state)
+/* An instance with its study, series and patient given: what a peer
+ * resending a known UID under other parents sends. */
+struct sent {
+    const char *study, *series, *sop, *patient_id, *name, *birth_date, *sex;
+};
+
+static int commit_sent(struct storage *st, const struct sent *s, const char *content,
+                       int64_t when, char *err, size_t errlen)
+{
+    char temp[512];
+    struct storage_instance inst;
+    write_temp(st, content, temp, sizeof temp);
+    make_instance(&inst, s->series, s->sop, when);
+    inst.attr[ATTR_STUDY_INSTANCE_UID] = s->study;
+    inst.attr[ATTR_PATIENT_ID] = s->patient_id;
+    inst.attr[ATTR_PATIENT_NAME] = s->name;
+    inst.attr[ATTR_PATIENT_BIRTH_DATE] = s->birth_date;
+    inst.attr[ATTR_PATIENT_SEX] = s->sex;
+    err[0] = '\0';
+    int rc = storage_commit(st, temp, &inst, err, errlen);
+    assert_int_not_equal(access(temp, F_OK), 0);
+    return rc;
+}
+
+#define OTHER_STUDY "1.2.826.0.1.3680043.8.498.2"
+#define OTHER_SERIES "1.2.826.0.1.3680043.8.498.2.1"
+
+/* Everything a refused instance must leave as it was: the rows of every
+ * level and the stored file's place and bytes. */
+struct snapshot {
+    char rows[4096];
+    char path[512];
+    char bytes[64];
+};
+
+static void snapshot_take(struct fixture *f, const char *sop, struct snapshot *s)
+{
+    char dbpath[512];
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", f->dir);
+    sqlite3 *db;
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db,
+                           "SELECT 'p', patient_id, issuer, patient_name, birth_date, sex, ''"
+                           " FROM patients UNION ALL"
+                           " SELECT 's', study_uid, patient, state, study_description, '', ''"
+                           " FROM studies UNION ALL"
+                           " SELECT 'r', series_uid, study_uid, modality, '', '', '' FROM series"
+                           " UNION ALL SELECT 'i', sop_instance_uid, series_uid, path, size, '',"
+                           " '' FROM instances ORDER BY 1, 2",
+                           -1, &q, NULL),
+        SQLITE_OK);
+    s->rows[0] = '\0';
+    while (sqlite3_step(q) == SQLITE_ROW)
+        for (int i = 0; i < 7; i++) {
+            size_t n = strlen(s->rows);
+            const unsigned char *v = sqlite3_column_text(q, i);
+            snprintf(s->rows + n, sizeof s->rows - n, "%s|", v ? (const char *)v : "NULL");
+        }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    assert_int_equal(storage_instance_path(f->st, sop, s->path, sizeof s->path), STORAGE_OK);
+    snprintf(s->bytes, sizeof s->bytes, "%.63s", slurp(s->path));
+}
+
+static void assert_unchanged(struct fixture *f, const char *sop, const struct snapshot *before)
+{
+    struct snapshot now;
+    snapshot_take(f, sop, &now);
+    assert_string_equal(now.rows, before->rows);
+    assert_string_equal(now.path, before->path);
+    assert_string_equal(now.bytes, before->bytes);
+    /* Nothing left behind for the refused instance. */
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/instances", f->dir);
+    assert_int_equal(count_entries(dir), 1);
+    snprintf(dir, sizeof dir, "%s/tmp", f->dir);
+    assert_int_equal(count_entries(dir), 0);
+}
+
+static const struct sent ORIGINAL = {STUDY, SERIES, "1.2.3.1", "P1", "DOE^JANE", "19700101",
+                                     "F"};
+
+static void test_an_instance_resent_under_another_study_is_refused(void **state)
 {
     struct fixture *f = *state;
-    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
-    assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.1", "b", 2000), STORAGE_OK);
+    char err[256];
+    struct snapshot before;
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "original", 1000, err, sizeof err),
+                     STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+
+    struct sent s = ORIGINAL;
+    s.study = OTHER_STUDY;
+    s.series = OTHER_SERIES;
+    assert_int_equal(commit_sent(f->st, &s, "hostile", 2000, err, sizeof err),
+                     STORAGE_EINTEGRITY);
+    assert_string_equal(err, "SOPInstanceUID already stored in another study");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+
+    /* Under another patient too (and another study). */
+    s.patient_id = "P2";
+    s.name = "ROE^RICHARD";
+    assert_int_equal(commit_sent(f->st, &s, "hostile", 3000, err, sizeof err),
+                     STORAGE_EINTEGRITY);
+    assert_unchanged(f, ORIGINAL.sop, &before);
     struct tally t = tally(f->st);
+    assert_int_equal(t.studies, 1);
     assert_int_equal(t.instances, 1);
-    assert_int_equal(t.series, 1);
+}
+
+static void test_an_instance_resent_into_another_series_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct snapshot before;
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "a", 1000, err, sizeof err), STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+    struct sent s = ORIGINAL;
+    s.series = SERIES2;
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "SOPInstanceUID already stored in another series");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+    char series_dir[512];
+    snprintf(series_dir, sizeof series_dir, "%s/instances/%s/%s", f->dir, STUDY, SERIES2);
+    assert_int_not_equal(access(series_dir, F_OK), 0);
+}
+
+static void test_a_series_reused_in_another_study_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct snapshot before;
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "a", 1000, err, sizeof err), STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+    struct sent s = ORIGINAL;
+    s.study = OTHER_STUDY;
+    s.sop = "1.2.3.2";
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "SeriesInstanceUID already stored in another study");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.2", before.path, sizeof before.path),
+                     STORAGE_ENOTFOUND);
+}
+
+static void test_a_study_is_never_moved_to_another_patient(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct snapshot before;
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "a", 1000, err, sizeof err), STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+    /* The same instance resent for another patient: refused. */
+    struct sent s = ORIGINAL;
+    s.patient_id = "P2";
+    s.name = "ROE^RICHARD";
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "SOPInstanceUID already stored for another PatientID");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+    /* A new instance of the study naming another patient: kept in the
+     * study, which stays with its patient (no row for the other one). */
+    s.series = SERIES2;
+    s.sop = "1.2.3.2";
+    assert_int_equal(commit_sent(f->st, &s, "c", 3000, err, sizeof err), STORAGE_OK);
+    s.sop = "1.2.3.3";
+    assert_int_equal(commit_sent(f->st, &s, "d", 4000, err, sizeof err), STORAGE_OK);
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(f->st, STUDY, &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(rows[i].value[ATTR_PATIENT_ID], "P1");
+        assert_string_equal(rows[i].value[ATTR_PATIENT_NAME], "DOE^JANE");
+    }
+    storage_series_free(rows, n);
+    struct snapshot now;
+    snapshot_take(f, ORIGINAL.sop, &now);
+    assert_null(strstr(now.rows, "P2"));
+    assert_int_equal(tally(f->st).instances, 3);
+}
+
+static void test_a_patient_id_with_other_demographics_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct snapshot before;
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "a", 1000, err, sizeof err), STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+    /* A new study of the same Patient ID under another name and sex. */
+    struct sent s = {OTHER_STUDY, OTHER_SERIES, "1.2.3.9", "P1", "ROE^RICHARD", "19700101", "M"};
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "PatientID already stored with another PatientName, PatientSex");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+    s.name = "DOE^JANE";
+    s.sex = "F";
+    s.birth_date = "19800101";
+    assert_int_equal(commit_sent(f->st, &s, "b", 2000, err, sizeof err), STORAGE_EINTEGRITY);
+    assert_string_equal(err, "PatientID already stored with another PatientBirthDate");
+    assert_unchanged(f, ORIGINAL.sop, &before);
+
+    /* Values missing on either side are not a contradiction, nor is case;
+     * what the store knows is kept. */
+    s.name = "doe^jane";
+    s.birth_date = NULL;
+    s.sex = "";
+    assert_int_equal(commit_sent(f->st, &s, "b", 3000, err, sizeof err), STORAGE_OK);
+    struct tally t = tally(f->st);
+    assert_int_equal(t.studies, 2);
+    struct attr_series *rows;
+    size_t n;
+    assert_int_equal(storage_study_series(f->st, OTHER_STUDY, &rows, &n), STORAGE_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(rows[0].value[ATTR_PATIENT_BIRTH_DATE], "19700101");
+    assert_string_equal(rows[0].value[ATTR_PATIENT_SEX], "F");
+    storage_series_free(rows, n);
+}
+
+static void test_instances_without_a_patient_id_are_not_compared(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct sent a = {STUDY, SERIES, "1.2.3.1", NULL, "ANON^ONE", NULL, "F"};
+    struct sent b = {OTHER_STUDY, OTHER_SERIES, "1.2.3.2", "", "ANON^TWO", NULL, "M"};
+    assert_int_equal(commit_sent(f->st, &a, "a", 1000, err, sizeof err), STORAGE_OK);
+    assert_int_equal(commit_sent(f->st, &b, "b", 2000, err, sizeof err), STORAGE_OK);
+    assert_int_equal(tally(f->st).studies, 2);
+}
+
+static void test_an_identical_resend_stays_idempotent(void **state)
+{
+    struct fixture *f = *state;
+    char err[256], path[512];
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "one", 1000, err, sizeof err), STORAGE_OK);
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "two", 2000, err, sizeof err), STORAGE_OK);
+    /* The next instance of the series after a resend is checked afresh. */
+    struct sent s = ORIGINAL;
+    s.sop = "1.2.3.2";
+    assert_int_equal(commit_sent(f->st, &s, "three", 3000, err, sizeof err), STORAGE_OK);
+    assert_int_equal(storage_instance_path(f->st, ORIGINAL.sop, path, sizeof path), STORAGE_OK);
+    assert_string_equal(slurp(path), "two");
+    struct tally t = tally(f->st);
+    assert_int_equal(t.studies, 1);
+    assert_int_equal(t.instances, 2);
+}
+
+static void test_quarantine_keeps_a_refused_instance_aside_unindexed(void **state)
+{
+    struct fixture *f = *state;
+    char err[256], dir[512], path[512];
+    struct snapshot before;
+    storage_set_conflict_policy(f->st, STORAGE_CONFLICT_QUARANTINE);
+    assert_int_equal(commit_sent(f->st, &ORIGINAL, "original", 1000, err, sizeof err),
+                     STORAGE_OK);
+    snapshot_take(f, ORIGINAL.sop, &before);
+    struct sent s = ORIGINAL;
+    s.study = OTHER_STUDY;
+    s.series = OTHER_SERIES;
+    assert_int_equal(commit_sent(f->st, &s, "hostile", 2000, err, sizeof err),
+                     STORAGE_EINTEGRITY);
+    assert_unchanged(f, ORIGINAL.sop, &before);
+    snprintf(path, sizeof path, "%s/quarantine/%s.dcm", f->dir, ORIGINAL.sop);
+    assert_string_equal(slurp(path), "hostile");
+    snprintf(dir, sizeof dir, "%s/quarantine", f->dir);
+    assert_int_equal(count_entries(dir), 1);
+}
+
+static unsigned mode_of(const char *dir, const char *name)
+{
+    char path[1024];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s%s%s", dir, name ? "/" : "", name ? name : "");
+    if (stat(path, &sb) != 0)
+        return 0;
+    return (unsigned)sb.st_mode & 07777;
+}
+
+static void test_what_storage_creates_is_private_whatever_the_umask(void **state)
+{
+    struct fixture *f = *state;
+    char dir[300], err[256], path[512];
+    mode_t old = umask(0);
+    snprintf(dir, sizeof dir, "%s/fresh", f->dir);
+    struct storage *st;
+    assert_int_equal(storage_open(dir, NULL, NULL, &st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(mode_of(dir, NULL), 0750);
+    assert_int_equal(mode_of(dir, "tmp"), 0750);
+    assert_int_equal(mode_of(dir, "instances"), 0750);
+    assert_int_equal(mode_of(dir, "ainode.db"), 0640);
+    /* The temporary file, written as any writer would (0666 asked). */
+    assert_int_equal(storage_temp_path(st, path, sizeof path), STORAGE_OK);
+    assert_int_equal(mode_of(path, NULL), 0640);
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    fputs("bytes", fp);
+    fclose(fp);
+    assert_int_equal(mode_of(path, NULL), 0640);
+    struct storage_instance inst;
+    make_instance(&inst, SERIES, "1.2.3.1", 1000);
+    assert_int_equal(storage_commit(st, path, &inst, err, sizeof err), STORAGE_OK);
+    char stored[512];
+    assert_int_equal(storage_instance_path(st, "1.2.3.1", stored, sizeof stored), STORAGE_OK);
+    assert_int_equal(mode_of(stored, NULL), 0640);
+    snprintf(path, sizeof path, "%s/instances/%s", dir, STUDY);
+    assert_int_equal(mode_of(path, NULL), 0750);
+    assert_int_equal(mode_of(path, SERIES), 0750);
+    /* The database's journal files take its mode. */
+    assert_int_equal(mode_of(dir, "ainode.db-wal"), 0640);
+    assert_int_equal(mode_of(dir, "ainode.db-shm"), 0640);
+    /* Results: written by storage, and adopted from another writer. */
+    char result[512], tmp[512];
+    assert_int_equal(storage_write_result(st, 7, "{}", "x", 1, result, sizeof result, err,
+                                          sizeof err),
+                     STORAGE_OK);
+    assert_int_equal(mode_of(result, NULL), 0640);
+    assert_int_equal(mode_of(dir, "results"), 0750);
+    snprintf(result, sizeof result, "%s/results/7.labels.gz", dir);
+    assert_int_equal(mode_of(result, NULL), 0640);
+    assert_int_equal(storage_result_temp(st, "7.seg.dcm", tmp, sizeof tmp), STORAGE_OK);
+    fp = fopen(tmp, "wb");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(storage_adopt_result(st, tmp, "7.seg.dcm", result, sizeof result, err,
+                                          sizeof err),
+                     STORAGE_OK);
+    assert_int_equal(mode_of(result, NULL), 0640);
+    storage_close(st);
+    umask(old);
+}
+
+static void test_a_data_dir_every_user_may_write_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    char dir[300], err[512] = "";
+    snprintf(dir, sizeof dir, "%s/open", f->dir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    assert_int_equal(chmod(dir, 0777), 0);
+    struct storage *st = NULL;
+    assert_int_equal(storage_open(dir, NULL, NULL, &st, err, sizeof err), STORAGE_EACCESS);
+    assert_null(st);
+    assert_non_null(strstr(err, dir));
+    assert_non_null(strstr(err, "0777"));
+    char db[400];
+    snprintf(db, sizeof db, "%s/ainode.db", dir);
+    assert_int_not_equal(access(db, F_OK), 0);
+    /* Readable by every user: used (with a warning). */
+    assert_int_equal(chmod(dir, 0755), 0);
+    assert_int_equal(storage_open(dir, NULL, NULL, &st, err, sizeof err), STORAGE_OK);
+    storage_close(st);
+}
+
+static void test_a_database_of_an_earlier_release_is_made_private(void **state)
+{
+    struct fixture *f = *state;
+    char db[400], err[256];
+    storage_close(f->st);
+    f->st = NULL;
+    snprintf(db, sizeof db, "%s/ainode.db", f->dir);
+    assert_int_equal(chmod(db, 0644), 0);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(mode_of(db, NULL), 0640);
 }
 
 static void test_idle_study_completes_and_reopens_on_new_instance(void **state)
@@ -483,6 +837,9 @@ struct job_list {
     char state[8][16];
     char model[8][16];
     int attempts[8];
+    int64_t id[8];
+    char stage[8][16];
+    char error[8][128];
 };
 
 static int collect_job(void *ud, const struct storage_job_row *j)
@@ -492,6 +849,9 @@ static int collect_job(void *ud, const struct storage_job_row *j)
         snprintf(l->state[l->n], 16, "%s", j->state);
         snprintf(l->model[l->n], 16, "%s", j->model);
         l->attempts[l->n] = j->attempts;
+        l->id[l->n] = j->id;
+        snprintf(l->stage[l->n], 16, "%s", j->stage ? j->stage : "");
+        snprintf(l->error[l->n], 128, "%s", j->error ? j->error : "");
         l->n++;
     }
     return 0;
@@ -582,6 +942,135 @@ static void test_jobs_left_running_are_queued_again_at_open(void **state)
     assert_int_equal(b.attempts, 2);
     storage_job_clear(&a);
     storage_job_clear(&b);
+}
+
+/* The row of job ID in L, or -1. */
+static int job_index(const struct job_list *l, int64_t id)
+{
+    for (int i = 0; i < l->n; i++)
+        if (l->id[i] == id)
+            return i;
+    return -1;
+}
+
+/* What a node dying while job "seg" is in STAGE leaves: the job claimed
+ * by "w1", inside the stage, and the store closed without a word about
+ * it. Returns the job's id. */
+static int64_t die_inside_stage(struct fixture *f, const char *stage, int64_t now)
+{
+    struct storage_job j;
+    char err[256];
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", now, 3600000, &j), STORAGE_OK);
+    assert_int_equal(storage_job_stage(f->st, j.id, "w1", stage, now + 1), STORAGE_OK);
+    struct job_list l = list_jobs(f->st);
+    assert_string_equal(l.stage[job_index(&l, j.id)], stage);
+    int64_t id = j.id;
+    storage_job_clear(&j);
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    return id;
+}
+
+static void test_a_job_the_node_stopped_inside_runs_again_then_is_quarantined(void **state)
+{
+    struct fixture *f = *state;
+    complete_with_jobs(f);
+    /* Once: the cause is unknown (a kill, a power cut), so it runs again. */
+    int64_t id = die_inside_stage(f, "inference", 1000);
+    struct job_list l = list_jobs(f->st);
+    int i = job_index(&l, id);
+    assert_string_equal(l.state[i], "queued");
+    assert_string_equal(l.stage[i], "");
+    /* Twice: quarantined with its reason, never claimed again. */
+    assert_int_equal(die_inside_stage(f, "inference", 2000), id);
+    l = list_jobs(f->st);
+    i = job_index(&l, id);
+    assert_string_equal(l.state[i], "quarantined");
+    assert_string_equal(l.error[i], "the node stopped during inference 2 times");
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 3000, 1000, &j), STORAGE_OK);
+    assert_int_not_equal(j.id, id); /* the other series' job */
+    storage_job_clear(&j);
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 3000, 1000, &j), STORAGE_ENOTFOUND);
+    char err[256];
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_string_equal(list_jobs(f->st).state[i], "quarantined");
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 4000, 1000, &j), STORAGE_OK);
+    assert_int_not_equal(j.id, id); /* the other one, given back by the stop */
+    storage_job_clear(&j);
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 4000, 1000, &j), STORAGE_ENOTFOUND);
+
+    /* Retried by hand: queued as new, and runs. */
+    assert_int_equal(storage_job_retry(f->st, id), STORAGE_OK);
+    assert_int_equal(storage_job_retry(f->st, id), STORAGE_ENOTFOUND);
+    l = list_jobs(f->st);
+    assert_string_equal(l.state[i], "queued");
+    assert_string_equal(l.error[i], "");
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 5000, 1000, &j), STORAGE_OK);
+    assert_int_equal(j.id, id);
+    assert_int_equal(j.attempts, 1);
+    storage_job_clear(&j);
+}
+
+static void test_a_job_named_in_the_crash_record_is_quarantined_at_once(void **state)
+{
+    struct fixture *f = *state;
+    complete_with_jobs(f);
+    struct storage_job other;
+    assert_int_equal(storage_job_claim(f->st, "other", "w2", 1000, 3600000, &other), STORAGE_OK);
+    assert_int_equal(storage_job_stage(f->st, other.id, "w2", "decode", 1001), STORAGE_OK);
+    /* What the dying node writes: the job of the crashing worker. */
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 3600000, &j), STORAGE_OK);
+    assert_int_equal(storage_job_stage(f->st, j.id, "w1", "results", 1002), STORAGE_OK);
+    char record[512], err[256];
+    snprintf(record, sizeof record, "%s", storage_crash_record_path(f->st));
+    FILE *fp = fopen(record, "w");
+    assert_non_null(fp);
+    fprintf(fp, "%lld %d\n", (long long)j.id, SIGSEGV);
+    fclose(fp);
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    struct job_list l = list_jobs(f->st);
+    assert_string_equal(l.state[job_index(&l, j.id)], "quarantined");
+    assert_string_equal(l.error[job_index(&l, j.id)], "the node crashed (SIGSEGV) during results");
+    /* The other one was inside a stage too, but not the one crashing. */
+    assert_string_equal(l.state[job_index(&l, other.id)], "queued");
+    assert_int_not_equal(access(record, F_OK), 0);
+    storage_job_clear(&j);
+    storage_job_clear(&other);
+}
+
+static void test_a_stage_left_or_a_job_given_back_is_never_quarantined(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    complete_with_jobs(f);
+    for (int round = 0; round < STORAGE_JOB_MAX_STOPS + 1; round++) {
+        struct storage_job j;
+        assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 3600000, &j), STORAGE_OK);
+        assert_int_equal(storage_job_stage(f->st, j.id, "w1", "inference", 1001), STORAGE_OK);
+        if (round == 0) {
+            /* Died between stages. */
+            assert_int_equal(storage_job_stage(f->st, j.id, "w1", NULL, 1002), STORAGE_OK);
+        } else {
+            /* A clean stop gives the job back. */
+            assert_int_equal(storage_job_release(f->st, j.id, "w1"), STORAGE_OK);
+        }
+        storage_job_clear(&j);
+        storage_close(f->st);
+        assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+        struct job_list l = list_jobs(f->st);
+        for (int i = 0; i < l.n; i++)
+            assert_string_not_equal(l.state[i], "quarantined");
+    }
+    /* Someone else's job is not this owner's to mark. */
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 3600000, &j), STORAGE_OK);
+    assert_int_equal(storage_job_stage(f->st, j.id, "w9", "inference", 1001), STORAGE_ENOTFOUND);
+    assert_int_equal(storage_job_retry(f->st, j.id), STORAGE_ENOTFOUND);
+    storage_job_clear(&j);
 }
 
 static void test_a_job_lost_too_often_fails(void **state)
@@ -911,6 +1400,7 @@ static void test_a_store_of_the_first_release_is_migrated(void **state)
     assert_int_equal(j.n_destinations, 2);
     assert_string_equal(j.destinations[0], "pacs");
     assert_string_equal(j.destinations[1], "archive");
+    int64_t v1_job = j.id;
     storage_job_clear(&j);
     struct outbox_list all;
     memset(&all, 0, sizeof all);
@@ -931,6 +1421,16 @@ static void test_a_store_of_the_first_release_is_migrated(void **state)
         STORAGE_OK);
     plan_free(&p);
     assert_int_equal(q, 1);
+
+    /* Its job, running on the migrated store, has its stage recorded and,
+     * the node stopped inside it, runs again. */
+    assert_int_equal(storage_job_stage(f->st, v1_job, "w1", "inference", 1001), STORAGE_OK);
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    struct job_list jl = list_jobs(f->st);
+    assert_int_equal(jl.n, 1);
+    assert_string_equal(jl.state[0], "queued");
+    assert_string_equal(jl.stage[0], "");
 
     /* Reopened, it is at the current version and needs nothing. */
     storage_close(f->st);
@@ -966,7 +1466,7 @@ static void test_a_store_of_a_newer_version_is_refused(void **state)
 static void test_strerror_names_every_code(void **state)
 {
     (void)state;
-    for (int c = STORAGE_EVERSION; c <= STORAGE_OK; c++)
+    for (int c = STORAGE_EACCESS; c <= STORAGE_OK; c++)
         assert_string_not_equal(storage_strerror(c), "unknown storage error");
     assert_string_equal(storage_strerror(STORAGE_ECONFLICT), "the study changed meanwhile");
 }
@@ -1259,6 +1759,24 @@ static void test_retention_keeps_unfinished_studies(void **state)
     assert_int_equal(storage_retain(f->st, 100 * DAY_MS, 1, 0, &n, err, sizeof err), STORAGE_OK);
     assert_int_equal(n, 1);
     assert_string_equal(studies(f->st), "1.9.3:complete 1.9.4:complete 1.9.6:receiving");
+}
+
+static void test_retention_keeps_the_study_of_a_quarantined_job(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    int n = -1;
+    commit_in_study(f->st, "1.9.2", "1.9.2.1.1", 1000);
+    complete_all(f->st, 10000, plan_by_study);
+    int64_t id = die_inside_stage(f, "inference", 20000);
+    assert_int_equal(die_inside_stage(f, "results", 30000), id);
+    struct job_list l = list_jobs(f->st);
+    assert_string_equal(l.state[job_index(&l, id)], "quarantined");
+    assert_string_equal(l.error[job_index(&l, id)], "the node stopped during results 2 times");
+    /* It awaits the administrator, who may run it again on its files. */
+    assert_int_equal(storage_retain(f->st, 100 * DAY_MS, 1, 0, &n, err, sizeof err), STORAGE_OK);
+    assert_int_equal(n, 0);
+    assert_string_equal(studies(f->st), "1.9.2:complete");
 }
 
 /* Simulated usage: 50 % plus 10 % per study stored. */
@@ -1556,7 +2074,27 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_commit_rejects_missing_uid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commit_io_failure_leaves_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resend_replaces_previous_version, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_resend_into_other_series_drops_the_empty_one,
+        cmocka_unit_test_setup_teardown(test_an_instance_resent_into_another_series_is_refused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_an_instance_resent_under_another_study_is_refused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_series_reused_in_another_study_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_study_is_never_moved_to_another_patient, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_patient_id_with_other_demographics_is_refused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_instances_without_a_patient_id_are_not_compared,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_an_identical_resend_stays_idempotent, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_quarantine_keeps_a_refused_instance_aside_unindexed,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_what_storage_creates_is_private_whatever_the_umask,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_data_dir_every_user_may_write_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_database_of_an_earlier_release_is_made_private,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_study_completes_and_reopens_on_new_instance,
                                         setup, teardown),
@@ -1591,12 +2129,20 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_jobs_left_running_are_queued_again_at_open, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_job_lost_too_often_fails, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_job_the_node_stopped_inside_runs_again_then_is_quarantined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_job_named_in_the_crash_record_is_quarantined_at_once,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_stage_left_or_a_job_given_back_is_never_quarantined,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_finished_job_puts_its_results_in_the_outbox,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_failed_job_sends_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_retention_deletes_old_finished_studies_with_their_results, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_keeps_unfinished_studies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention_keeps_the_study_of_a_quarantined_job,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_high_water_deletes_oldest_finished_first_until_below,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_interrupted_deletion_is_finished_at_open, setup,
