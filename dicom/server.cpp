@@ -41,8 +41,10 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -126,8 +128,22 @@ long long ms_since(Clock::time_point t)
 // A connection whose A-ASSOCIATE-RQ has not arrived yet.
 struct pending_conn {
     int fd;
+    ino_t ino;                     // of the socket: see close_if_ours()
     std::atomic<bool> evicted{false};
 };
+
+// Closes FD if it still is the socket INO. dcmnet owns an accepted socket
+// once it is handed over, and whether it closed it after a failure depends
+// on how far it got (an ASC_receiveAssociation failure may leave an
+// association with or without its transport connection). A descriptor
+// number freed by dcmnet may already belong to another thread's file, so
+// it is closed only when it still names our socket.
+void close_if_ours(int fd, ino_t ino)
+{
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == ino)
+        close(fd);
+}
 
 // dcmExternalSocketHandle is one process-wide variable.
 std::mutex handover_mu;
@@ -186,7 +202,8 @@ namespace {
 struct Association {
     dicom_server *srv;
     T_ASC_Association *assoc;
-    int fd; // the accepted socket, owned by dcmnet
+    int fd;    // the accepted socket, owned by dcmnet
+    ino_t ino; // of that socket
     std::string calling, called, address;
 };
 
@@ -483,6 +500,7 @@ void run_association(Association *a)
     srv->log(2, "association from %s ended after %u C-STORE", a->calling.c_str(), stores);
     ASC_dropSCPAssociation(a->assoc);
     ASC_destroyAssociation(&a->assoc);
+    close_if_ours(a->fd, a->ino);
     delete a;
     {
         std::lock_guard<std::mutex> g(srv->mu);
@@ -491,18 +509,27 @@ void run_association(Association *a)
     srv->cv.notify_all();
 }
 
-void reject(T_ASC_Association *assoc, T_ASC_RejectParametersResult result,
+// Drops and frees ASSOC, and closes its socket FD (INO) when dcmnet has not.
+void drop_connection(T_ASC_Association *assoc, int fd, ino_t ino)
+{
+    if (assoc) {
+        ASC_dropAssociation(assoc);
+        ASC_destroyAssociation(&assoc);
+    }
+    close_if_ours(fd, ino);
+}
+
+void reject(T_ASC_Association *assoc, int fd, ino_t ino, T_ASC_RejectParametersResult result,
             T_ASC_RejectParametersSource source, T_ASC_RejectParametersReason reason)
 {
     T_ASC_RejectParameters rej = {result, source, reason};
     ASC_rejectAssociation(assoc, &rej);
-    ASC_dropAssociation(assoc);
-    ASC_destroyAssociation(&assoc);
+    drop_connection(assoc, fd, ino);
 }
 
 // Negotiates one association request read from an accepted socket, and
 // runs the association on this thread when it is accepted.
-void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd)
+void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino)
 {
     char calling[64] = "", called[64] = "", peer[128] = "";
     ASC_getAPTitles(assoc->params, calling, sizeof calling, called, sizeof called, nullptr, 0);
@@ -517,7 +544,7 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd)
     if (busy) {
         srv->log(1, "refusing association from %s: %d associations already running",
                  calling_s.c_str(), srv->max_associations);
-        reject(assoc, ASC_RESULT_REJECTEDTRANSIENT,
+        reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
         return;
@@ -529,17 +556,17 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd)
     case DICOM_ASSOC_REJECT_CALLING_AE:
         srv->log(1, "rejecting association from %s: calling AE title not allowed",
                  calling_s.c_str());
-        reject(assoc, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+        reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
         return;
     case DICOM_ASSOC_REJECT_CALLED_AE:
         srv->log(1, "rejecting association from %s: called AE title '%s' is not ours",
                  calling_s.c_str(), called_s.c_str());
-        reject(assoc, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+        reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED);
         return;
     case DICOM_ASSOC_REJECT_BUSY:
-        reject(assoc, ASC_RESULT_REJECTEDTRANSIENT,
+        reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
         return;
@@ -576,11 +603,10 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd)
     if (cond.bad()) {
         srv->log(1, "cannot acknowledge association from %s: %s", calling_s.c_str(),
                  cond.text());
-        ASC_dropAssociation(assoc);
-        ASC_destroyAssociation(&assoc);
+        drop_connection(assoc, fd, ino);
         return;
     }
-    Association *a = new Association{srv, assoc, fd, calling_s, called_s, peer_s};
+    Association *a = new Association{srv, assoc, fd, ino, calling_s, called_s, peer_s};
     {
         std::lock_guard<std::mutex> g(srv->mu);
         srv->active++;
@@ -670,14 +696,9 @@ void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
     remove_pending(srv, pc);
     if (cond.bad()) {
         srv->log(1, "association request failed: %s", cond.text());
-        if (assoc) {
-            ASC_dropAssociation(assoc);
-            ASC_destroyAssociation(&assoc);
-        } else {
-            close(fd);
-        }
+        drop_connection(assoc, fd, pc->ino);
     } else {
-        negotiate(srv, assoc, fd);
+        negotiate(srv, assoc, fd, pc->ino);
     }
     srv->cv.notify_all();
 }
@@ -804,18 +825,53 @@ int dicom_server_run(struct dicom_server *srv)
 {
     srv->log(2, "listening on %s:%d as %s", srv->bind_addr.c_str(), srv->port,
              srv->ae_title.c_str());
+    int backoff_ms = 0;              // after accept() ran out of descriptors or memory
+    Clock::time_point last_backoff_log;
+    long long backoff_failures = 0;  // since the last log line
     while (!srv->stopping.load()) {
         pollfd pfd = {srv->listen_fd, POLLIN, 0};
         int rc = poll(&pfd, 1, 200);
         if (rc <= 0)
             continue;
         int fd = accept4(srv->listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-        if (fd < 0)
+        if (fd < 0) {
+            int e = errno;
+            if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
+                continue; // the connection went away (ECONNABORTED, ...): next one
+            // The pending connection stays queued and poll() reports it at
+            // once again: without a pause this loop would spin at full CPU
+            // until a descriptor is freed. Wait 100 ms, doubling to 1 s.
+            const bool first = backoff_ms == 0;
+            backoff_ms = first ? 100 : std::min(backoff_ms * 2, 1000);
+            backoff_failures++;
+            if (first || ms_since(last_backoff_log) >= 10000) { // one line per 10 s
+                srv->log(0, "cannot accept connections: %s (%lld time%s); retrying every %d ms",
+                         std::strerror(e), backoff_failures, backoff_failures == 1 ? "" : "s",
+                         backoff_ms);
+                last_backoff_log = Clock::now();
+                backoff_failures = 0;
+            }
+            for (int slept = 0; slept < backoff_ms && !srv->stopping.load(); slept += 50)
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
             continue;
+        }
+        if (backoff_ms) {
+            srv->log(2, "accepting connections again");
+            backoff_ms = 0;
+            backoff_failures = 0;
+        }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        auto pc = std::make_shared<pending_conn>();
+        struct stat st;
+        std::shared_ptr<pending_conn> pc;
+        try {
+            pc = std::make_shared<pending_conn>();
+        } catch (...) {
+            close(fd);
+            continue;
+        }
         pc->fd = fd;
+        pc->ino = fstat(fd, &st) == 0 ? st.st_ino : 0;
         {
             std::lock_guard<std::mutex> g(srv->mu);
             if (srv->pending.size() >= srv->max_pending) {
@@ -836,6 +892,7 @@ int dicom_server_run(struct dicom_server *srv)
                 srv->cv.notify_all();
             }).detach();
         } catch (...) {
+            // The thread never ran: the socket is still ours alone.
             srv->log(0, "cannot start a thread for a connection");
             close(fd);
             std::lock_guard<std::mutex> g(srv->mu);

@@ -458,6 +458,9 @@ static int node_serve(struct node *n)
     /* A write past a file size limit must fail with EFBIG (answered as out
      * of resources), not kill the node. */
     signal(SIGXFSZ, SIG_IGN);
+    /* A peer that resets its connection must cost a failed write (EPIPE),
+     * not the process. */
+    signal(SIGPIPE, SIG_IGN);
 
     char err[512] = "";
     init_read_keywords();

@@ -9,8 +9,10 @@ speaks real PDUs and rejects, refuses a SOP class or answers a chosen status.
 """
 
 import os
+import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import rawscu  # noqa: E402
 from gen_series import make_ct_series  # noqa: E402
 from test_inference import phantom  # noqa: E402
 from test_receiver import NodeTestCase  # noqa: E402
@@ -25,6 +28,40 @@ from test_receiver import NodeTestCase  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def fd_count(pid):
+    """Open file descriptors of process PID."""
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of process PID so far, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reset_connection(port, send=b""):
+    """Connects, sends SEND, and resets the connection (SO_LINGER 0: RST, not FIN)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.settimeout(10)
+        s.connect(("127.0.0.1", port))
+        if send:
+            s.sendall(send)
+    finally:
+        s.close()
+
+
+def timed_echo(test, n, ae_calling="ECHOSCU"):
+    """C-ECHO to node N must succeed; returns how long it took."""
+    t0 = time.monotonic()
+    r = harness.echoscu(n.port, ae_called=n.ae, ae_calling=ae_calling, check=False)
+    took = time.monotonic() - t0
+    test.assertEqual(r.returncode, 0, r.stdout + n.log_tail())
+    return took
 
 
 class RawSCP:
@@ -195,6 +232,64 @@ class NetworkTest(NodeTestCase):
             self.assertLess(took, 15)
         finally:
             s.close()
+        self.assertEqual(n.stop(), 0)
+
+    # --- hostile peers ------------------------------------------------------
+    def test_connections_reset_at_once_leak_no_descriptor(self):
+        n = self.node()
+        n.start()
+        timed_echo(self, n)
+        time.sleep(0.5)
+        baseline = fd_count(n.pid)
+        rq, _ = rawscu.associate_rq(called=n.ae)
+        # Reset before a word, within the request's header, with the whole
+        # request sent (dcmnet gets the socket), and while it is answered.
+        sends = [b"", rq[:3], rq, rq]
+        for i in range(2000):
+            kind = i % len(sends)
+            reset_connection(n.port, sends[kind])
+            if kind == 3:
+                time.sleep(0.001)
+        harness.wait_until(lambda: fd_count(n.pid) <= baseline, 30, 0.2,
+                           "descriptors back to %d (now %d)" % (baseline, fd_count(n.pid)))
+        self.assertLess(timed_echo(self, n), 1.0)
+        self.assertLessEqual(fd_count(n.pid), baseline)
+        self.assertEqual(n.stop(), 0)
+
+    def test_accept_backs_off_when_descriptors_run_out(self):
+        n = self.node(artim_timeout_seconds=120)
+        n.start()
+        timed_echo(self, n)
+        time.sleep(0.5)
+        baseline = fd_count(n.pid)
+        limit = baseline + 24
+        hard = resource.prlimit(n.pid, resource.RLIMIT_NOFILE)[1]
+        resource.prlimit(n.pid, resource.RLIMIT_NOFILE, (limit, hard))
+        held = []
+        try:
+            # More silent connections than descriptors left: the rest wait
+            # in the listen queue while accept() fails with EMFILE.
+            for _ in range(48):
+                held.append(socket.create_connection(("127.0.0.1", n.port), timeout=10))
+            harness.wait_until(lambda: "cannot accept connections" in n.log(), 10, 0.1,
+                               "the accept failure logged")
+            t0, c0 = time.monotonic(), cpu_seconds(n.pid)
+            time.sleep(3)
+            used = cpu_seconds(n.pid) - c0
+            elapsed = time.monotonic() - t0
+            self.assertLess(used, 0.1 * elapsed,
+                            "%.2f s of CPU in %.1f s while out of descriptors" % (used, elapsed))
+            # One line, not one per failure.
+            self.assertLessEqual(n.log().count("cannot accept connections"), 2, n.log_tail())
+        finally:
+            for s in held:
+                s.close()
+        harness.wait_until(lambda: harness.echoscu(n.port, ae_called=n.ae, check=False,
+                                                   timeout=10).returncode == 0,
+                           20, 0.2, "C-ECHO after the connections are released")
+        harness.wait_until(lambda: fd_count(n.pid) <= baseline, 20, 0.2,
+                           "descriptors back to %d (now %d)" % (baseline, fd_count(n.pid)))
+        self.assertLess(timed_echo(self, n), 1.0)
         self.assertEqual(n.stop(), 0)
 
 
