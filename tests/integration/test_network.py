@@ -292,6 +292,26 @@ class NetworkTest(NodeTestCase):
         self.assertLess(timed_echo(self, n), 1.0)
         self.assertEqual(n.stop(), 0)
 
+    def test_calling_ae_with_control_characters_cannot_forge_a_log_line(self):
+        n = self.node()
+        n.start()
+        forged = b"2026 INFO  ok"
+        # 16 bytes: a newline, then what would look like a line of its own,
+        # an escape byte and a byte outside ASCII.
+        calling = b"EV\n" + forged[:11] + b"\x1b\xff"
+        a = rawscu.Association(n.port, called=n.ae, calling=calling)
+        try:
+            self.assertEqual(a.echo(), 0)
+            self.assertTrue(a.release())
+        finally:
+            a.close()
+        self.assertEqual(n.stop(), 0)
+        log = n.log()
+        self.assertIn("EV\\n" + forged[:11].decode() + "\\x1b\\xff", log)
+        for line in log.splitlines():
+            self.assertFalse(line.startswith(forged[:11].decode()), line)
+            self.assertNotIn("\x1b", line)
+
 
 if __name__ == "__main__":
     unittest.main()
