@@ -56,6 +56,10 @@ struct dicom_received {
     const struct dicom_peer *peer;
 };
 
+/* Whether a connection from ADDRESS (numeric IPv4 text) may go on. Called
+ * on the accepting thread before anything is read from the connection; 0
+ * closes it at once. */
+typedef int (*dicom_admit_fn)(void *ud, const char *address);
 typedef enum dicom_assoc_decision (*dicom_associate_fn)(void *ud, const struct dicom_peer *p);
 /* Returns the C-STORE status. ERR (may stay empty) explains a failure. */
 typedef uint16_t (*dicom_stored_fn)(void *ud, const struct dicom_received *r, char *err,
@@ -72,8 +76,11 @@ struct dicom_server_config {
     int max_pdu;
     int network_timeout_seconds;
     int artim_timeout_seconds;       /* for the A-ASSOCIATE-RQ after connecting; 10 when 0 */
+    int max_associations_per_caller; /* running at once per calling AE; max_associations when 0 */
+    int max_association_seconds;     /* an association is aborted after this long; 0: never */
     const char *const *keywords;     /* attributes to read from each stored file */
     size_t n_keywords;
+    dicom_admit_fn admit;            /* NULL admits every connection */
     dicom_associate_fn associate;
     dicom_stored_fn stored;
     dicom_temp_path_fn temp_path;

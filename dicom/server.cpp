@@ -50,6 +50,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <list>
+#include <map>
 #include <memory>
 #include <cstdarg>
 #include <cstdio>
@@ -153,8 +154,10 @@ std::mutex handover_mu;
 struct dicom_server {
     std::string ae_title, bind_addr;
     int port = 0, max_associations = 1, max_pdu = ASC_DEFAULTMAXPDU, timeout = 60, artim = 10;
+    int max_per_caller = 1, max_seconds = 0;
     std::vector<std::string> keywords;
     std::vector<DcmTagKey> tags;
+    dicom_admit_fn admit = nullptr;
     dicom_associate_fn associate = nullptr;
     dicom_stored_fn stored = nullptr;
     dicom_temp_path_fn temp_path = nullptr;
@@ -168,7 +171,8 @@ struct dicom_server {
     Clock::time_point stop_time;
     std::mutex mu;
     std::condition_variable cv;
-    int active = 0;                // negotiated associations
+    int active = 0;                // associations accepted or being decided on
+    std::map<std::string, int> per_caller; // of ACTIVE, by calling AE title
     // Connections still waiting for their A-ASSOCIATE-RQ. They do not count
     // against max_associations (silent peers would lock real callers out);
     // they are bounded on their own instead: beyond max_pending the oldest
@@ -205,7 +209,46 @@ struct Association {
     int fd;    // the accepted socket, owned by dcmnet
     ino_t ino; // of that socket
     std::string calling, called, address;
+    Clock::time_point started;
+
+    // True once the association has run longer than max_association_seconds.
+    bool expired() const
+    {
+        return srv->max_seconds > 0 && ms_since(started) >= (long long)srv->max_seconds * 1000;
+    }
 };
+
+// Takes a slot for an association from CALLING: one of max_associations
+// and one of that caller's max_associations_per_caller, both under the
+// lock so that simultaneous requests cannot overshoot. Returns 0, or 1 when
+// the node is full, 2 when the caller has all its slots.
+int take_slot(dicom_server *srv, const std::string &calling)
+{
+    std::lock_guard<std::mutex> g(srv->mu);
+    if (srv->active >= srv->max_associations)
+        return 1;
+    int &mine = srv->per_caller[calling];
+    if (mine >= srv->max_per_caller) {
+        if (mine == 0)
+            srv->per_caller.erase(calling);
+        return 2;
+    }
+    mine++;
+    srv->active++;
+    return 0;
+}
+
+void release_slot(dicom_server *srv, const std::string &calling)
+{
+    {
+        std::lock_guard<std::mutex> g(srv->mu);
+        srv->active--;
+        auto it = srv->per_caller.find(calling);
+        if (it != srv->per_caller.end() && --it->second <= 0)
+            srv->per_caller.erase(it);
+    }
+    srv->cv.notify_all();
+}
 
 // Sends A-ABORT and drops the connection without waiting on the peer:
 // dcmnet's abort reads until the peer closes, which an unresponsive peer
@@ -449,6 +492,14 @@ void run_association(Association *a)
         T_DIMSE_Message msg;
         OFCondition cond = DIMSE_receiveCommand(a->assoc, DIMSE_NONBLOCKING, 1, &pres_id, &msg,
                                                 nullptr);
+        if (a->expired()) {
+            // However busy: a peer must not hold a slot (and a thread) for ever.
+            srv->log(1, "aborting association from %s: open for %d s "
+                        "(node.max_association_seconds)",
+                     a->calling.c_str(), srv->max_seconds);
+            abort_association(*a);
+            break;
+        }
         if (cond == DIMSE_NODATAAVAILABLE) {
             if (srv->must_abort()) {
                 srv->log(1, "aborting association from %s at shutdown", a->calling.c_str());
@@ -501,12 +552,8 @@ void run_association(Association *a)
     ASC_dropSCPAssociation(a->assoc);
     ASC_destroyAssociation(&a->assoc);
     close_if_ours(a->fd, a->ino);
+    release_slot(srv, a->calling);
     delete a;
-    {
-        std::lock_guard<std::mutex> g(srv->mu);
-        srv->active--;
-    }
-    srv->cv.notify_all();
 }
 
 // Drops and frees ASSOC, and closes its socket FD (INO) when dcmnet has not.
@@ -536,21 +583,30 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino)
     ASC_getPresentationAddresses(assoc->params, peer, sizeof peer, nullptr, 0);
     std::string calling_s = trim(calling), called_s = trim(called), peer_s = peer;
 
-    bool busy;
-    {
-        std::lock_guard<std::mutex> g(srv->mu);
-        busy = srv->active >= srv->max_associations;
-    }
-    if (busy) {
+    switch (take_slot(srv, calling_s)) {
+    case 0:
+        break;
+    case 1:
         srv->log(1, "refusing association from %s: %d associations already running",
                  calling_s.c_str(), srv->max_associations);
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
         return;
+    default:
+        srv->log(1, "refusing association from %s: it has %d associations running already "
+                    "(node.max_associations_per_caller)",
+                 calling_s.c_str(), srv->max_per_caller);
+        reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
+               ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
+               ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
+        return;
     }
     dicom_peer p = {calling_s.c_str(), called_s.c_str(), peer_s.c_str()};
-    switch (srv->associate(srv->ud, &p)) {
+    enum dicom_assoc_decision decision = srv->associate(srv->ud, &p);
+    if (decision != DICOM_ASSOC_ACCEPT)
+        release_slot(srv, calling_s);
+    switch (decision) {
     case DICOM_ASSOC_ACCEPT:
         break;
     case DICOM_ASSOC_REJECT_CALLING_AE:
@@ -604,13 +660,11 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino)
         srv->log(1, "cannot acknowledge association from %s: %s", calling_s.c_str(),
                  cond.text());
         drop_connection(assoc, fd, ino);
+        release_slot(srv, calling_s);
         return;
     }
-    Association *a = new Association{srv, assoc, fd, ino, calling_s, called_s, peer_s};
-    {
-        std::lock_guard<std::mutex> g(srv->mu);
-        srv->active++;
-    }
+    Association *a = new Association{srv,     assoc,    fd,    ino, calling_s,
+                                     called_s, peer_s, Clock::now()};
     run_association(a);
 }
 
@@ -782,6 +836,10 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
     srv->timeout = cfg->network_timeout_seconds > 0 ? cfg->network_timeout_seconds : 60;
     srv->artim = cfg->artim_timeout_seconds > 0 ? cfg->artim_timeout_seconds : 10;
     srv->max_pending = (size_t)(cfg->max_associations > 32 ? 2 * cfg->max_associations : 64);
+    srv->max_per_caller = cfg->max_associations_per_caller > 0 ? cfg->max_associations_per_caller
+                                                               : cfg->max_associations;
+    srv->max_seconds = cfg->max_association_seconds;
+    srv->admit = cfg->admit;
     srv->associate = cfg->associate;
     srv->stored = cfg->stored;
     srv->temp_path = cfg->temp_path;
@@ -828,12 +886,16 @@ int dicom_server_run(struct dicom_server *srv)
     int backoff_ms = 0;              // after accept() ran out of descriptors or memory
     Clock::time_point last_backoff_log;
     long long backoff_failures = 0;  // since the last log line
+    long long refused = 0;           // connections from addresses not allowed, likewise
+    Clock::time_point last_refused_log;
     while (!srv->stopping.load()) {
         pollfd pfd = {srv->listen_fd, POLLIN, 0};
         int rc = poll(&pfd, 1, 200);
         if (rc <= 0)
             continue;
-        int fd = accept4(srv->listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+        sockaddr_storage from;
+        socklen_t from_len = sizeof from;
+        int fd = accept4(srv->listen_fd, (sockaddr *)&from, &from_len, SOCK_CLOEXEC);
         if (fd < 0) {
             int e = errno;
             if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
@@ -859,6 +921,27 @@ int dicom_server_run(struct dicom_server *srv)
             srv->log(2, "accepting connections again");
             backoff_ms = 0;
             backoff_failures = 0;
+        }
+        if (srv->admit) {
+            char addr[INET6_ADDRSTRLEN] = "";
+            if (from.ss_family == AF_INET)
+                inet_ntop(AF_INET, &((sockaddr_in *)&from)->sin_addr, addr, sizeof addr);
+            else if (from.ss_family == AF_INET6)
+                inet_ntop(AF_INET6, &((sockaddr_in6 *)&from)->sin6_addr, addr, sizeof addr);
+            if (!srv->admit(srv->ud, addr)) {
+                // Closed before a thread or a byte of DICOM is spent on it.
+                close(fd);
+                refused++;
+                if (last_refused_log == Clock::time_point() ||
+                    ms_since(last_refused_log) >= 10000) { // one line per 10 s
+                    srv->log(1, "closed %lld connection%s from addresses outside "
+                                "node.allowed_addresses (last: %s)",
+                             refused, refused == 1 ? "" : "s", addr);
+                    last_refused_log = Clock::now();
+                    refused = 0;
+                }
+                continue;
+            }
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

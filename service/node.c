@@ -88,6 +88,17 @@ static enum dicom_assoc_decision on_associate(void *ud, const struct dicom_peer 
     return d;
 }
 
+/* At accept time, before a thread or a byte of DICOM is spent on the
+ * connection: node.allowed_addresses (reloadable, hence under the lock). */
+static int on_admit(void *ud, const char *address)
+{
+    struct node *n = ud;
+    pthread_mutex_lock(&n->cfg_lock);
+    int ok = config_address_allowed(n->cfg, address);
+    pthread_mutex_unlock(&n->cfg_lock);
+    return ok;
+}
+
 static int on_temp_path(void *ud, char *buf, size_t len)
 {
     struct node *n = ud;
@@ -488,8 +499,11 @@ static int node_serve(struct node *n)
         .max_pdu = cfg->node.max_pdu,
         .network_timeout_seconds = cfg->node.network_timeout_seconds,
         .artim_timeout_seconds = cfg->node.artim_timeout_seconds,
+        .max_associations_per_caller = cfg->node.max_associations_per_caller,
+        .max_association_seconds = cfg->node.max_association_seconds,
         .keywords = read_keywords,
         .n_keywords = ATTR_COUNT,
+        .admit = on_admit,
         .associate = on_associate,
         .stored = on_stored,
         .temp_path = on_temp_path,

@@ -107,6 +107,13 @@ class Association(_Conn):
                  timeout=30):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self._negotiate(called, calling, contexts)
+        except BaseException:
+            self.sock.close()  # a rejected or failed request leaves no socket behind
+            raise
+
+    def _negotiate(self, called, calling, contexts):
         pdu, self.proposed = associate_rq(called, calling, contexts)
         self.sock.sendall(pdu)
         pdu_type, data = self.read_pdu()

@@ -312,6 +312,101 @@ class NetworkTest(NodeTestCase):
             self.assertFalse(line.startswith(forged[:11].decode()), line)
             self.assertNotIn("\x1b", line)
 
+    # --- who may connect ----------------------------------------------------
+    def test_addresses_outside_the_allow_list_are_closed_and_a_reload_lets_them_in(self):
+        n = self.node(allowed_addresses=["10.0.0.0/8", "::1"])
+        n.start(wait=False)
+        harness.wait_until(lambda: "listening on" in n.log(), 20, 0.1, "the node listening")
+        r = harness.echoscu(n.port, ae_called=n.ae, check=False)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        with self.assertRaises((rawscu.Aborted, ConnectionError)):
+            rawscu.Association(n.port, called=n.ae)
+        harness.wait_until(lambda: "from addresses outside node.allowed_addresses" in n.log(),
+                           10, 0.1, "the refusal logged")
+        # Nothing was negotiated: the connection was closed at accept time.
+        self.assertNotIn("association from", n.log())
+        # The list is reloadable: 127.0.0.0/8 lets loopback callers in.
+        n.config["node"]["allowed_addresses"] = ["10.0.0.0/8", "127.0.0.0/8"]
+        n.write_raw_config(n.config_text())
+        n.signal(signal.SIGHUP)
+        harness.wait_until(lambda: "reloaded" in n.log(), 10, 0.1, "the reload")
+        self.assertLess(timed_echo(self, n), 1.0)
+        self.assertEqual(n.stop(), 0)
+
+    def test_allow_list_holding_loopback_admits_callers(self):
+        n = self.node(allowed_addresses=["127.0.0.0/8"], allowed_callers=["ECHOSCU"])
+        n.start()
+        timed_echo(self, n)
+        # The caller list still applies alongside the address list.
+        r = harness.echoscu(n.port, ae_called=n.ae, ae_calling="INTRUDER", check=False)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn("Calling AE Title Not Recognized", r.stdout)
+        self.assertEqual(n.stop(), 0)
+
+    def test_reachable_node_without_caller_or_address_list_is_refused(self):
+        # 192.0.2.1 (TEST-NET-1) is no address of this host: even a node that
+        # wrongly started could not listen on it.
+        n = self.node(bind="192.0.2.1")
+        r = n.cli("check-config", "-c", n.config_path)
+        self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+        for key in ("node.allowed_callers", "node.allowed_addresses", "node.allow_any_caller"):
+            self.assertIn(key, r.stdout + r.stderr)
+        r = n.cli("serve", "-c", n.config_path, timeout=30)
+        self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("node.allow_any_caller", r.stdout + r.stderr)
+        self.assertNotIn("listening", r.stdout + r.stderr)
+        for key, value in (("allow_any_caller", True), ("allowed_callers", ["PACS"]),
+                           ("allowed_addresses", ["10.0.0.0/8"])):
+            m = self.node(name="ok-" + key, bind="192.0.2.1", **{key: value})
+            r = m.cli("check-config", "-c", m.config_path)
+            self.assertEqual(r.returncode, 0, key + ": " + r.stdout + r.stderr)
+
+    def test_one_caller_cannot_hold_more_than_its_share_of_associations(self):
+        n = self.node(max_associations=8, max_associations_per_caller=2)
+        n.start()
+        held = [rawscu.Association(n.port, called=n.ae, calling="GREEDY") for _ in range(2)]
+        try:
+            with self.assertRaises(rawscu.Rejected) as cm:
+                rawscu.Association(n.port, called=n.ae, calling="GREEDY")
+            self.assertEqual((cm.exception.result, cm.exception.source, cm.exception.reason),
+                             (2, 3, 2))  # transient, service provider, local limit exceeded
+            r = harness.echoscu(n.port, ae_called=n.ae, ae_calling="GREEDY", check=False)
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn("Rejected Transient", r.stdout)
+            self.assertIn("Local Limit Exceeded", r.stdout)
+            self.assertIn("node.max_associations_per_caller", n.log())
+            # Another caller is not affected.
+            timed_echo(self, n, ae_calling="MODEST")
+            # A slot given back is usable again.
+            self.assertTrue(held.pop().release())
+            harness.wait_until(lambda: harness.echoscu(n.port, ae_called=n.ae,
+                                                       ae_calling="GREEDY",
+                                                       check=False).returncode == 0,
+                               5, 0.1, "GREEDY admitted again")
+        finally:
+            for a in held:
+                a.close()
+        self.assertEqual(n.stop(), 0)
+
+    def test_association_is_aborted_after_max_association_seconds_even_if_busy(self):
+        n = self.node(max_association_seconds=2)
+        n.start()
+        a = rawscu.Association(n.port, called=n.ae)
+        t0 = time.monotonic()
+        try:
+            with self.assertRaises((rawscu.Aborted, ConnectionError)):
+                while time.monotonic() - t0 < 20:
+                    self.assertEqual(a.echo(), 0)
+                    time.sleep(0.2)
+            took = time.monotonic() - t0
+        finally:
+            a.close()
+        self.assertGreater(took, 1.5)
+        self.assertLess(took, 5)
+        self.assertIn("node.max_association_seconds", n.log())
+        timed_echo(self, n)
+        self.assertEqual(n.stop(), 0)
+
 
 if __name__ == "__main__":
     unittest.main()
