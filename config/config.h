@@ -54,6 +54,7 @@ struct config_node {
     int allow_any_caller;         /* a bind other hosts reach may have no caller/address list */
     int max_associations_per_caller; /* concurrent associations of one calling AE, 1..1024 */
     int max_association_seconds;  /* an association is aborted after this long, 1..604800 */
+    int max_dataset_mb;           /* largest data set, as received and once inflated, 1..1048576 */
 };
 
 struct config_destination {

@@ -67,6 +67,10 @@ static const struct schema_field node_fields[] = {
     {.key = "max_association_seconds", .restart = 1, .type = T_INT, .def_int = 3600, .min = 1,
      .max = 604800, .off = NODE_OFF(max_association_seconds),
      .doc = "an association still open after this long is aborted, busy or not"},
+    {.key = "max_dataset_mb", .restart = 1, .type = T_INT, .def_int = 2048, .min = 1,
+     .max = 1048576, .off = NODE_OFF(max_dataset_mb),
+     .doc = "largest data set accepted, in MiB, as received and (deflated ones) once inflated; "
+            "a larger one aborts its association (0xA700 for a deflated one)"},
 };
 
 static const struct schema_field dest_fields[] = {

@@ -78,6 +78,8 @@ struct dicom_server_config {
     int artim_timeout_seconds;       /* for the A-ASSOCIATE-RQ after connecting; 10 when 0 */
     int max_associations_per_caller; /* running at once per calling AE; max_associations when 0 */
     int max_association_seconds;     /* an association is aborted after this long; 0: never */
+    uint64_t max_dataset_bytes;      /* a larger data set (as received, or once inflated when
+                                      * deflated) is refused; 0: no limit */
     const char *const *keywords;     /* attributes to read from each stored file */
     size_t n_keywords;
     dicom_admit_fn admit;            /* NULL admits every connection */

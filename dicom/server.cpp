@@ -34,6 +34,8 @@
 #include "dcmtk/dcmnet/dul.h"
 #include "dcmtk/oflog/oflog.h"
 
+#include <zlib.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -146,6 +148,11 @@ void close_if_ours(int fd, ino_t ino)
         close(fd);
 }
 
+// A stored deflated file read again (the repair after an unclean stop) was
+// within the limit when it arrived; this only keeps a damaged one from
+// filling the disk with its inflated copy.
+const uint64_t kRereadInflateLimit = (uint64_t)64 << 30;
+
 // dcmExternalSocketHandle is one process-wide variable.
 std::mutex handover_mu;
 
@@ -155,6 +162,7 @@ struct dicom_server {
     std::string ae_title, bind_addr;
     int port = 0, max_associations = 1, max_pdu = ASC_DEFAULTMAXPDU, timeout = 60, artim = 10;
     int max_per_caller = 1, max_seconds = 0;
+    uint64_t max_dataset_bytes = 0; // 0: no limit
     std::vector<std::string> keywords;
     std::vector<DcmTagKey> tags;
     dicom_admit_fn admit = nullptr;
@@ -290,11 +298,168 @@ void send_store_response(Association &a, T_ASC_PresentationContextID pres_id,
 // Reads the wanted attributes of a just-received file (File Meta
 // Information keywords from the meta header). Values larger than a few KB
 // are never loaded: the pixel data stays on disk.
+// A descriptor closed when it goes out of scope.
+struct FdGuard {
+    int fd = -1;
+    FdGuard() = default;
+    FdGuard(const FdGuard &) = delete;
+    FdGuard &operator=(const FdGuard &) = delete;
+    ~FdGuard()
+    {
+        if (fd >= 0)
+            close(fd);
+    }
+};
+
+// A file parsed by read_values(). For a deflated one, TMP holds the
+// inflated copy the data set's large values still refer to: declared
+// before FF, it is closed only after FF is gone.
+struct ParsedFile {
+    FdGuard tmp;
+    DcmFileFormat ff;
+};
+
+const OFConditionConst ECC_InflatedTooLarge = {OFM_dcmdata, 0x7f01, OF_error,
+                                               "inflated data set larger than the limit"};
+const OFCondition EC_InflatedTooLarge(ECC_InflatedTooLarge);
+const OFConditionConst ECC_BadDeflate = {OFM_dcmdata, 0x7f02, OF_error,
+                                         "deflated data set cannot be inflated"};
+const OFCondition EC_BadDeflate(ECC_BadDeflate);
+
+// The offset of the data set in the Part 10 file FD: after the 128-byte
+// preamble, "DICM" and the File Meta Information (group 0002, explicit VR
+// little endian). -1 when the file does not look like that.
+off_t data_set_offset(int fd)
+{
+    unsigned char buf[65536];
+    ssize_t n = pread(fd, buf, sizeof buf, 0);
+    if (n < 132 || std::memcmp(buf + 128, "DICM", 4) != 0)
+        return -1;
+    size_t off = 132;
+    while (off + 8 <= (size_t)n) {
+        unsigned group = buf[off] | buf[off + 1] << 8;
+        if (group != 0x0002)
+            return (off_t)off;
+        const char vr[3] = {(char)buf[off + 4], (char)buf[off + 5], 0};
+        static const char *const long_vrs[] = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ",
+                                               "SV", "UC", "UN", "UR", "UT", "UV"};
+        bool long_form = false;
+        for (const char *l : long_vrs)
+            long_form = long_form || std::strcmp(l, vr) == 0;
+        if (long_form) {
+            if (off + 12 > (size_t)n)
+                return -1;
+            size_t len = (size_t)buf[off + 8] | (size_t)buf[off + 9] << 8 |
+                         (size_t)buf[off + 10] << 16 | (size_t)buf[off + 11] << 24;
+            off += 12 + len;
+        } else {
+            off += 8 + ((size_t)buf[off + 6] | (size_t)buf[off + 7] << 8);
+        }
+    }
+    return -1; // a meta header of 64 KB or more is no meta header
+}
+
+// Inflates the deflated data set of PATH (raw deflate, PS3.5 A.5) into an
+// unnamed temporary file next to it, counting: more than LIMIT bytes (0:
+// no limit) stops it with EC_InflatedTooLarge. DCMTK's own reading of a
+// deflated file inflates the whole data set in memory (its values cannot
+// be left on disk when the stream cannot seek): a 1.5 MB file of zeros
+// becomes 1.5 GB. Here memory stays at the buffers below, disk at LIMIT.
+// On success OUT owns the descriptor of the plain copy, positioned nowhere
+// in particular (read it through /proc/self/fd).
+OFCondition inflate_to_temp(const char *path, uint64_t limit, FdGuard &out)
+{
+    FdGuard in;
+    in.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (in.fd < 0)
+        return EC_InvalidFilename;
+    off_t start = data_set_offset(in.fd);
+    if (start < 0)
+        return EC_FileMetaInfoHeaderMissing;
+    std::string dir(path);
+    size_t slash = dir.rfind('/');
+    dir = slash == std::string::npos ? "." : slash == 0 ? "/" : dir.substr(0, slash);
+    out.fd = open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (out.fd < 0) {
+        // No O_TMPFILE on this file system: a named file, unlinked at once.
+        std::string tmpl = dir + "/.inflate-XXXXXX";
+        std::vector<char> name(tmpl.begin(), tmpl.end());
+        name.push_back('\0');
+        out.fd = mkostemp(name.data(), O_CLOEXEC);
+        if (out.fd < 0)
+            return makeOFCondition(OFM_dcmdata, 0x7f03, OF_error, std::strerror(errno));
+        unlink(name.data());
+    }
+    z_stream z;
+    std::memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, -MAX_WBITS) != Z_OK)
+        return EC_MemoryExhausted;
+    std::vector<unsigned char> ibuf(64 << 10), obuf(256 << 10);
+    uint64_t total = 0;
+    off_t pos = start;
+    int zrc = Z_OK;
+    OFCondition cond = EC_Normal;
+    while (zrc != Z_STREAM_END && cond.good()) {
+        if (z.avail_in == 0) {
+            ssize_t got = pread(in.fd, ibuf.data(), ibuf.size(), pos);
+            if (got <= 0) {
+                cond = EC_BadDeflate; // the stream ends before its end
+                break;
+            }
+            pos += got;
+            z.next_in = ibuf.data();
+            z.avail_in = (uInt)got;
+        }
+        z.next_out = obuf.data();
+        z.avail_out = (uInt)obuf.size();
+        zrc = inflate(&z, Z_NO_FLUSH);
+        if (zrc != Z_OK && zrc != Z_STREAM_END) {
+            cond = EC_BadDeflate;
+            break;
+        }
+        size_t have = obuf.size() - z.avail_out;
+        total += have;
+        if (limit && total > limit) {
+            cond = EC_InflatedTooLarge;
+            break;
+        }
+        for (size_t done = 0; done < have;) {
+            ssize_t w = ::write(out.fd, obuf.data() + done, have - done);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                cond = makeOFCondition(OFM_dcmdata, 0x7f03, OF_error, std::strerror(errno));
+                break;
+            }
+            done += (size_t)w;
+        }
+    }
+    inflateEnd(&z);
+    return cond;
+}
+
 OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
                         std::vector<std::string> &values, std::vector<bool> &present,
-                        std::string &ts_out, DcmFileFormat &ff)
+                        std::string &ts_out, ParsedFile &pf, uint64_t inflate_limit)
 {
-    OFCondition cond = ff.loadFile(path, EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
+    DcmFileFormat &ff = pf.ff;
+    OFCondition cond = ff.loadFile(path, EXS_Unknown, EGL_noChange, 4096, ERM_metaOnly);
+    if (cond.bad())
+        return cond;
+    OFString meta_ts;
+    ff.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, meta_ts);
+    if (meta_ts == UID_DeflatedExplicitVRLittleEndianTransferSyntax) {
+        // The data set is read from an inflated copy, never inflated in
+        // memory by DCMTK (see inflate_to_temp).
+        cond = inflate_to_temp(path, inflate_limit, pf.tmp);
+        if (cond.bad())
+            return cond;
+        char plain[64];
+        std::snprintf(plain, sizeof plain, "/proc/self/fd/%d", pf.tmp.fd);
+        cond = ff.getDataset()->loadFile(plain, EXS_LittleEndianExplicit, EGL_noChange, 4096);
+    } else {
+        cond = ff.loadFile(path, EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
+    }
     if (cond.bad())
         return cond;
     DcmDataset *ds = ff.getDataset();
@@ -309,8 +474,12 @@ OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
             present[i] = true;
         }
     }
-    DcmXfer xfer(ds->getOriginalXfer());
-    ts_out = xfer.getXferID();
+    if (meta_ts == UID_DeflatedExplicitVRLittleEndianTransferSyntax) {
+        ts_out = meta_ts.c_str(); // the file's, not its inflated copy's
+    } else {
+        DcmXfer xfer(ds->getOriginalXfer());
+        ts_out = xfer.getXferID();
+    }
     return EC_Normal;
 }
 
@@ -321,18 +490,35 @@ OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
 // instead of an aborted association. Writeback to disk is started while
 // the data still arrives, so that the fsync before the answer has little
 // left to wait for.
+//
+// A data set larger than max_dataset_mb, or one still arriving when the
+// association's time is up, is not drained: that could go on for ever.
+// The consumer stops, and shuts the socket's reading side, so that the
+// drain dcmnet starts on a failed write ends at once; the caller then
+// aborts the association.
 class SpoolConsumer : public DcmConsumer {
 public:
-    explicit SpoolConsumer(int fd) : fd_(fd) {}
-    OFBool good() const override { return OFTrue; }
-    OFCondition status() const override { return EC_Normal; }
+    SpoolConsumer(int fd, const Association &a) : fd_(fd), a_(a) {}
+    OFBool good() const override { return !stop_; }
+    OFCondition status() const override { return stop_ ? EC_StreamNotifyClient : EC_Normal; }
     OFBool isFlushed() const override { return OFTrue; }
     offile_off_t avail() const override { return 1 << 30; }
     void flush() override {}
     int error() const { return error_; }
+    bool too_large() const { return stop_ == STOP_TOO_LARGE; }
+    bool expired() const { return stop_ == STOP_EXPIRED; }
 
     offile_off_t write(const void *buf, offile_off_t len) override
     {
+        if (stop_)
+            return 0;
+        received_ += (uint64_t)len;
+        const uint64_t limit = a_.srv->max_dataset_bytes;
+        if ((limit && received_ > limit) || a_.expired()) {
+            stop_ = limit && received_ > limit ? STOP_TOO_LARGE : STOP_EXPIRED;
+            shutdown(a_.fd, SHUT_RD);
+            return 0;
+        }
         const char *p = static_cast<const char *>(buf);
         offile_off_t left = len;
         while (left > 0 && !error_) {
@@ -355,16 +541,22 @@ public:
     }
 
 private:
+    enum { STOP_NOT = 0, STOP_TOO_LARGE, STOP_EXPIRED };
     static const off_t kWritebackChunk = 256 << 10;
     int fd_;
+    const Association &a_;
     int error_ = 0;
+    int stop_ = STOP_NOT;
+    uint64_t received_ = 0;
     off_t written_ = 0, flushed_ = 0;
 };
 
 class SpoolStream : public DcmOutputStream {
 public:
-    explicit SpoolStream(int fd) : DcmOutputStream(&consumer_), consumer_(fd) {}
+    SpoolStream(int fd, const Association &a) : DcmOutputStream(&consumer_), consumer_(fd, a) {}
     int error() const { return consumer_.error(); }
+    bool too_large() const { return consumer_.too_large(); }
+    bool expired() const { return consumer_.expired(); }
 
 private:
     SpoolConsumer consumer_;
@@ -412,12 +604,25 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
         return;
     }
     T_ASC_PresentationContextID data_pres_id = pres_id;
-    SpoolStream out(fd);
+    SpoolStream out(fd, a);
     cond = DIMSE_receiveDataSetInFile(a.assoc, DIMSE_NONBLOCKING, srv->timeout, &data_pres_id,
                                       &out, nullptr, nullptr);
     int write_error = out.error();
     if (close(fd) != 0 && !write_error)
         write_error = errno;
+    if (out.too_large() || out.expired()) {
+        if (out.too_large())
+            srv->log(1, "aborting association from %s: a data set larger than "
+                        "node.max_dataset_mb (%llu MB)",
+                     a.calling.c_str(), (unsigned long long)(srv->max_dataset_bytes >> 20));
+        else
+            srv->log(1, "aborting association from %s: open for %d s "
+                        "(node.max_association_seconds)",
+                     a.calling.c_str(), srv->max_seconds);
+        std::remove(temp);
+        fatal = true;
+        return;
+    }
     if (cond.bad()) {
         // The association is broken mid data set: nothing was acknowledged.
         srv->log(1, "receiving data set from %s failed: %s", a.calling.c_str(), cond.text());
@@ -442,18 +647,30 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     std::vector<std::string> values;
     std::vector<bool> present;
     std::string ts;
-    DcmFileFormat ff;
-    cond = read_values(temp, srv->tags, values, present, ts, ff);
+    ParsedFile pf;
+    cond = read_values(temp, srv->tags, values, present, ts, pf, srv->max_dataset_bytes);
+    if (cond == EC_InflatedTooLarge) {
+        // A deflate bomb or just a huge data set: the limit holds for the
+        // data set as it is, inflated, not only as it travelled.
+        srv->log(1, "refusing a deflated data set from %s: larger than node.max_dataset_mb "
+                    "(%llu MB) once inflated",
+                 a.calling.c_str(), (unsigned long long)(srv->max_dataset_bytes >> 20));
+        std::remove(temp);
+        send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES,
+                            "inflated data set exceeds the size limit");
+        return;
+    }
     if (cond.bad()) {
         srv->log(1, "unparseable data set from %s: %s", a.calling.c_str(), cond.text());
         std::remove(temp);
         send_store_response(a, pres_id, req, DICOM_STATUS_CANNOT_UNDERSTAND,
-                            "data set cannot be parsed");
+                            cond == EC_BadDeflate ? "deflated data set cannot be inflated"
+                                                  : "data set cannot be parsed");
         return;
     }
     // The data set must be the instance the command announced.
     OFString ds_class, ds_inst;
-    DcmDataset *ds = ff.getDataset();
+    DcmDataset *ds = pf.ff.getDataset();
     ds->findAndGetOFString(DCM_SOPClassUID, ds_class);
     ds->findAndGetOFString(DCM_SOPInstanceUID, ds_inst);
     if (ds_class != req.AffectedSOPClassUID) {
@@ -839,6 +1056,7 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
     srv->max_per_caller = cfg->max_associations_per_caller > 0 ? cfg->max_associations_per_caller
                                                                : cfg->max_associations;
     srv->max_seconds = cfg->max_association_seconds;
+    srv->max_dataset_bytes = cfg->max_dataset_bytes;
     srv->admit = cfg->admit;
     srv->associate = cfg->associate;
     srv->stored = cfg->stored;
@@ -1030,8 +1248,8 @@ int dicom_read_values(const char *path, const char *const *keywords, size_t n, c
     std::vector<std::string> v;
     std::vector<bool> present;
     std::string ts;
-    DcmFileFormat ff;
-    OFCondition cond = read_values(path, tags, v, present, ts, ff);
+    ParsedFile pf;
+    OFCondition cond = read_values(path, tags, v, present, ts, pf, kRereadInflateLimit);
     if (cond.bad()) {
         return copy_err(err, errlen, std::string(path) + ": " + cond.text(),
                         cond == EC_InvalidStream || cond == EC_FileMetaInfoHeaderMissing ||

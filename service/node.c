@@ -501,6 +501,7 @@ static int node_serve(struct node *n)
         .artim_timeout_seconds = cfg->node.artim_timeout_seconds,
         .max_associations_per_caller = cfg->node.max_associations_per_caller,
         .max_association_seconds = cfg->node.max_association_seconds,
+        .max_dataset_bytes = (uint64_t)cfg->node.max_dataset_mb << 20,
         .keywords = read_keywords,
         .n_keywords = ATTR_COUNT,
         .admit = on_admit,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import unittest
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -53,6 +54,75 @@ def reset_connection(port, send=b""):
             s.sendall(send)
     finally:
         s.close()
+
+
+CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _element(group, elem, vr, value):
+    """One explicit VR little endian element."""
+    if len(value) % 2:
+        value += b"\0" if vr == b"UI" else b" "
+    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def make_deflate_bomb(path, inflated_mb, inst_uid):
+    """A real deflated CT (1.2.840.10008.1.2.1.99) whose pixel data, all
+    zeros, is INFLATED_MB MiB once inflated but a few hundred KB as a file.
+    Streamed through zlib: never whole in this process's memory."""
+    side = 1024 * int((inflated_mb / 2) ** 0.5)  # 16-bit square image
+    study, series = "2.25.%d1" % os.getpid(), "2.25.%d2" % os.getpid()
+    meta_body = b"".join([
+        _element(0x0002, 0x0001, b"OB", b"\0\1"),
+        _element(0x0002, 0x0002, b"UI", CT_CLASS.encode()),
+        _element(0x0002, 0x0003, b"UI", inst_uid.encode()),
+        _element(0x0002, 0x0010, b"UI", DEFLATED.encode()),
+        _element(0x0002, 0x0012, b"UI", b"1.2.826.0.1.3680043.8.498.1"),
+    ])
+    meta = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(meta_body))) + meta_body
+    us = lambda v: struct.pack("<H", v)  # noqa: E731
+    head = b"".join([
+        _element(0x0008, 0x0016, b"UI", CT_CLASS.encode()),
+        _element(0x0008, 0x0018, b"UI", inst_uid.encode()),
+        _element(0x0008, 0x0060, b"CS", b"CT"),
+        _element(0x0010, 0x0020, b"LO", b"BOMB"),
+        _element(0x0020, 0x000D, b"UI", study.encode()),
+        _element(0x0020, 0x000E, b"UI", series.encode()),
+        _element(0x0028, 0x0002, b"US", us(1)),
+        _element(0x0028, 0x0004, b"CS", b"MONOCHROME2"),
+        _element(0x0028, 0x0010, b"US", us(side)),
+        _element(0x0028, 0x0011, b"US", us(side)),
+        _element(0x0028, 0x0100, b"US", us(16)),
+        _element(0x0028, 0x0101, b"US", us(16)),
+        _element(0x0028, 0x0102, b"US", us(15)),
+        _element(0x0028, 0x0103, b"US", us(0)),
+        struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, side * side * 2),
+    ])
+    z = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    with open(path, "wb") as f:
+        f.write(bytes(128) + b"DICM" + meta)
+        f.write(z.compress(head))
+        left = side * side * 2
+        while left:
+            chunk = min(left, len(zeros))
+            f.write(z.compress(zeros[:chunk]))
+            left -= chunk
+        tail = z.flush()
+        f.write(tail + (b"\0" if (f.tell() + len(tail)) % 2 else b""))
+    return side * side * 2
+
+
+def vm_hwm_kb(pid):
+    """Peak resident memory of process PID (VmHWM), in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM for %d" % pid)
 
 
 def timed_echo(test, n, ae_calling="ECHOSCU"):
@@ -404,6 +474,62 @@ class NetworkTest(NodeTestCase):
         self.assertGreater(took, 1.5)
         self.assertLess(took, 5)
         self.assertIn("node.max_association_seconds", n.log())
+        timed_echo(self, n)
+        self.assertEqual(n.stop(), 0)
+
+    # --- bounded data sets --------------------------------------------------
+    def test_data_set_over_max_dataset_mb_aborts_its_association(self):
+        n = self.node(max_dataset_mb=1)
+        n.start()
+        big = make_ct_series(os.path.join(self.workdir, "big"), 1, rows=1024, cols=1024)
+        small = make_ct_series(os.path.join(self.workdir, "small"), 1, rows=64, cols=64)
+        r = harness.storescu(n.port, big, ae_called=n.ae, check=False)
+        self.assertFalse(harness.all_stores_succeeded(r.stdout), r.stdout)
+        self.assertIn("node.max_dataset_mb", n.log())
+        self.assertEqual(n.stored_files(), [])
+        self.assertEqual(os.listdir(os.path.join(n.data_dir, "tmp")), [])
+        # Below the limit all is as before.
+        r = harness.storescu(n.port, small, ae_called=n.ae)
+        self.assertTrue(harness.all_stores_succeeded(r.stdout, 1), r.stdout)
+        self.assertEqual(len(n.stored_files()), 1)
+        timed_echo(self, n)
+        self.assertEqual(n.stop(), 0)
+
+    def test_deflate_bomb_is_refused_without_being_inflated_in_memory(self):
+        n = self.node(max_dataset_mb=16)
+        n.start()
+        bomb = os.path.join(self.workdir, "bomb.dcm")
+        inflated = make_deflate_bomb(bomb, 512, "2.25.%d3" % os.getpid())
+        self.assertLess(os.path.getsize(bomb), 2 << 20)
+        self.assertGreater(inflated, 500 << 20)
+        timed_echo(self, n)
+        before = vm_hwm_kb(n.pid)
+        # storescu -xd proposes deflated explicit little endian first.
+        r = harness.storescu(n.port, bomb, ae_called=n.ae, extra=["-xd"], check=False,
+                             timeout=300)
+        self.assertEqual(harness.storescu_statuses(r.stdout), ["Refused: OutOfResources"],
+                         r.stdout + n.log_tail())
+        peak = vm_hwm_kb(n.pid)
+        self.assertLess(peak - before, 64 << 10,
+                        "node peak RSS grew by %d MiB for a %d MiB inflated data set"
+                        % ((peak - before) >> 10, inflated >> 20))
+        self.assertIn("once inflated", n.log())
+        self.assertEqual(n.stored_files(), [])
+        self.assertEqual(os.listdir(os.path.join(n.data_dir, "tmp")), [])
+        timed_echo(self, n)
+        self.assertEqual(n.stop(), 0)
+
+    def test_deflated_data_set_within_the_limit_is_stored_as_sent(self):
+        n = self.node(max_dataset_mb=16)
+        n.start()
+        f = os.path.join(self.workdir, "small-deflated.dcm")
+        make_deflate_bomb(f, 2, "2.25.%d4" % os.getpid())
+        r = harness.storescu(n.port, f, ae_called=n.ae, extra=["-xd"])
+        self.assertTrue(harness.all_stores_succeeded(r.stdout, 1), r.stdout + n.log_tail())
+        stored = n.stored_files()
+        self.assertEqual(len(stored), 1)
+        with open(stored[0], "rb") as s:
+            self.assertIn(DEFLATED.encode(), s.read(1024))
         timed_echo(self, n)
         self.assertEqual(n.stop(), 0)
 

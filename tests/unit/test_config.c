@@ -254,6 +254,7 @@ static void assert_defaults(const struct config *cfg)
     assert_int_equal(cfg->node.allow_any_caller, 0);
     assert_int_equal(cfg->node.max_associations_per_caller, 8);
     assert_int_equal(cfg->node.max_association_seconds, 3600);
+    assert_int_equal(cfg->node.max_dataset_mb, 2048);
     assert_int_equal(cfg->n_destinations, 0);
 }
 
@@ -618,17 +619,21 @@ static void test_association_limits_load_and_are_bounded(void **state)
     struct config *cfg = load_ok(write_tmp("assoc_limits.yaml",
                                            "node:\n"
                                            "  max_associations_per_caller: 1024\n"
-                                           "  max_association_seconds: 604800\n"));
+                                           "  max_association_seconds: 604800\n"
+                                           "  max_dataset_mb: 1048576\n"));
     assert_int_equal(cfg->node.max_associations_per_caller, 1024);
     assert_int_equal(cfg->node.max_association_seconds, 604800);
+    assert_int_equal(cfg->node.max_dataset_mb, 1048576);
     config_free(cfg);
     expect_errors("assoc_limits_range.yaml",
                   "node:\n"
                   "  max_associations_per_caller: 0\n"
-                  "  max_association_seconds: 0\n",
+                  "  max_association_seconds: 0\n"
+                  "  max_dataset_mb: 0\n",
                   (const char *const[]){
                       "2:32: node.max_associations_per_caller: 0 is out of range 1..1024",
                       "3:28: node.max_association_seconds: 0 is out of range 1..604800",
+                      "4:19: node.max_dataset_mb: 0 is out of range 1..1048576",
                       NULL});
 }
 
@@ -650,6 +655,7 @@ static void test_restart_changes_name_exactly_the_restart_only_keys(void **state
         {"{artim_timeout_seconds: 30}", 1, "node.artim_timeout_seconds"},
         {"{max_associations_per_caller: 2}", 1, "node.max_associations_per_caller"},
         {"{max_association_seconds: 60}", 1, "node.max_association_seconds"},
+        {"{max_dataset_mb: 100}", 1, "node.max_dataset_mb"},
         {"{port: 104, max_pdu: 16384, bind: 0.0.0.0, allowed_callers: [A]}", 3,
          "node.port, node.bind, node.max_pdu"},
         /* what a reload applies */
