@@ -55,6 +55,7 @@ struct config_node {
     int max_associations_per_caller; /* concurrent associations of one calling AE, 1..1024 */
     int max_association_seconds;  /* an association is aborted after this long, 1..604800 */
     int max_dataset_mb;           /* largest data set, as received and once inflated, 1..1048576 */
+    int min_free_disk_mb;         /* C-STOREs refused (0xA700) below this free space; 0 off */
 };
 
 struct config_destination {

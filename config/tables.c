@@ -71,6 +71,10 @@ static const struct schema_field node_fields[] = {
      .max = 1048576, .off = NODE_OFF(max_dataset_mb),
      .doc = "largest data set accepted, in MiB, as received and (deflated ones) once inflated; "
             "a larger one aborts its association (0xA700 for a deflated one)"},
+    {.key = "min_free_disk_mb", .type = T_INT, .def_int = 1024, .min = 0, .max = 1073741824,
+     .off = NODE_OFF(min_free_disk_mb),
+     .doc = "free space (MiB) the data disk keeps: below it a C-STORE is answered 0xA700 before "
+            "its data set is read, and studies sent with it wait for a complete copy; 0 off"},
 };
 
 static const struct schema_field dest_fields[] = {

@@ -168,6 +168,9 @@ struct dicom_server {
     dicom_admit_fn admit = nullptr;
     dicom_associate_fn associate = nullptr;
     dicom_stored_fn stored = nullptr;
+    dicom_store_begin_fn store_begin = nullptr;
+    dicom_association_end_fn association_end = nullptr;
+    std::atomic<uint64_t> next_association_id{0};
     dicom_temp_path_fn temp_path = nullptr;
     dicom_log_fn log_fn = nullptr;
     void *ud = nullptr;
@@ -218,6 +221,12 @@ struct Association {
     ino_t ino; // of that socket
     std::string calling, called, address;
     Clock::time_point started;
+    uint64_t id;
+
+    dicom_peer peer() const
+    {
+        return dicom_peer{calling.c_str(), called.c_str(), address.c_str(), id};
+    }
 
     // True once the association has run longer than max_association_seconds.
     bool expired() const
@@ -562,17 +571,18 @@ private:
     SpoolConsumer consumer_;
 };
 
-// Reads a data set that cannot be stored off the network and answers
-// out of resources.
+// Reads a data set that will not be stored off the network and answers
+// STATUS (out of resources unless told otherwise).
 void drop_data_set(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C_StoreRQ &req,
-                   bool &fatal)
+                   bool &fatal, Uint16 status = DICOM_STATUS_OUT_OF_RESOURCES,
+                   const char *comment = "cannot create file")
 {
     DIC_UL bytes = 0, pdvs = 0;
     if (DIMSE_ignoreDataSet(a.assoc, DIMSE_NONBLOCKING, a.srv->timeout, &bytes, &pdvs).bad()) {
         fatal = true;
         return;
     }
-    send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES, "cannot create file");
+    send_store_response(a, pres_id, req, status, comment);
 }
 
 void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C_StoreRQ &req,
@@ -583,6 +593,16 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     if (ASC_findAcceptedPresentationContext(a.assoc->params, pres_id, &pc).bad()) {
         fatal = true;
         return;
+    }
+    if (srv->store_begin) {
+        // Refused before a byte of it is written (e.g. too little disk).
+        char why[128] = "";
+        dicom_peer p = a.peer();
+        uint16_t status = srv->store_begin(srv->ud, &p, why, sizeof why);
+        if (status != DICOM_STATUS_SUCCESS) {
+            drop_data_set(a, pres_id, req, fatal, status, why);
+            return;
+        }
     }
     char temp[4096];
     if (srv->temp_path(srv->ud, temp, sizeof temp) != 0) {
@@ -689,7 +709,7 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     std::vector<const char *> cvals(values.size());
     for (size_t i = 0; i < values.size(); i++)
         cvals[i] = present[i] ? values[i].c_str() : nullptr;
-    dicom_peer peer = {a.calling.c_str(), a.called.c_str(), a.address.c_str()};
+    dicom_peer peer = a.peer();
     dicom_received r = {temp, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID,
                         pc.acceptedTransferSyntax, cvals.data(), &peer};
     char err[256] = "";
@@ -766,6 +786,10 @@ void run_association(Association *a)
         }
     }
     srv->log(2, "association from %s ended after %u C-STORE", a->calling.c_str(), stores);
+    if (srv->association_end) {
+        dicom_peer p = a->peer();
+        srv->association_end(srv->ud, &p);
+    }
     ASC_dropSCPAssociation(a->assoc);
     ASC_destroyAssociation(&a->assoc);
     close_if_ours(a->fd, a->ino);
@@ -819,7 +843,7 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino)
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
         return;
     }
-    dicom_peer p = {calling_s.c_str(), called_s.c_str(), peer_s.c_str()};
+    dicom_peer p = {calling_s.c_str(), called_s.c_str(), peer_s.c_str(), 0};
     enum dicom_assoc_decision decision = srv->associate(srv->ud, &p);
     if (decision != DICOM_ASSOC_ACCEPT)
         release_slot(srv, calling_s);
@@ -880,8 +904,9 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino)
         release_slot(srv, calling_s);
         return;
     }
-    Association *a = new Association{srv,     assoc,    fd,    ino, calling_s,
-                                     called_s, peer_s, Clock::now()};
+    Association *a = new Association{srv,      assoc,  fd,           ino,
+                                     calling_s, called_s, peer_s, Clock::now(),
+                                     ++srv->next_association_id};
     run_association(a);
 }
 
@@ -1060,6 +1085,8 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
     srv->admit = cfg->admit;
     srv->associate = cfg->associate;
     srv->stored = cfg->stored;
+    srv->store_begin = cfg->store_begin;
+    srv->association_end = cfg->association_end;
     srv->temp_path = cfg->temp_path;
     srv->log_fn = cfg->log;
     srv->ud = cfg->ud;

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import rawscu  # noqa: E402
 from gen_series import make_ct_series  # noqa: E402
+import pydicom  # noqa: E402
 from test_inference import phantom  # noqa: E402
 from test_receiver import NodeTestCase  # noqa: E402
 
@@ -531,6 +532,60 @@ class NetworkTest(NodeTestCase):
         with open(stored[0], "rb") as s:
             self.assertIn(DEFLATED.encode(), s.read(1024))
         timed_echo(self, n)
+        self.assertEqual(n.stop(), 0)
+
+    # --- free-space floor ---------------------------------------------------
+    def test_store_below_the_free_space_floor_is_refused_before_its_data_set(self):
+        n = self.node(min_free_disk_mb=1 << 30)  # 1 PiB: more than any disk here
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 2, rows=64, cols=64)
+        for f in files:  # storescu stops at the first refusal: one file per run
+            r = harness.storescu(n.port, f, ae_called=n.ae, check=False)
+            self.assertEqual(harness.storescu_statuses(r.stdout), ["Refused: OutOfResources"],
+                             r.stdout)
+        self.assertIn("node.min_free_disk_mb", n.log())
+        self.assertEqual(n.log().count("node.min_free_disk_mb"), 1, n.log_tail())  # rate-limited
+        self.assertEqual(n.stored_files(), [])
+        self.assertEqual(os.listdir(os.path.join(n.data_dir, "tmp")), [])
+        timed_echo(self, n)
+        self.assertEqual(n.stop(), 0)
+
+    def _reload(self, n, **node):
+        n.config["node"].update(node)
+        n.write_raw_config(n.config_text())
+        count = n.log().count("reloaded:")
+        n.signal(signal.SIGHUP)
+        harness.wait_until(lambda: n.log().count("reloaded:") > count, 10, 0.05, "the reload")
+
+    def test_study_with_instances_refused_for_space_waits_for_a_complete_copy(self):
+        n = self.node(stable_seconds=1, min_free_disk_mb=0)
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 2, rows=32, cols=32)
+        ds = [pydicom.dcmread(f) for f in files]
+        study = str(ds[0].StudyInstanceUID)
+        raw = [harness.dataset_bytes(f) for f in files]
+        a = rawscu.Association(n.port, called=n.ae, calling="MODALITY")
+        try:
+            self.assertEqual(a.store(rawscu.CT_STORAGE, ds[0].SOPInstanceUID, raw[0]), 0)
+            self._reload(n, min_free_disk_mb=1 << 30)
+            self.assertEqual(a.store(rawscu.CT_STORAGE, ds[1].SOPInstanceUID, raw[1]), 0xA700)
+            self.assertTrue(a.release())
+        finally:
+            a.close()
+        self.assertIn("held back from completion", n.log())
+        # Long past stable_seconds, the partial study is still receiving.
+        time.sleep(3.5)
+        self.assertEqual(n.studies()[study]["state"], "receiving")
+        # The sender sends again once there is room: now it completes.
+        self._reload(n, min_free_disk_mb=0)
+        a = rawscu.Association(n.port, called=n.ae, calling="MODALITY")
+        try:
+            self.assertEqual(a.store(rawscu.CT_STORAGE, ds[1].SOPInstanceUID, raw[1]), 0)
+            self.assertTrue(a.release())
+        finally:
+            a.close()
+        s = n.wait_for_study(study, state="complete", timeout=20)
+        self.assertEqual(int(s["instances"]), 2)
         self.assertEqual(n.stop(), 0)
 
 

@@ -255,6 +255,7 @@ static void assert_defaults(const struct config *cfg)
     assert_int_equal(cfg->node.max_associations_per_caller, 8);
     assert_int_equal(cfg->node.max_association_seconds, 3600);
     assert_int_equal(cfg->node.max_dataset_mb, 2048);
+    assert_int_equal(cfg->node.min_free_disk_mb, 1024);
     assert_int_equal(cfg->n_destinations, 0);
 }
 
@@ -620,20 +621,24 @@ static void test_association_limits_load_and_are_bounded(void **state)
                                            "node:\n"
                                            "  max_associations_per_caller: 1024\n"
                                            "  max_association_seconds: 604800\n"
-                                           "  max_dataset_mb: 1048576\n"));
+                                           "  max_dataset_mb: 1048576\n"
+                                           "  min_free_disk_mb: 1073741824\n"));
     assert_int_equal(cfg->node.max_associations_per_caller, 1024);
     assert_int_equal(cfg->node.max_association_seconds, 604800);
     assert_int_equal(cfg->node.max_dataset_mb, 1048576);
+    assert_int_equal(cfg->node.min_free_disk_mb, 1073741824);
     config_free(cfg);
     expect_errors("assoc_limits_range.yaml",
                   "node:\n"
                   "  max_associations_per_caller: 0\n"
                   "  max_association_seconds: 0\n"
-                  "  max_dataset_mb: 0\n",
+                  "  max_dataset_mb: 0\n"
+                  "  min_free_disk_mb: -1\n",
                   (const char *const[]){
                       "2:32: node.max_associations_per_caller: 0 is out of range 1..1024",
                       "3:28: node.max_association_seconds: 0 is out of range 1..604800",
                       "4:19: node.max_dataset_mb: 0 is out of range 1..1048576",
+                      "5:21: node.min_free_disk_mb: -1 is out of range 0..1073741824",
                       NULL});
 }
 
@@ -661,7 +666,8 @@ static void test_restart_changes_name_exactly_the_restart_only_keys(void **state
         /* what a reload applies */
         {"{ae_title: OTHER, stable_seconds: 3, log_level: debug, allowed_callers: [A], "
          "shutdown_grace_seconds: 1, network_timeout_seconds: 5, retention_days: 2, "
-         "disk_high_water_percent: 90, allowed_addresses: [10.0.0.0/8], allow_any_caller: true}",
+         "disk_high_water_percent: 90, allowed_addresses: [10.0.0.0/8], allow_any_caller: true, "
+         "min_free_disk_mb: 0}",
          0, ""},
     };
     struct config *old = load_ok(write_tmp("restart_old.yaml", "node: {}\n"));
