@@ -57,7 +57,7 @@ struct dicom_received {
     const struct dicom_peer *peer;
 };
 
-/* Whether a connection from ADDRESS (numeric IPv4 text) may go on. Called
+/* Whether a connection from ADDRESS (numeric IPv4 or IPv6 text) may go on. Called
  * on the accepting thread before anything is read from the connection; 0
  * closes it at once. */
 typedef int (*dicom_admit_fn)(void *ud, const char *address);

@@ -132,6 +132,7 @@ long long ms_since(Clock::time_point t)
 struct pending_conn {
     int fd;
     ino_t ino;                     // of the socket: see close_if_ours()
+    std::string address;           // the peer's, numeric (dcmnet's is IPv4 only)
     std::atomic<bool> evicted{false};
 };
 
@@ -817,12 +818,15 @@ void reject(T_ASC_Association *assoc, int fd, ino_t ino, T_ASC_RejectParametersR
 
 // Negotiates one association request read from an accepted socket, and
 // runs the association on this thread when it is accepted.
-void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino)
+void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
+               const std::string &address)
 {
     char calling[64] = "", called[64] = "", peer[128] = "";
     ASC_getAPTitles(assoc->params, calling, sizeof calling, called, sizeof called, nullptr, 0);
     ASC_getPresentationAddresses(assoc->params, peer, sizeof peer, nullptr, 0);
-    std::string calling_s = trim(calling), called_s = trim(called), peer_s = peer;
+    // dcmnet reads the peer's address as IPv4 whatever it is: ours is right for IPv6 too.
+    std::string calling_s = trim(calling), called_s = trim(called),
+                peer_s = address.empty() ? std::string(peer) : address;
 
     switch (take_slot(srv, calling_s)) {
     case 0:
@@ -994,7 +998,7 @@ void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
         srv->log(1, "association request failed: %s", cond.text());
         drop_connection(assoc, fd, pc->ino);
     } else {
-        negotiate(srv, assoc, fd, pc->ino);
+        negotiate(srv, assoc, fd, pc->ino, pc->address);
     }
     srv->cv.notify_all();
 }
@@ -1003,7 +1007,7 @@ int open_listen_socket(const std::string &addr, int port, std::string &err)
 {
     addrinfo hints;
     std::memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_INET; // dcmnet formats peer addresses as IPv4
+    hints.ai_family = AF_UNSPEC; // IPv4 or IPv6 (e.g. ::1)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
     addrinfo *res = nullptr;
@@ -1013,10 +1017,17 @@ int open_listen_socket(const std::string &addr, int port, std::string &err)
         err = "cannot resolve bind address '" + addr + "': " + gai_strerror(rc);
         return -1;
     }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // A name with both (localhost) listens on its IPv4 address, as before.
+    addrinfo *use = res;
+    for (addrinfo *r = res; r; r = r->ai_next)
+        if (r->ai_family == AF_INET) {
+            use = r;
+            break;
+        }
+    int fd = socket(use->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+        bind(fd, use->ai_addr, use->ai_addrlen) != 0 || listen(fd, 64) != 0) {
         err = "cannot listen on " + addr + ":" + port_s + ": " + std::strerror(errno);
         if (fd >= 0)
             close(fd);
@@ -1167,12 +1178,12 @@ int dicom_server_run(struct dicom_server *srv)
             backoff_ms = 0;
             backoff_failures = 0;
         }
+        char addr[INET6_ADDRSTRLEN] = "";
+        if (from.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((sockaddr_in *)&from)->sin_addr, addr, sizeof addr);
+        else if (from.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((sockaddr_in6 *)&from)->sin6_addr, addr, sizeof addr);
         if (srv->admit) {
-            char addr[INET6_ADDRSTRLEN] = "";
-            if (from.ss_family == AF_INET)
-                inet_ntop(AF_INET, &((sockaddr_in *)&from)->sin_addr, addr, sizeof addr);
-            else if (from.ss_family == AF_INET6)
-                inet_ntop(AF_INET6, &((sockaddr_in6 *)&from)->sin6_addr, addr, sizeof addr);
             if (!srv->admit(srv->ud, addr)) {
                 // Closed before a thread or a byte of DICOM is spent on it.
                 close(fd);
@@ -1200,6 +1211,11 @@ int dicom_server_run(struct dicom_server *srv)
         }
         pc->fd = fd;
         pc->ino = fstat(fd, &st) == 0 ? st.st_ino : 0;
+        try {
+            pc->address = addr;
+        } catch (...) {
+            // no memory for a short string: dcmnet's own (IPv4) reading of it
+        }
         {
             std::lock_guard<std::mutex> g(srv->mu);
             if (srv->pending.size() >= srv->max_pending) {

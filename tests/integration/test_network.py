@@ -414,6 +414,32 @@ class NetworkTest(NodeTestCase):
         self.assertIn("Calling AE Title Not Recognized", r.stdout)
         self.assertEqual(n.stop(), 0)
 
+    def test_ipv6_loopback_node_filters_ipv6_peers(self):
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+                probe.bind(("::1", 0))
+        except OSError as e:
+            self.skipTest("this host cannot bind ::1: %s" % e)
+        for allowed, admitted in ((["::1/128"], True), (["127.0.0.0/8", "fd00::/8"], False)):
+            n = self.node(name="v6-%s" % admitted, bind="::1", allowed_addresses=allowed)
+            n.start(wait=False)
+            harness.wait_until(lambda: "listening on" in n.log(), 20, 0.1, "the node listening")
+            if admitted:
+                a = rawscu.Association(n.port, called=n.ae, host="::1")
+                try:
+                    self.assertEqual(a.echo(), 0)
+                    self.assertTrue(a.release())
+                finally:
+                    a.close()
+                # The peer's address is the IPv6 one, not dcmnet's IPv4 reading of it.
+                harness.wait_until(lambda: "(::1)" in n.log(), 5, 0.1, "the association logged")
+            else:
+                with self.assertRaises((rawscu.Aborted, ConnectionError)):
+                    rawscu.Association(n.port, called=n.ae, host="::1")
+                harness.wait_until(lambda: "(last: ::1)" in n.log(), 5, 0.1,
+                                   "the refusal logged")
+            self.assertEqual(n.stop(), 0)
+
     def test_reachable_node_without_caller_or_address_list_is_refused(self):
         # 192.0.2.1 (TEST-NET-1) is no address of this host: even a node that
         # wrongly started could not listen on it.
