@@ -504,6 +504,41 @@ class NetworkTest(NodeTestCase):
         timed_echo(self, n)
         self.assertEqual(n.stop(), 0)
 
+    def test_data_set_dripping_past_max_association_seconds_is_cut_off(self):
+        n = self.node(max_association_seconds=2, network_timeout_seconds=30)
+        n.start()
+        f = make_ct_series(os.path.join(self.workdir, "in"), 1, rows=256, cols=256)[0]
+        ds = pydicom.dcmread(f)
+        data = harness.dataset_bytes(f)
+        a = rawscu.Association(n.port, called=n.ae)
+        t0 = time.monotonic()
+        try:
+            pcid = a.context_for(rawscu.CT_STORAGE)
+            cmd = rawscu._command([
+                (0x0002, rawscu._even_uid(rawscu.CT_STORAGE)), (0x0100, rawscu._us(0x0001)),
+                (0x0110, rawscu._us(1)), (0x0700, rawscu._us(0)), (0x0800, rawscu._us(0)),
+                (0x1000, rawscu._even_uid(ds.SOPInstanceUID))])
+            a._send_pdv(pcid, cmd, True)
+            # A few hundred bytes every 0.2 s: never idle long enough for a
+            # network timeout, never done either.
+            with self.assertRaises((rawscu.Aborted, ConnectionError)):
+                for off in range(0, len(data) - 512, 512):
+                    a.send_pdu(0x04, struct.pack(">IBB", 512 + 2, pcid, 0) + data[off:off + 512])
+                    time.sleep(0.2)
+                    if time.monotonic() - t0 > 20:
+                        break
+                a.read_pdu()
+            took = time.monotonic() - t0
+        finally:
+            a.close()
+        self.assertLess(took, 6)
+        self.assertIn("node.max_association_seconds", n.log())
+        harness.wait_until(lambda: os.listdir(os.path.join(n.data_dir, "tmp")) == [], 5, 0.1,
+                           "the temporary file removed")
+        self.assertEqual(n.stored_files(), [])
+        timed_echo(self, n)
+        self.assertEqual(n.stop(), 0)
+
     # --- bounded data sets --------------------------------------------------
     def test_data_set_over_max_dataset_mb_aborts_its_association(self):
         n = self.node(max_dataset_mb=1)
