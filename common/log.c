@@ -26,7 +26,11 @@ const char *log_level_name(enum log_level level)
     return lower[level];
 }
 
-/* Copies MSG into OUT (LEN bytes) with control characters escaped. */
+/* Copies MSG into OUT (LEN bytes) with control characters and bytes
+ * outside ASCII escaped: the whole formatted message passes here, so no
+ * value from the network (an AE title, a library's message, a file name)
+ * can start a line of its own or smuggle terminal escapes or bytes that
+ * are not valid UTF-8 into the log. */
 static void escape(const char *msg, char *out, size_t len)
 {
     size_t o = 0;
@@ -34,7 +38,7 @@ static void escape(const char *msg, char *out, size_t len)
         if (*p == '\n') {
             out[o++] = '\\';
             out[o++] = 'n';
-        } else if (*p < 0x20 || *p == 0x7f) {
+        } else if (*p < 0x20 || *p >= 0x7f) {
             o += (size_t)snprintf(out + o, len - o, "\\x%02x", *p);
         } else {
             out[o++] = (char)*p;
@@ -53,7 +57,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
     gmtime_r(&tv.tv_sec, &tm);
     char stamp[32];
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-    char msg[1024], safe[1024];
+    char msg[1024], safe[1024]; /* an escaped line is cut at 1 KB, never split */
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);

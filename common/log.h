@@ -2,8 +2,9 @@
  * log — one line per event on stderr: "TIME LEVEL message".
  * Thread-safe. Nothing that identifies a patient is logged at the default
  * level (info): UIDs and attribute values appear only at debug. Control
- * characters in a message are escaped (\n, \xNN), so that a value from
- * the network (an AE title, a library's message) never forges a line.
+ * characters and bytes outside ASCII in a message are escaped (\n, \xNN),
+ * so that a value from the network (an AE title, a library's message)
+ * never forges a line.
  */
 #ifndef AINODE_COMMON_LOG_H
 #define AINODE_COMMON_LOG_H

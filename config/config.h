@@ -25,6 +25,13 @@
 
 #define CONFIG_AE_MAX 16 /* DICOM AE title: at most 16 characters */
 
+/* An address block of node.allowed_addresses. IPv4 blocks are held in
+ * their IPv4-mapped IPv6 form (::ffff:a.b.c.d, prefix + 96). */
+struct config_cidr {
+    unsigned char addr[16];
+    int prefix;                   /* 0..128, on the 16-byte form */
+};
+
 
 struct config_node {
     char ae_title[CONFIG_AE_MAX + 1];
@@ -42,6 +49,13 @@ struct config_node {
     int retention_days;           /* delete finished studies this old, 0..36500; 0 keeps them */
     int disk_high_water_percent;  /* delete oldest finished studies above this, 0..99; 0 off */
     int artim_timeout_seconds;    /* a new connection's association request within, 1..3600 */
+    struct config_cidr *allowed_addresses; /* peers' address blocks; n == 0 means any */
+    size_t n_allowed_addresses;
+    int allow_any_caller;         /* a bind other hosts reach may have no caller/address list */
+    int max_associations_per_caller; /* concurrent associations of one calling AE, 1..1024 */
+    int max_association_seconds;  /* an association is aborted after this long, 1..604800 */
+    int max_dataset_mb;           /* largest data set, as received and once inflated, 1..1048576 */
+    int min_free_disk_mb;         /* C-STOREs refused (0xA700) below this free space; 0 off */
 };
 
 struct config_destination {
@@ -195,5 +209,17 @@ void config_write_reference(FILE *out);
 
 /* 1 when AE is allowed to call us under CFG (empty list allows any). */
 int config_caller_allowed(const struct config *cfg, const char *ae);
+
+/* 1 when a peer at ADDRESS (numeric IPv4 or IPv6 text) may connect under
+ * CFG: node.allowed_addresses holds a block with it, or is empty. */
+int config_address_allowed(const struct config *cfg, const char *address);
+
+/* Parses S, "ADDRESS" or "ADDRESS/PREFIX" (IPv4 or IPv6), into OUT.
+ * Returns NULL, or why S is refused (a phrase to follow the value). */
+const char *config_cidr_parse(const char *s, struct config_cidr *out);
+
+/* 1 when BIND (node.bind) is a loopback address: 127.0.0.0/8, ::1 or
+ * "localhost"; other names and addresses may be reachable from other hosts. */
+int config_bind_is_loopback(const char *bind);
 
 #endif

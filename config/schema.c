@@ -381,6 +381,14 @@ static void set_field(struct schema_ctx *c, const char *sect, const struct schem
         if (check_ae(c, what, v))
             memcpy(p, v->text, v->len + 1);
         return;
+    case T_BOOL:
+        if (v->kind == Y_SCALAR && v->plain && !v->tagged &&
+            (!strcmp(v->text, "true") || !strcmp(v->text, "false"))) {
+            *(int *)p = v->text[0] == 't';
+            return;
+        }
+        schema_report(c, v->line, v->col, "%s: expected true or false", what);
+        return;
     case T_ENUM: {
         if (!schema_want_string(c, what, v))
             return;
@@ -465,6 +473,7 @@ void schema_set_defaults(struct schema_ctx *c, const struct schema_field *fs, si
         char *p = (char *)base + f->off;
         switch (f->type) {
         case T_INT:
+        case T_BOOL:
             *(int *)p = (int)f->def_int;
             break;
         case T_ENUM: {
@@ -630,6 +639,7 @@ static int field_differs(const struct schema_field *f, const char *a, const char
     switch (f->type) {
     case T_INT:
     case T_ENUM:
+    case T_BOOL:
         return *(const int *)a != *(const int *)b;
     case T_FLOAT:
         return *(const double *)a != *(const double *)b;
@@ -699,6 +709,9 @@ static void doc_type(const struct schema_field *f, char *buf, size_t n)
     case T_AE_LIST:
         snprintf(buf, n, "list of AE titles");
         return;
+    case T_BOOL:
+        snprintf(buf, n, "`true` or `false`");
+        return;
     case T_ENUM: {
         size_t o = (size_t)snprintf(buf, n, "one of");
         for (int i = 0; f->names[i] && o < n; i++)
@@ -736,6 +749,9 @@ static void doc_default(const struct schema_field *f, char *buf, size_t n)
         return;
     case T_ENUM:
         snprintf(buf, n, "`%s`", f->names[f->def_int]);
+        return;
+    case T_BOOL:
+        snprintf(buf, n, "`%s`", f->def_int ? "true" : "false");
         return;
     case T_FLOAT:
         snprintf(buf, n, "`%g`", f->def_float);

@@ -112,6 +112,7 @@ enum ftype {
     T_AE,      /* char[CONFIG_AE_MAX + 1] */
     T_AE_LIST, /* char ** plus a size_t count at off_n */
     T_ENUM,    /* int-sized enum, value is the index in names[] */
+    T_BOOL,    /* int, 0 or 1, from a plain true or false */
     T_FLOAT,   /* double, a YAML int or float passing .fcheck */
     T_INTS,    /* int[count], each in min..max */
     T_FLOATS,  /* double[count], each passing .fcheck, plus an int at off_n set to 1 when given */
@@ -222,6 +223,13 @@ extern const size_t config_n_manifest_fields;
 void config_check_model(struct schema_ctx *c, const struct schema_parsed *p, void *base);
 /* Frees a model's manifest (manifest.c). */
 void config_release_model(const struct schema_field *f, void *base);
+/* node.allowed_addresses: a list of address blocks (access.c). */
+void config_parse_addresses(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                            const struct ynode *v, void *base);
+void config_release_addresses(const struct schema_field *f, void *base);
+/* node: a bind address other hosts can reach needs a caller or address
+ * list, or allow_any_caller (access.c). */
+void config_check_node(struct schema_ctx *c, const struct schema_parsed *p, void *base);
 /* NULL when S names an inference device syntactically, else why not. */
 const char *config_device_problem(const char *s);
 

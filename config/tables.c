@@ -53,6 +53,28 @@ static const struct schema_field node_fields[] = {
      .max = 3600, .off = NODE_OFF(artim_timeout_seconds),
      .doc = "how long a new connection may take to send its association request before it "
             "is closed"},
+    {.key = "allowed_addresses", .type = T_CUSTOM, .parse = config_parse_addresses,
+     .release = config_release_addresses, .type_doc = "list of IPv4/IPv6 addresses or CIDR blocks",
+     .off = NODE_OFF(allowed_addresses), .off_n = NODE_OFF(n_allowed_addresses),
+     .doc = "peer addresses allowed to connect, e.g. `10.0.0.0/8`, `::1`; empty allows any; "
+            "others are closed at once, before any DICOM is read"},
+    {.key = "allow_any_caller", .type = T_BOOL, .def_int = 0, .off = NODE_OFF(allow_any_caller),
+     .doc = "must be true when `bind` is not a loopback address and neither `allowed_callers` "
+            "nor `allowed_addresses` is set: any host that reaches the port may then store"},
+    {.key = "max_associations_per_caller", .restart = 1, .type = T_INT, .def_int = 8, .min = 1,
+     .max = 1024, .off = NODE_OFF(max_associations_per_caller),
+     .doc = "concurrent associations of one calling AE title; more are rejected (transient)"},
+    {.key = "max_association_seconds", .restart = 1, .type = T_INT, .def_int = 3600, .min = 1,
+     .max = 604800, .off = NODE_OFF(max_association_seconds),
+     .doc = "an association still open after this long is aborted, busy or not"},
+    {.key = "max_dataset_mb", .restart = 1, .type = T_INT, .def_int = 2048, .min = 1,
+     .max = 1048576, .off = NODE_OFF(max_dataset_mb),
+     .doc = "largest data set accepted, in MiB, as received and (deflated ones) once inflated; "
+            "a larger one aborts its association (0xA700 for a deflated one)"},
+    {.key = "min_free_disk_mb", .type = T_INT, .def_int = 1024, .min = 0, .max = 1073741824,
+     .off = NODE_OFF(min_free_disk_mb),
+     .doc = "free space (MiB) the data disk keeps: below it a C-STORE is answered 0xA700 before "
+            "its data set is read, and studies sent with it wait for a complete copy; 0 off"},
 };
 
 static const struct schema_field dest_fields[] = {
@@ -101,6 +123,7 @@ static const struct schema_field completion_fields[] = {
 
 const struct schema_field config_top_fields[] = {
     {.key = "node", .type = T_SECTION, SUB(node_fields), .off = TOP_OFF(node),
+     .check = config_check_node,
      .doc = "this node: how it listens, where it keeps its data, how long it keeps it"},
     {.key = "destinations", .type = T_NAMED, SUB(dest_fields), .noun = "destination",
      .entry_size = sizeof(struct config_destination),

@@ -43,6 +43,7 @@ struct dicom_peer {
     const char *calling_ae;
     const char *called_ae;
     const char *address;
+    uint64_t association_id;         /* unique while the server runs; 0 before acceptance */
 };
 
 /* Values of the keywords passed in dicom_server_config, read from the
@@ -56,10 +57,21 @@ struct dicom_received {
     const struct dicom_peer *peer;
 };
 
+/* Whether a connection from ADDRESS (numeric IPv4 or IPv6 text) may go on. Called
+ * on the accepting thread before anything is read from the connection; 0
+ * closes it at once. */
+typedef int (*dicom_admit_fn)(void *ud, const char *address);
 typedef enum dicom_assoc_decision (*dicom_associate_fn)(void *ud, const struct dicom_peer *p);
 /* Returns the C-STORE status. ERR (may stay empty) explains a failure. */
 typedef uint16_t (*dicom_stored_fn)(void *ud, const struct dicom_received *r, char *err,
                                     size_t errlen);
+/* Called for each C-STORE before its data set is read: 0 to receive it, or
+ * the status to answer once the data set has been read off the network and
+ * dropped (COMMENT, LEN bytes, may explain it). */
+typedef uint16_t (*dicom_store_begin_fn)(void *ud, const struct dicom_peer *p, char *comment,
+                                         size_t len);
+/* An accepted association has ended (released, aborted or failed). */
+typedef void (*dicom_association_end_fn)(void *ud, const struct dicom_peer *p);
 /* Returns a fresh temporary path for the next incoming instance. */
 typedef int (*dicom_temp_path_fn)(void *ud, char *buf, size_t len);
 typedef void (*dicom_log_fn)(void *ud, int level, const char *msg);
@@ -72,10 +84,17 @@ struct dicom_server_config {
     int max_pdu;
     int network_timeout_seconds;
     int artim_timeout_seconds;       /* for the A-ASSOCIATE-RQ after connecting; 10 when 0 */
+    int max_associations_per_caller; /* running at once per calling AE; max_associations when 0 */
+    int max_association_seconds;     /* an association is aborted after this long; 0: never */
+    uint64_t max_dataset_bytes;      /* a larger data set (as received, or once inflated when
+                                      * deflated) is refused; 0: no limit */
     const char *const *keywords;     /* attributes to read from each stored file */
     size_t n_keywords;
+    dicom_admit_fn admit;            /* NULL admits every connection */
     dicom_associate_fn associate;
+    dicom_store_begin_fn store_begin;       /* NULL: every data set is received */
     dicom_stored_fn stored;
+    dicom_association_end_fn association_end; /* NULL: not told */
     dicom_temp_path_fn temp_path;
     dicom_log_fn log;                /* level: 0 error, 1 warn, 2 info, 3 debug */
     void *ud;

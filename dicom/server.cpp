@@ -34,6 +34,8 @@
 #include "dcmtk/dcmnet/dul.h"
 #include "dcmtk/oflog/oflog.h"
 
+#include <zlib.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -41,13 +43,16 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <list>
+#include <map>
 #include <memory>
 #include <cstdarg>
 #include <cstdio>
@@ -126,8 +131,28 @@ long long ms_since(Clock::time_point t)
 // A connection whose A-ASSOCIATE-RQ has not arrived yet.
 struct pending_conn {
     int fd;
+    ino_t ino;                     // of the socket: see close_if_ours()
+    std::string address;           // the peer's, numeric (dcmnet's is IPv4 only)
     std::atomic<bool> evicted{false};
 };
+
+// Closes FD if it still is the socket INO. dcmnet owns an accepted socket
+// once it is handed over, and whether it closed it after a failure depends
+// on how far it got (an ASC_receiveAssociation failure may leave an
+// association with or without its transport connection). A descriptor
+// number freed by dcmnet may already belong to another thread's file, so
+// it is closed only when it still names our socket.
+void close_if_ours(int fd, ino_t ino)
+{
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == ino)
+        close(fd);
+}
+
+// A stored deflated file read again (the repair after an unclean stop) was
+// within the limit when it arrived; this only keeps a damaged one from
+// filling the disk with its inflated copy.
+const uint64_t kRereadInflateLimit = (uint64_t)64 << 30;
 
 // dcmExternalSocketHandle is one process-wide variable.
 std::mutex handover_mu;
@@ -137,10 +162,16 @@ std::mutex handover_mu;
 struct dicom_server {
     std::string ae_title, bind_addr;
     int port = 0, max_associations = 1, max_pdu = ASC_DEFAULTMAXPDU, timeout = 60, artim = 10;
+    int max_per_caller = 1, max_seconds = 0;
+    uint64_t max_dataset_bytes = 0; // 0: no limit
     std::vector<std::string> keywords;
     std::vector<DcmTagKey> tags;
+    dicom_admit_fn admit = nullptr;
     dicom_associate_fn associate = nullptr;
     dicom_stored_fn stored = nullptr;
+    dicom_store_begin_fn store_begin = nullptr;
+    dicom_association_end_fn association_end = nullptr;
+    std::atomic<uint64_t> next_association_id{0};
     dicom_temp_path_fn temp_path = nullptr;
     dicom_log_fn log_fn = nullptr;
     void *ud = nullptr;
@@ -152,7 +183,8 @@ struct dicom_server {
     Clock::time_point stop_time;
     std::mutex mu;
     std::condition_variable cv;
-    int active = 0;                // negotiated associations
+    int active = 0;                // associations accepted or being decided on
+    std::map<std::string, int> per_caller; // of ACTIVE, by calling AE title
     // Connections still waiting for their A-ASSOCIATE-RQ. They do not count
     // against max_associations (silent peers would lock real callers out);
     // they are bounded on their own instead: beyond max_pending the oldest
@@ -186,9 +218,55 @@ namespace {
 struct Association {
     dicom_server *srv;
     T_ASC_Association *assoc;
-    int fd; // the accepted socket, owned by dcmnet
+    int fd;    // the accepted socket, owned by dcmnet
+    ino_t ino; // of that socket
     std::string calling, called, address;
+    Clock::time_point started;
+    uint64_t id;
+
+    dicom_peer peer() const
+    {
+        return dicom_peer{calling.c_str(), called.c_str(), address.c_str(), id};
+    }
+
+    // True once the association has run longer than max_association_seconds.
+    bool expired() const
+    {
+        return srv->max_seconds > 0 && ms_since(started) >= (long long)srv->max_seconds * 1000;
+    }
 };
+
+// Takes a slot for an association from CALLING: one of max_associations
+// and one of that caller's max_associations_per_caller, both under the
+// lock so that simultaneous requests cannot overshoot. Returns 0, or 1 when
+// the node is full, 2 when the caller has all its slots.
+int take_slot(dicom_server *srv, const std::string &calling)
+{
+    std::lock_guard<std::mutex> g(srv->mu);
+    if (srv->active >= srv->max_associations)
+        return 1;
+    int &mine = srv->per_caller[calling];
+    if (mine >= srv->max_per_caller) {
+        if (mine == 0)
+            srv->per_caller.erase(calling);
+        return 2;
+    }
+    mine++;
+    srv->active++;
+    return 0;
+}
+
+void release_slot(dicom_server *srv, const std::string &calling)
+{
+    {
+        std::lock_guard<std::mutex> g(srv->mu);
+        srv->active--;
+        auto it = srv->per_caller.find(calling);
+        if (it != srv->per_caller.end() && --it->second <= 0)
+            srv->per_caller.erase(it);
+    }
+    srv->cv.notify_all();
+}
 
 // Sends A-ABORT and drops the connection without waiting on the peer:
 // dcmnet's abort reads until the peer closes, which an unresponsive peer
@@ -230,11 +308,168 @@ void send_store_response(Association &a, T_ASC_PresentationContextID pres_id,
 // Reads the wanted attributes of a just-received file (File Meta
 // Information keywords from the meta header). Values larger than a few KB
 // are never loaded: the pixel data stays on disk.
+// A descriptor closed when it goes out of scope.
+struct FdGuard {
+    int fd = -1;
+    FdGuard() = default;
+    FdGuard(const FdGuard &) = delete;
+    FdGuard &operator=(const FdGuard &) = delete;
+    ~FdGuard()
+    {
+        if (fd >= 0)
+            close(fd);
+    }
+};
+
+// A file parsed by read_values(). For a deflated one, TMP holds the
+// inflated copy the data set's large values still refer to: declared
+// before FF, it is closed only after FF is gone.
+struct ParsedFile {
+    FdGuard tmp;
+    DcmFileFormat ff;
+};
+
+const OFConditionConst ECC_InflatedTooLarge = {OFM_dcmdata, 0x7f01, OF_error,
+                                               "inflated data set larger than the limit"};
+const OFCondition EC_InflatedTooLarge(ECC_InflatedTooLarge);
+const OFConditionConst ECC_BadDeflate = {OFM_dcmdata, 0x7f02, OF_error,
+                                         "deflated data set cannot be inflated"};
+const OFCondition EC_BadDeflate(ECC_BadDeflate);
+
+// The offset of the data set in the Part 10 file FD: after the 128-byte
+// preamble, "DICM" and the File Meta Information (group 0002, explicit VR
+// little endian). -1 when the file does not look like that.
+off_t data_set_offset(int fd)
+{
+    unsigned char buf[65536];
+    ssize_t n = pread(fd, buf, sizeof buf, 0);
+    if (n < 132 || std::memcmp(buf + 128, "DICM", 4) != 0)
+        return -1;
+    size_t off = 132;
+    while (off + 8 <= (size_t)n) {
+        unsigned group = buf[off] | buf[off + 1] << 8;
+        if (group != 0x0002)
+            return (off_t)off;
+        const char vr[3] = {(char)buf[off + 4], (char)buf[off + 5], 0};
+        static const char *const long_vrs[] = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ",
+                                               "SV", "UC", "UN", "UR", "UT", "UV"};
+        bool long_form = false;
+        for (const char *l : long_vrs)
+            long_form = long_form || std::strcmp(l, vr) == 0;
+        if (long_form) {
+            if (off + 12 > (size_t)n)
+                return -1;
+            size_t len = (size_t)buf[off + 8] | (size_t)buf[off + 9] << 8 |
+                         (size_t)buf[off + 10] << 16 | (size_t)buf[off + 11] << 24;
+            off += 12 + len;
+        } else {
+            off += 8 + ((size_t)buf[off + 6] | (size_t)buf[off + 7] << 8);
+        }
+    }
+    return -1; // a meta header of 64 KB or more is no meta header
+}
+
+// Inflates the deflated data set of PATH (raw deflate, PS3.5 A.5) into an
+// unnamed temporary file next to it, counting: more than LIMIT bytes (0:
+// no limit) stops it with EC_InflatedTooLarge. DCMTK's own reading of a
+// deflated file inflates the whole data set in memory (its values cannot
+// be left on disk when the stream cannot seek): a 1.5 MB file of zeros
+// becomes 1.5 GB. Here memory stays at the buffers below, disk at LIMIT.
+// On success OUT owns the descriptor of the plain copy, positioned nowhere
+// in particular (read it through /proc/self/fd).
+OFCondition inflate_to_temp(const char *path, uint64_t limit, FdGuard &out)
+{
+    FdGuard in;
+    in.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (in.fd < 0)
+        return EC_InvalidFilename;
+    off_t start = data_set_offset(in.fd);
+    if (start < 0)
+        return EC_FileMetaInfoHeaderMissing;
+    std::string dir(path);
+    size_t slash = dir.rfind('/');
+    dir = slash == std::string::npos ? "." : slash == 0 ? "/" : dir.substr(0, slash);
+    out.fd = open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (out.fd < 0) {
+        // No O_TMPFILE on this file system: a named file, unlinked at once.
+        std::string tmpl = dir + "/.inflate-XXXXXX";
+        std::vector<char> name(tmpl.begin(), tmpl.end());
+        name.push_back('\0');
+        out.fd = mkostemp(name.data(), O_CLOEXEC);
+        if (out.fd < 0)
+            return makeOFCondition(OFM_dcmdata, 0x7f03, OF_error, std::strerror(errno));
+        unlink(name.data());
+    }
+    z_stream z;
+    std::memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, -MAX_WBITS) != Z_OK)
+        return EC_MemoryExhausted;
+    std::vector<unsigned char> ibuf(64 << 10), obuf(256 << 10);
+    uint64_t total = 0;
+    off_t pos = start;
+    int zrc = Z_OK;
+    OFCondition cond = EC_Normal;
+    while (zrc != Z_STREAM_END && cond.good()) {
+        if (z.avail_in == 0) {
+            ssize_t got = pread(in.fd, ibuf.data(), ibuf.size(), pos);
+            if (got <= 0) {
+                cond = EC_BadDeflate; // the stream ends before its end
+                break;
+            }
+            pos += got;
+            z.next_in = ibuf.data();
+            z.avail_in = (uInt)got;
+        }
+        z.next_out = obuf.data();
+        z.avail_out = (uInt)obuf.size();
+        zrc = inflate(&z, Z_NO_FLUSH);
+        if (zrc != Z_OK && zrc != Z_STREAM_END) {
+            cond = EC_BadDeflate;
+            break;
+        }
+        size_t have = obuf.size() - z.avail_out;
+        total += have;
+        if (limit && total > limit) {
+            cond = EC_InflatedTooLarge;
+            break;
+        }
+        for (size_t done = 0; done < have;) {
+            ssize_t w = ::write(out.fd, obuf.data() + done, have - done);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                cond = makeOFCondition(OFM_dcmdata, 0x7f03, OF_error, std::strerror(errno));
+                break;
+            }
+            done += (size_t)w;
+        }
+    }
+    inflateEnd(&z);
+    return cond;
+}
+
 OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
                         std::vector<std::string> &values, std::vector<bool> &present,
-                        std::string &ts_out, DcmFileFormat &ff)
+                        std::string &ts_out, ParsedFile &pf, uint64_t inflate_limit)
 {
-    OFCondition cond = ff.loadFile(path, EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
+    DcmFileFormat &ff = pf.ff;
+    OFCondition cond = ff.loadFile(path, EXS_Unknown, EGL_noChange, 4096, ERM_metaOnly);
+    if (cond.bad())
+        return cond;
+    OFString meta_ts;
+    ff.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, meta_ts);
+    if (meta_ts == UID_DeflatedExplicitVRLittleEndianTransferSyntax) {
+        // The data set is read from an inflated copy, never inflated in
+        // memory by DCMTK (see inflate_to_temp).
+        cond = inflate_to_temp(path, inflate_limit, pf.tmp);
+        if (cond.bad())
+            return cond;
+        char plain[64];
+        std::snprintf(plain, sizeof plain, "/proc/self/fd/%d", pf.tmp.fd);
+        cond = ff.getDataset()->loadFile(plain, EXS_LittleEndianExplicit, EGL_noChange, 4096);
+    } else {
+        cond = ff.loadFile(path, EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
+    }
     if (cond.bad())
         return cond;
     DcmDataset *ds = ff.getDataset();
@@ -249,8 +484,12 @@ OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
             present[i] = true;
         }
     }
-    DcmXfer xfer(ds->getOriginalXfer());
-    ts_out = xfer.getXferID();
+    if (meta_ts == UID_DeflatedExplicitVRLittleEndianTransferSyntax) {
+        ts_out = meta_ts.c_str(); // the file's, not its inflated copy's
+    } else {
+        DcmXfer xfer(ds->getOriginalXfer());
+        ts_out = xfer.getXferID();
+    }
     return EC_Normal;
 }
 
@@ -261,18 +500,35 @@ OFCondition read_values(const char *path, const std::vector<DcmTagKey> &tags,
 // instead of an aborted association. Writeback to disk is started while
 // the data still arrives, so that the fsync before the answer has little
 // left to wait for.
+//
+// A data set larger than max_dataset_mb, or one still arriving when the
+// association's time is up, is not drained: that could go on for ever.
+// The consumer stops, and shuts the socket's reading side, so that the
+// drain dcmnet starts on a failed write ends at once; the caller then
+// aborts the association.
 class SpoolConsumer : public DcmConsumer {
 public:
-    explicit SpoolConsumer(int fd) : fd_(fd) {}
-    OFBool good() const override { return OFTrue; }
-    OFCondition status() const override { return EC_Normal; }
+    SpoolConsumer(int fd, const Association &a) : fd_(fd), a_(a) {}
+    OFBool good() const override { return !stop_; }
+    OFCondition status() const override { return stop_ ? EC_StreamNotifyClient : EC_Normal; }
     OFBool isFlushed() const override { return OFTrue; }
     offile_off_t avail() const override { return 1 << 30; }
     void flush() override {}
     int error() const { return error_; }
+    bool too_large() const { return stop_ == STOP_TOO_LARGE; }
+    bool expired() const { return stop_ == STOP_EXPIRED; }
 
     offile_off_t write(const void *buf, offile_off_t len) override
     {
+        if (stop_)
+            return 0;
+        received_ += (uint64_t)len;
+        const uint64_t limit = a_.srv->max_dataset_bytes;
+        if ((limit && received_ > limit) || a_.expired()) {
+            stop_ = limit && received_ > limit ? STOP_TOO_LARGE : STOP_EXPIRED;
+            shutdown(a_.fd, SHUT_RD);
+            return 0;
+        }
         const char *p = static_cast<const char *>(buf);
         offile_off_t left = len;
         while (left > 0 && !error_) {
@@ -295,32 +551,39 @@ public:
     }
 
 private:
+    enum { STOP_NOT = 0, STOP_TOO_LARGE, STOP_EXPIRED };
     static const off_t kWritebackChunk = 256 << 10;
     int fd_;
+    const Association &a_;
     int error_ = 0;
+    int stop_ = STOP_NOT;
+    uint64_t received_ = 0;
     off_t written_ = 0, flushed_ = 0;
 };
 
 class SpoolStream : public DcmOutputStream {
 public:
-    explicit SpoolStream(int fd) : DcmOutputStream(&consumer_), consumer_(fd) {}
+    SpoolStream(int fd, const Association &a) : DcmOutputStream(&consumer_), consumer_(fd, a) {}
     int error() const { return consumer_.error(); }
+    bool too_large() const { return consumer_.too_large(); }
+    bool expired() const { return consumer_.expired(); }
 
 private:
     SpoolConsumer consumer_;
 };
 
-// Reads a data set that cannot be stored off the network and answers
-// out of resources.
+// Reads a data set that will not be stored off the network and answers
+// STATUS (out of resources unless told otherwise).
 void drop_data_set(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C_StoreRQ &req,
-                   bool &fatal)
+                   bool &fatal, Uint16 status = DICOM_STATUS_OUT_OF_RESOURCES,
+                   const char *comment = "cannot create file")
 {
     DIC_UL bytes = 0, pdvs = 0;
     if (DIMSE_ignoreDataSet(a.assoc, DIMSE_NONBLOCKING, a.srv->timeout, &bytes, &pdvs).bad()) {
         fatal = true;
         return;
     }
-    send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES, "cannot create file");
+    send_store_response(a, pres_id, req, status, comment);
 }
 
 void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C_StoreRQ &req,
@@ -331,6 +594,16 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     if (ASC_findAcceptedPresentationContext(a.assoc->params, pres_id, &pc).bad()) {
         fatal = true;
         return;
+    }
+    if (srv->store_begin) {
+        // Refused before a byte of it is written (e.g. too little disk).
+        char why[128] = "";
+        dicom_peer p = a.peer();
+        uint16_t status = srv->store_begin(srv->ud, &p, why, sizeof why);
+        if (status != DICOM_STATUS_SUCCESS) {
+            drop_data_set(a, pres_id, req, fatal, status, why);
+            return;
+        }
     }
     char temp[4096];
     if (srv->temp_path(srv->ud, temp, sizeof temp) != 0) {
@@ -352,12 +625,25 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
         return;
     }
     T_ASC_PresentationContextID data_pres_id = pres_id;
-    SpoolStream out(fd);
+    SpoolStream out(fd, a);
     cond = DIMSE_receiveDataSetInFile(a.assoc, DIMSE_NONBLOCKING, srv->timeout, &data_pres_id,
                                       &out, nullptr, nullptr);
     int write_error = out.error();
     if (close(fd) != 0 && !write_error)
         write_error = errno;
+    if (out.too_large() || out.expired()) {
+        if (out.too_large())
+            srv->log(1, "aborting association from %s: a data set larger than "
+                        "node.max_dataset_mb (%llu MB)",
+                     a.calling.c_str(), (unsigned long long)(srv->max_dataset_bytes >> 20));
+        else
+            srv->log(1, "aborting association from %s: open for %d s "
+                        "(node.max_association_seconds)",
+                     a.calling.c_str(), srv->max_seconds);
+        std::remove(temp);
+        fatal = true;
+        return;
+    }
     if (cond.bad()) {
         // The association is broken mid data set: nothing was acknowledged.
         srv->log(1, "receiving data set from %s failed: %s", a.calling.c_str(), cond.text());
@@ -382,18 +668,30 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     std::vector<std::string> values;
     std::vector<bool> present;
     std::string ts;
-    DcmFileFormat ff;
-    cond = read_values(temp, srv->tags, values, present, ts, ff);
+    ParsedFile pf;
+    cond = read_values(temp, srv->tags, values, present, ts, pf, srv->max_dataset_bytes);
+    if (cond == EC_InflatedTooLarge) {
+        // A deflate bomb or just a huge data set: the limit holds for the
+        // data set as it is, inflated, not only as it travelled.
+        srv->log(1, "refusing a deflated data set from %s: larger than node.max_dataset_mb "
+                    "(%llu MB) once inflated",
+                 a.calling.c_str(), (unsigned long long)(srv->max_dataset_bytes >> 20));
+        std::remove(temp);
+        send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES,
+                            "inflated data set exceeds the size limit");
+        return;
+    }
     if (cond.bad()) {
         srv->log(1, "unparseable data set from %s: %s", a.calling.c_str(), cond.text());
         std::remove(temp);
         send_store_response(a, pres_id, req, DICOM_STATUS_CANNOT_UNDERSTAND,
-                            "data set cannot be parsed");
+                            cond == EC_BadDeflate ? "deflated data set cannot be inflated"
+                                                  : "data set cannot be parsed");
         return;
     }
     // The data set must be the instance the command announced.
     OFString ds_class, ds_inst;
-    DcmDataset *ds = ff.getDataset();
+    DcmDataset *ds = pf.ff.getDataset();
     ds->findAndGetOFString(DCM_SOPClassUID, ds_class);
     ds->findAndGetOFString(DCM_SOPInstanceUID, ds_inst);
     if (ds_class != req.AffectedSOPClassUID) {
@@ -412,7 +710,7 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     std::vector<const char *> cvals(values.size());
     for (size_t i = 0; i < values.size(); i++)
         cvals[i] = present[i] ? values[i].c_str() : nullptr;
-    dicom_peer peer = {a.calling.c_str(), a.called.c_str(), a.address.c_str()};
+    dicom_peer peer = a.peer();
     dicom_received r = {temp, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID,
                         pc.acceptedTransferSyntax, cvals.data(), &peer};
     char err[256] = "";
@@ -432,6 +730,14 @@ void run_association(Association *a)
         T_DIMSE_Message msg;
         OFCondition cond = DIMSE_receiveCommand(a->assoc, DIMSE_NONBLOCKING, 1, &pres_id, &msg,
                                                 nullptr);
+        if (a->expired()) {
+            // However busy: a peer must not hold a slot (and a thread) for ever.
+            srv->log(1, "aborting association from %s: open for %d s "
+                        "(node.max_association_seconds)",
+                     a->calling.c_str(), srv->max_seconds);
+            abort_association(*a);
+            break;
+        }
         if (cond == DIMSE_NODATAAVAILABLE) {
             if (srv->must_abort()) {
                 srv->log(1, "aborting association from %s at shutdown", a->calling.c_str());
@@ -481,65 +787,87 @@ void run_association(Association *a)
         }
     }
     srv->log(2, "association from %s ended after %u C-STORE", a->calling.c_str(), stores);
+    if (srv->association_end) {
+        dicom_peer p = a->peer();
+        srv->association_end(srv->ud, &p);
+    }
     ASC_dropSCPAssociation(a->assoc);
     ASC_destroyAssociation(&a->assoc);
+    close_if_ours(a->fd, a->ino);
+    release_slot(srv, a->calling);
     delete a;
-    {
-        std::lock_guard<std::mutex> g(srv->mu);
-        srv->active--;
-    }
-    srv->cv.notify_all();
 }
 
-void reject(T_ASC_Association *assoc, T_ASC_RejectParametersResult result,
+// Drops and frees ASSOC, and closes its socket FD (INO) when dcmnet has not.
+void drop_connection(T_ASC_Association *assoc, int fd, ino_t ino)
+{
+    if (assoc) {
+        ASC_dropAssociation(assoc);
+        ASC_destroyAssociation(&assoc);
+    }
+    close_if_ours(fd, ino);
+}
+
+void reject(T_ASC_Association *assoc, int fd, ino_t ino, T_ASC_RejectParametersResult result,
             T_ASC_RejectParametersSource source, T_ASC_RejectParametersReason reason)
 {
     T_ASC_RejectParameters rej = {result, source, reason};
     ASC_rejectAssociation(assoc, &rej);
-    ASC_dropAssociation(assoc);
-    ASC_destroyAssociation(&assoc);
+    drop_connection(assoc, fd, ino);
 }
 
 // Negotiates one association request read from an accepted socket, and
 // runs the association on this thread when it is accepted.
-void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd)
+void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
+               const std::string &address)
 {
     char calling[64] = "", called[64] = "", peer[128] = "";
     ASC_getAPTitles(assoc->params, calling, sizeof calling, called, sizeof called, nullptr, 0);
     ASC_getPresentationAddresses(assoc->params, peer, sizeof peer, nullptr, 0);
-    std::string calling_s = trim(calling), called_s = trim(called), peer_s = peer;
+    // dcmnet reads the peer's address as IPv4 whatever it is: ours is right for IPv6 too.
+    std::string calling_s = trim(calling), called_s = trim(called),
+                peer_s = address.empty() ? std::string(peer) : address;
 
-    bool busy;
-    {
-        std::lock_guard<std::mutex> g(srv->mu);
-        busy = srv->active >= srv->max_associations;
-    }
-    if (busy) {
+    switch (take_slot(srv, calling_s)) {
+    case 0:
+        break;
+    case 1:
         srv->log(1, "refusing association from %s: %d associations already running",
                  calling_s.c_str(), srv->max_associations);
-        reject(assoc, ASC_RESULT_REJECTEDTRANSIENT,
+        reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
+               ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
+               ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
+        return;
+    default:
+        srv->log(1, "refusing association from %s: it has %d associations running already "
+                    "(node.max_associations_per_caller)",
+                 calling_s.c_str(), srv->max_per_caller);
+        reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
         return;
     }
-    dicom_peer p = {calling_s.c_str(), called_s.c_str(), peer_s.c_str()};
-    switch (srv->associate(srv->ud, &p)) {
+    dicom_peer p = {calling_s.c_str(), called_s.c_str(), peer_s.c_str(), 0};
+    enum dicom_assoc_decision decision = srv->associate(srv->ud, &p);
+    if (decision != DICOM_ASSOC_ACCEPT)
+        release_slot(srv, calling_s);
+    switch (decision) {
     case DICOM_ASSOC_ACCEPT:
         break;
     case DICOM_ASSOC_REJECT_CALLING_AE:
         srv->log(1, "rejecting association from %s: calling AE title not allowed",
                  calling_s.c_str());
-        reject(assoc, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+        reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
         return;
     case DICOM_ASSOC_REJECT_CALLED_AE:
         srv->log(1, "rejecting association from %s: called AE title '%s' is not ours",
                  calling_s.c_str(), called_s.c_str());
-        reject(assoc, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+        reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED);
         return;
     case DICOM_ASSOC_REJECT_BUSY:
-        reject(assoc, ASC_RESULT_REJECTEDTRANSIENT,
+        reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
         return;
@@ -576,15 +904,13 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd)
     if (cond.bad()) {
         srv->log(1, "cannot acknowledge association from %s: %s", calling_s.c_str(),
                  cond.text());
-        ASC_dropAssociation(assoc);
-        ASC_destroyAssociation(&assoc);
+        drop_connection(assoc, fd, ino);
+        release_slot(srv, calling_s);
         return;
     }
-    Association *a = new Association{srv, assoc, fd, calling_s, called_s, peer_s};
-    {
-        std::lock_guard<std::mutex> g(srv->mu);
-        srv->active++;
-    }
+    Association *a = new Association{srv,      assoc,  fd,           ino,
+                                     calling_s, called_s, peer_s, Clock::now(),
+                                     ++srv->next_association_id};
     run_association(a);
 }
 
@@ -670,14 +996,9 @@ void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
     remove_pending(srv, pc);
     if (cond.bad()) {
         srv->log(1, "association request failed: %s", cond.text());
-        if (assoc) {
-            ASC_dropAssociation(assoc);
-            ASC_destroyAssociation(&assoc);
-        } else {
-            close(fd);
-        }
+        drop_connection(assoc, fd, pc->ino);
     } else {
-        negotiate(srv, assoc, fd);
+        negotiate(srv, assoc, fd, pc->ino, pc->address);
     }
     srv->cv.notify_all();
 }
@@ -686,7 +1007,7 @@ int open_listen_socket(const std::string &addr, int port, std::string &err)
 {
     addrinfo hints;
     std::memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_INET; // dcmnet formats peer addresses as IPv4
+    hints.ai_family = AF_UNSPEC; // IPv4 or IPv6 (e.g. ::1)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
     addrinfo *res = nullptr;
@@ -696,10 +1017,17 @@ int open_listen_socket(const std::string &addr, int port, std::string &err)
         err = "cannot resolve bind address '" + addr + "': " + gai_strerror(rc);
         return -1;
     }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // A name with both (localhost) listens on its IPv4 address, as before.
+    addrinfo *use = res;
+    for (addrinfo *r = res; r; r = r->ai_next)
+        if (r->ai_family == AF_INET) {
+            use = r;
+            break;
+        }
+    int fd = socket(use->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+        bind(fd, use->ai_addr, use->ai_addrlen) != 0 || listen(fd, 64) != 0) {
         err = "cannot listen on " + addr + ":" + port_s + ": " + std::strerror(errno);
         if (fd >= 0)
             close(fd);
@@ -761,8 +1089,15 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
     srv->timeout = cfg->network_timeout_seconds > 0 ? cfg->network_timeout_seconds : 60;
     srv->artim = cfg->artim_timeout_seconds > 0 ? cfg->artim_timeout_seconds : 10;
     srv->max_pending = (size_t)(cfg->max_associations > 32 ? 2 * cfg->max_associations : 64);
+    srv->max_per_caller = cfg->max_associations_per_caller > 0 ? cfg->max_associations_per_caller
+                                                               : cfg->max_associations;
+    srv->max_seconds = cfg->max_association_seconds;
+    srv->max_dataset_bytes = cfg->max_dataset_bytes;
+    srv->admit = cfg->admit;
     srv->associate = cfg->associate;
     srv->stored = cfg->stored;
+    srv->store_begin = cfg->store_begin;
+    srv->association_end = cfg->association_end;
     srv->temp_path = cfg->temp_path;
     srv->log_fn = cfg->log;
     srv->ud = cfg->ud;
@@ -804,18 +1139,83 @@ int dicom_server_run(struct dicom_server *srv)
 {
     srv->log(2, "listening on %s:%d as %s", srv->bind_addr.c_str(), srv->port,
              srv->ae_title.c_str());
+    int backoff_ms = 0;              // after accept() ran out of descriptors or memory
+    Clock::time_point last_backoff_log;
+    long long backoff_failures = 0;  // since the last log line
+    long long refused = 0;           // connections from addresses not allowed, likewise
+    Clock::time_point last_refused_log;
     while (!srv->stopping.load()) {
         pollfd pfd = {srv->listen_fd, POLLIN, 0};
         int rc = poll(&pfd, 1, 200);
         if (rc <= 0)
             continue;
-        int fd = accept4(srv->listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-        if (fd < 0)
+        sockaddr_storage from;
+        socklen_t from_len = sizeof from;
+        int fd = accept4(srv->listen_fd, (sockaddr *)&from, &from_len, SOCK_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
+                continue; // the connection went away (ECONNABORTED, ...): next one
+            // The pending connection stays queued and poll() reports it at
+            // once again: without a pause this loop would spin at full CPU
+            // until a descriptor is freed. Wait 100 ms, doubling to 1 s.
+            const bool first = backoff_ms == 0;
+            backoff_ms = first ? 100 : std::min(backoff_ms * 2, 1000);
+            backoff_failures++;
+            if (first || ms_since(last_backoff_log) >= 10000) { // one line per 10 s
+                srv->log(0, "cannot accept connections: %s (%lld time%s); retrying every %d ms",
+                         std::strerror(e), backoff_failures, backoff_failures == 1 ? "" : "s",
+                         backoff_ms);
+                last_backoff_log = Clock::now();
+                backoff_failures = 0;
+            }
+            for (int slept = 0; slept < backoff_ms && !srv->stopping.load(); slept += 50)
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
             continue;
+        }
+        if (backoff_ms) {
+            srv->log(2, "accepting connections again");
+            backoff_ms = 0;
+            backoff_failures = 0;
+        }
+        char addr[INET6_ADDRSTRLEN] = "";
+        if (from.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((sockaddr_in *)&from)->sin_addr, addr, sizeof addr);
+        else if (from.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((sockaddr_in6 *)&from)->sin6_addr, addr, sizeof addr);
+        if (srv->admit) {
+            if (!srv->admit(srv->ud, addr)) {
+                // Closed before a thread or a byte of DICOM is spent on it.
+                close(fd);
+                refused++;
+                if (last_refused_log == Clock::time_point() ||
+                    ms_since(last_refused_log) >= 10000) { // one line per 10 s
+                    srv->log(1, "closed %lld connection%s from addresses outside "
+                                "node.allowed_addresses (last: %s)",
+                             refused, refused == 1 ? "" : "s", addr);
+                    last_refused_log = Clock::now();
+                    refused = 0;
+                }
+                continue;
+            }
+        }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        auto pc = std::make_shared<pending_conn>();
+        struct stat st;
+        std::shared_ptr<pending_conn> pc;
+        try {
+            pc = std::make_shared<pending_conn>();
+        } catch (...) {
+            close(fd);
+            continue;
+        }
         pc->fd = fd;
+        pc->ino = fstat(fd, &st) == 0 ? st.st_ino : 0;
+        try {
+            pc->address = addr;
+        } catch (...) {
+            // no memory for a short string: dcmnet's own (IPv4) reading of it
+        }
         {
             std::lock_guard<std::mutex> g(srv->mu);
             if (srv->pending.size() >= srv->max_pending) {
@@ -836,6 +1236,7 @@ int dicom_server_run(struct dicom_server *srv)
                 srv->cv.notify_all();
             }).detach();
         } catch (...) {
+            // The thread never ran: the socket is still ours alone.
             srv->log(0, "cannot start a thread for a connection");
             close(fd);
             std::lock_guard<std::mutex> g(srv->mu);
@@ -890,8 +1291,8 @@ int dicom_read_values(const char *path, const char *const *keywords, size_t n, c
     std::vector<std::string> v;
     std::vector<bool> present;
     std::string ts;
-    DcmFileFormat ff;
-    OFCondition cond = read_values(path, tags, v, present, ts, ff);
+    ParsedFile pf;
+    OFCondition cond = read_values(path, tags, v, present, ts, pf, kRereadInflateLimit);
     if (cond.bad()) {
         return copy_err(err, errlen, std::string(path) + ": " + cond.text(),
                         cond == EC_InvalidStream || cond == EC_FileMetaInfoHeaderMissing ||

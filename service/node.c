@@ -13,7 +13,11 @@
  * Where an instance goes: dicom/ accepts the association and streams the
  * data set into a file under DATA_DIR/tmp (on_temp_path), then on_stored()
  * hands it to storage_commit(), which makes it durable and indexed; only
- * then is the C-STORE answered with success. A timer completes the studies
+ * then is the C-STORE answered with success. Below node.min_free_disk_mb a
+ * C-STORE is refused before its data set is read (on_store_begin), and the
+ * studies of that association are held back from completion (struct
+ * holds). Who may connect is decided at accept time by address (on_admit)
+ * and at negotiation by AE title (on_associate). A timer completes the studies
  * that are due (idle for stable_seconds, past max_wait_seconds, or with
  * their required series): it reads each one's series rows, plans it with
  * the rules outside any store lock and commits the plan, which the store
@@ -38,6 +42,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/statvfs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +50,31 @@
 #include <uv.h>
 
 #define RETENTION_EVERY_MS 60000
+
+/*
+ * Studies held back from completion. A C-STORE refused for lack of disk
+ * space is refused before its data set is read, so its study is unknown;
+ * what is known is the association. A study that received instances on an
+ * association where one was refused is probably missing some, and is held:
+ * the completion timer leaves it receiving (except at max_wait_seconds)
+ * until a later association that has none refused delivers instances of it
+ * again, i.e. the sender has sent it again. The holds live in memory: after
+ * a restart such a study completes as any other.
+ */
+struct assoc_track {
+    uint64_t id;                  /* dicom_peer.association_id */
+    int refused;                  /* instances refused for lack of space */
+    char (*studies)[65];          /* studies it stored instances of */
+    size_t n, cap;
+    struct assoc_track *next;
+};
+
+struct holds {
+    pthread_mutex_t lock;
+    struct assoc_track *assocs;   /* running associations that stored or were refused */
+    char (*held)[65];             /* study UIDs held back from completion */
+    size_t n_held, cap_held;
+};
 
 struct node {
     /* The configuration in force, one reference: replaced whole by a
@@ -71,6 +101,8 @@ struct node {
     int retain_days, retain_high_water, retain_deleted;
     char retain_err[512];
     int loop_done;                /* uv_run returned: retention runs inline */
+    struct holds holds;
+    int64_t space_log_ms;         /* last "refusing: disk space" line (rate limit) */
     int stopping;
     int exit_code;
 };
@@ -86,6 +118,176 @@ static enum dicom_assoc_decision on_associate(void *ud, const struct dicom_peer 
         d = DICOM_ASSOC_REJECT_CALLING_AE;
     pthread_mutex_unlock(&n->cfg_lock);
     return d;
+}
+
+/* At accept time, before a thread or a byte of DICOM is spent on the
+ * connection: node.allowed_addresses (reloadable, hence under the lock). */
+static int on_admit(void *ud, const char *address)
+{
+    struct node *n = ud;
+    pthread_mutex_lock(&n->cfg_lock);
+    int ok = config_address_allowed(n->cfg, address);
+    pthread_mutex_unlock(&n->cfg_lock);
+    return ok;
+}
+
+/* The record of association ID, created when CREATE; NULL when absent or
+ * out of memory. Called with the holds locked. */
+static struct assoc_track *track_of(struct holds *h, uint64_t id, int create)
+{
+    for (struct assoc_track *t = h->assocs; t; t = t->next)
+        if (t->id == id)
+            return t;
+    if (!create)
+        return NULL;
+    struct assoc_track *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->id = id;
+    t->next = h->assocs;
+    h->assocs = t;
+    return t;
+}
+
+static int uid_index(char (*list)[65], size_t n, const char *uid)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(list[i], uid))
+            return (int)i;
+    return -1;
+}
+
+/* Adds UID to *LIST (N, CAP) unless there; 0, or -1 out of memory. */
+static int uid_add(char (**list)[65], size_t *n, size_t *cap, const char *uid)
+{
+    if (uid_index(*list, *n, uid) >= 0)
+        return 0;
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 8;
+        char(*l)[65] = realloc(*list, c * sizeof *l);
+        if (!l)
+            return -1;
+        *list = l;
+        *cap = c;
+    }
+    snprintf((*list)[(*n)++], 65, "%s", uid);
+    return 0;
+}
+
+/* Holds STUDY back from completion. Called with the holds locked. */
+static void hold_study(struct holds *h, const char *study)
+{
+    if (uid_index(h->held, h->n_held, study) >= 0)
+        return;
+    if (uid_add(&h->held, &h->n_held, &h->cap_held, study) != 0) {
+        log_msg(LOG_ERROR, "out of memory holding a study back from completion");
+        return;
+    }
+    log_msg(LOG_WARN, "a study is held back from completion: instances sent with it were "
+                      "refused for lack of disk space; it completes once they arrive again on "
+                      "an association with none refused (or at completion.max_wait_seconds)");
+    log_msg(LOG_DEBUG, "study %s held back from completion", study);
+}
+
+static int study_held(struct node *n, const char *study)
+{
+    pthread_mutex_lock(&n->holds.lock);
+    int held = uid_index(n->holds.held, n->holds.n_held, study) >= 0;
+    pthread_mutex_unlock(&n->holds.lock);
+    return held;
+}
+
+/* node.min_free_disk_mb: checked for each C-STORE before its data set is
+ * read, so that a full disk costs the sender an answer, not a half-written
+ * file. */
+static uint16_t on_store_begin(void *ud, const struct dicom_peer *p, char *comment, size_t len)
+{
+    struct node *n = ud;
+    struct statvfs vfs;
+    pthread_mutex_lock(&n->cfg_lock);
+    int64_t floor_mb = n->cfg->node.min_free_disk_mb;
+    int known = floor_mb && statvfs(n->cfg->node.data_dir, &vfs) == 0;
+    pthread_mutex_unlock(&n->cfg_lock);
+    if (!known)
+        return DICOM_STATUS_SUCCESS; /* off, or unknown: the write itself will tell */
+    uint64_t free_mb = ((uint64_t)vfs.f_bavail * vfs.f_frsize) >> 20;
+    if (free_mb >= (uint64_t)floor_mb)
+        return DICOM_STATUS_SUCCESS;
+    struct holds *h = &n->holds;
+    pthread_mutex_lock(&h->lock);
+    struct assoc_track *t = track_of(h, p->association_id, 1);
+    if (t && !t->refused) {
+        t->refused = 1;
+        for (size_t i = 0; i < t->n; i++)
+            hold_study(h, t->studies[i]);
+    }
+    int64_t now = clock_now_ms();
+    int say = now - n->space_log_ms >= 10000;
+    if (say)
+        n->space_log_ms = now;
+    pthread_mutex_unlock(&h->lock);
+    if (say) /* one line per 10 s, however many are refused */
+        log_msg(LOG_WARN, "refusing instances from %s: %llu MiB free for the data, below "
+                          "node.min_free_disk_mb (%lld MiB)",
+                p->calling_ae, (unsigned long long)free_mb, (long long)floor_mb);
+    snprintf(comment, len, "not enough free disk space");
+    return DICOM_STATUS_OUT_OF_RESOURCES;
+}
+
+/* Records that association P stored an instance of STUDY. */
+static void track_stored(struct node *n, const struct dicom_peer *p, const char *study)
+{
+    if (!study || !*study)
+        return;
+    struct holds *h = &n->holds;
+    pthread_mutex_lock(&h->lock);
+    struct assoc_track *t = track_of(h, p->association_id, 1);
+    if (!t || uid_add(&t->studies, &t->n, &t->cap, study) != 0)
+        log_msg(LOG_ERROR, "out of memory tracking an association's studies");
+    else if (t->refused)
+        hold_study(h, study);
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* An association ended: with none refused, the studies it delivered are
+ * whole again (the sender sent them again) and no longer held. */
+static void on_association_end(void *ud, const struct dicom_peer *p)
+{
+    struct node *n = ud;
+    struct holds *h = &n->holds;
+    pthread_mutex_lock(&h->lock);
+    struct assoc_track **pp = &h->assocs;
+    while (*pp && (*pp)->id != p->association_id)
+        pp = &(*pp)->next;
+    struct assoc_track *t = *pp;
+    if (t) {
+        *pp = t->next;
+        for (size_t i = 0; !t->refused && i < t->n; i++) {
+            int k = uid_index(h->held, h->n_held, t->studies[i]);
+            if (k < 0)
+                continue;
+            memmove(h->held[k], h->held[k + 1], (h->n_held - (size_t)k - 1) * sizeof h->held[0]);
+            h->n_held--;
+            log_msg(LOG_INFO, "a study held back for refused instances was sent again: it "
+                              "completes as usual");
+        }
+        free(t->studies);
+        free(t);
+    }
+    pthread_mutex_unlock(&h->lock);
+}
+
+static void holds_free(struct holds *h)
+{
+    while (h->assocs) {
+        struct assoc_track *t = h->assocs;
+        h->assocs = t->next;
+        free(t->studies);
+        free(t);
+    }
+    free(h->held);
+    h->held = NULL;
+    h->n_held = h->cap_held = 0;
 }
 
 static int on_temp_path(void *ud, char *buf, size_t len)
@@ -109,6 +311,7 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
     int rc = storage_commit(n->store, r->temp_path, &inst, err, errlen);
     if (rc == STORAGE_OK) {
         log_msg(LOG_DEBUG, "stored %s from %s", r->sop_instance_uid, r->peer->calling_ae);
+        track_stored(n, r->peer, r->values[ATTR_STUDY_INSTANCE_UID]);
         return DICOM_STATUS_SUCCESS;
     }
     /* An instance contradicting the store is the sender's to correct, not
@@ -315,6 +518,9 @@ static void complete_due(struct node *n)
             else if (rules_required_met(cfg, rows, n_rows))
                 due = DUE_REQUIRED;
         }
+        /* Instances refused for lack of space: not complete until sent again. */
+        if ((due == DUE_STABLE || due == DUE_REQUIRED) && study_held(n, r.uid[i]))
+            due = DUE_NOT;
         if (due != DUE_NOT && !rows &&
             storage_study_series(n->store, r.uid[i], &rows, &n_rows) != STORAGE_OK) {
             log_msg(LOG_ERROR, "cannot read the series of study %s", r.uid[i]);
@@ -446,8 +652,12 @@ int node_run(struct config *cfg)
     memset(&n, 0, sizeof n);
     n.cfg = config_ref(cfg);
     pthread_mutex_init(&n.cfg_lock, NULL);
+    pthread_mutex_init(&n.holds.lock, NULL);
+    n.space_log_ms = -10000;
     int rc = node_serve(&n);
     config_unref(n.cfg);
+    holds_free(&n.holds);
+    pthread_mutex_destroy(&n.holds.lock);
     pthread_mutex_destroy(&n.cfg_lock);
     return rc;
 }
@@ -460,6 +670,9 @@ static int node_serve(struct node *n)
     /* A write past a file size limit must fail with EFBIG (answered as out
      * of resources), not kill the node. */
     signal(SIGXFSZ, SIG_IGN);
+    /* A peer that resets its connection must cost a failed write (EPIPE),
+     * not the process. */
+    signal(SIGPIPE, SIG_IGN);
 
     char err[512] = "";
     init_read_keywords();
@@ -487,10 +700,16 @@ static int node_serve(struct node *n)
         .max_pdu = cfg->node.max_pdu,
         .network_timeout_seconds = cfg->node.network_timeout_seconds,
         .artim_timeout_seconds = cfg->node.artim_timeout_seconds,
+        .max_associations_per_caller = cfg->node.max_associations_per_caller,
+        .max_association_seconds = cfg->node.max_association_seconds,
+        .max_dataset_bytes = (uint64_t)cfg->node.max_dataset_mb << 20,
         .keywords = read_keywords,
         .n_keywords = ATTR_COUNT,
+        .admit = on_admit,
         .associate = on_associate,
+        .store_begin = on_store_begin,
         .stored = on_stored,
+        .association_end = on_association_end,
         .temp_path = on_temp_path,
         .log = on_dicom_log,
         .ud = n,

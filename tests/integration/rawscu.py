@@ -39,7 +39,10 @@ def _item(item_type, payload):
 
 
 def _ae(title):
-    return title.encode("ascii").ljust(16, b" ")[:16]
+    """16 bytes of TITLE: str as ASCII, or bytes as they are (to send what a
+    well-behaved peer never would)."""
+    raw = title if isinstance(title, bytes) else title.encode("ascii")
+    return raw.ljust(16, b" ")[:16]
 
 
 def _even_uid(uid):
@@ -78,6 +81,25 @@ class _Conn:
         self.sock.sendall(struct.pack(">BBI", pdu_type, 0, len(body)) + body)
 
 
+def associate_rq(called="AINODE", calling="RAWSCU", contexts=None):
+    """The A-ASSOCIATE-RQ PDU (bytes) and {pcid: abstract syntax} it proposes;
+    contexts is a list of (abstract syntax, [transfer syntaxes])."""
+    contexts = contexts or [(CT_STORAGE, [EXPLICIT_LE]), (VERIFICATION, [IMPLICIT_LE])]
+    body = struct.pack(">HH", 1, 0) + _ae(called) + _ae(calling) + b"\0" * 32
+    body += _item(0x10, APP_CONTEXT)
+    proposed = {}
+    for i, (abstract, tss) in enumerate(contexts):
+        pcid = 2 * i + 1
+        proposed[pcid] = abstract
+        sub = _item(0x30, abstract.encode("ascii"))
+        for ts in tss:
+            sub += _item(0x40, ts.encode("ascii"))
+        body += _item(0x20, struct.pack(">BBBB", pcid, 0, 0, 0) + sub)
+    user = _item(0x51, struct.pack(">I", 16384)) + _item(0x52, IMPL_CLASS_UID)
+    body += _item(0x50, user)
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body, proposed
+
+
 class Association(_Conn):
     """One association; contexts is a list of (abstract syntax, [transfer syntaxes])."""
 
@@ -85,20 +107,15 @@ class Association(_Conn):
                  timeout=30):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        contexts = contexts or [(CT_STORAGE, [EXPLICIT_LE]), (VERIFICATION, [IMPLICIT_LE])]
-        body = struct.pack(">HH", 1, 0) + _ae(called) + _ae(calling) + b"\0" * 32
-        body += _item(0x10, APP_CONTEXT)
-        self.proposed = {}
-        for i, (abstract, tss) in enumerate(contexts):
-            pcid = 2 * i + 1
-            self.proposed[pcid] = abstract
-            sub = _item(0x30, abstract.encode("ascii"))
-            for ts in tss:
-                sub += _item(0x40, ts.encode("ascii"))
-            body += _item(0x20, struct.pack(">BBBB", pcid, 0, 0, 0) + sub)
-        user = _item(0x51, struct.pack(">I", 16384)) + _item(0x52, IMPL_CLASS_UID)
-        body += _item(0x50, user)
-        self.send_pdu(0x01, body)
+        try:
+            self._negotiate(called, calling, contexts)
+        except BaseException:
+            self.sock.close()  # a rejected or failed request leaves no socket behind
+            raise
+
+    def _negotiate(self, called, calling, contexts):
+        pdu, self.proposed = associate_rq(called, calling, contexts)
+        self.sock.sendall(pdu)
         pdu_type, data = self.read_pdu()
         if pdu_type == 0x03:
             raise Rejected(data[1], data[2], data[3])

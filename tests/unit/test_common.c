@@ -1,6 +1,7 @@
 /* common/: the attribute table, plans, error lines, log escaping and the waiter. */
 #include "common/attr.h"
 #include "common/error.h"
+#include "common/log.h"
 #include "common/plan.h"
 #include "common/wait.h"
 
@@ -9,7 +10,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <string.h>
+#include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 static void test_attribute_keywords_and_columns_are_unique(void **state)
@@ -78,6 +81,67 @@ static void test_error_text_is_one_line_and_returns_the_code(void **state)
     assert_int_equal(error_set(err, sizeof err, -7, "a\nb\r%s", "cdefghijklmnop"), -7);
     assert_string_equal(err, "a b cdefghijklm");
     assert_int_equal(error_set(NULL, 0, -3, "x"), -3);
+}
+
+/* ------------------------------------------------------------------ */
+/* log                                                                 */
+
+/* What log_msg(LEVEL, "%s", MSG) writes to stderr, without the time stamp,
+ * into OUT. */
+static void logged(enum log_level level, const char *msg, char *out, size_t len)
+{
+    FILE *tmp = tmpfile();
+    assert_non_null(tmp);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    assert_int_equal(dup2(fileno(tmp), STDERR_FILENO), STDERR_FILENO);
+    log_msg(level, "%s", msg);
+    fflush(stderr);
+    assert_int_equal(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+    close(saved);
+    rewind(tmp);
+    size_t n = fread(out, 1, len - 1, tmp);
+    out[n] = '\0';
+    fclose(tmp);
+    char *space = strchr(out, ' '); /* after the time stamp */
+    assert_non_null(space);
+    memmove(out, space + 1, strlen(space + 1) + 1);
+}
+
+static void test_log_escapes_controls_and_non_ascii_so_no_line_is_forged(void **state)
+{
+    (void)state;
+    char out[2048];
+    /* A calling AE title that tries to start a line of its own. */
+    logged(LOG_WARN, "association from EVIL\n2026-01-01T00:00:00.000Z INFO  forged", out,
+           sizeof out);
+    assert_string_equal(out, "WARN  association from EVIL\\n2026-01-01T00:00:00.000Z INFO  "
+                             "forged\n");
+    logged(LOG_ERROR, "cr\r tab\t esc\x1b[31m del\x7f", out, sizeof out);
+    assert_string_equal(out, "ERROR cr\\x0d tab\\x09 esc\\x1b[31m del\\x7f\n");
+    /* Bytes outside ASCII (here UTF-8 for "é" and a stray 0xff). */
+    logged(LOG_INFO, "caf\xc3\xa9 \xff", out, sizeof out);
+    assert_string_equal(out, "INFO  caf\\xc3\\xa9 \\xff\n");
+    /* A message longer than a line is cut, still one line. */
+    char big[3000];
+    memset(big, '\n', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    logged(LOG_INFO, big, out, sizeof out);
+    assert_non_null(strchr(out, '\n'));
+    assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
+    /* Below the level: nothing. */
+    log_set_level(LOG_WARN);
+    FILE *tmp = tmpfile();
+    int saved = dup(STDERR_FILENO);
+    dup2(fileno(tmp), STDERR_FILENO);
+    log_msg(LOG_INFO, "hidden");
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    assert_int_equal(ftell(tmp), 0);
+    fclose(tmp);
+    log_set_level(LOG_INFO);
 }
 
 /* ------------------------------------------------------------------ */
@@ -233,6 +297,7 @@ int main(void)
         cmocka_unit_test(test_series_lookup_reads_attributes_and_facts),
         cmocka_unit_test(test_plan_merges_a_model_named_twice_for_one_series),
         cmocka_unit_test(test_error_text_is_one_line_and_returns_the_code),
+        cmocka_unit_test(test_log_escapes_controls_and_non_ascii_so_no_line_is_forged),
         cmocka_unit_test(test_waiter_a_wake_before_the_wait_is_not_lost),
         cmocka_unit_test(test_waiter_many_wakes_coalesce_into_one),
         cmocka_unit_test(test_waiter_timeout_is_honoured),

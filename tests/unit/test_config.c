@@ -45,7 +45,7 @@ static void capture_free(struct capture *cap)
 }
 
 static char tmpdir[256];
-static char paths[128][1024];
+static char paths[256][1024];
 static int npaths;
 static char builtin_dir[512]; /* ct-bone-body.pt (empty) and its manifest */
 static char builtin_pt[1024], builtin_yaml[1024];
@@ -68,7 +68,7 @@ static const char *fixture(const char *name)
 /* Writes TEXT to a fresh file in the test's temp dir and returns its path. */
 static const char *write_tmp(const char *name, const char *text)
 {
-    assert_true(npaths < 128);
+    assert_true(npaths < 256);
     char *p = paths[npaths++];
     snprintf(p, sizeof paths[0], "%s/%s", tmpdir, name);
     FILE *f = fopen(p, "w");
@@ -250,6 +250,12 @@ static void assert_defaults(const struct config *cfg)
     assert_int_equal(cfg->node.retention_days, 0);
     assert_int_equal(cfg->node.disk_high_water_percent, 0);
     assert_int_equal(cfg->node.artim_timeout_seconds, 10);
+    assert_int_equal(cfg->node.n_allowed_addresses, 0);
+    assert_int_equal(cfg->node.allow_any_caller, 0);
+    assert_int_equal(cfg->node.max_associations_per_caller, 8);
+    assert_int_equal(cfg->node.max_association_seconds, 3600);
+    assert_int_equal(cfg->node.max_dataset_mb, 2048);
+    assert_int_equal(cfg->node.min_free_disk_mb, 1024);
     assert_int_equal(cfg->n_destinations, 0);
 }
 
@@ -473,6 +479,169 @@ static void test_artim_timeout_loads_and_is_bounded(void **state)
                         "2:26: node.artim_timeout_seconds: 0 is out of range 1..3600");
 }
 
+static void test_cidr_blocks_parse_for_both_families(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        int prefix; /* on the 16-byte form; -1: refused */
+        const char *why;
+    } cases[] = {
+        {"10.0.0.0/8", 104, NULL},
+        {"127.0.0.1", 128, NULL},
+        {"192.168.1.7/32", 128, NULL},
+        {"0.0.0.0/0", 96, NULL},
+        {"::1", 128, NULL},
+        {"::1/128", 128, NULL},
+        {"fd00::/8", 8, NULL},
+        {"2001:db8::/32", 32, NULL},
+        {"::/0", 0, NULL},
+        {"::ffff:10.0.0.0/104", 104, NULL},
+        {"10.0.0.0/33", -1, "has a prefix length over 32"},
+        {"::1/129", -1, "has a prefix length over 128"},
+        {"10.0.0.0/", -1, "has an invalid prefix length (0..32 after '/')"},
+        {"10.0.0.0/-1", -1, "has an invalid prefix length (0..32 after '/')"},
+        {"10.0.0.0/ 8", -1, "has an invalid prefix length (0..32 after '/')"},
+        {"10.0.0.0/8x", -1, "has an invalid prefix length (0..32 after '/')"},
+        {"fd00::/1000", -1, "has an invalid prefix length (0..128 after '/')"},
+        {"10.0.0.1/8", -1, "has address bits set beyond its prefix length"},
+        {"fd00::1/64", -1, "has address bits set beyond its prefix length"},
+        {"300.0.0.1", -1, "is not an IPv4 or IPv6 address"},
+        {"10.0.0", -1, "is not an IPv4 or IPv6 address"},
+        {"pacs.example.org", -1, "is not an IPv4 or IPv6 address"},
+        {"/8", -1, "is not an IPv4 or IPv6 address"},
+        {"", -1, "is not an IPv4 or IPv6 address"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct config_cidr c;
+        const char *why = config_cidr_parse(cases[i].text, &c);
+        if (cases[i].prefix < 0) {
+            if (!why || strcmp(why, cases[i].why))
+                fail_msg("%s: got %s, want %s", cases[i].text, why ? why : "(accepted)",
+                         cases[i].why);
+        } else {
+            if (why)
+                fail_msg("%s: refused: %s", cases[i].text, why);
+            assert_int_equal(c.prefix, cases[i].prefix);
+        }
+    }
+}
+
+static void test_allowed_addresses_match_peers_of_both_families(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(write_tmp("addresses.yaml",
+                                           "node:\n"
+                                           "  allowed_addresses: [10.0.0.0/8, 192.168.1.7, "
+                                           "'::1', 'fd00::/8']\n"));
+    assert_int_equal(cfg->node.n_allowed_addresses, 4);
+    static const struct {
+        const char *addr;
+        int allowed;
+    } peers[] = {
+        {"10.0.0.1", 1},     {"10.255.255.255", 1}, {"11.0.0.1", 0},  {"9.255.255.255", 0},
+        {"192.168.1.7", 1},  {"192.168.1.8", 0},    {"::1", 1},       {"::2", 0},
+        {"fd12:3456::1", 1}, {"fe00::1", 0},        {"::ffff:10.1.2.3", 1},
+        {"127.0.0.1", 0},    {"", 0},               {"not-an-address", 0},
+    };
+    for (size_t i = 0; i < sizeof peers / sizeof peers[0]; i++)
+        if (config_address_allowed(cfg, peers[i].addr) != peers[i].allowed)
+            fail_msg("%s: expected %s", peers[i].addr, peers[i].allowed ? "allowed" : "refused");
+    assert_int_equal(config_address_allowed(cfg, NULL), 0);
+    config_free(cfg);
+    /* An empty list allows any address. */
+    cfg = load_ok(fixture("empty.yaml"));
+    assert_int_equal(config_address_allowed(cfg, "203.0.113.9"), 1);
+    assert_int_equal(config_address_allowed(cfg, "2001:db8::1"), 1);
+    config_free(cfg);
+
+    expect_errors("bad_addresses.yaml",
+                  "node:\n"
+                  "  allowed_addresses: [10.0.0.0/33, '::1/129', 10.0.0.1/8, somehost]\n",
+                  (const char *const[]){
+                      "2:23: node.allowed_addresses: '10.0.0.0/33' has a prefix length over 32",
+                      "2:36: node.allowed_addresses: '::1/129' has a prefix length over 128",
+                      "2:47: node.allowed_addresses: '10.0.0.1/8' has address bits set beyond "
+                      "its prefix length",
+                      "2:59: node.allowed_addresses: 'somehost' is not an IPv4 or IPv6 address",
+                      NULL});
+    expect_single_error("addresses_scalar.yaml", "node:\n  allowed_addresses: 10.0.0.0/8\n",
+                        "2:22: node.allowed_addresses: expected a sequence");
+}
+
+/* A node that other hosts can reach must say who may call it. */
+static void test_reachable_bind_needs_a_caller_or_address_list(void **state)
+{
+    (void)state;
+    static const char *const ok[] = {
+        "node: {bind: 0.0.0.0, allowed_callers: [PACS]}\n",
+        "node: {bind: 0.0.0.0, allowed_addresses: [10.0.0.0/8]}\n",
+        "node: {bind: 0.0.0.0, allow_any_caller: true}\n",
+        "node: {bind: 127.0.0.1}\n",
+        "node: {bind: 127.1.2.3}\n",
+        "node: {bind: '::1'}\n",
+        "node: {bind: localhost}\n",
+        "node: {allowed_addresses: []}\n",
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "reachable_ok_%zu.yaml", i);
+        config_free(load_ok(write_tmp(name, ok[i])));
+    }
+    struct config *cfg = load_ok(write_tmp("any_caller.yaml",
+                                           "node:\n  bind: 0.0.0.0\n  allow_any_caller: true\n"));
+    assert_int_equal(cfg->node.allow_any_caller, 1);
+    config_free(cfg);
+
+    static const char *const why =
+        "is reachable from other hosts, but neither node.allowed_callers nor "
+        "node.allowed_addresses says who may connect; set one of them, or "
+        "node.allow_any_caller: true to accept any peer";
+    char want[512];
+    snprintf(want, sizeof want, "2:9: node.bind: '0.0.0.0' %s", why);
+    expect_single_error("reachable.yaml", "node:\n  bind: 0.0.0.0\n", want);
+    snprintf(want, sizeof want, "2:9: node.bind: '10.1.2.3' %s", why);
+    expect_single_error("reachable_false.yaml",
+                        "node:\n  bind: 10.1.2.3\n  allow_any_caller: false\n", want);
+    snprintf(want, sizeof want, "2:9: node.bind: 'nodes.example.org' %s", why);
+    expect_single_error("reachable_name.yaml", "node:\n  bind: nodes.example.org\n", want);
+    /* A value that is refused is reported once, not again as missing. */
+    expect_single_error("any_caller_yes.yaml",
+                        "node:\n  bind: 0.0.0.0\n  allow_any_caller: yes\n",
+                        "3:21: node.allow_any_caller: expected true or false");
+    expect_single_error("addresses_bad_reachable.yaml",
+                        "node:\n  bind: 0.0.0.0\n  allowed_addresses: [nothere]\n",
+                        "3:23: node.allowed_addresses: 'nothere' is not an IPv4 or IPv6 address");
+}
+
+static void test_association_limits_load_and_are_bounded(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(write_tmp("assoc_limits.yaml",
+                                           "node:\n"
+                                           "  max_associations_per_caller: 1024\n"
+                                           "  max_association_seconds: 604800\n"
+                                           "  max_dataset_mb: 1048576\n"
+                                           "  min_free_disk_mb: 1073741824\n"));
+    assert_int_equal(cfg->node.max_associations_per_caller, 1024);
+    assert_int_equal(cfg->node.max_association_seconds, 604800);
+    assert_int_equal(cfg->node.max_dataset_mb, 1048576);
+    assert_int_equal(cfg->node.min_free_disk_mb, 1073741824);
+    config_free(cfg);
+    expect_errors("assoc_limits_range.yaml",
+                  "node:\n"
+                  "  max_associations_per_caller: 0\n"
+                  "  max_association_seconds: 0\n"
+                  "  max_dataset_mb: 0\n"
+                  "  min_free_disk_mb: -1\n",
+                  (const char *const[]){
+                      "2:32: node.max_associations_per_caller: 0 is out of range 1..1024",
+                      "3:28: node.max_association_seconds: 0 is out of range 1..604800",
+                      "4:19: node.max_dataset_mb: 0 is out of range 1..1048576",
+                      "5:21: node.min_free_disk_mb: -1 is out of range 0..1073741824",
+                      NULL});
+}
+
 /* Reload refuses exactly the keys marked restart-only, and names them. */
 static void test_restart_changes_name_exactly_the_restart_only_keys(void **state)
 {
@@ -484,16 +653,21 @@ static void test_restart_changes_name_exactly_the_restart_only_keys(void **state
     } cases[] = {
         {"{}", 0, ""},
         {"{port: 104}", 1, "node.port"},
-        {"{bind: 0.0.0.0}", 1, "node.bind"},
+        {"{bind: 0.0.0.0, allow_any_caller: true}", 1, "node.bind"},
         {"{data_dir: ./elsewhere}", 1, "node.data_dir"},
         {"{max_associations: 2}", 1, "node.max_associations"},
         {"{max_pdu: 16384}", 1, "node.max_pdu"},
         {"{artim_timeout_seconds: 30}", 1, "node.artim_timeout_seconds"},
-        {"{port: 104, max_pdu: 16384, bind: 0.0.0.0}", 3, "node.port, node.bind, node.max_pdu"},
+        {"{max_associations_per_caller: 2}", 1, "node.max_associations_per_caller"},
+        {"{max_association_seconds: 60}", 1, "node.max_association_seconds"},
+        {"{max_dataset_mb: 100}", 1, "node.max_dataset_mb"},
+        {"{port: 104, max_pdu: 16384, bind: 0.0.0.0, allowed_callers: [A]}", 3,
+         "node.port, node.bind, node.max_pdu"},
         /* what a reload applies */
         {"{ae_title: OTHER, stable_seconds: 3, log_level: debug, allowed_callers: [A], "
          "shutdown_grace_seconds: 1, network_timeout_seconds: 5, retention_days: 2, "
-         "disk_high_water_percent: 90}",
+         "disk_high_water_percent: 90, allowed_addresses: [10.0.0.0/8], allow_any_caller: true, "
+         "min_free_disk_mb: 0}",
          0, ""},
     };
     struct config *old = load_ok(write_tmp("restart_old.yaml", "node: {}\n"));
@@ -509,7 +683,8 @@ static void test_restart_changes_name_exactly_the_restart_only_keys(void **state
         config_free(new);
     }
     /* a short buffer stays terminated */
-    struct config *new = load_ok(write_tmp("restart_many.yaml", "node: {port: 1, bind: x}\n"));
+    struct config *new = load_ok(write_tmp("restart_many.yaml",
+                                           "node: {port: 1, bind: x, allow_any_caller: true}\n"));
     char small[8];
     assert_int_equal(config_restart_changes(old, new, small, sizeof small), 2);
     assert_true(strlen(small) < sizeof small);
@@ -802,7 +977,7 @@ static void test_syntax_error_is_positioned_and_not_printed(void **state)
     (void)state;
     char errpath[600];
     snprintf(errpath, sizeof errpath, "%s/stderr.txt", tmpdir);
-    assert_true(npaths < 128);
+    assert_true(npaths < 256);
     snprintf(paths[npaths++], sizeof paths[0], "%s", errpath);
 
     const char *p = write_tmp("syntax.yaml", "node:\n  port: 1\n bind: x\n");
@@ -1699,7 +1874,8 @@ static void test_load_works_without_error_callback(void **state)
 {
     (void)state;
     struct config *cfg = NULL;
-    const char *p = write_tmp("nocb.yaml", "node:\n  port: x\n  bind: 1.2.3.4\n  nope: 1\n");
+    const char *p = write_tmp("nocb.yaml", "node:\n  port: x\n  bind: 1.2.3.4\n  nope: 1\n"
+                                           "  allow_any_caller: true\n");
     assert_int_equal(config_load(p, &cfg, NULL, NULL), CONFIG_EINVALID);
     assert_null(cfg);
     /* the same file, counted: two problems */
@@ -1753,6 +1929,10 @@ int main(void)
         cmocka_unit_test(test_deploy_sample_loads_without_errors),
         cmocka_unit_test(test_deploy_sample_names_every_key),
         cmocka_unit_test(test_artim_timeout_loads_and_is_bounded),
+        cmocka_unit_test(test_cidr_blocks_parse_for_both_families),
+        cmocka_unit_test(test_allowed_addresses_match_peers_of_both_families),
+        cmocka_unit_test(test_reachable_bind_needs_a_caller_or_address_list),
+        cmocka_unit_test(test_association_limits_load_and_are_bounded),
         cmocka_unit_test(test_restart_changes_name_exactly_the_restart_only_keys),
         cmocka_unit_test(test_configurations_are_reference_counted),
         cmocka_unit_test(test_load_returns_the_class_of_the_failure),
