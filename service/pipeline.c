@@ -11,6 +11,7 @@
  */
 #include "service/pipeline.h"
 
+#include "common/limits.h"
 #include "config/config.h"
 #include "dicom/image.h"
 #include "inference/inference.h"
@@ -24,6 +25,11 @@
 #include <time.h>
 
 #define MAX_TILT_DEGREES 1.0
+
+/* Voxels of float volume one job may hold (decoded series, assembled and
+ * resampled volume, the sliding window's buffers): common/limits.h.
+ * (Configurable per node and per model later; one value for now.) */
+#define JOB_MAX_VOXELS (LIMIT_JOB_VOLUME_BYTES / sizeof(float))
 
 const char *pipeline_strerror(int code)
 {
@@ -160,7 +166,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     double t1 = seconds_now();
     t->decode = t1 - t0;
 
-    struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05};
+    struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05, JOB_MAX_VOXELS};
     if (infer_volume_assemble(slices, n_slices, &lim, &vol, err, errlen) != INFER_OK)
         goto out;
     /* The decoded images were copied into the volume; the headers stay
@@ -172,7 +178,10 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     preprocess(mf, &vol);
     const struct infer_volume *input = &vol;
     if (mf->has_spacing) {
-        infer_grid_respace(&vol.grid, mf->spacing, &scaled.grid);
+        /* The grid is checked against the budget before its buffer exists. */
+        if (infer_grid_respace(&vol.grid, mf->spacing, JOB_MAX_VOXELS, &scaled.grid, err,
+                               errlen) != INFER_OK)
+            goto out;
         size_t n = (size_t)scaled.grid.nx * scaled.grid.ny * scaled.grid.nz;
         if (!(scaled.data = malloc(n * sizeof *scaled.data))) {
             snprintf(err, errlen, "out of memory");
@@ -202,6 +211,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         .threshold = (float)mf->threshold,
         .progress = progress,
         .progress_ud = progress_ud,
+        .max_voxels = JOB_MAX_VOXELS,
     };
     int irc = infer_sliding_window(model, input, &win, model_labels, err, errlen);
     if (irc != INFER_OK) {
