@@ -97,11 +97,14 @@ void infer_volume_free(struct infer_volume *v)
     memset(v, 0, sizeof *v);
 }
 
-int infer_volume_assemble(const struct infer_slice *slices, size_t n,
-                          const struct infer_volume_limits *limits, struct infer_volume *out,
-                          char *err, size_t errlen)
+/* Builds the volume into OUT, or with OUT NULL only checks that it can be
+ * built (every check, no volume). */
+static int assemble(const struct infer_slice *slices, size_t n,
+                    const struct infer_volume_limits *limits, struct infer_volume *out,
+                    char *err, size_t errlen)
 {
-    memset(out, 0, sizeof *out);
+    if (out)
+        memset(out, 0, sizeof *out);
     if (n == 0)
         return error_set(err, errlen, INFER_EREFUSED, "the series has no image slices");
     if (limits && (size_t)limits->min_slices > n)
@@ -214,6 +217,8 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
         }
     }
 
+    if (!out)
+        goto done;
     struct infer_grid *g = &out->grid;
     g->nx = s0->cols;
     g->ny = s0->rows;
@@ -246,4 +251,17 @@ done:
     free(ord);
     free(gaps);
     return rc;
+}
+
+int infer_volume_assemble(const struct infer_slice *slices, size_t n,
+                          const struct infer_volume_limits *limits, struct infer_volume *out,
+                          char *err, size_t errlen)
+{
+    return assemble(slices, n, limits, out, err, errlen);
+}
+
+int infer_volume_check(const struct infer_slice *slices, size_t n,
+                       const struct infer_volume_limits *limits, char *err, size_t errlen)
+{
+    return assemble(slices, n, limits, NULL, err, errlen);
 }

@@ -63,7 +63,9 @@ static int is_localizer(const char *image_type)
     return strstr(image_type, "LOCALIZER") != NULL;
 }
 
-/* Lists the frames of every decoded file of SRC as slices. */
+/* Lists the frames of every file of SRC as slices, from the headers alone
+ * (pixels NULL): what the model takes and the geometry are checked before
+ * anything is decoded. */
 static int list_slices(const struct config_manifest *mf, const struct dicom_sources *src,
                        struct infer_slice **slices_out, size_t *n_out, char *err, size_t errlen)
 {
@@ -95,7 +97,7 @@ static int list_slices(const struct config_manifest *mf, const struct dicom_sour
                 slices = ns;
             }
             struct infer_slice *s = &slices[n++];
-            s->pixels = img->pixels + (size_t)f * img->rows * img->cols;
+            s->pixels = NULL;
             s->rows = img->rows;
             s->cols = img->cols;
             memcpy(s->position, img->positions + 3 * f, sizeof s->position);
@@ -111,6 +113,15 @@ static int list_slices(const struct config_manifest *mf, const struct dicom_sour
 fail:
     free(slices);
     return -1;
+}
+
+/* Points each slice at its decoded pixels. */
+static void attach_pixels(const struct dicom_sources *src, struct infer_slice *slices, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        const struct dicom_image *img = dicom_sources_image(src, (size_t)slices[k].source);
+        slices[k].pixels = img->pixels + (size_t)slices[k].frame * img->rows * img->cols;
+    }
 }
 
 static void preprocess(const struct config_manifest *mf, struct infer_volume *v)
@@ -156,17 +167,27 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         snprintf(err, errlen, "the series has no instances");
         return PIPELINE_EFAILED;
     }
+    /* Headers first: sizes (against the job's budget), geometry, modality
+     * and the volume's shape are all checked before a pixel is decoded. */
     char why[512];
-    if (dicom_sources_open(paths, n_paths, &src, why, sizeof why) != DICOM_OK) {
+    if (dicom_sources_parse(paths, n_paths, JOB_MAX_VOXELS, &src, why, sizeof why) !=
+        DICOM_OK) {
         snprintf(err, errlen, "the series cannot be used: %s", why);
         goto out;
     }
     if (list_slices(mf, src, &slices, &n_slices, err, errlen) != 0)
         goto out;
+    struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05, JOB_MAX_VOXELS};
+    if (infer_volume_check(slices, n_slices, &lim, err, errlen) != INFER_OK)
+        goto out;
+    if (dicom_sources_decode(src, why, sizeof why) != DICOM_OK) {
+        snprintf(err, errlen, "the series cannot be used: %s", why);
+        goto out;
+    }
+    attach_pixels(src, slices, n_slices);
     double t1 = seconds_now();
     t->decode = t1 - t0;
 
-    struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05, JOB_MAX_VOXELS};
     if (infer_volume_assemble(slices, n_slices, &lim, &vol, err, errlen) != INFER_OK)
         goto out;
     /* The decoded images were copied into the volume; the headers stay

@@ -340,6 +340,21 @@ static void test_hostile_geometry_is_refused_with_the_reason(void **state)
             fail_msg("%s: '%s' does not say '%s'", hostile[i].what, err, hostile[i].reason);
         assert_null(v.data);
     }
+    /* The same checks from the geometry alone, before any pixel exists. */
+    for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
+        struct series sr;
+        char err[256] = "";
+        make_series(&sr, 4, AXIAL_ROW, AXIAL_COL, hostile[i].gap);
+        if (hostile[i].spoil)
+            hostile[i].spoil(&sr);
+        for (size_t k = 0; k < sr.n; k++)
+            sr.s[k].pixels = NULL;
+        assert_int_equal(infer_volume_check(sr.s, sr.n, &LIMITS, err, sizeof err),
+                         INFER_EREFUSED);
+        if (!strstr(err, hostile[i].reason))
+            fail_msg("%s (check): '%s' does not say '%s'", hostile[i].what, err,
+                     hostile[i].reason);
+    }
     /* The same series unspoilt is a volume. */
     struct series sr;
     struct infer_volume v;
@@ -347,6 +362,9 @@ static void test_hostile_geometry_is_refused_with_the_reason(void **state)
     make_series(&sr, 4, AXIAL_ROW, AXIAL_COL, 1.0);
     assert_int_equal(infer_volume_assemble(sr.s, sr.n, &LIMITS, &v, err, sizeof err), INFER_OK);
     infer_volume_free(&v);
+    for (size_t k = 0; k < sr.n; k++)
+        sr.s[k].pixels = NULL;
+    assert_int_equal(infer_volume_check(sr.s, sr.n, &LIMITS, err, sizeof err), INFER_OK);
 }
 
 static void test_a_volume_over_the_voxel_budget_is_refused_before_allocating(void **state)
