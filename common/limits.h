@@ -28,6 +28,11 @@
  * e.g. 1024 CT frames of 512 x 512. */
 #define LIMIT_MAX_IMAGE_PIXELS ((size_t)1 << 28)
 
+/* Rows x Columns of one frame: 2^26 pixels (8192 x 8192; the largest
+ * detectors are about 4300 x 4300). A codec decodes a frame whole: a tiny
+ * JPEG 2000 frame can claim this much, and no more. */
+#define LIMIT_MAX_FRAME_PIXELS ((size_t)1 << 26)
+
 /* Number of Frames of one image. Each frame costs its own geometry and
  * functional groups whatever its size (a file of millions of 1x1 frames). */
 #define LIMIT_MAX_FRAMES 65536L

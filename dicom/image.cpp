@@ -1008,6 +1008,12 @@ image_header read_header(DcmDataset *ds, const std::string &sop_class)
                  std::to_string(LIMIT_MAX_FRAMES));
         f.frames = n;
     }
+    size_t plane = 0;
+    if (!size_mul_ok(static_cast<size_t>(f.rows), static_cast<size_t>(f.cols), &plane) ||
+        plane > LIMIT_MAX_FRAME_PIXELS)
+        fail("a frame of " + std::to_string(f.cols) + " x " + std::to_string(f.rows) +
+             " pixels is over the limit of " + std::to_string(LIMIT_MAX_FRAME_PIXELS) +
+             " pixels");
     if (!size_mul3_ok(static_cast<size_t>(f.rows), static_cast<size_t>(f.cols),
                       static_cast<size_t>(f.frames), &h.total) ||
         h.total > LIMIT_MAX_IMAGE_PIXELS)
