@@ -11,6 +11,7 @@
  */
 #include "service/pipeline.h"
 
+#include "common/checked.h"
 #include "common/limits.h"
 #include "config/config.h"
 #include "dicom/image.h"
@@ -203,8 +204,10 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         if (infer_grid_respace(&vol.grid, mf->spacing, JOB_MAX_VOXELS, &scaled.grid, err,
                                errlen) != INFER_OK)
             goto out;
-        size_t n = (size_t)scaled.grid.nx * scaled.grid.ny * scaled.grid.nz;
-        if (!(scaled.data = malloc(n * sizeof *scaled.data))) {
+        size_t n;
+        if (!size_mul3_ok((size_t)scaled.grid.nx, (size_t)scaled.grid.ny,
+                          (size_t)scaled.grid.nz, &n) ||
+            !size_mul_ok(n, sizeof *scaled.data, &n) || !(scaled.data = malloc(n))) {
             snprintf(err, errlen, "out of memory");
             goto out;
         }

@@ -254,12 +254,13 @@ class InferenceTest(NodeTestCase):
         # 2x2 pixels of a million mm each.
         huge = make_ct_series(os.path.join(self.workdir, "huge"), 2, rows=2, cols=2,
                               study_uid=study, series_number=1, pixel_spacing=(1e6, 1e6))
-        # Positions near 1e308 on an oblique plane.
+        # Positions near the largest double on an oblique plane: their
+        # distance along the normal is -inf, the gap between them NaN.
         far = make_ct_series(os.path.join(self.workdir, "far"), 2, rows=2, cols=2,
                              study_uid=study, series_number=2)
-        for i, path in enumerate(far):
+        for path in far:
             ds = pydicom.dcmread(path)
-            ds.ImagePositionPatient = ["1e308", "1e308", "-%de307" % (9 - i)]
+            ds.ImagePositionPatient = ["1.7e308", "-1.7e308", "0"]
             ds.ImageOrientationPatient = ["0.7071068", "0.7071068", "0", "0", "0", "-1"]
             ds.save_as(path)
         # 16x16 pixels of 100 mm, slices 100 mm apart: valid, but at 0.25 mm
@@ -268,12 +269,21 @@ class InferenceTest(NodeTestCase):
                                 study_uid=study, series_number=3, spacing=100.0,
                                 pixel_spacing=(100, 100))
         harness.storescu(n.port, huge + far + coarse, ae_called=n.ae)
-        jobs = self.wait_job(n, count=3)
+        # A node that dies is a failure at once, not a wait for its jobs.
+        deadline = time.monotonic() + 120
+        while True:
+            if not n.running():
+                self.fail("the node died (exit status %r) running the jobs" % n.proc.poll())
+            jobs = n.status().get("jobs", [])
+            if len(jobs) >= 3 and all(j["state"] in ("done", "failed") for j in jobs):
+                break
+            self.assertLess(time.monotonic(), deadline, "the jobs did not end: %r" % jobs)
+            time.sleep(0.2)
         self.assertEqual(len(jobs), 3, jobs)
         self.assertTrue(all(j["state"] == "failed" for j in jobs), jobs)
         errors = " | ".join(sorted(j["error"] or "" for j in jobs))
         self.assertIn("Pixel Spacing 1000000 is not in (0, 100] mm", errors)
-        self.assertIn("Image Position (Patient) 1e+308 is beyond 1000000 mm", errors)
+        self.assertIn("Image Position (Patient) 1.7e+308 is beyond 1000000 mm", errors)
         self.assertIn("resampling makes a 6001x6001x401 volume (the limit is 375000000 voxels)",
                       errors)
         # The same process, still answering at once.
