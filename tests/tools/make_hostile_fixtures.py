@@ -30,6 +30,9 @@ in its header:
   j2k_fewer_fragments.dcm      ... with Number of Frames 3 and one fragment
   jpeg_sof_huge.dcm            MR_small_jpeg_lossless (64x64) whose SOF claims 30000x30000
   jpegls_sof_huge.dcm          MR_small_jpeg_ls_lossless whose SOF55 claims 30000x30000
+  j2k_truncated.dcm            a J2K codestream cut inside its SIZ marker
+  j2k_jp2_bad_box.dcm          a JP2 wrapper whose first box runs past the end
+  jpeg_truncated.dcm, jpegls_truncated.dcm  streams cut inside their frame header
 """
 import os
 import struct
@@ -166,6 +169,10 @@ def patched_j2k(out):
     write("j2k_siz_huge_rows.dcm", huge, rows=40000, cols=40000)
     write("j2k_csiz_3.dcm", siz(frame, comps=3))
     write("j2k_fewer_fragments.dcm", frame, frames=3)
+    # Cut inside its SIZ marker; a JP2 wrapper whose first box runs past the end.
+    write("j2k_truncated.dcm", frame[:20])
+    jp2_sig = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+    write("j2k_jp2_bad_box.dcm", jp2_sig + struct.pack(">I", 0xFFFFFFF0) + b"jp2c" + frame)
 
 
 def sof(data, marker, width, height):
@@ -198,12 +205,24 @@ def patched_jpeg(out):
                     marker = m
                     break
                 pos += 2 + struct.unpack_from(">H", frame, pos + 2)[0]
-        ds.PixelData = encapsulate([sof(frame, marker, 30000, 30000)])
-        ds["PixelData"].is_undefined_length = True
-        ds["PixelData"].VR = "OB"
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "%s.%d" % (
             ROOT, 70 + len(name))
-        ds.save_as(os.path.join(out, name), write_like_original=False)
+        for fname, data in ((name, sof(frame, marker, 30000, 30000)),
+                            (name.replace("sof_huge", "truncated"), frame[:pos_of_sof(frame)])):
+            ds.PixelData = encapsulate([data])
+            ds["PixelData"].is_undefined_length = True
+            ds["PixelData"].VR = "OB"
+            ds.save_as(os.path.join(out, fname), write_like_original=False)
+
+
+def pos_of_sof(data):
+    """Where the first SOFn of DATA starts (its header cut there has none)."""
+    pos = 2
+    while True:
+        m = data[pos + 1]
+        if (0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC)) or m == 0xF7:
+            return pos + 4  # the marker and its length, no more
+        pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
 
 
 def main():
