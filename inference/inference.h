@@ -156,10 +156,11 @@ INFER_API int infer_volume_assemble(const struct infer_slice *slices, size_t n,
                                     struct infer_volume *out, char *err, size_t errlen);
 
 /* Every check of infer_volume_assemble, from the slices' geometry alone
- * (PIXELS may be NULL): 0, or the refusal assembling them would give. */
+ * (PIXELS may be NULL): 0 with the volume's grid in GRID (may be NULL), or
+ * the refusal assembling them would give. */
 INFER_API int infer_volume_check(const struct infer_slice *slices, size_t n,
-                                 const struct infer_volume_limits *limits, char *err,
-                                 size_t errlen);
+                                 const struct infer_volume_limits *limits,
+                                 struct infer_grid *grid, char *err, size_t errlen);
 
 INFER_API void infer_volume_free(struct infer_volume *v);
 

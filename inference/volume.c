@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/limits.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,13 +99,15 @@ void infer_volume_free(struct infer_volume *v)
 }
 
 /* Builds the volume into OUT, or with OUT NULL only checks that it can be
- * built (every check, no volume). */
+ * built (every check, no volume) and gives its grid in GRID. */
 static int assemble(const struct infer_slice *slices, size_t n,
                     const struct infer_volume_limits *limits, struct infer_volume *out,
-                    char *err, size_t errlen)
+                    struct infer_grid *grid, char *err, size_t errlen)
 {
     if (out)
         memset(out, 0, sizeof *out);
+    if (grid)
+        memset(grid, 0, sizeof *grid);
     if (n == 0)
         return error_set(err, errlen, INFER_EREFUSED, "the series has no image slices");
     if (limits && (size_t)limits->min_slices > n)
@@ -123,7 +126,7 @@ static int assemble(const struct infer_slice *slices, size_t n,
     size_t max_voxels = limits && limits->max_voxels ? limits->max_voxels : INFER_DEFAULT_MAX_VOXELS;
     size_t voxels, bytes;
     if (!size_mul3_ok((size_t)s0->rows, (size_t)s0->cols, n, &voxels) || voxels > max_voxels ||
-        !size_mul_ok(voxels, sizeof(float), &bytes))
+        !size_mul_ok(voxels, sizeof(float), &bytes) || n > INT_MAX)
         return error_set(err, errlen, INFER_ELIMIT,
                          "a volume of %d x %d x %zu voxels is over the limit of %zu voxels",
                          s0->cols, s0->rows, n, max_voxels);
@@ -217,9 +220,7 @@ static int assemble(const struct infer_slice *slices, size_t n,
         }
     }
 
-    if (!out)
-        goto done;
-    struct infer_grid *g = &out->grid;
+    struct infer_grid *g = out ? &out->grid : grid;
     g->nx = s0->cols;
     g->ny = s0->rows;
     g->nz = (int)n;
@@ -231,6 +232,8 @@ static int assemble(const struct infer_slice *slices, size_t n,
     memcpy(g->dir, row, 3 * sizeof(double));
     memcpy(g->dir + 3, col, 3 * sizeof(double));
     memcpy(g->dir + 6, normal, 3 * sizeof(double));
+    if (!out)
+        goto done;
 
     size_t plane = (size_t)g->nx * g->ny; /* voxels <= max_voxels: no wrap */
     out->data = malloc(bytes);
@@ -257,11 +260,13 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
                           const struct infer_volume_limits *limits, struct infer_volume *out,
                           char *err, size_t errlen)
 {
-    return assemble(slices, n, limits, out, err, errlen);
+    return assemble(slices, n, limits, out, NULL, err, errlen);
 }
 
 int infer_volume_check(const struct infer_slice *slices, size_t n,
-                       const struct infer_volume_limits *limits, char *err, size_t errlen)
+                       const struct infer_volume_limits *limits, struct infer_grid *grid,
+                       char *err, size_t errlen)
 {
-    return assemble(slices, n, limits, NULL, err, errlen);
+    struct infer_grid unused;
+    return assemble(slices, n, limits, NULL, grid ? grid : &unused, err, errlen);
 }

@@ -179,7 +179,11 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     if (list_slices(mf, src, &slices, &n_slices, err, errlen) != 0)
         goto out;
     struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05, JOB_MAX_VOXELS};
-    if (infer_volume_check(slices, n_slices, &lim, err, errlen) != INFER_OK)
+    if (infer_volume_check(slices, n_slices, &lim, &vol.grid, err, errlen) != INFER_OK)
+        goto out;
+    /* The model's grid too: a resample over the budget fails before decoding. */
+    if (mf->has_spacing && infer_grid_respace(&vol.grid, mf->spacing, JOB_MAX_VOXELS,
+                                              &scaled.grid, err, errlen) != INFER_OK)
         goto out;
     if (dicom_sources_decode(src, why, sizeof why) != DICOM_OK) {
         snprintf(err, errlen, "the series cannot be used: %s", why);

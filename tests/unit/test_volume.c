@@ -349,7 +349,7 @@ static void test_hostile_geometry_is_refused_with_the_reason(void **state)
             hostile[i].spoil(&sr);
         for (size_t k = 0; k < sr.n; k++)
             sr.s[k].pixels = NULL;
-        assert_int_equal(infer_volume_check(sr.s, sr.n, &LIMITS, err, sizeof err),
+        assert_int_equal(infer_volume_check(sr.s, sr.n, &LIMITS, NULL, err, sizeof err),
                          INFER_EREFUSED);
         if (!strstr(err, hostile[i].reason))
             fail_msg("%s (check): '%s' does not say '%s'", hostile[i].what, err,
@@ -361,10 +361,13 @@ static void test_hostile_geometry_is_refused_with_the_reason(void **state)
     char err[256] = "";
     make_series(&sr, 4, AXIAL_ROW, AXIAL_COL, 1.0);
     assert_int_equal(infer_volume_assemble(sr.s, sr.n, &LIMITS, &v, err, sizeof err), INFER_OK);
+    struct infer_grid built = v.grid, checked;
     infer_volume_free(&v);
     for (size_t k = 0; k < sr.n; k++)
         sr.s[k].pixels = NULL;
-    assert_int_equal(infer_volume_check(sr.s, sr.n, &LIMITS, err, sizeof err), INFER_OK);
+    assert_int_equal(infer_volume_check(sr.s, sr.n, &LIMITS, &checked, err, sizeof err),
+                     INFER_OK);
+    assert_memory_equal(&checked, &built, sizeof built);
 }
 
 static void test_a_volume_over_the_voxel_budget_is_refused_before_allocating(void **state)
