@@ -5,6 +5,11 @@
 #include "dicom/image.h"
 #include "dicom/internal.h"
 
+extern "C" {
+#include "common/checked.h"
+#include "common/limits.h"
+}
+
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
@@ -135,6 +140,23 @@ bool get_doubles(DcmItem *item, const DcmTagKey &key, double *out, unsigned long
     return true;
 }
 
+// As get_doubles, for a geometry attribute: absent is false, but a value
+// that is there and not N finite numbers ("nan", "inf", "1e999", too few
+// values) is refused, never taken for absent.
+bool get_geometry(DcmItem *item, const DcmTagKey &key, double *out, unsigned long n,
+                  const char *what, OFString *text = nullptr)
+{
+    if (get_doubles(item, key, out, n, text))
+        return true;
+    std::string s;
+    if (!get_text(item, key, s) || s.find_first_not_of(' ') == std::string::npos)
+        return false;
+    if (s.size() > 64)
+        s = s.substr(0, 64) + "...";
+    fail(std::string(what) + " '" + s + "' is not " + std::to_string(n) + " finite number" +
+         (n == 1 ? "" : "s"));
+}
+
 DcmItem *first_item(DcmItem *parent, const DcmTagKey &seq)
 {
     DcmItem *item = nullptr;
@@ -188,6 +210,166 @@ inline int64_t stored_value(uint32_t w, const pixel_format &f)
 struct rescale {
     double slope = 1.0, intercept = 0.0;
 };
+
+// ---------------------------------------------------------------- codestream headers
+//
+// A codec allocates what its codestream's own header claims, whatever Rows
+// and Columns say: a few bytes can ask for gigabytes. Each frame's header is
+// read here, bounds-checked byte by byte, and must agree with the DICOM
+// header (already under the size cap) before the codec sees the frame.
+
+uint32_t be16(const uint8_t *p) { return static_cast<uint32_t>(p[0]) << 8 | p[1]; }
+uint32_t be32(const uint8_t *p)
+{
+    return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 |
+           static_cast<uint32_t>(p[2]) << 8 | p[3];
+}
+
+std::string dims(uint64_t w, uint64_t h)
+{
+    return std::to_string(w) + "x" + std::to_string(h);
+}
+
+// The codestream of a frame: bare, or the contiguous codestream box of a
+// JP2 file (some writers wrap it).
+const uint8_t *j2k_codestream(const uint8_t *d, size_t n, size_t &len, const std::string &where)
+{
+    static const uint8_t jp2_sig[12] = {0x00, 0x00, 0x00, 0x0C, 0x6A, 0x50,
+                                        0x20, 0x20, 0x0D, 0x0A, 0x87, 0x0A};
+    if (n < sizeof jp2_sig || memcmp(d, jp2_sig, sizeof jp2_sig) != 0) {
+        len = n;
+        return d;
+    }
+    size_t pos = 0;
+    while (n - pos >= 8) {
+        uint64_t box = be32(d + pos), header = 8;
+        const uint32_t type = be32(d + pos + 4);
+        if (box == 1) { // 64-bit length
+            if (n - pos < 16)
+                break;
+            box = static_cast<uint64_t>(be32(d + pos + 8)) << 32 | be32(d + pos + 12);
+            header = 16;
+        } else if (box == 0) { // up to the end
+            box = n - pos;
+        }
+        if (box < header || box > n - pos)
+            break;
+        if (type == 0x6A703263) { // 'jp2c'
+            len = static_cast<size_t>(box - header);
+            return d + pos + header;
+        }
+        pos += static_cast<size_t>(box);
+    }
+    fail(where + ": no codestream in its JP2 wrapper");
+}
+
+// The SIZ marker segment (ISO 15444-1 A.5.1) right after SOC: image and
+// tile sizes and components, against Rows, Columns and one sample.
+void check_j2k_size(const uint8_t *data, size_t size, const pixel_format &f, long frame)
+{
+    const std::string where = "JPEG 2000 frame " + std::to_string(frame + 1);
+    size_t n = 0;
+    const uint8_t *d = j2k_codestream(data, size, n, where);
+    // SOC, SIZ, Lsiz .. Csiz (38 bytes), then 3 bytes per component.
+    if (n < 45 || be16(d) != 0xFF4F || be16(d + 2) != 0xFF51)
+        fail(where + ": no SIZ marker at the start of the codestream");
+    const uint32_t xsiz = be32(d + 8), ysiz = be32(d + 12), xo = be32(d + 16), yo = be32(d + 20);
+    const uint32_t xt = be32(d + 24), yt = be32(d + 28), xto = be32(d + 32), yto = be32(d + 36);
+    const uint32_t csiz = be16(d + 40);
+    if (xo >= xsiz || yo >= ysiz || xt == 0 || yt == 0 || xto > xo || yto > yo)
+        fail(where + ": invalid image or tile size in its SIZ marker");
+    const uint64_t w = xsiz - xo, h = ysiz - yo;
+    if (w != static_cast<uint64_t>(f.cols) || h != static_cast<uint64_t>(f.rows))
+        fail(where + ": the codestream claims " + dims(w, h) + " pixels where Columns x Rows is " +
+             dims(static_cast<uint64_t>(f.cols), static_cast<uint64_t>(f.rows)));
+    if (csiz != 1)
+        fail("colour images are not supported (JPEG 2000 data with " + std::to_string(csiz) +
+             " components)");
+    if (d[43] != 1 || d[44] != 1)
+        fail(where + ": subsampled components are not supported");
+    // Each tile costs the codec its own structures, whatever its size.
+    const uint64_t tiles = ((static_cast<uint64_t>(xsiz) - xto + xt - 1) / xt) *
+                           ((static_cast<uint64_t>(ysiz) - yto + yt - 1) / yt);
+    if (tiles > 65535)
+        fail(where + ": " + std::to_string(tiles) + " tiles (at most 65535)");
+}
+
+bool is_jpeg_xfer(const DcmXfer &x)
+{
+    // JPEG (ISO 10918) and JPEG-LS: 1.2.840.10008.1.2.4.50 to .81.
+    const char *uid = x.getXferID();
+    static const char prefix[] = "1.2.840.10008.1.2.4.";
+    if (!uid || strncmp(uid, prefix, sizeof prefix - 1) != 0)
+        return false;
+    const long n = strtol(uid + sizeof prefix - 1, nullptr, 10);
+    return n >= 50 && n <= 81;
+}
+
+// The frame header (SOFn, or SOF55 for JPEG-LS) of the JPEG stream in D.
+void check_jpeg_header(const uint8_t *d, size_t n, const pixel_format &f, size_t frame)
+{
+    const std::string where = "JPEG frame " + std::to_string(frame + 1);
+    size_t pos = 2; // after SOI
+    while (pos + 4 <= n) {
+        if (d[pos] != 0xFF)
+            break;
+        const uint8_t m = d[pos + 1];
+        if (m == 0xFF) { // fill byte
+            pos++;
+            continue;
+        }
+        const bool sof = (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) ||
+                         m == 0xF7;
+        if (sof) {
+            if (pos + 10 > n)
+                break;
+            const uint32_t y = be16(d + pos + 5), x = be16(d + pos + 7), nf = d[pos + 9];
+            if (x != static_cast<uint32_t>(f.cols) || y != static_cast<uint32_t>(f.rows))
+                fail(where + ": the codestream claims " + dims(x, y) +
+                     " pixels where Columns x Rows is " +
+                     dims(static_cast<uint64_t>(f.cols), static_cast<uint64_t>(f.rows)));
+            if (nf != 1)
+                fail("colour images are not supported (JPEG data with " + std::to_string(nf) +
+                     " components)");
+            return;
+        }
+        if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) { // no length
+            pos += 2;
+            continue;
+        }
+        if (m == 0xDA || m == 0xD9) // scan or end before any frame header
+            break;
+        const size_t len = be16(d + pos + 2);
+        if (len < 2)
+            break;
+        pos += 2 + len;
+    }
+    fail(where + ": no frame header (SOF) in its first fragment");
+}
+
+// Every fragment that starts a JPEG stream (SOI) starts a frame.
+void check_jpeg_frames(DcmPixelSequence *seq, const pixel_format &f)
+{
+    size_t frame = 0;
+    const unsigned long items = seq->card();
+    for (unsigned long i = 1; i < items; i++) {
+        DcmPixelItem *item = nullptr;
+        Uint8 *bytes = nullptr;
+        if (seq->getItem(item, i).bad() || !item)
+            fail("cannot read a JPEG fragment");
+        const Uint32 len = item->getLength();
+        if (len < 2)
+            continue;
+        if (item->getUint8Array(bytes).bad() || !bytes)
+            fail("cannot read a JPEG fragment");
+        if (bytes[0] != 0xFF || bytes[1] != 0xD8)
+            continue;
+        check_jpeg_header(bytes, len, f, frame++);
+    }
+    if (frame < static_cast<size_t>(f.frames))
+        fail("the pixel data holds " + std::to_string(frame) + " JPEG streams for " +
+             std::to_string(f.frames) + " frames");
+}
 
 // ---------------------------------------------------------------- JPEG 2000
 
@@ -398,12 +580,9 @@ std::vector<std::vector<const fragment *>> j2k_frames(const std::vector<fragment
     return out;
 }
 
-void decode_j2k(DcmPixelData *px, E_TransferSyntax xfer, const pixel_format &f,
-                const std::vector<rescale> &rs, float *out)
+void decode_j2k(DcmPixelSequence *seq, const pixel_format &f, const std::vector<rescale> &rs,
+                float *out)
 {
-    DcmPixelSequence *seq = nullptr;
-    if (px->getEncapsulatedRepresentation(xfer, nullptr, seq).bad() || !seq)
-        fail("JPEG 2000 pixel data is not encapsulated");
     const unsigned long items = seq->card();
     if (items < 2)
         fail("JPEG 2000 pixel data has no fragments");
@@ -449,6 +628,7 @@ void decode_j2k(DcmPixelData *px, E_TransferSyntax xfer, const pixel_format &f,
         }
         if (!data || size == 0)
             fail("JPEG 2000 frame " + std::to_string(k + 1) + " is empty");
+        check_j2k_size(data, size, f, static_cast<long>(k));
         decode_j2k_frame(data, size, f, rs[k], out + k * per_frame, static_cast<long>(k));
     }
 }
@@ -537,6 +717,9 @@ OFString ds_text(double v)
     return buf;
 }
 
+// A number for a message, as a DS would write it.
+std::string num(double v) { return ds_text(v).c_str(); }
+
 std::vector<frame_groups> functional_groups(DcmItem *ds, long frames)
 {
     // Per-frame functional groups (enhanced multi-frame); empty items elsewhere.
@@ -556,10 +739,12 @@ std::vector<frame_geometry> geometry_of(DcmItem *ds, const std::vector<frame_gro
     std::vector<frame_geometry> geom(frames);
 
     frame_geometry top;
-    top.has_iop = get_doubles(ds, DCM_ImageOrientationPatient, top.iop, 6, top.iop_text);
-    top.has_ipp = get_doubles(ds, DCM_ImagePositionPatient, top.ipp, 3, top.ipp_text);
+    top.has_iop = get_geometry(ds, DCM_ImageOrientationPatient, top.iop, 6,
+                               "Image Orientation (Patient)", top.iop_text);
+    top.has_ipp = get_geometry(ds, DCM_ImagePositionPatient, top.ipp, 3,
+                               "Image Position (Patient)", top.ipp_text);
     OFString sp[2], th;
-    top.has_spacing = get_doubles(ds, DCM_PixelSpacing, top.spacing, 2, sp);
+    top.has_spacing = get_geometry(ds, DCM_PixelSpacing, top.spacing, 2, "Pixel Spacing", sp);
     if (top.has_spacing)
         top.spacing_text = sp[0] + "\\" + sp[1];
     if (get_doubles(ds, DCM_SliceThickness, &top.thickness, 1, &th) && top.thickness > 0)
@@ -570,21 +755,28 @@ std::vector<frame_geometry> geometry_of(DcmItem *ds, const std::vector<frame_gro
     // Classic multi-frame (RT Dose): planes offset along the normal.
     std::vector<double> offsets(frames);
     const bool have_offsets = frames > 1 && top.has_iop && top.has_ipp &&
-                              get_doubles(ds, DCM_GridFrameOffsetVector, offsets.data(),
-                                          static_cast<unsigned long>(frames));
+                              get_geometry(ds, DCM_GridFrameOffsetVector, offsets.data(),
+                                           static_cast<unsigned long>(frames),
+                                           "Grid Frame Offset Vector");
+    if (have_offsets)
+        for (double v : offsets)
+            if (std::fabs(v) > LIMIT_MAX_POSITION_MM)
+                fail("Grid Frame Offset Vector value " + num(v) + " is beyond " +
+                     num(LIMIT_MAX_POSITION_MM) + " mm");
 
     for (size_t k = 0; k < frames; k++) {
         frame_geometry &g = geom[k];
         const frame_groups &f = fg[k];
-        g.has_iop = get_doubles(f.macro(DCM_PlaneOrientationSequence), DCM_ImageOrientationPatient,
-                                g.iop, 6, g.iop_text);
+        g.has_iop = get_geometry(f.macro(DCM_PlaneOrientationSequence),
+                                 DCM_ImageOrientationPatient, g.iop, 6,
+                                 "Image Orientation (Patient)", g.iop_text);
         if (!g.has_iop && top.has_iop) {
             std::copy(top.iop, top.iop + 6, g.iop);
             std::copy(top.iop_text, top.iop_text + 6, g.iop_text);
             g.has_iop = true;
         }
         DcmItem *pm = f.macro(DCM_PixelMeasuresSequence);
-        g.has_spacing = get_doubles(pm, DCM_PixelSpacing, g.spacing, 2, sp);
+        g.has_spacing = get_geometry(pm, DCM_PixelSpacing, g.spacing, 2, "Pixel Spacing", sp);
         if (g.has_spacing) {
             g.spacing_text = sp[0] + "\\" + sp[1];
         } else if (top.has_spacing) {
@@ -598,8 +790,8 @@ std::vector<frame_geometry> geometry_of(DcmItem *ds, const std::vector<frame_gro
             g.thickness = top.thickness;
             g.thickness_text = top.thickness_text;
         }
-        g.has_ipp = get_doubles(f.macro(DCM_PlanePositionSequence), DCM_ImagePositionPatient,
-                                g.ipp, 3, g.ipp_text);
+        g.has_ipp = get_geometry(f.macro(DCM_PlanePositionSequence), DCM_ImagePositionPatient,
+                                 g.ipp, 3, "Image Position (Patient)", g.ipp_text);
         if (g.has_ipp)
             continue;
         if (top.has_ipp && frames == 1) {
@@ -620,6 +812,38 @@ std::vector<frame_geometry> geometry_of(DcmItem *ds, const std::vector<frame_gro
         }
     }
     return geom;
+}
+
+// Every value of GEOM in range, or a refusal naming it (frame K+1). The
+// volume assembly checks again; here a file is refused before its pixels
+// are decoded.
+void check_geometry(const std::vector<frame_geometry> &geom)
+{
+    for (size_t k = 0; k < geom.size(); k++) {
+        const frame_geometry &g = geom[k];
+        const std::string where = geom.size() > 1 ? " (frame " + std::to_string(k + 1) + ")" : "";
+        if (g.has_ipp)
+            for (double v : g.ipp)
+                if (std::fabs(v) > LIMIT_MAX_POSITION_MM)
+                    fail("Image Position (Patient) " + num(v) + where + " is beyond " +
+                         num(LIMIT_MAX_POSITION_MM) + " mm");
+        if (g.has_iop) {
+            const double *r = g.iop, *c = g.iop + 3;
+            const double rr = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
+            const double cc = c[0] * c[0] + c[1] * c[1] + c[2] * c[2];
+            const double rc = r[0] * c[0] + r[1] * c[1] + r[2] * c[2];
+            if (std::fabs(rr - 1) > LIMIT_ORIENTATION_TOLERANCE ||
+                std::fabs(cc - 1) > LIMIT_ORIENTATION_TOLERANCE ||
+                std::fabs(rc) > LIMIT_ORIENTATION_TOLERANCE)
+                fail("Image Orientation (Patient)" + where +
+                     " is not two orthogonal unit vectors");
+        }
+        if (g.has_spacing)
+            for (double v : g.spacing)
+                if (!(v > 0) || v > LIMIT_MAX_SPACING_MM)
+                    fail("Pixel Spacing " + num(v) + where + " is not in (0, " +
+                         num(LIMIT_MAX_SPACING_MM) + "] mm");
+    }
 }
 
 // The image's view of the geometry: all frames placed, or none.
@@ -664,8 +888,12 @@ std::vector<rescale> read_rescale(DcmDataset *ds, const std::vector<frame_groups
 // later large buffer can reuse: measured +330 MiB peak on a 400-slice CT.
 size_t pixel_bytes(const dicom_image *img)
 {
-    return static_cast<size_t>(img->rows) * static_cast<size_t>(img->cols) *
-           static_cast<size_t>(img->frames) * sizeof(float);
+    size_t n = 0;
+    if (!size_mul3_ok(static_cast<size_t>(img->rows), static_cast<size_t>(img->cols),
+                      static_cast<size_t>(img->frames), &n) ||
+        !size_mul_ok(n, sizeof(float), &n))
+        return 0; // never reached: read_header capped the size
+    return n;
 }
 
 float *alloc_pixels(const dicom_image *img)
@@ -706,16 +934,25 @@ struct image_holder {
     }
 };
 
-// Decodes the image FF holds; GEOM gets the geometry of each frame.
-dicom_image *decode_image(DcmFileFormat &ff, std::vector<frame_geometry> &geom)
+// ---------------------------------------------------------------- headers
+
+// What the header of an image says it holds, checked before any pixel is
+// read: the pixel format, the encoding and, for encapsulated data, the
+// fragments.
+struct image_header {
+    pixel_format f;
+    E_TransferSyntax xfer = EXS_Unknown;
+    DcmPixelData *px = nullptr;
+    DcmPixelSequence *seq = nullptr; // encapsulated data only
+    size_t total = 0;                // Rows x Columns x Frames
+};
+
+// Reads and checks the header of DS (SOP_CLASS names it in messages):
+// a file that is no image, or claims more than common/limits.h allows,
+// is refused here, from its header alone.
+image_header read_header(DcmDataset *ds, const std::string &sop_class)
 {
-    OFCondition c;
-    DcmDataset *ds = ff.getDataset();
-
-    std::string sop_class = get_string(ds, DCM_SOPClassUID);
-    if (sop_class.empty())
-        sop_class = get_string(ff.getMetaInfo(), DCM_MediaStorageSOPClassUID);
-
+    image_header h;
     DcmElement *elem = nullptr;
     if (ds->findAndGetElement(DCM_PixelData, elem).bad() || !elem) {
         std::string what = sop_class.empty() ? "unknown" : sop_class;
@@ -726,8 +963,8 @@ dicom_image *decode_image(DcmFileFormat &ff, std::vector<frame_geometry> &geom)
             fail("float pixel data is not supported (SOP class " + what + ")");
         fail("no pixel data (not an image: SOP class " + what + ")");
     }
-    auto *px = dynamic_cast<DcmPixelData *>(elem);
-    if (!px)
+    h.px = dynamic_cast<DcmPixelData *>(elem);
+    if (!h.px)
         fail("the pixel data element has an unexpected type");
 
     const long spp = get_us(ds, DCM_SamplesPerPixel, 1);
@@ -740,7 +977,7 @@ dicom_image *decode_image(DcmFileFormat &ff, std::vector<frame_geometry> &geom)
     if (ds->tagExists(DCM_ModalityLUTSequence))
         fail("a Modality LUT Sequence is not supported (only Rescale Slope/Intercept)");
 
-    pixel_format f;
+    pixel_format &f = h.f;
     f.rows = get_us(ds, DCM_Rows, 0);
     f.cols = get_us(ds, DCM_Columns, 0);
     f.bits_allocated = get_us(ds, DCM_BitsAllocated, 0);
@@ -765,34 +1002,67 @@ dicom_image *decode_image(DcmFileFormat &ff, std::vector<frame_geometry> &geom)
             end++;
         if (s.empty() || errno || !end || *end || n < 1 || n > 0x7FFFFFFF)
             fail("invalid Number of Frames '" + s.substr(0, 16) + "'");
+        // Each frame costs its geometry and functional groups whatever its size.
+        if (n > LIMIT_MAX_FRAMES)
+            fail("Number of Frames " + std::to_string(n) + " is over the limit of " +
+                 std::to_string(LIMIT_MAX_FRAMES));
         f.frames = n;
     }
-    const size_t per_frame = static_cast<size_t>(f.rows) * static_cast<size_t>(f.cols);
-    if (static_cast<size_t>(f.frames) > SIZE_MAX / sizeof(float) / per_frame / 8)
-        fail("image too large");
-    const size_t total = per_frame * static_cast<size_t>(f.frames);
+    size_t plane = 0;
+    if (!size_mul_ok(static_cast<size_t>(f.rows), static_cast<size_t>(f.cols), &plane) ||
+        plane > LIMIT_MAX_FRAME_PIXELS)
+        fail("a frame of " + std::to_string(f.cols) + " x " + std::to_string(f.rows) +
+             " pixels is over the limit of " + std::to_string(LIMIT_MAX_FRAME_PIXELS) +
+             " pixels");
+    if (!size_mul3_ok(static_cast<size_t>(f.rows), static_cast<size_t>(f.cols),
+                      static_cast<size_t>(f.frames), &h.total) ||
+        h.total > LIMIT_MAX_IMAGE_PIXELS)
+        fail("an image of " + std::to_string(f.cols) + " x " + std::to_string(f.rows) + " x " +
+             std::to_string(f.frames) + " pixels is over the limit of " +
+             std::to_string(LIMIT_MAX_IMAGE_PIXELS) + " pixels");
 
     // A frame count the pixel data cannot hold is refused before any allocation.
-    const E_TransferSyntax xfer = ds->getOriginalXfer();
-    const DcmXfer x(xfer);
-    const bool j2k = x.isEncapsulated() && is_j2k_xfer(x);
+    h.xfer = ds->getOriginalXfer();
+    const DcmXfer x(h.xfer);
     if (x.isEncapsulated()) {
-        DcmPixelSequence *seq = nullptr;
-        if (px->getEncapsulatedRepresentation(xfer, nullptr, seq).bad() || !seq)
+        if (h.px->getEncapsulatedRepresentation(h.xfer, nullptr, h.seq).bad() || !h.seq)
             fail(std::string("the pixel data is not encapsulated as ") + x.getXferName() + " requires");
-        if (seq->card() < 2 || static_cast<unsigned long>(f.frames) > seq->card() - 1)
+        const unsigned long items = h.seq->card();
+        if (items < 2 || static_cast<unsigned long>(f.frames) > items - 1)
             fail("the encapsulated pixel data holds fewer fragments than Number of Frames");
+        if (items - 1 > LIMIT_MAX_FRAGMENTS)
+            fail("the encapsulated pixel data holds " + std::to_string(items - 1) +
+                 " fragments, over the limit of " + std::to_string(LIMIT_MAX_FRAGMENTS));
     } else {
-        check_length(px, f, total);
+        check_length(h.px, f, h.total);
     }
+    return h;
+}
 
+std::string sop_class_of(DcmDataset *ds, DcmMetaInfo *meta)
+{
+    std::string sop_class = get_string(ds, DCM_SOPClassUID);
+    if (sop_class.empty() && meta)
+        sop_class = get_string(meta, DCM_MediaStorageSOPClassUID);
+    return sop_class;
+}
+
+// The image DS holds, from its header alone: size, identity and the
+// geometry of each frame (GEOM), every value checked; no pixels yet.
+dicom_image *inspect_image(DcmDataset *ds, DcmMetaInfo *meta, std::vector<frame_geometry> &geom)
+{
+    const std::string sop_class = sop_class_of(ds, meta);
+    const image_header h = read_header(ds, sop_class);
+    const pixel_format &f = h.f;
     const std::vector<frame_groups> fg = functional_groups(ds, f.frames);
+    geom = geometry_of(ds, fg);
+    check_geometry(geom);
 
-    image_holder h;
-    h.img = static_cast<dicom_image *>(calloc(1, sizeof(dicom_image)));
-    if (!h.img)
+    image_holder hold;
+    hold.img = static_cast<dicom_image *>(calloc(1, sizeof(dicom_image)));
+    if (!hold.img)
         throw std::bad_alloc();
-    dicom_image *img = h.img;
+    dicom_image *img = hold.img;
     img->rows = static_cast<int>(f.rows);
     img->cols = static_cast<int>(f.cols);
     img->frames = static_cast<int>(f.frames);
@@ -803,25 +1073,45 @@ dicom_image *decode_image(DcmFileFormat &ff, std::vector<frame_geometry> &geom)
     img->orientations = static_cast<double *>(calloc(static_cast<size_t>(f.frames) * 6, sizeof(double)));
     if (!img->positions || !img->orientations)
         throw std::bad_alloc();
-    geom = geometry_of(ds, fg);
     fill_geometry(geom, img);
-    const std::vector<rescale> rs = read_rescale(ds, fg);
+    return hold.release();
+}
 
-    if (j2k) {
+// Decodes the pixels of DS into IMG (inspected from DS before).
+void decode_pixels(DcmDataset *ds, dicom_image *img)
+{
+    const image_header h = read_header(ds, img->sop_class_uid);
+    const pixel_format &f = h.f;
+    const std::vector<rescale> rs = read_rescale(ds, functional_groups(ds, f.frames));
+    const DcmXfer x(h.xfer);
+
+    if (x.isEncapsulated() && is_j2k_xfer(x)) {
         img->pixels = alloc_pixels(img);
-        decode_j2k(px, xfer, f, rs, img->pixels);
-        return h.release();
+        decode_j2k(h.seq, f, rs, img->pixels);
+        return;
     }
     if (x.isEncapsulated()) {
+        // The codec sizes its buffers from the codestream, not from Rows and
+        // Columns: its frame headers must agree with them first.
+        if (is_jpeg_xfer(x))
+            check_jpeg_frames(h.seq, f);
         register_decoders();
-        c = ds->chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
+        OFCondition c = ds->chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
         if (c.bad() || !ds->canWriteXfer(EXS_LittleEndianExplicit))
             fail(std::string("cannot decode ") + x.getXferName() + " (" + x.getXferID() +
                  "): " + c.text());
-        check_length(px, f, total);
+        check_length(h.px, f, h.total);
     }
     img->pixels = alloc_pixels(img);
-    convert_native(px, f, rs, !x.isEncapsulated() && x.isBigEndian(), img->pixels);
+    convert_native(h.px, f, rs, !x.isEncapsulated() && x.isBigEndian(), img->pixels);
+}
+
+// Decodes the image FF holds; GEOM gets the geometry of each frame.
+dicom_image *decode_image(DcmFileFormat &ff, std::vector<frame_geometry> &geom)
+{
+    image_holder h;
+    h.img = inspect_image(ff.getDataset(), ff.getMetaInfo(), geom);
+    decode_pixels(ff.getDataset(), h.img);
     return h.release();
 }
 
@@ -846,18 +1136,31 @@ std::string uid_of(DcmItem *ds, const DcmTagKey &key)
     return s;
 }
 
-// Parses file I of a source set: decodes it, then keeps its header alone.
-void open_source(const char *path, ainode_dicom::source_file &sf)
+// What a source set has taken so far: the limits hold for the whole set.
+struct set_totals {
+    size_t max_pixels = 0; // 0: no limit of the set's own
+    size_t pixels = 0;
+    size_t frames = 0;
+};
+
+// Parses the file at PATH into SF: its header read and checked, counted
+// against the set's totals before its frames' geometry is read, and kept
+// whole; its pixel data stays in the file (DCMTK loads large values only
+// when asked) until decode_source.
+void parse_source(const char *path, ainode_dicom::source_file &sf, set_totals &t)
 {
     DcmFileFormat ff;
     load(ff, path);
     sf.path = path;
-    sf.image = decode_image(ff, sf.geom);
     DcmDataset *ds = ff.getDataset();
-    // The pixels are decoded: their encoded form (and a decompressed copy
-    // DCMTK may hold) goes now, so that a series costs its floats and
-    // small headers only.
-    ds->findAndDeleteElement(DCM_PixelData);
+    const image_header h = read_header(ds, sop_class_of(ds, ff.getMetaInfo()));
+    if (!size_add_ok(t.pixels, h.total, &t.pixels) || (t.max_pixels && t.pixels > t.max_pixels))
+        fail("the series holds more than " + std::to_string(t.max_pixels) +
+             " pixels (Rows x Columns x Frames), the limit of one job");
+    t.frames += static_cast<size_t>(h.f.frames);
+    if (t.frames > static_cast<size_t>(LIMIT_MAX_FRAMES))
+        fail("the series holds more than " + std::to_string(LIMIT_MAX_FRAMES) + " frames");
+    sf.image = inspect_image(ds, ff.getMetaInfo(), sf.geom);
     sf.sop_class = uid_of(ds, DCM_SOPClassUID).c_str();
     sf.sop_instance = uid_of(ds, DCM_SOPInstanceUID).c_str();
     sf.study = uid_of(ds, DCM_StudyInstanceUID).c_str();
@@ -866,6 +1169,19 @@ void open_source(const char *path, ainode_dicom::source_file &sf)
     sf.patient_id = get_string(ds, DCM_PatientID).c_str();
     sf.multiframe = ds->tagExists(DCM_NumberOfFrames);
     sf.header.reset(ff.getAndRemoveDataset());
+}
+
+// Decodes the pixels of a parsed file, then keeps its header alone.
+void decode_source(ainode_dicom::source_file &sf)
+{
+    if (sf.decoded)
+        return;
+    decode_pixels(sf.header.get(), sf.image);
+    sf.decoded = true;
+    // The pixels are decoded: their encoded form (and a decompressed copy
+    // DCMTK may hold) goes now, so that a series costs its floats and
+    // small headers only.
+    sf.header->findAndDeleteElement(DCM_PixelData);
 }
 
 int fail_to(char *err, size_t errlen, const std::string &prefix)
@@ -908,8 +1224,8 @@ extern "C" int dicom_image_read(const char *path, struct dicom_image **out, char
 
 extern "C" void dicom_image_free(struct dicom_image *img) { free_image(img); }
 
-extern "C" int dicom_sources_open(const char *const *paths, size_t n,
-                                  struct dicom_sources **out, char *err, size_t errlen)
+extern "C" int dicom_sources_parse(const char *const *paths, size_t n, size_t max_pixels,
+                                   struct dicom_sources **out, char *err, size_t errlen)
 {
     *out = nullptr;
     if (!paths || n == 0)
@@ -918,10 +1234,12 @@ extern "C" int dicom_sources_open(const char *const *paths, size_t n,
     if (!s)
         return copy_err(err, errlen, "out of memory", DICOM_ENOMEM);
     size_t i = 0;
+    set_totals totals;
+    totals.max_pixels = max_pixels;
     try {
         s->files.resize(n);
         for (; i < n; i++)
-            open_source(paths[i], s->files[i]);
+            parse_source(paths[i], s->files[i], totals);
     } catch (...) {
         int rc = fail_to(err, errlen,
                          "instance " + std::to_string(i + 1) + " (" +
@@ -931,6 +1249,33 @@ extern "C" int dicom_sources_open(const char *const *paths, size_t n,
     }
     *out = s;
     return 0;
+}
+
+extern "C" int dicom_sources_decode(struct dicom_sources *s, char *err, size_t errlen)
+{
+    size_t i = 0;
+    try {
+        for (; i < s->files.size(); i++)
+            decode_source(s->files[i]);
+    } catch (...) {
+        return fail_to(err, errlen,
+                       "instance " + std::to_string(i + 1) + " (" + s->files[i].path + "): ");
+    }
+    return 0;
+}
+
+extern "C" int dicom_sources_open(const char *const *paths, size_t n,
+                                  struct dicom_sources **out, char *err, size_t errlen)
+{
+    int rc = dicom_sources_parse(paths, n, 0, out, err, errlen);
+    if (rc != 0)
+        return rc;
+    rc = dicom_sources_decode(*out, err, errlen);
+    if (rc != 0) {
+        dicom_sources_close(*out);
+        *out = nullptr;
+    }
+    return rc;
 }
 
 extern "C" size_t dicom_sources_count(const struct dicom_sources *s) { return s->files.size(); }

@@ -49,26 +49,47 @@ struct dicom_image {
  * JPEG and JPEG-LS through DCMTK's decoders, JPEG 2000 through OpenJPEG.
  * A file that holds no image (no Pixel Data: SR, ...) or one with more than
  * one sample per pixel is refused (DICOM_EFORMAT) with a reason in ERR.
+ * So is, before any pixel is decoded, a file beyond common/limits.h:
+ * Rows x Columns x Frames over LIMIT_MAX_IMAGE_PIXELS, Number of Frames over
+ * LIMIT_MAX_FRAMES, more fragments than LIMIT_MAX_FRAGMENTS, a JPEG, JPEG-LS
+ * or JPEG 2000 frame whose own header disagrees with Rows and Columns, and
+ * geometry that is present but not finite or out of range (positions,
+ * orientation cosines not unit and orthogonal, Pixel Spacing not in
+ * (0, LIMIT_MAX_SPACING_MM], Grid Frame Offset Vector).
  */
 DICOM_API int dicom_image_read(const char *path, struct dicom_image **out, char *err,
                                size_t errlen);
 DICOM_API void dicom_image_free(struct dicom_image *img);
 
 /*
- * The source set of a job: each file of a series parsed once. Opening it
- * decodes every file's pixels (as dicom_image_read) and keeps each file's
- * header (the attributes the SEG and SR copy: patient, study, UIDs, frame
- * geometry), without its pixel data. The volume is assembled from the
- * images; the result writers take the set (dicom/results.h).
+ * The source set of a job: each file of a series parsed once. Parsing reads
+ * and checks every file's header (as dicom_image_read does, before its
+ * decoding) and keeps it; decoding then gives each file's pixels (as
+ * dicom_image_read) and drops the encoded pixel data, so that each file
+ * keeps its header (the attributes the SEG and SR copy: patient, study,
+ * UIDs, frame geometry) without its pixel data. The volume is assembled
+ * from the images; the result writers take the set (dicom/results.h).
  */
 struct dicom_sources;
 
-/* Opens the N files of PATHS. On failure ERR names the instance (1-based
- * position in PATHS) and the reason. */
+/* Parses the N files of PATHS, decoding nothing: every image of the set has
+ * its size, identity and geometry, and pixels NULL until
+ * dicom_sources_decode(). MAX_PIXELS (0: none) bounds Rows x Columns x
+ * Frames summed over the files; the frames of the set are at most
+ * LIMIT_MAX_FRAMES. On failure ERR names the instance (1-based position in
+ * PATHS) and the reason, and *OUT is NULL. */
+DICOM_API int dicom_sources_parse(const char *const *paths, size_t n, size_t max_pixels,
+                                  struct dicom_sources **out, char *err, size_t errlen);
+/* Decodes the pixels of every file of a parsed set. On failure ERR names
+ * the instance; the set stays the caller's to close. */
+DICOM_API int dicom_sources_decode(struct dicom_sources *s, char *err, size_t errlen);
+/* Parses and decodes the N files of PATHS (no limit of the set's own). On
+ * failure ERR names the instance (1-based position in PATHS) and the
+ * reason. */
 DICOM_API int dicom_sources_open(const char *const *paths, size_t n,
                                  struct dicom_sources **out, char *err, size_t errlen);
 DICOM_API size_t dicom_sources_count(const struct dicom_sources *s);
-/* The decoded image of file I (0-based). */
+/* The image of file I (0-based); its pixels are NULL until decoded. */
 DICOM_API const struct dicom_image *dicom_sources_image(const struct dicom_sources *s, size_t i);
 /* Frees every file's decoded pixels (once the volume has its copy); the
  * headers stay for the result writers. */

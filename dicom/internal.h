@@ -55,6 +55,7 @@ struct source_file {
     std::vector<frame_geometry> geom;    // per frame
     OFString sop_class, sop_instance, study, series, frame_of_ref, patient_id;
     bool multiframe = false;             // has Number of Frames: frames referenced by number
+    bool decoded = false;                // pixels decoded (and the encoded ones dropped)
 };
 
 } // namespace ainode_dicom

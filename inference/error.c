@@ -17,6 +17,8 @@ const char *inference_strerror(int code)
         return "the slices cannot form one volume";
     case INFER_ECANCELLED:
         return "cancelled";
+    case INFER_ELIMIT:
+        return "over the job's memory budget";
     }
     return "unknown inference error";
 }

@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/limits.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -40,7 +42,12 @@ enum infer_error {
     INFER_ENOMEM = -4,
     INFER_EREFUSED = -5,  /* the slices cannot form one volume (reason in ERR) */
     INFER_ECANCELLED = -6, /* the progress callback asked to stop */
+    INFER_ELIMIT = -7,    /* a volume or buffer over the job's memory budget (reason in ERR) */
 };
+
+/* The voxels of one float volume a job may hold when the caller gives no
+ * limit (0). */
+#define INFER_DEFAULT_MAX_VOXELS (LIMIT_JOB_VOLUME_BYTES / sizeof(float))
 
 /* A short text for an INFER_E* code ("model file unreadable or failed to
  * run"); never NULL. */
@@ -133,25 +140,43 @@ struct infer_volume_limits {
     int min_slices;            /* refuse fewer slices than this */
     double max_tilt_degrees;   /* refuse when slices are sheared beyond this */
     double spacing_tolerance;  /* relative: uneven gaps beyond this are refused */
+    size_t max_voxels;         /* nx*ny*nz of the volume; 0: INFER_DEFAULT_MAX_VOXELS */
 };
 
 /* Sorts SLICES along the slice normal (position . normal, never by number
  * or name) and builds one volume, or refuses with INFER_EREFUSED and a
  * reason: mixed sizes or orientations, duplicate positions, uneven gaps
- * (a missing slice), gantry tilt beyond the limit, too few slices. */
+ * (a missing slice), gantry tilt beyond the limit, too few slices, and
+ * any geometry value that is not finite or out of common/limits.h's range
+ * (positions, unit orthogonal cosines, pixel and slice spacing). A volume
+ * of more than the limit's voxels is INFER_ELIMIT; nothing is allocated
+ * before every check passed. */
 INFER_API int infer_volume_assemble(const struct infer_slice *slices, size_t n,
                                     const struct infer_volume_limits *limits,
                                     struct infer_volume *out, char *err, size_t errlen);
 
+/* Every check of infer_volume_assemble, from the slices' geometry alone
+ * (PIXELS may be NULL): 0 with the volume's grid in GRID (may be NULL), or
+ * the refusal assembling them would give. */
+INFER_API int infer_volume_check(const struct infer_slice *slices, size_t n,
+                                 const struct infer_volume_limits *limits,
+                                 struct infer_grid *grid, char *err, size_t errlen);
+
 INFER_API void infer_volume_free(struct infer_volume *v);
 
-/* The grid covering FROM's extent with SPACING (column, row, slice). */
-INFER_API void infer_grid_respace(const struct infer_grid *from, const double spacing[3],
-                                  struct infer_grid *to);
+/* Into TO, the grid covering FROM's extent with SPACING (column, row,
+ * slice). Its size is computed in double: spacings that are not finite
+ * and positive are INFER_EINVAL, a grid of more than MAX_VOXELS voxels
+ * (0: INFER_DEFAULT_MAX_VOXELS) is INFER_ELIMIT, both with the reason in
+ * ERR; TO is then left zeroed, never a wild size. */
+INFER_API int infer_grid_respace(const struct infer_grid *from, const double spacing[3],
+                                 size_t max_voxels, struct infer_grid *to, char *err,
+                                 size_t errlen);
 
 /* Resamples SRC (on grid FROM) onto grid TO into DST, trilinear, through
  * patient coordinates (any two grids). Points of TO outside FROM take the
- * nearest edge value. */
+ * nearest edge value. Every index is clamped into FROM, NaN included:
+ * whatever the grids hold, no read falls outside SRC. */
 INFER_API void infer_resample(const float *src, const struct infer_grid *from,
                               const struct infer_grid *to, float *dst);
 
@@ -184,6 +209,8 @@ struct infer_window {
      * run with INFER_ECANCELLED. */
     int (*progress)(void *ud, long patches_done, long patches_total);
     void *progress_ud;
+    size_t max_voxels;         /* floats the window's buffers may hold (channels x
+                                * patch depth x plane, ...); 0: INFER_DEFAULT_MAX_VOXELS */
 };
 
 /*

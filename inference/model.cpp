@@ -6,6 +6,7 @@
 #include "inference/inference.h"
 
 extern "C" {
+#include "common/checked.h"
 #include "common/error.h"
 }
 
@@ -277,13 +278,16 @@ INFER_API int infer_model_run(struct infer_model *m, const float *input, const i
     int rc = forward(m, input, shape, ndim, &y, err, errlen);
     if (rc != 0)
         return rc;
-    size_t n = static_cast<size_t>(y.numel());
-    float *data = static_cast<float *>(std::malloc(n ? n * sizeof(float) : 1));
+    size_t n = static_cast<size_t>(y.numel()), bytes;
+    if (!size_mul_ok(n, sizeof(float), &bytes))
+        return error_set(err, errlen, INFER_ENOMEM, "the model output of %zu floats is too large",
+                         n);
+    float *data = static_cast<float *>(std::malloc(n ? bytes : 1));
     if (!data)
         return error_set(err, errlen, INFER_ENOMEM,
                          "out of memory for the model output (%zu floats)", n);
     if (n)
-        std::memcpy(data, y.data_ptr<float>(), n * sizeof(float));
+        std::memcpy(data, y.data_ptr<float>(), bytes);
     out->data = data;
     out->ndim = static_cast<int>(y.dim());
     for (int i = 0; i < out->ndim; i++)

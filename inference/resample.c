@@ -8,25 +8,57 @@
  */
 #include "inference/inference.h"
 
+#include "common/checked.h"
+#include "common/error.h"
+
+#include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
-void infer_grid_respace(const struct infer_grid *from, const double spacing[3],
-                        struct infer_grid *to)
+static int positive_finite(double v)
 {
-    *to = *from;
+    return isfinite(v) && v > 0;
+}
+
+int infer_grid_respace(const struct infer_grid *from, const double spacing[3],
+                       size_t max_voxels, struct infer_grid *to, char *err, size_t errlen)
+{
+    memset(to, 0, sizeof *to);
+    if (!max_voxels)
+        max_voxels = INFER_DEFAULT_MAX_VOXELS;
     const int n[3] = {from->nx, from->ny, from->nz};
-    int m[3];
+    size_t m[3];
     for (int a = 0; a < 3; a++) {
+        if (!positive_finite(spacing[a]) || !positive_finite(from->spacing[a]) || n[a] < 1)
+            return error_set(err, errlen, INFER_EINVAL,
+                             "cannot resample: spacing %g mm onto %g mm over %d voxels on axis %c",
+                             from->spacing[a], spacing[a], n[a], "xyz"[a]);
+        /* In double: a hostile spacing ratio gives a count far beyond
+         * INT_MAX (or inf), which an int would wrap. */
         double extent = (n[a] - 1) * from->spacing[a];
-        m[a] = (int)floor(extent / spacing[a] + 0.5) + 1;
-        if (m[a] < 1)
-            m[a] = 1;
-        to->spacing[a] = spacing[a];
+        double count = floor(extent / spacing[a] + 0.5) + 1;
+        if (!isfinite(count) || count > (double)max_voxels)
+            return error_set(err, errlen, INFER_ELIMIT,
+                             "resampling to %g mm makes %g voxels along axis %c (the limit is "
+                             "%zu voxels in all)",
+                             spacing[a], count, "xyz"[a], max_voxels);
+        m[a] = count < 1 ? 1 : (size_t)count;
     }
-    to->nx = m[0];
-    to->ny = m[1];
-    to->nz = m[2];
+    /* Each count is at most MAX_VOXELS; their product is checked too. */
+    size_t total;
+    if (!size_mul3_ok(m[0], m[1], m[2], &total) || total > max_voxels || m[0] > INT_MAX ||
+        m[1] > INT_MAX || m[2] > INT_MAX)
+        return error_set(err, errlen, INFER_ELIMIT,
+                         "resampling makes a %zux%zux%zu volume (the limit is %zu voxels)", m[0],
+                         m[1], m[2], max_voxels);
+    *to = *from;
+    for (int a = 0; a < 3; a++)
+        to->spacing[a] = spacing[a];
+    to->nx = (int)m[0];
+    to->ny = (int)m[1];
+    to->nz = (int)m[2];
+    return INFER_OK;
 }
 
 /* index_from = A * index_to + b (A 3x3 row-major). FROM's directions are
@@ -47,14 +79,20 @@ static void index_map(const struct infer_grid *from, const struct infer_grid *to
     }
 }
 
+/* V within [0, HI]. Written so that NaN fails the first test and lands on
+ * 0: a non-finite index from a degenerate grid still reads inside. */
 static double clampd(double v, double hi)
 {
-    return v < 0 ? 0 : v > hi ? hi : v;
+    if (!(v >= 0))
+        return 0;
+    return v > hi ? hi : v;
 }
 
 void infer_resample(const float *src, const struct infer_grid *from,
                     const struct infer_grid *to, float *dst)
 {
+    if (from->nx < 1 || from->ny < 1 || from->nz < 1)
+        return;
     double A[9], b[3];
     index_map(from, to, A, b);
     const size_t sx = 1, sy = (size_t)from->nx, sz = (size_t)from->nx * from->ny;
@@ -86,6 +124,8 @@ void infer_resample(const float *src, const struct infer_grid *from,
 void infer_resample_labels(const uint8_t *src, const struct infer_grid *from,
                            const struct infer_grid *to, uint8_t *dst)
 {
+    if (from->nx < 1 || from->ny < 1 || from->nz < 1)
+        return;
     double A[9], b[3];
     index_map(from, to, A, b);
     size_t out = 0;

@@ -8,8 +8,11 @@
  */
 #include "inference/inference.h"
 
+#include "common/checked.h"
 #include "common/error.h"
+#include "common/limits.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +54,40 @@ static int compare_doubles(const void *a, const void *b)
     return (da > db) - (da < db);
 }
 
+/* Every value of slice S usable, or a reason: the comparisons below are
+ * all false for NaN, so nothing non-finite may reach them, and values far
+ * out of range would overflow the grid arithmetic after them. */
+static int check_slice(const struct infer_slice *s, size_t i, char *err, size_t errlen)
+{
+    if (s->rows <= 0 || s->cols <= 0)
+        return error_set(err, errlen, INFER_EREFUSED, "slice %zu has an invalid size (%dx%d)",
+                         i + 1, s->cols, s->rows);
+    for (int c = 0; c < 3; c++)
+        if (!isfinite(s->position[c]) || fabs(s->position[c]) > LIMIT_MAX_POSITION_MM)
+            return error_set(err, errlen, INFER_EREFUSED,
+                             "slice %zu: image position %g is not a finite coordinate within "
+                             "%g mm",
+                             i + 1, s->position[c], LIMIT_MAX_POSITION_MM);
+    for (int c = 0; c < 2; c++)
+        if (!isfinite(s->pixel_spacing[c]) || s->pixel_spacing[c] <= 0 ||
+            s->pixel_spacing[c] > LIMIT_MAX_SPACING_MM)
+            return error_set(err, errlen, INFER_EREFUSED,
+                             "slice %zu: pixel spacing %g is not in (0, %g] mm", i + 1,
+                             s->pixel_spacing[c], LIMIT_MAX_SPACING_MM);
+    const double *row = s->orientation, *col = s->orientation + 3;
+    for (int c = 0; c < 6; c++)
+        if (!isfinite(s->orientation[c]))
+            return error_set(err, errlen, INFER_EREFUSED,
+                             "slice %zu: image orientation %g is not a finite number", i + 1,
+                             s->orientation[c]);
+    if (fabs(dot3(row, row) - 1) > LIMIT_ORIENTATION_TOLERANCE ||
+        fabs(dot3(col, col) - 1) > LIMIT_ORIENTATION_TOLERANCE ||
+        fabs(dot3(row, col)) > LIMIT_ORIENTATION_TOLERANCE)
+        return error_set(err, errlen, INFER_EREFUSED,
+                         "image orientation is not two orthogonal unit vectors");
+    return INFER_OK;
+}
+
 void infer_volume_free(struct infer_volume *v)
 {
     if (!v)
@@ -61,11 +98,16 @@ void infer_volume_free(struct infer_volume *v)
     memset(v, 0, sizeof *v);
 }
 
-int infer_volume_assemble(const struct infer_slice *slices, size_t n,
-                          const struct infer_volume_limits *limits, struct infer_volume *out,
-                          char *err, size_t errlen)
+/* Builds the volume into OUT, or with OUT NULL only checks that it can be
+ * built (every check, no volume) and gives its grid in GRID. */
+static int assemble(const struct infer_slice *slices, size_t n,
+                    const struct infer_volume_limits *limits, struct infer_volume *out,
+                    struct infer_grid *grid, char *err, size_t errlen)
 {
-    memset(out, 0, sizeof *out);
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (grid)
+        memset(grid, 0, sizeof *grid);
     if (n == 0)
         return error_set(err, errlen, INFER_EREFUSED, "the series has no image slices");
     if (limits && (size_t)limits->min_slices > n)
@@ -73,7 +115,21 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
                          "the series has %zu slice%s; the model needs at least %d", n,
                          n == 1 ? "" : "s", limits->min_slices);
 
+    for (size_t i = 0; i < n; i++) {
+        int rc = check_slice(&slices[i], i, err, errlen);
+        if (rc != INFER_OK)
+            return rc;
+    }
     const struct infer_slice *s0 = &slices[0];
+    /* The size before any allocation (the slices' order and gaps need
+     * arrays of N): over the budget is refused at once. */
+    size_t max_voxels = limits && limits->max_voxels ? limits->max_voxels : INFER_DEFAULT_MAX_VOXELS;
+    size_t voxels, bytes;
+    if (!size_mul3_ok((size_t)s0->rows, (size_t)s0->cols, n, &voxels) || voxels > max_voxels ||
+        !size_mul_ok(voxels, sizeof(float), &bytes) || n > INT_MAX)
+        return error_set(err, errlen, INFER_ELIMIT,
+                         "a volume of %d x %d x %zu voxels is over the limit of %zu voxels",
+                         s0->cols, s0->rows, n, max_voxels);
     for (size_t i = 1; i < n; i++) {
         const struct infer_slice *s = &slices[i];
         if (s->rows != s0->rows || s->cols != s0->cols)
@@ -89,14 +145,7 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
             if (fabs(s->pixel_spacing[c] - s0->pixel_spacing[c]) > SPACING_TOLERANCE_MM)
                 return error_set(err, errlen, INFER_EREFUSED, "mixed pixel spacings in the series");
     }
-    if (s0->rows <= 0 || s0->cols <= 0 || s0->pixel_spacing[0] <= 0 || s0->pixel_spacing[1] <= 0)
-        return error_set(err, errlen, INFER_EREFUSED, "invalid image size or pixel spacing");
-
     const double *row = s0->orientation, *col = s0->orientation + 3;
-    if (fabs(dot3(row, row) - 1) > 1e-2 || fabs(dot3(col, col) - 1) > 1e-2 ||
-        fabs(dot3(row, col)) > 1e-2)
-        return error_set(err, errlen, INFER_EREFUSED,
-                         "image orientation is not two orthogonal unit vectors");
     double normal[3];
     cross3(row, col, normal);
     double nlen = sqrt(dot3(normal, normal));
@@ -139,6 +188,12 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
         qsort(sorted, n - 1, sizeof *sorted, compare_doubles);
         spacing = sorted[(n - 1) / 2];
         free(sorted);
+        if (spacing > LIMIT_MAX_SPACING_MM) {
+            rc = error_set(err, errlen, INFER_EREFUSED,
+                           "slices %.3f mm apart (the limit is %g mm)", spacing,
+                           LIMIT_MAX_SPACING_MM);
+            goto done;
+        }
         double tol = limits && limits->spacing_tolerance > 0 ? limits->spacing_tolerance : 0.05;
         for (size_t k = 0; k + 1 < n; k++) {
             if (fabs(gaps[k] - spacing) > tol * spacing) {
@@ -165,7 +220,7 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
         }
     }
 
-    struct infer_grid *g = &out->grid;
+    struct infer_grid *g = out ? &out->grid : grid;
     g->nx = s0->cols;
     g->ny = s0->rows;
     g->nz = (int)n;
@@ -177,9 +232,11 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
     memcpy(g->dir, row, 3 * sizeof(double));
     memcpy(g->dir + 3, col, 3 * sizeof(double));
     memcpy(g->dir + 6, normal, 3 * sizeof(double));
+    if (!out)
+        goto done;
 
-    size_t plane = (size_t)g->nx * g->ny;
-    out->data = malloc(plane * n * sizeof *out->data);
+    size_t plane = (size_t)g->nx * g->ny; /* voxels <= max_voxels: no wrap */
+    out->data = malloc(bytes);
     out->source = malloc(n * sizeof *out->source);
     out->frame = malloc(n * sizeof *out->frame);
     if (!out->data || !out->source || !out->frame) {
@@ -197,4 +254,19 @@ done:
     free(ord);
     free(gaps);
     return rc;
+}
+
+int infer_volume_assemble(const struct infer_slice *slices, size_t n,
+                          const struct infer_volume_limits *limits, struct infer_volume *out,
+                          char *err, size_t errlen)
+{
+    return assemble(slices, n, limits, out, NULL, err, errlen);
+}
+
+int infer_volume_check(const struct infer_slice *slices, size_t n,
+                       const struct infer_volume_limits *limits, struct infer_grid *grid,
+                       char *err, size_t errlen)
+{
+    struct infer_grid unused;
+    return assemble(slices, n, limits, NULL, grid ? grid : &unused, err, errlen);
 }

@@ -11,6 +11,7 @@
  */
 #include "inference/inference.h"
 
+#include "common/checked.h"
 #include "common/error.h"
 
 #include <math.h>
@@ -95,16 +96,32 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
     if (w->decision == INFER_ARGMAX && w->channels < 2)
         return error_set(err, errlen, INFER_EINVAL, "argmax needs at least two channels");
 
+    if (g->nx < 1 || g->ny < 1 || g->nz < 1 || !vol->data)
+        return error_set(err, errlen, INFER_EINVAL, "empty volume");
     const int C = w->channels;
-    const size_t plane = (size_t)g->nx * g->ny;
-    const size_t patch_vox = (size_t)p[0] * p[1] * p[2];
+    /* Buffers: the patch in and out (1 + C patches) and the ring of
+     * accumulated slabs (C + 1 slabs of patch depth), all checked against
+     * the budget before any is allocated. */
+    size_t plane, patch_vox, out_vox, slab, acc_vox, need;
+    size_t max_voxels = w->max_voxels ? w->max_voxels : INFER_DEFAULT_MAX_VOXELS;
+    if (!size_mul_ok((size_t)g->nx, (size_t)g->ny, &plane) ||
+        !size_mul3_ok((size_t)p[0], (size_t)p[1], (size_t)p[2], &patch_vox) ||
+        !size_mul_ok((size_t)C, patch_vox, &out_vox) ||
+        !size_mul_ok((size_t)p[0], plane, &slab) || !size_mul_ok((size_t)C, slab, &acc_vox) ||
+        !size_add_ok(patch_vox, out_vox, &need) || !size_add_ok(need, acc_vox, &need) ||
+        !size_add_ok(need, slab, &need) || need > max_voxels ||
+        !size_mul_ok(need, sizeof(float), &need))
+        return error_set(err, errlen, INFER_ELIMIT,
+                         "the sliding window needs %d channels x %d slices of %dx%d voxels, over "
+                         "the limit of %zu voxels",
+                         C, p[0], g->nx, g->ny, max_voxels);
     int *starts[3] = {NULL, NULL, NULL};
     int nstarts[3];
     float *wt[3] = {NULL, NULL, NULL};
     float *input = malloc(patch_vox * sizeof *input);
-    float *output = malloc((size_t)C * patch_vox * sizeof *output);
-    float *acc = calloc((size_t)C * p[0] * plane, sizeof *acc);
-    float *wsum = calloc((size_t)p[0] * plane, sizeof *wsum);
+    float *output = malloc(out_vox * sizeof *output);
+    float *acc = calloc(acc_vox, sizeof *acc);
+    float *wsum = calloc(slab, sizeof *wsum);
     int rc = INFER_ENOMEM;
     if (!input || !output || !acc || !wsum)
         goto done;
@@ -137,7 +154,7 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
                 const int64_t shape[5] = {1, 1, p[0], p[1], p[2]};
                 int64_t oshape[8];
                 int ondim;
-                rc = infer_model_run_into(m, input, shape, 5, output, (size_t)C * patch_vox,
+                rc = infer_model_run_into(m, input, shape, 5, output, out_vox,
                                           oshape, &ondim, err, errlen);
                 /* A wrong shape is the clearer message, also when the
                  * output did not fit. */

@@ -11,6 +11,8 @@
  */
 #include "service/pipeline.h"
 
+#include "common/checked.h"
+#include "common/limits.h"
 #include "config/config.h"
 #include "dicom/image.h"
 #include "inference/inference.h"
@@ -24,6 +26,11 @@
 #include <time.h>
 
 #define MAX_TILT_DEGREES 1.0
+
+/* Voxels of float volume one job may hold (decoded series, assembled and
+ * resampled volume, the sliding window's buffers): common/limits.h.
+ * (Configurable per node and per model later; one value for now.) */
+#define JOB_MAX_VOXELS (LIMIT_JOB_VOLUME_BYTES / sizeof(float))
 
 const char *pipeline_strerror(int code)
 {
@@ -57,7 +64,9 @@ static int is_localizer(const char *image_type)
     return strstr(image_type, "LOCALIZER") != NULL;
 }
 
-/* Lists the frames of every decoded file of SRC as slices. */
+/* Lists the frames of every file of SRC as slices, from the headers alone
+ * (pixels NULL): what the model takes and the geometry are checked before
+ * anything is decoded. */
 static int list_slices(const struct config_manifest *mf, const struct dicom_sources *src,
                        struct infer_slice **slices_out, size_t *n_out, char *err, size_t errlen)
 {
@@ -89,7 +98,7 @@ static int list_slices(const struct config_manifest *mf, const struct dicom_sour
                 slices = ns;
             }
             struct infer_slice *s = &slices[n++];
-            s->pixels = img->pixels + (size_t)f * img->rows * img->cols;
+            s->pixels = NULL;
             s->rows = img->rows;
             s->cols = img->cols;
             memcpy(s->position, img->positions + 3 * f, sizeof s->position);
@@ -105,6 +114,15 @@ static int list_slices(const struct config_manifest *mf, const struct dicom_sour
 fail:
     free(slices);
     return -1;
+}
+
+/* Points each slice at its decoded pixels. */
+static void attach_pixels(const struct dicom_sources *src, struct infer_slice *slices, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        const struct dicom_image *img = dicom_sources_image(src, (size_t)slices[k].source);
+        slices[k].pixels = img->pixels + (size_t)slices[k].frame * img->rows * img->cols;
+    }
 }
 
 static void preprocess(const struct config_manifest *mf, struct infer_volume *v)
@@ -150,17 +168,31 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         snprintf(err, errlen, "the series has no instances");
         return PIPELINE_EFAILED;
     }
+    /* Headers first: sizes (against the job's budget), geometry, modality
+     * and the volume's shape are all checked before a pixel is decoded. */
     char why[512];
-    if (dicom_sources_open(paths, n_paths, &src, why, sizeof why) != DICOM_OK) {
+    if (dicom_sources_parse(paths, n_paths, JOB_MAX_VOXELS, &src, why, sizeof why) !=
+        DICOM_OK) {
         snprintf(err, errlen, "the series cannot be used: %s", why);
         goto out;
     }
     if (list_slices(mf, src, &slices, &n_slices, err, errlen) != 0)
         goto out;
+    struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05, JOB_MAX_VOXELS};
+    if (infer_volume_check(slices, n_slices, &lim, &vol.grid, err, errlen) != INFER_OK)
+        goto out;
+    /* The model's grid too: a resample over the budget fails before decoding. */
+    if (mf->has_spacing && infer_grid_respace(&vol.grid, mf->spacing, JOB_MAX_VOXELS,
+                                              &scaled.grid, err, errlen) != INFER_OK)
+        goto out;
+    if (dicom_sources_decode(src, why, sizeof why) != DICOM_OK) {
+        snprintf(err, errlen, "the series cannot be used: %s", why);
+        goto out;
+    }
+    attach_pixels(src, slices, n_slices);
     double t1 = seconds_now();
     t->decode = t1 - t0;
 
-    struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05};
     if (infer_volume_assemble(slices, n_slices, &lim, &vol, err, errlen) != INFER_OK)
         goto out;
     /* The decoded images were copied into the volume; the headers stay
@@ -172,9 +204,14 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     preprocess(mf, &vol);
     const struct infer_volume *input = &vol;
     if (mf->has_spacing) {
-        infer_grid_respace(&vol.grid, mf->spacing, &scaled.grid);
-        size_t n = (size_t)scaled.grid.nx * scaled.grid.ny * scaled.grid.nz;
-        if (!(scaled.data = malloc(n * sizeof *scaled.data))) {
+        /* The grid is checked against the budget before its buffer exists. */
+        if (infer_grid_respace(&vol.grid, mf->spacing, JOB_MAX_VOXELS, &scaled.grid, err,
+                               errlen) != INFER_OK)
+            goto out;
+        size_t n;
+        if (!size_mul3_ok((size_t)scaled.grid.nx, (size_t)scaled.grid.ny,
+                          (size_t)scaled.grid.nz, &n) ||
+            !size_mul_ok(n, sizeof *scaled.data, &n) || !(scaled.data = malloc(n))) {
             snprintf(err, errlen, "out of memory");
             goto out;
         }
@@ -202,6 +239,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         .threshold = (float)mf->threshold,
         .progress = progress,
         .progress_ud = progress_ud,
+        .max_voxels = JOB_MAX_VOXELS,
     };
     int irc = infer_sliding_window(model, input, &win, model_labels, err, errlen);
     if (irc != INFER_OK) {

@@ -238,6 +238,62 @@ class InferenceTest(NodeTestCase):
         self.assertIn("no pixel data", " ".join(errors))
         self.assertEqual(n.stop(), 0)
 
+    def test_hostile_geometry_fails_its_job_and_the_node_keeps_answering(self):
+        # A model that resamples finely; three series whose geometry would
+        # have it index outside its volume or allocate gigabytes.
+        manifest = os.path.join(self.workdir, "fine.yaml")
+        with open(BUILTIN_MANIFEST) as f:
+            text = f.read()
+        self.assertIn("spacing: none", text)
+        with open(manifest, "w") as f:
+            f.write(text.replace("spacing: none", "spacing: [0.25, 0.25, 0.25]"))
+        n = self.node_with_models(models=models(manifest=manifest))
+        n.start()
+        pid = n.pid
+        study = pydicom.uid.generate_uid()
+        # 2x2 pixels of a million mm each.
+        huge = make_ct_series(os.path.join(self.workdir, "huge"), 2, rows=2, cols=2,
+                              study_uid=study, series_number=1, pixel_spacing=(1e6, 1e6))
+        # Positions near the largest double on an oblique plane: their
+        # distance along the normal is -inf, the gap between them NaN.
+        far = make_ct_series(os.path.join(self.workdir, "far"), 2, rows=2, cols=2,
+                             study_uid=study, series_number=2)
+        for path in far:
+            ds = pydicom.dcmread(path)
+            ds.ImagePositionPatient = ["1.7e308", "-1.7e308", "0"]
+            ds.ImageOrientationPatient = ["0.7071068", "0.7071068", "0", "0", "0", "-1"]
+            ds.save_as(path)
+        # 16x16 pixels of 100 mm, slices 100 mm apart: valid, but at 0.25 mm
+        # it is 6001 x 6001 x 401 voxels (58 GB of float).
+        coarse = make_ct_series(os.path.join(self.workdir, "coarse"), 2, rows=16, cols=16,
+                                study_uid=study, series_number=3, spacing=100.0,
+                                pixel_spacing=(100, 100))
+        harness.storescu(n.port, huge + far + coarse, ae_called=n.ae)
+        # A node that dies is a failure at once, not a wait for its jobs.
+        deadline = time.monotonic() + 120
+        while True:
+            if not n.running():
+                self.fail("the node died (exit status %r) running the jobs" % n.proc.poll())
+            jobs = n.status().get("jobs", [])
+            if len(jobs) >= 3 and all(j["state"] in ("done", "failed") for j in jobs):
+                break
+            self.assertLess(time.monotonic(), deadline, "the jobs did not end: %r" % jobs)
+            time.sleep(0.2)
+        self.assertEqual(len(jobs), 3, jobs)
+        self.assertTrue(all(j["state"] == "failed" for j in jobs), jobs)
+        errors = " | ".join(sorted(j["error"] or "" for j in jobs))
+        self.assertIn("Pixel Spacing 1000000 is not in (0, 100] mm", errors)
+        self.assertIn("Image Position (Patient) 1.7e+308 is beyond 1000000 mm", errors)
+        self.assertIn("resampling makes a 6001x6001x401 volume (the limit is 375000000 voxels)",
+                      errors)
+        # The same process, still answering at once.
+        self.assertTrue(n.running())
+        self.assertEqual(n.pid, pid)
+        t0 = time.monotonic()
+        harness.echoscu(n.port, ae_called=n.ae)
+        self.assertLess(time.monotonic() - t0, 1.0)
+        self.assertEqual(n.stop(), 0)
+
     def test_series_no_rule_matches_gets_no_job(self):
         n = self.node_with_models()
         n.start()

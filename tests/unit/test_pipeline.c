@@ -155,12 +155,40 @@ static void test_a_missing_file_fails_with_its_reason(void **state)
     assert_null(out.labels);
 }
 
+/* A manifest spacing so fine that the resampled volume would be over the
+ * job's budget: refused with the sizes, before its buffer exists. */
+static void test_a_resample_over_the_job_budget_fails_with_its_reason(void **state)
+{
+    struct fixture *f = *state;
+    struct config_model cm = *f->cm; /* shallow: nothing of it is freed here */
+    cm.manifest.has_spacing = 1;
+    cm.manifest.spacing[0] = cm.manifest.spacing[1] = cm.manifest.spacing[2] = 0.01;
+    struct pipeline_output out;
+    struct pipeline_timing t;
+    char err[512] = "";
+    assert_int_equal(pipeline_run(&cm, f->model, (const char *const *)f->paths, f->n, NULL, NULL,
+                                  &out, &t, err, sizeof err),
+                     PIPELINE_EFAILED);
+    if (!strstr(err, "resampling makes a ") || !strstr(err, "(the limit is 375000000 voxels)"))
+        fail_msg("unexpected reason: %s", err);
+    assert_null(out.labels);
+    /* The same series at the model's own spacing still runs. */
+    cm.manifest.spacing[0] = cm.manifest.spacing[1] = 1.4;
+    cm.manifest.spacing[2] = 2.0;
+    assert_int_equal(pipeline_run(&cm, f->model, (const char *const *)f->paths, f->n, NULL, NULL,
+                                  &out, &t, err, sizeof err),
+                     0);
+    assert_non_null(out.labels);
+    pipeline_output_free(&out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_builtin_model_labels_equal_the_thresholds_of_each_files_pixels),
         cmocka_unit_test(test_progress_that_asks_to_stop_cancels_the_run),
         cmocka_unit_test(test_a_missing_file_fails_with_its_reason),
+        cmocka_unit_test(test_a_resample_over_the_job_budget_fails_with_its_reason),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

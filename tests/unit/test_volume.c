@@ -61,7 +61,7 @@ static void shuffle(struct series *sr, unsigned seed)
 }
 
 static const double AXIAL_ROW[3] = {1, 0, 0}, AXIAL_COL[3] = {0, 1, 0};
-static const struct infer_volume_limits LIMITS = {1, 0.5, 0.05};
+static const struct infer_volume_limits LIMITS = {1, 0.5, 0.05, 0};
 
 static int assemble(struct series *sr, struct infer_volume *v, char *err)
 {
@@ -222,7 +222,8 @@ static void test_resampling_round_trip_keeps_a_linear_volume(void **state)
                 src[((size_t)k * g.ny + j) * g.nx + i] = ramp(&g, i, j, k);
     struct infer_grid coarse;
     const double sp[3] = {1.0, 1.5, 1.0};
-    infer_grid_respace(&g, sp, &coarse);
+    char err[256] = "";
+    assert_int_equal(infer_grid_respace(&g, sp, 0, &coarse, err, sizeof err), INFER_OK);
     assert_int_equal(coarse.nx, 5);
     assert_int_equal(coarse.ny, 4);
     assert_int_equal(coarse.nz, 9);
@@ -253,6 +254,257 @@ static void test_label_resampling_on_the_same_grid_is_the_identity(void **state)
     assert_memory_equal(src, dst, sizeof src);
 }
 
+/* Hostile geometry: every value a file can claim, refused with its reason
+ * before anything is allocated. */
+static void nan_position(struct series *sr) { sr->s[1].position[0] = NAN; }
+static void inf_position(struct series *sr) { sr->s[0].position[2] = INFINITY; }
+static void huge_position(struct series *sr)
+{
+    for (size_t k = 0; k < sr->n; k++)
+        sr->s[k].position[0] = 1e308;
+}
+static void nan_orientation(struct series *sr)
+{
+    for (size_t k = 0; k < sr->n; k++)
+        sr->s[k].orientation[4] = NAN;
+}
+static void skewed_orientation(struct series *sr)
+{
+    /* unit rows, 45 degrees apart */
+    for (size_t k = 0; k < sr->n; k++) {
+        sr->s[k].orientation[3] = sqrt(0.5);
+        sr->s[k].orientation[4] = sqrt(0.5);
+    }
+}
+static void long_orientation(struct series *sr)
+{
+    for (size_t k = 0; k < sr->n; k++)
+        sr->s[k].orientation[0] = 2;
+}
+static void zero_spacing(struct series *sr)
+{
+    for (size_t k = 0; k < sr->n; k++)
+        sr->s[k].pixel_spacing[0] = 0;
+}
+static void negative_spacing(struct series *sr)
+{
+    for (size_t k = 0; k < sr->n; k++)
+        sr->s[k].pixel_spacing[1] = -0.5;
+}
+static void nan_spacing(struct series *sr) { sr->s[0].pixel_spacing[1] = NAN; }
+static void huge_spacing(struct series *sr)
+{
+    for (size_t k = 0; k < sr->n; k++)
+        sr->s[k].pixel_spacing[0] = sr->s[k].pixel_spacing[1] = 1e6;
+}
+static void bad_size(struct series *sr) { sr->s[2].rows = -3; }
+
+static const struct {
+    const char *what;
+    void (*spoil)(struct series *);
+    double gap;
+    const char *reason;
+} hostile[] = {
+    {"NaN position", nan_position, 1.0, "slice 2: image position nan is not a finite coordinate"},
+    {"infinite position", inf_position, 1.0, "slice 1: image position inf is not a finite"},
+    {"position near 1e308", huge_position, 1.0, "image position 1e+308 is not a finite coordinate "
+                                                "within 1e+06 mm"},
+    {"NaN orientation", nan_orientation, 1.0, "image orientation nan is not a finite number"},
+    {"non-orthogonal orientation", skewed_orientation, 1.0,
+     "image orientation is not two orthogonal unit vectors"},
+    {"orientation not unit length", long_orientation, 1.0,
+     "image orientation is not two orthogonal unit vectors"},
+    {"zero pixel spacing", zero_spacing, 1.0, "pixel spacing 0 is not in (0, 100] mm"},
+    {"negative pixel spacing", negative_spacing, 1.0, "pixel spacing -0.5 is not in (0, 100] mm"},
+    {"NaN pixel spacing", nan_spacing, 1.0, "slice 1: pixel spacing nan is not in (0, 100] mm"},
+    {"huge pixel spacing", huge_spacing, 1.0, "pixel spacing 1e+06 is not in (0, 100] mm"},
+    {"huge slice gap", NULL, 5000.0, "slices 5000.000 mm apart (the limit is 100 mm)"},
+    {"invalid size", bad_size, 1.0, "slice 3 has an invalid size (4x-3)"},
+};
+
+static void test_hostile_geometry_is_refused_with_the_reason(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
+        struct series sr;
+        struct infer_volume v;
+        char err[256] = "";
+        make_series(&sr, 4, AXIAL_ROW, AXIAL_COL, hostile[i].gap);
+        if (hostile[i].spoil)
+            hostile[i].spoil(&sr);
+        v.data = (float *)err;
+        int rc = infer_volume_assemble(sr.s, sr.n, &LIMITS, &v, err, sizeof err);
+        if (rc != INFER_EREFUSED)
+            fail_msg("%s: %d (%s), expected INFER_EREFUSED", hostile[i].what, rc, err);
+        if (!strstr(err, hostile[i].reason))
+            fail_msg("%s: '%s' does not say '%s'", hostile[i].what, err, hostile[i].reason);
+        assert_null(v.data);
+    }
+    /* The same checks from the geometry alone, before any pixel exists. */
+    for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
+        struct series sr;
+        char err[256] = "";
+        make_series(&sr, 4, AXIAL_ROW, AXIAL_COL, hostile[i].gap);
+        if (hostile[i].spoil)
+            hostile[i].spoil(&sr);
+        for (size_t k = 0; k < sr.n; k++)
+            sr.s[k].pixels = NULL;
+        assert_int_equal(infer_volume_check(sr.s, sr.n, &LIMITS, NULL, err, sizeof err),
+                         INFER_EREFUSED);
+        if (!strstr(err, hostile[i].reason))
+            fail_msg("%s (check): '%s' does not say '%s'", hostile[i].what, err,
+                     hostile[i].reason);
+    }
+    /* The same series unspoilt is a volume. */
+    struct series sr;
+    struct infer_volume v;
+    char err[256] = "";
+    make_series(&sr, 4, AXIAL_ROW, AXIAL_COL, 1.0);
+    assert_int_equal(infer_volume_assemble(sr.s, sr.n, &LIMITS, &v, err, sizeof err), INFER_OK);
+    struct infer_grid built = v.grid, checked;
+    infer_volume_free(&v);
+    for (size_t k = 0; k < sr.n; k++)
+        sr.s[k].pixels = NULL;
+    assert_int_equal(infer_volume_check(sr.s, sr.n, &LIMITS, &checked, err, sizeof err),
+                     INFER_OK);
+    assert_memory_equal(&checked, &built, sizeof built);
+}
+
+static void test_a_volume_over_the_voxel_budget_is_refused_before_allocating(void **state)
+{
+    (void)state;
+    struct series sr;
+    struct infer_volume v;
+    char err[256] = "";
+    make_series(&sr, 5, AXIAL_ROW, AXIAL_COL, 1.0);
+    struct infer_volume_limits lim = LIMITS;
+    lim.max_voxels = ROWS * COLS * 5 - 1;
+    v.data = (float *)err;
+    assert_int_equal(infer_volume_assemble(sr.s, sr.n, &lim, &v, err, sizeof err), INFER_ELIMIT);
+    assert_string_equal(err, "a volume of 4 x 3 x 5 voxels is over the limit of 59 voxels");
+    assert_null(v.data);
+    assert_string_equal(inference_strerror(INFER_ELIMIT), "over the job's memory budget");
+    lim.max_voxels = ROWS * COLS * 5;
+    assert_int_equal(infer_volume_assemble(sr.s, sr.n, &lim, &v, err, sizeof err), INFER_OK);
+    infer_volume_free(&v);
+    /* The default budget (0) takes a normal series. */
+    lim.max_voxels = 0;
+    assert_int_equal(infer_volume_assemble(sr.s, sr.n, &lim, &v, err, sizeof err), INFER_OK);
+    infer_volume_free(&v);
+}
+
+static void test_respacing_refuses_wild_grids(void **state)
+{
+    (void)state;
+    /* 2x2 pixels of 100 mm (the largest accepted) onto 0.001 mm: each
+     * axis alone is 100000 voxels, the grid 1e15. */
+    struct infer_grid g = {.nx = 2, .ny = 2, .nz = 2, .origin = {0, 0, 0},
+                           .spacing = {100, 100, 100}, .dir = {1, 0, 0, 0, 1, 0, 0, 0, 1}};
+    struct infer_grid to;
+    char err[256] = "";
+    const double fine[3] = {0.001, 0.001, 0.001};
+    memset(&to, 0x55, sizeof to);
+    assert_int_equal(infer_grid_respace(&g, fine, 0, &to, err, sizeof err), INFER_ELIMIT);
+    assert_non_null(strstr(err, "resampling makes a 100001x100001x100001 volume (the limit is "
+                                "375000000 voxels)"));
+    assert_int_equal(to.nx, 0);
+    assert_int_equal(to.ny, 0);
+    assert_int_equal(to.nz, 0);
+
+    /* A ratio whose count is not even finite. */
+    g.spacing[0] = 1e300;
+    const double tiny[3] = {1e-300, 1, 1};
+    assert_int_equal(infer_grid_respace(&g, tiny, 0, &to, err, sizeof err), INFER_ELIMIT);
+    assert_non_null(strstr(err, "makes inf voxels along axis x"));
+    g.spacing[0] = 100;
+
+    /* Non-finite or non-positive spacings, either side. */
+    const double bad[][3] = {{NAN, 1, 1}, {1, INFINITY, 1}, {1, 1, 0}, {1, -1, 1}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(infer_grid_respace(&g, bad[i], 0, &to, err, sizeof err), INFER_EINVAL);
+        assert_non_null(strstr(err, "cannot resample"));
+        assert_int_equal(to.nx, 0);
+    }
+    g.spacing[2] = NAN;
+    const double one[3] = {1, 1, 1};
+    assert_int_equal(infer_grid_respace(&g, one, 0, &to, err, sizeof err), INFER_EINVAL);
+    g.spacing[2] = 100;
+
+    /* The caller's budget: 101 x 101 x 101 fits 1030301 voxels, not one less. */
+    assert_int_equal(infer_grid_respace(&g, one, 1030301, &to, err, sizeof err), INFER_OK);
+    assert_int_equal(to.nx, 101);
+    assert_int_equal(to.nz, 101);
+    assert_int_equal(infer_grid_respace(&g, one, 1030300, &to, err, sizeof err), INFER_ELIMIT);
+    assert_string_equal(err, "resampling makes a 101x101x101 volume (the limit is 1030300 voxels)");
+}
+
+/* Grids no check would pass (NaN and infinite origins, spacings and
+ * directions) must still never read outside the source. Under
+ * AddressSanitizer an out-of-bounds read fails the test; without it every
+ * value read must be one of the source's. */
+static void test_resampling_never_reads_outside_the_source_even_for_nan(void **state)
+{
+    (void)state;
+    struct infer_grid from = {.nx = 2, .ny = 2, .nz = 2, .origin = {0, 0, 0},
+                              .spacing = {1, 1, 1}, .dir = {1, 0, 0, 0, 1, 0, 0, 0, 1}};
+    float *src = malloc(8 * sizeof *src);
+    uint8_t *lsrc = malloc(8);
+    for (int v = 0; v < 8; v++) {
+        src[v] = 10.0f + v;
+        lsrc[v] = (uint8_t)(1 + v);
+    }
+    const double wild[] = {NAN, INFINITY, -INFINITY, 1e308, -1e308, 0};
+    for (size_t a = 0; a < sizeof wild / sizeof wild[0]; a++) {
+        for (int what = 0; what < 4; what++) {
+            struct infer_grid to = {.nx = 3, .ny = 3, .nz = 3, .origin = {0.5, 0.5, 0.5},
+                                    .spacing = {0.5, 0.5, 0.5},
+                                    .dir = {1, 0, 0, 0, 1, 0, 0, 0, 1}};
+            struct infer_grid f = from;
+            if (what == 0)
+                to.origin[1] = wild[a];
+            else if (what == 1)
+                to.spacing[0] = wild[a];
+            else if (what == 2)
+                f.spacing[2] = wild[a];
+            else
+                to.dir[4] = wild[a];
+            float dst[27];
+            uint8_t ldst[27];
+            infer_resample(src, &f, &to, dst);
+            infer_resample_labels(lsrc, &f, &to, ldst);
+            for (int v = 0; v < 27; v++) {
+                /* a blend of source values, or NaN where the weights are */
+                assert_true(isnan(dst[v]) || (dst[v] >= 10.0f && dst[v] <= 17.0f));
+                assert_true(ldst[v] >= 1 && ldst[v] <= 8);
+            }
+        }
+    }
+    /* A source grid with no voxels is never read. */
+    struct infer_grid empty = from;
+    empty.nx = 0;
+    float dst[27] = {0};
+    infer_resample(src, &empty, &from, dst);
+    free(src);
+    free(lsrc);
+}
+
+static void test_sliding_window_buffers_over_the_budget_are_refused(void **state)
+{
+    (void)state;
+    struct infer_volume v = {.grid = {.nx = 64, .ny = 64, .nz = 8, .spacing = {1, 1, 1},
+                                      .dir = {1, 0, 0, 0, 1, 0, 0, 0, 1}}};
+    float data[1] = {0};
+    v.data = data; /* never read: refused first */
+    struct infer_window w = {.patch = {8, 64, 64}, .channels = 3, .decision = INFER_ARGMAX,
+                             .max_voxels = 100000};
+    char err[256] = "";
+    uint8_t labels[1];
+    /* input 32768 + output 98304 + 3 x 32768 + 32768: 262144 */
+    assert_int_equal(infer_sliding_window(NULL, &v, &w, labels, err, sizeof err), INFER_ELIMIT);
+    assert_string_equal(err, "the sliding window needs 3 channels x 8 slices of 64x64 voxels, "
+                             "over the limit of 100000 voxels");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -262,6 +514,11 @@ int main(void)
         cmocka_unit_test(test_gantry_tilt_below_the_limit_is_accepted),
         cmocka_unit_test(test_resampling_round_trip_keeps_a_linear_volume),
         cmocka_unit_test(test_label_resampling_on_the_same_grid_is_the_identity),
+        cmocka_unit_test(test_hostile_geometry_is_refused_with_the_reason),
+        cmocka_unit_test(test_a_volume_over_the_voxel_budget_is_refused_before_allocating),
+        cmocka_unit_test(test_respacing_refuses_wild_grids),
+        cmocka_unit_test(test_resampling_never_reads_outside_the_source_even_for_nan),
+        cmocka_unit_test(test_sliding_window_buffers_over_the_budget_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
