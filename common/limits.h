@@ -40,11 +40,13 @@
 /* Fragments of encapsulated pixel data in one image. */
 #define LIMIT_MAX_FRAGMENTS ((size_t)1 << 20)
 
-/* The float volume of one job, in bytes: 1.5e9 (375 M voxels) holds a
+/* The float volume of one job, in bytes, unless node.max_job_memory_mb
+ * says otherwise (this is its default): 1430 MiB (375 M voxels) holds a
  * 1400-slice 512 x 512 CT. A job peaks at about twice this (decoded slices
  * and the volume while assembling; the volume and its resampled copy).
  * Applied to the decoded series, the assembled volume, the resampled
  * volume and the sliding window's buffers. */
-#define LIMIT_JOB_VOLUME_BYTES ((size_t)1500000000)
+#define LIMIT_JOB_VOLUME_MIB 1430
+#define LIMIT_JOB_VOLUME_BYTES ((size_t)LIMIT_JOB_VOLUME_MIB * 1024 * 1024)
 
 #endif

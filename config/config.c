@@ -147,6 +147,11 @@ int config_load(const char *path, struct config **out, config_error_fn err, void
         config_free(cfg);
         return c.count > 0 ? CONFIG_EINVALID : 0;
     }
+    size_t node_voxels = (size_t)cfg->node.max_job_memory_mb * 1024 * 1024 / sizeof(float);
+    for (size_t i = 0; i < cfg->n_models; i++) {
+        size_t own = (size_t)cfg->models[i].manifest.max_voxels;
+        cfg->models[i].job_max_voxels = own && own < node_voxels ? own : node_voxels;
+    }
     *out = cfg;
     return 0;
 }

@@ -33,6 +33,10 @@ struct config_cidr {
 };
 
 
+/* What happens to an instance that contradicts the store (its SOP Instance
+ * UID or series stored elsewhere, its patient with other demographics). */
+enum config_conflicts { CONFIG_CONFLICTS_REFUSE = 0, CONFIG_CONFLICTS_QUARANTINE };
+
 struct config_node {
     char ae_title[CONFIG_AE_MAX + 1];
     int port;                     /* 1..65535 */
@@ -56,6 +60,8 @@ struct config_node {
     int max_association_seconds;  /* an association is aborted after this long, 1..604800 */
     int max_dataset_mb;           /* largest data set, as received and once inflated, 1..1048576 */
     int min_free_disk_mb;         /* C-STOREs refused (0xA700) below this free space; 0 off */
+    int max_job_memory_mb;        /* float volume one job may hold, MiB */
+    enum config_conflicts integrity_conflicts; /* what happens to a contradicting instance */
 };
 
 struct config_destination {
@@ -100,6 +106,7 @@ struct config_manifest {
     struct config_code algorithm_family;
     char *modality;                /* input.modality, e.g. "CT" */
     int min_slices;                /* input.min_slices, default 1 */
+    int max_voxels;                /* input.max_voxels; 0: node.max_job_memory_mb decides */
     int has_spacing;               /* preprocess.spacing other than "none" */
     double spacing[3];             /* column, row, slice (mm) */
     int has_clip;
@@ -127,6 +134,9 @@ struct config_model {
     int threads;                   /* intra-op threads per worker, 1..256 */
     int workers;                   /* worker threads, 1..64 */
     struct config_manifest manifest;
+    /* The voxels one job of this model may hold: node.max_job_memory_mb,
+     * lowered by the manifest's input.max_voxels. Set by config_load. */
+    size_t job_max_voxels;
 };
 
 enum config_on_max_wait { CONFIG_ON_MAX_WAIT_PROCESS = 0, CONFIG_ON_MAX_WAIT_DISCARD };

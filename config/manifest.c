@@ -63,6 +63,10 @@ static const struct schema_field input_fields[] = {
      .doc = "modality of the series the model reads"},
     {.key = "min_slices", .type = T_INT, .def_int = 1, .min = 1, .max = 100000,
      .off = MAN_OFF(min_slices), .doc = "fewer slices are refused"},
+    {.key = "max_voxels", .type = T_INT, .def_int = 0, .min = 0, .max = 2147483647,
+     .off = MAN_OFF(max_voxels),
+     .doc = "largest volume (voxels) a job of this model holds, below node.max_job_memory_mb; "
+            "0: that key decides"},
 };
 
 static const struct schema_field scale_fields[] = {

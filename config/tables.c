@@ -4,15 +4,18 @@
  * change it (restart) and the line the reference shows for it.
  */
 #include "config/schema.h"
+#include "common/limits.h"
 
 #include <stddef.h>
 
 _Static_assert(sizeof(enum log_level) == sizeof(int), "log level stored as int");
 _Static_assert(sizeof(enum config_on_max_wait) == sizeof(int), "on_max_wait stored as int");
+_Static_assert(sizeof(enum config_conflicts) == sizeof(int), "conflicts stored as int");
 _Static_assert(sizeof(enum plan_priority) == sizeof(int), "priority stored as int");
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const on_max_wait_names[] = {"process", "discard", NULL};
+static const char *const conflicts_names[] = {"refuse", "quarantine", NULL};
 
 #define NODE_OFF(m) offsetof(struct config_node, m)
 #define DEST_OFF(m) offsetof(struct config_destination, m)
@@ -75,6 +78,17 @@ static const struct schema_field node_fields[] = {
      .off = NODE_OFF(min_free_disk_mb),
      .doc = "free space (MiB) the data disk keeps: below it a C-STORE is answered 0xA700 before "
             "its data set is read, and studies sent with it wait for a complete copy; 0 off"},
+    {.key = "max_job_memory_mb", .type = T_INT, .def_int = LIMIT_JOB_VOLUME_MIB, .min = 16, .max = 1048576,
+     .off = NODE_OFF(max_job_memory_mb),
+     .doc = "float volume one job may hold, in MiB (decoded series, assembled and resampled "
+            "volume; a job peaks at about twice this): a larger series fails its job with "
+            "the reason"},
+    {.key = "integrity_conflicts", .type = T_ENUM, .def_int = CONFIG_CONFLICTS_REFUSE,
+     .names = conflicts_names, .off = NODE_OFF(integrity_conflicts),
+     .doc = "an instance whose SOP Instance UID or series is stored in another study, or whose "
+            "Patient ID is stored with other demographics: refuse (0xC000, file dropped) or "
+            "quarantine (0xC000, file kept unindexed under data_dir/quarantine); the stored "
+            "study never changes"},
 };
 
 static const struct schema_field dest_fields[] = {

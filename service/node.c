@@ -564,6 +564,14 @@ static void log_config_error(void *ud, const char *line)
 /* SIGHUP: re-read the configuration file. A valid one takes effect for
  * what happens from now on (associations, studies completing, jobs
  * starting, sends); an invalid one is refused and the old one stays. */
+static void set_conflict_policy(struct storage *store, const struct config *cfg)
+{
+    storage_set_conflict_policy(store, cfg->node.integrity_conflicts ==
+                                               CONFIG_CONFLICTS_QUARANTINE
+                                           ? STORAGE_CONFLICT_QUARANTINE
+                                           : STORAGE_CONFLICT_REFUSE);
+}
+
 static void reload(struct node *n)
 {
     struct config *old = n->cfg;
@@ -595,6 +603,7 @@ static void reload(struct node *n)
     n->cfg = cfg;
     pthread_mutex_unlock(&n->cfg_lock);
     log_set_level(cfg->node.log_level);
+    set_conflict_policy(n->store, cfg);
     sender_set_config(n->sender, cfg);
     runner_set_config(n->runner, cfg);
     config_unref(old);
@@ -685,6 +694,7 @@ static int node_serve(struct node *n)
         log_msg(LOG_ERROR, "%s", err);
         return 1;
     }
+    set_conflict_policy(n->store, cfg);
     int reindexed, removed;
     storage_repair_counts(n->store, &reindexed, &removed);
     if (reindexed || removed)

@@ -28,9 +28,9 @@
 #define MAX_TILT_DEGREES 1.0
 
 /* Voxels of float volume one job may hold (decoded series, assembled and
- * resampled volume, the sliding window's buffers): common/limits.h.
- * (Configurable per node and per model later; one value for now.) */
-#define JOB_MAX_VOXELS (LIMIT_JOB_VOLUME_BYTES / sizeof(float))
+ * resampled volume, the sliding window's buffers): node.max_job_memory_mb,
+ * lowered by the manifest (config_load works it out per model). */
+#define JOB_MAX_VOXELS (cm->job_max_voxels ? cm->job_max_voxels : INFER_DEFAULT_MAX_VOXELS)
 
 const char *pipeline_strerror(int code)
 {

@@ -284,7 +284,7 @@ class InferenceTest(NodeTestCase):
         errors = " | ".join(sorted(j["error"] or "" for j in jobs))
         self.assertIn("Pixel Spacing 1000000 is not in (0, 100] mm", errors)
         self.assertIn("Image Position (Patient) 1.7e+308 is beyond 1000000 mm", errors)
-        self.assertIn("resampling makes a 6001x6001x401 volume (the limit is 375000000 voxels)",
+        self.assertIn("resampling makes a 6001x6001x401 volume (the limit is 374865920 voxels)",
                       errors)
         # The same process, still answering at once.
         self.assertTrue(n.running())

@@ -360,6 +360,32 @@ class ReceiverTest(NodeTestCase):
         self.assertNotIn("Renamed^Patient", log)
         self.assertEqual(n.stop(), 0)
 
+    def test_with_the_quarantine_policy_a_contradicting_instance_is_kept_aside(self):
+        n = self.node(integrity_conflicts="quarantine")
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 2, rows=16, cols=16)
+        r = harness.storescu(n.port, files, ae_called=n.ae)
+        self.assertTrue(harness.all_stores_succeeded(r.stdout, 2), r.stdout)
+        study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+        ds = pydicom.dcmread(files[0])
+        ds.StudyInstanceUID = pydicom.uid.generate_uid()
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+        hostile = os.path.join(self.workdir, "other_study.dcm")
+        ds.save_as(hostile, write_like_original=True)
+        r = harness.storescu(n.port, hostile, ae_called=n.ae, check=False)
+        self.assertEqual(harness.storescu_statuses(r.stdout), ["Error: CannotUnderstand"],
+                         r.stdout)
+        # Refused all the same, and the stored study is unchanged; the file
+        # is kept, unindexed, for review.
+        studies = n.studies()
+        self.assertEqual(list(studies), [study])
+        self.assertEqual(studies[study]["instances"], 2)
+        kept = harness.list_files(os.path.join(n.data_dir, "quarantine"))
+        self.assertEqual(len(kept), 1, kept)
+        self.assertEqual(harness.dataset_bytes(kept[0]), harness.dataset_bytes(hostile))
+        self.assert_store_clean(n)
+        self.assertEqual(n.stop(), 0)
+
     def test_received_files_and_the_database_are_private(self):
         n = self.node(create_data_dir=False)
         n.start()

@@ -479,6 +479,47 @@ static void test_artim_timeout_loads_and_is_bounded(void **state)
                         "2:26: node.artim_timeout_seconds: 0 is out of range 1..3600");
 }
 
+/* A model's job budget is node.max_job_memory_mb, lowered by its
+ * manifest's input.max_voxels. */
+static void test_job_budget_is_the_node_s_lowered_by_the_manifest(void **state)
+{
+    (void)state;
+    char manifest_path[1024], text[8192], cfg_text[4096];
+    snprintf(manifest_path, sizeof manifest_path, "%s/config/models/lung.yaml", data_dir());
+    FILE *f = fopen(manifest_path, "r");
+    assert_non_null(f);
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    char *at = strstr(text, "  min_slices: 20\n");
+    assert_non_null(at);
+    char own[8192];
+    snprintf(own, sizeof own, "%.*s  max_voxels: 1000\n%s", (int)(at - text), text, at);
+    const char *own_path = write_tmp("own_budget.yaml", own);
+
+    snprintf(cfg_text, sizeof cfg_text,
+             "node:\n  max_job_memory_mb: 100\n"
+             "models:\n"
+             "  plain: {file: %s/config/models/lung.pt, manifest: %s}\n"
+             "  small: {file: %s/config/models/lung.pt, manifest: %s}\n",
+             data_dir(), manifest_path, data_dir(), own_path);
+    struct config *cfg = load_ok(write_tmp("budget.yaml", cfg_text));
+    assert_int_equal(cfg->node.max_job_memory_mb, 100);
+    assert_int_equal(config_find_model(cfg, "plain")->job_max_voxels, 100u * 1024 * 1024 / 4);
+    assert_int_equal(config_find_model(cfg, "small")->job_max_voxels, 1000);
+    config_free(cfg);
+
+    cfg = load_ok(write_tmp("budget_default.yaml", "node: {}\n"));
+    assert_int_equal(cfg->node.max_job_memory_mb, 1430);
+    assert_int_equal(cfg->node.integrity_conflicts, CONFIG_CONFLICTS_REFUSE);
+    config_free(cfg);
+    cfg = load_ok(write_tmp("quarantine.yaml", "node:\n  integrity_conflicts: quarantine\n"));
+    assert_int_equal(cfg->node.integrity_conflicts, CONFIG_CONFLICTS_QUARANTINE);
+    config_free(cfg);
+    expect_single_error("budget_range.yaml", "node:\n  max_job_memory_mb: 8\n",
+                        "2:22: node.max_job_memory_mb: 8 is out of range 16..1048576");
+}
+
 static void test_cidr_blocks_parse_for_both_families(void **state)
 {
     (void)state;
@@ -1929,6 +1970,7 @@ int main(void)
         cmocka_unit_test(test_deploy_sample_loads_without_errors),
         cmocka_unit_test(test_deploy_sample_names_every_key),
         cmocka_unit_test(test_artim_timeout_loads_and_is_bounded),
+        cmocka_unit_test(test_job_budget_is_the_node_s_lowered_by_the_manifest),
         cmocka_unit_test(test_cidr_blocks_parse_for_both_families),
         cmocka_unit_test(test_allowed_addresses_match_peers_of_both_families),
         cmocka_unit_test(test_reachable_bind_needs_a_caller_or_address_list),

@@ -169,9 +169,24 @@ static void test_a_resample_over_the_job_budget_fails_with_its_reason(void **sta
     assert_int_equal(pipeline_run(&cm, f->model, (const char *const *)f->paths, f->n, NULL, NULL,
                                   &out, &t, err, sizeof err),
                      PIPELINE_EFAILED);
-    if (!strstr(err, "resampling makes a ") || !strstr(err, "(the limit is 375000000 voxels)"))
+    char limit[64];
+    snprintf(limit, sizeof limit, "(the limit is %zu voxels)", cm.job_max_voxels);
+    assert_int_equal(cm.job_max_voxels, 1430u * 1024 * 1024 / 4); /* node.max_job_memory_mb */
+    if (!strstr(err, "resampling makes a ") || !strstr(err, limit))
         fail_msg("unexpected reason: %s", err);
     assert_null(out.labels);
+    /* A budget of the model's own (manifest input.max_voxels) below the
+     * series' size fails it the same way, before decoding. */
+    cm.manifest.has_spacing = 0;
+    cm.job_max_voxels = 1000;
+    assert_int_equal(pipeline_run(&cm, f->model, (const char *const *)f->paths, f->n, NULL, NULL,
+                                  &out, &t, err, sizeof err),
+                     PIPELINE_EFAILED);
+    if (!strstr(err, "1000"))
+        fail_msg("unexpected reason: %s", err);
+    assert_null(out.labels);
+    cm.job_max_voxels = f->cm->job_max_voxels;
+    cm.manifest.has_spacing = 1;
     /* The same series at the model's own spacing still runs. */
     cm.manifest.spacing[0] = cm.manifest.spacing[1] = 1.4;
     cm.manifest.spacing[2] = 2.0;
