@@ -35,4 +35,19 @@ static inline int fuzz_file(const uint8_t *data, size_t size, char path[64])
     return fd;
 }
 
+#ifdef AINODE_FUZZ_DICOM
+#include "dicom/dicom.h"
+
+/* The DICOM shim needs its dictionary: without it every input would fail
+ * early and prove nothing. */
+static inline void fuzz_dicom_init(void)
+{
+    char err[256];
+    if (dicom_init(err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        exit(1);
+    }
+}
+#endif
+
 #endif

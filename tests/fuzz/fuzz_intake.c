@@ -3,6 +3,7 @@
  * every instance a peer sends (the indexed attributes, the calling AE kept
  * in the meta header and the transfer syntax) before anything is stored.
  */
+#define AINODE_FUZZ_DICOM
 #include "fuzz.h"
 
 #include "common/attr.h"
@@ -14,11 +15,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    char err[256];
-    if (dicom_init(err, sizeof err) != 0) {
-        fprintf(stderr, "%s\n", err);
-        exit(1);
-    }
+    fuzz_dicom_init();
     for (int i = 0; i < ATTR_COUNT; i++)
         keywords[i] = attr_table[i].keyword;
     keywords[ATTR_COUNT] = "SourceApplicationEntityTitle";
