@@ -455,6 +455,15 @@ static void set_field(struct schema_ctx *c, const char *sect, const struct schem
     case T_CUSTOM:
         f->parse(c, f, what, v, base);
         return;
+    case T_BOOL: {
+        int b;
+        if (!ynode_flag(v, &b)) {
+            schema_report(c, v->line, v->col, "%s: expected true or false", what);
+            return;
+        }
+        *(int *)p = b;
+        return;
+    }
     }
 }
 
@@ -474,6 +483,9 @@ void schema_set_defaults(struct schema_ctx *c, const struct schema_field *fs, si
         }
         case T_FLOAT:
             *(double *)p = f->def_float;
+            break;
+        case T_BOOL:
+            *(int *)p = (int)f->def_int;
             break;
         case T_STR:
         case T_PATH:
@@ -630,6 +642,7 @@ static int field_differs(const struct schema_field *f, const char *a, const char
     switch (f->type) {
     case T_INT:
     case T_ENUM:
+    case T_BOOL:
         return *(const int *)a != *(const int *)b;
     case T_FLOAT:
         return *(const double *)a != *(const double *)b;
@@ -721,6 +734,9 @@ static void doc_type(const struct schema_field *f, char *buf, size_t n)
     case T_CUSTOM:
         snprintf(buf, n, "%s", f->type_doc ? f->type_doc : "see below");
         return;
+    case T_BOOL:
+        snprintf(buf, n, "`true` or `false`");
+        return;
     }
 }
 
@@ -739,6 +755,9 @@ static void doc_default(const struct schema_field *f, char *buf, size_t n)
         return;
     case T_FLOAT:
         snprintf(buf, n, "`%g`", f->def_float);
+        return;
+    case T_BOOL:
+        snprintf(buf, n, "`%s`", f->def_int ? "true" : "false");
         return;
     case T_STR:
     case T_PATH:

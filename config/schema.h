@@ -120,6 +120,7 @@ enum ftype {
                 * pointer) and its count at off_n; each entry's char *name at name_off,
                 * its fields sub[], then check() on each */
     T_CUSTOM,  /* parse() does it all; release() frees what it kept */
+    T_BOOL,    /* int: 1 for true, 0 for false (YAML true / false) */
 };
 
 /* Limits on a T_FLOAT or T_FLOATS value. */
@@ -224,5 +225,13 @@ void config_check_model(struct schema_ctx *c, const struct schema_parsed *p, voi
 void config_release_model(const struct schema_field *f, void *base);
 /* NULL when S names an inference device syntactically, else why not. */
 const char *config_device_problem(const char *s);
+
+/* node: checks across node and node.tls (tls.c). */
+void config_check_node(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+/* node.tls, destinations.NAME.tls: present, files readable, keys that go
+ * together (tls.c). */
+void config_check_node_tls(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+void config_check_destination_tls(struct schema_ctx *c, const struct schema_parsed *p,
+                                  void *base);
 
 #endif

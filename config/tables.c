@@ -14,6 +14,44 @@ _Static_assert(sizeof(enum plan_priority) == sizeof(int), "priority stored as in
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const on_max_wait_names[] = {"process", "discard", NULL};
 
+/* ---- TLS (node.tls, destinations.NAME.tls; checked in tls.c) ---- */
+
+_Static_assert(sizeof(enum config_verify_client) == sizeof(int), "verify_client stored as int");
+static const char *const verify_client_names[] = {"required", "optional", "off", NULL};
+
+#define NODE_TLS_OFF(m) offsetof(struct config_node_tls, m)
+#define DEST_TLS_OFF(m) offsetof(struct config_destination_tls, m)
+
+static const struct schema_field node_tls_fields[] = {
+    {.key = "port", .restart = 1, .type = T_INT, .required = 1, .min = 1, .max = 65535,
+     .off = NODE_TLS_OFF(port), .doc = "TCP port of the TLS listener; not node.port"},
+    {.key = "certificate", .restart = 1, .type = T_PATH, .required = 1,
+     .off = NODE_TLS_OFF(certificate), .doc = "this node's certificate (PEM)"},
+    {.key = "private_key", .restart = 1, .type = T_PATH, .required = 1,
+     .off = NODE_TLS_OFF(private_key), .doc = "its private key (PEM, not encrypted)"},
+    {.key = "ca_certificates", .restart = 1, .type = T_PATH, .off = NODE_TLS_OFF(ca_certificates),
+     .doc = "CA certificates (PEM) a caller's certificate must chain to; required unless "
+            "verify_client is off"},
+    {.key = "verify_client", .restart = 1, .type = T_ENUM,
+     .def_int = CONFIG_VERIFY_CLIENT_REQUIRED, .names = verify_client_names,
+     .off = NODE_TLS_OFF(verify_client),
+     .doc = "required: callers must present a trusted certificate; optional: one they present "
+            "must be trusted; off: not checked"},
+};
+
+static const struct schema_field dest_tls_fields[] = {
+    {.key = "ca_certificates", .type = T_PATH, .off = DEST_TLS_OFF(ca_certificates),
+     .doc = "CA certificates (PEM) the peer's certificate must chain to; required unless "
+            "verify_server is false"},
+    {.key = "certificate", .type = T_PATH, .off = DEST_TLS_OFF(certificate),
+     .doc = "this node's certificate (PEM) for peers that ask for one; with private_key"},
+    {.key = "private_key", .type = T_PATH, .off = DEST_TLS_OFF(private_key),
+     .doc = "its private key (PEM, not encrypted); with certificate"},
+    {.key = "verify_server", .type = T_BOOL, .def_int = 1, .off = DEST_TLS_OFF(verify_server),
+     .doc = "check the peer's certificate: signed by one of ca_certificates, within its "
+            "validity dates (its host name is not compared)"},
+};
+
 #define NODE_OFF(m) offsetof(struct config_node, m)
 #define DEST_OFF(m) offsetof(struct config_destination, m)
 #define MODEL_OFF(m) offsetof(struct config_model, m)
@@ -53,6 +91,9 @@ static const struct schema_field node_fields[] = {
      .max = 3600, .off = NODE_OFF(artim_timeout_seconds),
      .doc = "how long a new connection may take to send its association request before it "
             "is closed"},
+    {.key = "tls", .type = T_SECTION, SUB(node_tls_fields), .off = NODE_OFF(tls),
+     .check = config_check_node_tls,
+     .doc = "a DICOM TLS listener besides node.port (BCP 195, TLS 1.2 or later); absent: none"},
 };
 
 static const struct schema_field dest_fields[] = {
@@ -70,6 +111,9 @@ static const struct schema_field dest_fields[] = {
      .off = DEST_OFF(retry_max_seconds), .doc = "longest wait between retries"},
     {.key = "max_attempts", .type = T_INT, .def_int = 10, .min = 1, .max = 1000,
      .off = DEST_OFF(max_attempts), .doc = "attempts before an item is dead-lettered"},
+    {.key = "tls", .type = T_SECTION, SUB(dest_tls_fields), .off = DEST_OFF(tls),
+     .check = config_check_destination_tls,
+     .doc = "send over TLS (BCP 195, TLS 1.2 or later); absent: plain TCP"},
 };
 
 /* models.NAME; the file and the manifest are checked and loaded by check_model. */
@@ -101,6 +145,7 @@ static const struct schema_field completion_fields[] = {
 
 const struct schema_field config_top_fields[] = {
     {.key = "node", .type = T_SECTION, SUB(node_fields), .off = TOP_OFF(node),
+     .check = config_check_node,
      .doc = "this node: how it listens, where it keeps its data, how long it keeps it"},
     {.key = "destinations", .type = T_NAMED, SUB(dest_fields), .noun = "destination",
      .entry_size = sizeof(struct config_destination),
