@@ -37,6 +37,8 @@ thread_local bool handover_consumed = false;
 // The first certificate verification error of the handshake running on
 // this thread (OpenSSL calls the verify callback on it).
 thread_local std::string verify_error;
+// A peer's alert refusing our certificate, as OpenSSL names it.
+thread_local std::string peer_alert;
 
 class HandoverTLSLayer : public DcmTLSTransportLayer {
 public:
@@ -109,6 +111,8 @@ std::unique_ptr<DcmTransportLayer> tls_make_layer(T_ASC_NetworkRole role,
                                                   std::string &err)
 {
     verify_error.clear();
+    peer_alert.clear();
+    ERR_clear_error();
     std::unique_ptr<DcmTLSTransportLayer> layer(
         handover ? new HandoverTLSLayer(role) : new DcmTLSTransportLayer(role, nullptr, OFFalse));
     if (!*layer) {
@@ -185,10 +189,23 @@ tls_refusal tls_certificate_refusal(const OFCondition &cond)
 {
     if (!verify_error.empty())
         return TLS_PEER_CERT_REFUSED;
-    if (cond.module() != OFM_dcmtls || cond.code() < DCMTLS_EC_SSL_Offset)
-        return TLS_NOT_REFUSED;
-    return is_certificate_alert(cond.code() - DCMTLS_EC_SSL_Offset) ? TLS_OUR_CERT_REFUSED
-                                                                     : TLS_NOT_REFUSED;
+    if (cond.module() == OFM_dcmtls && cond.code() >= DCMTLS_EC_SSL_Offset)
+        return is_certificate_alert(cond.code() - DCMTLS_EC_SSL_Offset) ? TLS_OUR_CERT_REFUSED
+                                                                         : TLS_NOT_REFUSED;
+    // Under TLS 1.3 a server checks the client's certificate after the
+    // client has finished its handshake: the refusal comes as an alert on
+    // the first read or write, which dcmnet reports as a network error. The
+    // alert is still in this thread's OpenSSL error queue.
+    tls_refusal r = TLS_NOT_REFUSED;
+    for (unsigned long e; (e = ERR_get_error()) != 0;) {
+        if (r == TLS_NOT_REFUSED && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+            is_certificate_alert(ERR_GET_REASON(e))) {
+            const char *why = ERR_reason_error_string(e);
+            peer_alert = why ? why : "certificate refused";
+            r = TLS_OUR_CERT_REFUSED;
+        }
+    }
+    return r;
 }
 
 std::string tls_failure_text(const OFCondition &cond)
@@ -202,6 +219,10 @@ std::string tls_failure_text(const OFCondition &cond)
     if (!verify_error.empty()) {
         s += ": " + verify_error;
         verify_error.clear();
+    }
+    if (!peer_alert.empty()) {
+        s += " (the peer says: " + peer_alert + ")";
+        peer_alert.clear();
     }
     ERR_clear_error();
     return s;

@@ -173,6 +173,57 @@ class TLSTest(NodeTestCase):
             for s in stalled:
                 s.close()
 
+    def test_results_go_to_a_tls_destination_and_bad_server_certificates_are_refused(self):
+        p = self.pki
+        client = [p.client_key, p.client_crt]
+        good = harness.StoreSCP(os.path.join(self.workdir, "good"), aet="GOOD",
+                                extra=tls_args(p.server_key, p.server_crt, p.ca),
+                                echo_extra=self.client())
+        other = harness.StoreSCP(os.path.join(self.workdir, "other"), aet="OTHER",
+                                 extra=["+tls", p.rogue_server_key, p.rogue_server_crt, "-ic"],
+                                 echo_extra=["+tls", *client, "-ic"])
+        expired = harness.StoreSCP(os.path.join(self.workdir, "expired"), aet="EXPIRED",
+                                   extra=["+tls", p.expired_key, p.expired_crt, "-ic"],
+                                   echo_extra=["+tls", *client, "-ic"])
+        with good, other, expired:
+            tls = {"ca_certificates": p.ca, "certificate": p.client_crt,
+                   "private_key": p.client_key}
+            dest = {name: {"ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port,
+                           "retry_initial_seconds": 1, "max_attempts": 5, "tls": tls}
+                    for name, scp in (("good", good), ("other", other), ("expired", expired))}
+            sections = {"destinations": dest,
+                        "rules": [{"name": "fwd", "match": {"Modality": "MR"},
+                                   "forward_to": ["good", "other", "expired"]}]}
+            n = self.tls_node(sections=sections, stable_seconds=1)
+            n.start()
+            files = make_ct_series(os.path.join(self.workdir, "mr"), 2, rows=16, cols=16,
+                                   modality="MR")
+            r = harness.storescu(n.tls_port, files, ae_called=n.ae, extra=self.client())
+            self.assertTrue(harness.all_stores_succeeded(r.stdout, 2), r.stdout)
+
+            def settled():
+                items = n.status()["outbox"]
+                if len(items) != 6 or any(i["state"] == "pending" for i in items):
+                    return None
+                return items
+            items = harness.wait_until(settled, 60, 0.2, "every forward settled")
+            by = {}
+            for it in items:
+                by.setdefault(it["destination"], []).append(it)
+            self.assertEqual([i["state"] for i in by["good"]], ["sent", "sent"])
+            self.assertEqual(len(good.files()), 2)
+            for name, reason in (("other", "unable to get local issuer certificate"),
+                                 ("expired", "certificate has expired")):
+                for it in by[name]:
+                    with self.subTest(destination=name):
+                        self.assertEqual(it["state"], "failed", it)
+                        self.assertEqual(it["attempts"], 1, it)
+                        self.assertIn("certificate verify failed", it["error"])
+                        self.assertIn(reason, it["error"])
+            self.assertEqual(other.files(), [])
+            self.assertEqual(expired.files(), [])
+            self.assertEqual(n.stop(), 0)
+
 
 if __name__ == "__main__":
     unittest.main()
