@@ -78,9 +78,11 @@ std::unique_ptr<DcmTransportLayer> tls_make_layer(T_ASC_NetworkRole role,
 // Between tls_handover_begin and tls_handover_end on one thread, the layer
 // made with HANDOVER resets dcmExternalSocketHandle and unlocks LOCK the
 // moment dcmnet takes the socket, so that a slow TLS handshake never holds
-// the hand-over. tls_handover_end returns true when dcmnet took the socket
-// (it then owns it, whatever the outcome).
-void tls_handover_begin(std::unique_lock<std::mutex> *lock);
+// the hand-over. It also bounds each read and write of the handshake to
+// HANDSHAKE_SECONDS (dcmnet sets its own 60 s on every new connection).
+// tls_handover_end returns true when dcmnet took the socket (it then owns
+// it, whatever the outcome).
+void tls_handover_begin(std::unique_lock<std::mutex> *lock, int handshake_seconds);
 bool tls_handover_end();
 
 // Why the last handshake on this thread failed, for COND (the condition

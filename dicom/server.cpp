@@ -683,8 +683,8 @@ std::string peer_address(int fd)
 }
 
 // Bounds each blocking read and write on FD: OpenSSL reads a whole record
-// once dcmnet has seen the first bytes, so a peer stalling mid-record
-// would otherwise hold its thread for good.
+// once dcmnet has seen its first bytes, so a peer stalling mid-record holds
+// its thread until then (dcmnet's own default: 60 s).
 void set_socket_timeouts(int fd, int seconds)
 {
     timeval tv = {seconds, 0};
@@ -723,14 +723,13 @@ void run_tls_connection(dicom_server *srv, const std::shared_ptr<pending_conn> &
         close(fd);
         return;
     }
-    set_socket_timeouts(dfd, srv->artim);
     T_ASC_Association *assoc = nullptr;
     OFCondition cond;
     bool consumed;
     {
         std::unique_lock<std::mutex> lk(handover_mu);
         dcmExternalSocketHandle.set(dfd);
-        ainode_dicom::tls_handover_begin(&lk); // the layer unlocks LK (tls.cpp)
+        ainode_dicom::tls_handover_begin(&lk, srv->artim); // the layer unlocks LK (tls.cpp)
         cond = ASC_receiveAssociation(srv->tls_net, &assoc, srv->max_pdu, nullptr, nullptr,
                                       OFTrue, DUL_NOBLOCK, srv->artim);
         consumed = ainode_dicom::tls_handover_end();

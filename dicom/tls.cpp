@@ -23,6 +23,9 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <sys/socket.h>
+#include <sys/time.h>
+
 #include <string>
 
 namespace ainode_dicom {
@@ -33,6 +36,7 @@ namespace {
 // tls_handover_end; whether dcmnet took the socket meanwhile.
 thread_local std::unique_lock<std::mutex> *handover_lock = nullptr;
 thread_local bool handover_consumed = false;
+thread_local int handover_timeout = 0;
 
 // The first certificate verification error of the handshake running on
 // this thread (OpenSSL calls the verify callback on it).
@@ -56,7 +60,14 @@ public:
                 handover_lock->unlock();
             }
         }
-        return DcmTLSTransportLayer::createConnection(sock, secure);
+        DcmTransportConnection *c = DcmTLSTransportLayer::createConnection(sock, secure);
+        // After the connection's constructor, which sets dcmnet's 60 s.
+        if (c && handover_lock && handover_timeout > 0) {
+            timeval tv = {handover_timeout, 0};
+            setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+            setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        }
+        return c;
     }
 };
 
@@ -142,8 +153,9 @@ std::unique_ptr<DcmTransportLayer> tls_make_layer(T_ASC_NetworkRole role,
         }
         cond = layer->setPrivateKeyFile(cfg.private_key, DCF_Filetype_PEM);
         if (cond.bad()) {
+            // An encrypted key fails here too (no password is given).
             err = std::string("cannot load the private key ") + cfg.private_key + ": " +
-                  cond.text() + " (it must be PEM and not encrypted)";
+                  cond.text();
             return nullptr;
         }
         if (!layer->checkPrivateKeyMatchesCertificate()) {
@@ -172,9 +184,10 @@ std::unique_ptr<DcmTransportLayer> tls_make_layer(T_ASC_NetworkRole role,
     return std::unique_ptr<DcmTransportLayer>(layer.release());
 }
 
-void tls_handover_begin(std::unique_lock<std::mutex> *lock)
+void tls_handover_begin(std::unique_lock<std::mutex> *lock, int handshake_seconds)
 {
     handover_lock = lock;
+    handover_timeout = handshake_seconds;
     handover_consumed = false;
     verify_error.clear();
 }

@@ -173,6 +173,40 @@ class TLSTest(NodeTestCase):
             for s in stalled:
                 s.close()
 
+    def test_a_stalled_handshake_is_closed_after_the_artim_timeout(self):
+        n = self.tls_node(artim_timeout_seconds=2)
+        n.start()
+        s = self.stalled_handshake(n.tls_port)
+        try:
+            s.settimeout(30)
+            t0 = time.monotonic()
+            while s.recv(65536):  # until the node closes it
+                pass
+            took = time.monotonic() - t0
+            self.assertGreater(took, 1.5)
+            self.assertLess(took, 6)
+        finally:
+            s.close()
+        harness.wait_until(lambda: "TLS handshake timed out" in n.log(), 5, 0.05, "log line")
+        self.assertEqual(n.stop(), 0)
+
+    def test_a_certificate_that_cannot_be_used_stops_the_start_with_the_reason(self):
+        p = self.pki
+        bad = os.path.join(self.workdir, "bad.crt")
+        with open(bad, "w") as f:
+            f.write("not a certificate\n")
+        for cert, key, text in ((bad, p.server_key, "cannot load the certificate " + bad),
+                                (p.server_crt, p.client_key,
+                                 "cannot load the private key " + p.client_key)):
+            with self.subTest(certificate=cert, key=key):
+                n = self.node(name="node-%d" % len(self.nodes), tls={
+                    "port": harness.free_port(), "certificate": cert, "private_key": key,
+                    "ca_certificates": p.ca})
+                with self.assertRaises(harness.NodeError):
+                    n.start()
+                self.assertIn("TLS listener: " + text, n.log())
+                self.assertNotIn("PRIVATE KEY", n.log())
+
     def test_results_go_to_a_tls_destination_and_bad_server_certificates_are_refused(self):
         p = self.pki
         client = [p.client_key, p.client_crt]
