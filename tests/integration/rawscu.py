@@ -79,12 +79,15 @@ class _Conn:
 
 
 class Association(_Conn):
-    """One association; contexts is a list of (abstract syntax, [transfer syntaxes])."""
+    """One association; contexts is a list of (abstract syntax, [transfer syntaxes]).
+    With ssl_context (an ssl.SSLContext), the association runs over TLS."""
 
     def __init__(self, port, called="AINODE", calling="RAWSCU", contexts=None, host="127.0.0.1",
-                 timeout=30):
+                 timeout=30, ssl_context=None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            self.sock = ssl_context.wrap_socket(self.sock)
         contexts = contexts or [(CT_STORAGE, [EXPLICIT_LE]), (VERIFICATION, [IMPLICIT_LE])]
         body = struct.pack(">HH", 1, 0) + _ae(called) + _ae(calling) + b"\0" * 32
         body += _item(0x10, APP_CONTEXT)

@@ -21,6 +21,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import rawscu  # noqa: E402
 from gen_series import make_ct_series  # noqa: E402
 from test_receiver import NodeTestCase  # noqa: E402
 from tlscerts import make_pki  # noqa: E402
@@ -100,6 +101,31 @@ class TLSTest(NodeTestCase):
                     with open(key) as f:
                         body = [ln for ln in f.read().splitlines() if "-----" not in ln]
                     self.assertFalse([ln for ln in body if ln in log])
+
+    def test_a_caller_without_a_certificate_is_refused_unless_verify_client_allows(self):
+        # Python's ssl module, trusting our CA, presenting no certificate.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(self.pki.ca)
+        for mode, accepted in (("required", False), ("optional", True), ("off", True)):
+            with self.subTest(verify_client=mode):
+                n = self.tls_node(verify_client=mode)
+                n.start()
+                if accepted:
+                    a = rawscu.Association(n.tls_port, called=n.ae, ssl_context=ctx, timeout=10)
+                    self.assertEqual(a.echo(), 0)
+                    self.assertTrue(a.release())
+                else:
+                    with self.assertRaises((OSError, rawscu.Aborted)):
+                        a = rawscu.Association(n.tls_port, called=n.ae, ssl_context=ctx,
+                                               timeout=10)
+                        a.echo()
+                    harness.wait_until(lambda: "TLS connection from 127.0.0.1 failed" in n.log(),
+                                       5, 0.05, "the refusal logged")
+                    self.assertIn("peer did not return a certificate", n.log())
+                r = self.tls_echo(n)
+                self.assertEqual(r.returncode, 0, r.stdout)
+                self.assertEqual(n.stop(), 0)
 
     def test_callers_on_the_wrong_port_are_dropped_and_the_node_keeps_serving(self):
         n = self.tls_node()
