@@ -85,6 +85,11 @@ std::unique_ptr<DcmTransportLayer> tls_make_layer(T_ASC_NetworkRole role,
 void tls_handover_begin(std::unique_lock<std::mutex> *lock, int handshake_seconds);
 bool tls_handover_end();
 
+// What the last handshake completed on this thread agreed: protocol,
+// cipher suite and the subject of the peer's certificate (or "no peer
+// certificate"); empty when none completed. Clears it.
+std::string tls_take_session();
+
 // Why the last handshake on this thread failed, for COND (the condition
 // dcmnet returned): OpenSSL's reason plus, when our side refused the
 // peer's certificate, the verification error (e.g. "certificate has

@@ -753,6 +753,8 @@ void run_tls_connection(dicom_server *srv, const std::shared_ptr<pending_conn> &
             close(dfd);
         return;
     }
+    srv->log(2, "TLS connection from %s: %s", addr.c_str(),
+             ainode_dicom::tls_take_session().c_str());
     set_socket_timeouts(dfd, srv->timeout);
     negotiate(srv, assoc, dfd);
 }

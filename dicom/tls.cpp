@@ -43,6 +43,8 @@ thread_local int handover_timeout = 0;
 thread_local std::string verify_error;
 // A peer's alert refusing our certificate, as OpenSSL names it.
 thread_local std::string peer_alert;
+// What the last completed handshake on this thread agreed.
+thread_local std::string session;
 
 class HandoverTLSLayer : public DcmTLSTransportLayer {
 public:
@@ -84,6 +86,24 @@ extern "C" int verify_callback(int ok, X509_STORE_CTX *ctx)
         }
     }
     return ok;
+}
+
+void info_callback(const SSL *ssl, int where, int)
+{
+    if (!(where & SSL_CB_HANDSHAKE_DONE))
+        return;
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
+    session = std::string(SSL_get_version(ssl)) + ", " +
+              (cipher ? SSL_CIPHER_get_name(cipher) : "no cipher");
+    X509 *peer = SSL_get1_peer_certificate(ssl);
+    if (peer) {
+        char subject[256];
+        X509_NAME_oneline(X509_get_subject_name(peer), subject, sizeof subject);
+        session += std::string(", peer ") + subject;
+        X509_free(peer);
+    } else {
+        session += ", no peer certificate";
+    }
 }
 
 int verify_mode(dicom_tls_verify v)
@@ -181,11 +201,20 @@ std::unique_ptr<DcmTransportLayer> tls_make_layer(T_ASC_NetworkRole role,
     // dcmtls's own setCertificateVerification installs a callback that
     // says nothing; ours keeps the reason for the log and the outbox.
     SSL_CTX_set_verify(layer->getNativeHandle(), verify_mode(cfg.verify), verify_callback);
+    SSL_CTX_set_info_callback(layer->getNativeHandle(), info_callback);
     return std::unique_ptr<DcmTransportLayer>(layer.release());
+}
+
+std::string tls_take_session()
+{
+    std::string s;
+    s.swap(session);
+    return s;
 }
 
 void tls_handover_begin(std::unique_lock<std::mutex> *lock, int handshake_seconds)
 {
+    session.clear();
     handover_lock = lock;
     handover_timeout = handshake_seconds;
     handover_consumed = false;

@@ -74,6 +74,9 @@ class TLSTest(NodeTestCase):
         self.assertTrue(harness.all_stores_succeeded(r.stdout, 5), r.stdout)
         self.assertEqual(n.instances_total(), 5)
         self.assertIn("listening for DICOM TLS on 127.0.0.1:%d" % n.tls_port, n.log())
+        # What each handshake agreed, and who the caller is.
+        self.assertRegex(n.log(), r"TLS connection from 127\.0\.0\.1: TLSv1\.[23], \S+, "
+                                  r"peer /CN=test client")
         self.assertEqual(n.stop(), 0)
         self.assert_store_clean(n)
 
