@@ -149,7 +149,7 @@ void config_release_addresses(const struct schema_field *f, void *base)
 
 /* A node that listens where other hosts can reach it must say who may
  * call it, or say explicitly that anyone may. */
-void config_check_node(struct schema_ctx *c, const struct schema_parsed *p, void *base)
+void config_check_node_access(struct schema_ctx *c, const struct schema_parsed *p, void *base)
 {
     const struct config_node *n = base;
     if (!schema_usable(p, "bind") || config_bind_is_loopback(n->bind))

@@ -156,6 +156,12 @@ int config_load(const char *path, struct config **out, config_error_fn err, void
     return 0;
 }
 
+void config_check_node(struct schema_ctx *c, const struct schema_parsed *p, void *base)
+{
+    config_check_node_access(c, p, base);
+    config_check_node_tls_port(c, p, base);
+}
+
 int config_caller_allowed(const struct config *cfg, const char *ae)
 {
     if (!cfg)

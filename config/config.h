@@ -37,6 +37,32 @@ struct config_cidr {
  * UID or series stored elsewhere, its patient with other demographics). */
 enum config_conflicts { CONFIG_CONFLICTS_REFUSE = 0, CONFIG_CONFLICTS_QUARANTINE };
 
+/* node.tls.verify_client: what a TLS caller must show. */
+enum config_verify_client {
+    CONFIG_VERIFY_CLIENT_REQUIRED = 0, /* a certificate signed by one of ca_certificates */
+    CONFIG_VERIFY_CLIENT_OPTIONAL,     /* none, or one signed by one of ca_certificates */
+    CONFIG_VERIFY_CLIENT_OFF,          /* any or none */
+};
+
+/* node.tls: a DICOM TLS listener besides the plain port. */
+struct config_node_tls {
+    int enabled;                  /* the section is in the file */
+    int port;                     /* 1..65535, not node.port */
+    char *certificate;            /* PEM, absolute */
+    char *private_key;            /* PEM, not encrypted, absolute */
+    char *ca_certificates;        /* PEM bundle, absolute; NULL only with verify_client off */
+    enum config_verify_client verify_client;
+};
+
+/* destinations.NAME.tls: send to this destination over TLS. */
+struct config_destination_tls {
+    int enabled;                  /* the section is in the file */
+    char *ca_certificates;        /* PEM bundle the peer's certificate must chain to */
+    char *certificate;            /* ours, optional; with private_key */
+    char *private_key;
+    int verify_server;            /* 1: check the peer's certificate (default) */
+};
+
 struct config_node {
     char ae_title[CONFIG_AE_MAX + 1];
     int port;                     /* 1..65535 */
@@ -62,6 +88,7 @@ struct config_node {
     int min_free_disk_mb;         /* C-STOREs refused (0xA700) below this free space; 0 off */
     int max_job_memory_mb;        /* float volume one job may hold, MiB */
     enum config_conflicts integrity_conflicts; /* what happens to a contradicting instance */
+    struct config_node_tls tls;   /* TLS listener */
 };
 
 struct config_destination {
@@ -76,6 +103,7 @@ struct config_destination {
     double retry_factor;
     int retry_max_seconds;
     int max_attempts;
+    struct config_destination_tls tls; /* TLS towards this peer */
 };
 
 /* A coded concept: (CodeValue, CodingSchemeDesignator, CodeMeaning). */

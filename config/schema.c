@@ -382,12 +382,8 @@ static void set_field(struct schema_ctx *c, const char *sect, const struct schem
             memcpy(p, v->text, v->len + 1);
         return;
     case T_BOOL:
-        if (v->kind == Y_SCALAR && v->plain && !v->tagged &&
-            (!strcmp(v->text, "true") || !strcmp(v->text, "false"))) {
-            *(int *)p = v->text[0] == 't';
-            return;
-        }
-        schema_report(c, v->line, v->col, "%s: expected true or false", what);
+        if (!ynode_flag(v, (int *)p))
+            schema_report(c, v->line, v->col, "%s: expected true or false", what);
         return;
     case T_ENUM: {
         if (!schema_want_string(c, what, v))

@@ -227,10 +227,20 @@ void config_release_model(const struct schema_field *f, void *base);
 void config_parse_addresses(struct schema_ctx *c, const struct schema_field *f, const char *what,
                             const struct ynode *v, void *base);
 void config_release_addresses(const struct schema_field *f, void *base);
+/* node: checks across its keys (config.c): the two below. */
+void config_check_node(struct schema_ctx *c, const struct schema_parsed *p, void *base);
 /* node: a bind address other hosts can reach needs a caller or address
  * list, or allow_any_caller (access.c). */
-void config_check_node(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+void config_check_node_access(struct schema_ctx *c, const struct schema_parsed *p, void *base);
 /* NULL when S names an inference device syntactically, else why not. */
 const char *config_device_problem(const char *s);
+
+/* node: the TLS listener's port is not node.port (tls.c). */
+void config_check_node_tls_port(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+/* node.tls, destinations.NAME.tls: present, files readable, keys that go
+ * together (tls.c). */
+void config_check_node_tls(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+void config_check_destination_tls(struct schema_ctx *c, const struct schema_parsed *p,
+                                  void *base);
 
 #endif

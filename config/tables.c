@@ -17,6 +17,44 @@ static const char *const log_level_names[] = {"error", "warn", "info", "debug", 
 static const char *const on_max_wait_names[] = {"process", "discard", NULL};
 static const char *const conflicts_names[] = {"refuse", "quarantine", NULL};
 
+/* ---- TLS (node.tls, destinations.NAME.tls; checked in tls.c) ---- */
+
+_Static_assert(sizeof(enum config_verify_client) == sizeof(int), "verify_client stored as int");
+static const char *const verify_client_names[] = {"required", "optional", "off", NULL};
+
+#define NODE_TLS_OFF(m) offsetof(struct config_node_tls, m)
+#define DEST_TLS_OFF(m) offsetof(struct config_destination_tls, m)
+
+static const struct schema_field node_tls_fields[] = {
+    {.key = "port", .restart = 1, .type = T_INT, .required = 1, .min = 1, .max = 65535,
+     .off = NODE_TLS_OFF(port), .doc = "TCP port of the TLS listener; not node.port"},
+    {.key = "certificate", .restart = 1, .type = T_PATH, .required = 1,
+     .off = NODE_TLS_OFF(certificate), .doc = "this node's certificate (PEM)"},
+    {.key = "private_key", .restart = 1, .type = T_PATH, .required = 1,
+     .off = NODE_TLS_OFF(private_key), .doc = "its private key (PEM, not encrypted)"},
+    {.key = "ca_certificates", .restart = 1, .type = T_PATH, .off = NODE_TLS_OFF(ca_certificates),
+     .doc = "CA certificates (PEM) a caller's certificate must chain to; required unless "
+            "verify_client is off"},
+    {.key = "verify_client", .restart = 1, .type = T_ENUM,
+     .def_int = CONFIG_VERIFY_CLIENT_REQUIRED, .names = verify_client_names,
+     .off = NODE_TLS_OFF(verify_client),
+     .doc = "required: callers must present a trusted certificate; optional: one they present "
+            "must be trusted; off: not checked"},
+};
+
+static const struct schema_field dest_tls_fields[] = {
+    {.key = "ca_certificates", .type = T_PATH, .off = DEST_TLS_OFF(ca_certificates),
+     .doc = "CA certificates (PEM) the peer's certificate must chain to; required unless "
+            "verify_server is false"},
+    {.key = "certificate", .type = T_PATH, .off = DEST_TLS_OFF(certificate),
+     .doc = "this node's certificate (PEM) for peers that ask for one; with private_key"},
+    {.key = "private_key", .type = T_PATH, .off = DEST_TLS_OFF(private_key),
+     .doc = "its private key (PEM, not encrypted); with certificate"},
+    {.key = "verify_server", .type = T_BOOL, .def_int = 1, .off = DEST_TLS_OFF(verify_server),
+     .doc = "check the peer's certificate: signed by one of ca_certificates, within its "
+            "validity dates (its host name is not compared)"},
+};
+
 #define NODE_OFF(m) offsetof(struct config_node, m)
 #define DEST_OFF(m) offsetof(struct config_destination, m)
 #define MODEL_OFF(m) offsetof(struct config_model, m)
@@ -78,7 +116,8 @@ static const struct schema_field node_fields[] = {
      .off = NODE_OFF(min_free_disk_mb),
      .doc = "free space (MiB) the data disk keeps: below it a C-STORE is answered 0xA700 before "
             "its data set is read, and studies sent with it wait for a complete copy; 0 off"},
-    {.key = "max_job_memory_mb", .type = T_INT, .def_int = LIMIT_JOB_VOLUME_MIB, .min = 16, .max = 1048576,
+    {.key = "max_job_memory_mb", .type = T_INT, .def_int = LIMIT_JOB_VOLUME_MIB, .min = 16,
+     .max = 1048576,
      .off = NODE_OFF(max_job_memory_mb),
      .doc = "float volume one job may hold, in MiB (decoded series, assembled and resampled "
             "volume; a job peaks at about twice this): a larger series fails its job with "
@@ -89,6 +128,9 @@ static const struct schema_field node_fields[] = {
             "Patient ID is stored with other demographics: refuse (0xC000, file dropped) or "
             "quarantine (0xC000, file kept unindexed under data_dir/quarantine); the stored "
             "study never changes"},
+    {.key = "tls", .type = T_SECTION, SUB(node_tls_fields), .off = NODE_OFF(tls),
+     .check = config_check_node_tls,
+     .doc = "a DICOM TLS listener besides node.port (BCP 195, TLS 1.2 or later); absent: none"},
 };
 
 static const struct schema_field dest_fields[] = {
@@ -106,6 +148,9 @@ static const struct schema_field dest_fields[] = {
      .off = DEST_OFF(retry_max_seconds), .doc = "longest wait between retries"},
     {.key = "max_attempts", .type = T_INT, .def_int = 10, .min = 1, .max = 1000,
      .off = DEST_OFF(max_attempts), .doc = "attempts before an item is dead-lettered"},
+    {.key = "tls", .type = T_SECTION, SUB(dest_tls_fields), .off = DEST_OFF(tls),
+     .check = config_check_destination_tls,
+     .doc = "send over TLS (BCP 195, TLS 1.2 or later); absent: plain TCP"},
 };
 
 /* models.NAME; the file and the manifest are checked and loaded by check_model. */

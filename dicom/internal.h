@@ -4,6 +4,7 @@
 #define AINODE_DICOM_INTERNAL_H
 
 #include "dicom/image.h"
+#include "dicom/network.h"
 
 extern "C" {
 #include "common/error.h"
@@ -11,10 +12,13 @@ extern "C" {
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdatset.h>
+#include <dcmtk/dcmnet/assoc.h>
+#include <dcmtk/dcmnet/dcmlayer.h>
 #include <dcmtk/ofstd/ofstring.h>
 
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -57,6 +61,46 @@ struct source_file {
     bool multiframe = false;             // has Number of Frames: frames referenced by number
     bool decoded = false;                // pixels decoded (and the encoded ones dropped)
 };
+
+// ---- TLS (tls.cpp) ----
+
+// A dcmtls transport layer for ROLE (NET_ACCEPTOR or NET_REQUESTOR) set up
+// from CFG: BCP 195 non-downgrading profile, certificate, key, CA bundle,
+// peer verification. With HANDOVER (acceptors only) it releases the
+// socket hand-over as soon as dcmnet has taken the socket, before the
+// handshake (see tls_handover_begin). Null with ERR set on failure; ERR
+// names files and OpenSSL's reason, never key material.
+std::unique_ptr<DcmTransportLayer> tls_make_layer(T_ASC_NetworkRole role,
+                                                  const dicom_tls_config &cfg, bool handover,
+                                                  std::string &err);
+
+// The hand-over of an accepted socket to dcmnet goes through the one
+// process-wide dcmExternalSocketHandle under LOCK (held by the caller).
+// Between tls_handover_begin and tls_handover_end on one thread, the layer
+// made with HANDOVER resets dcmExternalSocketHandle and unlocks LOCK the
+// moment dcmnet takes the socket, so that a slow TLS handshake never holds
+// the hand-over. It also bounds each read and write of the handshake to
+// HANDSHAKE_SECONDS (dcmnet sets its own 60 s on every new connection).
+// tls_handover_end returns true when dcmnet took the socket (it then owns
+// it, whatever the outcome).
+void tls_handover_begin(std::unique_lock<std::mutex> *lock, int handshake_seconds);
+bool tls_handover_end();
+
+// What the last handshake completed on this thread agreed: protocol,
+// cipher suite and the subject of the peer's certificate (or "no peer
+// certificate"); empty when none completed. Clears it.
+std::string tls_take_session();
+
+// Why the last handshake on this thread failed, for COND (the condition
+// dcmnet returned): OpenSSL's reason plus, when our side refused the
+// peer's certificate, the verification error (e.g. "certificate has
+// expired"). Clears the recorded verification error.
+std::string tls_failure_text(const OFCondition &cond);
+// Whether COND (from a handshake on this thread, asked before
+// tls_failure_text) is a refused certificate: a matter of configuration,
+// not of the network.
+enum tls_refusal { TLS_NOT_REFUSED, TLS_PEER_CERT_REFUSED, TLS_OUR_CERT_REFUSED };
+tls_refusal tls_certificate_refusal(const OFCondition &cond);
 
 } // namespace ainode_dicom
 

@@ -76,6 +76,24 @@ typedef void (*dicom_association_end_fn)(void *ud, const struct dicom_peer *p);
 typedef int (*dicom_temp_path_fn)(void *ud, char *buf, size_t len);
 typedef void (*dicom_log_fn)(void *ud, int level, const char *msg);
 
+/* How a TLS end point checks the certificate its peer presents. */
+enum dicom_tls_verify {
+    DICOM_TLS_VERIFY_REQUIRED = 0, /* a certificate the CA bundle trusts, or no connection */
+    DICOM_TLS_VERIFY_OPTIONAL,     /* none is accepted; one that is presented must be trusted */
+    DICOM_TLS_VERIFY_OFF,          /* whatever is presented is accepted */
+};
+
+/* DICOM TLS (PS3.15 B.9) under the BCP 195 non-downgrading profile: TLS
+ * 1.2 or later. Files are PEM; the private key must not be encrypted (a
+ * node starts unattended). The strings are only read during the call they
+ * are passed to. */
+struct dicom_tls_config {
+    const char *certificate;       /* ours; NULL: none (a client without one) */
+    const char *private_key;       /* the certificate's key; NULL with certificate NULL */
+    const char *ca_certificates;   /* trusted CAs; NULL only when verify is OFF */
+    enum dicom_tls_verify verify;
+};
+
 struct dicom_server_config {
     const char *ae_title;
     const char *bind;
@@ -98,6 +116,9 @@ struct dicom_server_config {
     dicom_temp_path_fn temp_path;
     dicom_log_fn log;                /* level: 0 error, 1 warn, 2 info, 3 debug */
     void *ud;
+    /* A TLS listener on a port of its own, besides the plain one: 0 none. */
+    int tls_port;
+    struct dicom_tls_config tls;     /* its certificate, key, CAs and client check */
 };
 
 struct dicom_server;
@@ -147,6 +168,7 @@ struct dicom_send_peer {
     const char *host;
     int port;
     int timeout_seconds;           /* connect, ACSE and DIMSE */
+    const struct dicom_tls_config *tls; /* NULL: plain TCP */
 };
 
 /* 1 when STATUS completes a C-STORE: success or a warning (0xB000, 0xB006,
@@ -163,6 +185,10 @@ DICOM_API enum dicom_send_outcome dicom_store_status_outcome(uint16_t status);
  * connection, timeout) or DICOM_EREFUSED (A-ASSOCIATE-RJ, transient or
  * permanent as the files' outcome says), with the reason in ERR and in
  * every file.
+ * Over TLS, a peer certificate that PEER->tls's CAs do not trust (or one
+ * that has expired) is DICOM_EREFUSED and permanent: it is a configuration
+ * matter on one side or the other, which no retry mends. Other handshake
+ * failures are DICOM_ENETWORK and transient.
  */
 DICOM_API int dicom_send(const struct dicom_send_peer *peer, struct dicom_send_file *files,
                          size_t n, char *err, size_t errlen);

@@ -6,6 +6,15 @@
 // the file's data set goes on the wire as stored). What happens is
 // classified for the caller: sent, transient (worth trying again later) or
 // permanent (the same request will be refused again).
+//
+// Over TLS (a destination with a tls section), a certificate refused by
+// either side is permanent: it needs a change of configuration (a CA
+// bundle, a renewed certificate), after which `ainode retry` sends the
+// dead-lettered items again. Other handshake failures are transient.
+// Under TLS 1.3 a peer refuses our certificate only after our side of the
+// handshake is done; its alert is then usually read with the association
+// request's answer, but a connection reset can overtake it, and that
+// attempt counts as transient.
 
 #include "dicom/internal.h"
 #include "dicom/network.h"
@@ -22,6 +31,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -103,6 +113,8 @@ int dicom_send(const struct dicom_send_peer *peer, struct dicom_send_file *files
                               std::to_string(peer->port);
     const int timeout = peer->timeout_seconds > 0 ? peer->timeout_seconds : 30;
     try {
+        // Declared first: the network only points to it, so it goes last.
+        std::unique_ptr<DcmTransportLayer> tls_layer;
         net_guard g;
         // The connect timeout is process-wide in dcmnet; every send uses
         // the node's one network timeout.
@@ -114,6 +126,19 @@ int dicom_send(const struct dicom_send_peer *peer, struct dicom_send_file *files
             return fail_all(files, n, DICOM_SEND_TRANSIENT, DICOM_ENETWORK,
                             std::string("cannot set up the network: ") + cond.text(), err,
                             errlen);
+        if (peer->tls) {
+            std::string e;
+            tls_layer = ainode_dicom::tls_make_layer(NET_REQUESTOR, *peer->tls, false, e);
+            if (!tls_layer)
+                return fail_all(files, n, DICOM_SEND_PERMANENT, DICOM_EINVAL,
+                                "TLS towards " + where + ": " + e, err, errlen);
+            cond = ASC_setTransportLayer(g.net, tls_layer.get(), 0);
+            if (cond.good())
+                cond = ASC_setTransportLayerType(g.params, OFTrue);
+            if (cond.bad())
+                return fail_all(files, n, DICOM_SEND_TRANSIENT, DICOM_ENETWORK,
+                                std::string("cannot set up TLS: ") + cond.text(), err, errlen);
+        }
         ASC_setAPTitles(g.params, peer->calling_ae, peer->called_ae, nullptr);
         const std::string address = std::string(peer->host) + ":" + std::to_string(peer->port);
         ASC_setPresentationAddresses(g.params, "localhost", address.c_str());
@@ -160,6 +185,21 @@ int dicom_send(const struct dicom_send_peer *peer, struct dicom_send_file *files
                                 (permanent ? "permanently" : "transiently") + " by " + where +
                                 ": " + text.c_str(),
                             err, errlen);
+        }
+        if (cond.bad() && peer->tls) {
+            const ainode_dicom::tls_refusal refusal = ainode_dicom::tls_certificate_refusal(cond);
+            const std::string why = ainode_dicom::tls_failure_text(cond);
+            if (refusal == ainode_dicom::TLS_PEER_CERT_REFUSED)
+                return fail_all(files, n, DICOM_SEND_PERMANENT, DICOM_EREFUSED,
+                                "TLS: the certificate of " + where + " is not trusted: " + why,
+                                err, errlen);
+            if (refusal == ainode_dicom::TLS_OUR_CERT_REFUSED)
+                return fail_all(files, n, DICOM_SEND_PERMANENT, DICOM_EREFUSED,
+                                "TLS: " + where + " refused our certificate: " + why, err,
+                                errlen);
+            return fail_all(files, n, DICOM_SEND_TRANSIENT, DICOM_ENETWORK,
+                            "cannot open a TLS association with " + where + ": " + why, err,
+                            errlen);
         }
         if (cond.bad())
             return fail_all(files, n, DICOM_SEND_TRANSIENT, DICOM_ENETWORK,

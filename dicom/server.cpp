@@ -15,6 +15,16 @@
 // parsing, no transcoding, no copy in memory). The file is then parsed only
 // up to its small values to pick out the indexed attributes, and the
 // caller's `stored` callback decides the response status.
+//
+// TLS: an optional second listening socket, with a network of its own
+// whose transport layer is dcmtls (tls.cpp). Its connections wait only for
+// the first bytes of the ClientHello, are handed over like the others, and
+// the layer releases the hand-over as soon as dcmnet has taken the socket,
+// so the handshake itself (several round trips, bounded by the ARTIM
+// timeout) never holds the mutex. A stop or an eviction shuts a socket that
+// is still in its handshake down (run_tls_connection). Plain DICOM on the
+// TLS port and a TLS handshake on the plain port are told apart by their
+// first byte and closed at once.
 
 #include "dicom/image.h"
 #include "dicom/internal.h"
@@ -134,6 +144,8 @@ struct pending_conn {
     ino_t ino;                     // of the socket: see close_if_ours()
     std::string address;           // the peer's, numeric (dcmnet's is IPv4 only)
     std::atomic<bool> evicted{false};
+    bool tls = false;              // accepted on the TLS port
+    bool handshaking = false;      // in its TLS handshake (under dicom_server::mu)
 };
 
 // Closes FD if it still is the socket INO. dcmnet owns an accepted socket
@@ -193,6 +205,13 @@ struct dicom_server {
     std::list<std::shared_ptr<pending_conn>> pending;
     size_t max_pending = 64;
     int threads = 0;               // connection threads still running
+
+    // The TLS listener, when configured (tls_listen_fd < 0: none). The
+    // network only points to the layer, which outlives it.
+    int tls_port = 0;
+    int tls_listen_fd = -1;
+    T_ASC_Network *tls_net = nullptr;
+    std::unique_ptr<DcmTransportLayer> tls_layer;
 
     void log(int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)))
     {
@@ -914,7 +933,8 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
     run_association(a);
 }
 
-enum request_wait { REQUEST_READY, REQUEST_TIMEOUT, REQUEST_CLOSED, REQUEST_DROPPED };
+enum request_wait { REQUEST_READY, REQUEST_TIMEOUT, REQUEST_CLOSED, REQUEST_DROPPED,
+                    REQUEST_WRONG_PORT };
 
 // Waits until the whole A-ASSOCIATE-RQ PDU is in FD's receive buffer (then
 // dcmnet reads it without waiting), or the ARTIM timer runs out, the peer
@@ -947,6 +967,12 @@ request_wait wait_for_request(dicom_server *srv, pending_conn &pc)
                 continue;
             return REQUEST_CLOSED;
         }
+        // 0x16 opens a TLS handshake record, never a DICOM PDU: TLS on the
+        // plain port, or anything but TLS on the TLS port, goes at once.
+        if (pc.tls != (buf[0] == 0x16))
+            return REQUEST_WRONG_PORT;
+        if (pc.tls)
+            return REQUEST_READY; // the handshake runs outside the hand-over
         if ((size_t)got < want) {
             // Part of it: poll would report the same bytes again at once.
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -970,6 +996,95 @@ void remove_pending(dicom_server *srv, const std::shared_ptr<pending_conn> &pc)
     srv->pending.remove(pc);
 }
 
+// The peer's numeric address, for log lines before dcmnet has it.
+std::string peer_address(int fd)
+{
+    sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (getpeername(fd, reinterpret_cast<sockaddr *>(&ss), &len) == 0)
+        getnameinfo(reinterpret_cast<sockaddr *>(&ss), len, host, sizeof host, nullptr, 0,
+                    NI_NUMERICHOST);
+    return host;
+}
+
+// Bounds each blocking read and write on FD: OpenSSL reads a whole record
+// once dcmnet has seen its first bytes, so a peer stalling mid-record holds
+// its thread until then (dcmnet's own default: 60 s).
+void set_socket_timeouts(int fd, int seconds)
+{
+    timeval tv = {seconds, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+// Ends the handshakes in progress (under srv->mu): their reads return at
+// once. PC->fd is our own descriptor, open until PC leaves the pending
+// list, so it cannot name another socket by then.
+void shutdown_handshake(pending_conn &pc)
+{
+    if (pc.handshaking)
+        shutdown(pc.fd, SHUT_RDWR);
+}
+
+// The rest of a connection to the TLS port once its ClientHello has begun
+// to arrive: hand-over, handshake, association request, association.
+void run_tls_connection(dicom_server *srv, const std::shared_ptr<pending_conn> &pc)
+{
+    const int fd = pc->fd;
+    const std::string addr = peer_address(fd);
+    // dcmnet gets a duplicate and closes it when it is done; ours stays
+    // open while the connection is pending, for shutdown_handshake.
+    const int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    bool go;
+    {
+        std::lock_guard<std::mutex> g(srv->mu);
+        go = dfd >= 0 && !srv->stopping.load() && !pc->evicted.load();
+        pc->handshaking = go;
+    }
+    if (!go) {
+        if (dfd >= 0)
+            close(dfd);
+        remove_pending(srv, pc);
+        close(fd);
+        return;
+    }
+    T_ASC_Association *assoc = nullptr;
+    OFCondition cond;
+    bool consumed;
+    {
+        std::unique_lock<std::mutex> lk(handover_mu);
+        dcmExternalSocketHandle.set(dfd);
+        ainode_dicom::tls_handover_begin(&lk, srv->artim); // the layer unlocks LK (tls.cpp)
+        cond = ASC_receiveAssociation(srv->tls_net, &assoc, srv->max_pdu, nullptr, nullptr,
+                                      OFTrue, DUL_NOBLOCK, srv->artim);
+        consumed = ainode_dicom::tls_handover_end();
+        if (lk.owns_lock())
+            dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+    }
+    {
+        std::lock_guard<std::mutex> g(srv->mu);
+        pc->handshaking = false;
+        srv->pending.remove(pc);
+    }
+    close(fd);
+    if (cond.bad()) {
+        srv->log(1, "TLS connection from %s failed: %s", addr.c_str(),
+                 ainode_dicom::tls_failure_text(cond).c_str());
+        if (consumed) {
+            drop_connection(assoc, dfd, pc->ino); // dfd is the same socket as fd
+        } else {
+            drop_connection(assoc, -1, 0);
+            close(dfd);
+        }
+        return;
+    }
+    srv->log(2, "TLS connection from %s: %s", addr.c_str(),
+             ainode_dicom::tls_take_session().c_str());
+    set_socket_timeouts(dfd, srv->timeout);
+    negotiate(srv, assoc, dfd, pc->ino, pc->address);
+}
+
 // The thread of one accepted connection: its association request, then
 // the association itself.
 void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
@@ -979,8 +1094,16 @@ void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
     if (w != REQUEST_READY) {
         if (w == REQUEST_TIMEOUT)
             srv->log(1, "closing a connection: no association request within %d s", srv->artim);
+        if (w == REQUEST_WRONG_PORT)
+            srv->log(1, "closing a connection from %s: %s", peer_address(fd).c_str(),
+                     pc->tls ? "not TLS on the TLS port" : "TLS on the plain DICOM port");
         close(fd);
         remove_pending(srv, pc);
+        srv->cv.notify_all();
+        return;
+    }
+    if (pc->tls) {
+        run_tls_connection(srv, pc);
         srv->cv.notify_all();
         return;
     }
@@ -1036,6 +1159,32 @@ int open_listen_socket(const std::string &addr, int port, std::string &err)
     }
     freeaddrinfo(res);
     return fd;
+}
+
+// The TLS listener: its socket, its network, its dcmtls layer.
+int open_tls_listener(dicom_server *srv, const dicom_server_config *cfg, std::string &err)
+{
+    srv->tls_port = cfg->tls_port;
+    srv->tls_layer = ainode_dicom::tls_make_layer(NET_ACCEPTOR, cfg->tls, true, err);
+    if (!srv->tls_layer) {
+        err = "TLS listener: " + err;
+        return DICOM_EINVAL;
+    }
+    srv->tls_listen_fd = open_listen_socket(srv->bind_addr, srv->tls_port, err);
+    if (srv->tls_listen_fd < 0)
+        return DICOM_ENETWORK;
+    // As for the plain network: no listening socket of dcmnet's own.
+    dcmExternalSocketHandle.set(srv->tls_listen_fd);
+    OFCondition cond =
+        ASC_initializeNetwork(NET_ACCEPTOR, srv->tls_port, srv->timeout, &srv->tls_net);
+    dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+    if (cond.good())
+        cond = ASC_setTransportLayer(srv->tls_net, srv->tls_layer.get(), 0);
+    if (cond.bad()) {
+        err = std::string("cannot initialise the DICOM TLS network: ") + cond.text();
+        return DICOM_ENETWORK;
+    }
+    return 0;
 }
 
 } // namespace
@@ -1131,6 +1280,13 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
                         std::string("cannot initialise the DICOM network: ") + cond.text(),
                         DICOM_ENETWORK);
     }
+    if (cfg->tls_port > 0) {
+        int rc = open_tls_listener(srv, cfg, e);
+        if (rc != 0) {
+            dicom_server_destroy(srv);
+            return copy_err(err, errlen, e, rc);
+        }
+    }
     *out = srv;
     return 0;
 }
@@ -1144,14 +1300,20 @@ int dicom_server_run(struct dicom_server *srv)
     long long backoff_failures = 0;  // since the last log line
     long long refused = 0;           // connections from addresses not allowed, likewise
     Clock::time_point last_refused_log;
+    if (srv->tls_listen_fd >= 0)
+        srv->log(2, "listening for DICOM TLS on %s:%d", srv->bind_addr.c_str(), srv->tls_port);
+    bool tls_turn = false; // both ports ready: they take turns, neither starves
     while (!srv->stopping.load()) {
-        pollfd pfd = {srv->listen_fd, POLLIN, 0};
-        int rc = poll(&pfd, 1, 200);
+        pollfd pfd[2] = {{srv->listen_fd, POLLIN, 0}, {srv->tls_listen_fd, POLLIN, 0}};
+        int rc = poll(pfd, srv->tls_listen_fd >= 0 ? 2 : 1, 200);
         if (rc <= 0)
             continue;
+        const bool plain_ready = pfd[0].revents & POLLIN, tls_ready = pfd[1].revents & POLLIN;
+        const bool tls = tls_ready && (!plain_ready || (tls_turn = !tls_turn));
         sockaddr_storage from;
         socklen_t from_len = sizeof from;
-        int fd = accept4(srv->listen_fd, (sockaddr *)&from, &from_len, SOCK_CLOEXEC);
+        int fd = accept4(tls ? srv->tls_listen_fd : srv->listen_fd, (sockaddr *)&from, &from_len,
+                         SOCK_CLOEXEC);
         if (fd < 0) {
             int e = errno;
             if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
@@ -1216,11 +1378,13 @@ int dicom_server_run(struct dicom_server *srv)
         } catch (...) {
             // no memory for a short string: dcmnet's own (IPv4) reading of it
         }
+        pc->tls = tls;
         {
             std::lock_guard<std::mutex> g(srv->mu);
             if (srv->pending.size() >= srv->max_pending) {
                 // The oldest silent connection makes room (see max_pending).
                 srv->pending.front()->evicted.store(true);
+                shutdown_handshake(*srv->pending.front());
                 srv->pending.pop_front();
                 srv->log(1, "%zu connections without an association request: closing the "
                             "oldest", srv->max_pending);
@@ -1246,7 +1410,13 @@ int dicom_server_run(struct dicom_server *srv)
     }
     close(srv->listen_fd);
     srv->listen_fd = -1;
+    if (srv->tls_listen_fd >= 0) {
+        close(srv->tls_listen_fd);
+        srv->tls_listen_fd = -1;
+    }
     std::unique_lock<std::mutex> lk(srv->mu);
+    for (auto &p : srv->pending)
+        shutdown_handshake(*p);
     srv->cv.wait(lk, [srv] { return srv->threads == 0; });
     return 0;
 }
@@ -1272,6 +1442,10 @@ void dicom_server_destroy(struct dicom_server *srv)
         close(srv->listen_fd);
     if (srv->net)
         ASC_dropNetwork(&srv->net);
+    if (srv->tls_listen_fd >= 0)
+        close(srv->tls_listen_fd);
+    if (srv->tls_net)
+        ASC_dropNetwork(&srv->tls_net);
     delete srv;
 }
 

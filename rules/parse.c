@@ -162,11 +162,8 @@ static int parse_operator(struct schema_ctx *c, const char *what, const struct y
         return 1;
     }
     case RULES_OP_PRESENT:
-        if (v->kind == Y_SCALAR && v->plain && !v->tagged &&
-            (!strcmp(v->text, "true") || !strcmp(v->text, "false"))) {
-            cd->present = v->text[0] == 't';
+        if (ynode_flag(v, &cd->present))
             return 1;
-        }
         schema_report(c, v->line, v->col, "%s: expected true or false", sub);
         return 0;
     default:
@@ -345,13 +342,8 @@ static void parse_rule_not(struct schema_ctx *c, const struct schema_field *f, c
 static void parse_flag(struct schema_ctx *c, const struct schema_field *f, const char *what,
                        const struct ynode *v, void *base)
 {
-    int *p = (int *)((char *)base + f->off);
-    if (v->kind == Y_SCALAR && v->plain && !v->tagged &&
-        (!strcmp(v->text, "true") || !strcmp(v->text, "false"))) {
-        *p = v->text[0] == 't';
-        return;
-    }
-    schema_report(c, v->line, v->col, "%s: expected true or false", what);
+    if (!ynode_flag(v, (int *)((char *)base + f->off)))
+        schema_report(c, v->line, v->col, "%s: expected true or false", what);
 }
 
 /* A rule runs models, forwards the instances, or both. */

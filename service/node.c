@@ -724,6 +724,18 @@ static int node_serve(struct node *n)
         .log = on_dicom_log,
         .ud = n,
     };
+    if (cfg->node.tls.enabled) {
+        dc.tls_port = cfg->node.tls.port;
+        dc.tls = (struct dicom_tls_config){
+            .certificate = cfg->node.tls.certificate,
+            .private_key = cfg->node.tls.private_key,
+            .ca_certificates = cfg->node.tls.ca_certificates,
+            .verify = cfg->node.tls.verify_client == CONFIG_VERIFY_CLIENT_OFF ? DICOM_TLS_VERIFY_OFF
+                      : cfg->node.tls.verify_client == CONFIG_VERIFY_CLIENT_OPTIONAL
+                          ? DICOM_TLS_VERIFY_OPTIONAL
+                          : DICOM_TLS_VERIFY_REQUIRED,
+        };
+    }
     if (dicom_server_create(&dc, &n->dicom, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "%s", err);
         storage_close(n->store);

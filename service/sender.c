@@ -157,6 +157,14 @@ static void send_group(struct sender *s, const struct config *cfg,
         .port = d->port,
         .timeout_seconds = cfg->node.network_timeout_seconds,
     };
+    struct dicom_tls_config tls = {
+        .certificate = d->tls.certificate,
+        .private_key = d->tls.private_key,
+        .ca_certificates = d->tls.ca_certificates,
+        .verify = d->tls.verify_server ? DICOM_TLS_VERIFY_REQUIRED : DICOM_TLS_VERIFY_OFF,
+    };
+    if (d->tls.enabled)
+        peer.tls = &tls;
     /* Each file carries its outcome, the association's when it failed. */
     char err[512] = "";
     dicom_send(&peer, files, n, err, sizeof err);

@@ -592,19 +592,22 @@ class StoreSCP:
     """DCMTK storescp on a free loopback port, writing received files to out_dir.
 
     StoreSCP(out_dir, aet="STORESCP", port=None, fork=False, extra=(),
-             log_path=None)
+             log_path=None, echo_extra=())
     The log goes to log_path (default: OUT_DIR.log next to out_dir, so that
     out_dir holds only received objects). storescp runs as the leader of its
     own process group; stop() signals that group so --fork children go too.
+    echo_extra: echoscu options of the start-up C-ECHO (e.g. TLS ones when
+    extra holds +tls).
     """
 
     def __init__(self, out_dir, aet="STORESCP", port=None, fork=False,
-                 extra=(), log_path=None):
+                 extra=(), log_path=None, echo_extra=()):
         self.out_dir = os.path.abspath(out_dir)
         self.aet = aet
         self.port = port or free_port()
         self.fork = fork
         self.extra = list(extra)
+        self.echo_extra = list(echo_extra)
         self.log_path = log_path or (self.out_dir.rstrip("/") + ".log")
         self.proc = None
         self.returncode = None
@@ -640,7 +643,7 @@ class StoreSCP:
                 if rc is not None:
                     self.stop()
                     raise HarnessError("storescp exited with %d:\n%s" % (rc, self.log_tail()))
-                if echoscu(self.port, ae_called=self.aet, check=False,
+                if echoscu(self.port, ae_called=self.aet, check=False, extra=self.echo_extra,
                            timeout=10, connect_timeout=2).returncode == 0:
                     break
                 if time.monotonic() >= deadline:

@@ -101,13 +101,16 @@ def associate_rq(called="AINODE", calling="RAWSCU", contexts=None):
 
 
 class Association(_Conn):
-    """One association; contexts is a list of (abstract syntax, [transfer syntaxes])."""
+    """One association; contexts is a list of (abstract syntax, [transfer syntaxes]).
+    With ssl_context (an ssl.SSLContext), the association runs over TLS."""
 
     def __init__(self, port, called="AINODE", calling="RAWSCU", contexts=None, host="127.0.0.1",
-                 timeout=30):
+                 timeout=30, ssl_context=None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            if ssl_context is not None:
+                self.sock = ssl_context.wrap_socket(self.sock)
             self._negotiate(called, calling, contexts)
         except BaseException:
             self.sock.close()  # a rejected or failed request leaves no socket behind

@@ -462,9 +462,10 @@ static void test_deploy_sample_names_every_key(void **state)
     }
     assert_non_null(node);
     for (size_t i = 0; i < node->n_sub; i++) {
-        char want[96];
+        char want[96], commented[96]; /* a section naming files (tls) is shown commented out */
         snprintf(want, sizeof want, "\n  %s:", node->sub[i].key);
-        if (!strstr(text, want))
+        snprintf(commented, sizeof commented, "\n  # %s:", node->sub[i].key);
+        if (!strstr(text, want) && !(node->sub[i].type == T_SECTION && strstr(text, commented)))
             fail_msg("deploy/ainode.yaml lacks node.%s", node->sub[i].key);
     }
 }
@@ -825,8 +826,189 @@ static void test_unknown_key_is_reported_at_the_key(void **state)
     expect_single_error("unknown_top_key.yaml", "node: {}\nextra: 1\n",
                         "2:1: unknown top-level key 'extra'");
     expect_single_error("unknown_dest_key.yaml",
-                        "destinations:\n  pacs: {ae_title: P, host: h, port: 1, tls: yes}\n",
-                        "2:41: unknown key 'tls' in destinations.pacs");
+                        "destinations:\n  pacs: {ae_title: P, host: h, port: 1, colour: red}\n",
+                        "2:41: unknown key 'colour' in destinations.pacs");
+}
+
+/* ---- TLS sections ----------------------------------------------------- */
+
+/* Files the TLS sections name; their content is the node's business. */
+static void write_tls_files(void)
+{
+    write_tmp("tls.crt", "certificate\n");
+    write_tmp("tls.key", "key\n");
+    write_tmp("ca.pem", "CAs\n");
+}
+
+static void test_tls_sections_load_with_their_defaults(void **state)
+{
+    (void)state;
+    write_tls_files();
+    struct config *cfg = load_ok(write_tmp(
+        "tls_ok.yaml",
+        "node:\n"
+        "  port: 104\n"
+        "  tls: {port: 2762, certificate: tls.crt, private_key: tls.key, ca_certificates: ca.pem}\n"
+        "destinations:\n"
+        "  plain: {ae_title: P, host: h, port: 104}\n"
+        "  secure:\n"
+        "    ae_title: S\n"
+        "    host: h\n"
+        "    port: 2762\n"
+        "    tls: {ca_certificates: ca.pem}\n"
+        "  mutual:\n"
+        "    ae_title: M\n"
+        "    host: h\n"
+        "    port: 2762\n"
+        "    tls: {ca_certificates: ca.pem, certificate: tls.crt, private_key: tls.key}\n"
+        "  trusting:\n"
+        "    ae_title: T\n"
+        "    host: h\n"
+        "    port: 2762\n"
+        "    tls: {verify_server: false}\n"));
+    char want[1024];
+    const struct config_node_tls *t = &cfg->node.tls;
+    assert_int_equal(t->enabled, 1);
+    assert_int_equal(t->port, 2762);
+    snprintf(want, sizeof want, "%s/tls.crt", tmpdir);
+    assert_string_equal(t->certificate, want); /* relative to the config file */
+    snprintf(want, sizeof want, "%s/tls.key", tmpdir);
+    assert_string_equal(t->private_key, want);
+    snprintf(want, sizeof want, "%s/ca.pem", tmpdir);
+    assert_string_equal(t->ca_certificates, want);
+    assert_int_equal(t->verify_client, CONFIG_VERIFY_CLIENT_REQUIRED);
+    const struct config_destination_tls *plain = &config_find_destination(cfg, "plain")->tls;
+    const struct config_destination_tls *secure = &config_find_destination(cfg, "secure")->tls;
+    const struct config_destination_tls *mutual = &config_find_destination(cfg, "mutual")->tls;
+    const struct config_destination_tls *trusting =
+        &config_find_destination(cfg, "trusting")->tls;
+    assert_int_equal(plain->enabled, 0);
+    assert_int_equal(secure->enabled, 1);
+    assert_int_equal(secure->verify_server, 1);
+    assert_string_equal(secure->ca_certificates, want);
+    assert_null(secure->certificate);
+    assert_null(secure->private_key);
+    assert_non_null(mutual->certificate);
+    assert_non_null(mutual->private_key);
+    assert_int_equal(trusting->enabled, 1);
+    assert_int_equal(trusting->verify_server, 0);
+    assert_null(trusting->ca_certificates);
+    config_free(cfg);
+
+    /* No section, no listener. */
+    cfg = load_ok(write_tmp("tls_none.yaml", "node: {port: 104}\n"));
+    assert_int_equal(cfg->node.tls.enabled, 0);
+    config_free(cfg);
+
+    /* verify_client off needs no CA bundle. */
+    cfg = load_ok(write_tmp("tls_off.yaml",
+                            "node:\n  tls: {port: 2762, certificate: tls.crt, private_key: "
+                            "tls.key, verify_client: off}\n"));
+    assert_int_equal(cfg->node.tls.verify_client, CONFIG_VERIFY_CLIENT_OFF);
+    assert_null(cfg->node.tls.ca_certificates);
+    config_free(cfg);
+}
+
+static void test_tls_problems_are_reported_at_their_place(void **state)
+{
+    (void)state;
+    write_tls_files();
+    char missing[1200];
+    snprintf(missing, sizeof missing,
+             "6:18: node.tls.private_key: cannot read %s/missing.key: No such file or directory",
+             tmpdir);
+    expect_single_error("tls_missing_key.yaml",
+                        "node:\n"
+                        "  port: 104\n"
+                        "  tls:\n"
+                        "    port: 2762\n"
+                        "    certificate: tls.crt\n"
+                        "    private_key: missing.key\n"
+                        "    ca_certificates: ca.pem\n",
+                        missing);
+    expect_single_error("tls_verify_client.yaml",
+                        "node:\n"
+                        "  tls:\n"
+                        "    port: 2762\n"
+                        "    certificate: tls.crt\n"
+                        "    private_key: tls.key\n"
+                        "    ca_certificates: ca.pem\n"
+                        "    verify_client: maybe\n",
+                        "7:20: node.tls.verify_client: 'maybe' is not one of required, "
+                        "optional, off");
+    expect_single_error("tls_same_port.yaml",
+                        "node:\n"
+                        "  port: 2762\n"
+                        "  tls:\n"
+                        "    port: 2762\n"
+                        "    certificate: tls.crt\n"
+                        "    private_key: tls.key\n"
+                        "    ca_certificates: ca.pem\n",
+                        "4:11: node.tls.port: 2762 is node.port; the TLS listener needs a port "
+                        "of its own");
+    /* node.port's default counts too, wherever the keys are. */
+    expect_single_error("tls_default_port.yaml",
+                        "node:\n"
+                        "  tls: {port: 11112, certificate: tls.crt, private_key: tls.key, "
+                        "ca_certificates: ca.pem}\n",
+                        "2:15: node.tls.port: 11112 is node.port; the TLS listener needs a port "
+                        "of its own");
+    expect_single_error("tls_no_ca.yaml",
+                        "node:\n  tls: {port: 2762, certificate: tls.crt, private_key: tls.key}\n",
+                        "2:8: node.tls: missing key 'ca_certificates' (required unless "
+                        "verify_client is off)");
+    static const char *const no_files[] = {
+        "2:8: node.tls: missing required key 'certificate'",
+        "2:8: node.tls: missing required key 'private_key'",
+        "2:8: node.tls: missing key 'ca_certificates' (required unless verify_client is off)",
+        NULL,
+    };
+    expect_errors("tls_no_files.yaml", "node:\n  tls: {port: 2762}\n", no_files);
+    expect_single_error("tls_dest_half.yaml",
+                        "destinations:\n"
+                        "  pacs:\n"
+                        "    ae_title: P\n"
+                        "    host: h\n"
+                        "    port: 1\n"
+                        "    tls: {ca_certificates: ca.pem, certificate: tls.crt}\n",
+                        "6:49: destinations.pacs.tls: certificate and private_key go together");
+    expect_single_error("tls_dest_verify.yaml",
+                        "destinations:\n"
+                        "  pacs:\n"
+                        "    ae_title: P\n"
+                        "    host: h\n"
+                        "    port: 1\n"
+                        "    tls: {ca_certificates: ca.pem, verify_server: maybe}\n",
+                        "6:51: destinations.pacs.tls.verify_server: expected true or false");
+    expect_single_error("tls_dest_no_ca.yaml",
+                        "destinations:\n"
+                        "  pacs:\n"
+                        "    ae_title: P\n"
+                        "    host: h\n"
+                        "    port: 1\n"
+                        "    tls: {}\n",
+                        "6:10: destinations.pacs.tls: missing key 'ca_certificates' (required "
+                        "unless verify_server is false)");
+}
+
+/* node.tls is read when the node starts; a destination's tls applies from
+ * the next send. */
+static void test_tls_listener_changes_need_a_restart(void **state)
+{
+    (void)state;
+    write_tls_files();
+    struct config *old = load_ok(write_tmp("tls_restart_old.yaml", "node: {}\n"));
+    struct config *new = load_ok(write_tmp(
+        "tls_restart_new.yaml",
+        "node:\n  tls: {port: 2762, certificate: tls.crt, private_key: tls.key, "
+        "ca_certificates: ca.pem, verify_client: optional}\n"
+        "destinations:\n  pacs: {ae_title: P, host: h, port: 1, tls: {ca_certificates: ca.pem}}\n"));
+    char buf[512];
+    assert_int_equal(config_restart_changes(old, new, buf, sizeof buf), 5);
+    assert_string_equal(buf, "node.tls.port, node.tls.certificate, node.tls.private_key, "
+                             "node.tls.ca_certificates, node.tls.verify_client");
+    config_free(new);
+    config_free(old);
 }
 
 /* libfyaml loops forever on a directive followed by invalid bytes: the
@@ -1980,6 +2162,9 @@ int main(void)
         cmocka_unit_test(test_load_returns_the_class_of_the_failure),
         cmocka_unit_test(test_example_manifest_loads_without_errors),
         cmocka_unit_test(test_unknown_key_is_reported_at_the_key),
+        cmocka_unit_test(test_tls_sections_load_with_their_defaults),
+        cmocka_unit_test(test_tls_problems_are_reported_at_their_place),
+        cmocka_unit_test(test_tls_listener_changes_need_a_restart),
         cmocka_unit_test(test_bytes_that_are_not_utf8_are_refused_at_their_place),
         cmocka_unit_test(test_wrong_types_are_reported_at_the_value),
         cmocka_unit_test(test_non_mapping_sections_are_rejected),
