@@ -52,6 +52,7 @@ struct config_node_tls {
     char *private_key;            /* PEM, not encrypted, absolute */
     char *ca_certificates;        /* PEM bundle, absolute; NULL only with verify_client off */
     enum config_verify_client verify_client;
+    int callers_match_certificate; /* a TLS caller's AE title must be its certificate's CN */
 };
 
 /* destinations.NAME.tls: send to this destination over TLS. */

@@ -40,6 +40,11 @@ static const struct schema_field node_tls_fields[] = {
      .off = NODE_TLS_OFF(verify_client),
      .doc = "required: callers must present a trusted certificate; optional: one they present "
             "must be trusted; off: not checked"},
+    {.key = "callers_match_certificate", .restart = 1, .type = T_BOOL, .def_int = 0,
+     .off = NODE_TLS_OFF(callers_match_certificate),
+     .doc = "true: a TLS caller's calling AE title must equal the Common Name (CN) of its "
+            "certificate's subject (a caller without a certificate is rejected), so a title is "
+            "only as good as the certificate behind it"},
 };
 
 static const struct schema_field dest_tls_fields[] = {

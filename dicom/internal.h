@@ -90,6 +90,9 @@ bool tls_handover_end();
 // cipher suite and the subject of the peer's certificate (or "no peer
 // certificate"); empty when none completed. Clears it.
 std::string tls_take_session();
+// The subject of the certificate the peer of ASSOC presented over TLS
+// (OpenSSL's one-line form) and its CN; false when it showed none.
+bool tls_peer_subject(T_ASC_Association *assoc, std::string &subject, std::string &cn);
 
 // Why the last handshake on this thread failed, for COND (the condition
 // dcmnet returned): OpenSSL's reason plus, when our side refused the

@@ -44,6 +44,9 @@ struct dicom_peer {
     const char *called_ae;
     const char *address;
     uint64_t association_id;         /* unique while the server runs; 0 before acceptance */
+    int tls;                         /* 1: the association runs over DICOM TLS */
+    const char *tls_subject;         /* the caller's certificate subject; NULL: none shown */
+    const char *tls_common_name;     /* its CN; NULL: none */
 };
 
 /* Values of the keywords passed in dicom_server_config, read from the

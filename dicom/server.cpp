@@ -242,10 +242,18 @@ struct Association {
     std::string calling, called, address;
     Clock::time_point started;
     uint64_t id;
+    bool tls;
+    std::string tls_subject, tls_cn; // empty: no certificate shown
 
     dicom_peer peer() const
     {
-        return dicom_peer{calling.c_str(), called.c_str(), address.c_str(), id};
+        return dicom_peer{calling.c_str(),
+                          called.c_str(),
+                          address.c_str(),
+                          id,
+                          tls,
+                          tls_subject.empty() ? nullptr : tls_subject.c_str(),
+                          tls_cn.empty() ? nullptr : tls_cn.c_str()};
     }
 
     // True once the association has run longer than max_association_seconds.
@@ -838,7 +846,7 @@ void reject(T_ASC_Association *assoc, int fd, ino_t ino, T_ASC_RejectParametersR
 // Negotiates one association request read from an accepted socket, and
 // runs the association on this thread when it is accepted.
 void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
-               const std::string &address)
+               const std::string &address, bool tls)
 {
     char calling[64] = "", called[64] = "", peer[128] = "";
     ASC_getAPTitles(assoc->params, calling, sizeof calling, called, sizeof called, nullptr, 0);
@@ -866,7 +874,11 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
         return;
     }
-    dicom_peer p = {calling_s.c_str(), called_s.c_str(), peer_s.c_str(), 0};
+    std::string subject, cn;
+    if (tls)
+        ainode_dicom::tls_peer_subject(assoc, subject, cn);
+    dicom_peer p = {calling_s.c_str(), called_s.c_str(), peer_s.c_str(), 0, tls,
+                    subject.empty() ? nullptr : subject.c_str(), cn.empty() ? nullptr : cn.c_str()};
     enum dicom_assoc_decision decision = srv->associate(srv->ud, &p);
     if (decision != DICOM_ASSOC_ACCEPT)
         release_slot(srv, calling_s);
@@ -874,8 +886,8 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
     case DICOM_ASSOC_ACCEPT:
         break;
     case DICOM_ASSOC_REJECT_CALLING_AE:
-        srv->log(1, "rejecting association from %s: calling AE title not allowed",
-                 calling_s.c_str());
+        srv->log(1, "rejecting association from %s: calling AE title not allowed%s",
+                 calling_s.c_str(), tls ? " (or not its certificate's CN)" : "");
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
         return;
@@ -927,9 +939,9 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
         release_slot(srv, calling_s);
         return;
     }
-    Association *a = new Association{srv,      assoc,  fd,           ino,
+    Association *a = new Association{srv,       assoc,    fd,           ino,
                                      calling_s, called_s, peer_s, Clock::now(),
-                                     ++srv->next_association_id};
+                                     ++srv->next_association_id, tls, subject, cn};
     run_association(a);
 }
 
@@ -1082,7 +1094,7 @@ void run_tls_connection(dicom_server *srv, const std::shared_ptr<pending_conn> &
     srv->log(2, "TLS connection from %s: %s", addr.c_str(),
              ainode_dicom::tls_take_session().c_str());
     set_socket_timeouts(dfd, srv->timeout);
-    negotiate(srv, assoc, dfd, pc->ino, pc->address);
+    negotiate(srv, assoc, dfd, pc->ino, pc->address, true);
 }
 
 // The thread of one accepted connection: its association request, then
@@ -1121,7 +1133,7 @@ void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
         srv->log(1, "association request failed: %s", cond.text());
         drop_connection(assoc, fd, pc->ino);
     } else {
-        negotiate(srv, assoc, fd, pc->ino, pc->address);
+        negotiate(srv, assoc, fd, pc->ino, pc->address, false);
     }
     srv->cv.notify_all();
 }

@@ -212,6 +212,37 @@ std::string tls_take_session()
     return s;
 }
 
+bool tls_peer_subject(T_ASC_Association *assoc, std::string &subject, std::string &cn)
+{
+    subject.clear();
+    cn.clear();
+    unsigned long len = ASC_getPeerCertificateLength(assoc);
+    if (len == 0 || len > (1u << 20))
+        return false;
+    std::vector<unsigned char> der(len);
+    if (ASC_getPeerCertificate(assoc, der.data(), len) != len)
+        return false;
+    const unsigned char *p = der.data();
+    X509 *cert = d2i_X509(nullptr, &p, (long)len);
+    if (!cert)
+        return false;
+    X509_NAME *name = X509_get_subject_name(cert);
+    char buf[512];
+    X509_NAME_oneline(name, buf, sizeof buf);
+    subject = buf;
+    int at = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+    if (at >= 0) {
+        const ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, at));
+        unsigned char *utf8 = nullptr;
+        int n = ASN1_STRING_to_UTF8(&utf8, v);
+        if (n > 0)
+            cn.assign((const char *)utf8, (size_t)n);
+        OPENSSL_free(utf8);
+    }
+    X509_free(cert);
+    return true;
+}
+
 void tls_handover_begin(std::unique_lock<std::mutex> *lock, int handshake_seconds)
 {
     session.clear();

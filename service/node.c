@@ -116,6 +116,11 @@ static enum dicom_assoc_decision on_associate(void *ud, const struct dicom_peer 
         d = DICOM_ASSOC_REJECT_CALLED_AE;
     else if (!config_caller_allowed(n->cfg, p->calling_ae))
         d = DICOM_ASSOC_REJECT_CALLING_AE;
+    /* Any client can claim any AE title; over TLS the title may be tied to
+     * the certificate the CA vouched for. */
+    else if (p->tls && n->cfg->node.tls.callers_match_certificate &&
+             (!p->tls_common_name || strcmp(p->tls_common_name, p->calling_ae) != 0))
+        d = DICOM_ASSOC_REJECT_CALLING_AE;
     pthread_mutex_unlock(&n->cfg_lock);
     return d;
 }

@@ -43,16 +43,16 @@ class TLSTest(NodeTestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.pki_dir, ignore_errors=True)
 
-    def tls_node(self, verify_client="required", sections=None, **overrides):
+    def tls_node(self, verify_client="required", sections=None, tls_extra=None, **overrides):
         p = self.pki
         port = harness.free_port()
         tls_port = harness.free_port()
         while tls_port == port:
             tls_port = harness.free_port()
-        n = self.node(sections=sections, port=port,
-                      tls={"port": tls_port, "certificate": p.server_crt,
-                           "private_key": p.server_key, "ca_certificates": p.ca,
-                           "verify_client": verify_client}, **overrides)
+        tls = {"port": tls_port, "certificate": p.server_crt, "private_key": p.server_key,
+               "ca_certificates": p.ca, "verify_client": verify_client}
+        tls.update(tls_extra or {})
+        n = self.node(sections=sections, port=port, tls=tls, **overrides)
         n.tls_port = tls_port
         return n
 
@@ -104,6 +104,33 @@ class TLSTest(NodeTestCase):
                     with open(key) as f:
                         body = [ln for ln in f.read().splitlines() if "-----" not in ln]
                     self.assertFalse([ln for ln in body if ln in log])
+
+    def test_callers_must_use_their_certificate_s_cn_as_ae_title_when_asked(self):
+        n = self.tls_node(verify_client="optional",
+                          tls_extra={"callers_match_certificate": True})
+        n.start()
+        # The client certificate's subject is /CN=test client.
+        r = harness.echoscu(n.tls_port, ae_called=n.ae, ae_calling="test client",
+                            extra=self.client(), check=False)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        r = harness.echoscu(n.tls_port, ae_called=n.ae, ae_calling="PACS",
+                            extra=self.client(), check=False)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn("Calling AE Title Not Recognized", r.stdout)
+        harness.wait_until(lambda: "(or not its certificate's CN)" in n.log(), 5, 0.05,
+                           "the rejection logged")
+        # Without a certificate (allowed by verify_client: optional) there is
+        # no CN to match: rejected too.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(self.pki.ca)
+        with self.assertRaises(rawscu.Rejected):
+            rawscu.Association(n.tls_port, called=n.ae, calling="test client",
+                               ssl_context=ctx, timeout=10)
+        # The plain port is not affected.
+        r = harness.echoscu(n.port, ae_called=n.ae, ae_calling="PACS", check=False)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertEqual(n.stop(), 0)
 
     def test_a_caller_without_a_certificate_is_refused_unless_verify_client_allows(self):
         # Python's ssl module, trusting our CA, presenting no certificate.
