@@ -235,7 +235,8 @@ void config_check_node_access(struct schema_ctx *c, const struct schema_parsed *
 /* NULL when S names an inference device syntactically, else why not. */
 const char *config_device_problem(const char *s);
 
-/* node: the TLS listener's port is not node.port (tls.c). */
+/* node: the TLS listener's port is not node.port, and port 0 (no plain
+ * listener) comes with a TLS one (tls.c). */
 void config_check_node_tls_port(struct schema_ctx *c, const struct schema_parsed *p, void *base);
 /* node.tls, destinations.NAME.tls: present, files readable, keys that go
  * together (tls.c). */

@@ -69,8 +69,9 @@ static const struct schema_field dest_tls_fields[] = {
 static const struct schema_field node_fields[] = {
     {.key = "ae_title", .type = T_AE, .def_str = "AINODE", .off = NODE_OFF(ae_title),
      .doc = "AE title of this node"},
-    {.key = "port", .restart = 1, .type = T_INT, .def_int = 11112, .min = 1, .max = 65535, .off = NODE_OFF(port),
-     .doc = "TCP port to listen on"},
+    {.key = "port", .restart = 1, .type = T_INT, .def_int = 11112, .min = 0, .max = 65535,
+     .off = NODE_OFF(port),
+     .doc = "TCP port to listen on for plain DICOM; 0: none, DICOM TLS only (node.tls)"},
     {.key = "bind", .restart = 1, .type = T_STR, .def_str = "127.0.0.1", .off = NODE_OFF(bind),
      .doc = "listen address"},
     {.key = "data_dir", .restart = 1, .type = T_PATH, .def_str = "./var", .off = NODE_OFF(data_dir),

@@ -63,6 +63,12 @@ void config_check_destination_tls(struct schema_ctx *c, const struct schema_pars
 void config_check_node_tls_port(struct schema_ctx *c, const struct schema_parsed *p, void *base)
 {
     const struct config_node *n = base;
+    if (n->port == 0 && !n->tls.enabled && schema_usable(p, "port")) {
+        const struct ynode *v = schema_pos_of(p, "port");
+        schema_report(c, v->line, v->col,
+                      "%s.port: 0 (no plain listener) needs %s.tls: the node would not listen",
+                      p->sect, p->sect);
+    }
     if (n->tls.enabled && n->tls.port == n->port) {
         const struct ynode *tls = ynode_get(p->map, "tls");
         const struct ynode *v = tls && tls->kind == Y_MAP ? ynode_get(tls, "port") : NULL;

@@ -1273,24 +1273,33 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
         srv->tags.push_back(tag);
     }
     std::string e;
-    srv->listen_fd = open_listen_socket(srv->bind_addr, srv->port, e);
-    if (srv->listen_fd < 0) {
+    if (srv->port <= 0 && cfg->tls_port <= 0) {
         delete srv;
-        return copy_err(err, errlen, e, DICOM_ENETWORK);
+        return copy_err(err, errlen, "no port to listen on", DICOM_EINVAL);
     }
-    // dcmnet must not open a listening socket of its own (it would bind
-    // every interface): with dcmExternalSocketHandle set while the network
-    // is initialised it skips that, and connections are then handed over
-    // one by one through the same variable in dicom_server_run().
-    dcmExternalSocketHandle.set(srv->listen_fd);
-    OFCondition cond = ASC_initializeNetwork(NET_ACCEPTOR, srv->port, srv->timeout, &srv->net);
-    dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
-    if (cond.bad()) {
-        close(srv->listen_fd);
-        delete srv;
-        return copy_err(err, errlen,
-                        std::string("cannot initialise the DICOM network: ") + cond.text(),
-                        DICOM_ENETWORK);
+    // Port 0: TLS only, no plain listener.
+    if (srv->port > 0) {
+        srv->listen_fd = open_listen_socket(srv->bind_addr, srv->port, e);
+        if (srv->listen_fd < 0) {
+            delete srv;
+            return copy_err(err, errlen, e, DICOM_ENETWORK);
+        }
+        // dcmnet must not open a listening socket of its own (it would bind
+        // every interface): with dcmExternalSocketHandle set while the
+        // network is initialised it skips that, and connections are then
+        // handed over one by one through the same variable in
+        // dicom_server_run().
+        dcmExternalSocketHandle.set(srv->listen_fd);
+        OFCondition cond =
+            ASC_initializeNetwork(NET_ACCEPTOR, srv->port, srv->timeout, &srv->net);
+        dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+        if (cond.bad()) {
+            close(srv->listen_fd);
+            delete srv;
+            return copy_err(err, errlen,
+                            std::string("cannot initialise the DICOM network: ") + cond.text(),
+                            DICOM_ENETWORK);
+        }
     }
     if (cfg->tls_port > 0) {
         int rc = open_tls_listener(srv, cfg, e);
@@ -1305,8 +1314,9 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
 
 int dicom_server_run(struct dicom_server *srv)
 {
-    srv->log(2, "listening on %s:%d as %s", srv->bind_addr.c_str(), srv->port,
-             srv->ae_title.c_str());
+    if (srv->listen_fd >= 0)
+        srv->log(2, "listening on %s:%d as %s", srv->bind_addr.c_str(), srv->port,
+                 srv->ae_title.c_str());
     int backoff_ms = 0;              // after accept() ran out of descriptors or memory
     Clock::time_point last_backoff_log;
     long long backoff_failures = 0;  // since the last log line
@@ -1420,7 +1430,8 @@ int dicom_server_run(struct dicom_server *srv)
             srv->threads--;
         }
     }
-    close(srv->listen_fd);
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd);
     srv->listen_fd = -1;
     if (srv->tls_listen_fd >= 0) {
         close(srv->tls_listen_fd);

@@ -795,8 +795,13 @@ static int node_serve(struct node *n)
         fprintf(pf, "%ld\n", (long)getpid());
         fclose(pf);
     }
-    log_msg(LOG_INFO, "ainode %s listening on %s:%d (AE %s), data in %s", AINODE_VERSION,
-            cfg->node.bind, cfg->node.port, cfg->node.ae_title, cfg->node.data_dir);
+    if (cfg->node.port)
+        log_msg(LOG_INFO, "ainode %s listening on %s:%d (AE %s), data in %s", AINODE_VERSION,
+                cfg->node.bind, cfg->node.port, cfg->node.ae_title, cfg->node.data_dir);
+    else
+        log_msg(LOG_INFO, "ainode %s listening for DICOM TLS only on %s:%d (AE %s), data in %s",
+                AINODE_VERSION, cfg->node.bind, cfg->node.tls.port, cfg->node.ae_title,
+                cfg->node.data_dir);
     uv_run(n->loop, UV_RUN_DEFAULT); /* returns once the handles closed and retention ended */
     n->loop_done = 1;
     pthread_join(n->dicom_thread, NULL);

@@ -32,6 +32,28 @@ def tls_args(key, crt, ca):
     return ["+tls", key, crt, "+cf", ca]
 
 
+def listening_ports(pid):
+    """The TCP ports process PID listens on (from /proc: its sockets' inodes
+    matched against the kernel's tables of listening sockets)."""
+    inodes = set()
+    fd_dir = "/proc/%d/fd" % pid
+    for name in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 class TLSTest(NodeTestCase):
     @classmethod
     def setUpClass(cls):
@@ -130,6 +152,26 @@ class TLSTest(NodeTestCase):
         # The plain port is not affected.
         r = harness.echoscu(n.port, ae_called=n.ae, ae_calling="PACS", check=False)
         self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertEqual(n.stop(), 0)
+
+    def test_port_0_serves_dicom_tls_only(self):
+        n = self.tls_node()
+        plain_port = n.port
+        n.config["node"]["port"] = 0
+        n.write_raw_config(n.config_text())
+        n.start(wait=False)
+        harness.wait_until(lambda: self.tls_echo(n).returncode == 0, 20, 0.1,
+                           "the TLS port answering")
+        files = make_ct_series(os.path.join(self.workdir, "in"), 2, rows=16, cols=16)
+        r = harness.storescu(n.tls_port, files, ae_called=n.ae, extra=self.client())
+        self.assertTrue(harness.all_stores_succeeded(r.stdout, 2), r.stdout)
+        self.assertIn("listening for DICOM TLS only on 127.0.0.1:%d" % n.tls_port, n.log())
+        self.assertNotIn("listening on 127.0.0.1", n.log())
+        # Nothing listens for plain DICOM: the node's only listening TCP
+        # socket is the TLS one.
+        self.assertEqual(listening_ports(n.pid), {n.tls_port})
+        r = harness.echoscu(plain_port, ae_called=n.ae, check=False, connect_timeout=1)
+        self.assertNotEqual(r.returncode, 0)
         self.assertEqual(n.stop(), 0)
 
     def test_a_caller_without_a_certificate_is_refused_unless_verify_client_allows(self):

@@ -953,6 +953,10 @@ static void test_tls_problems_are_reported_at_their_place(void **state)
                         "ca_certificates: ca.pem}\n",
                         "2:15: node.tls.port: 11112 is node.port; the TLS listener needs a port "
                         "of its own");
+    /* Port 0 (no plain listener) only with a TLS one. */
+    expect_single_error("no_listener.yaml", "node:\n  port: 0\n",
+                        "2:9: node.port: 0 (no plain listener) needs node.tls: the node would "
+                        "not listen");
     expect_single_error("tls_no_ca.yaml",
                         "node:\n  tls: {port: 2762, certificate: tls.crt, private_key: tls.key}\n",
                         "2:8: node.tls: missing key 'ca_certificates' (required unless "
@@ -1074,7 +1078,7 @@ static void test_out_of_range_values_report_the_bounds(void **state)
                   "destinations:\n"
                   "  pacs: {ae_title: P, host: h, port: 0}\n",
                   (const char *const[]){
-                      "2:9: node.port: 70000 is out of range 1..65535",
+                      "2:9: node.port: 70000 is out of range 0..65535",
                       "3:12: node.max_pdu: 1024 is out of range 4096..131072",
                       "4:27: node.shutdown_grace_seconds: -1 is out of range 0..3600",
                       "5:19: node.stable_seconds: 99999999999999999999999 is out of range 1..86400",
@@ -1180,14 +1184,14 @@ static void test_multiple_errors_are_all_reported_in_file_order(void **state)
     (void)state;
     expect_errors("multi.yaml",
                   "node:\n"
-                  "  port: 0\n"
+                  "  port: -1\n"
                   "  bogus: 1\n"
                   "  log_level: loud\n"
                   "destinations:\n"
                   "  x: {ae_title: A, host: h}\n"
                   "rules: [1]\n",
                   (const char *const[]){
-                      "2:9: node.port: 0 is out of range 1..65535",
+                      "2:9: node.port: -1 is out of range 0..65535",
                       "3:3: unknown key 'bogus' in node",
                       "4:14: node.log_level: 'loud' is not one of error, warn, info, debug",
                       "6:3: destinations.x: missing required key 'port'",
