@@ -1115,17 +1115,44 @@ dicom_image *decode_image(DcmFileFormat &ff, std::vector<frame_geometry> &geom)
     return h.release();
 }
 
-void load(DcmFileFormat &ff, const char *path)
+// The most a deflated file may inflate to: its largest allowed image at 8
+// bytes a pixel, and room for the rest of its data set.
+const uint64_t kInflateLimit = (uint64_t)LIMIT_MAX_IMAGE_PIXELS * 8 + ((uint64_t)64 << 20);
+
+// Reads the file at PATH into FF, large values left on disk. A deflated
+// one is read through an inflated copy on disk, never inflated in memory
+// (deflate.cpp): KEEP then holds that copy, and must outlive the data set,
+// which still loads its large values from it.
+void load(DcmFileFormat &ff, const char *path, std::shared_ptr<ainode_dicom::FdGuard> &keep)
 {
-    OFCondition c = ff.loadFile(path);
+    OFCondition c = ff.loadFile(path, EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_metaOnly);
+    OFString ts;
+    if (c.good())
+        ff.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, ts);
+    if (c.good() && ts == UID_DeflatedExplicitVRLittleEndianTransferSyntax) {
+        keep = std::make_shared<ainode_dicom::FdGuard>();
+        c = ainode_dicom::inflate_to_temp(path, kInflateLimit, *keep);
+        if (c == ainode_dicom::EC_InflatedTooLarge)
+            fail("the deflated data set inflates to more than " +
+                 std::to_string(kInflateLimit >> 20) + " MiB");
+        if (c.good()) {
+            char plain[64];
+            std::snprintf(plain, sizeof plain, "/proc/self/fd/%d", keep->fd);
+            c = ff.getDataset()->loadFile(plain, EXS_LittleEndianExplicit, EGL_noChange,
+                                          DCM_MaxReadLength);
+        }
+    } else {
+        c = ff.loadFile(path); // also a file without a meta header
+    }
     if (c.bad())
         fail_io(std::string("cannot read the DICOM file: ") + c.text());
 }
 
 dicom_image *read_image(const char *path)
 {
+    std::shared_ptr<ainode_dicom::FdGuard> keep;
     DcmFileFormat ff;
-    load(ff, path);
+    load(ff, path, keep);
     std::vector<frame_geometry> geom;
     return decode_image(ff, geom);
 }
@@ -1150,7 +1177,7 @@ struct set_totals {
 void parse_source(const char *path, ainode_dicom::source_file &sf, set_totals &t)
 {
     DcmFileFormat ff;
-    load(ff, path);
+    load(ff, path, sf.inflated);
     sf.path = path;
     DcmDataset *ds = ff.getDataset();
     const image_header h = read_header(ds, sop_class_of(ds, ff.getMetaInfo()));

@@ -16,7 +16,10 @@ extern "C" {
 #include <dcmtk/dcmnet/dcmlayer.h>
 #include <dcmtk/ofstd/ofstring.h>
 
+#include <unistd.h>
+
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -52,7 +55,12 @@ struct frame_geometry {
 std::vector<frame_geometry> read_geometry(DcmItem *ds, long frames);
 
 // One file of a source set.
+struct FdGuard;
+
 struct source_file {
+    // A deflated file's inflated copy (deflate.cpp), which HEADER reads its
+    // large values from: declared first, so that it goes last.
+    std::shared_ptr<FdGuard> inflated;
     std::string path;
     std::unique_ptr<DcmDataset> header;  // the data set without its pixel data
     dicom_image *image = nullptr;
@@ -61,6 +69,30 @@ struct source_file {
     bool multiframe = false;             // has Number of Frames: frames referenced by number
     bool decoded = false;                // pixels decoded (and the encoded ones dropped)
 };
+
+// ---- Deflated files (deflate.cpp) ----
+
+// A descriptor closed when the guard goes.
+struct FdGuard {
+    int fd = -1;
+    FdGuard() = default;
+    FdGuard(const FdGuard &) = delete;
+    FdGuard &operator=(const FdGuard &) = delete;
+    ~FdGuard()
+    {
+        if (fd >= 0)
+            close(fd);
+    }
+};
+
+extern const OFCondition EC_InflatedTooLarge; // over the byte budget
+extern const OFCondition EC_BadDeflate;       // not a complete deflate stream
+
+// Inflates the deflated data set of the Part 10 file PATH into an unnamed
+// temporary file next to it, counting: more than LIMIT bytes (0: no limit)
+// stops it with EC_InflatedTooLarge. OUT then owns the plain copy (explicit
+// VR little endian, no meta header); read it through /proc/self/fd/N.
+OFCondition inflate_to_temp(const char *path, uint64_t limit, FdGuard &out);
 
 // ---- TLS (tls.cpp) ----
 

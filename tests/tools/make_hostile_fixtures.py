@@ -33,6 +33,8 @@ in its header:
   j2k_truncated.dcm            a J2K codestream cut inside its SIZ marker
   j2k_jp2_bad_box.dcm          a JP2 wrapper whose first box runs past the end
   jpeg_truncated.dcm, jpegls_truncated.dcm  streams cut inside their frame header
+  deflate_bomb.dcm             a valid 16x16 CT, deflated, with a private value of
+                               256 MiB of zeros (the file is about 256 KB)
 """
 import os
 import struct
@@ -43,7 +45,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_pixel_data_frame
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 warnings.simplefilter("ignore")  # pydicom warns about the invalid DS values we want
 
@@ -225,11 +227,20 @@ def pos_of_sof(data):
         pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
 
 
+def deflate_bomb(out):
+    ds = ct("", 50, rows=16, cols=16)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.add_new(0x00090010, "LO", "AINODE TEST")      # private creator
+    ds.add_new(0x00091010, "OB", bytes(256 << 20))  # 256 MiB of zeros
+    save(ds, out, "deflate_bomb.dcm")
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
     geometry(out)
     sizes(out)
+    deflate_bomb(out)
     patched_j2k(out)
     patched_jpeg(out)
 

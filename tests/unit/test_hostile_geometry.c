@@ -168,6 +168,36 @@ static void test_codestreams_that_disagree_with_their_header_are_refused(void **
         fail_msg("refusing the codestreams grew the process by %ld MB", grown_mb);
 }
 
+/* A deflated file is read through an inflated copy on disk: 256 MiB of
+ * zeros in a file of 256 KB cost no memory to parse and decode (DCMTK
+ * alone inflates the whole data set in memory). */
+static void test_a_deflated_file_is_read_without_inflating_it_in_memory(void **state)
+{
+    (void)state;
+    char path[512], err[512] = "";
+    path_of(path, sizeof path, "deflate_bomb.dcm");
+    long rss = max_rss_kb();
+    const char *pp[] = {path};
+    struct dicom_sources *set = NULL;
+    if (dicom_sources_open(pp, 1, &set, err, sizeof err) != DICOM_OK)
+        fail_msg("deflate_bomb.dcm: %s", err);
+    const struct dicom_image *img = dicom_sources_image(set, 0);
+    assert_int_equal(img->rows, 16);
+    assert_int_equal(img->cols, 16);
+    assert_non_null(img->pixels);
+    /* The same pixels as the uncompressed fixtures: arange % 4096 + 1000,
+     * rescaled by -1024. */
+    assert_true(img->pixels[5] == 5 + 1000 - 1024);
+    dicom_sources_close(set);
+    struct dicom_image *one = NULL;
+    if (dicom_image_read(path, &one, err, sizeof err) != DICOM_OK)
+        fail_msg("deflate_bomb.dcm read alone: %s", err);
+    dicom_image_free(one);
+    long grown_mb = (max_rss_kb() - rss) / 1024;
+    if (grown_mb > 64)
+        fail_msg("reading a deflated file grew the process by %ld MB", grown_mb);
+}
+
 /* Parsing reads headers only: a codestream lie shows at decoding, which
  * checks it before the codec runs; a set's headers are checked against
  * the job's pixel budget before anything is decoded. */
@@ -242,6 +272,7 @@ int main(void)
         cmocka_unit_test(test_hostile_geometry_is_refused_with_its_reason),
         cmocka_unit_test(test_sizes_over_the_caps_are_refused_from_the_header),
         cmocka_unit_test(test_codestreams_that_disagree_with_their_header_are_refused),
+        cmocka_unit_test(test_a_deflated_file_is_read_without_inflating_it_in_memory),
         cmocka_unit_test(test_a_set_is_checked_from_its_headers_before_decoding),
         cmocka_unit_test(test_a_normal_series_still_parses_decodes_and_assembles),
     };
