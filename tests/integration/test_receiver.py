@@ -641,7 +641,7 @@ class ReceiverTest(NodeTestCase):
             self.assertNotEqual(r.returncode, 0, cmd)
             lines = r.stderr.splitlines()
             self.assertEqual(lines, [
-                n.config_path + ":2:9: node.port: 70000 is out of range 1..65535",
+                n.config_path + ":2:9: node.port: 70000 is out of range 0..65535",
                 n.config_path + ":3:3: unknown key 'colour' in node",
                 n.config_path + ": 2 problems found",
             ], r.stderr)
