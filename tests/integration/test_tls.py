@@ -154,6 +154,22 @@ class TLSTest(NodeTestCase):
         self.assertEqual(r.returncode, 0, r.stdout)
         self.assertEqual(n.stop(), 0)
 
+    def test_an_expired_client_certificate_is_refused(self):
+        p = self.pki
+        expired = tls_args(p.expired_key, p.expired_crt, p.ca)
+        for mode, accepted in (("required", False), ("optional", False), ("off", True)):
+            with self.subTest(verify_client=mode):
+                n = self.tls_node(verify_client=mode)
+                n.start()
+                r = self.tls_echo(n, extra=expired)
+                self.assertEqual(r.returncode == 0, accepted, r.stdout)
+                if not accepted:
+                    harness.wait_until(lambda: "certificate has expired" in n.log(), 5, 0.05,
+                                       "the refusal logged with its reason")
+                r = self.tls_echo(n)
+                self.assertEqual(r.returncode, 0, r.stdout)
+                self.assertEqual(n.stop(), 0)
+
     def test_port_0_serves_dicom_tls_only(self):
         n = self.tls_node()
         plain_port = n.port
