@@ -447,7 +447,7 @@ static int open_serving(struct storage *st, char *err, size_t errlen)
     if ((rc = retention_finish(st, err, errlen)) != STORAGE_OK)
         return rc;
     if (!clean && instance_repair(st) != 0)
-        return error_set(err, errlen, STORAGE_EIO, "cannot repair %s: %s", st->inst_dir,
+        return error_set(err, errlen, STORAGE_EIO, "cannot repair instances/: %s",
                          strerror(errno));
     /* This process is the only one that runs jobs: whatever a previous
      * one left running is runnable again, unless it killed that one. */
