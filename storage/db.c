@@ -126,6 +126,9 @@ static const char *const migrations[] = {
     "ALTER TABLE jobs ADD COLUMN stage TEXT;"
     "ALTER TABLE jobs ADD COLUMN stage_started INTEGER;"
     "ALTER TABLE jobs ADD COLUMN stops INTEGER NOT NULL DEFAULT 0;",
+    /* 5: why a study is held back from completion (NULL: it is not);
+     * a column so that the hold outlives a restart (hold.c). */
+    "ALTER TABLE studies ADD COLUMN held TEXT;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
