@@ -182,6 +182,8 @@ static void hold_study(struct node *n, const char *study)
     int64_t id = 0;
     int newly = 0;
     int rc = storage_study_hold(n->store, study, STORAGE_HOLD_REFUSED, &id, &newly);
+    if (rc == STORAGE_ENOTFOUND)
+        return; /* deleted by retention meanwhile: nothing left to hold */
     if (rc != STORAGE_OK) {
         log_msg(LOG_ERROR, "cannot hold a study back from completion: %s",
                 storage_strerror(rc));
