@@ -16,14 +16,14 @@
  * then is the C-STORE answered with success. Below node.min_free_disk_mb a
  * C-STORE is refused before its data set is read (on_store_begin), and the
  * studies of that association are held back from completion (struct
- * holds, storage_study_hold). Who may connect is decided at accept time by address (on_admit)
- * and at negotiation by AE title (on_associate). A timer completes the studies
- * that are due (idle for stable_seconds, past max_wait_seconds, or with
- * their required series): it reads each one's series rows, plans it with
- * the rules outside any store lock and commits the plan, which the store
- * refuses when an instance arrived meanwhile (the study is then planned
- * again later). Another timer starts retention on the work queue, one run
- * at a time; the stop waits for a run in progress.
+ * holds, storage_study_hold). Who may connect is decided at accept time by
+ * address (on_admit) and at negotiation by AE title (on_associate). A
+ * timer completes the studies that are due (idle for stable_seconds, past
+ * max_wait_seconds, or with their required series): it reads each one's
+ * series rows, plans it with the rules outside any store lock and commits
+ * the plan, which the store refuses when an instance arrived meanwhile (the
+ * study is then planned again later). Another timer starts retention on the
+ * work queue, one run at a time; the stop waits for a run in progress.
  */
 #include "service/node.h"
 
