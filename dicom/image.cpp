@@ -1268,9 +1268,11 @@ extern "C" int dicom_sources_parse(const char *const *paths, size_t n, size_t ma
         for (; i < n; i++)
             parse_source(paths[i], s->files[i], totals);
     } catch (...) {
+        // The instance's place in the series, not its path: the path names
+        // its study, series and SOP Instance UIDs, and this text is logged.
         int rc = fail_to(err, errlen,
-                         "instance " + std::to_string(i + 1) + " (" +
-                             (paths[i] ? paths[i] : "no path") + "): ");
+                         "instance " + std::to_string(i + 1) + " (of " + std::to_string(n) +
+                             "): ");
         dicom_sources_close(s);
         return rc;
     }
@@ -1286,7 +1288,8 @@ extern "C" int dicom_sources_decode(struct dicom_sources *s, char *err, size_t e
             decode_source(s->files[i]);
     } catch (...) {
         return fail_to(err, errlen,
-                       "instance " + std::to_string(i + 1) + " (" + s->files[i].path + "): ");
+                       "instance " + std::to_string(i + 1) + " (of " +
+                           std::to_string(s->files.size()) + "): ");
     }
     return 0;
 }

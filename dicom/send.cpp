@@ -226,7 +226,9 @@ int dicom_send(const struct dicom_send_peer *peer, struct dicom_send_file *files
                 continue;
             }
             if (access(f->path, R_OK) != 0) {
-                set_file(f, DICOM_SEND_PERMANENT, "cannot read %s: %s", f->path,
+                // Not its path: the reason is logged, and the path of a
+                // forwarded instance names its UIDs (status shows the item).
+                set_file(f, DICOM_SEND_PERMANENT, "cannot read the file to send: %s",
                          std::strerror(errno));
                 continue;
             }

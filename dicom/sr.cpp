@@ -106,7 +106,10 @@ std::string ds_text(double v)
 // The source instances a slice refers to, each once, in the order first used.
 struct source {
     const ainode_dicom::source_file *file;
-    const std::string &path() const { return file->path; }
+    size_t index; // in the job's series
+    // How reasons name it: its place in the series, not its path (which
+    // names its UIDs; a job's reason is logged).
+    std::string name() const { return "instance " + std::to_string(index + 1); }
     std::string sop_class, sop_instance, series, study;
     DcmDataset &ds() const { return *file->header; }
 };
@@ -126,16 +129,17 @@ std::vector<source> used_sources(const dicom_result *r)
         const ainode_dicom::source_file &f = all[(size_t)i];
         source s;
         s.file = &f;
+        s.index = (size_t)i;
         s.sop_class = f.sop_class.c_str();
         s.sop_instance = f.sop_instance.c_str();
         s.series = f.series.c_str();
         s.study = f.study.c_str();
         if (s.sop_class.empty() || s.sop_instance.empty() || s.series.empty() ||
             s.study.empty())
-            fail(f.path + " lacks SOPClassUID, SOPInstanceUID, SeriesInstanceUID or "
-                          "StudyInstanceUID");
+            fail(s.name() + " lacks SOPClassUID, SOPInstanceUID, SeriesInstanceUID or "
+                            "StudyInstanceUID");
         if (!out.empty() && s.study != out.front().study)
-            fail(f.path + " belongs to another study than " + out.front().path());
+            fail(s.name() + " belongs to another study than " + out.front().name());
         out.push_back(std::move(s));
     }
     return out;
@@ -221,7 +225,7 @@ void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
             group_series = s.series;
         }
         check(lib.addImageEntry(s.ds(), TID1600_ImageLibrary::withAllDescriptors),
-              "image library entry for " + s.path());
+              "image library entry for " + s.name());
     }
     // Descriptors shared by a whole series (modality, study date, ...) once per group.
     check(lib.moveCommonImageDescriptorsToImageGroups(), "image library descriptors");
@@ -286,7 +290,7 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
                 fail("non-ASCII text with source character set " + charset +
                      ", and no character set conversion available");
             converted.reset(new DcmDataset(*study_ds));
-            check(converted->convertToUTF8(), "converting " + first.path() + " to UTF-8");
+            check(converted->convertToUTF8(), "converting " + first.name() + " to UTF-8");
             study_ds = converted.get();
         }
         charset = "ISO_IR 192";
@@ -299,7 +303,7 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     check(doc.setTreeFromRootTemplate(report), "document tree");
     // The template builds an Enhanced SR; its content fits Comprehensive 3D.
     check(doc.changeDocumentType(DSRTypes::DT_Comprehensive3DSR), "document type");
-    check(doc.readStudyData(*study_ds), "patient and study of " + first.path());
+    check(doc.readStudyData(*study_ds), "patient and study of " + first.name());
     if (!charset.empty())
         check(doc.setSpecificCharacterSet(charset.c_str()), "specific character set");
 
@@ -327,7 +331,7 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     for (const source &s : sources)
         check(evidence.addItem(s.study.c_str(), s.series.c_str(), s.sop_class.c_str(),
                                s.sop_instance.c_str()),
-              "evidence: " + s.path());
+              "evidence: " + s.name());
 
     DcmFileFormat file;
     DcmDataset &out = *file.getDataset();
@@ -340,7 +344,7 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     OFCondition c = file.saveFile(path, EXS_LittleEndianExplicit);
     if (c.bad()) {
         unlink(path);
-        throw sr_error(std::string("cannot write ") + path + ": " + c.text(), DICOM_EIO);
+        throw sr_error(std::string("cannot write the SR file: ") + c.text(), DICOM_EIO);
     }
     snprintf(written->sop_class_uid, sizeof written->sop_class_uid, "%s",
              UID_Comprehensive3DSRStorage);

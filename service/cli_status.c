@@ -20,9 +20,13 @@ static int add_study_json(void *ud, const struct storage_study *s)
     json_t *studies = ud;
     char when[40];
     clock_format_time(s->last_received_ms, when, sizeof when);
-    json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:s}", "study_uid", s->study_uid, "state",
-                          s->state, "instances", (json_int_t)s->instances, "series",
-                          (json_int_t)s->series, "last_received", when);
+    /* "held": why it is held back from completion (null: it is not); with
+     * state complete, it was processed without all its instances. */
+    json_t *o = json_pack("{s:I, s:s, s:s, s:I, s:I, s:s, s:o}", "id", (json_int_t)s->id,
+                          "study_uid", s->study_uid, "state", s->state, "instances",
+                          (json_int_t)s->instances, "series", (json_int_t)s->series,
+                          "last_received", when, "held",
+                          s->held ? json_string(s->held) : json_null());
     if (!o)
         return 1;
     if (s->completed_ms) {
@@ -203,8 +207,14 @@ static int print_study_row(void *ud, const struct storage_study *s)
     int *count = ud;
     char when[40];
     clock_format_time(s->last_received_ms, when, sizeof when);
-    printf("%-64s  %-9s  %6lld  %9lld  %s\n", s->study_uid, s->state, (long long)s->series,
-           (long long)s->instances, when);
+    /* A held study shows as such: "held" while it waits for its refused
+     * instances, "incomplete" once processed without them. */
+    const char *state = !s->held                          ? s->state
+                        : !strcmp(s->state, "receiving") ? "held"
+                                                          : "incomplete";
+    printf("%-6lld  %-64s  %-10s  %6lld  %9lld  %s%s%s\n", (long long)s->id, s->study_uid, state,
+           (long long)s->series, (long long)s->instances, when, s->held ? "  " : "",
+           s->held ? s->held : "");
     (*count)++;
     return 0;
 }
@@ -244,8 +254,8 @@ int cli_status(const struct config *cfg, int json)
         json_decref(root);
     } else {
         int count = 0;
-        printf("%-64s  %-9s  %6s  %9s  %s\n", "STUDY INSTANCE UID", "STATE", "SERIES",
-               "INSTANCES", "LAST RECEIVED (UTC)");
+        printf("%-6s  %-64s  %-10s  %6s  %9s  %s\n", "STUDY", "STUDY INSTANCE UID", "STATE",
+               "SERIES", "INSTANCES", "LAST RECEIVED (UTC)");
         if (st && storage_foreach_study(st, print_study_row, &count) != STORAGE_OK)
             rc = 1;
         printf("%d stud%s\n", count, count == 1 ? "y" : "ies");

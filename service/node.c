@@ -16,14 +16,14 @@
  * then is the C-STORE answered with success. Below node.min_free_disk_mb a
  * C-STORE is refused before its data set is read (on_store_begin), and the
  * studies of that association are held back from completion (struct
- * holds). Who may connect is decided at accept time by address (on_admit)
- * and at negotiation by AE title (on_associate). A timer completes the studies
- * that are due (idle for stable_seconds, past max_wait_seconds, or with
- * their required series): it reads each one's series rows, plans it with
- * the rules outside any store lock and commits the plan, which the store
- * refuses when an instance arrived meanwhile (the study is then planned
- * again later). Another timer starts retention on the work queue, one run
- * at a time; the stop waits for a run in progress.
+ * holds, storage_study_hold). Who may connect is decided at accept time by
+ * address (on_admit) and at negotiation by AE title (on_associate). A
+ * timer completes the studies that are due (idle for stable_seconds, past
+ * max_wait_seconds, or with their required series): it reads each one's
+ * series rows, plans it with the rules outside any store lock and commits
+ * the plan, which the store refuses when an instance arrived meanwhile (the
+ * study is then planned again later). Another timer starts retention on the
+ * work queue, one run at a time; the stop waits for a run in progress.
  */
 #include "service/node.h"
 
@@ -58,8 +58,12 @@
  * association where one was refused is probably missing some, and is held:
  * the completion timer leaves it receiving (except at max_wait_seconds)
  * until a later association that has none refused delivers instances of it
- * again, i.e. the sender has sent it again. The holds live in memory: after
- * a restart such a study completes as any other.
+ * again, i.e. the sender has sent it again. The hold itself is the store's
+ * (storage_study_hold), so that it outlives a restart and status shows it;
+ * only the running associations are tracked here.
+ *
+ * The log names studies by their row id ("study #12", as status shows
+ * it), never by UID: see docs/architecture.md, "Logs".
  */
 struct assoc_track {
     uint64_t id;                  /* dicom_peer.association_id */
@@ -72,8 +76,6 @@ struct assoc_track {
 struct holds {
     pthread_mutex_t lock;
     struct assoc_track *assocs;   /* running associations that stored or were refused */
-    char (*held)[65];             /* study UIDs held back from completion */
-    size_t n_held, cap_held;
 };
 
 struct node {
@@ -179,27 +181,26 @@ static int uid_add(char (**list)[65], size_t *n, size_t *cap, const char *uid)
     return 0;
 }
 
-/* Holds STUDY back from completion. Called with the holds locked. */
-static void hold_study(struct holds *h, const char *study)
+/* Holds STUDY back from completion, in the store. */
+static void hold_study(struct node *n, const char *study)
 {
-    if (uid_index(h->held, h->n_held, study) >= 0)
-        return;
-    if (uid_add(&h->held, &h->n_held, &h->cap_held, study) != 0) {
-        log_msg(LOG_ERROR, "out of memory holding a study back from completion");
+    int64_t id = 0;
+    int newly = 0;
+    int rc = storage_study_hold(n->store, study, STORAGE_HOLD_REFUSED, &id, &newly);
+    if (rc == STORAGE_ENOTFOUND)
+        return; /* deleted by retention meanwhile: nothing left to hold */
+    if (rc != STORAGE_OK) {
+        log_msg(LOG_ERROR, "cannot hold a study back from completion: %s",
+                storage_strerror(rc));
         return;
     }
-    log_msg(LOG_WARN, "a study is held back from completion: instances sent with it were "
+    if (!newly)
+        return;
+    log_msg(LOG_WARN, "study #%lld is held back from completion: instances sent with it were "
                       "refused for lack of disk space; it completes once they arrive again on "
-                      "an association with none refused (or at completion.max_wait_seconds)");
-    log_msg(LOG_DEBUG, "study %s held back from completion", study);
-}
-
-static int study_held(struct node *n, const char *study)
-{
-    pthread_mutex_lock(&n->holds.lock);
-    int held = uid_index(n->holds.held, n->holds.n_held, study) >= 0;
-    pthread_mutex_unlock(&n->holds.lock);
-    return held;
+                      "an association with none refused (or at completion.max_wait_seconds)",
+            (long long)id);
+    log_msg(LOG_DEBUG, "study #%lld is %s", (long long)id, study);
 }
 
 /* node.min_free_disk_mb: checked for each C-STORE before its data set is
@@ -224,7 +225,7 @@ static uint16_t on_store_begin(void *ud, const struct dicom_peer *p, char *comme
     if (t && !t->refused) {
         t->refused = 1;
         for (size_t i = 0; i < t->n; i++)
-            hold_study(h, t->studies[i]);
+            hold_study(n, t->studies[i]);
     }
     int64_t now = clock_now_ms();
     int say = now - n->space_log_ms >= 10000;
@@ -250,7 +251,7 @@ static void track_stored(struct node *n, const struct dicom_peer *p, const char 
     if (!t || uid_add(&t->studies, &t->n, &t->cap, study) != 0)
         log_msg(LOG_ERROR, "out of memory tracking an association's studies");
     else if (t->refused)
-        hold_study(h, study);
+        hold_study(n, study);
     pthread_mutex_unlock(&h->lock);
 }
 
@@ -265,21 +266,24 @@ static void on_association_end(void *ud, const struct dicom_peer *p)
     while (*pp && (*pp)->id != p->association_id)
         pp = &(*pp)->next;
     struct assoc_track *t = *pp;
-    if (t) {
+    if (t)
         *pp = t->next;
-        for (size_t i = 0; !t->refused && i < t->n; i++) {
-            int k = uid_index(h->held, h->n_held, t->studies[i]);
-            if (k < 0)
-                continue;
-            memmove(h->held[k], h->held[k + 1], (h->n_held - (size_t)k - 1) * sizeof h->held[0]);
-            h->n_held--;
-            log_msg(LOG_INFO, "a study held back for refused instances was sent again: it "
-                              "completes as usual");
-        }
-        free(t->studies);
-        free(t);
-    }
     pthread_mutex_unlock(&h->lock);
+    if (!t)
+        return;
+    for (size_t i = 0; !t->refused && i < t->n; i++) {
+        int64_t id = 0;
+        int was = 0;
+        int rc = storage_study_release(n->store, t->studies[i], &id, &was);
+        if (rc != STORAGE_OK)
+            log_msg(LOG_ERROR, "cannot end the hold of study #%lld: %s", (long long)id,
+                    storage_strerror(rc));
+        else if (was)
+            log_msg(LOG_INFO, "study #%lld, held back for refused instances, was sent again: "
+                              "it completes as usual", (long long)id);
+    }
+    free(t->studies);
+    free(t);
 }
 
 static void holds_free(struct holds *h)
@@ -290,9 +294,6 @@ static void holds_free(struct holds *h)
         free(t->studies);
         free(t);
     }
-    free(h->held);
-    h->held = NULL;
-    h->n_held = h->cap_held = 0;
 }
 
 static int on_temp_path(void *ud, char *buf, size_t len)
@@ -347,7 +348,10 @@ static int read_for_repair(void *ud, const char *path, char **values, char **ts,
     char *got[ATTR_COUNT + 1];
     char err[256];
     if (dicom_read_values(path, read_keywords, ATTR_COUNT + 1, got, ts, err, sizeof err) != 0) {
-        log_msg(LOG_WARN, "repair: %s", err);
+        /* ERR starts with the path, which names the instance's UIDs. */
+        log_msg(LOG_WARN, "repair: a file under instances/ is not a complete instance; "
+                          "it is removed");
+        log_msg(LOG_DEBUG, "repair: %s", err);
         return -1;
     }
     memcpy(values, got, ATTR_COUNT * sizeof *values);
@@ -422,6 +426,8 @@ static void on_retention_timer(uv_timer_t *t)
 struct receiving {
     char (*uid)[65];
     int64_t *first_ms, *last_ms;
+    int64_t *id;                  /* row ids, for the log */
+    int *held;
     size_t n, cap;
 };
 
@@ -442,10 +448,20 @@ static int collect_receiving(void *ud, const struct storage_receiving *s)
         if (!l)
             return 1;
         r->last_ms = l;
+        int64_t *id = realloc(r->id, cap * sizeof *id);
+        if (!id)
+            return 1;
+        r->id = id;
+        int *h = realloc(r->held, cap * sizeof *h);
+        if (!h)
+            return 1;
+        r->held = h;
         r->cap = cap;
     }
     snprintf(r->uid[r->n], sizeof r->uid[r->n], "%s", s->study_uid);
     r->first_ms[r->n] = s->first_received_ms;
+    r->id[r->n] = s->id;
+    r->held[r->n] = s->held;
     r->last_ms[r->n++] = s->last_received_ms;
     return 0;
 }
@@ -465,35 +481,39 @@ static int complete_study(struct node *n, const struct config *cfg, const struct
     struct plan plan = {0};
     int jobs = 0;
     if (!discard && rules_plan(cfg, rows, n_rows, &plan) != 0) {
-        log_msg(LOG_ERROR, "out of memory planning study %s", r->uid[i]);
+        log_msg(LOG_ERROR, "out of memory planning study #%lld", (long long)r->id[i]);
         plan_free(&plan);
         return 0;
     }
     int rc = storage_commit_plan(n->store, r->uid[i], r->last_ms[i], &plan, discard, now, &jobs);
     plan_free(&plan);
     if (rc == STORAGE_ECONFLICT) {
-        log_msg(LOG_DEBUG, "study %s received more while it was planned", r->uid[i]);
+        log_msg(LOG_DEBUG, "study #%lld (%s) received more while it was planned",
+                (long long)r->id[i], r->uid[i]);
         return 0;
     }
     if (rc != STORAGE_OK) {
-        log_msg(LOG_ERROR, "cannot complete study %s: %s", r->uid[i], storage_strerror(rc));
+        log_msg(LOG_ERROR, "cannot complete study #%lld: %s", (long long)r->id[i],
+                storage_strerror(rc));
         return 0;
     }
     *queued += jobs;
     if (due == DUE_STABLE)
         return 1;
     if (discard)
-        log_msg(LOG_WARN, "a study still receiving after max_wait_seconds (%d s) was "
-                          "discarded", cc->max_wait_seconds);
+        log_msg(LOG_WARN, "study #%lld, still receiving after max_wait_seconds (%d s), was "
+                          "discarded", (long long)r->id[i], cc->max_wait_seconds);
     else if (due == DUE_MAX_WAIT)
-        log_msg(LOG_WARN, "a study still receiving after max_wait_seconds (%d s) is "
-                          "processed with what it has, %d job%s or forward%s queued",
-                cc->max_wait_seconds, jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
+        log_msg(LOG_WARN, "study #%lld, still receiving after max_wait_seconds (%d s), is "
+                          "processed with what it has%s, %d job%s or forward%s queued",
+                (long long)r->id[i], cc->max_wait_seconds,
+                r->held[i] ? " (instances were refused: status marks it)" : "", jobs,
+                jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
     else
-        log_msg(LOG_INFO, "a study has all its required series: complete, %d job%s or "
+        log_msg(LOG_INFO, "study #%lld has all its required series: complete, %d job%s or "
                           "forward%s queued",
-                jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
-    log_msg(LOG_DEBUG, "study %s ended early", r->uid[i]);
+                (long long)r->id[i], jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
+    log_msg(LOG_DEBUG, "study #%lld (%s) ended early", (long long)r->id[i], r->uid[i]);
     return 1;
 }
 
@@ -519,16 +539,16 @@ static void complete_due(struct node *n)
             due = DUE_MAX_WAIT;
         else if (cc->required.n_any) {
             if (storage_study_series(n->store, r.uid[i], &rows, &n_rows) != STORAGE_OK)
-                log_msg(LOG_ERROR, "cannot read the series of study %s", r.uid[i]);
+                log_msg(LOG_ERROR, "cannot read the series of study #%lld", (long long)r.id[i]);
             else if (rules_required_met(cfg, rows, n_rows))
                 due = DUE_REQUIRED;
         }
         /* Instances refused for lack of space: not complete until sent again. */
-        if ((due == DUE_STABLE || due == DUE_REQUIRED) && study_held(n, r.uid[i]))
+        if ((due == DUE_STABLE || due == DUE_REQUIRED) && r.held[i])
             due = DUE_NOT;
         if (due != DUE_NOT && !rows &&
             storage_study_series(n->store, r.uid[i], &rows, &n_rows) != STORAGE_OK) {
-            log_msg(LOG_ERROR, "cannot read the series of study %s", r.uid[i]);
+            log_msg(LOG_ERROR, "cannot read the series of study #%lld", (long long)r.id[i]);
             due = DUE_NOT;
         }
         if (due != DUE_NOT &&
@@ -542,6 +562,8 @@ static void complete_due(struct node *n)
     free(r.uid);
     free(r.first_ms);
     free(r.last_ms);
+    free(r.id);
+    free(r.held);
     if (moved)
         log_msg(LOG_INFO, "%d stud%s complete, %d job%s or forward%s queued", moved,
                 moved == 1 ? "y" : "ies", stable_queued, stable_queued == 1 ? "" : "s",

@@ -126,6 +126,9 @@ static const char *const migrations[] = {
     "ALTER TABLE jobs ADD COLUMN stage TEXT;"
     "ALTER TABLE jobs ADD COLUMN stage_started INTEGER;"
     "ALTER TABLE jobs ADD COLUMN stops INTEGER NOT NULL DEFAULT 0;",
+    /* 5: why a study is held back from completion (NULL: it is not);
+     * a column so that the hold outlives a restart (hold.c). */
+    "ALTER TABLE studies ADD COLUMN held TEXT;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -447,7 +450,7 @@ static int open_serving(struct storage *st, char *err, size_t errlen)
     if ((rc = retention_finish(st, err, errlen)) != STORAGE_OK)
         return rc;
     if (!clean && instance_repair(st) != 0)
-        return error_set(err, errlen, STORAGE_EIO, "cannot repair %s: %s", st->inst_dir,
+        return error_set(err, errlen, STORAGE_EIO, "cannot repair instances/: %s",
                          strerror(errno));
     /* This process is the only one that runs jobs: whatever a previous
      * one left running is runnable again, unless it killed that one. */

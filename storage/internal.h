@@ -8,6 +8,7 @@
  *                that prepares, binds, steps and finalizes a statement
  *   instance.c   commit and index of received instances, the start-up repair
  *   plan.c       completion: receiving studies, series rows, plan commit
+ *   hold.c       studies held back from completion (refused instances)
  *   job.c        the job queue
  *   outbox.c     the outbox
  *   result.c     result files

@@ -24,6 +24,8 @@ static int study_fn(void *ud, sqlite3_stmt *row)
         .series = sqlite3_column_int64(row, 3),
         .last_received_ms = sqlite3_column_int64(row, 4),
         .completed_ms = sqlite3_column_int64(row, 5),
+        .id = sqlite3_column_int64(row, 6),
+        .held = db_text(row, 7),
     };
     return e->fn.study(e->ud, &s) ? 1 : 0;
 }
@@ -37,7 +39,7 @@ int storage_foreach_study(struct storage *st, storage_study_fn fn, void *ud)
                     "  (SELECT count(*) FROM instances i JOIN series se USING(series_uid)"
                     "    WHERE se.study_uid=st.study_uid),"
                     "  (SELECT count(*) FROM series se WHERE se.study_uid=st.study_uid),"
-                    "  st.last_received, coalesce(st.completed_at, 0)"
+                    "  st.last_received, coalesce(st.completed_at, 0), st.rowid, st.held"
                     " FROM studies st ORDER BY st.first_received, st.study_uid",
                     study_fn, &e, NULL);
     pthread_mutex_unlock(&st->lock);

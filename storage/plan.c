@@ -30,6 +30,8 @@ static int receiving_fn(void *ud, sqlite3_stmt *row)
         .study_uid = db_text(row, 0),
         .first_received_ms = sqlite3_column_int64(row, 1),
         .last_received_ms = sqlite3_column_int64(row, 2),
+        .id = sqlite3_column_int64(row, 3),
+        .held = sqlite3_column_type(row, 4) != SQLITE_NULL,
     };
     return e->fn(e->ud, &r) ? 1 : 0;
 }
@@ -39,7 +41,7 @@ int storage_foreach_receiving(struct storage *st, storage_receiving_fn fn, void 
     struct each_receiving e = {fn, ud};
     pthread_mutex_lock(&st->lock);
     int rc = db_run(st,
-                    "SELECT study_uid, first_received, last_received FROM studies"
+                    "SELECT study_uid, first_received, last_received, rowid, held FROM studies"
                     " WHERE state='receiving' ORDER BY first_received, study_uid",
                     receiving_fn, &e, NULL);
     pthread_mutex_unlock(&st->lock);

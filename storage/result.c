@@ -42,7 +42,7 @@ int storage_adopt_result(struct storage *st, const char *tmp, const char *name, 
     /* chmod: private whatever wrote it. */
     if (snprintf(path, pathlen, "%s/%s", dir, name) >= (int)pathlen || chmod(tmp, 0640) != 0 ||
         file_sync(tmp, 0) != 0 || rename(tmp, path) != 0 || file_sync(dir, 1) != 0) {
-        error_set(err, errlen, STORAGE_EIO, "cannot store %s/%s: %s", dir, name,
+        error_set(err, errlen, STORAGE_EIO, "cannot store results/%s: %s", name,
                   strerror(errno));
         unlink(tmp);
         return STORAGE_EIO;
@@ -56,15 +56,15 @@ int storage_write_result(struct storage *st, int64_t id, const char *json, const
     const char *dir = st->results_dir;
     char name[64], labels_path[4096];
     if (file_mkdir_durable(st->data_dir, dir) != 0)
-        return error_set(err, errlen, STORAGE_EIO, "cannot create %s: %s", dir,
+        return error_set(err, errlen, STORAGE_EIO, "cannot create results/: %s",
                          strerror(errno));
     storage_result_name(id, STORAGE_RESULT_LABELS, name, sizeof name);
     if (file_write_durable(dir, name, labels, nbytes, labels_path, sizeof labels_path) != 0)
-        return error_set(err, errlen, STORAGE_EIO, "cannot write %s/%s: %s", dir, name,
+        return error_set(err, errlen, STORAGE_EIO, "cannot write results/%s: %s", name,
                          strerror(errno));
     storage_result_name(id, STORAGE_RESULT_JSON, name, sizeof name);
     if (file_write_durable(dir, name, json, strlen(json), path, pathlen) != 0)
-        return error_set(err, errlen, STORAGE_EIO, "cannot write %s/%s: %s", dir, name,
+        return error_set(err, errlen, STORAGE_EIO, "cannot write results/%s: %s", name,
                          strerror(errno));
     return STORAGE_OK;
 }

@@ -352,8 +352,8 @@ static int retain_one(struct storage *st, int64_t cutoff_ms, char *err, size_t e
     if (!uid[0])
         return 0;
     if (remove_recorded(st, uid) != STORAGE_OK) {
-        error_set(err, errlen, -1, "cannot remove the files of study %s: %s", uid,
-                  strerror(errno));
+        error_set(err, errlen, -1, "cannot remove the files of a deleted study: %s",
+                  strerror(errno)); /* no UID: this text is logged */
         return -1;
     }
     return 1;

@@ -33,7 +33,7 @@
  *
  * The header is sectioned by what each part of the module owns: errors,
  * opening (storage/db.c), instances (instance.c), completion (plan.c), the
- * job queue (job.c), the outbox (outbox.c), result files (result.c),
+ * job queue (job.c), holds (hold.c), the outbox (outbox.c), result files (result.c),
  * listings (listing.c) and retention (retention.c).
  */
 #ifndef AINODE_STORAGE_H
@@ -183,7 +183,9 @@ int storage_uid_valid(const char *s);
 
 /* A study still receiving. */
 struct storage_receiving {
+    int64_t id;                   /* its row id: how the log names it (status shows it) */
     const char *study_uid;
+    int held;                     /* held back from completion (storage_study_hold) */
     int64_t first_received_ms;
     int64_t last_received_ms;     /* what storage_commit_plan compares */
 };
@@ -215,6 +217,30 @@ void storage_series_free(struct attr_series *rows, size_t n);
  */
 int storage_commit_plan(struct storage *st, const char *study_uid, int64_t last_received_ms,
                         const struct plan *plan, int discard, int64_t now_ms, int *n_queued);
+
+/* ---- holds (hold.c) ------------------------------------------------------ */
+
+/*
+ * A study may be held back from completion: instances of it were refused
+ * (the disk below node.min_free_disk_mb), so what is stored is probably
+ * not all of it. The hold is a column of the study, so it outlives a
+ * restart; the caller decides when to hold and release (service/node.c),
+ * storage_foreach_receiving reports it and status shows it with REASON.
+ * A study processed while held (completion.max_wait_seconds) keeps the
+ * mark: status shows it as incomplete.
+ */
+#define STORAGE_HOLD_REFUSED "instances refused: disk below the free-space floor"
+
+/* Holds STUDY_UID with REASON. *ID (may be NULL) gets its row id, *NEWLY
+ * (may be NULL) 1 when it was not held before. STORAGE_ENOTFOUND when the
+ * study is not stored. */
+int storage_study_hold(struct storage *st, const char *study_uid, const char *reason,
+                       int64_t *id, int *newly);
+
+/* Ends the hold of STUDY_UID, if any. *ID (may be NULL) gets its row id,
+ * *WAS_HELD (may be NULL) 1 when it was held. */
+int storage_study_release(struct storage *st, const char *study_uid, int64_t *id,
+                          int *was_held);
 
 /* ---- jobs (job.c) -------------------------------------------------------- */
 
@@ -381,12 +407,14 @@ int storage_result_temp(struct storage *st, const char *name, char *path, size_t
 /* ---- listings (listing.c) ------------------------------------------------ */
 
 struct storage_study {
+    int64_t id;                   /* its row id, as the log names it */
     const char *study_uid;
     const char *state;            /* receiving | complete | discarded | deleting */
     int64_t instances;
     int64_t series;
     int64_t last_received_ms;
     int64_t completed_ms;         /* 0 when not complete */
+    const char *held;             /* why it is held back (see holds), or NULL */
 };
 
 typedef int (*storage_study_fn)(void *ud, const struct storage_study *s);

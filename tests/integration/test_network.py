@@ -636,7 +636,20 @@ class NetworkTest(NodeTestCase):
         self.assertIn("held back from completion", n.log())
         # Long past stable_seconds, the partial study is still receiving.
         time.sleep(3.5)
-        self.assertEqual(n.studies()[study]["state"], "receiving")
+        held = "instances refused: disk below the free-space floor"
+        s = n.studies()[study]
+        self.assertEqual((s["state"], s["held"]), ("receiving", held))
+        # The hold is the store's: a restart keeps it, and status shows it.
+        self.assertEqual(n.stop(), 0)
+        n.start()
+        time.sleep(3.5)
+        s = n.studies()[study]
+        self.assertEqual((s["state"], s["held"]), ("receiving", held))
+        table = n.cli("status", "-c", n.config_path, check=True).stdout
+        row = [line for line in table.splitlines() if study in line]
+        self.assertEqual(len(row), 1, table)
+        self.assertRegex(row[0], r"^%d +%s +held +" % (s["id"], study))
+        self.assertIn(held, row[0])
         # The sender sends again once there is room: now it completes.
         self._reload(n, min_free_disk_mb=0)
         a = rawscu.Association(n.port, called=n.ae, calling="MODALITY")
@@ -647,6 +660,9 @@ class NetworkTest(NodeTestCase):
             a.close()
         s = n.wait_for_study(study, state="complete", timeout=20)
         self.assertEqual(int(s["instances"]), 2)
+        self.assertIsNone(s["held"])
+        self.assertIn("study #%d, held back for refused instances, was sent again" % s["id"],
+                      n.log())
         self.assertEqual(n.stop(), 0)
 
 

@@ -653,8 +653,9 @@ class ReceiverTest(NodeTestCase):
         study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
         harness.storescu(n.port, files, ae_called=n.ae)
         s = n.wait_for_study(study, state="complete", timeout=10)
-        self.assertEqual(set(s), {"study_uid", "state", "instances", "series", "last_received",
-                                  "completed"})
+        self.assertEqual(set(s), {"id", "study_uid", "state", "instances", "series",
+                                  "last_received", "completed", "held"})
+        self.assertIsNone(s["held"])
         self.assertEqual((s["instances"], s["series"]), (3, 1))
         self.assertRegex(s["last_received"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         table = n.cli("status", "-c", n.config_path).stdout

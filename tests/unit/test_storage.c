@@ -2063,6 +2063,87 @@ static void test_a_stop_while_retention_removes_files_is_finished_at_open(void *
     assert_true(path_exists("%s/instances/%s", f->dir, "1.9.41"));
 }
 
+/* A study held back for refused instances: the hold is in the store, so
+ * it is reported with the receiving studies and by the listing after the
+ * store is closed and opened again, until it is released. */
+struct held_seen {
+    int n, held;
+    int64_t id;
+    char reason[128];
+};
+
+static int held_receiving(void *ud, const struct storage_receiving *r)
+{
+    struct held_seen *h = ud;
+    h->n++;
+    h->held = r->held;
+    h->id = r->id;
+    return 0;
+}
+
+static int held_listed(void *ud, const struct storage_study *s)
+{
+    struct held_seen *h = ud;
+    h->n++;
+    h->id = s->id;
+    snprintf(h->reason, sizeof h->reason, "%s", s->held ? s->held : "");
+    return 0;
+}
+
+static void test_a_held_study_stays_held_across_a_reopen_until_released(void **state)
+{
+    struct fixture *f = *state;
+    int64_t id = 0;
+    int newly = -1, was = -1;
+    assert_int_equal(storage_study_hold(f->st, STUDY, STORAGE_HOLD_REFUSED, &id, &newly),
+                     STORAGE_ENOTFOUND);
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    struct held_seen r = {0}, l = {0};
+    assert_int_equal(storage_foreach_receiving(f->st, held_receiving, &r), STORAGE_OK);
+    assert_int_equal(r.n, 1);
+    assert_false(r.held);
+    assert_true(r.id > 0);
+
+    assert_int_equal(storage_study_hold(f->st, STUDY, STORAGE_HOLD_REFUSED, &id, &newly),
+                     STORAGE_OK);
+    assert_int_equal(id, r.id);
+    assert_int_equal(newly, 1);
+    assert_int_equal(storage_study_hold(f->st, STUDY, STORAGE_HOLD_REFUSED, &id, &newly),
+                     STORAGE_OK);
+    assert_int_equal(newly, 0);
+    /* More instances of it do not end the hold. */
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.2", "b", 2000), STORAGE_OK);
+
+    storage_close(f->st);
+    char err[256];
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(storage_foreach_receiving(f->st, held_receiving, &r), STORAGE_OK);
+    assert_int_equal(r.n, 1);
+    assert_true(r.held);
+    assert_int_equal(storage_foreach_study(f->st, held_listed, &l), STORAGE_OK);
+    assert_int_equal(l.n, 1);
+    assert_int_equal(l.id, id);
+    assert_string_equal(l.reason, STORAGE_HOLD_REFUSED);
+
+    /* Completion may still process it (max_wait_seconds): it keeps the mark. */
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 2000, NULL, 0, 3000, NULL), STORAGE_OK);
+    memset(&l, 0, sizeof l);
+    assert_int_equal(storage_foreach_study(f->st, held_listed, &l), STORAGE_OK);
+    assert_string_equal(l.reason, STORAGE_HOLD_REFUSED);
+
+    assert_int_equal(storage_study_release(f->st, STUDY, &id, &was), STORAGE_OK);
+    assert_int_equal(was, 1);
+    assert_int_equal(storage_study_release(f->st, STUDY, &id, &was), STORAGE_OK);
+    assert_int_equal(was, 0);
+    memset(&l, 0, sizeof l);
+    assert_int_equal(storage_foreach_study(f->st, held_listed, &l), STORAGE_OK);
+    assert_string_equal(l.reason, "");
+    /* A study not stored (deleted meanwhile) has nothing to release. */
+    assert_int_equal(storage_study_release(f->st, "1.2.3.4.5", NULL, &was), STORAGE_OK);
+    assert_int_equal(was, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2151,6 +2232,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_a_stop_while_retention_removes_files_is_finished_at_open, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_held_study_stays_held_across_a_reopen_until_released, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
