@@ -129,6 +129,21 @@ static const char *const migrations[] = {
     /* 5: why a study is held back from completion (NULL: it is not);
      * a column so that the hold outlives a restart (hold.c). */
     "ALTER TABLE studies ADD COLUMN held TEXT;",
+    /* 6: the audit trail (audit.c): every association request and every
+     * attempt to send a result or a forwarded instance. */
+    "CREATE TABLE audit_associations("
+    "  id INTEGER PRIMARY KEY,"
+    "  started_ms INTEGER NOT NULL, ended_ms INTEGER NOT NULL,"
+    "  calling_ae TEXT NOT NULL, called_ae TEXT NOT NULL, address TEXT NOT NULL,"
+    "  tls_peer TEXT,"
+    "  stored INTEGER NOT NULL, refused INTEGER NOT NULL, outcome TEXT NOT NULL);"
+    "CREATE INDEX audit_associations_started ON audit_associations(started_ms);"
+    "CREATE TABLE audit_results("
+    "  id INTEGER PRIMARY KEY,"
+    "  time_ms INTEGER NOT NULL, kind TEXT NOT NULL, destination TEXT NOT NULL,"
+    "  peer TEXT, sop_instance_uid TEXT,"
+    "  outcome TEXT NOT NULL, error TEXT, attempts INTEGER NOT NULL);"
+    "CREATE INDEX audit_results_time ON audit_results(time_ms);",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))

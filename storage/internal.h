@@ -14,6 +14,8 @@
  *   result.c     result files
  *   retention.c  deleting finished studies
  *   listing.c    what status shows: studies, jobs, unmatched series
+ *   audit.c      the audit trail: associations and sends, their listing
+ *                and their own retention
  */
 #ifndef AINODE_STORAGE_INTERNAL_H
 #define AINODE_STORAGE_INTERNAL_H

@@ -34,7 +34,8 @@
  * The header is sectioned by what each part of the module owns: errors,
  * opening (storage/db.c), instances (instance.c), completion (plan.c), the
  * job queue (job.c), holds (hold.c), the outbox (outbox.c), result files (result.c),
- * listings (listing.c) and retention (retention.c).
+ * listings (listing.c), retention (retention.c) and the audit trail
+ * (audit.c).
  */
 #ifndef AINODE_STORAGE_H
 #define AINODE_STORAGE_H
@@ -486,5 +487,66 @@ typedef int (*storage_usage_fn)(void *ud, const char *data_dir, double *percent)
 int storage_retain_with_usage(struct storage *st, int64_t now_ms, int retention_days,
                               int high_water_percent, storage_usage_fn usage, void *usage_ud,
                               int *studies_deleted, char *err, size_t errlen);
+
+/* ---- the audit trail (audit.c) ------------------------------------------- */
+
+/*
+ * What the node did on the network, kept apart from the studies: one row
+ * per association request (accepted or rejected) and one per attempt to
+ * send a result or a forwarded instance. Rows hold AE titles, addresses and
+ * outcomes; a result row also holds the SOP Instance UID it sent, which the
+ * store holds anyway (never logged at the default level). Deleting a study
+ * leaves its audit rows; they go by storage_audit_retain, on their own
+ * schedule.
+ */
+
+/* One association request and what became of it. */
+struct storage_audit_association {
+    int64_t id;                   /* set when listed; ignored when recorded */
+    int64_t started_ms;           /* the request received (wall clock) */
+    int64_t ended_ms;             /* the connection closed */
+    const char *calling_ae;
+    const char *called_ae;
+    const char *address;          /* the peer's numeric address */
+    const char *tls_peer;         /* the peer certificate's subject; NULL without TLS */
+    int stored;                   /* C-STOREs answered with success or a warning */
+    int refused;                  /* C-STOREs answered with a failure */
+    const char *outcome;          /* released, aborted by peer, aborted: idle,
+                                   * rejected: <reason>, network error, ... */
+};
+
+/* One attempt to send a result or a forwarded instance. */
+struct storage_audit_result {
+    int64_t id;                   /* set when listed; ignored when recorded */
+    int64_t time_ms;
+    const char *kind;             /* seg | sr | forward (the outbox item's kind) */
+    const char *destination;      /* its name in the configuration */
+    const char *peer;             /* AE@host:port; NULL when the destination is unknown */
+    const char *sop_instance_uid; /* of what was sent */
+    const char *outcome;          /* sent | transient (tried again) | dead-lettered (transient,
+                                   * out of attempts) | permanent (refused for good) */
+    const char *error;            /* why it was not sent; NULL when sent */
+    int attempts;                 /* including this one */
+};
+
+int storage_audit_association(struct storage *st, const struct storage_audit_association *a);
+int storage_audit_result(struct storage *st, const struct storage_audit_result *r);
+
+typedef int (*storage_audit_association_fn)(void *ud, const struct storage_audit_association *a);
+typedef int (*storage_audit_result_fn)(void *ud, const struct storage_audit_result *r);
+
+/* Calls FN with each association that started at or after SINCE_MS (0:
+ * all), oldest first; stops early if FN returns non-zero. */
+int storage_audit_foreach_association(struct storage *st, int64_t since_ms,
+                                      storage_audit_association_fn fn, void *ud);
+
+/* Calls FN with each send attempt at or after SINCE_MS (0: all), oldest
+ * first; stops early if FN returns non-zero. */
+int storage_audit_foreach_result(struct storage *st, int64_t since_ms,
+                                 storage_audit_result_fn fn, void *ud);
+
+/* Deletes the audit rows from before OLDER_THAN_MS (associations by the
+ * time they started); *DELETED (may be NULL) gets how many went. */
+int storage_audit_retain(struct storage *st, int64_t older_than_ms, int *deleted);
 
 #endif

@@ -2144,6 +2144,164 @@ static void test_a_held_study_stays_held_across_a_reopen_until_released(void **s
     assert_int_equal(was, 0);
 }
 
+/* ---- the audit trail ---- */
+
+/* The audit rows listed, as "calling/outcome/stored/refused" or
+ * "kind/destination/outcome/attempts", space-separated. */
+static int list_audit_assoc(void *ud, const struct storage_audit_association *a)
+{
+    char *buf = ud;
+    size_t n = strlen(buf);
+    snprintf(buf + n, 1024 - n, "%s%s/%s/%s/%d/%d/%s", n ? " " : "", a->calling_ae, a->address,
+             a->outcome, a->stored, a->refused, a->tls_peer ? a->tls_peer : "-");
+    return 0;
+}
+
+static int list_audit_result(void *ud, const struct storage_audit_result *r)
+{
+    char *buf = ud;
+    size_t n = strlen(buf);
+    snprintf(buf + n, 1024 - n, "%s%s/%s/%s/%s/%d/%s", n ? " " : "", r->kind, r->destination,
+             r->peer ? r->peer : "-", r->outcome, r->attempts, r->error ? r->error : "-");
+    return 0;
+}
+
+static void audit_assoc(struct storage *st, int64_t started, const char *calling,
+                        const char *outcome, int stored, int refused)
+{
+    struct storage_audit_association a = {
+        .started_ms = started, .ended_ms = started + 500, .calling_ae = calling,
+        .called_ae = "AINODE", .address = "127.0.0.1", .stored = stored, .refused = refused,
+        .outcome = outcome,
+    };
+    assert_int_equal(storage_audit_association(st, &a), STORAGE_OK);
+}
+
+static void audit_result(struct storage *st, int64_t when, const char *kind, const char *outcome,
+                         const char *error, int attempts)
+{
+    struct storage_audit_result r = {
+        .time_ms = when, .kind = kind, .destination = "pacs", .peer = "PACS@127.0.0.1:104",
+        .sop_instance_uid = "1.2.3.4", .outcome = outcome, .error = error, .attempts = attempts,
+    };
+    assert_int_equal(storage_audit_result(st, &r), STORAGE_OK);
+}
+
+static void test_the_audit_trail_records_and_lists_since_a_time(void **state)
+{
+    struct fixture *f = *state;
+    audit_assoc(f->st, 1000, "CT1", "released", 3, 0);
+    audit_assoc(f->st, 3000, "CT2", "aborted by peer", 1, 1);
+    audit_assoc(f->st, 2000, "EVIL", "rejected: calling AE not allowed", 0, 0);
+    audit_result(f->st, 1500, "seg", "sent", NULL, 1);
+    audit_result(f->st, 2500, "forward", "transient", "status 0xa700", 2);
+    char buf[1024] = "";
+    assert_int_equal(storage_audit_foreach_association(f->st, 0, list_audit_assoc, buf),
+                     STORAGE_OK);
+    assert_string_equal(buf, "CT1/127.0.0.1/released/3/0/- "
+                             "EVIL/127.0.0.1/rejected: calling AE not allowed/0/0/- "
+                             "CT2/127.0.0.1/aborted by peer/1/1/-");
+    buf[0] = '\0';
+    assert_int_equal(storage_audit_foreach_association(f->st, 2000, list_audit_assoc, buf),
+                     STORAGE_OK);
+    assert_string_equal(buf, "EVIL/127.0.0.1/rejected: calling AE not allowed/0/0/- "
+                             "CT2/127.0.0.1/aborted by peer/1/1/-");
+    buf[0] = '\0';
+    assert_int_equal(storage_audit_foreach_result(f->st, 0, list_audit_result, buf), STORAGE_OK);
+    assert_string_equal(buf, "seg/pacs/PACS@127.0.0.1:104/sent/1/- "
+                             "forward/pacs/PACS@127.0.0.1:104/transient/2/status 0xa700");
+    buf[0] = '\0';
+    assert_int_equal(storage_audit_foreach_result(f->st, 2000, list_audit_result, buf),
+                     STORAGE_OK);
+    assert_string_equal(buf, "forward/pacs/PACS@127.0.0.1:104/transient/2/status 0xa700");
+
+    /* A TLS peer is kept; the rows survive a reopen and a read-only open. */
+    struct storage_audit_association tls = {
+        .started_ms = 4000, .ended_ms = 4001, .calling_ae = "CT3", .called_ae = "AINODE",
+        .address = "::1", .tls_peer = "CN=ct3.example", .stored = 0, .refused = 0,
+        .outcome = "released",
+    };
+    assert_int_equal(storage_audit_association(f->st, &tls), STORAGE_OK);
+    storage_close(f->st);
+    char err[256];
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    struct storage *ro;
+    assert_int_equal(storage_open_readonly(f->dir, &ro, err, sizeof err), STORAGE_OK);
+    buf[0] = '\0';
+    assert_int_equal(storage_audit_foreach_association(ro, 3500, list_audit_assoc, buf),
+                     STORAGE_OK);
+    assert_string_equal(buf, "CT3/::1/released/0/0/CN=ct3.example");
+    storage_close(ro);
+}
+
+static void test_audit_retention_deletes_only_older_rows(void **state)
+{
+    struct fixture *f = *state;
+    audit_assoc(f->st, 1 * DAY_MS, "OLD", "released", 1, 0);
+    audit_assoc(f->st, 5 * DAY_MS, "NEW", "released", 2, 0);
+    audit_result(f->st, 1 * DAY_MS, "sr", "permanent", "status 0xc000", 1);
+    audit_result(f->st, 5 * DAY_MS, "seg", "sent", NULL, 1);
+    /* A study and its retention have nothing to do with the audit rows. */
+    commit_in_study(f->st, "1.9.7", "1.9.7.1.1", 1000);
+    complete_all(f->st, 10000, NULL);
+    int n = -1;
+    char err[256];
+    assert_int_equal(storage_retain(f->st, 100 * DAY_MS, 1, 0, &n, err, sizeof err),
+                     STORAGE_OK);
+    assert_int_equal(n, 1);
+    char buf[1024] = "";
+    assert_int_equal(storage_audit_foreach_association(f->st, 0, list_audit_assoc, buf),
+                     STORAGE_OK);
+    assert_string_equal(buf, "OLD/127.0.0.1/released/1/0/- NEW/127.0.0.1/released/2/0/-");
+
+    n = -1;
+    assert_int_equal(storage_audit_retain(f->st, 5 * DAY_MS, &n), STORAGE_OK);
+    assert_int_equal(n, 2);
+    buf[0] = '\0';
+    assert_int_equal(storage_audit_foreach_association(f->st, 0, list_audit_assoc, buf),
+                     STORAGE_OK);
+    assert_string_equal(buf, "NEW/127.0.0.1/released/2/0/-");
+    buf[0] = '\0';
+    assert_int_equal(storage_audit_foreach_result(f->st, 0, list_audit_result, buf), STORAGE_OK);
+    assert_string_equal(buf, "seg/pacs/PACS@127.0.0.1:104/sent/1/-");
+    assert_int_equal(storage_audit_retain(f->st, 5 * DAY_MS, &n), STORAGE_OK);
+    assert_int_equal(n, 0);
+}
+
+static void test_a_store_of_the_first_release_gets_the_audit_tables(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    storage_close(f->st);
+    f->st = NULL;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir '%s'", f->dir, f->dir);
+    assert_int_equal(system(cmd), 0);
+    load_dump(f->dir, "store-v1");
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_true(user_version(f->dir) >= 6);
+    char dbpath[512];
+    snprintf(dbpath, sizeof dbpath, "%s/ainode.db", f->dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    static const char *const tables[] = {"audit_associations", "audit_results"};
+    for (int i = 0; i < 2; i++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", tables[i]);
+        sqlite3_stmt *s;
+        assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+        assert_int_equal(sqlite3_column_int(s, 0), 0);
+        sqlite3_finalize(s);
+    }
+    sqlite3_close(db);
+    audit_assoc(f->st, 1000, "CT1", "released", 1, 0);
+    char buf[1024] = "";
+    assert_int_equal(storage_audit_foreach_association(f->st, 0, list_audit_assoc, buf),
+                     STORAGE_OK);
+    assert_string_equal(buf, "CT1/127.0.0.1/released/1/0/-");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2234,6 +2392,12 @@ int main(void)
             test_a_stop_while_retention_removes_files_is_finished_at_open, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_a_held_study_stays_held_across_a_reopen_until_released, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_the_audit_trail_records_and_lists_since_a_time,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_retention_deletes_only_older_rows, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_store_of_the_first_release_gets_the_audit_tables,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
