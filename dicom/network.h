@@ -75,6 +75,30 @@ typedef uint16_t (*dicom_store_begin_fn)(void *ud, const struct dicom_peer *p, c
                                          size_t len);
 /* An accepted association has ended (released, aborted or failed). */
 typedef void (*dicom_association_end_fn)(void *ud, const struct dicom_peer *p);
+/*
+ * What became of one association request, for the audit trail: reported
+ * once per connection that sent an A-ASSOCIATE-RQ, when it has ended,
+ * whether it was accepted (released, aborted, failed) or rejected. A
+ * connection closed before it sent a request (refused by address, silent
+ * until the ARTIM timer, closed, or cut at a stop) is no association and is
+ * not reported; the log tells of it.
+ */
+struct dicom_association_report {
+    const char *calling_ae;          /* as requested; "" when the request was unreadable */
+    const char *called_ae;
+    const char *address;             /* the peer's numeric address */
+    const char *tls_peer;            /* the subject of the peer's certificate on a TLS
+                                      * connection; NULL on a plain one (always, for now) */
+    int64_t started_ms, ended_ms;    /* wall clock, ms since the epoch: the request read,
+                                      * the association over */
+    unsigned stored;                 /* C-STOREs answered with success or a warning */
+    unsigned refused;                /* C-STOREs answered with a failure status */
+    const char *outcome;             /* released | aborted by peer | aborted: idle |
+                                      * aborted: time limit | aborted: shutdown |
+                                      * aborted: <protocol problem> | network error |
+                                      * rejected: <reason> */
+};
+typedef void (*dicom_association_ended_fn)(void *ud, const struct dicom_association_report *r);
 /* Returns a fresh temporary path for the next incoming instance. */
 typedef int (*dicom_temp_path_fn)(void *ud, char *buf, size_t len);
 typedef void (*dicom_log_fn)(void *ud, int level, const char *msg);
@@ -116,6 +140,7 @@ struct dicom_server_config {
     dicom_store_begin_fn store_begin;       /* NULL: every data set is received */
     dicom_stored_fn stored;
     dicom_association_end_fn association_end; /* NULL: not told */
+    dicom_association_ended_fn ended; /* NULL: not told (see dicom_association_report) */
     dicom_temp_path_fn temp_path;
     dicom_log_fn log;                /* level: 0 error, 1 warn, 2 info, 3 debug */
     void *ud;

@@ -185,6 +185,7 @@ struct dicom_server {
     dicom_stored_fn stored = nullptr;
     dicom_store_begin_fn store_begin = nullptr;
     dicom_association_end_fn association_end = nullptr;
+    dicom_association_ended_fn ended = nullptr;
     std::atomic<uint64_t> next_association_id{0};
     dicom_temp_path_fn temp_path = nullptr;
     dicom_log_fn log_fn = nullptr;
@@ -246,6 +247,10 @@ struct Association {
     uint64_t id;
     bool tls;
     std::string tls_subject, tls_cn; // empty: no certificate shown
+    // For the audit trail (dicom_association_report).
+    int64_t started_ms = 0;
+    unsigned stored = 0, refused = 0;
+    const char *outcome = nullptr; // why handle_store ended it, when it did
 
     dicom_peer peer() const
     {
@@ -297,6 +302,27 @@ void release_slot(dicom_server *srv, const std::string &calling)
     srv->cv.notify_all();
 }
 
+// Wall clock, ms since the epoch: what the audit trail records.
+int64_t wall_ms()
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// Tells the caller that an association request came to OUTCOME.
+void report_ended(dicom_server *srv, const std::string &calling, const std::string &called,
+                  const std::string &address, int64_t started_ms, unsigned stored,
+                  unsigned refused, const char *outcome)
+{
+    if (!srv->ended)
+        return;
+    dicom_association_report r = {calling.c_str(), called.c_str(), address.c_str(), nullptr,
+                                  started_ms,     wall_ms(),      stored,          refused,
+                                  outcome};
+    srv->ended(srv->ud, &r);
+}
+
 // Sends A-ABORT and drops the connection without waiting on the peer:
 // dcmnet's abort reads until the peer closes, which an unresponsive peer
 // never does. Shutting down our reading side first makes that read end.
@@ -309,6 +335,11 @@ void abort_association(Association &a)
 void send_store_response(Association &a, T_ASC_PresentationContextID pres_id,
                          T_DIMSE_C_StoreRQ &req, Uint16 status, const char *comment)
 {
+    // Every C-STORE answered passes here: the audit trail's counts.
+    if (dicom_store_status_ok(status))
+        a.stored++;
+    else
+        a.refused++;
     T_DIMSE_C_StoreRSP rsp;
     std::memset(&rsp, 0, sizeof rsp);
     rsp.MessageIDBeingRespondedTo = req.MessageID;
@@ -538,6 +569,7 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
             srv->log(1, "aborting association from %s: open for %d s "
                         "(node.max_association_seconds)",
                      a.calling.c_str(), srv->max_seconds);
+        a.outcome = out.too_large() ? "aborted: data set too large" : "aborted: time limit";
         std::remove(temp);
         fatal = true;
         return;
@@ -545,6 +577,7 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     if (cond.bad()) {
         // The association is broken mid data set: nothing was acknowledged.
         srv->log(1, "receiving data set from %s failed: %s", a.calling.c_str(), cond.text());
+        a.outcome = cond == DUL_PEERABORTEDASSOCIATION ? "aborted by peer" : "network error";
         std::remove(temp);
         fatal = true;
         return;
@@ -633,18 +666,21 @@ void run_association(Association *a)
             srv->log(1, "aborting association from %s: open for %d s "
                         "(node.max_association_seconds)",
                      a->calling.c_str(), srv->max_seconds);
+            a->outcome = "aborted: time limit";
             abort_association(*a);
             break;
         }
         if (cond == DIMSE_NODATAAVAILABLE) {
             if (srv->must_abort()) {
                 srv->log(1, "aborting association from %s at shutdown", a->calling.c_str());
+                a->outcome = "aborted: shutdown";
                 abort_association(*a);
                 break;
             }
             if (++idle_seconds >= srv->timeout) {
                 srv->log(1, "association from %s idle for %d s, aborting", a->calling.c_str(),
                          idle_seconds);
+                a->outcome = "aborted: idle";
                 abort_association(*a);
                 break;
             }
@@ -653,14 +689,17 @@ void run_association(Association *a)
         idle_seconds = 0;
         if (cond == DUL_PEERREQUESTEDRELEASE) {
             ASC_acknowledgeRelease(a->assoc);
+            a->outcome = "released";
             break;
         }
         if (cond == DUL_PEERABORTEDASSOCIATION) {
             srv->log(1, "association from %s aborted by peer", a->calling.c_str());
+            a->outcome = "aborted by peer";
             break;
         }
         if (cond.bad()) {
             srv->log(1, "association from %s failed: %s", a->calling.c_str(), cond.text());
+            a->outcome = "network error";
             abort_association(*a);
             break;
         }
@@ -676,10 +715,13 @@ void run_association(Association *a)
         default:
             srv->log(1, "unsupported DIMSE command 0x%04x from %s", (unsigned)msg.CommandField,
                      a->calling.c_str());
+            a->outcome = "aborted: unsupported command";
             fatal = true;
             break;
         }
         if (fatal) {
+            if (!a->outcome)
+                a->outcome = "aborted: protocol error";
             abort_association(*a);
             break;
         }
@@ -689,6 +731,8 @@ void run_association(Association *a)
         dicom_peer p = a->peer();
         srv->association_end(srv->ud, &p);
     }
+    report_ended(srv, a->calling, a->called, a->address, a->started_ms, a->stored, a->refused,
+                 a->outcome ? a->outcome : "network error");
     ASC_dropSCPAssociation(a->assoc);
     ASC_destroyAssociation(&a->assoc);
     close_if_ours(a->fd, a->ino);
@@ -725,6 +769,10 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
     // dcmnet reads the peer's address as IPv4 whatever it is: ours is right for IPv6 too.
     std::string calling_s = trim(calling), called_s = trim(called),
                 peer_s = address.empty() ? std::string(peer) : address;
+    const int64_t started_ms = wall_ms();
+    auto report = [&](const char *outcome) {
+        report_ended(srv, calling_s, called_s, peer_s, started_ms, 0, 0, outcome);
+    };
 
     switch (take_slot(srv, calling_s)) {
     case 0:
@@ -735,6 +783,7 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
+        report("rejected: max_associations reached");
         return;
     default:
         srv->log(1, "refusing association from %s: it has %d associations running already "
@@ -743,6 +792,7 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
+        report("rejected: max_associations_per_caller reached");
         return;
     }
     std::string subject, cn;
@@ -761,17 +811,20 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
                  calling_s.c_str(), tls ? " (or not its certificate's CN)" : "");
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
+        report("rejected: calling AE title not allowed");
         return;
     case DICOM_ASSOC_REJECT_CALLED_AE:
         srv->log(1, "rejecting association from %s: called AE title '%s' is not ours",
                  calling_s.c_str(), called_s.c_str());
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED);
+        report("rejected: called AE title not ours");
         return;
     case DICOM_ASSOC_REJECT_BUSY:
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
+        report("rejected: busy");
         return;
     }
 
@@ -808,11 +861,13 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
                  cond.text());
         drop_connection(assoc, fd, ino);
         release_slot(srv, calling_s);
+        report("network error");
         return;
     }
     Association *a = new Association{srv,       assoc,    fd,           ino,
                                      calling_s, called_s, peer_s, Clock::now(),
                                      ++srv->next_association_id, tls, subject, cn};
+    a->started_ms = started_ms;
     run_association(a);
 }
 
@@ -1003,6 +1058,8 @@ void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
     if (cond.bad()) {
         srv->log(1, "association request failed: %s", cond.text());
         drop_connection(assoc, fd, pc->ino);
+        // It did send a request: audited, with what little is known.
+        report_ended(srv, "", "", pc->address, wall_ms(), 0, 0, "rejected: unreadable request");
     } else {
         negotiate(srv, assoc, fd, pc->ino, pc->address, false);
     }
@@ -1130,6 +1187,7 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
     srv->stored = cfg->stored;
     srv->store_begin = cfg->store_begin;
     srv->association_end = cfg->association_end;
+    srv->ended = cfg->ended;
     srv->temp_path = cfg->temp_path;
     srv->log_fn = cfg->log;
     srv->ud = cfg->ud;
