@@ -90,6 +90,7 @@ struct config_node {
     int max_job_memory_mb;        /* float volume one job may hold, MiB */
     enum config_conflicts integrity_conflicts; /* what happens to a contradicting instance */
     struct config_node_tls tls;   /* TLS listener */
+    int audit_retention_days;     /* delete audit rows this old, 0..36500; 0 keeps them */
 };
 
 struct config_destination {

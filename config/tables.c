@@ -137,6 +137,10 @@ static const struct schema_field node_fields[] = {
     {.key = "tls", .type = T_SECTION, SUB(node_tls_fields), .off = NODE_OFF(tls),
      .check = config_check_node_tls,
      .doc = "a DICOM TLS listener besides node.port (BCP 195, TLS 1.2 or later); absent: none"},
+    {.key = "audit_retention_days", .type = T_INT, .def_int = 365, .min = 0, .max = 36500,
+     .off = NODE_OFF(audit_retention_days),
+     .doc = "delete rows of the audit trail (associations, sends; `ainode audit`) after this "
+            "many days, whatever the studies' retention; 0 never"},
 };
 
 static const struct schema_field dest_fields[] = {

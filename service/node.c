@@ -101,6 +101,7 @@ struct node {
     uv_work_t retain_work;
     int retain_running, retain_again;
     int retain_days, retain_high_water, retain_deleted;
+    int retain_audit_days;        /* node.audit_retention_days, 0: kept for ever */
     char retain_err[512];
     int loop_done;                /* uv_run returned: retention runs inline */
     struct holds holds;
@@ -286,6 +287,27 @@ static void on_association_end(void *ud, const struct dicom_peer *p)
     free(t);
 }
 
+/* The audit trail: every association request, accepted or not, with what
+ * became of it. A failure to record it is logged and changes nothing else. */
+static void on_association_ended(void *ud, const struct dicom_association_report *r)
+{
+    struct node *n = ud;
+    struct storage_audit_association a = {
+        .started_ms = r->started_ms,
+        .ended_ms = r->ended_ms,
+        .calling_ae = r->calling_ae,
+        .called_ae = r->called_ae,
+        .address = r->address,
+        .tls_peer = r->tls_peer,
+        .stored = (int)r->stored,
+        .refused = (int)r->refused,
+        .outcome = r->outcome,
+    };
+    if (storage_audit_association(n->store, &a) != STORAGE_OK)
+        log_msg(LOG_ERROR, "cannot record an association from %s in the audit trail",
+                r->address);
+}
+
 static void holds_free(struct holds *h)
 {
     while (h->assocs) {
@@ -374,7 +396,18 @@ static void retain_run(uv_work_t *req)
     struct node *n = req->data;
     n->retain_deleted = 0;
     n->retain_err[0] = '\0';
-    if (storage_retain(n->store, clock_now_ms(), n->retain_days, n->retain_high_water,
+    int64_t now = clock_now_ms();
+    /* The audit trail has its own retention, whatever the studies'. */
+    int audit_deleted = 0;
+    if (n->retain_audit_days &&
+        storage_audit_retain(n->store, now - (int64_t)n->retain_audit_days * 86400 * 1000,
+                             &audit_deleted) != STORAGE_OK)
+        log_msg(LOG_ERROR, "retention: cannot delete old rows of the audit trail");
+    if (audit_deleted)
+        log_msg(LOG_INFO, "retention: %d audit row%s older than %d days deleted", audit_deleted,
+                audit_deleted == 1 ? "" : "s", n->retain_audit_days);
+    if ((n->retain_days || n->retain_high_water) &&
+        storage_retain(n->store, now, n->retain_days, n->retain_high_water,
                        &n->retain_deleted, n->retain_err, sizeof n->retain_err) != STORAGE_OK)
         log_msg(LOG_ERROR, "retention: %s", n->retain_err);
     if (n->retain_deleted)
@@ -398,7 +431,8 @@ static void retain_done(uv_work_t *req, int status)
 static void retain(struct node *n)
 {
     const struct config *cfg = n->cfg;
-    if (!cfg->node.retention_days && !cfg->node.disk_high_water_percent)
+    if (!cfg->node.retention_days && !cfg->node.disk_high_water_percent &&
+        !cfg->node.audit_retention_days)
         return;
     if (n->retain_running) {
         n->retain_again = 1;
@@ -406,6 +440,7 @@ static void retain(struct node *n)
     }
     n->retain_days = cfg->node.retention_days;
     n->retain_high_water = cfg->node.disk_high_water_percent;
+    n->retain_audit_days = cfg->node.audit_retention_days;
     n->retain_work.data = n;
     if (n->loop_done) {
         retain_run(&n->retain_work); /* the last completion at the stop */
@@ -747,6 +782,7 @@ static int node_serve(struct node *n)
         .store_begin = on_store_begin,
         .stored = on_stored,
         .association_end = on_association_end,
+        .ended = on_association_ended,
         .temp_path = on_temp_path,
         .log = on_dicom_log,
         .ud = n,

@@ -107,6 +107,30 @@ int64_t sender_next_attempt(const struct config_destination *d, int attempts, in
     return now_ms + (int64_t)(wait * 1000.0);
 }
 
+/* The audit trail: one row per attempt to send IT to D (NULL when the
+ * destination is gone from the configuration). */
+static void audit(struct sender *s, const struct config_destination *d,
+                  const struct storage_outbox_item *it, int64_t now, const char *outcome,
+                  const char *why)
+{
+    char peer[CONFIG_AE_MAX + 300] = "";
+    if (d)
+        snprintf(peer, sizeof peer, "%s@%s:%d", d->ae_title, d->host, d->port);
+    struct storage_audit_result r = {
+        .time_ms = now,
+        .kind = it->kind,
+        .destination = it->destination,
+        .peer = d ? peer : NULL,
+        .sop_instance_uid = it->sop_instance_uid,
+        .outcome = outcome,
+        .error = why,
+        .attempts = it->attempts + 1,
+    };
+    if (storage_audit_result(s->store, &r) != STORAGE_OK)
+        log_msg(LOG_ERROR, "cannot record outbox item %lld in the audit trail",
+                (long long)it->id);
+}
+
 static void record_failure(struct sender *s, const struct config_destination *d,
                            const struct storage_outbox_item *it, enum dicom_send_outcome outcome,
                            const char *why)
@@ -117,6 +141,10 @@ static void record_failure(struct sender *s, const struct config_destination *d,
                        ? sender_next_attempt(d, it->attempts + 1, now, jitter)
                        : -1;
     storage_outbox_record(s->store, it->id, now, 0, why, next);
+    audit(s, d, it, now, next >= 0                          ? "transient"
+                         : outcome == DICOM_SEND_PERMANENT ? "permanent"
+                                                           : "dead-lettered",
+          why);
     if (next >= 0)
         log_msg(LOG_WARN, "outbox item %lld (%s to %s) failed, next try in %lld s: %s",
                 (long long)it->id, it->kind, it->destination, (long long)((next - now) / 1000),
@@ -171,7 +199,9 @@ static void send_group(struct sender *s, const struct config *cfg,
     int sent = 0;
     for (size_t i = 0; i < n; i++) {
         if (files[i].outcome == DICOM_SEND_SENT) {
-            storage_outbox_record(s->store, items[i].id, clock_now_ms(), 1, NULL, 0);
+            int64_t now = clock_now_ms();
+            storage_outbox_record(s->store, items[i].id, now, 1, NULL, 0);
+            audit(s, d, &items[i], now, "sent", NULL);
             sent++;
         } else {
             record_failure(s, d, &items[i], files[i].outcome, files[i].error);
