@@ -2,6 +2,8 @@
  * configuration and hands it to the node (node.h) or a command (cli.h). */
 #include "config/config.h"
 #include "service/cli.h"
+#include "service/cli_audit.h"
+#include "common/clock.h"
 #include "service/node.h"
 
 #include <getopt.h>
@@ -28,6 +30,9 @@ static void usage(FILE *f)
             "                 explain -c CONFIG (STUDY_UID | FILE.dcm...)\n"
             "  infer          run a model on files or folders in the foreground:\n"
             "                 infer -c CONFIG -m MODEL [--labels FILE] PATH...\n"
+            "  audit          the associations and sends recorded, from WHEN on (UTC date\n"
+            "                 or time, e.g. 2026-12-01T10:00, or 24h, 7d back from now):\n"
+            "                 audit -c CONFIG [--since WHEN] [--json]\n"
             "  version        print the version\n");
 }
 
@@ -83,7 +88,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "serve") && strcmp(cmd, "check-config") && strcmp(cmd, "status") &&
         strcmp(cmd, "infer") && strcmp(cmd, "retry") && strcmp(cmd, "explain") &&
-        strcmp(cmd, "reload")) {
+        strcmp(cmd, "reload") && strcmp(cmd, "audit")) {
         fprintf(stderr, "ainode: unknown command '%s'\n", cmd);
         usage(stderr);
         return 2;
@@ -96,10 +101,12 @@ int main(int argc, char **argv)
         {"labels", required_argument, NULL, 'l'},
         {"all-failed", no_argument, NULL, 'a'},
         {"job", required_argument, NULL, 'J'},
+        {"since", required_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL, *model = NULL, *labels = NULL, *job = NULL;
+    const char *since = NULL;
     int json = 0, all_failed = 0, c;
     optind = 2;
     while ((c = getopt_long(argc, argv, "c:m:h", opts, NULL)) != -1) {
@@ -110,6 +117,7 @@ int main(int argc, char **argv)
         case 'l': labels = optarg; break;
         case 'a': all_failed = 1; break;
         case 'J': job = optarg; break;
+        case 'S': since = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -169,8 +177,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "ainode: %s needs -c CONFIG\n", cmd);
         return 2;
     }
-    if (json && strcmp(cmd, "status")) {
-        fprintf(stderr, "ainode: --json only applies to status\n");
+    int is_audit = !strcmp(cmd, "audit");
+    if (json && strcmp(cmd, "status") && !is_audit) {
+        fprintf(stderr, "ainode: --json only applies to status and audit\n");
+        return 2;
+    }
+    int64_t since_ms = 0;
+    if (since && !is_audit) {
+        fprintf(stderr, "ainode: --since only applies to audit\n");
+        return 2;
+    }
+    if (since && cli_audit_parse_since(since, clock_now_ms(), &since_ms) != 0) {
+        fprintf(stderr, "ainode: --since '%s' is neither a UTC date or time "
+                        "(2026-12-01, 2026-12-01T10:00) nor a span back (30m, 24h, 7d)\n",
+                since);
         return 2;
     }
 
@@ -197,6 +217,8 @@ int main(int argc, char **argv)
         rc = cli_explain(cfg, argv + optind, argc - optind);
     else if (!strcmp(cmd, "reload"))
         rc = cli_reload(cfg);
+    else if (is_audit)
+        rc = cli_audit(cfg, since_ms, json);
     else
         rc = cli_status(cfg, json);
     config_unref(cfg);
