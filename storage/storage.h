@@ -529,6 +529,10 @@ struct storage_audit_result {
     int attempts;                 /* including this one */
 };
 
+/* Record one row each (committed without waiting for the disk, like the
+ * index: a power cut may lose the last ones). TLS_PEER, PEER,
+ * SOP_INSTANCE_UID and ERROR are stored as NULL when NULL or empty; other
+ * NULL texts are stored empty. */
 int storage_audit_association(struct storage *st, const struct storage_audit_association *a);
 int storage_audit_result(struct storage *st, const struct storage_audit_result *r);
 
