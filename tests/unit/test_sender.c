@@ -170,6 +170,69 @@ static void test_a_permanent_association_rejection_dead_letters_at_once(void **s
     refused_for_good(*state, "--reject", "1,1,3", "rejected permanently");
 }
 
+/* The audit rows of the sends, as "kind/destination/peer/outcome/attempts". */
+struct audit_list {
+    char rows[SLICES * 2][160];
+    char sop[SLICES * 2][65];
+    char error[SLICES * 2][256];
+    int n;
+};
+
+static int collect_audit(void *ud, const struct storage_audit_result *r)
+{
+    struct audit_list *l = ud;
+    if (l->n == SLICES * 2)
+        return 1;
+    snprintf(l->rows[l->n], sizeof l->rows[l->n], "%s/%s/%s/%s/%d", r->kind, r->destination,
+             r->peer ? r->peer : "-", r->outcome, r->attempts);
+    snprintf(l->sop[l->n], sizeof l->sop[l->n], "%s",
+             r->sop_instance_uid ? r->sop_instance_uid : "");
+    snprintf(l->error[l->n], sizeof l->error[l->n], "%s", r->error ? r->error : "");
+    l->n++;
+    return 0;
+}
+
+static void test_every_send_attempt_is_in_the_audit_trail(void **state)
+{
+    struct fixture *f = *state;
+    char want[160];
+    struct fx_item items[SLICES];
+    struct audit_list l;
+    /* Nobody listening: each item failed once, to be tried again. */
+    send_until(f, "pending", 1, items);
+    memset(&l, 0, sizeof l);
+    assert_int_equal(storage_audit_foreach_result(f->st, 0, collect_audit, &l), STORAGE_OK);
+    assert_int_equal(l.n, SLICES);
+    snprintf(want, sizeof want, "forward/pacs/STORESCP@127.0.0.1:%d/transient/1", f->port);
+    for (int k = 0; k < SLICES; k++) {
+        assert_string_equal(l.rows[k], want);
+        assert_true(l.error[k][0] != '\0');
+        assert_true(l.sop[k][0] != '\0');
+    }
+
+    /* Made due at once (by recording a second failed attempt, which is no
+     * send and leaves no audit row), then sent to a storescp: the third. */
+    for (int k = 0; k < SLICES; k++)
+        assert_int_equal(storage_outbox_record(f->st, items[k].id, clock_now_ms(), 0, "again",
+                                               clock_now_ms()),
+                         STORAGE_OK);
+    char port[16], log[600];
+    snprintf(port, sizeof port, "%d", f->port);
+    snprintf(log, sizeof log, "%s/storescp.log", f->dir);
+    char *argv[] = {"storescp", "-od", f->received, "-aet", "STORESCP", port, NULL};
+    f->peer = fx_spawn_listening(argv, f->port, log);
+    send_until(f, "sent", 3, items);
+    memset(&l, 0, sizeof l);
+    assert_int_equal(storage_audit_foreach_result(f->st, 0, collect_audit, &l), STORAGE_OK);
+    assert_int_equal(l.n, 2 * SLICES);
+    snprintf(want, sizeof want, "forward/pacs/STORESCP@127.0.0.1:%d/sent/3", f->port);
+    for (int k = SLICES; k < 2 * SLICES; k++) {
+        assert_string_equal(l.rows[k], want);
+        assert_string_equal(l.error[k], "");
+        assert_string_equal(l.sop[k], l.sop[k - SLICES]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -180,6 +243,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(
             test_a_permanent_association_rejection_dead_letters_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_send_attempt_is_in_the_audit_trail, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
