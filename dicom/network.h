@@ -78,17 +78,20 @@ typedef void (*dicom_association_end_fn)(void *ud, const struct dicom_peer *p);
 /*
  * What became of one association request, for the audit trail: reported
  * once per connection that sent an A-ASSOCIATE-RQ, when it has ended,
- * whether it was accepted (released, aborted, failed) or rejected. A
+ * whether it was accepted (released, aborted, failed) or rejected, and
+ * once per TLS connection that failed before its request was read (at its
+ * handshake: outcome "rejected: TLS: <reason>", no AE titles). Any other
  * connection closed before it sent a request (refused by address, silent
- * until the ARTIM timer, closed, or cut at a stop) is no association and is
- * not reported; the log tells of it.
+ * until the ARTIM timer, closed, on the wrong port, or cut at a stop) is
+ * no association and is not reported; the log tells of it.
  */
 struct dicom_association_report {
     const char *calling_ae;          /* as requested; "" when the request was unreadable */
     const char *called_ae;
     const char *address;             /* the peer's numeric address */
-    const char *tls_peer;            /* the subject of the peer's certificate on a TLS
-                                      * connection; NULL on a plain one (always, for now) */
+    const char *tls_peer;            /* on a TLS connection, the subject of the peer's
+                                      * certificate ("/CN=..."), "(no certificate)" or
+                                      * "(handshake failed)"; NULL on a plain one */
     int64_t started_ms, ended_ms;    /* wall clock, ms since the epoch: the request read,
                                       * the association over */
     unsigned stored;                 /* C-STOREs answered with success or a warning */
@@ -96,7 +99,7 @@ struct dicom_association_report {
     const char *outcome;             /* released | aborted by peer | aborted: idle |
                                       * aborted: time limit | aborted: shutdown |
                                       * aborted: <protocol problem> | network error |
-                                      * rejected: <reason> */
+                                      * rejected: <reason> (rejected: TLS: <reason>) */
 };
 typedef void (*dicom_association_ended_fn)(void *ud, const struct dicom_association_report *r);
 /* Returns a fresh temporary path for the next incoming instance. */

@@ -310,15 +310,28 @@ int64_t wall_ms()
         .count();
 }
 
-// Tells the caller that an association request came to OUTCOME.
+// What the audit trail says of a TLS caller: its certificate's subject.
+std::string audit_tls_peer(const std::string &subject)
+{
+    return subject.empty() ? "(no certificate)" : subject;
+}
+
+// Tells the caller that an association request came to OUTCOME. TLS_PEER
+// is NULL on a plain connection.
 void report_ended(dicom_server *srv, const std::string &calling, const std::string &called,
-                  const std::string &address, int64_t started_ms, unsigned stored,
-                  unsigned refused, const char *outcome)
+                  const std::string &address, const std::string *tls_peer, int64_t started_ms,
+                  unsigned stored, unsigned refused, const char *outcome)
 {
     if (!srv->ended)
         return;
-    dicom_association_report r = {calling.c_str(), called.c_str(), address.c_str(), nullptr,
-                                  started_ms,     wall_ms(),      stored,          refused,
+    dicom_association_report r = {calling.c_str(),
+                                  called.c_str(),
+                                  address.c_str(),
+                                  tls_peer ? tls_peer->c_str() : nullptr,
+                                  started_ms,
+                                  wall_ms(),
+                                  stored,
+                                  refused,
                                   outcome};
     srv->ended(srv->ud, &r);
 }
@@ -731,8 +744,9 @@ void run_association(Association *a)
         dicom_peer p = a->peer();
         srv->association_end(srv->ud, &p);
     }
-    report_ended(srv, a->calling, a->called, a->address, a->started_ms, a->stored, a->refused,
-                 a->outcome ? a->outcome : "network error");
+    const std::string tls_peer = audit_tls_peer(a->tls_subject);
+    report_ended(srv, a->calling, a->called, a->address, a->tls ? &tls_peer : nullptr,
+                 a->started_ms, a->stored, a->refused, a->outcome ? a->outcome : "network error");
     ASC_dropSCPAssociation(a->assoc);
     ASC_destroyAssociation(&a->assoc);
     close_if_ours(a->fd, a->ino);
@@ -770,8 +784,14 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
     std::string calling_s = trim(calling), called_s = trim(called),
                 peer_s = address.empty() ? std::string(peer) : address;
     const int64_t started_ms = wall_ms();
+    // Known before any rejection, for the audit trail as for on_associate.
+    std::string subject, cn;
+    if (tls)
+        ainode_dicom::tls_peer_subject(assoc, subject, cn);
+    const std::string tls_peer = audit_tls_peer(subject);
     auto report = [&](const char *outcome) {
-        report_ended(srv, calling_s, called_s, peer_s, started_ms, 0, 0, outcome);
+        report_ended(srv, calling_s, called_s, peer_s, tls ? &tls_peer : nullptr, started_ms, 0,
+                     0, outcome);
     };
 
     switch (take_slot(srv, calling_s)) {
@@ -795,9 +815,6 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
         report("rejected: max_associations_per_caller reached");
         return;
     }
-    std::string subject, cn;
-    if (tls)
-        ainode_dicom::tls_peer_subject(assoc, subject, cn);
     dicom_peer p = {calling_s.c_str(), called_s.c_str(), peer_s.c_str(), 0, tls,
                     subject.empty() ? nullptr : subject.c_str(), cn.empty() ? nullptr : cn.c_str()};
     enum dicom_assoc_decision decision = srv->associate(srv->ud, &p);
@@ -811,7 +828,8 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
                  calling_s.c_str(), tls ? " (or not its certificate's CN)" : "");
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
-        report("rejected: calling AE title not allowed");
+        report(tls ? "rejected: calling AE title not allowed (or not its certificate's CN)"
+                   : "rejected: calling AE title not allowed");
         return;
     case DICOM_ASSOC_REJECT_CALLED_AE:
         srv->log(1, "rejecting association from %s: called AE title '%s' is not ours",
@@ -1007,8 +1025,12 @@ void run_tls_connection(dicom_server *srv, const std::shared_ptr<pending_conn> &
     }
     close(fd);
     if (cond.bad()) {
-        srv->log(1, "TLS connection from %s failed: %s", addr.c_str(),
-                 ainode_dicom::tls_failure_text(cond).c_str());
+        const std::string why = ainode_dicom::tls_failure_text(cond);
+        srv->log(1, "TLS connection from %s failed: %s", addr.c_str(), why.c_str());
+        // A caller refused at the handshake is audited, though no request was read.
+        const std::string failed = "(handshake failed)";
+        report_ended(srv, "", "", pc->address, &failed, wall_ms(), 0, 0,
+                     ("rejected: TLS: " + why).c_str());
         if (consumed) {
             drop_connection(assoc, dfd, pc->ino); // dfd is the same socket as fd
         } else {
@@ -1059,7 +1081,8 @@ void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
         srv->log(1, "association request failed: %s", cond.text());
         drop_connection(assoc, fd, pc->ino);
         // It did send a request: audited, with what little is known.
-        report_ended(srv, "", "", pc->address, wall_ms(), 0, 0, "rejected: unreadable request");
+        report_ended(srv, "", "", pc->address, nullptr, wall_ms(), 0, 0,
+                     "rejected: unreadable request");
     } else {
         negotiate(srv, assoc, fd, pc->ino, pc->address, false);
     }

@@ -23,6 +23,7 @@ import rawscu  # noqa: E402
 from gen_series import make_ct_series  # noqa: E402
 from test_network import RawSCP  # noqa: E402
 from test_receiver import NodeTestCase  # noqa: E402
+from tlscerts import make_pki  # noqa: E402
 
 PATIENT = "Audit^Patient"
 
@@ -275,6 +276,39 @@ class AuditTest(NodeTestCase):
         self.assertEqual(audit_rows(n, "audit_results"), [])
         harness.wait_until(lambda: "retention: 2 audit rows older than 30 days deleted"
                            in n.log(), 10, 0.2, "the retention line")
+        self.assertEqual(n.stop(), 0)
+
+    def test_tls_callers_are_audited_with_their_certificate_subject(self):
+        harness.require_tool("openssl")
+        p = make_pki(os.path.join(self.workdir, "pki"))
+        port, tls_port = harness.free_port(), harness.free_port()
+        while tls_port == port:
+            tls_port = harness.free_port()
+        n = self.node(port=port, tls={"port": tls_port, "certificate": p.server_crt,
+                                      "private_key": p.server_key, "ca_certificates": p.ca,
+                                      "verify_client": "required"})
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 2, rows=16, cols=16)
+        r = harness.storescu(tls_port, files, ae_called=n.ae, ae_calling="TLSCALLER",
+                             extra=["+tls", p.client_key, p.client_crt, "+cf", p.ca])
+        self.assertTrue(harness.all_stores_succeeded(r.stdout, 2), r.stdout)
+        rows = wait_rows(n, "audit_associations", "calling_ae='TLSCALLER'")
+        self.assertEqual((rows[0]["tls_peer"], rows[0]["stored"], rows[0]["outcome"]),
+                         ("/CN=test client", 2, "released"))
+        # A plain caller has none.
+        harness.echoscu(n.port, ae_called=n.ae, ae_calling="PLAIN")
+        rows = wait_rows(n, "audit_associations", "calling_ae='PLAIN'")
+        self.assertIsNone(rows[0]["tls_peer"])
+        # A certificate of another CA is refused at the handshake: audited too.
+        r = harness.echoscu(tls_port, ae_called=n.ae, ae_calling="ROGUE",
+                            extra=["+tls", p.rogue_key, p.rogue_crt, "+cf", p.ca], check=False)
+        self.assertNotEqual(r.returncode, 0)
+        rows = wait_rows(n, "audit_associations", "outcome LIKE 'rejected: TLS: %'")
+        self.assertEqual((rows[0]["calling_ae"], rows[0]["address"], rows[0]["tls_peer"]),
+                         ("", "127.0.0.1", "(handshake failed)"))
+        self.assertIn("certificate verify failed", rows[0]["outcome"])
+        j = self.audit_json(n)
+        self.assertIn("/CN=test client", [a["tls_peer"] for a in j["associations"]])
         self.assertEqual(n.stop(), 0)
 
     def test_audit_of_a_node_that_never_ran_is_empty(self):
