@@ -437,6 +437,22 @@ static void test_retention_keys_load_and_are_bounded(void **state)
                       NULL});
 }
 
+static void test_audit_retention_defaults_to_a_year_is_bounded_and_reloads(void **state)
+{
+    (void)state;
+    struct config *old = load_ok(write_tmp("audit_default.yaml", "node: {}\n"));
+    assert_int_equal(old->node.audit_retention_days, 365);
+    struct config *cfg = load_ok(write_tmp("audit_keep.yaml",
+                                           "node:\n  audit_retention_days: 0\n"));
+    assert_int_equal(cfg->node.audit_retention_days, 0);
+    char buf[256];
+    assert_int_equal(config_restart_changes(old, cfg, buf, sizeof buf), 0);
+    config_free(cfg);
+    config_free(old);
+    expect_single_error("audit_range.yaml", "node:\n  audit_retention_days: 36501\n",
+                        "2:25: node.audit_retention_days: 36501 is out of range 0..36500");
+}
+
 /* Every node key of the table and every attribute of attr.def appears in
  * the sample file, so that it stays in step with the tables. */
 static void test_deploy_sample_names_every_key(void **state)
@@ -2153,6 +2169,7 @@ int main(void)
         cmocka_unit_test(test_quoted_strings_are_accepted),
         cmocka_unit_test(test_range_limits_are_inclusive),
         cmocka_unit_test(test_retention_keys_load_and_are_bounded),
+        cmocka_unit_test(test_audit_retention_defaults_to_a_year_is_bounded_and_reloads),
         cmocka_unit_test(test_deploy_sample_loads_without_errors),
         cmocka_unit_test(test_deploy_sample_names_every_key),
         cmocka_unit_test(test_artim_timeout_loads_and_is_bounded),
