@@ -17,6 +17,7 @@
 #include "service/job.h"
 
 #include "common/clock.h"
+#include "common/crashpoint.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "config/config.h"
@@ -313,6 +314,7 @@ static int write_dicom_results(struct storage *store, const struct config_model 
             error_set(err, errlen, -1, "cannot write the segmentation");
         goto out;
     }
+    CRASH_POINT("results.seg_written"); /* a SEG on disk that nothing refers to */
     t->seg = seconds_since(t0);
     t0 = clock_now_ms();
     if (storage_result_name(job->id, STORAGE_RESULT_SR, name, sizeof name) != STORAGE_OK ||
@@ -324,6 +326,7 @@ static int write_dicom_results(struct storage *store, const struct config_model 
             error_set(err, errlen, -1, "cannot write the measurement report");
         goto out;
     }
+    CRASH_POINT("results.sr_written");
     t->sr = seconds_since(t0);
     rc = 0;
 out:
@@ -354,6 +357,7 @@ static int compute(const struct job_context *ctx, const struct storage_job *job,
     }
     struct progress_ctx pc = {ctx, job, clock_now_ms(), 0};
     stage_enter(ctx, job, "inference");
+    CRASH_POINT("inference.started");
     int prc = pipeline_run(cm, ctx->model, (const char *const *)files.path, files.n, on_progress,
                            &pc, &out, &t, err, errlen);
     stage_leave(ctx, job);
@@ -363,6 +367,7 @@ static int compute(const struct job_context *ctx, const struct storage_job *job,
     }
     if (prc != 0)
         goto done;
+    CRASH_POINT("inference.done"); /* labels in memory only */
     stage_enter(ctx, job, "results");
     if (write_dicom_results(ctx->store, cm, job, &out, res, &t, err, errlen) != 0)
         goto done;
@@ -385,6 +390,7 @@ static int compute(const struct job_context *ctx, const struct storage_job *job,
     if (storage_write_result(ctx->store, job->id, text, packed, packed_len, result, resultlen,
                              err, errlen) != STORAGE_OK)
         goto done;
+    CRASH_POINT("results.files_written"); /* every file written, the job still running */
     log_msg(LOG_DEBUG,
             "job %lld: decode %.2f s, assemble %.2f s, preprocess %.2f s, model %.2f s, "
             "postprocess %.2f s, SEG %.2f s, SR %.2f s",

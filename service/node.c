@@ -29,6 +29,7 @@
 
 #include "common/attr.h"
 #include "common/clock.h"
+#include "common/crashpoint.h"
 #include "common/log.h"
 #include "common/plan.h"
 #include "config/config.h"
@@ -340,6 +341,7 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
     if (rc == STORAGE_OK) {
         log_msg(LOG_DEBUG, "stored %s from %s", r->sop_instance_uid, r->peer->calling_ae);
         track_stored(n, r->peer, r->values[ATTR_STUDY_INSTANCE_UID]);
+        CRASH_POINT("ingest.acknowledging"); /* the sender will send it again */
         return DICOM_STATUS_SUCCESS;
     }
     /* An instance contradicting the store is the sender's to correct, not

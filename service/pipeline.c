@@ -12,6 +12,7 @@
 #include "service/pipeline.h"
 
 #include "common/checked.h"
+#include "common/crashpoint.h"
 #include "common/limits.h"
 #include "config/config.h"
 #include "dicom/image.h"
@@ -241,6 +242,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         .progress_ud = progress_ud,
         .max_voxels = JOB_MAX_VOXELS,
     };
+    CRASH_POINT("inference.model"); /* the volume ready, the model about to run */
     int irc = infer_sliding_window(model, input, &win, model_labels, err, errlen);
     if (irc != INFER_OK) {
         rc = irc == INFER_ECANCELLED ? PIPELINE_ECANCELLED : PIPELINE_EFAILED;

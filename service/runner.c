@@ -13,6 +13,7 @@
 #include "service/runner.h"
 
 #include "common/clock.h"
+#include "common/crashpoint.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/wait.h"
@@ -127,6 +128,7 @@ static void *worker_main(void *arg)
         }
         log_msg(LOG_INFO, "job %lld: running %s (attempt %d)", (long long)job.id, cm->name,
                 job.attempts);
+        CRASH_POINT("job.claimed"); /* leased, in no stage */
         struct job_context ctx = {
             .store = r->store,
             .model_cfg = cm,

@@ -15,6 +15,7 @@
 #include "service/sender.h"
 
 #include "common/clock.h"
+#include "common/crashpoint.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/wait.h"
@@ -193,15 +194,21 @@ static void send_group(struct sender *s, const struct config *cfg,
     };
     if (d->tls.enabled)
         peer.tls = &tls;
+    /* The results (seg, sr) and forwarded instances have points of their own. */
+    int forward = !strcmp(items[0].kind, "forward");
+    CRASH_POINT(forward ? "forward.before_association" : "send.before_association");
     /* Each file carries its outcome, the association's when it failed. */
     char err[512] = "";
     dicom_send(&peer, files, n, err, sizeof err);
+    /* The destination has them, the outbox says pending: sent again. */
+    CRASH_POINT(forward ? "forward.sent" : "send.accepted");
     int sent = 0;
     for (size_t i = 0; i < n; i++) {
         if (files[i].outcome == DICOM_SEND_SENT) {
             int64_t now = clock_now_ms();
             storage_outbox_record(s->store, items[i].id, now, 1, NULL, 0);
             audit(s, d, &items[i], now, "sent", NULL);
+            CRASH_POINT(forward ? "forward.marked" : "send.marked");
             sent++;
         } else {
             record_failure(s, d, &items[i], files[i].outcome, files[i].error);

@@ -29,6 +29,8 @@
  */
 #include "storage/internal.h"
 
+#include "common/crashpoint.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -81,6 +83,7 @@ int storage_temp_path(struct storage *st, char *buf, size_t len)
         unlink(buf);
         return STORAGE_EIO;
     }
+    CRASH_POINT("ingest.temp_created");
     return STORAGE_OK;
 }
 
@@ -502,6 +505,7 @@ instance_row:;
     if (db_step(s, NULL, NULL))
         goto fail;
 
+    CRASH_POINT("ingest.before_commit"); /* the rows written, not committed */
     if (db_exec(st, "COMMIT", err, errlen))
         goto fail_rollback;
     if (full_sync)
@@ -594,6 +598,7 @@ int storage_commit(struct storage *st, const char *temp_path,
         error_set(err, errlen, rc, "path too long");
         goto fail;
     }
+    CRASH_POINT("ingest.received"); /* the bytes in tmp/, nothing else done */
     /* Private before it has a name under instances/, however it was
      * written. */
     if (chmod(temp_path, 0640) != 0) {
@@ -626,6 +631,7 @@ int storage_commit(struct storage *st, const char *temp_path,
      * file's directory with the file (ext4, with or without a journal)
      * leaves the directory fsync below almost nothing to do. */
     unlink(temp_path);
+    CRASH_POINT("ingest.linked"); /* named, not flushed, not indexed */
     if (file_sync(final, 0) != 0 || stat(final, &sb) != 0) {
         error_set(err, errlen, rc, "cannot flush received file: %s", strerror(errno));
         goto fail;
@@ -634,6 +640,7 @@ int storage_commit(struct storage *st, const char *temp_path,
         error_set(err, errlen, rc, "cannot flush directory: %s", strerror(errno));
         goto fail;
     }
+    CRASH_POINT("ingest.flushed"); /* durable, not indexed: the repair's to index */
     char *old_path = NULL;
     pthread_mutex_lock(&st->lock);
     rc = index_instance(st, inst, final, (int64_t)sb.st_size, &old_path, err, errlen);
@@ -650,6 +657,7 @@ int storage_commit(struct storage *st, const char *temp_path,
     }
     if (rc != STORAGE_OK)
         goto fail;
+    CRASH_POINT("ingest.indexed"); /* stored, not yet answered */
     if (old_path && strcmp(old_path, final) != 0)
         unlink(old_path); /* a crash here leaves an orphan the scan removes */
     free(old_path);

@@ -4,6 +4,8 @@
  */
 #include "storage/internal.h"
 
+#include "common/crashpoint.h"
+
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -156,10 +158,14 @@ int storage_job_finish(struct storage *st, int64_t id, const char *owner, int64_
                     NULL, NULL, "ttIttttt" "I", it->destination, study, id, it->kind, it->path,
                     it->sop_class_uid, it->sop_instance_uid, it->transfer_syntax, now_ms);
     }
-    if (rc == STORAGE_OK)
+    if (rc == STORAGE_OK) {
+        CRASH_POINT("results.before_commit"); /* done and outbox rows, not committed */
         rc = db_commit(st);
+    }
     if (rc != STORAGE_OK)
         db_rollback(st);
+    else
+        CRASH_POINT("results.committed"); /* to send, the sender not woken */
 out:
     pthread_mutex_unlock(&st->lock);
     free(study);

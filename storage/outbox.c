@@ -4,6 +4,8 @@
  */
 #include "storage/internal.h"
 
+#include "common/crashpoint.h"
+
 struct each_item {
     storage_outbox_fn fn;
     void *ud;
@@ -70,6 +72,9 @@ int storage_outbox_record(struct storage *st, int64_t id, int64_t now_ms, int se
                     sent ? now_ms : next_attempt_ms, now_ms);
     if (rc == STORAGE_OK && db_changes(st) != 1)
         rc = STORAGE_ENOTFOUND;
+    /* Recorded, its audit row not written yet. */
+    if (rc == STORAGE_OK)
+        CRASH_POINT(sent ? "outbox.marked_sent" : "outbox.failure_recorded");
     pthread_mutex_unlock(&st->lock);
     return rc;
 }

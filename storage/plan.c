@@ -11,6 +11,8 @@
  */
 #include "storage/internal.h"
 
+#include "common/crashpoint.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,11 +256,15 @@ int storage_commit_plan(struct storage *st, const char *study_uid, int64_t last_
         rc = STORAGE_ECONFLICT; /* received meanwhile, completed meanwhile, or gone */
     if (rc == STORAGE_OK && !discard && plan)
         rc = apply_plan(st, study_uid, plan, now_ms, &n);
-    if (rc == STORAGE_OK)
+    if (rc == STORAGE_OK) {
+        CRASH_POINT("complete.before_commit"); /* jobs planned, not committed */
         rc = db_commit(st);
+    }
     if (rc != STORAGE_OK) {
         db_rollback(st);
         n = 0;
+    } else {
+        CRASH_POINT("complete.committed"); /* complete, its jobs queued, none woken */
     }
 out:
     pthread_mutex_unlock(&st->lock);
