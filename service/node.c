@@ -107,6 +107,7 @@ struct node {
     int loop_done;                /* uv_run returned: retention runs inline */
     struct holds holds;
     int64_t space_log_ms;         /* last "refusing: disk space" line (rate limit) */
+    int64_t started_ms;           /* silence before it is not a sender's (complete_due) */
     int stopping;
     int exit_code;
 };
@@ -569,7 +570,13 @@ static void complete_due(struct node *n)
         enum due due = DUE_NOT;
         struct attr_series *rows = NULL;
         size_t n_rows = 0;
-        if (now - r.last_ms[i] >= (int64_t)cfg->node.stable_seconds * 1000)
+        /* While the node was down no sender could reach it: a study is
+         * idle since its last instance or the start, whichever is later.
+         * A sender whose transfer a stop cut short sends the rest again
+         * once the node is back, before the study is planned: planned
+         * earlier, it would be processed half received, then again whole. */
+        int64_t idle_since = r.last_ms[i] > n->started_ms ? r.last_ms[i] : n->started_ms;
+        if (now - idle_since >= (int64_t)cfg->node.stable_seconds * 1000)
             due = DUE_STABLE;
         else if (cc->max_wait_seconds &&
                  now - r.first_ms[i] >= (int64_t)cc->max_wait_seconds * 1000)
@@ -831,7 +838,9 @@ static int node_serve(struct node *n)
     n->dicom_done.data = n;
     uv_timer_init(n->loop, &n->completion);
     n->completion.data = n;
-    /* Studies left idle before a restart complete on the first tick. */
+    /* Studies left receiving before a restart complete stable_seconds
+     * after it (complete_due); past max_wait_seconds, on the first tick. */
+    n->started_ms = clock_now_ms();
     uint64_t tick = (uint64_t)cfg->node.stable_seconds * 1000 / 4;
     tick = tick < 100 ? 100 : tick > 1000 ? 1000 : tick;
     uv_timer_start(&n->completion, on_completion_timer, 0, tick);

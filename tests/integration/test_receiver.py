@@ -598,7 +598,13 @@ class ReceiverTest(NodeTestCase):
         self.assertEqual(n.studies()[study]["state"], "receiving")
         time.sleep(3.5)
         n.start()
-        s = n.wait_for_study(study, state="complete", timeout=3)
+        # The time the node was down is no silence of the sender's: the
+        # study waits stable_seconds from the start, for a resend of what
+        # the crash cut short, then completes.
+        t0 = time.monotonic()
+        self.assertEqual(n.studies()[study]["state"], "receiving")
+        s = n.wait_for_study(study, state="complete", timeout=8)
+        self.assertGreaterEqual(time.monotonic() - t0, 2.0)
         self.assertEqual(s["instances"], 3)
         self.assertEqual(n.stop(), 0)
 
