@@ -18,6 +18,8 @@
  *   5. unlink the previous version of a resent instance
  *      (that commit waits for the disk: the old file goes only once no
  *      durable row can point to it)
+ * A resend of the very bytes stored is answered success and changes
+ * nothing, its study's state included (same_as_stored).
  * After an unclean stop, a linked file without a row (a crash between 1
  * and 4, or a power cut that took the last WAL frames) is indexed again if
  * it reads as a complete instance, and removed otherwise.
@@ -566,6 +568,51 @@ static void set_aside(struct storage *st, const char *path, const char *sop)
     unlink(path);
 }
 
+/* Reads up to LEN bytes of FD into BUF (fewer only at the end of the file);
+ * the count, or -1. */
+static ssize_t read_full(int fd, unsigned char *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = read(fd, buf + got, len - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+/* 1 when the file at PATH holds exactly the bytes stored for SOP, else 0
+ * (none stored, unreadable, or other bytes). */
+static int same_as_stored(struct storage *st, const char *sop, const char *path)
+{
+    char stored[PATH_MAX];
+    if (storage_instance_path(st, sop, stored, sizeof stored) != STORAGE_OK)
+        return 0;
+    enum { CHUNK = 64 * 1024 };
+    unsigned char *a = malloc(2 * CHUNK);
+    int fa = open(path, O_RDONLY | O_CLOEXEC), fb = open(stored, O_RDONLY | O_CLOEXEC);
+    struct stat sa, sb;
+    int same = a && fa >= 0 && fb >= 0 && fstat(fa, &sa) == 0 && fstat(fb, &sb) == 0 &&
+               sa.st_size == sb.st_size;
+    while (same) {
+        ssize_t na = read_full(fa, a, CHUNK), nb = read_full(fb, a + CHUNK, CHUNK);
+        same = na >= 0 && na == nb && memcmp(a, a + CHUNK, (size_t)na) == 0;
+        if (na < CHUNK)
+            break;
+    }
+    if (fa >= 0)
+        close(fa);
+    if (fb >= 0)
+        close(fb);
+    free(a);
+    return same;
+}
+
 int storage_commit(struct storage *st, const char *temp_path,
                    const struct storage_instance *inst, char *err, size_t errlen)
 {
@@ -599,6 +646,16 @@ int storage_commit(struct storage *st, const char *temp_path,
         goto fail;
     }
     CRASH_POINT("ingest.received"); /* the bytes in tmp/, nothing else done */
+    /* The very bytes stored already: a sender that got no answer (the node
+     * died between the commit and the response) sends them again, maybe
+     * after its study was completed. Stored, and nothing changes: received
+     * again, the study would be processed again and its results sent again
+     * under new UIDs. (Retention may remove the stored file right after
+     * this; as it would have a moment after a first commit.) */
+    if (same_as_stored(st, a[ATTR_SOP_INSTANCE_UID], temp_path)) {
+        unlink(temp_path);
+        return STORAGE_OK;
+    }
     /* Private before it has a name under instances/, however it was
      * written. */
     if (chmod(temp_path, 0640) != 0) {

@@ -70,6 +70,9 @@ CRASH_POINTS = [
     ("ingest.indexed", {}),
     ("ingest.acknowledging", {}),
     ("ingest.acknowledging:6", {}),
+    # The sender sends the unanswered instance again only once the study was
+    # completed and its results sent: the same bytes change nothing.
+    ("ingest.acknowledging:6", {"resend_late": True}),
     ("complete.before_commit", {}),
     ("complete.committed", {}),
     ("job.claimed", {}),
@@ -267,14 +270,15 @@ class FaultsTest(NodeTestCase):
                 self.assertIn(sop, fwd, "a forwarded instance is missing")
                 self.assertEqual(harness.dataset_bytes(fwd[sop][0]), harness.dataset_bytes(f))
 
-    def restart_and_resend(self, n, files, acked):
+    def restart_and_resend(self, n, files, acked, started=False):
         """Starts N again and sends what storescu saw no answer for, as a
         sender would, within stable_seconds of the start (2 s: room for a
         loaded machine; the kill run waits 1 s to reach the later points
         sooner)."""
-        n.config["node"]["stable_seconds"] = 2
-        harness.write_config(n.config_path, n.config_text())
-        n.start()
+        if not started:
+            n.config["node"]["stable_seconds"] = 2
+            harness.write_config(n.config_path, n.config_text())
+            n.start()
         rest = [f for f in files if f not in acked]
         if rest:
             r = harness.storescu(n.port, rest, ae_called=n.ae, check=False, timeout=60)
@@ -319,8 +323,14 @@ class FaultsTest(NodeTestCase):
             self.clear_crash_point(n)
             if late:
                 late.start()
-            acked = self.restart_and_resend(n, files, acked)
             study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+            if opts.get("resend_late"):
+                n.start()
+                self.settle(n, study_uid, 2, SLICES)
+                acked = self.restart_and_resend(n, files, acked, started=True)
+                time.sleep(2.5)  # past stable_seconds: a reopened study would be planned
+            else:
+                acked = self.restart_and_resend(n, files, acked)
             st = self.settle(n, study_uid, 2, SLICES)
             self.check_study(n, files, acked, st, pacs_dirs, [archive.out_dir])
             self.stop_cleanly(n)
@@ -478,7 +488,7 @@ class FaultsTest(NodeTestCase):
                 for point, opts in CRASH_POINTS:
                     if only and point not in only.split(","):
                         continue
-                    with self.subTest(crash_point=point):
+                    with self.subTest(crash_point=point, **opts):
                         self.kill_at_point(point, opts, pacs, archive)
                 for i in range(RANDOM_KILLS):
                     with self.subTest(random_kill=i, seed=seed):

@@ -563,6 +563,32 @@ static void test_an_identical_resend_stays_idempotent(void **state)
     assert_int_equal(t.instances, 2);
 }
 
+/* A resend of the very bytes stored (a sender that got no answer from a
+ * node killed between commit and response) changes nothing: its completed
+ * study is not received again, to be processed and sent again. */
+static void test_a_resend_of_the_same_bytes_leaves_its_completed_study_alone(void **state)
+{
+    struct fixture *f = *state;
+    char first[512], now[512];
+    int q = -1;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "same bytes", 1000), STORAGE_OK);
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.1", first, sizeof first), STORAGE_OK);
+    struct plan p = {0};
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, &p, 0, 5000, &q), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "same bytes", 9000), STORAGE_OK);
+    assert_string_equal(tally(f->st).state, "complete");
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.1", now, sizeof now), STORAGE_OK);
+    assert_string_equal(now, first);
+    assert_string_equal(slurp(now), "same bytes");
+    /* Other bytes under the same UID are a new version: received again. */
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "other bytes", 10000),
+                     STORAGE_OK);
+    assert_string_equal(tally(f->st).state, "receiving");
+    assert_int_equal(storage_instance_path(f->st, "1.2.3.1", now, sizeof now), STORAGE_OK);
+    assert_string_equal(slurp(now), "other bytes");
+    assert_int_equal(tally(f->st).instances, 1);
+}
+
 static void test_quarantine_keeps_a_refused_instance_aside_unindexed(void **state)
 {
     struct fixture *f = *state;
@@ -2327,6 +2353,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_an_identical_resend_stays_idempotent, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_resend_of_the_same_bytes_leaves_its_completed_study_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quarantine_keeps_a_refused_instance_aside_unindexed,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_what_storage_creates_is_private_whatever_the_umask,
