@@ -207,6 +207,8 @@ class FaultsTest(NodeTestCase):
         # whole binary each time, too slow to poll with on two cores. What
         # is asserted is then read once with status.
         def check():
+            if not n.running():
+                return "died"
             state = db_rows(n, "SELECT state FROM studies WHERE study_uid=?", (study_uid,))
             count = db_rows(n, "SELECT count(*) FROM instances JOIN series USING(series_uid)"
                                " WHERE study_uid=?", (study_uid,))
@@ -219,7 +221,9 @@ class FaultsTest(NodeTestCase):
                     sum(k == "forward" for k, _ in items) < n_forwards:
                 return None
             return all(state != "pending" for _, state in items)
-        harness.wait_until(check, timeout, 0.1, "study %s settled" % study_uid)
+        if harness.wait_until(check, timeout, 0.1, "study %s settled" % study_uid) == "died":
+            self.tally.crashes += 1
+            self.fail("the node died by itself (exit %s):\n%s" % (n.wait(), n.log_tail()))
         return n.status()
 
     def check_study(self, n, files, acked, st, pacs_dirs, archive_dirs):
@@ -461,7 +465,9 @@ class FaultsTest(NodeTestCase):
             import attacks  # noqa: F401 - optional module
         except ImportError:
             return
-        results = attacks.run_all(self.binary, os.path.join(self.workdir, "attacks"))
+        folder = os.path.join(self.workdir, "attacks")
+        os.makedirs(folder, exist_ok=True)
+        results = attacks.run_all(self.binary, folder)
         self.tally.attacks += len(results)
         for a in results:
             if a.get("crashed"):
