@@ -32,6 +32,9 @@ Run it:
     cd tests/integration && AINODE_BINARY=../../build/ainode \\
         /usr/bin/python3 -m unittest test_faults -v
 
+While debugging some points, AINODE_FAULTS_ONLY=NAME,NAME... runs only those
+(and still the random kills, destinations and attacks).
+
 Add a crash point: put CRASH_POINT("stage.moment") in a C file of storage/ or
 service/ where a crash is dangerous, and its name in CRASH_POINTS below (with
 the scenario it needs, if any); the suite fails when a listed point is never
@@ -40,6 +43,7 @@ reached.
 
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -376,8 +380,8 @@ class FaultsTest(NodeTestCase):
             "refuse": ["--refuse"],
             "abort_after": ["--abort-after"],
             "abort_during": ["--abort-during"],
-            "sleep_after": ["--sleep-after", "4"],
-            "sleep_during": ["--sleep-during", "4"],
+            "sleep_after": ["--sleep-after", "3"],
+            "sleep_during": ["--sleep-during", "3"],
             "status_a700": [],        # its output folder is a file: 0xA700
             "closed": None,           # nothing listens
         }
@@ -479,10 +483,22 @@ class FaultsTest(NodeTestCase):
                 self.assertLessEqual(a["peak_rss_mib"], a["budget_mib"], a)
 
     # -- the suite ---------------------------------------------------------------
+    def test_every_crash_point_of_the_code_is_in_the_suite(self):
+        in_code = set()
+        for folder in ("storage", "service"):
+            for name in os.listdir(os.path.join(harness.REPO_ROOT, folder)):
+                if name.endswith(".c"):
+                    with open(os.path.join(harness.REPO_ROOT, folder, name)) as f:
+                        for call in re.findall(r"CRASH_POINT\((.*?)\);", f.read()):
+                            in_code.update(re.findall(r'"([^"]+)"', call))
+        listed = {p.split(":")[0] for p, _ in CRASH_POINTS}
+        self.assertGreaterEqual(len(in_code), 22)
+        self.assertEqual(in_code, listed)
+
     def test_kills_at_every_crash_point_and_faulty_destinations_lose_nothing(self):
         t0 = time.monotonic()
         seed = int(os.environ.get("AINODE_FAULTS_SEED") or random.randrange(1, 1 << 30))
-        print("fault suite: random seed %d (AINODE_FAULTS_SEED=%d reruns it)" % (seed, seed),
+        print("(random kills: seed %d; AINODE_FAULTS_SEED=%d reruns them)" % (seed, seed),
               flush=True)
         rnd = random.Random(seed)
         pacs = harness.StoreSCP(os.path.join(self.workdir, "pacs"), extra=["+uf"])
@@ -504,7 +520,8 @@ class FaultsTest(NodeTestCase):
             with self.subTest(part="attacks"):
                 self.attacks()
         finally:
-            sys.stdout.write("fault suite: %.0f s\n" % (time.monotonic() - t0))
+            sys.stdout.write("(the kills, destinations and attacks took %.0f s)\n"
+                             % (time.monotonic() - t0))
             sys.stdout.write(self.tally.line() + "\n")
             sys.stdout.flush()
         self.assertEqual(self.tally.crashes, 0)
