@@ -1043,6 +1043,22 @@ static void test_bytes_that_are_not_utf8_are_refused_at_their_place(void **state
 #undef NOT_UTF8
 }
 
+/* libfyaml 0.7 misreads a run of '' escapes: such a value is refused at
+ * its place, never read with text lost; one '' escape reads exactly. */
+static void test_single_quoted_runs_of_escaped_quotes_are_refused_not_misread(void **state)
+{
+    (void)state;
+    expect_single_error("quotes.yaml", "node:\n  data_dir: '/var/x''''y'\n",
+                        "2:13: escaped quotes ('') in a row inside single quotes are not read "
+                        "reliably: write this value in double quotes");
+    expect_single_error("only_quotes.yaml", "''''''''''''", "1:1: escaped quotes ('') in a row "
+                        "inside single quotes are not read reliably: write this value in double "
+                        "quotes");
+    struct config *cfg = load_ok(write_tmp("one_quote.yaml", "node:\n  data_dir: '/var/it''s'\n"));
+    assert_string_equal(cfg->node.data_dir, "/var/it's");
+    config_free(cfg);
+}
+
 static void test_wrong_types_are_reported_at_the_value(void **state)
 {
     (void)state;
@@ -2187,6 +2203,7 @@ int main(void)
         cmocka_unit_test(test_tls_problems_are_reported_at_their_place),
         cmocka_unit_test(test_tls_listener_changes_need_a_restart),
         cmocka_unit_test(test_bytes_that_are_not_utf8_are_refused_at_their_place),
+        cmocka_unit_test(test_single_quoted_runs_of_escaped_quotes_are_refused_not_misread),
         cmocka_unit_test(test_wrong_types_are_reported_at_the_value),
         cmocka_unit_test(test_non_mapping_sections_are_rejected),
         cmocka_unit_test(test_out_of_range_values_report_the_bounds),
