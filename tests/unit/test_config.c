@@ -1528,6 +1528,43 @@ static void test_unreadable_manifest_is_reported_at_the_manifest_value(void **st
                         "models:\n  seg:\n    manifest: ./absent.yaml\n    file: model.pt\n", rest);
 }
 
+/* A FIFO or a device named as a manifest would block a reload forever
+ * (nothing ever writes to it); a huge file would be read whole. Both are
+ * refused at once with the reason. */
+static void test_a_manifest_that_is_no_regular_file_or_too_big_is_refused_at_once(void **state)
+{
+    (void)state;
+    char fifo[600], rest[1200];
+    write_tmp("model.pt", "");
+    snprintf(fifo, sizeof fifo, "%s/manifest.fifo", tmpdir);
+    unlink(fifo);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    snprintf(rest, sizeof rest, "3:15: models.seg.manifest: cannot read %s: not a regular file",
+             fifo);
+    expect_single_error("manifest_fifo.yaml",
+                        "models:\n  seg:\n    manifest: manifest.fifo\n    file: model.pt\n",
+                        rest);
+    unlink(fifo);
+
+    char big[600];
+    snprintf(big, sizeof big, "%s/big.yaml", tmpdir);
+    FILE *f = fopen(big, "w");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, (long)SCHEMA_MAX_FILE, SEEK_SET), 0); /* a sparse 16 MiB + 1 */
+    assert_int_equal(fputc('\n', f), '\n');
+    assert_int_equal(fclose(f), 0);
+    snprintf(rest, sizeof rest, "3:15: models.seg.manifest: cannot read %s: larger than 16 MiB",
+             big);
+    expect_single_error("manifest_big.yaml",
+                        "models:\n  seg:\n    manifest: big.yaml\n    file: model.pt\n", rest);
+    struct capture cap = {0};
+    load_fails(big, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, big, " cannot read: larger than 16 MiB");
+    capture_free(&cap);
+    unlink(big);
+}
+
 static void test_builtin_without_its_manifest_is_reported_at_the_file_value(void **state)
 {
     (void)state;
@@ -2223,6 +2260,7 @@ int main(void)
         cmocka_unit_test(test_unreadable_model_file_is_reported_with_the_reason),
         cmocka_unit_test(test_path_model_needs_a_manifest),
         cmocka_unit_test(test_unreadable_manifest_is_reported_at_the_manifest_value),
+        cmocka_unit_test(test_a_manifest_that_is_no_regular_file_or_too_big_is_refused_at_once),
         cmocka_unit_test(test_builtin_without_its_manifest_is_reported_at_the_file_value),
         cmocka_unit_test(test_manifest_problems_carry_the_manifest_path_and_positions),
         cmocka_unit_test(test_more_manifest_problems_are_reported),
