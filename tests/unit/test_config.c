@@ -1422,9 +1422,9 @@ static void test_builtin_manifest_loads_with_the_reference_values(void **state)
     assert_code(&m->labels[0].type, "272673000", "SCT", "Bone");
     assert_color(m->labels[0].color, 241, 214, 145);
     assert_int_equal(m->labels[1].value, 2);
-    assert_string_equal(m->labels[1].name, "Body");
-    assert_code(&m->labels[1].category, "91723000", "SCT", "Anatomical Structure");
-    assert_code(&m->labels[1].type, "38266002", "SCT", "Entire body");
+    assert_string_equal(m->labels[1].name, "Soft tissue");
+    assert_code(&m->labels[1].category, "85756007", "SCT", "Tissue");
+    assert_code(&m->labels[1].type, "87784001", "SCT", "Soft tissue");
     assert_color(m->labels[1].color, 177, 122, 101);
     config_free(cfg);
 }
