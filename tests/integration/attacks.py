@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tools"))
 import harness  # noqa: E402
 import rawscu  # noqa: E402
 from gen_series import make_ct_series  # noqa: E402
-from test_inference import BUILTIN_MANIFEST, phantom  # noqa: E402
+from test_inference import fine_manifest, hostile_geometry_study, phantom  # noqa: E402
 from test_network import make_deflate_bomb, reset_connection  # noqa: E402
 
 import pydicom  # noqa: E402
@@ -199,20 +199,7 @@ def _decode_attack(fixture):
 
 
 def hostile_geometry(ctx):
-    study = pydicom.uid.generate_uid()
-    huge = make_ct_series(os.path.join(ctx.workdir, "huge"), 2, rows=2, cols=2,
-                          study_uid=study, series_number=1, pixel_spacing=(1e6, 1e6))
-    far = make_ct_series(os.path.join(ctx.workdir, "far"), 2, rows=2, cols=2,
-                         study_uid=study, series_number=2)
-    for path in far:
-        ds = pydicom.dcmread(path)
-        ds.ImagePositionPatient = ["1.7e308", "-1.7e308", "0"]
-        ds.ImageOrientationPatient = ["0.7071068", "0.7071068", "0", "0", "0", "-1"]
-        ds.save_as(path)
-    coarse = make_ct_series(os.path.join(ctx.workdir, "coarse"), 2, rows=16, cols=16,
-                            study_uid=study, series_number=3, spacing=100.0,
-                            pixel_spacing=(100, 100))
-    stored, failed = _job_attack(ctx, huge + far + coarse)
+    stored, failed = _job_attack(ctx, hostile_geometry_study(ctx.workdir))
     return "%d of 6 stored; failed jobs so far %d" % (stored, len(failed))
 
 
@@ -265,13 +252,7 @@ def run_all(binary, workdir):
                                                        "make_hostile_fixtures.py"), ctx.fixtures],
                    check=True, stdout=subprocess.DEVNULL)
     # A model that resamples finely: geometry decides how much a job allocates.
-    manifest = os.path.join(workdir, "fine.yaml")
-    with open(BUILTIN_MANIFEST) as f:
-        text = f.read()
-    if "spacing: none" not in text:
-        raise harness.HarnessError("the built-in manifest no longer says 'spacing: none'")
-    with open(manifest, "w") as f:
-        f.write(text.replace("spacing: none", "spacing: [0.25, 0.25, 0.25]"))
+    manifest = fine_manifest(workdir)
     sections = {
         "models": {"ct-bone-body": {"file": "builtin:ct-bone-body", "manifest": manifest,
                                     "threads": 1}},
