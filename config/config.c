@@ -100,7 +100,7 @@ int config_load(const char *path, struct config **out, config_error_fn err, void
     int e = 0;
     char *buf = schema_read_file(path, &len, &e);
     if (!buf) {
-        schema_report(&c, 0, 0, "cannot read: %s", strerror(e));
+        schema_report(&c, 0, 0, "cannot read: %s", schema_file_strerror(e));
         return e == ENOMEM ? CONFIG_ENOMEM : CONFIG_EREAD;
     }
 

@@ -394,7 +394,8 @@ void config_check_model(struct schema_ctx *c, const struct schema_parsed *p, voi
         m->file = abs;
         int e = schema_readable(abs);
         if (e)
-            schema_report(c, fv->line, fv->col, "%s.file: cannot read %s: %s", p->sect, abs, strerror(e));
+            schema_report(c, fv->line, fv->col, "%s.file: cannot read %s: %s", p->sect, abs,
+                          schema_file_strerror(e));
         if (!manifest_named)
             schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'manifest'", p->sect);
     }
@@ -404,10 +405,10 @@ void config_check_model(struct schema_ctx *c, const struct schema_parsed *p, voi
     int e = load_manifest(c, m->manifest.path, &m->manifest);
     if (e && manifest_named)
         schema_report(c, mv->line, mv->col, "%s.manifest: cannot read %s: %s", p->sect,
-                  m->manifest.path, strerror(e));
+                  m->manifest.path, schema_file_strerror(e));
     else if (e)
         schema_report(c, fv->line, fv->col, "%s.file: cannot read manifest %s: %s", p->sect,
-                  m->manifest.path, strerror(e));
+                  m->manifest.path, schema_file_strerror(e));
 }
 
 void config_release_model(const struct schema_field *f, void *base)

@@ -98,24 +98,52 @@ char *schema_resolve_path(const struct schema_ctx *c, const char *path)
     return join_path(c->dir, path);
 }
 
-/* 0 when PATH is a file we can open for reading, else an errno. */
+const char *schema_file_strerror(int e)
+{
+    if (e == SCHEMA_ENOTFILE)
+        return "not a regular file";
+    if (e == SCHEMA_ETOOBIG)
+        return "larger than 16 MiB";
+    return strerror(e);
+}
+
+/* Opens PATH for reading if it is a regular file (O_NONBLOCK: a FIFO
+ * cannot hang the open either). Returns the descriptor, or -1 with the
+ * error in *ERR. */
+static int open_regular(const char *path, struct stat *st, int *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        *err = errno;
+        return -1;
+    }
+    *err = fstat(fd, st) != 0 ? errno : S_ISDIR(st->st_mode) ? EISDIR
+                                      : !S_ISREG(st->st_mode) ? SCHEMA_ENOTFILE : 0;
+    if (*err) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 int schema_readable(const char *path)
 {
-    /* O_NONBLOCK: a FIFO must not hang the check */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0)
-        return errno;
     struct stat st;
-    int e = fstat(fd, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : 0;
-    close(fd);
+    int e = 0, fd = open_regular(path, &st, &e);
+    if (fd >= 0)
+        close(fd);
     return e;
 }
 
 char *schema_read_file(const char *path, size_t *lenp, int *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        *err = errno;
+    struct stat st;
+    int fd = open_regular(path, &st, err);
+    if (fd < 0)
+        return NULL;
+    if ((uintmax_t)st.st_size > SCHEMA_MAX_FILE) {
+        *err = SCHEMA_ETOOBIG;
+        close(fd);
         return NULL;
     }
     size_t cap = 4096, len = 0;
@@ -145,6 +173,10 @@ char *schema_read_file(const char *path, size_t *lenp, int *err)
         if (r == 0)
             break;
         len += (size_t)r;
+        if (len > SCHEMA_MAX_FILE) { /* it grew while read */
+            *err = SCHEMA_ETOOBIG;
+            goto fail;
+        }
     }
     close(fd);
     *lenp = len;

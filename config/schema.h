@@ -92,7 +92,14 @@ int schema_valid_name(const char *s, size_t len);
 
 /* ---- files and paths ---- */
 
-/* The whole file, malloc'ed; NULL with an errno in *ERR. */
+/* Beside errno values: PATH is no regular file (a FIFO or a device could
+ * block a reload forever), or it is over SCHEMA_MAX_FILE bytes. */
+#define SCHEMA_ENOTFILE (-2)
+#define SCHEMA_ETOOBIG (-3)
+#define SCHEMA_MAX_FILE (16u << 20)
+/* The text of an error of the two functions below: strerror or ours. */
+const char *schema_file_strerror(int e);
+/* The whole regular file, malloc'ed; NULL with an error in *ERR. */
 char *schema_read_file(const char *path, size_t *lenp, int *err);
 /* PATH made absolute against the current directory, cleaned. */
 char *schema_absolute_path(const char *path);
@@ -100,7 +107,8 @@ char *schema_absolute_path(const char *path);
 char *schema_dir_of(const char *path);
 /* PATH made absolute against the directory of the file being read. */
 char *schema_resolve_path(const struct schema_ctx *c, const char *path);
-/* 0 when PATH is a file that can be opened for reading, else an errno. */
+/* 0 when PATH is a regular file that can be opened for reading, else an
+ * error for schema_file_strerror. */
 int schema_readable(const char *path);
 
 /* ---- the schema engine ---- */

@@ -19,7 +19,7 @@ static void check_readable(struct schema_ctx *c, const struct schema_parsed *p, 
     if (e) {
         const struct ynode *v = schema_pos_of(p, key);
         schema_report(c, v->line, v->col, "%s.%s: cannot read %s: %s", p->sect, key, path,
-                      strerror(e));
+                      schema_file_strerror(e));
     }
 }
 

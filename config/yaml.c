@@ -141,6 +141,26 @@ static struct ynode *ynode_from_event(struct fy_event *ev)
     return y;
 }
 
+/* libfyaml 0.7 unescapes a run of two or more '' escapes in a single-quoted
+ * scalar wrongly ('x''''y' reads as x''' instead of x''y, losing text, and
+ * leaks its chunk buffer), so such a scalar is refused, never misread. The
+ * event's marks bound the text between the quotes in BUF. */
+static int single_quoted_unreadable(struct fy_event *ev, const char *buf, size_t len)
+{
+    if (fy_token_scalar_style(ev->scalar.value) != FYSS_SINGLE_QUOTED)
+        return 0;
+    const struct fy_mark *a = fy_event_start_mark(ev), *b = fy_event_end_mark(ev);
+    if (!a || !b || a->input_pos > b->input_pos || b->input_pos > len)
+        return 0;
+    size_t run = 0;
+    for (size_t i = a->input_pos; i < b->input_pos; i++) {
+        run = buf[i] == '\'' ? run + 1 : 0;
+        if (run >= 4)
+            return 1;
+    }
+    return 0;
+}
+
 /* Keeps the first line libfyaml prints instead of collecting (a few
  * errors bypass collection); nothing reaches stderr. */
 struct diag_text {
@@ -286,7 +306,13 @@ int yaml_parse(struct schema_ctx *c, const char *buf, size_t len, struct ynode *
             fy_parser_event_free(fyp, ev);
             continue; /* keep going so later syntax errors still surface */
         }
-        if (t == FYET_SCALAR || t == FYET_ALIAS || t == FYET_MAPPING_START ||
+        if (t == FYET_SCALAR && single_quoted_unreadable(ev, buf, len)) {
+            /* the start mark is inside the quote: point at the quote */
+            schema_report(c, has_pos ? m->line + 1 : 0, has_pos ? m->column : 0,
+                          "escaped quotes ('') in a row inside single quotes are not read "
+                          "reliably: write this value in double quotes");
+            failed = 1;
+        } else if (t == FYET_SCALAR || t == FYET_ALIAS || t == FYET_MAPPING_START ||
             t == FYET_SEQUENCE_START) {
             struct ynode *y = ynode_from_event(ev);
             int is_coll = t == FYET_MAPPING_START || t == FYET_SEQUENCE_START;

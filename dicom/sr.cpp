@@ -340,6 +340,11 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     const std::string series_uid = new_uid(), sop_uid = new_uid();
     check(out.putAndInsertString(DCM_SeriesInstanceUID, series_uid.c_str()), "series UID");
     check(out.putAndInsertString(DCM_SOPInstanceUID, sop_uid.c_str()), "SOP instance UID");
+    // The series is as old as its one document (the SEG does the same).
+    check(out.putAndInsertString(DCM_SeriesDate, get_string(out, DCM_ContentDate).c_str()),
+          "series date");
+    check(out.putAndInsertString(DCM_SeriesTime, get_string(out, DCM_ContentTime).c_str()),
+          "series time");
 
     OFCondition c = file.saveFile(path, EXS_LittleEndianExplicit);
     if (c.bad()) {

@@ -5,7 +5,7 @@
  * Input 1x1xDxHxW float, CT Hounsfield units. Output 1x3xDxHxW float,
  * one-hot, whose argmax over channels is
  *   1 "Bone"  for 226 <= HU <= 3071,
- *   2 "Body"  for HU > -500 that is not bone,
+ *   2 "Soft tissue"  for HU > -500 that is not bone,
  *   0 background otherwise (NaN included).
  * Its one layer is a 1x1x1 convolution with weight [1, -1, 1] and bias
  * [-226, 3071, 500], written as the broadcast multiply-add it amounts to

@@ -8,7 +8,6 @@ and the built-in model's labels come out exactly as its definition says.
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +44,43 @@ def models(file="builtin:ct-bone-body", manifest=None, device="cpu", workers=1):
     if manifest:
         m["manifest"] = manifest
     return {"ct-bone-body": m}
+
+
+def fine_manifest(workdir):
+    """The built-in model's manifest, resampling to 0.25 mm: how much a job
+    allocates then depends on the geometry it is sent. Returns its path."""
+    manifest = os.path.join(workdir, "fine.yaml")
+    with open(BUILTIN_MANIFEST) as f:
+        text = f.read()
+    if "spacing: none" not in text:
+        raise harness.HarnessError("the built-in manifest no longer says 'spacing: none'")
+    with open(manifest, "w") as f:
+        f.write(text.replace("spacing: none", "spacing: [0.25, 0.25, 0.25]"))
+    return manifest
+
+
+def hostile_geometry_study(workdir):
+    """One study of three 2-slice series whose geometry would have a model
+    that resamples index outside its volume or allocate gigabytes."""
+    study = pydicom.uid.generate_uid()
+    # 2x2 pixels of a million mm each.
+    huge = make_ct_series(os.path.join(workdir, "huge"), 2, rows=2, cols=2,
+                          study_uid=study, series_number=1, pixel_spacing=(1e6, 1e6))
+    # Positions near the largest double on an oblique plane: their
+    # distance along the normal is -inf, the gap between them NaN.
+    far = make_ct_series(os.path.join(workdir, "far"), 2, rows=2, cols=2,
+                         study_uid=study, series_number=2)
+    for path in far:
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = ["1.7e308", "-1.7e308", "0"]
+        ds.ImageOrientationPatient = ["0.7071068", "0.7071068", "0", "0", "0", "-1"]
+        ds.save_as(path)
+    # 16x16 pixels of 100 mm, slices 100 mm apart: valid, but at 0.25 mm
+    # it is 6001 x 6001 x 401 voxels (58 GB of float).
+    coarse = make_ct_series(os.path.join(workdir, "coarse"), 2, rows=16, cols=16,
+                            study_uid=study, series_number=3, spacing=100.0,
+                            pixel_spacing=(100, 100))
+    return huge + far + coarse
 
 
 def phantom(z, rows, cols):
@@ -241,34 +277,11 @@ class InferenceTest(NodeTestCase):
     def test_hostile_geometry_fails_its_job_and_the_node_keeps_answering(self):
         # A model that resamples finely; three series whose geometry would
         # have it index outside its volume or allocate gigabytes.
-        manifest = os.path.join(self.workdir, "fine.yaml")
-        with open(BUILTIN_MANIFEST) as f:
-            text = f.read()
-        self.assertIn("spacing: none", text)
-        with open(manifest, "w") as f:
-            f.write(text.replace("spacing: none", "spacing: [0.25, 0.25, 0.25]"))
+        manifest = fine_manifest(self.workdir)
         n = self.node_with_models(models=models(manifest=manifest))
         n.start()
         pid = n.pid
-        study = pydicom.uid.generate_uid()
-        # 2x2 pixels of a million mm each.
-        huge = make_ct_series(os.path.join(self.workdir, "huge"), 2, rows=2, cols=2,
-                              study_uid=study, series_number=1, pixel_spacing=(1e6, 1e6))
-        # Positions near the largest double on an oblique plane: their
-        # distance along the normal is -inf, the gap between them NaN.
-        far = make_ct_series(os.path.join(self.workdir, "far"), 2, rows=2, cols=2,
-                             study_uid=study, series_number=2)
-        for path in far:
-            ds = pydicom.dcmread(path)
-            ds.ImagePositionPatient = ["1.7e308", "-1.7e308", "0"]
-            ds.ImageOrientationPatient = ["0.7071068", "0.7071068", "0", "0", "0", "-1"]
-            ds.save_as(path)
-        # 16x16 pixels of 100 mm, slices 100 mm apart: valid, but at 0.25 mm
-        # it is 6001 x 6001 x 401 voxels (58 GB of float).
-        coarse = make_ct_series(os.path.join(self.workdir, "coarse"), 2, rows=16, cols=16,
-                                study_uid=study, series_number=3, spacing=100.0,
-                                pixel_spacing=(100, 100))
-        harness.storescu(n.port, huge + far + coarse, ae_called=n.ae)
+        harness.storescu(n.port, hostile_geometry_study(self.workdir), ae_called=n.ae)
         # A node that dies is a failure at once, not a wait for its jobs.
         deadline = time.monotonic() + 120
         while True:

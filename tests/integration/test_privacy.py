@@ -16,7 +16,6 @@ import os
 import secrets
 import signal
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +23,7 @@ import harness  # noqa: E402
 import rawscu  # noqa: E402
 from gen_series import make_ct_series  # noqa: E402
 from test_inference import phantom  # noqa: E402
-from test_receiver import NodeTestCase, db_rows  # noqa: E402
+from test_receiver import NodeTestCase  # noqa: E402
 
 import pydicom  # noqa: E402
 

@@ -122,7 +122,7 @@ class ResultsTest(NodeTestCase):
         seg_uid = str(pydicom.dcmread(seg, stop_before_pixels=True).SOPInstanceUID)
         r = subprocess.run(["/usr/bin/python3", os.path.join(TOOLS, "verify_sr.py"), sr, seg_uid,
                             str(ds.SeriesInstanceUID),
-                            "1:Bone:272673000=%r" % vols[1], "2:Body:38266002=%r" % vols[2]],
+                            "1:Bone:272673000=%r" % vols[1], "2:Soft tissue:87784001=%r" % vols[2]],
                            capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         return seg, sr

@@ -136,6 +136,12 @@ def check_header(chk, ds, args, sources):
         chk.expect(str(ds.get("SeriesNumber")) == str(args.series_number),
                    "SeriesNumber %r, expected %d" % (ds.get("SeriesNumber"), args.series_number))
     chk.expect(bool(ds.get("Manufacturer")), "no Manufacturer")
+    # Viewers list series by their date: the SR's is when it was made.
+    for kw in ("SeriesDate", "SeriesTime"):
+        chk.expect(bool(ds.get(kw)), "no %s" % kw)
+    chk.expect(ds.get("SeriesDate") == ds.get("ContentDate"),
+               "SeriesDate %r is not the ContentDate %r" % (ds.get("SeriesDate"),
+                                                            ds.get("ContentDate")))
     if sources:
         first = sources[0]
         for kw in PATIENT_STUDY_KEYWORDS:

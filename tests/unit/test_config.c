@@ -1043,6 +1043,22 @@ static void test_bytes_that_are_not_utf8_are_refused_at_their_place(void **state
 #undef NOT_UTF8
 }
 
+/* libfyaml 0.7 misreads a run of '' escapes: such a value is refused at
+ * its place, never read with text lost; one '' escape reads exactly. */
+static void test_single_quoted_runs_of_escaped_quotes_are_refused_not_misread(void **state)
+{
+    (void)state;
+    expect_single_error("quotes.yaml", "node:\n  data_dir: '/var/x''''y'\n",
+                        "2:13: escaped quotes ('') in a row inside single quotes are not read "
+                        "reliably: write this value in double quotes");
+    expect_single_error("only_quotes.yaml", "''''''''''''", "1:1: escaped quotes ('') in a row "
+                        "inside single quotes are not read reliably: write this value in double "
+                        "quotes");
+    struct config *cfg = load_ok(write_tmp("one_quote.yaml", "node:\n  data_dir: '/var/it''s'\n"));
+    assert_string_equal(cfg->node.data_dir, "/var/it's");
+    config_free(cfg);
+}
+
 static void test_wrong_types_are_reported_at_the_value(void **state)
 {
     (void)state;
@@ -1406,9 +1422,9 @@ static void test_builtin_manifest_loads_with_the_reference_values(void **state)
     assert_code(&m->labels[0].type, "272673000", "SCT", "Bone");
     assert_color(m->labels[0].color, 241, 214, 145);
     assert_int_equal(m->labels[1].value, 2);
-    assert_string_equal(m->labels[1].name, "Body");
-    assert_code(&m->labels[1].category, "91723000", "SCT", "Anatomical Structure");
-    assert_code(&m->labels[1].type, "38266002", "SCT", "Entire body");
+    assert_string_equal(m->labels[1].name, "Soft tissue");
+    assert_code(&m->labels[1].category, "85756007", "SCT", "Tissue");
+    assert_code(&m->labels[1].type, "87784001", "SCT", "Soft tissue");
     assert_color(m->labels[1].color, 177, 122, 101);
     config_free(cfg);
 }
@@ -1510,6 +1526,43 @@ static void test_unreadable_manifest_is_reported_at_the_manifest_value(void **st
              tmpdir);
     expect_single_error("manifest_missing.yaml",
                         "models:\n  seg:\n    manifest: ./absent.yaml\n    file: model.pt\n", rest);
+}
+
+/* A FIFO or a device named as a manifest would block a reload forever
+ * (nothing ever writes to it); a huge file would be read whole. Both are
+ * refused at once with the reason. */
+static void test_a_manifest_that_is_no_regular_file_or_too_big_is_refused_at_once(void **state)
+{
+    (void)state;
+    char fifo[600], rest[1200];
+    write_tmp("model.pt", "");
+    snprintf(fifo, sizeof fifo, "%s/manifest.fifo", tmpdir);
+    unlink(fifo);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    snprintf(rest, sizeof rest, "3:15: models.seg.manifest: cannot read %s: not a regular file",
+             fifo);
+    expect_single_error("manifest_fifo.yaml",
+                        "models:\n  seg:\n    manifest: manifest.fifo\n    file: model.pt\n",
+                        rest);
+    unlink(fifo);
+
+    char big[600];
+    snprintf(big, sizeof big, "%s/big.yaml", tmpdir);
+    FILE *f = fopen(big, "w");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, (long)SCHEMA_MAX_FILE, SEEK_SET), 0); /* a sparse 16 MiB + 1 */
+    assert_int_equal(fputc('\n', f), '\n');
+    assert_int_equal(fclose(f), 0);
+    snprintf(rest, sizeof rest, "3:15: models.seg.manifest: cannot read %s: larger than 16 MiB",
+             big);
+    expect_single_error("manifest_big.yaml",
+                        "models:\n  seg:\n    manifest: big.yaml\n    file: model.pt\n", rest);
+    struct capture cap = {0};
+    load_fails(big, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, big, " cannot read: larger than 16 MiB");
+    capture_free(&cap);
+    unlink(big);
 }
 
 static void test_builtin_without_its_manifest_is_reported_at_the_file_value(void **state)
@@ -2187,6 +2240,7 @@ int main(void)
         cmocka_unit_test(test_tls_problems_are_reported_at_their_place),
         cmocka_unit_test(test_tls_listener_changes_need_a_restart),
         cmocka_unit_test(test_bytes_that_are_not_utf8_are_refused_at_their_place),
+        cmocka_unit_test(test_single_quoted_runs_of_escaped_quotes_are_refused_not_misread),
         cmocka_unit_test(test_wrong_types_are_reported_at_the_value),
         cmocka_unit_test(test_non_mapping_sections_are_rejected),
         cmocka_unit_test(test_out_of_range_values_report_the_bounds),
@@ -2206,6 +2260,7 @@ int main(void)
         cmocka_unit_test(test_unreadable_model_file_is_reported_with_the_reason),
         cmocka_unit_test(test_path_model_needs_a_manifest),
         cmocka_unit_test(test_unreadable_manifest_is_reported_at_the_manifest_value),
+        cmocka_unit_test(test_a_manifest_that_is_no_regular_file_or_too_big_is_refused_at_once),
         cmocka_unit_test(test_builtin_without_its_manifest_is_reported_at_the_file_value),
         cmocka_unit_test(test_manifest_problems_carry_the_manifest_path_and_positions),
         cmocka_unit_test(test_more_manifest_problems_are_reported),
