@@ -305,10 +305,19 @@ bool is_jpeg_xfer(const DcmXfer &x)
     return n >= 50 && n <= 81;
 }
 
-// The frame header (SOFn, or SOF55 for JPEG-LS) of the JPEG stream in D.
-void check_jpeg_header(const uint8_t *d, size_t n, const pixel_format &f, size_t frame)
+bool is_jpegls_xfer(const DcmXfer &x)
 {
-    const std::string where = "JPEG frame " + std::to_string(frame + 1);
+    // JPEG-LS lossless and near-lossless: 1.2.840.10008.1.2.4.80 and .81.
+    const char *uid = x.getXferID();
+    return uid &&
+           (!strcmp(uid, "1.2.840.10008.1.2.4.80") || !strcmp(uid, "1.2.840.10008.1.2.4.81"));
+}
+
+// The frame header (SOFn, or SOF55 for JPEG-LS) of the CODEC stream in D.
+void check_jpeg_header(const uint8_t *d, size_t n, const pixel_format &f, size_t frame,
+                       const char *codec)
+{
+    const std::string where = std::string(codec) + " frame " + std::to_string(frame + 1);
     size_t pos = 2; // after SOI
     while (pos + 4 <= n) {
         if (d[pos] != 0xFF)
@@ -348,7 +357,7 @@ void check_jpeg_header(const uint8_t *d, size_t n, const pixel_format &f, size_t
 }
 
 // Every fragment that starts a JPEG stream (SOI) starts a frame.
-void check_jpeg_frames(DcmPixelSequence *seq, const pixel_format &f)
+void check_jpeg_frames(DcmPixelSequence *seq, const pixel_format &f, const char *codec)
 {
     size_t frame = 0;
     const unsigned long items = seq->card();
@@ -364,7 +373,7 @@ void check_jpeg_frames(DcmPixelSequence *seq, const pixel_format &f)
             fail("cannot read a JPEG fragment");
         if (bytes[0] != 0xFF || bytes[1] != 0xD8)
             continue;
-        check_jpeg_header(bytes, len, f, frame++);
+        check_jpeg_header(bytes, len, f, frame++, codec);
     }
     if (frame < static_cast<size_t>(f.frames))
         fail("the pixel data holds " + std::to_string(frame) + " JPEG streams for " +
@@ -1094,7 +1103,7 @@ void decode_pixels(DcmDataset *ds, dicom_image *img)
         // The codec sizes its buffers from the codestream, not from Rows and
         // Columns: its frame headers must agree with them first.
         if (is_jpeg_xfer(x))
-            check_jpeg_frames(h.seq, f);
+            check_jpeg_frames(h.seq, f, is_jpegls_xfer(x) ? "JPEG-LS" : "JPEG");
         register_decoders();
         OFCondition c = ds->chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
         if (c.bad() || !ds->canWriteXfer(EXS_LittleEndianExplicit))

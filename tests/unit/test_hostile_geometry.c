@@ -154,7 +154,7 @@ static void test_codestreams_that_disagree_with_their_header_are_refused(void **
                    "the encapsulated pixel data holds fewer fragments than Number of Frames");
     expect_refused("jpeg_sof_huge.dcm", "JPEG frame 1: the codestream claims 30000x30000 pixels "
                                         "where Columns x Rows is 64x64");
-    expect_refused("jpegls_sof_huge.dcm", "JPEG frame 1: the codestream claims 30000x30000 "
+    expect_refused("jpegls_sof_huge.dcm", "JPEG-LS frame 1: the codestream claims 30000x30000 "
                                           "pixels where Columns x Rows is 64x64");
     /* Headers cut short: the parsers stop at the end of their bytes. */
     expect_refused("j2k_truncated.dcm",
@@ -162,7 +162,7 @@ static void test_codestreams_that_disagree_with_their_header_are_refused(void **
     expect_refused("j2k_jp2_bad_box.dcm", "JPEG 2000 frame 1: no codestream in its JP2 wrapper");
     expect_refused("jpeg_truncated.dcm", "JPEG frame 1: no frame header (SOF) in its first fragment");
     expect_refused("jpegls_truncated.dcm",
-                   "JPEG frame 1: no frame header (SOF) in its first fragment");
+                   "JPEG-LS frame 1: no frame header (SOF) in its first fragment");
     long grown_mb = (max_rss_kb() - rss) / 1024;
     if (grown_mb > 32)
         fail_msg("refusing the codestreams grew the process by %ld MB", grown_mb);
