@@ -26,7 +26,6 @@ test_faults.py folds the results into the fault suite's summary line.
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,8 @@ import harness  # noqa: E402
 import rawscu  # noqa: E402
 from gen_series import make_ct_series  # noqa: E402
 from test_inference import fine_manifest, hostile_geometry_study, phantom  # noqa: E402
-from test_network import make_deflate_bomb, reset_connection  # noqa: E402
+from test_network import make_deflate_bomb, proc_status_kib, reset_connection  # noqa: E402
+from test_receiver import db_rows  # noqa: E402
 
 import pydicom  # noqa: E402
 
@@ -48,14 +48,6 @@ MAX_DATASET_MB = 16
 
 
 # --- the node's memory and health ------------------------------------------
-def _status_kib(pid, field):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise harness.HarnessError("no %s for process %d" % (field, pid))
-
-
 def _reset_peak(pid):
     """Restarts VmHWM from the current RSS (Linux >= 4.0)."""
     with open("/proc/%d/clear_refs" % pid, "w") as f:
@@ -71,11 +63,7 @@ def _echo_seconds(node):
 
 def _held_instances(node):
     """{SOP Instance UID: stored path} from the node's index."""
-    db = sqlite3.connect("file:%s?mode=ro" % node.db_path, uri=True, timeout=10)
-    try:
-        return dict(db.execute("SELECT sop_instance_uid, path FROM instances"))
-    finally:
-        db.close()
+    return dict(db_rows(node, "SELECT sop_instance_uid, path FROM instances"))
 
 
 def _jobs_idle(node):
@@ -288,7 +276,7 @@ def run_all(binary, workdir):
                 r["detail"] = "the node was not running before the attack"
                 break
             _reset_peak(pid)
-            rss = _status_kib(pid, "VmRSS") / 1024.0
+            rss = proc_status_kib(pid, "VmRSS") / 1024.0
             allowance = MAX_JOB_MEMORY_MB if kind == "job" else MAX_DATASET_MB
             r["budget_mib"] = round(rss + allowance, 1)
             try:
@@ -300,7 +288,7 @@ def run_all(binary, workdir):
                 r["crashed"] = True
                 r["detail"] += "; the node died (exit %r)" % (node.proc.poll(),)
                 break
-            r["peak_rss_mib"] = round(_status_kib(pid, "VmHWM") / 1024.0, 1)
+            r["peak_rss_mib"] = round(proc_status_kib(pid, "VmHWM") / 1024.0, 1)
             r["echo_s"] = _echo_seconds(node)
             r["served"] = r["echo_s"] is not None and r["echo_s"] < 1.0
             now = _held_instances(node)

@@ -117,13 +117,18 @@ def make_deflate_bomb(path, inflated_mb, inst_uid):
     return side * side * 2
 
 
-def vm_hwm_kb(pid):
-    """Peak resident memory of process PID (VmHWM), in KiB."""
+def proc_status_kib(pid, field):
+    """FIELD of /proc/PID/status (VmHWM, VmRSS, ...), in KiB."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise AssertionError("no VmHWM for %d" % pid)
+    raise AssertionError("no %s for %d" % (field, pid))
+
+
+def vm_hwm_kb(pid):
+    """Peak resident memory of process PID (VmHWM), in KiB."""
+    return proc_status_kib(pid, "VmHWM")
 
 
 def timed_echo(test, n, ae_calling="ECHOSCU"):
