@@ -35,7 +35,7 @@ def slow_builtin_model(workdir, binary):
     with open(BUILTIN_MANIFEST) as f:
         text = f.read()
     with open(manifest, "w") as f:
-        f.write(text.replace("patch: [64, 256, 256]", "patch: [1, 8, 8]"))
+        f.write(text.replace("patch: [64, 256, 256]", "patch: [1, 4, 4]"))
     return os.path.join(os.path.dirname(binary), "models", "ct-bone-body.pt"), manifest
 
 
