@@ -56,6 +56,12 @@ struct dicom_result {
     int series_number;
     const char *manufacturer;        /* of the results, e.g. "ainode" */
     const char *software_version;
+    /* What traces the results to the exact model (each may be NULL): the
+     * SHA-256 (64 lower-case hex digits) of the model file and of its
+     * manifest, and the manifest's intended-use statement. */
+    const char *model_sha256;
+    const char *manifest_sha256;
+    const char *intended_use;
 };
 
 /* What a writer wrote: the identity a sender needs. */
