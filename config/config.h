@@ -124,6 +124,30 @@ struct config_label {
     int color[3];                  /* display colour, sRGB 0..255 */
 };
 
+/* One class of a classification model: output channel VALUE - 1. */
+struct config_class {
+    int value;                     /* class number, 1..255: output channel value - 1 */
+    char *name;                    /* Tracking Identifier of its SR group */
+    struct config_code finding;    /* what it finds (SNOMED CT, RadLex, ...) */
+    double threshold;              /* probability at or above which it is present */
+};
+
+/* input.kind: what one model input is made of. */
+enum config_input_kind {
+    CONFIG_INPUT_VOLUME = 0,       /* the series as one 3-D volume, patch by patch */
+    CONFIG_INPUT_IMAGE,            /* each 2-D image (each frame) on its own, letterboxed */
+};
+
+/* output.kind: what the model's output means. */
+enum config_output_kind {
+    CONFIG_OUTPUT_SEGMENTATION = 0, /* a label per voxel -> SEG and volume SR */
+    CONFIG_OUTPUT_CLASSIFICATION,   /* a score per class -> SR findings */
+};
+
+enum config_activation { CONFIG_ACTIVATION_SOFTMAX = 0, CONFIG_ACTIVATION_SIGMOID,
+                         CONFIG_ACTIVATION_NONE };
+enum config_aggregate { CONFIG_AGGREGATE_MAX = 0, CONFIG_AGGREGATE_MEAN };
+
 enum config_blend { CONFIG_BLEND_CONSTANT = 0, CONFIG_BLEND_GAUSSIAN };
 enum config_decision { CONFIG_DECISION_ARGMAX = 0, CONFIG_DECISION_THRESHOLD };
 
@@ -135,6 +159,14 @@ struct config_manifest {
     char *algorithm_version;
     struct config_code algorithm_family;
     char *modality;                /* input.modality, e.g. "CT" */
+    enum config_input_kind input_kind; /* input.kind */
+    int size[2];                   /* input.size: rows, columns of an image input */
+    int in_channels;               /* input.channels: 1 (grey) or 3 (RGB) */
+    int has_window;
+    double window[2];              /* input.window: centre, width; else the image's own */
+    int n_mean, n_std;             /* input.mean / input.std: one per channel, or none */
+    double mean[3], std[3];
+    int batch;                     /* input.batch: images per forward */
     int min_slices;                /* input.min_slices, default 1 */
     int max_voxels;                /* input.max_voxels; 0: node.max_job_memory_mb decides */
     int has_spacing;               /* preprocess.spacing other than "none" */
@@ -147,7 +179,12 @@ struct config_manifest {
     int margin[3];                 /* inference.margin: z, y, x, default 0 */
     double overlap;                /* inference.overlap, 0 <= overlap < 1 */
     enum config_blend blend;       /* inference.blend: constant | gaussian */
+    enum config_output_kind output_kind; /* output.kind */
     int channels;                  /* output.channels */
+    enum config_activation activation; /* output.activation (classification) */
+    enum config_aggregate aggregate;   /* output.aggregate: over the images of a series */
+    struct config_class *classes;  /* output.classes, by increasing value: 1..n */
+    size_t n_classes;
     enum config_decision decision; /* output.decision: argmax | threshold */
     double threshold;              /* output.threshold */
     struct config_label *labels;   /* output.labels, by increasing value: 1..n */

@@ -13,9 +13,17 @@
 
 _Static_assert(sizeof(enum config_blend) == sizeof(int), "blend stored as int");
 _Static_assert(sizeof(enum config_decision) == sizeof(int), "decision stored as int");
+_Static_assert(sizeof(enum config_input_kind) == sizeof(int), "input kind stored as int");
+_Static_assert(sizeof(enum config_output_kind) == sizeof(int), "output kind stored as int");
+_Static_assert(sizeof(enum config_activation) == sizeof(int), "activation stored as int");
+_Static_assert(sizeof(enum config_aggregate) == sizeof(int), "aggregate stored as int");
 
 static const char *const blend_names[] = {"constant", "gaussian", NULL};
 static const char *const decision_names[] = {"argmax", "threshold", NULL};
+static const char *const input_kind_names[] = {"volume", "image", NULL};
+static const char *const output_kind_names[] = {"segmentation", "classification", NULL};
+static const char *const activation_names[] = {"softmax", "sigmoid", "none", NULL};
+static const char *const aggregate_names[] = {"max", "mean", NULL};
 
 static void check_preprocess(struct schema_ctx *c, const struct schema_parsed *p, void *base);
 static void check_inference(struct schema_ctx *c, const struct schema_parsed *p, void *base);
@@ -23,10 +31,15 @@ static void check_output(struct schema_ctx *c, const struct schema_parsed *p, vo
 static void parse_labels(struct schema_ctx *c, const struct schema_field *f, const char *what,
                          const struct ynode *v, void *base);
 static void release_labels(const struct schema_field *f, void *base);
+static void check_input(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+static void parse_classes(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                          const struct ynode *v, void *base);
+static void release_classes(const struct schema_field *f, void *base);
 
 #define MAN_OFF(m) offsetof(struct config_manifest, m)
 #define CODE_OFF(m) offsetof(struct config_code, m)
 #define LABEL_OFF(m) offsetof(struct config_label, m)
+#define CLASS_OFF(m) offsetof(struct config_class, m)
 
 
 static const struct schema_field code_fields[] = {
@@ -47,6 +60,15 @@ static const struct schema_field label_fields[] = {
      .off = LABEL_OFF(color), .doc = "display colour [r, g, b]"},
 };
 
+static const struct schema_field class_fields[] = {
+    {.key = "name", .type = T_STR, .required = 1, .off = CLASS_OFF(name),
+     .doc = "Tracking Identifier of the class's findings"},
+    {.key = "finding", .type = T_SECTION, .required = 1, SUB(code_fields),
+     .off = CLASS_OFF(finding), .doc = "what the class finds, a code"},
+    {.key = "threshold", .type = T_FLOAT, .def_float = 0.5, .fcheck = F_UNIT,
+     .off = CLASS_OFF(threshold), .doc = "probability from which the finding is present"},
+};
+
 /* The manifest's sections fill the one flat struct config_manifest, hence
  * .off = 0 for them: only codes are structs of their own. */
 static const struct schema_field algorithm_fields[] = {
@@ -61,6 +83,22 @@ static const struct schema_field algorithm_fields[] = {
 static const struct schema_field input_fields[] = {
     {.key = "modality", .type = T_STR, .required = 1, .off = MAN_OFF(modality),
      .doc = "modality of the series the model reads"},
+    {.key = "kind", .type = T_ENUM, .def_int = CONFIG_INPUT_VOLUME, .names = input_kind_names,
+     .off = MAN_OFF(input_kind), .doc = "volume (the series in 3-D) or image (each 2-D image)"},
+    {.key = "size", .type = T_INTS, .count = 2, .min = 1, .max = 4096, .off = MAN_OFF(size),
+     .doc = "[rows, columns] of the model's image input (kind image)"},
+    {.key = "channels", .type = T_INT, .def_int = 1, .min = 1, .max = 3,
+     .off = MAN_OFF(in_channels), .doc = "1 (grey) or 3 (RGB) input channels (kind image)"},
+    {.key = "window", .type = T_FLOATS, .count = 2, .off = MAN_OFF(window),
+     .off_n = MAN_OFF(has_window),
+     .doc = "[centre, width] of the grey window; default the image's own (kind image)"},
+    {.key = "mean", .type = T_FLOATS, .count = 3, .min_count = 1, .off = MAN_OFF(mean),
+     .off_n = MAN_OFF(n_mean), .doc = "subtracted per channel from the 0..1 image (kind image)"},
+    {.key = "std", .type = T_FLOATS, .count = 3, .min_count = 1, .fcheck = F_POSITIVE,
+     .off = MAN_OFF(std), .off_n = MAN_OFF(n_std),
+     .doc = "then divided by, per channel (kind image)"},
+    {.key = "batch", .type = T_INT, .def_int = 1, .min = 1, .max = 1024, .off = MAN_OFF(batch),
+     .doc = "images per model run (kind image)"},
     {.key = "min_slices", .type = T_INT, .def_int = 1, .min = 1, .max = 100000,
      .off = MAN_OFF(min_slices), .doc = "fewer slices are refused"},
     {.key = "max_voxels", .type = T_INT, .def_int = 0, .min = 0, .max = 2147483647,
@@ -97,15 +135,27 @@ static const struct schema_field inference_fields[] = {
 };
 
 static const struct schema_field output_fields[] = {
+    {.key = "kind", .type = T_ENUM, .def_int = CONFIG_OUTPUT_SEGMENTATION,
+     .names = output_kind_names, .off = MAN_OFF(output_kind),
+     .doc = "segmentation (labels) or classification (a score per class)"},
     {.key = "channels", .type = T_INT, .required = 1, .min = 1, .max = 255,
      .off = MAN_OFF(channels), .doc = "output channels of the model"},
     {.key = "decision", .type = T_ENUM, .def_int = CONFIG_DECISION_ARGMAX, .names = decision_names,
      .off = MAN_OFF(decision), .doc = "argmax or threshold"},
     {.key = "threshold", .type = T_FLOAT, .def_float = 0.5, .off = MAN_OFF(threshold),
      .doc = "cut-off for decision threshold"},
-    {.key = "labels", .type = T_CUSTOM, .required = 1, .parse = parse_labels,
-     .release = release_labels, .off = MAN_OFF(labels), .off_n = MAN_OFF(n_labels),
-     .doc = "label number -> segment"},
+    {.key = "labels", .type = T_CUSTOM, .parse = parse_labels, .release = release_labels,
+     .off = MAN_OFF(labels), .off_n = MAN_OFF(n_labels),
+     .doc = "label number -> segment (segmentation; required there)"},
+    {.key = "activation", .type = T_ENUM, .def_int = CONFIG_ACTIVATION_SOFTMAX,
+     .names = activation_names, .off = MAN_OFF(activation),
+     .doc = "softmax, sigmoid or none: how scores become probabilities (classification)"},
+    {.key = "aggregate", .type = T_ENUM, .def_int = CONFIG_AGGREGATE_MAX,
+     .names = aggregate_names, .off = MAN_OFF(aggregate),
+     .doc = "max or mean of a class's probability over the series' images (classification)"},
+    {.key = "classes", .type = T_CUSTOM, .parse = parse_classes, .release = release_classes,
+     .off = MAN_OFF(classes), .off_n = MAN_OFF(n_classes),
+     .doc = "class number -> finding (classification; required there)"},
     {.key = "series_description", .type = T_STR, .off = MAN_OFF(series_description),
      .doc = "of the result series; default the algorithm name"},
     {.key = "series_number", .type = T_INT, .def_int = 900, .min = 1, .max = 2147483646,
@@ -116,11 +166,11 @@ const struct schema_field config_manifest_fields[] = {
     {.key = "algorithm", .type = T_SECTION, .required = 1, SUB(algorithm_fields),
      .doc = "what the results say produced them"},
     {.key = "input", .type = T_SECTION, .required = 1, SUB(input_fields),
-     .doc = "the series the model accepts"},
+     .doc = "the series the model accepts", .check = check_input},
     {.key = "preprocess", .type = T_SECTION, SUB(preprocess_fields),
      .doc = "how the volume is prepared for the model", .check = check_preprocess},
-    {.key = "inference", .type = T_SECTION, .required = 1, SUB(inference_fields),
-     .doc = "how the model is run over the volume",
+    {.key = "inference", .type = T_SECTION, SUB(inference_fields),
+     .doc = "how the model is run over the volume (kind volume; required there)",
      .check = check_inference},
     {.key = "output", .type = T_SECTION, .required = 1, SUB(output_fields),
      .doc = "what the model's output means", .check = check_output},
@@ -129,6 +179,7 @@ const struct schema_field config_manifest_fields[] = {
 const size_t config_n_manifest_fields = NELEM(config_manifest_fields);
 
 _Static_assert(NELEM(code_fields) <= MAX_FIELDS && NELEM(label_fields) <= MAX_FIELDS &&
+                   NELEM(class_fields) <= MAX_FIELDS &&
                    NELEM(algorithm_fields) <= MAX_FIELDS && NELEM(input_fields) <= MAX_FIELDS &&
                    NELEM(scale_fields) <= MAX_FIELDS && NELEM(preprocess_fields) <= MAX_FIELDS &&
                    NELEM(inference_fields) <= MAX_FIELDS && NELEM(output_fields) <= MAX_FIELDS &&
@@ -154,27 +205,32 @@ static int label_seen_before(const struct ynode *map, size_t ki, int n)
     return 0;
 }
 
-static int cmp_label(const void *a, const void *b)
+/* Labels and classes both start with their number. */
+static int cmp_numbered(const void *a, const void *b)
 {
-    const struct config_label *x = a, *y = b;
-    return (x->value > y->value) - (x->value < y->value);
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
 }
 
-static void parse_labels(struct schema_ctx *c, const struct schema_field *f, const char *what,
-                         const struct ynode *v, void *base)
+/* A mapping of numbers 1..255 to entries of SIZE bytes (each starting
+ * with its int number) parsed with FIELDS: into a new array at F->off,
+ * its count at F->off_n, sorted by number. */
+static void parse_numbered(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                           const struct ynode *v, void *base, size_t size,
+                           const struct schema_field *fields, size_t n_fields, const char *noun)
 {
-    struct config_label **lp = (struct config_label **)((char *)base + f->off);
+    char **ap = (char **)((char *)base + f->off);
     size_t *np = (size_t *)((char *)base + f->off_n);
     char b[80];
     if (ynode_is_null(v) || (v->kind == Y_MAP && v->n == 0)) {
-        schema_report(c, v->line, v->col, "%s: expected at least one label", what);
+        schema_report(c, v->line, v->col, "%s: expected at least one %s", what, noun);
         return;
     }
     if (v->kind != Y_MAP) {
         schema_report(c, v->line, v->col, "%s: expected a mapping", what);
         return;
     }
-    if (!(*lp = calloc(v->n / 2, sizeof **lp))) {
+    if (!(*ap = calloc(v->n / 2, size))) {
         schema_oom(c);
         return;
     }
@@ -188,12 +244,12 @@ static void parse_labels(struct schema_ctx *c, const struct schema_field *f, con
         }
         int n = label_number(k);
         if (n < 0) {
-            schema_report(c, k->line, k->col, "%s: '%s' is not a label number 1..255", what,
-                      schema_esc(k->text, k->len, b));
+            schema_report(c, k->line, k->col, "%s: '%s' is not a %s number 1..255", what,
+                          schema_esc(k->text, k->len, b), noun);
             continue;
         }
         if (label_seen_before(v, i, n)) {
-            schema_report(c, k->line, k->col, "duplicate label %d", n);
+            schema_report(c, k->line, k->col, "duplicate %s %d", noun, n);
             continue;
         }
         char sect[300];
@@ -204,22 +260,51 @@ static void parse_labels(struct schema_ctx *c, const struct schema_field *f, con
             schema_report(c, val->line, val->col, "%s: expected a mapping", sect);
             continue;
         }
-        struct config_label *l = &(*lp)[(*np)++];
-        l->value = n;
-        schema_parse_section(c, sect, label_fields, NELEM(label_fields), val, l, k, NULL);
+        void *e = *ap + (*np)++ * size;
+        schema_set_defaults(c, fields, n_fields, e);
+        *(int *)e = n;
+        schema_parse_section(c, sect, fields, n_fields, val, e, k, NULL);
     }
-    qsort(*lp, *np, sizeof **lp, cmp_label);
+    qsort(*ap, *np, size, cmp_numbered);
+}
+
+static void release_numbered(const struct schema_field *f, void *base, size_t size,
+                             const struct schema_field *fields, size_t n_fields)
+{
+    char **ap = (char **)((char *)base + f->off);
+    size_t *np = (size_t *)((char *)base + f->off_n);
+    for (size_t i = 0; i < *np; i++)
+        schema_free_fields(fields, n_fields, *ap + i * size);
+    free(*ap);
+    *ap = NULL;
+    *np = 0;
+}
+
+_Static_assert(offsetof(struct config_label, value) == 0, "a label starts with its number");
+_Static_assert(offsetof(struct config_class, value) == 0, "a class starts with its number");
+
+static void parse_labels(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                         const struct ynode *v, void *base)
+{
+    parse_numbered(c, f, what, v, base, sizeof(struct config_label), label_fields,
+                   NELEM(label_fields), "label");
 }
 
 static void release_labels(const struct schema_field *f, void *base)
 {
-    struct config_label **lp = (struct config_label **)((char *)base + f->off);
-    size_t *np = (size_t *)((char *)base + f->off_n);
-    for (size_t i = 0; i < *np; i++)
-        schema_free_fields(label_fields, NELEM(label_fields), &(*lp)[i]);
-    free(*lp);
-    *lp = NULL;
-    *np = 0;
+    release_numbered(f, base, sizeof(struct config_label), label_fields, NELEM(label_fields));
+}
+
+static void parse_classes(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                          const struct ynode *v, void *base)
+{
+    parse_numbered(c, f, what, v, base, sizeof(struct config_class), class_fields,
+                   NELEM(class_fields), "class");
+}
+
+static void release_classes(const struct schema_field *f, void *base)
+{
+    release_numbered(f, base, sizeof(struct config_class), class_fields, NELEM(class_fields));
 }
 
 static void check_preprocess(struct schema_ctx *c, const struct schema_parsed *p, void *base)
@@ -250,9 +335,100 @@ static void check_inference(struct schema_ctx *c, const struct schema_parsed *p,
     }
 }
 
+/* 1 when KEY was written in P's mapping (rather than defaulted). */
+static int given(const struct schema_parsed *p, const char *key)
+{
+    return p->st[schema_field_index(p, key)] != 0;
+}
+
+/* Reports each of KEYS written in P: they mean nothing for WHAT. */
+static void refuse_keys(struct schema_ctx *c, const struct schema_parsed *p,
+                        const char *const *keys, const char *what)
+{
+    for (; *keys; keys++)
+        if (given(p, *keys)) {
+            const struct ynode *v = schema_pos_of(p, *keys);
+            schema_report(c, v->line, v->col, "%s.%s: only for %s", p->sect, *keys, what);
+        }
+}
+
+static void check_input(struct schema_ctx *c, const struct schema_parsed *p, void *base)
+{
+    const struct config_manifest *m = base;
+    if (!schema_usable(p, "kind"))
+        return;
+    if (m->input_kind != CONFIG_INPUT_IMAGE) {
+        static const char *const image_only[] = {"size", "channels", "window", "mean", "std",
+                                                 "batch", NULL};
+        refuse_keys(c, p, image_only, "kind image");
+        return;
+    }
+    if (!given(p, "size"))
+        schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'size' (kind image)",
+                      p->sect);
+    if (schema_usable(p, "channels") && m->in_channels == 2) {
+        const struct ynode *v = schema_pos_of(p, "channels");
+        schema_report(c, v->line, v->col, "%s.channels: must be 1 (grey) or 3 (RGB)", p->sect);
+        return;
+    }
+    if (m->has_window && !(m->window[1] >= 1)) {
+        const struct ynode *v = schema_pos_of(p, "window");
+        schema_report(c, v->line, v->col, "%s.window: the width (%g) must be at least 1", p->sect,
+                      m->window[1]);
+    }
+    /* One value per channel: a grey model's mean is one number. */
+    static const char *const per_channel[] = {"mean", "std"};
+    const int counts[] = {m->n_mean, m->n_std};
+    for (int i = 0; i < 2; i++)
+        if (counts[i] && counts[i] != m->in_channels) {
+            const struct ynode *v = schema_pos_of(p, per_channel[i]);
+            schema_report(c, v->line, v->col, "%s.%s: expected one number per channel (%d)",
+                          p->sect, per_channel[i], m->in_channels);
+        }
+}
+
+/* The classes of a classification: class N is output channel N - 1. */
+static void check_classes(struct schema_ctx *c, const struct schema_parsed *p,
+                          const struct config_manifest *m)
+{
+    static const char *const segmentation_only[] = {"labels", "decision", "threshold", NULL};
+    refuse_keys(c, p, segmentation_only, "kind segmentation");
+    if (!given(p, "classes")) {
+        schema_report(c, p->pos->line, p->pos->col,
+                      "%s: missing required key 'classes' (kind classification)", p->sect);
+        return;
+    }
+    if (!schema_usable(p, "channels") || !schema_usable(p, "classes"))
+        return;
+    const struct ynode *v = schema_pos_of(p, "classes");
+    for (size_t i = 0; i < m->n_classes; i++)
+        if (m->classes[i].value != (int)i + 1) {
+            schema_report(c, v->line, v->col,
+                          "%s.classes: class numbers must run 1, 2, 3, ... without gaps; %d is "
+                          "missing", p->sect, (int)i + 1);
+            return;
+        }
+    if (m->n_classes != (size_t)m->channels)
+        schema_report(c, v->line, v->col,
+                      "%s.classes: one class per output channel: %zu classes, %d channels",
+                      p->sect, m->n_classes, m->channels);
+}
+
 static void check_output(struct schema_ctx *c, const struct schema_parsed *p, void *base)
 {
     const struct config_manifest *m = base;
+    if (!schema_usable(p, "kind"))
+        return;
+    if (m->output_kind == CONFIG_OUTPUT_CLASSIFICATION) {
+        check_classes(c, p, m);
+        return;
+    }
+    static const char *const classification_only[] = {"activation", "aggregate", "classes", NULL};
+    refuse_keys(c, p, classification_only, "kind classification");
+    if (!given(p, "labels")) {
+        schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'labels'", p->sect);
+        return;
+    }
     if (!schema_usable(p, "channels") || !schema_usable(p, "decision"))
         return;
     int argmax = m->decision == CONFIG_DECISION_ARGMAX;
@@ -297,6 +473,55 @@ static void check_output(struct schema_ctx *c, const struct schema_parsed *p, vo
     }
 }
 
+/* 1 when V is absent or one of NAMES. */
+static int named(const struct ynode *v, const char *const *names)
+{
+    if (!v)
+        return 1;
+    for (; *names; names++)
+        if (ynode_is(v, *names))
+            return 1;
+    return 0;
+}
+
+/* What the input and output kinds ask of the rest of a manifest whose
+ * sections are each valid (ROOT its mapping). */
+static void check_kinds(struct schema_ctx *c, const struct ynode *root,
+                        const struct config_manifest *m)
+{
+    const struct ynode *inference = ynode_get(root, "inference");
+    const struct ynode *output = ynode_get(root, "output");
+    const struct ynode *kind = ynode_get(output, "kind");
+    const struct ynode *at = kind ? kind : output ? output : root;
+    /* A kind that was refused is already reported; the defaults would
+     * only add noise. */
+    if (!named(ynode_get(ynode_get(root, "input"), "kind"), input_kind_names) ||
+        !named(kind, output_kind_names))
+        return;
+    if (m->input_kind == CONFIG_INPUT_VOLUME) {
+        if (!inference)
+            schema_report(c, root->line, root->col,
+                          "missing required key 'inference' (input.kind volume)");
+        if (m->output_kind != CONFIG_OUTPUT_SEGMENTATION)
+            schema_report(c, at->line, at->col,
+                          "output.kind: %s needs input.kind image; a volume gives segmentations",
+                          output_kind_names[m->output_kind]);
+        return;
+    }
+    if (inference)
+        schema_report(c, inference->line, inference->col,
+                      "inference: only for input.kind volume (images are run whole)");
+    const struct ynode *pre = ynode_get(root, "preprocess");
+    if (pre)
+        schema_report(c, pre->line, pre->col,
+                      "preprocess: only for input.kind volume (images are prepared by "
+                      "input.window, input.mean and input.std)");
+    if (m->output_kind != CONFIG_OUTPUT_CLASSIFICATION)
+        schema_report(c, at->line, at->col,
+                      "output.kind: %s of images is not available; input.kind image gives "
+                      "classifications", output_kind_names[m->output_kind]);
+}
+
 /*
  * Loads the manifest at PATH into M. Its problems are reported against PATH
  * through C's callback and added to C's count. Returns 0, or an errno when
@@ -320,8 +545,11 @@ static int load_manifest(struct schema_ctx *c, const char *path, struct config_m
     if (perr == 0) {
         struct ynode empty = {.kind = Y_MAP, .line = 1, .col = 1};
         const struct ynode *r = root && !ynode_is_null(root) ? root : &empty;
-        if (r->kind == Y_MAP)
-            schema_parse_section(&mc, "", config_manifest_fields, config_n_manifest_fields, r, m, r, NULL);
+        if (r->kind == Y_MAP) {
+            schema_parse_section(&mc, "", config_manifest_fields, config_n_manifest_fields, r, m,
+                                 r, NULL);
+            check_kinds(&mc, r, m);
+        }
         else if (r->kind != Y_ALIAS)
             schema_report(&mc, r->line, r->col, "top level must be a mapping");
     }

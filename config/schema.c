@@ -240,12 +240,14 @@ static void describe_list(const struct schema_field *f, char *buf, size_t n)
                                         [F_NONZERO] = " other than 0", [F_UNIT] = " 0..1"};
     if (f->type == T_INTS)
         snprintf(buf, n, "%d integers %lld..%lld", f->count, f->min, f->max);
+    else if (f->min_count)
+        snprintf(buf, n, "%d to %d numbers%s", f->min_count, f->count, limit[f->fcheck]);
     else
         snprintf(buf, n, "%s%s%s%d numbers%s", f->none ? "'" : "", f->none ? f->none : "",
                  f->none ? "' or " : "", f->count, limit[f->fcheck]);
 }
 
-/* Sets a fixed-length list; one message for the whole list, at the
+/* Sets a list of COUNT items (MIN_COUNT..COUNT where set); one message for the whole list, at the
  * offending item when there is one. */
 static void set_list(struct schema_ctx *c, const char *what, const struct schema_field *f,
                      const struct ynode *v, void *base)
@@ -260,7 +262,8 @@ static void set_list(struct schema_ctx *c, const char *what, const struct schema
     }
     char expect[96];
     describe_list(f, expect, sizeof expect);
-    if (v->kind != Y_SEQ || v->n != (size_t)f->count) {
+    size_t fewest = (size_t)(f->min_count ? f->min_count : f->count);
+    if (v->kind != Y_SEQ || v->n < fewest || v->n > (size_t)f->count) {
         schema_report(c, v->line, v->col, "%s: expected %s", what, expect);
         return;
     }
@@ -281,9 +284,9 @@ static void set_list(struct schema_ctx *c, const char *what, const struct schema
             iv[i] = (int)n;
     }
     if (is_float) {
-        int yes = 1;
+        int given = f->min_count ? (int)v->n : 1;
         memcpy(p, dv, v->n * sizeof dv[0]);
-        memcpy((char *)base + f->off_n, &yes, sizeof yes);
+        memcpy((char *)base + f->off_n, &given, sizeof given);
     } else {
         memcpy(p, iv, v->n * sizeof iv[0]);
     }

@@ -169,6 +169,8 @@ struct schema_field {
     long long min, max;
     size_t off, off_n;
     int count;                           /* T_INTS, T_FLOATS: number of items */
+    int min_count;                       /* T_FLOATS: fewer items (down to this) allowed; the
+                                          * int at off_n gets how many were given */
     enum fcheck fcheck;                  /* T_FLOAT, T_FLOATS */
     const char *none;                    /* T_FLOATS: a word that stands for "not given" */
     const char *const *names;            /* T_ENUM, NULL-terminated */

@@ -1672,6 +1672,151 @@ static void test_more_manifest_problems_are_reported(void **state)
     capture_free(&cap);
 }
 
+/* A valid manifest's algorithm section, for image models. */
+#define ALGORITHM_SECTION                                                               \
+    "algorithm:\n"                                                                      \
+    "  name: t\n"                                                                       \
+    "  version: \"1\"\n"                                                                \
+    "  family: {value: \"123110\", scheme: DCM, meaning: Artificial Intelligence}\n"
+
+#define CLASS_BODY "{name: A, finding: {value: \"1\", scheme: S, meaning: M}}"
+
+static void test_an_image_classifier_manifest_is_read_with_its_classes(void **state)
+{
+    (void)state;
+    const char *mp;
+    const char *p = model_config("classifier",
+        ALGORITHM_SECTION
+        "input:\n"
+        "  modality: DX\n"
+        "  kind: image\n"
+        "  size: [224, 192]\n"
+        "  channels: 3\n"
+        "  window: [40, 400]\n"
+        "  mean: [0.485, 0.456, 0.406]\n"
+        "  std: [0.229, 0.224, 0.225]\n"
+        "  batch: 16\n"
+        "output:\n"
+        "  kind: classification\n"
+        "  channels: 2\n"
+        "  activation: sigmoid\n"
+        "  aggregate: mean\n"
+        "  classes:\n"
+        "    2: {name: Effusion, finding: {value: \"60046008\", scheme: SCT, meaning: Pleural "
+        "effusion}, threshold: 0.3}\n"
+        "    1: " CLASS_BODY "\n", &mp);
+    struct config *cfg = load_ok(p);
+    const struct config_manifest *m = &cfg->models[0].manifest;
+    assert_int_equal(m->input_kind, CONFIG_INPUT_IMAGE);
+    assert_int_equal(m->size[0], 224);
+    assert_int_equal(m->size[1], 192);
+    assert_int_equal(m->in_channels, 3);
+    assert_int_equal(m->has_window, 1);
+    assert_true(m->window[0] == 40 && m->window[1] == 400);
+    assert_int_equal(m->n_mean, 3);
+    assert_int_equal(m->n_std, 3);
+    assert_true(m->mean[2] == 0.406 && m->std[0] == 0.229);
+    assert_int_equal(m->batch, 16);
+    assert_int_equal(m->output_kind, CONFIG_OUTPUT_CLASSIFICATION);
+    assert_int_equal(m->activation, CONFIG_ACTIVATION_SIGMOID);
+    assert_int_equal(m->aggregate, CONFIG_AGGREGATE_MEAN);
+    assert_int_equal(m->n_classes, 2);
+    assert_int_equal(m->classes[0].value, 1);
+    assert_true(m->classes[0].threshold == 0.5);
+    assert_string_equal(m->classes[1].name, "Effusion");
+    assert_string_equal(m->classes[1].finding.value, "60046008");
+    assert_true(m->classes[1].threshold == 0.3);
+    assert_int_equal(m->n_labels, 0);
+    config_unref(cfg);
+}
+
+static void test_image_and_classification_keys_are_checked_with_positions(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *mp;
+    const char *p = model_config("bad_classifier",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input:\n"                                                            /* 5 */
+        "  modality: DX\n"                                                    /* 6 */
+        "  kind: image\n"                                                     /* 7 */
+        "  channels: 2\n"                                                     /* 8 */
+        "  window: [40, 0]\n"                                                 /* 9 */
+        "  std: [1, 0]\n"                                                     /* 10 */
+        "output:\n"                                                           /* 11 */
+        "  kind: classification\n"                                            /* 12 */
+        "  channels: 3\n"                                                     /* 13 */
+        "  decision: argmax\n"                                                /* 14 */
+        "  classes:\n"                                                        /* 15 */
+        "    1: " CLASS_BODY "\n"                                             /* 16 */
+        "    2: {name: C, finding: {value: \"1\", scheme: S, meaning: M}, threshold: 1}\n",
+        &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 5);
+    expect_line(&cap, 0, mp, "10:12: input.std: expected 1 to 3 numbers > 0");
+    expect_line(&cap, 1, mp, "6:3: input: missing required key 'size' (kind image)");
+    expect_line(&cap, 2, mp, "8:13: input.channels: must be 1 (grey) or 3 (RGB)");
+    expect_line(&cap, 3, mp,
+                "17:75: output.classes.2.threshold: 1 is out of range 0..1 (1 excluded)");
+    expect_line(&cap, 4, mp, "14:13: output.decision: only for kind segmentation");
+    capture_free(&cap);
+
+    p = model_config("class_gap",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: DX, kind: image, size: [8, 8]}\n"                  /* 5 */
+        "output:\n"                                                           /* 6 */
+        "  kind: classification\n"                                            /* 7 */
+        "  channels: 3\n"                                                     /* 8 */
+        "  classes: {1: " CLASS_BODY ", 3: " CLASS_BODY "}\n", &mp);           /* 9 */
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp,
+                "9:12: output.classes: class numbers must run 1, 2, 3, ... without gaps; 2 is "
+                "missing");
+    capture_free(&cap);
+
+    /* Each kind keeps to its own keys and sections. */
+    p = model_config("mixed_kinds",
+        MANIFEST_HEAD                                                         /* 1-6 */
+        "output:\n"                                                           /* 7 */
+        "  kind: classification\n"                                            /* 8 */
+        "  channels: 1\n"                                                     /* 9 */
+        "  classes: {1: " CLASS_BODY "}\n", &mp);                             /* 10 */
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp,
+                "8:9: output.kind: classification needs input.kind image; a volume gives "
+                "segmentations");
+    capture_free(&cap);
+
+    p = model_config("image_with_patches",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: DX, kind: image, size: [8, 8], mean: [0.5, 0.5, 0.5]}\n" /* 5 */
+        "inference: {patch: [8, 8, 8]}\n"                                     /* 6 */
+        "output:\n"                                                           /* 7 */
+        "  channels: 2\n"                                                     /* 8 */
+        "  labels: {1: " LABEL_BODY "}\n", &mp);                              /* 9 */
+    load_fails(p, &cap);
+    expect_count(&cap, 3);
+    expect_line(&cap, 0, mp, "5:56: input.mean: expected one number per channel (1)");
+    expect_line(&cap, 1, mp, "6:12: inference: only for input.kind volume (images are run whole)");
+    expect_line(&cap, 2, mp,
+                "8:3: output.kind: segmentation of images is not available; input.kind image "
+                "gives classifications");
+    capture_free(&cap);
+
+    p = model_config("volume_with_image_keys",
+        MANIFEST_HEAD                                                         /* 1-6 */
+        "output:\n"                                                           /* 7 */
+        "  channels: 2\n"                                                     /* 8 */
+        "  activation: sigmoid\n"                                             /* 9 */
+        "  labels: {1: " LABEL_BODY "}\n", &mp);                              /* 10 */
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "9:15: output.activation: only for kind classification");
+    capture_free(&cap);
+}
+
 static void test_missing_manifest_sections_are_reported_at_the_top(void **state)
 {
     (void)state;
@@ -1682,8 +1827,9 @@ static void test_missing_manifest_sections_are_reported_at_the_top(void **state)
     expect_count(&cap, 4);
     expect_line(&cap, 0, mp, "1:1: missing required key 'algorithm'");
     expect_line(&cap, 1, mp, "1:1: missing required key 'input'");
-    expect_line(&cap, 2, mp, "1:1: missing required key 'inference'");
-    expect_line(&cap, 3, mp, "1:1: missing required key 'output'");
+    expect_line(&cap, 2, mp, "1:1: missing required key 'output'");
+    /* input.kind defaults to volume, which runs patch by patch. */
+    expect_line(&cap, 3, mp, "1:1: missing required key 'inference' (input.kind volume)");
     capture_free(&cap);
 
     p = model_config("seq_manifest", "- a\n", &mp);
@@ -2265,6 +2411,8 @@ int main(void)
         cmocka_unit_test(test_manifest_problems_carry_the_manifest_path_and_positions),
         cmocka_unit_test(test_more_manifest_problems_are_reported),
         cmocka_unit_test(test_missing_manifest_sections_are_reported_at_the_top),
+        cmocka_unit_test(test_an_image_classifier_manifest_is_read_with_its_classes),
+        cmocka_unit_test(test_image_and_classification_keys_are_checked_with_positions),
         cmocka_unit_test(test_label_numbers_are_checked_against_channels),
         cmocka_unit_test(test_label_numbers_must_run_without_gaps),
         cmocka_unit_test(test_completion_section_is_parsed_and_checked),
