@@ -45,6 +45,7 @@ namespace {
 
 using ainode_dicom::copy_err;
 using ainode_dicom::frame_geometry;
+using ainode_dicom::register_decoders;
 
 struct image_error : std::runtime_error {
     int code;
@@ -62,16 +63,6 @@ void copy_field(char *dst, size_t size, const std::string &s)
     dst[n] = '\0';
 }
 
-void register_decoders()
-{
-    // DCMTK's codec list is global; registering twice would add duplicates.
-    static std::once_flag once;
-    std::call_once(once, [] {
-        DJDecoderRegistration::registerCodecs();
-        DJLSDecoderRegistration::registerCodecs();
-        DcmRLEDecoderRegistration::registerCodecs();
-    });
-}
 
 // Text of a string-valued attribute. Some writers (gdcmconv) leave elements
 // as UN in explicit VR files; their bytes are still the text.
@@ -193,6 +184,7 @@ std::vector<DcmItem *> sequence_items(DcmItem *parent, const DcmTagKey &key)
 
 struct pixel_format {
     long rows = 0, cols = 0, frames = 1;
+    long samples = 1; // per pixel: 3 for colour
     long bits_allocated = 0, bits_stored = 0, pixel_rep = 0;
 };
 
@@ -647,7 +639,8 @@ void decode_j2k(DcmPixelSequence *seq, const pixel_format &f, const std::vector<
 size_t native_size(const pixel_format &f, size_t total)
 {
     return f.bits_allocated == 1 ? (total + 7) / 8
-                                 : total * static_cast<size_t>(f.bits_allocated / 8);
+                                 : total * static_cast<size_t>(f.samples) *
+                                       static_cast<size_t>(f.bits_allocated / 8);
 }
 
 void check_length(DcmPixelData *px, const pixel_format &f, size_t total)
@@ -958,8 +951,10 @@ struct image_header {
 
 // Reads and checks the header of DS (SOP_CLASS names it in messages):
 // a file that is no image, or claims more than common/limits.h allows,
-// is refused here, from its header alone.
-image_header read_header(DcmDataset *ds, const std::string &sop_class)
+// is refused here, from its header alone. Colour images (RGB, YBR,
+// palette) pass only with COLOUR_OK: they are rendered (render.cpp), never
+// decoded to values.
+image_header read_header(DcmDataset *ds, const std::string &sop_class, bool colour_ok = false)
 {
     image_header h;
     DcmElement *elem = nullptr;
@@ -977,16 +972,17 @@ image_header read_header(DcmDataset *ds, const std::string &sop_class)
         fail("the pixel data element has an unexpected type");
 
     const long spp = get_us(ds, DCM_SamplesPerPixel, 1);
-    if (spp != 1)
+    if (spp != 1 && !(colour_ok && spp == 3))
         fail("colour images are not supported (" + std::to_string(spp) + " samples per pixel)");
 
     // Palette indices and Modality LUT Sequence values would pass for real values.
-    if (get_string(ds, DCM_PhotometricInterpretation) == "PALETTE COLOR")
+    if (!colour_ok && get_string(ds, DCM_PhotometricInterpretation) == "PALETTE COLOR")
         fail("colour images are not supported (PALETTE COLOR)");
     if (ds->tagExists(DCM_ModalityLUTSequence))
         fail("a Modality LUT Sequence is not supported (only Rescale Slope/Intercept)");
 
     pixel_format &f = h.f;
+    f.samples = spp;
     f.rows = get_us(ds, DCM_Rows, 0);
     f.cols = get_us(ds, DCM_Columns, 0);
     f.bits_allocated = get_us(ds, DCM_BitsAllocated, 0);
@@ -1058,10 +1054,11 @@ std::string sop_class_of(DcmDataset *ds, DcmMetaInfo *meta)
 
 // The image DS holds, from its header alone: size, identity and the
 // geometry of each frame (GEOM), every value checked; no pixels yet.
-dicom_image *inspect_image(DcmDataset *ds, DcmMetaInfo *meta, std::vector<frame_geometry> &geom)
+dicom_image *inspect_image(DcmDataset *ds, DcmMetaInfo *meta, std::vector<frame_geometry> &geom,
+                           bool colour_ok = false)
 {
     const std::string sop_class = sop_class_of(ds, meta);
-    const image_header h = read_header(ds, sop_class);
+    const image_header h = read_header(ds, sop_class, colour_ok);
     const pixel_format &f = h.f;
     const std::vector<frame_groups> fg = functional_groups(ds, f.frames);
     geom = geometry_of(ds, fg);
@@ -1078,6 +1075,9 @@ dicom_image *inspect_image(DcmDataset *ds, DcmMetaInfo *meta, std::vector<frame_
     copy_field(img->sop_class_uid, sizeof img->sop_class_uid, sop_class);
     copy_field(img->modality, sizeof img->modality, get_string(ds, DCM_Modality));
     copy_field(img->image_type, sizeof img->image_type, get_string(ds, DCM_ImageType));
+    copy_field(img->photometric, sizeof img->photometric,
+               get_string(ds, DCM_PhotometricInterpretation));
+    img->samples = static_cast<int>(f.samples);
     img->positions = static_cast<double *>(calloc(static_cast<size_t>(f.frames) * 3, sizeof(double)));
     img->orientations = static_cast<double *>(calloc(static_cast<size_t>(f.frames) * 6, sizeof(double)));
     if (!img->positions || !img->orientations)
@@ -1189,14 +1189,15 @@ void parse_source(const char *path, ainode_dicom::source_file &sf, set_totals &t
     load(ff, path, sf.inflated);
     sf.path = path;
     DcmDataset *ds = ff.getDataset();
-    const image_header h = read_header(ds, sop_class_of(ds, ff.getMetaInfo()));
+    // Colour passes here: an image model renders it; decoding refuses it.
+    const image_header h = read_header(ds, sop_class_of(ds, ff.getMetaInfo()), true);
     if (!size_add_ok(t.pixels, h.total, &t.pixels) || (t.max_pixels && t.pixels > t.max_pixels))
         fail("the series holds more than " + std::to_string(t.max_pixels) +
              " pixels (Rows x Columns x Frames), the limit of one job");
     t.frames += static_cast<size_t>(h.f.frames);
     if (t.frames > static_cast<size_t>(LIMIT_MAX_FRAMES))
         fail("the series holds more than " + std::to_string(LIMIT_MAX_FRAMES) + " frames");
-    sf.image = inspect_image(ds, ff.getMetaInfo(), sf.geom);
+    sf.image = inspect_image(ds, ff.getMetaInfo(), sf.geom, true);
     sf.sop_class = uid_of(ds, DCM_SOPClassUID).c_str();
     sf.sop_instance = uid_of(ds, DCM_SOPInstanceUID).c_str();
     sf.study = uid_of(ds, DCM_StudyInstanceUID).c_str();
@@ -1237,6 +1238,17 @@ int fail_to(char *err, size_t errlen, const std::string &prefix)
 }
 
 } // namespace
+
+void ainode_dicom::register_decoders()
+{
+    // DCMTK's codec list is global; registering twice would add duplicates.
+    static std::once_flag once;
+    std::call_once(once, [] {
+        DJDecoderRegistration::registerCodecs();
+        DJLSDecoderRegistration::registerCodecs();
+        DcmRLEDecoderRegistration::registerCodecs();
+    });
+}
 
 std::vector<frame_geometry> ainode_dicom::read_geometry(DcmItem *ds, long frames)
 {

@@ -42,6 +42,8 @@ struct dicom_image {
     char sop_class_uid[65];
     char modality[17];
     char image_type[256];        /* values joined with '\' */
+    char photometric[17];        /* Photometric Interpretation, e.g. MONOCHROME2, RGB */
+    int samples;                 /* samples per pixel: 1, or 3 (colour: rendered only) */
 };
 
 /*
@@ -91,6 +93,25 @@ DICOM_API int dicom_sources_open(const char *const *paths, size_t n,
 DICOM_API size_t dicom_sources_count(const struct dicom_sources *s);
 /* The image of file I (0-based); its pixels are NULL until decoded. */
 DICOM_API const struct dicom_image *dicom_sources_image(const struct dicom_sources *s, size_t i);
+/* How dicom_sources_render() shows an image to a model that reads pictures. */
+struct dicom_render {
+    int channels;                /* 1: grey (colour as its luminance); 3: RGB (grey in each) */
+    int has_window;              /* use this window; else the image's first window, else
+                                  * its first VOI LUT, else its range of values */
+    double window_center, window_width;
+};
+
+/*
+ * Renders every frame of file I of a parsed (not decoded) set as it is
+ * displayed: the Modality LUT, the window or VOI LUT, MONOCHROME1 inverted;
+ * colour (RGB, YBR_FULL, YBR_FULL_422, palette colour, ...) as RGB. Into
+ * OUT (frames x channels x rows x cols floats, 0..1, caller-allocated,
+ * CAPACITY floats) in C order. JPEG 2000 images are refused (DICOM_EFORMAT).
+ */
+DICOM_API int dicom_sources_render(struct dicom_sources *s, size_t i,
+                                   const struct dicom_render *r, float *out, size_t capacity,
+                                   char *err, size_t errlen);
+
 /* Frees every file's decoded pixels (once the volume has its copy); the
  * headers stay for the result writers. */
 DICOM_API void dicom_sources_drop_pixels(struct dicom_sources *s);

@@ -54,6 +54,9 @@ struct frame_geometry {
 // placed along the normal by the Grid Frame Offset Vector.
 std::vector<frame_geometry> read_geometry(DcmItem *ds, long frames);
 
+// Registers DCMTK's JPEG, JPEG-LS and RLE decoders, once per process.
+void register_decoders();
+
 // One file of a source set.
 struct FdGuard;
 

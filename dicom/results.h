@@ -35,6 +35,14 @@ struct dicom_segment {
     double volume_ml;            /* their volume */
 };
 
+/* One class of a classification: what the model found in the images. */
+struct dicom_finding {
+    const char *name;            /* Tracking Identifier of its group */
+    struct dicom_code finding;   /* the class's finding */
+    double probability;          /* 0..1, over all the images evaluated */
+    int present;                 /* at or above the class's threshold */
+};
+
 /*
  * What the results are made from. Slice k of LABELS (nz x ny x nx, one byte
  * per voxel, row-major) lies exactly on frame SOURCE_FRAMES[k] of file
@@ -49,6 +57,11 @@ struct dicom_result {
     const uint8_t *labels;
     const struct dicom_segment *segments;
     size_t n_segments;
+    /* A classification instead (no labels, no segments, no SEG): slice k
+     * is then image k evaluated, frame SOURCE_FRAMES[k] of file
+     * SOURCE_FILES[k]; NY and NX are unused. */
+    const struct dicom_finding *findings;
+    size_t n_findings;
     const char *algorithm_name;
     const char *algorithm_version;
     struct dicom_code algorithm_family;
@@ -78,8 +91,10 @@ DICOM_API int dicom_write_seg(const struct dicom_result *r, const char *path,
 
 /* Writes the SR for R to PATH: one measurement group per segment (its
  * volume in ml), referencing the SEG written before (SEG, as
- * dicom_write_seg returned it) and the source series. OUT gets what was
- * written. */
+ * dicom_write_seg returned it) and the source series; for a classification
+ * (SEG NULL) one measurement and qualitative evaluation group per finding
+ * (TID 1501: the finding present or absent, and its certainty). OUT gets
+ * what was written. */
 DICOM_API int dicom_write_sr(const struct dicom_result *r, const struct dicom_written *seg,
                              const char *path, struct dicom_written *out, char *err,
                              size_t errlen);

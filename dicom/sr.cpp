@@ -14,6 +14,7 @@
 #include <dcmtk/dcmsr/dsrimgvl.h>
 #include <dcmtk/dcmsr/cmr/init.h>
 #include <dcmtk/dcmsr/cmr/tid1500.h>
+#include <dcmtk/dcmsr/codes/dcm.h>
 #include <dcmtk/ofstd/ofchrenc.h>
 
 #include <unistd.h>
@@ -145,6 +146,22 @@ std::vector<source> used_sources(const dicom_result *r)
     return out;
 }
 
+void validate_findings(const dicom_result *r)
+{
+    if (r->n_findings == 0)
+        fail("no findings to report");
+    for (size_t i = 0; i < r->n_findings; i++) {
+        const dicom_finding &f = r->findings[i];
+        const std::string which = "finding " + std::to_string(i + 1);
+        if (empty(f.name))
+            fail(which + ": no name");
+        if (empty(f.finding.value) || empty(f.finding.scheme) || empty(f.finding.meaning))
+            fail(which + ": the finding code is incomplete");
+        if (!(f.probability >= 0 && f.probability <= 1))
+            fail(which + ": the probability is not within 0..1");
+    }
+}
+
 void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_series_uid,
               const char *path)
 {
@@ -152,10 +169,14 @@ void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
         fail("no result");
     if (empty(path))
         fail("no output path");
-    if (!valid_uid(seg_sop_uid) || !valid_uid(seg_series_uid))
-        fail("the SEG's SOP Instance UID and Series Instance UID must be valid UIDs");
-    if (!r->segments || r->n_segments == 0)
-        fail("no segments to report");
+    if (r->findings) {
+        validate_findings(r);
+    } else {
+        if (!valid_uid(seg_sop_uid) || !valid_uid(seg_series_uid))
+            fail("the SEG's SOP Instance UID and Series Instance UID must be valid UIDs");
+        if (!r->segments || r->n_segments == 0)
+            fail("no segments to report");
+    }
     if (!r->sources || !r->source_files || r->nz < 1)
         fail("no source images");
     if (empty(r->algorithm_name) || empty(r->algorithm_version))
@@ -191,6 +212,9 @@ bool own_text_ascii(const dicom_result *r)
         if (!is_ascii(s.label) || !is_ascii(s.type.meaning))
             return false;
     }
+    for (size_t i = 0; r->findings && i < r->n_findings; i++)
+        if (!is_ascii(r->findings[i].name) || !is_ascii(r->findings[i].finding.meaning))
+            return false;
     return true;
 }
 
@@ -202,6 +226,40 @@ std::string device_serial()
     if (gethostname(host, sizeof host - 1) != 0 || !host[0])
         return "unknown";
     return lo(host);
+}
+
+// One TID 1501 group per finding of a classification: the finding, present
+// or absent (a qualitative evaluation), and the model's probability as a
+// Certainty of Finding in percent, as CAD reports give it (TID 4015). The
+// images evaluated are the Image Library's entries.
+void add_findings(TID1500_MeasurementReport &report, const dicom_result *r)
+{
+    // SNOMED CT qualifier values (DCMTK's code tables lack them).
+    const DSRCodedEntryValue present("52101004", "SCT", "Present"),
+        absent("2667000", "SCT", "Absent");
+    for (size_t i = 0; i < r->n_findings; i++) {
+        const dicom_finding &f = r->findings[i];
+        const std::string which = "finding " + std::to_string(i + 1);
+        check(report.addIndividualMeasurements(), which + ": measurement group");
+        CMR_TID1501_in_TID1500 &g = report.getIndividualMeasurements();
+        check(g.setTrackingIdentifier(lo(f.name).c_str()), which + ": tracking identifier");
+        check(g.setTrackingUniqueIdentifier(new_uid().c_str()), which + ": tracking UID");
+        const DSRCodedEntryValue finding(f.finding.value, f.finding.scheme, f.finding.meaning);
+        check(g.setFinding(finding), which + ": finding");
+        const double percent = f.probability * 100.0;
+        const std::string text = ds_text(percent);
+        CMR_TID1501_in_TID1500::MeasurementValue value(text.c_str(),
+                                                       CMR_CID7181(CMR_CID7181::Percent));
+        if (std::strtod(text.c_str(), nullptr) != percent)
+            check(value.setFloatingPointRepresentation(percent), which + ": certainty");
+        check(g.addMeasurement(CMR_CID7469(DSRCodedEntryValue(CODE_DCM_CertaintyOfFinding)),
+                               value),
+              which + ": certainty");
+        // (DCMTK's TID 300 has no Algorithm Identification: the device
+        // observer of the report names the algorithm.)
+        check(g.addQualitativeEvaluation(finding, f.present ? present : absent),
+              which + ": presence");
+    }
 }
 
 void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
@@ -230,6 +288,12 @@ void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
     // Descriptors shared by a whole series (modality, study date, ...) once per group.
     check(lib.moveCommonImageDescriptorsToImageGroups(), "image library descriptors");
 
+    if (r->findings) {
+        add_findings(report, r);
+        if (!report.isValid())
+            fail("the measurement report is incomplete");
+        return;
+    }
     // TID 1411 takes one source series; the label volume comes from one.
     const std::string source_series = sources.front().series;
     const DSRCodedEntryValue ml("ml", "UCUM", "milliliter");
@@ -325,9 +389,10 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
 
     // Every instance the content references: the SEG and all sources.
     DSRSOPInstanceReferenceList &evidence = doc.getCurrentRequestedProcedureEvidence();
-    check(evidence.addItem(first.study.c_str(), seg_series_uid, UID_SegmentationStorage,
-                           seg_sop_uid),
-          "evidence: SEG");
+    if (!r->findings)
+        check(evidence.addItem(first.study.c_str(), seg_series_uid, UID_SegmentationStorage,
+                               seg_sop_uid),
+              "evidence: SEG");
     for (const source &s : sources)
         check(evidence.addItem(s.study.c_str(), s.series.c_str(), s.sop_class.c_str(),
                                s.sop_instance.c_str()),
