@@ -184,7 +184,8 @@ std::vector<DcmItem *> sequence_items(DcmItem *parent, const DcmTagKey &key)
 
 struct pixel_format {
     long rows = 0, cols = 0, frames = 1;
-    long samples = 1; // per pixel: 3 for colour
+    long samples = 1;        // per pixel: 3 for colour
+    long stored_samples = 1; // what a pixel takes: 2 for YBR_FULL_422 (chroma halved)
     long bits_allocated = 0, bits_stored = 0, pixel_rep = 0;
 };
 
@@ -639,7 +640,7 @@ void decode_j2k(DcmPixelSequence *seq, const pixel_format &f, const std::vector<
 size_t native_size(const pixel_format &f, size_t total)
 {
     return f.bits_allocated == 1 ? (total + 7) / 8
-                                 : total * static_cast<size_t>(f.samples) *
+                                 : total * static_cast<size_t>(f.stored_samples) *
                                        static_cast<size_t>(f.bits_allocated / 8);
 }
 
@@ -982,7 +983,9 @@ image_header read_header(DcmDataset *ds, const std::string &sop_class, bool colo
         fail("a Modality LUT Sequence is not supported (only Rescale Slope/Intercept)");
 
     pixel_format &f = h.f;
-    f.samples = spp;
+    f.samples = f.stored_samples = spp;
+    if (spp == 3 && get_string(ds, DCM_PhotometricInterpretation) == "YBR_FULL_422")
+        f.stored_samples = 2;
     f.rows = get_us(ds, DCM_Rows, 0);
     f.cols = get_us(ds, DCM_Columns, 0);
     f.bits_allocated = get_us(ds, DCM_BitsAllocated, 0);

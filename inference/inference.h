@@ -226,6 +226,32 @@ INFER_API int infer_sliding_window(struct infer_model *m, const struct infer_vol
                                    const struct infer_window *w, uint8_t *labels, char *err,
                                    size_t errlen);
 
+/* ---------------------------------------------------------------------
+ * Pictures: 2-D images for models that read them whole
+ */
+
+/* Where a picture lands in a letterboxed model input: source pixel
+ * (col, row) maps to input ((col + 0.5) * scale - 0.5 + left, likewise
+ * rows with top); the picture covers ROWS x COLS input pixels. */
+struct infer_letterbox {
+    double scale;
+    int top, left, rows, cols;
+};
+
+/*
+ * Resizes SRC (CHANNELS x ROWS x COLS floats) to fit OUT_ROWS x OUT_COLS
+ * keeping its aspect ratio (scale = min(OUT_ROWS / ROWS, OUT_COLS / COLS),
+ * the picture's side floor(side * scale + 0.5)), bilinear with half-pixel
+ * centres as torch's interpolate(align_corners=False) without antialias,
+ * centred in DST (CHANNELS x OUT_ROWS x OUT_COLS) whose margin is 0; then
+ * each value of channel c becomes (v - MEAN[c]) / STD[c] (MEAN, STD may be
+ * NULL: 0 and 1). LB (may be NULL) gets the mapping. INFER_EINVAL for
+ * sizes that are not positive.
+ */
+INFER_API int infer_letterbox(const float *src, int channels, int rows, int cols, float *dst,
+                              int out_rows, int out_cols, const double *mean, const double *std,
+                              struct infer_letterbox *lb);
+
 #ifdef __cplusplus
 }
 #endif

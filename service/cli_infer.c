@@ -105,6 +105,11 @@ int cli_infer(const struct config *cfg, const char *model_name, char *const *arg
     }
     infer_model_free(model);
     size_t nvox = (size_t)o.grid.nx * o.grid.ny * o.grid.nz;
+    if (labels_out && !o.labels) {
+        fprintf(stderr, "ainode: model %s classifies: it gives no labels to write\n", cm->name);
+        pipeline_output_free(&o);
+        goto out;
+    }
     if (labels_out) {
         FILE *f = fopen(labels_out, "wb");
         if (!f || fwrite(o.labels, 1, nvox, f) != nvox || fclose(f) != 0) {
@@ -119,12 +124,17 @@ int cli_infer(const struct config *cfg, const char *model_name, char *const *arg
     json_t *doc = json_pack(
         "{s:s, s:i, s:{s:i, s:i, s:i}, s:o, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:f}", "model",
         cm->name, "files", (int)files.n, "grid", "nx", o.grid.nx, "ny", o.grid.ny, "nz",
-        o.grid.nz, "labels", summary ? json_loads(summary, 0, NULL) : json_null(), "seconds",
+        o.grid.nz, o.labels ? "labels" : "findings",
+        summary ? json_loads(summary, 0, NULL) : json_null(), "seconds",
         "decode", t.decode, "assemble", t.assemble, "preprocess", t.preprocess, "model", t.model,
         "postprocess", t.postprocess, "total",
         t.decode + t.assemble + t.preprocess + t.model + t.postprocess, "peak_rss_mb",
         ru.ru_maxrss / 1024.0);
     free(summary);
+    if (doc && !o.labels) { /* a classification: images, no grid */
+        json_object_set_new(doc, "images", json_integer((json_int_t)o.n_images));
+        json_object_del(doc, "grid");
+    }
     if (doc) {
         json_dumpf(doc, stdout, JSON_INDENT(2));
         fputc('\n', stdout);

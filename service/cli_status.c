@@ -64,7 +64,15 @@ static int add_job_json(void *ud, const struct storage_job_row *j)
     }
     json_object_set_new(o, "result", j->result ? json_string(j->result) : json_null());
     json_t *summary = j->summary ? json_loads(j->summary, 0, NULL) : NULL;
-    json_object_set_new(o, "labels", summary ? summary : json_null());
+    /* A classification's summary holds findings (each with a probability). */
+    const char *key = "labels", *k;
+    json_t *v;
+    json_object_foreach(summary, k, v) {
+        if (json_object_get(v, "probability"))
+            key = "findings";
+        break;
+    }
+    json_object_set_new(o, key, summary ? summary : json_null());
     return json_array_append_new(jobs, o);
 }
 

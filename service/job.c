@@ -250,6 +250,72 @@ static double seconds_since(int64_t start_ms)
     return (clock_now_ms() - start_ms) / 1000.0;
 }
 
+/* The result fields every writer of CM's results shares. */
+static struct dicom_result result_of(const struct config_model *cm, const struct pipeline_output *out,
+                                     char description[65])
+{
+    const struct config_manifest *mf = &cm->manifest;
+    snprintf(description, 65, "%s", /* LO: 64 characters */
+             mf->series_description ? mf->series_description : mf->algorithm_name);
+    return (struct dicom_result){
+        .sources = out->sources,
+        .source_files = out->source,
+        .source_frames = out->frame,
+        .algorithm_name = mf->algorithm_name,
+        .algorithm_version = mf->algorithm_version,
+        .algorithm_family = {mf->algorithm_family.value, mf->algorithm_family.scheme,
+                             mf->algorithm_family.meaning},
+        .series_description = description,
+        .series_number = mf->series_number,
+        .manufacturer = "ainode",
+        .software_version = AINODE_VERSION,
+    };
+}
+
+/* Writes a classification's SR durably under DATA_DIR/results: its
+ * findings, no SEG. */
+static int write_findings(struct storage *store, const struct config_model *cm,
+                          const struct storage_job *job, const struct pipeline_output *out,
+                          struct job_results *res, struct pipeline_timing *t, char *err,
+                          size_t errlen)
+{
+    const struct config_manifest *mf = &cm->manifest;
+    struct dicom_finding *findings = calloc(mf->n_classes ? mf->n_classes : 1, sizeof *findings);
+    if (!findings)
+        return error_set(err, errlen, -1, "out of memory");
+    for (size_t i = 0; i < mf->n_classes; i++) {
+        const struct config_class *c = &mf->classes[i];
+        findings[i] = (struct dicom_finding){
+            .name = c->name,
+            .finding = {c->finding.value, c->finding.scheme, c->finding.meaning},
+            .probability = out->probability[i],
+            .present = pipeline_class_present(mf, out, i),
+        };
+    }
+    char description[65], name[64], tmp[4096];
+    struct dicom_result dr = result_of(cm, out, description);
+    dr.nz = (int)out->n_images;
+    dr.findings = findings;
+    dr.n_findings = mf->n_classes;
+    int rc = -1;
+    int64_t t0 = clock_now_ms();
+    if (storage_result_name(job->id, STORAGE_RESULT_SR, name, sizeof name) != STORAGE_OK ||
+        storage_result_temp(store, name, tmp, sizeof tmp) != STORAGE_OK ||
+        dicom_write_sr(&dr, NULL, tmp, &res->sr, err, errlen) != DICOM_OK ||
+        storage_adopt_result(store, tmp, name, res->sr_path, sizeof res->sr_path, err,
+                             errlen) != STORAGE_OK) {
+        if (!err[0])
+            error_set(err, errlen, -1, "cannot write the measurement report");
+        goto out;
+    }
+    CRASH_POINT("results.sr_written");
+    t->sr = seconds_since(t0);
+    rc = 0;
+out:
+    free(findings);
+    return rc;
+}
+
 /* Writes the job's SEG and SR durably under DATA_DIR/results. */
 static int write_dicom_results(struct storage *store, const struct config_model *cm,
                                const struct storage_job *job, const struct pipeline_output *out,
@@ -257,6 +323,8 @@ static int write_dicom_results(struct storage *store, const struct config_model 
                                size_t errlen)
 {
     const struct config_manifest *mf = &cm->manifest;
+    if (mf->output_kind == CONFIG_OUTPUT_CLASSIFICATION)
+        return write_findings(store, cm, job, out, res, t, err, errlen);
     size_t nvox = (size_t)out->grid.nx * out->grid.ny * out->grid.nz;
     int64_t counts[256] = {0};
     for (size_t i = 0; i < nvox; i++)
@@ -281,28 +349,14 @@ static int write_dicom_results(struct storage *store, const struct config_model 
             .volume_ml = (double)counts[l->value] * voxel_ml,
         };
     }
-    char description[65]; /* LO: 64 characters */
-    snprintf(description, sizeof description, "%s",
-             mf->series_description ? mf->series_description : mf->algorithm_name);
-    struct dicom_result dr = {
-        .sources = out->sources,
-        .source_files = out->source,
-        .source_frames = out->frame,
-        .nx = out->grid.nx,
-        .ny = out->grid.ny,
-        .nz = out->grid.nz,
-        .labels = out->labels,
-        .segments = segs,
-        .n_segments = mf->n_labels,
-        .algorithm_name = mf->algorithm_name,
-        .algorithm_version = mf->algorithm_version,
-        .algorithm_family = {mf->algorithm_family.value, mf->algorithm_family.scheme,
-                             mf->algorithm_family.meaning},
-        .series_description = description,
-        .series_number = mf->series_number,
-        .manufacturer = "ainode",
-        .software_version = AINODE_VERSION,
-    };
+    char description[65];
+    struct dicom_result dr = result_of(cm, out, description);
+    dr.nx = out->grid.nx;
+    dr.ny = out->grid.ny;
+    dr.nz = out->grid.nz;
+    dr.labels = out->labels;
+    dr.segments = segs;
+    dr.n_segments = mf->n_labels;
     char name[64], tmp[4096];
     int64_t t0 = clock_now_ms();
     if (storage_result_name(job->id, STORAGE_RESULT_SEG, name, sizeof name) != STORAGE_OK ||
@@ -374,7 +428,8 @@ static int compute(const struct job_context *ctx, const struct storage_job *job,
     char labels_name[64];
     storage_result_name(job->id, STORAGE_RESULT_LABELS, labels_name, sizeof labels_name);
     text = pipeline_result_json(cm, &out, (const char *const *)files.sop, job->id, job->study_uid,
-                                job->series_uid, labels_name, &t, res->seg.sop_instance_uid,
+                                job->series_uid, labels_name, &t,
+                                res->seg_path[0] ? res->seg.sop_instance_uid : NULL,
                                 res->sr.sop_instance_uid, summary);
     if (!text || !*summary) {
         error_set(err, errlen, JOB_FAILED, "out of memory");
@@ -382,8 +437,9 @@ static int compute(const struct job_context *ctx, const struct storage_job *job,
     }
     size_t nvox = (size_t)out.grid.nx * out.grid.ny * out.grid.nz;
     /* Label volumes compress ~100-fold: writing (and flushing) them whole
-     * would compete with the receiver's own flushes for the disk. */
-    if (gzip_buffer(out.labels, nvox, &packed, &packed_len) != 0) {
+     * would compete with the receiver's own flushes for the disk. A
+     * classification has no labels. */
+    if (out.labels && gzip_buffer(out.labels, nvox, &packed, &packed_len) != 0) {
         error_set(err, errlen, JOB_FAILED, "cannot compress the labels");
         goto done;
     }
@@ -426,9 +482,10 @@ int job_run(const struct job_context *ctx, const struct storage_job *job, char *
     if (!items && jr == JOB_DONE)
         jr = error_set(why, whylen, JOB_FAILED, "out of memory");
     for (size_t d = 0; jr == JOB_DONE && d < job->n_destinations; d++) {
-        items[n_items++] = (struct storage_send_item){
-            job->destinations[d], "seg", res.seg_path, res.seg.sop_class_uid,
-            res.seg.sop_instance_uid, res.seg.transfer_syntax};
+        if (res.seg_path[0]) /* a classification has no SEG */
+            items[n_items++] = (struct storage_send_item){
+                job->destinations[d], "seg", res.seg_path, res.seg.sop_class_uid,
+                res.seg.sop_instance_uid, res.seg.transfer_syntax};
         items[n_items++] = (struct storage_send_item){
             job->destinations[d], "sr", res.sr_path, res.sr.sop_class_uid,
             res.sr.sop_instance_uid, res.sr.transfer_syntax};

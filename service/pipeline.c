@@ -144,6 +144,8 @@ void pipeline_output_free(struct pipeline_output *o)
     free(o->labels);
     free(o->source);
     free(o->frame);
+    free(o->image_probability);
+    free(o->probability);
     dicom_sources_close(o->sources);
     memset(o, 0, sizeof *o);
 }
@@ -161,6 +163,9 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     uint8_t *model_labels = NULL;
     size_t n_slices = 0;
     int rc = PIPELINE_EFAILED;
+    if (mf->input_kind == CONFIG_INPUT_IMAGE)
+        return pipeline_run_images(cm, model, paths, n_paths, progress, progress_ud, out, t, err,
+                                   errlen);
     memset(out, 0, sizeof *out);
     memset(t, 0, sizeof *t);
 
@@ -316,23 +321,69 @@ static json_t *label_summary(const struct config_manifest *mf, const struct pipe
     return sum;
 }
 
+/* Per class: its name, the series' probability and whether it is present. */
+static json_t *finding_summary(const struct config_manifest *mf, const struct pipeline_output *o)
+{
+    json_t *sum = json_object();
+    for (size_t i = 0; i < mf->n_classes && (int)i < o->n_classes; i++) {
+        const struct config_class *c = &mf->classes[i];
+        char key[8];
+        snprintf(key, sizeof key, "%d", c->value);
+        json_object_set_new(sum, key,
+                            json_pack("{s:s, s:f, s:b}", "name", c->name, "probability",
+                                      o->probability[i], "present",
+                                      pipeline_class_present(mf, o, i)));
+    }
+    return sum;
+}
+
+int pipeline_class_present(const struct config_manifest *mf, const struct pipeline_output *o,
+                           size_t i)
+{
+    return o->probability[i] >= mf->classes[i].threshold;
+}
+
+/* The images a classification evaluated, each with its probabilities. */
+static json_t *images_json(const struct pipeline_output *o, const char *const *sops)
+{
+    json_t *images = json_array();
+    for (size_t k = 0; k < o->n_images; k++) {
+        json_t *p = json_array();
+        for (int c = 0; c < o->n_classes; c++)
+            json_array_append_new(
+                p, json_real(o->image_probability[k * (size_t)o->n_classes + (size_t)c]));
+        json_array_append_new(images, json_pack("{s:s, s:i, s:o}", "sop_instance_uid",
+                                                sops[o->source[k]], "frame", o->frame[k],
+                                                "probabilities", p));
+    }
+    return images;
+}
+
 char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,
                            const char *const *sops, int64_t job_id, const char *study_uid,
                            const char *series_uid, const char *labels_file,
                            const struct pipeline_timing *t, const char *seg_uid,
                            const char *sr_uid, char **summary)
 {
-    json_t *sum = label_summary(&cm->manifest, o);
-    json_t *slices = json_array();
-    for (int k = 0; k < o->grid.nz; k++)
-        json_array_append_new(slices, json_pack("{s:s, s:i}", "sop_instance_uid",
-                                                sops[o->source[k]], "frame", o->frame[k]));
-    /* The label file: gzip of one byte per voxel of "grid", slice k of it
-     * made from slices[k] of the source series. */
-    json_t *doc = json_pack("{s:I, s:s, s:s, s:s, s:s, s:o, s:o, s:O}", "job",
-                            (json_int_t)job_id, "study_uid", study_uid, "series_uid", series_uid,
-                            "model", cm->name, "labels_file", labels_file, "grid",
-                            grid_json(&o->grid), "slices", slices, "labels", sum);
+    json_t *sum, *doc;
+    if (o->probability) {
+        sum = finding_summary(&cm->manifest, o);
+        doc = json_pack("{s:I, s:s, s:s, s:s, s:o, s:O}", "job", (json_int_t)job_id,
+                        "study_uid", study_uid, "series_uid", series_uid, "model", cm->name,
+                        "images", images_json(o, sops), "findings", sum);
+    } else {
+        sum = label_summary(&cm->manifest, o);
+        json_t *slices = json_array();
+        for (int k = 0; k < o->grid.nz; k++)
+            json_array_append_new(slices, json_pack("{s:s, s:i}", "sop_instance_uid",
+                                                    sops[o->source[k]], "frame", o->frame[k]));
+        /* The label file: gzip of one byte per voxel of "grid", slice k of
+         * it made from slices[k] of the source series. */
+        doc = json_pack("{s:I, s:s, s:s, s:s, s:s, s:o, s:o, s:O}", "job", (json_int_t)job_id,
+                        "study_uid", study_uid, "series_uid", series_uid, "model", cm->name,
+                        "labels_file", labels_file, "grid", grid_json(&o->grid), "slices",
+                        slices, "labels", sum);
+    }
     if (doc) {
         json_object_set_new(doc, "seconds",
                             json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "decode", t->decode,
@@ -353,7 +404,8 @@ char *pipeline_result_json(const struct config_model *cm, const struct pipeline_
 
 char *pipeline_summary_json(const struct config_model *cm, const struct pipeline_output *o)
 {
-    json_t *sum = label_summary(&cm->manifest, o);
+    json_t *sum = o->probability ? finding_summary(&cm->manifest, o)
+                                 : label_summary(&cm->manifest, o);
     char *text = json_dumps(sum, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(sum);
     return text;

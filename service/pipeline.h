@@ -12,6 +12,7 @@
 
 #include "inference/inference.h"
 
+struct config_manifest;
 struct config_model;
 struct dicom_sources;
 
@@ -30,9 +31,12 @@ struct pipeline_timing {
     double seg, sr;               /* writing the results (jobs only) */
 };
 
-/* Labels on the source series' grid; slice k came from frame frame[k] of
- * the file source[k] (an index into the paths given). SOURCES is the
- * series as parsed once (headers only by now), for the result writers.
+/* What a run gives. A volume model: labels on the source series' grid;
+ * slice k came from frame frame[k] of the file source[k] (an index into
+ * the paths given). An image model (classification): image k was frame
+ * frame[k] of file source[k], with a probability per class; the series
+ * gets one per class (the manifest's aggregate of its images'). SOURCES is
+ * the series as parsed once (headers only by now), for the result writers.
  * Everything is owned by the output: pipeline_output_free(). */
 struct pipeline_output {
     struct infer_grid grid;
@@ -40,6 +44,10 @@ struct pipeline_output {
     int *source;
     int *frame;
     struct dicom_sources *sources;
+    size_t n_images;              /* image models: images evaluated */
+    int n_classes;
+    float *image_probability;     /* n_images x n_classes */
+    double *probability;          /* n_classes: over the series */
 };
 
 /* Runs CM (loaded as MODEL) on the series in PATHS. PROGRESS (may be NULL)
@@ -53,9 +61,20 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
                  size_t errlen);
 void pipeline_output_free(struct pipeline_output *o);
 
+/* pipeline_run for a model whose input.kind is image (pipeline_image.c):
+ * every frame of every file rendered as displayed, letterboxed and
+ * normalised, run in batches; the output's probabilities filled. */
+int pipeline_run_images(const struct config_model *cm, struct infer_model *model,
+                        const char *const *paths, size_t n_paths,
+                        int (*progress)(void *ud, long done, long total), void *progress_ud,
+                        struct pipeline_output *out, struct pipeline_timing *t, char *err,
+                        size_t errlen);
+
 /* The result document of a job (grid, source slices, label counts, the
  * seconds of each stage, the SEG and SR instances; LABELS_FILE names the
- * label file beside it), and in *SUMMARY the label counts alone; both
+ * label file beside it; a classification has its images and findings
+ * instead of a grid, slices and labels), and in *SUMMARY the label counts
+ * (or findings) alone; both
  * malloc'ed JSON text (the caller frees them). SOPS[i] is the SOP Instance
  * UID of PATHS[i] given to pipeline_run. */
 char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,
@@ -63,6 +82,10 @@ char *pipeline_result_json(const struct config_model *cm, const struct pipeline_
                            const char *series_uid, const char *labels_file,
                            const struct pipeline_timing *t, const char *seg_uid,
                            const char *sr_uid, char **summary);
+/* 1 when class I of a classification is present: the series'
+ * probability at or above the class's threshold. */
+int pipeline_class_present(const struct config_manifest *mf, const struct pipeline_output *o,
+                           size_t i);
 /* The label counts and volumes alone, as malloc'ed JSON text. */
 char *pipeline_summary_json(const struct config_model *cm, const struct pipeline_output *o);
 

@@ -59,7 +59,8 @@ int storage_write_result(struct storage *st, int64_t id, const char *json, const
         return error_set(err, errlen, STORAGE_EIO, "cannot create results/: %s",
                          strerror(errno));
     storage_result_name(id, STORAGE_RESULT_LABELS, name, sizeof name);
-    if (file_write_durable(dir, name, labels, nbytes, labels_path, sizeof labels_path) != 0)
+    if (labels &&
+        file_write_durable(dir, name, labels, nbytes, labels_path, sizeof labels_path) != 0)
         return error_set(err, errlen, STORAGE_EIO, "cannot write results/%s: %s", name,
                          strerror(errno));
     storage_result_name(id, STORAGE_RESULT_JSON, name, sizeof name);

@@ -392,7 +392,8 @@ int storage_result_name(int64_t job_id, enum storage_result_kind kind, char *buf
 
 /* Writes a job's results durably: DATA_DIR/results/<ID>.labels.gz (LABELS,
  * NBYTES, already gzip-compressed by the caller) and then
- * DATA_DIR/results/<ID>.json (JSON), whose path goes to PATH. Each file is
+ * DATA_DIR/results/<ID>.json (JSON), whose path goes to PATH; LABELS NULL
+ * writes no label file (a classification has none). Each file is
  * written to a temporary name, flushed and renamed. */
 int storage_write_result(struct storage *st, int64_t id, const char *json, const void *labels,
                          size_t nbytes, char *path, size_t pathlen, char *err, size_t errlen);

@@ -1,0 +1,270 @@
+/*
+ * pipeline_image.c — one image model on one series: every image (every
+ * frame of a multi-frame object) rendered as displayed, letterboxed to the
+ * model's size, normalised, and run in batches; the scores become
+ * probabilities per image and per series.
+ *
+ *   decode      header checks, then each file rendered (dicom/render.cpp)
+ *   preprocess  letterbox and mean/std into the batch (inference/picture.c)
+ *   model       one forward per batch of input.batch images
+ *   postprocess activation, then the series' probability per class
+ */
+#include "service/pipeline.h"
+
+#include "common/checked.h"
+#include "common/crashpoint.h"
+#include "config/config.h"
+#include "dicom/image.h"
+#include "inference/inference.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define JOB_MAX_VOXELS (cm->job_max_voxels ? cm->job_max_voxels : INFER_DEFAULT_MAX_VOXELS)
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The buffers of one run, reused from batch to batch. */
+struct batch {
+    const struct config_model *cm;
+    struct infer_model *model;
+    float *input;                 /* batch x channels x size[0] x size[1] */
+    float *output;                /* batch x classes */
+    size_t plane;                 /* channels x size[0] x size[1] */
+    int filled;                   /* images in INPUT now */
+    size_t done;                  /* images run so far */
+    struct pipeline_output *out;
+    double model_seconds;
+};
+
+/* Turns row X of scores (N classes) into probabilities as the manifest
+ * says; -1 when a score is not a number or, without an activation, not a
+ * probability. */
+static int activate(enum config_activation a, float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return -1;
+    if (a == CONFIG_ACTIVATION_SOFTMAX) {
+        float top = x[0];
+        for (int i = 1; i < n; i++)
+            top = x[i] > top ? x[i] : top;
+        double sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += exp((double)x[i] - top);
+        for (int i = 0; i < n; i++)
+            x[i] = (float)(exp((double)x[i] - top) / sum);
+    } else if (a == CONFIG_ACTIVATION_SIGMOID) {
+        for (int i = 0; i < n; i++)
+            x[i] = (float)(1.0 / (1.0 + exp(-(double)x[i])));
+    } else {
+        for (int i = 0; i < n; i++)
+            if (x[i] < 0 || x[i] > 1)
+                return -1;
+    }
+    return 0;
+}
+
+/* Runs the images in B's input; their probabilities go to the output. */
+static int run_batch(struct batch *b, char *err, size_t errlen)
+{
+    const struct config_manifest *mf = &b->cm->manifest;
+    if (b->filled == 0)
+        return 0;
+    int k = mf->channels;
+    int64_t shape[4] = {b->filled, mf->in_channels, mf->size[0], mf->size[1]}, oshape[8];
+    int ond = 0;
+    double t0 = seconds_now();
+    int rc = infer_model_run_into(b->model, b->input, shape, 4, b->output,
+                                  (size_t)mf->batch * (size_t)k, oshape, &ond, err, errlen);
+    b->model_seconds += seconds_now() - t0;
+    if (rc != INFER_OK)
+        return -1;
+    if (ond != 2 || oshape[0] != b->filled || oshape[1] != k) {
+        char got[96] = "";
+        for (int i = 0, n = 0; i < ond && i < 8; i++)
+            n += snprintf(got + n, sizeof got - (size_t)n, "%s%lld", i ? ", " : "",
+                          (long long)oshape[i]);
+        snprintf(err, errlen, "the model gave an output of shape [%s]; the manifest expects "
+                              "[%d, %d] (images, output.channels)", got, b->filled, k);
+        return -1;
+    }
+    for (int i = 0; i < b->filled; i++) {
+        float *row = b->output + (size_t)i * k;
+        if (activate(mf->activation, row, k) != 0) {
+            snprintf(err, errlen, "the model's scores for image %zu are not %s",
+                     b->done + (size_t)i + 1,
+                     mf->activation == CONFIG_ACTIVATION_NONE ? "probabilities (0..1)"
+                                                              : "finite numbers");
+            return -1;
+        }
+        memcpy(b->out->image_probability + (b->done + (size_t)i) * (size_t)k, row,
+               (size_t)k * sizeof *row);
+    }
+    b->done += (size_t)b->filled;
+    b->filled = 0;
+    return 0;
+}
+
+/* The series' probability of each class: the max or mean of its images'. */
+static void aggregate(const struct config_manifest *mf, struct pipeline_output *o)
+{
+    for (int c = 0; c < o->n_classes; c++) {
+        double acc = 0;
+        for (size_t i = 0; i < o->n_images; i++) {
+            double p = o->image_probability[i * (size_t)o->n_classes + (size_t)c];
+            acc = mf->aggregate == CONFIG_AGGREGATE_MAX ? (p > acc ? p : acc) : acc + p;
+        }
+        if (mf->aggregate == CONFIG_AGGREGATE_MEAN)
+            acc /= (double)o->n_images;
+        o->probability[c] = acc;
+    }
+}
+
+/* Checks the files of SRC against the model and counts their images. */
+static int count_images(const struct config_manifest *mf, const struct dicom_sources *src,
+                        size_t *n, char *err, size_t errlen)
+{
+    *n = 0;
+    for (size_t i = 0; i < dicom_sources_count(src); i++) {
+        const struct dicom_image *img = dicom_sources_image(src, i);
+        if (mf->modality && strcasecmp(mf->modality, img->modality) != 0) {
+            snprintf(err, errlen, "the series is %s; the model takes %s",
+                     img->modality[0] ? img->modality : "of no modality", mf->modality);
+            return -1;
+        }
+        *n += (size_t)img->frames;
+    }
+    return 0;
+}
+
+int pipeline_run_images(const struct config_model *cm, struct infer_model *model,
+                        const char *const *paths, size_t n_paths,
+                        int (*progress)(void *ud, long done, long total), void *progress_ud,
+                        struct pipeline_output *out, struct pipeline_timing *t, char *err,
+                        size_t errlen)
+{
+    const struct config_manifest *mf = &cm->manifest;
+    struct dicom_sources *src = NULL;
+    struct batch b = {.cm = cm, .model = model, .out = out};
+    float *picture = NULL;
+    size_t picture_cap = 0, n_images = 0;
+    int rc = PIPELINE_EFAILED;
+    char why[512];
+    memset(out, 0, sizeof *out);
+    memset(t, 0, sizeof *t);
+
+    double t0 = seconds_now(), prep = 0;
+    if (n_paths == 0) {
+        snprintf(err, errlen, "the series has no instances");
+        return PIPELINE_EFAILED;
+    }
+    if (dicom_sources_parse(paths, n_paths, JOB_MAX_VOXELS, &src, why, sizeof why) !=
+        DICOM_OK) {
+        snprintf(err, errlen, "the series cannot be used: %s", why);
+        goto out;
+    }
+    if (count_images(mf, src, &n_images, err, errlen) != 0)
+        goto out;
+    /* The batch, like every other buffer of a job, within its budget. */
+    b.plane = (size_t)mf->in_channels * (size_t)mf->size[0] * (size_t)mf->size[1];
+    size_t batch_floats;
+    if (!size_mul_ok(b.plane, (size_t)mf->batch, &batch_floats) ||
+        batch_floats > JOB_MAX_VOXELS) {
+        snprintf(err, errlen, "a batch of %d images of %d x %d is over the job's memory budget",
+                 mf->batch, mf->size[1], mf->size[0]);
+        goto out;
+    }
+    out->n_classes = mf->channels;
+    out->n_images = n_images;
+    if (!(b.input = malloc(batch_floats * sizeof *b.input)) ||
+        !(b.output = malloc((size_t)mf->batch * (size_t)mf->channels * sizeof *b.output)) ||
+        !(out->image_probability =
+              calloc(n_images * (size_t)mf->channels, sizeof *out->image_probability)) ||
+        !(out->probability = calloc((size_t)mf->channels, sizeof *out->probability)) ||
+        !(out->source = malloc(n_images * sizeof *out->source)) ||
+        !(out->frame = malloc(n_images * sizeof *out->frame))) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+
+    struct dicom_render how = {.channels = mf->in_channels, .has_window = mf->has_window,
+                               .window_center = mf->window[0], .window_width = mf->window[1]};
+    const double *mean = mf->n_mean ? mf->mean : NULL, *std = mf->n_std ? mf->std : NULL;
+    size_t k = 0;
+    CRASH_POINT("inference.model");
+    for (size_t i = 0; i < dicom_sources_count(src); i++) {
+        const struct dicom_image *img = dicom_sources_image(src, i);
+        size_t plane = (size_t)img->rows * (size_t)img->cols * (size_t)mf->in_channels, need;
+        if (!size_mul_ok(plane, (size_t)img->frames, &need) || need > JOB_MAX_VOXELS) {
+            snprintf(err, errlen, "instance %zu (of %zu): its rendered frames are over the "
+                                  "job's memory budget", i + 1, n_paths);
+            goto out;
+        }
+        if (need > picture_cap) {
+            free(picture);
+            if (!(picture = malloc(need * sizeof *picture))) {
+                snprintf(err, errlen, "out of memory");
+                goto out;
+            }
+            picture_cap = need;
+        }
+        if (dicom_sources_render(src, i, &how, picture, picture_cap, why, sizeof why) !=
+            DICOM_OK) {
+            snprintf(err, errlen, "instance %zu (of %zu) cannot be used: %s", i + 1, n_paths,
+                     why);
+            goto out;
+        }
+        double r1 = seconds_now();
+        for (int f = 0; f < img->frames; f++, k++) {
+            out->source[k] = (int)i;
+            out->frame[k] = f;
+            infer_letterbox(picture + (size_t)f * plane, mf->in_channels, img->rows, img->cols,
+                            b.input + (size_t)b.filled * b.plane, mf->size[0], mf->size[1],
+                            mean, std, NULL);
+            b.filled++;
+            if (b.filled == mf->batch) {
+                prep += seconds_now() - r1;
+                if (run_batch(&b, err, errlen) != 0)
+                    goto out;
+                if (progress && progress(progress_ud, (long)b.done, (long)n_images)) {
+                    rc = PIPELINE_ECANCELLED;
+                    goto out;
+                }
+                r1 = seconds_now();
+            }
+        }
+        prep += seconds_now() - r1;
+    }
+    if (run_batch(&b, err, errlen) != 0)
+        goto out;
+    double t4 = seconds_now();
+    aggregate(mf, out);
+    /* The rendered images are gone; the headers stay for the SR. */
+    dicom_sources_drop_pixels(src);
+    out->sources = src;
+    src = NULL;
+    /* Decoding: the header checks and the rendering. */
+    t->decode = (t4 - t0) - prep - b.model_seconds;
+    t->preprocess = prep;
+    t->model = b.model_seconds;
+    t->postprocess = seconds_now() - t4;
+    rc = 0;
+out:
+    if (rc != 0)
+        pipeline_output_free(out);
+    dicom_sources_close(src);
+    free(picture);
+    free(b.input);
+    free(b.output);
+    return rc;
+}

@@ -1,0 +1,353 @@
+#!/usr/bin/python3
+"""Integration tests of image models (input.kind image, output.kind
+classification): 2-D images sent with dcmsend are rendered as displayed,
+letterboxed and normalised, run through a TorchScript classifier made here
+with python3-torch, and come back to DCMTK's storescp (the PACS) as a
+TID 1500 SR of findings, valid for dciodvfy. Every expected probability is
+computed again here from the source pixels: pydicom decodes, numpy applies
+the display pipeline of PS3.3 C.11 and torch resizes.
+    AINODE_BINARY=build/ainode /usr/bin/python3 -m unittest test_image_models
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from gen_series import make_ct_series  # noqa: E402
+from test_inference import phantom  # noqa: E402
+from test_receiver import NodeTestCase  # noqa: E402
+from test_results import dciodvfy_errors  # noqa: E402
+
+import pydicom  # noqa: E402
+from pydicom.pixel_data_handlers.util import convert_color_space  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+
+PYDICOM_FILES = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+DX_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"
+
+# The classifier: class 1 scores the mean of the first input channel, class
+# 2 the mean of the last; exact functions of the input, so that every
+# probability can be computed again from the pixels.
+MODEL_SOURCE = '''
+import sys
+import torch
+
+
+class MeanScores(torch.nn.Module):
+    def forward(self, x):
+        m = x.mean(dim=(2, 3))
+        return torch.stack([20 * (m[:, 0] - 0.3), 20 * (m[:, -1] - 0.6)], 1)
+
+
+torch.jit.script(MeanScores()).save(sys.argv[1])
+'''
+
+
+def scores(x):
+    """MODEL_SOURCE's forward for one input (channels x rows x cols)."""
+    m = x.mean(axis=(1, 2))
+    return np.array([20 * (m[0] - 0.3), 20 * (m[-1] - 0.6)])
+
+
+def make_model(workdir):
+    """The classifier as a TorchScript file, scripted from source here."""
+    src = os.path.join(workdir, "mean_scores.py")
+    with open(src, "w") as f:
+        f.write(MODEL_SOURCE)
+    out = os.path.join(workdir, "mean_scores.pt")
+    subprocess.run(["/usr/bin/python3", src, out], check=True, capture_output=True)
+    return out
+
+
+def window(x, center, width):
+    """PS3.3 C.11.2.1.2.1, the linear VOI function, onto 0..1."""
+    low = center - 0.5 - (width - 1) / 2
+    high = center - 0.5 + (width - 1) / 2
+    y = ((x - (center - 0.5)) / (width - 1) + 0.5)
+    return np.where(x <= low, 0.0, np.where(x > high, 1.0, y))
+
+
+def rendered(path, channels, manifest_window=None):
+    """Every frame of PATH as displayed: frames x channels x rows x cols in 0..1."""
+    ds = pydicom.dcmread(path)
+    a = ds.pixel_array
+    frames = int(ds.get("NumberOfFrames", 1))
+    rows, cols = ds.Rows, ds.Columns
+    if ds.SamplesPerPixel == 3:
+        if ds.PhotometricInterpretation.startswith("YBR"):
+            a = convert_color_space(a, "YBR_FULL", "RGB")
+        rgb = a.reshape(frames, rows, cols, 3).astype(np.float64) / 255
+        if channels == 3:
+            return rgb.transpose(0, 3, 1, 2)
+        return (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2])[:, None]
+    v = a.reshape(frames, rows, cols).astype(np.float64)
+    v = v * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+    if manifest_window:
+        c, w = manifest_window
+    else:
+        c, w = float(ds.WindowCenter), float(ds.WindowWidth)
+    y = window(v, c, w)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        y = 1 - y
+    return np.repeat(y[:, None], channels, axis=1)
+
+
+def letterboxed(x, size, mean=None, std=None):
+    """X (channels x rows x cols) resized keeping its aspect ratio, centred
+    in SIZE with 0 around it, then normalised: torch does the resizing."""
+    import torch
+    import torch.nn.functional as F
+    ch, rows, cols = x.shape
+    scale = min(size[0] / rows, size[1] / cols)
+    nr, nc = math.floor(rows * scale + 0.5), math.floor(cols * scale + 0.5)
+    small = F.interpolate(torch.from_numpy(x)[None], size=(nr, nc), mode="bilinear",
+                          align_corners=False)[0].numpy()
+    out = np.zeros((ch, size[0], size[1]))
+    top, left = (size[0] - nr) // 2, (size[1] - nc) // 2
+    out[:, top:top + nr, left:left + nc] = small
+    if mean is not None:
+        out = (out - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    return out
+
+
+def sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def manifest_text(modality, size, channels, window_=None, mean=None, std=None, batch=2,
+                  aggregate="max"):
+    lines = [
+        "algorithm:",
+        "  name: Mean score classifier",
+        '  version: "1.0"',
+        '  family: {value: "123110", scheme: DCM, meaning: Artificial Intelligence}',
+        "  # The test model's own codes.",
+        "input:",
+        "  modality: %s" % modality,
+        "  kind: image",
+        "  size: [%d, %d]" % size,
+        "  channels: %d" % channels,
+        "  batch: %d" % batch,
+    ]
+    if window_:
+        lines.append("  window: [%r, %r]" % window_)
+    if mean:
+        lines.append("  mean: %s" % json.dumps(mean))
+        lines.append("  std: %s" % json.dumps(std))
+    lines += [
+        "output:",
+        "  kind: classification",
+        "  channels: 2",
+        "  activation: sigmoid",
+        "  aggregate: %s" % aggregate,
+        "  series_description: Mean score findings",
+        "  classes:",
+        '    1: {name: Bright, finding: {value: "BRIGHT", scheme: 99AINODE, '
+        "meaning: Bright image}, threshold: 0.5}",
+        '    2: {name: Dark, finding: {value: "DARK", scheme: 99AINODE, '
+        "meaning: Dark image}, threshold: 0.4}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def one_series(paths, out_dir, modality=None):
+    """Copies of PATHS made into one series of one study (new UIDs)."""
+    os.makedirs(out_dir, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    out = []
+    for i, p in enumerate(paths):
+        ds = pydicom.dcmread(p)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID, ds.PatientName = "IMG-TEST", "Image^Test"
+        ds.InstanceNumber = i + 1
+        if modality:
+            ds.Modality = modality
+        dst = os.path.join(out_dir, "%02d.dcm" % i)
+        ds.save_as(dst)
+        out.append(dst)
+    return out
+
+
+def radiographs(workdir):
+    """Two projection radiographs (DX) of a CT phantom series, the same
+    picture as MONOCHROME2 and as MONOCHROME1, each with its window."""
+    ct = make_ct_series(os.path.join(workdir, "ct"), 24, rows=48, cols=64, pixel_fn=phantom)
+    hu = np.stack([pydicom.dcmread(f).pixel_array.astype(np.float64) *
+                   float(pydicom.dcmread(f).RescaleSlope) +
+                   float(pydicom.dcmread(f).RescaleIntercept) for f in ct])
+    # Attenuation summed along the rows: a lateral projection, 24 x 64.
+    proj = np.clip(hu + 1000, 0, None).sum(axis=1)
+    pixels = np.round(proj / proj.max() * 4000).astype(np.uint16)
+    template = pydicom.dcmread(ct[0])
+    out = []
+    for i, photometric in enumerate(("MONOCHROME2", "MONOCHROME1")):
+        ds = template.copy()
+        ds.SOPClassUID = DX_CLASS
+        ds.file_meta.MediaStorageSOPClassUID = DX_CLASS
+        ds.Modality = "DX"
+        for key in ("ImagePositionPatient", "ImageOrientationPatient", "SliceThickness",
+                    "SliceLocation", "RescaleSlope", "RescaleIntercept", "RescaleType"):
+            if key in ds:
+                delattr(ds, key)
+        ds.PhotometricInterpretation = photometric
+        ds.Rows, ds.Columns = pixels.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.WindowCenter, ds.WindowWidth = 1000, 1600
+        ds.PixelData = pixels.tobytes()
+        p = os.path.join(workdir, "dx%d.dcm" % i)
+        ds.save_as(p)
+        out.append(p)
+    return out
+
+
+class ImageModelTest(NodeTestCase):
+    def node_for(self, pacs_port, modality, manifest):
+        mpath = os.path.join(self.workdir, "classifier.yaml")
+        with open(mpath, "w") as f:
+            f.write(manifest)
+        sections = {
+            "destinations": {"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1",
+                                      "port": pacs_port, "retry_initial_seconds": 1}},
+            "models": {"classifier": {"file": make_model(self.workdir), "manifest": mpath,
+                                      "threads": 1}},
+            "rules": [{"name": "pictures", "match": {"Modality": modality},
+                       "run": ["classifier"], "send_results_to": ["pacs"]}],
+        }
+        return self.node(sections=sections, stable_seconds=1)
+
+    def classify(self, files, modality, manifest, expected_images):
+        """Sends FILES to a node running the classifier; returns its job, its
+        result document and the SR the PACS received, after checking the
+        per-image probabilities against EXPECTED_IMAGES."""
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
+            n = self.node_for(pacs.port, modality, manifest)
+            n.start()
+            # Each file in its own transfer syntax (RLE stays RLE).
+            harness.dcmsend(n.port, files, ae_called=n.ae, extra=["-dn"])
+
+            def sent():
+                st = n.status()
+                jobs = [j for j in st["jobs"] if j["state"] in ("done", "failed")]
+                items = st["outbox"]
+                return (jobs, items) if jobs and items and \
+                    all(i["state"] == "sent" for i in items) else None
+            jobs, items = harness.wait_until(sent, 120, 0.2, "the SR to be sent")
+            self.assertEqual(n.stop(), 0)
+            received = harness.list_files(pacs.out_dir)
+        self.assertEqual(len(jobs), 1, jobs)
+        job = jobs[0]
+        self.assertEqual(job["state"], "done", job)
+        # A classification has no SEG: the SR alone goes to the PACS.
+        self.assertEqual([i["kind"] for i in items], ["sr"])
+        self.assertEqual(len(received), 1)
+        sr = pydicom.dcmread(received[0])
+        self.assertEqual(str(sr.SOPClassUID), SR_CLASS)
+        self.assertEqual(dciodvfy_errors(received[0]), [])
+        with open(job["result"]) as f:
+            doc = json.load(f)
+        got = {(i["sop_instance_uid"], i["frame"]): i["probabilities"] for i in doc["images"]}
+        self.assertEqual(set(got), set(expected_images))
+        for key, want in expected_images.items():
+            np.testing.assert_allclose(got[key], want, atol=2e-3, err_msg=str(key))
+        return job, doc, sr
+
+    def findings_of(self, sr):
+        """{tracking id: (finding code, certainty %, present code)} of the SR."""
+        out = {}
+        for container in sr.ContentSequence:
+            if container.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
+                continue
+            for group in container.ContentSequence:
+                items = {}
+                for it in group.ContentSequence:
+                    name = it.ConceptNameCodeSequence[0]
+                    items.setdefault(name.CodeValue, []).append(it)
+                tracking = items["112039"][0].TextValue
+                finding = items["121071"][0].ConceptCodeSequence[0].CodeValue
+                certainty = items["111012"][0].MeasuredValueSequence[0]
+                unit = certainty.MeasurementUnitsCodeSequence[0].CodeValue
+                value = float(certainty.NumericValue)
+                # The qualitative evaluation's concept is the finding itself.
+                presence = items[finding][0].ConceptCodeSequence[0]
+                out[tracking] = (finding, unit, value, presence.CodeValue,
+                                 presence.CodeMeaning)
+        return out
+
+    def check_findings(self, sr, probabilities, thresholds=(0.5, 0.4)):
+        findings = self.findings_of(sr)
+        self.assertEqual(set(findings), {"Bright", "Dark"})
+        for name, code, p, t in zip(("Bright", "Dark"), ("BRIGHT", "DARK"), probabilities,
+                                    thresholds):
+            finding, unit, value, presence, meaning = findings[name]
+            self.assertEqual((finding, unit), (code, "%"))
+            self.assertAlmostEqual(value, 100 * p, delta=0.2)
+            want = ("52101004", "Present") if p >= t else ("2667000", "Absent")
+            self.assertEqual((presence, meaning), want, (name, p))
+
+    def test_colour_images_and_frames_are_classified_into_findings(self):
+        # RGB (RLE, two frames), YBR_FULL_422 and a 3 x 3 RGB picture, as
+        # one series: four images, letterboxed into 40 x 56.
+        names = ["SC_rgb_rle_2frame.dcm", "SC_ybr_full_422_uncompressed.dcm",
+                 "SC_rgb_small_odd.dcm"]
+        files = one_series([os.path.join(PYDICOM_FILES, f) for f in names],
+                           os.path.join(self.workdir, "in"))
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        expected = {}
+        for f in files:
+            uid = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            for k, frame in enumerate(rendered(f, 3)):
+                expected[(uid, k)] = sigmoid(scores(letterboxed(frame, (40, 56), mean, std)))
+        self.assertEqual(len(expected), 4)
+        manifest = manifest_text("OT", (40, 56), 3, mean=mean, std=std, batch=3)
+        job, doc, sr = self.classify(files, "OT", manifest, expected)
+        series = np.max(list(expected.values()), axis=0)
+        for c, p in zip(("1", "2"), series):
+            self.assertAlmostEqual(doc["findings"][c]["probability"], p, delta=2e-3)
+            self.assertEqual(job["findings"][c]["present"], bool(p >= (0.5 if c == "1" else 0.4)))
+        self.check_findings(sr, series)
+        # The images evaluated are the SR's evidence and its image library.
+        evidence = {str(i.ReferencedSOPInstanceUID)
+                    for s in sr.CurrentRequestedProcedureEvidenceSequence
+                    for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+        self.assertEqual(evidence, {u for u, _ in expected})
+
+    def test_grey_radiographs_are_windowed_and_monochrome1_is_inverted(self):
+        files = one_series(radiographs(self.workdir), os.path.join(self.workdir, "in"))
+        expected = {}
+        pictures = []
+        for f in files:
+            uid = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            frame = rendered(f, 1)[0]
+            pictures.append(frame)
+            expected[(uid, 0)] = sigmoid(scores(letterboxed(frame, (32, 32))))
+        # The same pixels: MONOCHROME1 shows them inverted.
+        np.testing.assert_allclose(pictures[1], 1 - pictures[0])
+        self.assertGreater(abs(pictures[0].mean() - 0.5), 0.05)
+        manifest = manifest_text("DX", (32, 32), 1, aggregate="mean")
+        job, doc, sr = self.classify(files, "DX", manifest, expected)
+        series = np.mean(list(expected.values()), axis=0)
+        self.check_findings(sr, series)
+
+    def test_a_window_from_the_manifest_replaces_the_images_own(self):
+        files = one_series(radiographs(self.workdir)[:1], os.path.join(self.workdir, "in"))
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
+        own = rendered(files[0], 1)[0]
+        narrow = rendered(files[0], 1, manifest_window=(2500.0, 800.0))[0]
+        self.assertGreater(abs(own.mean() - narrow.mean()), 0.05)
+        expected = {(uid, 0): sigmoid(scores(letterboxed(narrow, (24, 64))))}
+        manifest = manifest_text("DX", (24, 64), 1, window_=(2500.0, 800.0))
+        self.classify(files, "DX", manifest, expected)
+
+
+if __name__ == "__main__":
+    unittest.main()
