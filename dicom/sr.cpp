@@ -1,9 +1,13 @@
 // sr.cpp — TID 1500 measurement report writer (see results.h): a Comprehensive
 // 3D SR built with DCMTK's Content Mapping Resource templates (cmr), one
-// Volumetric ROI measurement group (TID 1411) per segment of the SEG.
+// Volumetric ROI measurement group (TID 1411) per segment of the SEG, and
+// beside it a Planar ROI measurement group (TID 1410) on the segment's
+// largest cross-section, added by hand (cmr has no TID 1410): viewers such
+// as OHIF show only groups that carry an image region.
 
 #include "dicom/internal.h"
 #include "dicom/results.h"
+#include "dicom/sr_outline.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
@@ -12,6 +16,11 @@
 #include <dcmtk/dcmdata/dcvrui.h>
 #include <dcmtk/dcmsr/dsrdoc.h>
 #include <dcmtk/dcmsr/dsrimgvl.h>
+#include <dcmtk/dcmsr/dsrnumvl.h>
+#include <dcmtk/dcmsr/dsrscovl.h>
+#include <dcmtk/dcmsr/codes/dcm.h>
+#include <dcmtk/dcmsr/cmr/cid7181.h>
+#include <dcmtk/dcmsr/cmr/cid7469.h>
 #include <dcmtk/dcmsr/cmr/init.h>
 #include <dcmtk/dcmsr/cmr/tid1500.h>
 #include <dcmtk/ofstd/ofchrenc.h>
@@ -68,6 +77,15 @@ std::string lo(const char *s)
     while (n > 0 && ((unsigned char)v[n] & 0xC0) == 0x80)
         n--;
     return v.substr(0, n);
+}
+
+bool is_sha256(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+            return false;
+    return n == 64;
 }
 
 bool valid_uid(const char *uid)
@@ -162,6 +180,15 @@ void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
         fail("the algorithm name and version are required");
     if (empty(r->manufacturer))
         fail("the manufacturer is required");
+    if (!r->labels || r->nx < 1 || r->ny < 1)
+        fail("no label volume");
+    // A digest that is not one would be recorded as if it traced the model.
+    const struct {
+        const char *value, *name;
+    } digests[] = {{r->model_sha256, "model"}, {r->manifest_sha256, "manifest"}};
+    for (const auto &d : digests)
+        if (d.value && !is_sha256(d.value))
+            fail(std::string("the ") + d.name + " SHA-256 is not 64 lower-case hex digits");
     std::set<int> numbers;
     for (size_t i = 0; i < r->n_segments; i++) {
         const dicom_segment &s = r->segments[i];
@@ -182,7 +209,7 @@ void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
 bool own_text_ascii(const dicom_result *r)
 {
     const char *texts[] = {r->algorithm_name, r->algorithm_version, r->manufacturer,
-                           r->series_description, r->software_version};
+                           r->series_description, r->software_version, r->intended_use};
     for (const char *t : texts)
         if (!is_ascii(t))
             return false;
@@ -204,8 +231,40 @@ std::string device_serial()
     return lo(host);
 }
 
-void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
-                  const std::vector<source> &sources, const char *seg_sop_uid)
+// What ties the two groups of one segment together: the same finding, so
+// the same tracking identifier and UID (OHIF merges groups by that UID
+// into one measurement, which then has both the outline and the volume).
+struct tracking {
+    std::string id, uid;
+};
+
+// TID 4019 rows 3: what traces a measurement to the exact model, as
+// Algorithm Parameters (the one free-text slot of Algorithm
+// Identification): "model SHA-256 <hex>", "manifest SHA-256 <hex>".
+std::vector<std::string> algorithm_parameters(const dicom_result *r)
+{
+    std::vector<std::string> out;
+    if (r->model_sha256)
+        out.push_back(std::string("model SHA-256 ") + r->model_sha256);
+    if (r->manifest_sha256)
+        out.push_back(std::string("manifest SHA-256 ") + r->manifest_sha256);
+    return out;
+}
+
+// A measurement value: the shortest DS text, and where DS (16 characters)
+// cannot hold V exactly, V itself alongside as the floating point value.
+DSRNumericMeasurementValue measured(double v, const DSRCodedEntryValue &unit,
+                                    const std::string &what)
+{
+    const std::string text = ds_text(v);
+    DSRNumericMeasurementValue value(text.c_str(), unit);
+    if (std::strtod(text.c_str(), nullptr) != v)
+        check(value.setFloatingPointRepresentation(v), what);
+    return value;
+}
+
+std::vector<tracking> build_report(TID1500_MeasurementReport &report, const dicom_result *r,
+                                   const std::vector<source> &sources, const char *seg_sop_uid)
 {
     check(report.setLanguage(CID5000_Languages::English, CID5001_Countries::UnitedStates),
           "language");
@@ -232,7 +291,14 @@ void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
 
     // TID 1411 takes one source series; the label volume comes from one.
     const std::string source_series = sources.front().series;
+    // UCUM "ml" is in no context group of the edition DCMTK 3.6.7 and
+    // pydicom carry (CID 7181 and its CID 7462 list cm3, mm3, ... for
+    // volumes; the group is extensible, so ml may be used): its meaning is
+    // UCUM's name for the unit, "milliliter". DCMTK's CODE_UCUM_ml carries
+    // the print symbol "ml" instead, hence the text here.
     const DSRCodedEntryValue ml("ml", "UCUM", "milliliter");
+    const std::vector<std::string> parameters = algorithm_parameters(r);
+    std::vector<tracking> out;
     for (size_t i = 0; i < r->n_segments; i++) {
         const dicom_segment &seg = r->segments[i];
         const std::string which = "segment " + std::to_string(seg.number);
@@ -240,9 +306,9 @@ void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
         check(report.addVolumetricROIMeasurements(), which + ": measurement group");
         CMR_TID1411_in_TID1500 &g = report.getVolumetricROIMeasurements();
         std::string label = empty(seg.label) ? "Segment" : seg.label;
-        check(g.setTrackingIdentifier((label + " " + std::to_string(seg.number)).c_str()),
-              which + ": tracking identifier");
-        check(g.setTrackingUniqueIdentifier(new_uid().c_str()), which + ": tracking UID");
+        tracking t{label + " " + std::to_string(seg.number), new_uid()};
+        check(g.setTrackingIdentifier(t.id.c_str()), which + ": tracking identifier");
+        check(g.setTrackingUniqueIdentifier(t.uid.c_str()), which + ": tracking UID");
         check(g.setFinding(DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning)),
               which + ": finding");
         DSRImageReferenceValue ref(UID_SegmentationStorage, seg_sop_uid);
@@ -251,18 +317,157 @@ void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
         check(g.setSourceSeriesForSegmentation(source_series.c_str()),
               which + ": source series");
 
-        const std::string text = ds_text(seg.volume_ml);
-        CMR_TID1411_in_TID1500::MeasurementValue value(text.c_str(), CMR_CID7181(ml));
-        // DS keeps at most 16 characters; the exact value goes alongside.
-        if (std::strtod(text.c_str(), nullptr) != seg.volume_ml)
-            check(value.setFloatingPointRepresentation(seg.volume_ml), which + ": volume");
+        CMR_TID1411_in_TID1500::MeasurementValue value(
+            measured(seg.volume_ml, CMR_CID7181(ml), which + ": volume"));
         check(g.addMeasurement(CMR_CID7469::Volume, value), which + ": volume");
         check(g.getMeasurement().setAlgorithmIdentification(r->algorithm_name,
                                                             r->algorithm_version),
               which + ": algorithm identification");
+        for (const std::string &p : parameters)
+            check(g.getMeasurement().getAlgorithmIdentification().addParameter(p.c_str()),
+                  which + ": algorithm parameter");
+        out.push_back(std::move(t));
     }
+    // The intended use goes in TID 1500 row 14, the template's one place
+    // for free text about the report as a whole, under the standard's
+    // generic concept for a remark, (121106, DCM, "Comment"): neither DCM
+    // nor SCT has a concept for a device's intended use. The text says
+    // what it is, for the reader.
+    if (!empty(r->intended_use))
+        check(report.addQualitativeEvaluation(CODE_DCM_Comment,
+                                              std::string("Intended use: ") + r->intended_use),
+              "intended use");
     if (!report.isValid())
         fail("the measurement report is incomplete");
+    return out;
+}
+
+// Adds TEXT item CONCEPT = TEXT below the current item and returns to it.
+void add_text(DSRDocumentTree &tree, DSRTypes::E_RelationshipType rel,
+              const DSRCodedEntryValue &concept, const std::string &text, const std::string &what)
+{
+    check(tree.addChildContentItem(rel, DSRTypes::VT_Text, concept), what);
+    check(tree.getCurrentContentItem().setStringValue(text.c_str()), what);
+    tree.goUp();
+}
+
+// Adds, after the current item, NUM CONCEPT = VALUE with its TID 4019
+// Algorithm Identification, as TID 1419 has it; the cursor stays on the NUM.
+void add_measurement(DSRDocumentTree &tree, const dicom_result *r,
+                     const DSRCodedEntryValue &concept, const DSRNumericMeasurementValue &value,
+                     const std::string &what)
+{
+    check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Num, concept), what);
+    check(tree.getCurrentContentItem().setNumericValue(value), what);
+    add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmName, r->algorithm_name, what);
+    add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmVersion, r->algorithm_version,
+             what);
+    for (const std::string &p : algorithm_parameters(r))
+        add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmParameters, p, what);
+}
+
+// One Planar ROI measurement group (TID 1410) per segment with voxels,
+// right after the segment's volumetric group: the outline of its largest
+// cross-section as a closed POLYLINE on the source image of that slice,
+// with the area and the longest diameter there. A segment without voxels
+// has no cross-section to draw: it keeps only its volumetric group (0 ml).
+void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
+                       const std::vector<tracking> &tracked)
+{
+    // The volumetric groups, one per segment in order, as the template made them.
+    std::vector<size_t> groups;
+    if (!tree.gotoNamedNode(CODE_DCM_ImagingMeasurements) || !tree.goDown())
+        fail("the report has no measurement groups");
+    do
+        groups.push_back(tree.getNodeID());
+    while (tree.gotoNext());
+    if (groups.size() != r->n_segments)
+        fail("the report has " + std::to_string(groups.size()) + " measurement groups for " +
+             std::to_string(r->n_segments) + " segments");
+
+    const std::vector<int64_t> counts = ainode_dicom::slice_counts(r->labels, r->nx, r->ny, r->nz);
+    const auto &files = r->sources->files;
+    for (size_t i = 0; i < r->n_segments; i++) {
+        const dicom_segment &seg = r->segments[i];
+        const std::string which = "segment " + std::to_string(seg.number);
+        const ainode_dicom::cross_section cs = ainode_dicom::largest_cross_section(
+            r->labels, r->nx, r->ny, r->nz, seg.number, counts);
+        if (cs.slice < 0)
+            continue;
+        const ainode_dicom::source_file &f = files[(size_t)r->source_files[cs.slice]];
+        const long frame = r->source_frames ? r->source_frames[cs.slice] : 0;
+        const std::string slice = "slice " + std::to_string(cs.slice);
+        if (frame < 0 || (size_t)frame >= f.geom.size() || !f.geom[(size_t)frame].has_spacing)
+            fail(which + ": no pixel spacing for " + slice);
+        Uint16 rows = 0, columns = 0;
+        if (f.header->findAndGetUint16(DCM_Rows, rows).bad() ||
+            f.header->findAndGetUint16(DCM_Columns, columns).bad() || rows != r->ny ||
+            columns != r->nx)
+            fail(which + ": the source image of " + slice + " is not " + std::to_string(r->nx) +
+                 " x " + std::to_string(r->ny) + " pixels");
+        const double row_spacing = f.geom[(size_t)frame].spacing[0];
+        const double column_spacing = f.geom[(size_t)frame].spacing[1];
+
+        check(tree.gotoNode(groups[i]) ? EC_Normal : EC_IllegalCall, which + ": volumetric group");
+        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container,
+                                  CODE_DCM_MeasurementGroup),
+              which + ": planar measurement group");
+        DSRContentItem &group = tree.getCurrentContentItem();
+        check(group.setContinuityOfContent(DSRTypes::COC_Separate), which + ": continuity");
+        check(group.setTemplateIdentification("1410", "DCMR",
+                                                  UID_DICOMContentMappingResource), which + ": template");
+
+        // As in the volumetric group DCMTK builds (TID 1410/1411 row 2).
+        check(tree.addChildContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_Text,
+                                       CODE_DCM_TrackingIdentifier),
+              which + ": tracking identifier");
+        check(tree.getCurrentContentItem().setStringValue(tracked[i].id.c_str()),
+              which + ": tracking identifier");
+        check(tree.addContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_UIDRef,
+                                  CODE_DCM_TrackingUniqueIdentifier),
+              which + ": tracking UID");
+        check(tree.getCurrentContentItem().setStringValue(tracked[i].uid.c_str()),
+              which + ": tracking UID");
+        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Code, CODE_DCM_Finding),
+              which + ": finding");
+        check(tree.getCurrentContentItem().setCodeValue(
+                  DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning)),
+              which + ": finding");
+
+        // The image region: pixel corners in column, row order (see sr_outline.h).
+        DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
+        for (const ainode_dicom::outline_point &p : cs.outline)
+            region.getGraphicDataList().addItem((Float32)p.column, (Float32)p.row);
+        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_SCoord,
+                                  CODE_DCM_ImageRegion),
+              which + ": image region");
+        check(tree.getCurrentContentItem().setSpatialCoordinates(region), which + ": outline");
+        DSRImageReferenceValue image(f.sop_class, f.sop_instance);
+        if (f.multiframe)
+            image.getFrameList().addItem((Sint32)frame + 1);
+        if (!tree.addContentItem(DSRTypes::RT_selectedFrom, DSRTypes::VT_Image,
+                                 DSRTypes::AM_belowCurrent))
+            fail(which + ": the outline's image");
+        check(tree.getCurrentContentItem().setImageReference(image), which + ": outline's image");
+        tree.goUp();
+
+        // Area: every pixel of the label on this slice (all its pieces, not
+        // only the outlined one, holes left out) times the pixel area; the
+        // outline's own area would count the holes of its piece.
+        const double area = (double)cs.pixels * row_spacing * column_spacing;
+        add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::Area),
+                        measured(area, CMR_CID7181::getCodedEntry(CMR_CID7181::SquareMillimeter),
+                                 which + ": area"),
+                        which + ": area");
+        // Longest diameter: the largest distance between two outline
+        // points, "Long Axis" (the longest in-plane dimension of a region).
+        const double diameter = ainode_dicom::longest_diameter(cs.outline, column_spacing,
+                                                               row_spacing);
+        add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::LongAxis),
+                        measured(diameter, CMR_CID7181::getCodedEntry(CMR_CID7181::Millimeter),
+                                 which + ": long axis"),
+                        which + ": long axis");
+    }
 }
 
 void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_series_uid,
@@ -297,12 +502,13 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     }
 
     TID1500_MeasurementReport report(CMR_CID7021::ImagingMeasurementReport);
-    build_report(report, r, sources, seg_sop_uid);
+    const std::vector<tracking> tracked = build_report(report, r, sources, seg_sop_uid);
 
     DSRDocument doc;
     check(doc.setTreeFromRootTemplate(report), "document tree");
     // The template builds an Enhanced SR; its content fits Comprehensive 3D.
     check(doc.changeDocumentType(DSRTypes::DT_Comprehensive3DSR), "document type");
+    add_planar_groups(doc.getTree(), r, tracked);
     check(doc.readStudyData(*study_ds), "patient and study of " + first.name());
     if (!charset.empty())
         check(doc.setSpecificCharacterSet(charset.c_str()), "specific character set");
