@@ -7,7 +7,6 @@
 
 #include "dicom/internal.h"
 #include "dicom/results.h"
-#include "dicom/sr_outline.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
@@ -27,6 +26,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -231,6 +231,206 @@ std::string device_serial()
     return lo(host);
 }
 
+// ---- The planar region of a segment: plain geometry on the label volume ----
+
+// A point in DICOM image coordinates (PS3.3 C.18.6.1.2): column, row, with
+// 0,0 the top-left corner of the top-left pixel, so that pixel (c, r)
+// spans c..c+1 and r..r+1 and its centre is c+0.5, r+0.5. The outline runs
+// along pixel edges, so its corners are whole numbers.
+struct outline_point {
+    int column, row;
+};
+
+struct cross_section {
+    int slice = -1;      // k; -1 when the label has no voxel at all
+    int64_t pixels = 0;  // voxels of the label on that slice, every piece
+    // The outer boundary of the largest 8-connected piece of the label on
+    // that slice (ties: the piece met first in row-major order), one
+    // point per change of direction, closed: the last point repeats the
+    // first. Holes inside the piece are not outlined.
+    std::vector<outline_point> outline;
+};
+
+// Voxels of each label value on each slice of LABELS (NZ x NY x NX, one
+// byte per voxel, row-major): counts[k * 256 + value]. One pass.
+std::vector<int64_t> slice_counts(const uint8_t *labels, int nx, int ny, int nz)
+{
+    std::vector<int64_t> counts((size_t)nz * 256, 0);
+    const size_t plane = (size_t)nx * (size_t)ny;
+    for (int k = 0; k < nz; k++) {
+        const uint8_t *p = labels + (size_t)k * plane;
+        int64_t *c = &counts[(size_t)k * 256];
+        for (size_t i = 0; i < plane; i++)
+            c[p[i]]++;
+    }
+    return counts;
+}
+
+
+// The largest 8-connected piece of MASK (nx x ny): 1 marks its pixels in
+// the returned mask; *FIRST gets its first pixel in row-major order.
+std::vector<uint8_t> largest_piece(const std::vector<uint8_t> &mask, int nx, int ny, size_t *first)
+{
+    std::vector<int> piece(mask.size(), -1);
+    std::vector<size_t> stack;
+    int best = -1, count = 0;
+    size_t best_size = 0;
+    for (size_t start = 0; start < mask.size(); start++) {
+        if (!mask[start] || piece[start] >= 0)
+            continue;
+        const int id = count++;
+        size_t size = 0;
+        piece[start] = id;
+        stack.push_back(start);
+        while (!stack.empty()) {
+            const size_t i = stack.back();
+            stack.pop_back();
+            size++;
+            const int x = (int)(i % (size_t)nx), y = (int)(i / (size_t)nx);
+            for (int dy = -1; dy <= 1; dy++)
+                for (int dx = -1; dx <= 1; dx++) {
+                    const int u = x + dx, v = y + dy;
+                    if (u < 0 || v < 0 || u >= nx || v >= ny)
+                        continue;
+                    const size_t j = (size_t)v * (size_t)nx + (size_t)u;
+                    if (mask[j] && piece[j] < 0) {
+                        piece[j] = id;
+                        stack.push_back(j);
+                    }
+                }
+        }
+        // Strictly larger: on a tie the piece met first stays.
+        if (size > best_size) {
+            best_size = size;
+            best = id;
+            *first = start;
+        }
+    }
+    std::vector<uint8_t> out(mask.size(), 0);
+    for (size_t i = 0; i < mask.size(); i++)
+        out[i] = piece[i] == best;
+    return out;
+}
+
+// The outer boundary of the 8-connected piece MASK whose first pixel in
+// row-major order is FIRST, traced along pixel edges with the piece on
+// the right (image coordinates, rows grow downwards). The top edge of that
+// pixel is on the outer boundary: nothing of the piece lies above it or
+// before it on its row. At each corner the walk turns left if the pixel
+// ahead on the left is in the piece, else goes straight if the one ahead
+// on the right is, else turns right; turning left first joins two pixels
+// that touch only at a corner, as 8-connectivity wants.
+std::vector<outline_point> trace(const std::vector<uint8_t> &mask, int nx, int ny, size_t first)
+{
+    auto in = [&](int c, int r) {
+        return c >= 0 && r >= 0 && c < nx && r < ny && mask[(size_t)r * (size_t)nx + (size_t)c];
+    };
+    const int x0 = (int)(first % (size_t)nx), y0 = (int)(first / (size_t)nx);
+    std::vector<outline_point> out;
+    out.push_back({x0, y0});
+    int x = x0 + 1, y = y0, dx = 1, dy = 0; // walked the top edge eastwards
+    // Each pixel edge is walked at most once.
+    const size_t limit = 4 * (size_t)nx * (size_t)ny + 4;
+    for (size_t steps = 0; !(x == x0 && y == y0); steps++) {
+        if (steps > limit)
+            break; // cannot happen for a closed boundary; never loop forever
+        // Pixels ahead of corner (x, y): ahead-left and ahead-right.
+        int lc, lr, rc, rr;
+        if (dx == 1) { lc = x; lr = y - 1; rc = x; rr = y; }                   // east
+        else if (dy == 1) { lc = x; lr = y; rc = x - 1; rr = y; }              // south
+        else if (dx == -1) { lc = x - 1; lr = y; rc = x - 1; rr = y - 1; }     // west
+        else { lc = x - 1; lr = y - 1; rc = x; rr = y - 1; }                   // north
+        int ndx, ndy;
+        if (in(lc, lr)) { ndx = dy; ndy = -dx; }        // turn left
+        else if (in(rc, rr)) { ndx = dx; ndy = dy; }    // straight on
+        else { ndx = -dy; ndy = dx; }                   // turn right
+        if (ndx != dx || ndy != dy)
+            out.push_back({x, y});
+        dx = ndx;
+        dy = ndy;
+        x += dx;
+        y += dy;
+    }
+    out.push_back({x0, y0}); // closed: the first point again
+    return out;
+}
+
+
+// The largest cross-section of LABEL: the slice with the most voxels of
+// it (ties: the lowest k), with COUNTS from slice_counts.
+cross_section largest_cross_section(const uint8_t *labels, int nx, int ny, int nz, int label,
+                                    const std::vector<int64_t> &counts)
+{
+    cross_section cs;
+    if (label < 0 || label > 255)
+        return cs;
+    for (int k = 0; k < nz; k++) {
+        const int64_t n = counts[(size_t)k * 256 + (size_t)label];
+        if (n > cs.pixels) { // strictly more: on a tie the lowest k stays
+            cs.pixels = n;
+            cs.slice = k;
+        }
+    }
+    if (cs.slice < 0)
+        return cs;
+    const size_t plane = (size_t)nx * (size_t)ny;
+    const uint8_t *p = labels + (size_t)cs.slice * plane;
+    std::vector<uint8_t> mask(plane);
+    for (size_t i = 0; i < plane; i++)
+        mask[i] = p[i] == label;
+    size_t first = 0;
+    std::vector<uint8_t> piece = largest_piece(mask, nx, ny, &first);
+    cs.outline = trace(piece, nx, ny, first);
+    return cs;
+}
+
+// The largest distance between two points of OUTLINE in mm, with
+// COLUMN_SPACING between columns and ROW_SPACING between rows.
+double longest_diameter(const std::vector<outline_point> &outline, double column_spacing,
+                        double row_spacing)
+{
+    // The farthest two points of a polygon are corners of its convex hull
+    // (Andrew's monotone chain, in mm: scaling the axes keeps convexity).
+    struct pt {
+        double x, y;
+    };
+    std::vector<pt> p;
+    p.reserve(outline.size());
+    for (const outline_point &o : outline)
+        p.push_back({o.column * column_spacing, o.row * row_spacing});
+    std::sort(p.begin(), p.end(), [](const pt &a, const pt &b) {
+        return a.x < b.x || (a.x == b.x && a.y < b.y);
+    });
+    p.erase(std::unique(p.begin(), p.end(),
+                        [](const pt &a, const pt &b) { return a.x == b.x && a.y == b.y; }),
+            p.end());
+    if (p.size() < 2)
+        return 0;
+    auto cross = [](const pt &o, const pt &a, const pt &b) {
+        return (a.x - o.x) * (b.y - o.y) - (a.y - o.y) * (b.x - o.x);
+    };
+    std::vector<pt> hull(2 * p.size());
+    size_t h = 0;
+    for (size_t i = 0; i < p.size(); i++) {
+        while (h >= 2 && cross(hull[h - 2], hull[h - 1], p[i]) <= 0)
+            h--;
+        hull[h++] = p[i];
+    }
+    for (size_t i = p.size() - 1, lower = h + 1; i-- > 0;) {
+        while (h >= lower && cross(hull[h - 2], hull[h - 1], p[i]) <= 0)
+            h--;
+        hull[h++] = p[i];
+    }
+    hull.resize(h - 1);
+    double best = 0;
+    for (size_t i = 0; i < hull.size(); i++)
+        for (size_t j = i + 1; j < hull.size(); j++)
+            best = std::max(best, std::hypot(hull[i].x - hull[j].x, hull[i].y - hull[j].y));
+    return best;
+}
+
+// ---- The report ----
+
 // What ties the two groups of one segment together: the same finding, so
 // the same tracking identifier and UID (OHIF merges groups by that UID
 // into one measurement, which then has both the outline and the volume).
@@ -385,12 +585,12 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
         fail("the report has " + std::to_string(groups.size()) + " measurement groups for " +
              std::to_string(r->n_segments) + " segments");
 
-    const std::vector<int64_t> counts = ainode_dicom::slice_counts(r->labels, r->nx, r->ny, r->nz);
+    const std::vector<int64_t> counts = slice_counts(r->labels, r->nx, r->ny, r->nz);
     const auto &files = r->sources->files;
     for (size_t i = 0; i < r->n_segments; i++) {
         const dicom_segment &seg = r->segments[i];
         const std::string which = "segment " + std::to_string(seg.number);
-        const ainode_dicom::cross_section cs = ainode_dicom::largest_cross_section(
+        const cross_section cs = largest_cross_section(
             r->labels, r->nx, r->ny, r->nz, seg.number, counts);
         if (cs.slice < 0)
             continue;
@@ -436,7 +636,7 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
 
         // The image region: pixel corners in column, row order (see sr_outline.h).
         DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
-        for (const ainode_dicom::outline_point &p : cs.outline)
+        for (const outline_point &p : cs.outline)
             region.getGraphicDataList().addItem((Float32)p.column, (Float32)p.row);
         check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_SCoord,
                                   CODE_DCM_ImageRegion),
@@ -461,7 +661,7 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
                         which + ": area");
         // Longest diameter: the largest distance between two outline
         // points, "Long Axis" (the longest in-plane dimension of a region).
-        const double diameter = ainode_dicom::longest_diameter(cs.outline, column_spacing,
+        const double diameter = longest_diameter(cs.outline, column_spacing,
                                                                row_spacing);
         add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::LongAxis),
                         measured(diameter, CMR_CID7181::getCodedEntry(CMR_CID7181::Millimeter),
