@@ -491,8 +491,8 @@ std::vector<tracking> build_report(TID1500_MeasurementReport &report, const dico
 
     // TID 1411 takes one source series; the label volume comes from one.
     const std::string source_series = sources.front().series;
-    // UCUM "ml" is in no context group of the edition DCMTK 3.6.7 and
-    // pydicom carry (CID 7181 and its CID 7462 list cm3, mm3, ... for
+    // UCUM "ml" is in no context group of the editions DCMTK 3.6.7 and
+    // pydicom 2.3 carry (CID 7181 and its CID 7462 list cm3, mm3, ... for
     // volumes; the group is extensible, so ml may be used): its meaning is
     // UCUM's name for the unit, "milliliter". DCMTK's CODE_UCUM_ml carries
     // the print symbol "ml" instead, hence the text here.
@@ -590,8 +590,8 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
     for (size_t i = 0; i < r->n_segments; i++) {
         const dicom_segment &seg = r->segments[i];
         const std::string which = "segment " + std::to_string(seg.number);
-        const cross_section cs = largest_cross_section(
-            r->labels, r->nx, r->ny, r->nz, seg.number, counts);
+        const cross_section cs =
+            largest_cross_section(r->labels, r->nx, r->ny, r->nz, seg.number, counts);
         if (cs.slice < 0)
             continue;
         const ainode_dicom::source_file &f = files[(size_t)r->source_files[cs.slice]];
@@ -608,14 +608,15 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
         const double row_spacing = f.geom[(size_t)frame].spacing[0];
         const double column_spacing = f.geom[(size_t)frame].spacing[1];
 
-        check(tree.gotoNode(groups[i]) ? EC_Normal : EC_IllegalCall, which + ": volumetric group");
+        if (!tree.gotoNode(groups[i]))
+            fail(which + ": its volumetric group is gone");
         check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container,
                                   CODE_DCM_MeasurementGroup),
               which + ": planar measurement group");
         DSRContentItem &group = tree.getCurrentContentItem();
         check(group.setContinuityOfContent(DSRTypes::COC_Separate), which + ": continuity");
-        check(group.setTemplateIdentification("1410", "DCMR",
-                                                  UID_DICOMContentMappingResource), which + ": template");
+        check(group.setTemplateIdentification("1410", "DCMR", UID_DICOMContentMappingResource),
+              which + ": template");
 
         // As in the volumetric group DCMTK builds (TID 1410/1411 row 2).
         check(tree.addChildContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_Text,
@@ -634,7 +635,7 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
                   DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning)),
               which + ": finding");
 
-        // The image region: pixel corners in column, row order (see sr_outline.h).
+        // The image region: pixel corners in column, row order (see outline_point).
         DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
         for (const outline_point &p : cs.outline)
             region.getGraphicDataList().addItem((Float32)p.column, (Float32)p.row);
@@ -661,8 +662,7 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
                         which + ": area");
         // Longest diameter: the largest distance between two outline
         // points, "Long Axis" (the longest in-plane dimension of a region).
-        const double diameter = longest_diameter(cs.outline, column_spacing,
-                                                               row_spacing);
+        const double diameter = longest_diameter(cs.outline, column_spacing, row_spacing);
         add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::LongAxis),
                         measured(diameter, CMR_CID7181::getCodedEntry(CMR_CID7181::Millimeter),
                                  which + ": long axis"),
