@@ -76,10 +76,13 @@ struct dicom_written {
 DICOM_API int dicom_write_seg(const struct dicom_result *r, const char *path,
                               struct dicom_written *out, char *err, size_t errlen);
 
-/* Writes the SR for R to PATH: one measurement group per segment (its
- * volume in ml), referencing the SEG written before (SEG, as
- * dicom_write_seg returned it) and the source series. OUT gets what was
- * written. */
+/* Writes the SR for R to PATH: one volumetric measurement group per
+ * segment (its volume in ml), referencing the SEG written before (SEG, as
+ * dicom_write_seg returned it) and the source series, and beside it, for
+ * a segment with voxels, a planar group outlining its largest
+ * cross-section on that slice's source image, with area and long axis.
+ * The model's digests and intended use are recorded where set. OUT gets
+ * what was written. */
 DICOM_API int dicom_write_sr(const struct dicom_result *r, const struct dicom_written *seg,
                              const char *path, struct dicom_written *out, char *err,
                              size_t errlen);
