@@ -329,6 +329,67 @@ static void test_a_report_without_digests_records_none(void **state)
     assert_int_equal(run(cmd, NULL), 0);
 }
 
+/* An Enhanced CT source (tests/data/image, 3 frames of 4 x 5 pixels, 0.5 mm
+ * between rows, 0.75 mm between columns), its frames given out of order:
+ * the outline is drawn on the frame of the largest cross-section, named
+ * by its frame number. */
+static void test_a_multiframe_source_is_outlined_on_its_frame(void **state)
+{
+    (void)state;
+    enum { ENX = 5, ENY = 4, ENZ = 3 };
+    char source[1100];
+    snprintf(source, sizeof source, "%s/tests/data/image/enhanced_ct_3frames.dcm", repo_dir());
+    const char *paths[1] = {source};
+    struct dicom_sources *set = NULL;
+    char why[512];
+    assert_int_equal(dicom_sources_open(paths, 1, &set, why, sizeof why), DICOM_OK);
+    const int files[ENZ] = {0, 0, 0};
+    const int frames[ENZ] = {2, 0, 1};
+    uint8_t volume[ENZ * ENY * ENX] = {0};
+    volume[0 * ENY * ENX + 0 * ENX + 0] = 1; /* slice 0 (frame 3): one voxel */
+    volume[1 * ENY * ENX + 3 * ENX + 0] = 1; /* slice 1 (frame 1): two */
+    volume[1 * ENY * ENX + 3 * ENX + 1] = 1;
+    for (int r = 1; r <= 2; r++) /* slice 2 (frame 2): rows 1-2, columns 1-3 */
+        for (int c = 1; c <= 3; c++)
+            volume[2 * ENY * ENX + r * ENX + c] = 1;
+    struct dicom_result r = make_result();
+    r.sources = set;
+    r.source_files = files;
+    r.source_frames = frames;
+    r.nx = ENX;
+    r.ny = ENY;
+    r.nz = ENZ;
+    r.labels = volume;
+    r.n_segments = 1;
+    char path[1024], cmd[8192];
+    struct dicom_written w;
+    write_sr(&r, "multiframe.dcm", path, sizeof path, &w);
+    dicom_sources_close(set);
+    /* Frame 2; a 3 x 2 pixel block: 6 x 0.375 mm2, diagonal of 2.25 by 1 mm. */
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 -c 'import math, sys, pydicom\n"
+             "sr, src = pydicom.dcmread(sys.argv[1]), pydicom.dcmread(sys.argv[2])\n"
+             "groups = sr.ContentSequence[-1].ContentSequence\n"
+             "planar = [g for g in groups if any(i.ValueType == \"SCOORD\" "
+             "for i in g.ContentSequence)]\n"
+             "assert len(planar) == 1, len(planar)\n"
+             "items = planar[0].ContentSequence\n"
+             "region = [i for i in items if i.ValueType == \"SCOORD\"][0]\n"
+             "assert [float(v) for v in region.GraphicData] == "
+             "[1, 1, 4, 1, 4, 3, 1, 3, 1, 1], region.GraphicData\n"
+             "ref = region.ContentSequence[0].ReferencedSOPSequence[0]\n"
+             "assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID\n"
+             "assert int(ref.ReferencedFrameNumber) == 2, ref.ReferencedFrameNumber\n"
+             "nums = {i.ConceptNameCodeSequence[0].CodeValue: i.MeasuredValueSequence[0] "
+             "for i in items if i.ValueType == \"NUM\"}\n"
+             "v = lambda m: float(m.get(\"FloatingPointValue\", m.NumericValue))\n"
+             "assert math.isclose(v(nums[\"42798000\"]), 2.25), nums\n"
+             "assert math.isclose(v(nums[\"103339001\"]), math.hypot(2.25, 1)), nums\n"
+             "print(\"multiframe outline OK\")' '%s' '%s' 2>&1",
+             path, source);
+    assert_int_equal(run(cmd, NULL), 0);
+}
+
 static void test_each_report_gets_new_uids(void **state)
 {
     (void)state;
@@ -413,6 +474,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reports_pass_dciodvfy_and_hold_the_measurements),
         cmocka_unit_test(test_a_report_without_digests_records_none),
+        cmocka_unit_test(test_a_multiframe_source_is_outlined_on_its_frame),
         cmocka_unit_test(test_each_report_gets_new_uids),
         cmocka_unit_test(test_bad_input_is_refused),
     };
