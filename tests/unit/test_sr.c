@@ -4,7 +4,9 @@
  * between rows and 0.5 mm between columns so that a swap shows) must pass
  * dciodvfy without errors and hold what tests/tools/verify_sr.py expects,
  * which computes each segment's planar region on its own from the labels;
- * bad input is refused with a reason. A missing dciodvfy fails the test.
+ * so must a report on the Enhanced CT fixture (tests/data/image), whose
+ * outline names its frame. Bad input is refused with a reason. A missing
+ * dciodvfy fails the test.
  */
 #include <setjmp.h>
 #include <stdarg.h>
