@@ -266,7 +266,6 @@ std::vector<int64_t> slice_counts(const uint8_t *labels, int nx, int ny, int nz)
     return counts;
 }
 
-
 // The largest 8-connected piece of MASK (nx x ny): 1 marks its pixels in
 // the returned mask; *FIRST gets its first pixel in row-major order.
 std::vector<uint8_t> largest_piece(const std::vector<uint8_t> &mask, int nx, int ny, size_t *first)
@@ -354,7 +353,6 @@ std::vector<outline_point> trace(const std::vector<uint8_t> &mask, int nx, int n
     out.push_back({x0, y0}); // closed: the first point again
     return out;
 }
-
 
 // The largest cross-section of LABEL: the slice with the most voxels of
 // it (ties: the lowest k), with COUNTS from slice_counts.
