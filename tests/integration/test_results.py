@@ -81,8 +81,10 @@ def dcmjs_modules():
                                % (DCMJS_VERSION, r.returncode, (r.stdout + r.stderr)[-3000:]))
         try:
             os.rename(staging, prefix)
-        except OSError:  # another test got there first
+        except OSError:  # another test got there first, or something else did
             shutil.rmtree(staging, ignore_errors=True)
+            if not os.path.exists(package):
+                raise RuntimeError("%s exists but holds no dcmjs: remove it" % prefix)
     with open(package) as f:
         version = json.load(f)["version"]
     if version != DCMJS_VERSION:
