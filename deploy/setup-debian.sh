@@ -9,6 +9,7 @@ PACKAGES="
   libuv1-dev libsqlite3-dev libssl-dev libfyaml-dev libjansson-dev zlib1g-dev libpcre2-dev
   libcmocka-dev clang libclang-rt-14-dev
   dicom3tools python3 python3-pydicom python3-numpy python3-torch python3-yaml
+  nodejs npm
 "
 
 SUDO=""

@@ -89,11 +89,15 @@ struct dicom_written {
 DICOM_API int dicom_write_seg(const struct dicom_result *r, const char *path,
                               struct dicom_written *out, char *err, size_t errlen);
 
-/* Writes the SR for R to PATH: one measurement group per segment (its
- * volume in ml), referencing the SEG written before (SEG, as
- * dicom_write_seg returned it) and the source series; for a classification
- * (SEG NULL) one measurement and qualitative evaluation group per finding
- * (TID 1501: the finding present or absent, and its certainty). OUT gets
+/* Writes the SR for R to PATH: one volumetric measurement group per
+ * segment (its volume in ml), referencing the SEG written before (SEG, as
+ * dicom_write_seg returned it) and the source series, and beside it, for
+ * a segment with voxels, a planar group outlining its largest
+ * cross-section on that slice's source image, with area and long axis;
+ * for a classification (SEG NULL) one measurement and qualitative
+ * evaluation group per finding (TID 1501: the finding present or absent,
+ * and its certainty). The model's digests and intended use are recorded
+ * where set. OUT gets
  * what was written. */
 DICOM_API int dicom_write_sr(const struct dicom_result *r, const struct dicom_written *seg,
                              const char *path, struct dicom_written *out, char *err,

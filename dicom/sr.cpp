@@ -1,6 +1,9 @@
 // sr.cpp — TID 1500 measurement report writer (see results.h): a Comprehensive
 // 3D SR built with DCMTK's Content Mapping Resource templates (cmr), one
-// Volumetric ROI measurement group (TID 1411) per segment of the SEG.
+// Volumetric ROI measurement group (TID 1411) per segment of the SEG, and
+// beside it a Planar ROI measurement group (TID 1410) on the segment's
+// largest cross-section, added by hand (cmr has no TID 1410): viewers such
+// as OHIF show only groups that carry an image region.
 
 #include "dicom/internal.h"
 #include "dicom/results.h"
@@ -12,6 +15,11 @@
 #include <dcmtk/dcmdata/dcvrui.h>
 #include <dcmtk/dcmsr/dsrdoc.h>
 #include <dcmtk/dcmsr/dsrimgvl.h>
+#include <dcmtk/dcmsr/dsrnumvl.h>
+#include <dcmtk/dcmsr/dsrscovl.h>
+#include <dcmtk/dcmsr/codes/dcm.h>
+#include <dcmtk/dcmsr/cmr/cid7181.h>
+#include <dcmtk/dcmsr/cmr/cid7469.h>
 #include <dcmtk/dcmsr/cmr/init.h>
 #include <dcmtk/dcmsr/cmr/tid1500.h>
 #include <dcmtk/dcmsr/codes/dcm.h>
@@ -19,6 +27,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -69,6 +78,15 @@ std::string lo(const char *s)
     while (n > 0 && ((unsigned char)v[n] & 0xC0) == 0x80)
         n--;
     return v.substr(0, n);
+}
+
+bool is_sha256(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+            return false;
+    return n == 64;
 }
 
 bool valid_uid(const char *uid)
@@ -183,6 +201,15 @@ void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
         fail("the algorithm name and version are required");
     if (empty(r->manufacturer))
         fail("the manufacturer is required");
+    if (!r->findings && (!r->labels || r->nx < 1 || r->ny < 1))
+        fail("no label volume");
+    // A digest that is not one would be recorded as if it traced the model.
+    const struct {
+        const char *value, *name;
+    } digests[] = {{r->model_sha256, "model"}, {r->manifest_sha256, "manifest"}};
+    for (const auto &d : digests)
+        if (d.value && !is_sha256(d.value))
+            fail(std::string("the ") + d.name + " SHA-256 is not 64 lower-case hex digits");
     std::set<int> numbers;
     for (size_t i = 0; i < r->n_segments; i++) {
         const dicom_segment &s = r->segments[i];
@@ -203,7 +230,7 @@ void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
 bool own_text_ascii(const dicom_result *r)
 {
     const char *texts[] = {r->algorithm_name, r->algorithm_version, r->manufacturer,
-                           r->series_description, r->software_version};
+                           r->series_description, r->software_version, r->intended_use};
     for (const char *t : texts)
         if (!is_ascii(t))
             return false;
@@ -255,15 +282,246 @@ void add_findings(TID1500_MeasurementReport &report, const dicom_result *r)
         check(g.addMeasurement(CMR_CID7469(DSRCodedEntryValue(CODE_DCM_CertaintyOfFinding)),
                                value),
               which + ": certainty");
-        // (DCMTK's TID 300 has no Algorithm Identification: the device
-        // observer of the report names the algorithm.)
+        // (DCMTK's TID 300 has no Algorithm Identification:
+        // add_finding_algorithms adds it to the finished tree.)
         check(g.addQualitativeEvaluation(finding, f.present ? present : absent),
               which + ": presence");
     }
 }
 
-void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
-                  const std::vector<source> &sources, const char *seg_sop_uid)
+
+// ---- The planar region of a segment: plain geometry on the label volume ----
+
+// A point in DICOM image coordinates (PS3.3 C.18.6.1.2): column, row, with
+// 0,0 the top-left corner of the top-left pixel, so that pixel (c, r)
+// spans c..c+1 and r..r+1 and its centre is c+0.5, r+0.5. The outline runs
+// along pixel edges, so its corners are whole numbers.
+struct outline_point {
+    int column, row;
+};
+
+struct cross_section {
+    int slice = -1;      // k; -1 when the label has no voxel at all
+    int64_t pixels = 0;  // voxels of the label on that slice, every piece
+    // The outer boundary of the largest 8-connected piece of the label on
+    // that slice (ties: the piece met first in row-major order), one
+    // point per change of direction, closed: the last point repeats the
+    // first. Holes inside the piece are not outlined.
+    std::vector<outline_point> outline;
+};
+
+// Voxels of each label value on each slice of LABELS (NZ x NY x NX, one
+// byte per voxel, row-major): counts[k * 256 + value]. One pass.
+std::vector<int64_t> slice_counts(const uint8_t *labels, int nx, int ny, int nz)
+{
+    std::vector<int64_t> counts((size_t)nz * 256, 0);
+    const size_t plane = (size_t)nx * (size_t)ny;
+    for (int k = 0; k < nz; k++) {
+        const uint8_t *p = labels + (size_t)k * plane;
+        int64_t *c = &counts[(size_t)k * 256];
+        for (size_t i = 0; i < plane; i++)
+            c[p[i]]++;
+    }
+    return counts;
+}
+
+// The largest 8-connected piece of MASK (nx x ny): 1 marks its pixels in
+// the returned mask; *FIRST gets its first pixel in row-major order.
+std::vector<uint8_t> largest_piece(const std::vector<uint8_t> &mask, int nx, int ny, size_t *first)
+{
+    std::vector<int> piece(mask.size(), -1);
+    std::vector<size_t> stack;
+    int best = -1, count = 0;
+    size_t best_size = 0;
+    for (size_t start = 0; start < mask.size(); start++) {
+        if (!mask[start] || piece[start] >= 0)
+            continue;
+        const int id = count++;
+        size_t size = 0;
+        piece[start] = id;
+        stack.push_back(start);
+        while (!stack.empty()) {
+            const size_t i = stack.back();
+            stack.pop_back();
+            size++;
+            const int x = (int)(i % (size_t)nx), y = (int)(i / (size_t)nx);
+            for (int dy = -1; dy <= 1; dy++)
+                for (int dx = -1; dx <= 1; dx++) {
+                    const int u = x + dx, v = y + dy;
+                    if (u < 0 || v < 0 || u >= nx || v >= ny)
+                        continue;
+                    const size_t j = (size_t)v * (size_t)nx + (size_t)u;
+                    if (mask[j] && piece[j] < 0) {
+                        piece[j] = id;
+                        stack.push_back(j);
+                    }
+                }
+        }
+        // Strictly larger: on a tie the piece met first stays.
+        if (size > best_size) {
+            best_size = size;
+            best = id;
+            *first = start;
+        }
+    }
+    std::vector<uint8_t> out(mask.size(), 0);
+    for (size_t i = 0; i < mask.size(); i++)
+        out[i] = piece[i] == best;
+    return out;
+}
+
+// The outer boundary of the 8-connected piece MASK whose first pixel in
+// row-major order is FIRST, traced along pixel edges with the piece on
+// the right (image coordinates, rows grow downwards). The top edge of that
+// pixel is on the outer boundary: nothing of the piece lies above it or
+// before it on its row. At each corner the walk turns left if the pixel
+// ahead on the left is in the piece, else goes straight if the one ahead
+// on the right is, else turns right; turning left first joins two pixels
+// that touch only at a corner, as 8-connectivity wants.
+std::vector<outline_point> trace(const std::vector<uint8_t> &mask, int nx, int ny, size_t first)
+{
+    auto in = [&](int c, int r) {
+        return c >= 0 && r >= 0 && c < nx && r < ny && mask[(size_t)r * (size_t)nx + (size_t)c];
+    };
+    const int x0 = (int)(first % (size_t)nx), y0 = (int)(first / (size_t)nx);
+    std::vector<outline_point> out;
+    out.push_back({x0, y0});
+    int x = x0 + 1, y = y0, dx = 1, dy = 0; // walked the top edge eastwards
+    // Each pixel edge is walked at most once.
+    const size_t limit = 4 * (size_t)nx * (size_t)ny + 4;
+    for (size_t steps = 0; !(x == x0 && y == y0); steps++) {
+        if (steps > limit)
+            break; // cannot happen for a closed boundary; never loop forever
+        // Pixels ahead of corner (x, y): ahead-left and ahead-right.
+        int lc, lr, rc, rr;
+        if (dx == 1) { lc = x; lr = y - 1; rc = x; rr = y; }                   // east
+        else if (dy == 1) { lc = x; lr = y; rc = x - 1; rr = y; }              // south
+        else if (dx == -1) { lc = x - 1; lr = y; rc = x - 1; rr = y - 1; }     // west
+        else { lc = x - 1; lr = y - 1; rc = x; rr = y - 1; }                   // north
+        int ndx, ndy;
+        if (in(lc, lr)) { ndx = dy; ndy = -dx; }        // turn left
+        else if (in(rc, rr)) { ndx = dx; ndy = dy; }    // straight on
+        else { ndx = -dy; ndy = dx; }                   // turn right
+        if (ndx != dx || ndy != dy)
+            out.push_back({x, y});
+        dx = ndx;
+        dy = ndy;
+        x += dx;
+        y += dy;
+    }
+    out.push_back({x0, y0}); // closed: the first point again
+    return out;
+}
+
+// The largest cross-section of LABEL: the slice with the most voxels of
+// it (ties: the lowest k), with COUNTS from slice_counts.
+cross_section largest_cross_section(const uint8_t *labels, int nx, int ny, int nz, int label,
+                                    const std::vector<int64_t> &counts)
+{
+    cross_section cs;
+    if (label < 0 || label > 255)
+        return cs;
+    for (int k = 0; k < nz; k++) {
+        const int64_t n = counts[(size_t)k * 256 + (size_t)label];
+        if (n > cs.pixels) { // strictly more: on a tie the lowest k stays
+            cs.pixels = n;
+            cs.slice = k;
+        }
+    }
+    if (cs.slice < 0)
+        return cs;
+    const size_t plane = (size_t)nx * (size_t)ny;
+    const uint8_t *p = labels + (size_t)cs.slice * plane;
+    std::vector<uint8_t> mask(plane);
+    for (size_t i = 0; i < plane; i++)
+        mask[i] = p[i] == label;
+    size_t first = 0;
+    std::vector<uint8_t> piece = largest_piece(mask, nx, ny, &first);
+    cs.outline = trace(piece, nx, ny, first);
+    return cs;
+}
+
+// The largest distance between two points of OUTLINE in mm, with
+// COLUMN_SPACING between columns and ROW_SPACING between rows.
+double longest_diameter(const std::vector<outline_point> &outline, double column_spacing,
+                        double row_spacing)
+{
+    // The farthest two points of a polygon are corners of its convex hull
+    // (Andrew's monotone chain, in mm: scaling the axes keeps convexity).
+    struct pt {
+        double x, y;
+    };
+    std::vector<pt> p;
+    p.reserve(outline.size());
+    for (const outline_point &o : outline)
+        p.push_back({o.column * column_spacing, o.row * row_spacing});
+    std::sort(p.begin(), p.end(), [](const pt &a, const pt &b) {
+        return a.x < b.x || (a.x == b.x && a.y < b.y);
+    });
+    p.erase(std::unique(p.begin(), p.end(),
+                        [](const pt &a, const pt &b) { return a.x == b.x && a.y == b.y; }),
+            p.end());
+    if (p.size() < 2)
+        return 0;
+    auto cross = [](const pt &o, const pt &a, const pt &b) {
+        return (a.x - o.x) * (b.y - o.y) - (a.y - o.y) * (b.x - o.x);
+    };
+    std::vector<pt> hull(2 * p.size());
+    size_t h = 0;
+    for (size_t i = 0; i < p.size(); i++) {
+        while (h >= 2 && cross(hull[h - 2], hull[h - 1], p[i]) <= 0)
+            h--;
+        hull[h++] = p[i];
+    }
+    for (size_t i = p.size() - 1, lower = h + 1; i-- > 0;) {
+        while (h >= lower && cross(hull[h - 2], hull[h - 1], p[i]) <= 0)
+            h--;
+        hull[h++] = p[i];
+    }
+    hull.resize(h - 1);
+    double best = 0;
+    for (size_t i = 0; i < hull.size(); i++)
+        for (size_t j = i + 1; j < hull.size(); j++)
+            best = std::max(best, std::hypot(hull[i].x - hull[j].x, hull[i].y - hull[j].y));
+    return best;
+}
+
+// ---- The report ----
+
+// What ties the two groups of one segment together: the same finding, so
+// the same tracking identifier and UID (OHIF merges groups by that UID
+// into one measurement, which then has both the outline and the volume).
+struct tracking {
+    std::string id, uid;
+};
+
+// TID 4019 rows 3: what traces a measurement to the exact model, as
+// Algorithm Parameters (the one free-text slot of Algorithm
+// Identification): "model SHA-256 <hex>", "manifest SHA-256 <hex>".
+std::vector<std::string> algorithm_parameters(const dicom_result *r)
+{
+    std::vector<std::string> out;
+    if (r->model_sha256)
+        out.push_back(std::string("model SHA-256 ") + r->model_sha256);
+    if (r->manifest_sha256)
+        out.push_back(std::string("manifest SHA-256 ") + r->manifest_sha256);
+    return out;
+}
+
+// A measurement value: the shortest DS text, and where DS (16 characters)
+// cannot hold V exactly, V itself alongside as the floating point value.
+DSRNumericMeasurementValue measured(double v, const DSRCodedEntryValue &unit,
+                                    const std::string &what)
+{
+    const std::string text = ds_text(v);
+    DSRNumericMeasurementValue value(text.c_str(), unit);
+    if (std::strtod(text.c_str(), nullptr) != v)
+        check(value.setFloatingPointRepresentation(v), what);
+    return value;
+}
+
+std::vector<tracking> build_report(TID1500_MeasurementReport &report, const dicom_result *r,
+                                   const std::vector<source> &sources, const char *seg_sop_uid)
 {
     check(report.setLanguage(CID5000_Languages::English, CID5001_Countries::UnitedStates),
           "language");
@@ -288,15 +546,18 @@ void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
     // Descriptors shared by a whole series (modality, study date, ...) once per group.
     check(lib.moveCommonImageDescriptorsToImageGroups(), "image library descriptors");
 
-    if (r->findings) {
+    if (r->findings)
         add_findings(report, r);
-        if (!report.isValid())
-            fail("the measurement report is incomplete");
-        return;
-    }
     // TID 1411 takes one source series; the label volume comes from one.
     const std::string source_series = sources.front().series;
+    // UCUM "ml" is in no context group of the editions DCMTK 3.6.7 and
+    // pydicom 2.3 carry (CID 7181 and its CID 7462 list cm3, mm3, ... for
+    // volumes; the group is extensible, so ml may be used): its meaning is
+    // UCUM's name for the unit, "milliliter". DCMTK's CODE_UCUM_ml carries
+    // the print symbol "ml" instead, hence the text here.
     const DSRCodedEntryValue ml("ml", "UCUM", "milliliter");
+    const std::vector<std::string> parameters = algorithm_parameters(r);
+    std::vector<tracking> out;
     for (size_t i = 0; i < r->n_segments; i++) {
         const dicom_segment &seg = r->segments[i];
         const std::string which = "segment " + std::to_string(seg.number);
@@ -304,9 +565,9 @@ void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
         check(report.addVolumetricROIMeasurements(), which + ": measurement group");
         CMR_TID1411_in_TID1500 &g = report.getVolumetricROIMeasurements();
         std::string label = empty(seg.label) ? "Segment" : seg.label;
-        check(g.setTrackingIdentifier((label + " " + std::to_string(seg.number)).c_str()),
-              which + ": tracking identifier");
-        check(g.setTrackingUniqueIdentifier(new_uid().c_str()), which + ": tracking UID");
+        tracking t{label + " " + std::to_string(seg.number), new_uid()};
+        check(g.setTrackingIdentifier(t.id.c_str()), which + ": tracking identifier");
+        check(g.setTrackingUniqueIdentifier(t.uid.c_str()), which + ": tracking UID");
         check(g.setFinding(DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning)),
               which + ": finding");
         DSRImageReferenceValue ref(UID_SegmentationStorage, seg_sop_uid);
@@ -315,18 +576,185 @@ void build_report(TID1500_MeasurementReport &report, const dicom_result *r,
         check(g.setSourceSeriesForSegmentation(source_series.c_str()),
               which + ": source series");
 
-        const std::string text = ds_text(seg.volume_ml);
-        CMR_TID1411_in_TID1500::MeasurementValue value(text.c_str(), CMR_CID7181(ml));
-        // DS keeps at most 16 characters; the exact value goes alongside.
-        if (std::strtod(text.c_str(), nullptr) != seg.volume_ml)
-            check(value.setFloatingPointRepresentation(seg.volume_ml), which + ": volume");
+        CMR_TID1411_in_TID1500::MeasurementValue value(
+            measured(seg.volume_ml, CMR_CID7181(ml), which + ": volume"));
         check(g.addMeasurement(CMR_CID7469::Volume, value), which + ": volume");
         check(g.getMeasurement().setAlgorithmIdentification(r->algorithm_name,
                                                             r->algorithm_version),
               which + ": algorithm identification");
+        for (const std::string &p : parameters)
+            check(g.getMeasurement().getAlgorithmIdentification().addParameter(p.c_str()),
+                  which + ": algorithm parameter");
+        out.push_back(std::move(t));
     }
+    // The intended use goes in TID 1500 row 14, the template's one place
+    // for free text about the report as a whole, under the standard's
+    // generic concept for a remark, (121106, DCM, "Comment"): neither DCM
+    // nor SCT has a concept for a device's intended use. The text says
+    // what it is, for the reader.
+    if (!empty(r->intended_use))
+        check(report.addQualitativeEvaluation(CODE_DCM_Comment,
+                                              std::string("Intended use: ") + r->intended_use),
+              "intended use");
     if (!report.isValid())
         fail("the measurement report is incomplete");
+    return out;
+}
+
+// Adds TEXT item CONCEPT = TEXT below the current item and returns to it.
+void add_text(DSRDocumentTree &tree, DSRTypes::E_RelationshipType rel,
+              const DSRCodedEntryValue &concept, const std::string &text, const std::string &what)
+{
+    check(tree.addChildContentItem(rel, DSRTypes::VT_Text, concept), what);
+    check(tree.getCurrentContentItem().setStringValue(text.c_str()), what);
+    tree.goUp();
+}
+
+// Adds, after the current item, NUM CONCEPT = VALUE with its TID 4019
+// Algorithm Identification, as TID 1419 has it; the cursor stays on the NUM.
+void add_measurement(DSRDocumentTree &tree, const dicom_result *r,
+                     const DSRCodedEntryValue &concept, const DSRNumericMeasurementValue &value,
+                     const std::string &what)
+{
+    check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Num, concept), what);
+    check(tree.getCurrentContentItem().setNumericValue(value), what);
+    add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmName, r->algorithm_name, what);
+    add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmVersion, r->algorithm_version,
+             what);
+    for (const std::string &p : algorithm_parameters(r))
+        add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmParameters, p, what);
+}
+
+// The TID 4019 Algorithm Identification of each finding's certainty (TID
+// 300 row 9), which DCMTK's TID 300 cannot add: the model's name, version
+// and digests on every value it produced, as on a segment's volume.
+void add_finding_algorithms(DSRDocumentTree &tree, const dicom_result *r)
+{
+    const DSRCodedEntryValue certainty(CODE_DCM_CertaintyOfFinding);
+    if (!tree.gotoNamedNode(CODE_DCM_ImagingMeasurements) || !tree.goDown())
+        fail("the report has no measurement groups");
+    size_t n = 0;
+    do {
+        const size_t group = tree.getNodeID();
+        const std::string what = "finding " + std::to_string(++n) + ": algorithm identification";
+        if (!tree.gotoNamedChildNode(certainty))
+            fail(what + ": no certainty");
+        add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmName, r->algorithm_name,
+                 what);
+        add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmVersion,
+                 r->algorithm_version, what);
+        for (const std::string &p : algorithm_parameters(r))
+            add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmParameters, p, what);
+        if (!tree.gotoNode(group))
+            fail(what + ": its group is gone");
+    } while (tree.gotoNext());
+    if (n != r->n_findings)
+        fail("the report has " + std::to_string(n) + " measurement groups for " +
+             std::to_string(r->n_findings) + " findings");
+}
+
+// One Planar ROI measurement group (TID 1410) per segment with voxels,
+// right after the segment's volumetric group: the outline of its largest
+// cross-section as a closed POLYLINE on the source image of that slice,
+// with the area and the longest diameter there. A segment without voxels
+// has no cross-section to draw: it keeps only its volumetric group (0 ml).
+void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
+                       const std::vector<tracking> &tracked)
+{
+    // The volumetric groups, one per segment in order, as the template made them.
+    std::vector<size_t> groups;
+    if (!tree.gotoNamedNode(CODE_DCM_ImagingMeasurements) || !tree.goDown())
+        fail("the report has no measurement groups");
+    do
+        groups.push_back(tree.getNodeID());
+    while (tree.gotoNext());
+    if (groups.size() != r->n_segments)
+        fail("the report has " + std::to_string(groups.size()) + " measurement groups for " +
+             std::to_string(r->n_segments) + " segments");
+
+    const std::vector<int64_t> counts = slice_counts(r->labels, r->nx, r->ny, r->nz);
+    const auto &files = r->sources->files;
+    for (size_t i = 0; i < r->n_segments; i++) {
+        const dicom_segment &seg = r->segments[i];
+        const std::string which = "segment " + std::to_string(seg.number);
+        const cross_section cs =
+            largest_cross_section(r->labels, r->nx, r->ny, r->nz, seg.number, counts);
+        if (cs.slice < 0)
+            continue;
+        const ainode_dicom::source_file &f = files[(size_t)r->source_files[cs.slice]];
+        const long frame = r->source_frames ? r->source_frames[cs.slice] : 0;
+        const std::string slice = "slice " + std::to_string(cs.slice);
+        if (frame < 0 || (size_t)frame >= f.geom.size() || !f.geom[(size_t)frame].has_spacing)
+            fail(which + ": no pixel spacing for " + slice);
+        Uint16 rows = 0, columns = 0;
+        if (f.header->findAndGetUint16(DCM_Rows, rows).bad() ||
+            f.header->findAndGetUint16(DCM_Columns, columns).bad() || rows != r->ny ||
+            columns != r->nx)
+            fail(which + ": the source image of " + slice + " is not " + std::to_string(r->nx) +
+                 " x " + std::to_string(r->ny) + " pixels");
+        const double row_spacing = f.geom[(size_t)frame].spacing[0];
+        const double column_spacing = f.geom[(size_t)frame].spacing[1];
+
+        if (!tree.gotoNode(groups[i]))
+            fail(which + ": its volumetric group is gone");
+        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container,
+                                  CODE_DCM_MeasurementGroup),
+              which + ": planar measurement group");
+        DSRContentItem &group = tree.getCurrentContentItem();
+        check(group.setContinuityOfContent(DSRTypes::COC_Separate), which + ": continuity");
+        check(group.setTemplateIdentification("1410", "DCMR", UID_DICOMContentMappingResource),
+              which + ": template");
+
+        // As in the volumetric group DCMTK builds (TID 1410/1411 row 2).
+        check(tree.addChildContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_Text,
+                                       CODE_DCM_TrackingIdentifier),
+              which + ": tracking identifier");
+        check(tree.getCurrentContentItem().setStringValue(tracked[i].id.c_str()),
+              which + ": tracking identifier");
+        check(tree.addContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_UIDRef,
+                                  CODE_DCM_TrackingUniqueIdentifier),
+              which + ": tracking UID");
+        check(tree.getCurrentContentItem().setStringValue(tracked[i].uid.c_str()),
+              which + ": tracking UID");
+        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Code, CODE_DCM_Finding),
+              which + ": finding");
+        check(tree.getCurrentContentItem().setCodeValue(
+                  DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning)),
+              which + ": finding");
+
+        // The image region: pixel corners in column, row order (see outline_point).
+        DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
+        for (const outline_point &p : cs.outline)
+            region.getGraphicDataList().addItem((Float32)p.column, (Float32)p.row);
+        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_SCoord,
+                                  CODE_DCM_ImageRegion),
+              which + ": image region");
+        check(tree.getCurrentContentItem().setSpatialCoordinates(region), which + ": outline");
+        DSRImageReferenceValue image(f.sop_class, f.sop_instance);
+        if (f.multiframe)
+            image.getFrameList().addItem((Sint32)frame + 1);
+        if (!tree.addContentItem(DSRTypes::RT_selectedFrom, DSRTypes::VT_Image,
+                                 DSRTypes::AM_belowCurrent))
+            fail(which + ": the outline's image");
+        check(tree.getCurrentContentItem().setImageReference(image), which + ": outline's image");
+        tree.goUp();
+
+        // Area: every pixel of the label on this slice (all its pieces, not
+        // only the outlined one, holes left out) times the pixel area; the
+        // outline's own area would count the holes of its piece.
+        const double area = (double)cs.pixels * row_spacing * column_spacing;
+        add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::Area),
+                        measured(area, CMR_CID7181::getCodedEntry(CMR_CID7181::SquareMillimeter),
+                                 which + ": area"),
+                        which + ": area");
+        // Longest diameter: the largest distance between two outline
+        // points, "Long Axis" (the longest in-plane dimension of a region).
+        const double diameter = longest_diameter(cs.outline, column_spacing, row_spacing);
+        add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::LongAxis),
+                        measured(diameter, CMR_CID7181::getCodedEntry(CMR_CID7181::Millimeter),
+                                 which + ": long axis"),
+                        which + ": long axis");
+    }
 }
 
 void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_series_uid,
@@ -361,12 +789,16 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     }
 
     TID1500_MeasurementReport report(CMR_CID7021::ImagingMeasurementReport);
-    build_report(report, r, sources, seg_sop_uid);
+    const std::vector<tracking> tracked = build_report(report, r, sources, seg_sop_uid);
 
     DSRDocument doc;
     check(doc.setTreeFromRootTemplate(report), "document tree");
     // The template builds an Enhanced SR; its content fits Comprehensive 3D.
     check(doc.changeDocumentType(DSRTypes::DT_Comprehensive3DSR), "document type");
+    if (r->findings)
+        add_finding_algorithms(doc.getTree(), r);
+    else
+        add_planar_groups(doc.getTree(), r, tracked);
     check(doc.readStudyData(*study_ds), "patient and study of " + first.name());
     if (!charset.empty())
         check(doc.setSpecificCharacterSet(charset.c_str()), "specific character set");

@@ -239,8 +239,9 @@ class ImageModelTest(NodeTestCase):
                 st = n.status()
                 jobs = [j for j in st["jobs"] if j["state"] in ("done", "failed")]
                 items = st["outbox"]
-                return (jobs, items) if jobs and items and \
-                    all(i["state"] == "sent" for i in items) else None
+                failed = [j for j in jobs if j["state"] == "failed"]
+                return (jobs, items) if failed or (jobs and items and all(
+                    i["state"] == "sent" for i in items)) else None
             jobs, items = harness.wait_until(sent, 120, 0.2, "the SR to be sent")
             self.assertEqual(n.stop(), 0)
             received = harness.list_files(pacs.out_dir)

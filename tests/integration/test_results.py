@@ -2,10 +2,13 @@
 """Integration tests of the results path: a CT study sent with storescu to
 the real node comes back to DCMTK's storescp (the PACS) as one DICOM SEG
 and one TID 1500 SR, valid for dciodvfy, with exactly the built-in model's
-voxels, whatever the network and the PACS do.
+voxels, whatever the network and the PACS do; and dcmjs, the library the
+OHIF viewer reads SRs with (installed from npm), finds a graphic for every
+measurement in that SR.
     AINODE_BINARY=build/ainode /usr/bin/python3 -m unittest test_results.ResultsTest.test_x
 """
 
+import json
 import os
 import random
 import shutil
@@ -25,8 +28,17 @@ from test_receiver import NodeTestCase  # noqa: E402
 import pydicom  # noqa: E402
 
 TOOLS = os.path.join(harness.REPO_ROOT, "tests", "tools")
+sys.path.insert(0, TOOLS)
+from verify_sr import planar_expectations  # noqa: E402
+
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+# The built-in model's segments, as verify_sr.py takes them.
+SEGMENTS = {1: ("Bone", "272673000"), 2: ("Soft tissue", "87784001")}
+VOXEL_ML = 0.7 * 0.7 * 1.0 / 1000  # the test series' voxel
+# dcmjs as the OHIF viewer 3.x reads SRs with it; pinned, so that a new
+# release cannot change what the test proves unnoticed.
+DCMJS_VERSION = "0.52.2"
 
 
 def dciodvfy_errors(path):
@@ -38,6 +50,46 @@ def dciodvfy_errors(path):
     if r.returncode != 0 and not errors:
         errors = ["dciodvfy exited with %d: %s" % (r.returncode, out[-2000:])]
     return errors
+
+
+def dcmjs_modules():
+    """The node_modules folder holding dcmjs DCMJS_VERSION, installed from
+    the npm registry the first time into a cache outside the repository
+    ($XDG_CACHE_HOME or ~/.cache, ainode-tests/npm). A missing npm or a
+    failed install raises: the test that needs dcmjs fails, never skips."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    prefix = os.path.join(cache, "ainode-tests", "npm", "dcmjs-" + DCMJS_VERSION)
+    modules = os.path.join(prefix, "node_modules")
+    package = os.path.join(modules, "dcmjs", "package.json")
+    if not os.path.exists(package):
+        npm = shutil.which("npm")
+        if not npm:
+            raise harness.MissingToolError(
+                "required program 'npm' is not installed or not on PATH (Debian package npm; "
+                "deploy/setup-debian.sh installs it)")
+        # Installed beside the cache and renamed into place: a test running
+        # at the same time never sees half an install.
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+        staging = "%s.%d" % (prefix, os.getpid())
+        shutil.rmtree(staging, ignore_errors=True)
+        r = subprocess.run([npm, "install", "--prefix", staging, "--no-audit", "--no-fund",
+                            "--ignore-scripts", "--no-save", "dcmjs@" + DCMJS_VERSION],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise RuntimeError("npm install dcmjs@%s failed (exit %d): %s"
+                               % (DCMJS_VERSION, r.returncode, (r.stdout + r.stderr)[-3000:]))
+        try:
+            os.rename(staging, prefix)
+        except OSError:  # another test got there first, or something else did
+            shutil.rmtree(staging, ignore_errors=True)
+            if not os.path.exists(package):
+                raise RuntimeError("%s exists but holds no dcmjs: remove it" % prefix)
+    with open(package) as f:
+        version = json.load(f)["version"]
+    if version != DCMJS_VERSION:
+        raise RuntimeError("%s holds dcmjs %s, not %s" % (prefix, version, DCMJS_VERSION))
+    return modules
 
 
 class ResultsTest(NodeTestCase):
@@ -96,8 +148,15 @@ class ResultsTest(NodeTestCase):
             out.setdefault(str(ds.SOPClassUID), []).append(p)
         return out
 
+    def expected(self, files):
+        """The built-in model's labels for FILES, slice by slice in position
+        order, with the files in that order."""
+        by_z = sorted(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+        return np.stack([expected_labels(hu_of(f)) for f in by_z]), by_z
+
     def check_results(self, pacs_dir, files):
-        """The PACS holds one valid SEG and one valid SR with the exact labels."""
+        """The PACS holds one valid SEG and one valid SR with the exact labels;
+        the SR's planar groups outline what the labels give."""
         got = self.received(pacs_dir)
         self.assertEqual(sorted(got), sorted([SEG_CLASS, SR_CLASS]), got)
         self.assertEqual(len(got[SEG_CLASS]), 1)
@@ -106,9 +165,7 @@ class ResultsTest(NodeTestCase):
         self.assertEqual(dciodvfy_errors(seg), [])
         self.assertEqual(dciodvfy_errors(sr), [])
 
-        # The expected labels, slice by slice in position order.
-        by_z = sorted(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
-        labels = np.stack([expected_labels(hu_of(f)) for f in by_z])
+        labels, by_z = self.expected(files)
         raw = os.path.join(self.workdir, "expected.raw")
         labels.tofile(raw)
         nz, ny, nx = labels.shape
@@ -117,12 +174,13 @@ class ResultsTest(NodeTestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
         ds = pydicom.dcmread(files[0], stop_before_pixels=True)
-        voxel_ml = 0.7 * 0.7 * 1.0 / 1000
-        vols = {lab: int((labels == lab).sum()) * voxel_ml for lab in (1, 2)}
+        vols = {lab: int((labels == lab).sum()) * VOXEL_ML for lab in SEGMENTS}
         seg_uid = str(pydicom.dcmread(seg, stop_before_pixels=True).SOPInstanceUID)
         r = subprocess.run(["/usr/bin/python3", os.path.join(TOOLS, "verify_sr.py"), sr, seg_uid,
-                            str(ds.SeriesInstanceUID),
-                            "1:Bone:272673000=%r" % vols[1], "2:Soft tissue:87784001=%r" % vols[2]],
+                            str(ds.SeriesInstanceUID)]
+                           + ["%d:%s:%s=%r" % (n, name, code, vols[n])
+                              for n, (name, code) in sorted(SEGMENTS.items())]
+                           + ["--labels", raw, str(nx), str(ny), str(nz), "--slices"] + by_z,
                            capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         return seg, sr
@@ -132,6 +190,48 @@ class ResultsTest(NodeTestCase):
 
     def test_slices_sent_in_shuffled_order_give_the_same_seg(self):
         self.deliver(shuffle=True)
+
+    def test_a_dcmjs_reader_finds_an_outline_for_every_measurement(self):
+        """The SR of a real job, read with dcmjs as the OHIF viewer reads it:
+        every measurement it would display has a graphic, and each
+        segment's outline lies on the right image with the area, long
+        axis and volume numpy computes from the labels."""
+        node = shutil.which("node")
+        if not node:
+            raise harness.MissingToolError(
+                "required program 'node' is not installed or not on PATH (Debian package "
+                "nodejs; deploy/setup-debian.sh installs it)")
+        modules = dcmjs_modules()
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
+            n = self.node_for(pacs.port)
+            n.start()
+            files, order = self.series("in")
+            harness.storescu(n.port, order, ae_called=n.ae)
+            self.wait_outbox(n, "sent")
+            _, sr = self.check_results(pacs.out_dir, files)
+            self.assertEqual(n.stop(), 0)
+
+        labels, by_z = self.expected(files)
+        planar = planar_expectations(labels, by_z)
+        self.assertEqual(sorted(planar), sorted(SEGMENTS))  # both segments have voxels
+        segments = []
+        for number, (name, _) in sorted(SEGMENTS.items()):
+            p = planar[number]
+            segments.append({
+                "tracking_identifier": "%s %d" % (name, number),
+                "sop_instance": p["sop_instance"], "sop_class": p["sop_class"],
+                "rows": p["rows"], "columns": p["columns"],
+                "area_mm2": p["area_mm2"], "diameter_mm": p["diameter_mm"],
+                "volume_ml": int((labels == number).sum()) * VOXEL_ML,
+            })
+        expected = os.path.join(self.workdir, "dcmjs_expected.json")
+        with open(expected, "w") as f:
+            json.dump({"segments": segments}, f)
+        r = subprocess.run([node, os.path.join(TOOLS, "dcmjs_sr_check.js"), sr, expected],
+                           env=dict(os.environ, NODE_PATH=modules), capture_output=True,
+                           text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("dcmjs_sr_check: OK", r.stdout)
 
     def test_a_pacs_down_for_20_seconds_gets_everything_once(self):
         pacs = harness.StoreSCP(os.path.join(self.workdir, "pacs"), extra=["+uf"])
