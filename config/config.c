@@ -86,6 +86,29 @@ const struct config_destination *config_find_destination(const struct config *cf
     return NULL;
 }
 
+/* Each head (a manifest's input.from) reads the features of an encoder
+ * (output.kind embedding) of the same file; reported at models.HEAD. */
+static void check_heads(struct schema_ctx *c, const struct ynode *models, struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_models; i++) {
+        const struct config_model *m = &cfg->models[i];
+        const char *from = m->manifest.from;
+        if (!from)
+            continue;
+        const struct ynode *at = ynode_get(models, m->name);
+        int line = at ? at->line : 0, col = at ? at->col : 0;
+        const struct config_model *enc = config_find_model(cfg, from);
+        if (!enc)
+            schema_report(c, line, col,
+                          "models.%s: its manifest's input.from names '%s', which is not a "
+                          "model of this file", m->name, from);
+        else if (enc->manifest.output_kind != CONFIG_OUTPUT_EMBEDDING)
+            schema_report(c, line, col,
+                          "models.%s: its manifest's input.from names '%s', whose output.kind is "
+                          "not embedding", m->name, from);
+    }
+}
+
 int config_load(const char *path, struct config **out, config_error_fn err, void *ud)
 {
     struct schema_ctx c = {.file = path ? path : "(null)", .fn = err, .ud = ud};
@@ -138,6 +161,8 @@ int config_load(const char *path, struct config **out, config_error_fn err, void
             c.destinations = ds && ds->kind == Y_MAP ? ds : NULL;
             schema_parse_section(&c, "", config_top_fields, config_n_top_fields, root, cfg, root,
                                  NULL);
+            if (c.count == 0)
+                check_heads(&c, c.models, cfg);
         }
     }
     ynode_free(root);

@@ -142,6 +142,7 @@ enum config_input_kind {
 enum config_output_kind {
     CONFIG_OUTPUT_SEGMENTATION = 0, /* a label per voxel -> SEG and volume SR */
     CONFIG_OUTPUT_CLASSIFICATION,   /* a score per class -> SR findings */
+    CONFIG_OUTPUT_EMBEDDING,        /* features per image, for the heads reading them */
 };
 
 enum config_activation { CONFIG_ACTIVATION_SOFTMAX = 0, CONFIG_ACTIVATION_SIGMOID,
@@ -158,7 +159,8 @@ struct config_manifest {
     char *algorithm_name;
     char *algorithm_version;
     struct config_code algorithm_family;
-    char *modality;                /* input.modality, e.g. "CT" */
+    char *modality;                /* input.modality, e.g. "CT"; NULL for a head */
+    char *from;                    /* input.from: a head reads this encoder's features */
     enum config_input_kind input_kind; /* input.kind */
     int size[2];                   /* input.size: rows, columns of an image input */
     int in_channels;               /* input.channels: 1 (grey) or 3 (RGB) */

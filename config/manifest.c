@@ -21,7 +21,8 @@ _Static_assert(sizeof(enum config_aggregate) == sizeof(int), "aggregate stored a
 static const char *const blend_names[] = {"constant", "gaussian", NULL};
 static const char *const decision_names[] = {"argmax", "threshold", NULL};
 static const char *const input_kind_names[] = {"volume", "image", NULL};
-static const char *const output_kind_names[] = {"segmentation", "classification", NULL};
+static const char *const output_kind_names[] = {"segmentation", "classification", "embedding",
+                                                NULL};
 static const char *const activation_names[] = {"softmax", "sigmoid", "none", NULL};
 static const char *const aggregate_names[] = {"max", "mean", NULL};
 
@@ -81,8 +82,10 @@ static const struct schema_field algorithm_fields[] = {
 };
 
 static const struct schema_field input_fields[] = {
-    {.key = "modality", .type = T_STR, .required = 1, .off = MAN_OFF(modality),
-     .doc = "modality of the series the model reads"},
+    {.key = "modality", .type = T_STR, .off = MAN_OFF(modality),
+     .doc = "modality of the series the model reads (required, except for a head)"},
+    {.key = "from", .type = T_STR, .off = MAN_OFF(from),
+     .doc = "a head: the model (output.kind embedding) whose features it reads"},
     {.key = "kind", .type = T_ENUM, .def_int = CONFIG_INPUT_VOLUME, .names = input_kind_names,
      .off = MAN_OFF(input_kind), .doc = "volume (the series in 3-D) or image (each 2-D image)"},
     {.key = "size", .type = T_INTS, .count = 2, .min = 1, .max = 4096, .off = MAN_OFF(size),
@@ -137,7 +140,8 @@ static const struct schema_field inference_fields[] = {
 static const struct schema_field output_fields[] = {
     {.key = "kind", .type = T_ENUM, .def_int = CONFIG_OUTPUT_SEGMENTATION,
      .names = output_kind_names, .off = MAN_OFF(output_kind),
-     .doc = "segmentation (labels) or classification (a score per class)"},
+     .doc = "segmentation (labels), classification (a score per class) or embedding "
+            "(features for heads)"},
     {.key = "channels", .type = T_INT, .required = 1, .min = 1, .max = 255,
      .off = MAN_OFF(channels), .doc = "output channels of the model"},
     {.key = "decision", .type = T_ENUM, .def_int = CONFIG_DECISION_ARGMAX, .names = decision_names,
@@ -357,6 +361,16 @@ static void check_input(struct schema_ctx *c, const struct schema_parsed *p, voi
     const struct config_manifest *m = base;
     if (!schema_usable(p, "kind"))
         return;
+    if (given(p, "from")) {
+        /* A head reads its encoder's features: the encoder reads the images. */
+        static const char *const encoder_keys[] = {"modality", "kind", "size", "channels",
+                                                   "window", "mean", "std", NULL};
+        refuse_keys(c, p, encoder_keys, "a model that reads images, not for a head");
+        return;
+    }
+    if (!given(p, "modality"))
+        schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'modality'",
+                      p->sect);
     if (m->input_kind != CONFIG_INPUT_IMAGE) {
         static const char *const image_only[] = {"size", "channels", "window", "mean", "std",
                                                  "batch", NULL};
@@ -425,6 +439,13 @@ static void check_output(struct schema_ctx *c, const struct schema_parsed *p, vo
     }
     static const char *const classification_only[] = {"activation", "aggregate", "classes", NULL};
     refuse_keys(c, p, classification_only, "kind classification");
+    if (m->output_kind == CONFIG_OUTPUT_EMBEDDING) {
+        /* Features: output.channels numbers per image, and nothing else. */
+        static const char *const segmentation_only[] = {"labels", "decision", "threshold",
+                                                        NULL};
+        refuse_keys(c, p, segmentation_only, "kind segmentation");
+        return;
+    }
     if (!given(p, "labels")) {
         schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'labels'", p->sect);
         return;
@@ -498,6 +519,20 @@ static void check_kinds(struct schema_ctx *c, const struct ynode *root,
     if (!named(ynode_get(ynode_get(root, "input"), "kind"), input_kind_names) ||
         !named(kind, output_kind_names))
         return;
+    if (m->from) {
+        if (inference)
+            schema_report(c, inference->line, inference->col,
+                          "inference: only for input.kind volume (a head reads features)");
+        const struct ynode *pre = ynode_get(root, "preprocess");
+        if (pre)
+            schema_report(c, pre->line, pre->col,
+                          "preprocess: only for input.kind volume (a head reads features)");
+        if (m->output_kind != CONFIG_OUTPUT_CLASSIFICATION)
+            schema_report(c, at->line, at->col,
+                          "output.kind: a head (input.from) gives classifications, not %s",
+                          output_kind_names[m->output_kind]);
+        return;
+    }
     if (m->input_kind == CONFIG_INPUT_VOLUME) {
         if (!inference)
             schema_report(c, root->line, root->col,
@@ -516,10 +551,10 @@ static void check_kinds(struct schema_ctx *c, const struct ynode *root,
         schema_report(c, pre->line, pre->col,
                       "preprocess: only for input.kind volume (images are prepared by "
                       "input.window, input.mean and input.std)");
-    if (m->output_kind != CONFIG_OUTPUT_CLASSIFICATION)
+    if (m->output_kind == CONFIG_OUTPUT_SEGMENTATION)
         schema_report(c, at->line, at->col,
-                      "output.kind: %s of images is not available; input.kind image gives "
-                      "classifications", output_kind_names[m->output_kind]);
+                      "output.kind: segmentation of images is not available; input.kind image "
+                      "gives classifications or embeddings");
 }
 
 /*

@@ -1802,7 +1802,7 @@ static void test_image_and_classification_keys_are_checked_with_positions(void *
     expect_line(&cap, 1, mp, "6:12: inference: only for input.kind volume (images are run whole)");
     expect_line(&cap, 2, mp,
                 "8:3: output.kind: segmentation of images is not available; input.kind image "
-                "gives classifications");
+                "gives classifications or embeddings");
     capture_free(&cap);
 
     p = model_config("volume_with_image_keys",
@@ -1814,6 +1814,76 @@ static void test_image_and_classification_keys_are_checked_with_positions(void *
     load_fails(p, &cap);
     expect_count(&cap, 1);
     expect_line(&cap, 0, mp, "9:15: output.activation: only for kind classification");
+    capture_free(&cap);
+}
+
+#define ENCODER_MANIFEST                                                                \
+    ALGORITHM_SECTION                                                                   \
+    "input: {modality: CR, kind: image, size: [16, 16], channels: 3}\n"                 \
+    "output: {kind: embedding, channels: 64}\n"
+
+static void test_heads_read_the_features_of_an_encoder_of_the_same_file(void **state)
+{
+    (void)state;
+    write_tmp("enc.pt", "");
+    write_tmp("head.pt", "");
+    write_tmp("encoder.yaml", ENCODER_MANIFEST);
+    write_tmp("head.yaml", ALGORITHM_SECTION
+              "input: {from: enc, batch: 8}\n"
+              "output:\n"
+              "  kind: classification\n"
+              "  channels: 1\n"
+              "  classes: {1: " CLASS_BODY "}\n");
+    struct config *cfg = load_ok(write_tmp("heads.config.yaml",
+        "models:\n"
+        "  enc: {file: enc.pt, manifest: encoder.yaml}\n"
+        "  effusion: {file: head.pt, manifest: head.yaml}\n"));
+    const struct config_model *enc = config_find_model(cfg, "enc");
+    const struct config_model *head = config_find_model(cfg, "effusion");
+    assert_int_equal(enc->manifest.output_kind, CONFIG_OUTPUT_EMBEDDING);
+    assert_int_equal(enc->manifest.channels, 64);
+    assert_null(enc->manifest.from);
+    assert_string_equal(head->manifest.from, "enc");
+    assert_null(head->manifest.modality);
+    assert_int_equal(head->manifest.batch, 8);
+    config_unref(cfg);
+
+    /* A head names a model of the file that gives features. */
+    struct capture cap = {0};
+    const char *p = write_tmp("bad_heads.config.yaml",
+        "models:\n"                                                         /* 1 */
+        "  enc: {file: enc.pt, manifest: head.yaml}\n"                      /* 2 */
+        "  a: {file: head.pt, manifest: head.yaml}\n"                       /* 3 */
+        "  b:\n"                                                            /* 4 */
+        "    file: head.pt\n"                                               /* 5 */
+        "    manifest: lost.yaml\n");                                       /* 6 */
+    write_tmp("lost.yaml", ALGORITHM_SECTION
+              "input: {from: nowhere}\n"
+              "output: {kind: classification, channels: 1, classes: {1: " CLASS_BODY "}}\n");
+    load_fails(p, &cap);
+    expect_count(&cap, 3);
+    expect_line(&cap, 0, p, "2:8: models.enc: its manifest's input.from names 'enc', whose "
+                            "output.kind is not embedding");
+    expect_line(&cap, 1, p, "3:6: models.a: its manifest's input.from names 'enc', whose "
+                            "output.kind is not embedding");
+    expect_line(&cap, 2, p, "5:5: models.b: its manifest's input.from names 'nowhere', which "
+                            "is not a model of this file");
+    capture_free(&cap);
+
+    /* A head reads no images: the encoder's keys are not its own. */
+    const char *mp;
+    p = model_config("head_with_image_keys",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {from: enc, modality: CR, size: [4, 4]}\n"                    /* 5 */
+        "output: {kind: embedding, channels: 4}\n", &mp);                     /* 6 */
+    load_fails(p, &cap);
+    expect_count(&cap, 3);
+    expect_line(&cap, 0, mp, "5:30: input.modality: only for a model that reads images, not "
+                             "for a head");
+    expect_line(&cap, 1, mp, "5:40: input.size: only for a model that reads images, not for a "
+                             "head");
+    expect_line(&cap, 2, mp, "6:16: output.kind: a head (input.from) gives classifications, "
+                             "not embedding");
     capture_free(&cap);
 }
 
@@ -2413,6 +2483,7 @@ int main(void)
         cmocka_unit_test(test_missing_manifest_sections_are_reported_at_the_top),
         cmocka_unit_test(test_an_image_classifier_manifest_is_read_with_its_classes),
         cmocka_unit_test(test_image_and_classification_keys_are_checked_with_positions),
+        cmocka_unit_test(test_heads_read_the_features_of_an_encoder_of_the_same_file),
         cmocka_unit_test(test_label_numbers_are_checked_against_channels),
         cmocka_unit_test(test_label_numbers_must_run_without_gaps),
         cmocka_unit_test(test_completion_section_is_parsed_and_checked),
