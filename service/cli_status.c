@@ -64,7 +64,14 @@ static int add_job_json(void *ud, const struct storage_job_row *j)
     }
     json_object_set_new(o, "result", j->result ? json_string(j->result) : json_null());
     json_t *summary = j->summary ? json_loads(j->summary, 0, NULL) : NULL;
-    /* A classification's summary holds findings (each with a probability). */
+    /* A job of an encoder group names the group and the encoder's forwards. */
+    json_t *group = json_object_get(summary, "encoder");
+    if (group) {
+        json_object_set(o, "encoder", group);
+        json_object_del(summary, "encoder");
+    }
+    /* A classification's summary holds findings (each with a probability),
+     * an encoder's its features; a segmentation's, labels. */
     const char *key = "labels", *k;
     json_t *v;
     json_object_foreach(summary, k, v) {
@@ -72,6 +79,8 @@ static int add_job_json(void *ud, const struct storage_job_row *j)
             key = "findings";
         break;
     }
+    if (json_object_get(summary, "features"))
+        key = "embedding";
     json_object_set_new(o, key, summary ? summary : json_null());
     return json_array_append_new(jobs, o);
 }

@@ -27,6 +27,7 @@
 #include "storage/storage.h"
 
 #include <fcntl.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -187,7 +188,8 @@ static void free_files(struct series_files *f)
 
 struct progress_ctx {
     const struct job_context *ctx;
-    const struct storage_job *job;
+    const struct storage_job *jobs; /* the job, or the jobs of a group, whose leases */
+    size_t n_jobs;                  /* are renewed while the model runs */
     int64_t last_renew_ms;
     int lost;                     /* the lease went to another worker */
 };
@@ -201,11 +203,12 @@ static int on_progress(void *ud, long done, long total)
     int64_t now = clock_now_ms();
     if (now - pc->last_renew_ms >= JOB_RENEW_EVERY_MS) {
         pc->last_renew_ms = now;
-        if (storage_job_renew(pc->ctx->store, pc->job->id, pc->ctx->owner, now + JOB_LEASE_MS) ==
-            STORAGE_ENOTFOUND) {
-            pc->lost = 1;
-            return 1;
-        }
+        for (size_t i = 0; i < pc->n_jobs; i++)
+            if (storage_job_renew(pc->ctx->store, pc->jobs[i].id, pc->ctx->owner,
+                                  now + JOB_LEASE_MS) == STORAGE_ENOTFOUND) {
+                pc->lost = 1;
+                return 1;
+            }
     }
     return 0;
 }
@@ -325,6 +328,8 @@ static int write_dicom_results(struct storage *store, const struct config_model 
     const struct config_manifest *mf = &cm->manifest;
     if (mf->output_kind == CONFIG_OUTPUT_CLASSIFICATION)
         return write_findings(store, cm, job, out, res, t, err, errlen);
+    if (mf->output_kind == CONFIG_OUTPUT_EMBEDDING)
+        return 0; /* features are for heads: nothing goes to a PACS */
     size_t nvox = (size_t)out->grid.nx * out->grid.ny * out->grid.nz;
     int64_t counts[256] = {0};
     for (size_t i = 0; i < nvox; i++)
@@ -409,7 +414,7 @@ static int compute(const struct job_context *ctx, const struct storage_job *job,
         error_set(err, errlen, JOB_FAILED, "cannot list the series' instances");
         goto done;
     }
-    struct progress_ctx pc = {ctx, job, clock_now_ms(), 0};
+    struct progress_ctx pc = {ctx, job, 1, clock_now_ms(), 0};
     stage_enter(ctx, job, "inference");
     CRASH_POINT("inference.started");
     int prc = pipeline_run(cm, ctx->model, (const char *const *)files.path, files.n, on_progress,
@@ -463,32 +468,28 @@ done:
     return rc;
 }
 
-int job_run(const struct job_context *ctx, const struct storage_job *job, char *why,
-            size_t whylen)
+/* Records how JOB ended (JR, from START_MS): finished with its result
+ * document RESULT, SUMMARY and an outbox item per result file of RES and
+ * destination, failed with WHY, or given back to the queue. Returns JR, or
+ * JOB_LEASE_LOST when another worker took it over meanwhile. */
+static int finish(const struct job_context *ctx, const struct storage_job *job, int jr,
+                  int64_t start_ms, const char *result, const char *summary,
+                  const struct job_results *res, char *why, size_t whylen)
 {
-    int64_t start = clock_now_ms();
-    char result[4096] = "";
-    char *summary = NULL;
-    struct job_results res;
-    memset(&res, 0, sizeof res);
-    if (whylen)
-        why[0] = '\0';
-    int jr = ctx->model ? compute(ctx, job, result, sizeof result, &summary, &res, why, whylen)
-                        : error_set(why, whylen, JOB_FAILED, "the model cannot be loaded: %s",
-                                    ctx->load_error ? ctx->load_error : "unknown reason");
-    /* Each destination of the job gets the SEG and the SR. */
+    /* Each destination of the job gets the SEG (when there is one) and the SR. */
     struct storage_send_item *items = calloc(2 * job->n_destinations + 1, sizeof *items);
     size_t n_items = 0;
     if (!items && jr == JOB_DONE)
         jr = error_set(why, whylen, JOB_FAILED, "out of memory");
     for (size_t d = 0; jr == JOB_DONE && d < job->n_destinations; d++) {
-        if (res.seg_path[0]) /* a classification has no SEG */
+        if (res->seg_path[0])
             items[n_items++] = (struct storage_send_item){
-                job->destinations[d], "seg", res.seg_path, res.seg.sop_class_uid,
-                res.seg.sop_instance_uid, res.seg.transfer_syntax};
-        items[n_items++] = (struct storage_send_item){
-            job->destinations[d], "sr", res.sr_path, res.sr.sop_class_uid,
-            res.sr.sop_instance_uid, res.sr.transfer_syntax};
+                job->destinations[d], "seg", res->seg_path, res->seg.sop_class_uid,
+                res->seg.sop_instance_uid, res->seg.transfer_syntax};
+        if (res->sr_path[0]) /* an encoder's features go nowhere */
+            items[n_items++] = (struct storage_send_item){
+                job->destinations[d], "sr", res->sr_path, res->sr.sop_class_uid,
+                res->sr.sop_instance_uid, res->sr.transfer_syntax};
     }
     int64_t end = clock_now_ms();
     if (jr == JOB_INTERRUPTED) {
@@ -510,12 +511,186 @@ int job_run(const struct job_context *ctx, const struct storage_job *job, char *
                     storage_strerror(frc));
         } else if (jr == JOB_DONE) {
             log_msg(LOG_INFO, "job %lld: done in %.1f s", (long long)job->id,
-                    (end - start) / 1000.0);
+                    (end - start_ms) / 1000.0);
         } else {
             log_msg(LOG_WARN, "job %lld: failed: %s", (long long)job->id, why);
         }
     }
-    free(summary);
     free(items);
     return jr;
+}
+
+int job_run(const struct job_context *ctx, const struct storage_job *job, char *why,
+            size_t whylen)
+{
+    int64_t start = clock_now_ms();
+    char result[4096] = "";
+    char *summary = NULL;
+    struct job_results res;
+    memset(&res, 0, sizeof res);
+    if (whylen)
+        why[0] = '\0';
+    int jr = ctx->model ? compute(ctx, job, result, sizeof result, &summary, &res, why, whylen)
+                        : error_set(why, whylen, JOB_FAILED, "the model cannot be loaded: %s",
+                                    ctx->load_error ? ctx->load_error : "unknown reason");
+    jr = finish(ctx, job, jr, start, result, summary, &res, why, whylen);
+    free(summary);
+    return jr;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Encoder groups                                                           */
+
+/* The group's record: its jobs, and the encoder's runs, forwards, seconds. */
+static json_t *group_json(const struct job_context *ctx, const struct storage_job *jobs,
+                          size_t n, const struct pipeline_output *enc,
+                          const struct pipeline_timing *t)
+{
+    json_t *ids = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(ids, json_integer((json_int_t)jobs[i].id));
+    return json_pack("{s:s, s:o, s:i, s:i, s:f}", "model", ctx->model_cfg->name, "jobs", ids,
+                     "runs", 1, "forwards", enc->forwards, "seconds", t->model);
+}
+
+/* TEXT (a JSON object, malloc'ed) with KEY = VALUE added; VALUE is taken.
+ * TEXT is freed and replaced; NULL when out of memory. */
+static char *json_with(char *text, const char *key, json_t *value)
+{
+    json_t *doc = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    char *out = NULL;
+    if (doc && value && json_object_set(doc, key, value) == 0)
+        out = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(doc);
+    return out;
+}
+
+/* The head of CTX named NAME, or NULL. */
+static const struct job_head *find_head(const struct job_context *ctx, const char *name)
+{
+    for (size_t i = 0; i < ctx->n_heads; i++)
+        if (!strcmp(ctx->heads[i].cfg->name, name))
+            return &ctx->heads[i];
+    return NULL;
+}
+
+/* One job of a group, from the encoder's output ENC: the encoder's own
+ * job keeps the features, a head's runs on them and writes its SR. */
+static int group_member(const struct job_context *ctx, const struct storage_job *job,
+                        const struct series_files *files, struct pipeline_output *enc,
+                        json_t *group, char *result, size_t resultlen, char **summary,
+                        struct job_results *res, char *err, size_t errlen)
+{
+    const struct config_model *cm = ctx->model_cfg;
+    struct pipeline_output head_out = {0};
+    const struct pipeline_output *out = enc;
+    struct pipeline_timing t = {0};
+    char *text = NULL;
+    int rc = JOB_FAILED;
+    if (strcmp(job->model, cm->name) != 0) {
+        const struct job_head *h = find_head(ctx, job->model);
+        if (!h)
+            return error_set(err, errlen, JOB_FAILED,
+                             "model %s no longer reads the features of %s", job->model,
+                             cm->name);
+        if (!h->model)
+            return error_set(err, errlen, JOB_FAILED, "the model cannot be loaded: %s",
+                             h->load_error ? h->load_error : "unknown reason");
+        cm = h->cfg;
+        stage_enter(ctx, job, "inference");
+        int prc = pipeline_run_head(cm, h->model, enc, &head_out, &t, err, errlen);
+        stage_leave(ctx, job);
+        if (prc != 0)
+            return JOB_FAILED;
+        head_out.sources = enc->sources; /* borrowed for the SR */
+        out = &head_out;
+        stage_enter(ctx, job, "results");
+        if (write_findings(ctx->store, cm, job, out, res, &t, err, errlen) != 0)
+            goto done;
+    }
+    text = pipeline_result_json(cm, out, (const char *const *)files->sop, job->id,
+                                job->study_uid, job->series_uid, "", &t, NULL,
+                                res->sr_path[0] ? res->sr.sop_instance_uid : NULL, summary);
+    text = json_with(text, "encoder", group);
+    *summary = json_with(*summary, "encoder", group);
+    if (!text || !*summary) {
+        error_set(err, errlen, JOB_FAILED, "out of memory");
+        goto done;
+    }
+    if (storage_write_result(ctx->store, job->id, text, NULL, 0, result, resultlen, err,
+                             errlen) != STORAGE_OK)
+        goto done;
+    rc = JOB_DONE;
+done:
+    if (guard_slot >= 0)
+        stage_leave(ctx, job);
+    head_out.sources = NULL;
+    pipeline_output_free(&head_out);
+    free(text);
+    return rc;
+}
+
+size_t job_run_group(const struct job_context *ctx, const struct storage_job *jobs, size_t n)
+{
+    int64_t start = clock_now_ms();
+    struct series_files files = {0};
+    struct pipeline_output enc = {0};
+    struct pipeline_timing t = {0};
+    char why[512] = "";
+    size_t done = 0;
+    int jr = JOB_FAILED;
+    if (n == 0)
+        return 0;
+    if (!ctx->model) {
+        error_set(why, sizeof why, JOB_FAILED, "the encoder %s cannot be loaded: %s",
+                  ctx->model_cfg->name, ctx->load_error ? ctx->load_error : "unknown reason");
+    } else if (storage_foreach_instance(ctx->store, jobs[0].series_uid, collect_file, &files) !=
+               STORAGE_OK) {
+        error_set(why, sizeof why, JOB_FAILED, "cannot list the series' instances");
+    } else {
+        /* The encoder's run is every job's inference: a crash in it counts
+         * against each (the store's marks; the guard holds the last). */
+        struct progress_ctx pc = {ctx, jobs, n, clock_now_ms(), 0};
+        for (size_t i = 0; i < n; i++)
+            stage_enter(ctx, &jobs[i], "inference");
+        int prc = pipeline_run(ctx->model_cfg, ctx->model, (const char *const *)files.path,
+                               files.n, on_progress, &pc, &enc, &t, why, sizeof why);
+        for (size_t i = 0; i < n; i++)
+            storage_job_stage(ctx->store, jobs[i].id, ctx->owner, NULL, clock_now_ms());
+        if (guard_slot >= 0)
+            stage_leave(ctx, &jobs[n - 1]);
+        jr = prc == PIPELINE_ECANCELLED ? (pc.lost ? JOB_LEASE_LOST : JOB_INTERRUPTED)
+             : prc != 0                 ? JOB_FAILED
+                                        : JOB_DONE;
+        if (prc != 0 && prc != PIPELINE_ECANCELLED) {
+            char inner[sizeof why];
+            snprintf(inner, sizeof inner, "%s", why);
+            error_set(why, sizeof why, JOB_FAILED, "the encoder %s: %s", ctx->model_cfg->name,
+                      inner);
+        }
+    }
+    json_t *group = jr == JOB_DONE ? group_json(ctx, jobs, n, &enc, &t) : NULL;
+    if (group)
+        log_msg(LOG_INFO, "encoder %s: %d forward(s) in %.2f s for %zu job(s) of one series",
+                ctx->model_cfg->name, enc.forwards, t.model, n);
+    for (size_t i = 0; i < n; i++) {
+        char result[4096] = "", err[512] = "";
+        char *summary = NULL;
+        struct job_results res;
+        memset(&res, 0, sizeof res);
+        int r = jr;
+        if (r == JOB_DONE)
+            r = group_member(ctx, &jobs[i], &files, &enc, group, result, sizeof result,
+                             &summary, &res, err, sizeof err);
+        else
+            snprintf(err, sizeof err, "%s", why);
+        if (finish(ctx, &jobs[i], r, start, result, summary, &res, err, sizeof err) == JOB_DONE)
+            done++;
+        free(summary);
+    }
+    json_decref(group);
+    free_files(&files);
+    pipeline_output_free(&enc);
+    return done;
 }

@@ -36,6 +36,13 @@ enum job_result {
 /* A short text for a JOB_* result. */
 const char *job_strerror(int result);
 
+/* A head an encoder's worker runs on the encoder's features. */
+struct job_head {
+    const struct config_model *cfg;
+    struct infer_model *model;    /* NULL when it could not be loaded (LOAD_ERROR says why) */
+    const char *load_error;
+};
+
 /* What a job runs with. */
 struct job_context {
     struct storage *store;
@@ -47,6 +54,9 @@ struct job_context {
      * May be NULL. */
     int (*stopping)(void *ud);
     void *stopping_ud;
+    /* An encoder (output.kind embedding): the heads that read its features. */
+    const struct job_head *heads;
+    size_t n_heads;
 };
 
 /* Installs, once per process, the handler of fatal signals (SIGSEGV,
@@ -60,5 +70,13 @@ int job_guard_install(struct storage *store);
  * (WHYLEN bytes). Nothing of JOB is kept. */
 int job_run(const struct job_context *ctx, const struct storage_job *job, char *why,
             size_t whylen);
+
+/* Runs a group: JOBS (N, claimed by CTX->owner, all on one series), each
+ * of CTX's encoder or of one of its heads. The encoder runs once over the
+ * series, each head on its features (held in memory, never recomputed);
+ * each job then ends as job_run()'s would, its result document and summary
+ * naming the group's jobs and the encoder's forwards and seconds. Returns
+ * how many of the jobs are done. */
+size_t job_run_group(const struct job_context *ctx, const struct storage_job *jobs, size_t n);
 
 #endif

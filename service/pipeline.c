@@ -146,6 +146,7 @@ void pipeline_output_free(struct pipeline_output *o)
     free(o->frame);
     free(o->image_probability);
     free(o->probability);
+    free(o->features);
     dicom_sources_close(o->sources);
     memset(o, 0, sizeof *o);
 }
@@ -343,20 +344,29 @@ int pipeline_class_present(const struct config_manifest *mf, const struct pipeli
     return o->probability[i] >= mf->classes[i].threshold;
 }
 
-/* The images a classification evaluated, each with its probabilities. */
+/* The images a classification evaluated, each with its probabilities (an
+ * encoder's: with its features). */
 static json_t *images_json(const struct pipeline_output *o, const char *const *sops)
 {
     json_t *images = json_array();
+    int n = o->features ? o->n_features : o->n_classes;
+    const float *v = o->features ? o->features : o->image_probability;
     for (size_t k = 0; k < o->n_images; k++) {
         json_t *p = json_array();
-        for (int c = 0; c < o->n_classes; c++)
-            json_array_append_new(
-                p, json_real(o->image_probability[k * (size_t)o->n_classes + (size_t)c]));
+        for (int c = 0; c < n; c++)
+            json_array_append_new(p, json_real(v[k * (size_t)n + (size_t)c]));
         json_array_append_new(images, json_pack("{s:s, s:i, s:o}", "sop_instance_uid",
                                                 sops[o->source[k]], "frame", o->frame[k],
-                                                "probabilities", p));
+                                                o->features ? "features" : "probabilities", p));
     }
     return images;
+}
+
+/* What an encoder's job gives: features per image. */
+static json_t *feature_summary(const struct pipeline_output *o)
+{
+    return json_pack("{s:i, s:I}", "features", o->n_features, "images",
+                     (json_int_t)o->n_images);
 }
 
 char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,
@@ -366,11 +376,12 @@ char *pipeline_result_json(const struct config_model *cm, const struct pipeline_
                            const char *sr_uid, char **summary)
 {
     json_t *sum, *doc;
-    if (o->probability) {
-        sum = finding_summary(&cm->manifest, o);
+    if (o->probability || o->features) {
+        sum = o->features ? feature_summary(o) : finding_summary(&cm->manifest, o);
         doc = json_pack("{s:I, s:s, s:s, s:s, s:o, s:O}", "job", (json_int_t)job_id,
                         "study_uid", study_uid, "series_uid", series_uid, "model", cm->name,
-                        "images", images_json(o, sops), "findings", sum);
+                        "images", images_json(o, sops), o->features ? "embedding" : "findings",
+                        sum);
     } else {
         sum = label_summary(&cm->manifest, o);
         json_t *slices = json_array();
@@ -404,8 +415,9 @@ char *pipeline_result_json(const struct config_model *cm, const struct pipeline_
 
 char *pipeline_summary_json(const struct config_model *cm, const struct pipeline_output *o)
 {
-    json_t *sum = o->probability ? finding_summary(&cm->manifest, o)
-                                 : label_summary(&cm->manifest, o);
+    json_t *sum = o->features      ? feature_summary(o)
+                  : o->probability ? finding_summary(&cm->manifest, o)
+                                   : label_summary(&cm->manifest, o);
     char *text = json_dumps(sum, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(sum);
     return text;

@@ -48,6 +48,11 @@ struct pipeline_output {
     int n_classes;
     float *image_probability;     /* n_images x n_classes */
     double *probability;          /* n_classes: over the series */
+    /* An encoder (output.kind embedding): its features per image instead,
+     * n_images x n_features, and how often its forward ran for them. */
+    float *features;
+    int n_features;
+    int forwards;
 };
 
 /* Runs CM (loaded as MODEL) on the series in PATHS. PROGRESS (may be NULL)
@@ -60,6 +65,15 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
                  struct pipeline_output *out, struct pipeline_timing *t, char *err,
                  size_t errlen);
 void pipeline_output_free(struct pipeline_output *o);
+
+/* Runs the head HEAD (loaded as MODEL) on the features of ENCODED (an
+ * encoder's output) in batches of its input.batch: OUT gets the images'
+ * and the series' probabilities, and copies of ENCODED's image sources;
+ * its SOURCES stays NULL (the caller's set is ENCODED's). Returns 0 or
+ * PIPELINE_EFAILED with the reason in ERR. */
+int pipeline_run_head(const struct config_model *head, struct infer_model *model,
+                      const struct pipeline_output *encoded, struct pipeline_output *out,
+                      struct pipeline_timing *t, char *err, size_t errlen);
 
 /* pipeline_run for a model whose input.kind is image (pipeline_image.c):
  * every frame of every file rendered as displayed, letterboxed and

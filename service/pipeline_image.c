@@ -44,6 +44,7 @@ struct batch {
     size_t done;                  /* images run so far */
     struct pipeline_output *out;
     double model_seconds;
+    int forwards;
 };
 
 /* Turns row X of scores (N classes) into probabilities as the manifest
@@ -82,11 +83,15 @@ static int run_batch(struct batch *b, char *err, size_t errlen)
         return 0;
     int k = mf->channels;
     int64_t shape[4] = {b->filled, mf->in_channels, mf->size[0], mf->size[1]}, oshape[8];
+    /* A head's input is a row of features per image. */
+    if (mf->from)
+        shape[1] = b->out->n_features;
     int ond = 0;
     double t0 = seconds_now();
-    int rc = infer_model_run_into(b->model, b->input, shape, 4, b->output,
+    int rc = infer_model_run_into(b->model, b->input, shape, mf->from ? 2 : 4, b->output,
                                   (size_t)mf->batch * (size_t)k, oshape, &ond, err, errlen);
     b->model_seconds += seconds_now() - t0;
+    b->forwards++;
     if (rc != INFER_OK)
         return -1;
     if (ond != 2 || oshape[0] != b->filled || oshape[1] != k) {
@@ -97,6 +102,19 @@ static int run_batch(struct batch *b, char *err, size_t errlen)
         snprintf(err, errlen, "the model gave an output of shape [%s]; the manifest expects "
                               "[%d, %d] (images, output.channels)", got, b->filled, k);
         return -1;
+    }
+    if (mf->output_kind == CONFIG_OUTPUT_EMBEDDING) {
+        for (int i = 0; i < b->filled * k; i++)
+            if (!isfinite(b->output[i])) {
+                snprintf(err, errlen, "the model's features for image %zu are not finite",
+                         b->done + (size_t)(i / k) + 1);
+                return -1;
+            }
+        memcpy(b->out->features + b->done * (size_t)k, b->output,
+               (size_t)b->filled * (size_t)k * sizeof *b->output);
+        b->done += (size_t)b->filled;
+        b->filled = 0;
+        return 0;
     }
     for (int i = 0; i < b->filled; i++) {
         float *row = b->output + (size_t)i * k;
@@ -128,6 +146,68 @@ static void aggregate(const struct config_manifest *mf, struct pipeline_output *
             acc /= (double)o->n_images;
         o->probability[c] = acc;
     }
+}
+
+/* The arrays OUT's n_images results go to: features for an encoder,
+ * probabilities for a classification. */
+static int output_arrays(const struct config_manifest *mf, struct pipeline_output *o)
+{
+    size_t n = o->n_images * (size_t)mf->channels;
+    if (mf->output_kind == CONFIG_OUTPUT_EMBEDDING) {
+        o->n_features = mf->channels;
+        return (o->features = malloc(n * sizeof *o->features)) ? 0 : -1;
+    }
+    o->n_classes = mf->channels;
+    if (!(o->image_probability = calloc(n, sizeof *o->image_probability)) ||
+        !(o->probability = calloc((size_t)mf->channels, sizeof *o->probability)))
+        return -1;
+    return 0;
+}
+
+int pipeline_run_head(const struct config_model *head, struct infer_model *model,
+                      const struct pipeline_output *encoded, struct pipeline_output *out,
+                      struct pipeline_timing *t, char *err, size_t errlen)
+{
+    const struct config_manifest *mf = &head->manifest;
+    struct batch b = {.cm = head, .model = model, .out = out};
+    size_t d = (size_t)encoded->n_features, n = encoded->n_images;
+    memset(out, 0, sizeof *out);
+    memset(t, 0, sizeof *t);
+    double t0 = seconds_now();
+    out->n_images = n;
+    out->n_features = encoded->n_features;
+    b.plane = d;
+    if (output_arrays(mf, out) != 0 ||
+        !(b.output = malloc((size_t)mf->batch * (size_t)mf->channels * sizeof *b.output)) ||
+        !(out->source = malloc(n * sizeof *out->source)) ||
+        !(out->frame = malloc(n * sizeof *out->frame))) {
+        free(b.output);
+        pipeline_output_free(out);
+        snprintf(err, errlen, "out of memory");
+        return PIPELINE_EFAILED;
+    }
+    memcpy(out->source, encoded->source, n * sizeof *out->source);
+    memcpy(out->frame, encoded->frame, n * sizeof *out->frame);
+    /* The features are the batches: a head's input is rows of them. */
+    for (size_t i = 0; i < n;) {
+        size_t take = n - i < (size_t)mf->batch ? n - i : (size_t)mf->batch;
+        b.filled = (int)take;
+        b.input = encoded->features + i * d;
+        if (run_batch(&b, err, errlen) != 0) {
+            free(b.output);
+            pipeline_output_free(out);
+            return PIPELINE_EFAILED;
+        }
+        i += take;
+    }
+    free(b.output);
+    double t1 = seconds_now();
+    aggregate(mf, out);
+    out->forwards = b.forwards;
+    t->model = b.model_seconds;
+    t->postprocess = seconds_now() - t1;
+    t->preprocess = (t1 - t0) - b.model_seconds;
+    return 0;
 }
 
 /* Checks the files of SRC against the model and counts their images. */
@@ -184,13 +264,10 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
                  mf->batch, mf->size[1], mf->size[0]);
         goto out;
     }
-    out->n_classes = mf->channels;
     out->n_images = n_images;
     if (!(b.input = malloc(batch_floats * sizeof *b.input)) ||
         !(b.output = malloc((size_t)mf->batch * (size_t)mf->channels * sizeof *b.output)) ||
-        !(out->image_probability =
-              calloc(n_images * (size_t)mf->channels, sizeof *out->image_probability)) ||
-        !(out->probability = calloc((size_t)mf->channels, sizeof *out->probability)) ||
+        output_arrays(mf, out) != 0 ||
         !(out->source = malloc(n_images * sizeof *out->source)) ||
         !(out->frame = malloc(n_images * sizeof *out->frame))) {
         snprintf(err, errlen, "out of memory");
@@ -248,7 +325,9 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
     if (run_batch(&b, err, errlen) != 0)
         goto out;
     double t4 = seconds_now();
-    aggregate(mf, out);
+    out->forwards = b.forwards;
+    if (mf->output_kind == CONFIG_OUTPUT_CLASSIFICATION)
+        aggregate(mf, out);
     /* The rendered images are gone; the headers stay for the SR. */
     dicom_sources_drop_pixels(src);
     out->sources = src;

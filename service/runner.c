@@ -68,6 +68,89 @@ static int worker_stopping(void *ud)
     return waiter_stopping(&((struct runner *)ud)->waiter);
 }
 
+/* A head runs on its encoder's workers, with none of its own. */
+static int has_workers(const struct config_model *m)
+{
+    return m->manifest.from == NULL;
+}
+
+/* The most jobs of one series an encoder's worker claims at once. */
+#define GROUP_MAX 64
+
+/* An encoder's worker: the heads of CFG that read ENCODER's features,
+ * each loaded on the encoder's device, and the JSON array of the group's
+ * model names (the encoder first) it claims jobs of. */
+struct heads {
+    struct job_head *h;
+    char **errors;
+    size_t n;
+    char *models;
+};
+
+static void heads_free(struct heads *hs)
+{
+    for (size_t i = 0; i < hs->n; i++) {
+        infer_model_free(hs->h[i].model);
+        free(hs->errors[i]);
+    }
+    free(hs->h);
+    free(hs->errors);
+    free(hs->models);
+    memset(hs, 0, sizeof *hs);
+}
+
+static void heads_load(struct heads *hs, const struct config *cfg,
+                       const struct config_model *encoder)
+{
+    heads_free(hs);
+    size_t len = strlen(encoder->name) + 8;
+    for (size_t i = 0; i < cfg->n_models; i++)
+        len += strlen(cfg->models[i].name) + 4;
+    hs->h = calloc(cfg->n_models, sizeof *hs->h);
+    hs->errors = calloc(cfg->n_models, sizeof *hs->errors);
+    hs->models = malloc(len);
+    if (!hs->h || !hs->errors || !hs->models) {
+        log_msg(LOG_ERROR, "encoder %s: out of memory for its heads", encoder->name);
+        heads_free(hs);
+        return;
+    }
+    /* Model names are letters, digits, '_', '.' and '-': JSON strings as they are. */
+    size_t at = (size_t)snprintf(hs->models, len, "[\"%s\"", encoder->name);
+    for (size_t i = 0; i < cfg->n_models; i++) {
+        const struct config_model *m = &cfg->models[i];
+        if (!m->manifest.from || strcmp(m->manifest.from, encoder->name) != 0)
+            continue;
+        at += (size_t)snprintf(hs->models + at, len - at, ",\"%s\"", m->name);
+        struct job_head *h = &hs->h[hs->n];
+        char err[512] = "";
+        h->cfg = m;
+        if (infer_model_load(m->file, encoder->device, &h->model, err, sizeof err) != INFER_OK) {
+            log_msg(LOG_ERROR, "model %s cannot be loaded: %s", m->name, err);
+            hs->errors[hs->n] = strdup(err);
+            h->load_error = hs->errors[hs->n];
+        }
+        hs->n++;
+    }
+    snprintf(hs->models + at, len - at, "]");
+}
+
+/* Claims a job of the group HS names, then the group's other runnable jobs
+ * on its series: into JOBS (GROUP_MAX), their count returned (0: none). */
+static size_t claim_group(struct runner *r, const struct heads *hs, const char *owner,
+                          struct storage_job *jobs)
+{
+    size_t n = 0;
+    int64_t now = clock_now_ms();
+    if (storage_job_claim_among(r->store, hs->models, NULL, owner, now, JOB_LEASE_MS,
+                                &jobs[0]) != STORAGE_OK)
+        return 0;
+    for (n = 1; n < GROUP_MAX; n++)
+        if (storage_job_claim_among(r->store, hs->models, jobs[0].series_uid, owner, now,
+                                    JOB_LEASE_MS, &jobs[n]) != STORAGE_OK)
+            break;
+    return n;
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -89,6 +172,11 @@ static void *worker_main(void *arg)
         if (infer_model_load(cm->file, cm->device, &model, err, sizeof err) != INFER_OK)
             log_msg(LOG_ERROR, "model %s cannot be loaded: %s", cm->name, err);
     }
+
+    struct heads hs = {0};
+    int encoder = cm && cm->manifest.output_kind == CONFIG_OUTPUT_EMBEDDING;
+    if (encoder)
+        heads_load(&hs, held, cm);
 
     uint64_t seen = 0;
     while (cm && !waiter_stopping(&r->waiter) && !atomic_load(&w->retire)) {
@@ -114,8 +202,35 @@ static void *worker_main(void *arg)
             config_unref(held);
             held = now;
             cm = now_cm;
+            encoder = cm->manifest.output_kind == CONFIG_OUTPUT_EMBEDDING;
+            if (encoder)
+                heads_load(&hs, held, cm); /* heads come and go with the configuration */
+            else
+                heads_free(&hs);
         } else {
             config_unref(now);
+        }
+        if (encoder) {
+            struct storage_job group[GROUP_MAX];
+            size_t n = hs.models ? claim_group(r, &hs, w->owner, group) : 0;
+            if (n == 0) {
+                waiter_wait(&r->waiter, &seen, IDLE_WAIT_MS);
+                continue;
+            }
+            for (size_t i = 0; i < n; i++)
+                log_msg(LOG_INFO, "job %lld: running %s (attempt %d) with encoder %s",
+                        (long long)group[i].id, group[i].model, group[i].attempts, cm->name);
+            struct job_context ctx = {
+                .store = r->store, .model_cfg = cm, .model = model, .load_error = err,
+                .owner = w->owner, .stopping = worker_stopping, .stopping_ud = r,
+                .heads = hs.h, .n_heads = hs.n,
+            };
+            if (job_run_group(&ctx, group, n) > 0 && r->sender)
+                sender_wake(r->sender);
+            for (size_t i = 0; i < n; i++)
+                storage_job_clear(&group[i]);
+            malloc_trim(0);
+            continue;
         }
         struct storage_job job;
         int rc = storage_job_claim(r->store, cm->name, w->owner, clock_now_ms(), JOB_LEASE_MS,
@@ -145,6 +260,7 @@ static void *worker_main(void *arg)
         storage_job_clear(&job);
         malloc_trim(0); /* an idle node hands a job's memory back */
     }
+    heads_free(&hs);
     infer_model_free(model);
     config_unref(held);
     return NULL;
@@ -205,7 +321,7 @@ int runner_start(struct config *cfg, struct storage *st, struct sender *sender,
     r->store = st;
     r->sender = sender;
     for (size_t i = 0; i < cfg->n_models; i++)
-        for (int j = 0; j < cfg->models[i].workers; j++)
+        for (int j = 0; has_workers(&cfg->models[i]) && j < cfg->models[i].workers; j++)
             if (start_worker(r, &cfg->models[i], err, errlen) != 0) {
                 runner_stop(r);
                 return -1;
@@ -236,7 +352,7 @@ void runner_set_config(struct runner *r, struct config *cfg)
         if (atomic_load(&w->retire))
             continue;
         const struct config_model *m = config_find_model(cfg, w->name);
-        if (!m || active_workers(r, w->name) > m->workers) {
+        if (!m || !has_workers(m) || active_workers(r, w->name) > m->workers) {
             atomic_store(&w->retire, 1);
             log_msg(LOG_INFO, "model %s: a worker retires", w->name);
         }
@@ -245,7 +361,7 @@ void runner_set_config(struct runner *r, struct config *cfg)
     for (size_t i = 0; i < cfg->n_models; i++) {
         const struct config_model *m = &cfg->models[i];
         char err[256];
-        for (int j = active_workers(r, m->name); j < m->workers; j++)
+        for (int j = active_workers(r, m->name); has_workers(m) && j < m->workers; j++)
             if (start_worker(r, m, err, sizeof err) != 0)
                 log_msg(LOG_ERROR, "%s", err);
             else

@@ -20,6 +20,7 @@ static int claimed_fn(void *ud, sqlite3_stmt *row)
     snprintf(job->study_uid, sizeof job->study_uid, "%s", db_text(row, 1));
     snprintf(job->series_uid, sizeof job->series_uid, "%s", db_text(row, 2));
     job->attempts = sqlite3_column_int(row, 3);
+    snprintf(job->model, sizeof job->model, "%s", db_text(row, 4));
     return 0;
 }
 
@@ -44,8 +45,10 @@ void storage_job_clear(struct storage_job *job)
     memset(job, 0, sizeof *job);
 }
 
-int storage_job_claim(struct storage *st, const char *model, const char *owner, int64_t now_ms,
-                      int64_t lease_ms, struct storage_job *job)
+/* Claims the first runnable job, by priority then age, of the models
+ * named in MODELS (a JSON array), on SERIES when it is not NULL. */
+static int claim(struct storage *st, const char *models, const char *series, const char *owner,
+                 int64_t now_ms, int64_t lease_ms, struct storage_job *job)
 {
     int rc;
     pthread_mutex_lock(&st->lock);
@@ -55,17 +58,17 @@ int storage_job_claim(struct storage *st, const char *model, const char *owner, 
         rc = db_run(st,
                     "UPDATE jobs SET state='running', lease_owner=?2, lease_until=?3 + ?4,"
                     "  started_at=?3, attempts=attempts + 1, stage=NULL, stage_started=NULL"
-                    " WHERE id=(SELECT id FROM jobs WHERE model=?1 AND (state='queued' OR"
+                    " WHERE id=(SELECT id FROM jobs WHERE model IN (SELECT value FROM json_each(?1))"
+                    "  AND (?5 IS NULL OR series_uid=?5) AND (state='queued' OR"
                     "  (state='running' AND lease_until < ?3)) ORDER BY priority, id LIMIT 1)"
-                    " RETURNING id, study_uid, series_uid, attempts",
-                    claimed_fn, job, "ttII", model, owner, now_ms, lease_ms);
+                    " RETURNING id, study_uid, series_uid, attempts, model",
+                    claimed_fn, job, "ttIIt", models, owner, now_ms, lease_ms, series);
         if (rc != STORAGE_OK)
             break;
         if (job->id < 0) {
             rc = STORAGE_ENOTFOUND;
             break;
         }
-        snprintf(job->model, sizeof job->model, "%s", model);
         if (job->attempts <= STORAGE_JOB_MAX_ATTEMPTS) {
             rc = db_run(st,
                         "SELECT destination FROM job_destinations WHERE job_id=?1"
@@ -87,6 +90,24 @@ int storage_job_claim(struct storage *st, const char *model, const char *owner, 
     }
     pthread_mutex_unlock(&st->lock);
     return rc;
+}
+
+int storage_job_claim(struct storage *st, const char *model, const char *owner, int64_t now_ms,
+                      int64_t lease_ms, struct storage_job *job)
+{
+    /* Model names are letters, digits, '_', '.' and '-' (config.h): a
+     * JSON string as they are. */
+    char models[160];
+    if ((size_t)snprintf(models, sizeof models, "[\"%s\"]", model) >= sizeof models)
+        return STORAGE_EINVAL;
+    return claim(st, models, NULL, owner, now_ms, lease_ms, job);
+}
+
+int storage_job_claim_among(struct storage *st, const char *models, const char *series_uid,
+                            const char *owner, int64_t now_ms, int64_t lease_ms,
+                            struct storage_job *job)
+{
+    return claim(st, models, series_uid, owner, now_ms, lease_ms, job);
 }
 
 /* Runs an UPDATE of job ID held by OWNER (?1, ?2; VALUE is ?3 when ARGS

@@ -290,6 +290,14 @@ void storage_job_clear(struct storage_job *job);
 int storage_job_claim(struct storage *st, const char *model, const char *owner, int64_t now_ms,
                       int64_t lease_ms, struct storage_job *job);
 
+/* The same for the models named in MODELS, a JSON array of model names
+ * (an encoder and its heads), and only on the series SERIES_UID when it is
+ * not NULL: a worker claims the first job of a group, then the group's
+ * other jobs on that series, so that the encoder runs once for them all. */
+int storage_job_claim_among(struct storage *st, const char *models, const char *series_uid,
+                            const char *owner, int64_t now_ms, int64_t lease_ms,
+                            struct storage_job *job);
+
 /* Extends the lease; STORAGE_ENOTFOUND when OWNER no longer holds it. */
 int storage_job_renew(struct storage *st, int64_t id, const char *owner, int64_t until_ms);
 

@@ -51,6 +51,39 @@ torch.jit.script(MeanScores()).save(sys.argv[1])
 '''
 
 
+# An encoder and three heads: the encoder gives each channel's mean, and
+# each head scores those features its own way.
+ENCODER_SOURCE = '''
+import sys
+import torch
+
+
+class ChannelMeans(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+class FirstFeature(torch.nn.Module):
+    def forward(self, f):
+        return 20 * (f[:, 0:1] - 0.3)
+
+
+class FirstTwo(torch.nn.Module):
+    def forward(self, f):
+        return 10 * f[:, 0:2]
+
+
+class LastFeature(torch.nn.Module):
+    def forward(self, f):
+        return 20 * (f[:, 2:3] - 0.6)
+
+
+for cls, name in ((ChannelMeans, "encoder"), (FirstFeature, "first"), (FirstTwo, "two"),
+                  (LastFeature, "last")):
+    torch.jit.script(cls()).save("%s/%s.pt" % (sys.argv[1], name))
+'''
+
+
 def scores(x):
     """MODEL_SOURCE's forward for one input (channels x rows x cols)."""
     m = x.mean(axis=(1, 2))
@@ -65,6 +98,20 @@ def make_model(workdir):
     out = os.path.join(workdir, "mean_scores.pt")
     subprocess.run(["/usr/bin/python3", src, out], check=True, capture_output=True)
     return out
+
+
+def make_encoder_and_heads(workdir):
+    """{name: TorchScript file} of the encoder and its three heads."""
+    src = os.path.join(workdir, "encoder_heads.py")
+    with open(src, "w") as f:
+        f.write(ENCODER_SOURCE)
+    subprocess.run(["/usr/bin/python3", src, workdir], check=True, capture_output=True)
+    return {n: os.path.join(workdir, n + ".pt") for n in ("encoder", "first", "two", "last")}
+
+
+def softmax(v):
+    e = np.exp(v - v.max())
+    return e / e.sum()
 
 
 def window(x, center, width):
@@ -210,6 +257,25 @@ def radiographs(workdir):
     return out
 
 
+CLASS_LINE = ('    %d: {name: %s, finding: {value: "%s", scheme: 99AINODE, meaning: %s}}')
+
+
+def head_manifest(encoder, classes, activation):
+    lines = [
+        "algorithm:",
+        "  name: Head %s" % classes[0],
+        '  version: "1.0"',
+        '  family: {value: "123110", scheme: DCM, meaning: Artificial Intelligence}',
+        "input: {from: %s, batch: 2}" % encoder,
+        "output:",
+        "  kind: classification",
+        "  channels: %d" % len(classes),
+        "  activation: %s" % activation,
+        "  classes:",
+    ] + [CLASS_LINE % (i + 1, c, c.upper(), c) for i, c in enumerate(classes)]
+    return "\n".join(lines) + "\n"
+
+
 class ImageModelTest(NodeTestCase):
     def node_for(self, pacs_port, modality, manifest):
         mpath = os.path.join(self.workdir, "classifier.yaml")
@@ -338,6 +404,94 @@ class ImageModelTest(NodeTestCase):
         job, doc, sr = self.classify(files, "DX", manifest, expected)
         series = np.mean(list(expected.values()), axis=0)
         self.check_findings(sr, series)
+
+    def test_three_heads_share_one_encoder_forward_per_series(self):
+        names = ["SC_rgb_rle_2frame.dcm", "SC_ybr_full_422_uncompressed.dcm",
+                 "SC_rgb_small_odd.dcm"]
+        files = one_series([os.path.join(PYDICOM_FILES, f) for f in names],
+                           os.path.join(self.workdir, "in"))
+        pts = make_encoder_and_heads(self.workdir)
+        manifests = {
+            "encoder": manifest_text("OT", (40, 56), 3, batch=4).split("output:")[0] +
+            "output: {kind: embedding, channels: 3}\n",
+            "first": head_manifest("encoder", ["Reddish"], "sigmoid"),
+            "two": head_manifest("encoder", ["Red", "Green"], "softmax"),
+            "last": head_manifest("encoder", ["Bluish"], "sigmoid"),
+        }
+        models = {}
+        for name, text in manifests.items():
+            path = os.path.join(self.workdir, name + ".yaml")
+            with open(path, "w") as f:
+                f.write(text)
+            models[name] = {"file": pts[name], "manifest": path, "threads": 1}
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
+            n = self.node(sections={
+                "destinations": {"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1",
+                                          "port": pacs.port, "retry_initial_seconds": 1}},
+                "models": models,
+                "rules": [{"name": "pictures", "match": {"Modality": "OT"},
+                           "run": ["first", "two", "last", "encoder"],
+                           "send_results_to": ["pacs"]}]}, stable_seconds=1)
+            n.start()
+            harness.dcmsend(n.port, files, ae_called=n.ae, extra=["-dn"])
+
+            def ended():
+                st = n.status()
+                jobs = st["jobs"]
+                done = len(jobs) == 4 and all(j["state"] in ("done", "failed") for j in jobs)
+                sent = len(st["outbox"]) == 3 and all(i["state"] == "sent" for i in st["outbox"])
+                return jobs if done and sent else None
+            jobs = harness.wait_until(ended, 120, 0.2, "four jobs and three SRs")
+            self.assertEqual(n.stop(), 0)
+            received = harness.list_files(pacs.out_dir)
+        self.assertEqual([j["state"] for j in jobs], ["done"] * 4, jobs)
+        # One group: the encoder ran once, in one forward (4 images, batch 4),
+        # for all four jobs; each job's record says so.
+        ids = sorted(j["id"] for j in jobs)
+        for j in jobs:
+            self.assertEqual(j["encoder"]["model"], "encoder")
+            self.assertEqual((j["encoder"]["runs"], j["encoder"]["forwards"]), (1, 1), j)
+            self.assertEqual(sorted(j["encoder"]["jobs"]), ids)
+        # The features and every head's findings, computed again here.
+        features = {}
+        for f in files:
+            uid = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            for k, frame in enumerate(rendered(f, 3)):
+                features[(uid, k)] = letterboxed(frame, (40, 56)).mean(axis=(1, 2))
+        by_model = {j["model"]: j for j in jobs}
+        with open(by_model["encoder"]["result"]) as fh:
+            doc = json.load(fh)
+        self.assertEqual(by_model["encoder"]["embedding"], {"features": 3, "images": 4})
+        # DCMTK and pydicom convert YBR to RGB each with its own rounding:
+        # one 8-bit level apart at most.
+        got_features = {}
+        for img in doc["images"]:
+            key = (img["sop_instance_uid"], img["frame"])
+            got_features[key] = np.array(img["features"])
+            np.testing.assert_allclose(got_features[key], features[key], atol=1 / 255)
+        self.assertEqual(set(got_features), set(features))
+        heads = {
+            "first": lambda f: sigmoid(np.array([20 * (f[0] - 0.3)])),
+            "two": lambda f: softmax(10 * f[0:2]),
+            "last": lambda f: sigmoid(np.array([20 * (f[2] - 0.6)])),
+        }
+        # Each head read exactly the encoder's features.
+        for name, fn in heads.items():
+            with open(by_model[name]["result"]) as fh:
+                doc = json.load(fh)
+            for img in doc["images"]:
+                np.testing.assert_allclose(
+                    img["probabilities"],
+                    fn(got_features[(img["sop_instance_uid"], img["frame"])]),
+                    atol=1e-5, err_msg=name)
+            series = np.max([fn(v) for v in got_features.values()], axis=0)
+            got = [doc["findings"][str(c + 1)]["probability"] for c in range(len(series))]
+            np.testing.assert_allclose(got, series, atol=1e-5, err_msg=name)
+        # An SR per head, none for the encoder's features; each valid.
+        self.assertEqual(len(received), 3)
+        for p in received:
+            self.assertEqual(dciodvfy_errors(p), [])
+            self.assertEqual(str(pydicom.dcmread(p).SOPClassUID), SR_CLASS)
 
     def test_a_window_from_the_manifest_replaces_the_images_own(self):
         files = one_series(radiographs(self.workdir)[:1], os.path.join(self.workdir, "in"))
