@@ -302,6 +302,9 @@ static int write_dicom_results(struct storage *store, const struct config_model 
         .series_number = mf->series_number,
         .manufacturer = "ainode",
         .software_version = AINODE_VERSION,
+        .model_sha256 = cm->sha256[0] ? cm->sha256 : NULL,
+        .manifest_sha256 = mf->sha256[0] ? mf->sha256 : NULL,
+        .intended_use = mf->intended_use,
     };
     char name[64], tmp[4096];
     int64_t t0 = clock_now_ms();
@@ -407,9 +410,20 @@ done:
     return rc;
 }
 
+/* Records which weights and manifest run JOB, before anything of it runs. */
+static void record_identity(const struct job_context *ctx, const struct storage_job *job)
+{
+    const struct config_model *cm = ctx->model_cfg;
+    const char *model = cm->sha256[0] ? cm->sha256 : NULL;
+    const char *manifest = cm->manifest.sha256[0] ? cm->manifest.sha256 : NULL;
+    if (storage_job_identity(ctx->store, job->id, ctx->owner, model, manifest) != STORAGE_OK)
+        log_msg(LOG_WARN, "job %lld: could not record the model's identity", (long long)job->id);
+}
+
 int job_run(const struct job_context *ctx, const struct storage_job *job, char *why,
             size_t whylen)
 {
+    record_identity(ctx, job);
     int64_t start = clock_now_ms();
     char result[4096] = "";
     char *summary = NULL;
