@@ -135,6 +135,9 @@ class TrustTest(NodeTestCase):
                 self.assertIn("%s: not applicable (%s): recorded, never run" % (MODEL, reason),
                               explained)
             self.assertEqual(explained.count("not applicable"), 2, explained)
+            # Files not sent yet are explained the same way.
+            explained = n.cli("explain", "-c", n.config_path, *knee, check=True).stdout
+            self.assertIn("%s: not applicable (%s)" % (MODEL, KNEE_REASON), explained)
 
             # Still so after a while and after a restart: nothing runs, nothing is sent.
             time.sleep(3)
