@@ -95,9 +95,27 @@ int plan_add_unmatched(struct plan *p, const char *series_uid)
     return 0;
 }
 
+int plan_set_not_applicable(struct plan *p, const char *series_uid, const char *model,
+                            const char *reason)
+{
+    for (size_t i = 0; i < p->n_jobs; i++) {
+        struct plan_job *j = &p->jobs[i];
+        if (strcmp(j->series_uid, series_uid) || strcmp(j->model, model))
+            continue;
+        char *r = strdup(reason);
+        if (!r)
+            return -1;
+        free(j->not_applicable);
+        j->not_applicable = r;
+        return 0;
+    }
+    return -1;
+}
+
 void plan_free(struct plan *p)
 {
     for (size_t i = 0; i < p->n_jobs; i++) {
+        free(p->jobs[i].not_applicable);
         free(p->jobs[i].series_uid);
         free(p->jobs[i].model);
         for (size_t d = 0; d < p->jobs[i].n_destinations; d++)

@@ -22,6 +22,8 @@ struct plan_job {
     enum plan_priority priority;
     char **destinations;
     size_t n_destinations;
+    char *not_applicable;         /* why the series is outside the model's input.accept
+                                   * (recorded, never run), or NULL */
 };
 
 /* One series whose stored instances go to DESTINATION unchanged. */
@@ -46,6 +48,10 @@ int plan_add_job(struct plan *p, const char *series_uid, const char *model,
                  enum plan_priority priority, const char *const *destinations, size_t n);
 int plan_add_forward(struct plan *p, const char *series_uid, const char *destination);
 int plan_add_unmatched(struct plan *p, const char *series_uid);
+/* Marks the job of SERIES_UID and MODEL (already added) not applicable
+ * for REASON: it is recorded so and never runs. */
+int plan_set_not_applicable(struct plan *p, const char *series_uid, const char *model,
+                            const char *reason);
 
 /* Frees what the plan holds and empties it (P itself is the caller's). */
 void plan_free(struct plan *p);

@@ -152,6 +152,27 @@ enum config_aggregate { CONFIG_AGGREGATE_MAX = 0, CONFIG_AGGREGATE_MEAN };
 enum config_blend { CONFIG_BLEND_CONSTANT = 0, CONFIG_BLEND_GAUSSIAN };
 enum config_decision { CONFIG_DECISION_ARGMAX = 0, CONFIG_DECISION_THRESHOLD };
 
+/* input.accept: the series a model is meant for. A series that fails any
+ * given filter is recorded as not applicable and never runs (rules/accept.c).
+ * Lists compare ignoring case; ranges are inclusive; n == 0 or has_* == 0
+ * (rows/columns [0, 0]) means the filter is not given. */
+struct config_accept {
+    char **modality;               /* Modality; includes input.modality */
+    size_t n_modality;
+    char **body_part;              /* BodyPartExamined */
+    size_t n_body_part;
+    char **view_position;          /* ViewPosition */
+    size_t n_view_position;
+    char **photometric;            /* PhotometricInterpretation */
+    size_t n_photometric;
+    int has_pixel_spacing;
+    double pixel_spacing[2];       /* [min, max] mm, both PixelSpacing values */
+    int has_slice_thickness;
+    double slice_thickness[2];     /* [min, max] mm */
+    int rows[2];                   /* [min, max] Rows */
+    int columns[2];                /* [min, max] Columns */
+};
+
 /* What a model accepts, how its input is prepared, how it is run and what
  * its output means: one manifest file per model. */
 struct config_manifest {
@@ -193,6 +214,9 @@ struct config_manifest {
     size_t n_labels;
     char *series_description;      /* output.series_description, or NULL */
     int series_number;             /* output.series_number (the SEG's; the SR's is +1) */
+    char *intended_use;            /* algorithm.intended_use, or NULL */
+    struct config_accept accept;   /* input.accept */
+    char sha256[65];               /* of the manifest file as read, lower-case hex */
 };
 
 struct config_model {
@@ -203,6 +227,7 @@ struct config_model {
     int threads;                   /* intra-op threads per worker, 1..256 */
     int workers;                   /* worker threads, 1..64 */
     struct config_manifest manifest;
+    char sha256[65];               /* of the model file when loaded, lower-case hex; "" unread */
     /* The voxels one job of this model may hold: node.max_job_memory_mb,
      * lowered by the manifest's input.max_voxels. Set by config_load. */
     size_t job_max_voxels;

@@ -6,9 +6,11 @@
 #include "config/schema.h"
 
 #include <errno.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 _Static_assert(sizeof(enum config_blend) == sizeof(int), "blend stored as int");
@@ -33,9 +35,14 @@ static void parse_labels(struct schema_ctx *c, const struct schema_field *f, con
                          const struct ynode *v, void *base);
 static void release_labels(const struct schema_field *f, void *base);
 static void check_input(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+static void check_accept_modality(struct schema_ctx *c, const struct schema_parsed *p,
+                                  void *base);
 static void parse_classes(struct schema_ctx *c, const struct schema_field *f, const char *what,
                           const struct ynode *v, void *base);
 static void release_classes(const struct schema_field *f, void *base);
+static void check_accept(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+static void parse_strings(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                          const struct ynode *v, void *base);
 
 #define MAN_OFF(m) offsetof(struct config_manifest, m)
 #define CODE_OFF(m) offsetof(struct config_code, m)
@@ -79,6 +86,33 @@ static const struct schema_field algorithm_fields[] = {
      .doc = "Algorithm Version"},
     {.key = "family", .type = T_SECTION, .required = 1, SUB(code_fields),
      .off = MAN_OFF(algorithm_family), .doc = "Algorithm Family (CID 7162)"},
+    {.key = "intended_use", .type = T_STR, .off = MAN_OFF(intended_use),
+     .doc = "what the model is for and on whom, written into the SR"},
+};
+
+#define ACCEPT_OFF(m) MAN_OFF(accept.m)
+#define ACCEPT_LIST(k, m, d)                                                                   \
+    {.key = k, .type = T_CUSTOM, .parse = parse_strings, .release = schema_release_str_list,    \
+     .type_doc = "list of strings", .off = ACCEPT_OFF(m), .off_n = ACCEPT_OFF(n_##m), .doc = d}
+
+/* input.accept: each filter optional; a series outside any given one is
+ * recorded as not applicable, with the reason, and never runs. */
+static const struct schema_field accept_fields[] = {
+    ACCEPT_LIST("modality", modality, "Modality one of these; must include input.modality"),
+    ACCEPT_LIST("body_part", body_part, "BodyPartExamined one of these"),
+    ACCEPT_LIST("view_position", view_position, "ViewPosition one of these"),
+    ACCEPT_LIST("photometric_interpretation", photometric,
+                "PhotometricInterpretation one of these"),
+    {.key = "pixel_spacing", .type = T_FLOATS, .count = 2, .fcheck = F_POSITIVE,
+     .off = ACCEPT_OFF(pixel_spacing), .off_n = ACCEPT_OFF(has_pixel_spacing),
+     .doc = "[min, max] mm, both PixelSpacing values within"},
+    {.key = "slice_thickness", .type = T_FLOATS, .count = 2, .fcheck = F_POSITIVE,
+     .off = ACCEPT_OFF(slice_thickness), .off_n = ACCEPT_OFF(has_slice_thickness),
+     .doc = "[min, max] mm of SliceThickness"},
+    {.key = "rows", .type = T_INTS, .count = 2, .min = 1, .max = 65535, .off = ACCEPT_OFF(rows),
+     .doc = "[min, max] of Rows"},
+    {.key = "columns", .type = T_INTS, .count = 2, .min = 1, .max = 65535,
+     .off = ACCEPT_OFF(columns), .doc = "[min, max] of Columns"},
 };
 
 static const struct schema_field input_fields[] = {
@@ -108,6 +142,8 @@ static const struct schema_field input_fields[] = {
      .off = MAN_OFF(max_voxels),
      .doc = "largest volume (voxels) a job of this model holds, below node.max_job_memory_mb; "
             "0: that key decides"},
+    {.key = "accept", .type = T_SECTION, SUB(accept_fields), .check = check_accept,
+     .doc = "the series the model is meant for; others are not applicable and never run"},
 };
 
 static const struct schema_field scale_fields[] = {
@@ -185,6 +221,7 @@ const size_t config_n_manifest_fields = NELEM(config_manifest_fields);
 _Static_assert(NELEM(code_fields) <= MAX_FIELDS && NELEM(label_fields) <= MAX_FIELDS &&
                    NELEM(class_fields) <= MAX_FIELDS &&
                    NELEM(algorithm_fields) <= MAX_FIELDS && NELEM(input_fields) <= MAX_FIELDS &&
+                   NELEM(accept_fields) <= MAX_FIELDS &&
                    NELEM(scale_fields) <= MAX_FIELDS && NELEM(preprocess_fields) <= MAX_FIELDS &&
                    NELEM(inference_fields) <= MAX_FIELDS && NELEM(output_fields) <= MAX_FIELDS &&
                    NELEM(config_manifest_fields) <= MAX_FIELDS,
@@ -359,6 +396,7 @@ static void refuse_keys(struct schema_ctx *c, const struct schema_parsed *p,
 static void check_input(struct schema_ctx *c, const struct schema_parsed *p, void *base)
 {
     const struct config_manifest *m = base;
+    check_accept_modality(c, p, base);
     if (!schema_usable(p, "kind"))
         return;
     if (given(p, "from")) {
@@ -557,6 +595,144 @@ static void check_kinds(struct schema_ctx *c, const struct ynode *root,
                       "gives classifications or embeddings");
 }
 
+/* ---- input.accept ---- */
+
+/* A non-empty sequence of distinct non-empty strings into the char ** at
+ * F->off and its count at F->off_n. */
+static void parse_strings(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                          const struct ynode *v, void *base)
+{
+    char ***listp = (char ***)((char *)base + f->off);
+    size_t *np = (size_t *)((char *)base + f->off_n);
+    char b[80];
+    if (v->kind != Y_SEQ) {
+        schema_report(c, v->line, v->col, "%s: expected a list of strings", what);
+        return;
+    }
+    if (v->n == 0) {
+        /* an empty list would accept nothing: surely a mistake */
+        schema_report(c, v->line, v->col, "%s: must not be empty (leave the key out to accept any)",
+                      what);
+        return;
+    }
+    if (!(*listp = calloc(v->n, sizeof **listp))) {
+        schema_oom(c);
+        return;
+    }
+    for (size_t i = 0; i < v->n; i++) {
+        const struct ynode *it = v->kids[i];
+        if (it->kind == Y_ALIAS || !schema_want_string(c, what, it))
+            continue;
+        if (it->len == 0) {
+            schema_report(c, it->line, it->col, "%s: an item must not be empty", what);
+            continue;
+        }
+        int dup = 0;
+        for (size_t j = 0; j < *np && !dup; j++)
+            dup = !strcasecmp((*listp)[j], it->text);
+        if (dup) {
+            schema_report(c, it->line, it->col, "%s: duplicate '%s'", what,
+                          schema_esc(it->text, it->len, b));
+            continue;
+        }
+        if (!((*listp)[*np] = strdup(it->text))) {
+            schema_oom(c);
+            return;
+        }
+        (*np)++;
+    }
+}
+
+/* A [min, max] pair of KEY whose min is above its max. */
+static void check_order(struct schema_ctx *c, const struct schema_parsed *p, const char *key,
+                        int given, double lo, double hi)
+{
+    if (!given || !schema_usable(p, key) || lo <= hi)
+        return;
+    const struct ynode *v = schema_pos_of(p, key);
+    schema_report(c, v->line, v->col, "%s.%s: min (%g) must not be greater than max (%g)",
+                  p->sect, key, lo, hi);
+}
+
+static void check_accept(struct schema_ctx *c, const struct schema_parsed *p, void *base)
+{
+    const struct config_accept *a = &((const struct config_manifest *)base)->accept;
+    check_order(c, p, "pixel_spacing", a->has_pixel_spacing, a->pixel_spacing[0],
+                a->pixel_spacing[1]);
+    check_order(c, p, "slice_thickness", a->has_slice_thickness, a->slice_thickness[0],
+                a->slice_thickness[1]);
+    check_order(c, p, "rows", a->rows[0] > 0, a->rows[0], a->rows[1]);
+    check_order(c, p, "columns", a->columns[0] > 0, a->columns[0], a->columns[1]);
+}
+
+/* accept.modality narrows which series are meant for the model; it must
+ * keep the modality the model reads, or nothing could ever run. */
+static void check_accept_modality(struct schema_ctx *c, const struct schema_parsed *p, void *base)
+{
+    const struct config_manifest *m = base;
+    const struct config_accept *a = &m->accept;
+    if (!m->modality || a->n_modality == 0)
+        return;
+    for (size_t i = 0; i < a->n_modality; i++)
+        if (!strcasecmp(a->modality[i], m->modality))
+            return;
+    const struct ynode *acc = ynode_get(p->map, "accept");
+    const struct ynode *v = acc ? ynode_get(acc, "modality") : NULL;
+    if (!v)
+        v = schema_pos_of(p, "accept");
+    char b[80];
+    schema_report(c, v->line, v->col, "%s.accept.modality: must include %s.modality (%s)",
+                  p->sect, p->sect, schema_esc(m->modality, strlen(m->modality), b));
+}
+
+/* ---- identity: SHA-256 of the model and manifest files ---- */
+
+static void hex_digest(const unsigned char *md, unsigned n, char out[65])
+{
+    for (unsigned i = 0; i < n && i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* The SHA-256 of LEN bytes at BUF as hex into OUT; "" when it fails. */
+static void sha256_buffer(const void *buf, size_t len, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    out[0] = '\0';
+    if (EVP_Digest(buf, len, md, &n, EVP_sha256(), NULL) == 1 && n == 32)
+        hex_digest(md, n, out);
+}
+
+/* The SHA-256 of the file at PATH into OUT; returns 0 or an errno. Read
+ * in pieces: model files may be gigabytes. */
+static int sha256_file(const char *path, char out[65])
+{
+    out[0] = '\0';
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return errno;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    enum { CHUNK = 1 << 16 };
+    unsigned char *chunk = malloc(CHUNK);
+    int e = ctx && chunk && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 ? 0 : ENOMEM;
+    size_t n;
+    while (!e && (n = fread(chunk, 1, CHUNK, f)) > 0)
+        if (EVP_DigestUpdate(ctx, chunk, n) != 1)
+            e = ENOMEM;
+    if (!e && ferror(f))
+        e = EIO;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    if (!e && (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32))
+        e = ENOMEM;
+    if (!e)
+        hex_digest(md, mdlen, out);
+    EVP_MD_CTX_free(ctx);
+    free(chunk);
+    fclose(f);
+    return e;
+}
+
 /*
  * Loads the manifest at PATH into M. Its problems are reported against PATH
  * through C's callback and added to C's count. Returns 0, or an errno when
@@ -569,6 +745,7 @@ static int load_manifest(struct schema_ctx *c, const char *path, struct config_m
     char *buf = schema_read_file(path, &len, &e);
     if (!buf)
         return e;
+    sha256_buffer(buf, len, m->sha256); /* the very bytes parsed below */
     char *dir = schema_dir_of(path);
     struct schema_ctx mc = {.file = path, .fn = c->fn, .ud = c->ud, .dir = dir};
     if (!dir)
@@ -661,6 +838,14 @@ void config_check_model(struct schema_ctx *c, const struct schema_parsed *p, voi
                           schema_file_strerror(e));
         if (!manifest_named)
             schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'manifest'", p->sect);
+    }
+
+    /* Hashed as loaded, so that every result names the exact weights. */
+    if (m->file && schema_readable(m->file) == 0) {
+        int he = sha256_file(m->file, m->sha256);
+        if (he)
+            schema_report(c, fv->line, fv->col, "%s.file: cannot hash %s: %s", p->sect, m->file,
+                          schema_file_strerror(he));
     }
 
     if (!m->manifest.path)

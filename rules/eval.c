@@ -206,6 +206,28 @@ int rules_matches(const struct rules_rule *rule, const struct attr_series *s,
     return match_holds(&ev, &rule->match, "match");
 }
 
+/* The model NAME of CFG, or NULL (config_find_model without linking the
+ * config module, which itself links this one). */
+static const struct config_model *find_model(const struct config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->n_models; i++)
+        if (!strcmp(cfg->models[i].name, name))
+            return &cfg->models[i];
+    return NULL;
+}
+
+/* Marks the job of MODEL on S not applicable in OUT when S is outside the
+ * model's input.accept. */
+static int not_applicable(const struct config *cfg, const struct attr_series *s,
+                          const char *uid, const char *model, struct plan *out)
+{
+    const struct config_model *cm = find_model(cfg, model);
+    char why[512];
+    if (!cm || rules_accepts(&cm->manifest, s, why, sizeof why))
+        return 0;
+    return plan_set_not_applicable(out, uid, model, why);
+}
+
 /* The rules of one series into OUT. */
 static int plan_series(const struct config *cfg, const struct attr_series *s, struct plan *out)
 {
@@ -218,10 +240,13 @@ static int plan_series(const struct config *cfg, const struct attr_series *s, st
         if (!rules_matches(r, s, NULL, NULL))
             continue;
         matched = 1;
-        for (size_t m = 0; m < r->n_run; m++)
+        for (size_t m = 0; m < r->n_run; m++) {
             if (plan_add_job(out, uid, r->run[m], r->priority, (const char *const *)r->send_to,
                              r->n_send_to) != 0)
                 return RULES_ENOMEM;
+            if (not_applicable(cfg, s, uid, r->run[m], out) != 0)
+                return RULES_ENOMEM;
+        }
         for (size_t d = 0; d < r->n_forward_to; d++)
             if (plan_add_forward(out, uid, r->forward_to[d]) != 0)
                 return RULES_ENOMEM;
@@ -282,6 +307,18 @@ static void print_list(FILE *out, const char *what, char *const *names, size_t n
     fprintf(out, "\n");
 }
 
+/* The models of R the series S is not meant for (input.accept), and why. */
+static void explain_accept(const struct config *cfg, const struct attr_series *s,
+                           const struct rules_rule *r, FILE *out)
+{
+    for (size_t i = 0; i < r->n_run; i++) {
+        const struct config_model *cm = find_model(cfg, r->run[i]);
+        char why[512];
+        if (cm && !rules_accepts(&cm->manifest, s, why, sizeof why))
+            fprintf(out, "      %s: not applicable (%s): recorded, never run\n", r->run[i], why);
+    }
+}
+
 void rules_explain(const struct config *cfg, const struct attr_series *s, FILE *out)
 {
     const char *uid = s->value[ATTR_SERIES_INSTANCE_UID];
@@ -303,6 +340,7 @@ void rules_explain(const struct config *cfg, const struct attr_series *s, FILE *
         if (!m)
             continue;
         print_list(out, "runs", r->run, r->n_run);
+        explain_accept(cfg, s, r, out);
         print_list(out, "sends results to", r->send_to, r->n_send_to);
         print_list(out, "forwards to", r->forward_to, r->n_forward_to);
         if (!r->continues)

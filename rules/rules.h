@@ -152,6 +152,16 @@ int rules_plan(const struct config *cfg, const struct attr_series *rows, size_t 
  * (0 when none is configured: there is nothing to complete early for). */
 int rules_required_met(const struct config *cfg, const struct attr_series *rows, size_t n);
 
+/* ---- input.accept (accept.c) ---- */
+
+struct config_manifest;
+
+/* 1 when the series S meets every filter of M's input.accept (an absent
+ * attribute meets none); else 0 and WHY (LEN bytes) gets the first reason,
+ * e.g. "BodyPartExamined is KNEE; the model accepts CHEST". */
+int rules_accepts(const struct config_manifest *m, const struct attr_series *s, char *why,
+                  size_t len);
+
 /* ---- explain ---- */
 
 /* Writes to OUT, for the series S, every rule of CFG in order: each

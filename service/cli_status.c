@@ -44,7 +44,14 @@ static int add_job_json(void *ud, const struct storage_job_row *j)
                           j->state, "attempts", (json_int_t)j->attempts);
     if (!o)
         return 1;
-    json_object_set_new(o, "error", j->error ? json_string(j->error) : json_null());
+    /* A not-applicable job did not fail: its reason is no error. */
+    int na = !strcmp(j->state, STORAGE_JOB_NOT_APPLICABLE);
+    json_object_set_new(o, "error", j->error && !na ? json_string(j->error) : json_null());
+    json_object_set_new(o, "reason", j->error && na ? json_string(j->error) : json_null());
+    json_object_set_new(o, "model_sha256",
+                        j->model_sha256 ? json_string(j->model_sha256) : json_null());
+    json_object_set_new(o, "manifest_sha256",
+                        j->manifest_sha256 ? json_string(j->manifest_sha256) : json_null());
     json_object_set_new(o, "stage", j->stage ? json_string(j->stage) : json_null());
     /* Run time of the last attempt: so far while running, in total once ended. */
     json_t *secs = json_null();
@@ -89,11 +96,12 @@ static int print_job_row(void *ud, const struct storage_job_row *j)
 {
     int *count = ud;
     if (*count == 0)
-        printf("\n%-6s  %-24s  %-11s  %8s  %s\n", "JOB", "MODEL", "STATE", "SECONDS", "ERROR");
+        printf("\n%-6s  %-24s  %-14s  %8s  %s\n", "JOB", "MODEL", "STATE", "SECONDS",
+               "ERROR OR REASON");
     double secs = j->started_ms && j->finished_ms ? (j->finished_ms - j->started_ms) / 1000.0
                   : j->started_ms                  ? (clock_now_ms() - j->started_ms) / 1000.0
                                                    : 0;
-    printf("%-6lld  %-24s  %-11s  %8.1f  %s\n", (long long)j->id, j->model, j->state, secs,
+    printf("%-6lld  %-24s  %-14s  %8.1f  %s\n", (long long)j->id, j->model, j->state, secs,
            j->error ? j->error : "");
     (*count)++;
     return 0;

@@ -272,6 +272,9 @@ static struct dicom_result result_of(const struct config_model *cm, const struct
         .series_number = mf->series_number,
         .manufacturer = "ainode",
         .software_version = AINODE_VERSION,
+        .model_sha256 = cm->sha256[0] ? cm->sha256 : NULL,
+        .manifest_sha256 = mf->sha256[0] ? mf->sha256 : NULL,
+        .intended_use = mf->intended_use,
     };
 }
 
@@ -468,6 +471,16 @@ done:
     return rc;
 }
 
+/* Records which weights and manifest run JOB, before anything of it runs. */
+static void record_identity(const struct job_context *ctx, const struct storage_job *job,
+                            const struct config_model *cm)
+{
+    const char *model = cm->sha256[0] ? cm->sha256 : NULL;
+    const char *manifest = cm->manifest.sha256[0] ? cm->manifest.sha256 : NULL;
+    if (storage_job_identity(ctx->store, job->id, ctx->owner, model, manifest) != STORAGE_OK)
+        log_msg(LOG_WARN, "job %lld: could not record the model's identity", (long long)job->id);
+}
+
 /* Records how JOB ended (JR, from START_MS): finished with its result
  * document RESULT, SUMMARY and an outbox item per result file of RES and
  * destination, failed with WHY, or given back to the queue. Returns JR, or
@@ -523,6 +536,7 @@ static int finish(const struct job_context *ctx, const struct storage_job *job, 
 int job_run(const struct job_context *ctx, const struct storage_job *job, char *why,
             size_t whylen)
 {
+    record_identity(ctx, job, ctx->model_cfg);
     int64_t start = clock_now_ms();
     char result[4096] = "";
     char *summary = NULL;
@@ -583,17 +597,17 @@ static int group_member(const struct job_context *ctx, const struct storage_job 
                         struct job_results *res, char *err, size_t errlen)
 {
     const struct config_model *cm = ctx->model_cfg;
+    const struct job_head *h = NULL;
     struct pipeline_output head_out = {0};
     const struct pipeline_output *out = enc;
     struct pipeline_timing t = {0};
     char *text = NULL;
     int rc = JOB_FAILED;
-    if (strcmp(job->model, cm->name) != 0) {
-        const struct job_head *h = find_head(ctx, job->model);
-        if (!h)
-            return error_set(err, errlen, JOB_FAILED,
-                             "model %s no longer reads the features of %s", job->model,
-                             cm->name);
+    if (strcmp(job->model, cm->name) != 0 && !(h = find_head(ctx, job->model)))
+        return error_set(err, errlen, JOB_FAILED, "model %s no longer reads the features of %s",
+                         job->model, cm->name);
+    record_identity(ctx, job, h ? h->cfg : cm);
+    if (h) {
         if (!h->model)
             return error_set(err, errlen, JOB_FAILED, "the model cannot be loaded: %s",
                              h->load_error ? h->load_error : "unknown reason");

@@ -507,6 +507,17 @@ static int collect_receiving(void *ud, const struct storage_receiving *s)
 /* Why a receiving study is due now, if it is. */
 enum due { DUE_NOT, DUE_STABLE, DUE_MAX_WAIT, DUE_REQUIRED };
 
+/* Says which jobs of study ID's committed PLAN were recorded as not
+ * applicable, and why (status and explain say it too). */
+static void log_not_applicable(int64_t id, const struct plan *plan)
+{
+    for (size_t j = 0; j < plan->n_jobs; j++)
+        if (plan->jobs[j].not_applicable)
+            log_msg(LOG_INFO, "study #%lld: a series is not applicable to model %s (%s): "
+                              "recorded, not run",
+                    (long long)id, plan->jobs[j].model, plan->jobs[j].not_applicable);
+}
+
 /* Plans study I of R from its series rows and commits the plan, outside
  * any store lock while planning. Returns 1 when it completed, 0 when it
  * changed meanwhile (it is planned again once due again) or failed. */
@@ -524,6 +535,8 @@ static int complete_study(struct node *n, const struct config *cfg, const struct
         return 0;
     }
     int rc = storage_commit_plan(n->store, r->uid[i], r->last_ms[i], &plan, discard, now, &jobs);
+    if (rc == STORAGE_OK)
+        log_not_applicable(r->id[i], &plan);
     plan_free(&plan);
     if (rc == STORAGE_ECONFLICT) {
         log_msg(LOG_DEBUG, "study #%lld (%s) received more while it was planned",

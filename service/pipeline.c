@@ -369,6 +369,24 @@ static json_t *feature_summary(const struct pipeline_output *o)
                      (json_int_t)o->n_images);
 }
 
+/* What traces a result to the exact model: its algorithm, and the SHA-256
+ * of its model file and manifest (null when unknown). */
+static json_t *identity_json(const struct config_model *cm)
+{
+    const struct config_manifest *m = &cm->manifest;
+    json_t *o = json_pack("{s:s, s:s}", "algorithm_name", m->algorithm_name,
+                          "algorithm_version", m->algorithm_version);
+    if (!o)
+        return json_null();
+    json_object_set_new(o, "model_sha256",
+                        cm->sha256[0] ? json_string(cm->sha256) : json_null());
+    json_object_set_new(o, "manifest_sha256",
+                        m->sha256[0] ? json_string(m->sha256) : json_null());
+    json_object_set_new(o, "intended_use",
+                        m->intended_use ? json_string(m->intended_use) : json_null());
+    return o;
+}
+
 char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,
                            const char *const *sops, int64_t job_id, const char *study_uid,
                            const char *series_uid, const char *labels_file,
@@ -401,6 +419,7 @@ char *pipeline_result_json(const struct config_model *cm, const struct pipeline_
                                       "assemble", t->assemble, "preprocess", t->preprocess,
                                       "model", t->model, "postprocess", t->postprocess, "seg",
                                       t->seg, "sr", t->sr));
+        json_object_set_new(doc, "identity", identity_json(cm));
         if (seg_uid)
             json_object_set_new(doc, "seg_sop_instance_uid", json_string(seg_uid));
         if (sr_uid)

@@ -190,8 +190,10 @@ static void *worker_main(void *arg)
                 config_unref(now);
                 break;
             }
+            /* new weights under the same path: the identity results carry
+             * must be that of the model that runs */
             if (strcmp(now_cm->file, cm->file) || strcmp(now_cm->device, cm->device) ||
-                now_cm->threads != cm->threads) {
+                now_cm->threads != cm->threads || strcmp(now_cm->sha256, cm->sha256)) {
                 infer_model_free(model);
                 model = NULL;
                 infer_set_threads(now_cm->threads);

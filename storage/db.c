@@ -144,6 +144,13 @@ static const char *const migrations[] = {
     "  peer TEXT, sop_instance_uid TEXT,"
     "  outcome TEXT NOT NULL, error TEXT, attempts INTEGER NOT NULL);"
     "CREATE INDEX audit_results_time ON audit_results(time_ms);",
+    /* 7: PixelSpacing (0028,0030) and PhotometricInterpretation (0028,0004),
+     * for the models' input.accept; the SHA-256 of the model file and of
+     * its manifest a job ran with (its identity, set as it starts). */
+    "ALTER TABLE instances ADD COLUMN pixel_spacing TEXT;"
+    "ALTER TABLE instances ADD COLUMN photometric_interpretation TEXT;"
+    "ALTER TABLE jobs ADD COLUMN model_sha256 TEXT;"
+    "ALTER TABLE jobs ADD COLUMN manifest_sha256 TEXT;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))

@@ -347,3 +347,17 @@ int job_recover(struct storage *st, char *err, size_t errlen)
                          strerror(errno));
     return STORAGE_OK;
 }
+
+int storage_job_identity(struct storage *st, int64_t id, const char *owner,
+                         const char *model_sha256, const char *manifest_sha256)
+{
+    pthread_mutex_lock(&st->lock);
+    int rc = db_run(st,
+                    "UPDATE jobs SET model_sha256=?3, manifest_sha256=?4"
+                    " WHERE id=?1 AND lease_owner=?2 AND state='running'",
+                    NULL, NULL, "Itt" "t", id, owner, model_sha256, manifest_sha256);
+    if (rc == STORAGE_OK && db_changes(st) != 1)
+        rc = STORAGE_ENOTFOUND;
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}

@@ -63,6 +63,8 @@ static int job_fn(void *ud, sqlite3_stmt *row)
         .started_ms = sqlite3_column_int64(row, 10),
         .finished_ms = sqlite3_column_int64(row, 11),
         .stage = db_text(row, 12),
+        .model_sha256 = db_text(row, 13),
+        .manifest_sha256 = db_text(row, 14),
     };
     return e->fn.job(e->ud, &j) ? 1 : 0;
 }
@@ -74,7 +76,8 @@ int storage_foreach_job(struct storage *st, storage_job_fn fn, void *ud)
     int rc = db_run(st,
                     "SELECT id, study_uid, series_uid, model, state, error, result,"
                     "  summary, attempts, created_at, coalesce(started_at, 0),"
-                    "  coalesce(finished_at, 0), stage FROM jobs ORDER BY id",
+                    "  coalesce(finished_at, 0), stage, model_sha256, manifest_sha256"
+                    " FROM jobs ORDER BY id",
                     job_fn, &e, NULL);
     pthread_mutex_unlock(&st->lock);
     return rc;

@@ -185,11 +185,16 @@ static int queue_job(struct storage *st, const char *study_uid, const struct pla
                      int64_t now_ms)
 {
     int64_t id = -1;
+    /* Not applicable: recorded as ended with its reason, so that nothing
+     * claims, retries or requeues it. */
     int rc = db_run(st,
-                    "INSERT INTO jobs(study_uid, series_uid, model, created_at, priority)"
-                    " VALUES(?1, ?2, ?3, ?4, ?5) RETURNING id",
-                    row_id_fn, &id, "tttIi", study_uid, j->series_uid, j->model, now_ms,
-                    (int)j->priority);
+                    "INSERT INTO jobs(study_uid, series_uid, model, created_at, priority,"
+                    "  state, error, finished_at)"
+                    " VALUES(?1, ?2, ?3, ?4, ?5,"
+                    "  CASE WHEN ?6 IS NULL THEN 'queued' ELSE '" STORAGE_JOB_NOT_APPLICABLE "' END,"
+                    "  ?6, CASE WHEN ?6 IS NULL THEN NULL ELSE ?4 END) RETURNING id",
+                    row_id_fn, &id, "tttIit", study_uid, j->series_uid, j->model, now_ms,
+                    (int)j->priority, j->not_applicable);
     for (size_t d = 0; rc == STORAGE_OK && d < j->n_destinations; d++)
         rc = db_run(st,
                     "INSERT INTO job_destinations(job_id, position, destination)"
@@ -223,7 +228,7 @@ static int apply_plan(struct storage *st, const char *study_uid, const struct pl
     for (size_t i = 0; rc == STORAGE_OK && i < plan->n_jobs; i++) {
         rc = queue_job(st, study_uid, &plan->jobs[i], now_ms);
         if (rc == STORAGE_OK) {
-            (*n_queued)++;
+            *n_queued += !plan->jobs[i].not_applicable;
             rc = set_routing(st, study_uid, plan->jobs[i].series_uid, "matched");
         }
     }

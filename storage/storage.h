@@ -268,6 +268,11 @@ int storage_study_release(struct storage *st, const char *study_uid, int64_t *id
  * again. A clean stop gives a running job back (storage_job_release),
  * which clears its stage: it is never quarantined.
  */
+/* A job whose series is outside its model's input.accept is recorded in
+ * this state by storage_commit_plan, its reason as its error, and ends
+ * there: never claimed, retried or requeued. */
+#define STORAGE_JOB_NOT_APPLICABLE "not_applicable"
+
 #define STORAGE_JOB_MAX_ATTEMPTS 3
 #define STORAGE_JOB_MAX_STOPS 2
 
@@ -311,6 +316,13 @@ int storage_job_release(struct storage *st, int64_t id, const char *owner);
  * STORAGE_ENOTFOUND when OWNER no longer holds it. */
 int storage_job_stage(struct storage *st, int64_t id, const char *owner, const char *stage,
                       int64_t now_ms);
+
+/* Records the identity of what runs job ID, held by OWNER: the SHA-256
+ * (hex; NULL: unknown) of its model file and of its manifest, so that its
+ * result can be traced to the exact weights. STORAGE_ENOTFOUND when OWNER
+ * no longer holds it. */
+int storage_job_identity(struct storage *st, int64_t id, const char *owner,
+                         const char *model_sha256, const char *manifest_sha256);
 
 /*
  * The crash record: DATA_DIR/job-crash, written by the node as it dies of
@@ -442,6 +454,8 @@ struct storage_job_row {
     const char *error;            /* the reason when failed or quarantined, else NULL */
     const char *result;           /* result file, NULL unless done */
     const char *summary;          /* JSON text, NULL unless done */
+    const char *model_sha256;     /* identity it ran with (storage_job_identity), or NULL */
+    const char *manifest_sha256;
     int attempts;
     int64_t created_ms, started_ms, finished_ms; /* 0 when not yet */
 };

@@ -18,6 +18,8 @@
 #include "config/config.h"
 #include "config/schema.h"
 
+#include <openssl/evp.h>
+
 /* ---- helpers ---------------------------------------------------------- */
 
 #define MAX_LINES 64
@@ -829,6 +831,10 @@ static void test_example_manifest_loads_without_errors(void **state)
     const struct config_manifest *mf = &cfg->models[0].manifest;
     assert_string_equal(mf->algorithm_name, "Example lung segmentation");
     assert_int_equal(mf->n_labels, 2);
+    assert_non_null(strstr(mf->intended_use, "not for diagnosis"));
+    assert_int_equal(mf->accept.n_body_part, 3);
+    assert_int_equal(mf->accept.has_pixel_spacing, 1);
+    assert_int_equal(mf->accept.rows[1], 1024);
     config_free(cfg);
 }
 
@@ -1887,6 +1893,139 @@ static void test_heads_read_the_features_of_an_encoder_of_the_same_file(void **s
     capture_free(&cap);
 }
 
+/* ---- input.accept, intended use, identity ------------------------------ */
+
+/* The SHA-256 of the file at PATH, hex, computed here independently of
+ * the loader (whole file at once). */
+static void sha256_of(const char *path, char out[65])
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    static unsigned char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    assert_true(feof(f));
+    fclose(f);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    assert_int_equal(EVP_Digest(buf, n, md, &len, EVP_sha256(), NULL), 1);
+    for (unsigned i = 0; i < len; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static void test_accept_intended_use_and_identity_load_with_their_values(void **state)
+{
+    (void)state;
+    const char *mp;
+    const char *p = model_config(
+        "accept_full",
+        "algorithm:\n"
+        "  name: t\n"
+        "  version: \"1\"\n"
+        "  family: {value: \"123110\", scheme: DCM, meaning: Artificial Intelligence}\n"
+        "  intended_use: Adult chest CT; not for diagnosis\n"
+        "input:\n"
+        "  modality: CT\n"
+        "  accept:\n"
+        "    modality: [CT, PT]\n"
+        "    body_part: [CHEST, THORAX]\n"
+        "    view_position: [PA]\n"
+        "    photometric_interpretation: [MONOCHROME2]\n"
+        "    pixel_spacing: [0.5, 1]\n"
+        "    slice_thickness: [0.6, 3]\n"
+        "    rows: [256, 1024]\n"
+        "    columns: [128, 512]\n"
+        "inference: {patch: [8, 8, 8]}\n"
+        "output:\n  channels: 2\n  labels: {1: " LABEL_BODY "}\n",
+        &mp);
+    struct config *cfg = load_ok(p);
+    const struct config_model *cm = &cfg->models[0];
+    const struct config_manifest *m = &cm->manifest;
+    const struct config_accept *a = &m->accept;
+    assert_string_equal(m->intended_use, "Adult chest CT; not for diagnosis");
+    assert_int_equal(a->n_modality, 2);
+    assert_string_equal(a->modality[1], "PT");
+    assert_int_equal(a->n_body_part, 2);
+    assert_string_equal(a->body_part[0], "CHEST");
+    assert_int_equal(a->n_view_position, 1);
+    assert_string_equal(a->photometric[0], "MONOCHROME2");
+    assert_int_equal(a->has_pixel_spacing, 1);
+    assert_true(a->pixel_spacing[0] == 0.5 && a->pixel_spacing[1] == 1);
+    assert_int_equal(a->has_slice_thickness, 1);
+    assert_true(a->slice_thickness[0] == 0.6 && a->slice_thickness[1] == 3);
+    assert_true(a->rows[0] == 256 && a->rows[1] == 1024);
+    assert_true(a->columns[0] == 128 && a->columns[1] == 512);
+    /* model.pt is empty: the SHA-256 of no bytes */
+    assert_string_equal(cm->sha256,
+                        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    char want[65];
+    sha256_of(mp, want);
+    assert_string_equal(m->sha256, want);
+    config_free(cfg);
+
+    /* Without them: no intended use, every filter open, still an identity. */
+    p = model_config("accept_none", MANIFEST_HEAD
+                     "output:\n  channels: 2\n  labels: {1: " LABEL_BODY "}\n", &mp);
+    cfg = load_ok(p);
+    m = &cfg->models[0].manifest;
+    a = &m->accept;
+    assert_null(m->intended_use);
+    assert_int_equal(a->n_modality + a->n_body_part + a->n_view_position + a->n_photometric, 0);
+    assert_int_equal(a->has_pixel_spacing + a->has_slice_thickness, 0);
+    assert_int_equal(a->rows[0] | a->rows[1] | a->columns[0] | a->columns[1], 0);
+    sha256_of(mp, want);
+    assert_string_equal(m->sha256, want);
+    assert_int_equal(strlen(cfg->models[0].sha256), 64);
+    config_free(cfg);
+}
+
+static void test_accept_problems_are_reported_at_their_place(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *mp;
+    const char *p = model_config(
+        "bad_accept",
+        "algorithm:\n"                                                  /* 1 */
+        "  name: t\n"                                                   /* 2 */
+        "  version: \"1\"\n"                                            /* 3 */
+        "  family: {value: \"123110\", scheme: DCM, meaning: AI}\n"     /* 4 */
+        "  intended_use: ''\n"                                          /* 5 */
+        "input:\n"                                                      /* 6 */
+        "  modality: CT\n"                                              /* 7 */
+        "  accept:\n"                                                   /* 8 */
+        "    modality: [MR, mr]\n"                                      /* 9 */
+        "    body_part: []\n"                                           /* 10 */
+        "    view_position: PA\n"                                       /* 11 */
+        "    photometric_interpretation: [MONOCHROME2, '']\n"           /* 12 */
+        "    pixel_spacing: [2, 0.5]\n"                                 /* 13 */
+        "    slice_thickness: [-1, 3]\n"                                /* 14 */
+        "    rows: [512, 256]\n"                                        /* 15 */
+        "    columns: [0, 512]\n"                                       /* 16 */
+        "    size: [1, 2]\n"                                            /* 17 */
+        "inference: {patch: [8, 8, 8]}\n"                               /* 18 */
+        "output:\n  channels: 2\n  labels: {1: " LABEL_BODY "}\n",
+        &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 11);
+    expect_line(&cap, 0, mp, "5:17: algorithm.intended_use: must not be empty");
+    expect_line(&cap, 1, mp, "9:20: input.accept.modality: duplicate 'mr'");
+    expect_line(&cap, 2, mp,
+                "10:16: input.accept.body_part: must not be empty (leave the key out to accept "
+                "any)");
+    expect_line(&cap, 3, mp, "11:20: input.accept.view_position: expected a list of strings");
+    expect_line(&cap, 4, mp,
+                "12:47: input.accept.photometric_interpretation: an item must not be empty");
+    expect_line(&cap, 5, mp, "14:23: input.accept.slice_thickness: expected 2 numbers > 0");
+    expect_line(&cap, 6, mp, "16:15: input.accept.columns: expected 2 integers 1..65535");
+    expect_line(&cap, 7, mp, "17:5: unknown key 'size' in input.accept");
+    expect_line(&cap, 8, mp,
+                "13:20: input.accept.pixel_spacing: min (2) must not be greater than max (0.5)");
+    expect_line(&cap, 9, mp,
+                "15:11: input.accept.rows: min (512) must not be greater than max (256)");
+    expect_line(&cap, 10, mp, "9:15: input.accept.modality: must include input.modality (CT)");
+    capture_free(&cap);
+}
+
 static void test_missing_manifest_sections_are_reported_at_the_top(void **state)
 {
     (void)state;
@@ -2484,6 +2623,8 @@ int main(void)
         cmocka_unit_test(test_an_image_classifier_manifest_is_read_with_its_classes),
         cmocka_unit_test(test_image_and_classification_keys_are_checked_with_positions),
         cmocka_unit_test(test_heads_read_the_features_of_an_encoder_of_the_same_file),
+        cmocka_unit_test(test_accept_intended_use_and_identity_load_with_their_values),
+        cmocka_unit_test(test_accept_problems_are_reported_at_their_place),
         cmocka_unit_test(test_label_numbers_are_checked_against_channels),
         cmocka_unit_test(test_label_numbers_must_run_without_gaps),
         cmocka_unit_test(test_completion_section_is_parsed_and_checked),

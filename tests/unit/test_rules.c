@@ -572,6 +572,122 @@ static void test_plan_merges_jobs_and_records_unmatched_series(void **state)
     free_rules(cfg);
 }
 
+/* ---- input.accept ------------------------------------------------------ */
+
+/* 1 when M accepts the series KV; its reason, if not, in WHY. */
+static int accepts(const struct config_manifest *m, const struct kv *kv, char *why)
+{
+    return rules_accepts(m, row_of(kv), why, 512);
+}
+
+static void test_accept_refuses_each_filter_with_the_series_value(void **state)
+{
+    (void)state;
+    char *modality[] = {"CT"}, *body[] = {"CHEST", "THORAX"}, *view[] = {"PA"},
+         *photometric[] = {"MONOCHROME2"};
+    struct config_manifest m = {.modality = "CT"};
+    struct config_accept *a = &m.accept;
+    struct kv s[] = {{"Modality", "ct"},           {"BodyPartExamined", "thorax"},
+                     {"ViewPosition", "PA"},       {"PhotometricInterpretation", "MONOCHROME2"},
+                     {"PixelSpacing", "0.7\\0.7"}, {"SliceThickness", "1.25"},
+                     {"Rows", "512"},              {"Columns", "512"},
+                     {NULL, NULL}};
+    char why[512];
+    /* no filter: anything goes, even a series without attributes */
+    static const struct kv bare[] = {{NULL, NULL}};
+    assert_int_equal(accepts(&m, bare, why), 1);
+    assert_string_equal(why, "");
+
+    *a = (struct config_accept){
+        .modality = modality, .n_modality = 1, .body_part = body, .n_body_part = 2,
+        .view_position = view, .n_view_position = 1, .photometric = photometric,
+        .n_photometric = 1, .has_pixel_spacing = 1, .pixel_spacing = {0.5, 1},
+        .has_slice_thickness = 1, .slice_thickness = {1, 3}, .rows = {256, 512},
+        .columns = {512, 1024}};
+    /* lists compare ignoring case, ranges are inclusive */
+    assert_int_equal(accepts(&m, s, why), 1);
+
+    struct {
+        int i;                    /* the item of S changed */
+        const char *value;        /* to this (NULL: absent) */
+        const char *why;
+    } cases[] = {
+        {0, "MR", "Modality is MR; the model accepts CT"},
+        {1, "KNEE", "BodyPartExamined is KNEE; the model accepts CHEST, THORAX"},
+        {1, NULL, "BodyPartExamined is absent; the model accepts CHEST, THORAX"},
+        {2, "LL", "ViewPosition is LL; the model accepts PA"},
+        {3, "RGB", "PhotometricInterpretation is RGB; the model accepts MONOCHROME2"},
+        {4, "0.7\\1.5", "PixelSpacing is 0.7\\1.5 mm; the model accepts 0.5..1 mm"},
+        {4, "0.4\\0.7", "PixelSpacing is 0.4\\0.7 mm; the model accepts 0.5..1 mm"},
+        {4, "fine", "PixelSpacing is fine mm; the model accepts 0.5..1 mm"},
+        {4, NULL, "PixelSpacing is absent; the model accepts 0.5..1 mm"},
+        {5, "5", "SliceThickness is 5 mm; the model accepts 1..3 mm"},
+        {6, "1024", "Rows is 1024; the model accepts 256..512"},
+        {7, "256", "Columns is 256; the model accepts 512..1024"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct kv t[sizeof s / sizeof s[0]];
+        memcpy(t, s, sizeof s);
+        if (cases[c].value)
+            t[cases[c].i].v = cases[c].value;
+        else
+            t[cases[c].i].k = "StudyID"; /* the attribute becomes absent */
+        assert_int_equal(accepts(&m, t, why), 0);
+        assert_string_equal(why, cases[c].why);
+    }
+    /* the edges of each range are in it */
+    s[4].v = "0.5\\1";
+    s[5].v = "3";
+    s[6].v = "256";
+    s[7].v = "1024";
+    assert_int_equal(accepts(&m, s, why), 1);
+}
+
+static void test_plan_marks_jobs_outside_the_model_s_accept_not_applicable(void **state)
+{
+    (void)state;
+    struct config *cfg = load_rules("  - name: ct\n"
+                                    "    match: {Modality: CT}\n"
+                                    "    run: [seg, lung]\n"
+                                    "    send_results_to: [pacs]\n");
+    char *body[] = {"CHEST"};
+    struct config_model models[2] = {
+        {.name = "seg", .manifest = {.modality = "CT"}},
+        {.name = "lung",
+         .manifest = {.modality = "CT", .accept = {.body_part = body, .n_body_part = 1}}},
+    };
+    cfg->models = models;
+    cfg->n_models = 2;
+    static const struct kv chest[] = {{"SeriesInstanceUID", "1.1"}, {"Modality", "CT"},
+                                      {"BodyPartExamined", "CHEST"}, {NULL, NULL}};
+    static const struct kv knee[] = {{"SeriesInstanceUID", "1.2"}, {"Modality", "CT"},
+                                     {"BodyPartExamined", "KNEE"}, {NULL, NULL}};
+    struct attr_series rows[2] = {*row_of(chest), *row_of(knee)};
+    struct plan p = {0};
+    assert_int_equal(rules_plan(cfg, rows, 2, &p), 0);
+    assert_int_equal(p.n_jobs, 4);
+    assert_null(job_of(&p, "1.1", "seg")->not_applicable);
+    assert_null(job_of(&p, "1.1", "lung")->not_applicable);
+    assert_null(job_of(&p, "1.2", "seg")->not_applicable);
+    const struct plan_job *j = job_of(&p, "1.2", "lung");
+    assert_string_equal(j->not_applicable, "BodyPartExamined is KNEE; the model accepts CHEST");
+    assert_int_equal(j->n_destinations, 1); /* still recorded where it would have gone */
+    plan_free(&p);
+
+    /* explain says so under the rule that runs it */
+    char *text = explain_text(cfg, &rows[1]);
+    assert_non_null(strstr(text, "      lung: not applicable (BodyPartExamined is KNEE; the "
+                                 "model accepts CHEST): recorded, never run\n"));
+    assert_null(strstr(text, "seg: not applicable"));
+    free(text);
+    text = explain_text(cfg, &rows[0]);
+    assert_null(strstr(text, "not applicable"));
+    free(text);
+    cfg->models = NULL;
+    cfg->n_models = 0;
+    free_rules(cfg);
+}
+
 static void test_required_series_are_met_by_some_row(void **state)
 {
     (void)state;
@@ -714,6 +830,8 @@ int main(void)
         cmocka_unit_test(test_explain_shows_each_condition_with_the_series_value),
         cmocka_unit_test(test_first_match_wins_unless_it_continues),
         cmocka_unit_test(test_plan_merges_jobs_and_records_unmatched_series),
+        cmocka_unit_test(test_accept_refuses_each_filter_with_the_series_value),
+        cmocka_unit_test(test_plan_marks_jobs_outside_the_model_s_accept_not_applicable),
         cmocka_unit_test(test_required_series_are_met_by_some_row),
         cmocka_unit_test(test_parse_problems_are_positioned),
         cmocka_unit_test(test_lint_reports_rules_behind_a_catch_all),

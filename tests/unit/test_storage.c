@@ -866,12 +866,19 @@ struct job_list {
     int64_t id[8];
     char stage[8][16];
     char error[8][128];
+    char model_sha256[8][65];
+    char manifest_sha256[8][65];
+    int64_t finished_ms[8];
 };
 
 static int collect_job(void *ud, const struct storage_job_row *j)
 {
     struct job_list *l = ud;
     if (l->n < 8) {
+        snprintf(l->model_sha256[l->n], 65, "%s", j->model_sha256 ? j->model_sha256 : "");
+        snprintf(l->manifest_sha256[l->n], 65, "%s",
+                 j->manifest_sha256 ? j->manifest_sha256 : "");
+        l->finished_ms[l->n] = j->finished_ms;
         snprintf(l->state[l->n], 16, "%s", j->state);
         snprintf(l->model[l->n], 16, "%s", j->model);
         l->attempts[l->n] = j->attempts;
@@ -977,6 +984,81 @@ static int job_index(const struct job_list *l, int64_t id)
         if (l->id[i] == id)
             return i;
     return -1;
+}
+
+/* Plans "seg" for every series, not applicable for SERIES2. */
+static void plan_seg_accepting_one(void *ud, const struct attr_series *s, struct plan *p)
+{
+    (void)ud;
+    const char *series = s->value[ATTR_SERIES_INSTANCE_UID];
+    const char *pacs = "pacs";
+    assert_int_equal(plan_add_job(p, series, "seg", PLAN_PRIORITY_NORMAL, &pacs, 1), 0);
+    if (!strcmp(series, SERIES2))
+        assert_int_equal(plan_set_not_applicable(p, series, "seg",
+                                                 "BodyPartExamined is KNEE; the model accepts "
+                                                 "CHEST"),
+                         0);
+}
+
+static void test_a_not_applicable_job_is_recorded_with_its_reason_and_never_runs(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    int moved, jobs;
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.2", "b", 1000), STORAGE_OK);
+    complete_due(f->st, 100000, 5, plan_seg_accepting_one, NULL, &moved, &jobs);
+    assert_int_equal(moved, 1);
+    assert_int_equal(jobs, 1); /* only the applicable one is queued */
+    struct job_list l = list_jobs(f->st);
+    assert_int_equal(l.n, 2);
+    int na = !strcmp(l.state[0], "queued") ? 1 : 0;
+    assert_string_equal(l.state[!na], "queued");
+    assert_string_equal(l.state[na], STORAGE_JOB_NOT_APPLICABLE);
+    assert_string_equal(l.error[na], "BodyPartExamined is KNEE; the model accepts CHEST");
+    assert_int_equal(l.finished_ms[na], 100000);
+    assert_int_equal(l.attempts[na], 0);
+
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 200000, 500, &j), STORAGE_OK);
+    assert_string_equal(j.series_uid, SERIES);
+    storage_job_clear(&j);
+    assert_int_equal(storage_job_claim(f->st, "seg", "w2", 200000, 500, &j), STORAGE_ENOTFOUND);
+    assert_int_equal(storage_job_retry(f->st, l.id[na]), STORAGE_ENOTFOUND);
+    /* nor after a restart (which queues the running one again) */
+    storage_close(f->st);
+    assert_int_equal(storage_open(f->dir, NULL, NULL, &f->st, err, sizeof err), STORAGE_OK);
+    assert_int_equal(storage_job_claim(f->st, "seg", "w3", 900000, 500, &j), STORAGE_OK);
+    assert_string_equal(j.series_uid, SERIES); /* the other one, queued again */
+    storage_job_clear(&j);
+    assert_int_equal(storage_job_claim(f->st, "seg", "w4", 900100, 500, &j), STORAGE_ENOTFOUND);
+    l = list_jobs(f->st);
+    assert_string_equal(l.state[na], STORAGE_JOB_NOT_APPLICABLE);
+    assert_int_equal(l.attempts[na], 0);
+}
+
+static void test_a_job_records_the_identity_of_the_model_it_runs_with(void **state)
+{
+    struct fixture *f = *state;
+    complete_with_jobs(f);
+    static const char model[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    static const char manifest[] =
+        "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    struct storage_job j;
+    assert_int_equal(storage_job_claim(f->st, "seg", "w1", 1000, 500, &j), STORAGE_OK);
+    struct job_list l = list_jobs(f->st);
+    int i = job_index(&l, j.id);
+    assert_string_equal(l.model_sha256[i], ""); /* unknown until it starts */
+    /* only the job's holder records it */
+    assert_int_equal(storage_job_identity(f->st, j.id, "w2", model, manifest), STORAGE_ENOTFOUND);
+    assert_int_equal(storage_job_identity(f->st, j.id, "w1", model, manifest), STORAGE_OK);
+    assert_int_equal(storage_job_finish(f->st, j.id, "w1", 1100, NULL, "r", "{}", NULL, 0),
+                     STORAGE_OK);
+    l = list_jobs(f->st);
+    assert_string_equal(l.state[i], "done");
+    assert_string_equal(l.model_sha256[i], model);
+    assert_string_equal(l.manifest_sha256[i], manifest);
+    storage_job_clear(&j);
 }
 
 /* What a node dying while job "seg" is in STAGE leaves: the job claimed
@@ -2363,6 +2445,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_database_of_an_earlier_release_is_made_private,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_not_applicable_job_is_recorded_with_its_reason_and_never_runs, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_job_records_the_identity_of_the_model_it_runs_with, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_study_completes_and_reopens_on_new_instance,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_empties_temporary_directory, setup, teardown),
