@@ -136,6 +136,7 @@ struct config_class {
 enum config_input_kind {
     CONFIG_INPUT_VOLUME = 0,       /* the series as one 3-D volume, patch by patch */
     CONFIG_INPUT_IMAGE,            /* each 2-D image (each frame) on its own, letterboxed */
+    CONFIG_INPUT_SLICES,           /* the series' slices in order, with neighbours (2.5-D) */
 };
 
 /* output.kind: what the model's output means. */
@@ -189,7 +190,8 @@ struct config_manifest {
     double window[2];              /* input.window: centre, width; else the image's own */
     int n_mean, n_std;             /* input.mean / input.std: one per channel, or none */
     double mean[3], std[3];
-    int batch;                     /* input.batch: images per forward */
+    int batch;                     /* input.batch: images (slices) per forward */
+    int context;                   /* input.context: neighbouring slices on each side */
     int min_slices;                /* input.min_slices, default 1 */
     int max_voxels;                /* input.max_voxels; 0: node.max_job_memory_mb decides */
     int has_spacing;               /* preprocess.spacing other than "none" */

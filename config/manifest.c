@@ -22,7 +22,7 @@ _Static_assert(sizeof(enum config_aggregate) == sizeof(int), "aggregate stored a
 
 static const char *const blend_names[] = {"constant", "gaussian", NULL};
 static const char *const decision_names[] = {"argmax", "threshold", NULL};
-static const char *const input_kind_names[] = {"volume", "image", NULL};
+static const char *const input_kind_names[] = {"volume", "image", "slices", NULL};
 static const char *const output_kind_names[] = {"segmentation", "classification", "embedding",
                                                 NULL};
 static const char *const activation_names[] = {"softmax", "sigmoid", "none", NULL};
@@ -121,7 +121,9 @@ static const struct schema_field input_fields[] = {
     {.key = "from", .type = T_STR, .off = MAN_OFF(from),
      .doc = "a head: the model (output.kind embedding) whose features it reads"},
     {.key = "kind", .type = T_ENUM, .def_int = CONFIG_INPUT_VOLUME, .names = input_kind_names,
-     .off = MAN_OFF(input_kind), .doc = "volume (the series in 3-D) or image (each 2-D image)"},
+     .off = MAN_OFF(input_kind),
+     .doc = "volume (the series in 3-D), image (each 2-D image) or slices (each slice with "
+            "its neighbours)"},
     {.key = "size", .type = T_INTS, .count = 2, .min = 1, .max = 4096, .off = MAN_OFF(size),
      .doc = "[rows, columns] of the model's image input (kind image)"},
     {.key = "channels", .type = T_INT, .def_int = 1, .min = 1, .max = 3,
@@ -135,7 +137,10 @@ static const struct schema_field input_fields[] = {
      .off = MAN_OFF(std), .off_n = MAN_OFF(n_std),
      .doc = "then divided by, per channel (kind image)"},
     {.key = "batch", .type = T_INT, .def_int = 1, .min = 1, .max = 1024, .off = MAN_OFF(batch),
-     .doc = "images per model run (kind image)"},
+     .doc = "images or slices per model run (kind image or slices)"},
+    {.key = "context", .type = T_INT, .def_int = 0, .min = 0, .max = 16,
+     .off = MAN_OFF(context),
+     .doc = "neighbouring slices on each side given as extra channels (kind slices)"},
     {.key = "min_slices", .type = T_INT, .def_int = 1, .min = 1, .max = 100000,
      .off = MAN_OFF(min_slices), .doc = "fewer slices are refused"},
     {.key = "max_voxels", .type = T_INT, .def_int = 0, .min = 0, .max = 2147483647,
@@ -409,11 +414,24 @@ static void check_input(struct schema_ctx *c, const struct schema_parsed *p, voi
     if (!given(p, "modality"))
         schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'modality'",
                       p->sect);
+    if (m->input_kind == CONFIG_INPUT_SLICES) {
+        /* Slices are the series' own pixels, prepared by preprocess. */
+        static const char *const image_only[] = {"size", "channels", "window", "mean", "std",
+                                                 NULL};
+        refuse_keys(c, p, image_only, "kind image");
+        return;
+    }
     if (m->input_kind != CONFIG_INPUT_IMAGE) {
         static const char *const image_only[] = {"size", "channels", "window", "mean", "std",
                                                  "batch", NULL};
         refuse_keys(c, p, image_only, "kind image");
+        static const char *const slices_only[] = {"context", NULL};
+        refuse_keys(c, p, slices_only, "kind slices");
         return;
+    }
+    {
+        static const char *const slices_only[] = {"context", NULL};
+        refuse_keys(c, p, slices_only, "kind slices");
     }
     if (!given(p, "size"))
         schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'size' (kind image)",
@@ -571,13 +589,28 @@ static void check_kinds(struct schema_ctx *c, const struct ynode *root,
                           output_kind_names[m->output_kind]);
         return;
     }
+    if (m->input_kind == CONFIG_INPUT_SLICES) {
+        if (inference)
+            schema_report(c, inference->line, inference->col,
+                          "inference: only for input.kind volume (slices are run whole)");
+        const struct ynode *spacing = ynode_get(ynode_get(root, "preprocess"), "spacing");
+        if (m->has_spacing)
+            schema_report(c, spacing->line, spacing->col,
+                          "preprocess.spacing: input.kind slices runs on the series' own grid "
+                          "(none)");
+        if (m->output_kind == CONFIG_OUTPUT_EMBEDDING)
+            schema_report(c, at->line, at->col,
+                          "output.kind: embedding needs input.kind image");
+        return;
+    }
     if (m->input_kind == CONFIG_INPUT_VOLUME) {
         if (!inference)
             schema_report(c, root->line, root->col,
                           "missing required key 'inference' (input.kind volume)");
         if (m->output_kind != CONFIG_OUTPUT_SEGMENTATION)
             schema_report(c, at->line, at->col,
-                          "output.kind: %s needs input.kind image; a volume gives segmentations",
+                          "output.kind: %s needs input.kind image or slices; a volume gives "
+                          "segmentations",
                           output_kind_names[m->output_kind]);
         return;
     }

@@ -226,6 +226,20 @@ INFER_API int infer_sliding_window(struct infer_model *m, const struct infer_vol
                                    const struct infer_window *w, uint8_t *labels, char *err,
                                    size_t errlen);
 
+/*
+ * Runs M over VOL slice by slice (2-D and 2.5-D models): BATCH slices per
+ * forward, each with CONTEXT neighbours on each side as extra channels
+ * (beyond the volume's ends its end slices stand in): model input
+ * B x (2 CONTEXT + 1) x Y x X. With LABELS (nz*ny*nx, caller-allocated)
+ * the output must be B x CHANNELS x Y x X, decided per pixel as W says
+ * (argmax or threshold); with SCORES instead (nz*CHANNELS) it must be
+ * B x CHANNELS, one row per slice, copied as given. W's patch, margin,
+ * overlap and blend are not used; its progress is called per batch.
+ */
+INFER_API int infer_slices(struct infer_model *m, const struct infer_volume *vol, int batch,
+                           int context, const struct infer_window *w, uint8_t *labels,
+                           float *scores, char *err, size_t errlen);
+
 /* ---------------------------------------------------------------------
  * Pictures: 2-D images for models that read them whole
  */

@@ -223,3 +223,89 @@ done:
     free(wsum);
     return rc;
 }
+
+int infer_slices(struct infer_model *m, const struct infer_volume *vol, int batch, int context,
+                 const struct infer_window *w, uint8_t *labels, float *scores, char *err,
+                 size_t errlen)
+{
+    const struct infer_grid *g = &vol->grid;
+    if (batch < 1 || context < 0 || (!labels) == (!scores))
+        return error_set(err, errlen, INFER_EINVAL, "invalid slice batch, context or outputs");
+    if (w->channels < 1 || w->channels > 255)
+        return error_set(err, errlen, INFER_EINVAL, "invalid channels");
+    if (labels && w->decision == INFER_ARGMAX && w->channels < 2)
+        return error_set(err, errlen, INFER_EINVAL, "argmax needs at least two channels");
+    if (g->nx < 1 || g->ny < 1 || g->nz < 1 || !vol->data)
+        return error_set(err, errlen, INFER_EINVAL, "empty volume");
+    const int C = w->channels, depth = 2 * context + 1;
+    if (batch > g->nz)
+        batch = g->nz;
+    /* The batch in (depth planes per slice) and out (C planes per slice
+     * for labels, C numbers for scores), checked against the budget first. */
+    size_t plane, in_vox, out_vox, need;
+    size_t max_voxels = w->max_voxels ? w->max_voxels : INFER_DEFAULT_MAX_VOXELS;
+    if (!size_mul_ok((size_t)g->nx, (size_t)g->ny, &plane) ||
+        !size_mul3_ok((size_t)batch, (size_t)depth, plane, &in_vox) ||
+        !size_mul3_ok((size_t)batch, (size_t)C, labels ? plane : 1, &out_vox) ||
+        !size_add_ok(in_vox, out_vox, &need) || need > max_voxels)
+        return error_set(err, errlen, INFER_ELIMIT,
+                         "a batch of %d slices of %dx%d with %d channels in and %d out is over "
+                         "the limit of %zu voxels",
+                         batch, g->nx, g->ny, depth, C, max_voxels);
+    float *input = malloc(in_vox * sizeof *input);
+    float *output = malloc(out_vox * sizeof *output);
+    int rc = INFER_ENOMEM;
+    if (!input || !output)
+        goto done;
+    for (int k0 = 0; k0 < g->nz; k0 += batch) {
+        int b = g->nz - k0 < batch ? g->nz - k0 : batch;
+        /* Slice k with its neighbours k-context..k+context as channels;
+         * beyond the volume's ends its end slices stand in. */
+        for (int i = 0; i < b; i++)
+            for (int d = 0; d < depth; d++) {
+                int z = k0 + i - context + d;
+                z = z < 0 ? 0 : z >= g->nz ? g->nz - 1 : z;
+                memcpy(input + ((size_t)i * depth + (size_t)d) * plane,
+                       vol->data + (size_t)z * plane, plane * sizeof *input);
+            }
+        int64_t shape[4] = {b, depth, g->ny, g->nx}, oshape[8];
+        int ond = 0;
+        rc = infer_model_run_into(m, input, shape, 4, output, out_vox, oshape, &ond, err, errlen);
+        if (rc != INFER_OK)
+            goto done;
+        int ok = labels ? ond == 4 && oshape[0] == b && oshape[1] == C && oshape[2] == g->ny &&
+                              oshape[3] == g->nx
+                        : ond == 2 && oshape[0] == b && oshape[1] == C;
+        if (!ok && labels) {
+            rc = error_set(err, errlen, INFER_EMODEL,
+                           "the model's output is not %d x %d x %d x %d (slices x channels x "
+                           "rows x columns)", b, C, g->ny, g->nx);
+            goto done;
+        }
+        if (!ok) {
+            rc = error_set(err, errlen, INFER_EMODEL,
+                           "the model's output is not %d x %d (slices x channels)", b, C);
+            goto done;
+        }
+        for (int i = 0; i < b; i++) {
+            if (scores) {
+                memcpy(scores + (size_t)(k0 + i) * C, output + (size_t)i * C,
+                       (size_t)C * sizeof *scores);
+                continue;
+            }
+            const float *o = output + (size_t)i * C * plane;
+            uint8_t *l = labels + (size_t)(k0 + i) * plane;
+            for (size_t p = 0; p < plane; p++)
+                l[p] = decide(o + p, plane, C, 1.0f, w);
+        }
+        if (w->progress && w->progress(w->progress_ud, k0 + b, g->nz)) {
+            rc = INFER_ECANCELLED;
+            goto done;
+        }
+    }
+    rc = INFER_OK;
+done:
+    free(input);
+    free(output);
+    return rc;
+}

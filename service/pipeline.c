@@ -230,6 +230,37 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     double t3 = seconds_now();
     t->preprocess = t3 - t2;
 
+    if (mf->input_kind == CONFIG_INPUT_SLICES && mf->output_kind == CONFIG_OUTPUT_CLASSIFICATION) {
+        /* A score row per slice; the slices are the series' own. */
+        size_t n = (size_t)vol.grid.nz, cells;
+        float *scores = NULL;
+        if (!size_mul_ok(n, (size_t)mf->channels, &cells) ||
+            !(scores = malloc(cells * sizeof *scores))) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+        struct infer_window sw = {.channels = mf->channels, .progress = progress,
+                                  .progress_ud = progress_ud, .max_voxels = JOB_MAX_VOXELS};
+        CRASH_POINT("inference.model");
+        int src_rc = infer_slices(model, &vol, mf->batch, mf->context, &sw, NULL, scores, err,
+                                  errlen);
+        t->model = seconds_now() - t3;
+        if (src_rc == INFER_OK &&
+            pipeline_take_scores(mf, scores, n, out, err, errlen) == 0) {
+            out->source = vol.source;
+            out->frame = vol.frame;
+            vol.source = vol.frame = NULL;
+            out->sources = src;
+            src = NULL;
+            rc = 0;
+        } else {
+            rc = src_rc == INFER_ECANCELLED ? PIPELINE_ECANCELLED : PIPELINE_EFAILED;
+            pipeline_output_free(out);
+        }
+        free(scores);
+        goto out;
+    }
+
     size_t model_vox = (size_t)input->grid.nx * input->grid.ny * input->grid.nz;
     size_t src_vox = (size_t)vol.grid.nx * vol.grid.ny * vol.grid.nz;
     if (!(model_labels = malloc(model_vox))) {
@@ -249,7 +280,10 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         .max_voxels = JOB_MAX_VOXELS,
     };
     CRASH_POINT("inference.model"); /* the volume ready, the model about to run */
-    int irc = infer_sliding_window(model, input, &win, model_labels, err, errlen);
+    int irc = mf->input_kind == CONFIG_INPUT_SLICES
+                  ? infer_slices(model, input, mf->batch, mf->context, &win, model_labels, NULL,
+                                 err, errlen)
+                  : infer_sliding_window(model, input, &win, model_labels, err, errlen);
     if (irc != INFER_OK) {
         rc = irc == INFER_ECANCELLED ? PIPELINE_ECANCELLED : PIPELINE_EFAILED;
         goto out;

@@ -75,6 +75,13 @@ int pipeline_run_head(const struct config_model *head, struct infer_model *model
                       const struct pipeline_output *encoded, struct pipeline_output *out,
                       struct pipeline_timing *t, char *err, size_t errlen);
 
+/* A classification's scores, one row of output.channels per image or
+ * slice (N rows): made probabilities (in place) as MF's activation says,
+ * then OUT's per-image and per-series probabilities. PIPELINE_EFAILED with
+ * the reason in ERR when a score is not one. */
+int pipeline_take_scores(const struct config_manifest *mf, float *scores, size_t n,
+                         struct pipeline_output *out, char *err, size_t errlen);
+
 /* pipeline_run for a model whose input.kind is image (pipeline_image.c):
  * every frame of every file rendered as displayed, letterboxed and
  * normalised, run in batches; the output's probabilities filled. */

@@ -347,3 +347,25 @@ out:
     free(b.output);
     return rc;
 }
+
+int pipeline_take_scores(const struct config_manifest *mf, float *scores, size_t n,
+                         struct pipeline_output *out, char *err, size_t errlen)
+{
+    out->n_images = n;
+    if (output_arrays(mf, out) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return PIPELINE_EFAILED;
+    }
+    for (size_t i = 0; i < n; i++) {
+        float *row = scores + i * (size_t)mf->channels;
+        if (activate(mf->activation, row, mf->channels) != 0) {
+            snprintf(err, errlen, "the model's scores for slice %zu are not %s", i + 1,
+                     mf->activation == CONFIG_ACTIVATION_NONE ? "probabilities (0..1)"
+                                                              : "finite numbers");
+            return PIPELINE_EFAILED;
+        }
+    }
+    memcpy(out->image_probability, scores, n * (size_t)mf->channels * sizeof *scores);
+    aggregate(mf, out);
+    return 0;
+}

@@ -1791,8 +1791,8 @@ static void test_image_and_classification_keys_are_checked_with_positions(void *
     load_fails(p, &cap);
     expect_count(&cap, 1);
     expect_line(&cap, 0, mp,
-                "8:9: output.kind: classification needs input.kind image; a volume gives "
-                "segmentations");
+                "8:9: output.kind: classification needs input.kind image or slices; a volume "
+                "gives segmentations");
     capture_free(&cap);
 
     p = model_config("image_with_patches",
@@ -2023,6 +2023,47 @@ static void test_accept_problems_are_reported_at_their_place(void **state)
     expect_line(&cap, 9, mp,
                 "15:11: input.accept.rows: min (512) must not be greater than max (256)");
     expect_line(&cap, 10, mp, "9:15: input.accept.modality: must include input.modality (CT)");
+    capture_free(&cap);
+}
+
+static void test_slice_models_keep_to_the_series_own_grid(void **state)
+{
+    (void)state;
+    const char *mp;
+    struct config *cfg = load_ok(model_config("slices",
+        ALGORITHM_SECTION
+        "input: {modality: CT, kind: slices, batch: 8, context: 2}\n"
+        "preprocess: {clip: [-1000, 1000]}\n"
+        "output: {channels: 2, labels: {1: " LABEL_BODY "}}\n", &mp));
+    const struct config_manifest *m = &cfg->models[0].manifest;
+    assert_int_equal(m->input_kind, CONFIG_INPUT_SLICES);
+    assert_int_equal(m->batch, 8);
+    assert_int_equal(m->context, 2);
+    config_unref(cfg);
+
+    struct capture cap = {0};
+    const char *p = model_config("bad_slices",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: CT, kind: slices, size: [8, 8], context: 17}\n"    /* 5 */
+        "preprocess: {spacing: [1, 1, 1]}\n"                                  /* 6 */
+        "inference: {patch: [8, 8, 8]}\n"                                     /* 7 */
+        "output: {channels: 2, labels: {1: " LABEL_BODY "}}\n", &mp);         /* 8 */
+    load_fails(p, &cap);
+    expect_count(&cap, 4);
+    expect_line(&cap, 0, mp, "5:60: input.context: 17 is out of range 0..16");
+    expect_line(&cap, 1, mp, "5:43: input.size: only for kind image");
+    expect_line(&cap, 2, mp, "7:12: inference: only for input.kind volume (slices are run whole)");
+    expect_line(&cap, 3, mp, "6:23: preprocess.spacing: input.kind slices runs on the series' "
+                             "own grid (none)");
+    capture_free(&cap);
+
+    p = model_config("image_with_context",
+        ALGORITHM_SECTION
+        "input: {modality: DX, kind: image, size: [8, 8], context: 1}\n"
+        "output: {kind: classification, channels: 1, classes: {1: " CLASS_BODY "}}\n", &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "5:59: input.context: only for kind slices");
     capture_free(&cap);
 }
 
@@ -2623,6 +2664,7 @@ int main(void)
         cmocka_unit_test(test_an_image_classifier_manifest_is_read_with_its_classes),
         cmocka_unit_test(test_image_and_classification_keys_are_checked_with_positions),
         cmocka_unit_test(test_heads_read_the_features_of_an_encoder_of_the_same_file),
+        cmocka_unit_test(test_slice_models_keep_to_the_series_own_grid),
         cmocka_unit_test(test_accept_intended_use_and_identity_load_with_their_values),
         cmocka_unit_test(test_accept_problems_are_reported_at_their_place),
         cmocka_unit_test(test_label_numbers_are_checked_against_channels),
