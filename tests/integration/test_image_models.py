@@ -26,7 +26,7 @@ from test_receiver import NodeTestCase  # noqa: E402
 from test_results import dciodvfy_errors  # noqa: E402
 
 import pydicom  # noqa: E402
-from pydicom.pixel_data_handlers.util import convert_color_space  # noqa: E402
+from pydicom.pixel_data_handlers.util import apply_color_lut, convert_color_space  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
 PYDICOM_FILES = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
@@ -128,6 +128,9 @@ def rendered(path, channels, manifest_window=None):
     a = ds.pixel_array
     frames = int(ds.get("NumberOfFrames", 1))
     rows, cols = ds.Rows, ds.Columns
+    if ds.PhotometricInterpretation == "PALETTE COLOR":
+        rgb = apply_color_lut(a, ds).reshape(frames, rows, cols, 3).astype(np.float64) / 65535
+        return rgb.transpose(0, 3, 1, 2)
     if ds.SamplesPerPixel == 3:
         if ds.PhotometricInterpretation.startswith("YBR"):
             a = convert_color_space(a, "YBR_FULL", "RGB")
@@ -276,6 +279,30 @@ def head_manifest(encoder, classes, activation):
     return "\n".join(lines) + "\n"
 
 
+def palette_image(workdir):
+    """A palette colour picture (8-bit indices into 16-bit red, green and
+    blue tables), made from a grey radiograph's pixels."""
+    ds = pydicom.dcmread(radiographs(workdir)[0])
+    idx = (ds.pixel_array.astype(np.float64) / 4000 * 255).round().astype(np.uint8)
+    ramp = np.arange(256, dtype=np.uint16)
+    # Entries that are multiples of 257 show as exactly v / 255 in 8 bits.
+    tables = {"Red": ramp * 257, "Green": (255 - ramp) * 257,
+              "Blue": ((ramp * 3) % 256).astype(np.uint16) * 257}
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    for key in ("WindowCenter", "WindowWidth"):
+        delattr(ds, key)
+    for i, table in enumerate(tables.values()):
+        ds.add_new(0x00281101 + i, "US", [256, 0, 16])     # descriptor: US, not SS
+        ds.add_new(0x00281201 + i, "OW", table.astype("<u2").tobytes())
+    ds.PixelData = idx.tobytes()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.Modality = "OT"
+    p = os.path.join(workdir, "palette.dcm")
+    ds.save_as(p)
+    return p
+
+
 class ImageModelTest(NodeTestCase):
     def node_for(self, pacs_port, modality, manifest):
         mpath = os.path.join(self.workdir, "classifier.yaml")
@@ -387,6 +414,16 @@ class ImageModelTest(NodeTestCase):
                     for s in sr.CurrentRequestedProcedureEvidenceSequence
                     for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
         self.assertEqual(evidence, {u for u, _ in expected})
+
+    def test_a_palette_colour_image_is_shown_in_its_colours(self):
+        files = one_series([palette_image(self.workdir)], os.path.join(self.workdir, "in"))
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
+        picture = rendered(files[0], 3)[0]
+        # The tables make the channels differ: a grey rendering would not.
+        self.assertGreater(abs(picture[0].mean() - picture[2].mean()), 0.05)
+        expected = {(uid, 0): sigmoid(scores(letterboxed(picture, (24, 64))))}
+        manifest = manifest_text("OT", (24, 64), 3)
+        self.classify(files, "OT", manifest, expected)
 
     def test_grey_radiographs_are_windowed_and_monochrome1_is_inverted(self):
         files = one_series(radiographs(self.workdir), os.path.join(self.workdir, "in"))
