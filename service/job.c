@@ -278,6 +278,29 @@ static struct dicom_result result_of(const struct config_model *cm, const struct
     };
 }
 
+/* Writes the SR of DR (referencing SEG, NULL for a classification)
+ * durably under DATA_DIR/results; RES and T get its path and seconds. */
+static int write_sr(struct storage *store, const struct storage_job *job,
+                    const struct dicom_result *dr, const struct dicom_written *seg,
+                    struct job_results *res, struct pipeline_timing *t, char *err,
+                    size_t errlen)
+{
+    char name[64], tmp[4096];
+    int64_t t0 = clock_now_ms();
+    if (storage_result_name(job->id, STORAGE_RESULT_SR, name, sizeof name) != STORAGE_OK ||
+        storage_result_temp(store, name, tmp, sizeof tmp) != STORAGE_OK ||
+        dicom_write_sr(dr, seg, tmp, &res->sr, err, errlen) != DICOM_OK ||
+        storage_adopt_result(store, tmp, name, res->sr_path, sizeof res->sr_path, err,
+                             errlen) != STORAGE_OK) {
+        if (!err[0])
+            error_set(err, errlen, -1, "cannot write the measurement report");
+        return -1;
+    }
+    CRASH_POINT("results.sr_written");
+    t->sr = seconds_since(t0);
+    return 0;
+}
+
 /* Writes a classification's SR durably under DATA_DIR/results: its
  * findings, no SEG. */
 static int write_findings(struct storage *store, const struct config_model *cm,
@@ -298,26 +321,12 @@ static int write_findings(struct storage *store, const struct config_model *cm,
             .present = pipeline_class_present(mf, out, i),
         };
     }
-    char description[65], name[64], tmp[4096];
+    char description[65];
     struct dicom_result dr = result_of(cm, out, description);
     dr.nz = (int)out->n_images;
     dr.findings = findings;
     dr.n_findings = mf->n_classes;
-    int rc = -1;
-    int64_t t0 = clock_now_ms();
-    if (storage_result_name(job->id, STORAGE_RESULT_SR, name, sizeof name) != STORAGE_OK ||
-        storage_result_temp(store, name, tmp, sizeof tmp) != STORAGE_OK ||
-        dicom_write_sr(&dr, NULL, tmp, &res->sr, err, errlen) != DICOM_OK ||
-        storage_adopt_result(store, tmp, name, res->sr_path, sizeof res->sr_path, err,
-                             errlen) != STORAGE_OK) {
-        if (!err[0])
-            error_set(err, errlen, -1, "cannot write the measurement report");
-        goto out;
-    }
-    CRASH_POINT("results.sr_written");
-    t->sr = seconds_since(t0);
-    rc = 0;
-out:
+    int rc = write_sr(store, job, &dr, NULL, res, t, err, errlen);
     free(findings);
     return rc;
 }
@@ -378,19 +387,7 @@ static int write_dicom_results(struct storage *store, const struct config_model 
     }
     CRASH_POINT("results.seg_written"); /* a SEG on disk that nothing refers to */
     t->seg = seconds_since(t0);
-    t0 = clock_now_ms();
-    if (storage_result_name(job->id, STORAGE_RESULT_SR, name, sizeof name) != STORAGE_OK ||
-        storage_result_temp(store, name, tmp, sizeof tmp) != STORAGE_OK ||
-        dicom_write_sr(&dr, &res->seg, tmp, &res->sr, err, errlen) != DICOM_OK ||
-        storage_adopt_result(store, tmp, name, res->sr_path, sizeof res->sr_path, err,
-                             errlen) != STORAGE_OK) {
-        if (!err[0])
-            error_set(err, errlen, -1, "cannot write the measurement report");
-        goto out;
-    }
-    CRASH_POINT("results.sr_written");
-    t->sr = seconds_since(t0);
-    rc = 0;
+    rc = write_sr(store, job, &dr, &res->seg, res, t, err, errlen);
 out:
     free(segs);
     return rc;
