@@ -193,6 +193,10 @@ struct config_manifest {
     int series_number;             /* output.series_number (the SEG's; the SR's is +1) */
 };
 
+/* The number format a model runs in (inference.h's enum infer_precision,
+ * same values). fp16 and bf16 need a CUDA device. */
+enum config_precision { CONFIG_PRECISION_FP32 = 0, CONFIG_PRECISION_FP16, CONFIG_PRECISION_BF16 };
+
 struct config_model {
     char *name;
     char *file;                    /* absolute path of the TorchScript file */
@@ -200,6 +204,7 @@ struct config_model {
     char *device;                  /* "cpu", "cuda" or "cuda:N" */
     int threads;                   /* intra-op threads per worker, 1..256 */
     int workers;                   /* worker threads, 1..64 */
+    enum config_precision precision; /* fp32 (default), fp16 or bf16 (CUDA only) */
     struct config_manifest manifest;
     /* The voxels one job of this model may hold: node.max_job_memory_mb,
      * lowered by the manifest's input.max_voxels. Set by config_load. */

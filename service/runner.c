@@ -34,6 +34,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+/* The configuration's precision is handed to inference as it is. */
+_Static_assert(CONFIG_PRECISION_FP32 == (int)INFER_FP32 &&
+                   CONFIG_PRECISION_FP16 == (int)INFER_FP16 &&
+                   CONFIG_PRECISION_BF16 == (int)INFER_BF16,
+               "config_precision and infer_precision differ");
+
 #define IDLE_WAIT_MS 1000         /* a worker rechecks the queue at least this often */
 
 struct worker {
@@ -86,14 +92,15 @@ static void *worker_main(void *arg)
     struct infer_model *model = NULL;
     if (cm) {
         infer_set_threads(cm->threads);
-        if (infer_model_load(cm->file, cm->device, &model, err, sizeof err) != INFER_OK)
+        if (infer_model_load_ex(cm->file, cm->device, (enum infer_precision)cm->precision,
+                                &model, err, sizeof err) != INFER_OK)
             log_msg(LOG_ERROR, "model %s cannot be loaded: %s", cm->name, err);
     }
 
     uint64_t seen = 0;
     while (cm && !waiter_stopping(&r->waiter) && !atomic_load(&w->retire)) {
         /* A reloaded configuration applies from the next job on: its
-         * manifest at once, a changed file, device or thread count after
+         * manifest at once, a changed file, device, precision or thread count after
          * loading the model again. */
         struct config *now = current_config(r);
         if (now != held) {
@@ -103,12 +110,13 @@ static void *worker_main(void *arg)
                 break;
             }
             if (strcmp(now_cm->file, cm->file) || strcmp(now_cm->device, cm->device) ||
-                now_cm->threads != cm->threads) {
+                now_cm->threads != cm->threads || now_cm->precision != cm->precision) {
                 infer_model_free(model);
                 model = NULL;
                 infer_set_threads(now_cm->threads);
-                if (infer_model_load(now_cm->file, now_cm->device, &model, err, sizeof err) !=
-                    INFER_OK)
+                if (infer_model_load_ex(now_cm->file, now_cm->device,
+                                        (enum infer_precision)now_cm->precision, &model, err,
+                                        sizeof err) != INFER_OK)
                     log_msg(LOG_ERROR, "model %s cannot be loaded: %s", now_cm->name, err);
             }
             config_unref(held);
