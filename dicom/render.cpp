@@ -68,8 +68,8 @@ bool first_double(DcmDataset *ds, const DcmTagKey &key, double *out)
 // One frame of native little endian values (T: uint8_t or uint16_t) into
 // O: y = v * A + B clamped to 0..1, or 1 - y with INVERT, where v is the
 // value in the STORED low bits, two's complement when SIGN (its top bit) is
-// not 0. Straight-line code, vectorised (at -O2 GCC would not): about
-// 8 pixels per instruction instead of one.
+// not 0. Straight-line code, vectorised (at -O2 GCC would not): four
+// pixels per instruction with SSE instead of one.
 template <typename T, bool INVERT>
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
@@ -158,7 +158,7 @@ bool render_grey_direct(DcmDataset *ds, E_TransferSyntax xfer, const dicom_image
     const float a = static_cast<float>(slope / (width - 1));
     const float b = static_cast<float>((intercept - (center - 0.5)) / (width - 1) + 0.5);
     const bool invert = pi == "MONOCHROME1";
-    const uint32_t mask = stored >= 32 ? 0xFFFFFFFFu : (1u << stored) - 1;
+    const uint32_t mask = (1u << stored) - 1; /* stored <= 16 */
     const int32_t sign = rep ? static_cast<int32_t>(1u << (stored - 1)) : 0;
     const int channels = r->channels;
     for (int f = 0; f < img->frames; f++) {
