@@ -221,6 +221,10 @@ struct config_manifest {
     char sha256[65];               /* of the manifest file as read, lower-case hex */
 };
 
+/* The number format a model runs in (inference.h's enum infer_precision,
+ * same values). fp16 and bf16 need a CUDA device. */
+enum config_precision { CONFIG_PRECISION_FP32 = 0, CONFIG_PRECISION_FP16, CONFIG_PRECISION_BF16 };
+
 struct config_model {
     char *name;
     char *file;                    /* absolute path of the TorchScript file */
@@ -228,6 +232,7 @@ struct config_model {
     char *device;                  /* "cpu", "cuda" or "cuda:N" */
     int threads;                   /* intra-op threads per worker, 1..256 */
     int workers;                   /* worker threads, 1..64 */
+    enum config_precision precision; /* fp32 (default), fp16 or bf16 (CUDA only) */
     struct config_manifest manifest;
     char sha256[65];               /* of the model file when loaded, lower-case hex; "" unread */
     /* The voxels one job of this model may hold: node.max_job_memory_mb,

@@ -7,15 +7,18 @@
 #include "common/limits.h"
 
 #include <stddef.h>
+#include <string.h>
 
 _Static_assert(sizeof(enum log_level) == sizeof(int), "log level stored as int");
 _Static_assert(sizeof(enum config_on_max_wait) == sizeof(int), "on_max_wait stored as int");
 _Static_assert(sizeof(enum config_conflicts) == sizeof(int), "conflicts stored as int");
 _Static_assert(sizeof(enum plan_priority) == sizeof(int), "priority stored as int");
+_Static_assert(sizeof(enum config_precision) == sizeof(int), "precision stored as int");
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const on_max_wait_names[] = {"process", "discard", NULL};
 static const char *const conflicts_names[] = {"refuse", "quarantine", NULL};
+static const char *const precision_names[] = {"fp32", "fp16", "bf16", NULL};
 
 /* ---- TLS (node.tls, destinations.NAME.tls; checked in tls.c) ---- */
 
@@ -175,7 +178,27 @@ static const struct schema_field model_fields[] = {
      .off = MODEL_OFF(threads), .doc = "intra-op threads per worker"},
     {.key = "workers", .type = T_INT, .def_int = 1, .min = 1, .max = 64,
      .off = MODEL_OFF(workers), .doc = "worker threads running this model"},
+    {.key = "precision", .type = T_ENUM, .def_int = CONFIG_PRECISION_FP32,
+     .names = precision_names, .off = MODEL_OFF(precision),
+     .doc = "number format the model runs in: fp32, or fp16 / bf16 on a CUDA device only "
+            "(weights converted at load, inputs on the device, outputs back as fp32)"},
 };
+
+/* models.NAME: the file and manifest (manifest.c), then the precision
+ * against the device: half formats run on CUDA only. */
+static void check_model(struct schema_ctx *c, const struct schema_parsed *p, void *base)
+{
+    config_check_model(c, p, base);
+    const struct config_model *m = base;
+    if (!schema_usable(p, "precision") || !schema_usable(p, "device") || !m->device ||
+        m->precision == CONFIG_PRECISION_FP32)
+        return; /* fp32, or a refused precision or device: nothing more to say */
+    if (strncmp(m->device, "cuda", 4) != 0) {
+        const struct ynode *v = schema_pos_of(p, "precision");
+        schema_report(c, v->line, v->col, "%s.precision: %s needs a CUDA device (device is %s)",
+                      p->sect, precision_names[m->precision], m->device);
+    }
+}
 
 
 static const struct schema_field completion_fields[] = {
@@ -200,7 +223,7 @@ const struct schema_field config_top_fields[] = {
      .off_n = TOP_OFF(n_destinations), .doc = "DICOM peers results and instances are sent to"},
     {.key = "models", .type = T_NAMED, SUB(model_fields), .noun = "model",
      .entry_size = sizeof(struct config_model), .name_off = offsetof(struct config_model, name),
-     .check = config_check_model, .release = config_release_model, .off = TOP_OFF(models),
+     .check = check_model, .release = config_release_model, .off = TOP_OFF(models),
      .off_n = TOP_OFF(n_models), .doc = "the models rules can run"},
     {.key = "rules", .type = T_CUSTOM, .parse = rules_parse_list, .release = rules_release_list,
      .type_doc = "list of rules", .off = TOP_OFF(rules), .off_n = TOP_OFF(n_rules),

@@ -74,6 +74,26 @@ INFER_API void infer_tensor_free(struct infer_tensor *t);
 INFER_API int infer_model_load(const char *path, const char *device, struct infer_model **out,
                                char *err, size_t errlen);
 
+/* The number format a model runs in. fp16 and bf16 need a CUDA device:
+ * the module's floating parameters and buffers are converted once at load,
+ * each input is copied to the device as float and converted there, and
+ * outputs come back to the host as float. */
+enum infer_precision {
+    INFER_FP32 = 0,
+    INFER_FP16 = 1,
+    INFER_BF16 = 2,
+};
+
+/* "fp32", "fp16", "bf16"; "?" for any other value. */
+INFER_API const char *infer_precision_name(enum infer_precision p);
+
+/* infer_model_load with a precision (infer_model_load is PRECISION
+ * INFER_FP32). fp16 or bf16 on the CPU is INFER_EDEVICE ("precision fp16
+ * needs a CUDA device (device is cpu)"), never a silent fp32 run. */
+INFER_API int infer_model_load_ex(const char *path, const char *device,
+                                  enum infer_precision precision, struct infer_model **out,
+                                  char *err, size_t errlen);
+
 /* Runs the model's forward on INPUT (SHAPE, NDIM dims; on the host) and
  * returns its first output, copied to the host as float, in OUT. Safe to
  * call from one thread at a time per model. */
@@ -81,7 +101,9 @@ INFER_API int infer_model_run(struct infer_model *m, const float *input, const i
                               int ndim, struct infer_tensor *out, char *err, size_t errlen);
 
 /* The same, into the caller's BUF of CAPACITY floats (reused from run to
- * run: no allocation per call). OUT_SHAPE (8 entries) and *OUT_NDIM get
+ * run). On the CPU in fp32 the model reads INPUT in place (no copy) and
+ * the output is copied once into BUF; on CUDA, INPUT goes to the device in
+ * one copy per call through a pinned host buffer the model keeps. OUT_SHAPE (8 entries) and *OUT_NDIM get
  * the output's shape; an output larger than CAPACITY is INFER_EMODEL. */
 INFER_API int infer_model_run_into(struct infer_model *m, const float *input,
                                    const int64_t *shape, int ndim, float *buf, size_t capacity,

@@ -27,7 +27,12 @@ extern "C" {
 struct infer_model {
     torch::jit::Module module;
     c10::Device device;
-    std::string spec; /* the device as the caller named it, for messages */
+    std::string spec;       /* the device as the caller named it, for messages */
+    c10::ScalarType dtype;  /* what the module's weights and inputs are: float, half, bfloat16 */
+    /* CUDA only: pinned host floats the input is staged in, grown to the
+     * largest input seen and reused, so that each run copies host to
+     * device once, by DMA. Undefined until the first CUDA run. */
+    at::Tensor staging;
 };
 
 namespace {
@@ -140,9 +145,46 @@ bool first_tensor(const c10::IValue &v, at::Tensor *out)
     return false;
 }
 
+c10::ScalarType dtype_of(enum infer_precision p)
+{
+    return p == INFER_FP16 ? c10::kHalf : p == INFER_BF16 ? c10::kBFloat16 : c10::kFloat;
+}
+
+/* X (float, on the host) on M's device in M's number format. On the CPU
+ * in fp32 that is X itself. On CUDA the floats are staged in pinned memory
+ * and copied asynchronously; the conversion to half or bfloat16 runs on
+ * the device. The stream is synchronised before the run returns (the
+ * output is copied back), so the staging buffer is free again by the next
+ * call. */
+at::Tensor to_model(struct infer_model *m, const at::Tensor &x)
+{
+    if (m->device.is_cpu())
+        return m->dtype == c10::kFloat ? x : x.to(m->dtype);
+    int64_t n = x.numel();
+    if (!m->staging.defined() || m->staging.numel() < n)
+        m->staging = at::empty({n}, at::TensorOptions().dtype(c10::kFloat).pinned_memory(true));
+    at::Tensor host = m->staging.narrow(0, 0, n).view(x.sizes());
+    host.copy_(x);
+    at::Tensor d = host.to(m->device, c10::kFloat, /*non_blocking=*/true);
+    return m->dtype == c10::kFloat ? d : d.to(m->dtype);
+}
+
 } // namespace
 
 extern "C" {
+
+INFER_API const char *infer_precision_name(enum infer_precision p)
+{
+    switch (p) {
+    case INFER_FP32:
+        return "fp32";
+    case INFER_FP16:
+        return "fp16";
+    case INFER_BF16:
+        return "bf16";
+    }
+    return "?";
+}
 
 INFER_API void infer_tensor_free(struct infer_tensor *t)
 {
@@ -174,6 +216,13 @@ INFER_API int infer_device_check(const char *device, char *err, size_t errlen)
 INFER_API int infer_model_load(const char *path, const char *device, struct infer_model **out,
                                char *err, size_t errlen)
 {
+    return infer_model_load_ex(path, device, INFER_FP32, out, err, errlen);
+}
+
+INFER_API int infer_model_load_ex(const char *path, const char *device,
+                                  enum infer_precision precision, struct infer_model **out,
+                                  char *err, size_t errlen)
+{
     if (!out)
         return error_set(err, errlen, INFER_EINVAL, "infer_model_load: no output pointer");
     *out = nullptr;
@@ -186,6 +235,14 @@ INFER_API int infer_model_load(const char *path, const char *device, struct infe
         int rc = parse_device(device, &dev, &why);
         if (rc != 0)
             return error_set(err, errlen, rc, "%s", why.c_str());
+        if (precision != INFER_FP32 && precision != INFER_FP16 && precision != INFER_BF16)
+            return error_set(err, errlen, INFER_EINVAL, "unknown precision %d (use fp32, fp16 "
+                             "or bf16)", static_cast<int>(precision));
+        /* Half formats on the CPU are slow or missing kernels: refused. */
+        if (precision != INFER_FP32 && !dev.is_cuda())
+            return error_set(err, errlen, INFER_EDEVICE,
+                             "precision %s needs a CUDA device (device is %s)",
+                             infer_precision_name(precision), device);
         /* libtorch's own message for an unreadable file lacks the reason. */
         std::FILE *f = std::fopen(path, "rb");
         if (!f)
@@ -194,7 +251,10 @@ INFER_API int infer_model_load(const char *path, const char *device, struct infe
         std::fclose(f);
         torch::jit::Module module = torch::jit::load(path, dev);
         module.eval();
-        *out = new infer_model{std::move(module), dev, device};
+        c10::ScalarType dtype = dtype_of(precision);
+        if (dtype != c10::kFloat)
+            module.to(dtype); /* floating parameters and buffers only */
+        *out = new infer_model{std::move(module), dev, device, dtype, at::Tensor()};
         return 0;
     } catch (const std::bad_alloc &) {
         return error_set(err, errlen, INFER_ENOMEM, "%sout of memory", where.c_str());
@@ -209,10 +269,13 @@ INFER_API int infer_model_load(const char *path, const char *device, struct infe
 
 namespace {
 
-/* Runs the forward and leaves its first output, on the host, contiguous,
- * as float, in *Y. Returns 0 or an INFER_E* code with ERR set. */
+/* Runs the forward on INPUT and copies its first output out as float:
+ * into BUF when it holds the output (at most CAPACITY floats; a larger
+ * output is left for the caller to report from *Y's shape), or, with BUF
+ * NULL, into a contiguous host tensor in *Y. Returns 0 or an INFER_E* code
+ * with ERR set. */
 int forward(struct infer_model *m, const float *input, const int64_t *shape, int ndim,
-            at::Tensor *y, char *err, size_t errlen)
+            at::Tensor *y, float *buf, size_t capacity, char *err, size_t errlen)
 {
     if (ndim < 1 || ndim > 8)
         return error_set(err, errlen, INFER_EINVAL,
@@ -232,19 +295,24 @@ int forward(struct infer_model *m, const float *input, const int64_t *shape, int
          * caller's (const) buffer without a copy. */
         at::Tensor x = torch::from_blob(const_cast<float *>(input), sizes,
                                         torch::TensorOptions().dtype(torch::kFloat));
-        if (m->device.type() != c10::kCPU)
-            x = x.to(m->device);
-        std::vector<c10::IValue> args{x};
+        std::vector<c10::IValue> args{to_model(m, x)};
         c10::IValue result = m->module.forward(args);
         if (!first_tensor(result, y))
             return error_set(err, errlen, INFER_EMODEL,
                              "model output is not a tensor (nor a tuple or list starting "
                              "with one), got %s", result.tagKind().c_str());
-        *y = y->to(c10::kCPU, c10::kFloat).contiguous();
         if (y->dim() > 8)
             return error_set(err, errlen, INFER_EMODEL,
                              "model output has %lld dimensions, at most 8 are supported",
                              static_cast<long long>(y->dim()));
+        if (!buf) {
+            *y = y->to(c10::kCPU, c10::kFloat).contiguous();
+        } else if (static_cast<size_t>(y->numel()) <= capacity) {
+            /* Straight into the caller's buffer: one copy from the device
+             * (or from the CPU output), converted to float on the way. */
+            torch::from_blob(buf, y->sizes(), torch::TensorOptions().dtype(torch::kFloat))
+                .copy_(*y);
+        }
         return 0;
     } catch (const std::bad_alloc &) {
         return error_set(err, errlen, INFER_ENOMEM, "model run on %s: out of memory",
@@ -275,7 +343,7 @@ INFER_API int infer_model_run(struct infer_model *m, const float *input, const i
     out->data = nullptr;
     out->ndim = 0;
     at::Tensor y;
-    int rc = forward(m, input, shape, ndim, &y, err, errlen);
+    int rc = forward(m, input, shape, ndim, &y, nullptr, 0, err, errlen);
     if (rc != 0)
         return rc;
     size_t n = static_cast<size_t>(y.numel()), bytes;
@@ -303,7 +371,7 @@ INFER_API int infer_model_run_into(struct infer_model *m, const float *input,
         return error_set(err, errlen, INFER_EINVAL, "infer_model_run_into: null argument");
     *out_ndim = 0;
     at::Tensor y;
-    int rc = forward(m, input, shape, ndim, &y, err, errlen);
+    int rc = forward(m, input, shape, ndim, &y, buf, capacity, err, errlen);
     if (rc != 0)
         return rc;
     size_t n = static_cast<size_t>(y.numel());
@@ -314,8 +382,6 @@ INFER_API int infer_model_run_into(struct infer_model *m, const float *input,
         return error_set(err, errlen, INFER_EMODEL,
                          "the model returned %zu values where at most %zu were expected", n,
                          capacity);
-    if (n)
-        std::memcpy(buf, y.data_ptr<float>(), n * sizeof(float));
     return 0;
 }
 

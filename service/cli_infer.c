@@ -91,7 +91,8 @@ int cli_infer(const struct config *cfg, const char *model_name, char *const *arg
     struct infer_model *model = NULL;
     pipeline_tune_allocator();
     infer_set_threads(cm->threads);
-    if (infer_model_load(cm->file, cm->device, &model, err, sizeof err) != INFER_OK) {
+    if (infer_model_load_ex(cm->file, cm->device, (enum infer_precision)cm->precision, &model,
+                            err, sizeof err) != INFER_OK) {
         fprintf(stderr, "ainode: model %s: %s\n", cm->name, err);
         goto out;
     }

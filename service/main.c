@@ -5,6 +5,7 @@
 #include "service/cli_audit.h"
 #include "common/clock.h"
 #include "service/node.h"
+#include "service/runner.h"
 
 #include <getopt.h>
 #include <limits.h>
@@ -203,7 +204,12 @@ int main(int argc, char **argv)
         return 1;
     }
     int rc = 0;
-    if (!strcmp(cmd, "check-config"))
+    char why[512];
+    if (!strcmp(cmd, "check-config") && runner_check_devices(cfg, why, sizeof why) != 0) {
+        /* What serve would refuse at start: a device this process cannot use. */
+        fprintf(stderr, "%s: %s\n%s: 1 problem found\n", config_path, why, config_path);
+        rc = 1;
+    } else if (!strcmp(cmd, "check-config"))
         printf("%s: OK\n", config_path);
     else if (!strcmp(cmd, "serve"))
         rc = node_run(cfg);

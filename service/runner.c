@@ -34,6 +34,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+/* The configuration's precision is handed to inference as it is. */
+_Static_assert(CONFIG_PRECISION_FP32 == (int)INFER_FP32 &&
+                   CONFIG_PRECISION_FP16 == (int)INFER_FP16 &&
+                   CONFIG_PRECISION_BF16 == (int)INFER_BF16,
+               "config_precision and infer_precision differ");
+
 #define IDLE_WAIT_MS 1000         /* a worker rechecks the queue at least this often */
 
 struct worker {
@@ -124,7 +130,9 @@ static void heads_load(struct heads *hs, const struct config *cfg,
         struct job_head *h = &hs->h[hs->n];
         char err[512] = "";
         h->cfg = m;
-        if (infer_model_load(m->file, encoder->device, &h->model, err, sizeof err) != INFER_OK) {
+        if (infer_model_load_ex(m->file, encoder->device,
+                                (enum infer_precision)encoder->precision, &h->model, err,
+                                sizeof err) != INFER_OK) {
             log_msg(LOG_ERROR, "model %s cannot be loaded: %s", m->name, err);
             hs->errors[hs->n] = strdup(err);
             h->load_error = hs->errors[hs->n];
@@ -169,7 +177,8 @@ static void *worker_main(void *arg)
     struct infer_model *model = NULL;
     if (cm) {
         infer_set_threads(cm->threads);
-        if (infer_model_load(cm->file, cm->device, &model, err, sizeof err) != INFER_OK)
+        if (infer_model_load_ex(cm->file, cm->device, (enum infer_precision)cm->precision,
+                                &model, err, sizeof err) != INFER_OK)
             log_msg(LOG_ERROR, "model %s cannot be loaded: %s", cm->name, err);
     }
 
@@ -181,7 +190,7 @@ static void *worker_main(void *arg)
     uint64_t seen = 0;
     while (cm && !waiter_stopping(&r->waiter) && !atomic_load(&w->retire)) {
         /* A reloaded configuration applies from the next job on: its
-         * manifest at once, a changed file, device or thread count after
+         * manifest at once, a changed file, device, precision or thread count after
          * loading the model again. */
         struct config *now = current_config(r);
         if (now != held) {
@@ -193,12 +202,14 @@ static void *worker_main(void *arg)
             /* new weights under the same path: the identity results carry
              * must be that of the model that runs */
             if (strcmp(now_cm->file, cm->file) || strcmp(now_cm->device, cm->device) ||
-                now_cm->threads != cm->threads || strcmp(now_cm->sha256, cm->sha256)) {
+                now_cm->threads != cm->threads || strcmp(now_cm->sha256, cm->sha256) ||
+                now_cm->precision != cm->precision) {
                 infer_model_free(model);
                 model = NULL;
                 infer_set_threads(now_cm->threads);
-                if (infer_model_load(now_cm->file, now_cm->device, &model, err, sizeof err) !=
-                    INFER_OK)
+                if (infer_model_load_ex(now_cm->file, now_cm->device,
+                                        (enum infer_precision)now_cm->precision, &model, err,
+                                        sizeof err) != INFER_OK)
                     log_msg(LOG_ERROR, "model %s cannot be loaded: %s", now_cm->name, err);
             }
             config_unref(held);

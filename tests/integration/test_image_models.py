@@ -530,6 +530,41 @@ class ImageModelTest(NodeTestCase):
             self.assertEqual(dciodvfy_errors(p), [])
             self.assertEqual(str(pydicom.dcmread(p).SOPClassUID), SR_CLASS)
 
+    def test_signed_rescaled_values_are_windowed_whatever_the_unused_bits_hold(self):
+        # 12 signed bits of 16 with junk in the unused top bits, Rescale
+        # Slope and Intercept: MONOCHROME2, MONOCHROME1, and MONOCHROME2 with
+        # a Presentation LUT Shape (rendered by DCMTK's DicomImage, the
+        # others directly): each against its values computed here.
+        template = pydicom.dcmread(radiographs(self.workdir)[0])
+        rng = np.random.default_rng(3)
+        values = template.pixel_array.astype(np.int32) - 2048        # -2048..1952
+        junk = rng.integers(0, 16, values.shape) << 12
+        stored = ((values & 0xFFF) | junk).astype(np.uint16)
+        slope, intercept, center, width = 2.0, 100.0, 400.0, 5000.0
+        shown = window(values * slope + intercept, center, width)
+        self.assertGreater(shown.std(), 0.05)
+        paths = []
+        for i, (photometric, shape) in enumerate((("MONOCHROME2", None), ("MONOCHROME1", None),
+                                                  ("MONOCHROME2", "IDENTITY"))):
+            ds = template.copy()
+            ds.PhotometricInterpretation = photometric
+            ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 1
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+            ds.WindowCenter, ds.WindowWidth = center, width
+            if shape:
+                ds.PresentationLUTShape = shape
+            ds.PixelData = stored.tobytes()
+            paths.append(os.path.join(self.workdir, "signed%d.dcm" % i))
+            ds.save_as(paths[-1])
+        files = one_series(paths, os.path.join(self.workdir, "in"))
+        expected = {}
+        for f, picture in zip(files, (shown, 1 - shown, shown)):
+            uid = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            expected[(uid, 0)] = sigmoid(scores(letterboxed(picture[None], (32, 32))))
+        manifest = manifest_text("DX", (32, 32), 1, aggregate="mean")
+        self.classify(files, "DX", manifest, expected)
+
+
     def test_a_window_from_the_manifest_replaces_the_images_own(self):
         files = one_series(radiographs(self.workdir)[:1], os.path.join(self.workdir, "in"))
         uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)

@@ -349,6 +349,13 @@ class InferenceTest(NodeTestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("model ct-bone-body", r.stderr)
         self.assertIn("cuda", r.stderr.lower())
+        # check-config says so too: what serve would refuse, it refuses.
+        r = subprocess.run([self.binary, "check-config", "-c", n.config_path],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertIn("model ct-bone-body: device cuda:0 requested but", r.stderr)
+        self.assertIn("1 problem found", r.stderr)
 
 
 if __name__ == "__main__":

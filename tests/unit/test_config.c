@@ -2237,6 +2237,46 @@ static void test_bad_model_settings_are_rejected(void **state)
     config_free(cfg);
 }
 
+static void test_half_precision_needs_a_cuda_device(void **state)
+{
+    (void)state;
+    struct config *cfg = load_ok(write_tmp("precision_ok.yaml",
+                                           "models:\n"
+                                           "  a: {file: 'builtin:ct-bone-body'}\n"
+                                           "  b: {file: 'builtin:ct-bone-body', device: cuda,"
+                                           " precision: fp16}\n"
+                                           "  c: {file: 'builtin:ct-bone-body', device: 'cuda:1',"
+                                           " precision: bf16}\n"
+                                           "  d: {file: 'builtin:ct-bone-body', precision: fp32}\n"));
+    assert_int_equal(cfg->models[0].precision, CONFIG_PRECISION_FP32);
+    assert_int_equal(cfg->models[1].precision, CONFIG_PRECISION_FP16);
+    assert_int_equal(cfg->models[2].precision, CONFIG_PRECISION_BF16);
+    assert_int_equal(cfg->models[3].precision, CONFIG_PRECISION_FP32);
+    config_free(cfg);
+
+    /* On the CPU (named or by default) a half format is refused where it
+     * is written; a bad device is reported once, not again as a
+     * precision problem. */
+    struct capture cap = {0};
+    const char *p = write_tmp("precision_bad.yaml",
+                              "models:\n"
+                              "  m:\n"
+                              "    file: builtin:ct-bone-body\n"
+                              "    device: cpu\n"
+                              "    precision: fp16\n"
+                              "  n: {file: 'builtin:ct-bone-body', precision: bf16}\n"
+                              "  o: {file: 'builtin:ct-bone-body', precision: fp8}\n"
+                              "  q: {file: 'builtin:ct-bone-body', device: gpu, precision: fp16}\n");
+    load_fails(p, &cap);
+    expect_count(&cap, 4);
+    expect_line(&cap, 0, p, "5:16: models.m.precision: fp16 needs a CUDA device (device is cpu)");
+    expect_line(&cap, 1, p, "6:48: models.n.precision: bf16 needs a CUDA device (device is cpu)");
+    expect_line(&cap, 3, p, "8:45: models.q.device: 'gpu' is not cpu, cuda or cuda:N");
+    assert_non_null(strstr(cap.lines[2], "7:48: models.o.precision"));
+    assert_non_null(strstr(cap.lines[2], "fp32"));
+    capture_free(&cap);
+}
+
 static void test_rules_get_default_names_and_keep_their_order(void **state)
 {
     (void)state;
@@ -2671,6 +2711,7 @@ int main(void)
         cmocka_unit_test(test_label_numbers_must_run_without_gaps),
         cmocka_unit_test(test_completion_section_is_parsed_and_checked),
         cmocka_unit_test(test_bad_model_settings_are_rejected),
+        cmocka_unit_test(test_half_precision_needs_a_cuda_device),
         cmocka_unit_test(test_rules_get_default_names_and_keep_their_order),
         cmocka_unit_test(test_rules_naming_unknown_models_are_rejected),
         cmocka_unit_test(test_rule_without_models_to_run_is_rejected),

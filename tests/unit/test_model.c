@@ -200,6 +200,154 @@ static void test_cuda_gives_the_same_labels_or_is_refused_with_a_reason(void **s
     }
 }
 
+static void test_run_into_reuses_the_callers_buffers(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    struct infer_model *m = NULL;
+    assert_int_equal(infer_model_load_ex(model_path, "cpu", INFER_FP32, &m, err, sizeof err), 0);
+
+    float x[NVOX];
+    fill_input(x);
+    const int64_t whole_shape[5] = {1, 1, D, H, W};
+    struct infer_tensor whole;
+    assert_int_equal(infer_model_run(m, x, whole_shape, 5, &whole, err, sizeof err), 0);
+
+    /* One output buffer for every run, whole or slab by slab, filled with
+     * a marker first: each run writes exactly its output and no more. */
+    static float buf[3 * NVOX + 16];
+    int64_t oshape[8];
+    int ond = -1;
+    for (size_t i = 0; i < sizeof buf / sizeof buf[0]; i++)
+        buf[i] = -7.0f;
+    assert_int_equal(infer_model_run_into(m, x, whole_shape, 5, buf, 3 * NVOX, oshape, &ond, err,
+                                          sizeof err),
+                     0);
+    assert_int_equal(ond, 5);
+    assert_int_equal(oshape[1], 3);
+    assert_memory_equal(buf, whole.data, sizeof(float) * 3 * NVOX);
+    for (size_t i = 3 * NVOX; i < sizeof buf / sizeof buf[0]; i++)
+        assert_true(buf[i] == -7.0f);
+    const int64_t slab_shape[5] = {1, 1, 1, H, W};
+    for (int z = 0; z < D; z++) {
+        assert_int_equal(infer_model_run_into(m, x + z * H * W, slab_shape, 5, buf, 3 * NVOX,
+                                              oshape, &ond, err, sizeof err),
+                         0);
+        assert_int_equal(oshape[2], 1);
+        for (int c = 0; c < 3; c++)
+            assert_memory_equal(buf + c * H * W, whole.data + c * NVOX + z * H * W,
+                                sizeof(float) * H * W);
+    }
+    /* The input stays the caller's, unchanged. */
+    for (int v = 0; v < NVOX; v++) {
+        float want = cases[case_of(v)].hu;
+        assert_true(isnan(want) ? isnan(x[v]) : x[v] == want);
+    }
+    /* An output larger than the buffer: an error with the shape, and the
+     * buffer beyond its capacity untouched. */
+    for (size_t i = 0; i < sizeof buf / sizeof buf[0]; i++)
+        buf[i] = -7.0f;
+    err[0] = '\0';
+    assert_int_equal(infer_model_run_into(m, x, whole_shape, 5, buf, 3 * NVOX - 1, oshape, &ond,
+                                          err, sizeof err),
+                     INFER_EMODEL);
+    assert_one_line(err);
+    assert_int_equal(ond, 5);
+    assert_int_equal(oshape[4], W);
+    for (size_t i = 0; i < sizeof buf / sizeof buf[0]; i++)
+        assert_true(buf[i] == -7.0f);
+    infer_tensor_free(&whole);
+    infer_model_free(m);
+}
+
+static void test_half_precision_on_the_cpu_is_refused_naming_the_device(void **state)
+{
+    (void)state;
+    const enum infer_precision half[] = {INFER_FP16, INFER_BF16};
+    for (size_t i = 0; i < 2; i++) {
+        char err[512] = "", want[128];
+        static char sentinel;
+        struct infer_model *m = (struct infer_model *)&sentinel; /* must be reset */
+        assert_int_equal(infer_model_load_ex(model_path, "cpu", half[i], &m, err, sizeof err),
+                         INFER_EDEVICE);
+        assert_null(m);
+        snprintf(want, sizeof want, "precision %s needs a CUDA device (device is cpu)",
+                 infer_precision_name(half[i]));
+        assert_string_equal(err, want);
+    }
+    assert_string_equal(infer_precision_name(INFER_FP32), "fp32");
+    assert_string_equal(infer_precision_name(INFER_FP16), "fp16");
+    assert_string_equal(infer_precision_name(INFER_BF16), "bf16");
+    assert_string_equal(infer_precision_name((enum infer_precision)9), "?");
+
+    char err[512] = "";
+    struct infer_model *m = NULL;
+    assert_int_equal(infer_model_load_ex(model_path, "cpu", (enum infer_precision)9, &m, err,
+                                         sizeof err),
+                     INFER_EINVAL);
+    assert_null(m);
+    assert_non_null(strstr(err, "precision"));
+    /* fp32 through the new call is the old call. */
+    assert_int_equal(infer_model_load_ex(model_path, "cpu", INFER_FP32, &m, err, sizeof err), 0);
+    assert_non_null(m);
+    infer_model_free(m);
+}
+
+/* On CUDA in fp16 and bf16, values well away from the thresholds (which
+ * neither format holds exactly) get the fp32 labels, through both run
+ * calls, with the staging buffer reused across input sizes. */
+static void test_cuda_half_precision_gives_the_fp32_labels(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    if (infer_device_check("cuda", err, sizeof err) != 0) {
+        print_message("test_cuda_half_precision_gives_the_fp32_labels: skipped, no CUDA: %s\n",
+                      err);
+        skip();
+    }
+    static const struct {
+        float hu;
+        int label;
+    } far[] = {{-1000.0f, 0}, {-700.0f, 0}, {-300.0f, 2}, {0.0f, 2}, {100.0f, 2},
+               {500.0f, 1},   {1500.0f, 1}, {2500.0f, 1}, {4000.0f, 2}, {6000.0f, 2}};
+    enum { NF = sizeof far / sizeof far[0] };
+    float x[NVOX];
+    for (int v = 0; v < NVOX; v++)
+        x[v] = far[(7 * v) % NF].hu;
+    const enum infer_precision ps[] = {INFER_FP32, INFER_FP16, INFER_BF16};
+    for (size_t p = 0; p < 3; p++) {
+        struct infer_model *m = NULL;
+        if (infer_model_load_ex(model_path, "cuda", ps[p], &m, err, sizeof err) != 0)
+            fail_msg("load %s: %s", infer_precision_name(ps[p]), err);
+        static float buf[3 * NVOX];
+        const int64_t shapes[3][5] = {{1, 1, D, H, W}, {1, 1, 1, H, W}, {1, 1, D, H, W}};
+        for (int s = 0; s < 3; s++) {
+            int64_t oshape[8];
+            int ond = 0;
+            int n = (int)(shapes[s][2] * H * W);
+            if (infer_model_run_into(m, x, shapes[s], 5, buf, 3 * NVOX, oshape, &ond, err,
+                                     sizeof err) != 0)
+                fail_msg("run %s: %s", infer_precision_name(ps[p]), err);
+            for (int v = 0; v < n; v++) {
+                int best = 0;
+                for (int c = 1; c < 3; c++)
+                    if (buf[c * n + v] > buf[best * n + v])
+                        best = c;
+                if (best != far[(7 * v) % NF].label)
+                    fail_msg("%s: voxel %d (HU %g): label %d, expected %d",
+                             infer_precision_name(ps[p]), v, (double)x[v], best,
+                             far[(7 * v) % NF].label);
+            }
+        }
+        struct infer_tensor out;
+        if (infer_model_run(m, x, shapes[0], 5, &out, err, sizeof err) != 0)
+            fail_msg("run %s: %s", infer_precision_name(ps[p]), err);
+        assert_memory_equal(out.data, buf, sizeof(float) * 3 * NVOX);
+        infer_tensor_free(&out);
+        infer_model_free(m);
+    }
+}
+
 static void test_unknown_device_names_are_refused(void **state)
 {
     (void)state;
@@ -375,6 +523,9 @@ int main(void)
         cmocka_unit_test(test_builtin_model_labels_bone_and_body_exactly_at_the_thresholds),
         cmocka_unit_test(test_patch_by_patch_runs_give_the_same_labels_as_one_run),
         cmocka_unit_test(test_cuda_gives_the_same_labels_or_is_refused_with_a_reason),
+        cmocka_unit_test(test_run_into_reuses_the_callers_buffers),
+        cmocka_unit_test(test_half_precision_on_the_cpu_is_refused_naming_the_device),
+        cmocka_unit_test(test_cuda_half_precision_gives_the_fp32_labels),
         cmocka_unit_test(test_unknown_device_names_are_refused),
         cmocka_unit_test(test_unloadable_model_files_are_emodel_naming_the_path),
         cmocka_unit_test(test_error_messages_are_cut_to_the_buffer),
