@@ -32,7 +32,8 @@ int cli_explain(const struct config *cfg, char *const *args, int n);
 
 /* `ainode infer`: runs MODEL on the files (or folders) in PATHS in this
  * process and prints the labels and the time of each stage as JSON; the
- * labels go to LABELS_OUT too when it is not NULL. */
+ * labels go to LABELS_OUT too when it is not NULL. MODEL may name heads of
+ * one encoder, comma-separated: the encoder runs once, then each head. */
 int cli_infer(const struct config *cfg, const char *model, char *const *paths, int n,
               const char *labels_out);
 

@@ -71,12 +71,141 @@ static int collect(struct paths *p, const char *path)
     return rc;
 }
 
+/* Loads CM as a worker would; NULL with the reason printed. */
+static struct infer_model *load(const struct config_model *cm, const struct config_model *on)
+{
+    char err[512] = "";
+    struct infer_model *model = NULL;
+    if (infer_model_load_ex(cm->file, on->device, (enum infer_precision)on->precision, &model,
+                            err, sizeof err) != INFER_OK)
+        fprintf(stderr, "ainode: model %s: %s\n", cm->name, err);
+    return model;
+}
+
+/* The heads HEADS (N) of the encoder ENC on FILES, as one group: the
+ * encoder once, then each head on its features. */
+static int infer_heads(const struct config_model *enc, const struct config_model **heads,
+                       size_t n, const struct paths *files)
+{
+    char err[512] = "";
+    int rc = 1;
+    struct pipeline_output eo = {0};
+    struct pipeline_timing et;
+    pipeline_tune_allocator();
+    infer_set_threads(enc->threads);
+    struct infer_model *em = load(enc, enc);
+    if (!em)
+        return 1;
+    if (pipeline_run(enc, em, (const char *const *)files->v, files->n, NULL, NULL, &eo, &et,
+                     err, sizeof err) != 0) {
+        fprintf(stderr, "ainode: %s\n", err);
+        infer_model_free(em);
+        return 1;
+    }
+    infer_model_free(em);
+    json_t *models = json_object();
+    double heads_total = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct infer_model *hm = load(heads[i], enc);
+        struct pipeline_output ho;
+        struct pipeline_timing ht;
+        if (!hm)
+            goto out;
+        int prc = pipeline_run_head(heads[i], hm, &eo, &ho, &ht, err, sizeof err);
+        infer_model_free(hm);
+        if (prc != 0) {
+            fprintf(stderr, "ainode: model %s: %s\n", heads[i]->name, err);
+            goto out;
+        }
+        char *summary = pipeline_summary_json(heads[i], &ho);
+        double total = ht.preprocess + ht.model + ht.postprocess;
+        heads_total += total;
+        json_object_set_new(models, heads[i]->name,
+                            json_pack("{s:o, s:{s:f, s:f}}", "findings",
+                                      summary ? json_loads(summary, 0, NULL) : json_null(),
+                                      "seconds", "model", ht.model, "total", total));
+        free(summary);
+        pipeline_output_free(&ho);
+    }
+    double enc_total = et.decode + et.assemble + et.preprocess + et.model + et.postprocess;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    json_t *doc = json_pack(
+        "{s:s, s:I, s:{s:s, s:i, s:{s:f, s:f, s:f, s:f}}, s:O, s:f, s:f}", "model", enc->name,
+        "images", (json_int_t)eo.n_images, "encoder", "model", enc->name, "forwards",
+        eo.forwards, "seconds", "decode", et.decode, "preprocess", et.preprocess, "model",
+        et.model, "total", enc_total, "heads", models, "total_seconds", enc_total + heads_total,
+        "peak_rss_mb", ru.ru_maxrss / 1024.0);
+    if (doc) {
+        json_dumpf(doc, stdout, JSON_INDENT(2));
+        fputc('\n', stdout);
+        rc = 0;
+    }
+    json_decref(doc);
+out:
+    json_decref(models);
+    pipeline_output_free(&eo);
+    return rc;
+}
+
+/* MODELS (comma-separated) as heads of one encoder into HEADS (N_MAX),
+ * their count in *N and the encoder in *ENC; 0, or 2 with the reason
+ * printed. A single model that is no head is no group (*N 0). */
+static int group_of(const struct config *cfg, const char *models,
+                    const struct config_model **heads, size_t n_max, size_t *n,
+                    const struct config_model **enc)
+{
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", models);
+    *n = 0;
+    *enc = NULL;
+    for (char *save = NULL, *name = strtok_r(buf, ",", &save); name;
+         name = strtok_r(NULL, ",", &save)) {
+        const struct config_model *cm = config_find_model(cfg, name);
+        if (!cm) {
+            fprintf(stderr, "ainode: no model '%s' in %s\n", name, cfg->path);
+            return 2;
+        }
+        const struct config_model *e = cm->manifest.from ? config_find_model(cfg,
+                                                                             cm->manifest.from)
+                                                         : NULL;
+        if (!e && strchr(models, ',')) {
+            fprintf(stderr, "ainode: model %s is no head: several models run together only "
+                            "as heads of one encoder\n", name);
+            return 2;
+        }
+        if (!e)
+            return 0;
+        if (*enc && *enc != e) {
+            fprintf(stderr, "ainode: models %s and %s read different encoders\n",
+                    heads[0]->name, name);
+            return 2;
+        }
+        if (*n == n_max) {
+            fprintf(stderr, "ainode: at most %zu heads at once\n", n_max);
+            return 2;
+        }
+        *enc = e;
+        heads[(*n)++] = cm;
+    }
+    return 0;
+}
+
 int cli_infer(const struct config *cfg, const char *model_name, char *const *args, int n,
               const char *labels_out)
 {
-    const struct config_model *cm = config_find_model(cfg, model_name);
+    const struct config_model *heads[64], *enc = NULL;
+    size_t n_heads = 0;
+    int grc = group_of(cfg, model_name, heads, 64, &n_heads, &enc);
+    if (grc != 0)
+        return grc;
+    const struct config_model *cm = n_heads ? enc : config_find_model(cfg, model_name);
     if (!cm) {
         fprintf(stderr, "ainode: no model '%s' in %s\n", model_name, cfg->path);
+        return 2;
+    }
+    if (n_heads && labels_out) {
+        fprintf(stderr, "ainode: heads classify: they give no labels to write\n");
         return 2;
     }
     struct paths files = {0};
@@ -86,6 +215,10 @@ int cli_infer(const struct config *cfg, const char *model_name, char *const *arg
             goto out;
     /* The order of the files must not matter; a fixed one keeps runs alike. */
     qsort(files.v, files.n, sizeof *files.v, by_name);
+    if (n_heads) {
+        rc = infer_heads(enc, heads, n_heads, &files);
+        goto out;
+    }
 
     char err[512] = "";
     struct infer_model *model = NULL;

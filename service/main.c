@@ -31,6 +31,7 @@ static void usage(FILE *f)
             "                 explain -c CONFIG (STUDY_UID | FILE.dcm...)\n"
             "  infer          run a model on files or folders in the foreground:\n"
             "                 infer -c CONFIG -m MODEL [--labels FILE] PATH...\n"
+            "                 (-m HEAD,HEAD,...: heads of one encoder, which runs once)\n"
             "  audit          the associations and sends recorded, from WHEN on (UTC date\n"
             "                 or time, e.g. 2026-12-01T10:00, or 24h, 7d back from now):\n"
             "                 audit -c CONFIG [--since WHEN] [--json]\n"
