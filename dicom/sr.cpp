@@ -367,6 +367,34 @@ void add_values(TID1500_MeasurementReport &report, const dicom_result *r)
     }
 }
 
+// Whether an image reference to F names its frame: only for a multi-frame
+// image whose SOP class has frames. The classic single-frame classes
+// (dciodvfy refuses a Referenced Frame Number for them) are referenced
+// whole, even when an object of theirs carries Number of Frames.
+bool references_frames(const ainode_dicom::source_file &f)
+{
+    static const char *const single_frame[] = {
+        "1.2.840.10008.5.1.4.1.1.1",     // CR
+        "1.2.840.10008.5.1.4.1.1.1.1",   // DX for presentation
+        "1.2.840.10008.5.1.4.1.1.1.1.1", // DX for processing
+        "1.2.840.10008.5.1.4.1.1.1.2",   // MG for presentation
+        "1.2.840.10008.5.1.4.1.1.1.2.1", // MG for processing
+        "1.2.840.10008.5.1.4.1.1.1.3",   // IO for presentation
+        "1.2.840.10008.5.1.4.1.1.1.3.1", // IO for processing
+        "1.2.840.10008.5.1.4.1.1.2",     // CT
+        "1.2.840.10008.5.1.4.1.1.4",     // MR
+        "1.2.840.10008.5.1.4.1.1.6.1",   // US
+        "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
+        "1.2.840.10008.5.1.4.1.1.128",   // PET
+    };
+    if (!f.multiframe)
+        return false;
+    for (const char *uid : single_frame)
+        if (f.sop_class == uid)
+            return false;
+    return true;
+}
+
 // ---- The planar region of a segment: plain geometry on the label volume ----
 
 // A point in DICOM image coordinates (PS3.3 C.18.6.1.2): column, row, with
@@ -819,7 +847,7 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
               which + ": image region");
         check(tree.getCurrentContentItem().setSpatialCoordinates(region), which + ": outline");
         DSRImageReferenceValue image(f.sop_class, f.sop_instance);
-        if (f.multiframe)
+        if (references_frames(f))
             image.getFrameList().addItem((Sint32)frame + 1);
         if (!tree.addContentItem(DSRTypes::RT_selectedFrom, DSRTypes::VT_Image,
                                  DSRTypes::AM_belowCurrent))
@@ -901,7 +929,7 @@ void add_box_groups(DSRDocumentTree &tree, const dicom_result *r)
               which + ": image region");
         check(tree.getCurrentContentItem().setSpatialCoordinates(region), which + ": box");
         DSRImageReferenceValue image(f.sop_class, f.sop_instance);
-        if (f.multiframe)
+        if (references_frames(f))
             image.getFrameList().addItem((Sint32)frame + 1);
         if (!tree.addContentItem(DSRTypes::RT_selectedFrom, DSRTypes::VT_Image,
                                  DSRTypes::AM_belowCurrent))
