@@ -230,6 +230,8 @@ void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
         fail("findings and values in one report");
     if (r->boxes && !r->findings)
         fail("boxes without the findings of their classes");
+    if (!has_seg(r) && r->n_segments)
+        fail("segments in a report without a SEG");
     if (r->findings) {
         validate_findings(r);
         validate_boxes(r);
