@@ -21,8 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from test_image_models import (PYDICOM_FILES, SR_CLASS, letterboxed, one_series,  # noqa: E402
-                               radiographs, rendered)
+from test_image_models import (PYDICOM_FILES, SR_CLASS, letterboxed,  # noqa: E402
+                               make_encoder_and_heads, manifest_text, one_series, radiographs,
+                               rendered)
 from test_receiver import NodeTestCase  # noqa: E402
 from test_results import dciodvfy_errors  # noqa: E402
 
@@ -42,6 +43,21 @@ class MeanValues(torch.nn.Module):
 
 
 torch.jit.script(MeanValues()).save(sys.argv[1])
+'''
+
+# A regression head on test_image_models' encoder (each channel's mean):
+# the same two values as the regressor, from the features.
+HEAD_SOURCE = '''
+import sys
+import torch
+
+
+class MeanValuesHead(torch.nn.Module):
+    def forward(self, f):
+        return torch.stack([2 * f[:, 0], f[:, -1] - 0.25], 1)
+
+
+torch.jit.script(MeanValuesHead()).save(sys.argv[1])
 '''
 
 # The detector: per image two rows (x1, y1, x2, y2, score, class). Row 1
@@ -109,9 +125,12 @@ def input_lines(modality, size, channels, window_=None):
     return lines
 
 
-def regressor_manifest(modality, size, channels, aggregate):
+def regressor_manifest(modality, size, channels, aggregate, encoder=None):
     lines = [ALGORITHM[0], ALGORITHM[1] % "Mean regressor"] + ALGORITHM[2:]
-    lines += input_lines(modality, size, channels)
+    if encoder:
+        lines.append("input: {from: %s, batch: 2}" % encoder)
+    else:
+        lines += input_lines(modality, size, channels)
     lines += ["output:", "  kind: regression", "  channels: 2", "  aggregate: %s" % aggregate,
               "  values:"]
     for i, (name, code, meaning, unit, unit_meaning) in enumerate((RATIO, AGE)):
@@ -291,6 +310,65 @@ class ImageOutputTest(NodeTestCase):
         files = one_series([os.path.join(PYDICOM_FILES, f) for f in names],
                            os.path.join(self.workdir, "in"))
         self.check_values(files, "OT", (40, 56), 3, "max")
+
+    def test_a_regression_head_reads_its_encoder_s_features(self):
+        names = ["SC_rgb_rle_2frame.dcm", "SC_ybr_full_422_uncompressed.dcm"]
+        files = one_series([os.path.join(PYDICOM_FILES, f) for f in names],
+                           os.path.join(self.workdir, "in"))
+        expected = {k: regress(letterboxed(v, (40, 56)))
+                    for k, v in self.frames_of(files, 3).items()}
+        encoder = os.path.join(self.workdir, "encoder.yaml")
+        head = os.path.join(self.workdir, "head.yaml")
+        with open(encoder, "w") as f:
+            f.write(manifest_text("OT", (40, 56), 3, batch=3).split("output:")[0] +
+                    "output: {kind: embedding, channels: 3}\n")
+        with open(head, "w") as f:
+            f.write(regressor_manifest("OT", None, 3, "mean", encoder="encoder"))
+        models = {
+            "encoder": {"file": make_encoder_and_heads(self.workdir)["encoder"],
+                        "manifest": encoder, "threads": 1},
+            "values": {"file": script(self.workdir, "head", HEAD_SOURCE), "manifest": head,
+                       "threads": 1},
+        }
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
+            n = self.node(sections={
+                "destinations": {"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1",
+                                          "port": pacs.port, "retry_initial_seconds": 1}},
+                "models": models,
+                "rules": [{"name": "pictures", "match": {"Modality": "OT"},
+                           "run": ["encoder", "values"], "send_results_to": ["pacs"]}]},
+                stable_seconds=1)
+            n.start()
+            harness.dcmsend(n.port, files, ae_called=n.ae, extra=["-dn"])
+
+            def ended():
+                st = n.status()
+                jobs = st["jobs"]
+                done = len(jobs) == 2 and all(j["state"] in ("done", "failed") for j in jobs)
+                sent = len(st["outbox"]) == 1 and st["outbox"][0]["state"] == "sent"
+                return jobs if done and sent else None
+            jobs = harness.wait_until(ended, 120, 0.2, "two jobs and one SR")
+            self.assertEqual(n.stop(), 0)
+            received = harness.list_files(pacs.out_dir)
+        self.assertEqual([j["state"] for j in jobs], ["done"] * 2, jobs)
+        job = [j for j in jobs if j["model"] == "values"][0]
+        with open(job["result"]) as f:
+            doc = json.load(f)
+        got = {(i["sop_instance_uid"], i["frame"]): i["values"] for i in doc["images"]}
+        self.assertEqual(set(got), set(expected))
+        for key, want in expected.items():
+            np.testing.assert_allclose(got[key], want, atol=2 / 255, err_msg=str(key))
+        series = np.mean([got[k] for k in sorted(got)], axis=0)
+        for i, name in enumerate(("Ratio", "Age")):
+            self.assertEqual(job["values"][str(i + 1)]["name"], name)
+            self.assertAlmostEqual(job["values"][str(i + 1)]["value"], series[i], delta=1e-5)
+        self.assertEqual(len(received), 1)
+        self.assertEqual(dciodvfy_errors(received[0]), [])
+        groups = measurement_groups(pydicom.dcmread(received[0]))
+        self.assertEqual([g["112039"][0].TextValue for g in groups], ["Ratio", "Age"])
+        for g, code, want in zip(groups, ("RATIO", "AGE"), series):
+            self.assertAlmostEqual(float(g[code][0].MeasuredValueSequence[0].NumericValue),
+                                   want, delta=1e-5)
 
     # ---- detection ----
 
