@@ -189,10 +189,11 @@ static const struct schema_field inference_fields[] = {
 static const struct schema_field output_fields[] = {
     {.key = "kind", .type = T_ENUM, .def_int = CONFIG_OUTPUT_SEGMENTATION,
      .names = output_kind_names, .off = MAN_OFF(output_kind),
-     .doc = "segmentation (labels), classification (a score per class) or embedding "
-            "(features for heads)"},
+     .doc = "segmentation (labels), classification (a score per class), regression (named "
+            "values), detection (boxes) or embedding (features for heads)"},
     {.key = "channels", .type = T_INT, .required = 1, .min = 1, .max = 255,
-     .off = MAN_OFF(channels), .doc = "output channels of the model"},
+     .off = MAN_OFF(channels),
+     .doc = "output channels of the model; a regression's values, a detection's classes"},
     {.key = "decision", .type = T_ENUM, .def_int = CONFIG_DECISION_ARGMAX, .names = decision_names,
      .off = MAN_OFF(decision), .doc = "argmax or threshold"},
     {.key = "threshold", .type = T_FLOAT, .def_float = 0.5, .off = MAN_OFF(threshold),
@@ -213,7 +214,8 @@ static const struct schema_field output_fields[] = {
     {.key = "values", .type = T_CUSTOM, .parse = parse_values, .release = release_values,
      .off = MAN_OFF(values), .off_n = MAN_OFF(n_values),
      .doc = "value number -> measurement (regression; required there): value N is output "
-            "channel N - 1, written with its concept and UCUM unit"},
+            "channel N - 1; each {name, concept: CODE, unit: CODE}, CODE being {value, scheme, "
+            "meaning} and the unit a UCUM one; one TID 1501 measurement each"},
     {.key = "score_threshold", .type = T_FLOAT, .def_float = 0.5, .fcheck = F_UNIT,
      .off = MAN_OFF(score_threshold),
      .doc = "detection: boxes scoring below are dropped. The model gives, per image, "
