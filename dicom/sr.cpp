@@ -749,8 +749,9 @@ void add_finding_algorithms(DSRDocumentTree &tree, const dicom_result *r)
     do {
         const size_t group = tree.getNodeID();
         const std::string what = noun + std::to_string(++n) + ": algorithm identification";
-        if (n > expected)
-            break;
+        if (n > expected) // (a detection's boxes are added after this)
+            fail("the report has more measurement groups than " + std::to_string(expected) +
+                 " " + noun + "groups");
         const dicom_value *v = r->values ? &r->values[n - 1] : nullptr;
         const DSRCodedEntryValue measured_concept =
             v ? DSRCodedEntryValue(v->concept.value, v->concept.scheme, v->concept.meaning)

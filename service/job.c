@@ -334,10 +334,11 @@ static int write_findings(struct storage *store, const struct config_model *cm,
     }
     for (size_t i = 0; !regression && i < mf->n_classes; i++) {
         const struct config_class *c = &mf->classes[i];
-        int present = pipeline_class_present(mf, out, i);
-        if (detection) /* present with any box: the boxes already passed the score */
-            for (size_t b = present = 0; b < out->n_boxes; b++)
-                present |= out->boxes[b].cls == c->value;
+        int present = detection ? 0 : pipeline_class_present(mf, out, i);
+        /* A detection's class is present with any box: its boxes already
+         * passed output.score_threshold. */
+        for (size_t b = 0; detection && b < out->n_boxes; b++)
+            present |= out->boxes[b].cls == c->value;
         findings[i] = (struct dicom_finding){
             .name = c->name,
             .finding = {c->finding.value, c->finding.scheme, c->finding.meaning},

@@ -107,8 +107,10 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
 /* The result document of a job (grid, source slices, label counts, the
  * seconds of each stage, the SEG and SR instances; LABELS_FILE names the
  * label file beside it; a classification has its images and findings
- * instead of a grid, slices and labels), and in *SUMMARY the label counts
- * (or findings) alone; both
+ * instead of a grid, slices and labels, a regression its images' and the
+ * series' values, a detection its images, its boxes and per class their
+ * number and best score), and in *SUMMARY the label counts (or findings,
+ * values, detections) alone; both
  * malloc'ed JSON text (the caller frees them). SOPS[i] is the SOP Instance
  * UID of PATHS[i] given to pipeline_run. */
 char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,
