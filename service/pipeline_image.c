@@ -7,7 +7,9 @@
  *   decode      header checks, then each file rendered (dicom/render.cpp)
  *   preprocess  letterbox and mean/std into the batch (inference/picture.c)
  *   model       one forward per batch of input.batch images
- *   postprocess activation, then the series' probability per class
+ *   postprocess activation, then the series' probability per class; a
+ *               regression's values as given, then the series' per value;
+ *               a detection's boxes mapped back onto their source images
  */
 #include "service/pipeline.h"
 
