@@ -561,6 +561,16 @@ static void check_output(struct schema_ctx *c, const struct schema_parsed *p, vo
         /* Boxes have scores of their own: no activation, no aggregate. */
         static const char *const not_detection[] = {"activation", "aggregate", NULL};
         refuse_keys(c, p, not_detection, "kind classification or regression");
+        /* A class is present with any box: output.score_threshold decides. */
+        const struct ynode *cv = ynode_get(p->map, "classes");
+        for (size_t i = 0; cv && cv->kind == Y_MAP && i + 1 < cv->n; i += 2) {
+            const struct ynode *t = ynode_get(cv->kids[i + 1], "threshold");
+            if (t && cv->kids[i]->kind == Y_SCALAR)
+                schema_report(c, t->line, t->col,
+                              "%s.classes.%s.threshold: only for kind classification (a "
+                              "detection has output.score_threshold)",
+                              p->sect, cv->kids[i]->text);
+        }
         check_classes(c, p, m);
         return;
     }

@@ -1961,15 +1961,19 @@ static void test_regression_and_detection_keys_are_checked_with_positions(void *
         "  max_boxes: 0\n"                                                   /* 10 */
         "  aggregate: max\n"                                                 /* 11 */
         "  values: {1: " VALUE_BODY "}\n"                                    /* 12 */
-        "  classes: {1: " CLASS_BODY "}\n", &mp);                            /* 13 */
+        "  classes:\n"                                                       /* 13 */
+        "    1: {name: A, finding: {value: \"1\", scheme: S, meaning: M}, threshold: 0.2}\n",
+        &mp);                                                                 /* 14 */
     load_fails(p, &cap);
-    expect_count(&cap, 5);
+    expect_count(&cap, 6);
     expect_line(&cap, 0, mp, "9:20: output.score_threshold: 1.5 is out of range 0..1");
     expect_line(&cap, 1, mp, "10:14: output.max_boxes: 0 is out of range 1..10000");
     expect_line(&cap, 2, mp, "12:11: output.values: only for kind regression");
     expect_line(&cap, 3, mp, "11:14: output.aggregate: only for kind classification or "
                              "regression");
-    expect_line(&cap, 4, mp, "13:12: output.classes: one class per output channel: 1 classes, "
+    expect_line(&cap, 4, mp, "14:75: output.classes.1.threshold: only for kind classification "
+                             "(a detection has output.score_threshold)");
+    expect_line(&cap, 5, mp, "14:5: output.classes: one class per output channel: 1 classes, "
                              "2 channels");
     capture_free(&cap);
 
