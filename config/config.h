@@ -132,6 +132,14 @@ struct config_class {
     double threshold;              /* probability at or above which it is present */
 };
 
+/* One named value of a regression model: output channel VALUE - 1. */
+struct config_value {
+    int value;                     /* value number, 1..255: output channel value - 1 */
+    char *name;                    /* Tracking Identifier of its SR group */
+    struct config_code concept;    /* what is measured */
+    struct config_code unit;       /* its unit (UCUM) */
+};
+
 /* input.kind: what one model input is made of. */
 enum config_input_kind {
     CONFIG_INPUT_VOLUME = 0,       /* the series as one 3-D volume, patch by patch */
@@ -144,6 +152,8 @@ enum config_output_kind {
     CONFIG_OUTPUT_SEGMENTATION = 0, /* a label per voxel -> SEG and volume SR */
     CONFIG_OUTPUT_CLASSIFICATION,   /* a score per class -> SR findings */
     CONFIG_OUTPUT_EMBEDDING,        /* features per image, for the heads reading them */
+    CONFIG_OUTPUT_REGRESSION,       /* named values per image -> SR measurements */
+    CONFIG_OUTPUT_DETECTION,        /* boxes with class and score -> SR planar regions */
 };
 
 enum config_activation { CONFIG_ACTIVATION_SOFTMAX = 0, CONFIG_ACTIVATION_SIGMOID,
@@ -210,6 +220,10 @@ struct config_manifest {
     enum config_aggregate aggregate;   /* output.aggregate: over the images of a series */
     struct config_class *classes;  /* output.classes, by increasing value: 1..n */
     size_t n_classes;
+    struct config_value *values;   /* output.values, by increasing value: 1..n (regression) */
+    size_t n_values;
+    double score_threshold;        /* output.score_threshold: boxes below are dropped */
+    int max_boxes;                 /* output.max_boxes: rows per image of a detection */
     enum config_decision decision; /* output.decision: argmax | threshold */
     double threshold;              /* output.threshold */
     struct config_label *labels;   /* output.labels, by increasing value: 1..n */

@@ -24,7 +24,7 @@ static const char *const blend_names[] = {"constant", "gaussian", NULL};
 static const char *const decision_names[] = {"argmax", "threshold", NULL};
 static const char *const input_kind_names[] = {"volume", "image", "slices", NULL};
 static const char *const output_kind_names[] = {"segmentation", "classification", "embedding",
-                                                NULL};
+                                                "regression", "detection", NULL};
 static const char *const activation_names[] = {"softmax", "sigmoid", "none", NULL};
 static const char *const aggregate_names[] = {"max", "mean", NULL};
 
@@ -41,6 +41,9 @@ static void parse_classes(struct schema_ctx *c, const struct schema_field *f, co
                           const struct ynode *v, void *base);
 static void release_classes(const struct schema_field *f, void *base);
 static void check_accept(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+static void parse_values(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                         const struct ynode *v, void *base);
+static void release_values(const struct schema_field *f, void *base);
 static void parse_strings(struct schema_ctx *c, const struct schema_field *f, const char *what,
                           const struct ynode *v, void *base);
 
@@ -48,6 +51,7 @@ static void parse_strings(struct schema_ctx *c, const struct schema_field *f, co
 #define CODE_OFF(m) offsetof(struct config_code, m)
 #define LABEL_OFF(m) offsetof(struct config_label, m)
 #define CLASS_OFF(m) offsetof(struct config_class, m)
+#define VALUE_OFF(m) offsetof(struct config_value, m)
 
 
 static const struct schema_field code_fields[] = {
@@ -75,6 +79,15 @@ static const struct schema_field class_fields[] = {
      .off = CLASS_OFF(finding), .doc = "what the class finds, a code"},
     {.key = "threshold", .type = T_FLOAT, .def_float = 0.5, .fcheck = F_UNIT,
      .off = CLASS_OFF(threshold), .doc = "probability from which the finding is present"},
+};
+
+static const struct schema_field value_fields[] = {
+    {.key = "name", .type = T_STR, .required = 1, .off = VALUE_OFF(name),
+     .doc = "Tracking Identifier of the value's measurement group"},
+    {.key = "concept", .type = T_SECTION, .required = 1, SUB(code_fields),
+     .off = VALUE_OFF(concept), .doc = "what the value measures, a code"},
+    {.key = "unit", .type = T_SECTION, .required = 1, SUB(code_fields), .off = VALUE_OFF(unit),
+     .doc = "its unit, a UCUM code (e.g. value \"1\", scheme UCUM, meaning no units)"},
 };
 
 /* The manifest's sections fill the one flat struct config_manifest, hence
@@ -181,10 +194,11 @@ static const struct schema_field inference_fields[] = {
 static const struct schema_field output_fields[] = {
     {.key = "kind", .type = T_ENUM, .def_int = CONFIG_OUTPUT_SEGMENTATION,
      .names = output_kind_names, .off = MAN_OFF(output_kind),
-     .doc = "segmentation (labels), classification (a score per class) or embedding "
-            "(features for heads)"},
+     .doc = "segmentation (labels), classification (a score per class), regression (named "
+            "values), detection (boxes) or embedding (features for heads)"},
     {.key = "channels", .type = T_INT, .required = 1, .min = 1, .max = 255,
-     .off = MAN_OFF(channels), .doc = "output channels of the model"},
+     .off = MAN_OFF(channels),
+     .doc = "output channels of the model; a regression's values, a detection's classes"},
     {.key = "decision", .type = T_ENUM, .def_int = CONFIG_DECISION_ARGMAX, .names = decision_names,
      .off = MAN_OFF(decision), .doc = "argmax or threshold"},
     {.key = "threshold", .type = T_FLOAT, .def_float = 0.5, .off = MAN_OFF(threshold),
@@ -197,10 +211,24 @@ static const struct schema_field output_fields[] = {
      .doc = "softmax, sigmoid or none: how scores become probabilities (classification)"},
     {.key = "aggregate", .type = T_ENUM, .def_int = CONFIG_AGGREGATE_MAX,
      .names = aggregate_names, .off = MAN_OFF(aggregate),
-     .doc = "max or mean of a class's probability over the series' images (classification)"},
+     .doc = "max or mean of a class's probability, or of a value, over the series' images "
+            "(classification, regression)"},
     {.key = "classes", .type = T_CUSTOM, .parse = parse_classes, .release = release_classes,
      .off = MAN_OFF(classes), .off_n = MAN_OFF(n_classes),
-     .doc = "class number -> finding (classification; required there)"},
+     .doc = "class number -> finding (classification and detection; required there)"},
+    {.key = "values", .type = T_CUSTOM, .parse = parse_values, .release = release_values,
+     .off = MAN_OFF(values), .off_n = MAN_OFF(n_values),
+     .doc = "value number -> measurement (regression; required there): value N is output "
+            "channel N - 1; each {name, concept: CODE, unit: CODE}, CODE being {value, scheme, "
+            "meaning} and the unit a UCUM one; one TID 1501 measurement each"},
+    {.key = "score_threshold", .type = T_FLOAT, .def_float = 0.5, .fcheck = F_UNIT,
+     .off = MAN_OFF(score_threshold),
+     .doc = "detection: boxes scoring below are dropped. The model gives, per image, "
+            "[max_boxes, 6] rows (x1, y1, x2, y2, score, class) in input pixels, 0,0 the "
+            "top-left corner of the input, class 1..channels (below 1: no box); boxes are "
+            "mapped back through the letterbox, clipped to the image, empty ones dropped"},
+    {.key = "max_boxes", .type = T_INT, .def_int = 100, .min = 1, .max = 10000,
+     .off = MAN_OFF(max_boxes), .doc = "detection: most box rows the model gives per image"},
     {.key = "series_description", .type = T_STR, .off = MAN_OFF(series_description),
      .doc = "of the result series; default the algorithm name"},
     {.key = "series_number", .type = T_INT, .def_int = 900, .min = 1, .max = 2147483646,
@@ -224,7 +252,7 @@ const struct schema_field config_manifest_fields[] = {
 const size_t config_n_manifest_fields = NELEM(config_manifest_fields);
 
 _Static_assert(NELEM(code_fields) <= MAX_FIELDS && NELEM(label_fields) <= MAX_FIELDS &&
-                   NELEM(class_fields) <= MAX_FIELDS &&
+                   NELEM(class_fields) <= MAX_FIELDS && NELEM(value_fields) <= MAX_FIELDS &&
                    NELEM(algorithm_fields) <= MAX_FIELDS && NELEM(input_fields) <= MAX_FIELDS &&
                    NELEM(accept_fields) <= MAX_FIELDS &&
                    NELEM(scale_fields) <= MAX_FIELDS && NELEM(preprocess_fields) <= MAX_FIELDS &&
@@ -328,6 +356,7 @@ static void release_numbered(const struct schema_field *f, void *base, size_t si
 
 _Static_assert(offsetof(struct config_label, value) == 0, "a label starts with its number");
 _Static_assert(offsetof(struct config_class, value) == 0, "a class starts with its number");
+_Static_assert(offsetof(struct config_value, value) == 0, "a value starts with its number");
 
 static void parse_labels(struct schema_ctx *c, const struct schema_field *f, const char *what,
                          const struct ynode *v, void *base)
@@ -351,6 +380,18 @@ static void parse_classes(struct schema_ctx *c, const struct schema_field *f, co
 static void release_classes(const struct schema_field *f, void *base)
 {
     release_numbered(f, base, sizeof(struct config_class), class_fields, NELEM(class_fields));
+}
+
+static void parse_values(struct schema_ctx *c, const struct schema_field *f, const char *what,
+                         const struct ynode *v, void *base)
+{
+    parse_numbered(c, f, what, v, base, sizeof(struct config_value), value_fields,
+                   NELEM(value_fields), "value");
+}
+
+static void release_values(const struct schema_field *f, void *base)
+{
+    release_numbered(f, base, sizeof(struct config_value), value_fields, NELEM(value_fields));
 }
 
 static void check_preprocess(struct schema_ctx *c, const struct schema_parsed *p, void *base)
@@ -464,8 +505,8 @@ static void check_classes(struct schema_ctx *c, const struct schema_parsed *p,
     static const char *const segmentation_only[] = {"labels", "decision", "threshold", NULL};
     refuse_keys(c, p, segmentation_only, "kind segmentation");
     if (!given(p, "classes")) {
-        schema_report(c, p->pos->line, p->pos->col,
-                      "%s: missing required key 'classes' (kind classification)", p->sect);
+        schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'classes' (kind %s)",
+                      p->sect, output_kind_names[m->output_kind]);
         return;
     }
     if (!schema_usable(p, "channels") || !schema_usable(p, "classes"))
@@ -484,12 +525,70 @@ static void check_classes(struct schema_ctx *c, const struct schema_parsed *p,
                       p->sect, m->n_classes, m->channels);
 }
 
+/* The values of a regression: value N is output channel N - 1. */
+static void check_values(struct schema_ctx *c, const struct schema_parsed *p,
+                         const struct config_manifest *m)
+{
+    static const char *const not_regression[] = {"labels", "decision", "threshold", "activation",
+                                                 "classes", NULL};
+    refuse_keys(c, p, not_regression, "other kinds than regression");
+    if (!given(p, "values")) {
+        schema_report(c, p->pos->line, p->pos->col,
+                      "%s: missing required key 'values' (kind regression)", p->sect);
+        return;
+    }
+    if (!schema_usable(p, "channels") || !schema_usable(p, "values"))
+        return;
+    const struct ynode *v = schema_pos_of(p, "values");
+    for (size_t i = 0; i < m->n_values; i++)
+        if (m->values[i].value != (int)i + 1) {
+            schema_report(c, v->line, v->col,
+                          "%s.values: value numbers must run 1, 2, 3, ... without gaps; %d is "
+                          "missing", p->sect, (int)i + 1);
+            return;
+        }
+    if (m->n_values != (size_t)m->channels)
+        schema_report(c, v->line, v->col,
+                      "%s.values: one value per output channel: %zu values, %d channels",
+                      p->sect, m->n_values, m->channels);
+}
+
 static void check_output(struct schema_ctx *c, const struct schema_parsed *p, void *base)
 {
     const struct config_manifest *m = base;
     if (!schema_usable(p, "kind"))
         return;
+    /* Keys of one kind mean nothing for the others: each is refused where
+     * it is written, so a manifest says only what applies. */
+    static const char *const detection_only[] = {"score_threshold", "max_boxes", NULL};
+    if (m->output_kind != CONFIG_OUTPUT_DETECTION)
+        refuse_keys(c, p, detection_only, "kind detection");
+    if (m->output_kind != CONFIG_OUTPUT_REGRESSION) {
+        static const char *const regression_only[] = {"values", NULL};
+        refuse_keys(c, p, regression_only, "kind regression");
+    }
     if (m->output_kind == CONFIG_OUTPUT_CLASSIFICATION) {
+        check_classes(c, p, m);
+        return;
+    }
+    if (m->output_kind == CONFIG_OUTPUT_REGRESSION) {
+        check_values(c, p, m);
+        return;
+    }
+    if (m->output_kind == CONFIG_OUTPUT_DETECTION) {
+        /* Boxes have scores of their own: no activation, no aggregate. */
+        static const char *const not_detection[] = {"activation", "aggregate", NULL};
+        refuse_keys(c, p, not_detection, "kind classification or regression");
+        /* A class is present with any box: output.score_threshold decides. */
+        const struct ynode *cv = ynode_get(p->map, "classes");
+        for (size_t i = 0; cv && cv->kind == Y_MAP && i + 1 < cv->n; i += 2) {
+            const struct ynode *t = ynode_get(cv->kids[i + 1], "threshold");
+            if (t && cv->kids[i]->kind == Y_SCALAR)
+                schema_report(c, t->line, t->col,
+                              "%s.classes.%s.threshold: only for kind classification (a "
+                              "detection has output.score_threshold)",
+                              p->sect, cv->kids[i]->text);
+        }
         check_classes(c, p, m);
         return;
     }
@@ -583,9 +682,12 @@ static void check_kinds(struct schema_ctx *c, const struct ynode *root,
         if (pre)
             schema_report(c, pre->line, pre->col,
                           "preprocess: only for input.kind volume (a head reads features)");
-        if (m->output_kind != CONFIG_OUTPUT_CLASSIFICATION)
+        /* Features hold no positions: a head cannot give boxes. */
+        if (m->output_kind != CONFIG_OUTPUT_CLASSIFICATION &&
+            m->output_kind != CONFIG_OUTPUT_REGRESSION)
             schema_report(c, at->line, at->col,
-                          "output.kind: a head (input.from) gives classifications, not %s",
+                          "output.kind: a head (input.from) gives classifications or "
+                          "regressions, not %s",
                           output_kind_names[m->output_kind]);
         return;
     }
@@ -598,9 +700,10 @@ static void check_kinds(struct schema_ctx *c, const struct ynode *root,
             schema_report(c, spacing->line, spacing->col,
                           "preprocess.spacing: input.kind slices runs on the series' own grid "
                           "(none)");
-        if (m->output_kind == CONFIG_OUTPUT_EMBEDDING)
-            schema_report(c, at->line, at->col,
-                          "output.kind: embedding needs input.kind image");
+        if (m->output_kind != CONFIG_OUTPUT_SEGMENTATION &&
+            m->output_kind != CONFIG_OUTPUT_CLASSIFICATION)
+            schema_report(c, at->line, at->col, "output.kind: %s needs input.kind image",
+                          output_kind_names[m->output_kind]);
         return;
     }
     if (m->input_kind == CONFIG_INPUT_VOLUME) {
@@ -609,9 +712,10 @@ static void check_kinds(struct schema_ctx *c, const struct ynode *root,
                           "missing required key 'inference' (input.kind volume)");
         if (m->output_kind != CONFIG_OUTPUT_SEGMENTATION)
             schema_report(c, at->line, at->col,
-                          "output.kind: %s needs input.kind image or slices; a volume gives "
+                          "output.kind: %s needs input.kind image%s; a volume gives "
                           "segmentations",
-                          output_kind_names[m->output_kind]);
+                          output_kind_names[m->output_kind],
+                          m->output_kind == CONFIG_OUTPUT_CLASSIFICATION ? " or slices" : "");
         return;
     }
     if (inference)
@@ -625,7 +729,7 @@ static void check_kinds(struct schema_ctx *c, const struct ynode *root,
     if (m->output_kind == CONFIG_OUTPUT_SEGMENTATION)
         schema_report(c, at->line, at->col,
                       "output.kind: segmentation of images is not available; input.kind image "
-                      "gives classifications or embeddings");
+                      "gives classifications, regressions, detections or embeddings");
 }
 
 /* ---- input.accept ---- */

@@ -43,6 +43,26 @@ struct dicom_finding {
     int present;                 /* at or above the class's threshold */
 };
 
+/* One value of a regression over the images evaluated. */
+struct dicom_value {
+    const char *name;            /* Tracking Identifier of its group */
+    struct dicom_code concept;   /* what is measured */
+    struct dicom_code unit;      /* its UCUM unit */
+    double value;
+};
+
+/* One box of a detection on image SLICE (as findings have them: frame
+ * SOURCE_FRAMES[slice] of file SOURCE_FILES[slice]): pixel corners in
+ * DICOM image coordinates (0,0 the top-left corner of the top-left
+ * pixel), x along columns, y along rows, x1 < x2, y1 < y2. */
+struct dicom_box {
+    const char *name;            /* Tracking Identifier of its group */
+    struct dicom_code finding;   /* its class's finding */
+    int slice;
+    double x1, y1, x2, y2;
+    double score;                /* 0..1 */
+};
+
 /*
  * What the results are made from. Slice k of LABELS (nz x ny x nx, one byte
  * per voxel, row-major) lies exactly on frame SOURCE_FRAMES[k] of file
@@ -62,6 +82,13 @@ struct dicom_result {
      * SOURCE_FILES[k]; NY and NX are unused. */
     const struct dicom_finding *findings;
     size_t n_findings;
+    /* A regression instead: its values (no findings, no SEG). */
+    const struct dicom_value *values;
+    size_t n_values;
+    /* A detection: a finding per class (present when it has a box; its
+     * certainty the best score) and its boxes, each a planar region. */
+    const struct dicom_box *boxes;
+    size_t n_boxes;
     const char *algorithm_name;
     const char *algorithm_version;
     struct dicom_code algorithm_family;
@@ -96,7 +123,11 @@ DICOM_API int dicom_write_seg(const struct dicom_result *r, const char *path,
  * cross-section on that slice's source image, with area and long axis;
  * for a classification (SEG NULL) one measurement and qualitative
  * evaluation group per finding (TID 1501: the finding present or absent,
- * and its certainty). The model's digests and intended use are recorded
+ * and its certainty); for a regression one TID 1501 group per value (the
+ * measurement with its concept and UCUM unit); for a detection the
+ * findings of its classes and a planar group (TID 1410) per box: the box
+ * as a closed POLYLINE on its image, its area in mm2 where the image has
+ * a pixel spacing, and its score as a certainty. The model's digests and intended use are recorded
  * where set. OUT gets
  * what was written. */
 DICOM_API int dicom_write_sr(const struct dicom_result *r, const struct dicom_written *seg,

@@ -180,6 +180,45 @@ void validate_findings(const dicom_result *r)
     }
 }
 
+// Regressions and detections, like classifications, come without a SEG.
+bool has_seg(const dicom_result *r) { return !r->findings && !r->values; }
+
+void validate_values(const dicom_result *r)
+{
+    if (r->n_values == 0)
+        fail("no values to report");
+    for (size_t i = 0; i < r->n_values; i++) {
+        const dicom_value &v = r->values[i];
+        const std::string which = "value " + std::to_string(i + 1);
+        if (empty(v.name))
+            fail(which + ": no name");
+        if (empty(v.concept.value) || empty(v.concept.scheme) || empty(v.concept.meaning))
+            fail(which + ": the concept code is incomplete");
+        if (empty(v.unit.value) || empty(v.unit.scheme) || empty(v.unit.meaning))
+            fail(which + ": the unit code is incomplete");
+        if (!std::isfinite(v.value))
+            fail(which + ": the value is not a finite number");
+    }
+}
+
+void validate_boxes(const dicom_result *r)
+{
+    for (size_t i = 0; i < r->n_boxes; i++) {
+        const dicom_box &b = r->boxes[i];
+        const std::string which = "box " + std::to_string(i + 1);
+        if (empty(b.name))
+            fail(which + ": no name");
+        if (empty(b.finding.value) || empty(b.finding.scheme) || empty(b.finding.meaning))
+            fail(which + ": the finding code is incomplete");
+        if (b.slice < 0 || b.slice >= r->nz)
+            fail(which + ": no such image");
+        if (!(b.x1 >= 0 && b.y1 >= 0 && b.x2 > b.x1 && b.y2 > b.y1))
+            fail(which + ": not a box within the image");
+        if (!(b.score >= 0 && b.score <= 1))
+            fail(which + ": the score is not within 0..1");
+    }
+}
+
 void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_series_uid,
               const char *path)
 {
@@ -187,8 +226,17 @@ void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
         fail("no result");
     if (empty(path))
         fail("no output path");
+    if (r->findings && r->values)
+        fail("findings and values in one report");
+    if (r->boxes && !r->findings)
+        fail("boxes without the findings of their classes");
+    if (!has_seg(r) && r->n_segments)
+        fail("segments in a report without a SEG");
     if (r->findings) {
         validate_findings(r);
+        validate_boxes(r);
+    } else if (r->values) {
+        validate_values(r);
     } else {
         if (!valid_uid(seg_sop_uid) || !valid_uid(seg_series_uid))
             fail("the SEG's SOP Instance UID and Series Instance UID must be valid UIDs");
@@ -201,7 +249,7 @@ void validate(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
         fail("the algorithm name and version are required");
     if (empty(r->manufacturer))
         fail("the manufacturer is required");
-    if (!r->findings && (!r->labels || r->nx < 1 || r->ny < 1))
+    if (has_seg(r) && (!r->labels || r->nx < 1 || r->ny < 1))
         fail("no label volume");
     // A digest that is not one would be recorded as if it traced the model.
     const struct {
@@ -241,6 +289,13 @@ bool own_text_ascii(const dicom_result *r)
     }
     for (size_t i = 0; r->findings && i < r->n_findings; i++)
         if (!is_ascii(r->findings[i].name) || !is_ascii(r->findings[i].finding.meaning))
+            return false;
+    for (size_t i = 0; r->values && i < r->n_values; i++)
+        if (!is_ascii(r->values[i].name) || !is_ascii(r->values[i].concept.meaning) ||
+            !is_ascii(r->values[i].unit.meaning))
+            return false;
+    for (size_t i = 0; r->boxes && i < r->n_boxes; i++)
+        if (!is_ascii(r->boxes[i].name) || !is_ascii(r->boxes[i].finding.meaning))
             return false;
     return true;
 }
@@ -289,6 +344,58 @@ void add_findings(TID1500_MeasurementReport &report, const dicom_result *r)
     }
 }
 
+// One TID 1501 group per value of a regression: the value as a numeric
+// measurement of its concept, in its UCUM unit. (Its TID 4019 Algorithm
+// Identification is added to the finished tree, as for findings.)
+void add_values(TID1500_MeasurementReport &report, const dicom_result *r)
+{
+    for (size_t i = 0; i < r->n_values; i++) {
+        const dicom_value &v = r->values[i];
+        const std::string which = "value " + std::to_string(i + 1);
+        check(report.addIndividualMeasurements(), which + ": measurement group");
+        CMR_TID1501_in_TID1500 &g = report.getIndividualMeasurements();
+        check(g.setTrackingIdentifier(lo(v.name).c_str()), which + ": tracking identifier");
+        check(g.setTrackingUniqueIdentifier(new_uid().c_str()), which + ": tracking UID");
+        const std::string text = ds_text(v.value);
+        CMR_TID1501_in_TID1500::MeasurementValue value(
+            text.c_str(), CMR_CID7181(DSRCodedEntryValue(v.unit.value, v.unit.scheme,
+                                                         v.unit.meaning)));
+        if (std::strtod(text.c_str(), nullptr) != v.value)
+            check(value.setFloatingPointRepresentation(v.value), which + ": value");
+        check(g.addMeasurement(CMR_CID7469(DSRCodedEntryValue(v.concept.value, v.concept.scheme,
+                                                              v.concept.meaning)),
+                               value),
+              which + ": measurement");
+    }
+}
+
+// Whether an image reference to F names its frame: only for a multi-frame
+// image whose SOP class has frames. The classic single-frame classes
+// (dciodvfy refuses a Referenced Frame Number for them) are referenced
+// whole, even when an object of theirs carries Number of Frames.
+bool references_frames(const ainode_dicom::source_file &f)
+{
+    static const char *const single_frame[] = {
+        "1.2.840.10008.5.1.4.1.1.1",     // CR
+        "1.2.840.10008.5.1.4.1.1.1.1",   // DX for presentation
+        "1.2.840.10008.5.1.4.1.1.1.1.1", // DX for processing
+        "1.2.840.10008.5.1.4.1.1.1.2",   // MG for presentation
+        "1.2.840.10008.5.1.4.1.1.1.2.1", // MG for processing
+        "1.2.840.10008.5.1.4.1.1.1.3",   // IO for presentation
+        "1.2.840.10008.5.1.4.1.1.1.3.1", // IO for processing
+        "1.2.840.10008.5.1.4.1.1.2",     // CT
+        "1.2.840.10008.5.1.4.1.1.4",     // MR
+        "1.2.840.10008.5.1.4.1.1.6.1",   // US
+        "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
+        "1.2.840.10008.5.1.4.1.1.128",   // PET
+    };
+    if (!f.multiframe)
+        return false;
+    for (const char *uid : single_frame)
+        if (f.sop_class == uid)
+            return false;
+    return true;
+}
 
 // ---- The planar region of a segment: plain geometry on the label volume ----
 
@@ -548,6 +655,8 @@ std::vector<tracking> build_report(TID1500_MeasurementReport &report, const dico
 
     if (r->findings)
         add_findings(report, r);
+    if (r->values)
+        add_values(report, r);
     // TID 1411 takes one source series; the label volume comes from one.
     const std::string source_series = sources.front().series;
     // UCUM "ml" is in no context group of the editions DCMTK 3.6.7 and
@@ -628,17 +737,27 @@ void add_measurement(DSRDocumentTree &tree, const dicom_result *r,
 // The TID 4019 Algorithm Identification of each finding's certainty (TID
 // 300 row 9), which DCMTK's TID 300 cannot add: the model's name, version
 // and digests on every value it produced, as on a segment's volume.
+// A regression's values get theirs the same way.
 void add_finding_algorithms(DSRDocumentTree &tree, const dicom_result *r)
 {
     const DSRCodedEntryValue certainty(CODE_DCM_CertaintyOfFinding);
+    const size_t expected = r->values ? r->n_values : r->n_findings;
+    const char *noun = r->values ? "value " : "finding ";
     if (!tree.gotoNamedNode(CODE_DCM_ImagingMeasurements) || !tree.goDown())
         fail("the report has no measurement groups");
     size_t n = 0;
     do {
         const size_t group = tree.getNodeID();
-        const std::string what = "finding " + std::to_string(++n) + ": algorithm identification";
-        if (!tree.gotoNamedChildNode(certainty))
-            fail(what + ": no certainty");
+        const std::string what = noun + std::to_string(++n) + ": algorithm identification";
+        if (n > expected) // (a detection's boxes are added after this)
+            fail("the report has more measurement groups than " + std::to_string(expected) +
+                 " " + noun + "groups");
+        const dicom_value *v = r->values ? &r->values[n - 1] : nullptr;
+        const DSRCodedEntryValue measured_concept =
+            v ? DSRCodedEntryValue(v->concept.value, v->concept.scheme, v->concept.meaning)
+              : certainty;
+        if (!tree.gotoNamedChildNode(measured_concept))
+            fail(what + ": no measurement");
         add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmName, r->algorithm_name,
                  what);
         add_text(tree, DSRTypes::RT_hasConceptMod, CODE_DCM_AlgorithmVersion,
@@ -648,9 +767,9 @@ void add_finding_algorithms(DSRDocumentTree &tree, const dicom_result *r)
         if (!tree.gotoNode(group))
             fail(what + ": its group is gone");
     } while (tree.gotoNext());
-    if (n != r->n_findings)
+    if (n != expected)
         fail("the report has " + std::to_string(n) + " measurement groups for " +
-             std::to_string(r->n_findings) + " findings");
+             std::to_string(expected) + " " + noun + "groups");
 }
 
 // One Planar ROI measurement group (TID 1410) per segment with voxels,
@@ -731,7 +850,7 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
               which + ": image region");
         check(tree.getCurrentContentItem().setSpatialCoordinates(region), which + ": outline");
         DSRImageReferenceValue image(f.sop_class, f.sop_instance);
-        if (f.multiframe)
+        if (references_frames(f))
             image.getFrameList().addItem((Sint32)frame + 1);
         if (!tree.addContentItem(DSRTypes::RT_selectedFrom, DSRTypes::VT_Image,
                                  DSRTypes::AM_belowCurrent))
@@ -754,6 +873,87 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
                         measured(diameter, CMR_CID7181::getCodedEntry(CMR_CID7181::Millimeter),
                                  which + ": long axis"),
                         which + ": long axis");
+    }
+}
+
+// One Planar ROI measurement group (TID 1410) per box of a detection,
+// after the findings of its classes: the box as a closed POLYLINE of its
+// four corners (the first again at the end) on its source image, the
+// class's finding, the box's area in mm2 where the image has a pixel
+// spacing (without one no standard unit fits pixels, so there is no area),
+// and the box's score as a Certainty of Finding in percent, each with the
+// model's Algorithm Identification.
+void add_box_groups(DSRDocumentTree &tree, const dicom_result *r)
+{
+    if (!tree.gotoNamedNode(CODE_DCM_ImagingMeasurements) || !tree.goDown())
+        fail("the report has no measurement groups");
+    while (tree.gotoNext())
+        ;
+    size_t last = tree.getNodeID();
+    const auto &files = r->sources->files;
+    for (size_t i = 0; i < r->n_boxes; i++) {
+        const dicom_box &b = r->boxes[i];
+        const std::string which = "box " + std::to_string(i + 1);
+        const ainode_dicom::source_file &f = files[(size_t)r->source_files[b.slice]];
+        const long frame = r->source_frames ? r->source_frames[b.slice] : 0;
+        if (!tree.gotoNode(last))
+            fail(which + ": the group before it is gone");
+        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container,
+                                  CODE_DCM_MeasurementGroup),
+              which + ": planar measurement group");
+        last = tree.getNodeID();
+        DSRContentItem &group = tree.getCurrentContentItem();
+        check(group.setContinuityOfContent(DSRTypes::COC_Separate), which + ": continuity");
+        check(group.setTemplateIdentification("1410", "DCMR", UID_DICOMContentMappingResource),
+              which + ": template");
+        check(tree.addChildContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_Text,
+                                       CODE_DCM_TrackingIdentifier),
+              which + ": tracking identifier");
+        check(tree.getCurrentContentItem().setStringValue(lo(b.name).c_str()),
+              which + ": tracking identifier");
+        check(tree.addContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_UIDRef,
+                                  CODE_DCM_TrackingUniqueIdentifier),
+              which + ": tracking UID");
+        check(tree.getCurrentContentItem().setStringValue(new_uid().c_str()),
+              which + ": tracking UID");
+        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Code, CODE_DCM_Finding),
+              which + ": finding");
+        check(tree.getCurrentContentItem().setCodeValue(
+                  DSRCodedEntryValue(b.finding.value, b.finding.scheme, b.finding.meaning)),
+              which + ": finding");
+
+        DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
+        const double corners[5][2] = {
+            {b.x1, b.y1}, {b.x2, b.y1}, {b.x2, b.y2}, {b.x1, b.y2}, {b.x1, b.y1}};
+        for (const auto &c : corners)
+            region.getGraphicDataList().addItem((Float32)c[0], (Float32)c[1]);
+        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_SCoord,
+                                  CODE_DCM_ImageRegion),
+              which + ": image region");
+        check(tree.getCurrentContentItem().setSpatialCoordinates(region), which + ": box");
+        DSRImageReferenceValue image(f.sop_class, f.sop_instance);
+        if (references_frames(f))
+            image.getFrameList().addItem((Sint32)frame + 1);
+        if (!tree.addContentItem(DSRTypes::RT_selectedFrom, DSRTypes::VT_Image,
+                                 DSRTypes::AM_belowCurrent))
+            fail(which + ": the box's image");
+        check(tree.getCurrentContentItem().setImageReference(image), which + ": box's image");
+        tree.goUp();
+
+        if (frame >= 0 && (size_t)frame < f.geom.size() && f.geom[(size_t)frame].has_spacing) {
+            const double area = (b.x2 - b.x1) * f.geom[(size_t)frame].spacing[1] *
+                                (b.y2 - b.y1) * f.geom[(size_t)frame].spacing[0];
+            add_measurement(
+                tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::Area),
+                measured(area, CMR_CID7181::getCodedEntry(CMR_CID7181::SquareMillimeter),
+                         which + ": area"),
+                which + ": area");
+        }
+        add_measurement(tree, r, DSRCodedEntryValue(CODE_DCM_CertaintyOfFinding),
+                        measured(b.score * 100.0,
+                                 CMR_CID7181::getCodedEntry(CMR_CID7181::Percent),
+                                 which + ": certainty"),
+                        which + ": certainty");
     }
 }
 
@@ -795,10 +995,12 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     check(doc.setTreeFromRootTemplate(report), "document tree");
     // The template builds an Enhanced SR; its content fits Comprehensive 3D.
     check(doc.changeDocumentType(DSRTypes::DT_Comprehensive3DSR), "document type");
-    if (r->findings)
+    if (!has_seg(r))
         add_finding_algorithms(doc.getTree(), r);
     else
         add_planar_groups(doc.getTree(), r, tracked);
+    if (r->boxes)
+        add_box_groups(doc.getTree(), r);
     check(doc.readStudyData(*study_ds), "patient and study of " + first.name());
     if (!charset.empty())
         check(doc.setSpecificCharacterSet(charset.c_str()), "specific character set");
@@ -821,7 +1023,7 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
 
     // Every instance the content references: the SEG and all sources.
     DSRSOPInstanceReferenceList &evidence = doc.getCurrentRequestedProcedureEvidence();
-    if (!r->findings)
+    if (has_seg(r))
         check(evidence.addItem(first.study.c_str(), seg_series_uid, UID_SegmentationStorage,
                                seg_sop_uid),
               "evidence: SEG");

@@ -78,12 +78,17 @@ static int add_job_json(void *ud, const struct storage_job_row *j)
         json_object_del(summary, "encoder");
     }
     /* A classification's summary holds findings (each with a probability),
+     * a regression's values, a detection's classes with their boxes,
      * an encoder's its features; a segmentation's, labels. */
     const char *key = "labels", *k;
     json_t *v;
     json_object_foreach(summary, k, v) {
         if (json_object_get(v, "probability"))
             key = "findings";
+        else if (json_object_get(v, "value"))
+            key = "values";
+        else if (json_object_get(v, "best_score"))
+            key = "detections";
         break;
     }
     if (json_object_get(summary, "features"))

@@ -301,33 +301,102 @@ static int write_sr(struct storage *store, const struct storage_job *job,
     return 0;
 }
 
-/* Writes a classification's SR durably under DATA_DIR/results: its
- * findings, no SEG. */
+/* A detection's boxes for its SR, each named after its class and its
+ * number among that class's boxes ("Nodule 1", "Nodule 2", ...): NAMES
+ * holds the text. NULL when out of memory. */
+static struct dicom_box *sr_boxes(const struct config_manifest *mf,
+                                  const struct pipeline_output *out, char (**names)[80])
+{
+    size_t n = out->n_boxes ? out->n_boxes : 1;
+    struct dicom_box *boxes = calloc(n, sizeof *boxes);
+    int *seen = calloc(mf->n_classes + 1, sizeof *seen);
+    *names = calloc(n, sizeof **names);
+    if (!boxes || !seen || !*names) {
+        free(boxes);
+        free(seen);
+        free(*names);
+        *names = NULL;
+        return NULL;
+    }
+    for (size_t i = 0; i < out->n_boxes; i++) {
+        const struct pipeline_box *b = &out->boxes[i];
+        const struct config_class *c = &mf->classes[b->cls - 1];
+        snprintf((*names)[i], sizeof (*names)[i], "%s %d", c->name, ++seen[b->cls]);
+        boxes[i] = (struct dicom_box){
+            .name = (*names)[i],
+            .finding = {c->finding.value, c->finding.scheme, c->finding.meaning},
+            .slice = (int)b->image,
+            .x1 = b->x1, .y1 = b->y1, .x2 = b->x2, .y2 = b->y2,
+            .score = b->score,
+        };
+    }
+    free(seen);
+    return boxes;
+}
+
+/* Writes the SR of an image model durably under DATA_DIR/results, no SEG:
+ * a classification's findings, a regression's values, or a detection's
+ * classes (present when they have a box, the best score their certainty)
+ * and boxes. */
 static int write_findings(struct storage *store, const struct config_model *cm,
                           const struct storage_job *job, const struct pipeline_output *out,
                           struct job_results *res, struct pipeline_timing *t, char *err,
                           size_t errlen)
 {
     const struct config_manifest *mf = &cm->manifest;
+    const int regression = mf->output_kind == CONFIG_OUTPUT_REGRESSION;
+    const int detection = mf->output_kind == CONFIG_OUTPUT_DETECTION;
     struct dicom_finding *findings = calloc(mf->n_classes ? mf->n_classes : 1, sizeof *findings);
-    if (!findings)
+    struct dicom_value *values = calloc(mf->n_values ? mf->n_values : 1, sizeof *values);
+    struct dicom_box *boxes = NULL;
+    char (*box_names)[80] = NULL;
+    if (!findings || !values || (detection && !(boxes = sr_boxes(mf, out, &box_names)))) {
+        free(findings);
+        free(values);
         return error_set(err, errlen, -1, "out of memory");
-    for (size_t i = 0; i < mf->n_classes; i++) {
+    }
+    for (size_t i = 0; !regression && i < mf->n_classes; i++) {
         const struct config_class *c = &mf->classes[i];
+        int present = detection ? 0 : pipeline_class_present(mf, out, i);
+        /* A detection's class is present with any box: its boxes already
+         * passed output.score_threshold. */
+        for (size_t b = 0; detection && b < out->n_boxes; b++)
+            present |= out->boxes[b].cls == c->value;
         findings[i] = (struct dicom_finding){
             .name = c->name,
             .finding = {c->finding.value, c->finding.scheme, c->finding.meaning},
             .probability = out->probability[i],
-            .present = pipeline_class_present(mf, out, i),
+            .present = present,
+        };
+    }
+    for (size_t i = 0; regression && i < mf->n_values; i++) {
+        const struct config_value *v = &mf->values[i];
+        values[i] = (struct dicom_value){
+            .name = v->name,
+            .concept = {v->concept.value, v->concept.scheme, v->concept.meaning},
+            .unit = {v->unit.value, v->unit.scheme, v->unit.meaning},
+            .value = out->value[i],
         };
     }
     char description[65];
     struct dicom_result dr = result_of(cm, out, description);
     dr.nz = (int)out->n_images;
-    dr.findings = findings;
-    dr.n_findings = mf->n_classes;
+    if (regression) {
+        dr.values = values;
+        dr.n_values = mf->n_values;
+    } else {
+        dr.findings = findings;
+        dr.n_findings = mf->n_classes;
+    }
+    if (detection) {
+        dr.boxes = boxes;
+        dr.n_boxes = out->n_boxes;
+    }
     int rc = write_sr(store, job, &dr, NULL, res, t, err, errlen);
     free(findings);
+    free(values);
+    free(boxes);
+    free(box_names);
     return rc;
 }
 
@@ -338,7 +407,8 @@ static int write_dicom_results(struct storage *store, const struct config_model 
                                size_t errlen)
 {
     const struct config_manifest *mf = &cm->manifest;
-    if (mf->output_kind == CONFIG_OUTPUT_CLASSIFICATION)
+    if (mf->output_kind == CONFIG_OUTPUT_CLASSIFICATION ||
+        mf->output_kind == CONFIG_OUTPUT_REGRESSION || mf->output_kind == CONFIG_OUTPUT_DETECTION)
         return write_findings(store, cm, job, out, res, t, err, errlen);
     if (mf->output_kind == CONFIG_OUTPUT_EMBEDDING)
         return 0; /* features are for heads: nothing goes to a PACS */

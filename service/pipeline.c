@@ -147,6 +147,9 @@ void pipeline_output_free(struct pipeline_output *o)
     free(o->image_probability);
     free(o->probability);
     free(o->features);
+    free(o->image_value);
+    free(o->value);
+    free(o->boxes);
     dicom_sources_close(o->sources);
     memset(o, 0, sizeof *o);
 }
@@ -372,6 +375,56 @@ static json_t *finding_summary(const struct config_manifest *mf, const struct pi
     return sum;
 }
 
+/* Per value of a regression: its name, the series' value and its unit. */
+static json_t *value_summary(const struct config_manifest *mf, const struct pipeline_output *o)
+{
+    json_t *sum = json_object();
+    for (size_t i = 0; i < mf->n_values && (int)i < o->n_values; i++) {
+        const struct config_value *v = &mf->values[i];
+        char key[8];
+        snprintf(key, sizeof key, "%d", v->value);
+        json_object_set_new(sum, key,
+                            json_pack("{s:s, s:f, s:s}", "name", v->name, "value", o->value[i],
+                                      "unit", v->unit.value));
+    }
+    return sum;
+}
+
+/* Per class of a detection: its name, its boxes and their best score. */
+static json_t *detection_summary(const struct config_manifest *mf,
+                                 const struct pipeline_output *o)
+{
+    json_t *sum = json_object();
+    for (size_t i = 0; i < mf->n_classes && (int)i < o->n_classes; i++) {
+        const struct config_class *c = &mf->classes[i];
+        json_int_t n = 0;
+        for (size_t b = 0; b < o->n_boxes; b++)
+            n += o->boxes[b].cls == c->value;
+        char key[8];
+        snprintf(key, sizeof key, "%d", c->value);
+        json_object_set_new(sum, key,
+                            json_pack("{s:s, s:I, s:f}", "name", c->name, "boxes", n,
+                                      "best_score", o->probability[i]));
+    }
+    return sum;
+}
+
+/* A detection's boxes, each on its image in source pixel corners. */
+static json_t *boxes_json(const struct config_manifest *mf, const struct pipeline_output *o,
+                          const char *const *sops)
+{
+    json_t *boxes = json_array();
+    for (size_t i = 0; i < o->n_boxes; i++) {
+        const struct pipeline_box *b = &o->boxes[i];
+        json_array_append_new(
+            boxes, json_pack("{s:s, s:i, s:i, s:s, s:f, s:[f, f, f, f]}", "sop_instance_uid",
+                             sops[o->source[b->image]], "frame", o->frame[b->image], "class",
+                             b->cls, "name", mf->classes[b->cls - 1].name, "score", b->score,
+                             "box", b->x1, b->y1, b->x2, b->y2));
+    }
+    return boxes;
+}
+
 int pipeline_class_present(const struct config_manifest *mf, const struct pipeline_output *o,
                            size_t i)
 {
@@ -383,15 +436,22 @@ int pipeline_class_present(const struct config_manifest *mf, const struct pipeli
 static json_t *images_json(const struct pipeline_output *o, const char *const *sops)
 {
     json_t *images = json_array();
-    int n = o->features ? o->n_features : o->n_classes;
-    const float *v = o->features ? o->features : o->image_probability;
+    int n = o->features ? o->n_features : o->value ? o->n_values : o->n_classes;
+    const float *v = o->features ? o->features : o->value ? o->image_value : o->image_probability;
+    const char *key = o->features ? "features" : o->value ? "values" : "probabilities";
     for (size_t k = 0; k < o->n_images; k++) {
         json_t *p = json_array();
-        for (int c = 0; c < n; c++)
+        for (int c = 0; v && c < n; c++)
             json_array_append_new(p, json_real(v[k * (size_t)n + (size_t)c]));
+        if (!v) { /* a detection: its boxes are listed apart */
+            json_decref(p);
+            json_array_append_new(images, json_pack("{s:s, s:i}", "sop_instance_uid",
+                                                    sops[o->source[k]], "frame", o->frame[k]));
+            continue;
+        }
         json_array_append_new(images, json_pack("{s:s, s:i, s:o}", "sop_instance_uid",
-                                                sops[o->source[k]], "frame", o->frame[k],
-                                                o->features ? "features" : "probabilities", p));
+                                                sops[o->source[k]], "frame", o->frame[k], key,
+                                                p));
     }
     return images;
 }
@@ -428,12 +488,23 @@ char *pipeline_result_json(const struct config_model *cm, const struct pipeline_
                            const char *sr_uid, char **summary)
 {
     json_t *sum, *doc;
-    if (o->probability || o->features) {
-        sum = o->features ? feature_summary(o) : finding_summary(&cm->manifest, o);
+    const struct config_manifest *mf = &cm->manifest;
+    if (o->probability || o->features || o->value) {
+        const int detection = mf->output_kind == CONFIG_OUTPUT_DETECTION;
+        sum = o->features  ? feature_summary(o)
+              : o->value   ? value_summary(mf, o)
+              : detection ? detection_summary(mf, o)
+                           : finding_summary(mf, o);
         doc = json_pack("{s:I, s:s, s:s, s:s, s:o, s:O}", "job", (json_int_t)job_id,
                         "study_uid", study_uid, "series_uid", series_uid, "model", cm->name,
-                        "images", images_json(o, sops), o->features ? "embedding" : "findings",
+                        "images", images_json(o, sops),
+                        o->features  ? "embedding"
+                        : o->value   ? "values"
+                        : detection ? "detections"
+                                     : "findings",
                         sum);
+        if (doc && detection)
+            json_object_set_new(doc, "boxes", boxes_json(mf, o, sops));
     } else {
         sum = label_summary(&cm->manifest, o);
         json_t *slices = json_array();
@@ -468,7 +539,10 @@ char *pipeline_result_json(const struct config_model *cm, const struct pipeline_
 
 char *pipeline_summary_json(const struct config_model *cm, const struct pipeline_output *o)
 {
+    const struct config_manifest *mf = &cm->manifest;
     json_t *sum = o->features      ? feature_summary(o)
+                  : o->value       ? value_summary(mf, o)
+                  : mf->output_kind == CONFIG_OUTPUT_DETECTION ? detection_summary(mf, o)
                   : o->probability ? finding_summary(&cm->manifest, o)
                                    : label_summary(&cm->manifest, o);
     char *text = json_dumps(sum, JSON_COMPACT | JSON_SORT_KEYS);

@@ -31,6 +31,16 @@ struct pipeline_timing {
     double seg, sr;               /* writing the results (jobs only) */
 };
 
+/* One box of a detection, on its source image: pixel corners in DICOM
+ * image coordinates (0,0 the top-left corner of the top-left pixel), x
+ * along columns, y along rows, within the image and not empty. */
+struct pipeline_box {
+    size_t image;                 /* index of the image evaluated (source[], frame[]) */
+    int cls;                      /* class number, 1..n_classes */
+    double x1, y1, x2, y2;
+    double score;
+};
+
 /* What a run gives. A volume model: labels on the source series' grid;
  * slice k came from frame frame[k] of the file source[k] (an index into
  * the paths given). An image model (classification): image k was frame
@@ -53,6 +63,16 @@ struct pipeline_output {
     float *features;
     int n_features;
     int forwards;
+    /* A regression: n_values named values per image (n_images x n_values)
+     * and the series' (the manifest's aggregate of its images'). */
+    int n_values;
+    float *image_value;
+    double *value;
+    /* A detection: its boxes, by image then as the model gave them; the
+     * classes' series probability is the best score of their boxes, 0
+     * without any (n_classes set, probability filled). */
+    struct pipeline_box *boxes;
+    size_t n_boxes;
 };
 
 /* Runs CM (loaded as MODEL) on the series in PATHS. PROGRESS (may be NULL)
@@ -94,8 +114,10 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
 /* The result document of a job (grid, source slices, label counts, the
  * seconds of each stage, the SEG and SR instances; LABELS_FILE names the
  * label file beside it; a classification has its images and findings
- * instead of a grid, slices and labels), and in *SUMMARY the label counts
- * (or findings) alone; both
+ * instead of a grid, slices and labels, a regression its images' and the
+ * series' values, a detection its images, its boxes and per class their
+ * number and best score), and in *SUMMARY the label counts (or findings,
+ * values, detections) alone; both
  * malloc'ed JSON text (the caller frees them). SOPS[i] is the SOP Instance
  * UID of PATHS[i] given to pipeline_run. */
 char *pipeline_result_json(const struct config_model *cm, const struct pipeline_output *o,

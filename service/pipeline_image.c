@@ -7,7 +7,9 @@
  *   decode      header checks, then each file rendered (dicom/render.cpp)
  *   preprocess  letterbox and mean/std into the batch (inference/picture.c)
  *   model       one forward per batch of input.batch images
- *   postprocess activation, then the series' probability per class
+ *   postprocess activation, then the series' probability per class; a
+ *               regression's values as given, then the series' per value;
+ *               a detection's boxes mapped back onto their source images
  */
 #include "service/pipeline.h"
 
@@ -38,7 +40,10 @@ struct batch {
     const struct config_model *cm;
     struct infer_model *model;
     float *input;                 /* batch x channels x size[0] x size[1] */
-    float *output;                /* batch x classes */
+    float *output;                /* batch x classes (a detection: batch x max_boxes x 6) */
+    struct infer_letterbox *lb;   /* a detection: each image's letterbox mapping */
+    int (*dims)[2];               /* and its source rows, columns */
+    size_t box_cap;
     size_t plane;                 /* channels x size[0] x size[1] */
     int filled;                   /* images in INPUT now */
     size_t done;                  /* images run so far */
@@ -75,6 +80,90 @@ static int activate(enum config_activation a, float *x, int n)
     return 0;
 }
 
+/* Appends BOX to O's boxes. */
+static int add_box(struct batch *b, const struct pipeline_box *box)
+{
+    struct pipeline_output *o = b->out;
+    if (o->n_boxes == b->box_cap) {
+        size_t cap = b->box_cap ? 2 * b->box_cap : 16;
+        struct pipeline_box *p = realloc(o->boxes, cap * sizeof *p);
+        if (!p)
+            return -1;
+        o->boxes = p;
+        b->box_cap = cap;
+    }
+    o->boxes[o->n_boxes++] = *box;
+    return 0;
+}
+
+/* A detection's rows (N per image: x1, y1, x2, y2, score, class in input
+ * pixels) become boxes on the source images: the letterbox undone (input
+ * corner X is source corner (X - left) / scale), clipped to the image;
+ * rows below output.score_threshold, of class below 1, or empty once
+ * clipped are dropped. -1 with ERR for a row that is not a box. */
+static int take_boxes(struct batch *b, int n, char *err, size_t errlen)
+{
+    const struct config_manifest *mf = &b->cm->manifest;
+    for (int i = 0; i < b->filled; i++) {
+        const size_t image = b->done + (size_t)i;
+        const struct infer_letterbox *lb = &b->lb[i];
+        const double rows = b->dims[i][0], cols = b->dims[i][1];
+        for (int r = 0; r < n; r++) {
+            const float *row = b->output + ((size_t)i * (size_t)n + (size_t)r) * 6;
+            for (int j = 0; j < 6; j++)
+                if (!isfinite(row[j])) {
+                    snprintf(err, errlen, "box %d of image %zu is not finite", r + 1, image + 1);
+                    return -1;
+                }
+            if (row[4] < mf->score_threshold || row[5] < 1)
+                continue;
+            if (row[5] != floorf(row[5]) || row[5] > mf->channels || row[4] > 1) {
+                snprintf(err, errlen, "box %d of image %zu has class %g and score %g; classes "
+                                      "are 1..%d, scores 0..1", r + 1, image + 1,
+                         (double)row[5], (double)row[4], mf->channels);
+                return -1;
+            }
+            struct pipeline_box box = {.image = image, .cls = (int)row[5], .score = row[4]};
+            box.x1 = fmin(fmax((row[0] - lb->left) / lb->scale, 0), cols);
+            box.x2 = fmin(fmax((row[2] - lb->left) / lb->scale, 0), cols);
+            box.y1 = fmin(fmax((row[1] - lb->top) / lb->scale, 0), rows);
+            box.y2 = fmin(fmax((row[3] - lb->top) / lb->scale, 0), rows);
+            if (!(box.x2 > box.x1 && box.y2 > box.y1))
+                continue;
+            double *p = &b->out->probability[box.cls - 1];
+            *p = box.score > *p ? box.score : *p;
+            if (add_box(b, &box) != 0) {
+                snprintf(err, errlen, "out of memory");
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Checks a detection's output shape, then takes its boxes. */
+static int detect_batch(struct batch *b, const int64_t *oshape, int ond, char *err,
+                        size_t errlen)
+{
+    const struct config_manifest *mf = &b->cm->manifest;
+    if (ond != 3 || oshape[0] != b->filled || oshape[1] < 0 || oshape[1] > mf->max_boxes ||
+        oshape[2] != 6) {
+        char got[96] = "";
+        for (int i = 0, n = 0; i < ond && i < 8; i++)
+            n += snprintf(got + n, sizeof got - (size_t)n, "%s%lld", i ? ", " : "",
+                          (long long)oshape[i]);
+        snprintf(err, errlen, "the model gave an output of shape [%s]; the manifest expects "
+                              "[%d, at most %d, 6] (images, output.max_boxes, box)", got,
+                 b->filled, mf->max_boxes);
+        return -1;
+    }
+    if (take_boxes(b, (int)oshape[1], err, errlen) != 0)
+        return -1;
+    b->done += (size_t)b->filled;
+    b->filled = 0;
+    return 0;
+}
+
 /* Runs the images in B's input; their probabilities go to the output. */
 static int run_batch(struct batch *b, char *err, size_t errlen)
 {
@@ -82,6 +171,9 @@ static int run_batch(struct batch *b, char *err, size_t errlen)
     if (b->filled == 0)
         return 0;
     int k = mf->channels;
+    size_t cap = (size_t)mf->batch * (size_t)k;
+    if (mf->output_kind == CONFIG_OUTPUT_DETECTION)
+        cap = (size_t)mf->batch * (size_t)mf->max_boxes * 6;
     int64_t shape[4] = {b->filled, mf->in_channels, mf->size[0], mf->size[1]}, oshape[8];
     /* A head's input is a row of features per image. */
     if (mf->from)
@@ -89,11 +181,13 @@ static int run_batch(struct batch *b, char *err, size_t errlen)
     int ond = 0;
     double t0 = seconds_now();
     int rc = infer_model_run_into(b->model, b->input, shape, mf->from ? 2 : 4, b->output,
-                                  (size_t)mf->batch * (size_t)k, oshape, &ond, err, errlen);
+                                  cap, oshape, &ond, err, errlen);
     b->model_seconds += seconds_now() - t0;
     b->forwards++;
     if (rc != INFER_OK)
         return -1;
+    if (mf->output_kind == CONFIG_OUTPUT_DETECTION)
+        return detect_batch(b, oshape, ond, err, errlen);
     if (ond != 2 || oshape[0] != b->filled || oshape[1] != k) {
         char got[96] = "";
         for (int i = 0, n = 0; i < ond && i < 8; i++)
@@ -116,6 +210,19 @@ static int run_batch(struct batch *b, char *err, size_t errlen)
         b->filled = 0;
         return 0;
     }
+    if (mf->output_kind == CONFIG_OUTPUT_REGRESSION) {
+        for (int i = 0; i < b->filled * k; i++)
+            if (!isfinite(b->output[i])) {
+                snprintf(err, errlen, "the model's values for image %zu are not finite",
+                         b->done + (size_t)(i / k) + 1);
+                return -1;
+            }
+        memcpy(b->out->image_value + b->done * (size_t)k, b->output,
+               (size_t)b->filled * (size_t)k * sizeof *b->output);
+        b->done += (size_t)b->filled;
+        b->filled = 0;
+        return 0;
+    }
     for (int i = 0; i < b->filled; i++) {
         float *row = b->output + (size_t)i * k;
         if (activate(mf->activation, row, k) != 0) {
@@ -133,19 +240,31 @@ static int run_batch(struct batch *b, char *err, size_t errlen)
     return 0;
 }
 
-/* The series' probability of each class: the max or mean of its images'. */
-static void aggregate(const struct config_manifest *mf, struct pipeline_output *o)
+/* The series' N numbers from the images' (n_images x N at IMAGE): the max
+ * or mean of each. */
+static void aggregate_into(const struct config_manifest *mf, size_t n_images, int n,
+                           const float *image, double *series)
 {
-    for (int c = 0; c < o->n_classes; c++) {
+    for (int c = 0; c < n; c++) {
         double acc = 0;
-        for (size_t i = 0; i < o->n_images; i++) {
-            double p = o->image_probability[i * (size_t)o->n_classes + (size_t)c];
-            acc = mf->aggregate == CONFIG_AGGREGATE_MAX ? (p > acc ? p : acc) : acc + p;
+        for (size_t i = 0; i < n_images; i++) {
+            double p = image[i * (size_t)n + (size_t)c];
+            /* values may be negative: the max starts from the first image */
+            acc = mf->aggregate == CONFIG_AGGREGATE_MEAN ? acc + p : i == 0 || p > acc ? p : acc;
         }
         if (mf->aggregate == CONFIG_AGGREGATE_MEAN)
-            acc /= (double)o->n_images;
-        o->probability[c] = acc;
+            acc /= (double)n_images;
+        series[c] = acc;
     }
+}
+
+/* The series' probability of each class, or each value. */
+static void aggregate(const struct config_manifest *mf, struct pipeline_output *o)
+{
+    if (mf->output_kind == CONFIG_OUTPUT_REGRESSION)
+        aggregate_into(mf, o->n_images, o->n_values, o->image_value, o->value);
+    else if (mf->output_kind == CONFIG_OUTPUT_CLASSIFICATION)
+        aggregate_into(mf, o->n_images, o->n_classes, o->image_probability, o->probability);
 }
 
 /* The arrays OUT's n_images results go to: features for an encoder,
@@ -157,7 +276,16 @@ static int output_arrays(const struct config_manifest *mf, struct pipeline_outpu
         o->n_features = mf->channels;
         return (o->features = malloc(n * sizeof *o->features)) ? 0 : -1;
     }
+    if (mf->output_kind == CONFIG_OUTPUT_REGRESSION) {
+        o->n_values = mf->channels;
+        return (o->image_value = calloc(n, sizeof *o->image_value)) &&
+                       (o->value = calloc((size_t)mf->channels, sizeof *o->value))
+                   ? 0
+                   : -1;
+    }
     o->n_classes = mf->channels;
+    if (mf->output_kind == CONFIG_OUTPUT_DETECTION) /* boxes are added as they come */
+        return (o->probability = calloc((size_t)mf->channels, sizeof *o->probability)) ? 0 : -1;
     if (!(o->image_probability = calloc(n, sizeof *o->image_probability)) ||
         !(o->probability = calloc((size_t)mf->channels, sizeof *o->probability)))
         return -1;
@@ -266,7 +394,13 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
     }
     out->n_images = n_images;
     if (!(b.input = malloc(batch_floats * sizeof *b.input)) ||
-        !(b.output = malloc((size_t)mf->batch * (size_t)mf->channels * sizeof *b.output)) ||
+        !(b.output = malloc((size_t)mf->batch *
+                            (mf->output_kind == CONFIG_OUTPUT_DETECTION
+                                 ? (size_t)mf->max_boxes * 6
+                                 : (size_t)mf->channels) *
+                            sizeof *b.output)) ||
+        !(b.lb = calloc((size_t)mf->batch, sizeof *b.lb)) ||
+        !(b.dims = calloc((size_t)mf->batch, sizeof *b.dims)) ||
         output_arrays(mf, out) != 0 ||
         !(out->source = malloc(n_images * sizeof *out->source)) ||
         !(out->frame = malloc(n_images * sizeof *out->frame))) {
@@ -305,9 +439,11 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
         for (int f = 0; f < img->frames; f++, k++) {
             out->source[k] = (int)i;
             out->frame[k] = f;
+            b.dims[b.filled][0] = img->rows;
+            b.dims[b.filled][1] = img->cols;
             infer_letterbox(picture + (size_t)f * plane, mf->in_channels, img->rows, img->cols,
                             b.input + (size_t)b.filled * b.plane, mf->size[0], mf->size[1],
-                            mean, std, NULL);
+                            mean, std, &b.lb[b.filled]);
             b.filled++;
             if (b.filled == mf->batch) {
                 prep += seconds_now() - r1;
@@ -326,8 +462,7 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
         goto out;
     double t4 = seconds_now();
     out->forwards = b.forwards;
-    if (mf->output_kind == CONFIG_OUTPUT_CLASSIFICATION)
-        aggregate(mf, out);
+    aggregate(mf, out);
     /* The rendered images are gone; the headers stay for the SR. */
     dicom_sources_drop_pixels(src);
     out->sources = src;
@@ -345,6 +480,8 @@ out:
     free(picture);
     free(b.input);
     free(b.output);
+    free(b.lb);
+    free(b.dims);
     return rc;
 }
 

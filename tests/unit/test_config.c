@@ -1808,7 +1808,7 @@ static void test_image_and_classification_keys_are_checked_with_positions(void *
     expect_line(&cap, 1, mp, "6:12: inference: only for input.kind volume (images are run whole)");
     expect_line(&cap, 2, mp,
                 "8:3: output.kind: segmentation of images is not available; input.kind image "
-                "gives classifications or embeddings");
+                "gives classifications, regressions, detections or embeddings");
     capture_free(&cap);
 
     p = model_config("volume_with_image_keys",
@@ -1820,6 +1820,186 @@ static void test_image_and_classification_keys_are_checked_with_positions(void *
     load_fails(p, &cap);
     expect_count(&cap, 1);
     expect_line(&cap, 0, mp, "9:15: output.activation: only for kind classification");
+    capture_free(&cap);
+}
+
+#define VALUE_BODY                                                                      \
+    "{name: Ratio, concept: {value: \"1\", scheme: S, meaning: M}, "                    \
+    "unit: {value: \"1\", scheme: UCUM, meaning: no units}}"
+
+static void test_regression_and_detection_manifests_are_read_with_their_keys(void **state)
+{
+    (void)state;
+    const char *mp;
+    const char *p = model_config("regressor",
+        ALGORITHM_SECTION
+        "input: {modality: CR, kind: image, size: [64, 64]}\n"
+        "output:\n"
+        "  kind: regression\n"
+        "  channels: 2\n"
+        "  aggregate: mean\n"
+        "  values:\n"
+        "    2: {name: Bone age, concept: {value: \"443849008\", scheme: SCT, meaning: Bone "
+        "age}, unit: {value: a, scheme: UCUM, meaning: year}}\n"
+        "    1: " VALUE_BODY "\n", &mp);
+    struct config *cfg = load_ok(p);
+    const struct config_manifest *m = &cfg->models[0].manifest;
+    assert_int_equal(m->output_kind, CONFIG_OUTPUT_REGRESSION);
+    assert_int_equal(m->aggregate, CONFIG_AGGREGATE_MEAN);
+    assert_int_equal(m->n_values, 2);
+    assert_int_equal(m->values[0].value, 1);
+    assert_string_equal(m->values[0].unit.meaning, "no units");
+    assert_string_equal(m->values[1].name, "Bone age");
+    assert_string_equal(m->values[1].concept.value, "443849008");
+    assert_string_equal(m->values[1].unit.value, "a");
+    assert_int_equal(m->n_classes, 0);
+    config_unref(cfg);
+
+    p = model_config("detector",
+        ALGORITHM_SECTION
+        "input: {modality: CR, kind: image, size: [64, 64]}\n"
+        "output:\n"
+        "  kind: detection\n"
+        "  channels: 1\n"
+        "  score_threshold: 0.25\n"
+        "  max_boxes: 7\n"
+        "  classes: {1: " CLASS_BODY "}\n", &mp);
+    cfg = load_ok(p);
+    m = &cfg->models[0].manifest;
+    assert_int_equal(m->output_kind, CONFIG_OUTPUT_DETECTION);
+    assert_true(m->score_threshold == 0.25);
+    assert_int_equal(m->max_boxes, 7);
+    assert_int_equal(m->n_classes, 1);
+    assert_string_equal(m->classes[0].name, "A");
+    config_unref(cfg);
+
+    /* Defaults: a box counts from a score of 0.5; 100 rows per image. */
+    p = model_config("detector_defaults",
+        ALGORITHM_SECTION
+        "input: {modality: CR, kind: image, size: [64, 64]}\n"
+        "output: {kind: detection, channels: 1, classes: {1: " CLASS_BODY "}}\n", &mp);
+    cfg = load_ok(p);
+    m = &cfg->models[0].manifest;
+    assert_true(m->score_threshold == 0.5);
+    assert_int_equal(m->max_boxes, 100);
+    config_unref(cfg);
+}
+
+static void test_regression_and_detection_keys_are_checked_with_positions(void **state)
+{
+    (void)state;
+    struct capture cap = {0};
+    const char *mp;
+    const char *p = model_config("bad_regressor",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: CR, kind: image, size: [8, 8]}\n"                 /* 5 */
+        "output:\n"                                                          /* 6 */
+        "  kind: regression\n"                                               /* 7 */
+        "  channels: 3\n"                                                    /* 8 */
+        "  activation: sigmoid\n"                                            /* 9 */
+        "  score_threshold: 0.2\n"                                           /* 10 */
+        "  values:\n"                                                        /* 11 */
+        "    1: " VALUE_BODY "\n"                                            /* 12 */
+        "    2: {name: B, concept: {value: \"1\", scheme: S}, unit: {value: \"1\", scheme: "
+        "UCUM, meaning: no units}}\n",                                        /* 13 */
+        &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 3);
+    expect_line(&cap, 0, mp, "13:27: output.values.2.concept: missing required key 'meaning'");
+    expect_line(&cap, 1, mp, "10:20: output.score_threshold: only for kind detection");
+    expect_line(&cap, 2, mp, "9:15: output.activation: only for other kinds than regression");
+    capture_free(&cap);
+
+    /* Value N is channel N - 1: as many values as channels, no gaps. */
+    p = model_config("value_count",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: CR, kind: image, size: [8, 8]}\n"                 /* 5 */
+        "output:\n"                                                          /* 6 */
+        "  kind: regression\n"                                               /* 7 */
+        "  channels: 2\n"                                                    /* 8 */
+        "  values: {1: " VALUE_BODY "}\n", &mp);                             /* 9 */
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp,
+                "9:11: output.values: one value per output channel: 1 values, 2 channels");
+    capture_free(&cap);
+
+    p = model_config("value_gap",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: CR, kind: image, size: [8, 8]}\n"                 /* 5 */
+        "output:\n"                                                          /* 6 */
+        "  kind: regression\n"                                               /* 7 */
+        "  channels: 2\n"                                                    /* 8 */
+        "  values: {1: " VALUE_BODY ", 3: " VALUE_BODY "}\n", &mp);           /* 9 */
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp,
+                "9:11: output.values: value numbers must run 1, 2, 3, ... without gaps; 2 is "
+                "missing");
+    capture_free(&cap);
+
+    p = model_config("no_values",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: CR, kind: image, size: [8, 8]}\n"                 /* 5 */
+        "output:\n"                                                          /* 6 */
+        "  kind: regression\n"                                               /* 7 */
+        "  channels: 1\n", &mp);                                             /* 8 */
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "7:3: output: missing required key 'values' (kind regression)");
+    capture_free(&cap);
+
+    /* A detection: classes as many as channels; scores in 0..1; boxes
+     * have their own scores (no aggregate); values belong to regressions. */
+    p = model_config("bad_detector",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: CR, kind: image, size: [8, 8]}\n"                 /* 5 */
+        "output:\n"                                                          /* 6 */
+        "  kind: detection\n"                                                /* 7 */
+        "  channels: 2\n"                                                    /* 8 */
+        "  score_threshold: 1.5\n"                                           /* 9 */
+        "  max_boxes: 0\n"                                                   /* 10 */
+        "  aggregate: max\n"                                                 /* 11 */
+        "  values: {1: " VALUE_BODY "}\n"                                    /* 12 */
+        "  classes:\n"                                                       /* 13 */
+        "    1: {name: A, finding: {value: \"1\", scheme: S, meaning: M}, threshold: 0.2}\n",
+        &mp);                                                                 /* 14 */
+    load_fails(p, &cap);
+    expect_count(&cap, 6);
+    expect_line(&cap, 0, mp, "9:20: output.score_threshold: 1.5 is out of range 0..1");
+    expect_line(&cap, 1, mp, "10:14: output.max_boxes: 0 is out of range 1..10000");
+    expect_line(&cap, 2, mp, "12:11: output.values: only for kind regression");
+    expect_line(&cap, 3, mp, "11:14: output.aggregate: only for kind classification or "
+                             "regression");
+    expect_line(&cap, 4, mp, "14:75: output.classes.1.threshold: only for kind classification "
+                             "(a detection has output.score_threshold)");
+    expect_line(&cap, 5, mp, "14:5: output.classes: one class per output channel: 1 classes, "
+                             "2 channels");
+    capture_free(&cap);
+
+    /* Only images give values and boxes; a head's features have no
+     * positions to give boxes from. */
+    p = model_config("volume_regression",
+        MANIFEST_HEAD                                                         /* 1-6 */
+        "output:\n"                                                          /* 7 */
+        "  kind: regression\n"                                               /* 8 */
+        "  channels: 1\n"                                                    /* 9 */
+        "  values: {1: " VALUE_BODY "}\n", &mp);                             /* 10 */
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp,
+                "8:9: output.kind: regression needs input.kind image; a volume gives "
+                "segmentations");
+    capture_free(&cap);
+
+    p = model_config("detecting_head",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {from: enc}\n"                                               /* 5 */
+        "output: {kind: detection, channels: 1, classes: {1: " CLASS_BODY "}}\n", &mp); /* 6 */
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "6:16: output.kind: a head (input.from) gives classifications or "
+                             "regressions, not detection");
     capture_free(&cap);
 }
 
@@ -1888,8 +2068,8 @@ static void test_heads_read_the_features_of_an_encoder_of_the_same_file(void **s
                              "for a head");
     expect_line(&cap, 1, mp, "5:40: input.size: only for a model that reads images, not for a "
                              "head");
-    expect_line(&cap, 2, mp, "6:16: output.kind: a head (input.from) gives classifications, "
-                             "not embedding");
+    expect_line(&cap, 2, mp, "6:16: output.kind: a head (input.from) gives classifications or "
+                             "regressions, not embedding");
     capture_free(&cap);
 }
 
@@ -2703,6 +2883,8 @@ int main(void)
         cmocka_unit_test(test_missing_manifest_sections_are_reported_at_the_top),
         cmocka_unit_test(test_an_image_classifier_manifest_is_read_with_its_classes),
         cmocka_unit_test(test_image_and_classification_keys_are_checked_with_positions),
+        cmocka_unit_test(test_regression_and_detection_manifests_are_read_with_their_keys),
+        cmocka_unit_test(test_regression_and_detection_keys_are_checked_with_positions),
         cmocka_unit_test(test_heads_read_the_features_of_an_encoder_of_the_same_file),
         cmocka_unit_test(test_slice_models_keep_to_the_series_own_grid),
         cmocka_unit_test(test_accept_intended_use_and_identity_load_with_their_values),

@@ -392,6 +392,167 @@ static void test_a_multiframe_source_is_outlined_on_its_frame(void **state)
     assert_int_equal(run(cmd, NULL), 0);
 }
 
+static void expect_refused(const struct dicom_result *r, const struct dicom_written *s,
+                           const char *want);
+
+/* The result of an image model on the series: no labels, no segments. */
+static struct dicom_result image_result(void)
+{
+    struct dicom_result r = make_result();
+    r.labels = NULL;
+    r.segments = NULL;
+    r.n_segments = 0;
+    return r;
+}
+
+static const struct dicom_value values[] = {
+    {"Cardiothoracic ratio", {"CTR", "99TEST", "Cardiothoracic ratio"},
+     {"1", "UCUM", "no units"}, 1.0 / 3.0},
+    {"Bone age", {"443849008", "SCT", "Bone age"}, {"a", "UCUM", "year"}, 12.25},
+};
+
+/* A regression: one TID 1501 group per value, the value a NUM of its
+ * concept in its UCUM unit (1/3 kept exactly beside its DS text), with
+ * the model's name, version and digests. */
+static void test_regression_values_are_measurements_in_their_units(void **state)
+{
+    (void)state;
+    struct dicom_result r = image_result();
+    r.values = values;
+    r.n_values = 2;
+    r.model_sha256 = MODEL_SHA256;
+    r.manifest_sha256 = MANIFEST_SHA256;
+    char path[1024], cmd[8192];
+    struct dicom_written w;
+    write_sr(&r, "values.dcm", path, sizeof path, &w);
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 -c 'import sys, pydicom\n"
+             "sr = pydicom.dcmread(sys.argv[1])\n"
+             "groups = sr.ContentSequence[-1].ContentSequence\n"
+             "assert len(groups) == 2, len(groups)\n"
+             "want = [(\"Cardiothoracic ratio\", \"CTR\", \"1\", \"no units\", 1 / 3),\n"
+             "        (\"Bone age\", \"443849008\", \"a\", \"year\", 12.25)]\n"
+             "for g, (name, code, unit, meaning, value) in zip(groups, want):\n"
+             "    items = {i.ConceptNameCodeSequence[0].CodeValue: i for i in g.ContentSequence}\n"
+             "    assert items[\"112039\"].TextValue == name\n"
+             "    m = items[code].MeasuredValueSequence[0]\n"
+             "    u = m.MeasurementUnitsCodeSequence[0]\n"
+             "    assert (u.CodeValue, u.CodingSchemeDesignator, u.CodeMeaning) == "
+             "(unit, \"UCUM\", meaning), u\n"
+             "    assert float(m.get(\"FloatingPointValue\", m.NumericValue)) == value, m\n"
+             "    mods = [(i.ConceptNameCodeSequence[0].CodeValue, i.TextValue) "
+             "for i in items[code].ContentSequence]\n"
+             "    assert mods == [(\"111001\", \"ct-bone-body\"), (\"111003\", \"1.0.0\"), "
+             "(\"111002\", \"model SHA-256 %s\"), (\"111002\", \"manifest SHA-256 %s\")], mods\n"
+             "print(\"values OK\")' '%s' 2>&1",
+             MODEL_SHA256, MANIFEST_SHA256, path);
+    assert_int_equal(run(cmd, NULL), 0);
+}
+
+/* A detection on the Enhanced CT fixture (3 frames of 4 x 5 pixels, 0.5 mm
+ * between rows, 0.75 mm between columns): the findings of its classes,
+ * then a planar group for the box: its closed POLYLINE on frame 2, its
+ * area in mm2 and its score as a certainty. */
+static void test_a_detection_box_is_a_region_on_its_frame(void **state)
+{
+    (void)state;
+    char source[1100];
+    snprintf(source, sizeof source, "%s/tests/data/image/enhanced_ct_3frames.dcm", repo_dir());
+    const char *paths[1] = {source};
+    struct dicom_sources *set = NULL;
+    char why[512];
+    assert_int_equal(dicom_sources_open(paths, 1, &set, why, sizeof why), DICOM_OK);
+    const int files[3] = {0, 0, 0};
+    const int frames[3] = {0, 1, 2};
+    const struct dicom_finding classes[] = {
+        {"Nodule", {"27925004", "SCT", "Nodule"}, 0.75, 1},
+        {"Mass", {"4147007", "SCT", "Mass"}, 0, 0},
+    };
+    const struct dicom_box box = {"Nodule 1", {"27925004", "SCT", "Nodule"}, 1,
+                                  1, 0.5, 4.5, 3, 0.75};
+    struct dicom_result r = image_result();
+    r.sources = set;
+    r.source_files = files;
+    r.source_frames = frames;
+    r.nz = 3;
+    r.findings = classes;
+    r.n_findings = 2;
+    r.boxes = &box;
+    r.n_boxes = 1;
+    char path[1024], cmd[8192];
+    struct dicom_written w;
+    write_sr(&r, "boxes.dcm", path, sizeof path, &w);
+    dicom_sources_close(set);
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 -c 'import math, sys, pydicom\n"
+             "sr, src = pydicom.dcmread(sys.argv[1]), pydicom.dcmread(sys.argv[2])\n"
+             "groups = sr.ContentSequence[-1].ContentSequence\n"
+             "assert len(groups) == 3, len(groups)\n"
+             "items = lambda g: {i.ConceptNameCodeSequence[0].CodeValue: i "
+             "for i in g.ContentSequence}\n"
+             "assert items(groups[0])[\"27925004\"].ConceptCodeSequence[0].CodeValue == "
+             "\"52101004\"\n"
+             "assert items(groups[1])[\"4147007\"].ConceptCodeSequence[0].CodeValue == "
+             "\"2667000\"\n"
+             "box = items(groups[2])\n"
+             "assert box[\"112039\"].TextValue == \"Nodule 1\"\n"
+             "assert box[\"121071\"].ConceptCodeSequence[0].CodeValue == \"27925004\"\n"
+             "region = box[\"111030\"]\n"
+             "assert region.GraphicType == \"POLYLINE\"\n"
+             "assert [float(v) for v in region.GraphicData] == "
+             "[1, 0.5, 4.5, 0.5, 4.5, 3, 1, 3, 1, 0.5], region.GraphicData\n"
+             "ref = region.ContentSequence[0].ReferencedSOPSequence[0]\n"
+             "assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID\n"
+             "assert int(ref.ReferencedFrameNumber) == 2, ref.ReferencedFrameNumber\n"
+             "v = lambda m: float(m.get(\"FloatingPointValue\", m.NumericValue))\n"
+             "area = box[\"42798000\"].MeasuredValueSequence[0]\n"
+             "assert area.MeasurementUnitsCodeSequence[0].CodeValue == \"mm2\"\n"
+             "assert math.isclose(v(area), 3.5 * 0.75 * 2.5 * 0.5), v(area)\n"
+             "assert v(box[\"111012\"].MeasuredValueSequence[0]) == 75\n"
+             "print(\"box OK\")' '%s' '%s' 2>&1",
+             path, source);
+    assert_int_equal(run(cmd, NULL), 0);
+}
+
+/* What is not a value or a box is refused with the reason. */
+static void test_bad_values_and_boxes_are_refused(void **state)
+{
+    (void)state;
+    const struct dicom_finding finding = {"Nodule", {"27925004", "SCT", "Nodule"}, 0.5, 1};
+    struct dicom_value no_unit = values[0], not_finite = values[0];
+    no_unit.unit.value = NULL;
+    not_finite.value = 1.0 / 0.0;
+    const struct dicom_box outside = {"Nodule 1", {"27925004", "SCT", "Nodule"}, 0,
+                                      3, 2, 3, 4, 0.5};
+    const struct dicom_box no_image = {"Nodule 1", {"27925004", "SCT", "Nodule"}, SLICES,
+                                       1, 1, 2, 2, 0.5};
+    struct dicom_result r = image_result();
+    r.values = &no_unit;
+    r.n_values = 1;
+    expect_refused(&r, NULL, "unit code");
+    r.values = &not_finite;
+    expect_refused(&r, NULL, "not a finite number");
+    r.findings = &finding;
+    r.n_findings = 1;
+    expect_refused(&r, NULL, "findings and values");
+    r.values = NULL;
+    r.n_values = 0;
+    r.boxes = &outside;
+    r.n_boxes = 1;
+    expect_refused(&r, NULL, "not a box within the image");
+    r.boxes = &no_image;
+    expect_refused(&r, NULL, "no such image");
+    r.findings = NULL;
+    r.n_findings = 0;
+    expect_refused(&r, NULL, "boxes without the findings");
+    r = image_result();
+    r.findings = &finding;
+    r.n_findings = 1;
+    r.segments = segments;
+    r.n_segments = 1;
+    expect_refused(&r, NULL, "segments in a report without a SEG");
+}
+
 static void test_each_report_gets_new_uids(void **state)
 {
     (void)state;
@@ -477,6 +638,9 @@ int main(void)
         cmocka_unit_test(test_reports_pass_dciodvfy_and_hold_the_measurements),
         cmocka_unit_test(test_a_report_without_digests_records_none),
         cmocka_unit_test(test_a_multiframe_source_is_outlined_on_its_frame),
+        cmocka_unit_test(test_regression_values_are_measurements_in_their_units),
+        cmocka_unit_test(test_a_detection_box_is_a_region_on_its_frame),
+        cmocka_unit_test(test_bad_values_and_boxes_are_refused),
         cmocka_unit_test(test_each_report_gets_new_uids),
         cmocka_unit_test(test_bad_input_is_refused),
     };
