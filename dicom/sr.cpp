@@ -772,6 +772,51 @@ void add_finding_algorithms(DSRDocumentTree &tree, const dicom_result *r)
              std::to_string(expected) + " " + noun + "groups");
 }
 
+// Adds, after the current item, a Planar ROI measurement group (TID 1410)
+// with its tracking identifier, tracking UID and finding (as in the
+// volumetric groups DCMTK builds, TID 1410/1411 row 2 on); the cursor ends
+// on the finding, where the group's next items go.
+void open_planar_group(DSRDocumentTree &tree, const std::string &id, const std::string &uid,
+                       const DSRCodedEntryValue &finding, const std::string &which)
+{
+    check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container,
+                              CODE_DCM_MeasurementGroup),
+          which + ": planar measurement group");
+    DSRContentItem &group = tree.getCurrentContentItem();
+    check(group.setContinuityOfContent(DSRTypes::COC_Separate), which + ": continuity");
+    check(group.setTemplateIdentification("1410", "DCMR", UID_DICOMContentMappingResource),
+          which + ": template");
+    check(tree.addChildContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_Text,
+                                   CODE_DCM_TrackingIdentifier),
+          which + ": tracking identifier");
+    check(tree.getCurrentContentItem().setStringValue(id.c_str()), which + ": tracking identifier");
+    check(tree.addContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_UIDRef,
+                              CODE_DCM_TrackingUniqueIdentifier),
+          which + ": tracking UID");
+    check(tree.getCurrentContentItem().setStringValue(uid.c_str()), which + ": tracking UID");
+    check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Code, CODE_DCM_Finding),
+          which + ": finding");
+    check(tree.getCurrentContentItem().setCodeValue(finding), which + ": finding");
+}
+
+// Adds, after the current item, the Image Region: REGION on frame FRAME
+// (from 0) of F; the cursor ends on the region.
+void add_region(DSRDocumentTree &tree, const DSRSpatialCoordinatesValue &region,
+                const ainode_dicom::source_file &f, long frame, const std::string &which)
+{
+    check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_SCoord, CODE_DCM_ImageRegion),
+          which + ": image region");
+    check(tree.getCurrentContentItem().setSpatialCoordinates(region), which + ": image region");
+    DSRImageReferenceValue image(f.sop_class, f.sop_instance);
+    if (references_frames(f))
+        image.getFrameList().addItem((Sint32)frame + 1);
+    if (!tree.addContentItem(DSRTypes::RT_selectedFrom, DSRTypes::VT_Image,
+                             DSRTypes::AM_belowCurrent))
+        fail(which + ": the region's image");
+    check(tree.getCurrentContentItem().setImageReference(image), which + ": the region's image");
+    tree.goUp();
+}
+
 // One Planar ROI measurement group (TID 1410) per segment with voxels,
 // right after the segment's volumetric group: the outline of its largest
 // cross-section as a closed POLYLINE on the source image of that slice,
@@ -816,47 +861,14 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
 
         if (!tree.gotoNode(groups[i]))
             fail(which + ": its volumetric group is gone");
-        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container,
-                                  CODE_DCM_MeasurementGroup),
-              which + ": planar measurement group");
-        DSRContentItem &group = tree.getCurrentContentItem();
-        check(group.setContinuityOfContent(DSRTypes::COC_Separate), which + ": continuity");
-        check(group.setTemplateIdentification("1410", "DCMR", UID_DICOMContentMappingResource),
-              which + ": template");
-
-        // As in the volumetric group DCMTK builds (TID 1410/1411 row 2).
-        check(tree.addChildContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_Text,
-                                       CODE_DCM_TrackingIdentifier),
-              which + ": tracking identifier");
-        check(tree.getCurrentContentItem().setStringValue(tracked[i].id.c_str()),
-              which + ": tracking identifier");
-        check(tree.addContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_UIDRef,
-                                  CODE_DCM_TrackingUniqueIdentifier),
-              which + ": tracking UID");
-        check(tree.getCurrentContentItem().setStringValue(tracked[i].uid.c_str()),
-              which + ": tracking UID");
-        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Code, CODE_DCM_Finding),
-              which + ": finding");
-        check(tree.getCurrentContentItem().setCodeValue(
-                  DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning)),
-              which + ": finding");
-
+        open_planar_group(tree, tracked[i].id, tracked[i].uid,
+                          DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning),
+                          which);
         // The image region: pixel corners in column, row order (see outline_point).
         DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
         for (const outline_point &p : cs.outline)
             region.getGraphicDataList().addItem((Float32)p.column, (Float32)p.row);
-        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_SCoord,
-                                  CODE_DCM_ImageRegion),
-              which + ": image region");
-        check(tree.getCurrentContentItem().setSpatialCoordinates(region), which + ": outline");
-        DSRImageReferenceValue image(f.sop_class, f.sop_instance);
-        if (references_frames(f))
-            image.getFrameList().addItem((Sint32)frame + 1);
-        if (!tree.addContentItem(DSRTypes::RT_selectedFrom, DSRTypes::VT_Image,
-                                 DSRTypes::AM_belowCurrent))
-            fail(which + ": the outline's image");
-        check(tree.getCurrentContentItem().setImageReference(image), which + ": outline's image");
-        tree.goUp();
+        add_region(tree, region, f, frame, which);
 
         // Area: every pixel of the label on this slice (all its pieces, not
         // only the outlined one, holes left out) times the pixel area; the
@@ -898,47 +910,22 @@ void add_box_groups(DSRDocumentTree &tree, const dicom_result *r)
         const long frame = r->source_frames ? r->source_frames[b.slice] : 0;
         if (!tree.gotoNode(last))
             fail(which + ": the group before it is gone");
-        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container,
-                                  CODE_DCM_MeasurementGroup),
-              which + ": planar measurement group");
+        open_planar_group(tree, lo(b.name), new_uid(),
+                          DSRCodedEntryValue(b.finding.value, b.finding.scheme, b.finding.meaning),
+                          which);
+        // The group's node: the next box's group goes after it.
+        if (!tree.goUp())
+            fail(which + ": its group");
         last = tree.getNodeID();
-        DSRContentItem &group = tree.getCurrentContentItem();
-        check(group.setContinuityOfContent(DSRTypes::COC_Separate), which + ": continuity");
-        check(group.setTemplateIdentification("1410", "DCMR", UID_DICOMContentMappingResource),
-              which + ": template");
-        check(tree.addChildContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_Text,
-                                       CODE_DCM_TrackingIdentifier),
-              which + ": tracking identifier");
-        check(tree.getCurrentContentItem().setStringValue(lo(b.name).c_str()),
-              which + ": tracking identifier");
-        check(tree.addContentItem(DSRTypes::RT_hasObsContext, DSRTypes::VT_UIDRef,
-                                  CODE_DCM_TrackingUniqueIdentifier),
-              which + ": tracking UID");
-        check(tree.getCurrentContentItem().setStringValue(new_uid().c_str()),
-              which + ": tracking UID");
-        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Code, CODE_DCM_Finding),
-              which + ": finding");
-        check(tree.getCurrentContentItem().setCodeValue(
-                  DSRCodedEntryValue(b.finding.value, b.finding.scheme, b.finding.meaning)),
-              which + ": finding");
-
+        tree.goDown();
+        while (tree.gotoNext())
+            ;
         DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
         const double corners[5][2] = {
             {b.x1, b.y1}, {b.x2, b.y1}, {b.x2, b.y2}, {b.x1, b.y2}, {b.x1, b.y1}};
         for (const auto &c : corners)
             region.getGraphicDataList().addItem((Float32)c[0], (Float32)c[1]);
-        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_SCoord,
-                                  CODE_DCM_ImageRegion),
-              which + ": image region");
-        check(tree.getCurrentContentItem().setSpatialCoordinates(region), which + ": box");
-        DSRImageReferenceValue image(f.sop_class, f.sop_instance);
-        if (references_frames(f))
-            image.getFrameList().addItem((Sint32)frame + 1);
-        if (!tree.addContentItem(DSRTypes::RT_selectedFrom, DSRTypes::VT_Image,
-                                 DSRTypes::AM_belowCurrent))
-            fail(which + ": the box's image");
-        check(tree.getCurrentContentItem().setImageReference(image), which + ": box's image");
-        tree.goUp();
+        add_region(tree, region, f, frame, which);
 
         if (frame >= 0 && (size_t)frame < f.geom.size() && f.geom[(size_t)frame].has_spacing) {
             const double area = (b.x2 - b.x1) * f.geom[(size_t)frame].spacing[1] *
