@@ -303,50 +303,59 @@ def palette_image(workdir):
     return p
 
 
+def run_to_sr(case, sections_for, files):
+    """Starts CASE's node with SECTIONS_FOR(PACS port), sends FILES with
+    dcmsend (each file in its own transfer syntax: RLE stays RLE), waits
+    for its job to end and its SR to reach DCMTK's storescp; returns the
+    job, after checking it is done, sent one SR alone (no SEG) and that
+    the SR passes dciodvfy, and the SR the PACS received."""
+    with harness.StoreSCP(os.path.join(case.workdir, "pacs")) as pacs:
+        n = case.node(sections=sections_for(pacs.port), stable_seconds=1)
+        n.start()
+        harness.dcmsend(n.port, files, ae_called=n.ae, extra=["-dn"])
+
+        def sent():
+            st = n.status()
+            jobs = [j for j in st["jobs"] if j["state"] in ("done", "failed")]
+            items = st["outbox"]
+            failed = [j for j in jobs if j["state"] == "failed"]
+            return (jobs, items) if failed or (jobs and items and all(
+                i["state"] == "sent" for i in items)) else None
+        jobs, items = harness.wait_until(sent, 120, 0.2, "the SR to be sent")
+        case.assertEqual(n.stop(), 0)
+        received = harness.list_files(pacs.out_dir)
+    case.assertEqual(len(jobs), 1, jobs)
+    job = jobs[0]
+    case.assertEqual(job["state"], "done", job)
+    case.assertEqual([i["kind"] for i in items], ["sr"])
+    case.assertEqual(len(received), 1)
+    case.assertEqual(dciodvfy_errors(received[0]), [])
+    sr = pydicom.dcmread(received[0])
+    case.assertEqual(str(sr.SOPClassUID), SR_CLASS)
+    return job, sr
+
+
 class ImageModelTest(NodeTestCase):
-    def node_for(self, pacs_port, modality, manifest):
+    def sections_for(self, modality, manifest):
+        """The config sections of a node running the classifier on MODALITY
+        and sending its results to the PACS, as a function of its port."""
         mpath = os.path.join(self.workdir, "classifier.yaml")
         with open(mpath, "w") as f:
             f.write(manifest)
-        sections = {
+        model = make_model(self.workdir)
+        return lambda port: {
             "destinations": {"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1",
-                                      "port": pacs_port, "retry_initial_seconds": 1}},
-            "models": {"classifier": {"file": make_model(self.workdir), "manifest": mpath,
-                                      "threads": 1}},
+                                      "port": port, "retry_initial_seconds": 1}},
+            "models": {"classifier": {"file": model, "manifest": mpath, "threads": 1}},
             "rules": [{"name": "pictures", "match": {"Modality": modality},
                        "run": ["classifier"], "send_results_to": ["pacs"]}],
         }
-        return self.node(sections=sections, stable_seconds=1)
 
     def classify(self, files, modality, manifest, expected_images):
         """Sends FILES to a node running the classifier; returns its job, its
         result document and the SR the PACS received, after checking the
         per-image probabilities against EXPECTED_IMAGES."""
-        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
-            n = self.node_for(pacs.port, modality, manifest)
-            n.start()
-            # Each file in its own transfer syntax (RLE stays RLE).
-            harness.dcmsend(n.port, files, ae_called=n.ae, extra=["-dn"])
-
-            def sent():
-                st = n.status()
-                jobs = [j for j in st["jobs"] if j["state"] in ("done", "failed")]
-                items = st["outbox"]
-                failed = [j for j in jobs if j["state"] == "failed"]
-                return (jobs, items) if failed or (jobs and items and all(
-                    i["state"] == "sent" for i in items)) else None
-            jobs, items = harness.wait_until(sent, 120, 0.2, "the SR to be sent")
-            self.assertEqual(n.stop(), 0)
-            received = harness.list_files(pacs.out_dir)
-        self.assertEqual(len(jobs), 1, jobs)
-        job = jobs[0]
-        self.assertEqual(job["state"], "done", job)
-        # A classification has no SEG: the SR alone goes to the PACS.
-        self.assertEqual([i["kind"] for i in items], ["sr"])
-        self.assertEqual(len(received), 1)
-        sr = pydicom.dcmread(received[0])
-        self.assertEqual(str(sr.SOPClassUID), SR_CLASS)
-        self.assertEqual(dciodvfy_errors(received[0]), [])
+        job, sr = run_to_sr(self, self.sections_for(modality, manifest), files)
         with open(job["result"]) as f:
             doc = json.load(f)
         got = {(i["sop_instance_uid"], i["frame"]): i["probabilities"] for i in doc["images"]}

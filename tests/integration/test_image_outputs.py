@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from test_image_models import (PYDICOM_FILES, SR_CLASS, letterboxed,  # noqa: E402
+from test_image_models import (PYDICOM_FILES, letterboxed,  # noqa: E402
                                make_encoder_and_heads, manifest_text, one_series, radiographs,
-                               rendered)
+                               rendered, run_to_sr)
 from test_receiver import NodeTestCase  # noqa: E402
 from test_results import dciodvfy_errors  # noqa: E402
 
@@ -215,34 +215,12 @@ class ImageOutputTest(NodeTestCase):
         mpath = os.path.join(self.workdir, model + ".yaml")
         with open(mpath, "w") as f:
             f.write(manifest)
-        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
-            n = self.node(sections={
-                "destinations": {"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1",
-                                          "port": pacs.port, "retry_initial_seconds": 1}},
-                "models": {model: {"file": pt, "manifest": mpath, "threads": 1}},
-                "rules": [{"name": "pictures", "match": {"Modality": modality},
-                           "run": [model], "send_results_to": ["pacs"]}]}, stable_seconds=1)
-            n.start()
-            harness.dcmsend(n.port, files, ae_called=n.ae, extra=["-dn"])
-
-            def sent():
-                st = n.status()
-                jobs = [j for j in st["jobs"] if j["state"] in ("done", "failed")]
-                items = st["outbox"]
-                failed = [j for j in jobs if j["state"] == "failed"]
-                return (jobs, items) if failed or (jobs and items and all(
-                    i["state"] == "sent" for i in items)) else None
-            jobs, items = harness.wait_until(sent, 120, 0.2, "the SR to be sent")
-            self.assertEqual(n.stop(), 0)
-            received = harness.list_files(pacs.out_dir)
-        self.assertEqual(len(jobs), 1, jobs)
-        job = jobs[0]
-        self.assertEqual(job["state"], "done", job)
-        self.assertEqual([i["kind"] for i in items], ["sr"])
-        self.assertEqual(len(received), 1)
-        self.assertEqual(dciodvfy_errors(received[0]), [])
-        sr = pydicom.dcmread(received[0])
-        self.assertEqual(str(sr.SOPClassUID), SR_CLASS)
+        job, sr = run_to_sr(self, lambda port: {
+            "destinations": {"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1",
+                                      "port": port, "retry_initial_seconds": 1}},
+            "models": {model: {"file": pt, "manifest": mpath, "threads": 1}},
+            "rules": [{"name": "pictures", "match": {"Modality": modality},
+                       "run": [model], "send_results_to": ["pacs"]}]}, files)
         with open(job["result"]) as f:
             doc = json.load(f)
         return job, doc, sr
