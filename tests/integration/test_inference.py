@@ -28,14 +28,15 @@ PYDICOM_FILES = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_fi
 RULES = [{"name": "ct", "match": {"Modality": "CT"}, "run": ["ct-bone-body"]}]
 
 
-def slow_builtin_model(workdir, binary):
+def slow_builtin_model(workdir, binary, patch=(1, 8, 8)):
     """The built-in model's file with a manifest of tiny patches: slow
-    enough for a test to catch a job running. Returns (file, manifest)."""
+    enough for a test to catch a job running (smaller PATCH, slower).
+    Returns (file, manifest)."""
     manifest = os.path.join(workdir, "slow.yaml")
     with open(BUILTIN_MANIFEST) as f:
         text = f.read()
     with open(manifest, "w") as f:
-        f.write(text.replace("patch: [64, 256, 256]", "patch: [1, 4, 4]"))
+        f.write(text.replace("patch: [64, 256, 256]", "patch: [%d, %d, %d]" % patch))
     return os.path.join(os.path.dirname(binary), "models", "ct-bone-body.pt"), manifest
 
 

@@ -679,7 +679,9 @@ class JobCrashTest(NodeTestCase):
         """A node running the slow model of the inference tests on a series."""
         # Imported here: that module imports this one.
         from test_inference import models, phantom, slow_builtin_model
-        built, manifest = slow_builtin_model(self.workdir, self.binary)
+        # 1x4x4 patches: a retried job must still be running at the next
+        # status poll on a loaded machine.
+        built, manifest = slow_builtin_model(self.workdir, self.binary, patch=(1, 4, 4))
         rules = [{"name": "ct", "match": {"Modality": "CT"}, "run": ["ct-bone-body"]}]
         n = self.node(sections={"models": models(file=built, manifest=manifest),
                                 "rules": rules}, stable_seconds=1)
