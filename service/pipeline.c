@@ -10,6 +10,7 @@
  * Used by one job (job.c) and by `ainode infer` (cli_infer.c).
  */
 #include "service/pipeline.h"
+#include "service/pipeline_internal.h"
 
 #include "common/checked.h"
 #include "common/crashpoint.h"
@@ -27,11 +28,6 @@
 #include <time.h>
 
 #define MAX_TILT_DEGREES 1.0
-
-/* Voxels of float volume one job may hold (decoded series, assembled and
- * resampled volume, the sliding window's buffers): node.max_job_memory_mb,
- * lowered by the manifest (config_load works it out per model). */
-#define JOB_MAX_VOXELS (cm->job_max_voxels ? cm->job_max_voxels : INFER_DEFAULT_MAX_VOXELS)
 
 const char *pipeline_strerror(int code)
 {
@@ -51,13 +47,6 @@ void pipeline_tune_allocator(void)
      * system after each job (malloc_trim in the workers). */
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
-
-static double seconds_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static int is_localizer(const char *image_type)
@@ -173,7 +162,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     memset(out, 0, sizeof *out);
     memset(t, 0, sizeof *t);
 
-    double t0 = seconds_now();
+    double t0 = pipeline_seconds();
     if (n_paths == 0) {
         snprintf(err, errlen, "the series has no instances");
         return PIPELINE_EFAILED;
@@ -181,18 +170,18 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     /* Headers first: sizes (against the job's budget), geometry, modality
      * and the volume's shape are all checked before a pixel is decoded. */
     char why[512];
-    if (dicom_sources_parse(paths, n_paths, JOB_MAX_VOXELS, &src, why, sizeof why) !=
+    if (dicom_sources_parse(paths, n_paths, pipeline_max_voxels(cm), &src, why, sizeof why) !=
         DICOM_OK) {
         snprintf(err, errlen, "the series cannot be used: %s", why);
         goto out;
     }
     if (list_slices(mf, src, &slices, &n_slices, err, errlen) != 0)
         goto out;
-    struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05, JOB_MAX_VOXELS};
+    struct infer_volume_limits lim = {mf->min_slices, MAX_TILT_DEGREES, 0.05, pipeline_max_voxels(cm)};
     if (infer_volume_check(slices, n_slices, &lim, &vol.grid, err, errlen) != INFER_OK)
         goto out;
     /* The model's grid too: a resample over the budget fails before decoding. */
-    if (mf->has_spacing && infer_grid_respace(&vol.grid, mf->spacing, JOB_MAX_VOXELS,
+    if (mf->has_spacing && infer_grid_respace(&vol.grid, mf->spacing, pipeline_max_voxels(cm),
                                               &scaled.grid, err, errlen) != INFER_OK)
         goto out;
     if (dicom_sources_decode(src, why, sizeof why) != DICOM_OK) {
@@ -200,7 +189,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         goto out;
     }
     attach_pixels(src, slices, n_slices);
-    double t1 = seconds_now();
+    double t1 = pipeline_seconds();
     t->decode = t1 - t0;
 
     if (infer_volume_assemble(slices, n_slices, &lim, &vol, err, errlen) != INFER_OK)
@@ -208,14 +197,14 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     /* The decoded images were copied into the volume; the headers stay
      * for the result writers. */
     dicom_sources_drop_pixels(src);
-    double t2 = seconds_now();
+    double t2 = pipeline_seconds();
     t->assemble = t2 - t1;
 
     preprocess(mf, &vol);
     const struct infer_volume *input = &vol;
     if (mf->has_spacing) {
         /* The grid is checked against the budget before its buffer exists. */
-        if (infer_grid_respace(&vol.grid, mf->spacing, JOB_MAX_VOXELS, &scaled.grid, err,
+        if (infer_grid_respace(&vol.grid, mf->spacing, pipeline_max_voxels(cm), &scaled.grid, err,
                                errlen) != INFER_OK)
             goto out;
         size_t n;
@@ -230,7 +219,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         vol.data = NULL;
         input = &scaled;
     }
-    double t3 = seconds_now();
+    double t3 = pipeline_seconds();
     t->preprocess = t3 - t2;
 
     if (mf->input_kind == CONFIG_INPUT_SLICES && mf->output_kind == CONFIG_OUTPUT_CLASSIFICATION) {
@@ -243,11 +232,11 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
             goto out;
         }
         struct infer_window sw = {.channels = mf->channels, .progress = progress,
-                                  .progress_ud = progress_ud, .max_voxels = JOB_MAX_VOXELS};
+                                  .progress_ud = progress_ud, .max_voxels = pipeline_max_voxels(cm)};
         CRASH_POINT("inference.model");
         int src_rc = infer_slices(model, &vol, mf->batch, mf->context, &sw, NULL, scores, err,
                                   errlen);
-        t->model = seconds_now() - t3;
+        t->model = pipeline_seconds() - t3;
         if (src_rc == INFER_OK &&
             pipeline_take_scores(mf, scores, n, out, err, errlen) == 0) {
             out->source = vol.source;
@@ -280,7 +269,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         .threshold = (float)mf->threshold,
         .progress = progress,
         .progress_ud = progress_ud,
-        .max_voxels = JOB_MAX_VOXELS,
+        .max_voxels = pipeline_max_voxels(cm),
     };
     CRASH_POINT("inference.model"); /* the volume ready, the model about to run */
     int irc = mf->input_kind == CONFIG_INPUT_SLICES
@@ -291,7 +280,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         rc = irc == INFER_ECANCELLED ? PIPELINE_ECANCELLED : PIPELINE_EFAILED;
         goto out;
     }
-    double t4 = seconds_now();
+    double t4 = pipeline_seconds();
     t->model = t4 - t3;
 
     if (input == &scaled) {
@@ -310,7 +299,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     vol.source = vol.frame = NULL;
     out->sources = src;
     src = NULL;
-    t->postprocess = seconds_now() - t4;
+    t->postprocess = pipeline_seconds() - t4;
     rc = 0;
 out:
     dicom_sources_close(src);

@@ -12,6 +12,7 @@
  *               a detection's boxes mapped back onto their source images
  */
 #include "service/pipeline.h"
+#include "service/pipeline_internal.h"
 
 #include "common/checked.h"
 #include "common/crashpoint.h"
@@ -25,15 +26,6 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-
-#define JOB_MAX_VOXELS (cm->job_max_voxels ? cm->job_max_voxels : INFER_DEFAULT_MAX_VOXELS)
-
-static double seconds_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* The buffers of one run, reused from batch to batch. */
 struct batch {
@@ -179,10 +171,10 @@ static int run_batch(struct batch *b, char *err, size_t errlen)
     if (mf->from)
         shape[1] = b->out->n_features;
     int ond = 0;
-    double t0 = seconds_now();
+    double t0 = pipeline_seconds();
     int rc = infer_model_run_into(b->model, b->input, shape, mf->from ? 2 : 4, b->output,
                                   cap, oshape, &ond, err, errlen);
-    b->model_seconds += seconds_now() - t0;
+    b->model_seconds += pipeline_seconds() - t0;
     b->forwards++;
     if (rc != INFER_OK)
         return -1;
@@ -301,7 +293,7 @@ int pipeline_run_head(const struct config_model *head, struct infer_model *model
     size_t d = (size_t)encoded->n_features, n = encoded->n_images;
     memset(out, 0, sizeof *out);
     memset(t, 0, sizeof *t);
-    double t0 = seconds_now();
+    double t0 = pipeline_seconds();
     out->n_images = n;
     out->n_features = encoded->n_features;
     b.plane = d;
@@ -329,11 +321,11 @@ int pipeline_run_head(const struct config_model *head, struct infer_model *model
         i += take;
     }
     free(b.output);
-    double t1 = seconds_now();
+    double t1 = pipeline_seconds();
     aggregate(mf, out);
     out->forwards = b.forwards;
     t->model = b.model_seconds;
-    t->postprocess = seconds_now() - t1;
+    t->postprocess = pipeline_seconds() - t1;
     t->preprocess = (t1 - t0) - b.model_seconds;
     return 0;
 }
@@ -371,12 +363,12 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
     memset(out, 0, sizeof *out);
     memset(t, 0, sizeof *t);
 
-    double t0 = seconds_now(), prep = 0;
+    double t0 = pipeline_seconds(), prep = 0;
     if (n_paths == 0) {
         snprintf(err, errlen, "the series has no instances");
         return PIPELINE_EFAILED;
     }
-    if (dicom_sources_parse(paths, n_paths, JOB_MAX_VOXELS, &src, why, sizeof why) !=
+    if (dicom_sources_parse(paths, n_paths, pipeline_max_voxels(cm), &src, why, sizeof why) !=
         DICOM_OK) {
         snprintf(err, errlen, "the series cannot be used: %s", why);
         goto out;
@@ -387,7 +379,7 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
     b.plane = (size_t)mf->in_channels * (size_t)mf->size[0] * (size_t)mf->size[1];
     size_t batch_floats;
     if (!size_mul_ok(b.plane, (size_t)mf->batch, &batch_floats) ||
-        batch_floats > JOB_MAX_VOXELS) {
+        batch_floats > pipeline_max_voxels(cm)) {
         snprintf(err, errlen, "a batch of %d images of %d x %d is over the job's memory budget",
                  mf->batch, mf->size[1], mf->size[0]);
         goto out;
@@ -416,7 +408,7 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
     for (size_t i = 0; i < dicom_sources_count(src); i++) {
         const struct dicom_image *img = dicom_sources_image(src, i);
         size_t plane = (size_t)img->rows * (size_t)img->cols * (size_t)mf->in_channels, need;
-        if (!size_mul_ok(plane, (size_t)img->frames, &need) || need > JOB_MAX_VOXELS) {
+        if (!size_mul_ok(plane, (size_t)img->frames, &need) || need > pipeline_max_voxels(cm)) {
             snprintf(err, errlen, "instance %zu (of %zu): its rendered frames are over the "
                                   "job's memory budget", i + 1, n_paths);
             goto out;
@@ -435,7 +427,7 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
                      why);
             goto out;
         }
-        double r1 = seconds_now();
+        double r1 = pipeline_seconds();
         for (int f = 0; f < img->frames; f++, k++) {
             out->source[k] = (int)i;
             out->frame[k] = f;
@@ -446,21 +438,21 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
                             mean, std, &b.lb[b.filled]);
             b.filled++;
             if (b.filled == mf->batch) {
-                prep += seconds_now() - r1;
+                prep += pipeline_seconds() - r1;
                 if (run_batch(&b, err, errlen) != 0)
                     goto out;
                 if (progress && progress(progress_ud, (long)b.done, (long)n_images)) {
                     rc = PIPELINE_ECANCELLED;
                     goto out;
                 }
-                r1 = seconds_now();
+                r1 = pipeline_seconds();
             }
         }
-        prep += seconds_now() - r1;
+        prep += pipeline_seconds() - r1;
     }
     if (run_batch(&b, err, errlen) != 0)
         goto out;
-    double t4 = seconds_now();
+    double t4 = pipeline_seconds();
     out->forwards = b.forwards;
     aggregate(mf, out);
     /* The rendered images are gone; the headers stay for the SR. */
@@ -471,7 +463,7 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
     t->decode = (t4 - t0) - prep - b.model_seconds;
     t->preprocess = prep;
     t->model = b.model_seconds;
-    t->postprocess = seconds_now() - t4;
+    t->postprocess = pipeline_seconds() - t4;
     rc = 0;
 out:
     if (rc != 0)
