@@ -9,8 +9,13 @@ PACKAGES="
   libuv1-dev libsqlite3-dev libssl-dev libfyaml-dev libjansson-dev zlib1g-dev libpcre2-dev
   libcmocka-dev clang libclang-rt-14-dev
   dicom3tools python3 python3-pydicom python3-numpy python3-torch python3-yaml
-  nodejs npm
 "
+# Node.js runs the viewer-side checks (dcmjs). A machine that already has a
+# node with its own npm (e.g. a nodejs package that bundles npm) keeps it:
+# Debian's npm package conflicts with such a nodejs.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    PACKAGES="$PACKAGES nodejs npm"
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
