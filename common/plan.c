@@ -112,16 +112,68 @@ int plan_set_not_applicable(struct plan *p, const char *series_uid, const char *
     return -1;
 }
 
+/* Frees what job J holds. */
+static void job_free(struct plan_job *j)
+{
+    free(j->not_applicable);
+    free(j->series_uid);
+    for (size_t s = 0; s < j->n_more_series; s++)
+        free(j->more_series[s]);
+    free(j->more_series);
+    free(j->model);
+    for (size_t d = 0; d < j->n_destinations; d++)
+        free(j->destinations[d]);
+    free(j->destinations);
+}
+
+/* Moves the series and destinations of FROM into INTO (FROM keeps its
+ * strings until freed). */
+static int join(struct plan_job *into, struct plan_job *from)
+{
+    size_t n = into->n_more_series + 1 + from->n_more_series;
+    char **a = realloc(into->more_series, n * sizeof *a);
+    if (!a)
+        return -1;
+    into->more_series = a;
+    a[into->n_more_series++] = from->series_uid;
+    from->series_uid = NULL;
+    for (size_t s = 0; s < from->n_more_series; s++)
+        a[into->n_more_series++] = from->more_series[s];
+    from->n_more_series = 0;
+    for (size_t d = 0; d < from->n_destinations; d++)
+        if (add_destination(into, from->destinations[d]) != 0)
+            return -1;
+    if (from->priority < into->priority)
+        into->priority = from->priority;
+    return 0;
+}
+
+int plan_join_study(struct plan *p, const char *model)
+{
+    struct plan_job *first = NULL;
+    size_t kept = 0;
+    int rc = 0;
+    for (size_t i = 0; i < p->n_jobs; i++) {
+        struct plan_job *j = &p->jobs[i];
+        if (rc == 0 && !strcmp(j->model, model) && !j->not_applicable) {
+            if (!first) {
+                first = &p->jobs[kept];
+            } else {
+                rc = join(first, j);
+                job_free(j);
+                continue;
+            }
+        }
+        p->jobs[kept++] = *j;
+    }
+    p->n_jobs = kept;
+    return rc;
+}
+
 void plan_free(struct plan *p)
 {
-    for (size_t i = 0; i < p->n_jobs; i++) {
-        free(p->jobs[i].not_applicable);
-        free(p->jobs[i].series_uid);
-        free(p->jobs[i].model);
-        for (size_t d = 0; d < p->jobs[i].n_destinations; d++)
-            free(p->jobs[i].destinations[d]);
-        free(p->jobs[i].destinations);
-    }
+    for (size_t i = 0; i < p->n_jobs; i++)
+        job_free(&p->jobs[i]);
     free(p->jobs);
     for (size_t i = 0; i < p->n_forwards; i++) {
         free(p->forwards[i].series_uid);

@@ -15,9 +15,13 @@
 /* Lower is claimed first. */
 enum plan_priority { PLAN_PRIORITY_STAT = 0, PLAN_PRIORITY_NORMAL = 1, PLAN_PRIORITY_LOW = 2 };
 
-/* One model to run on one series; its results go to DESTINATIONS. */
+/* One model to run on one series (or, for a model that takes the study,
+ * on SERIES_UID and MORE_SERIES together); its results go to
+ * DESTINATIONS. */
 struct plan_job {
     char *series_uid;
+    char **more_series;
+    size_t n_more_series;
     char *model;
     enum plan_priority priority;
     char **destinations;
@@ -52,6 +56,11 @@ int plan_add_unmatched(struct plan *p, const char *series_uid);
  * for REASON: it is recorded so and never runs. */
 int plan_set_not_applicable(struct plan *p, const char *series_uid, const char *model,
                             const char *reason);
+
+/* Joins the jobs of MODEL that will run (not those not applicable) into
+ * the first of them: one job for all their series, in the plan's order,
+ * with every destination and the most urgent priority. */
+int plan_join_study(struct plan *p, const char *model);
 
 /* Frees what the plan holds and empties it (P itself is the caller's). */
 void plan_free(struct plan *p);

@@ -147,6 +147,12 @@ enum config_input_kind {
     CONFIG_INPUT_SLICES,           /* the series' slices in order, with neighbours (2.5-D) */
 };
 
+/* input.scope: what one job of the model covers. */
+enum config_scope {
+    CONFIG_SCOPE_SERIES = 0,       /* one series */
+    CONFIG_SCOPE_STUDY,            /* every series of the study routed to it (images) */
+};
+
 /* output.kind: what the model's output means. */
 enum config_output_kind {
     CONFIG_OUTPUT_SEGMENTATION = 0, /* a label per voxel -> SEG and volume SR */
@@ -200,6 +206,7 @@ struct config_manifest {
     double window[2];              /* input.window: centre, width; else the image's own */
     int n_mean, n_std;             /* input.mean / input.std: one per channel, or none */
     double mean[3], std[3];
+    enum config_scope scope;       /* input.scope; default study for images, else series */
     int batch;                     /* input.batch: images (slices) per forward */
     int context;                   /* input.context: neighbouring slices on each side */
     int min_slices;                /* input.min_slices, default 1 */

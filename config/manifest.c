@@ -16,6 +16,7 @@
 _Static_assert(sizeof(enum config_blend) == sizeof(int), "blend stored as int");
 _Static_assert(sizeof(enum config_decision) == sizeof(int), "decision stored as int");
 _Static_assert(sizeof(enum config_input_kind) == sizeof(int), "input kind stored as int");
+_Static_assert(sizeof(enum config_scope) == sizeof(int), "scope stored as int");
 _Static_assert(sizeof(enum config_output_kind) == sizeof(int), "output kind stored as int");
 _Static_assert(sizeof(enum config_activation) == sizeof(int), "activation stored as int");
 _Static_assert(sizeof(enum config_aggregate) == sizeof(int), "aggregate stored as int");
@@ -23,6 +24,7 @@ _Static_assert(sizeof(enum config_aggregate) == sizeof(int), "aggregate stored a
 static const char *const blend_names[] = {"constant", "gaussian", NULL};
 static const char *const decision_names[] = {"argmax", "threshold", NULL};
 static const char *const input_kind_names[] = {"volume", "image", "slices", NULL};
+static const char *const scope_names[] = {"series", "study", NULL};
 static const char *const output_kind_names[] = {"segmentation", "classification", "embedding",
                                                 "regression", "detection", NULL};
 static const char *const activation_names[] = {"softmax", "sigmoid", "none", NULL};
@@ -149,6 +151,11 @@ static const struct schema_field input_fields[] = {
     {.key = "std", .type = T_FLOATS, .count = 3, .min_count = 1, .fcheck = F_POSITIVE,
      .off = MAN_OFF(std), .off_n = MAN_OFF(n_std),
      .doc = "then divided by, per channel (kind image)"},
+    {.key = "scope", .type = T_ENUM, .def_int = CONFIG_SCOPE_SERIES, .names = scope_names,
+     .off = MAN_OFF(scope),
+     .doc = "study: one job and one result for all the study's images routed to the model "
+            "(e.g. PA and lateral; the default for kind image); series: one per series (the "
+            "only choice for kind volume and slices)"},
     {.key = "batch", .type = T_INT, .def_int = 1, .min = 1, .max = 1024, .off = MAN_OFF(batch),
      .doc = "images or slices per model run (kind image or slices)"},
     {.key = "context", .type = T_INT, .def_int = 0, .min = 0, .max = 16,
@@ -448,13 +455,19 @@ static void check_input(struct schema_ctx *c, const struct schema_parsed *p, voi
     if (given(p, "from")) {
         /* A head reads its encoder's features: the encoder reads the images. */
         static const char *const encoder_keys[] = {"modality", "kind", "size", "channels",
-                                                   "window", "mean", "std", NULL};
+                                                   "window", "mean", "std", "scope", NULL};
         refuse_keys(c, p, encoder_keys, "a model that reads images, not for a head");
         return;
     }
     if (!given(p, "modality"))
         schema_report(c, p->pos->line, p->pos->col, "%s: missing required key 'modality'",
                       p->sect);
+    if (m->input_kind != CONFIG_INPUT_IMAGE && m->scope == CONFIG_SCOPE_STUDY) {
+        const struct ynode *at = ynode_get(p->map, "scope");
+        schema_report(c, at ? at->line : p->pos->line, at ? at->col : p->pos->col,
+                      "%s.scope: study needs input.kind image (a %s is one series)", p->sect,
+                      input_kind_names[m->input_kind]);
+    }
     if (m->input_kind == CONFIG_INPUT_SLICES) {
         /* Slices are the series' own pixels, prepared by preprocess. */
         static const char *const image_only[] = {"size", "channels", "window", "mean", "std",
@@ -898,6 +911,11 @@ static int load_manifest(struct schema_ctx *c, const char *path, struct config_m
             schema_parse_section(&mc, "", config_manifest_fields, config_n_manifest_fields, r, m,
                                  r, NULL);
             check_kinds(&mc, r, m);
+            /* Images default to the study: PA and lateral are one examination. */
+            const struct ynode *in = ynode_get(r, "input");
+            if (m->input_kind == CONFIG_INPUT_IMAGE && !m->from &&
+                !(in && in->kind == Y_MAP && ynode_get(in, "scope")))
+                m->scope = CONFIG_SCOPE_STUDY;
         }
         else if (r->kind != Y_ALIAS)
             schema_report(&mc, r->line, r->col, "top level must be a mapping");

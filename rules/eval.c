@@ -259,6 +259,16 @@ static int plan_series(const struct config *cfg, const struct attr_series *s, st
     return 0;
 }
 
+/* 1 when a job of MODEL covers the whole study: its manifest says so, or
+ * its encoder's (a head sees what its encoder reads). */
+static int takes_study(const struct config *cfg, const char *model)
+{
+    const struct config_model *cm = find_model(cfg, model);
+    if (cm && cm->manifest.from)
+        cm = find_model(cfg, cm->manifest.from);
+    return cm && cm->manifest.scope == CONFIG_SCOPE_STUDY;
+}
+
 int rules_plan(const struct config *cfg, const struct attr_series *rows, size_t n,
                struct plan *out)
 {
@@ -269,6 +279,11 @@ int rules_plan(const struct config *cfg, const struct attr_series *rows, size_t 
         if (rc != 0)
             return rc;
     }
+    /* A model that takes the study runs once on all its series. */
+    for (size_t i = 0; i < cfg->n_models; i++)
+        if (takes_study(cfg, cfg->models[i].name) &&
+            plan_join_study(out, cfg->models[i].name) != 0)
+            return RULES_ENOMEM;
     return 0;
 }
 

@@ -44,6 +44,8 @@ static int add_job_json(void *ud, const struct storage_job_row *j)
                           j->state, "attempts", (json_int_t)j->attempts);
     if (!o)
         return 1;
+    json_t *series = j->series ? json_loads(j->series, 0, NULL) : NULL;
+    json_object_set_new(o, "series", series ? series : json_array());
     /* A not-applicable job did not fail: its reason is no error. */
     int na = !strcmp(j->state, STORAGE_JOB_NOT_APPLICABLE);
     json_object_set_new(o, "error", j->error && !na ? json_string(j->error) : json_null());

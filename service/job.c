@@ -479,7 +479,7 @@ static int compute(const struct job_context *ctx, const struct storage_job *job,
     size_t packed_len = 0;
     int rc = JOB_FAILED;
 
-    if (storage_foreach_instance(ctx->store, job->series_uid, collect_file, &files) !=
+    if (storage_foreach_job_instance(ctx->store, job->id, collect_file, &files) !=
         STORAGE_OK) {
         error_set(err, errlen, JOB_FAILED, "cannot list the series' instances");
         goto done;
@@ -726,7 +726,7 @@ size_t job_run_group(const struct job_context *ctx, const struct storage_job *jo
     if (!ctx->model) {
         error_set(why, sizeof why, JOB_FAILED, "the encoder %s cannot be loaded: %s",
                   ctx->model_cfg->name, ctx->load_error ? ctx->load_error : "unknown reason");
-    } else if (storage_foreach_instance(ctx->store, jobs[0].series_uid, collect_file, &files) !=
+    } else if (storage_foreach_job_instance(ctx->store, jobs[0].id, collect_file, &files) !=
                STORAGE_OK) {
         error_set(why, sizeof why, JOB_FAILED, "cannot list the series' instances");
     } else {

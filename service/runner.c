@@ -149,11 +149,11 @@ static size_t claim_group(struct runner *r, const struct heads *hs, const char *
 {
     size_t n = 0;
     int64_t now = clock_now_ms();
-    if (storage_job_claim_among(r->store, hs->models, NULL, owner, now, JOB_LEASE_MS,
+    if (storage_job_claim_among(r->store, hs->models, -1, owner, now, JOB_LEASE_MS,
                                 &jobs[0]) != STORAGE_OK)
         return 0;
     for (n = 1; n < GROUP_MAX; n++)
-        if (storage_job_claim_among(r->store, hs->models, jobs[0].series_uid, owner, now,
+        if (storage_job_claim_among(r->store, hs->models, jobs[0].id, owner, now,
                                     JOB_LEASE_MS, &jobs[n]) != STORAGE_OK)
             break;
     return n;

@@ -151,6 +151,10 @@ static const char *const migrations[] = {
     "ALTER TABLE instances ADD COLUMN photometric_interpretation TEXT;"
     "ALTER TABLE jobs ADD COLUMN model_sha256 TEXT;"
     "ALTER TABLE jobs ADD COLUMN manifest_sha256 TEXT;",
+    /* 8: every series a job covers, as a JSON array (the first is
+     * series_uid): a model that takes the study runs once on several. */
+    "ALTER TABLE jobs ADD COLUMN series TEXT;"
+    "UPDATE jobs SET series=json_array(series_uid);",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))

@@ -896,3 +896,17 @@ int storage_foreach_instance(struct storage *st, const char *series_uid, storage
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
+
+int storage_foreach_job_instance(struct storage *st, int64_t job_id, storage_path_fn fn,
+                                 void *ud)
+{
+    struct each_path e = {fn, ud};
+    pthread_mutex_lock(&st->lock);
+    int rc = db_run(st,
+                    "SELECT i.sop_instance_uid, i.path FROM jobs j, json_each(j.series) s"
+                    " JOIN instances i ON i.series_uid=s.value"
+                    " WHERE j.id=?1 ORDER BY s.key, i.sop_instance_uid",
+                    each_path_fn, &e, "I", job_id);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}

@@ -46,8 +46,9 @@ void storage_job_clear(struct storage_job *job)
 }
 
 /* Claims the first runnable job, by priority then age, of the models
- * named in MODELS (a JSON array), on SERIES when it is not NULL. */
-static int claim(struct storage *st, const char *models, const char *series, const char *owner,
+ * named in MODELS (a JSON array), on the very series of job LIKE when LIKE
+ * is not negative. */
+static int claim(struct storage *st, const char *models, int64_t like, const char *owner,
                  int64_t now_ms, int64_t lease_ms, struct storage_job *job)
 {
     int rc;
@@ -59,10 +60,11 @@ static int claim(struct storage *st, const char *models, const char *series, con
                     "UPDATE jobs SET state='running', lease_owner=?2, lease_until=?3 + ?4,"
                     "  started_at=?3, attempts=attempts + 1, stage=NULL, stage_started=NULL"
                     " WHERE id=(SELECT id FROM jobs WHERE model IN (SELECT value FROM json_each(?1))"
-                    "  AND (?5 IS NULL OR series_uid=?5) AND (state='queued' OR"
+                    "  AND (?5 < 0 OR series=(SELECT series FROM jobs WHERE id=?5))"
+                    "  AND (state='queued' OR"
                     "  (state='running' AND lease_until < ?3)) ORDER BY priority, id LIMIT 1)"
                     " RETURNING id, study_uid, series_uid, attempts, model",
-                    claimed_fn, job, "ttIIt", models, owner, now_ms, lease_ms, series);
+                    claimed_fn, job, "ttIII", models, owner, now_ms, lease_ms, like);
         if (rc != STORAGE_OK)
             break;
         if (job->id < 0) {
@@ -100,14 +102,14 @@ int storage_job_claim(struct storage *st, const char *model, const char *owner, 
     char models[160];
     if ((size_t)snprintf(models, sizeof models, "[\"%s\"]", model) >= sizeof models)
         return STORAGE_EINVAL;
-    return claim(st, models, NULL, owner, now_ms, lease_ms, job);
+    return claim(st, models, -1, owner, now_ms, lease_ms, job);
 }
 
-int storage_job_claim_among(struct storage *st, const char *models, const char *series_uid,
+int storage_job_claim_among(struct storage *st, const char *models, int64_t like_job,
                             const char *owner, int64_t now_ms, int64_t lease_ms,
                             struct storage_job *job)
 {
-    return claim(st, models, series_uid, owner, now_ms, lease_ms, job);
+    return claim(st, models, like_job, owner, now_ms, lease_ms, job);
 }
 
 /* Runs an UPDATE of job ID held by OWNER (?1, ?2; VALUE is ?3 when ARGS

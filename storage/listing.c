@@ -65,6 +65,7 @@ static int job_fn(void *ud, sqlite3_stmt *row)
         .stage = db_text(row, 12),
         .model_sha256 = db_text(row, 13),
         .manifest_sha256 = db_text(row, 14),
+        .series = db_text(row, 15),
     };
     return e->fn.job(e->ud, &j) ? 1 : 0;
 }
@@ -76,7 +77,8 @@ int storage_foreach_job(struct storage *st, storage_job_fn fn, void *ud)
     int rc = db_run(st,
                     "SELECT id, study_uid, series_uid, model, state, error, result,"
                     "  summary, attempts, created_at, coalesce(started_at, 0),"
-                    "  coalesce(finished_at, 0), stage, model_sha256, manifest_sha256"
+                    "  coalesce(finished_at, 0), stage, model_sha256, manifest_sha256,"
+                    "  coalesce(series, json_array(series_uid))"
                     " FROM jobs ORDER BY id",
                     job_fn, &e, NULL);
     pthread_mutex_unlock(&st->lock);

@@ -188,13 +188,16 @@ static int queue_job(struct storage *st, const char *study_uid, const struct pla
     /* Not applicable: recorded as ended with its reason, so that nothing
      * claims, retries or requeues it. */
     int rc = db_run(st,
-                    "INSERT INTO jobs(study_uid, series_uid, model, created_at, priority,"
+                    "INSERT INTO jobs(study_uid, series_uid, series, model, created_at, priority,"
                     "  state, error, finished_at)"
-                    " VALUES(?1, ?2, ?3, ?4, ?5,"
+                    " VALUES(?1, ?2, json_array(?2), ?3, ?4, ?5,"
                     "  CASE WHEN ?6 IS NULL THEN 'queued' ELSE '" STORAGE_JOB_NOT_APPLICABLE "' END,"
                     "  ?6, CASE WHEN ?6 IS NULL THEN NULL ELSE ?4 END) RETURNING id",
                     row_id_fn, &id, "tttIit", study_uid, j->series_uid, j->model, now_ms,
                     (int)j->priority, j->not_applicable);
+    for (size_t s = 0; rc == STORAGE_OK && s < j->n_more_series; s++)
+        rc = db_run(st, "UPDATE jobs SET series=json_insert(series, '$[#]', ?2) WHERE id=?1",
+                    NULL, NULL, "It", id, j->more_series[s]);
     for (size_t d = 0; rc == STORAGE_OK && d < j->n_destinations; d++)
         rc = db_run(st,
                     "INSERT INTO job_destinations(job_id, position, destination)"
@@ -231,6 +234,8 @@ static int apply_plan(struct storage *st, const char *study_uid, const struct pl
             *n_queued += !plan->jobs[i].not_applicable;
             rc = set_routing(st, study_uid, plan->jobs[i].series_uid, "matched");
         }
+        for (size_t s = 0; rc == STORAGE_OK && s < plan->jobs[i].n_more_series; s++)
+            rc = set_routing(st, study_uid, plan->jobs[i].more_series[s], "matched");
     }
     for (size_t i = 0; rc == STORAGE_OK && i < plan->n_forwards; i++) {
         rc = queue_forward(st, study_uid, &plan->forwards[i], now_ms, n_queued);

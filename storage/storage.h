@@ -168,6 +168,12 @@ typedef int (*storage_path_fn)(void *ud, const char *sop_instance_uid, const cha
 int storage_foreach_instance(struct storage *st, const char *series_uid, storage_path_fn fn,
                              void *ud);
 
+/* Calls FN with the stored path of each instance of every series job
+ * JOB_ID covers (one, or a study's for a model that takes the study),
+ * series by series in the job's order. */
+int storage_foreach_job_instance(struct storage *st, int64_t job_id, storage_path_fn fn,
+                                 void *ud);
+
 /* 1 when S is a valid DICOM UID (PS3.5 9.1: 1..64 chars of digits and
  * dots, no empty component, no leading zero in a multi-digit component). */
 int storage_uid_valid(const char *s);
@@ -296,10 +302,11 @@ int storage_job_claim(struct storage *st, const char *model, const char *owner, 
                       int64_t lease_ms, struct storage_job *job);
 
 /* The same for the models named in MODELS, a JSON array of model names
- * (an encoder and its heads), and only on the series SERIES_UID when it is
- * not NULL: a worker claims the first job of a group, then the group's
- * other jobs on that series, so that the encoder runs once for them all. */
-int storage_job_claim_among(struct storage *st, const char *models, const char *series_uid,
+ * (an encoder and its heads), and only on the very series of job LIKE_JOB
+ * when it is not negative: a worker claims the first job of a group, then
+ * the group's other jobs on those series, so that the encoder runs once
+ * for them all. */
+int storage_job_claim_among(struct storage *st, const char *models, int64_t like_job,
                             const char *owner, int64_t now_ms, int64_t lease_ms,
                             struct storage_job *job);
 
@@ -448,6 +455,8 @@ struct storage_job_row {
     int64_t id;
     const char *study_uid;
     const char *series_uid;
+    const char *series;           /* JSON array of every series it covers (the first is
+                                   * SERIES_UID; more for a model that takes the study) */
     const char *model;
     const char *state;
     const char *stage;            /* the stage a running job is in, or NULL */

@@ -574,6 +574,75 @@ class ImageModelTest(NodeTestCase):
         self.classify(files, "DX", manifest, expected)
 
 
+    def test_a_study_of_two_views_is_one_job_with_one_result(self):
+        # PA and lateral of one study, each its own series and size, and an
+        # AP the model does not accept: one job on PA + lateral, one SR
+        # over both, the AP recorded not applicable.
+        pa = pydicom.dcmread(radiographs(self.workdir)[0])
+        study = generate_uid()
+        files = []
+        for view, transpose in (("PA", False), ("LL", True), ("AP", False)):
+            ds = pa.copy()
+            if transpose:
+                pixels = np.ascontiguousarray(ds.pixel_array.T)
+                ds.Rows, ds.Columns = pixels.shape
+                ds.PixelData = pixels.tobytes()
+            ds.ViewPosition = view
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            files.append(os.path.join(self.workdir, view + ".dcm"))
+            ds.save_as(files[-1])
+        expected = {}
+        for f in files[:2]:
+            uid = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            expected[(uid, 0)] = sigmoid(scores(letterboxed(rendered(f, 1)[0], (32, 32))))
+        manifest = manifest_text("DX", (32, 32), 1, aggregate="mean").replace(
+            "  batch: 2\n", "  batch: 2\n  accept: {view_position: [PA, LL]}\n")
+        sections = self.sections_for("DX", manifest)
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
+            n = self.node(sections=sections(pacs.port), stable_seconds=1)
+            n.start()
+            harness.dcmsend(n.port, files, ae_called=n.ae, extra=["-dn"])
+
+            def sent():
+                st = n.status()
+                items = st["outbox"]
+                return st["jobs"] if len(st["jobs"]) == 2 and all(
+                    j["state"] in ("done", "failed", "not_applicable") for j in st["jobs"]
+                ) and items and all(i["state"] == "sent" for i in items) else None
+            jobs = harness.wait_until(sent, 120, 0.2, "one SR for the study")
+            outbox = n.status()["outbox"]
+            self.assertEqual(n.stop(), 0)
+            received = harness.list_files(pacs.out_dir)
+        series = [str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID)
+                  for f in files]
+        by_state = {j["state"]: j for j in jobs}
+        self.assertEqual(set(by_state), {"done", "not_applicable"}, jobs)
+        self.assertEqual(sorted(by_state["done"]["series"]), sorted(series[:2]))
+        self.assertEqual(by_state["not_applicable"]["series_uid"], series[2])
+        self.assertEqual(by_state["not_applicable"]["reason"],
+                         "ViewPosition is AP; the model accepts PA, LL")
+        self.assertEqual([i["kind"] for i in outbox], ["sr"])
+        self.assertEqual(len(received), 1)
+        self.assertEqual(dciodvfy_errors(received[0]), [])
+        sr = pydicom.dcmread(received[0])
+        with open(by_state["done"]["result"]) as f:
+            doc = json.load(f)
+        got = {(i["sop_instance_uid"], i["frame"]): i["probabilities"] for i in doc["images"]}
+        self.assertEqual(set(got), set(expected))
+        for key, want in expected.items():
+            np.testing.assert_allclose(got[key], want, atol=2e-3, err_msg=str(key))
+        # The study's probability is the mean over both views.
+        self.check_findings(sr, np.mean(list(expected.values()), axis=0))
+        # The SR's evidence: both views, each under its own series.
+        evidence = {str(r.SeriesInstanceUID): [str(i.ReferencedSOPInstanceUID)
+                                               for i in r.ReferencedSOPSequence]
+                    for s in sr.CurrentRequestedProcedureEvidenceSequence
+                    for r in s.ReferencedSeriesSequence}
+        self.assertEqual(set(evidence), set(series[:2]))
+        self.assertEqual(sorted(u for v in evidence.values() for u in v),
+                         sorted(u for u, _ in expected))
+
     def test_a_window_from_the_manifest_replaces_the_images_own(self):
         files = one_series(radiographs(self.workdir)[:1], os.path.join(self.workdir, "in"))
         uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)

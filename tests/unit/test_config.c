@@ -47,7 +47,7 @@ static void capture_free(struct capture *cap)
 }
 
 static char tmpdir[256];
-static char paths[256][1024];
+static char paths[512][1024];
 static int npaths;
 static char builtin_dir[512]; /* ct-bone-body.pt (empty) and its manifest */
 static char builtin_pt[1024], builtin_yaml[1024];
@@ -70,7 +70,7 @@ static const char *fixture(const char *name)
 /* Writes TEXT to a fresh file in the test's temp dir and returns its path. */
 static const char *write_tmp(const char *name, const char *text)
 {
-    assert_true(npaths < 256);
+    assert_true(npaths < 512);
     char *p = paths[npaths++];
     snprintf(p, sizeof paths[0], "%s/%s", tmpdir, name);
     FILE *f = fopen(p, "w");
@@ -1242,7 +1242,7 @@ static void test_syntax_error_is_positioned_and_not_printed(void **state)
     (void)state;
     char errpath[600];
     snprintf(errpath, sizeof errpath, "%s/stderr.txt", tmpdir);
-    assert_true(npaths < 256);
+    assert_true(npaths < 512);
     snprintf(paths[npaths++], sizeof paths[0], "%s", errpath);
 
     const char *p = write_tmp("syntax.yaml", "node:\n  port: 1\n bind: x\n");
@@ -2007,6 +2007,52 @@ static void test_regression_and_detection_keys_are_checked_with_positions(void *
     ALGORITHM_SECTION                                                                   \
     "input: {modality: CR, kind: image, size: [16, 16], channels: 3}\n"                 \
     "output: {kind: embedding, channels: 64}\n"
+
+static void test_images_take_the_study_unless_the_manifest_says_series(void **state)
+{
+    (void)state;
+    const char *mp;
+    struct config *cfg = load_ok(model_config("study",
+        ALGORITHM_SECTION
+        "input: {modality: DX, kind: image, size: [8, 8]}\n"
+        "output: {kind: classification, channels: 1, classes: {1: " CLASS_BODY "}}\n", &mp));
+    assert_int_equal(cfg->models[0].manifest.scope, CONFIG_SCOPE_STUDY);
+    config_unref(cfg);
+    cfg = load_ok(model_config("per_series",
+        ALGORITHM_SECTION
+        "input: {modality: US, kind: image, size: [8, 8], scope: series}\n"
+        "output: {kind: classification, channels: 1, classes: {1: " CLASS_BODY "}}\n", &mp));
+    assert_int_equal(cfg->models[0].manifest.scope, CONFIG_SCOPE_SERIES);
+    config_unref(cfg);
+    cfg = load_ok(model_config("volume", MANIFEST_HEAD
+                               "output:\n  channels: 2\n  labels: {1: " LABEL_BODY "}\n",
+                               &mp));
+    assert_int_equal(cfg->models[0].manifest.scope, CONFIG_SCOPE_SERIES);
+    config_unref(cfg);
+
+    /* A slice model is one series; a scope that is no scope is refused. */
+    struct capture cap = {0};
+    const char *p = model_config("slices_study",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input:\n"                                                            /* 5 */
+        "  modality: CT\n"                                                    /* 6 */
+        "  kind: slices\n"                                                    /* 7 */
+        "  scope: study\n"                                                    /* 8 */
+        "output: {kind: classification, channels: 1, classes: {1: " CLASS_BODY "}}\n", &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "8:10: input.scope: study needs input.kind image (a slices is one "
+                             "series)");
+    capture_free(&cap);
+    p = model_config("bad_scope",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: DX, kind: image, size: [8, 8], scope: patient}\n"  /* 5 */
+        "output: {kind: classification, channels: 1, classes: {1: " CLASS_BODY "}}\n", &mp);
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "5:57: input.scope: 'patient' is not one of series, study");
+    capture_free(&cap);
+}
 
 static void test_heads_read_the_features_of_an_encoder_of_the_same_file(void **state)
 {
@@ -2885,6 +2931,7 @@ int main(void)
         cmocka_unit_test(test_image_and_classification_keys_are_checked_with_positions),
         cmocka_unit_test(test_regression_and_detection_manifests_are_read_with_their_keys),
         cmocka_unit_test(test_regression_and_detection_keys_are_checked_with_positions),
+        cmocka_unit_test(test_images_take_the_study_unless_the_manifest_says_series),
         cmocka_unit_test(test_heads_read_the_features_of_an_encoder_of_the_same_file),
         cmocka_unit_test(test_slice_models_keep_to_the_series_own_grid),
         cmocka_unit_test(test_accept_intended_use_and_identity_load_with_their_values),

@@ -688,6 +688,76 @@ static void test_plan_marks_jobs_outside_the_model_s_accept_not_applicable(void 
     free_rules(cfg);
 }
 
+static void test_a_model_that_takes_the_study_runs_once_on_all_its_series(void **state)
+{
+    (void)state;
+    struct config *cfg = parse("destinations:\n"
+                               "  arch: {ae_title: ARCH, host: localhost, port: 104}\n"
+                               "  pacs: {ae_title: PACS, host: localhost, port: 105}\n"
+                               "models:\n  cxr: {file: x}\n  per_series: {file: y}\n"
+                               "  head: {file: z}\n"
+                               "rules:\n"
+                                    "  - name: pa\n"
+                                    "    match: {ViewPosition: PA}\n"
+                                    "    run: [cxr, per_series, head]\n"
+                                    "    send_results_to: [pacs]\n"
+                                    "  - name: lateral\n"
+                                    "    match: {ViewPosition: [LL, RL]}\n"
+                                    "    run: [cxr, per_series, head]\n"
+                                    "    priority: stat\n"
+                                    "    send_results_to: [arch]\n", NULL);
+    char *views[] = {"PA", "LL"};
+    struct config_model models[4] = {
+        {.name = "cxr",
+         .manifest = {.modality = "DX", .input_kind = CONFIG_INPUT_IMAGE,
+                      .scope = CONFIG_SCOPE_STUDY,
+                      .accept = {.view_position = views, .n_view_position = 2}}},
+        {.name = "per_series",
+         .manifest = {.modality = "DX", .input_kind = CONFIG_INPUT_IMAGE,
+                      .scope = CONFIG_SCOPE_SERIES}},
+        {.name = "enc",
+         .manifest = {.modality = "DX", .input_kind = CONFIG_INPUT_IMAGE,
+                      .scope = CONFIG_SCOPE_STUDY, .output_kind = CONFIG_OUTPUT_EMBEDDING}},
+        {.name = "head", .manifest = {.from = "enc"}},
+    };
+    cfg->models = models;
+    cfg->n_models = 4;
+    static const struct kv pa[] = {{"SeriesInstanceUID", "1.1"}, {"ViewPosition", "PA"},
+                                   {NULL, NULL}};
+    static const struct kv ll[] = {{"SeriesInstanceUID", "1.2"}, {"ViewPosition", "LL"},
+                                   {NULL, NULL}};
+    static const struct kv rl[] = {{"SeriesInstanceUID", "1.3"}, {"ViewPosition", "RL"},
+                                   {NULL, NULL}};
+    struct attr_series rows[3] = {*row_of(pa), *row_of(ll), *row_of(rl)};
+    struct plan p = {0};
+    assert_int_equal(rules_plan(cfg, rows, 3, &p), 0);
+    /* cxr: one job on 1.1 and 1.2 (1.3 is outside its accept, recorded
+     * apart); per_series: three; the head takes its encoder's study */
+    assert_int_equal(p.n_jobs, 1 + 1 + 3 + 1);
+    const struct plan_job *j = job_of(&p, "1.1", "cxr");
+    assert_null(j->not_applicable);
+    assert_int_equal(j->n_more_series, 1);
+    assert_string_equal(j->more_series[0], "1.2");
+    assert_int_equal(j->priority, PLAN_PRIORITY_STAT); /* the most urgent rule decides */
+    assert_int_equal(j->n_destinations, 2);
+    assert_string_equal(j->destinations[0], "pacs");
+    assert_string_equal(j->destinations[1], "arch");
+    assert_string_equal(job_of(&p, "1.3", "cxr")->not_applicable,
+                        "ViewPosition is RL; the model accepts PA, LL");
+    assert_int_equal(job_of(&p, "1.3", "cxr")->n_more_series, 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(job_of(&p, rows[i].value[ATTR_SERIES_INSTANCE_UID],
+                                "per_series")->n_more_series, 0);
+    j = job_of(&p, "1.1", "head");
+    assert_int_equal(j->n_more_series, 2);
+    assert_string_equal(j->more_series[0], "1.2");
+    assert_string_equal(j->more_series[1], "1.3");
+    plan_free(&p);
+    cfg->models = NULL;
+    cfg->n_models = 0;
+    free_rules(cfg);
+}
+
 static void test_required_series_are_met_by_some_row(void **state)
 {
     (void)state;
@@ -832,6 +902,7 @@ int main(void)
         cmocka_unit_test(test_plan_merges_jobs_and_records_unmatched_series),
         cmocka_unit_test(test_accept_refuses_each_filter_with_the_series_value),
         cmocka_unit_test(test_plan_marks_jobs_outside_the_model_s_accept_not_applicable),
+        cmocka_unit_test(test_a_model_that_takes_the_study_runs_once_on_all_its_series),
         cmocka_unit_test(test_required_series_are_met_by_some_row),
         cmocka_unit_test(test_parse_problems_are_positioned),
         cmocka_unit_test(test_lint_reports_rules_behind_a_catch_all),

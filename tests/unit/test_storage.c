@@ -1638,6 +1638,66 @@ static void test_an_instance_arriving_while_planning_wins(void **state)
     assert_string_equal(tally(f->st).state, "complete");
 }
 
+static int list_instance(void *ud, const char *sop, const char *path)
+{
+    (void)path;
+    char *out = ud;
+    size_t n = strlen(out);
+    snprintf(out + n, 512 - n, "%s%s", n ? " " : "", sop);
+    return 0;
+}
+
+/* A model that takes the study: one job lists the instances of all its
+ * series, series by series, and a group claim takes only jobs on the very
+ * same series. */
+static void test_a_study_job_covers_every_series_it_was_planned_on(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(commit_content(f->st, SERIES2, "1.2.3.3", "c", 1000), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.2", "b", 1000), STORAGE_OK);
+    assert_int_equal(commit_content(f->st, SERIES, "1.2.3.1", "a", 1000), STORAGE_OK);
+    const char *dests[] = {"pacs"};
+    struct plan p = {0};
+    assert_int_equal(plan_add_job(&p, SERIES2, "enc", PLAN_PRIORITY_NORMAL, dests, 1), 0);
+    assert_int_equal(plan_add_job(&p, SERIES, "enc", PLAN_PRIORITY_NORMAL, dests, 1), 0);
+    assert_int_equal(plan_add_job(&p, SERIES2, "head", PLAN_PRIORITY_NORMAL, dests, 1), 0);
+    assert_int_equal(plan_add_job(&p, SERIES, "head", PLAN_PRIORITY_NORMAL, dests, 1), 0);
+    assert_int_equal(plan_add_job(&p, SERIES, "head2", PLAN_PRIORITY_NORMAL, dests, 1), 0);
+    assert_int_equal(plan_join_study(&p, "enc"), 0);
+    assert_int_equal(plan_join_study(&p, "head"), 0);
+    assert_int_equal(p.n_jobs, 3);
+    int q = -1;
+    assert_int_equal(storage_commit_plan(f->st, STUDY, 1000, &p, 0, 5000, &q), STORAGE_OK);
+    assert_int_equal(q, 3);
+    plan_free(&p);
+    struct storage_job j[3];
+    assert_int_equal(storage_job_claim_among(f->st, "[\"enc\", \"head\", \"head2\"]", -1,
+                                             "w1", 6000, 500, &j[0]),
+                     STORAGE_OK);
+    assert_string_equal(j[0].model, "enc");
+    assert_string_equal(j[0].series_uid, SERIES2);
+    char sops[512] = "";
+    assert_int_equal(storage_foreach_job_instance(f->st, j[0].id, list_instance, sops),
+                     STORAGE_OK);
+    assert_string_equal(sops, "1.2.3.3 1.2.3.1 1.2.3.2");
+    /* head has the same two series; head2 only one of them */
+    assert_int_equal(storage_job_claim_among(f->st, "[\"enc\", \"head\", \"head2\"]",
+                                             j[0].id, "w1", 6000, 500, &j[1]),
+                     STORAGE_OK);
+    assert_string_equal(j[1].model, "head");
+    assert_int_equal(storage_job_claim_among(f->st, "[\"enc\", \"head\", \"head2\"]",
+                                             j[0].id, "w1", 6000, 500, &j[2]),
+                     STORAGE_ENOTFOUND);
+    assert_int_equal(storage_job_claim_among(f->st, "[\"head2\"]", -1, "w1", 6000, 500, &j[2]),
+                     STORAGE_OK);
+    sops[0] = '\0';
+    assert_int_equal(storage_foreach_job_instance(f->st, j[2].id, list_instance, sops),
+                     STORAGE_OK);
+    assert_string_equal(sops, "1.2.3.1 1.2.3.2");
+    for (int i = 0; i < 3; i++)
+        storage_job_clear(&j[i]);
+}
+
 static void test_a_plan_lands_jobs_forwards_and_unmatched_together(void **state)
 {
     struct fixture *f = *state;
@@ -2474,6 +2534,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_an_instance_arriving_while_planning_wins, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_study_job_covers_every_series_it_was_planned_on,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_plan_lands_jobs_forwards_and_unmatched_together,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_discarded_study_queues_nothing, setup, teardown),
