@@ -94,6 +94,48 @@ class BrightBox(torch.nn.Module):
 torch.jit.script(BrightBox()).save(sys.argv[1])
 '''
 
+# Detectors that break the contract of a detection output, one way each.
+BAD_DETECTORS_SOURCE = '''
+import sys
+import torch
+
+
+def box(b: int, score: float, cls: float) -> torch.Tensor:
+    one = torch.ones(b)
+    return torch.stack([one, one, 4 * one, 4 * one, score * one, cls * one], 1)
+
+
+class FiveColumns(torch.nn.Module):
+    def forward(self, x):
+        return box(x.shape[0], 0.9, 1.0)[:, None, :5]
+
+
+class TooManyRows(torch.nn.Module):
+    def forward(self, x):
+        return box(x.shape[0], 0.9, 1.0)[:, None, :].expand(-1, 5, -1)
+
+
+class NotFinite(torch.nn.Module):
+    def forward(self, x):
+        b = box(x.shape[0], 0.9, 1.0)
+        b[:, 2] = float("nan")
+        return b[:, None, :]
+
+
+class UnknownClass(torch.nn.Module):
+    def forward(self, x):
+        return box(x.shape[0], 0.9, 3.0)[:, None, :]
+
+
+class ScoreAboveOne(torch.nn.Module):
+    def forward(self, x):
+        return box(x.shape[0], 1.5, 1.0)[:, None, :]
+
+
+for cls in (FiveColumns, TooManyRows, NotFinite, UnknownClass, ScoreAboveOne):
+    torch.jit.script(cls()).save("%s/%s.pt" % (sys.argv[1], cls.__name__))
+'''
+
 ALGORITHM = [
     "algorithm:",
     "  name: %s",
@@ -469,6 +511,54 @@ class ImageOutputTest(NodeTestCase):
         files = one_series(radiographs(self.workdir)[:1], os.path.join(self.workdir, "in"))
         expected = self.detect(files, "DX", (32, 32), 1, window_=(100000.0, 10.0))
         self.assertEqual(expected, {})
+
+    def test_a_detector_output_that_is_not_boxes_fails_its_job_with_the_reason(self):
+        files = one_series(radiographs(self.workdir)[:1], os.path.join(self.workdir, "in"))
+        src = os.path.join(self.workdir, "bad_detectors.py")
+        with open(src, "w") as f:
+            f.write(BAD_DETECTORS_SOURCE)
+        subprocess.run(["/usr/bin/python3", src, self.workdir], check=True,
+                       capture_output=True)
+        reasons = {
+            "FiveColumns": "the model gave an output of shape [1, 1, 5]; the manifest expects "
+                           "[1, at most 4, 6] (images, output.max_boxes, box)",
+            "TooManyRows": "the model gave an output of shape [1, 5, 6]; the manifest expects "
+                           "[1, at most 4, 6] (images, output.max_boxes, box)",
+            "NotFinite": "box 1 of image 1 is not finite",
+            "UnknownClass": "box 1 of image 1 has class 3 and score 0.9; classes are 1..2, "
+                            "scores 0..1",
+            "ScoreAboveOne": "box 1 of image 1 has class 1 and score 1.5; classes are 1..2, "
+                             "scores 0..1",
+        }
+        manifest = os.path.join(self.workdir, "detector.yaml")
+        with open(manifest, "w") as f:
+            f.write(detector_manifest("DX", (32, 32), 1))
+        with harness.StoreSCP(os.path.join(self.workdir, "pacs")) as pacs:
+            n = self.node(sections={
+                "destinations": {"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1",
+                                          "port": pacs.port}},
+                "models": {name: {"file": os.path.join(self.workdir, name + ".pt"),
+                                  "manifest": manifest, "threads": 1} for name in reasons},
+                "rules": [{"name": "pictures", "match": {"Modality": "DX"},
+                           "run": sorted(reasons), "send_results_to": ["pacs"]}]},
+                stable_seconds=1)
+            n.start()
+            harness.dcmsend(n.port, files, ae_called=n.ae, extra=["-dn"])
+
+            def ended():
+                jobs = n.status()["jobs"]
+                return jobs if len(jobs) == len(reasons) and all(
+                    j["state"] in ("done", "failed") for j in jobs) else None
+            jobs = harness.wait_until(ended, 120, 0.2, "every detector's job to end")
+            outbox = n.status()["outbox"]
+            self.assertEqual(n.stop(), 0)
+            received = harness.list_files(pacs.out_dir)
+        for j in jobs:
+            self.assertEqual(j["state"], "failed", j)
+            self.assertIn(reasons[j["model"]], j["error"], j)
+        # Nothing half-made goes out.
+        self.assertEqual(outbox, [])
+        self.assertEqual(received, [])
 
 
 if __name__ == "__main__":
