@@ -105,6 +105,11 @@ OFCondition inflate_to_temp(const char *path, uint64_t limit, FdGuard &out);
 // socket hand-over as soon as dcmnet has taken the socket, before the
 // handshake (see tls_handover_begin). Null with ERR set on failure; ERR
 // names files and OpenSSL's reason, never key material.
+// The transport of the plain listener (quickack.cpp): TCP connections that
+// acknowledge each read at once, so that senders with Nagle's algorithm on
+// do not stall on the receiver's delayed ACK.
+std::unique_ptr<DcmTransportLayer> quickack_make_layer();
+
 std::unique_ptr<DcmTransportLayer> tls_make_layer(T_ASC_NetworkRole role,
                                                   const dicom_tls_config &cfg, bool handover,
                                                   std::string &err);

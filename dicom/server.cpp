@@ -215,6 +215,8 @@ struct dicom_server {
     int tls_listen_fd = -1;
     T_ASC_Network *tls_net = nullptr;
     std::unique_ptr<DcmTransportLayer> tls_layer;
+    // The plain listener's transport (quickack.cpp); the network points to it.
+    std::unique_ptr<DcmTransportLayer> plain_layer;
 
     void log(int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)))
     {
@@ -1245,6 +1247,12 @@ int dicom_server_create(const struct dicom_server_config *cfg, struct dicom_serv
         OFCondition cond =
             ASC_initializeNetwork(NET_ACCEPTOR, srv->port, srv->timeout, &srv->net);
         dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+        if (cond.good()) {
+            srv->plain_layer = ainode_dicom::quickack_make_layer();
+            cond = ASC_setTransportLayer(srv->net, srv->plain_layer.get(), 0);
+            if (cond.bad())
+                ASC_dropNetwork(&srv->net);
+        }
         if (cond.bad()) {
             close(srv->listen_fd);
             delete srv;
