@@ -569,14 +569,16 @@ static int complete_study(struct node *n, const struct config *cfg, const struct
 }
 
 /* Completes every receiving study that is due: idle for stable_seconds,
- * past max_wait_seconds, or with all its required series. */
-static void complete_due(struct node *n)
+ * past max_wait_seconds, or with all its required series. Returns when the
+ * next of the others becomes due by time (INT64_MAX: none). */
+static int64_t complete_due(struct node *n)
 {
     const struct config *cfg = n->cfg;
     const struct config_completion *cc = &cfg->completion;
     int64_t now = clock_now_ms();
     struct receiving r = {0};
     int moved = 0, queued = 0, stable_queued = 0, any = 0;
+    int64_t next = INT64_MAX;
     if (storage_foreach_receiving(n->store, collect_receiving, &r) != STORAGE_OK)
         log_msg(LOG_ERROR, "cannot read the receiving studies");
     for (size_t i = 0; i < r.n; i++) {
@@ -589,10 +591,13 @@ static void complete_due(struct node *n)
          * once the node is back, before the study is planned: planned
          * earlier, it would be processed half received, then again whole. */
         int64_t idle_since = r.last_ms[i] > n->started_ms ? r.last_ms[i] : n->started_ms;
-        if (now - idle_since >= (int64_t)cfg->node.stable_seconds * 1000)
+        int64_t stable_at = idle_since + (int64_t)cfg->node.stable_seconds * 1000;
+        int64_t max_wait_at = cc->max_wait_seconds
+                                  ? r.first_ms[i] + (int64_t)cc->max_wait_seconds * 1000
+                                  : INT64_MAX;
+        if (now >= stable_at)
             due = DUE_STABLE;
-        else if (cc->max_wait_seconds &&
-                 now - r.first_ms[i] >= (int64_t)cc->max_wait_seconds * 1000)
+        else if (now >= max_wait_at)
             due = DUE_MAX_WAIT;
         else if (cc->required.n_any) {
             if (storage_study_series(n->store, r.uid[i], &rows, &n_rows) != STORAGE_OK)
@@ -607,6 +612,10 @@ static void complete_due(struct node *n)
             storage_study_series(n->store, r.uid[i], &rows, &n_rows) != STORAGE_OK) {
             log_msg(LOG_ERROR, "cannot read the series of study #%lld", (long long)r.id[i]);
             due = DUE_NOT;
+        }
+        if (due == DUE_NOT) {
+            int64_t at = stable_at < max_wait_at ? stable_at : max_wait_at;
+            next = at < next ? at : next;
         }
         if (due != DUE_NOT &&
             complete_study(n, cfg, &r, i, due, rows, n_rows, now,
@@ -632,11 +641,22 @@ static void complete_due(struct node *n)
         sender_wake(n->sender); /* instances to forward */
     if (any)
         retain(n);
+    return next;
 }
 
+/* Completion runs when the next study becomes due, to the millisecond,
+ * and at least every quarter of stable_seconds (between 0.1 and 1 s): a
+ * study that arrives meanwhile is then seen, and its required series. */
 static void on_completion_timer(uv_timer_t *t)
 {
-    complete_due(t->data);
+    struct node *n = t->data;
+    int64_t next = complete_due(n);
+    int64_t tick = (int64_t)n->cfg->node.stable_seconds * 1000 / 4;
+    tick = tick < 100 ? 100 : tick > 1000 ? 1000 : tick;
+    int64_t now = clock_now_ms();
+    int64_t wait = next == INT64_MAX ? tick : next - now;
+    wait = wait < 1 ? 1 : wait > tick ? tick : wait;
+    uv_timer_start(t, on_completion_timer, (uint64_t)wait, 0);
 }
 
 static void log_config_error(void *ud, const char *line)
@@ -854,9 +874,7 @@ static int node_serve(struct node *n)
     /* Studies left receiving before a restart complete stable_seconds
      * after it (complete_due); past max_wait_seconds, on the first tick. */
     n->started_ms = clock_now_ms();
-    uint64_t tick = (uint64_t)cfg->node.stable_seconds * 1000 / 4;
-    tick = tick < 100 ? 100 : tick > 1000 ? 1000 : tick;
-    uv_timer_start(&n->completion, on_completion_timer, 0, tick);
+    uv_timer_start(&n->completion, on_completion_timer, 0, 0);
     uv_timer_init(n->loop, &n->retention);
     n->retention.data = n;
     uv_timer_start(&n->retention, on_retention_timer, 1000, RETENTION_EVERY_MS);
