@@ -443,6 +443,7 @@ static void free_handle(struct storage *st)
     free(st->crash_record);
     pthread_mutex_destroy(&st->lock);
     pthread_mutex_destroy(&st->doomed_lock);
+    file_dir_syncs_free(st->dir_syncs);
     free(st);
 }
 
@@ -565,9 +566,10 @@ static int open_mode(const char *data_dir, enum storage_mode mode, storage_read_
     st->results_dir = file_join(data_dir, "results");
     st->quarantine_dir = file_join(data_dir, "quarantine");
     st->crash_record = file_join(data_dir, "job-crash");
+    st->dir_syncs = file_dir_syncs_new();
     char *dbpath = file_join(data_dir, "ainode.db");
     int rc;
-    if (!st->data_dir || !st->tmp_dir || !st->inst_dir || !st->results_dir ||
+    if (!st->data_dir || !st->tmp_dir || !st->inst_dir || !st->results_dir || !st->dir_syncs ||
         !st->quarantine_dir || !st->crash_record || !dbpath) {
         rc = error_set(err, errlen, STORAGE_ENOMEM, "out of memory");
         goto fail;

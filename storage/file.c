@@ -7,6 +7,8 @@
 #include "storage/internal.h"
 
 #include <dirent.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -34,6 +36,103 @@ int file_sync(const char *path, int directory)
     int saved = errno;
     close(fd);
     errno = saved;
+    return rc;
+}
+
+/* One directory some commits are waiting on. Tickets are handed out in
+ * order; a flush covers every ticket handed out before it began. */
+struct dir_sync {
+    struct dir_sync *next;
+    char *path;
+    int users;                    /* threads inside file_sync_dir_shared for it */
+    int running;
+    uint64_t issued;              /* last ticket handed out */
+    uint64_t done;                /* every ticket up to this one is flushed */
+    uint64_t failed;              /* a flush covering tickets up to this one failed */
+    int error;                    /* its errno */
+};
+
+struct file_dir_syncs {
+    pthread_mutex_t lock;
+    pthread_cond_t flushed;
+    struct dir_sync *active;
+};
+
+struct file_dir_syncs *file_dir_syncs_new(void)
+{
+    struct file_dir_syncs *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->flushed, NULL);
+    return s;
+}
+
+void file_dir_syncs_free(struct file_dir_syncs *s)
+{
+    if (!s)
+        return;
+    pthread_cond_destroy(&s->flushed);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+int file_sync_dir_shared(struct file_dir_syncs *s, const char *dir)
+{
+    if (!s)
+        return file_sync(dir, 1);
+    pthread_mutex_lock(&s->lock);
+    struct dir_sync *d = s->active;
+    while (d && strcmp(d->path, dir) != 0)
+        d = d->next;
+    if (!d) {
+        d = calloc(1, sizeof *d);
+        if (!d || !(d->path = strdup(dir))) {
+            pthread_mutex_unlock(&s->lock);
+            free(d);
+            return file_sync(dir, 1);
+        }
+        d->next = s->active;
+        s->active = d;
+    }
+    d->users++;
+    const uint64_t ticket = ++d->issued;
+    while (d->done < ticket) {
+        if (d->running) {
+            pthread_cond_wait(&s->flushed, &s->lock);
+            continue;
+        }
+        /* Lead: one fsync for every ticket issued so far, all of whose
+         * directory entries were made before it begins. */
+        const uint64_t upto = d->issued;
+        d->running = 1;
+        pthread_mutex_unlock(&s->lock);
+        int rc = file_sync(dir, 1);
+        int err = errno;
+        pthread_mutex_lock(&s->lock);
+        d->running = 0;
+        d->done = upto;
+        if (rc != 0) {
+            d->failed = upto;
+            d->error = err;
+        }
+        pthread_cond_broadcast(&s->flushed);
+    }
+    /* A failure at or after this ticket's flush fails it too: answering
+     * failure for a flushed entry loses nothing (the sender sends again). */
+    int rc = d->failed >= ticket ? -1 : 0;
+    int err = d->error;
+    if (--d->users == 0) {
+        struct dir_sync **p = &s->active;
+        while (*p != d)
+            p = &(*p)->next;
+        *p = d->next;
+        free(d->path);
+        free(d);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (rc != 0)
+        errno = err;
     return rc;
 }
 

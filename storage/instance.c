@@ -693,7 +693,8 @@ int storage_commit(struct storage *st, const char *temp_path,
         error_set(err, errlen, rc, "cannot flush received file: %s", strerror(errno));
         goto fail;
     }
-    if (file_sync(series_dir, 1) != 0) {
+    /* Concurrent commits into the series share one directory flush. */
+    if (file_sync_dir_shared(st->dir_syncs, series_dir) != 0) {
         error_set(err, errlen, rc, "cannot flush directory: %s", strerror(errno));
         goto fail;
     }

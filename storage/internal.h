@@ -79,6 +79,8 @@ struct storage {
      * with no lock held (see storage_set_retain_hook). */
     void (*retain_hook)(void *ud, const char *study_uid);
     void *retain_hook_ud;
+    /* Directory flushes shared among concurrent commits (file.c). */
+    struct file_dir_syncs *dir_syncs;
 };
 
 /* ---- file.c ---- */
@@ -87,6 +89,16 @@ struct storage {
 char *file_join(const char *a, const char *b);
 /* fsync of a file, or of a directory (DIRECTORY non-zero); errno kept. */
 int file_sync(const char *path, int directory);
+/* Directory flushes shared by the threads that ask for the same directory
+ * at once (group commit): one fsync serves every caller whose entry was
+ * made before it began. */
+struct file_dir_syncs;
+struct file_dir_syncs *file_dir_syncs_new(void);
+void file_dir_syncs_free(struct file_dir_syncs *s);
+/* Returns once DIR has been flushed by an fsync that began after this
+ * call: 0, or -1 with errno when that fsync (or a later one of DIR that
+ * the caller waited for) failed. */
+int file_sync_dir_shared(struct file_dir_syncs *s, const char *dir);
 /* mkdir PATH (0750 whatever the umask) and make its name durable in
  * PARENT; 0 when it exists. */
 int file_mkdir_durable(const char *parent, const char *path);

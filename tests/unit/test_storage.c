@@ -9,6 +9,7 @@
 #include "storage/internal.h" /* storage_set_retain_hook */
 
 #include <dirent.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
@@ -1638,6 +1639,56 @@ static void test_an_instance_arriving_while_planning_wins(void **state)
     assert_string_equal(tally(f->st).state, "complete");
 }
 
+struct dir_sync_caller {
+    struct file_dir_syncs *s;
+    const char *dir;
+    int failures, errnos;
+};
+
+static void *call_dir_sync(void *arg)
+{
+    struct dir_sync_caller *c = arg;
+    for (int i = 0; i < 40; i++) {
+        errno = 0;
+        if (file_sync_dir_shared(c->s, c->dir) != 0) {
+            c->failures++;
+            c->errnos += errno == ENOENT;
+        }
+    }
+    return NULL;
+}
+
+/* Concurrent commits into one directory share its flushes: every caller
+ * returns once a flush begun after its call has ended, and a flush that
+ * fails fails every caller it covered, with its errno. */
+static void test_directory_flushes_are_shared_and_their_failures_too(void **state)
+{
+    struct fixture *f = *state;
+    struct file_dir_syncs *s = file_dir_syncs_new();
+    assert_non_null(s);
+    char missing[600];
+    snprintf(missing, sizeof missing, "%s/not-there", f->dir);
+    struct dir_sync_caller c[8];
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++) {
+        c[i] = (struct dir_sync_caller){s, i < 6 ? f->dir : missing, 0, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, call_dir_sync, &c[i]), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        if (i < 6)
+            assert_int_equal(c[i].failures, 0);
+        else
+            assert_int_equal(c[i].errnos, 40);
+    }
+    file_dir_syncs_free(s);
+    /* Without a shared state, a plain flush. */
+    assert_int_equal(file_sync_dir_shared(NULL, f->dir), 0);
+    errno = 0;
+    assert_int_equal(file_sync_dir_shared(NULL, missing), -1);
+    assert_int_equal(errno, ENOENT);
+}
+
 static int list_instance(void *ud, const char *sop, const char *path)
 {
     (void)path;
@@ -2534,6 +2585,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_an_instance_arriving_while_planning_wins, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_directory_flushes_are_shared_and_their_failures_too,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_study_job_covers_every_series_it_was_planned_on,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_plan_lands_jobs_forwards_and_unmatched_together,
