@@ -1090,7 +1090,9 @@ dicom_image *inspect_image(DcmDataset *ds, DcmMetaInfo *meta, std::vector<frame_
 }
 
 // Decodes the pixels of DS into IMG (inspected from DS before).
-void decode_pixels(DcmDataset *ds, dicom_image *img)
+// Decodes the pixels of DS into INTO (frames x rows x cols floats), or
+// into pages of IMG's own when INTO is null.
+void decode_pixels(DcmDataset *ds, dicom_image *img, float *into = nullptr)
 {
     const image_header h = read_header(ds, img->sop_class_uid);
     const pixel_format &f = h.f;
@@ -1098,8 +1100,8 @@ void decode_pixels(DcmDataset *ds, dicom_image *img)
     const DcmXfer x(h.xfer);
 
     if (x.isEncapsulated() && is_j2k_xfer(x)) {
-        img->pixels = alloc_pixels(img);
-        decode_j2k(h.seq, f, rs, img->pixels);
+        float *out = into ? into : (img->pixels = alloc_pixels(img));
+        decode_j2k(h.seq, f, rs, out);
         return;
     }
     if (x.isEncapsulated()) {
@@ -1114,8 +1116,8 @@ void decode_pixels(DcmDataset *ds, dicom_image *img)
                  "): " + c.text());
         check_length(h.px, f, h.total);
     }
-    img->pixels = alloc_pixels(img);
-    convert_native(h.px, f, rs, !x.isEncapsulated() && x.isBigEndian(), img->pixels);
+    float *out = into ? into : (img->pixels = alloc_pixels(img));
+    convert_native(h.px, f, rs, !x.isEncapsulated() && x.isBigEndian(), out);
 }
 
 // Decodes the image FF holds; GEOM gets the geometry of each frame.
@@ -1212,11 +1214,14 @@ void parse_source(const char *path, ainode_dicom::source_file &sf, set_totals &t
 }
 
 // Decodes the pixels of a parsed file, then keeps its header alone.
-void decode_source(ainode_dicom::source_file &sf)
+void decode_source(ainode_dicom::source_file &sf, float *into = nullptr)
 {
-    if (sf.decoded)
+    if (sf.decoded) {
+        if (into)
+            fail("its pixels were decoded before"); // and their encoded form is gone
         return;
-    decode_pixels(sf.header.get(), sf.image);
+    }
+    decode_pixels(sf.header.get(), sf.image, into);
     sf.decoded = true;
     // The pixels are decoded: their encoded form (and a decompressed copy
     // DCMTK may hold) goes now, so that a series costs its floats and
@@ -1314,6 +1319,25 @@ extern "C" int dicom_sources_decode(struct dicom_sources *s, char *err, size_t e
         return fail_to(err, errlen,
                        "instance " + std::to_string(i + 1) + " (of " +
                            std::to_string(s->files.size()) + "): ");
+    }
+    return 0;
+}
+
+extern "C" int dicom_sources_decode_into(struct dicom_sources *s, size_t i, float *out,
+                                         size_t capacity, char *err, size_t errlen)
+{
+    const size_t n = s->files.size();
+    try {
+        if (i >= n || !out)
+            return copy_err(err, errlen, "invalid arguments", DICOM_EINVAL);
+        const dicom_image *img = s->files[i].image;
+        if (pixel_bytes(img) / sizeof(float) > capacity)
+            return copy_err(err, errlen, "the decoded image does not fit its buffer",
+                            DICOM_EINVAL);
+        decode_source(s->files[i], out);
+    } catch (...) {
+        return fail_to(err, errlen,
+                       "instance " + std::to_string(i + 1) + " (of " + std::to_string(n) + "): ");
     }
     return 0;
 }

@@ -85,6 +85,13 @@ DICOM_API int dicom_sources_parse(const char *const *paths, size_t n, size_t max
 /* Decodes the pixels of every file of a parsed set. On failure ERR names
  * the instance; the set stays the caller's to close. */
 DICOM_API int dicom_sources_decode(struct dicom_sources *s, char *err, size_t errlen);
+/* Decodes the pixels of file I of a parsed set into OUT (CAPACITY floats,
+ * at least frames x rows x cols), not into pages of the set's own: for a
+ * caller that decodes straight into its volume. The file's encoded pixels
+ * are released as by dicom_sources_decode; its image keeps PIXELS NULL.
+ * On failure ERR names the instance. */
+DICOM_API int dicom_sources_decode_into(struct dicom_sources *s, size_t i, float *out,
+                                        size_t capacity, char *err, size_t errlen);
 /* Parses and decodes the N files of PATHS (no limit of the set's own). On
  * failure ERR names the instance (1-based position in PATHS) and the
  * reason. */

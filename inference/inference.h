@@ -177,6 +177,14 @@ INFER_API int infer_volume_assemble(const struct infer_slice *slices, size_t n,
                                     const struct infer_volume_limits *limits,
                                     struct infer_volume *out, char *err, size_t errlen);
 
+/* infer_volume_assemble without the pixels (PIXELS may be NULL): the same
+ * checks, then OUT's grid, order (SOURCE, FRAME) and data, allocated and
+ * not filled: the caller decodes each slice straight into its plane k
+ * (nx * ny floats at DATA + k * nx * ny), with no copy in between. */
+INFER_API int infer_volume_layout(const struct infer_slice *slices, size_t n,
+                                  const struct infer_volume_limits *limits,
+                                  struct infer_volume *out, char *err, size_t errlen);
+
 /* Every check of infer_volume_assemble, from the slices' geometry alone
  * (PIXELS may be NULL): 0 with the volume's grid in GRID (may be NULL), or
  * the refusal assembling them would give. */

@@ -102,7 +102,7 @@ void infer_volume_free(struct infer_volume *v)
  * built (every check, no volume) and gives its grid in GRID. */
 static int assemble(const struct infer_slice *slices, size_t n,
                     const struct infer_volume_limits *limits, struct infer_volume *out,
-                    struct infer_grid *grid, char *err, size_t errlen)
+                    struct infer_grid *grid, int copy, char *err, size_t errlen)
 {
     if (out)
         memset(out, 0, sizeof *out);
@@ -246,7 +246,8 @@ static int assemble(const struct infer_slice *slices, size_t n,
     }
     for (size_t k = 0; k < n; k++) {
         const struct infer_slice *s = &slices[ord[k].i];
-        memcpy(out->data + k * plane, s->pixels, plane * sizeof *out->data);
+        if (copy)
+            memcpy(out->data + k * plane, s->pixels, plane * sizeof *out->data);
         out->source[k] = s->source;
         out->frame[k] = s->frame;
     }
@@ -260,7 +261,14 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
                           const struct infer_volume_limits *limits, struct infer_volume *out,
                           char *err, size_t errlen)
 {
-    return assemble(slices, n, limits, out, NULL, err, errlen);
+    return assemble(slices, n, limits, out, NULL, 1, err, errlen);
+}
+
+int infer_volume_layout(const struct infer_slice *slices, size_t n,
+                        const struct infer_volume_limits *limits, struct infer_volume *out,
+                        char *err, size_t errlen)
+{
+    return assemble(slices, n, limits, out, NULL, 0, err, errlen);
 }
 
 int infer_volume_check(const struct infer_slice *slices, size_t n,
@@ -268,5 +276,5 @@ int infer_volume_check(const struct infer_slice *slices, size_t n,
                        char *err, size_t errlen)
 {
     struct infer_grid unused;
-    return assemble(slices, n, limits, NULL, grid ? grid : &unused, err, errlen);
+    return assemble(slices, n, limits, NULL, grid ? grid : &unused, 0, err, errlen);
 }

@@ -106,13 +106,57 @@ fail:
     return -1;
 }
 
-/* Points each slice at its decoded pixels. */
-static void attach_pixels(const struct dicom_sources *src, struct infer_slice *slices, size_t n)
+/* Decodes every file of SRC into the planes of V (laid out by
+ * infer_volume_layout): a single-frame file straight into its plane, the
+ * frames of a multi-frame one through one buffer of its frames. */
+static int decode_into_volume(struct dicom_sources *src, struct infer_volume *v, char *err,
+                              size_t errlen)
 {
-    for (size_t k = 0; k < n; k++) {
-        const struct dicom_image *img = dicom_sources_image(src, (size_t)slices[k].source);
-        slices[k].pixels = img->pixels + (size_t)slices[k].frame * img->rows * img->cols;
+    const size_t plane = (size_t)v->grid.nx * (size_t)v->grid.ny, nz = (size_t)v->grid.nz;
+    const size_t n_files = dicom_sources_count(src);
+    size_t *first = calloc(n_files + 1, sizeof *first); /* each file's first slice */
+    size_t *z = malloc(nz * sizeof *z);                 /* slice -> plane */
+    float *frames = NULL;
+    size_t frames_cap = 0;
+    char why[512];
+    int rc = -1;
+    if (!first || !z) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
     }
+    for (size_t i = 0; i < n_files; i++)
+        first[i + 1] = first[i] + (size_t)dicom_sources_image(src, i)->frames;
+    for (size_t k = 0; k < nz; k++)
+        z[first[v->source[k]] + (size_t)v->frame[k]] = k;
+    for (size_t i = 0; i < n_files; i++) {
+        const size_t nf = first[i + 1] - first[i];
+        float *into = v->data + z[first[i]] * plane;
+        if (nf > 1) {
+            if (nf * plane > frames_cap) {
+                free(frames);
+                frames_cap = nf * plane; /* within the volume: no overflow */
+                if (!(frames = malloc(frames_cap * sizeof *frames))) {
+                    snprintf(err, errlen, "out of memory");
+                    goto out;
+                }
+            }
+            into = frames;
+        }
+        if (dicom_sources_decode_into(src, i, into, nf > 1 ? frames_cap : plane, why,
+                                      sizeof why) != DICOM_OK) {
+            snprintf(err, errlen, "the series cannot be used: %s", why);
+            goto out;
+        }
+        for (size_t f = 0; nf > 1 && f < nf; f++)
+            memcpy(v->data + z[first[i] + f] * plane, frames + f * plane,
+                   plane * sizeof *frames);
+    }
+    rc = 0;
+out:
+    free(first);
+    free(z);
+    free(frames);
+    return rc;
 }
 
 static void preprocess(const struct config_manifest *mf, struct infer_volume *v)
@@ -184,21 +228,17 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     if (mf->has_spacing && infer_grid_respace(&vol.grid, mf->spacing, pipeline_max_voxels(cm),
                                               &scaled.grid, err, errlen) != INFER_OK)
         goto out;
-    if (dicom_sources_decode(src, why, sizeof why) != DICOM_OK) {
-        snprintf(err, errlen, "the series cannot be used: %s", why);
-        goto out;
-    }
-    attach_pixels(src, slices, n_slices);
+    /* The volume is laid out from the headers; each file is then decoded
+     * straight into its planes, never into a copy of its own. */
     double t1 = pipeline_seconds();
-    t->decode = t1 - t0;
-
-    if (infer_volume_assemble(slices, n_slices, &lim, &vol, err, errlen) != INFER_OK)
+    if (infer_volume_layout(slices, n_slices, &lim, &vol, err, errlen) != INFER_OK)
         goto out;
-    /* The decoded images were copied into the volume; the headers stay
-     * for the result writers. */
-    dicom_sources_drop_pixels(src);
+    double t_laid = pipeline_seconds();
+    t->assemble = t_laid - t1;
+    if (decode_into_volume(src, &vol, err, errlen) != 0)
+        goto out;
     double t2 = pipeline_seconds();
-    t->assemble = t2 - t1;
+    t->decode = (t1 - t0) + (t2 - t_laid);
 
     preprocess(mf, &vol);
     const struct infer_volume *input = &vol;
