@@ -21,6 +21,8 @@
 
 #include <jansson.h>
 #include <malloc.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,19 +108,66 @@ fail:
     return -1;
 }
 
-/* Decodes every file of SRC into the planes of V (laid out by
- * infer_volume_layout): a single-frame file straight into its plane, the
- * frames of a multi-frame one through one buffer of its frames. */
-static int decode_into_volume(struct dicom_sources *src, struct infer_volume *v, char *err,
-                              size_t errlen)
+/* Decoding files straight into a volume's planes, on several threads:
+ * thread t takes files t, t + T, t + 2T, ... */
+struct decode_part {
+    struct dicom_sources *src;
+    struct infer_volume *v;
+    const size_t *first;          /* each file's first slice, n_files + 1 */
+    const size_t *z;              /* slice -> plane */
+    size_t start, step;
+    size_t failed;                /* first file that failed, or SIZE_MAX */
+    char why[512];
+};
+
+static void *decode_part_main(void *arg)
 {
-    const size_t plane = (size_t)v->grid.nx * (size_t)v->grid.ny, nz = (size_t)v->grid.nz;
-    const size_t n_files = dicom_sources_count(src);
-    size_t *first = calloc(n_files + 1, sizeof *first); /* each file's first slice */
-    size_t *z = malloc(nz * sizeof *z);                 /* slice -> plane */
+    struct decode_part *p = arg;
+    const size_t plane = (size_t)p->v->grid.nx * (size_t)p->v->grid.ny;
+    const size_t n_files = dicom_sources_count(p->src);
     float *frames = NULL;
     size_t frames_cap = 0;
-    char why[512];
+    for (size_t i = p->start; i < n_files; i += p->step) {
+        const size_t nf = p->first[i + 1] - p->first[i];
+        float *into = p->v->data + p->z[p->first[i]] * plane;
+        if (nf > 1) {
+            /* A multi-frame file: its frames through one buffer. */
+            if (nf * plane > frames_cap) {
+                free(frames);
+                frames_cap = nf * plane; /* within the volume: no overflow */
+                if (!(frames = malloc(frames_cap * sizeof *frames))) {
+                    frames_cap = 0;
+                    snprintf(p->why, sizeof p->why, "out of memory");
+                    p->failed = i;
+                    break;
+                }
+            }
+            into = frames;
+        }
+        if (dicom_sources_decode_into(p->src, i, into, nf > 1 ? frames_cap : plane, p->why,
+                                      sizeof p->why) != DICOM_OK) {
+            p->failed = i;
+            break;
+        }
+        for (size_t f = 0; nf > 1 && f < nf; f++)
+            memcpy(p->v->data + p->z[p->first[i] + f] * plane, frames + f * plane,
+                   plane * sizeof *frames);
+    }
+    free(frames);
+    return NULL;
+}
+
+/* Decodes every file of SRC into the planes of V (laid out by
+ * infer_volume_layout) on up to THREADS threads; each file is decoded
+ * once, straight into its planes. On failure ERR names the first file
+ * that failed. */
+static int decode_into_volume(struct dicom_sources *src, struct infer_volume *v, int threads,
+                              char *err, size_t errlen)
+{
+    enum { MAX_DECODERS = 16 };
+    const size_t nz = (size_t)v->grid.nz, n_files = dicom_sources_count(src);
+    size_t *first = calloc(n_files + 1, sizeof *first);
+    size_t *z = malloc(nz * sizeof *z);
     int rc = -1;
     if (!first || !z) {
         snprintf(err, errlen, "out of memory");
@@ -128,34 +177,36 @@ static int decode_into_volume(struct dicom_sources *src, struct infer_volume *v,
         first[i + 1] = first[i] + (size_t)dicom_sources_image(src, i)->frames;
     for (size_t k = 0; k < nz; k++)
         z[first[v->source[k]] + (size_t)v->frame[k]] = k;
-    for (size_t i = 0; i < n_files; i++) {
-        const size_t nf = first[i + 1] - first[i];
-        float *into = v->data + z[first[i]] * plane;
-        if (nf > 1) {
-            if (nf * plane > frames_cap) {
-                free(frames);
-                frames_cap = nf * plane; /* within the volume: no overflow */
-                if (!(frames = malloc(frames_cap * sizeof *frames))) {
-                    snprintf(err, errlen, "out of memory");
-                    goto out;
-                }
-            }
-            into = frames;
-        }
-        if (dicom_sources_decode_into(src, i, into, nf > 1 ? frames_cap : plane, why,
-                                      sizeof why) != DICOM_OK) {
-            snprintf(err, errlen, "the series cannot be used: %s", why);
-            goto out;
-        }
-        for (size_t f = 0; nf > 1 && f < nf; f++)
-            memcpy(v->data + z[first[i] + f] * plane, frames + f * plane,
-                   plane * sizeof *frames);
+
+    size_t n = threads < 1 ? 1 : threads > MAX_DECODERS ? MAX_DECODERS : (size_t)threads;
+    n = n > n_files ? n_files : n;
+    struct decode_part parts[MAX_DECODERS];
+    pthread_t tid[MAX_DECODERS];
+    size_t started = 1;
+    for (size_t t = 0; t < n; t++)
+        parts[t] = (struct decode_part){src, v, first, z, t, n, SIZE_MAX, ""};
+    /* The caller's thread decodes part 0; a thread that cannot start
+     * leaves its part to the caller too. */
+    for (size_t t = 1; t < n; t++, started++)
+        if (pthread_create(&tid[t], NULL, decode_part_main, &parts[t]) != 0)
+            break;
+    decode_part_main(&parts[0]);
+    for (size_t t = started; t < n; t++)
+        decode_part_main(&parts[t]);
+    for (size_t t = 1; t < started; t++)
+        pthread_join(tid[t], NULL);
+    size_t worst = 0;
+    for (size_t t = 1; t < n; t++)
+        if (parts[t].failed < parts[worst].failed)
+            worst = t;
+    if (parts[worst].failed != SIZE_MAX) {
+        snprintf(err, errlen, "the series cannot be used: %s", parts[worst].why);
+        goto out;
     }
     rc = 0;
 out:
     free(first);
     free(z);
-    free(frames);
     return rc;
 }
 
@@ -235,7 +286,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         goto out;
     double t_laid = pipeline_seconds();
     t->assemble = t_laid - t1;
-    if (decode_into_volume(src, &vol, err, errlen) != 0)
+    if (decode_into_volume(src, &vol, cm->threads, err, errlen) != 0)
         goto out;
     double t2 = pipeline_seconds();
     t->decode = (t1 - t0) + (t2 - t_laid);
