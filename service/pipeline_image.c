@@ -188,9 +188,16 @@ static int segment_batch(struct batch *b, const int64_t *oshape, int ond, char *
     struct pipeline_output *o = b->out;
     const size_t image_plane = (size_t)o->grid.nx * (size_t)o->grid.ny;
     for (int i = 0; i < b->filled; i++) {
-        infer_decide(b->output + (size_t)i * (size_t)mf->channels * plane, mf->channels, plane,
-                     &w, b->model_labels);
+        const float *scores = b->output + (size_t)i * (size_t)mf->channels * plane;
         const size_t image = b->done + (size_t)i;
+        /* A NaN would lose every comparison and pass for background. */
+        for (size_t v = 0; v < (size_t)mf->channels * plane; v++)
+            if (!isfinite(scores[v])) {
+                snprintf(err, errlen, "the model's scores for image %zu are not finite",
+                         image + 1);
+                return -1;
+            }
+        infer_decide(scores, mf->channels, plane, &w, b->model_labels);
         if (infer_letterbox_unmap(b->model_labels, s0, s1, &b->lb[i], b->dims[i][0],
                                   b->dims[i][1], o->labels + image * image_plane) != INFER_OK) {
             snprintf(err, errlen, "image %zu cannot be mapped back from the model", image + 1);

@@ -353,6 +353,12 @@ class ImageSegmentationTest(NodeTestCase):
         groups = planar_groups(sr)
         present = [n for n in (1, 2) if any((v == n).any() for v in expected.values())]
         self.assertEqual(len(groups), len(present))
+        # A segment without pixels is reported absent (a qualitative
+        # evaluation of its finding), and nothing else.
+        absent = {it.ConceptNameCodeSequence[0].CodeValue for it in all_items(sr)
+                  if it.ValueType == "CODE" and
+                  it.ConceptCodeSequence[0].CodeValue == "2667000"}
+        self.assertEqual(absent, {LABELS[n - 1][1] for n in (1, 2) if n not in present})
         for g, number in zip(groups, present):
             items = {}
             for it in g.ContentSequence:
@@ -415,6 +421,17 @@ class ImageSegmentationTest(NodeTestCase):
         frames = {int(fg.DerivationImageSequence[0].SourceImageSequence[0]
                       .ReferencedFrameNumber) for fg in seg.PerFrameFunctionalGroupsSequence}
         self.assertEqual(frames, {1, 2})
+
+    def test_a_segment_without_pixels_is_reported_absent(self):
+        # A window far above every pixel renders the radiograph black:
+        # nothing is bright, only the box is labelled.
+        files = [without_frame_of_reference(p) for p in
+                 one_series(radiographs(self.workdir)[:1], os.path.join(self.workdir, "in"))]
+        expected, seg, sr = self.segment(files, "DX", "threshold", (32, 64),
+                                         window_=(100000.0, 10.0))
+        (labels,) = expected.values()
+        self.assertFalse((labels == 1).any())
+        self.assertTrue((labels == 2).any())
 
     def test_images_of_different_sizes_fail_the_job_with_their_sizes(self):
         dx = radiographs(self.workdir)[0]
