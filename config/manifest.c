@@ -209,7 +209,8 @@ static const struct schema_field output_fields[] = {
     {.key = "decision", .type = T_ENUM, .def_int = CONFIG_DECISION_ARGMAX, .names = decision_names,
      .off = MAN_OFF(decision),
      .doc = "segmentation: argmax (channel 0 the background, label N channel N) or threshold "
-            "(label N where channel N - 1 is at least output.threshold, the highest such)"},
+            "(label N for the channel N - 1 of highest value among those at least "
+            "output.threshold; none: 0)"},
     {.key = "threshold", .type = T_FLOAT, .def_float = 0.5, .off = MAN_OFF(threshold),
      .doc = "cut-off for decision threshold"},
     {.key = "labels", .type = T_CUSTOM, .parse = parse_labels, .release = release_labels,
