@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Integration tests of segmentation by image models (input.kind image,
 output.kind segmentation): 2-D images without a Frame of Reference
-(projection radiographs, multi-frame secondary captures) are rendered,
+(projection radiographs, multi-frame secondary captures), and a CT image
+with one, are rendered,
 letterboxed, run through a TorchScript segmenter made here with
 python3-torch, and the labels mapped back onto each source image come to
 DCMTK's storescp (the PACS) as a SEG and a TID 1500 SR, both valid for
@@ -16,11 +17,11 @@ source (PS3.3 C.11 window, MONOCHROME1 inverted), torch letterboxes it
 (test_image_models.letterboxed), and each source pixel (r, c) takes the
 model pixel holding its centre, (top + floor((r + 0.5) nr / rows),
 left + floor((c + 0.5) nc / cols)), nr x nc the picture's size in the
-model. The letterbox of the first test is exact (scale 1, a band above and
-below); the second halves the image (2 x 2 pixels averaged), where a model
-pixel within 1e-4 of the threshold could fall either way in float
-arithmetic: only such pixels are left out of the comparison, and there
-are at most a few.
+model. The radiographs' letterbox is exact (scale 1, a band above and
+below); the others shrink the image (pixels averaged), where a model pixel
+within 1e-4 of the threshold could fall either way in float arithmetic:
+only such pixels are left out of the comparison, and there are at most 8.
+A job whose images differ in size fails, naming both sizes.
     AINODE_BINARY=build/ainode /usr/bin/python3 -m unittest test_image_segmentation
 """
 
@@ -297,15 +298,30 @@ class ImageSegmentationTest(NodeTestCase):
             ok = ~near[key]
             np.testing.assert_array_equal(got[i][ok], expected[key][ok], err_msg=str(key))
 
-        # ---- the SEG: no Frame of Reference, frames on their sources ----
+        # ---- the SEG: a Frame of Reference and plane groups only where the
+        # sources have them; frames on their sources ----
         self.assertEqual(seg.SeriesDescription, "Bright and box")
-        self.assertNotIn("FrameOfReferenceUID", seg)
+        spatial = all("FrameOfReferenceUID" in h and "ImagePositionPatient" in h
+                      for h in headers.values())
         self.assertEqual((seg.Rows, seg.Columns), next(iter(expected.values())).shape)
         shared = seg.SharedFunctionalGroupsSequence[0]
-        for key in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
-            self.assertNotIn(key, shared)
+        pointers = [str(pydicom.tag.Tag("ReferencedSegmentNumber"))]
+        if spatial:
+            first = next(iter(headers.values()))
+            self.assertEqual(seg.FrameOfReferenceUID, first.FrameOfReferenceUID)
+            self.assertEqual([float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing],
+                             [float(v) for v in first.PixelSpacing])
+            self.assertEqual(
+                [float(v) for v in
+                 shared.PlaneOrientationSequence[0].ImageOrientationPatient],
+                [float(v) for v in first.ImageOrientationPatient])
+            pointers.append(str(pydicom.tag.Tag("ImagePositionPatient")))
+        else:
+            self.assertNotIn("FrameOfReferenceUID", seg)
+            for key in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
+                self.assertNotIn(key, shared)
         self.assertEqual([str(d.DimensionIndexPointer) for d in seg.DimensionIndexSequence],
-                         [str(pydicom.tag.Tag("ReferencedSegmentNumber"))])
+                         pointers)
         self.assertEqual(len(seg.SegmentSequence), len(LABELS))
         for number, (s, (name, value, meaning, _)) in enumerate(
                 zip(seg.SegmentSequence, LABELS), 1):
@@ -318,10 +334,15 @@ class ImageSegmentationTest(NodeTestCase):
                                          seg.Rows, seg.Columns)
         seen = set()
         for i, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
-            self.assertNotIn("PlanePositionSequence", fg)
             number = fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber
             ref = fg.DerivationImageSequence[0].SourceImageSequence[0]
             uid = str(ref.ReferencedSOPInstanceUID)
+            if spatial:
+                self.assertEqual(
+                    [float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient],
+                    [float(v) for v in headers[uid].ImagePositionPatient])
+            else:
+                self.assertNotIn("PlanePositionSequence", fg)
             self.assertEqual(str(ref.ReferencedSOPClassUID), str(headers[uid].SOPClassUID))
             if "NumberOfFrames" in headers[uid] and \
                     str(headers[uid].SOPClassUID) == MF_GREY_SC:
@@ -432,6 +453,18 @@ class ImageSegmentationTest(NodeTestCase):
         (labels,) = expected.values()
         self.assertFalse((labels == 1).any())
         self.assertTrue((labels == 2).any())
+
+    def test_a_ct_image_keeps_its_frame_of_reference_and_plane(self):
+        # An image with patient geometry: the SEG lies in its Frame of
+        # Reference. 128 x 128 in a 48 x 32 input: a quarter (32 x 32),
+        # 8 rows of band above and below.
+        from test_image_models import PYDICOM_FILES
+        files = one_series([os.path.join(PYDICOM_FILES, "CT_small.dcm")],
+                           os.path.join(self.workdir, "in"))
+        expected, seg, sr = self.segment(files, "CT", "threshold", (48, 32),
+                                         window_=(200.0, 600.0))
+        (labels,) = expected.values()
+        self.assertTrue((labels == 1).any() and (labels == 2).any())
 
     def test_images_of_different_sizes_fail_the_job_with_their_sizes(self):
         dx = radiographs(self.workdir)[0]
