@@ -202,12 +202,22 @@ static const struct schema_field output_fields[] = {
     {.key = "kind", .type = T_ENUM, .def_int = CONFIG_OUTPUT_SEGMENTATION,
      .names = output_kind_names, .off = MAN_OFF(output_kind),
      .doc = "segmentation (labels), classification (a score per class), regression (named "
-            "values), detection (boxes) or embedding (features for heads)"},
+            "values), detection (boxes) or embedding (features for heads). A segmentation "
+            "of input.kind image gives [images, channels, size0, size1] per batch, decided "
+            "per pixel as output.decision says and mapped back onto each source image "
+            "through its letterbox (nearest neighbour at pixel centres); all images of a "
+            "job must then have the same rows and columns (a job of several sizes fails, "
+            "naming them). Its SEG needs no Frame of Reference, and its SR gives each "
+            "segment an outline and an area in mm2 (where the image has a Pixel Spacing), "
+            "never a volume"},
     {.key = "channels", .type = T_INT, .required = 1, .min = 1, .max = 255,
      .off = MAN_OFF(channels),
      .doc = "output channels of the model; a regression's values, a detection's classes"},
     {.key = "decision", .type = T_ENUM, .def_int = CONFIG_DECISION_ARGMAX, .names = decision_names,
-     .off = MAN_OFF(decision), .doc = "argmax or threshold"},
+     .off = MAN_OFF(decision),
+     .doc = "segmentation: argmax (channel 0 the background, label N channel N) or threshold "
+            "(label N for the channel N - 1 of highest value among those at least "
+            "output.threshold; none: 0)"},
     {.key = "threshold", .type = T_FLOAT, .def_float = 0.5, .off = MAN_OFF(threshold),
      .doc = "cut-off for decision threshold"},
     {.key = "labels", .type = T_CUSTOM, .parse = parse_labels, .release = release_labels,
@@ -739,10 +749,10 @@ static void check_kinds(struct schema_ctx *c, const struct ynode *root,
         schema_report(c, pre->line, pre->col,
                       "preprocess: only for input.kind volume (images are prepared by "
                       "input.window, input.mean and input.std)");
-    if (m->output_kind == CONFIG_OUTPUT_SEGMENTATION)
-        schema_report(c, at->line, at->col,
-                      "output.kind: segmentation of images is not available; input.kind image "
-                      "gives classifications, regressions, detections or embeddings");
+    /* A segmentation of images: output [images, channels, size0, size1]
+     * decided per pixel as a volume's (argmax or threshold), then mapped
+     * back through each image's letterbox. Its labels are checked with the
+     * output section, like every segmentation's. */
 }
 
 /* ---- input.accept ---- */

@@ -73,6 +73,34 @@ struct source_file {
     bool decoded = false;                // pixels decoded (and the encoded ones dropped)
 };
 
+// Whether an image reference to F names its frame (SR and SEG alike): only
+// for a multi-frame image whose SOP class has frames. The classic single-frame classes
+// (dciodvfy refuses a Referenced Frame Number for them) are referenced
+// whole, even when an object of theirs carries Number of Frames.
+inline bool references_frames(const source_file &f)
+{
+    static const char *const single_frame[] = {
+        "1.2.840.10008.5.1.4.1.1.1",     // CR
+        "1.2.840.10008.5.1.4.1.1.1.1",   // DX for presentation
+        "1.2.840.10008.5.1.4.1.1.1.1.1", // DX for processing
+        "1.2.840.10008.5.1.4.1.1.1.2",   // MG for presentation
+        "1.2.840.10008.5.1.4.1.1.1.2.1", // MG for processing
+        "1.2.840.10008.5.1.4.1.1.1.3",   // IO for presentation
+        "1.2.840.10008.5.1.4.1.1.1.3.1", // IO for processing
+        "1.2.840.10008.5.1.4.1.1.2",     // CT
+        "1.2.840.10008.5.1.4.1.1.4",     // MR
+        "1.2.840.10008.5.1.4.1.1.6.1",   // US
+        "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
+        "1.2.840.10008.5.1.4.1.1.128",   // PET
+    };
+    if (!f.multiframe)
+        return false;
+    for (const char *uid : single_frame)
+        if (f.sop_class == uid)
+            return false;
+    return true;
+}
+
 // ---- Deflated files (deflate.cpp) ----
 
 // A descriptor closed when the guard goes.

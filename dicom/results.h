@@ -89,6 +89,13 @@ struct dicom_result {
      * certainty the best score) and its boxes, each a planar region. */
     const struct dicom_box *boxes;
     size_t n_boxes;
+    /* 1: the labels are of 2-D images (a model of input.kind image), not
+     * slices of a volume. The SEG then needs no patient geometry: sources
+     * without a Frame of Reference, position or orientation (CR, DX, SC,
+     * US, ...) are segmented pixel for pixel, and the SR gives each
+     * segment a planar group (outline, area in mm2 where the image has a
+     * Pixel Spacing) and never a volume. */
+    int images;
     const char *algorithm_name;
     const char *algorithm_version;
     struct dicom_code algorithm_family;

@@ -4,6 +4,17 @@
 // geometry of every frame is copied from the source frame it was segmented
 // on, never recomputed, so the SEG lies exactly on its sources whatever their
 // order or spacing.
+//
+// Segmentations of 2-D images (CR, DX, SC, US, ...) may have no patient
+// geometry. PS3.3 A.51 then needs no Frame of Reference: the FoR module is
+// required only without the Derivation Image functional group (present on
+// every frame here), and Plane Position, Plane Orientation and Pixel
+// Measures only with a FoR. Such a SEG has none of them; each frame lies
+// on its source pixel for pixel, by its Derivation Image reference (with
+// the frame number for a multi-frame source). dcmseg 3.6.7 allows this
+// (DcmSegmentation::check asks for a FoR only without Derivation Image),
+// but its FoR module writes the UID as type 1, so that module is made
+// optional and left empty.
 
 #include "dicom/internal.h"
 #include "dicom/results.h"
@@ -239,16 +250,22 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
             fail("source of slice %zu has %dx%d pixels, the labels %zux%zu", k, s.image->cols,
                  s.image->rows, nx, ny);
         const Geometry &g = s.geom[(size_t)slice_frame[k]];
-        if (!g.complete())
+        if (!g.complete() && !r->images)
             fail("source of slice %zu lacks position, orientation or pixel spacing", k);
         if (s.study != files[0]->study)
             fail("sources belong to different studies");
-        if (s.frame_of_ref != files[0]->frame_of_ref)
+        if (s.frame_of_ref != files[0]->frame_of_ref && !r->images)
             fail("sources have different frames of reference");
         geom[k] = &g;
     }
-    if (files[0]->frame_of_ref.empty())
+    if (files[0]->frame_of_ref.empty() && !r->images)
         fail("sources have no Frame of Reference UID");
+    // Images are placed in patient space only when every one of them is,
+    // in one frame of reference; else the SEG has no FoR (see the top).
+    bool spatial = !files[0]->frame_of_ref.empty();
+    for (size_t k = 0; k < nz && spatial; k++)
+        spatial = geom[k]->complete() &&
+                  files[slice_file[k]]->frame_of_ref == files[0]->frame_of_ref;
 
     // Position of each slice along the normal of the first slice's plane:
     // its rank is the second dimension index.
@@ -290,7 +307,7 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
             measures[k].thickness = std::atof(fallback_thickness.c_str());
         }
     }
-    bool shared_orientation = true, shared_measures = true;
+    bool shared_orientation = spatial, shared_measures = spatial;
     for (size_t k = 1; k < nz; k++) {
         shared_orientation = shared_orientation && same_orientation(*geom[0], *geom[k]);
         shared_measures = shared_measures && same_measures(measures[0], measures[k]);
@@ -319,6 +336,10 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
     check_cond(seg->importFromSourceImage(*files[0]->header), "cannot import patient/study");
     seg->getEquipment().clearData();
     check_cond(seg->setEquipmentInfo(equipment), "invalid equipment");
+    if (!spatial) {
+        seg->getFrameOfReference().clearData();
+        seg->getFrameOfReference().makeOptional();
+    }
 
     const std::string dt = now_dt();
     const OFString date(dt.substr(0, 8).c_str()), time(dt.substr(8, 6).c_str());
@@ -418,9 +439,10 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
     check_cond(dims.addDimensionIndex(DCM_ReferencedSegmentNumber, dim_uid,
                                       DCM_SegmentIdentificationSequence, "ReferencedSegmentNumber"),
                "dimension index");
-    check_cond(dims.addDimensionIndex(DCM_ImagePositionPatient, dim_uid, DCM_PlanePositionSequence,
-                                      "ImagePositionPatient"),
-               "dimension index");
+    if (spatial)
+        check_cond(dims.addDimensionIndex(DCM_ImagePositionPatient, dim_uid,
+                                          DCM_PlanePositionSequence, "ImagePositionPatient"),
+                   "dimension index");
 
     // Which labels occur on which slice, in one pass over the volume.
     std::vector<std::array<bool, 256>> present(nz);
@@ -435,12 +457,15 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
     std::vector<std::unique_ptr<FGPlanePosPatient>> pos_fg(nz);
     std::vector<std::unique_ptr<FGDerivationImage>> deriv_fg(nz);
     auto slice_groups = [&](size_t k) {
-        if (pos_fg[k])
+        if (deriv_fg[k])
             return;
         const Geometry &g = *geom[k];
-        pos_fg[k] = std::make_unique<FGPlanePosPatient>();
-        check_cond(pos_fg[k]->setImagePositionPatient(g.ipp_text[0], g.ipp_text[1], g.ipp_text[2]),
-                   "image position");
+        if (spatial) {
+            pos_fg[k] = std::make_unique<FGPlanePosPatient>();
+            check_cond(pos_fg[k]->setImagePositionPatient(g.ipp_text[0], g.ipp_text[1],
+                                                          g.ipp_text[2]),
+                       "image position");
+        }
         const source_file &s = *files[slice_file[k]];
         auto d = std::make_unique<FGDerivationImage>();
         DerivationImageItem *item = nullptr;
@@ -454,7 +479,9 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
         ImageSOPInstanceReferenceMacro &ref = src->getImageSOPInstanceReference();
         check_cond(ref.setReferencedSOPClassUID(s.sop_class), "source SOP class");
         check_cond(ref.setReferencedSOPInstanceUID(s.sop_instance), "source SOP instance");
-        if (s.multiframe)
+        // The frame by number where the source's class has frames (the SR's
+        // rule): a single-frame class is referenced whole.
+        if (ainode_dicom::references_frames(s))
             check_cond(ref.addReferencedFrameNumber((Uint16)(slice_frame[k] + 1)),
                        "source frame number");
         item->getSourceImageItems().push_back(src.release());
@@ -484,18 +511,21 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
                     frame[i] = p[i] == value;
             FGFrameContent content_fg;
             check_cond(content_fg.setDimensionIndexValues((Uint32)s->number, 0), "dimension value");
-            check_cond(content_fg.setDimensionIndexValues(position_index[k], 1), "dimension value");
+            if (spatial)
+                check_cond(content_fg.setDimensionIndexValues(position_index[k], 1),
+                           "dimension value");
             OFVector<FGBase *> groups;
-            groups.push_back(pos_fg[k].get());
+            if (spatial)
+                groups.push_back(pos_fg[k].get());
             groups.push_back(&content_fg);
             groups.push_back(deriv_fg[k].get());
             FGPlaneOrientationPatient ori;
             FGPixelMeasures pix;
-            if (!shared_orientation) {
+            if (spatial && !shared_orientation) {
                 orientation_fg(ori, *geom[k]);
                 groups.push_back(&ori);
             }
-            if (!shared_measures) {
+            if (spatial && !shared_measures) {
                 measures_fg(pix, measures[k]);
                 groups.push_back(&pix);
             }
@@ -514,6 +544,20 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
 
     // Attributes dcmseg 3.6.7 does not manage.
     ds->putAndInsertOFStringArray(DCM_SegmentsOverlap, "NO"); // one label per voxel
+    // Without a plane orientation the General Image module wants Patient
+    // Orientation (type 2C): the sources' when they all agree, else empty.
+    if (!spatial) {
+        OFString orientation, other;
+        files[0]->header->findAndGetOFStringArray(DCM_PatientOrientation, orientation);
+        for (const source_file *sf : files) {
+            other.clear();
+            sf->header->findAndGetOFStringArray(DCM_PatientOrientation, other);
+            if (other != orientation)
+                orientation.clear();
+        }
+        check_cond(ds->putAndInsertOFStringArray(DCM_PatientOrientation, orientation),
+                   "patient orientation");
+    }
     // AI provenance (IHE AIR): the algorithm as contributing equipment.
     DcmItem *ce = nullptr;
     check_cond(ds->findOrCreateSequenceItem(DCM_ContributingEquipmentSequence, ce, -2),

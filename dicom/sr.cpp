@@ -43,6 +43,7 @@
 namespace {
 
 using ainode_dicom::copy_err;
+using ainode_dicom::references_frames;
 
 struct sr_error : std::runtime_error {
     int code;
@@ -369,33 +370,6 @@ void add_values(TID1500_MeasurementReport &report, const dicom_result *r)
     }
 }
 
-// Whether an image reference to F names its frame: only for a multi-frame
-// image whose SOP class has frames. The classic single-frame classes
-// (dciodvfy refuses a Referenced Frame Number for them) are referenced
-// whole, even when an object of theirs carries Number of Frames.
-bool references_frames(const ainode_dicom::source_file &f)
-{
-    static const char *const single_frame[] = {
-        "1.2.840.10008.5.1.4.1.1.1",     // CR
-        "1.2.840.10008.5.1.4.1.1.1.1",   // DX for presentation
-        "1.2.840.10008.5.1.4.1.1.1.1.1", // DX for processing
-        "1.2.840.10008.5.1.4.1.1.1.2",   // MG for presentation
-        "1.2.840.10008.5.1.4.1.1.1.2.1", // MG for processing
-        "1.2.840.10008.5.1.4.1.1.1.3",   // IO for presentation
-        "1.2.840.10008.5.1.4.1.1.1.3.1", // IO for processing
-        "1.2.840.10008.5.1.4.1.1.2",     // CT
-        "1.2.840.10008.5.1.4.1.1.4",     // MR
-        "1.2.840.10008.5.1.4.1.1.6.1",   // US
-        "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
-        "1.2.840.10008.5.1.4.1.1.128",   // PET
-    };
-    if (!f.multiframe)
-        return false;
-    for (const char *uid : single_frame)
-        if (f.sop_class == uid)
-            return false;
-    return true;
-}
 
 // ---- The planar region of a segment: plain geometry on the label volume ----
 
@@ -667,7 +641,18 @@ std::vector<tracking> build_report(TID1500_MeasurementReport &report, const dico
     const DSRCodedEntryValue ml("ml", "UCUM", "milliliter");
     const std::vector<std::string> parameters = algorithm_parameters(r);
     std::vector<tracking> out;
-    for (size_t i = 0; i < r->n_segments; i++) {
+    // Segments of 2-D images have no volume: add_image_planar_groups gives
+    // those with pixels a planar group; the others are reported absent here
+    // (TID 1500 row 12: the segment's finding, SNOMED CT "Absent").
+    for (size_t i = 0; r->images && i < r->n_segments; i++) {
+        const dicom_segment &seg = r->segments[i];
+        if (seg.voxels == 0)
+            check(report.addQualitativeEvaluation(
+                      DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning),
+                      DSRCodedEntryValue("2667000", "SCT", "Absent")),
+                  "segment " + std::to_string(seg.number) + ": absent");
+    }
+    for (size_t i = 0; !r->images && i < r->n_segments; i++) {
         const dicom_segment &seg = r->segments[i];
         const std::string which = "segment " + std::to_string(seg.number);
         // The first call fills the group the report starts with.
@@ -777,11 +762,18 @@ void add_finding_algorithms(DSRDocumentTree &tree, const dicom_result *r)
 // volumetric groups DCMTK builds, TID 1410/1411 row 2 on); the cursor ends
 // on the finding, where the group's next items go.
 void open_planar_group(DSRDocumentTree &tree, const std::string &id, const std::string &uid,
-                       const DSRCodedEntryValue &finding, const std::string &which)
+                       const DSRCodedEntryValue &finding, const std::string &which,
+                       bool below = false)
 {
-    check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container,
-                              CODE_DCM_MeasurementGroup),
-          which + ": planar measurement group");
+    // BELOW: as the first child of the current item (an empty container).
+    if (below)
+        check(tree.addChildContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container,
+                                       CODE_DCM_MeasurementGroup),
+              which + ": planar measurement group");
+    else
+        check(tree.addContentItem(DSRTypes::RT_contains, DSRTypes::VT_Container,
+                                  CODE_DCM_MeasurementGroup),
+              which + ": planar measurement group");
     DSRContentItem &group = tree.getCurrentContentItem();
     check(group.setContinuityOfContent(DSRTypes::COC_Separate), which + ": continuity");
     check(group.setTemplateIdentification("1410", "DCMR", UID_DICOMContentMappingResource),
@@ -888,6 +880,85 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
     }
 }
 
+// A segmentation of 2-D images: one Planar ROI measurement group (TID
+// 1410) per segment with pixels, the only groups of the report: the
+// outline of the segment's largest piece on the image where it has the
+// most pixels, as a closed POLYLINE on that image (frame), and where the
+// image has a Pixel Spacing the area of all the segment's pixels there in
+// mm2 and the long axis in mm. No volume: a projection image has no depth.
+// Pixel Spacing only, never Imager Pixel Spacing: the latter is measured
+// at the detector, and the patient plane differs from it by a
+// magnification the node does not know (PS3.3 10.7, Basic Pixel Spacing
+// Calibration Macro); without Pixel Spacing no standard unit fits pixels,
+// so there is no area.
+void add_image_planar_groups(DSRDocumentTree &tree, const dicom_result *r)
+{
+    if (!tree.gotoNamedNode(CODE_DCM_ImagingMeasurements))
+        fail("the report has no imaging measurements");
+    // The first group goes below the container, each next one after it.
+    size_t last = 0;
+    if (tree.goDown()) {
+        while (tree.gotoNext())
+            ;
+        last = tree.getNodeID();
+    }
+    const std::vector<int64_t> counts = slice_counts(r->labels, r->nx, r->ny, r->nz);
+    const auto &files = r->sources->files;
+    for (size_t i = 0; i < r->n_segments; i++) {
+        const dicom_segment &seg = r->segments[i];
+        const std::string which = "segment " + std::to_string(seg.number);
+        const cross_section cs =
+            largest_cross_section(r->labels, r->nx, r->ny, r->nz, seg.number, counts);
+        if (cs.slice < 0)
+            continue; // reported absent
+        const ainode_dicom::source_file &f = files[(size_t)r->source_files[cs.slice]];
+        const long frame = r->source_frames ? r->source_frames[cs.slice] : 0;
+        Uint16 rows = 0, columns = 0;
+        if (f.header->findAndGetUint16(DCM_Rows, rows).bad() ||
+            f.header->findAndGetUint16(DCM_Columns, columns).bad() || rows != r->ny ||
+            columns != r->nx)
+            fail(which + ": the source image of image " + std::to_string(cs.slice) +
+                 " is not " + std::to_string(r->nx) + " x " + std::to_string(r->ny) + " pixels");
+        std::string label = empty(seg.label) ? "Segment" : seg.label;
+        const DSRCodedEntryValue finding(seg.type.value, seg.type.scheme, seg.type.meaning);
+        if (last) {
+            if (!tree.gotoNode(last))
+                fail(which + ": the group before it is gone");
+            open_planar_group(tree, lo((label + " " + std::to_string(seg.number)).c_str()),
+                              new_uid(), finding, which);
+        } else {
+            if (!tree.gotoNamedNode(CODE_DCM_ImagingMeasurements))
+                fail(which + ": no imaging measurements");
+            open_planar_group(tree, lo((label + " " + std::to_string(seg.number)).c_str()),
+                              new_uid(), finding, which, true);
+        }
+        if (!tree.goUp())
+            fail(which + ": its group");
+        last = tree.getNodeID();
+        tree.goDown();
+        while (tree.gotoNext())
+            ;
+        DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
+        for (const outline_point &p : cs.outline)
+            region.getGraphicDataList().addItem((Float32)p.column, (Float32)p.row);
+        add_region(tree, region, f, frame, which);
+        if (frame < 0 || (size_t)frame >= f.geom.size() || !f.geom[(size_t)frame].has_spacing)
+            continue;
+        const double row_spacing = f.geom[(size_t)frame].spacing[0];
+        const double column_spacing = f.geom[(size_t)frame].spacing[1];
+        const double area = (double)cs.pixels * row_spacing * column_spacing;
+        add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::Area),
+                        measured(area, CMR_CID7181::getCodedEntry(CMR_CID7181::SquareMillimeter),
+                                 which + ": area"),
+                        which + ": area");
+        const double diameter = longest_diameter(cs.outline, column_spacing, row_spacing);
+        add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::LongAxis),
+                        measured(diameter, CMR_CID7181::getCodedEntry(CMR_CID7181::Millimeter),
+                                 which + ": long axis"),
+                        which + ": long axis");
+    }
+}
+
 // One Planar ROI measurement group (TID 1410) per box of a detection,
 // after the findings of its classes: the box as a closed POLYLINE of its
 // four corners (the first again at the end) on its source image, the
@@ -984,6 +1055,8 @@ void write_sr(const dicom_result *r, const char *seg_sop_uid, const char *seg_se
     check(doc.changeDocumentType(DSRTypes::DT_Comprehensive3DSR), "document type");
     if (!has_seg(r))
         add_finding_algorithms(doc.getTree(), r);
+    else if (r->images)
+        add_image_planar_groups(doc.getTree(), r);
     else
         add_planar_groups(doc.getTree(), r, tracked);
     if (r->boxes)

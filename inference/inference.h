@@ -296,6 +296,25 @@ INFER_API int infer_letterbox(const float *src, int channels, int rows, int cols
                               int out_rows, int out_cols, const double *mean, const double *std,
                               struct infer_letterbox *lb);
 
+/*
+ * The inverse of a letterbox for labels: into DST (ROWS x COLS, the source
+ * image's grid) the label of MODEL (OUT_ROWS x OUT_COLS, the model's grid)
+ * at each source pixel's centre, nearest neighbour: source pixel (r, c)
+ * takes model pixel (top + floor((r + 0.5) * LB->rows / ROWS),
+ * left + floor((c + 0.5) * LB->cols / COLS)), the picture's extent being
+ * what infer_letterbox resampled the image to. A centre outside the model
+ * grid is background (0). INFER_EINVAL for sizes that are not positive.
+ */
+INFER_API int infer_letterbox_unmap(const uint8_t *model, int out_rows, int out_cols,
+                                    const struct infer_letterbox *lb, int rows, int cols,
+                                    uint8_t *dst);
+
+/* Labels from scores: SCORES holds CHANNELS planes of PLANE values each
+ * (channel c of pixel p at c * PLANE + p); LABELS gets PLANE labels,
+ * decided as W's decision and threshold say (the sliding window's rule). */
+INFER_API void infer_decide(const float *scores, int channels, size_t plane,
+                            const struct infer_window *w, uint8_t *labels);
+
 #ifdef __cplusplus
 }
 #endif

@@ -68,3 +68,29 @@ int infer_letterbox(const float *src, int channels, int rows, int cols, float *d
     }
     return INFER_OK;
 }
+
+int infer_letterbox_unmap(const uint8_t *model, int out_rows, int out_cols,
+                          const struct infer_letterbox *lb, int rows, int cols, uint8_t *dst)
+{
+    if (!model || !lb || !dst || rows < 1 || cols < 1 || out_rows < 1 || out_cols < 1 ||
+        lb->rows < 1 || lb->cols < 1)
+        return INFER_EINVAL;
+    /* Source pixel centre r + 0.5 lies at (r + 0.5) * lb->rows / rows in
+     * the picture, the extent infer_letterbox resampled it to; the model
+     * pixel holding that point is its floor. */
+    const double ry = (double)lb->rows / rows, rx = (double)lb->cols / cols;
+    for (int r = 0; r < rows; r++) {
+        long y = lb->top + (long)floor((r + 0.5) * ry);
+        uint8_t *d = dst + (size_t)r * cols;
+        if (y < 0 || y >= out_rows) {
+            memset(d, 0, (size_t)cols);
+            continue;
+        }
+        const uint8_t *m = model + (size_t)y * out_cols;
+        for (int c = 0; c < cols; c++) {
+            long x = lb->left + (long)floor((c + 0.5) * rx);
+            d[c] = x >= 0 && x < out_cols ? m[x] : 0;
+        }
+    }
+    return INFER_OK;
+}

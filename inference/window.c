@@ -73,6 +73,13 @@ static uint8_t decide(const float *acc, size_t stride, int channels, float weigh
     return (uint8_t)label;
 }
 
+void infer_decide(const float *scores, int channels, size_t plane,
+                  const struct infer_window *w, uint8_t *labels)
+{
+    for (size_t p = 0; p < plane; p++)
+        labels[p] = decide(scores + p, plane, channels, 1.0f, w);
+}
+
 int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
                          const struct infer_window *w, uint8_t *labels, char *err,
                          size_t errlen)

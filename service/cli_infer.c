@@ -265,6 +265,9 @@ int cli_infer(const struct config *cfg, const char *model_name, char *const *arg
         t.decode + t.assemble + t.preprocess + t.model + t.postprocess, "peak_rss_mb",
         ru.ru_maxrss / 1024.0);
     free(summary);
+    /* A segmentation of images: slice k of the labels is image k. */
+    if (doc && o.labels && cm->manifest.input_kind == CONFIG_INPUT_IMAGE)
+        json_object_set_new(doc, "images", json_integer((json_int_t)o.n_images));
     if (doc && !o.labels) { /* a classification: images, no grid */
         json_object_set_new(doc, "images", json_integer((json_int_t)o.n_images));
         json_object_del(doc, "grid");

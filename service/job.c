@@ -416,7 +416,11 @@ static int write_dicom_results(struct storage *store, const struct config_model 
     int64_t counts[256] = {0};
     for (size_t i = 0; i < nvox; i++)
         counts[out->labels[i]]++;
-    double voxel_ml = out->grid.spacing[0] * out->grid.spacing[1] * out->grid.spacing[2] / 1000.0;
+    /* Images (input.kind image) have no depth: no volume, the SR gives areas. */
+    const int images = mf->input_kind == CONFIG_INPUT_IMAGE;
+    double voxel_ml = images ? 0
+                             : out->grid.spacing[0] * out->grid.spacing[1] *
+                                   out->grid.spacing[2] / 1000.0;
 
     int rc = -1;
     struct dicom_segment *segs = calloc(mf->n_labels ? mf->n_labels : 1, sizeof *segs);
@@ -442,6 +446,7 @@ static int write_dicom_results(struct storage *store, const struct config_model 
     dr.ny = out->grid.ny;
     dr.nz = out->grid.nz;
     dr.labels = out->labels;
+    dr.images = images;
     dr.segments = segs;
     dr.n_segments = mf->n_labels;
     char name[64], tmp[4096];

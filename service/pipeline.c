@@ -417,9 +417,50 @@ static json_t *grid_json(const struct infer_grid *g)
     return o;
 }
 
+/* An image segmentation's per-label pixel counts and areas: a projection
+ * image has no volume. The area is in mm2 where every image holding the
+ * label has a Pixel Spacing (each counted with its own), else null. */
+static json_t *image_label_summary(const struct config_manifest *mf,
+                                   const struct pipeline_output *o)
+{
+    const struct infer_grid *g = &o->grid;
+    const size_t plane = (size_t)g->nx * g->ny;
+    int64_t counts[256] = {0};
+    double area[256] = {0};
+    int no_spacing[256] = {0};
+    for (int k = 0; k < g->nz; k++) {
+        int64_t here[256] = {0};
+        const uint8_t *l = o->labels + (size_t)k * plane;
+        for (size_t i = 0; i < plane; i++)
+            here[l[i]]++;
+        const struct dicom_image *img =
+            o->sources ? dicom_sources_image(o->sources, (size_t)o->source[k]) : NULL;
+        const double pixel_mm2 = img ? img->pixel_spacing[0] * img->pixel_spacing[1] : 0;
+        for (int v = 0; v < 256; v++) {
+            counts[v] += here[v];
+            area[v] += (double)here[v] * pixel_mm2;
+            no_spacing[v] |= here[v] > 0 && !(pixel_mm2 > 0);
+        }
+    }
+    json_t *sum = json_object();
+    for (size_t i = 0; i < mf->n_labels; i++) {
+        const struct config_label *l = &mf->labels[i];
+        char key[8];
+        snprintf(key, sizeof key, "%d", l->value);
+        json_object_set_new(sum, key,
+                            json_pack("{s:s, s:I, s:o}", "name", l->name, "pixels",
+                                      (json_int_t)counts[l->value], "area_mm2",
+                                      no_spacing[l->value] ? json_null()
+                                                           : json_real(area[l->value])));
+    }
+    return sum;
+}
+
 /* The per-label voxel counts and volumes. */
 static json_t *label_summary(const struct config_manifest *mf, const struct pipeline_output *o)
 {
+    if (mf->input_kind == CONFIG_INPUT_IMAGE)
+        return image_label_summary(mf, o);
     const struct infer_grid *g = &o->grid;
     size_t nvox = (size_t)g->nx * g->ny * g->nz;
     int64_t counts[256] = {0};

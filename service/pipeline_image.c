@@ -9,7 +9,9 @@
  *   model       one forward per batch of input.batch images
  *   postprocess activation, then the series' probability per class; a
  *               regression's values as given, then the series' per value;
- *               a detection's boxes mapped back onto their source images
+ *               a detection's boxes mapped back onto their source images;
+ *               a segmentation's labels decided per model pixel and mapped
+ *               back onto each source image through its letterbox
  */
 #include "service/pipeline.h"
 #include "service/pipeline_internal.h"
@@ -32,8 +34,10 @@ struct batch {
     const struct config_model *cm;
     struct infer_model *model;
     float *input;                 /* batch x channels x size[0] x size[1] */
-    float *output;                /* batch x classes (a detection: batch x max_boxes x 6) */
-    struct infer_letterbox *lb;   /* a detection: each image's letterbox mapping */
+    float *output;                /* batch x classes (a detection: batch x max_boxes x 6;
+                                   * a segmentation: batch x classes x size0 x size1) */
+    uint8_t *model_labels;        /* a segmentation: one image's labels on the model grid */
+    struct infer_letterbox *lb;   /* each image's letterbox mapping */
     int (*dims)[2];               /* and its source rows, columns */
     size_t box_cap;
     size_t plane;                 /* channels x size[0] x size[1] */
@@ -156,6 +160,55 @@ static int detect_batch(struct batch *b, const int64_t *oshape, int ond, char *e
     return 0;
 }
 
+/* A segmentation's output [images, channels, size0, size1]: each image's
+ * labels decided on the model grid (argmax or threshold, as a volume's),
+ * then mapped back onto its source pixels (infer_letterbox_unmap). */
+static int segment_batch(struct batch *b, const int64_t *oshape, int ond, char *err,
+                         size_t errlen)
+{
+    const struct config_manifest *mf = &b->cm->manifest;
+    const int s0 = mf->size[0], s1 = mf->size[1];
+    if (ond != 4 || oshape[0] != b->filled || oshape[1] != mf->channels || oshape[2] != s0 ||
+        oshape[3] != s1) {
+        char got[96] = "";
+        for (int i = 0, n = 0; i < ond && i < 8; i++)
+            n += snprintf(got + n, sizeof got - (size_t)n, "%s%lld", i ? ", " : "",
+                          (long long)oshape[i]);
+        snprintf(err, errlen, "the model gave an output of shape [%s]; the manifest expects "
+                              "[%d, %d, %d, %d] (images, output.channels, input.size)", got,
+                 b->filled, mf->channels, s0, s1);
+        return -1;
+    }
+    const size_t plane = (size_t)s0 * (size_t)s1;
+    const struct infer_window w = {
+        .channels = mf->channels,
+        .decision = mf->decision == CONFIG_DECISION_THRESHOLD ? INFER_THRESHOLD : INFER_ARGMAX,
+        .threshold = (float)mf->threshold,
+    };
+    struct pipeline_output *o = b->out;
+    const size_t image_plane = (size_t)o->grid.nx * (size_t)o->grid.ny;
+    for (int i = 0; i < b->filled; i++) {
+        const float *scores = b->output + (size_t)i * (size_t)mf->channels * plane;
+        const size_t image = b->done + (size_t)i;
+        /* A NaN would lose every comparison and pass for background. */
+        for (size_t v = 0; v < (size_t)mf->channels * plane; v++)
+            if (!isfinite(scores[v])) {
+                snprintf(err, errlen, "the model's scores for image %zu are not finite",
+                         image + 1);
+                return -1;
+            }
+        infer_decide(scores, mf->channels, plane, &w, b->model_labels);
+        if (infer_letterbox_unmap(b->model_labels, s0, s1, &b->lb[i], b->dims[i][0],
+                                  b->dims[i][1], o->labels + image * image_plane) != INFER_OK) {
+            snprintf(err, errlen, "image %zu cannot be mapped back from the model", image + 1);
+            return -1;
+        }
+    }
+    b->done += (size_t)b->filled;
+    b->filled = 0;
+    return 0;
+}
+
 /* Runs the images in B's input; their probabilities go to the output. */
 static int run_batch(struct batch *b, char *err, size_t errlen)
 {
@@ -166,6 +219,8 @@ static int run_batch(struct batch *b, char *err, size_t errlen)
     size_t cap = (size_t)mf->batch * (size_t)k;
     if (mf->output_kind == CONFIG_OUTPUT_DETECTION)
         cap = (size_t)mf->batch * (size_t)mf->max_boxes * 6;
+    if (mf->output_kind == CONFIG_OUTPUT_SEGMENTATION)
+        cap = b->plane / (size_t)mf->in_channels * (size_t)mf->batch * (size_t)k;
     int64_t shape[4] = {b->filled, mf->in_channels, mf->size[0], mf->size[1]}, oshape[8];
     /* A head's input is a row of features per image. */
     if (mf->from)
@@ -180,6 +235,8 @@ static int run_batch(struct batch *b, char *err, size_t errlen)
         return -1;
     if (mf->output_kind == CONFIG_OUTPUT_DETECTION)
         return detect_batch(b, oshape, ond, err, errlen);
+    if (mf->output_kind == CONFIG_OUTPUT_SEGMENTATION)
+        return segment_batch(b, oshape, ond, err, errlen);
     if (ond != 2 || oshape[0] != b->filled || oshape[1] != k) {
         char got[96] = "";
         for (int i = 0, n = 0; i < ond && i < 8; i++)
@@ -264,6 +321,8 @@ static void aggregate(const struct config_manifest *mf, struct pipeline_output *
 static int output_arrays(const struct config_manifest *mf, struct pipeline_output *o)
 {
     size_t n = o->n_images * (size_t)mf->channels;
+    if (mf->output_kind == CONFIG_OUTPUT_SEGMENTATION)
+        return 0; /* labels, allocated once the images' size is known */
     if (mf->output_kind == CONFIG_OUTPUT_EMBEDDING) {
         o->n_features = mf->channels;
         return (o->features = malloc(n * sizeof *o->features)) ? 0 : -1;
@@ -330,11 +389,14 @@ int pipeline_run_head(const struct config_model *head, struct infer_model *model
     return 0;
 }
 
-/* Checks the files of SRC against the model and counts their images. */
+/* Checks the files of SRC against the model and counts their images. A
+ * segmentation's images must share one size: one SEG holds them all, and
+ * every frame of a SEG has the same rows and columns. */
 static int count_images(const struct config_manifest *mf, const struct dicom_sources *src,
                         size_t *n, char *err, size_t errlen)
 {
     *n = 0;
+    const struct dicom_image *first = dicom_sources_image(src, 0);
     for (size_t i = 0; i < dicom_sources_count(src); i++) {
         const struct dicom_image *img = dicom_sources_image(src, i);
         if (mf->modality && strcasecmp(mf->modality, img->modality) != 0) {
@@ -342,7 +404,43 @@ static int count_images(const struct config_manifest *mf, const struct dicom_sou
                      img->modality[0] ? img->modality : "of no modality", mf->modality);
             return -1;
         }
+        if (mf->output_kind == CONFIG_OUTPUT_SEGMENTATION &&
+            (img->rows != first->rows || img->cols != first->cols)) {
+            snprintf(err, errlen, "instance %zu has %d x %d pixels (columns x rows), instance 1 "
+                                  "%d x %d: a segmentation of images writes one SEG, whose "
+                                  "images must all have the same size",
+                     i + 1, img->cols, img->rows, first->cols, first->rows);
+            return -1;
+        }
         *n += (size_t)img->frames;
+    }
+    return 0;
+}
+
+/* A segmentation's label images (one per image evaluated, on its source
+ * grid) and the scratch of one image's labels on the model grid, within
+ * the job's budget. The grid says the images' size; its spacing is the
+ * first image's Pixel Spacing (0 without one) and it has no slice gap. */
+static int segmentation_arrays(const struct config_model *cm, const struct dicom_sources *src,
+                               struct batch *b, char *err, size_t errlen)
+{
+    const struct config_manifest *mf = &cm->manifest;
+    struct pipeline_output *o = b->out;
+    const struct dicom_image *first = dicom_sources_image(src, 0);
+    size_t n;
+    if (!size_mul3_ok((size_t)first->rows, (size_t)first->cols, o->n_images, &n) ||
+        n > pipeline_max_voxels(cm)) {
+        snprintf(err, errlen, "the labels of %zu images of %d x %d are over the job's memory "
+                              "budget", o->n_images, first->cols, first->rows);
+        return -1;
+    }
+    o->grid = (struct infer_grid){.nx = first->cols, .ny = first->rows, .nz = (int)o->n_images,
+                                  .spacing = {first->pixel_spacing[1], first->pixel_spacing[0], 0},
+                                  .dir = {1, 0, 0, 0, 1, 0, 0, 0, 1}};
+    if (!(o->labels = calloc(n, 1)) ||
+        !(b->model_labels = malloc((size_t)mf->size[0] * (size_t)mf->size[1]))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
     }
     return 0;
 }
@@ -385,12 +483,23 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
         goto out;
     }
     out->n_images = n_images;
+    /* A segmentation's scores: output.channels planes of input.size per image. */
+    size_t out_floats = (size_t)mf->batch *
+                        (mf->output_kind == CONFIG_OUTPUT_DETECTION ? (size_t)mf->max_boxes * 6
+                                                                    : (size_t)mf->channels);
+    if (mf->output_kind == CONFIG_OUTPUT_SEGMENTATION &&
+        (!size_mul3_ok(out_floats, (size_t)mf->size[0], (size_t)mf->size[1], &out_floats) ||
+         out_floats > pipeline_max_voxels(cm))) {
+        snprintf(err, errlen, "the scores of a batch of %d images (%d channels of %d x %d) are "
+                              "over the job's memory budget",
+                 mf->batch, mf->channels, mf->size[1], mf->size[0]);
+        goto out;
+    }
+    if (mf->output_kind == CONFIG_OUTPUT_SEGMENTATION &&
+        segmentation_arrays(cm, src, &b, err, errlen) != 0)
+        goto out;
     if (!(b.input = malloc(batch_floats * sizeof *b.input)) ||
-        !(b.output = malloc((size_t)mf->batch *
-                            (mf->output_kind == CONFIG_OUTPUT_DETECTION
-                                 ? (size_t)mf->max_boxes * 6
-                                 : (size_t)mf->channels) *
-                            sizeof *b.output)) ||
+        !(b.output = malloc(out_floats * sizeof *b.output)) ||
         !(b.lb = calloc((size_t)mf->batch, sizeof *b.lb)) ||
         !(b.dims = calloc((size_t)mf->batch, sizeof *b.dims)) ||
         output_arrays(mf, out) != 0 ||
@@ -474,6 +583,7 @@ out:
     free(b.output);
     free(b.lb);
     free(b.dims);
+    free(b.model_labels);
     return rc;
 }
 

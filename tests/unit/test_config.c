@@ -1803,12 +1803,9 @@ static void test_image_and_classification_keys_are_checked_with_positions(void *
         "  channels: 2\n"                                                     /* 8 */
         "  labels: {1: " LABEL_BODY "}\n", &mp);                              /* 9 */
     load_fails(p, &cap);
-    expect_count(&cap, 3);
+    expect_count(&cap, 2);
     expect_line(&cap, 0, mp, "5:56: input.mean: expected one number per channel (1)");
     expect_line(&cap, 1, mp, "6:12: inference: only for input.kind volume (images are run whole)");
-    expect_line(&cap, 2, mp,
-                "8:3: output.kind: segmentation of images is not available; input.kind image "
-                "gives classifications, regressions, detections or embeddings");
     capture_free(&cap);
 
     p = model_config("volume_with_image_keys",
@@ -1820,6 +1817,62 @@ static void test_image_and_classification_keys_are_checked_with_positions(void *
     load_fails(p, &cap);
     expect_count(&cap, 1);
     expect_line(&cap, 0, mp, "9:15: output.activation: only for kind classification");
+    capture_free(&cap);
+}
+
+/* A segmentation of images is read with a volume's segmentation keys;
+ * what stays meaningless for it is refused where it is written. */
+static void test_image_segmentation_manifest_is_read_and_checked(void **state)
+{
+    (void)state;
+    const char *mp;
+    struct capture cap = {0};
+    const char *p = model_config("image_seg",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: DX, kind: image, size: [64, 64], batch: 2}\n"      /* 5 */
+        "output:\n"                                                           /* 6 */
+        "  kind: segmentation\n"                                              /* 7 */
+        "  channels: 2\n"                                                     /* 8 */
+        "  decision: threshold\n"                                             /* 9 */
+        "  threshold: 0.25\n"                                                 /* 10 */
+        "  labels: {1: " LABEL_BODY ", 2: " LABEL_BODY "}\n", &mp);           /* 11 */
+    struct config *cfg = load_ok(p);
+    const struct config_model *m = config_find_model(cfg, "m");
+    assert_non_null(m);
+    assert_int_equal(m->manifest.input_kind, CONFIG_INPUT_IMAGE);
+    assert_int_equal(m->manifest.output_kind, CONFIG_OUTPUT_SEGMENTATION);
+    assert_int_equal(m->manifest.decision, CONFIG_DECISION_THRESHOLD);
+    assert_true(m->manifest.threshold == 0.25);
+    assert_int_equal(m->manifest.n_labels, 2);
+    assert_int_equal(m->manifest.batch, 2);
+    config_free(cfg);
+
+    /* argmax: channel 0 is the background, so label 2 needs 3 channels;
+     * a classification's keys mean nothing here. */
+    p = model_config("image_seg_bad",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: DX, kind: image, size: [64, 64]}\n"                /* 5 */
+        "output:\n"                                                           /* 6 */
+        "  kind: segmentation\n"                                              /* 7 */
+        "  channels: 2\n"                                                     /* 8 */
+        "  activation: sigmoid\n"                                             /* 9 */
+        "  labels: {1: " LABEL_BODY ", 2: " LABEL_BODY "}\n", &mp);           /* 10 */
+    load_fails(p, &cap);
+    expect_count(&cap, 2);
+    expect_line(&cap, 0, mp, "9:15: output.activation: only for kind classification");
+    expect_line(&cap, 1, mp,
+                "10:134: output.labels.2: argmax needs each label below output.channels "
+                "(2)");
+    capture_free(&cap);
+
+    /* A segmentation needs its labels, for images as for volumes. */
+    p = model_config("image_seg_nolabels",
+        ALGORITHM_SECTION                                                     /* 1-4 */
+        "input: {modality: DX, kind: image, size: [64, 64]}\n"                /* 5 */
+        "output: {kind: segmentation, channels: 2}\n", &mp);                   /* 6 */
+    load_fails(p, &cap);
+    expect_count(&cap, 1);
+    expect_line(&cap, 0, mp, "6:9: output: missing required key 'labels'");
     capture_free(&cap);
 }
 
@@ -2957,6 +3010,7 @@ int main(void)
         cmocka_unit_test(test_aliases_and_extra_documents_are_rejected),
         cmocka_unit_test(test_unreadable_file_is_one_unpositioned_line),
         cmocka_unit_test(test_config_free_accepts_null),
+        cmocka_unit_test(test_image_segmentation_manifest_is_read_and_checked),
         cmocka_unit_test(test_load_works_without_error_callback),
         cmocka_unit_test(test_any_caller_allowed_when_list_empty),
         cmocka_unit_test(test_caller_allowed_matches_exactly_after_trimming_padding),

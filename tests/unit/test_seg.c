@@ -553,6 +553,115 @@ static void writes_400_slices_of_512x512_quickly(void **state)
     assert_true(s < 10.0);
 }
 
+/* Segmented 2-D images (r.images) from two series, without Frame of
+ * Reference, position, orientation or pixel spacing: a valid SEG with no
+ * FoR and no plane groups, each frame derived from its own image, and the
+ * Common Instance Reference listing each series with its own instances. */
+static void images_of_two_series_without_geometry_are_referenced_by_series(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 4 };
+    char cmd[4096], *out = NULL, script[256], paths[N][256];
+    snprintf(script, sizeof script, "%s/flat.py", f->dir);
+    FILE *fp = fopen(script, "w");
+    assert_non_null(fp);
+    /* argv: output folder, then the sources; files 3 and 4 go to a second series */
+    fputs("import sys\n"
+          "import pydicom\n"
+          "from pydicom.uid import generate_uid\n"
+          "series = [generate_uid(), generate_uid()]\n"
+          "for i, p in enumerate(sys.argv[2:]):\n"
+          "    ds = pydicom.dcmread(p)\n"
+          "    for k in ('FrameOfReferenceUID', 'PositionReferenceIndicator',\n"
+          "              'ImagePositionPatient', 'ImageOrientationPatient', 'PixelSpacing',\n"
+          "              'SliceThickness', 'SliceLocation'):\n"
+          "        if k in ds:\n"
+          "            delattr(ds, k)\n"
+          "    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "
+          "'1.2.840.10008.5.1.4.1.1.7'\n"
+          "    ds.SeriesInstanceUID = series[i // 2]\n"
+          "    ds.save_as('%s/flat%d.dcm' % (sys.argv[1], i))\n",
+          fp);
+    assert_int_equal(fclose(fp), 0);
+    int n = snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' '%s'", script, f->dir);
+    for (int i = 0; i < N; i++) {
+        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " '%s'", f->series[i]);
+        snprintf(paths[i], sizeof paths[i], "%s/flat%d.dcm", f->dir, i);
+    }
+    int rc = run(cmd, &out);
+    if (rc != 0)
+        print_error("%s\n", out);
+    free(out);
+    assert_int_equal(rc, 0);
+
+    const char *pp[N] = {paths[0], paths[1], paths[2], paths[3]};
+    struct dicom_sources *set = open_set(pp, N);
+    /* image k is file N - 1 - k: frames follow the labels, not the files */
+    const int files[N] = {3, 2, 1, 0}, frames[N] = {0};
+    static uint8_t labels[N * NY * NX];
+    memset(labels, 0, sizeof labels);
+    for (int k = 0; k < N; k++)
+        labels[(k * NY + k + 1) * NX + 2 * k + 1] = (uint8_t)(1 + k % 2);
+    struct dicom_result r;
+    struct dicom_written w;
+    init_result(&r, set, files, frames, NX, NY, N, labels, 2);
+    /* Without r.images the missing geometry is refused. */
+    char err[256] = "";
+    assert_int_not_equal(dicom_write_seg(&r, f->seg_path, &w, err, sizeof err), 0);
+    assert_non_null(strstr(err, "lacks position, orientation or pixel spacing"));
+    r.images = 1;
+    write_seg(&r, f->seg_path, &w);
+
+    snprintf(script, sizeof script, "%s/check.py", f->dir);
+    fp = fopen(script, "w");
+    assert_non_null(fp);
+    /* argv: the SEG, then the sources in label order */
+    fputs("import sys\n"
+          "import numpy as np\n"
+          "import pydicom\n"
+          "seg = pydicom.dcmread(sys.argv[1])\n"
+          "src = [pydicom.dcmread(p) for p in sys.argv[2:]]\n"
+          "assert 'FrameOfReferenceUID' not in seg\n"
+          "assert 'PatientOrientation' in seg\n"
+          "assert len(seg.DimensionIndexSequence) == 1\n"
+          "shared = seg.SharedFunctionalGroupsSequence[0]\n"
+          "assert 'PlaneOrientationSequence' not in shared\n"
+          "assert 'PixelMeasuresSequence' not in shared\n"
+          "want = {}\n"
+          "for ds in src:\n"
+          "    want.setdefault(str(ds.SeriesInstanceUID), set()).add(str(ds.SOPInstanceUID))\n"
+          "assert len(want) == 2, want\n"
+          "got = {str(s.SeriesInstanceUID): {str(i.ReferencedSOPInstanceUID)\n"
+          "       for i in s.ReferencedInstanceSequence} for s in seg.ReferencedSeriesSequence}\n"
+          "assert got == want, (got, want)\n"
+          "px = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)\n"
+          "hits = 0\n"
+          "for i, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):\n"
+          "    assert 'PlanePositionSequence' not in fg\n"
+          "    ref = fg.DerivationImageSequence[0].SourceImageSequence[0]\n"
+          "    assert 'ReferencedFrameNumber' not in ref\n"
+          "    k = [str(d.SOPInstanceUID) for d in src].index(str(ref.ReferencedSOPInstanceUID))\n"
+          "    seg_no = fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber\n"
+          "    ys, xs = np.nonzero(px[i])\n"
+          "    if seg_no == 1 + k % 2:\n"
+          "        assert list(zip(ys, xs)) == [(k + 1, 2 * k + 1)], (i, k, ys, xs)\n"
+          "        hits += 1\n"
+          "    else:\n"
+          "        assert len(ys) == 0\n"
+          "assert hits == 4, hits\n",
+          fp);
+    assert_int_equal(fclose(fp), 0);
+    n = snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' '%s'", script, f->seg_path);
+    for (int k = 0; k < N; k++)
+        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " '%s'", pp[files[k]]);
+    rc = run(cmd, &out);
+    if (rc != 0)
+        print_error("check.py: %s\n", out);
+    free(out);
+    assert_int_equal(rc, 0);
+    dicom_sources_close(set);
+}
+
 int main(void)
 {
     char err[256];
@@ -564,6 +673,7 @@ int main(void)
         cmocka_unit_test(seg_of_shuffled_series_is_valid_and_matches_the_labels),
         cmocka_unit_test(each_seg_gets_new_sop_and_series_uids),
         cmocka_unit_test(enhanced_multiframe_source_is_referenced_by_frame),
+        cmocka_unit_test(images_of_two_series_without_geometry_are_referenced_by_series),
         cmocka_unit_test(classic_multiframe_source_is_placed_by_grid_frame_offsets),
         cmocka_unit_test(per_slice_geometry_goes_into_per_frame_groups),
         cmocka_unit_test(refusals_give_a_reason_and_no_file),

@@ -509,6 +509,126 @@ static void test_sliding_window_buffers_over_the_budget_are_refused(void **state
                              "over the limit of 100000 voxels");
 }
 
+/* ---- The inverse letterbox of labels ---- */
+
+/* Each source pixel takes the model's label at its centre: a picture the
+ * size of the model maps one to one. */
+static void test_unmap_identity_when_the_image_is_the_model_size(void **state)
+{
+    (void)state;
+    float src[5 * 7], dst[5 * 7];
+    for (int i = 0; i < 5 * 7; i++)
+        src[i] = (float)i;
+    struct infer_letterbox lb;
+    assert_int_equal(infer_letterbox(src, 1, 5, 7, dst, 5, 7, NULL, NULL, &lb), INFER_OK);
+    uint8_t model[5 * 7], back[5 * 7];
+    for (int i = 0; i < 5 * 7; i++)
+        model[i] = (uint8_t)(i % 3);
+    assert_int_equal(infer_letterbox_unmap(model, 5, 7, &lb, 5, 7, back), INFER_OK);
+    assert_memory_equal(model, back, sizeof model);
+}
+
+/* A wide picture sits in a band of the model's rows: source row r reads
+ * model row r + top, and the padding never reaches the source. */
+static void test_unmap_skips_the_letterbox_band(void **state)
+{
+    (void)state;
+    float src[4 * 8], dst[8 * 8];
+    for (int i = 0; i < 4 * 8; i++)
+        src[i] = 1;
+    struct infer_letterbox lb;
+    assert_int_equal(infer_letterbox(src, 1, 4, 8, dst, 8, 8, NULL, NULL, &lb), INFER_OK);
+    assert_int_equal(lb.top, 2);
+    assert_int_equal(lb.left, 0);
+    uint8_t model[8 * 8], back[4 * 8];
+    for (int y = 0; y < 8; y++)
+        for (int x = 0; x < 8; x++)
+            model[y * 8 + x] = (uint8_t)(10 * y + x);
+    assert_int_equal(infer_letterbox_unmap(model, 8, 8, &lb, 4, 8, back), INFER_OK);
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 8; c++)
+            assert_int_equal(back[r * 8 + c], 10 * (r + 2) + c);
+}
+
+/* Downscaled by 2: source pixel (r, c) has its centre in model pixel
+ * (r / 2, c / 2). */
+static void test_unmap_of_a_halved_image_reads_the_covering_pixel(void **state)
+{
+    (void)state;
+    static float src[8 * 6], dst[4 * 4];
+    struct infer_letterbox lb;
+    assert_int_equal(infer_letterbox(src, 1, 8, 6, dst, 4, 4, NULL, NULL, &lb), INFER_OK);
+    /* scale min(4/8, 4/6) = 0.5: a 4 x 3 picture and one column of
+     * padding, on the right (left = (4 - 3) / 2 = 0) */
+    assert_int_equal(lb.rows, 4);
+    assert_int_equal(lb.cols, 3);
+    uint8_t model[4 * 4], back[8 * 6];
+    for (int i = 0; i < 16; i++)
+        model[i] = (uint8_t)(i + 1);
+    assert_int_equal(infer_letterbox_unmap(model, 4, 4, &lb, 8, 6, back), INFER_OK);
+    for (int r = 0; r < 8; r++)
+        for (int c = 0; c < 6; c++)
+            assert_int_equal(back[r * 6 + c], model[(r / 2) * 4 + lb.left + c / 2]);
+}
+
+/* Scaled by 4/3: source centres 0.5, 1.5, 2.5 lie at 2/3, 2 and 10/3 in
+ * the picture, in model pixels 0, 2 and 3. */
+static void test_unmap_takes_the_pixel_holding_each_centre(void **state)
+{
+    (void)state;
+    float src[3 * 3] = {0}, dst[4 * 4];
+    struct infer_letterbox lb;
+    assert_int_equal(infer_letterbox(src, 1, 3, 3, dst, 4, 4, NULL, NULL, &lb), INFER_OK);
+    assert_int_equal(lb.rows, 4);
+    uint8_t model[4 * 4], back[3 * 3];
+    for (int i = 0; i < 16; i++)
+        model[i] = (uint8_t)i;
+    assert_int_equal(infer_letterbox_unmap(model, 4, 4, &lb, 3, 3, back), INFER_OK);
+    const int at[3] = {0, 2, 3};
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 3; c++)
+            assert_int_equal(back[r * 3 + c], at[r] * 4 + at[c]);
+}
+
+/* Upscaled by 3 into a letterbox: the model pixel at a source centre was
+ * sampled exactly there, so a threshold decided in the model and mapped
+ * back equals the same threshold on the source. */
+static void test_unmap_after_letterbox_round_trips_a_threshold(void **state)
+{
+    (void)state;
+    enum { R = 3, C = 5, OR = 12, OC = 15 };
+    float src[R * C], in[OR * OC];
+    /* A checkerboard: any model pixel sampled off a source centre blends
+     * 0 and 1 to at most 2/3, below the threshold. */
+    for (int i = 0; i < R * C; i++)
+        src[i] = (float)((i / C + i % C) % 2);
+    struct infer_letterbox lb;
+    assert_int_equal(infer_letterbox(src, 1, R, C, in, OR, OC, NULL, NULL, &lb), INFER_OK);
+    assert_int_equal(lb.top, 1);
+    uint8_t model[OR * OC], back[R * C];
+    for (int i = 0; i < OR * OC; i++)
+        model[i] = in[i] > 0.8f ? 1 : 0;
+    assert_int_equal(infer_letterbox_unmap(model, OR, OC, &lb, R, C, back), INFER_OK);
+    for (int i = 0; i < R * C; i++)
+        assert_int_equal(back[i], src[i] > 0.8f ? 1 : 0);
+}
+
+/* A mapping that puts centres outside the model grid gives background
+ * there; sizes that are not positive are refused. */
+static void test_unmap_outside_the_model_is_background(void **state)
+{
+    (void)state;
+    uint8_t model[4 * 4], back[4 * 4];
+    memset(model, 7, sizeof model);
+    struct infer_letterbox lb = {1.0, 2, -2, 4, 4};
+    assert_int_equal(infer_letterbox_unmap(model, 4, 4, &lb, 4, 4, back), INFER_OK);
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++)
+            assert_int_equal(back[r * 4 + c], r < 2 && c >= 2 ? 7 : 0);
+    assert_int_equal(infer_letterbox_unmap(model, 4, 4, &lb, 0, 4, back), INFER_EINVAL);
+    assert_int_equal(infer_letterbox_unmap(NULL, 4, 4, &lb, 4, 4, back), INFER_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -523,6 +643,12 @@ int main(void)
         cmocka_unit_test(test_respacing_refuses_wild_grids),
         cmocka_unit_test(test_resampling_never_reads_outside_the_source_even_for_nan),
         cmocka_unit_test(test_sliding_window_buffers_over_the_budget_are_refused),
+        cmocka_unit_test(test_unmap_identity_when_the_image_is_the_model_size),
+        cmocka_unit_test(test_unmap_skips_the_letterbox_band),
+        cmocka_unit_test(test_unmap_of_a_halved_image_reads_the_covering_pixel),
+        cmocka_unit_test(test_unmap_takes_the_pixel_holding_each_centre),
+        cmocka_unit_test(test_unmap_after_letterbox_round_trips_a_threshold),
+        cmocka_unit_test(test_unmap_outside_the_model_is_background),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
