@@ -154,8 +154,9 @@ static const struct schema_field input_fields[] = {
     {.key = "scope", .type = T_ENUM, .def_int = CONFIG_SCOPE_SERIES, .names = scope_names,
      .off = MAN_OFF(scope),
      .doc = "study: one job and one result for all the study's images routed to the model "
-            "(e.g. PA and lateral; the default for kind image); series: one per series (the "
-            "only choice for kind volume and slices)"},
+            "(e.g. PA and lateral; the default for kind image, except segmentations, whose "
+            "images must then all have one size); series: one per series (the default for "
+            "image segmentations, the only choice for kind volume and slices)"},
     {.key = "batch", .type = T_INT, .def_int = 1, .min = 1, .max = 1024, .off = MAN_OFF(batch),
      .doc = "images or slices per model run (kind image or slices)"},
     {.key = "context", .type = T_INT, .def_int = 0, .min = 0, .max = 16,
@@ -921,9 +922,12 @@ static int load_manifest(struct schema_ctx *c, const char *path, struct config_m
             schema_parse_section(&mc, "", config_manifest_fields, config_n_manifest_fields, r, m,
                                  r, NULL);
             check_kinds(&mc, r, m);
-            /* Images default to the study: PA and lateral are one examination. */
+            /* Images default to the study: PA and lateral are one
+             * examination. A segmentation's SEG holds frames of one size,
+             * and views differ in size: it defaults to the series. */
             const struct ynode *in = ynode_get(r, "input");
             if (m->input_kind == CONFIG_INPUT_IMAGE && !m->from &&
+                m->output_kind != CONFIG_OUTPUT_SEGMENTATION &&
                 !(in && in->kind == Y_MAP && ynode_get(in, "scope")))
                 m->scope = CONFIG_SCOPE_STUDY;
         }

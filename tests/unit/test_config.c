@@ -1845,6 +1845,14 @@ static void test_image_segmentation_manifest_is_read_and_checked(void **state)
     assert_true(m->manifest.threshold == 0.25);
     assert_int_equal(m->manifest.n_labels, 2);
     assert_int_equal(m->manifest.batch, 2);
+    /* A SEG holds frames of one size: one per series unless told */
+    assert_int_equal(m->manifest.scope, CONFIG_SCOPE_SERIES);
+    config_free(cfg);
+    cfg = load_ok(model_config("image_seg_study",
+        ALGORITHM_SECTION
+        "input: {modality: DX, kind: image, size: [64, 64], scope: study}\n"
+        "output: {kind: segmentation, channels: 3, labels: {1: " LABEL_BODY "}}\n", &mp));
+    assert_int_equal(cfg->models[0].manifest.scope, CONFIG_SCOPE_STUDY);
     config_free(cfg);
 
     /* argmax: channel 0 is the background, so label 2 needs 3 channels;
