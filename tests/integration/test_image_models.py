@@ -303,6 +303,46 @@ def palette_image(workdir):
     return p
 
 
+US_MULTIFRAME_CLASS = "1.2.840.10008.5.1.4.1.1.3.1"
+NM_CLASS = "1.2.840.10008.5.1.4.1.1.20"
+
+
+def ultrasound(workdir):
+    """A two-frame colour ultrasound cine (RLE), made from pydicom's RGB
+    secondary capture: Debian's pydicom ships no US file of its own."""
+    ds = pydicom.dcmread(os.path.join(PYDICOM_FILES, "SC_rgb_rle_2frame.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = US_MULTIFRAME_CLASS
+    ds.Modality = "US"
+    ds.FrameIncrementPointer = 0x00181063  # Frame Time
+    ds.FrameTime = 33.3
+    p = os.path.join(workdir, "us.dcm")
+    ds.save_as(p)
+    return p
+
+
+def nuclear_medicine(workdir):
+    """A three-frame NM image of signed 16-bit counts with its window,
+    made from pydicom's CT (Debian's pydicom ships no NM file)."""
+    ds = pydicom.dcmread(os.path.join(PYDICOM_FILES, "CT_small.dcm"))
+    base = ds.pixel_array.astype(np.int32)
+    frames = np.stack([base // 4, base // 2 - 300, base]).clip(-32768, 32767).astype(np.int16)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = NM_CLASS
+    ds.Modality = "NM"
+    for key in ("RescaleSlope", "RescaleIntercept", "RescaleType", "ImagePositionPatient",
+                "ImageOrientationPatient", "SliceLocation"):
+        if key in ds:
+            delattr(ds, key)
+    ds.NumberOfFrames = 3
+    ds.FrameIncrementPointer = 0x00540080  # Slice Vector
+    ds.SliceVector = [1, 2, 3]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.WindowCenter, ds.WindowWidth = 300, 900
+    ds.PixelData = frames.tobytes()
+    p = os.path.join(workdir, "nm.dcm")
+    ds.save_as(p)
+    return p
+
+
 def run_to_sr(case, sections_for, files):
     """Starts CASE's node with SECTIONS_FOR(PACS port), sends FILES with
     dcmsend (each file in its own transfer syntax: RLE stays RLE), waits
@@ -423,6 +463,28 @@ class ImageModelTest(NodeTestCase):
                     for s in sr.CurrentRequestedProcedureEvidenceSequence
                     for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
         self.assertEqual(evidence, {u for u, _ in expected})
+
+    def test_ultrasound_cine_frames_are_classified_in_colour(self):
+        files = one_series([ultrasound(self.workdir)], os.path.join(self.workdir, "in"))
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
+        expected = {(uid, k): sigmoid(scores(letterboxed(frame, (40, 56))))
+                    for k, frame in enumerate(rendered(files[0], 3))}
+        self.assertEqual(len(expected), 2)
+        job, doc, sr = self.classify(files, "US", manifest_text("US", (40, 56), 3), expected)
+        self.check_findings(sr, np.max(list(expected.values()), axis=0))
+
+    def test_nuclear_medicine_frames_are_classified_each_in_the_window(self):
+        files = one_series([nuclear_medicine(self.workdir)], os.path.join(self.workdir, "in"))
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
+        pictures = rendered(files[0], 1)
+        self.assertEqual(len(pictures), 3)
+        # The frames differ, and so do their scores.
+        self.assertGreater(abs(pictures[0].mean() - pictures[2].mean()), 0.05)
+        expected = {(uid, k): sigmoid(scores(letterboxed(frame, (32, 32))))
+                    for k, frame in enumerate(pictures)}
+        job, doc, sr = self.classify(files, "NM", manifest_text("NM", (32, 32), 1,
+                                                                aggregate="mean"), expected)
+        self.check_findings(sr, np.mean(list(expected.values()), axis=0))
 
     def test_a_palette_colour_image_is_shown_in_its_colours(self):
         files = one_series([palette_image(self.workdir)], os.path.join(self.workdir, "in"))
