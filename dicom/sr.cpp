@@ -809,6 +809,47 @@ void add_region(DSRDocumentTree &tree, const DSRSpatialCoordinatesValue &region,
     tree.goUp();
 }
 
+// Fails unless F's image has R's columns and rows: WHAT names it.
+void check_size(const ainode_dicom::source_file &f, const dicom_result *r, const std::string &what)
+{
+    Uint16 rows = 0, columns = 0;
+    if (f.header->findAndGetUint16(DCM_Rows, rows).bad() ||
+        f.header->findAndGetUint16(DCM_Columns, columns).bad() || rows != r->ny ||
+        columns != r->nx)
+        fail(what + " is not " + std::to_string(r->nx) + " x " + std::to_string(r->ny) +
+             " pixels");
+}
+
+// The outline of CS (its largest piece) as a closed POLYLINE on FRAME of
+// F, then, where GEOM gives the image's pixel spacing: the area of every
+// pixel of the label on that image (all its pieces, not only the outlined
+// one, holes left out: the outline's own area would count the holes of
+// its piece) and the longest distance between two outline points, "Long
+// Axis" (the longest in-plane dimension of a region).
+void add_outline(DSRDocumentTree &tree, const dicom_result *r, const cross_section &cs,
+                 const ainode_dicom::source_file &f, long frame, const ainode_dicom::frame_geometry *geom,
+                 const std::string &which)
+{
+    // The image region: pixel corners in column, row order (see outline_point).
+    DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
+    for (const outline_point &p : cs.outline)
+        region.getGraphicDataList().addItem((Float32)p.column, (Float32)p.row);
+    add_region(tree, region, f, frame, which);
+    if (!geom)
+        return;
+    const double row_spacing = geom->spacing[0], column_spacing = geom->spacing[1];
+    const double area = (double)cs.pixels * row_spacing * column_spacing;
+    add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::Area),
+                    measured(area, CMR_CID7181::getCodedEntry(CMR_CID7181::SquareMillimeter),
+                             which + ": area"),
+                    which + ": area");
+    const double diameter = longest_diameter(cs.outline, column_spacing, row_spacing);
+    add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::LongAxis),
+                    measured(diameter, CMR_CID7181::getCodedEntry(CMR_CID7181::Millimeter),
+                             which + ": long axis"),
+                    which + ": long axis");
+}
+
 // One Planar ROI measurement group (TID 1410) per segment with voxels,
 // right after the segment's volumetric group: the outline of its largest
 // cross-section as a closed POLYLINE on the source image of that slice,
@@ -842,41 +883,14 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
         const std::string slice = "slice " + std::to_string(cs.slice);
         if (frame < 0 || (size_t)frame >= f.geom.size() || !f.geom[(size_t)frame].has_spacing)
             fail(which + ": no pixel spacing for " + slice);
-        Uint16 rows = 0, columns = 0;
-        if (f.header->findAndGetUint16(DCM_Rows, rows).bad() ||
-            f.header->findAndGetUint16(DCM_Columns, columns).bad() || rows != r->ny ||
-            columns != r->nx)
-            fail(which + ": the source image of " + slice + " is not " + std::to_string(r->nx) +
-                 " x " + std::to_string(r->ny) + " pixels");
-        const double row_spacing = f.geom[(size_t)frame].spacing[0];
-        const double column_spacing = f.geom[(size_t)frame].spacing[1];
+        check_size(f, r, which + ": the source image of " + slice);
 
         if (!tree.gotoNode(groups[i]))
             fail(which + ": its volumetric group is gone");
         open_planar_group(tree, tracked[i].id, tracked[i].uid,
                           DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning),
                           which);
-        // The image region: pixel corners in column, row order (see outline_point).
-        DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
-        for (const outline_point &p : cs.outline)
-            region.getGraphicDataList().addItem((Float32)p.column, (Float32)p.row);
-        add_region(tree, region, f, frame, which);
-
-        // Area: every pixel of the label on this slice (all its pieces, not
-        // only the outlined one, holes left out) times the pixel area; the
-        // outline's own area would count the holes of its piece.
-        const double area = (double)cs.pixels * row_spacing * column_spacing;
-        add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::Area),
-                        measured(area, CMR_CID7181::getCodedEntry(CMR_CID7181::SquareMillimeter),
-                                 which + ": area"),
-                        which + ": area");
-        // Longest diameter: the largest distance between two outline
-        // points, "Long Axis" (the longest in-plane dimension of a region).
-        const double diameter = longest_diameter(cs.outline, column_spacing, row_spacing);
-        add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::LongAxis),
-                        measured(diameter, CMR_CID7181::getCodedEntry(CMR_CID7181::Millimeter),
-                                 which + ": long axis"),
-                        which + ": long axis");
+        add_outline(tree, r, cs, f, frame, &f.geom[(size_t)frame], which);
     }
 }
 
@@ -913,12 +927,7 @@ void add_image_planar_groups(DSRDocumentTree &tree, const dicom_result *r)
             continue; // reported absent
         const ainode_dicom::source_file &f = files[(size_t)r->source_files[cs.slice]];
         const long frame = r->source_frames ? r->source_frames[cs.slice] : 0;
-        Uint16 rows = 0, columns = 0;
-        if (f.header->findAndGetUint16(DCM_Rows, rows).bad() ||
-            f.header->findAndGetUint16(DCM_Columns, columns).bad() || rows != r->ny ||
-            columns != r->nx)
-            fail(which + ": the source image of image " + std::to_string(cs.slice) +
-                 " is not " + std::to_string(r->nx) + " x " + std::to_string(r->ny) + " pixels");
+        check_size(f, r, which + ": the source image of image " + std::to_string(cs.slice));
         std::string label = empty(seg.label) ? "Segment" : seg.label;
         const DSRCodedEntryValue finding(seg.type.value, seg.type.scheme, seg.type.meaning);
         if (last) {
@@ -938,24 +947,9 @@ void add_image_planar_groups(DSRDocumentTree &tree, const dicom_result *r)
         tree.goDown();
         while (tree.gotoNext())
             ;
-        DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
-        for (const outline_point &p : cs.outline)
-            region.getGraphicDataList().addItem((Float32)p.column, (Float32)p.row);
-        add_region(tree, region, f, frame, which);
-        if (frame < 0 || (size_t)frame >= f.geom.size() || !f.geom[(size_t)frame].has_spacing)
-            continue;
-        const double row_spacing = f.geom[(size_t)frame].spacing[0];
-        const double column_spacing = f.geom[(size_t)frame].spacing[1];
-        const double area = (double)cs.pixels * row_spacing * column_spacing;
-        add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::Area),
-                        measured(area, CMR_CID7181::getCodedEntry(CMR_CID7181::SquareMillimeter),
-                                 which + ": area"),
-                        which + ": area");
-        const double diameter = longest_diameter(cs.outline, column_spacing, row_spacing);
-        add_measurement(tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::LongAxis),
-                        measured(diameter, CMR_CID7181::getCodedEntry(CMR_CID7181::Millimeter),
-                                 which + ": long axis"),
-                        which + ": long axis");
+        const bool spaced =
+            frame >= 0 && (size_t)frame < f.geom.size() && f.geom[(size_t)frame].has_spacing;
+        add_outline(tree, r, cs, f, frame, spaced ? &f.geom[(size_t)frame] : nullptr, which);
     }
 }
 

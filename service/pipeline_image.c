@@ -137,6 +137,14 @@ static int take_boxes(struct batch *b, int n, char *err, size_t errlen)
     return 0;
 }
 
+/* "1, 2, 3": the first dimensions of a tensor of shape SHAPE (ND of them). */
+static void shape_text(const int64_t *shape, int nd, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    for (int i = 0, n = 0; i < nd && i < 8 && (size_t)n < len; i++)
+        n += snprintf(buf + n, len - (size_t)n, "%s%lld", i ? ", " : "", (long long)shape[i]);
+}
+
 /* Checks a detection's output shape, then takes its boxes. */
 static int detect_batch(struct batch *b, const int64_t *oshape, int ond, char *err,
                         size_t errlen)
@@ -144,10 +152,8 @@ static int detect_batch(struct batch *b, const int64_t *oshape, int ond, char *e
     const struct config_manifest *mf = &b->cm->manifest;
     if (ond != 3 || oshape[0] != b->filled || oshape[1] < 0 || oshape[1] > mf->max_boxes ||
         oshape[2] != 6) {
-        char got[96] = "";
-        for (int i = 0, n = 0; i < ond && i < 8; i++)
-            n += snprintf(got + n, sizeof got - (size_t)n, "%s%lld", i ? ", " : "",
-                          (long long)oshape[i]);
+        char got[96];
+        shape_text(oshape, ond, got, sizeof got);
         snprintf(err, errlen, "the model gave an output of shape [%s]; the manifest expects "
                               "[%d, at most %d, 6] (images, output.max_boxes, box)", got,
                  b->filled, mf->max_boxes);
@@ -170,10 +176,8 @@ static int segment_batch(struct batch *b, const int64_t *oshape, int ond, char *
     const int s0 = mf->size[0], s1 = mf->size[1];
     if (ond != 4 || oshape[0] != b->filled || oshape[1] != mf->channels || oshape[2] != s0 ||
         oshape[3] != s1) {
-        char got[96] = "";
-        for (int i = 0, n = 0; i < ond && i < 8; i++)
-            n += snprintf(got + n, sizeof got - (size_t)n, "%s%lld", i ? ", " : "",
-                          (long long)oshape[i]);
+        char got[96];
+        shape_text(oshape, ond, got, sizeof got);
         snprintf(err, errlen, "the model gave an output of shape [%s]; the manifest expects "
                               "[%d, %d, %d, %d] (images, output.channels, input.size)", got,
                  b->filled, mf->channels, s0, s1);
@@ -238,10 +242,8 @@ static int run_batch(struct batch *b, char *err, size_t errlen)
     if (mf->output_kind == CONFIG_OUTPUT_SEGMENTATION)
         return segment_batch(b, oshape, ond, err, errlen);
     if (ond != 2 || oshape[0] != b->filled || oshape[1] != k) {
-        char got[96] = "";
-        for (int i = 0, n = 0; i < ond && i < 8; i++)
-            n += snprintf(got + n, sizeof got - (size_t)n, "%s%lld", i ? ", " : "",
-                          (long long)oshape[i]);
+        char got[96];
+        shape_text(oshape, ond, got, sizeof got);
         snprintf(err, errlen, "the model gave an output of shape [%s]; the manifest expects "
                               "[%d, %d] (images, output.channels)", got, b->filled, k);
         return -1;
