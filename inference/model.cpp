@@ -6,20 +6,24 @@
 #include "inference/inference.h"
 
 extern "C" {
+#include "common/buffer.h"
 #include "common/checked.h"
 #include "common/error.h"
 }
 
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -68,6 +72,51 @@ std::string what_of(const c10::Error &e)
 std::string what_of(const std::exception &e)
 {
     return one_line(e.what());
+}
+
+/* libtorch's CPU tensors (every model output and intermediate) come from
+ * here. A sliding window allocates and frees a fresh output of tens of MiB
+ * per patch; on small pages each one costs ten thousand page faults, more
+ * than the arithmetic of a light model. From malloc, so that a freed
+ * tensor's pages are reused by the next patch's (libtorch's own allocator
+ * uses posix_memalign, whose offcuts keep the heap from reusing them);
+ * large ones on huge pages (common/buffer.h). Aligned as libtorch's own
+ * are (64 bytes): malloc's pointer is kept just before the data. */
+constexpr size_t kTensorAlign = 64;
+
+void free_tensor_memory(void *data)
+{
+    if (data) {
+        void *raw;
+        std::memcpy(&raw, static_cast<char *>(data) - sizeof raw, sizeof raw);
+        std::free(raw);
+    }
+}
+
+struct huge_page_allocator final : c10::Allocator {
+    c10::DataPtr allocate(size_t n) const override
+    {
+        void *raw = n <= SIZE_MAX - kTensorAlign ? buffer_alloc(n + kTensorAlign) : nullptr;
+        if (!raw)
+            throw std::bad_alloc();
+        /* malloc aligns to 16 at least: the data lies 16 to 64 bytes in. */
+        uintptr_t at = (reinterpret_cast<uintptr_t>(raw) + kTensorAlign) & ~(kTensorAlign - 1);
+        void *data = reinterpret_cast<void *>(at);
+        std::memcpy(static_cast<char *>(data) - sizeof raw, &raw, sizeof raw);
+        return {data, data, &free_tensor_memory, c10::Device(c10::DeviceType::CPU)};
+    }
+    c10::DeleterFnPtr raw_deleter() const override
+    {
+        return &free_tensor_memory;
+    }
+};
+
+void use_huge_page_allocator()
+{
+    static huge_page_allocator allocator;
+    static std::once_flag once;
+    /* Priority 1: above the allocator libtorch registers for itself (0). */
+    std::call_once(once, [] { c10::SetCPUAllocator(&allocator, 1); });
 }
 
 /* Parses "cpu", "cuda" or "cuda:N" ourselves: c10::Device accepts more
@@ -230,6 +279,7 @@ INFER_API int infer_model_load_ex(const char *path, const char *device,
         return error_set(err, errlen, INFER_EINVAL, "infer_model_load: no model path");
     std::string where = std::string("cannot load model '") + path + "': ";
     try {
+        use_huge_page_allocator();
         c10::Device dev(c10::kCPU);
         std::string why;
         int rc = parse_device(device, &dev, &why);

@@ -8,6 +8,7 @@
  */
 #include "inference/inference.h"
 
+#include "common/buffer.h"
 #include "common/checked.h"
 #include "common/error.h"
 #include "common/limits.h"
@@ -236,7 +237,7 @@ static int assemble(const struct infer_slice *slices, size_t n,
         goto done;
 
     size_t plane = (size_t)g->nx * g->ny; /* voxels <= max_voxels: no wrap */
-    out->data = malloc(bytes);
+    out->data = buffer_alloc(bytes);
     out->source = malloc(n * sizeof *out->source);
     out->frame = malloc(n * sizeof *out->frame);
     if (!out->data || !out->source || !out->frame) {

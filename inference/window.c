@@ -11,6 +11,7 @@
  */
 #include "inference/inference.h"
 
+#include "common/buffer.h"
 #include "common/checked.h"
 #include "common/error.h"
 
@@ -125,10 +126,10 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
     int *starts[3] = {NULL, NULL, NULL};
     int nstarts[3];
     float *wt[3] = {NULL, NULL, NULL};
-    float *input = malloc(patch_vox * sizeof *input);
-    float *output = malloc(out_vox * sizeof *output);
-    float *acc = calloc(acc_vox, sizeof *acc);
-    float *wsum = calloc(slab, sizeof *wsum);
+    float *input = buffer_alloc(patch_vox * sizeof *input);
+    float *output = buffer_alloc(out_vox * sizeof *output);
+    float *acc = buffer_zalloc(acc_vox, sizeof *acc);
+    float *wsum = buffer_zalloc(slab, sizeof *wsum);
     int rc = INFER_ENOMEM;
     if (!input || !output || !acc || !wsum)
         goto done;
@@ -259,8 +260,8 @@ int infer_slices(struct infer_model *m, const struct infer_volume *vol, int batc
                          "a batch of %d slices of %dx%d with %d channels in and %d out is over "
                          "the limit of %zu voxels",
                          batch, g->nx, g->ny, depth, C, max_voxels);
-    float *input = malloc(in_vox * sizeof *input);
-    float *output = malloc(out_vox * sizeof *output);
+    float *input = buffer_alloc(in_vox * sizeof *input);
+    float *output = buffer_alloc(out_vox * sizeof *output);
     int rc = INFER_ENOMEM;
     if (!input || !output)
         goto done;

@@ -12,6 +12,7 @@
 #include "service/pipeline.h"
 #include "service/pipeline_internal.h"
 
+#include "common/buffer.h"
 #include "common/checked.h"
 #include "common/crashpoint.h"
 #include "common/limits.h"
@@ -301,7 +302,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
         size_t n;
         if (!size_mul3_ok((size_t)scaled.grid.nx, (size_t)scaled.grid.ny,
                           (size_t)scaled.grid.nz, &n) ||
-            !size_mul_ok(n, sizeof *scaled.data, &n) || !(scaled.data = malloc(n))) {
+            !size_mul_ok(n, sizeof *scaled.data, &n) || !(scaled.data = buffer_alloc(n))) {
             snprintf(err, errlen, "out of memory");
             goto out;
         }
@@ -346,7 +347,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
 
     size_t model_vox = (size_t)input->grid.nx * input->grid.ny * input->grid.nz;
     size_t src_vox = (size_t)vol.grid.nx * vol.grid.ny * vol.grid.nz;
-    if (!(model_labels = malloc(model_vox))) {
+    if (!(model_labels = buffer_alloc(model_vox))) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
@@ -375,7 +376,7 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     t->model = t4 - t3;
 
     if (input == &scaled) {
-        if (!(out->labels = malloc(src_vox))) {
+        if (!(out->labels = buffer_alloc(src_vox))) {
             snprintf(err, errlen, "out of memory");
             goto out;
         }

@@ -1,5 +1,6 @@
 /* common/: the attribute table, plans, error lines, log escaping and the waiter. */
 #include "common/attr.h"
+#include "common/buffer.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/plan.h"
@@ -9,6 +10,8 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
 #include <time.h>
@@ -290,6 +293,58 @@ static void test_waiter_stop_wakes_every_thread_and_stays_set(void **state)
     waiter_destroy(&w);
 }
 
+/* The VmFlags line of the mapping of /proc/self/smaps that holds ADDR. */
+static int mapping_flags(uintptr_t addr, char *flags, size_t len)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f)
+        return -1;
+    char line[512];
+    int inside = 0, found = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+            inside = addr >= lo && addr < hi;
+        else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+            snprintf(flags, len, "%s", line + 8);
+            found = 0;
+            break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+static void test_large_buffers_are_advised_huge_pages_and_zeroed(void **state)
+{
+    (void)state;
+    const size_t bytes = 64u << 20;
+    unsigned char *b = buffer_zalloc(bytes, 1);
+    assert_non_null(b);
+    for (size_t i = 0; i < bytes; i += 4096)
+        assert_int_equal(b[i], 0);
+    assert_int_equal(b[bytes - 1], 0);
+    /* Where the kernel has transparent huge pages, the middle of the
+     * buffer is advised them ("hg" in its mapping's flags); without them
+     * the buffer is plain memory, as written above. */
+    if (access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0) {
+        char flags[512] = "";
+        assert_int_equal(mapping_flags((uintptr_t)(b + bytes / 2), flags, sizeof flags), 0);
+        assert_non_null(strstr(flags, " hg"));
+    }
+    free(b);
+
+    /* Small ones are plain; an overflowing size is refused. */
+    unsigned char *s = buffer_zalloc(100, 3);
+    assert_non_null(s);
+    assert_int_equal(s[299], 0);
+    free(s);
+    assert_null(buffer_zalloc(SIZE_MAX / 2, 3));
+    void *a = buffer_alloc(0);
+    assert_non_null(a);
+    free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -303,6 +358,7 @@ int main(void)
         cmocka_unit_test(test_waiter_timeout_is_honoured),
         cmocka_unit_test(test_waiter_a_wake_reaches_every_waiting_thread),
         cmocka_unit_test(test_waiter_stop_wakes_every_thread_and_stays_set),
+        cmocka_unit_test(test_large_buffers_are_advised_huge_pages_and_zeroed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
