@@ -8,6 +8,11 @@
  * summed into a ring of PATCH_Z slices; a slice is decided (argmax or
  * threshold) and its ring slot reused as soon as no later patch can touch
  * it. Memory: channels x patch_z x ny x nx floats, whatever nz is.
+ *
+ * The weights are separable (w(z, y, x) = wz(z) wy(y) wx(x)), and the
+ * patches and their kept parts are products of per-axis intervals, so the
+ * total weight a voxel receives is a product too: cover_z[z] cover_y[y]
+ * cover_x[x], three arrays instead of a volume of sums.
  */
 #include "inference/inference.h"
 
@@ -108,8 +113,8 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
         return error_set(err, errlen, INFER_EINVAL, "empty volume");
     const int C = w->channels;
     /* Buffers: the patch in and out (1 + C patches) and the ring of
-     * accumulated slabs (C + 1 slabs of patch depth), all checked against
-     * the budget before any is allocated. */
+     * accumulated slabs (C slabs of patch depth), all checked against the
+     * budget before any is allocated. */
     size_t plane, patch_vox, out_vox, slab, acc_vox, need;
     size_t max_voxels = w->max_voxels ? w->max_voxels : INFER_DEFAULT_MAX_VOXELS;
     if (!size_mul_ok((size_t)g->nx, (size_t)g->ny, &plane) ||
@@ -117,7 +122,7 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
         !size_mul_ok((size_t)C, patch_vox, &out_vox) ||
         !size_mul_ok((size_t)p[0], plane, &slab) || !size_mul_ok((size_t)C, slab, &acc_vox) ||
         !size_add_ok(patch_vox, out_vox, &need) || !size_add_ok(need, acc_vox, &need) ||
-        !size_add_ok(need, slab, &need) || need > max_voxels ||
+        need > max_voxels ||
         !size_mul_ok(need, sizeof(float), &need))
         return error_set(err, errlen, INFER_ELIMIT,
                          "the sliding window needs %d channels x %d slices of %dx%d voxels, over "
@@ -126,20 +131,29 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
     int *starts[3] = {NULL, NULL, NULL};
     int nstarts[3];
     float *wt[3] = {NULL, NULL, NULL};
+    float *cover[3] = {NULL, NULL, NULL};
     float *input = buffer_alloc(patch_vox * sizeof *input);
     float *output = buffer_alloc(out_vox * sizeof *output);
     float *acc = buffer_zalloc(acc_vox, sizeof *acc);
-    float *wsum = buffer_zalloc(slab, sizeof *wsum);
     int rc = INFER_ENOMEM;
-    if (!input || !output || !acc || !wsum)
+    if (!input || !output || !acc)
         goto done;
     for (int a = 0; a < 3; a++) {
         starts[a] = malloc(((size_t)dim[a] + 1) * sizeof(int));
         wt[a] = malloc((size_t)p[a] * sizeof(float));
-        if (!starts[a] || !wt[a])
+        cover[a] = calloc((size_t)dim[a], sizeof(float));
+        if (!starts[a] || !wt[a] || !cover[a])
             goto done;
         nstarts[a] = patch_starts(dim[a], p[a], mg[a], w->overlap, starts[a]);
         axis_weights(p[a], w->blend, wt[a]);
+        /* The weight each position receives along this axis, from the
+         * kept part of every patch (as the accumulation below keeps it). */
+        for (int i = 0; i < nstarts[a]; i++) {
+            int s0 = starts[a][i];
+            int lo = s0 == 0 ? 0 : mg[a], hi = s0 + p[a] == dim[a] ? p[a] : p[a] - mg[a];
+            for (int t = lo; t < hi; t++)
+                cover[a][s0 + t] += wt[a][t];
+        }
     }
 
     const long total = (long)nstarts[0] * nstarts[1] * nstarts[2];
@@ -189,9 +203,6 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
                         float wzy = wt[0][z] * wt[1][y];
                         size_t base = slot * plane + (size_t)(y0 + y) * g->nx + x0;
                         size_t orow = ((size_t)z * p[1] + y) * p[2];
-                        float *ws = wsum + base;
-                        for (int x = lo[2]; x < hi[2]; x++)
-                            ws[x] += wzy * wt[2][x];
                         for (int c = 0; c < C; c++) {
                             float *a = acc + c * acc_stride + base;
                             const float *o = output + c * patch_vox + orow;
@@ -210,13 +221,16 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
         int final_end = zi + 1 < nstarts[0] ? starts[0][zi + 1] + mg[0] : dim[0];
         for (; decided < final_end; decided++) {
             size_t slot = (size_t)decided % ring;
-            float *a = acc + slot * plane, *ws = wsum + slot * plane;
+            const float *a = acc + slot * plane;
             uint8_t *lab = labels + (size_t)decided * plane;
-            for (size_t v = 0; v < plane; v++)
-                lab[v] = decide(a + v, acc_stride, C, ws[v], w);
+            for (int y = 0; y < g->ny; y++) {
+                float wzy = cover[0][decided] * cover[1][y];
+                size_t row = (size_t)y * g->nx;
+                for (int x = 0; x < g->nx; x++)
+                    lab[row + x] = decide(a + row + x, acc_stride, C, wzy * cover[2][x], w);
+            }
             for (int c = 0; c < C; c++)
                 memset(acc + c * acc_stride + slot * plane, 0, plane * sizeof *acc);
-            memset(ws, 0, plane * sizeof *ws);
         }
     }
     rc = INFER_OK;
@@ -224,11 +238,11 @@ done:
     for (int a = 0; a < 3; a++) {
         free(starts[a]);
         free(wt[a]);
+        free(cover[a]);
     }
     free(input);
     free(output);
     free(acc);
-    free(wsum);
     return rc;
 }
 

@@ -131,6 +131,48 @@ static void test_windows_with_a_margin_match_the_whole_volume(void **state)
     infer_model_free(m);
 }
 
+/* Threshold decisions compare the weighted mean of the overlapping
+ * patches' outputs, so every voxel must be divided by exactly the weight it
+ * received: with overlap and Gaussian blending a voxel's weight depends on
+ * where it lies among the patches. */
+static void test_threshold_decisions_divide_by_each_voxels_own_weight(void **state)
+{
+    (void)state;
+    struct infer_model *m = load("conv.pt");
+    struct infer_volume v = make_volume(23, 19, 21, 1.0f);
+    const size_t n = (size_t)23 * 19 * 21;
+    struct infer_window w = {
+        .patch = {21, 19, 23},
+        .channels = 3,
+        .decision = INFER_THRESHOLD,
+        .threshold = 0.25f,
+    };
+    char err[256] = "";
+    uint8_t *whole = malloc(n), *win = malloc(n);
+    assert_int_equal(infer_sliding_window(m, &v, &w, whole, err, sizeof err), INFER_OK);
+    const int patch[3] = {9, 8, 10};
+    for (int a = 0; a < 3; a++) {
+        w.patch[a] = patch[a];
+        w.margin[a] = 2;
+    }
+    w.overlap = 0.5;
+    w.blend = INFER_BLEND_GAUSSIAN;
+    assert_int_equal(infer_sliding_window(m, &v, &w, win, err, sizeof err), INFER_OK);
+    /* The means equal the whole-volume outputs up to float rounding, which
+     * may tip a voxel lying on the threshold itself; a wrong weight tips
+     * thousands. */
+    size_t d = differences(whole, win, n), labelled = 0;
+    for (size_t i = 0; i < n; i++)
+        labelled += whole[i] != 0;
+    assert_true(labelled > n / 10 && labelled < n);
+    if (d > n / 1000)
+        fail_msg("%zu of %zu threshold labels differ from the whole-volume run", d, n);
+    free(whole);
+    free(win);
+    infer_volume_free(&v);
+    infer_model_free(m);
+}
+
 static void test_windows_without_the_margin_differ_at_patch_borders(void **state)
 {
     (void)state;
@@ -207,6 +249,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_windows_with_a_margin_match_the_whole_volume),
+        cmocka_unit_test(test_threshold_decisions_divide_by_each_voxels_own_weight),
         cmocka_unit_test(test_windows_without_the_margin_differ_at_patch_borders),
         cmocka_unit_test(test_builtin_model_gives_the_same_labels_in_any_patches),
         cmocka_unit_test(test_a_model_with_the_wrong_channel_count_is_an_error),
