@@ -850,6 +850,25 @@ void add_outline(DSRDocumentTree &tree, const dicom_result *r, const cross_secti
                     which + ": long axis");
 }
 
+// Calls FN(i, segment, which, cross_section, source file, frame) for each
+// segment I of R that has voxels, with its largest cross-section and the
+// source image (file and frame) that cross-section lies on.
+template <typename Fn> void for_each_cross_section(const dicom_result *r, Fn fn)
+{
+    const std::vector<int64_t> counts = slice_counts(r->labels, r->nx, r->ny, r->nz);
+    const auto &files = r->sources->files;
+    for (size_t i = 0; i < r->n_segments; i++) {
+        const dicom_segment &seg = r->segments[i];
+        const cross_section cs =
+            largest_cross_section(r->labels, r->nx, r->ny, r->nz, seg.number, counts);
+        if (cs.slice < 0)
+            continue; // no voxels: nothing to draw
+        const ainode_dicom::source_file &f = files[(size_t)r->source_files[cs.slice]];
+        const long frame = r->source_frames ? r->source_frames[cs.slice] : 0;
+        fn(i, seg, "segment " + std::to_string(seg.number), cs, f, frame);
+    }
+}
+
 // One Planar ROI measurement group (TID 1410) per segment with voxels,
 // right after the segment's volumetric group: the outline of its largest
 // cross-section as a closed POLYLINE on the source image of that slice,
@@ -869,17 +888,9 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
         fail("the report has " + std::to_string(groups.size()) + " measurement groups for " +
              std::to_string(r->n_segments) + " segments");
 
-    const std::vector<int64_t> counts = slice_counts(r->labels, r->nx, r->ny, r->nz);
-    const auto &files = r->sources->files;
-    for (size_t i = 0; i < r->n_segments; i++) {
-        const dicom_segment &seg = r->segments[i];
-        const std::string which = "segment " + std::to_string(seg.number);
-        const cross_section cs =
-            largest_cross_section(r->labels, r->nx, r->ny, r->nz, seg.number, counts);
-        if (cs.slice < 0)
-            continue;
-        const ainode_dicom::source_file &f = files[(size_t)r->source_files[cs.slice]];
-        const long frame = r->source_frames ? r->source_frames[cs.slice] : 0;
+    for_each_cross_section(r, [&](size_t i, const dicom_segment &seg, const std::string &which,
+                                  const cross_section &cs, const ainode_dicom::source_file &f,
+                                  long frame) {
         const std::string slice = "slice " + std::to_string(cs.slice);
         if (frame < 0 || (size_t)frame >= f.geom.size() || !f.geom[(size_t)frame].has_spacing)
             fail(which + ": no pixel spacing for " + slice);
@@ -891,7 +902,7 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
                           DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning),
                           which);
         add_outline(tree, r, cs, f, frame, &f.geom[(size_t)frame], which);
-    }
+    });
 }
 
 // A segmentation of 2-D images: one Planar ROI measurement group (TID
@@ -916,17 +927,10 @@ void add_image_planar_groups(DSRDocumentTree &tree, const dicom_result *r)
             ;
         last = tree.getNodeID();
     }
-    const std::vector<int64_t> counts = slice_counts(r->labels, r->nx, r->ny, r->nz);
-    const auto &files = r->sources->files;
-    for (size_t i = 0; i < r->n_segments; i++) {
-        const dicom_segment &seg = r->segments[i];
-        const std::string which = "segment " + std::to_string(seg.number);
-        const cross_section cs =
-            largest_cross_section(r->labels, r->nx, r->ny, r->nz, seg.number, counts);
-        if (cs.slice < 0)
-            continue; // reported absent
-        const ainode_dicom::source_file &f = files[(size_t)r->source_files[cs.slice]];
-        const long frame = r->source_frames ? r->source_frames[cs.slice] : 0;
+    // A segment without pixels is reported absent.
+    for_each_cross_section(r, [&](size_t, const dicom_segment &seg, const std::string &which,
+                                  const cross_section &cs, const ainode_dicom::source_file &f,
+                                  long frame) {
         check_size(f, r, which + ": the source image of image " + std::to_string(cs.slice));
         std::string label = empty(seg.label) ? "Segment" : seg.label;
         const DSRCodedEntryValue finding(seg.type.value, seg.type.scheme, seg.type.meaning);
@@ -950,7 +954,7 @@ void add_image_planar_groups(DSRDocumentTree &tree, const dicom_result *r)
         const bool spaced =
             frame >= 0 && (size_t)frame < f.geom.size() && f.geom[(size_t)frame].has_spacing;
         add_outline(tree, r, cs, f, frame, spaced ? &f.geom[(size_t)frame] : nullptr, which);
-    }
+    });
 }
 
 // One Planar ROI measurement group (TID 1410) per box of a detection,
