@@ -13,8 +13,8 @@ void buffer_advise_huge(void *p, size_t bytes)
 {
 #ifdef MADV_HUGEPAGE
     /* Advice only: where huge pages are off the buffer has small pages. */
-    uintptr_t start = ((uintptr_t)p + BUFFER_HUGE_MIN - 1) & ~(uintptr_t)(BUFFER_HUGE_MIN - 1);
-    uintptr_t end = ((uintptr_t)p + bytes) & ~(uintptr_t)(BUFFER_HUGE_MIN - 1);
+    uintptr_t start = ((uintptr_t)p + BUFFER_HUGE_PAGE - 1) & ~(uintptr_t)(BUFFER_HUGE_PAGE - 1);
+    uintptr_t end = ((uintptr_t)p + bytes) & ~(uintptr_t)(BUFFER_HUGE_PAGE - 1);
     if (p && end > start)
         (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
 #else
@@ -29,7 +29,7 @@ void *buffer_alloc(size_t bytes)
      * aligned block out of a larger chunk and keeps the pieces around it,
      * which grows the heap by as much again. */
     void *p = malloc(bytes ? bytes : 1);
-    if (p && bytes >= 2 * BUFFER_HUGE_MIN)
+    if (p && bytes >= 2 * BUFFER_HUGE_PAGE)
         buffer_advise_huge(p, bytes);
     return p;
 }
@@ -41,7 +41,7 @@ void *buffer_zalloc(size_t nmemb, size_t size)
         return NULL;
     }
     size_t bytes = nmemb * size;
-    if (bytes < 2 * BUFFER_HUGE_MIN)
+    if (bytes < 2 * BUFFER_HUGE_PAGE)
         return calloc(nmemb ? nmemb : 1, size ? size : 1);
     /* Written, not left to calloc: a fresh mapping read before it is
      * written faults twice per page (the zero page, then a copy). */

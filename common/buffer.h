@@ -14,7 +14,7 @@
 #include <stddef.h>
 
 /* The huge page size of x86-64 and arm64 (with 4 KiB base pages). */
-#define BUFFER_HUGE_MIN ((size_t)2 << 20)
+#define BUFFER_HUGE_PAGE ((size_t)2 << 20)
 
 /* Advises the whole 2 MiB blocks inside [P, P + BYTES) MADV_HUGEPAGE; the
  * ends stay on small pages. */
