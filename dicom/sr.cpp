@@ -809,6 +809,15 @@ void add_region(DSRDocumentTree &tree, const DSRSpatialCoordinatesValue &region,
     tree.goUp();
 }
 
+// FRAME's geometry in F when it has a Pixel Spacing, else null.
+const ainode_dicom::frame_geometry *spaced_geometry(const ainode_dicom::source_file &f,
+                                                    long frame)
+{
+    if (frame < 0 || (size_t)frame >= f.geom.size() || !f.geom[(size_t)frame].has_spacing)
+        return nullptr;
+    return &f.geom[(size_t)frame];
+}
+
 // Fails unless F's image has R's columns and rows: WHAT names it.
 void check_size(const ainode_dicom::source_file &f, const dicom_result *r, const std::string &what)
 {
@@ -827,8 +836,8 @@ void check_size(const ainode_dicom::source_file &f, const dicom_result *r, const
 // its piece) and the longest distance between two outline points, "Long
 // Axis" (the longest in-plane dimension of a region).
 void add_outline(DSRDocumentTree &tree, const dicom_result *r, const cross_section &cs,
-                 const ainode_dicom::source_file &f, long frame, const ainode_dicom::frame_geometry *geom,
-                 const std::string &which)
+                 const ainode_dicom::source_file &f, long frame,
+                 const ainode_dicom::frame_geometry *geom, const std::string &which)
 {
     // The image region: pixel corners in column, row order (see outline_point).
     DSRSpatialCoordinatesValue region(DSRTypes::GT_Polyline);
@@ -892,7 +901,8 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
                                   const cross_section &cs, const ainode_dicom::source_file &f,
                                   long frame) {
         const std::string slice = "slice " + std::to_string(cs.slice);
-        if (frame < 0 || (size_t)frame >= f.geom.size() || !f.geom[(size_t)frame].has_spacing)
+        const ainode_dicom::frame_geometry *geom = spaced_geometry(f, frame);
+        if (!geom)
             fail(which + ": no pixel spacing for " + slice);
         check_size(f, r, which + ": the source image of " + slice);
 
@@ -901,7 +911,7 @@ void add_planar_groups(DSRDocumentTree &tree, const dicom_result *r,
         open_planar_group(tree, tracked[i].id, tracked[i].uid,
                           DSRCodedEntryValue(seg.type.value, seg.type.scheme, seg.type.meaning),
                           which);
-        add_outline(tree, r, cs, f, frame, &f.geom[(size_t)frame], which);
+        add_outline(tree, r, cs, f, frame, geom, which);
     });
 }
 
@@ -951,9 +961,7 @@ void add_image_planar_groups(DSRDocumentTree &tree, const dicom_result *r)
         tree.goDown();
         while (tree.gotoNext())
             ;
-        const bool spaced =
-            frame >= 0 && (size_t)frame < f.geom.size() && f.geom[(size_t)frame].has_spacing;
-        add_outline(tree, r, cs, f, frame, spaced ? &f.geom[(size_t)frame] : nullptr, which);
+        add_outline(tree, r, cs, f, frame, spaced_geometry(f, frame), which);
     });
 }
 
@@ -996,9 +1004,9 @@ void add_box_groups(DSRDocumentTree &tree, const dicom_result *r)
             region.getGraphicDataList().addItem((Float32)c[0], (Float32)c[1]);
         add_region(tree, region, f, frame, which);
 
-        if (frame >= 0 && (size_t)frame < f.geom.size() && f.geom[(size_t)frame].has_spacing) {
-            const double area = (b.x2 - b.x1) * f.geom[(size_t)frame].spacing[1] *
-                                (b.y2 - b.y1) * f.geom[(size_t)frame].spacing[0];
+        if (const ainode_dicom::frame_geometry *geom = spaced_geometry(f, frame)) {
+            const double area =
+                (b.x2 - b.x1) * geom->spacing[1] * (b.y2 - b.y1) * geom->spacing[0];
             add_measurement(
                 tree, r, CMR_CID7469::getCodedEntry(CMR_CID7469::Area),
                 measured(area, CMR_CID7181::getCodedEntry(CMR_CID7181::SquareMillimeter),
