@@ -93,10 +93,12 @@ class DurabilityTest(NodeTestCase):
     def held(self):
         return [path for call, path, _ in read_flushes(self.log) if call == "hold"]
 
-    def assert_answered_only_after(self, what, hold_suffix, expect_held):
-        """Holds the flushes of paths ending in HOLD_SUFFIX; one instance is
-        sent: it must not be answered (nor indexed) while its flush waits."""
-        series = make_ct_series(os.path.join(self.workdir, "in"), 1, rows=64, cols=64)
+    def assert_answered_only_after(self, what, hold_suffix, expect_held, series_uid=None):
+        """Holds the flushes of paths ending in HOLD_SUFFIX; one instance (of
+        SERIES_UID, when given) is sent: it must not be answered (nor
+        indexed) while its flush waits, and is answered once it is done."""
+        series = make_ct_series(os.path.join(self.workdir, "in"), 1, rows=64, cols=64,
+                                series_uid=series_uid)
         open(self.flag, "w").close()
         n = self.start_node(hold_suffix)
         p = self.send_held(n, series)
@@ -129,26 +131,10 @@ class DurabilityTest(NodeTestCase):
 
     def test_an_instance_is_answered_only_after_its_directory_is_flushed(self):
         series_uid = "1.2.826.0.1.3680043.8.498.77001"
-        series = make_ct_series(os.path.join(self.workdir, "in"), 1, rows=64, cols=64,
-                                series_uid=series_uid)
-        open(self.flag, "w").close()
-        n = self.start_node("/" + series_uid)
-        p = self.send_held(n, series)
-        try:
-            harness.wait_until(lambda: self.held(), 30, 0.05, "a held directory flush")
-            held = self.held()[0]
-            self.assertTrue(os.path.isdir(held) and held.endswith("/" + series_uid), held)
-            time.sleep(1.5)
-            self.assertIsNone(p.poll(), "storescu was answered while the flush of the "
-                              "series directory was held:\n" + output(p))
-            self.assertEqual(db_rows(n, "SELECT COUNT(*) FROM instances"), [(0,)])
-        finally:
-            os.unlink(self.flag)
-        self.assertEqual(p.wait(60), 0)
-        out = output(p)
-        self.assertTrue(harness.all_stores_succeeded(out, 1), out)
-        n.stop()
-        self.assert_store_clean(n)
+        self.assert_answered_only_after(
+            "the series directory", "/" + series_uid,
+            lambda path: os.path.isdir(path) and path.endswith("/" + series_uid),
+            series_uid=series_uid)
 
     def test_every_answered_instance_was_flushed_then_its_directory(self):
         # Two series in one association, so that two directories are named.
