@@ -30,6 +30,7 @@ import pydicom  # noqa: E402
 TOOLS = os.path.join(harness.REPO_ROOT, "tests", "tools")
 sys.path.insert(0, TOOLS)
 from verify_sr import planar_expectations  # noqa: E402
+from npm_modules import npm_modules  # noqa: E402
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -55,41 +56,10 @@ def dciodvfy_errors(path):
 def dcmjs_modules():
     """The node_modules folder holding dcmjs DCMJS_VERSION, installed from
     the npm registry the first time into a cache outside the repository
-    ($XDG_CACHE_HOME or ~/.cache, ainode-tests/npm). A missing npm or a
-    failed install raises: the test that needs dcmjs fails, never skips."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    prefix = os.path.join(cache, "ainode-tests", "npm", "dcmjs-" + DCMJS_VERSION)
-    modules = os.path.join(prefix, "node_modules")
-    package = os.path.join(modules, "dcmjs", "package.json")
-    if not os.path.exists(package):
-        npm = shutil.which("npm")
-        if not npm:
-            raise harness.MissingToolError(
-                "required program 'npm' is not installed or not on PATH (Debian package npm; "
-                "deploy/setup-debian.sh installs it)")
-        # Installed beside the cache and renamed into place: a test running
-        # at the same time never sees half an install.
-        os.makedirs(os.path.dirname(prefix), exist_ok=True)
-        staging = "%s.%d" % (prefix, os.getpid())
-        shutil.rmtree(staging, ignore_errors=True)
-        r = subprocess.run([npm, "install", "--prefix", staging, "--no-audit", "--no-fund",
-                            "--ignore-scripts", "--no-save", "dcmjs@" + DCMJS_VERSION],
-                           capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise RuntimeError("npm install dcmjs@%s failed (exit %d): %s"
-                               % (DCMJS_VERSION, r.returncode, (r.stdout + r.stderr)[-3000:]))
-        try:
-            os.rename(staging, prefix)
-        except OSError:  # another test got there first, or something else did
-            shutil.rmtree(staging, ignore_errors=True)
-            if not os.path.exists(package):
-                raise RuntimeError("%s exists but holds no dcmjs: remove it" % prefix)
-    with open(package) as f:
-        version = json.load(f)["version"]
-    if version != DCMJS_VERSION:
-        raise RuntimeError("%s holds dcmjs %s, not %s" % (prefix, version, DCMJS_VERSION))
-    return modules
+    ($XDG_CACHE_HOME or ~/.cache, ainode-tests/npm; tests/tools/npm_modules.py).
+    A missing npm or a failed install raises: the test that needs dcmjs
+    fails, never skips."""
+    return npm_modules("dcmjs", DCMJS_VERSION, missing_error=harness.MissingToolError)
 
 
 class ResultsTest(NodeTestCase):
