@@ -7,15 +7,13 @@
  *   1 "Bone"  for 226 <= HU <= 3071,
  *   2 "Soft tissue"  for HU > -500 that is not bone,
  *   0 background otherwise (NaN included).
- * Its one layer is a 1x1x1 convolution with weight [1, -1, 1] and bias
- * [-226, 3071, 500], written as the broadcast multiply-add it amounts to
- * (libtorch's CPU conv3d would im2col a 1x1x1 kernel): f0 = x - 226,
- * f1 = 3071 - x, f2 = x + 500, compared against 0. Each is one correctly
- * rounded operation on x with weights +-1, so its sign equals the sign of
- * the exact difference: the thresholds hold exactly, in float32 and on any
- * device (element-wise operations never use TF32). Do not rescale x
+ * Three comparisons of x with the model's thresholds (attributes
+ * bone_low, bone_high, body_low), each exact in float32 on any device:
+ * nothing is computed from x before it is compared. Do not rescale x
  * before the comparisons. Pointwise, so patch-wise (sliding window) runs
- * give identical labels.
+ * give identical labels. Written as the fewest whole-tensor operations:
+ * libtorch runs each one as a pass over memory, and the model is light
+ * enough that those passes are its whole cost.
  */
 #include "inference/inference.h"
 
@@ -41,14 +39,10 @@ const char *const kDescription =
 const char *const kForward = R"JIT(
 def forward(self, x):
     assert x.dim() == 5, "ct-bone-body expects a 5-D input N x 1 x D x H x W"
-    f = x * self.weight.view([1, 3, 1, 1, 1]) + self.bias.view([1, 3, 1, 1, 1])
-    f0 = f[:, 0:1]
-    f1 = f[:, 1:2]
-    f2 = f[:, 2:3]
-    bone = (f0 >= 0) & (f1 >= 0)
-    body = (f2 > 0) & ~bone
-    bg = ~(bone | body)
-    return torch.cat([bg, bone, body], 1).float()
+    assert x.size(1) == 1, "ct-bone-body expects one input channel (N x 1 x D x H x W)"
+    bone = (x >= self.bone_low) & (x <= self.bone_high)
+    body = (x > self.body_low) & ~bone
+    return torch.cat([~(bone | body), bone, body], 1).float()
 )JIT";
 
 /* The first non-empty line: script compile errors start with a newline
@@ -74,12 +68,9 @@ extern "C" INFER_API int infer_write_builtin_ct_bone_body(const char *path, char
     std::string where = std::string("cannot write model '") + path + "': ";
     try {
         torch::jit::Module m("ainode.ct_bone_body");
-        auto f32 = torch::TensorOptions().dtype(torch::kFloat);
-        m.register_parameter("weight",
-                             torch::tensor({1.0f, -1.0f, 1.0f}, f32).reshape({3, 1, 1, 1, 1}),
-                             /*is_buffer=*/false);
-        m.register_parameter("bias", torch::tensor({-226.0f, 3071.0f, 500.0f}, f32),
-                             /*is_buffer=*/false);
+        m.register_attribute("bone_low", c10::FloatType::get(), 226.0);
+        m.register_attribute("bone_high", c10::FloatType::get(), 3071.0);
+        m.register_attribute("body_low", c10::FloatType::get(), -500.0);
         m.register_attribute("description", c10::StringType::get(), std::string(kDescription));
         m.define(kForward);
         m.eval();

@@ -109,11 +109,33 @@ INFER_API int infer_model_run_into(struct infer_model *m, const float *input,
                                    const int64_t *shape, int ndim, float *buf, size_t capacity,
                                    int64_t *out_shape, int *out_ndim, char *err, size_t errlen);
 
+/* Runs the model as infer_model_run and points *OUT at its output
+ * (float, C order; NULL for an empty output), which the model keeps until
+ * its next run or infer_model_free(). On the CPU in fp32 that is the
+ * forward's own output tensor: no copy, and no buffer of the caller's to
+ * fill. OUT_SHAPE (8 entries) and *OUT_NDIM get its shape. */
+INFER_API int infer_model_run_view(struct infer_model *m, const float *input,
+                                   const int64_t *shape, int ndim, const float **out,
+                                   int64_t *out_shape, int *out_ndim, char *err, size_t errlen);
+
+/* Drops M's last output (infer_model_run_view; M may be NULL) and frees
+ * the memory of the large CPU tensors that runs have freed and that is
+ * kept for the next run's tensors of the same size (up to 512 MiB in the
+ * process, for all models). The sliding window and the slice runs call it
+ * when they end; call it after other runs of a job. */
+INFER_API void infer_model_trim(struct infer_model *m);
+
 INFER_API void infer_model_free(struct infer_model *m);
 
 /* Sets libtorch's intra-op thread count for the calling thread (call it
  * at the start of each worker thread). */
 INFER_API void infer_set_threads(int n);
+
+/* Calls FN(UD, BEGIN, END) over ranges that together cover [0, N) once,
+ * on the calling thread's libtorch threads (infer_set_threads), the ones
+ * that run the model: work between two runs uses the same cores without
+ * oversubscribing them. FN must not call libtorch. */
+INFER_API void infer_parallel_for(long n, void (*fn)(void *ud, long begin, long end), void *ud);
 
 /* 0 when DEVICE names a device this process can use, else INFER_EDEVICE
  * with the reason in ERR. */

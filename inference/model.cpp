@@ -37,6 +37,9 @@ struct infer_model {
      * largest input seen and reused, so that each run copies host to
      * device once, by DMA. Undefined until the first CUDA run. */
     at::Tensor staging;
+    /* The last run's output, on the host as contiguous float, for
+     * infer_model_run_view; released when the next run starts. */
+    at::Tensor output;
 };
 
 namespace {
@@ -75,34 +78,110 @@ std::string what_of(const std::exception &e)
 }
 
 /* libtorch's CPU tensors (every model output and intermediate) come from
- * here. A sliding window allocates and frees a fresh output of tens of MiB
- * per patch; on small pages each one costs ten thousand page faults, more
- * than the arithmetic of a light model. From malloc, so that a freed
- * tensor's pages are reused by the next patch's (libtorch's own allocator
- * uses posix_memalign, whose offcuts keep the heap from reusing them);
- * large ones on huge pages (common/buffer.h). Aligned as libtorch's own
- * are (64 bytes): malloc's pointer is kept just before the data. */
+ * here. A sliding window allocates and frees the same tensors of tens of
+ * MiB for every patch; glibc maps each one afresh (they are above its
+ * mmap threshold) and the kernel zeroes it page by page, which costs more
+ * than the arithmetic of a light model. So freed large blocks are kept
+ * for the next request of the same size (as libtorch's CUDA allocator
+ * does on the GPU), up to kCacheLimit bytes, until infer_model_trim();
+ * new ones come from malloc on huge pages (common/buffer.h). Aligned as
+ * libtorch's own are (64 bytes): malloc's pointer and the block's size
+ * are kept just before the data. */
 constexpr size_t kTensorAlign = 64;
+constexpr size_t kCacheMin = size_t(1) << 20;   /* smaller blocks: malloc's own bins */
+constexpr size_t kCacheLimit = size_t(512) << 20;
+
+struct block_header {
+    void *raw;
+    size_t size;
+};
+
+struct tensor_cache {
+    std::mutex lock;
+    std::vector<std::pair<void *, size_t>> blocks; /* data, size */
+    size_t bytes = 0;
+};
+
+tensor_cache &cache()
+{
+    static tensor_cache *c = new tensor_cache; /* never destroyed: tensors may outlive main */
+    return *c;
+}
+
+block_header header_of(void *data)
+{
+    block_header h;
+    std::memcpy(&h, static_cast<char *>(data) - sizeof h, sizeof h);
+    return h;
+}
 
 void free_tensor_memory(void *data)
 {
-    if (data) {
-        void *raw;
-        std::memcpy(&raw, static_cast<char *>(data) - sizeof raw, sizeof raw);
-        std::free(raw);
+    if (!data)
+        return;
+    block_header h = header_of(data);
+    if (h.size >= kCacheMin) {
+        tensor_cache &c = cache();
+        std::lock_guard<std::mutex> g(c.lock);
+        if (c.bytes + h.size <= kCacheLimit) {
+            try {
+                c.blocks.emplace_back(data, h.size);
+                c.bytes += h.size;
+                return;
+            } catch (...) {
+                /* No room to remember it: free it. */
+            }
+        }
     }
+    std::free(h.raw);
+}
+
+void *cached_block(size_t n)
+{
+    if (n < kCacheMin)
+        return nullptr;
+    tensor_cache &c = cache();
+    std::lock_guard<std::mutex> g(c.lock);
+    for (size_t i = c.blocks.size(); i-- > 0;) {
+        if (c.blocks[i].second == n) {
+            void *data = c.blocks[i].first;
+            c.blocks[i] = c.blocks.back();
+            c.blocks.pop_back();
+            c.bytes -= n;
+            return data;
+        }
+    }
+    return nullptr;
+}
+
+void empty_cache()
+{
+    tensor_cache &c = cache();
+    std::vector<std::pair<void *, size_t>> blocks;
+    {
+        std::lock_guard<std::mutex> g(c.lock);
+        blocks.swap(c.blocks);
+        c.bytes = 0;
+    }
+    for (auto &b : blocks)
+        std::free(header_of(b.first).raw);
 }
 
 struct huge_page_allocator final : c10::Allocator {
     c10::DataPtr allocate(size_t n) const override
     {
-        void *raw = n <= SIZE_MAX - kTensorAlign ? buffer_alloc(n + kTensorAlign) : nullptr;
-        if (!raw)
-            throw std::bad_alloc();
-        /* malloc aligns to 16 at least: the data lies 16 to 64 bytes in. */
-        uintptr_t at = (reinterpret_cast<uintptr_t>(raw) + kTensorAlign) & ~(kTensorAlign - 1);
-        void *data = reinterpret_cast<void *>(at);
-        std::memcpy(static_cast<char *>(data) - sizeof raw, &raw, sizeof raw);
+        void *data = cached_block(n);
+        if (!data) {
+            void *raw = n <= SIZE_MAX - kTensorAlign ? buffer_alloc(n + kTensorAlign) : nullptr;
+            if (!raw)
+                throw std::bad_alloc();
+            /* malloc aligns to 16 at least: the data lies 16 to 64 bytes in,
+             * room for the header. */
+            uintptr_t at = (reinterpret_cast<uintptr_t>(raw) + kTensorAlign) & ~(kTensorAlign - 1);
+            data = reinterpret_cast<void *>(at);
+            block_header h{raw, n};
+            std::memcpy(static_cast<char *>(data) - sizeof h, &h, sizeof h);
+        }
         return {data, data, &free_tensor_memory, c10::Device(c10::DeviceType::CPU)};
     }
     c10::DeleterFnPtr raw_deleter() const override
@@ -304,7 +383,7 @@ INFER_API int infer_model_load_ex(const char *path, const char *device,
         c10::ScalarType dtype = dtype_of(precision);
         if (dtype != c10::kFloat)
             module.to(dtype); /* floating parameters and buffers only */
-        *out = new infer_model{std::move(module), dev, device, dtype, at::Tensor()};
+        *out = new infer_model{std::move(module), dev, device, dtype, at::Tensor(), at::Tensor()};
         return 0;
     } catch (const std::bad_alloc &) {
         return error_set(err, errlen, INFER_ENOMEM, "%sout of memory", where.c_str());
@@ -338,6 +417,9 @@ int forward(struct infer_model *m, const float *input, const int64_t *shape, int
                              static_cast<long long>(sizes[i]));
     }
     try {
+        /* The previous output is no longer the caller's (see
+         * infer_model_run_view): its memory goes back before this run's. */
+        m->output = at::Tensor();
         /* Inference mode: no autograd bookkeeping, and the cheapest way to
          * tell libtorch nothing here will ever be differentiated. */
         c10::InferenceMode guard;
@@ -435,12 +517,53 @@ INFER_API int infer_model_run_into(struct infer_model *m, const float *input,
     return 0;
 }
 
+INFER_API int infer_model_run_view(struct infer_model *m, const float *input,
+                                   const int64_t *shape, int ndim, const float **out,
+                                   int64_t *out_shape, int *out_ndim, char *err, size_t errlen)
+{
+    if (!m || !input || !shape || !out || !out_shape || !out_ndim)
+        return error_set(err, errlen, INFER_EINVAL, "infer_model_run_view: null argument");
+    *out = nullptr;
+    *out_ndim = 0;
+    at::Tensor y;
+    int rc = forward(m, input, shape, ndim, &y, nullptr, 0, err, errlen);
+    if (rc != 0)
+        return rc;
+    /* forward() left Y on the host, float and contiguous: on the CPU in
+     * fp32 that is the model's own output tensor, not a copy. */
+    m->output = y;
+    *out = y.numel() ? y.data_ptr<float>() : nullptr;
+    *out_ndim = static_cast<int>(y.dim());
+    for (int i = 0; i < *out_ndim; i++)
+        out_shape[i] = y.size(i);
+    return 0;
+}
+
+INFER_API void infer_model_trim(struct infer_model *m)
+{
+    if (m)
+        m->output = at::Tensor();
+    empty_cache();
+}
+
 INFER_API void infer_model_free(struct infer_model *m)
 {
     try {
         delete m;
+        empty_cache();
     } catch (...) {
         /* A destructor that throws must not cross into C. */
+    }
+}
+
+INFER_API void infer_parallel_for(long n, void (*fn)(void *ud, long begin, long end), void *ud)
+{
+    if (n <= 0)
+        return;
+    try {
+        at::parallel_for(0, n, 1, [fn, ud](int64_t b, int64_t e) { fn(ud, b, e); });
+    } catch (...) {
+        /* parallel_for rethrows only what FN throws, and FN is C. */
     }
 }
 

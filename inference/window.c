@@ -3,16 +3,21 @@
  *
  * Patches are visited slab by slab along z. A patch's outputs within the
  * margin of an inner edge are dropped (they saw zero padding where the
- * whole volume has data); the rest are weighted
- * (constant, or a Gaussian that trusts patch centres more than edges) and
- * summed into a ring of PATCH_Z slices; a slice is decided (argmax or
- * threshold) and its ring slot reused as soon as no later patch can touch
- * it. Memory: channels x patch_z x ny x nx floats, whatever nz is.
+ * whole volume has data); the rest are weighted (constant, or a Gaussian
+ * that trusts patch centres more than edges). A voxel that one patch
+ * alone keeps is decided (argmax or threshold) straight from that patch's
+ * output; one that several keep is summed in a ring of planes from its
+ * first patch on and decided by its last, in the same pass that adds the
+ * last output (argmax fused with blending). Nothing is zeroed, and only
+ * the overlaps take memory: channels x (the most planes with overlaps
+ * that one patch keeps) x ny x nx floats, whatever nz is.
  *
  * The weights are separable (w(z, y, x) = wz(z) wy(y) wx(x)), and the
  * patches and their kept parts are products of per-axis intervals, so the
  * total weight a voxel receives is a product too: cover_z[z] cover_y[y]
- * cover_x[x], three arrays instead of a volume of sums.
+ * cover_x[x], three arrays instead of a volume of sums. For the same
+ * reason the patches keeping a voxel are a product of per-axis runs, and
+ * its first and last patch are found axis by axis.
  */
 #include "inference/inference.h"
 
@@ -25,22 +30,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Patch starts along one axis: every STEP, and a last one flush with the
- * end. The kept part of a patch is all but MARGIN on each inner side, so
- * STEP <= patch - 2 * margin keeps the whole axis covered. */
+/* Voxels of a row decided together (the argmax vectorises over them). */
+#define ROW_CHUNK 256
+
+/* Patch starts along one axis: as few patches as cover it in steps of at
+ * most STEP, spread evenly between 0 and dim - patch (as nnU-Net places
+ * them), so that the overlap is shared by every pair of neighbours instead
+ * of piling up at the end. The kept part of a patch is all but MARGIN on
+ * each inner side, so STEP <= patch - 2 * margin keeps the whole axis
+ * covered: rounded, neighbouring starts are at most ceil((dim - patch) /
+ * (n - 1)) <= STEP apart. */
 static int patch_starts(int dim, int patch, int margin, double overlap, int *starts)
 {
     int step = (int)floor((patch - 2 * margin) * (1.0 - overlap));
     if (step < 1)
         step = 1;
-    int n = 0;
-    for (int s = 0;; s += step) {
-        if (s + patch >= dim) {
-            starts[n++] = dim - patch;
-            return n;
-        }
-        starts[n++] = s;
+    if (patch >= dim) {
+        starts[0] = 0;
+        return 1;
     }
+    long span = dim - patch, n = (span + step - 1) / step + 1;
+    for (long i = 0; i < n; i++)
+        starts[i] = (int)((2 * i * span + (n - 1)) / (2 * (n - 1))); /* round(i span / (n-1)) */
+    return (int)n;
 }
 
 static void axis_weights(int patch, enum infer_blend blend, float *w)
@@ -86,6 +98,291 @@ void infer_decide(const float *scores, int channels, size_t plane,
         labels[p] = decide(scores + p, plane, channels, 1.0f, w);
 }
 
+/* Labels for N voxels in a row whose channel c holds N values at V[c]:
+ * argmax over the channels (the lowest channel on ties), or the threshold
+ * rule with each value divided by the voxel's WEIGHT first (NULL: 1).
+ * Argmax runs channel by channel along the row, which vectorises. */
+static void decide_row(const float *const *v, int channels, int n, const float *weight,
+                       const struct infer_window *w, uint8_t *labels)
+{
+    if (w->decision != INFER_ARGMAX) {
+        float vals[255]; /* channels <= 255 */
+        for (int i = 0; i < n; i++) {
+            for (int c = 0; c < channels; c++)
+                vals[c] = v[c][i];
+            labels[i] = decide(vals, 1, channels, weight ? weight[i] : 1.0f, w);
+        }
+        return;
+    }
+    float best[ROW_CHUNK];
+    for (int i0 = 0; i0 < n; i0 += ROW_CHUNK) {
+        int m = n - i0 < ROW_CHUNK ? n - i0 : ROW_CHUNK;
+        uint8_t *lab = labels + i0;
+        for (int i = 0; i < m; i++) {
+            best[i] = v[0][i0 + i];
+            lab[i] = 0;
+        }
+        for (int c = 1; c < channels; c++) {
+            const float *vc = v[c] + i0;
+            for (int i = 0; i < m; i++) {
+                int more = vc[i] > best[i];
+                best[i] = more ? vc[i] : best[i];
+                lab[i] = more ? (uint8_t)c : lab[i];
+            }
+        }
+    }
+}
+
+/* One axis of the window: where its patches start, their weights, and for
+ * each position the weight it receives in all. Patches along an axis are
+ * visited in order and their kept parts move forward, so the patches that
+ * cover a position are consecutive: patch i is the first to cover the
+ * positions from FIRST_FROM[i] on and the last to cover those before
+ * LAST_TO[i] (absolute positions). */
+struct axis {
+    int dim, patch, margin, n;
+    int *start, *first_from, *last_to;
+    float *w;     /* patch: weight along the axis */
+    float *cover; /* dim: the sum of the weights of the patches keeping each position */
+    int *count;   /* dim: how many patches keep each position */
+};
+
+static void axis_kept(const struct axis *a, int i, int *lo, int *hi)
+{
+    int s = a->start[i];
+    *lo = s == 0 ? 0 : a->margin;
+    *hi = s + a->patch == a->dim ? a->patch : a->patch - a->margin;
+}
+
+static int axis_init(struct axis *a, int dim, int patch, int margin, double overlap,
+                     enum infer_blend blend)
+{
+    memset(a, 0, sizeof *a);
+    a->dim = dim;
+    a->patch = patch;
+    a->margin = margin;
+    a->start = malloc(((size_t)dim + 1) * sizeof *a->start);
+    a->first_from = malloc(((size_t)dim + 1) * sizeof *a->first_from);
+    a->last_to = malloc(((size_t)dim + 1) * sizeof *a->last_to);
+    a->w = malloc((size_t)patch * sizeof *a->w);
+    a->cover = calloc((size_t)dim, sizeof *a->cover);
+    a->count = calloc((size_t)dim, sizeof *a->count);
+    if (!a->start || !a->first_from || !a->last_to || !a->w || !a->cover || !a->count)
+        return INFER_ENOMEM;
+    a->n = patch_starts(dim, patch, margin, overlap, a->start);
+    axis_weights(patch, blend, a->w);
+    for (int i = 0; i < a->n; i++) {
+        int lo, hi, s = a->start[i];
+        axis_kept(a, i, &lo, &hi);
+        for (int t = lo; t < hi; t++) {
+            a->cover[s + t] += a->w[t];
+            a->count[s + t]++;
+        }
+        a->first_from[i] = s + lo;
+        a->last_to[i] = s + hi;
+        if (i > 0) {
+            int plo, phi;
+            axis_kept(a, i - 1, &plo, &phi);
+            if (a->start[i - 1] + phi > a->first_from[i])
+                a->first_from[i] = a->start[i - 1] + phi;
+        }
+        if (i + 1 < a->n) {
+            int nlo, nhi;
+            axis_kept(a, i + 1, &nlo, &nhi);
+            if (a->start[i + 1] + nlo < a->last_to[i])
+                a->last_to[i] = a->start[i + 1] + nlo;
+        }
+    }
+    return INFER_OK;
+}
+
+static void axis_free(struct axis *a)
+{
+    free(a->start);
+    free(a->first_from);
+    free(a->last_to);
+    free(a->w);
+    free(a->cover);
+    free(a->count);
+}
+
+/* Copies the patch at S0 (z, y, x) of size P out of VOL into INPUT. */
+static void cut_patch(const struct infer_volume *vol, const int s0[3], const int p[3],
+                      float *input)
+{
+    const struct infer_grid *g = &vol->grid;
+    const size_t plane = (size_t)g->nx * g->ny;
+    for (int z = 0; z < p[0]; z++)
+        for (int y = 0; y < p[1]; y++)
+            memcpy(input + ((size_t)z * p[1] + y) * p[2],
+                   vol->data + (size_t)(s0[0] + z) * plane + (size_t)(s0[1] + y) * g->nx + s0[2],
+                   (size_t)p[2] * sizeof *input);
+}
+
+/* Where the sliding window keeps its running sums: only voxels that more
+ * than one patch keeps need one (the others are decided straight from
+ * their patch's output). Along z a ring of R planes per channel: plane Z
+ * that needs sums takes slot rank(Z) mod R, its rank counting such planes
+ * before it. The planes holding live sums at any time are among those one
+ * patch keeps, consecutive in rank, so R = the most any patch keeps
+ * holds them all. */
+struct sums {
+    float *acc;          /* channels x r planes, or NULL when no voxel needs sums */
+    size_t channel_step; /* r * plane */
+    int *slot;           /* nz: plane Z's slot, -1 when it needs none */
+    int r;
+};
+
+/* Plans S's slots from the axes (nothing is allocated for the sums yet). */
+static int sums_plan(struct sums *s, const struct axis ax[3], size_t plane)
+{
+    memset(s, 0, sizeof *s);
+    const int nz = ax[0].dim;
+    if (!(s->slot = malloc((size_t)nz * sizeof *s->slot)))
+        return INFER_ENOMEM;
+    /* An overlap across or along the rows makes every plane need sums. */
+    int across = 0;
+    for (int a = 1; a < 3; a++)
+        for (int t = 0; t < ax[a].dim; t++)
+            across |= ax[a].count[t] > 1;
+    int rank = 0;
+    for (int z = 0; z < nz; z++)
+        s->slot[z] = across || ax[0].count[z] > 1 ? rank++ : -1;
+    for (int i = 0; i < ax[0].n; i++) {
+        int lo, hi, kept = 0;
+        axis_kept(&ax[0], i, &lo, &hi);
+        for (int z = ax[0].start[i] + lo; z < ax[0].start[i] + hi; z++)
+            kept += s->slot[z] >= 0;
+        if (kept > s->r)
+            s->r = kept;
+    }
+    for (int z = 0; z < nz; z++)
+        if (s->slot[z] >= 0)
+            s->slot[z] %= s->r;
+    s->channel_step = (size_t)s->r * plane;
+    return INFER_OK;
+}
+
+static void sums_free(struct sums *s)
+{
+    free(s->acc);
+    free(s->slot);
+}
+
+/* What a patch does with a run of voxels of one row: decide them from its
+ * output alone (the only patch keeping them), start their sums (the first
+ * of several), add to them, or add and decide (the last). */
+enum run_kind { RUN_DECIDE_ALONE, RUN_START, RUN_ADD, RUN_FINISH };
+
+struct row {
+    const float *out[255];  /* each channel's output at the run's first voxel */
+    float *acc[255];        /* each channel's sums there (RUN_DECIDE_ALONE: unused) */
+    const float *wx;        /* the x weights at the run's first voxel */
+    float wzy;              /* the row's z and y weight */
+    const float *cover_x;   /* the run's voxels' total x weight */
+    float cover_zy;
+    uint8_t *labels;
+};
+
+static void run_voxels(enum run_kind kind, const struct row *r, int n, int channels,
+                       const struct infer_window *w, float *tmp)
+{
+    switch (kind) {
+    case RUN_DECIDE_ALONE:
+        /* One patch's weight divides out of its own output. */
+        decide_row(r->out, channels, n, NULL, w, r->labels);
+        return;
+    case RUN_START:
+        for (int c = 0; c < channels; c++)
+            for (int x = 0; x < n; x++)
+                r->acc[c][x] = r->wzy * r->wx[x] * r->out[c][x];
+        return;
+    case RUN_ADD:
+        for (int c = 0; c < channels; c++)
+            for (int x = 0; x < n; x++)
+                r->acc[c][x] += r->wzy * r->wx[x] * r->out[c][x];
+        return;
+    case RUN_FINISH:
+        for (int x0 = 0; x0 < n; x0 += ROW_CHUNK) {
+            int m = n - x0 < ROW_CHUNK ? n - x0 : ROW_CHUNK;
+            const float *v[255];
+            float *weight = tmp + (size_t)channels * ROW_CHUNK;
+            for (int c = 0; c < channels; c++) {
+                float *t = tmp + (size_t)c * ROW_CHUNK;
+                for (int x = 0; x < m; x++)
+                    t[x] = r->acc[c][x0 + x] + r->wzy * r->wx[x0 + x] * r->out[c][x0 + x];
+                v[c] = t;
+            }
+            for (int x = 0; x < m; x++)
+                weight[x] = r->cover_zy * r->cover_x[x0 + x];
+            decide_row(v, channels, m, weight, w, r->labels + x0);
+        }
+        return;
+    }
+}
+
+/* One patch's output, folded into the labels and sums row by row: rows
+ * are independent, so they are split among the model's threads. */
+struct patch_rows {
+    const struct axis *ax;
+    const struct sums *sums;
+    const struct infer_window *w;
+    const float *output;
+    uint8_t *labels;
+    size_t patch_vox, plane;
+    int nx, channels;
+    int p[3], s0[3], idx[3], lo[3], hi[3];
+    int cut[4]; /* along x: where the kept row's runs start and end */
+    int failed; /* out of memory for a row's scratch */
+};
+
+static void fold_rows(void *ud, long begin, long end)
+{
+    struct patch_rows *pr = ud;
+    const struct axis *ax = pr->ax;
+    const int C = pr->channels, ny_kept = pr->hi[1] - pr->lo[1];
+    float *tmp = malloc(((size_t)C + 1) * ROW_CHUNK * sizeof *tmp);
+    if (!tmp) {
+        pr->failed = 1;
+        return;
+    }
+    struct row r;
+    for (long i = begin; i < end; i++) {
+        const int z = pr->lo[0] + (int)(i / ny_kept), y = pr->lo[1] + (int)(i % ny_kept);
+        const int Z = pr->s0[0] + z, Y = pr->s0[1] + y;
+        const int fz = Z >= ax[0].first_from[pr->idx[0]], lz = Z < ax[0].last_to[pr->idx[0]];
+        const int fy = Y >= ax[1].first_from[pr->idx[1]], ly = Y < ax[1].last_to[pr->idx[1]];
+        const size_t orow = ((size_t)z * pr->p[1] + y) * pr->p[2];
+        const size_t vrow = (size_t)Y * pr->nx + (size_t)pr->s0[2];
+        r.wzy = ax[0].w[z] * ax[1].w[y];
+        r.cover_zy = ax[0].cover[Z] * ax[1].cover[Y];
+        for (int k = 0; k < 3; k++) {
+            const int x = pr->cut[k], n = pr->cut[k + 1] - pr->cut[k];
+            if (n <= 0)
+                continue;
+            const int X = pr->s0[2] + x;
+            const int first = fz && fy && X >= ax[2].first_from[pr->idx[2]];
+            const int last = lz && ly && X < ax[2].last_to[pr->idx[2]];
+            const enum run_kind kind = first && last ? RUN_DECIDE_ALONE
+                                       : first       ? RUN_START
+                                       : last        ? RUN_FINISH
+                                                     : RUN_ADD;
+            for (int c = 0; c < C; c++) {
+                r.out[c] = pr->output + (size_t)c * pr->patch_vox + orow + x;
+                /* A voxel kept more than once lies in a plane with a slot. */
+                if (kind != RUN_DECIDE_ALONE)
+                    r.acc[c] = pr->sums->acc + c * pr->sums->channel_step +
+                               (size_t)pr->sums->slot[Z] * pr->plane + vrow + x;
+            }
+            r.wx = ax[2].w + x;
+            r.cover_x = ax[2].cover + X;
+            r.labels = pr->labels + (size_t)Z * pr->plane + vrow + x;
+            run_voxels(kind, &r, n, C, pr->w, tmp);
+        }
+    }
+    free(tmp);
+}
+
 int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
                          const struct infer_window *w, uint8_t *labels, char *err,
                          size_t errlen)
@@ -112,75 +409,62 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
     if (g->nx < 1 || g->ny < 1 || g->nz < 1 || !vol->data)
         return error_set(err, errlen, INFER_EINVAL, "empty volume");
     const int C = w->channels;
-    /* Buffers: the patch in and out (1 + C patches) and the ring of
-     * accumulated slabs (C slabs of patch depth), all checked against the
-     * budget before any is allocated. */
-    size_t plane, patch_vox, out_vox, slab, acc_vox, need;
-    size_t max_voxels = w->max_voxels ? w->max_voxels : INFER_DEFAULT_MAX_VOXELS;
-    if (!size_mul_ok((size_t)g->nx, (size_t)g->ny, &plane) ||
-        !size_mul3_ok((size_t)p[0], (size_t)p[1], (size_t)p[2], &patch_vox) ||
-        !size_mul_ok((size_t)C, patch_vox, &out_vox) ||
-        !size_mul_ok((size_t)p[0], plane, &slab) || !size_mul_ok((size_t)C, slab, &acc_vox) ||
-        !size_add_ok(patch_vox, out_vox, &need) || !size_add_ok(need, acc_vox, &need) ||
-        need > max_voxels ||
-        !size_mul_ok(need, sizeof(float), &need))
-        return error_set(err, errlen, INFER_ELIMIT,
-                         "the sliding window needs %d channels x %d slices of %dx%d voxels, over "
-                         "the limit of %zu voxels",
-                         C, p[0], g->nx, g->ny, max_voxels);
-    int *starts[3] = {NULL, NULL, NULL};
-    int nstarts[3];
-    float *wt[3] = {NULL, NULL, NULL};
-    float *cover[3] = {NULL, NULL, NULL};
-    float *input = buffer_alloc(patch_vox * sizeof *input);
-    float *output = buffer_alloc(out_vox * sizeof *output);
-    float *acc = buffer_zalloc(acc_vox, sizeof *acc);
-    int rc = INFER_ENOMEM;
-    if (!input || !output || !acc)
+    struct axis ax[3] = {0};
+    struct sums sums = {0};
+    float *input = NULL;
+    int rc = INFER_OK;
+    for (int a = 0; a < 3 && rc == INFER_OK; a++)
+        rc = axis_init(&ax[a], dim[a], p[a], mg[a], w->overlap, w->blend);
+    const size_t plane = (size_t)g->nx * g->ny; /* the volume's: no wrap */
+    if (rc != INFER_OK || (rc = sums_plan(&sums, ax, plane)) != INFER_OK)
         goto done;
-    for (int a = 0; a < 3; a++) {
-        starts[a] = malloc(((size_t)dim[a] + 1) * sizeof(int));
-        wt[a] = malloc((size_t)p[a] * sizeof(float));
-        cover[a] = calloc((size_t)dim[a], sizeof(float));
-        if (!starts[a] || !wt[a] || !cover[a])
-            goto done;
-        nstarts[a] = patch_starts(dim[a], p[a], mg[a], w->overlap, starts[a]);
-        axis_weights(p[a], w->blend, wt[a]);
-        /* The weight each position receives along this axis, from the
-         * kept part of every patch (as the accumulation below keeps it). */
-        for (int i = 0; i < nstarts[a]; i++) {
-            int s0 = starts[a][i];
-            int lo = s0 == 0 ? 0 : mg[a], hi = s0 + p[a] == dim[a] ? p[a] : p[a] - mg[a];
-            for (int t = lo; t < hi; t++)
-                cover[a][s0 + t] += wt[a][t];
-        }
+    /* Buffers: the patch in and out (1 + C patches) and the sums of the
+     * voxels several patches keep (C planes per ring slot), checked
+     * against the budget before any is allocated. */
+    size_t patch_vox, out_vox, sum_vox, need;
+    size_t max_voxels = w->max_voxels ? w->max_voxels : INFER_DEFAULT_MAX_VOXELS;
+    if (!size_mul3_ok((size_t)p[0], (size_t)p[1], (size_t)p[2], &patch_vox) ||
+        !size_mul_ok((size_t)C, patch_vox, &out_vox) ||
+        !size_mul_ok((size_t)C, sums.channel_step, &sum_vox) ||
+        !size_add_ok(patch_vox, out_vox, &need) || !size_add_ok(need, sum_vox, &need) ||
+        need > max_voxels) {
+        double total = (double)p[0] * p[1] * p[2] * (1.0 + C) + (double)C * sums.r * plane;
+        rc = error_set(err, errlen, INFER_ELIMIT,
+                       "the sliding window needs %.0f voxels (patches of %dx%dx%d in and %d "
+                       "channels out, sums over %d planes of %dx%d), over the limit of %zu",
+                       total, p[2], p[1], p[0], C, sums.r, g->nx, g->ny, max_voxels);
+        goto done;
+    }
+    /* Not zeroed: a voxel's first patch stores its sum, the next ones add. */
+    if (sum_vox && !(sums.acc = buffer_alloc(sum_vox * sizeof *sums.acc))) {
+        rc = INFER_ENOMEM;
+        goto done;
+    }
+    /* Patches as wide as the volume are its own planes: read in place. */
+    const int in_place = p[1] == g->ny && p[2] == g->nx;
+    if (!in_place && !(input = buffer_alloc(patch_vox * sizeof *input))) {
+        rc = INFER_ENOMEM;
+        goto done;
     }
 
-    const long total = (long)nstarts[0] * nstarts[1] * nstarts[2];
+    const long total = (long)ax[0].n * ax[1].n * ax[2].n;
     long done_patches = 0;
-    const size_t ring = (size_t)p[0];
-    const size_t acc_stride = ring * plane; /* between channels */
-    int decided = 0;                        /* slices [0, decided) are final */
-    for (int zi = 0; zi < nstarts[0]; zi++) {
-        int z0 = starts[0][zi];
-        for (int yi = 0; yi < nstarts[1]; yi++) {
-            int y0 = starts[1][yi];
-            for (int xi = 0; xi < nstarts[2]; xi++) {
-                int x0 = starts[2][xi];
-                for (int z = 0; z < p[0]; z++)
-                    for (int y = 0; y < p[1]; y++)
-                        memcpy(input + ((size_t)z * p[1] + y) * p[2],
-                               vol->data + (size_t)(z0 + z) * plane + (size_t)(y0 + y) * g->nx +
-                                   x0,
-                               (size_t)p[2] * sizeof *input);
+    for (int zi = 0; zi < ax[0].n; zi++) {
+        for (int yi = 0; yi < ax[1].n; yi++) {
+            for (int xi = 0; xi < ax[2].n; xi++) {
+                const int s0[3] = {ax[0].start[zi], ax[1].start[yi], ax[2].start[xi]};
+                const int idx[3] = {zi, yi, xi};
+                const float *in = input;
+                if (in_place)
+                    in = vol->data + (size_t)s0[0] * plane;
+                else
+                    cut_patch(vol, s0, p, input);
                 const int64_t shape[5] = {1, 1, p[0], p[1], p[2]};
                 int64_t oshape[8];
-                int ondim;
-                rc = infer_model_run_into(m, input, shape, 5, output, out_vox,
-                                          oshape, &ondim, err, errlen);
-                /* A wrong shape is the clearer message, also when the
-                 * output did not fit. */
-                if ((rc == INFER_OK || ondim > 0) &&
+                int ondim = 0;
+                const float *output = NULL;
+                rc = infer_model_run_view(m, in, shape, 5, &output, oshape, &ondim, err, errlen);
+                if (rc == INFER_OK &&
                     (ondim != 5 || oshape[0] != 1 || oshape[1] != C || oshape[2] != p[0] ||
                      oshape[3] != p[1] || oshape[4] != p[2]))
                     rc = error_set(err, errlen, INFER_EMODEL,
@@ -190,26 +474,32 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
                                    (long long)(ondim > 1 ? oshape[1] : 0), C, p[0], p[1], p[2]);
                 if (rc != INFER_OK)
                     goto done;
-                int lo[3], hi[3];
-                const int s0[3] = {z0, y0, x0};
+                struct patch_rows pr = {.ax = ax, .sums = &sums, .w = w, .output = output,
+                                        .labels = labels, .patch_vox = patch_vox,
+                                        .plane = plane, .nx = g->nx, .channels = C};
                 for (int a = 0; a < 3; a++) {
-                    lo[a] = s0[a] == 0 ? 0 : mg[a];
-                    hi[a] = s0[a] + p[a] == dim[a] ? p[a] : p[a] - mg[a];
+                    pr.p[a] = p[a];
+                    pr.s0[a] = s0[a];
+                    pr.idx[a] = idx[a];
+                    axis_kept(&ax[a], idx[a], &pr.lo[a], &pr.hi[a]);
                 }
-                /* Row by row and channel by channel: contiguous inner loops. */
-                for (int z = lo[0]; z < hi[0]; z++) {
-                    size_t slot = (size_t)(z0 + z) % ring;
-                    for (int y = lo[1]; y < hi[1]; y++) {
-                        float wzy = wt[0][z] * wt[1][y];
-                        size_t base = slot * plane + (size_t)(y0 + y) * g->nx + x0;
-                        size_t orow = ((size_t)z * p[1] + y) * p[2];
-                        for (int c = 0; c < C; c++) {
-                            float *a = acc + c * acc_stride + base;
-                            const float *o = output + c * patch_vox + orow;
-                            for (int x = lo[2]; x < hi[2]; x++)
-                                a[x] += wzy * wt[2][x] * o[x];
-                        }
-                    }
+                /* Along x a kept row splits into at most three runs, at the
+                 * positions where this patch stops being the first and
+                 * starts being the last to keep a voxel. */
+                const int xf = ax[2].first_from[xi] - s0[2], xl = ax[2].last_to[xi] - s0[2];
+                pr.cut[0] = pr.lo[2];
+                pr.cut[1] = xf < xl ? xf : xl;
+                pr.cut[2] = xf < xl ? xl : xf;
+                pr.cut[3] = pr.hi[2];
+                for (int k = 1; k < 3; k++)
+                    pr.cut[k] = pr.cut[k] < pr.lo[2]   ? pr.lo[2]
+                                : pr.cut[k] > pr.hi[2] ? pr.hi[2]
+                                                       : pr.cut[k];
+                infer_parallel_for((long)(pr.hi[0] - pr.lo[0]) * (pr.hi[1] - pr.lo[1]), fold_rows,
+                                   &pr);
+                if (pr.failed) {
+                    rc = INFER_ENOMEM;
+                    goto done;
                 }
                 if (w->progress && w->progress(w->progress_ud, ++done_patches, total)) {
                     rc = error_set(err, errlen, INFER_ECANCELLED, "cancelled");
@@ -217,32 +507,14 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
                 }
             }
         }
-        /* Slices before the next slab's kept part get no more contributions. */
-        int final_end = zi + 1 < nstarts[0] ? starts[0][zi + 1] + mg[0] : dim[0];
-        for (; decided < final_end; decided++) {
-            size_t slot = (size_t)decided % ring;
-            const float *a = acc + slot * plane;
-            uint8_t *lab = labels + (size_t)decided * plane;
-            for (int y = 0; y < g->ny; y++) {
-                float wzy = cover[0][decided] * cover[1][y];
-                size_t row = (size_t)y * g->nx;
-                for (int x = 0; x < g->nx; x++)
-                    lab[row + x] = decide(a + row + x, acc_stride, C, wzy * cover[2][x], w);
-            }
-            for (int c = 0; c < C; c++)
-                memset(acc + c * acc_stride + slot * plane, 0, plane * sizeof *acc);
-        }
     }
     rc = INFER_OK;
 done:
-    for (int a = 0; a < 3; a++) {
-        free(starts[a]);
-        free(wt[a]);
-        free(cover[a]);
-    }
+    infer_model_trim(m);
+    for (int a = 0; a < 3; a++)
+        axis_free(&ax[a]);
+    sums_free(&sums);
     free(input);
-    free(output);
-    free(acc);
     return rc;
 }
 
@@ -327,6 +599,7 @@ int infer_slices(struct infer_model *m, const struct infer_volume *vol, int batc
     }
     rc = INFER_OK;
 done:
+    infer_model_trim(m);
     free(input);
     free(output);
     return rc;

@@ -242,6 +242,7 @@ static void *worker_main(void *arg)
                 sender_wake(r->sender);
             for (size_t i = 0; i < n; i++)
                 storage_job_clear(&group[i]);
+            infer_model_trim(model);
             malloc_trim(0);
             continue;
         }
@@ -271,6 +272,7 @@ static void *worker_main(void *arg)
             r->sender)
             sender_wake(r->sender);
         storage_job_clear(&job);
+        infer_model_trim(model);
         malloc_trim(0); /* an idle node hands a job's memory back */
     }
     heads_free(&hs);

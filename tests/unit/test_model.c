@@ -431,7 +431,7 @@ static void test_wrong_input_geometry_is_an_error_not_an_abort(void **state)
         /* The model refuses with its own reason. */
         {"rank 2", {D * H, W}, 2, INFER_EMODEL},
         {"rank 4", {1, D, H, W}, 4, INFER_EMODEL},
-        {"two channels where the weights expect one", {1, 2, 2, H, W}, 5, INFER_EMODEL},
+        {"two channels where the model expects one", {1, 2, 2, H, W}, 5, INFER_EMODEL},
         /* The shim itself rejects these before libtorch sees them. */
         {"rank 0", {1, 1, 1, 1, 1, 1, 1, 1, 1}, 0, INFER_EINVAL},
         {"rank 9", {1, 1, 1, 1, 1, 1, 1, 1, 1}, 9, INFER_EINVAL},

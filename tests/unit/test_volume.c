@@ -503,10 +503,21 @@ static void test_sliding_window_buffers_over_the_budget_are_refused(void **state
                              .max_voxels = 100000};
     char err[256] = "";
     uint8_t labels[1];
-    /* input 32768 + output 98304 + 3 x 32768 + 32768: 262144 */
+    /* input 32768 + output 3 x 32768; one patch keeps every voxel once:
+     * no sums. */
     assert_int_equal(infer_sliding_window(NULL, &v, &w, labels, err, sizeof err), INFER_ELIMIT);
-    assert_string_equal(err, "the sliding window needs 3 channels x 8 slices of 64x64 voxels, "
-                             "over the limit of 100000 voxels");
+    assert_string_equal(err, "the sliding window needs 131072 voxels (patches of 64x64x8 in and "
+                             "3 channels out, sums over 0 planes of 64x64), over the limit of "
+                             "100000");
+    /* Two patches along z overlapping by 4 planes: sums over 4 planes
+     * (3 x 4 x 4096 = 49152) on top of 2 x 4 x 64 x 64 x (1 + 3). */
+    w.patch[0] = 6;
+    w.overlap = 0.5;
+    w.max_voxels = 147455;
+    assert_int_equal(infer_sliding_window(NULL, &v, &w, labels, err, sizeof err), INFER_ELIMIT);
+    assert_string_equal(err, "the sliding window needs 147456 voxels (patches of 64x64x6 in and "
+                             "3 channels out, sums over 4 planes of 64x64), over the limit of "
+                             "147455");
 }
 
 /* ---- The inverse letterbox of labels ---- */
