@@ -35,6 +35,7 @@ enum dicom_error {
     DICOM_ENETWORK = -5,    /* socket, listen, association set-up */
     DICOM_EREFUSED = -6,    /* the peer refused (association rejected, no accepted context) */
     DICOM_EDICT = -7,       /* the data dictionary is not loaded */
+    DICOM_ERANGE = -8,      /* pixel values that do not fit the narrow type asked for */
 };
 
 /* A short text for CODE (a dicom_error). */

@@ -55,6 +55,28 @@ struct image_error : std::runtime_error {
 [[noreturn]] void fail(const std::string &msg) { throw image_error(msg, DICOM_EFORMAT); }
 [[noreturn]] void fail_io(const std::string &msg) { throw image_error(msg, DICOM_EIO); }
 
+// Where decoded values go: floats, or int16 when every value (after the
+// Modality LUT) is an integer within int16's range. A value that is not
+// marks the output INEXACT and is not stored: the caller then fails the
+// decode with DICOM_ERANGE, before the encoded pixels are dropped.
+struct pixel_out {
+    float *f = nullptr;
+    int16_t *s = nullptr;
+    bool inexact = false;
+
+    void put(size_t i, double v)
+    {
+        if (f) {
+            f[i] = static_cast<float>(v);
+        } else if (v >= -32768.0 && v <= 32767.0 &&
+                   static_cast<double>(static_cast<int16_t>(v)) == v) {
+            s[i] = static_cast<int16_t>(v);
+        } else {
+            inexact = true;
+        }
+    }
+};
+
 
 void copy_field(char *dst, size_t size, const std::string &s)
 {
@@ -452,7 +474,7 @@ bool is_j2k_xfer(const DcmXfer &x)
 
 // Decodes one frame's codestream into OUT (rows*cols floats).
 void decode_j2k_frame(const uint8_t *data, size_t size, const pixel_format &f,
-                      const rescale &r, float *out, long frame)
+                      const rescale &r, pixel_out &out, size_t base, long frame)
 {
     static const uint8_t jp2_sig[12] = {0x00, 0x00, 0x00, 0x0C, 0x6A, 0x50,
                                         0x20, 0x20, 0x0D, 0x0A, 0x87, 0x0A};
@@ -523,7 +545,7 @@ void decode_j2k_frame(const uint8_t *data, size_t size, const pixel_format &f,
                 v = stored_value(static_cast<uint32_t>(v), f);
             }
         }
-        out[i] = static_cast<float>(static_cast<double>(v) * r.slope + r.intercept);
+        out.put(base + i, static_cast<double>(v) * r.slope + r.intercept);
     }
 }
 
@@ -583,7 +605,7 @@ std::vector<std::vector<const fragment *>> j2k_frames(const std::vector<fragment
 }
 
 void decode_j2k(DcmPixelSequence *seq, const pixel_format &f, const std::vector<rescale> &rs,
-                float *out)
+                pixel_out &out)
 {
     const unsigned long items = seq->card();
     if (items < 2)
@@ -631,7 +653,7 @@ void decode_j2k(DcmPixelSequence *seq, const pixel_format &f, const std::vector<
         if (!data || size == 0)
             fail("JPEG 2000 frame " + std::to_string(k + 1) + " is empty");
         check_j2k_size(data, size, f, static_cast<long>(k));
-        decode_j2k_frame(data, size, f, rs[k], out + k * per_frame, static_cast<long>(k));
+        decode_j2k_frame(data, size, f, rs[k], out, k * per_frame, static_cast<long>(k));
     }
 }
 
@@ -650,9 +672,45 @@ void check_length(DcmPixelData *px, const pixel_format &f, size_t total)
         fail("the pixel data is shorter than Rows x Columns x Number of Frames");
 }
 
+// Stored values, read by READ(i), through each frame's rescale into OUT.
+// Into int16 with an integer slope and intercept the arithmetic is exact
+// in integers; otherwise it is done in double, as for floats.
+template <typename Read>
+void convert_frames(const pixel_format &f, const std::vector<rescale> &rs, size_t per_frame,
+                    pixel_out &out, Read read)
+{
+    const size_t frames = static_cast<size_t>(f.frames);
+    if (rs.size() < frames)
+        fail("no rescale for every frame");
+    for (size_t k = 0; k < frames; k++) {
+        const rescale &r = rs[k];
+        const size_t base = k * per_frame;
+        const bool integral = out.s && std::fabs(r.slope) <= 65536.0 &&
+                              std::fabs(r.intercept) <= 2147483648.0 &&
+                              r.slope == std::trunc(r.slope) &&
+                              r.intercept == std::trunc(r.intercept);
+        if (integral) {
+            const int64_t slope = static_cast<int64_t>(r.slope);
+            const int64_t intercept = static_cast<int64_t>(r.intercept);
+            for (size_t i = 0; i < per_frame; i++) {
+                const int64_t v = stored_value(read(base + i), f) * slope + intercept;
+                if (v < -32768 || v > 32767) {
+                    out.inexact = true;
+                    return;
+                }
+                out.s[base + i] = static_cast<int16_t>(v);
+            }
+            continue;
+        }
+        for (size_t i = 0; i < per_frame; i++)
+            out.put(base + i, static_cast<double>(stored_value(read(base + i), f)) * r.slope +
+                                  r.intercept);
+    }
+}
+
 // PX holds native pixel data (as read, or decoded by DCMTK).
 void convert_native(DcmPixelData *px, const pixel_format &f, const std::vector<rescale> &rs,
-                    bool big_endian_source, float *out)
+                    bool big_endian_source, pixel_out &out)
 {
     const DcmEVR vr = px->getTag().getEVR();
     Uint8 *bytes = nullptr;
@@ -667,35 +725,35 @@ void convert_native(DcmPixelData *px, const pixel_format &f, const std::vector<r
     if (length < native_size(f, total))
         fail("the pixel data is shorter than Rows x Columns x Number of Frames");
 
-    for (size_t i = 0; i < total; i++) {
-        uint32_t w;
-        switch (f.bits_allocated) {
-        case 1:
-            // frames are packed back to back, least significant bit first
-            w = (bytes[i / 8] >> (i % 8)) & 1u;
-            break;
-        case 8:
-            w = bytes[i];
-            break;
-        case 16:
-            w = static_cast<uint32_t>(bytes[2 * i]) | static_cast<uint32_t>(bytes[2 * i + 1]) << 8;
-            break;
-        default: {
+    // One loop per sample width, each frame with its own rescale.
+    switch (f.bits_allocated) {
+    case 1: // frames are packed back to back, least significant bit first
+        convert_frames(f, rs, per_frame, out,
+                       [bytes](size_t i) -> uint32_t { return (bytes[i / 8] >> (i % 8)) & 1u; });
+        break;
+    case 8:
+        convert_frames(f, rs, per_frame, out, [bytes](size_t i) -> uint32_t { return bytes[i]; });
+        break;
+    case 16:
+        convert_frames(f, rs, per_frame, out, [bytes](size_t i) -> uint32_t {
+            return static_cast<uint32_t>(bytes[2 * i]) |
+                   static_cast<uint32_t>(bytes[2 * i + 1]) << 8;
+        });
+        break;
+    default:
+        convert_frames(f, rs, per_frame, out, [bytes, big_endian_source, vr](size_t i) {
             const uint8_t *b = bytes + 4 * i;
             if (!big_endian_source)
-                w = b[0] | b[1] << 8 | static_cast<uint32_t>(b[2]) << 16 |
-                    static_cast<uint32_t>(b[3]) << 24;
-            else if (vr == EVR_OW) // DCMTK swapped 16-bit words only: halves are in file order
-                w = b[2] | b[3] << 8 | static_cast<uint32_t>(b[0]) << 16 |
-                    static_cast<uint32_t>(b[1]) << 24;
-            else // OB: bytes exactly as in the big endian file
-                w = b[3] | b[2] << 8 | static_cast<uint32_t>(b[1]) << 16 |
-                    static_cast<uint32_t>(b[0]) << 24;
-            break;
-        }
-        }
-        const rescale &r = rs[i / per_frame];
-        out[i] = static_cast<float>(static_cast<double>(stored_value(w, f)) * r.slope + r.intercept);
+                return b[0] | b[1] << 8 | static_cast<uint32_t>(b[2]) << 16 |
+                       static_cast<uint32_t>(b[3]) << 24;
+            if (vr == EVR_OW) // DCMTK swapped 16-bit words only: halves are in file order
+                return b[2] | b[3] << 8 | static_cast<uint32_t>(b[0]) << 16 |
+                       static_cast<uint32_t>(b[1]) << 24;
+            // OB: bytes exactly as in the big endian file
+            return b[3] | b[2] << 8 | static_cast<uint32_t>(b[1]) << 16 |
+                   static_cast<uint32_t>(b[0]) << 24;
+        });
+        break;
     }
 }
 
@@ -1089,35 +1147,49 @@ dicom_image *inspect_image(DcmDataset *ds, DcmMetaInfo *meta, std::vector<frame_
     return hold.release();
 }
 
-// Decodes the pixels of DS into IMG (inspected from DS before).
-// Decodes the pixels of DS into INTO (frames x rows x cols floats), or
-// into pages of IMG's own when INTO is null.
-void decode_pixels(DcmDataset *ds, dicom_image *img, float *into = nullptr)
+// Decodes the pixels of DS (inspected into IMG before) into INTO
+// (frames x rows x cols floats), or as int16 into INTO16 (DICOM_ERANGE
+// when a value does not fit), or into pages of IMG's own when both are null.
+void decode_pixels(DcmDataset *ds, dicom_image *img, float *into = nullptr,
+                   int16_t *into16 = nullptr)
 {
     const image_header h = read_header(ds, img->sop_class_uid);
     const pixel_format &f = h.f;
     const std::vector<rescale> rs = read_rescale(ds, functional_groups(ds, f.frames));
     const DcmXfer x(h.xfer);
-
+    // The output exists only once the data was checked.
+    auto target = [&] {
+        pixel_out out;
+        if (into16)
+            out.s = into16;
+        else
+            out.f = into ? into : (img->pixels = alloc_pixels(img));
+        return out;
+    };
+    pixel_out out;
     if (x.isEncapsulated() && is_j2k_xfer(x)) {
-        float *out = into ? into : (img->pixels = alloc_pixels(img));
+        out = target();
         decode_j2k(h.seq, f, rs, out);
-        return;
+    } else {
+        if (x.isEncapsulated()) {
+            // The codec sizes its buffers from the codestream, not from Rows
+            // and Columns: its frame headers must agree with them first.
+            if (is_jpeg_xfer(x))
+                check_jpeg_frames(h.seq, f, is_jpegls_xfer(x) ? "JPEG-LS" : "JPEG");
+            register_decoders();
+            OFCondition c = ds->chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
+            if (c.bad() || !ds->canWriteXfer(EXS_LittleEndianExplicit))
+                fail(std::string("cannot decode ") + x.getXferName() + " (" + x.getXferID() +
+                     "): " + c.text());
+            check_length(h.px, f, h.total);
+        }
+        out = target();
+        convert_native(h.px, f, rs, !x.isEncapsulated() && x.isBigEndian(), out);
     }
-    if (x.isEncapsulated()) {
-        // The codec sizes its buffers from the codestream, not from Rows and
-        // Columns: its frame headers must agree with them first.
-        if (is_jpeg_xfer(x))
-            check_jpeg_frames(h.seq, f, is_jpegls_xfer(x) ? "JPEG-LS" : "JPEG");
-        register_decoders();
-        OFCondition c = ds->chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
-        if (c.bad() || !ds->canWriteXfer(EXS_LittleEndianExplicit))
-            fail(std::string("cannot decode ") + x.getXferName() + " (" + x.getXferID() +
-                 "): " + c.text());
-        check_length(h.px, f, h.total);
-    }
-    float *out = into ? into : (img->pixels = alloc_pixels(img));
-    convert_native(h.px, f, rs, !x.isEncapsulated() && x.isBigEndian(), out);
+    if (out.inexact)
+        throw image_error("its values after the Modality LUT are not all integers within "
+                          "-32768..32767",
+                          DICOM_ERANGE);
 }
 
 // Decodes the image FF holds; GEOM gets the geometry of each frame.
@@ -1214,14 +1286,15 @@ void parse_source(const char *path, ainode_dicom::source_file &sf, set_totals &t
 }
 
 // Decodes the pixels of a parsed file, then keeps its header alone.
-void decode_source(ainode_dicom::source_file &sf, float *into = nullptr)
+void decode_source(ainode_dicom::source_file &sf, float *into = nullptr,
+                   int16_t *into16 = nullptr)
 {
     if (sf.decoded) {
-        if (into)
+        if (into || into16)
             fail("its pixels were decoded before"); // and their encoded form is gone
         return;
     }
-    decode_pixels(sf.header.get(), sf.image, into);
+    decode_pixels(sf.header.get(), sf.image, into, into16);
     sf.decoded = true;
     // The pixels are decoded: their encoded form (and a decompressed copy
     // DCMTK may hold) goes now, so that a series costs its floats and
@@ -1335,6 +1408,25 @@ extern "C" int dicom_sources_decode_into(struct dicom_sources *s, size_t i, floa
             return copy_err(err, errlen, "the decoded image does not fit its buffer",
                             DICOM_EINVAL);
         decode_source(s->files[i], out);
+    } catch (...) {
+        return fail_to(err, errlen,
+                       "instance " + std::to_string(i + 1) + " (of " + std::to_string(n) + "): ");
+    }
+    return 0;
+}
+
+extern "C" int dicom_sources_decode_into_int16(struct dicom_sources *s, size_t i, int16_t *out,
+                                               size_t capacity, char *err, size_t errlen)
+{
+    const size_t n = s->files.size();
+    try {
+        if (i >= n || !out)
+            return copy_err(err, errlen, "invalid arguments", DICOM_EINVAL);
+        const dicom_image *img = s->files[i].image;
+        if (pixel_bytes(img) / sizeof(float) > capacity)
+            return copy_err(err, errlen, "the decoded image does not fit its buffer",
+                            DICOM_EINVAL);
+        decode_source(s->files[i], nullptr, out);
     } catch (...) {
         return fail_to(err, errlen,
                        "instance " + std::to_string(i + 1) + " (of " + std::to_string(n) + "): ");

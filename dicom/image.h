@@ -8,6 +8,7 @@
 #include "dicom/dicom.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -92,6 +93,13 @@ DICOM_API int dicom_sources_decode(struct dicom_sources *s, char *err, size_t er
  * On failure ERR names the instance. */
 DICOM_API int dicom_sources_decode_into(struct dicom_sources *s, size_t i, float *out,
                                         size_t capacity, char *err, size_t errlen);
+/* The same as int16 values, for a volume kept narrow: DICOM_ERANGE (the
+ * reason in ERR) when a value after the Modality LUT is not an integer
+ * within -32768..32767; the file is then left undecoded, with its
+ * encoded pixels, for dicom_sources_decode_into. OUT holds CAPACITY
+ * int16 values. */
+DICOM_API int dicom_sources_decode_into_int16(struct dicom_sources *s, size_t i, int16_t *out,
+                                              size_t capacity, char *err, size_t errlen);
 /* Parses and decodes the N files of PATHS (no limit of the set's own). On
  * failure ERR names the instance (1-based position in PATHS) and the
  * reason. */

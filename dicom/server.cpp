@@ -1167,6 +1167,7 @@ const char *dicom_strerror(int code)
     case DICOM_ENETWORK: return "network failure";
     case DICOM_EREFUSED: return "refused by the peer";
     case DICOM_EDICT: return "data dictionary not loaded";
+    case DICOM_ERANGE: return "pixel values out of the narrow type's range";
     default: return "unknown error";
     }
 }

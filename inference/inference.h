@@ -175,7 +175,11 @@ struct infer_grid {
 /* A volume: data[(k * ny + j) * nx + i] is voxel (i, j, k) of GRID. */
 struct infer_volume {
     struct infer_grid grid;
-    float *data;               /* malloc'ed */
+    float *data;               /* malloc'ed; NULL when the voxels are in DATA16 */
+    int16_t *data16;           /* the voxels as int16 instead (DATA NULL), when every one
+                                * is an integer in int16's range (CT in HU): half the
+                                * memory; the sliding window and slice runs convert
+                                * them to float patch by patch. malloc'ed */
     int *source;               /* nz entries: slice k came from source[k], */
     int *frame;                /* frame[k] (both NULL for resampled volumes) */
 };
@@ -199,13 +203,21 @@ INFER_API int infer_volume_assemble(const struct infer_slice *slices, size_t n,
                                     const struct infer_volume_limits *limits,
                                     struct infer_volume *out, char *err, size_t errlen);
 
+enum infer_voxel { INFER_VOXEL_FLOAT, INFER_VOXEL_INT16 };
+
 /* infer_volume_assemble without the pixels (PIXELS may be NULL): the same
- * checks, then OUT's grid, order (SOURCE, FRAME) and data, allocated and
- * not filled: the caller decodes each slice straight into its plane k
- * (nx * ny floats at DATA + k * nx * ny), with no copy in between. */
+ * checks, then OUT's grid, order (SOURCE, FRAME) and voxels (DATA, or
+ * DATA16 for INFER_VOXEL_INT16), allocated and not filled: the caller
+ * decodes each slice straight into its plane k (nx * ny voxels from
+ * k * nx * ny on), with no copy in between. */
 INFER_API int infer_volume_layout(const struct infer_slice *slices, size_t n,
-                                  const struct infer_volume_limits *limits,
+                                  const struct infer_volume_limits *limits, enum infer_voxel voxel,
                                   struct infer_volume *out, char *err, size_t errlen);
+
+/* Turns V's int16 voxels into float ones (DATA replaces DATA16, which is
+ * freed); nothing when V is float already. INFER_ENOMEM leaves V as it
+ * was. */
+INFER_API int infer_volume_widen(struct infer_volume *v);
 
 /* Every check of infer_volume_assemble, from the slices' geometry alone
  * (PIXELS may be NULL): 0 with the volume's grid in GRID (may be NULL), or

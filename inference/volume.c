@@ -94,6 +94,7 @@ void infer_volume_free(struct infer_volume *v)
     if (!v)
         return;
     free(v->data);
+    free(v->data16);
     free(v->source);
     free(v->frame);
     memset(v, 0, sizeof *v);
@@ -102,8 +103,9 @@ void infer_volume_free(struct infer_volume *v)
 /* Builds the volume into OUT, or with OUT NULL only checks that it can be
  * built (every check, no volume) and gives its grid in GRID. */
 static int assemble(const struct infer_slice *slices, size_t n,
-                    const struct infer_volume_limits *limits, struct infer_volume *out,
-                    struct infer_grid *grid, int copy, char *err, size_t errlen)
+                    const struct infer_volume_limits *limits, enum infer_voxel voxel,
+                    struct infer_volume *out, struct infer_grid *grid, int copy, char *err,
+                    size_t errlen)
 {
     if (out)
         memset(out, 0, sizeof *out);
@@ -237,10 +239,13 @@ static int assemble(const struct infer_slice *slices, size_t n,
         goto done;
 
     size_t plane = (size_t)g->nx * g->ny; /* voxels <= max_voxels: no wrap */
-    out->data = buffer_alloc(bytes);
+    if (voxel == INFER_VOXEL_INT16)
+        out->data16 = buffer_alloc(bytes / 2);
+    else
+        out->data = buffer_alloc(bytes);
     out->source = malloc(n * sizeof *out->source);
     out->frame = malloc(n * sizeof *out->frame);
-    if (!out->data || !out->source || !out->frame) {
+    if ((!out->data && !out->data16) || !out->source || !out->frame) {
         infer_volume_free(out);
         rc = INFER_ENOMEM;
         goto done;
@@ -262,14 +267,31 @@ int infer_volume_assemble(const struct infer_slice *slices, size_t n,
                           const struct infer_volume_limits *limits, struct infer_volume *out,
                           char *err, size_t errlen)
 {
-    return assemble(slices, n, limits, out, NULL, 1, err, errlen);
+    return assemble(slices, n, limits, INFER_VOXEL_FLOAT, out, NULL, 1, err, errlen);
 }
 
 int infer_volume_layout(const struct infer_slice *slices, size_t n,
-                        const struct infer_volume_limits *limits, struct infer_volume *out,
-                        char *err, size_t errlen)
+                        const struct infer_volume_limits *limits, enum infer_voxel voxel,
+                        struct infer_volume *out, char *err, size_t errlen)
 {
-    return assemble(slices, n, limits, out, NULL, 0, err, errlen);
+    return assemble(slices, n, limits, voxel, out, NULL, 0, err, errlen);
+}
+
+int infer_volume_widen(struct infer_volume *v)
+{
+    if (!v->data16)
+        return INFER_OK;
+    /* The voxel count fitted a float volume's budget when it was laid out. */
+    size_t n = (size_t)v->grid.nx * v->grid.ny * v->grid.nz;
+    float *f = buffer_alloc(n * sizeof *f);
+    if (!f)
+        return INFER_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        f[i] = v->data16[i];
+    free(v->data16);
+    v->data16 = NULL;
+    v->data = f;
+    return INFER_OK;
 }
 
 int infer_volume_check(const struct infer_slice *slices, size_t n,
@@ -277,5 +299,6 @@ int infer_volume_check(const struct infer_slice *slices, size_t n,
                        char *err, size_t errlen)
 {
     struct infer_grid unused;
-    return assemble(slices, n, limits, NULL, grid ? grid : &unused, 0, err, errlen);
+    return assemble(slices, n, limits, INFER_VOXEL_FLOAT, NULL, grid ? grid : &unused, 0, err,
+                    errlen);
 }

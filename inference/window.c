@@ -206,17 +206,45 @@ static void axis_free(struct axis *a)
     free(a->count);
 }
 
-/* Copies the patch at S0 (z, y, x) of size P out of VOL into INPUT. */
+/* N voxels of VOL from OFFSET on, as float, into DST. */
+static void copy_voxels(const struct infer_volume *vol, size_t offset, size_t n, float *dst)
+{
+    if (vol->data) {
+        memcpy(dst, vol->data + offset, n * sizeof *dst);
+        return;
+    }
+    const int16_t *src = vol->data16 + offset;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[i];
+}
+
+/* Copying a patch out of the volume, row by row on the model's threads. */
+struct patch_cut {
+    const struct infer_volume *vol;
+    int s0[3], p[3];
+    float *input;
+};
+
+static void cut_rows(void *ud, long begin, long end)
+{
+    const struct patch_cut *c = ud;
+    const struct infer_grid *g = &c->vol->grid;
+    const size_t plane = (size_t)g->nx * g->ny;
+    for (long i = begin; i < end; i++) {
+        const int z = (int)(i / c->p[1]), y = (int)(i % c->p[1]);
+        copy_voxels(c->vol,
+                    (size_t)(c->s0[0] + z) * plane + (size_t)(c->s0[1] + y) * g->nx + c->s0[2],
+                    (size_t)c->p[2], c->input + (size_t)i * c->p[2]);
+    }
+}
+
+/* Copies the patch at S0 (z, y, x) of size P out of VOL into INPUT, as
+ * float whatever the volume holds. */
 static void cut_patch(const struct infer_volume *vol, const int s0[3], const int p[3],
                       float *input)
 {
-    const struct infer_grid *g = &vol->grid;
-    const size_t plane = (size_t)g->nx * g->ny;
-    for (int z = 0; z < p[0]; z++)
-        for (int y = 0; y < p[1]; y++)
-            memcpy(input + ((size_t)z * p[1] + y) * p[2],
-                   vol->data + (size_t)(s0[0] + z) * plane + (size_t)(s0[1] + y) * g->nx + s0[2],
-                   (size_t)p[2] * sizeof *input);
+    struct patch_cut c = {vol, {s0[0], s0[1], s0[2]}, {p[0], p[1], p[2]}, input};
+    infer_parallel_for((long)p[0] * p[1], cut_rows, &c);
 }
 
 /* Where the sliding window keeps its running sums: only voxels that more
@@ -406,7 +434,7 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
     if (w->decision == INFER_ARGMAX && w->channels < 2)
         return error_set(err, errlen, INFER_EINVAL, "argmax needs at least two channels");
 
-    if (g->nx < 1 || g->ny < 1 || g->nz < 1 || !vol->data)
+    if (g->nx < 1 || g->ny < 1 || g->nz < 1 || (!vol->data && !vol->data16))
         return error_set(err, errlen, INFER_EINVAL, "empty volume");
     const int C = w->channels;
     struct axis ax[3] = {0};
@@ -440,8 +468,8 @@ int infer_sliding_window(struct infer_model *m, const struct infer_volume *vol,
         rc = INFER_ENOMEM;
         goto done;
     }
-    /* Patches as wide as the volume are its own planes: read in place. */
-    const int in_place = p[1] == g->ny && p[2] == g->nx;
+    /* Patches as wide as a float volume are its own planes: read in place. */
+    const int in_place = vol->data && p[1] == g->ny && p[2] == g->nx;
     if (!in_place && !(input = buffer_alloc(patch_vox * sizeof *input))) {
         rc = INFER_ENOMEM;
         goto done;
@@ -529,7 +557,7 @@ int infer_slices(struct infer_model *m, const struct infer_volume *vol, int batc
         return error_set(err, errlen, INFER_EINVAL, "invalid channels");
     if (labels && w->decision == INFER_ARGMAX && w->channels < 2)
         return error_set(err, errlen, INFER_EINVAL, "argmax needs at least two channels");
-    if (g->nx < 1 || g->ny < 1 || g->nz < 1 || !vol->data)
+    if (g->nx < 1 || g->ny < 1 || g->nz < 1 || (!vol->data && !vol->data16))
         return error_set(err, errlen, INFER_EINVAL, "empty volume");
     const int C = w->channels, depth = 2 * context + 1;
     if (batch > g->nz)
@@ -559,8 +587,8 @@ int infer_slices(struct infer_model *m, const struct infer_volume *vol, int batc
             for (int d = 0; d < depth; d++) {
                 int z = k0 + i - context + d;
                 z = z < 0 ? 0 : z >= g->nz ? g->nz - 1 : z;
-                memcpy(input + ((size_t)i * depth + (size_t)d) * plane,
-                       vol->data + (size_t)z * plane, plane * sizeof *input);
+                copy_voxels(vol, (size_t)z * plane, plane,
+                            input + ((size_t)i * depth + (size_t)d) * plane);
             }
         int64_t shape[4] = {b, depth, g->ny, g->nx}, oshape[8];
         int ond = 0;

@@ -1,7 +1,10 @@
 /*
  * pipeline.c — one model on one series, from files to labels.
  *
- *   decode      every file's pixels, as float after the Modality LUT (dicom/)
+ *   decode      every file's pixels after the Modality LUT (dicom/), straight into
+ *               the volume's planes: as int16 when the model reads the values
+ *               as they are and they are all integers in its range (CT in HU:
+ *               half the memory), else as float
  *   assemble    one volume, slices ordered along their normal, or a refusal
  *   preprocess  clip and scale as the manifest says; resample to its spacing
  *   model       the model patch by patch (sliding window)
@@ -116,76 +119,86 @@ struct decode_part {
     struct infer_volume *v;
     const size_t *first;          /* each file's first slice, n_files + 1 */
     const size_t *z;              /* slice -> plane */
+    uint8_t *wide;                /* files whose values need floats (set, or read) */
     size_t start, step;
     size_t failed;                /* first file that failed, or SIZE_MAX */
     char why[512];
 };
 
+/* Decodes file I into planes of P's volume (int16 or float, as it is laid
+ * out); a multi-frame file's frames go through FRAMES, grown as needed. */
+static int decode_file(struct decode_part *p, size_t i, void **frames, size_t *frames_cap)
+{
+    const size_t plane = (size_t)p->v->grid.nx * (size_t)p->v->grid.ny;
+    const size_t nf = p->first[i + 1] - p->first[i];
+    const size_t size = p->v->data16 ? sizeof *p->v->data16 : sizeof *p->v->data;
+    char *base = p->v->data16 ? (char *)p->v->data16 : (char *)p->v->data;
+    void *into = base + p->z[p->first[i]] * plane * size;
+    if (nf > 1) {
+        if (nf * plane > *frames_cap) {
+            free(*frames);
+            *frames_cap = nf * plane; /* within the volume: no overflow */
+            if (!(*frames = malloc(*frames_cap * size))) {
+                *frames_cap = 0;
+                snprintf(p->why, sizeof p->why, "out of memory");
+                return DICOM_ENOMEM;
+            }
+        }
+        into = *frames;
+    }
+    const size_t cap = nf > 1 ? *frames_cap : plane;
+    int rc = p->v->data16
+                 ? dicom_sources_decode_into_int16(p->src, i, into, cap, p->why, sizeof p->why)
+                 : dicom_sources_decode_into(p->src, i, into, cap, p->why, sizeof p->why);
+    if (rc != DICOM_OK)
+        return rc;
+    for (size_t f = 0; nf > 1 && f < nf; f++)
+        memcpy(base + p->z[p->first[i] + f] * plane * size, (char *)*frames + f * plane * size,
+               plane * size);
+    return DICOM_OK;
+}
+
 static void *decode_part_main(void *arg)
 {
     struct decode_part *p = arg;
-    const size_t plane = (size_t)p->v->grid.nx * (size_t)p->v->grid.ny;
     const size_t n_files = dicom_sources_count(p->src);
-    float *frames = NULL;
+    const int narrow = p->v->data16 != NULL;
+    void *frames = NULL;
     size_t frames_cap = 0;
     for (size_t i = p->start; i < n_files; i += p->step) {
-        const size_t nf = p->first[i + 1] - p->first[i];
-        float *into = p->v->data + p->z[p->first[i]] * plane;
-        if (nf > 1) {
-            /* A multi-frame file: its frames through one buffer. */
-            if (nf * plane > frames_cap) {
-                free(frames);
-                frames_cap = nf * plane; /* within the volume: no overflow */
-                if (!(frames = malloc(frames_cap * sizeof *frames))) {
-                    frames_cap = 0;
-                    snprintf(p->why, sizeof p->why, "out of memory");
-                    p->failed = i;
-                    break;
-                }
-            }
-            into = frames;
+        /* The second pass, into floats, decodes only the files the first
+         * could not keep narrow. */
+        if (!narrow && p->wide && !p->wide[i])
+            continue;
+        int rc = decode_file(p, i, &frames, &frames_cap);
+        if (rc == DICOM_ERANGE && narrow) {
+            p->wide[i] = 1;
+            continue;
         }
-        if (dicom_sources_decode_into(p->src, i, into, nf > 1 ? frames_cap : plane, p->why,
-                                      sizeof p->why) != DICOM_OK) {
+        if (rc != DICOM_OK) {
             p->failed = i;
             break;
         }
-        for (size_t f = 0; nf > 1 && f < nf; f++)
-            memcpy(p->v->data + p->z[p->first[i] + f] * plane, frames + f * plane,
-                   plane * sizeof *frames);
     }
     free(frames);
     return NULL;
 }
 
-/* Decodes every file of SRC into the planes of V (laid out by
- * infer_volume_layout) on up to THREADS threads; each file is decoded
- * once, straight into its planes. On failure ERR names the first file
- * that failed. */
-static int decode_into_volume(struct dicom_sources *src, struct infer_volume *v, int threads,
-                              char *err, size_t errlen)
+/* Runs the parts of one pass over SRC into V on up to THREADS threads.
+ * WIDE (may be NULL) marks the files an int16 pass could not take, or
+ * limits a float pass to them. */
+static int decode_pass(struct dicom_sources *src, struct infer_volume *v, const size_t *first,
+                       const size_t *z, uint8_t *wide, int threads, char *err, size_t errlen)
 {
     enum { MAX_DECODERS = 16 };
-    const size_t nz = (size_t)v->grid.nz, n_files = dicom_sources_count(src);
-    size_t *first = calloc(n_files + 1, sizeof *first);
-    size_t *z = malloc(nz * sizeof *z);
-    int rc = -1;
-    if (!first || !z) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < n_files; i++)
-        first[i + 1] = first[i] + (size_t)dicom_sources_image(src, i)->frames;
-    for (size_t k = 0; k < nz; k++)
-        z[first[v->source[k]] + (size_t)v->frame[k]] = k;
-
+    const size_t n_files = dicom_sources_count(src);
     size_t n = threads < 1 ? 1 : threads > MAX_DECODERS ? MAX_DECODERS : (size_t)threads;
     n = n > n_files ? n_files : n;
     struct decode_part parts[MAX_DECODERS];
     pthread_t tid[MAX_DECODERS];
     size_t started = 1;
     for (size_t t = 0; t < n; t++)
-        parts[t] = (struct decode_part){src, v, first, z, t, n, SIZE_MAX, ""};
+        parts[t] = (struct decode_part){src, v, first, z, wide, t, n, SIZE_MAX, ""};
     /* The caller's thread decodes part 0; a thread that cannot start
      * leaves its part to the caller too. */
     for (size_t t = 1; t < n; t++, started++)
@@ -202,12 +215,48 @@ static int decode_into_volume(struct dicom_sources *src, struct infer_volume *v,
             worst = t;
     if (parts[worst].failed != SIZE_MAX) {
         snprintf(err, errlen, "the series cannot be used: %s", parts[worst].why);
+        return -1;
+    }
+    return 0;
+}
+
+/* Decodes every file of SRC into the planes of V (laid out by
+ * infer_volume_layout) on up to THREADS threads; each file is decoded
+ * once, straight into its planes. An int16 volume whose files do not all
+ * fit int16 becomes a float one: its planes are widened and the files
+ * that did not fit are decoded again, as floats. On failure ERR names the
+ * first file that failed. */
+static int decode_into_volume(struct dicom_sources *src, struct infer_volume *v, int threads,
+                              char *err, size_t errlen)
+{
+    const size_t nz = (size_t)v->grid.nz, n_files = dicom_sources_count(src);
+    size_t *first = calloc(n_files + 1, sizeof *first);
+    size_t *z = malloc(nz * sizeof *z);
+    uint8_t *wide = v->data16 ? calloc(n_files, 1) : NULL;
+    int rc = -1;
+    if (!first || !z || (v->data16 && !wide)) {
+        snprintf(err, errlen, "out of memory");
         goto out;
+    }
+    for (size_t i = 0; i < n_files; i++)
+        first[i + 1] = first[i] + (size_t)dicom_sources_image(src, i)->frames;
+    for (size_t k = 0; k < nz; k++)
+        z[first[v->source[k]] + (size_t)v->frame[k]] = k;
+    if (decode_pass(src, v, first, z, wide, threads, err, errlen) != 0)
+        goto out;
+    if (wide && memchr(wide, 1, n_files)) {
+        if (infer_volume_widen(v) != INFER_OK) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+        if (decode_pass(src, v, first, z, wide, threads, err, errlen) != 0)
+            goto out;
     }
     rc = 0;
 out:
     free(first);
     free(z);
+    free(wide);
     return rc;
 }
 
@@ -283,7 +332,13 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     /* The volume is laid out from the headers; each file is then decoded
      * straight into its planes, never into a copy of its own. */
     double t1 = pipeline_seconds();
-    if (infer_volume_layout(slices, n_slices, &lim, &vol, err, errlen) != INFER_OK)
+    /* Kept as int16 (half the memory) while the model reads it as it is:
+     * clipping, scaling and resampling need floats. */
+    const enum infer_voxel voxel = !mf->has_clip && mf->scale_offset == 0 &&
+                                           mf->scale_factor == 1 && !mf->has_spacing
+                                       ? INFER_VOXEL_INT16
+                                       : INFER_VOXEL_FLOAT;
+    if (infer_volume_layout(slices, n_slices, &lim, voxel, &vol, err, errlen) != INFER_OK)
         goto out;
     double t_laid = pipeline_seconds();
     t->assemble = t_laid - t1;

@@ -8,6 +8,7 @@ and the built-in model's labels come out exactly as its definition says.
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -35,8 +36,11 @@ def slow_builtin_model(workdir, binary, patch=(1, 8, 8)):
     manifest = os.path.join(workdir, "slow.yaml")
     with open(BUILTIN_MANIFEST) as f:
         text = f.read()
+    slow, n = re.subn(r"(?m)^  patch: \[[0-9, ]+\]$", "  patch: [%d, %d, %d]" % patch, text)
+    if n != 1:
+        raise harness.HarnessError("the built-in manifest has no one 'patch:' line to replace")
     with open(manifest, "w") as f:
-        f.write(text.replace("patch: [64, 256, 256]", "patch: [%d, %d, %d]" % patch))
+        f.write(slow)
     return os.path.join(os.path.dirname(binary), "models", "ct-bone-body.pt"), manifest
 
 

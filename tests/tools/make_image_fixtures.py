@@ -18,6 +18,9 @@ Needs Debian's python3-pydicom and DCMTK's dcmcjpeg. Run again to reproduce:
                             a Basic Offset Table;
   j2k_2frames.dcm           ... 2 frames, one fragment each, no offset table;
   j2k_3frames_fragmented.dcm  ... 3 frames of 2 fragments, no offset table.
+  ct_slope_half.dcm         CT 2x3, rescale slope 0.5: values that are not integers.
+  ct_beyond_int16.dcm       CT 2x3, unsigned 16 bits, intercept -1024: values up to
+                            64511, beyond int16.
 """
 import os
 import shutil
@@ -39,6 +42,7 @@ PYDICOM_DATA = os.environ.get(
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 MR = "1.2.840.10008.5.1.4.1.1.4"
+CT = "1.2.840.10008.5.1.4.1.1.2"
 ROOT = "2.25.31415926535897932384626433832795"  # fixed UIDs: reproducible files
 
 
@@ -124,6 +128,27 @@ def signed_12bit(path):
     ds.save_as(path, write_like_original=False)
 
 
+def ct_rescaled(path, uid, slope, intercept, values):
+    """A 2x3 CT slice of unsigned 16-bit stored VALUES and the rescale given."""
+    ds = base_dataset(CT, ROOT + uid, path)
+    ds.Modality = "CT"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = 2
+    ds.Columns = 3
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.ImagePositionPatient = [0, 0, 0]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [1, 1]
+    ds.PixelData = struct.pack("<6H", *values)
+    ds.save_as(path, write_like_original=False)
+
+
 def palette_and_lut(palette_path, lut_path):
     """Single-sample images whose stored values are not the real values."""
     for path, uid in ((palette_path, ".12"), (lut_path, ".13")):
@@ -192,6 +217,10 @@ def main():
     j2k_multiframe(os.path.join(OUT, "j2k_2frames_bot.dcm"), 2, 2, True)
     j2k_multiframe(os.path.join(OUT, "j2k_2frames.dcm"), 2, 1, False)
     j2k_multiframe(os.path.join(OUT, "j2k_3frames_fragmented.dcm"), 3, 2, False)
+    ct_rescaled(os.path.join(OUT, "ct_slope_half.dcm"), ".14", "0.5", "-1024",
+                [0, 1, 2, 3, 2048, 4095])
+    ct_rescaled(os.path.join(OUT, "ct_beyond_int16.dcm"), ".15", "1", "-1024",
+                [0, 1024, 2000, 33791, 33792, 65535])
 
 
 if __name__ == "__main__":

@@ -48,11 +48,19 @@ void fx_rmtree(const char *dir)
 
 void fx_make_series(const char *dir, int slices, int rows, int cols, char ***paths, size_t *n)
 {
+    fx_make_series_half(dir, slices, rows, cols, -1, paths, n);
+}
+
+void fx_make_series_half(const char *dir, int slices, int rows, int cols, int half,
+                         char ***paths, size_t *n)
+{
     const char *data = getenv("AINODE_TEST_DATA");
     assert_non_null(data);
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -B '%s/../unit/ct_series.py' '%s' %d %d %d",
-             data, dir, slices, rows, cols);
+    char cmd[4096], arg[32] = "";
+    if (half >= 0)
+        snprintf(arg, sizeof arg, " %d", half);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -B '%s/../unit/ct_series.py' '%s' %d %d %d%s",
+             data, dir, slices, rows, cols, arg);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     char line[4096];

@@ -24,6 +24,10 @@ void fx_rmtree(const char *dir);
  * each file (ct_series.py). *PATHS (malloc'ed, fx_free_paths) gets the
  * files in slice order. */
 void fx_make_series(const char *dir, int slices, int rows, int cols, char ***paths, size_t *n);
+/* The same with slice HALF (from 0; -1: none) stored with Rescale Slope
+ * 0.5 and half-unit HU values (tests/unit/ct_series.py). */
+void fx_make_series_half(const char *dir, int slices, int rows, int cols, int half,
+                         char ***paths, size_t *n);
 void fx_free_paths(char **paths, size_t n);
 
 /* Commits copies of the files PATHS into ST as received at WHEN_MS; the

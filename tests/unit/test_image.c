@@ -571,6 +571,94 @@ static void test_concurrent_decoding_agrees_with_serial(void **state)
         dicom_image_free(ref[i]);
 }
 
+/* ---- Decoding as int16 ---- */
+
+/* Opens the one file DIR/NAME as a set, headers only. */
+static struct dicom_sources *parse_one(const char *dir, const char *name)
+{
+    char path[1200], err[256] = "";
+    path_of(path, sizeof path, dir, name);
+    const char *paths[] = {path};
+    struct dicom_sources *set = NULL;
+    if (dicom_sources_parse(paths, 1, 0, &set, err, sizeof err) != 0)
+        fail_msg("%s: %s", path, err);
+    return set;
+}
+
+static size_t values_of(const struct dicom_sources *set)
+{
+    const struct dicom_image *img = dicom_sources_image(set, 0);
+    return (size_t)img->rows * img->cols * img->frames;
+}
+
+/* Integer values (CT in HU, MR) decode to int16 exactly as to float, from
+ * every codec and with per-frame rescales. */
+static void test_int16_decoding_gives_the_float_values(void **state)
+{
+    (void)state;
+    static const struct {
+        int fixture;
+        const char *name;
+    } files[] = {
+        {0, "CT_small.dcm"},        {0, "MR_small_RLE.dcm"},
+        {0, "MR_small_jpeg_ls_lossless.dcm"}, {0, "MR_small_jp2klossless.dcm"},
+        {0, "MR_small_bigendian.dcm"}, {0, "693_J2KI.dcm"},
+        {1, "enhanced_ct_3frames.dcm"}, {1, "signed_12bit.dcm"},
+        {1, "MR_small_jpeg_lossless.dcm"},
+    };
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+        const char *dir = files[f].fixture ? fixture_dir() : pydicom_dir();
+        struct dicom_sources *a = parse_one(dir, files[f].name), *b = parse_one(dir, files[f].name);
+        size_t n = values_of(a);
+        float *wide = malloc(n * sizeof *wide);
+        int16_t *narrow = malloc(n * sizeof *narrow);
+        char err[256] = "";
+        assert_non_null(wide);
+        assert_non_null(narrow);
+        assert_int_equal(dicom_sources_decode_into(a, 0, wide, n, err, sizeof err), 0);
+        if (dicom_sources_decode_into_int16(b, 0, narrow, n, err, sizeof err) != 0)
+            fail_msg("%s: %s", files[f].name, err);
+        for (size_t i = 0; i < n; i++)
+            if ((float)narrow[i] != wide[i])
+                fail_msg("%s: value %zu is %d as int16 and %g as float", files[f].name, i,
+                         narrow[i], (double)wide[i]);
+        free(wide);
+        free(narrow);
+        dicom_sources_close(a);
+        dicom_sources_close(b);
+    }
+}
+
+/* Values that are not integers, or beyond int16, are refused as int16
+ * with the reason, and the file can still be decoded as float. */
+static void test_values_that_int16_cannot_hold_are_refused_and_left_for_floats(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        float want[6];
+    } files[] = {
+        {"ct_slope_half.dcm", {-1024.0f, -1023.5f, -1023.0f, -1022.5f, 0.0f, 1023.5f}},
+        {"ct_beyond_int16.dcm", {-1024.0f, 0.0f, 976.0f, 32767.0f, 32768.0f, 64511.0f}},
+    };
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+        struct dicom_sources *set = parse_one(fixture_dir(), files[f].name);
+        int16_t narrow[6];
+        float wide[6];
+        char err[256] = "";
+        assert_int_equal(values_of(set), 6);
+        assert_int_equal(dicom_sources_decode_into_int16(set, 0, narrow, 6, err, sizeof err),
+                         DICOM_ERANGE);
+        assert_non_null(strstr(err, "instance 1 (of 1): its values after the Modality LUT are "
+                                    "not all integers within -32768..32767"));
+        assert_int_equal(dicom_sources_decode_into(set, 0, wide, 6, err, sizeof err), 0);
+        for (int i = 0; i < 6; i++)
+            assert_float_equal(wide[i], files[f].want[i], 0);
+        dicom_sources_close(set);
+    }
+    assert_string_equal(dicom_strerror(DICOM_ERANGE), "pixel values out of the narrow type's range");
+}
+
 int main(void)
 {
     char err[256];
@@ -596,6 +684,8 @@ int main(void)
         cmocka_unit_test(test_source_set_names_the_instance_it_cannot_use),
         cmocka_unit_test(test_error_buffer_is_respected),
         cmocka_unit_test(test_concurrent_decoding_agrees_with_serial),
+        cmocka_unit_test(test_int16_decoding_gives_the_float_values),
+        cmocka_unit_test(test_values_that_int16_cannot_hold_are_refused_and_left_for_floats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -67,6 +67,53 @@ static void reversed(const struct fixture *f, const char **paths)
         paths[i] = f->paths[f->n - 1 - i];
 }
 
+/* Each slice's labels equal those of its file's .labels (ct_series.py):
+ * the files in PATHS are in reverse slice order. */
+static void assert_labels_of_each_file(const char *const *paths, const struct pipeline_output *out)
+{
+    size_t plane = (size_t)COLS * ROWS;
+    for (int k = 0; k < SLICES; k++) {
+        assert_int_equal(out->source[k], SLICES - 1 - k);
+        char expected_path[4096];
+        snprintf(expected_path, sizeof expected_path, "%s.labels", paths[out->source[k]]);
+        size_t len;
+        unsigned char *expected = fx_slurp(expected_path, &len);
+        assert_non_null(expected);
+        assert_int_equal(len, plane);
+        assert_memory_equal(out->labels + k * plane, expected, plane);
+        free(expected);
+    }
+}
+
+/* A slice whose values int16 cannot hold (rescale slope 0.5) makes the
+ * whole volume float: its half-unit values beside the thresholds keep
+ * their own labels (225.5 and 3071.5 are soft tissue, -500.5 is
+ * background), and the other slices theirs. */
+static void test_a_slice_int16_cannot_hold_keeps_its_exact_values(void **state)
+{
+    struct fixture *f = *state;
+    char series[512];
+    char **files = NULL;
+    size_t n = 0;
+    snprintf(series, sizeof series, "%s/half", f->dir);
+    fx_make_series_half(series, SLICES, ROWS, COLS, 2, &files, &n);
+    const char *paths[SLICES];
+    for (size_t i = 0; i < n; i++)
+        paths[i] = files[n - 1 - i];
+    struct pipeline_output out;
+    struct pipeline_timing t;
+    char err[512] = "";
+    int rc = pipeline_run(f->cm, f->model, paths, n, NULL, NULL, &out, &t, err, sizeof err);
+    if (rc != 0)
+        fail_msg("pipeline_run: %s (%s)", pipeline_strerror(rc), err);
+    assert_labels_of_each_file(paths, &out);
+    static const uint8_t half_edges[] = {2, 2, 2, 0};
+    assert_memory_equal(out.labels + 2 * (size_t)COLS * ROWS + COLS, half_edges,
+                        sizeof half_edges);
+    pipeline_output_free(&out);
+    fx_free_paths(files, n);
+}
+
 static void test_builtin_model_labels_equal_the_thresholds_of_each_files_pixels(void **state)
 {
     struct fixture *f = *state;
@@ -78,6 +125,7 @@ static void test_builtin_model_labels_equal_the_thresholds_of_each_files_pixels(
     int rc = pipeline_run(f->cm, f->model, paths, f->n, NULL, NULL, &out, &t, err, sizeof err);
     if (rc != 0)
         fail_msg("pipeline_run: %s (%s)", pipeline_strerror(rc), err);
+    assert_labels_of_each_file(paths, &out);
     assert_int_equal(out.grid.nx, COLS);
     assert_int_equal(out.grid.ny, ROWS);
     assert_int_equal(out.grid.nz, SLICES);
@@ -204,6 +252,7 @@ int main(void)
         cmocka_unit_test(test_progress_that_asks_to_stop_cancels_the_run),
         cmocka_unit_test(test_a_missing_file_fails_with_its_reason),
         cmocka_unit_test(test_a_resample_over_the_job_budget_fails_with_its_reason),
+        cmocka_unit_test(test_a_slice_int16_cannot_hold_keeps_its_exact_values),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
