@@ -185,6 +185,7 @@ void config_check_node(struct schema_ctx *c, const struct schema_parsed *p, void
 {
     config_check_node_access(c, p, base);
     config_check_node_tls_port(c, p, base);
+    config_check_node_http_port(c, p, base);
 }
 
 int config_caller_allowed(const struct config *cfg, const char *ae)

@@ -64,6 +64,22 @@ struct config_destination_tls {
     int verify_server;            /* 1: check the peer's certificate (default) */
 };
 
+/* node.http.tls: HTTPS instead of HTTP. */
+struct config_http_tls {
+    int enabled;                  /* the section is in the file */
+    char *certificate;            /* PEM, absolute */
+    char *private_key;            /* PEM, not encrypted, absolute; not readable by every user */
+};
+
+/* node.http: the HTTP admin endpoint (health, metrics, API, status page). */
+struct config_node_http {
+    int enabled;                  /* the section is in the file; absent: no HTTP endpoint */
+    char *bind;                   /* listen address; other than loopback needs TOKEN_FILE */
+    int port;                     /* 1..65535, not node.port nor node.tls.port */
+    char *token_file;             /* the bearer token, absolute; NULL: none (no POST) */
+    struct config_http_tls tls;
+};
+
 struct config_node {
     char ae_title[CONFIG_AE_MAX + 1];
     int port;                     /* 1..65535 */
@@ -91,6 +107,7 @@ struct config_node {
     enum config_conflicts integrity_conflicts; /* what happens to a contradicting instance */
     struct config_node_tls tls;   /* TLS listener */
     int audit_retention_days;     /* delete audit rows this old, 0..36500; 0 keeps them */
+    struct config_node_http http; /* the HTTP admin endpoint */
 };
 
 struct config_destination {
@@ -349,6 +366,15 @@ int config_address_allowed(const struct config *cfg, const char *address);
 /* Parses S, "ADDRESS" or "ADDRESS/PREFIX" (IPv4 or IPv6), into OUT.
  * Returns NULL, or why S is refused (a phrase to follow the value). */
 const char *config_cidr_parse(const char *s, struct config_cidr *out);
+
+/* The longest bearer token node.http.token_file may hold. */
+#define CONFIG_TOKEN_MAX 1024
+
+/* Reads the bearer token of node.http.token_file PATH into BUF (LEN
+ * bytes): its first line, blanks around it removed, 16 to
+ * CONFIG_TOKEN_MAX printable ASCII characters. Returns 0, or -1 with why
+ * it cannot be used in ERR (which never holds the token). */
+int config_read_token(const char *path, char *buf, size_t len, char *err, size_t errlen);
 
 /* 1 when BIND (node.bind) is a loopback address: 127.0.0.0/8, ::1 or
  * "localhost"; other names and addresses may be reachable from other hosts. */

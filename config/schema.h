@@ -253,5 +253,11 @@ void config_check_node_tls_port(struct schema_ctx *c, const struct schema_parsed
 void config_check_node_tls(struct schema_ctx *c, const struct schema_parsed *p, void *base);
 void config_check_destination_tls(struct schema_ctx *c, const struct schema_parsed *p,
                                   void *base);
+/* node.http: a bind other hosts reach has a token, the token file and the
+ * TLS key are private; node.http.tls (http.c). */
+void config_check_node_http(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+void config_check_http_tls(struct schema_ctx *c, const struct schema_parsed *p, void *base);
+/* node: the HTTP port is neither node.port nor node.tls.port (http.c). */
+void config_check_node_http_port(struct schema_ctx *c, const struct schema_parsed *p, void *base);
 
 #endif

@@ -63,6 +63,33 @@ static const struct schema_field dest_tls_fields[] = {
             "validity dates (its host name is not compared)"},
 };
 
+/* ---- the HTTP endpoint (node.http; checked in http.c) ---- */
+
+#define HTTP_OFF(m) offsetof(struct config_node_http, m)
+#define HTTP_TLS_OFF(m) offsetof(struct config_http_tls, m)
+
+static const struct schema_field http_tls_fields[] = {
+    {.key = "certificate", .restart = 1, .type = T_PATH, .required = 1,
+     .off = HTTP_TLS_OFF(certificate), .doc = "the endpoint's certificate (PEM)"},
+    {.key = "private_key", .restart = 1, .type = T_PATH, .required = 1,
+     .off = HTTP_TLS_OFF(private_key),
+     .doc = "its private key (PEM, not encrypted; not readable by every user)"},
+};
+
+static const struct schema_field http_fields[] = {
+    {.key = "bind", .restart = 1, .type = T_STR, .def_str = "127.0.0.1", .off = HTTP_OFF(bind),
+     .doc = "listen address; one other hosts can reach needs token_file"},
+    {.key = "port", .restart = 1, .type = T_INT, .def_int = 8042, .min = 1, .max = 65535,
+     .off = HTTP_OFF(port), .doc = "TCP port; not node.port nor node.tls.port"},
+    {.key = "token_file", .restart = 1, .type = T_PATH, .off = HTTP_OFF(token_file),
+     .doc = "file whose first line is the bearer token (16 to 1024 printable characters; the "
+            "file not readable by every user): POST requests always need it, and with a bind "
+            "other than loopback every request but /healthz, /readyz and the status page (which "
+            "then asks for it); absent: no POST"},
+    {.key = "tls", .type = T_SECTION, SUB(http_tls_fields), .off = HTTP_OFF(tls),
+     .check = config_check_http_tls, .doc = "serve HTTPS (GnuTLS); absent: plain HTTP"},
+};
+
 #define NODE_OFF(m) offsetof(struct config_node, m)
 #define DEST_OFF(m) offsetof(struct config_destination, m)
 #define MODEL_OFF(m) offsetof(struct config_model, m)
@@ -144,6 +171,10 @@ static const struct schema_field node_fields[] = {
      .off = NODE_OFF(audit_retention_days),
      .doc = "delete rows of the audit trail (associations, sends; `ainode audit`) after this "
             "many days, whatever the studies' retention; 0 never"},
+    {.key = "http", .type = T_SECTION, SUB(http_fields), .off = NODE_OFF(http),
+     .check = config_check_node_http,
+     .doc = "the HTTP admin endpoint: /healthz, /readyz, /metrics (Prometheus), /api/v1/ and the "
+            "status page at /; absent: none"},
 };
 
 static const struct schema_field dest_fields[] = {

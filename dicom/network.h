@@ -85,6 +85,19 @@ typedef void (*dicom_association_end_fn)(void *ud, const struct dicom_peer *p);
  * until the ARTIM timer, closed, on the wrong port, or cut at a stop) is
  * no association and is not reported; the log tells of it.
  */
+/* Why an association request was rejected, as a type (the outcome text
+ * says it in words): what a counter per reason is labelled with. */
+enum dicom_rejection {
+    DICOM_REJECTION_NONE = 0,        /* accepted */
+    DICOM_REJECTION_MAX_ASSOCIATIONS,
+    DICOM_REJECTION_MAX_PER_CALLER,  /* max_associations_per_caller */
+    DICOM_REJECTION_CALLING_AE,
+    DICOM_REJECTION_CALLED_AE,
+    DICOM_REJECTION_BUSY,
+    DICOM_REJECTION_TLS,             /* the TLS handshake failed */
+    DICOM_REJECTION_UNREADABLE,      /* the request could not be read */
+};
+
 struct dicom_association_report {
     const char *calling_ae;          /* as requested; "" when the request was unreadable */
     const char *called_ae;
@@ -100,6 +113,7 @@ struct dicom_association_report {
                                       * aborted: time limit | aborted: shutdown |
                                       * aborted: <protocol problem> | network error |
                                       * rejected: <reason> (rejected: TLS: <reason>) */
+    enum dicom_rejection rejection;  /* NONE unless the outcome is "rejected: ..." */
 };
 typedef void (*dicom_association_ended_fn)(void *ud, const struct dicom_association_report *r);
 /* Returns a fresh temporary path for the next incoming instance. */

@@ -322,7 +322,8 @@ std::string audit_tls_peer(const std::string &subject)
 // is NULL on a plain connection.
 void report_ended(dicom_server *srv, const std::string &calling, const std::string &called,
                   const std::string &address, const std::string *tls_peer, int64_t started_ms,
-                  unsigned stored, unsigned refused, const char *outcome)
+                  unsigned stored, unsigned refused, const char *outcome,
+                  dicom_rejection rejection = DICOM_REJECTION_NONE)
 {
     if (!srv->ended)
         return;
@@ -334,7 +335,8 @@ void report_ended(dicom_server *srv, const std::string &calling, const std::stri
                                   wall_ms(),
                                   stored,
                                   refused,
-                                  outcome};
+                                  outcome,
+                                  rejection};
     srv->ended(srv->ud, &r);
 }
 
@@ -791,9 +793,9 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
     if (tls)
         ainode_dicom::tls_peer_subject(assoc, subject, cn);
     const std::string tls_peer = audit_tls_peer(subject);
-    auto report = [&](const char *outcome) {
+    auto report = [&](const char *outcome, dicom_rejection why) {
         report_ended(srv, calling_s, called_s, peer_s, tls ? &tls_peer : nullptr, started_ms, 0,
-                     0, outcome);
+                     0, outcome, why);
     };
 
     switch (take_slot(srv, calling_s)) {
@@ -805,7 +807,7 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
-        report("rejected: max_associations reached");
+        report("rejected: max_associations reached", DICOM_REJECTION_MAX_ASSOCIATIONS);
         return;
     default:
         srv->log(1, "refusing association from %s: it has %d associations running already "
@@ -814,7 +816,8 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
-        report("rejected: max_associations_per_caller reached");
+        report("rejected: max_associations_per_caller reached",
+               DICOM_REJECTION_MAX_PER_CALLER);
         return;
     }
     dicom_peer p = {calling_s.c_str(), called_s.c_str(), peer_s.c_str(), 0, tls,
@@ -831,20 +834,21 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
         report(tls ? "rejected: calling AE title not allowed (or not its certificate's CN)"
-                   : "rejected: calling AE title not allowed");
+                   : "rejected: calling AE title not allowed",
+               DICOM_REJECTION_CALLING_AE);
         return;
     case DICOM_ASSOC_REJECT_CALLED_AE:
         srv->log(1, "rejecting association from %s: called AE title '%s' is not ours",
                  calling_s.c_str(), called_s.c_str());
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED);
-        report("rejected: called AE title not ours");
+        report("rejected: called AE title not ours", DICOM_REJECTION_CALLED_AE);
         return;
     case DICOM_ASSOC_REJECT_BUSY:
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
-        report("rejected: busy");
+        report("rejected: busy", DICOM_REJECTION_BUSY);
         return;
     }
 
@@ -881,7 +885,7 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
                  cond.text());
         drop_connection(assoc, fd, ino);
         release_slot(srv, calling_s);
-        report("network error");
+        report("network error", DICOM_REJECTION_NONE);
         return;
     }
     Association *a = new Association{srv,       assoc,    fd,           ino,
@@ -1032,7 +1036,7 @@ void run_tls_connection(dicom_server *srv, const std::shared_ptr<pending_conn> &
         // A caller refused at the handshake is audited, though no request was read.
         const std::string failed = "(handshake failed)";
         report_ended(srv, "", "", pc->address, &failed, wall_ms(), 0, 0,
-                     ("rejected: TLS: " + why).c_str());
+                     ("rejected: TLS: " + why).c_str(), DICOM_REJECTION_TLS);
         if (consumed) {
             drop_connection(assoc, dfd, pc->ino); // dfd is the same socket as fd
         } else {
@@ -1084,7 +1088,7 @@ void run_connection(dicom_server *srv, std::shared_ptr<pending_conn> pc)
         drop_connection(assoc, fd, pc->ino);
         // It did send a request: audited, with what little is known.
         report_ended(srv, "", "", pc->address, nullptr, wall_ms(), 0, 0,
-                     "rejected: unreadable request");
+                     "rejected: unreadable request", DICOM_REJECTION_UNREADABLE);
     } else {
         negotiate(srv, assoc, fd, pc->ino, pc->address, false);
     }
@@ -1464,6 +1468,11 @@ int dicom_read_values(const char *path, const char *const *keywords, size_t n, c
     if (transfer_syntax)
         *transfer_syntax = strdup(ts.c_str());
     return 0;
+}
+
+const char *dicom_toolkit_version(void)
+{
+    return OFFIS_DCMTK_VERSION;
 }
 
 void dicom_new_uid(char uid[65])

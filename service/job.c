@@ -23,6 +23,7 @@
 #include "config/config.h"
 #include "dicom/results.h"
 #include "inference/inference.h"
+#include "service/metrics.h"
 #include "service/pipeline.h"
 #include "storage/storage.h"
 
@@ -594,11 +595,13 @@ static int finish(const struct job_context *ctx, const struct storage_job *job, 
         } else if (frc != STORAGE_OK) {
             log_msg(LOG_WARN, "job %lld: could not record its end: %s", (long long)job->id,
                     storage_strerror(frc));
-        } else if (jr == JOB_DONE) {
-            log_msg(LOG_INFO, "job %lld: done in %.1f s", (long long)job->id,
-                    (end - start_ms) / 1000.0);
         } else {
-            log_msg(LOG_WARN, "job %lld: failed: %s", (long long)job->id, why);
+            metrics_job_finished(job->model, jr == JOB_DONE, (end - start_ms) / 1000.0);
+            if (jr == JOB_DONE)
+                log_msg(LOG_INFO, "job %lld: done in %.1f s", (long long)job->id,
+                        (end - start_ms) / 1000.0);
+            else
+                log_msg(LOG_WARN, "job %lld: failed: %s", (long long)job->id, why);
         }
     }
     free(items);

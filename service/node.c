@@ -39,10 +39,12 @@
 #include "service/pipeline.h"
 #include "service/runner.h"
 #include "service/sender.h"
+#include "service/metrics.h"
 #include "storage/storage.h"
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,6 +140,8 @@ static int on_admit(void *ud, const char *address)
     pthread_mutex_lock(&n->cfg_lock);
     int ok = config_address_allowed(n->cfg, address);
     pthread_mutex_unlock(&n->cfg_lock);
+    if (!ok)
+        metrics_association_rejected(METRICS_REJECT_ADDRESS);
     return ok;
 }
 
@@ -239,6 +243,7 @@ static uint16_t on_store_begin(void *ud, const struct dicom_peer *p, char *comme
         log_msg(LOG_WARN, "refusing instances from %s: %llu MiB free for the data, below "
                           "node.min_free_disk_mb (%lld MiB)",
                 p->calling_ae, (unsigned long long)free_mb, (long long)floor_mb);
+    metrics_instance_refused();
     snprintf(comment, len, "not enough free disk space");
     return DICOM_STATUS_OUT_OF_RESOURCES;
 }
@@ -308,6 +313,19 @@ static void on_association_ended(void *ud, const struct dicom_association_report
     if (storage_audit_association(n->store, &a) != STORAGE_OK)
         log_msg(LOG_ERROR, "cannot record an association from %s in the audit trail",
                 r->address);
+    static const enum metrics_rejection why[] = {
+        [DICOM_REJECTION_MAX_ASSOCIATIONS] = METRICS_REJECT_MAX_ASSOCIATIONS,
+        [DICOM_REJECTION_MAX_PER_CALLER] = METRICS_REJECT_MAX_PER_CALLER,
+        [DICOM_REJECTION_CALLING_AE] = METRICS_REJECT_CALLING_AE,
+        [DICOM_REJECTION_CALLED_AE] = METRICS_REJECT_CALLED_AE,
+        [DICOM_REJECTION_BUSY] = METRICS_REJECT_BUSY,
+        [DICOM_REJECTION_TLS] = METRICS_REJECT_TLS,
+        [DICOM_REJECTION_UNREADABLE] = METRICS_REJECT_UNREADABLE,
+    };
+    if (r->rejection == DICOM_REJECTION_NONE)
+        metrics_association_accepted();
+    else if ((size_t)r->rejection < sizeof why / sizeof why[0])
+        metrics_association_rejected(why[r->rejection]);
 }
 
 static void holds_free(struct holds *h)
@@ -338,8 +356,11 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
     inst.called_ae = r->peer->called_ae;
     inst.source_addr = r->peer->address;
     inst.received_ms = clock_now_ms();
+    struct stat sb; /* its size, before the commit moves it */
+    uint64_t bytes = stat(r->temp_path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
     int rc = storage_commit(n->store, r->temp_path, &inst, err, errlen);
     if (rc == STORAGE_OK) {
+        metrics_instance_received(bytes);
         log_msg(LOG_DEBUG, "stored %s from %s", r->sop_instance_uid, r->peer->calling_ae);
         track_stored(n, r->peer, r->values[ATTR_STUDY_INSTANCE_UID]);
         CRASH_POINT("ingest.acknowledging"); /* the sender will send it again */
@@ -348,6 +369,7 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
     /* An instance contradicting the store is the sender's to correct, not
      * to retry: a failure (Cxxx), not "out of resources" (A7xx). */
     int refused = rc == STORAGE_EINVAL || rc == STORAGE_EINTEGRITY;
+    metrics_instance_refused();
     log_msg(refused ? LOG_WARN : LOG_ERROR, "refused an instance from %s: %s",
             r->peer->calling_ae, err);
     return refused ? DICOM_STATUS_CANNOT_UNDERSTAND : DICOM_STATUS_OUT_OF_RESOURCES;

@@ -20,6 +20,7 @@
 #include "config/config.h"
 #include "inference/inference.h"
 #include "service/job.h"
+#include "service/metrics.h"
 #include "service/sender.h"
 #include "storage/storage.h"
 
@@ -72,6 +73,25 @@ static struct config *current_config(struct runner *r)
 static int worker_stopping(void *ud)
 {
     return waiter_stopping(&((struct runner *)ud)->waiter);
+}
+
+/* Loads model NAME (FILE, on DEVICE in PRECISION) for a worker; the
+ * metrics say how it went (readyz and the status page show it). */
+static int load_model(const char *name, const char *file, const char *device, int precision,
+                      struct infer_model **out, char *err, size_t errlen)
+{
+    metrics_model_state(name, METRICS_MODEL_LOADING, NULL);
+    int rc = infer_model_load_ex(file, device, (enum infer_precision)precision, out, err, errlen);
+    metrics_model_state(name, rc == INFER_OK ? METRICS_MODEL_LOADED : METRICS_MODEL_FAILED, err);
+    return rc;
+}
+
+/* A first claim's wait in the queue (a job claimed again waited for its
+ * worker, not for the queue). */
+static void claimed(const struct storage_job *job, int64_t now_ms)
+{
+    if (job->attempts == 1)
+        metrics_job_claimed(job->model, (now_ms - job->created_ms) / 1000.0);
 }
 
 /* A head runs on its encoder's workers, with none of its own. */
@@ -130,9 +150,8 @@ static void heads_load(struct heads *hs, const struct config *cfg,
         struct job_head *h = &hs->h[hs->n];
         char err[512] = "";
         h->cfg = m;
-        if (infer_model_load_ex(m->file, encoder->device,
-                                (enum infer_precision)encoder->precision, &h->model, err,
-                                sizeof err) != INFER_OK) {
+        if (load_model(m->name, m->file, encoder->device, encoder->precision, &h->model, err,
+                       sizeof err) != INFER_OK) {
             log_msg(LOG_ERROR, "model %s cannot be loaded: %s", m->name, err);
             hs->errors[hs->n] = strdup(err);
             h->load_error = hs->errors[hs->n];
@@ -156,6 +175,8 @@ static size_t claim_group(struct runner *r, const struct heads *hs, const char *
         if (storage_job_claim_among(r->store, hs->models, jobs[0].id, owner, now,
                                     JOB_LEASE_MS, &jobs[n]) != STORAGE_OK)
             break;
+    for (size_t i = 0; i < n; i++)
+        claimed(&jobs[i], now);
     return n;
 }
 
@@ -177,8 +198,8 @@ static void *worker_main(void *arg)
     struct infer_model *model = NULL;
     if (cm) {
         infer_set_threads(cm->threads);
-        if (infer_model_load_ex(cm->file, cm->device, (enum infer_precision)cm->precision,
-                                &model, err, sizeof err) != INFER_OK)
+        if (load_model(cm->name, cm->file, cm->device, cm->precision, &model, err,
+                       sizeof err) != INFER_OK)
             log_msg(LOG_ERROR, "model %s cannot be loaded: %s", cm->name, err);
     }
 
@@ -207,9 +228,8 @@ static void *worker_main(void *arg)
                 infer_model_free(model);
                 model = NULL;
                 infer_set_threads(now_cm->threads);
-                if (infer_model_load_ex(now_cm->file, now_cm->device,
-                                        (enum infer_precision)now_cm->precision, &model, err,
-                                        sizeof err) != INFER_OK)
+                if (load_model(now_cm->name, now_cm->file, now_cm->device, now_cm->precision,
+                               &model, err, sizeof err) != INFER_OK)
                     log_msg(LOG_ERROR, "model %s cannot be loaded: %s", now_cm->name, err);
             }
             config_unref(held);
@@ -247,14 +267,15 @@ static void *worker_main(void *arg)
             continue;
         }
         struct storage_job job;
-        int rc = storage_job_claim(r->store, cm->name, w->owner, clock_now_ms(), JOB_LEASE_MS,
-                                   &job);
+        int64_t now_ms = clock_now_ms();
+        int rc = storage_job_claim(r->store, cm->name, w->owner, now_ms, JOB_LEASE_MS, &job);
         if (rc != STORAGE_OK) {
             if (rc != STORAGE_ENOTFOUND)
                 log_msg(LOG_ERROR, "cannot claim jobs for %s from the database", cm->name);
             waiter_wait(&r->waiter, &seen, IDLE_WAIT_MS);
             continue;
         }
+        claimed(&job, now_ms);
         log_msg(LOG_INFO, "job %lld: running %s (attempt %d)", (long long)job.id, cm->name,
                 job.attempts);
         CRASH_POINT("job.claimed"); /* leased, in no stage */

@@ -21,6 +21,7 @@
 #include "common/wait.h"
 #include "config/config.h"
 #include "dicom/network.h"
+#include "service/metrics.h"
 #include "storage/storage.h"
 
 #include <math.h>
@@ -142,6 +143,7 @@ static void record_failure(struct sender *s, const struct config_destination *d,
                        ? sender_next_attempt(d, it->attempts + 1, now, jitter)
                        : -1;
     storage_outbox_record(s->store, it->id, now, 0, why, next);
+    metrics_send_failed(it->destination, it->kind, now, why);
     audit(s, d, it, now, next >= 0                          ? "transient"
                          : outcome == DICOM_SEND_PERMANENT ? "permanent"
                                                            : "dead-lettered",
@@ -207,6 +209,7 @@ static void send_group(struct sender *s, const struct config *cfg,
         if (files[i].outcome == DICOM_SEND_SENT) {
             int64_t now = clock_now_ms();
             storage_outbox_record(s->store, items[i].id, now, 1, NULL, 0);
+            metrics_send_succeeded(items[i].destination, items[i].kind, now);
             audit(s, d, &items[i], now, "sent", NULL);
             CRASH_POINT(forward ? "forward.marked" : "send.marked");
             sent++;

@@ -14,6 +14,7 @@
  *   result.c     result files
  *   retention.c  deleting finished studies
  *   listing.c    what status shows: studies, jobs, unmatched series
+ *   counts.c     studies, jobs and outbox items counted by state (metrics)
  *   audit.c      the audit trail: associations and sends, their listing
  *                and their own retention
  */

@@ -21,6 +21,7 @@ static int claimed_fn(void *ud, sqlite3_stmt *row)
     snprintf(job->series_uid, sizeof job->series_uid, "%s", db_text(row, 2));
     job->attempts = sqlite3_column_int(row, 3);
     snprintf(job->model, sizeof job->model, "%s", db_text(row, 4));
+    job->created_ms = sqlite3_column_int64(row, 5);
     return 0;
 }
 
@@ -63,7 +64,7 @@ static int claim(struct storage *st, const char *models, int64_t like, const cha
                     "  AND (?5 < 0 OR series=(SELECT series FROM jobs WHERE id=?5))"
                     "  AND (state='queued' OR"
                     "  (state='running' AND lease_until < ?3)) ORDER BY priority, id LIMIT 1)"
-                    " RETURNING id, study_uid, series_uid, attempts, model",
+                    " RETURNING id, study_uid, series_uid, attempts, model, created_at",
                     claimed_fn, job, "ttIII", models, owner, now_ms, lease_ms, like);
         if (rc != STORAGE_OK)
             break;

@@ -34,8 +34,8 @@
  * The header is sectioned by what each part of the module owns: errors,
  * opening (storage/db.c), instances (instance.c), completion (plan.c), the
  * job queue (job.c), holds (hold.c), the outbox (outbox.c), result files (result.c),
- * listings (listing.c), retention (retention.c) and the audit trail
- * (audit.c).
+ * listings (listing.c), retention (retention.c), counts by state
+ * (counts.c) and the audit trail (audit.c).
  */
 #ifndef AINODE_STORAGE_H
 #define AINODE_STORAGE_H
@@ -290,6 +290,7 @@ struct storage_job {
     char **destinations;          /* where its results go, in the rule's order */
     size_t n_destinations;
     int attempts;                 /* including this one */
+    int64_t created_ms;           /* when it was queued */
 };
 
 /* Releases what a claimed JOB holds (its destinations) and empties it. */
@@ -519,6 +520,26 @@ typedef int (*storage_usage_fn)(void *ud, const char *data_dir, double *percent)
 int storage_retain_with_usage(struct storage *st, int64_t now_ms, int retention_days,
                               int high_water_percent, storage_usage_fn usage, void *usage_ud,
                               int *studies_deleted, char *err, size_t errlen);
+
+/* ---- counts (counts.c) --------------------------------------------------- */
+
+/* How many rows of TABLE are in STATE (and, for jobs, of one model; for
+ * the outbox, for one destination), and when the oldest of them arrived. */
+struct storage_count {
+    const char *table;            /* studies | jobs | outbox */
+    const char *state;            /* studies: receiving | held (receiving, held back) |
+                                   * complete | discarded | deleting; jobs and outbox: theirs */
+    const char *key;              /* jobs: the model; outbox: the destination; studies: NULL */
+    int64_t n;
+    int64_t oldest_ms;            /* first received (studies), created (jobs, outbox items) */
+};
+
+typedef int (*storage_count_fn)(void *ud, const struct storage_count *c);
+
+/* Calls FN with each group of studies, jobs and outbox items, read in one
+ * read transaction (a handle of storage_open_readonly never holds up the
+ * node's writes); FN returning non-zero skips the rest of that table. */
+int storage_counts(struct storage *st, storage_count_fn fn, void *ud);
 
 /* ---- the audit trail (audit.c) ------------------------------------------- */
 
