@@ -170,6 +170,20 @@ int plan_join_study(struct plan *p, const char *model)
     return rc;
 }
 
+size_t plan_keep_model(struct plan *p, const char *model)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < p->n_jobs; i++) {
+        if (model && strcmp(p->jobs[i].model, model)) {
+            job_free(&p->jobs[i]);
+            continue;
+        }
+        p->jobs[kept++] = p->jobs[i];
+    }
+    p->n_jobs = kept;
+    return kept;
+}
+
 void plan_free(struct plan *p)
 {
     for (size_t i = 0; i < p->n_jobs; i++)

@@ -62,6 +62,10 @@ int plan_set_not_applicable(struct plan *p, const char *series_uid, const char *
  * with every destination and the most urgent priority. */
 int plan_join_study(struct plan *p, const char *model);
 
+/* Drops every job not of MODEL (none when MODEL is NULL); forwards and
+ * unmatched series stay. Returns the jobs kept. */
+size_t plan_keep_model(struct plan *p, const char *model);
+
 /* Frees what the plan holds and empties it (P itself is the caller's). */
 void plan_free(struct plan *p);
 

@@ -155,6 +155,20 @@ static const char *const migrations[] = {
      * series_uid): a model that takes the study runs once on several. */
     "ALTER TABLE jobs ADD COLUMN series TEXT;"
     "UPDATE jobs SET series=json_array(series_uid);",
+    /* 9: the paged listings (listing.c), newest first: studies by
+     * (first_received, rowid), jobs by (created_at, id), each alone and
+     * after an equality filter (state; a job's model), so that a page
+     * reads its rows and no others; the sends of a page's studies. Every
+     * index of a rowid table ends with the rowid, which breaks ties. The
+     * state index of studies is kept whole in the new (state,
+     * first_received) one. */
+    "CREATE INDEX studies_recent ON studies(first_received);"
+    "CREATE INDEX studies_state_recent ON studies(state, first_received);"
+    "DROP INDEX IF EXISTS studies_state;"
+    "CREATE INDEX jobs_recent ON jobs(created_at);"
+    "CREATE INDEX jobs_state_recent ON jobs(state, created_at);"
+    "CREATE INDEX jobs_model_recent ON jobs(model, created_at);"
+    "CREATE INDEX outbox_study ON outbox(study_uid);",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -305,6 +319,34 @@ int db_end_synced(struct storage *st, int rc)
     if (!st->sync_full)
         db_exec(st, "PRAGMA synchronous=NORMAL", NULL, 0);
     return rc;
+}
+
+char *db_json_array(const char *const *uids, size_t n)
+{
+    char *s = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&s, &len);
+    if (!f)
+        return NULL;
+    fputc('[', f);
+    for (size_t i = 0; i < n; i++) {
+        fputs(i ? ",\"" : "\"", f);
+        for (const unsigned char *c = (const unsigned char *)uids[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                fprintf(f, "\\%c", *c);
+            else if (*c < 0x20)
+                fprintf(f, "\\u%04x", *c);
+            else
+                fputc(*c, f);
+        }
+        fputc('"', f);
+    }
+    fputc(']', f);
+    if (fclose(f) != 0) {
+        free(s);
+        return NULL;
+    }
+    return s;
 }
 
 const char *db_level_table(enum attr_level level)

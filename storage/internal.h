@@ -13,7 +13,8 @@
  *   outbox.c     the outbox
  *   result.c     result files
  *   retention.c  deleting finished studies
- *   listing.c    what status shows: studies, jobs, unmatched series
+ *   listing.c    what status shows: studies, jobs, unmatched series; the
+ *                paged, filtered listings of studies and jobs (cursors)
  *   counts.c     studies, jobs and outbox items counted by state (metrics)
  *   audit.c      the audit trail: associations and sends, their listing
  *                and their own retention
@@ -153,6 +154,9 @@ int db_end_synced(struct storage *st, int rc);
 void db_bind_attr(sqlite3_stmt *s, int i, enum attr_kind kind, const char *v);
 /* Column I as text (NULL when NULL). */
 const char *db_text(sqlite3_stmt *s, int i);
+/* The texts V (N of them) as a JSON array, for json_each() in a
+ * statement; malloc'ed, NULL when out of memory. Any text is escaped. */
+char *db_json_array(const char *const *v, size_t n);
 /* The table of attributes of LEVEL. */
 const char *db_level_table(enum attr_level level);
 

@@ -6,6 +6,8 @@
 
 #include "common/crashpoint.h"
 
+#include <stdlib.h>
+
 struct each_item {
     storage_outbox_fn fn;
     void *ud;
@@ -54,6 +56,25 @@ int storage_foreach_outbox(struct storage *st, storage_outbox_fn fn, void *ud)
     pthread_mutex_lock(&st->lock);
     int rc = db_run(st, OUTBOX_COLUMNS " ORDER BY id", item_fn, &e, NULL);
     pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+int storage_foreach_outbox_of(struct storage *st, const char *const *study_uids, size_t n,
+                              int oldest_first, storage_outbox_fn fn, void *ud)
+{
+    char *uids = db_json_array(study_uids, n);
+    if (!uids)
+        return STORAGE_ENOMEM;
+    struct each_item e = {fn, ud};
+    pthread_mutex_lock(&st->lock);
+    int rc = db_run(st,
+                    oldest_first ? OUTBOX_COLUMNS " WHERE study_uid IN (SELECT value FROM"
+                                                  " json_each(?1)) ORDER BY id"
+                                 : OUTBOX_COLUMNS " WHERE study_uid IN (SELECT value FROM"
+                                                  " json_each(?1)) ORDER BY id DESC",
+                    item_fn, &e, "t", uids);
+    pthread_mutex_unlock(&st->lock);
+    free(uids);
     return rc;
 }
 

@@ -282,3 +282,67 @@ out:
         *n_queued = n;
     return rc;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Planning a stored study again                                           */
+
+static int state_fn(void *ud, sqlite3_stmt *row)
+{
+    const char *s = db_text(row, 0);
+    snprintf(ud, 16, "%s", s ? s : "");
+    return 1;
+}
+
+static int count_fn(void *ud, sqlite3_stmt *row)
+{
+    *(int *)ud = sqlite3_column_int(row, 0);
+    return 1;
+}
+
+int storage_replan(struct storage *st, const char *study_uid, const struct plan *plan,
+                   int64_t now_ms, int *n_queued, int *n_skipped)
+{
+    int queued = 0, skipped = 0;
+    char state[16] = "";
+    pthread_mutex_lock(&st->lock);
+    int rc = db_begin(st);
+    if (rc == STORAGE_OK)
+        rc = db_run(st, "SELECT state FROM studies WHERE study_uid=?1", state_fn, state, "t",
+                    study_uid);
+    if (rc == STORAGE_OK && !*state)
+        rc = STORAGE_ENOTFOUND;
+    /* A study still receiving is planned when it completes; one being
+     * deleted has no files left to run on. */
+    else if (rc == STORAGE_OK && strcmp(state, "complete") && strcmp(state, "discarded"))
+        rc = STORAGE_ECONFLICT;
+    for (size_t i = 0; rc == STORAGE_OK && plan && i < plan->n_jobs; i++) {
+        const struct plan_job *j = &plan->jobs[i];
+        int pending = 0;
+        /* The same model already waiting or running on the series: a
+         * second job would only compute the same results twice. */
+        rc = db_run(st,
+                    "SELECT count(*) FROM jobs WHERE study_uid=?1 AND series_uid=?2"
+                    " AND model=?3 AND state IN ('queued', 'running')",
+                    count_fn, &pending, "ttt", study_uid, j->series_uid, j->model);
+        if (rc != STORAGE_OK)
+            break;
+        if (pending) {
+            skipped++;
+            continue;
+        }
+        rc = queue_job(st, study_uid, j, now_ms);
+        queued += rc == STORAGE_OK && !j->not_applicable;
+    }
+    if (rc == STORAGE_OK)
+        rc = db_commit(st);
+    if (rc != STORAGE_OK) {
+        db_rollback(st);
+        queued = skipped = 0;
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (n_queued)
+        *n_queued = queued;
+    if (n_skipped)
+        *n_skipped = skipped;
+    return rc;
+}

@@ -225,6 +225,22 @@ void storage_series_free(struct attr_series *rows, size_t n);
 int storage_commit_plan(struct storage *st, const char *study_uid, int64_t last_received_ms,
                         const struct plan *plan, int discard, int64_t now_ms, int *n_queued);
 
+/*
+ * Plans a stored study again (`ainode reprocess`): in one transaction, the
+ * jobs of PLAN are queued as new ones, as storage_commit_plan queues them
+ * (not-applicable ones recorded so), except a job whose model already has
+ * one queued or running on the same first series (*N_SKIPPED, may be
+ * NULL, counts those); PLAN's forwards and unmatched series are ignored
+ * (the instances were forwarded when the study completed; `retry` sends a
+ * failed one again). *N_QUEUED (may be NULL) gets the jobs queued that
+ * will run. A node serving the store claims them like any other job.
+ * STORAGE_ENOTFOUND when the study is not stored; STORAGE_ECONFLICT when
+ * it is still receiving (it is planned when it completes) or being
+ * deleted.
+ */
+int storage_replan(struct storage *st, const char *study_uid, const struct plan *plan,
+                   int64_t now_ms, int *n_queued, int *n_skipped);
+
 /* ---- holds (hold.c) ------------------------------------------------------ */
 
 /*
@@ -479,6 +495,64 @@ int storage_foreach_job(struct storage *st, storage_job_fn fn, void *ud);
 typedef int (*storage_unmatched_fn)(void *ud, const char *study_uid, const char *series_uid,
                                     const char *modality);
 int storage_foreach_unmatched(struct storage *st, storage_unmatched_fn fn, void *ud);
+
+/* ---- paged listings (listing.c) ------------------------------------------ */
+
+/*
+ * What `ainode status`, `ainode jobs` and the HTTP API list: a page of
+ * studies or of jobs, filtered, newest first unless asked otherwise.
+ *
+ * Studies are ordered by when they were first received, jobs by when they
+ * were created (ties by row id). A page ends with a cursor, an opaque
+ * string naming the last row's place in that order; the next page is the
+ * rows after it, with the same filter. Rows stored meanwhile come before
+ * the first page (they are newer), never inside a later one: paging on
+ * reads every row that was there exactly once. Each page is read through
+ * an index (migration 9), whatever its depth: its cost is the page's rows,
+ * not the rows before it.
+ */
+#define STORAGE_LIST_DEFAULT_LIMIT 100 /* a page's rows when the filter says 0 */
+#define STORAGE_LIST_MAX_LIMIT 10000   /* the most a filter may ask for */
+#define STORAGE_LIST_ALL (-1)          /* as a limit: no pages, every row */
+#define STORAGE_CURSOR_LEN 48          /* a cursor's bytes, with its NUL */
+
+/* Which rows, and how many. Every member may be left zero: all rows, a
+ * page of STORAGE_LIST_DEFAULT_LIMIT, newest first. */
+struct storage_filter {
+    const char *state;            /* studies: receiving | complete | discarded | deleting;
+                                   * jobs: queued | running | done | failed | quarantined |
+                                   * not_applicable; NULL: any */
+    int64_t since_ms;             /* studies first received, jobs created at or after it
+                                   * (ms since the epoch); 0: any time */
+    const char *study_uid;        /* only this study, or only its jobs; NULL: any */
+    const char *model;            /* jobs of this model; studies with a job of it; NULL: any */
+    int limit;                    /* rows per page, 1..STORAGE_LIST_MAX_LIMIT;
+                                   * 0: STORAGE_LIST_DEFAULT_LIMIT; STORAGE_LIST_ALL: every row */
+    const char *cursor;           /* the NEXT_CURSOR of the previous page; NULL or "": the first */
+    int oldest_first;             /* the other order (a cursor is valid in its own order only) */
+};
+
+/* Calls FN with each study of the page F selects; stops early if FN
+ * returns non-zero. NEXT_CURSOR (STORAGE_CURSOR_LEN bytes) gets the cursor
+ * of the next page, or "" when this page is the last. STORAGE_EINVAL, with
+ * the reason in ERR, for a filter that cannot be used (an unknown state, a
+ * limit out of range, a cursor that is not one of studies in this order). */
+int storage_list_studies(struct storage *st, const struct storage_filter *f, storage_study_fn fn,
+                         void *ud, char *next_cursor, char *err, size_t errlen);
+
+/* The same for jobs. */
+int storage_list_jobs(struct storage *st, const struct storage_filter *f, storage_job_fn fn,
+                      void *ud, char *next_cursor, char *err, size_t errlen);
+
+/* What belongs to the studies of a page (STUDY_UIDS, N of them): their
+ * jobs, by id, and their outbox items, by id (newest first unless
+ * OLDEST_FIRST), and their series no rule matched. */
+int storage_foreach_job_of(struct storage *st, const char *const *study_uids, size_t n,
+                           int oldest_first, storage_job_fn fn, void *ud);
+int storage_foreach_outbox_of(struct storage *st, const char *const *study_uids, size_t n,
+                              int oldest_first, storage_outbox_fn fn, void *ud);
+int storage_foreach_unmatched_of(struct storage *st, const char *const *study_uids, size_t n,
+                                 storage_unmatched_fn fn, void *ud);
 
 /* ---- retention (retention.c) --------------------------------------------- */
 
