@@ -48,6 +48,9 @@ DICOM_API int dicom_init(char *err, size_t errlen);
 /* A new UID under the 2.25 root (PS3.5 B.2: from a random UUID). */
 DICOM_API void dicom_new_uid(char uid[65]);
 
+/* The version of DCMTK this shim was built with ("3.6.7"). */
+DICOM_API const char *dicom_toolkit_version(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -141,6 +141,22 @@ INFER_API void infer_parallel_for(long n, void (*fn)(void *ud, long begin, long 
  * with the reason in ERR. */
 INFER_API int infer_device_check(const char *device, char *err, size_t errlen);
 
+/* What this process runs models with: libtorch and the GPUs it sees. */
+#define INFER_MAX_DEVICES 16
+struct infer_runtime {
+    const char *torch_version;    /* libtorch's, as its headers say ("1.13.0") */
+    long cuda_runtime;            /* the CUDA runtime libtorch was built with (12010 is
+                                   * 12.1); 0: a libtorch without CUDA */
+    long cudnn;                   /* cuDNN's version; 0: none or unknown */
+    int cuda_available;           /* CUDA usable: a CUDA libtorch, a driver, a GPU */
+    int device_count;             /* GPUs visible (CUDA_VISIBLE_DEVICES applies) */
+    char device_names[INFER_MAX_DEVICES][96]; /* of the first ones, from the driver;
+                                               * "" when it cannot tell */
+};
+
+/* Fills *OUT; never fails (what cannot be known is 0 or ""). */
+INFER_API void infer_runtime_info(struct infer_runtime *out);
+
 /* Writes the built-in reference model "ct-bone-body" as TorchScript to PATH
  * (see builtin.cpp for what it computes). */
 INFER_API int infer_write_builtin_ct_bone_body(const char *path, char *err, size_t errlen);

@@ -8,12 +8,57 @@
 #define AINODE_SERVICE_CLI_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 struct config;
+struct storage_filter;
 
-/* `ainode status`: the studies, jobs, outbox items and unmatched series of
- * the store named by CFG, as tables or (JSON non-zero) as JSON. */
-int cli_status(const struct config *cfg, int json);
+/* The exit codes of every command (README.md, `ainode --help`). */
+enum cli_exit {
+    CLI_EXIT_OK = 0,
+    CLI_EXIT_ERROR = 1,           /* invalid configuration, unreadable store, a failure */
+    CLI_EXIT_USAGE = 2,           /* unknown command or option, a value that cannot be used */
+    CLI_EXIT_NOT_FOUND = 3,       /* the study named is not in the store */
+    CLI_EXIT_UNKNOWN_MODEL = 4,   /* the model named is not in the configuration */
+    CLI_EXIT_NOTHING_TO_DO = 5,   /* reprocess: the rules run nothing on the study (or not
+                                   * the model named), or it is still receiving */
+};
+
+/* `ainode status`: the page of studies F selects (storage_list_studies)
+ * in the store named by CFG, with their jobs, outbox items and unmatched
+ * series, as tables or (JSON non-zero) as JSON (listing_json_status). */
+int cli_status(const struct config *cfg, const struct storage_filter *f, int json);
+
+/* The options of status and jobs as given (NULL or 0: absent), SINCE_MS
+ * already parsed (0: none). */
+struct cli_list_args {
+    const char *state, *study, *model, *limit, *cursor;
+    int64_t since_ms;
+    int all, oldest_first;
+};
+
+/* Fills *F from ARGS (F's strings point into ARGS'). Returns CLI_EXIT_OK,
+ * or CLI_EXIT_USAGE after a message on stderr (a limit that is not a
+ * number from 1 to STORAGE_LIST_MAX_LIMIT, --all with --limit or
+ * --cursor, a study UID that is not one). */
+int cli_list_filter(const struct cli_list_args *args, struct storage_filter *f);
+
+/* `ainode jobs`: the page of jobs F selects, as a table or JSON. */
+int cli_jobs(const struct config *cfg, const struct storage_filter *f, int json);
+
+/* `ainode reprocess`: plans the stored study STUDY_UID again under CFG's
+ * rules and queues the jobs, or only those of MODEL when not NULL (MODEL
+ * must be configured; it runs on the series the rules send to it). */
+int cli_reprocess(const struct config *cfg, const char *study_uid, const char *model);
+
+/* `ainode version`: the version, or (JSON non-zero) the version, the
+ * build and the libraries and devices this binary runs with, as JSON. */
+int cli_version(int json);
+
+/* Writes the usage of command CMD (`ainode CMD --help`) to OUT: its
+ * synopsis, its options and its exit codes. Returns 0, or -1 when CMD is
+ * no command. */
+int cli_help(FILE *out, const char *cmd);
 
 /* `ainode retry`: the dead-lettered outbox item ID (or all of them when
  * ID < 0) go back to the queue. */

@@ -114,7 +114,7 @@ static int explain_study(const struct config *cfg, const char *study_uid)
     storage_series_free(rows, n);
     if (n == 0) {
         fprintf(stderr, "ainode: no study %s in the store\n", study_uid);
-        return 1;
+        return CLI_EXIT_NOT_FOUND;
     }
     return 0;
 }

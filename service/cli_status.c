@@ -1,103 +1,22 @@
-/* cli_status.c — `ainode status` (what the store holds, as a table or
- * JSON), `ainode retry` (dead-lettered sends or a quarantined job back to
+/* cli_status.c — `ainode status` (a page of the studies in the store with
+ * their jobs and sends, as a table or JSON), `ainode jobs` (a page of the
+ * jobs), `ainode retry` (dead-lettered sends or a quarantined job back to
  * the queue) and
  * `ainode reload` (the running node re-reads its configuration). */
 #include "service/cli.h"
 
 #include "common/clock.h"
 #include "config/config.h"
+#include "service/listing_json.h"
 #include "storage/storage.h"
 
 #include <errno.h>
 #include <signal.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-static int add_study_json(void *ud, const struct storage_study *s)
-{
-    json_t *studies = ud;
-    char when[40];
-    clock_format_time(s->last_received_ms, when, sizeof when);
-    /* "held": why it is held back from completion (null: it is not); with
-     * state complete, it was processed without all its instances. */
-    json_t *o = json_pack("{s:I, s:s, s:s, s:I, s:I, s:s, s:o}", "id", (json_int_t)s->id,
-                          "study_uid", s->study_uid, "state", s->state, "instances",
-                          (json_int_t)s->instances, "series", (json_int_t)s->series,
-                          "last_received", when, "held",
-                          s->held ? json_string(s->held) : json_null());
-    if (!o)
-        return 1;
-    if (s->completed_ms) {
-        clock_format_time(s->completed_ms, when, sizeof when);
-        json_object_set_new(o, "completed", json_string(when));
-    }
-    return json_array_append_new(studies, o);
-}
-
-static int add_job_json(void *ud, const struct storage_job_row *j)
-{
-    json_t *jobs = ud;
-    json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:I}", "id", (json_int_t)j->id, "study_uid",
-                          j->study_uid, "series_uid", j->series_uid, "model", j->model, "state",
-                          j->state, "attempts", (json_int_t)j->attempts);
-    if (!o)
-        return 1;
-    json_t *series = j->series ? json_loads(j->series, 0, NULL) : NULL;
-    json_object_set_new(o, "series", series ? series : json_array());
-    /* A not-applicable job did not fail: its reason is no error. */
-    int na = !strcmp(j->state, STORAGE_JOB_NOT_APPLICABLE);
-    json_object_set_new(o, "error", j->error && !na ? json_string(j->error) : json_null());
-    json_object_set_new(o, "reason", j->error && na ? json_string(j->error) : json_null());
-    json_object_set_new(o, "model_sha256",
-                        j->model_sha256 ? json_string(j->model_sha256) : json_null());
-    json_object_set_new(o, "manifest_sha256",
-                        j->manifest_sha256 ? json_string(j->manifest_sha256) : json_null());
-    json_object_set_new(o, "stage", j->stage ? json_string(j->stage) : json_null());
-    /* Run time of the last attempt: so far while running, in total once ended. */
-    json_t *secs = json_null();
-    if (j->started_ms && j->finished_ms)
-        secs = json_real((j->finished_ms - j->started_ms) / 1000.0);
-    else if (j->started_ms)
-        secs = json_real((clock_now_ms() - j->started_ms) / 1000.0);
-    json_object_set_new(o, "seconds", secs);
-    char when[40];
-    if (j->started_ms) {
-        clock_format_time(j->started_ms, when, sizeof when);
-        json_object_set_new(o, "started", json_string(when));
-    }
-    if (j->finished_ms) {
-        clock_format_time(j->finished_ms, when, sizeof when);
-        json_object_set_new(o, "finished", json_string(when));
-    }
-    json_object_set_new(o, "result", j->result ? json_string(j->result) : json_null());
-    json_t *summary = j->summary ? json_loads(j->summary, 0, NULL) : NULL;
-    /* A job of an encoder group names the group and the encoder's forwards. */
-    json_t *group = json_object_get(summary, "encoder");
-    if (group) {
-        json_object_set(o, "encoder", group);
-        json_object_del(summary, "encoder");
-    }
-    /* A classification's summary holds findings (each with a probability),
-     * a regression's values, a detection's classes with their boxes,
-     * an encoder's its features; a segmentation's, labels. */
-    const char *key = "labels", *k;
-    json_t *v;
-    json_object_foreach(summary, k, v) {
-        if (json_object_get(v, "probability"))
-            key = "findings";
-        else if (json_object_get(v, "value"))
-            key = "values";
-        else if (json_object_get(v, "best_score"))
-            key = "detections";
-        break;
-    }
-    if (json_object_get(summary, "features"))
-        key = "embedding";
-    json_object_set_new(o, key, summary ? summary : json_null());
-    return json_array_append_new(jobs, o);
-}
 
 static int print_job_row(void *ud, const struct storage_job_row *j)
 {
@@ -112,27 +31,6 @@ static int print_job_row(void *ud, const struct storage_job_row *j)
            j->error ? j->error : "");
     (*count)++;
     return 0;
-}
-
-static int add_outbox_json(void *ud, const struct storage_outbox_item *it)
-{
-    json_t *items = ud;
-    char when[40];
-    clock_format_time(it->next_attempt_ms, when, sizeof when);
-    json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:i}", "id", (json_int_t)it->id,
-                          "destination", it->destination, "kind", it->kind, "study_uid",
-                          it->study_uid, "sop_instance_uid", it->sop_instance_uid, "state",
-                          it->state, "attempts", it->attempts);
-    if (!o)
-        return 1;
-    json_object_set_new(o, "next_attempt",
-                        strcmp(it->state, "pending") ? json_null() : json_string(when));
-    json_object_set_new(o, "error", it->error ? json_string(it->error) : json_null());
-    if (it->sent_ms) {
-        clock_format_time(it->sent_ms, when, sizeof when);
-        json_object_set_new(o, "sent", json_string(when));
-    }
-    return json_array_append_new(items, o);
 }
 
 static int print_outbox_row(void *ud, const struct storage_outbox_item *it)
@@ -214,14 +112,6 @@ int cli_retry_job(const struct config *cfg, int64_t id)
     return 0;
 }
 
-static int add_unmatched_json(void *ud, const char *study_uid, const char *series_uid,
-                              const char *modality)
-{
-    return json_array_append_new(ud, json_pack("{s:s, s:s, s:s}", "study_uid", study_uid,
-                                                "series_uid", series_uid, "modality",
-                                                modality));
-}
-
 static int print_unmatched_row(void *ud, const char *study_uid, const char *series_uid,
                                const char *modality)
 {
@@ -251,54 +141,192 @@ static int print_study_row(void *ud, const struct storage_study *s)
     return 0;
 }
 
-int cli_status(const struct config *cfg, int json)
+int cli_list_filter(const struct cli_list_args *a, struct storage_filter *f)
+{
+    memset(f, 0, sizeof *f);
+    f->state = a->state;
+    f->study_uid = a->study;
+    f->model = a->model;
+    f->since_ms = a->since_ms;
+    f->cursor = a->cursor;
+    f->oldest_first = a->oldest_first;
+    if (a->all && (a->limit || a->cursor)) {
+        fprintf(stderr, "ainode: --all lists every row: it takes no --limit or --cursor\n");
+        return CLI_EXIT_USAGE;
+    }
+    if (a->study && !storage_uid_valid(a->study)) {
+        fprintf(stderr, "ainode: --study '%s' is not a Study Instance UID\n", a->study);
+        return CLI_EXIT_USAGE;
+    }
+    f->limit = a->all ? STORAGE_LIST_ALL : 0;
+    if (a->limit) {
+        char *end = NULL;
+        errno = 0;
+        long n = strtol(a->limit, &end, 10);
+        if (!*a->limit || *end || errno || n < 1 || n > STORAGE_LIST_MAX_LIMIT) {
+            fprintf(stderr, "ainode: --limit '%s' is not a number of rows from 1 to %d\n",
+                    a->limit, STORAGE_LIST_MAX_LIMIT);
+            return CLI_EXIT_USAGE;
+        }
+        f->limit = (int)n;
+    }
+    return CLI_EXIT_OK;
+}
+
+/* Opens the store of CFG read-only into *ST; *ST stays NULL when the node
+ * never ran (an empty store is not an error). Returns 0 or an exit code. */
+static int open_listing(const struct config *cfg, struct storage **st)
+{
+    char err[512] = "", db[4096];
+    struct stat sb;
+    *st = NULL;
+    snprintf(db, sizeof db, "%s/ainode.db", cfg->node.data_dir);
+    if (stat(db, &sb) != 0)
+        return CLI_EXIT_OK;
+    if (storage_open_readonly(cfg->node.data_dir, st, err, sizeof err) != STORAGE_OK) {
+        fprintf(stderr, "ainode: %s\n", err);
+        return CLI_EXIT_ERROR;
+    }
+    return CLI_EXIT_OK;
+}
+
+/* The exit code of a listing that failed with RC and reason ERR: a filter
+ * that cannot be used is the caller's mistake (usage). */
+static int listing_failed(const struct config *cfg, int rc, const char *err)
+{
+    if (rc == STORAGE_EINVAL) {
+        fprintf(stderr, "ainode: %s\n", err);
+        return CLI_EXIT_USAGE;
+    }
+    fprintf(stderr, "ainode: cannot read the database in %s: %s\n", cfg->node.data_dir, err);
+    return CLI_EXIT_ERROR;
+}
+
+static int print_json(json_t *doc)
+{
+    int rc = json_dumpf(doc, stdout, JSON_INDENT(2));
+    fputc('\n', stdout);
+    json_decref(doc);
+    return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
+}
+
+/* The studies of a page, for the table: their UIDs, to list what belongs
+ * to them. */
+struct page_studies {
+    char **uids;
+    size_t n, cap;
+    int failed;
+};
+
+static int print_study_page_row(void *ud, const struct storage_study *s)
+{
+    struct page_studies *p = ud;
+    int count = (int)p->n;
+    print_study_row(&count, s);
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 64;
+        char **u = realloc(p->uids, cap * sizeof *u);
+        if (!u) {
+            p->failed = 1;
+            return 1;
+        }
+        p->uids = u;
+        p->cap = cap;
+    }
+    if (!(p->uids[p->n] = strdup(s->study_uid))) {
+        p->failed = 1;
+        return 1;
+    }
+    p->n++;
+    return 0;
+}
+
+int cli_status(const struct config *cfg, const struct storage_filter *f, int json)
 {
     struct storage *st = NULL;
     char err[512] = "";
-    char db[4096];
-    struct stat sb;
-    snprintf(db, sizeof db, "%s/ainode.db", cfg->node.data_dir);
-    /* A node that never ran has an empty store, which is not an error. */
-    int exists = stat(db, &sb) == 0;
-    if (exists && storage_open_readonly(cfg->node.data_dir, &st, err, sizeof err) != STORAGE_OK) {
-        fprintf(stderr, "ainode: %s\n", err);
-        return 1;
-    }
-    int rc = 0;
+    int rc = open_listing(cfg, &st);
+    if (rc != CLI_EXIT_OK)
+        return rc;
     if (json) {
-        json_t *root = json_object();
-        json_t *studies = json_array();
-        json_t *jobs = json_array();
-        json_object_set_new(root, "studies", studies);
-        json_t *outbox = json_array(), *unmatched = json_array();
-        json_object_set_new(root, "jobs", jobs);
-        json_object_set_new(root, "outbox", outbox);
-        json_object_set_new(root, "unmatched_series", unmatched);
-        if (st && (storage_foreach_study(st, add_study_json, studies) != STORAGE_OK ||
-                   storage_foreach_job(st, add_job_json, jobs) != STORAGE_OK ||
-                   storage_foreach_outbox(st, add_outbox_json, outbox) != STORAGE_OK ||
-                   storage_foreach_unmatched(st, add_unmatched_json, unmatched) != STORAGE_OK))
-            rc = 1;
-        if (rc == 0) {
-            json_dumpf(root, stdout, JSON_INDENT(2));
-            fputc('\n', stdout);
-        }
-        json_decref(root);
-    } else {
-        int count = 0;
-        printf("%-6s  %-64s  %-10s  %6s  %9s  %s\n", "STUDY", "STUDY INSTANCE UID", "STATE",
-               "SERIES", "INSTANCES", "LAST RECEIVED (UTC)");
-        if (st && storage_foreach_study(st, print_study_row, &count) != STORAGE_OK)
-            rc = 1;
-        printf("%d stud%s\n", count, count == 1 ? "y" : "ies");
-        int jobs = 0, items = 0, unmatched = 0;
-        if (st && (storage_foreach_job(st, print_job_row, &jobs) != STORAGE_OK ||
-                   storage_foreach_outbox(st, print_outbox_row, &items) != STORAGE_OK ||
-                   storage_foreach_unmatched(st, print_unmatched_row, &unmatched) != STORAGE_OK))
-            rc = 1;
+        json_t *doc = NULL;
+        int src = listing_json_status(st, f, &doc, err, sizeof err);
+        storage_close(st);
+        return src == STORAGE_OK ? print_json(doc) : listing_failed(cfg, src, err);
     }
-    if (rc)
-        fprintf(stderr, "ainode: cannot read the database in %s\n", cfg->node.data_dir);
+    printf("%-6s  %-64s  %-10s  %6s  %9s  %s\n", "STUDY", "STUDY INSTANCE UID", "STATE",
+           "SERIES", "INSTANCES", "LAST RECEIVED (UTC)");
+    struct page_studies page = {0};
+    char next[STORAGE_CURSOR_LEN] = "";
+    int src = st ? storage_list_studies(st, f, print_study_page_row, &page, next, err,
+                                        sizeof err)
+                 : STORAGE_OK;
+    if (page.failed) {
+        src = STORAGE_ENOMEM;
+        snprintf(err, sizeof err, "out of memory");
+    }
+    if (src == STORAGE_OK) {
+        printf("%zu stud%s\n", page.n, page.n == 1 ? "y" : "ies");
+        if (*next)
+            printf("more: the next page with --cursor %s\n", next);
+        int oldest = f && f->oldest_first, jobs = 0, items = 0, unmatched = 0;
+        const char *const *uids = (const char *const *)page.uids;
+        if (st && (storage_foreach_job_of(st, uids, page.n, oldest, print_job_row, &jobs) !=
+                       STORAGE_OK ||
+                   storage_foreach_outbox_of(st, uids, page.n, oldest, print_outbox_row,
+                                             &items) != STORAGE_OK ||
+                   storage_foreach_unmatched_of(st, uids, page.n, print_unmatched_row,
+                                                &unmatched) != STORAGE_OK)) {
+            src = STORAGE_EIO;
+            snprintf(err, sizeof err, "%s", storage_strerror(src));
+        }
+    }
+    for (size_t i = 0; i < page.n; i++)
+        free(page.uids[i]);
+    free(page.uids);
     storage_close(st);
-    return rc;
+    return src == STORAGE_OK ? CLI_EXIT_OK : listing_failed(cfg, src, err);
+}
+
+static int print_jobs_row(void *ud, const struct storage_job_row *j)
+{
+    int *count = ud;
+    if (*count == 0)
+        printf("%-6s  %-24s  %-24s  %-14s  %8s  %-64s  %s\n", "JOB", "CREATED (UTC)", "MODEL",
+               "STATE", "SECONDS", "STUDY INSTANCE UID", "ERROR OR REASON");
+    double secs = j->started_ms && j->finished_ms ? (j->finished_ms - j->started_ms) / 1000.0
+                  : j->started_ms                  ? (clock_now_ms() - j->started_ms) / 1000.0
+                                                   : 0;
+    char when[40];
+    clock_format_time(j->created_ms, when, sizeof when);
+    printf("%-6lld  %-24s  %-24s  %-14s  %8.1f  %-64s  %s\n", (long long)j->id, when, j->model,
+           j->state, secs, j->study_uid, j->error ? j->error : "");
+    (*count)++;
+    return 0;
+}
+
+int cli_jobs(const struct config *cfg, const struct storage_filter *f, int json)
+{
+    struct storage *st = NULL;
+    char err[512] = "";
+    int rc = open_listing(cfg, &st);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    if (json) {
+        json_t *doc = NULL;
+        int src = listing_json_jobs(st, f, &doc, err, sizeof err);
+        storage_close(st);
+        return src == STORAGE_OK ? print_json(doc) : listing_failed(cfg, src, err);
+    }
+    int count = 0;
+    char next[STORAGE_CURSOR_LEN] = "";
+    int src = st ? storage_list_jobs(st, f, print_jobs_row, &count, next, err, sizeof err)
+                 : STORAGE_OK;
+    storage_close(st);
+    if (src != STORAGE_OK)
+        return listing_failed(cfg, src, err);
+    printf("%d job%s\n", count, count == 1 ? "" : "s");
+    if (*next)
+        printf("more: the next page with --cursor %s\n", next);
+    return CLI_EXIT_OK;
 }

@@ -6,6 +6,7 @@
 #include "common/clock.h"
 #include "service/node.h"
 #include "service/runner.h"
+#include "storage/storage.h"
 
 #include <getopt.h>
 #include <limits.h>
@@ -23,7 +24,13 @@ static void usage(FILE *f)
             "commands:\n"
             "  serve          run the node in the foreground\n"
             "  check-config   validate CONFIG; print FILE:LINE:COLUMN: message per problem\n"
-            "  status         list the studies and jobs in the store (--json for JSON)\n"
+            "  status         a page of the studies in the store, newest first, with their\n"
+            "                 jobs and sends: status -c CONFIG [--state S] [--since WHEN]\n"
+            "                 [--study UID] [--model M] [--limit N] [--cursor C] [--all]\n"
+            "                 [--oldest-first] [--json]\n"
+            "  jobs           a page of the jobs, newest first (the same options)\n"
+            "  reprocess      plan a stored study again and queue its jobs:\n"
+            "                 reprocess -c CONFIG STUDY_UID [--model M]\n"
             "  reload         validate CONFIG and have the running node re-read it\n"
             "  retry          send dead-lettered outbox items again, or run a quarantined\n"
             "                 job again: retry -c CONFIG (ITEM | --all-failed | --job JOB)\n"
@@ -35,7 +42,12 @@ static void usage(FILE *f)
             "  audit          the associations and sends recorded, from WHEN on (UTC date\n"
             "                 or time, e.g. 2026-12-01T10:00, or 24h, 7d back from now):\n"
             "                 audit -c CONFIG [--since WHEN] [--json]\n"
-            "  version        print the version\n");
+            "  version        print the version (--json: build, libraries, GPUs)\n"
+            "\n"
+            "ainode COMMAND --help prints the usage of COMMAND.\n"
+            "\n"
+            "exit codes: 0 ok, 1 error, 2 usage; 3 the study named is not in the store,\n"
+            "4 the model named is not in the configuration, 5 nothing to run (reprocess)\n");
 }
 
 /* Built-in models sit next to the binary (models/, as in the build tree)
@@ -85,10 +97,19 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("ainode %s\n", AINODE_VERSION);
-        return 0;
+        if (argc == 3 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h"))) {
+            cli_help(stdout, "version");
+            return 0;
+        }
+        if (argc > 3 || (argc == 3 && strcmp(argv[2], "--json"))) {
+            cli_help(stderr, "version");
+            return 2;
+        }
+        return cli_version(argc == 3);
     }
-    if (strcmp(cmd, "serve") && strcmp(cmd, "check-config") && strcmp(cmd, "status") &&
+    int is_list = !strcmp(cmd, "status") || !strcmp(cmd, "jobs");
+    int is_reprocess = !strcmp(cmd, "reprocess");
+    if (strcmp(cmd, "serve") && strcmp(cmd, "check-config") && !is_list && !is_reprocess &&
         strcmp(cmd, "infer") && strcmp(cmd, "retry") && strcmp(cmd, "explain") &&
         strcmp(cmd, "reload") && strcmp(cmd, "audit")) {
         fprintf(stderr, "ainode: unknown command '%s'\n", cmd);
@@ -105,8 +126,17 @@ int main(int argc, char **argv)
         {"job", required_argument, NULL, 'J'},
         {"since", required_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
+        /* status and jobs (cli_list_filter) */
+        {"state", required_argument, NULL, 1},
+        {"study", required_argument, NULL, 2},
+        {"limit", required_argument, NULL, 3},
+        {"cursor", required_argument, NULL, 4},
+        {"all", no_argument, NULL, 5},
+        {"oldest-first", no_argument, NULL, 6},
         {NULL, 0, NULL, 0},
     };
+    struct cli_list_args list = {0};
+    int list_options = 0;
     const char *config_path = NULL, *model = NULL, *labels = NULL, *job = NULL;
     const char *since = NULL;
     int json = 0, all_failed = 0, c;
@@ -120,8 +150,14 @@ int main(int argc, char **argv)
         case 'a': all_failed = 1; break;
         case 'J': job = optarg; break;
         case 'S': since = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 1: list.state = optarg; list_options = 1; break;
+        case 2: list.study = optarg; list_options = 1; break;
+        case 3: list.limit = optarg; list_options = 1; break;
+        case 4: list.cursor = optarg; list_options = 1; break;
+        case 5: list.all = list_options = 1; break;
+        case 6: list.oldest_first = list_options = 1; break;
+        case 'h': cli_help(stdout, cmd); return 0;
+        default: cli_help(stderr, cmd); return 2;
         }
     }
     int is_infer = !strcmp(cmd, "infer"), is_retry = !strcmp(cmd, "retry");
@@ -163,7 +199,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "ainode: explain needs a study UID or DICOM files\n");
         return 2;
     }
-    if (optind < argc && !is_infer && !is_explain) {
+    if (is_reprocess && optind + 1 != argc) {
+        fprintf(stderr, "ainode: reprocess needs one study UID\n");
+        return 2;
+    }
+    if (optind < argc && !is_infer && !is_explain && !is_reprocess) {
         fprintf(stderr, "ainode: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
@@ -171,8 +211,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "ainode: infer needs -m MODEL and at least one file or folder\n");
         return 2;
     }
-    if (!is_infer && (model || labels)) {
-        fprintf(stderr, "ainode: -m and --labels only apply to infer\n");
+    if ((!is_infer && labels) || (model && !is_infer && !is_list && !is_reprocess)) {
+        fprintf(stderr, "ainode: -m applies to infer, status, jobs and reprocess; --labels "
+                        "to infer\n");
+        return 2;
+    }
+    if (list_options && !is_list) {
+        fprintf(stderr, "ainode: --state, --study, --limit, --cursor, --all and "
+                        "--oldest-first only apply to status and jobs\n");
         return 2;
     }
     if (!config_path) {
@@ -180,13 +226,13 @@ int main(int argc, char **argv)
         return 2;
     }
     int is_audit = !strcmp(cmd, "audit");
-    if (json && strcmp(cmd, "status") && !is_audit) {
-        fprintf(stderr, "ainode: --json only applies to status and audit\n");
+    if (json && !is_list && !is_audit) {
+        fprintf(stderr, "ainode: --json only applies to status, jobs and audit\n");
         return 2;
     }
     int64_t since_ms = 0;
-    if (since && !is_audit) {
-        fprintf(stderr, "ainode: --since only applies to audit\n");
+    if (since && !is_audit && !is_list) {
+        fprintf(stderr, "ainode: --since only applies to status, jobs and audit\n");
         return 2;
     }
     if (since && cli_audit_parse_since(since, clock_now_ms(), &since_ms) != 0) {
@@ -195,6 +241,11 @@ int main(int argc, char **argv)
                 since);
         return 2;
     }
+    struct storage_filter filter = {0};
+    list.model = model;
+    list.since_ms = since_ms;
+    if (is_list && cli_list_filter(&list, &filter) != 0)
+        return 2;
 
     struct config *cfg = NULL;
     find_builtin_models();
@@ -226,8 +277,12 @@ int main(int argc, char **argv)
         rc = cli_reload(cfg);
     else if (is_audit)
         rc = cli_audit(cfg, since_ms, json);
+    else if (is_reprocess)
+        rc = cli_reprocess(cfg, argv[optind], model);
+    else if (!strcmp(cmd, "jobs"))
+        rc = cli_jobs(cfg, &filter, json);
     else
-        rc = cli_status(cfg, json);
+        rc = cli_status(cfg, &filter, json);
     config_unref(cfg);
     return rc;
 }

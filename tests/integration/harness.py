@@ -454,8 +454,10 @@ class Node:
         return r
 
     def status(self, timeout=60):
-        """Parsed JSON of `status -c CONFIG --json`."""
-        r = self.cli("status", "-c", self.config_path, "--json", timeout=timeout)
+        """Parsed JSON of `status -c CONFIG --json --all --oldest-first`: every
+        study, job and outbox item, oldest first (status pages otherwise)."""
+        r = self.cli("status", "-c", self.config_path, "--json", "--all", "--oldest-first",
+                     timeout=timeout)
         if r.returncode != 0:
             raise ToolError(r.returncode, r.args, r.stdout + r.stderr)
         try:

@@ -248,8 +248,9 @@ class AuditTest(NodeTestCase):
             r = n.cli("audit", "-c", n.config_path, "--since", bad)
             self.assertEqual(r.returncode, 2, bad)
             self.assertIn("--since", r.stderr)
-        r = n.cli("status", "-c", n.config_path, "--since", "1h")
+        r = n.cli("status", "-c", n.config_path, "--since", "yesterday")
         self.assertEqual(r.returncode, 2)
+        self.assertIn("--since", r.stderr)
         self.assertEqual(n.stop(), 0)
 
     def test_audit_rows_go_after_their_own_retention_whatever_the_studies(self):
