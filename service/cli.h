@@ -22,6 +22,9 @@ enum cli_exit {
     CLI_EXIT_UNKNOWN_MODEL = 4,   /* the model named is not in the configuration */
     CLI_EXIT_NOTHING_TO_DO = 5,   /* reprocess: the rules run nothing on the study (or not
                                    * the model named), or it is still receiving */
+    CLI_EXIT_IN_USE = 6,          /* serve: another node serves the data directory */
+    CLI_EXIT_NOT_SERVING = 7,     /* reload: no node serves the data directory; nothing
+                                   * was signalled */
 };
 
 /* `ainode status`: the page of studies F selects (storage_list_studies)

@@ -17,7 +17,7 @@ struct command_help {
     "  --oldest-first oldest first (a cursor continues in the order it came from)\n"           \
     "  --json         JSON instead of a table\n"
 
-#define CONFIG_OPTION "  -c CONFIG      the configuration file\n"
+#define CONFIG_OPTION "  -c CONFIG      the configuration file (default " AINODE_DEFAULT_CONFIG ")\n"
 
 /* Exit codes 0, 1 and 2 hold for every command; the others are named
  * where a command has them. */
@@ -26,7 +26,7 @@ struct command_help {
 static const struct command_help commands[] = {
     {"serve", "ainode serve -c CONFIG\n"
               "\nRuns the node in the foreground until SIGTERM or SIGINT.\n\n" CONFIG_OPTION
-              "\n" EXIT_COMMON "\n"},
+              "\n" EXIT_COMMON "; 6 another node serves the data directory\n"},
     {"check-config", "ainode check-config -c CONFIG\n"
                      "\nValidates CONFIG (and the models' manifests and devices); prints one\n"
                      "FILE:LINE:COLUMN: message per problem, or FILE: OK.\n\n" CONFIG_OPTION
@@ -68,7 +68,9 @@ static const struct command_help commands[] = {
     {"reload", "ainode reload -c CONFIG\n"
                "\nValidates CONFIG, then has the node serving its data directory re-read\n"
                "it (SIGHUP); the node's log tells the outcome.\n\n" CONFIG_OPTION
-               "\n" EXIT_COMMON " (1: CONFIG invalid or no node serving)\n"},
+               "\n" EXIT_COMMON " (1: CONFIG invalid, or the lock is held by another\n"
+               "process than the one its file names); 7 no node serves the data directory\n"
+               "(nothing signalled)\n"},
     {"retry", "ainode retry -c CONFIG (ITEM | --all-failed | --job JOB)\n"
               "\nSends dead-lettered outbox items again, or queues a quarantined job\n"
               "again.\n\n" CONFIG_OPTION

@@ -45,28 +45,6 @@ static int print_outbox_row(void *ud, const struct storage_outbox_item *it)
     return 0;
 }
 
-int cli_reload(const struct config *cfg)
-{
-    char pidfile[4096];
-    snprintf(pidfile, sizeof pidfile, "%s/ainode.pid", cfg->node.data_dir);
-    FILE *f = fopen(pidfile, "r");
-    long pid = 0;
-    if (!f || fscanf(f, "%ld", &pid) != 1 || pid <= 0) {
-        if (f)
-            fclose(f);
-        fprintf(stderr, "ainode: no node is serving %s (no %s)\n", cfg->node.data_dir, pidfile);
-        return 1;
-    }
-    fclose(f);
-    if (kill((pid_t)pid, SIGHUP) != 0) {
-        fprintf(stderr, "ainode: cannot signal the node (pid %ld): %s\n", pid, strerror(errno));
-        return 1;
-    }
-    printf("%s: OK; reload requested from the node (pid %ld): its log tells the outcome\n",
-           cfg->path, pid);
-    return 0;
-}
-
 int cli_retry(const struct config *cfg, int64_t id)
 {
     struct storage *st = NULL;

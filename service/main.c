@@ -19,7 +19,9 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: ainode COMMAND -c CONFIG [options]\n"
+            "usage: ainode COMMAND [-c CONFIG] [options]\n"
+            "\n"
+            "CONFIG defaults to " AINODE_DEFAULT_CONFIG ".\n"
             "\n"
             "commands:\n"
             "  serve          run the node in the foreground\n"
@@ -47,7 +49,8 @@ static void usage(FILE *f)
             "ainode COMMAND --help prints the usage of COMMAND.\n"
             "\n"
             "exit codes: 0 ok, 1 error, 2 usage; 3 the study named is not in the store,\n"
-            "4 the model named is not in the configuration, 5 nothing to run (reprocess)\n");
+            "4 the model named is not in the configuration, 5 nothing to run (reprocess),\n"
+            "6 another node serves the data directory (serve), 7 no node serves it (reload)\n");
 }
 
 /* Built-in models sit next to the binary (models/, as in the build tree)
@@ -221,10 +224,8 @@ int main(int argc, char **argv)
                         "--oldest-first only apply to status and jobs\n");
         return 2;
     }
-    if (!config_path) {
-        fprintf(stderr, "ainode: %s needs -c CONFIG\n", cmd);
-        return 2;
-    }
+    if (!config_path)
+        config_path = AINODE_DEFAULT_CONFIG; /* the installed one */
     int is_audit = !strcmp(cmd, "audit");
     if (json && !is_list && !is_audit) {
         fprintf(stderr, "ainode: --json only applies to status, jobs and audit\n");

@@ -36,6 +36,9 @@
 #include "dicom/image.h"
 #include "dicom/network.h"
 #include "rules/rules.h"
+#include "service/cli.h"
+#include "service/nodelock.h"
+#include "service/notify.h"
 #include "service/pipeline.h"
 #include "service/runner.h"
 #include "service/sender.h"
@@ -53,6 +56,7 @@
 #include <uv.h>
 
 #define RETENTION_EVERY_MS 60000
+#define STATUS_EVERY_MS 5000      /* STATUS= lines to the service manager */
 
 /*
  * Studies held back from completion. A C-STORE refused for lack of disk
@@ -97,6 +101,8 @@ struct node {
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t completion;
     uv_timer_t retention;
+    uv_timer_t watchdog;          /* WATCHDOG=1 from the loop: a stuck loop stops it */
+    uv_timer_t status;            /* STATUS= lines, under a service manager only */
     uv_async_t dicom_done;
     pthread_t dicom_thread;       /* threads are pthreads everywhere; libuv only coordinates */
     /* Retention on the work queue: one run at a time; a request while one
@@ -110,6 +116,7 @@ struct node {
     struct holds holds;
     int64_t space_log_ms;         /* last "refusing: disk space" line (rate limit) */
     int64_t started_ms;           /* silence before it is not a sender's (complete_due) */
+    int waiting;                  /* studies receiving after the last completion run */
     int stopping;
     int exit_code;
 };
@@ -599,7 +606,7 @@ static int64_t complete_due(struct node *n)
     const struct config_completion *cc = &cfg->completion;
     int64_t now = clock_now_ms();
     struct receiving r = {0};
-    int moved = 0, queued = 0, stable_queued = 0, any = 0;
+    int moved = 0, queued = 0, stable_queued = 0, any = 0, ended = 0;
     int64_t next = INT64_MAX;
     if (storage_foreach_receiving(n->store, collect_receiving, &r) != STORAGE_OK)
         log_msg(LOG_ERROR, "cannot read the receiving studies");
@@ -643,10 +650,12 @@ static int64_t complete_due(struct node *n)
             complete_study(n, cfg, &r, i, due, rows, n_rows, now,
                            due == DUE_STABLE ? &stable_queued : &queued)) {
             any = 1;
+            ended++;
             moved += due == DUE_STABLE;
         }
         storage_series_free(rows, n_rows);
     }
+    n->waiting = (int)r.n - ended;
     free(r.uid);
     free(r.first_ms);
     free(r.last_ms);
@@ -760,6 +769,8 @@ static void on_dicom_done(uv_async_t *a)
     uv_close((uv_handle_t *)&n->sighup, NULL);
     uv_close((uv_handle_t *)&n->completion, NULL);
     uv_close((uv_handle_t *)&n->retention, NULL);
+    uv_close((uv_handle_t *)&n->watchdog, NULL);
+    uv_close((uv_handle_t *)&n->status, NULL);
     uv_close((uv_handle_t *)&n->dicom_done, NULL);
 }
 
@@ -776,13 +787,42 @@ static void on_signal(uv_signal_t *s, int signum)
     log_msg(LOG_INFO, "%s: no new associations; waiting up to %d s for %d running",
             signum == SIGTERM ? "SIGTERM" : "SIGINT", cfg->node.shutdown_grace_seconds,
             dicom_server_active(n->dicom));
+    notify_stopping("stopping: waiting up to %d s for %d association%s",
+                    cfg->node.shutdown_grace_seconds, dicom_server_active(n->dicom),
+                    dicom_server_active(n->dicom) == 1 ? "" : "s");
     dicom_server_stop(n->dicom, cfg->node.shutdown_grace_seconds);
+}
+
+/* WATCHDOG=1, from the loop's own timer: if the loop stops turning, the
+ * service manager stops hearing it and restarts the node. */
+static void on_watchdog_timer(uv_timer_t *t)
+{
+    (void)t;
+    notify_watchdog();
+}
+
+static void on_status_timer(uv_timer_t *t)
+{
+    struct node *n = t->data;
+    int active = dicom_server_active(n->dicom);
+    notify_status("listening on port %d; %d stud%s waiting to complete, %d association%s open",
+                  n->cfg->node.port ? n->cfg->node.port : n->cfg->node.tls.port, n->waiting,
+                  n->waiting == 1 ? "y" : "ies", active, active == 1 ? "" : "s");
 }
 
 static int node_serve(struct node *n);
 
 int node_run(struct config *cfg)
 {
+    /* Before anything touches the store: a second node on it would repair
+     * and write what the first one is writing. */
+    char err[512] = "";
+    struct nodelock *lock = NULL;
+    int lrc = nodelock_acquire(cfg->node.data_dir, &lock, err, sizeof err);
+    if (lrc != NODELOCK_OK) {
+        log_msg(LOG_ERROR, "%s%s", err, lrc == NODELOCK_EBUSY ? "; not starting" : "");
+        return lrc == NODELOCK_EBUSY ? CLI_EXIT_IN_USE : CLI_EXIT_ERROR;
+    }
     struct node n;
     memset(&n, 0, sizeof n);
     n.cfg = config_ref(cfg);
@@ -794,6 +834,7 @@ int node_run(struct config *cfg)
     holds_free(&n.holds);
     pthread_mutex_destroy(&n.holds.lock);
     pthread_mutex_destroy(&n.cfg_lock);
+    nodelock_release(lock);
     return rc;
 }
 
@@ -900,6 +941,9 @@ static int node_serve(struct node *n)
     uv_timer_init(n->loop, &n->retention);
     n->retention.data = n;
     uv_timer_start(&n->retention, on_retention_timer, 1000, RETENTION_EVERY_MS);
+    uv_timer_init(n->loop, &n->watchdog);
+    uv_timer_init(n->loop, &n->status);
+    n->status.data = n;
 
     if (pthread_create(&n->dicom_thread, NULL, dicom_thread_main, n) != 0) {
         log_msg(LOG_ERROR, "cannot start the DICOM thread");
@@ -909,14 +953,6 @@ static int node_serve(struct node *n)
         storage_close(n->store);
         return 1;
     }
-    /* `ainode reload` finds the node serving this store through it. */
-    char pidfile[4096];
-    snprintf(pidfile, sizeof pidfile, "%s/ainode.pid", cfg->node.data_dir);
-    FILE *pf = fopen(pidfile, "w");
-    if (pf) {
-        fprintf(pf, "%ld\n", (long)getpid());
-        fclose(pf);
-    }
     if (cfg->node.port)
         log_msg(LOG_INFO, "ainode %s listening on %s:%d (AE %s), data in %s", AINODE_VERSION,
                 cfg->node.bind, cfg->node.port, cfg->node.ae_title, cfg->node.data_dir);
@@ -924,6 +960,14 @@ static int node_serve(struct node *n)
         log_msg(LOG_INFO, "ainode %s listening for DICOM TLS only on %s:%d (AE %s), data in %s",
                 AINODE_VERSION, cfg->node.bind, cfg->node.tls.port, cfg->node.ae_title,
                 cfg->node.data_dir);
+    /* The listening sockets exist since dicom_server_create: a peer can
+     * connect from now on. */
+    notify_ready("listening on port %d", cfg->node.port ? cfg->node.port : cfg->node.tls.port);
+    uint64_t watchdog_ms = notify_watchdog_interval_ms();
+    if (watchdog_ms)
+        uv_timer_start(&n->watchdog, on_watchdog_timer, 0, watchdog_ms);
+    if (notify_enabled())
+        uv_timer_start(&n->status, on_status_timer, STATUS_EVERY_MS, STATUS_EVERY_MS);
     uv_run(n->loop, UV_RUN_DEFAULT); /* returns once the handles closed and retention ended */
     n->loop_done = 1;
     pthread_join(n->dicom_thread, NULL);
@@ -935,7 +979,6 @@ static int node_serve(struct node *n)
     dicom_server_destroy(n->dicom);
     storage_close(n->store);
     uv_loop_close(n->loop);
-    unlink(pidfile);
     log_msg(LOG_INFO, "stopped");
     return 0;
 }

@@ -11,7 +11,10 @@
 struct config;
 
 /* Runs the node under CFG (it takes a reference of its own) until
- * SIGTERM/SIGINT. Returns the process exit code. */
+ * SIGTERM/SIGINT, holding the lock of its data directory (nodelock.h), and
+ * tells a service manager about it (notify.h). Returns the process exit
+ * code: 0 after a stop, CLI_EXIT_IN_USE (cli.h) when another node serves
+ * the data directory, 1 when it cannot start. */
 int node_run(struct config *cfg);
 
 #endif
