@@ -67,7 +67,8 @@ class MissingToolError(HarnessError):
 
 
 # The Debian package of each outside program the tests run (the rest are DCMTK's).
-TOOL_PACKAGES = {"dciodvfy": "dicom3tools"}
+TOOL_PACKAGES = {"dciodvfy": "dicom3tools", "cpack": "cmake", "dpkg-deb": "dpkg",
+                 "dpkg-shlibdeps": "dpkg-dev", "systemd-analyze": "systemd"}
 
 
 def require_tool(name):
