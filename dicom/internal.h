@@ -5,9 +5,11 @@
 
 #include "dicom/image.h"
 #include "dicom/network.h"
+#include "dicom/results.h"
 
 extern "C" {
 #include "common/error.h"
+#include "common/labels.h"
 }
 
 #include <dcmtk/config/osconfig.h>
@@ -72,6 +74,19 @@ struct source_file {
     bool multiframe = false;             // has Number of Frames: frames referenced by number
     bool decoded = false;                // pixels decoded (and the encoded ones dropped)
 };
+
+// How many voxels of each label each slice of R holds (nz x 256,
+// common/labels.h): the caller's counts, or counted here once.
+inline std::vector<int64_t> label_counts(const dicom_result *r)
+{
+    const size_t nz = static_cast<size_t>(r->nz);
+    if (r->label_counts)
+        return std::vector<int64_t>(r->label_counts, r->label_counts + nz * LABELS_PER_PLANE);
+    std::vector<int64_t> counts(nz * LABELS_PER_PLANE);
+    labels_count(r->labels, static_cast<size_t>(r->nx) * static_cast<size_t>(r->ny), nz,
+                 counts.data());
+    return counts;
+}
 
 // Whether an image reference to F names its frame (SR and SEG alike): only
 // for a multi-frame image whose SOP class has frames. The classic single-frame classes

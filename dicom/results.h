@@ -75,6 +75,9 @@ struct dicom_result {
     const int *source_frames;        /* nz 0-based frame numbers; NULL: all 0 */
     int nx, ny, nz;
     const uint8_t *labels;
+    /* With LABELS, how many voxels of each label slice k holds (nz x 256,
+     * common/labels.h); NULL: the writers count them. */
+    const int64_t *label_counts;
     const struct dicom_segment *segments;
     size_t n_segments;
     /* A classification instead (no labels, no segments, no SEG): slice k

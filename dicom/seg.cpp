@@ -444,14 +444,9 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
                                           DCM_PlanePositionSequence, "ImagePositionPatient"),
                    "dimension index");
 
-    // Which labels occur on which slice, in one pass over the volume.
-    std::vector<std::array<bool, 256>> present(nz);
-    for (size_t k = 0; k < nz; k++) {
-        present[k].fill(false);
-        const uint8_t *p = r->labels + k * npix;
-        for (size_t i = 0; i < npix; i++)
-            present[k][p[i]] = true;
-    }
+    // Which labels occur on which slice.
+    const std::vector<int64_t> counts = ainode_dicom::label_counts(r);
+    auto present = [&](size_t k, uint8_t v) { return counts[k * LABELS_PER_PLANE + v] > 0; };
 
     // Per-slice groups, made once and shared by every segment's frame.
     std::vector<std::unique_ptr<FGPlanePosPatient>> pos_fg(nz);
@@ -494,7 +489,7 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
         const uint8_t value = (uint8_t)s->number;
         std::vector<size_t> slices;
         for (size_t k = 0; k < nz; k++)
-            if (present[k][value])
+            if (present(k, value))
                 slices.push_back(k);
         // A segment without voxels keeps one empty frame on slice 0 so that
         // it is still described (every segment needs a frame).

@@ -391,21 +391,6 @@ struct cross_section {
     std::vector<outline_point> outline;
 };
 
-// Voxels of each label value on each slice of LABELS (NZ x NY x NX, one
-// byte per voxel, row-major): counts[k * 256 + value]. One pass.
-std::vector<int64_t> slice_counts(const uint8_t *labels, int nx, int ny, int nz)
-{
-    std::vector<int64_t> counts((size_t)nz * 256, 0);
-    const size_t plane = (size_t)nx * (size_t)ny;
-    for (int k = 0; k < nz; k++) {
-        const uint8_t *p = labels + (size_t)k * plane;
-        int64_t *c = &counts[(size_t)k * 256];
-        for (size_t i = 0; i < plane; i++)
-            c[p[i]]++;
-    }
-    return counts;
-}
-
 // The largest 8-connected piece of MASK (nx x ny): 1 marks its pixels in
 // the returned mask; *FIRST gets its first pixel in row-major order.
 std::vector<uint8_t> largest_piece(const std::vector<uint8_t> &mask, int nx, int ny, size_t *first)
@@ -495,7 +480,7 @@ std::vector<outline_point> trace(const std::vector<uint8_t> &mask, int nx, int n
 }
 
 // The largest cross-section of LABEL: the slice with the most voxels of
-// it (ties: the lowest k), with COUNTS from slice_counts.
+// it (ties: the lowest k), with COUNTS from label_counts.
 cross_section largest_cross_section(const uint8_t *labels, int nx, int ny, int nz, int label,
                                     const std::vector<int64_t> &counts)
 {
@@ -864,7 +849,7 @@ void add_outline(DSRDocumentTree &tree, const dicom_result *r, const cross_secti
 // source image (file and frame) that cross-section lies on.
 template <typename Fn> void for_each_cross_section(const dicom_result *r, Fn fn)
 {
-    const std::vector<int64_t> counts = slice_counts(r->labels, r->nx, r->ny, r->nz);
+    const std::vector<int64_t> counts = ainode_dicom::label_counts(r);
     const auto &files = r->sources->files;
     for (size_t i = 0; i < r->n_segments; i++) {
         const dicom_segment &seg = r->segments[i];

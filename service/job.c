@@ -19,6 +19,7 @@
 #include "common/clock.h"
 #include "common/crashpoint.h"
 #include "common/error.h"
+#include "common/labels.h"
 #include "common/log.h"
 #include "config/config.h"
 #include "dicom/results.h"
@@ -413,10 +414,9 @@ static int write_dicom_results(struct storage *store, const struct config_model 
         return write_findings(store, cm, job, out, res, t, err, errlen);
     if (mf->output_kind == CONFIG_OUTPUT_EMBEDDING)
         return 0; /* features are for heads: nothing goes to a PACS */
-    size_t nvox = (size_t)out->grid.nx * out->grid.ny * out->grid.nz;
-    int64_t counts[256] = {0};
-    for (size_t i = 0; i < nvox; i++)
-        counts[out->labels[i]]++;
+    int64_t counts[256];
+    for (int v = 0; v < 256; v++)
+        counts[v] = labels_total(out->label_counts, (size_t)out->grid.nz, v);
     /* Images (input.kind image) have no depth: no volume, the SR gives areas. */
     const int images = mf->input_kind == CONFIG_INPUT_IMAGE;
     double voxel_ml = images ? 0
@@ -447,6 +447,7 @@ static int write_dicom_results(struct storage *store, const struct config_model 
     dr.ny = out->grid.ny;
     dr.nz = out->grid.nz;
     dr.labels = out->labels;
+    dr.label_counts = out->label_counts;
     dr.images = images;
     dr.segments = segs;
     dr.n_segments = mf->n_labels;

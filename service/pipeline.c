@@ -18,6 +18,7 @@
 #include "common/buffer.h"
 #include "common/checked.h"
 #include "common/crashpoint.h"
+#include "common/labels.h"
 #include "common/limits.h"
 #include "config/config.h"
 #include "dicom/image.h"
@@ -273,9 +274,21 @@ static void preprocess(const struct config_manifest *mf, struct infer_volume *v)
     }
 }
 
+int pipeline_count_labels(struct pipeline_output *o)
+{
+    if (!o->labels || o->label_counts)
+        return 0;
+    size_t nz = (size_t)o->grid.nz;
+    if (!(o->label_counts = malloc(nz * LABELS_PER_PLANE * sizeof *o->label_counts)))
+        return -1;
+    labels_count(o->labels, (size_t)o->grid.nx * o->grid.ny, nz, o->label_counts);
+    return 0;
+}
+
 void pipeline_output_free(struct pipeline_output *o)
 {
     free(o->labels);
+    free(o->label_counts);
     free(o->source);
     free(o->frame);
     free(o->image_probability);
@@ -446,6 +459,10 @@ int pipeline_run(const struct config_model *cm, struct infer_model *model,
     vol.source = vol.frame = NULL;
     out->sources = src;
     src = NULL;
+    if (pipeline_count_labels(out) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
     t->postprocess = pipeline_seconds() - t4;
     rc = 0;
 out:
@@ -480,15 +497,11 @@ static json_t *image_label_summary(const struct config_manifest *mf,
                                    const struct pipeline_output *o)
 {
     const struct infer_grid *g = &o->grid;
-    const size_t plane = (size_t)g->nx * g->ny;
     int64_t counts[256] = {0};
     double area[256] = {0};
     int no_spacing[256] = {0};
     for (int k = 0; k < g->nz; k++) {
-        int64_t here[256] = {0};
-        const uint8_t *l = o->labels + (size_t)k * plane;
-        for (size_t i = 0; i < plane; i++)
-            here[l[i]]++;
+        const int64_t *here = o->label_counts + (size_t)k * LABELS_PER_PLANE;
         const struct dicom_image *img =
             o->sources ? dicom_sources_image(o->sources, (size_t)o->source[k]) : NULL;
         const double pixel_mm2 = img ? img->pixel_spacing[0] * img->pixel_spacing[1] : 0;
@@ -518,10 +531,9 @@ static json_t *label_summary(const struct config_manifest *mf, const struct pipe
     if (mf->input_kind == CONFIG_INPUT_IMAGE)
         return image_label_summary(mf, o);
     const struct infer_grid *g = &o->grid;
-    size_t nvox = (size_t)g->nx * g->ny * g->nz;
-    int64_t counts[256] = {0};
-    for (size_t i = 0; i < nvox; i++)
-        counts[o->labels[i]]++;
+    int64_t counts[256];
+    for (int v = 0; v < 256; v++)
+        counts[v] = labels_total(o->label_counts, (size_t)g->nz, v);
     double voxel_ml = g->spacing[0] * g->spacing[1] * g->spacing[2] / 1000.0;
     json_t *sum = json_object();
     for (size_t i = 0; i < mf->n_labels; i++) {

@@ -51,6 +51,9 @@ struct pipeline_box {
 struct pipeline_output {
     struct infer_grid grid;
     uint8_t *labels;
+    /* With LABELS: how many voxels of each label slice k holds (nz x 256,
+     * common/labels.h), counted once for the summary, the SEG and the SR. */
+    int64_t *label_counts;
     int *source;
     int *frame;
     struct dicom_sources *sources;

@@ -574,6 +574,10 @@ int pipeline_run_images(const struct config_model *cm, struct infer_model *model
     t->decode = (t4 - t0) - prep - b.model_seconds;
     t->preprocess = prep;
     t->model = b.model_seconds;
+    if (pipeline_count_labels(out) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
     t->postprocess = pipeline_seconds() - t4;
     rc = 0;
 out:

@@ -1413,9 +1413,9 @@ static void test_builtin_manifest_loads_with_the_reference_values(void **state)
     assert_int_equal(m->has_spacing, 0);
     assert_int_equal(m->has_clip, 0);
     assert_true(m->scale_offset == 0 && m->scale_factor == 1);
-    assert_int_equal(m->patch[0], 64);
-    assert_int_equal(m->patch[1], 256);
-    assert_int_equal(m->patch[2], 256);
+    assert_int_equal(m->patch[0], 8);
+    assert_int_equal(m->patch[1], 512);
+    assert_int_equal(m->patch[2], 512);
     assert_int_equal(m->margin[0] | m->margin[1] | m->margin[2], 0);
     assert_true(m->overlap == 0);
     assert_int_equal(m->blend, CONFIG_BLEND_CONSTANT);
