@@ -8,6 +8,7 @@ PACKAGES="
   libdcmtk-dev dcmtk libopenjp2-7-dev libtorch-dev
   libuv1-dev libsqlite3-dev libssl-dev libfyaml-dev libjansson-dev zlib1g-dev libpcre2-dev
   libcmocka-dev clang libclang-rt-14-dev
+  libmicrohttpd-dev prometheus chromium openssl
   libsystemd-dev systemd dpkg-dev fakeroot adduser
   dicom3tools python3 python3-pydicom python3-numpy python3-torch python3-yaml
 "

@@ -42,11 +42,13 @@
 #include "service/pipeline.h"
 #include "service/runner.h"
 #include "service/sender.h"
+#include "service/http.h"
 #include "service/metrics.h"
 #include "storage/storage.h"
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <stdio.h>
@@ -97,6 +99,8 @@ struct node {
     struct dicom_server *dicom;
     struct runner *runner;
     struct sender *sender;
+    struct http_server *http;     /* node.http, or NULL */
+    atomic_int accepting;         /* the DICOM listener runs and no stop began (readyz) */
     uv_loop_t *loop;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t completion;
@@ -757,6 +761,7 @@ static void *dicom_thread_main(void *arg)
 {
     struct node *n = arg;
     dicom_server_run(n->dicom);
+    atomic_store(&n->accepting, 0);
     uv_async_send(&n->dicom_done);
     return NULL;
 }
@@ -783,6 +788,7 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     n->stopping = 1;
+    atomic_store(&n->accepting, 0);
     const struct config *cfg = n->cfg;
     log_msg(LOG_INFO, "%s: no new associations; waiting up to %d s for %d running",
             signum == SIGTERM ? "SIGTERM" : "SIGINT", cfg->node.shutdown_grace_seconds,
@@ -808,6 +814,31 @@ static void on_status_timer(uv_timer_t *t)
     notify_status("listening on port %d; %d stud%s waiting to complete, %d association%s open",
                   n->cfg->node.port ? n->cfg->node.port : n->cfg->node.tls.port, n->waiting,
                   n->waiting == 1 ? "y" : "ies", active, active == 1 ? "" : "s");
+}
+
+/* What the HTTP endpoint asks of the node, on its own thread. */
+static struct config *http_config(void *ud)
+{
+    struct node *n = ud;
+    pthread_mutex_lock(&n->cfg_lock);
+    struct config *cfg = config_ref(n->cfg);
+    pthread_mutex_unlock(&n->cfg_lock);
+    return cfg;
+}
+
+static int http_accepting(void *ud)
+{
+    return atomic_load(&((struct node *)ud)->accepting);
+}
+
+static void http_jobs_queued(void *ud)
+{
+    runner_wake(((struct node *)ud)->runner);
+}
+
+static void http_outbox_queued(void *ud)
+{
+    sender_wake(((struct node *)ud)->sender);
 }
 
 static int node_serve(struct node *n);
@@ -920,6 +951,19 @@ static int node_serve(struct node *n)
         storage_close(n->store);
         return 1;
     }
+    /* node.http: started once the runner and the sender it wakes exist. */
+    struct http_node hn = {.store = n->store, .config = http_config, .accepting = http_accepting,
+                           .jobs_queued = http_jobs_queued, .outbox_queued = http_outbox_queued,
+                           .ud = n};
+    atomic_store(&n->accepting, 1); /* the listening sockets exist */
+    if (cfg->node.http.enabled && http_start(n->cfg, &hn, &n->http, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        runner_stop(n->runner);
+        sender_stop(n->sender);
+        dicom_server_destroy(n->dicom);
+        storage_close(n->store);
+        return 1;
+    }
 
     n->loop = uv_default_loop();
     uv_signal_init(n->loop, &n->sigterm);
@@ -947,6 +991,7 @@ static int node_serve(struct node *n)
 
     if (pthread_create(&n->dicom_thread, NULL, dicom_thread_main, n) != 0) {
         log_msg(LOG_ERROR, "cannot start the DICOM thread");
+        http_stop(n->http);
         runner_stop(n->runner);
         sender_stop(n->sender);
         dicom_server_destroy(n->dicom);
@@ -970,6 +1015,8 @@ static int node_serve(struct node *n)
         uv_timer_start(&n->status, on_status_timer, STATUS_EVERY_MS, STATUS_EVERY_MS);
     uv_run(n->loop, UV_RUN_DEFAULT); /* returns once the handles closed and retention ended */
     n->loop_done = 1;
+    http_stop(n->http); /* before what it reads and wakes goes */
+    n->http = NULL;
     pthread_join(n->dicom_thread, NULL);
     runner_stop(n->runner);
     n->runner = NULL;
