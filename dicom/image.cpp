@@ -1396,18 +1396,21 @@ extern "C" int dicom_sources_decode(struct dicom_sources *s, char *err, size_t e
     return 0;
 }
 
-extern "C" int dicom_sources_decode_into(struct dicom_sources *s, size_t i, float *out,
-                                         size_t capacity, char *err, size_t errlen)
+namespace {
+
+// File I of S into INTO (floats) or INTO16 (int16), CAPACITY values.
+int decode_file_into(struct dicom_sources *s, size_t i, float *into, int16_t *into16,
+                     size_t capacity, char *err, size_t errlen)
 {
     const size_t n = s->files.size();
     try {
-        if (i >= n || !out)
+        if (i >= n || (!into && !into16))
             return copy_err(err, errlen, "invalid arguments", DICOM_EINVAL);
         const dicom_image *img = s->files[i].image;
         if (pixel_bytes(img) / sizeof(float) > capacity)
             return copy_err(err, errlen, "the decoded image does not fit its buffer",
                             DICOM_EINVAL);
-        decode_source(s->files[i], out);
+        decode_source(s->files[i], into, into16);
     } catch (...) {
         return fail_to(err, errlen,
                        "instance " + std::to_string(i + 1) + " (of " + std::to_string(n) + "): ");
@@ -1415,23 +1418,20 @@ extern "C" int dicom_sources_decode_into(struct dicom_sources *s, size_t i, floa
     return 0;
 }
 
+} // namespace
+
+extern "C" int dicom_sources_decode_into(struct dicom_sources *s, size_t i, float *out,
+                                         size_t capacity, char *err, size_t errlen)
+{
+    return out ? decode_file_into(s, i, out, nullptr, capacity, err, errlen)
+               : copy_err(err, errlen, "invalid arguments", DICOM_EINVAL);
+}
+
 extern "C" int dicom_sources_decode_into_int16(struct dicom_sources *s, size_t i, int16_t *out,
                                                size_t capacity, char *err, size_t errlen)
 {
-    const size_t n = s->files.size();
-    try {
-        if (i >= n || !out)
-            return copy_err(err, errlen, "invalid arguments", DICOM_EINVAL);
-        const dicom_image *img = s->files[i].image;
-        if (pixel_bytes(img) / sizeof(float) > capacity)
-            return copy_err(err, errlen, "the decoded image does not fit its buffer",
-                            DICOM_EINVAL);
-        decode_source(s->files[i], nullptr, out);
-    } catch (...) {
-        return fail_to(err, errlen,
-                       "instance " + std::to_string(i + 1) + " (of " + std::to_string(n) + "): ");
-    }
-    return 0;
+    return out ? decode_file_into(s, i, nullptr, out, capacity, err, errlen)
+               : copy_err(err, errlen, "invalid arguments", DICOM_EINVAL);
 }
 
 extern "C" int dicom_sources_open(const char *const *paths, size_t n,

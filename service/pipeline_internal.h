@@ -20,6 +20,8 @@ static inline size_t pipeline_max_voxels(const struct config_model *cm)
 }
 
 /* Monotonic seconds, for the stage timings. */
+struct pipeline_output;
+
 /* Counts O's labels per slice into O->LABEL_COUNTS (nothing without
  * labels, or when counted already): 0, or -1 out of memory. */
 int pipeline_count_labels(struct pipeline_output *o);
