@@ -638,16 +638,22 @@ static int64_t complete_due(struct node *n)
             else if (rules_required_met(cfg, rows, n_rows))
                 due = DUE_REQUIRED;
         }
-        /* Instances refused for lack of space: not complete until sent again. */
+        /* Instances refused for lack of space: not complete until sent
+         * again, or until max_wait_seconds gives up waiting for them. */
         if ((due == DUE_STABLE || due == DUE_REQUIRED) && r.held[i])
-            due = DUE_NOT;
+            due = now >= max_wait_at ? DUE_MAX_WAIT : DUE_NOT;
         if (due != DUE_NOT && !rows &&
             storage_study_series(n->store, r.uid[i], &rows, &n_rows) != STORAGE_OK) {
             log_msg(LOG_ERROR, "cannot read the series of study #%lld", (long long)r.id[i]);
             due = DUE_NOT;
         }
         if (due == DUE_NOT) {
-            int64_t at = stable_at < max_wait_at ? stable_at : max_wait_at;
+            /* A held study past stable_seconds is due again at max_wait only
+             * (a resend wakes completion by itself): its stable time is in
+             * the past, and waiting for it would spin. */
+            int64_t at = r.held[i] && now >= stable_at ? max_wait_at
+                         : stable_at < max_wait_at    ? stable_at
+                                                      : max_wait_at;
             next = at < next ? at : next;
         }
         if (due != DUE_NOT &&

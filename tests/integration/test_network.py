@@ -670,6 +670,41 @@ class NetworkTest(NodeTestCase):
                       n.log())
         self.assertEqual(n.stop(), 0)
 
+    def test_a_held_study_waits_without_spinning_and_completes_at_max_wait(self):
+        sections = {"completion": {"max_wait_seconds": 9, "on_max_wait": "process"}}
+        n = self.node(stable_seconds=1, min_free_disk_mb=0, sections=sections)
+        n.start()
+        files = make_ct_series(os.path.join(self.workdir, "in"), 2, rows=32, cols=32)
+        ds = [pydicom.dcmread(f) for f in files]
+        study = str(ds[0].StudyInstanceUID)
+        raw = [harness.dataset_bytes(f) for f in files]
+        a = rawscu.Association(n.port, called=n.ae, calling="MODALITY")
+        try:
+            self.assertEqual(a.store(rawscu.CT_STORAGE, ds[0].SOPInstanceUID, raw[0]), 0)
+            self._reload(n, min_free_disk_mb=1 << 30)
+            self.assertEqual(a.store(rawscu.CT_STORAGE, ds[1].SOPInstanceUID, raw[1]), 0xA700)
+            self.assertTrue(a.release())
+        finally:
+            a.close()
+        self.assertIn("held back from completion", n.log())
+        # Held past stable_seconds, the node waits for max_wait_seconds
+        # without re-reading the store in a loop: nearly idle.
+        time.sleep(1.5)
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu():
+            with open("/proc/%d/stat" % n.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+        before = cpu()
+        time.sleep(3)
+        self.assertLess(cpu() - before, 0.6)
+        self.assertEqual(n.studies()[study]["state"], "receiving")
+        # At max_wait_seconds it is processed with what arrived.
+        n.wait_for_study(study, state="complete", timeout=20)
+        self.assertIn("after max_wait_seconds (9 s)", n.log())
+        self.assertEqual(n.stop(), 0)
+
 
 if __name__ == "__main__":
     unittest.main()
