@@ -90,6 +90,7 @@ struct config_node {
     char **allowed_callers;       /* calling AE titles; n == 0 means any */
     size_t n_allowed_callers;
     enum log_level log_level;
+    enum log_format log_format;
     int shutdown_grace_seconds;   /* bounded wait for running associations, 0..3600 */
     int network_timeout_seconds;  /* ACSE/DIMSE read timeout, 1..3600 */
     int max_pdu;                  /* max receive PDU length, 4096..131072 */

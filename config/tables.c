@@ -10,12 +10,14 @@
 #include <string.h>
 
 _Static_assert(sizeof(enum log_level) == sizeof(int), "log level stored as int");
+_Static_assert(sizeof(enum log_format) == sizeof(int), "log format stored as int");
 _Static_assert(sizeof(enum config_on_max_wait) == sizeof(int), "on_max_wait stored as int");
 _Static_assert(sizeof(enum config_conflicts) == sizeof(int), "conflicts stored as int");
 _Static_assert(sizeof(enum plan_priority) == sizeof(int), "priority stored as int");
 _Static_assert(sizeof(enum config_precision) == sizeof(int), "precision stored as int");
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
+static const char *const log_format_names[] = {"text", "json", NULL};
 static const char *const on_max_wait_names[] = {"process", "discard", NULL};
 static const char *const conflicts_names[] = {"refuse", "quarantine", NULL};
 static const char *const precision_names[] = {"fp32", "fp16", "bf16", NULL};
@@ -114,6 +116,9 @@ static const struct schema_field node_fields[] = {
      .off_n = NODE_OFF(n_allowed_callers), .doc = "calling AE titles allowed; empty allows any"},
     {.key = "log_level", .type = T_ENUM, .def_int = LOG_INFO, .names = log_level_names,
      .off = NODE_OFF(log_level), .doc = "error, warn, info or debug"},
+    {.key = "log_format", .type = T_ENUM, .def_int = LOG_FORMAT_TEXT, .names = log_format_names,
+     .off = NODE_OFF(log_format),
+     .doc = "text (key=value fields, one line per event) or json (one JSON object per line)"},
     {.key = "shutdown_grace_seconds", .type = T_INT, .def_int = 30, .min = 0, .max = 3600,
      .off = NODE_OFF(shutdown_grace_seconds), .doc = "wait for running associations on stop"},
     {.key = "network_timeout_seconds", .type = T_INT, .def_int = 60, .min = 1, .max = 3600,

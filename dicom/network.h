@@ -118,7 +118,10 @@ struct dicom_association_report {
 typedef void (*dicom_association_ended_fn)(void *ud, const struct dicom_association_report *r);
 /* Returns a fresh temporary path for the next incoming instance. */
 typedef int (*dicom_temp_path_fn)(void *ud, char *buf, size_t len);
-typedef void (*dicom_log_fn)(void *ud, int level, const char *msg);
+/* A line for the log: LEVEL 0 error .. 3 debug; EVENT (a dotted name),
+ * PEER (a calling AE title) and ADDR (a peer's address) may be NULL. */
+typedef void (*dicom_log_fn)(void *ud, int level, const char *event, const char *peer,
+                             const char *addr, const char *msg);
 
 /* How a TLS end point checks the certificate its peer presents. */
 enum dicom_tls_verify {

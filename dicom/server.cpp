@@ -220,14 +220,32 @@ struct dicom_server {
 
     void log(int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)))
     {
+        va_list ap;
+        va_start(ap, fmt);
+        vlog(level, nullptr, nullptr, nullptr, fmt, ap);
+        va_end(ap);
+    }
+
+    // A line about one peer: EVENT names it, PEER (its calling AE title)
+    // and ADDR (its address) are fields of their own.
+    void logp(int level, const char *event, const std::string &peer, const std::string &addr,
+              const char *fmt, ...) __attribute__((format(printf, 6, 7)))
+    {
+        va_list ap;
+        va_start(ap, fmt);
+        vlog(level, event, peer.empty() ? nullptr : peer.c_str(),
+             addr.empty() ? nullptr : addr.c_str(), fmt, ap);
+        va_end(ap);
+    }
+
+    void vlog(int level, const char *event, const char *peer, const char *addr, const char *fmt,
+              va_list ap)
+    {
         if (!log_fn)
             return;
         char buf[512];
-        va_list ap;
-        va_start(ap, fmt);
         std::vsnprintf(buf, sizeof buf, fmt, ap);
-        va_end(ap);
-        log_fn(ud, level, buf);
+        log_fn(ud, level, event, peer, addr, buf);
     }
 
     bool must_abort()
@@ -379,7 +397,8 @@ void send_store_response(Association &a, T_ASC_PresentationContextID pres_id,
     }
     OFCondition cond = DIMSE_sendStoreResponse(a.assoc, pres_id, &req, &rsp, detail_ptr);
     if (cond.bad())
-        a.srv->log(1, "cannot send C-STORE response to %s: %s", a.calling.c_str(), cond.text());
+        a.srv->logp(1, "association.response_failed", a.calling, a.address,
+                    "cannot send C-STORE response to %s: %s", a.calling.c_str(), cond.text());
 }
 
 // Reads the wanted attributes of a just-received file (File Meta
@@ -579,13 +598,15 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
         write_error = errno;
     if (out.too_large() || out.expired()) {
         if (out.too_large())
-            srv->log(1, "aborting association from %s: a data set larger than "
-                        "node.max_dataset_mb (%llu MB)",
-                     a.calling.c_str(), (unsigned long long)(srv->max_dataset_bytes >> 20));
+            srv->logp(1, "association.aborted", a.calling, a.address,
+                      "aborting association from %s: a data set larger than "
+                      "node.max_dataset_mb (%llu MB)",
+                      a.calling.c_str(), (unsigned long long)(srv->max_dataset_bytes >> 20));
         else
-            srv->log(1, "aborting association from %s: open for %d s "
-                        "(node.max_association_seconds)",
-                     a.calling.c_str(), srv->max_seconds);
+            srv->logp(1, "association.aborted", a.calling, a.address,
+                      "aborting association from %s: open for %d s "
+                      "(node.max_association_seconds)",
+                      a.calling.c_str(), srv->max_seconds);
         a.outcome = out.too_large() ? "aborted: data set too large" : "aborted: time limit";
         std::remove(temp);
         fatal = true;
@@ -593,7 +614,8 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     }
     if (cond.bad()) {
         // The association is broken mid data set: nothing was acknowledged.
-        srv->log(1, "receiving data set from %s failed: %s", a.calling.c_str(), cond.text());
+        srv->logp(1, "instance.receive_failed", a.calling, a.address,
+                  "receiving data set from %s failed: %s", a.calling.c_str(), cond.text());
         a.outcome = cond == DUL_PEERABORTEDASSOCIATION ? "aborted by peer" : "network error";
         std::remove(temp);
         fatal = true;
@@ -621,8 +643,9 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
     if (cond == EC_InflatedTooLarge) {
         // A deflate bomb or just a huge data set: the limit holds for the
         // data set as it is, inflated, not only as it travelled.
-        srv->log(1, "refusing a deflated data set from %s: larger than node.max_dataset_mb "
-                    "(%llu MB) once inflated",
+        srv->logp(1, "instance.refused", a.calling, a.address,
+                  "refusing a deflated data set from %s: larger than node.max_dataset_mb "
+                  "(%llu MB) once inflated",
                  a.calling.c_str(), (unsigned long long)(srv->max_dataset_bytes >> 20));
         std::remove(temp);
         send_store_response(a, pres_id, req, DICOM_STATUS_OUT_OF_RESOURCES,
@@ -630,7 +653,8 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
         return;
     }
     if (cond.bad()) {
-        srv->log(1, "unparseable data set from %s: %s", a.calling.c_str(), cond.text());
+        srv->logp(1, "instance.refused", a.calling, a.address, "unparseable data set from %s: %s",
+                  a.calling.c_str(), cond.text());
         std::remove(temp);
         send_store_response(a, pres_id, req, DICOM_STATUS_CANNOT_UNDERSTAND,
                             cond == EC_BadDeflate ? "deflated data set cannot be inflated"
@@ -669,8 +693,9 @@ void handle_store(Association &a, T_ASC_PresentationContextID pres_id, T_DIMSE_C
 void run_association(Association *a)
 {
     dicom_server *srv = a->srv;
-    srv->log(2, "association from %s (%s) to %s accepted", a->calling.c_str(), a->address.c_str(),
-             a->called.c_str());
+    srv->logp(2, "association.accepted", a->calling, a->address,
+              "association from %s (%s) to %s accepted", a->calling.c_str(), a->address.c_str(),
+              a->called.c_str());
     unsigned stores = 0;
     int idle_seconds = 0;
     for (;;) {
@@ -680,23 +705,26 @@ void run_association(Association *a)
                                                 nullptr);
         if (a->expired()) {
             // However busy: a peer must not hold a slot (and a thread) for ever.
-            srv->log(1, "aborting association from %s: open for %d s "
-                        "(node.max_association_seconds)",
-                     a->calling.c_str(), srv->max_seconds);
+            srv->logp(1, "association.aborted", a->calling, a->address,
+                      "aborting association from %s: open for %d s "
+                      "(node.max_association_seconds)",
+                      a->calling.c_str(), srv->max_seconds);
             a->outcome = "aborted: time limit";
             abort_association(*a);
             break;
         }
         if (cond == DIMSE_NODATAAVAILABLE) {
             if (srv->must_abort()) {
-                srv->log(1, "aborting association from %s at shutdown", a->calling.c_str());
+                srv->logp(1, "association.aborted", a->calling, a->address,
+                          "aborting association from %s at shutdown", a->calling.c_str());
                 a->outcome = "aborted: shutdown";
                 abort_association(*a);
                 break;
             }
             if (++idle_seconds >= srv->timeout) {
-                srv->log(1, "association from %s idle for %d s, aborting", a->calling.c_str(),
-                         idle_seconds);
+                srv->logp(1, "association.aborted", a->calling, a->address,
+                          "association from %s idle for %d s, aborting", a->calling.c_str(),
+                          idle_seconds);
                 a->outcome = "aborted: idle";
                 abort_association(*a);
                 break;
@@ -710,12 +738,14 @@ void run_association(Association *a)
             break;
         }
         if (cond == DUL_PEERABORTEDASSOCIATION) {
-            srv->log(1, "association from %s aborted by peer", a->calling.c_str());
+            srv->logp(1, "association.aborted", a->calling, a->address,
+                      "association from %s aborted by peer", a->calling.c_str());
             a->outcome = "aborted by peer";
             break;
         }
         if (cond.bad()) {
-            srv->log(1, "association from %s failed: %s", a->calling.c_str(), cond.text());
+            srv->logp(1, "association.failed", a->calling, a->address,
+                      "association from %s failed: %s", a->calling.c_str(), cond.text());
             a->outcome = "network error";
             abort_association(*a);
             break;
@@ -730,8 +760,9 @@ void run_association(Association *a)
             stores++;
             break;
         default:
-            srv->log(1, "unsupported DIMSE command 0x%04x from %s", (unsigned)msg.CommandField,
-                     a->calling.c_str());
+            srv->logp(1, "association.aborted", a->calling, a->address,
+                      "unsupported DIMSE command 0x%04x from %s", (unsigned)msg.CommandField,
+                      a->calling.c_str());
             a->outcome = "aborted: unsupported command";
             fatal = true;
             break;
@@ -743,7 +774,8 @@ void run_association(Association *a)
             break;
         }
     }
-    srv->log(2, "association from %s ended after %u C-STORE", a->calling.c_str(), stores);
+    srv->logp(2, "association.ended", a->calling, a->address,
+              "association from %s ended after %u C-STORE", a->calling.c_str(), stores);
     if (srv->association_end) {
         dicom_peer p = a->peer();
         srv->association_end(srv->ud, &p);
@@ -802,17 +834,19 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
     case 0:
         break;
     case 1:
-        srv->log(1, "refusing association from %s: %d associations already running",
-                 calling_s.c_str(), srv->max_associations);
+        srv->logp(1, "association.rejected", calling_s, peer_s,
+                  "refusing association from %s: %d associations already running",
+                  calling_s.c_str(), srv->max_associations);
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
         report("rejected: max_associations reached", DICOM_REJECTION_MAX_ASSOCIATIONS);
         return;
     default:
-        srv->log(1, "refusing association from %s: it has %d associations running already "
-                    "(node.max_associations_per_caller)",
-                 calling_s.c_str(), srv->max_per_caller);
+        srv->logp(1, "association.rejected", calling_s, peer_s,
+                  "refusing association from %s: it has %d associations running already "
+                  "(node.max_associations_per_caller)",
+                  calling_s.c_str(), srv->max_per_caller);
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDTRANSIENT,
                ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED);
@@ -829,8 +863,9 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
     case DICOM_ASSOC_ACCEPT:
         break;
     case DICOM_ASSOC_REJECT_CALLING_AE:
-        srv->log(1, "rejecting association from %s: calling AE title not allowed%s",
-                 calling_s.c_str(), tls ? " (or not its certificate's CN)" : "");
+        srv->logp(1, "association.rejected", calling_s, peer_s,
+                  "rejecting association from %s: calling AE title not allowed%s",
+                  calling_s.c_str(), tls ? " (or not its certificate's CN)" : "");
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED);
         report(tls ? "rejected: calling AE title not allowed (or not its certificate's CN)"
@@ -838,8 +873,9 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
                DICOM_REJECTION_CALLING_AE);
         return;
     case DICOM_ASSOC_REJECT_CALLED_AE:
-        srv->log(1, "rejecting association from %s: called AE title '%s' is not ours",
-                 calling_s.c_str(), called_s.c_str());
+        srv->logp(1, "association.rejected", calling_s, peer_s,
+                  "rejecting association from %s: called AE title '%s' is not ours",
+                  calling_s.c_str(), called_s.c_str());
         reject(assoc, fd, ino, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED);
         report("rejected: called AE title not ours", DICOM_REJECTION_CALLED_AE);
@@ -881,8 +917,8 @@ void negotiate(dicom_server *srv, T_ASC_Association *assoc, int fd, ino_t ino,
     if (cond.good())
         cond = ASC_acknowledgeAssociation(assoc);
     if (cond.bad()) {
-        srv->log(1, "cannot acknowledge association from %s: %s", calling_s.c_str(),
-                 cond.text());
+        srv->logp(1, "association.failed", calling_s, peer_s,
+                  "cannot acknowledge association from %s: %s", calling_s.c_str(), cond.text());
         drop_connection(assoc, fd, ino);
         release_slot(srv, calling_s);
         report("network error", DICOM_REJECTION_NONE);
@@ -1032,7 +1068,8 @@ void run_tls_connection(dicom_server *srv, const std::shared_ptr<pending_conn> &
     close(fd);
     if (cond.bad()) {
         const std::string why = ainode_dicom::tls_failure_text(cond);
-        srv->log(1, "TLS connection from %s failed: %s", addr.c_str(), why.c_str());
+        srv->logp(1, "tls.failed", std::string(), addr, "TLS connection from %s failed: %s",
+                  addr.c_str(), why.c_str());
         // A caller refused at the handshake is audited, though no request was read.
         const std::string failed = "(handshake failed)";
         report_ended(srv, "", "", pc->address, &failed, wall_ms(), 0, 0,

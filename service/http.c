@@ -168,7 +168,8 @@ static unsigned authorize(const struct http_server *h, struct MHD_Connection *c,
     if (status) {
         char addr[INET6_ADDRSTRLEN + 8];
         peer_address(c, addr, sizeof addr);
-        log_msg(LOG_WARN, "HTTP: refused a %s request from %s: %s", method, addr, why);
+        log_event(LOG_WARN, "http.refused", LOG_IDS(.addr = addr),
+                  "HTTP: refused a %s request from %s: %s", method, addr, why);
     }
     return status;
 }
@@ -590,7 +591,7 @@ static enum MHD_Result post_retry(struct http_server *h, struct MHD_Connection *
         if (rc != STORAGE_OK)
             return answer_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "cannot update the jobs: %s",
                                 storage_strerror(rc));
-        log_msg(LOG_INFO, "job %lld queued again (HTTP)", (long long)id);
+        log_event(LOG_INFO, "job.retry", LOG_IDS(.job = id), "queued again (HTTP)");
         h->node.jobs_queued(h->node.ud);
         return answer_json(c, MHD_HTTP_OK, json_pack("{s:I, s:i}", "job", (json_int_t)id,
                                                      "queued", 1));
@@ -603,7 +604,7 @@ static enum MHD_Result post_retry(struct http_server *h, struct MHD_Connection *
     if (n == 0)
         return answer_error(c, MHD_HTTP_CONFLICT, "outbox item %lld is not a failed one",
                             (long long)id);
-    log_msg(LOG_INFO, "outbox item %lld queued again (HTTP)", (long long)id);
+    log_event(LOG_INFO, "send.retry_requested", LOG_IDS(.item = id), "queued again (HTTP)");
     h->node.outbox_queued(h->node.ud);
     return answer_json(c, MHD_HTTP_OK,
                        json_pack("{s:I, s:i}", "outbox_item", (json_int_t)id, "queued", n));
@@ -885,8 +886,9 @@ int http_start(const struct config *cfg, const struct http_node *node, struct ht
                  hc->tls.enabled ? " (is node.http.tls a usable certificate and key?)" : "");
         goto fail;
     }
-    log_msg(LOG_INFO, "HTTP endpoint on %s://%s:%d%s", hc->tls.enabled ? "https" : "http",
-            hc->bind, hc->port, h->has_token ? " (token required for POST)" : "");
+    log_event(LOG_INFO, "http.listening", NULL, "HTTP endpoint on %s://%s:%d%s",
+              hc->tls.enabled ? "https" : "http", hc->bind, hc->port,
+              h->has_token ? " (token required for POST)" : "");
     *out = h;
     return 0;
 fail:

@@ -114,8 +114,8 @@ static void stage_enter(const struct job_context *ctx, const struct storage_job 
 {
     int rc = storage_job_stage(ctx->store, job->id, ctx->owner, stage, clock_now_ms());
     if (rc != STORAGE_OK)
-        log_msg(LOG_WARN, "job %lld: cannot record its stage: %s", (long long)job->id,
-                storage_strerror(rc));
+        log_event(LOG_WARN, "job.stage_failed", LOG_IDS(.job = job->id, .model = job->model), "cannot record its stage: %s",
+                  storage_strerror(rc));
     if (guard_slot < 0)
         for (int i = 0; i < GUARD_SLOTS && guard_slot < 0; i++) {
             long long free_slot = 0;
@@ -529,10 +529,10 @@ static int compute(const struct job_context *ctx, const struct storage_job *job,
                              err, errlen) != STORAGE_OK)
         goto done;
     CRASH_POINT("results.files_written"); /* every file written, the job still running */
-    log_msg(LOG_DEBUG,
-            "job %lld: decode %.2f s, assemble %.2f s, preprocess %.2f s, model %.2f s, "
-            "postprocess %.2f s, SEG %.2f s, SR %.2f s",
-            (long long)job->id, t.decode, t.assemble, t.preprocess, t.model, t.postprocess,
+    log_event(LOG_DEBUG, "job.stages", LOG_IDS(.job = job->id, .model = job->model),
+              "decode %.2f s, assemble %.2f s, preprocess %.2f s, model %.2f s, "
+              "postprocess %.2f s, SEG %.2f s, SR %.2f s",
+              t.decode, t.assemble, t.preprocess, t.model, t.postprocess,
             t.seg, t.sr);
     rc = JOB_DONE;
 done:
@@ -552,7 +552,7 @@ static void record_identity(const struct job_context *ctx, const struct storage_
     const char *model = cm->sha256[0] ? cm->sha256 : NULL;
     const char *manifest = cm->manifest.sha256[0] ? cm->manifest.sha256 : NULL;
     if (storage_job_identity(ctx->store, job->id, ctx->owner, model, manifest) != STORAGE_OK)
-        log_msg(LOG_WARN, "job %lld: could not record the model's identity", (long long)job->id);
+        log_event(LOG_WARN, "job.identity_failed", LOG_IDS(.job = job->id, .model = job->model), "could not record the model's identity");
 }
 
 /* Records how JOB ended (JR, from START_MS): finished with its result
@@ -581,28 +581,27 @@ static int finish(const struct job_context *ctx, const struct storage_job *job, 
     int64_t end = clock_now_ms();
     if (jr == JOB_INTERRUPTED) {
         storage_job_release(ctx->store, job->id, ctx->owner);
-        log_msg(LOG_INFO, "job %lld: interrupted by the stop, queued again", (long long)job->id);
+        log_event(LOG_INFO, "job.interrupted", LOG_IDS(.job = job->id, .model = job->model), "interrupted by the stop, queued again");
     } else if (jr == JOB_LEASE_LOST) {
-        log_msg(LOG_WARN, "job %lld: its lease was taken over; dropping this run",
-                (long long)job->id);
+        log_event(LOG_WARN, "job.lease_lost", LOG_IDS(.job = job->id, .model = job->model), "its lease was taken over; dropping this run");
     } else {
         int frc = storage_job_finish(ctx->store, job->id, ctx->owner, end,
                                      jr == JOB_DONE ? NULL : why, jr == JOB_DONE ? result : NULL,
                                      summary, items, n_items);
         if (frc == STORAGE_ENOTFOUND) {
-            log_msg(LOG_WARN, "job %lld: its lease was taken over before it ended; dropping "
-                              "this run", (long long)job->id);
+            log_event(LOG_WARN, "job.lease_lost", LOG_IDS(.job = job->id, .model = job->model),
+                      "its lease was taken over before it ended; dropping this run");
             jr = JOB_LEASE_LOST;
         } else if (frc != STORAGE_OK) {
-            log_msg(LOG_WARN, "job %lld: could not record its end: %s", (long long)job->id,
-                    storage_strerror(frc));
+            log_event(LOG_WARN, "job.finish_failed", LOG_IDS(.job = job->id, .model = job->model), "could not record its end: %s",
+                      storage_strerror(frc));
         } else {
             metrics_job_finished(job->model, jr == JOB_DONE, (end - start_ms) / 1000.0);
             if (jr == JOB_DONE)
-                log_msg(LOG_INFO, "job %lld: done in %.1f s", (long long)job->id,
-                        (end - start_ms) / 1000.0);
+                log_event(LOG_INFO, "job.done", LOG_IDS(.job = job->id, .model = job->model), "done in %.1f s",
+                          (end - start_ms) / 1000.0);
             else
-                log_msg(LOG_WARN, "job %lld: failed: %s", (long long)job->id, why);
+                log_event(LOG_WARN, "job.failed", LOG_IDS(.job = job->id, .model = job->model), "failed: %s", why);
         }
     }
     free(items);
@@ -762,8 +761,9 @@ size_t job_run_group(const struct job_context *ctx, const struct storage_job *jo
     }
     json_t *group = jr == JOB_DONE ? group_json(ctx, jobs, n, &enc, &t) : NULL;
     if (group)
-        log_msg(LOG_INFO, "encoder %s: %d forward(s) in %.2f s for %zu job(s) of one series",
-                ctx->model_cfg->name, enc.forwards, t.model, n);
+        log_event(LOG_INFO, "encoder.done", LOG_IDS(.model = ctx->model_cfg->name),
+                  "%d forward(s) in %.2f s for %zu job(s) of one series", enc.forwards, t.model,
+                  n);
     for (size_t i = 0; i < n; i++) {
         char result[4096] = "", err[512] = "";
         char *summary = NULL;

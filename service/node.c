@@ -208,17 +208,17 @@ static void hold_study(struct node *n, const char *study)
     if (rc == STORAGE_ENOTFOUND)
         return; /* deleted by retention meanwhile: nothing left to hold */
     if (rc != STORAGE_OK) {
-        log_msg(LOG_ERROR, "cannot hold a study back from completion: %s",
-                storage_strerror(rc));
+        log_event(LOG_ERROR, "study.hold_failed", NULL,
+                  "cannot hold a study back from completion: %s", storage_strerror(rc));
         return;
     }
     if (!newly)
         return;
-    log_msg(LOG_WARN, "study #%lld is held back from completion: instances sent with it were "
-                      "refused for lack of disk space; it completes once they arrive again on "
-                      "an association with none refused (or at completion.max_wait_seconds)",
-            (long long)id);
-    log_msg(LOG_DEBUG, "study #%lld is %s", (long long)id, study);
+    log_event(LOG_WARN, "study.held", LOG_IDS(.study = id),
+              "held back from completion: instances sent with it were refused for lack of "
+              "disk space; it completes once they arrive again on an association with none "
+              "refused (or at completion.max_wait_seconds)");
+    log_event(LOG_DEBUG, "study.uid", LOG_IDS(.study = id), "%s", study);
 }
 
 /* node.min_free_disk_mb: checked for each C-STORE before its data set is
@@ -251,9 +251,10 @@ static uint16_t on_store_begin(void *ud, const struct dicom_peer *p, char *comme
         n->space_log_ms = now;
     pthread_mutex_unlock(&h->lock);
     if (say) /* one line per 10 s, however many are refused */
-        log_msg(LOG_WARN, "refusing instances from %s: %llu MiB free for the data, below "
-                          "node.min_free_disk_mb (%lld MiB)",
-                p->calling_ae, (unsigned long long)free_mb, (long long)floor_mb);
+        log_event(LOG_WARN, "instance.refused_disk", LOG_IDS(.peer = p->calling_ae),
+                  "refusing instances from %s: %llu MiB free for the data, below "
+                  "node.min_free_disk_mb (%lld MiB)",
+                  p->calling_ae, (unsigned long long)free_mb, (long long)floor_mb);
     metrics_instance_refused();
     snprintf(comment, len, "not enough free disk space");
     return DICOM_STATUS_OUT_OF_RESOURCES;
@@ -295,11 +296,11 @@ static void on_association_end(void *ud, const struct dicom_peer *p)
         int was = 0;
         int rc = storage_study_release(n->store, t->studies[i], &id, &was);
         if (rc != STORAGE_OK)
-            log_msg(LOG_ERROR, "cannot end the hold of study #%lld: %s", (long long)id,
-                    storage_strerror(rc));
+            log_event(LOG_ERROR, "study.release_failed", LOG_IDS(.study = id),
+                      "cannot end the hold of the study: %s", storage_strerror(rc));
         else if (was)
-            log_msg(LOG_INFO, "study #%lld, held back for refused instances, was sent again: "
-                              "it completes as usual", (long long)id);
+            log_event(LOG_INFO, "study.released", LOG_IDS(.study = id),
+                      "held back for refused instances, sent again: it completes as usual");
     }
     free(t->studies);
     free(t);
@@ -322,8 +323,8 @@ static void on_association_ended(void *ud, const struct dicom_association_report
         .outcome = r->outcome,
     };
     if (storage_audit_association(n->store, &a) != STORAGE_OK)
-        log_msg(LOG_ERROR, "cannot record an association from %s in the audit trail",
-                r->address);
+        log_event(LOG_ERROR, "audit.failed", LOG_IDS(.peer = r->calling_ae, .addr = r->address),
+                  "cannot record an association from %s in the audit trail", r->address);
     static const enum metrics_rejection why[] = {
         [DICOM_REJECTION_MAX_ASSOCIATIONS] = METRICS_REJECT_MAX_ASSOCIATIONS,
         [DICOM_REJECTION_MAX_PER_CALLER] = METRICS_REJECT_MAX_PER_CALLER,
@@ -372,7 +373,8 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
     int rc = storage_commit(n->store, r->temp_path, &inst, err, errlen);
     if (rc == STORAGE_OK) {
         metrics_instance_received(bytes);
-        log_msg(LOG_DEBUG, "stored %s from %s", r->sop_instance_uid, r->peer->calling_ae);
+        log_event(LOG_DEBUG, "instance.stored", LOG_IDS(.peer = r->peer->calling_ae), "stored %s",
+                  r->sop_instance_uid);
         track_stored(n, r->peer, r->values[ATTR_STUDY_INSTANCE_UID]);
         CRASH_POINT("ingest.acknowledging"); /* the sender will send it again */
         return DICOM_STATUS_SUCCESS;
@@ -381,8 +383,9 @@ static uint16_t on_stored(void *ud, const struct dicom_received *r, char *err, s
      * to retry: a failure (Cxxx), not "out of resources" (A7xx). */
     int refused = rc == STORAGE_EINVAL || rc == STORAGE_EINTEGRITY;
     metrics_instance_refused();
-    log_msg(refused ? LOG_WARN : LOG_ERROR, "refused an instance from %s: %s",
-            r->peer->calling_ae, err);
+    log_event(refused ? LOG_WARN : LOG_ERROR, "instance.refused",
+              LOG_IDS(.peer = r->peer->calling_ae, .addr = r->peer->address),
+              "refused an instance from %s: %s", r->peer->calling_ae, err);
     return refused ? DICOM_STATUS_CANNOT_UNDERSTAND : DICOM_STATUS_OUT_OF_RESOURCES;
 }
 
@@ -407,9 +410,9 @@ static int read_for_repair(void *ud, const char *path, char **values, char **ts,
     char err[256];
     if (dicom_read_values(path, read_keywords, ATTR_COUNT + 1, got, ts, err, sizeof err) != 0) {
         /* ERR starts with the path, which names the instance's UIDs. */
-        log_msg(LOG_WARN, "repair: a file under instances/ is not a complete instance; "
-                          "it is removed");
-        log_msg(LOG_DEBUG, "repair: %s", err);
+        log_event(LOG_WARN, "repair.removed", NULL,
+                  "a file under instances/ is not a complete instance; it is removed");
+        log_event(LOG_DEBUG, "repair.removed", NULL, "%s", err);
         return -1;
     }
     memcpy(values, got, ATTR_COUNT * sizeof *values);
@@ -417,10 +420,11 @@ static int read_for_repair(void *ud, const char *path, char **values, char **ts,
     return 0;
 }
 
-static void on_dicom_log(void *ud, int level, const char *msg)
+static void on_dicom_log(void *ud, int level, const char *event, const char *peer,
+                         const char *addr, const char *msg)
 {
     (void)ud;
-    log_msg((enum log_level)level, "%s", msg);
+    log_line((enum log_level)level, event, LOG_IDS(.peer = peer, .addr = addr), msg);
 }
 
 /* Deletes what the retention settings say may go (never a study with
@@ -438,17 +442,19 @@ static void retain_run(uv_work_t *req)
     if (n->retain_audit_days &&
         storage_audit_retain(n->store, now - (int64_t)n->retain_audit_days * 86400 * 1000,
                              &audit_deleted) != STORAGE_OK)
-        log_msg(LOG_ERROR, "retention: cannot delete old rows of the audit trail");
+        log_event(LOG_ERROR, "retention.failed", NULL,
+                  "retention: cannot delete old rows of the audit trail");
     if (audit_deleted)
-        log_msg(LOG_INFO, "retention: %d audit row%s older than %d days deleted", audit_deleted,
-                audit_deleted == 1 ? "" : "s", n->retain_audit_days);
+        log_event(LOG_INFO, "retention.audit", NULL,
+                  "retention: %d audit row%s older than %d days deleted", audit_deleted,
+                  audit_deleted == 1 ? "" : "s", n->retain_audit_days);
     if ((n->retain_days || n->retain_high_water) &&
         storage_retain(n->store, now, n->retain_days, n->retain_high_water,
                        &n->retain_deleted, n->retain_err, sizeof n->retain_err) != STORAGE_OK)
-        log_msg(LOG_ERROR, "retention: %s", n->retain_err);
+        log_event(LOG_ERROR, "retention.failed", NULL, "retention: %s", n->retain_err);
     if (n->retain_deleted)
-        log_msg(LOG_INFO, "retention: %d stud%s deleted", n->retain_deleted,
-                n->retain_deleted == 1 ? "y" : "ies");
+        log_event(LOG_INFO, "retention.studies", NULL, "retention: %d stud%s deleted",
+                  n->retain_deleted, n->retain_deleted == 1 ? "y" : "ies");
 }
 
 static void retain(struct node *n);
@@ -546,9 +552,10 @@ static void log_not_applicable(int64_t id, const struct plan *plan)
 {
     for (size_t j = 0; j < plan->n_jobs; j++)
         if (plan->jobs[j].not_applicable)
-            log_msg(LOG_INFO, "study #%lld: a series is not applicable to model %s (%s): "
-                              "recorded, not run",
-                    (long long)id, plan->jobs[j].model, plan->jobs[j].not_applicable);
+            log_event(LOG_INFO, "job.not_applicable",
+                      LOG_IDS(.study = id, .model = plan->jobs[j].model),
+                      "a series is not applicable to the model (%s): recorded, not run",
+                      plan->jobs[j].not_applicable);
 }
 
 /* Plans study I of R from its series rows and commits the plan, outside
@@ -563,7 +570,8 @@ static int complete_study(struct node *n, const struct config *cfg, const struct
     struct plan plan = {0};
     int jobs = 0;
     if (!discard && rules_plan(cfg, rows, n_rows, &plan) != 0) {
-        log_msg(LOG_ERROR, "out of memory planning study #%lld", (long long)r->id[i]);
+        log_event(LOG_ERROR, "study.plan_failed", LOG_IDS(.study = r->id[i]),
+                  "out of memory planning the study");
         plan_free(&plan);
         return 0;
     }
@@ -572,32 +580,34 @@ static int complete_study(struct node *n, const struct config *cfg, const struct
         log_not_applicable(r->id[i], &plan);
     plan_free(&plan);
     if (rc == STORAGE_ECONFLICT) {
-        log_msg(LOG_DEBUG, "study #%lld (%s) received more while it was planned",
-                (long long)r->id[i], r->uid[i]);
+        log_event(LOG_DEBUG, "study.replan", LOG_IDS(.study = r->id[i]),
+                  "%s received more while it was planned", r->uid[i]);
         return 0;
     }
     if (rc != STORAGE_OK) {
-        log_msg(LOG_ERROR, "cannot complete study #%lld: %s", (long long)r->id[i],
-                storage_strerror(rc));
+        log_event(LOG_ERROR, "study.complete_failed", LOG_IDS(.study = r->id[i]),
+                  "cannot complete the study: %s", storage_strerror(rc));
         return 0;
     }
     *queued += jobs;
-    if (due == DUE_STABLE)
-        return 1;
+    const struct log_ids *ids = LOG_IDS(.study = r->id[i]);
     if (discard)
-        log_msg(LOG_WARN, "study #%lld, still receiving after max_wait_seconds (%d s), was "
-                          "discarded", (long long)r->id[i], cc->max_wait_seconds);
+        log_event(LOG_WARN, "study.discarded", ids,
+                  "still receiving after max_wait_seconds (%d s): discarded",
+                  cc->max_wait_seconds);
     else if (due == DUE_MAX_WAIT)
-        log_msg(LOG_WARN, "study #%lld, still receiving after max_wait_seconds (%d s), is "
-                          "processed with what it has%s, %d job%s or forward%s queued",
-                (long long)r->id[i], cc->max_wait_seconds,
-                r->held[i] ? " (instances were refused: status marks it)" : "", jobs,
-                jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
+        log_event(LOG_WARN, "study.complete", ids,
+                  "still receiving after max_wait_seconds (%d s): processed with what it "
+                  "has%s, %d job%s or forward%s queued",
+                  cc->max_wait_seconds,
+                  r->held[i] ? " (instances were refused: status marks it)" : "", jobs,
+                  jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
     else
-        log_msg(LOG_INFO, "study #%lld has all its required series: complete, %d job%s or "
-                          "forward%s queued",
-                (long long)r->id[i], jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
-    log_msg(LOG_DEBUG, "study #%lld (%s) ended early", (long long)r->id[i], r->uid[i]);
+        log_event(LOG_INFO, "study.complete", ids, "%s: complete, %d job%s or forward%s queued",
+                  due == DUE_STABLE ? "no new instance for node.stable_seconds"
+                                    : "all its required series arrived",
+                  jobs, jobs == 1 ? "" : "s", jobs == 1 ? "" : "s");
+    log_event(LOG_DEBUG, "study.uid", ids, "%s", r->uid[i]);
     return 1;
 }
 
@@ -610,10 +620,10 @@ static int64_t complete_due(struct node *n)
     const struct config_completion *cc = &cfg->completion;
     int64_t now = clock_now_ms();
     struct receiving r = {0};
-    int moved = 0, queued = 0, stable_queued = 0, any = 0, ended = 0;
+    int queued = 0, any = 0, ended = 0;
     int64_t next = INT64_MAX;
     if (storage_foreach_receiving(n->store, collect_receiving, &r) != STORAGE_OK)
-        log_msg(LOG_ERROR, "cannot read the receiving studies");
+        log_event(LOG_ERROR, "store.read_failed", NULL, "cannot read the receiving studies");
     for (size_t i = 0; i < r.n; i++) {
         enum due due = DUE_NOT;
         struct attr_series *rows = NULL;
@@ -634,7 +644,8 @@ static int64_t complete_due(struct node *n)
             due = DUE_MAX_WAIT;
         else if (cc->required.n_any) {
             if (storage_study_series(n->store, r.uid[i], &rows, &n_rows) != STORAGE_OK)
-                log_msg(LOG_ERROR, "cannot read the series of study #%lld", (long long)r.id[i]);
+                log_event(LOG_ERROR, "store.read_failed", LOG_IDS(.study = r.id[i]),
+                      "cannot read the series of the study");
             else if (rules_required_met(cfg, rows, n_rows))
                 due = DUE_REQUIRED;
         }
@@ -644,7 +655,8 @@ static int64_t complete_due(struct node *n)
             due = now >= max_wait_at ? DUE_MAX_WAIT : DUE_NOT;
         if (due != DUE_NOT && !rows &&
             storage_study_series(n->store, r.uid[i], &rows, &n_rows) != STORAGE_OK) {
-            log_msg(LOG_ERROR, "cannot read the series of study #%lld", (long long)r.id[i]);
+            log_event(LOG_ERROR, "store.read_failed", LOG_IDS(.study = r.id[i]),
+                      "cannot read the series of the study");
             due = DUE_NOT;
         }
         if (due == DUE_NOT) {
@@ -657,11 +669,9 @@ static int64_t complete_due(struct node *n)
             next = at < next ? at : next;
         }
         if (due != DUE_NOT &&
-            complete_study(n, cfg, &r, i, due, rows, n_rows, now,
-                           due == DUE_STABLE ? &stable_queued : &queued)) {
+            complete_study(n, cfg, &r, i, due, rows, n_rows, now, &queued)) {
             any = 1;
             ended++;
-            moved += due == DUE_STABLE;
         }
         storage_series_free(rows, n_rows);
     }
@@ -671,11 +681,6 @@ static int64_t complete_due(struct node *n)
     free(r.last_ms);
     free(r.id);
     free(r.held);
-    if (moved)
-        log_msg(LOG_INFO, "%d stud%s complete, %d job%s or forward%s queued", moved,
-                moved == 1 ? "y" : "ies", stable_queued, stable_queued == 1 ? "" : "s",
-                stable_queued == 1 ? "" : "s");
-    queued += stable_queued;
     if (queued && n->runner)
         runner_wake(n->runner);
     if (queued && n->sender)
@@ -720,25 +725,28 @@ static void set_conflict_policy(struct storage *store, const struct config *cfg)
 static void reload(struct node *n)
 {
     struct config *old = n->cfg;
-    log_msg(LOG_INFO, "reloading %s", old->path);
+    log_event(LOG_INFO, "config.reloading", NULL, "reloading %s", old->path);
     struct config *cfg = NULL;
     int problems = 0;
     int rc = config_load(old->path, &cfg, log_config_error, &problems);
     if (rc != 0) {
-        log_msg(LOG_ERROR, "reload refused: %d problem%s in %s; the running configuration stays",
-                problems, problems == 1 ? "" : "s", old->path);
+        log_event(LOG_ERROR, "config.reload_refused", NULL,
+                  "reload refused: %d problem%s in %s; the running configuration stays",
+                  problems, problems == 1 ? "" : "s", old->path);
         return;
     }
     char keys[512], why[320];
     if (config_restart_changes(old, cfg, keys, sizeof keys) > 0) {
-        log_msg(LOG_ERROR, "reload refused: %s changed: restart ainode to apply; the running "
-                           "configuration stays", keys);
+        log_event(LOG_ERROR, "config.reload_refused", NULL,
+                  "reload refused: %s changed: restart ainode to apply; the running "
+                  "configuration stays", keys);
         config_unref(cfg);
         return;
     }
     /* A model on a device that is not there is refused here as at start. */
     if (runner_check_devices(cfg, why, sizeof why) != 0) {
-        log_msg(LOG_ERROR, "reload refused: %s; the running configuration stays", why);
+        log_event(LOG_ERROR, "config.reload_refused", NULL,
+                  "reload refused: %s; the running configuration stays", why);
         config_unref(cfg);
         return;
     }
@@ -748,13 +756,15 @@ static void reload(struct node *n)
     n->cfg = cfg;
     pthread_mutex_unlock(&n->cfg_lock);
     log_set_level(cfg->node.log_level);
+    log_set_format(cfg->node.log_format);
     set_conflict_policy(n->store, cfg);
     sender_set_config(n->sender, cfg);
     runner_set_config(n->runner, cfg);
     config_unref(old);
-    log_msg(LOG_INFO, "reloaded: %zu rule%s, %zu model%s, %zu destination%s", cfg->n_rules,
-            cfg->n_rules == 1 ? "" : "s", cfg->n_models, cfg->n_models == 1 ? "" : "s",
-            cfg->n_destinations, cfg->n_destinations == 1 ? "" : "s");
+    log_event(LOG_INFO, "config.reloaded", NULL,
+              "reloaded: %zu rule%s, %zu model%s, %zu destination%s", cfg->n_rules,
+              cfg->n_rules == 1 ? "" : "s", cfg->n_models, cfg->n_models == 1 ? "" : "s",
+              cfg->n_destinations, cfg->n_destinations == 1 ? "" : "s");
 }
 
 static void on_sighup(uv_signal_t *s, int signum)
@@ -789,16 +799,17 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     struct node *n = s->data;
     if (n->stopping) {
-        log_msg(LOG_INFO, "already stopping (waiting for %d association%s)",
-                dicom_server_active(n->dicom), dicom_server_active(n->dicom) == 1 ? "" : "s");
+        log_event(LOG_INFO, "node.stopping", NULL, "already stopping (waiting for %d association%s)",
+                  dicom_server_active(n->dicom), dicom_server_active(n->dicom) == 1 ? "" : "s");
         return;
     }
     n->stopping = 1;
     atomic_store(&n->accepting, 0);
     const struct config *cfg = n->cfg;
-    log_msg(LOG_INFO, "%s: no new associations; waiting up to %d s for %d running",
-            signum == SIGTERM ? "SIGTERM" : "SIGINT", cfg->node.shutdown_grace_seconds,
-            dicom_server_active(n->dicom));
+    log_event(LOG_INFO, "node.stopping", NULL,
+              "%s: no new associations; waiting up to %d s for %d running",
+              signum == SIGTERM ? "SIGTERM" : "SIGINT", cfg->node.shutdown_grace_seconds,
+              dicom_server_active(n->dicom));
     notify_stopping("stopping: waiting up to %d s for %d association%s",
                     cfg->node.shutdown_grace_seconds, dicom_server_active(n->dicom),
                     dicom_server_active(n->dicom) == 1 ? "" : "s");
@@ -880,6 +891,7 @@ static int node_serve(struct node *n)
 {
     const struct config *cfg = n->cfg; /* until the loop runs: a reload may replace it */
     log_set_level(cfg->node.log_level);
+    log_set_format(cfg->node.log_format);
     /* A write past a file size limit must fail with EFBIG (answered as out
      * of resources), not kill the node. */
     signal(SIGXFSZ, SIG_IGN);
@@ -902,7 +914,7 @@ static int node_serve(struct node *n)
     int reindexed, removed;
     storage_repair_counts(n->store, &reindexed, &removed);
     if (reindexed || removed)
-        log_msg(LOG_WARN,
+        log_event(LOG_WARN, "repair.done", NULL,
                 "after an unclean stop: %d instance file%s indexed again, %d incomplete one%s "
                 "removed",
                 reindexed, reindexed == 1 ? "" : "s", removed, removed == 1 ? "" : "s");
@@ -1005,10 +1017,12 @@ static int node_serve(struct node *n)
         return 1;
     }
     if (cfg->node.port)
-        log_msg(LOG_INFO, "ainode %s listening on %s:%d (AE %s), data in %s", AINODE_VERSION,
+        log_event(LOG_INFO, "node.listening", NULL,
+                "ainode %s listening on %s:%d (AE %s), data in %s", AINODE_VERSION,
                 cfg->node.bind, cfg->node.port, cfg->node.ae_title, cfg->node.data_dir);
     else
-        log_msg(LOG_INFO, "ainode %s listening for DICOM TLS only on %s:%d (AE %s), data in %s",
+        log_event(LOG_INFO, "node.listening", NULL,
+                "ainode %s listening for DICOM TLS only on %s:%d (AE %s), data in %s",
                 AINODE_VERSION, cfg->node.bind, cfg->node.tls.port, cfg->node.ae_title,
                 cfg->node.data_dir);
     /* The listening sockets exist since dicom_server_create: a peer can
@@ -1032,6 +1046,6 @@ static int node_serve(struct node *n)
     dicom_server_destroy(n->dicom);
     storage_close(n->store);
     uv_loop_close(n->loop);
-    log_msg(LOG_INFO, "stopped");
+    log_event(LOG_INFO, "node.stopped", NULL, "stopped");
     return 0;
 }

@@ -136,7 +136,8 @@ static void heads_load(struct heads *hs, const struct config *cfg,
     hs->errors = calloc(cfg->n_models, sizeof *hs->errors);
     hs->models = malloc(len);
     if (!hs->h || !hs->errors || !hs->models) {
-        log_msg(LOG_ERROR, "encoder %s: out of memory for its heads", encoder->name);
+        log_event(LOG_ERROR, "model.load_failed", LOG_IDS(.model = encoder->name),
+                  "out of memory for the encoder's heads");
         heads_free(hs);
         return;
     }
@@ -152,7 +153,8 @@ static void heads_load(struct heads *hs, const struct config *cfg,
         h->cfg = m;
         if (load_model(m->name, m->file, encoder->device, encoder->precision, &h->model, err,
                        sizeof err) != INFER_OK) {
-            log_msg(LOG_ERROR, "model %s cannot be loaded: %s", m->name, err);
+            log_event(LOG_ERROR, "model.load_failed", LOG_IDS(.model = m->name),
+                      "model %s cannot be loaded: %s", m->name, err);
             hs->errors[hs->n] = strdup(err);
             h->load_error = hs->errors[hs->n];
         }
@@ -200,7 +202,8 @@ static void *worker_main(void *arg)
         infer_set_threads(cm->threads);
         if (load_model(cm->name, cm->file, cm->device, cm->precision, &model, err,
                        sizeof err) != INFER_OK)
-            log_msg(LOG_ERROR, "model %s cannot be loaded: %s", cm->name, err);
+            log_event(LOG_ERROR, "model.load_failed", LOG_IDS(.model = cm->name),
+                      "model %s cannot be loaded: %s", cm->name, err);
     }
 
     struct heads hs = {0};
@@ -230,7 +233,8 @@ static void *worker_main(void *arg)
                 infer_set_threads(now_cm->threads);
                 if (load_model(now_cm->name, now_cm->file, now_cm->device, now_cm->precision,
                                &model, err, sizeof err) != INFER_OK)
-                    log_msg(LOG_ERROR, "model %s cannot be loaded: %s", now_cm->name, err);
+                    log_event(LOG_ERROR, "model.load_failed", LOG_IDS(.model = now_cm->name),
+                              "model %s cannot be loaded: %s", now_cm->name, err);
             }
             config_unref(held);
             held = now;
@@ -251,8 +255,9 @@ static void *worker_main(void *arg)
                 continue;
             }
             for (size_t i = 0; i < n; i++)
-                log_msg(LOG_INFO, "job %lld: running %s (attempt %d) with encoder %s",
-                        (long long)group[i].id, group[i].model, group[i].attempts, cm->name);
+                log_event(LOG_INFO, "job.running",
+                          LOG_IDS(.job = group[i].id, .model = group[i].model),
+                          "attempt %d, with encoder %s", group[i].attempts, cm->name);
             struct job_context ctx = {
                 .store = r->store, .model_cfg = cm, .model = model, .load_error = err,
                 .owner = w->owner, .stopping = worker_stopping, .stopping_ud = r,
@@ -271,13 +276,14 @@ static void *worker_main(void *arg)
         int rc = storage_job_claim(r->store, cm->name, w->owner, now_ms, JOB_LEASE_MS, &job);
         if (rc != STORAGE_OK) {
             if (rc != STORAGE_ENOTFOUND)
-                log_msg(LOG_ERROR, "cannot claim jobs for %s from the database", cm->name);
+                log_event(LOG_ERROR, "store.read_failed", LOG_IDS(.model = cm->name),
+                          "cannot claim jobs for %s from the database", cm->name);
             waiter_wait(&r->waiter, &seen, IDLE_WAIT_MS);
             continue;
         }
         claimed(&job, now_ms);
-        log_msg(LOG_INFO, "job %lld: running %s (attempt %d)", (long long)job.id, cm->name,
-                job.attempts);
+        log_event(LOG_INFO, "job.running", LOG_IDS(.job = job.id, .model = cm->name), "attempt %d",
+                  job.attempts);
         CRASH_POINT("job.claimed"); /* leased, in no stage */
         struct job_context ctx = {
             .store = r->store,
@@ -390,7 +396,7 @@ void runner_set_config(struct runner *r, struct config *cfg)
         const struct config_model *m = config_find_model(cfg, w->name);
         if (!m || !has_workers(m) || active_workers(r, w->name) > m->workers) {
             atomic_store(&w->retire, 1);
-            log_msg(LOG_INFO, "model %s: a worker retires", w->name);
+            log_event(LOG_INFO, "worker.retired", LOG_IDS(.model = w->name), "a worker retires");
         }
     }
     /* Models added, or more workers. */
@@ -401,7 +407,7 @@ void runner_set_config(struct runner *r, struct config *cfg)
             if (start_worker(r, m, err, sizeof err) != 0)
                 log_msg(LOG_ERROR, "%s", err);
             else
-                log_msg(LOG_INFO, "model %s: a worker starts", m->name);
+                log_event(LOG_INFO, "worker.started", LOG_IDS(.model = m->name), "a worker starts");
     }
     runner_wake(r);
 }

@@ -129,8 +129,8 @@ static void audit(struct sender *s, const struct config_destination *d,
         .attempts = it->attempts + 1,
     };
     if (storage_audit_result(s->store, &r) != STORAGE_OK)
-        log_msg(LOG_ERROR, "cannot record outbox item %lld in the audit trail",
-                (long long)it->id);
+        log_event(LOG_ERROR, "audit.failed", LOG_IDS(.item = it->id, .dest = it->destination),
+                  "cannot record the outbox item in the audit trail");
 }
 
 static void record_failure(struct sender *s, const struct config_destination *d,
@@ -149,16 +149,13 @@ static void record_failure(struct sender *s, const struct config_destination *d,
                                                            : "dead-lettered",
           why);
     if (next >= 0)
-        log_msg(LOG_WARN, "outbox item %lld (%s to %s) failed, next try in %lld s: %s",
-                (long long)it->id, it->kind, it->destination, (long long)((next - now) / 1000),
-                why);
+        log_event(LOG_WARN, "send.retry", LOG_IDS(.item = it->id, .dest = it->destination), "%s failed, next try in %lld s: %s", it->kind,
+                  (long long)((next - now) / 1000), why);
     else if (outcome == DICOM_SEND_PERMANENT)
-        log_msg(LOG_ERROR, "outbox item %lld (%s to %s) refused for good: %s", (long long)it->id,
-                it->kind, it->destination, why);
+        log_event(LOG_ERROR, "send.dead_letter", LOG_IDS(.item = it->id, .dest = it->destination), "%s refused for good: %s", it->kind, why);
     else
-        log_msg(LOG_ERROR, "outbox item %lld (%s to %s) failed for good after %d attempt%s: %s",
-                (long long)it->id, it->kind, it->destination, it->attempts + 1,
-                it->attempts ? "s" : "", why);
+        log_event(LOG_ERROR, "send.dead_letter", LOG_IDS(.item = it->id, .dest = it->destination), "%s failed for good after %d attempt%s: %s",
+                  it->kind, it->attempts + 1, it->attempts ? "s" : "", why);
 }
 
 /* Sends ITEMS[0..n), all for one destination and study, under CFG. */
@@ -218,7 +215,8 @@ static void send_group(struct sender *s, const struct config *cfg,
         }
     }
     if (sent)
-        log_msg(LOG_INFO, "sent %d result%s to %s", sent, sent == 1 ? "" : "s", d->name);
+        log_event(LOG_INFO, "send.done", LOG_IDS(.dest = d->name), "sent %d result%s to %s", sent,
+                  sent == 1 ? "" : "s", d->name);
     free(files);
 }
 
@@ -234,7 +232,7 @@ static void *sender_main(void *arg)
         pthread_mutex_unlock(&s->cfg_lock);
         struct batch b = {0};
         if (storage_outbox_due(s->store, clock_now_ms(), collect_due, &b) != STORAGE_OK)
-            log_msg(LOG_ERROR, "cannot read the outbox");
+            log_event(LOG_ERROR, "store.read_failed", NULL, "cannot read the outbox");
         size_t start = 0;
         for (size_t i = 1; i <= b.n && !waiter_stopping(&s->waiter); i++) {
             if (i < b.n && !strcmp(b.items[i].destination, b.items[start].destination) &&

@@ -556,12 +556,12 @@ static int data_dir_private(const char *data_dir, char *err, size_t errlen)
                          "replace what it stores; make it private (chmod 750 %s)",
                          data_dir, perm, data_dir);
     if (sb.st_mode & (S_IROTH | S_IXOTH | S_IWGRP))
-        log_msg(LOG_WARN,
-                "the data directory %s has mode %04o: %s; chmod 750 %s makes it private",
-                data_dir, perm,
-                sb.st_mode & (S_IROTH | S_IXOTH) ? "every user may read the instances it holds"
-                                                 : "its group may write in it",
-                data_dir);
+        log_event(LOG_WARN, "store.permissions", NULL,
+                  "the data directory %s has mode %04o: %s; chmod 750 %s makes it private",
+                  data_dir, perm,
+                  sb.st_mode & (S_IROTH | S_IXOTH) ? "every user may read the instances it holds"
+                                                   : "its group may write in it",
+                  data_dir);
     return STORAGE_OK;
 }
 

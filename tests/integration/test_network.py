@@ -666,8 +666,8 @@ class NetworkTest(NodeTestCase):
         s = n.wait_for_study(study, state="complete", timeout=20)
         self.assertEqual(int(s["instances"]), 2)
         self.assertIsNone(s["held"])
-        self.assertIn("study #%d, held back for refused instances, was sent again" % s["id"],
-                      n.log())
+        self.assertIn('event=study.released study=%d msg="held back for refused instances, '
+                      'sent again' % s["id"], n.log())
         self.assertEqual(n.stop(), 0)
 
     def test_a_held_study_waits_without_spinning_and_completes_at_max_wait(self):

@@ -182,14 +182,16 @@ class PrivacyTest(NodeTestCase):
             pacs.stop()
         log = n.log()
         # Every path above was taken, and said so.
-        for line in (r"\d stud(y|ies) complete", r"job \d+: done", r"job \d+: failed: ",
+        for line in (r"event=study.complete study=\d+ ", r"event=job.done job=\d+ ",
+                     r'event=job.failed job=\d+ .*msg="failed: ',
                      "sent 2 results to pacs",
                      "refused an instance from STORESCU: [A-Za-z]+ already stored in another "
-                     "study", r"outbox item \d+ \(forward to down\) failed, next try in",
-                     "failed for good after 2 attempts",
-                     r"study #\d+ is held back from completion",
-                     r"study #\d+, held back for refused instances, was sent again",
-                     "repair: ", "1 incomplete one removed", "retention: 3 studies deleted"):
+                     "study", r'event=send.retry item=\d+ dest=down msg="forward failed, next '
+                     "try in", "failed for good after 2 attempts",
+                     r"event=study.held study=\d+ msg=\"held back from completion",
+                     r"event=study.released study=\d+ msg=\"held back for refused instances",
+                     "event=repair.removed", "1 incomplete one removed",
+                     "retention: 3 studies deleted"):
             self.assertRegex(log, line)
         self.assertGreater(len(secret), 20)
         return log, secret

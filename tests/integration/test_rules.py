@@ -279,8 +279,8 @@ class RulesTest(NodeTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         harness.wait_until(lambda: "reloaded: 1 rule, 1 model" in n.log(), 10, 0.1,
                            "the reload")
-        self.assertIn("model ct-bone-body: a worker retires", n.log())
-        self.assertIn("model bone-v2: a worker starts", n.log())
+        self.assertIn('event=worker.retired model=ct-bone-body msg="a worker retires"', n.log())
+        self.assertIn('event=worker.started model=bone-v2 msg="a worker starts"', n.log())
         ct = make_ct_series(os.path.join(self.workdir, "ct"), 2, rows=16, cols=16,
                             pixel_fn=phantom)
         harness.storescu(n.port, ct, ae_called=n.ae)

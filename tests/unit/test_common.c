@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <jansson.h>
+#include <sys/stat.h>
 
 static void test_attribute_keywords_and_columns_are_unique(void **state)
 {
@@ -89,24 +91,28 @@ static void test_error_text_is_one_line_and_returns_the_code(void **state)
 /* ------------------------------------------------------------------ */
 /* log                                                                 */
 
-/* What log_msg(LEVEL, "%s", MSG) writes to stderr, without the time stamp,
- * into OUT. */
+/* What LINE() writes to stderr, into OUT. */
+#define CAPTURE(out, len, line)                                                                \
+    do {                                                                                       \
+        FILE *tmp_ = tmpfile();                                                                \
+        assert_non_null(tmp_);                                                                 \
+        int saved_ = dup(STDERR_FILENO);                                                       \
+        assert_true(saved_ >= 0);                                                              \
+        assert_int_equal(dup2(fileno(tmp_), STDERR_FILENO), STDERR_FILENO);                    \
+        line;                                                                                  \
+        assert_int_equal(dup2(saved_, STDERR_FILENO), STDERR_FILENO);                          \
+        close(saved_);                                                                         \
+        rewind(tmp_);                                                                          \
+        size_t n_ = fread((out), 1, (len) - 1, tmp_);                                          \
+        (out)[n_] = '\0';                                                                      \
+        fclose(tmp_);                                                                          \
+    } while (0)
+
+/* What log_msg(LEVEL, "%s", MSG) writes, without its time stamp. */
 static void logged(enum log_level level, const char *msg, char *out, size_t len)
 {
-    FILE *tmp = tmpfile();
-    assert_non_null(tmp);
-    fflush(stderr);
-    int saved = dup(STDERR_FILENO);
-    assert_true(saved >= 0);
-    assert_int_equal(dup2(fileno(tmp), STDERR_FILENO), STDERR_FILENO);
-    log_msg(level, "%s", msg);
-    fflush(stderr);
-    assert_int_equal(dup2(saved, STDERR_FILENO), STDERR_FILENO);
-    close(saved);
-    rewind(tmp);
-    size_t n = fread(out, 1, len - 1, tmp);
-    out[n] = '\0';
-    fclose(tmp);
+    CAPTURE(out, len, log_msg(level, "%s", msg));
+    assert_memory_equal(out, "ts=", 3);
     char *space = strchr(out, ' '); /* after the time stamp */
     assert_non_null(space);
     memmove(out, space + 1, strlen(space + 1) + 1);
@@ -115,36 +121,117 @@ static void logged(enum log_level level, const char *msg, char *out, size_t len)
 static void test_log_escapes_controls_and_non_ascii_so_no_line_is_forged(void **state)
 {
     (void)state;
-    char out[2048];
+    char out[4096];
     /* A calling AE title that tries to start a line of its own. */
-    logged(LOG_WARN, "association from EVIL\n2026-01-01T00:00:00.000Z INFO  forged", out,
-           sizeof out);
-    assert_string_equal(out, "WARN  association from EVIL\\n2026-01-01T00:00:00.000Z INFO  "
-                             "forged\n");
+    logged(LOG_WARN, "association from EVIL\nts=2026-01-01T00:00:00.000Z level=info msg=forged",
+           out, sizeof out);
+    assert_string_equal(out, "level=warn msg=\"association from EVIL\\nts=2026-01-01T00:00:00.000Z "
+                             "level=info msg=forged\"\n");
     logged(LOG_ERROR, "cr\r tab\t esc\x1b[31m del\x7f", out, sizeof out);
-    assert_string_equal(out, "ERROR cr\\x0d tab\\x09 esc\\x1b[31m del\\x7f\n");
+    assert_string_equal(out, "level=error msg=\"cr\\x0d tab\\x09 esc\\x1b[31m del\\x7f\"\n");
     /* Bytes outside ASCII (here UTF-8 for "é" and a stray 0xff). */
     logged(LOG_INFO, "caf\xc3\xa9 \xff", out, sizeof out);
-    assert_string_equal(out, "INFO  caf\\xc3\\xa9 \\xff\n");
-    /* A message longer than a line is cut, still one line. */
+    assert_string_equal(out, "level=info msg=\"caf\\xc3\\xa9 \\xff\"\n");
+    /* A quote cannot end the message early, a backslash cannot fake an escape. */
+    logged(LOG_INFO, "a\" job=9 \\x41", out, sizeof out);
+    assert_string_equal(out, "level=info msg=\"a\\\" job=9 \\\\x41\"\n");
+    /* A message longer than a line is cut, still one line, still closed. */
     char big[3000];
     memset(big, '\n', sizeof big - 1);
     big[sizeof big - 1] = '\0';
     logged(LOG_INFO, big, out, sizeof out);
     assert_non_null(strchr(out, '\n'));
     assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
+    assert_memory_equal(out + strlen(out) - 3, "n\"\n", 3);
     /* Below the level: nothing. */
     log_set_level(LOG_WARN);
+    CAPTURE(out, sizeof out, log_msg(LOG_INFO, "hidden"));
+    assert_string_equal(out, "");
+    log_set_level(LOG_INFO);
+}
+
+static void test_log_writes_an_event_and_its_ids_as_key_value_fields(void **state)
+{
+    (void)state;
+    char out[2048];
+    CAPTURE(out, sizeof out,
+            log_event(LOG_INFO, "job.done", LOG_IDS(.job = 12, .model = "ct-bone-body"),
+                      "done in %.1f s", 1.25));
+    char *fields = strchr(out, ' ');
+    assert_non_null(fields);
+    assert_string_equal(fields, " level=info event=job.done job=12 model=ct-bone-body "
+                                "msg=\"done in 1.2 s\"\n");
+    /* A value with a space, a quote or '=' is quoted; unset ids are left out. */
+    CAPTURE(out, sizeof out,
+            log_event(LOG_WARN, "association.rejected",
+                      LOG_IDS(.study = 3, .item = 0, .peer = "A=B \"C\"", .addr = "::1"),
+                      "x"));
+    fields = strchr(out, ' ');
+    assert_non_null(fields);
+    assert_string_equal(fields, " level=warn event=association.rejected study=3 "
+                                "peer=\"A=B \\\"C\\\"\" addr=::1 msg=\"x\"\n");
+}
+
+static void test_log_json_lines_are_json_objects_with_the_same_fields(void **state)
+{
+    (void)state;
+    char out[2048];
+    log_set_format(LOG_FORMAT_JSON);
+    CAPTURE(out, sizeof out,
+            log_event(LOG_ERROR, "send.dead_letter", LOG_IDS(.item = 7, .dest = "pacs"),
+                      "refused \"for good\"\n\x01\xff"));
+    log_set_format(LOG_FORMAT_TEXT);
+    assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
+    json_error_t e;
+    json_t *o = json_loads(out, 0, &e);
+    assert_non_null(o);
+    assert_true(json_is_string(json_object_get(o, "ts")));
+    assert_string_equal(json_string_value(json_object_get(o, "level")), "error");
+    assert_string_equal(json_string_value(json_object_get(o, "event")), "send.dead_letter");
+    assert_int_equal(json_integer_value(json_object_get(o, "item")), 7);
+    assert_string_equal(json_string_value(json_object_get(o, "dest")), "pacs");
+    assert_null(json_object_get(o, "job"));
+    /* Bytes outside ASCII come back as the code points of their values. */
+    assert_string_equal(json_string_value(json_object_get(o, "msg")),
+                        "refused \"for good\"\n\x01\xc3\xbf");
+    json_decref(o);
+}
+
+static void test_log_lines_to_the_journal_carry_their_priority_and_no_time_stamp(void **state)
+{
+    (void)state;
+    char out[2048];
     FILE *tmp = tmpfile();
+    assert_non_null(tmp);
     int saved = dup(STDERR_FILENO);
-    dup2(fileno(tmp), STDERR_FILENO);
-    log_msg(LOG_INFO, "hidden");
-    fflush(stderr);
+    assert_int_equal(dup2(fileno(tmp), STDERR_FILENO), STDERR_FILENO);
+    struct stat st;
+    assert_int_equal(fstat(STDERR_FILENO, &st), 0);
+    char js[64];
+    snprintf(js, sizeof js, "%llu:%llu", (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino);
+    setenv("JOURNAL_STREAM", js, 1);
+    log_msg(LOG_ERROR, "e");
+    log_msg(LOG_WARN, "w");
+    log_msg(LOG_INFO, "i");
+    log_set_level(LOG_DEBUG);
+    log_msg(LOG_DEBUG, "d");
+    log_set_level(LOG_INFO);
+    /* Another file than the journal's stream: no prefix. */
+    setenv("JOURNAL_STREAM", "1:1", 1);
+    log_msg(LOG_INFO, "f");
+    unsetenv("JOURNAL_STREAM");
     dup2(saved, STDERR_FILENO);
     close(saved);
-    assert_int_equal(ftell(tmp), 0);
+    rewind(tmp);
+    size_t n = fread(out, 1, sizeof out - 1, tmp);
+    out[n] = '\0';
     fclose(tmp);
-    log_set_level(LOG_INFO);
+    char *f = strstr(out, "ts=");
+    assert_non_null(f);
+    *f = '\0';
+    assert_string_equal(out, "<3>level=error msg=\"e\"\n<4>level=warn msg=\"w\"\n"
+                             "<6>level=info msg=\"i\"\n<7>level=debug msg=\"d\"\n");
 }
 
 /* ------------------------------------------------------------------ */
@@ -353,6 +440,9 @@ int main(void)
         cmocka_unit_test(test_plan_merges_a_model_named_twice_for_one_series),
         cmocka_unit_test(test_error_text_is_one_line_and_returns_the_code),
         cmocka_unit_test(test_log_escapes_controls_and_non_ascii_so_no_line_is_forged),
+        cmocka_unit_test(test_log_writes_an_event_and_its_ids_as_key_value_fields),
+        cmocka_unit_test(test_log_json_lines_are_json_objects_with_the_same_fields),
+        cmocka_unit_test(test_log_lines_to_the_journal_carry_their_priority_and_no_time_stamp),
         cmocka_unit_test(test_waiter_a_wake_before_the_wait_is_not_lost),
         cmocka_unit_test(test_waiter_many_wakes_coalesce_into_one),
         cmocka_unit_test(test_waiter_timeout_is_honoured),

@@ -246,6 +246,7 @@ static void assert_defaults(const struct config *cfg)
     assert_int_equal(cfg->node.max_associations, 32);
     assert_int_equal(cfg->node.n_allowed_callers, 0);
     assert_int_equal(cfg->node.log_level, LOG_INFO);
+    assert_int_equal(cfg->node.log_format, LOG_FORMAT_TEXT);
     assert_int_equal(cfg->node.shutdown_grace_seconds, 30);
     assert_int_equal(cfg->node.network_timeout_seconds, 60);
     assert_int_equal(cfg->node.max_pdu, 131072);
@@ -315,6 +316,7 @@ static void test_full_file_round_trips_all_values(void **state)
     assert_string_equal(cfg->node.allowed_callers[0], "PACS");
     assert_string_equal(cfg->node.allowed_callers[1], "MODALITY 1");
     assert_int_equal(cfg->node.log_level, LOG_DEBUG);
+    assert_int_equal(cfg->node.log_format, LOG_FORMAT_JSON);
     assert_int_equal(cfg->node.shutdown_grace_seconds, 0);
     assert_int_equal(cfg->node.network_timeout_seconds, 120);
     assert_int_equal(cfg->node.max_pdu, 16384);
