@@ -9,7 +9,7 @@ PACKAGES="
   libuv1-dev libsqlite3-dev libssl-dev libfyaml-dev libjansson-dev zlib1g-dev libpcre2-dev
   libcmocka-dev clang libclang-rt-14-dev
   libmicrohttpd-dev prometheus chromium openssl
-  libsystemd-dev systemd dpkg-dev fakeroot adduser
+  libsystemd-dev systemd dpkg-dev fakeroot adduser groff-base man-db
   dicom3tools python3 python3-pydicom python3-numpy python3-torch python3-yaml
 "
 # Node.js runs the viewer-side checks (dcmjs). A machine that already has a

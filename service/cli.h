@@ -63,6 +63,10 @@ int cli_version(int json);
  * no command. */
 int cli_help(FILE *out, const char *cmd);
 
+/* Writes the usage of ainode (`ainode --help`) to OUT: the commands and
+ * the exit codes. Both come from cli_help.h's tables, as ainode(8) does. */
+void cli_usage(FILE *out);
+
 /* `ainode retry`: the dead-lettered outbox item ID (or all of them when
  * ID < 0) go back to the queue. */
 int cli_retry(const struct config *cfg, int64_t id);

@@ -16,43 +16,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: ainode COMMAND [-c CONFIG] [options]\n"
-            "\n"
-            "CONFIG defaults to " AINODE_DEFAULT_CONFIG ".\n"
-            "\n"
-            "commands:\n"
-            "  serve          run the node in the foreground\n"
-            "  check-config   validate CONFIG; print FILE:LINE:COLUMN: message per problem\n"
-            "  status         a page of the studies in the store, newest first, with their\n"
-            "                 jobs and sends: status -c CONFIG [--state S] [--since WHEN]\n"
-            "                 [--study UID] [--model M] [--limit N] [--cursor C] [--all]\n"
-            "                 [--oldest-first] [--json]\n"
-            "  jobs           a page of the jobs, newest first (the same options)\n"
-            "  reprocess      plan a stored study again and queue its jobs:\n"
-            "                 reprocess -c CONFIG STUDY_UID [--model M]\n"
-            "  reload         validate CONFIG and have the running node re-read it\n"
-            "  retry          send dead-lettered outbox items again, or run a quarantined\n"
-            "                 job again: retry -c CONFIG (ITEM | --all-failed | --job JOB)\n"
-            "  explain        how the rules treat each series of a study or of files:\n"
-            "                 explain -c CONFIG (STUDY_UID | FILE.dcm...)\n"
-            "  infer          run a model on files or folders in the foreground:\n"
-            "                 infer -c CONFIG -m MODEL [--labels FILE] PATH...\n"
-            "                 (-m HEAD,HEAD,...: heads of one encoder, which runs once)\n"
-            "  audit          the associations and sends recorded, from WHEN on (UTC date\n"
-            "                 or time, e.g. 2026-12-01T10:00, or 24h, 7d back from now):\n"
-            "                 audit -c CONFIG [--since WHEN] [--json]\n"
-            "  version        print the version (--json: build, libraries, GPUs)\n"
-            "\n"
-            "ainode COMMAND --help prints the usage of COMMAND.\n"
-            "\n"
-            "exit codes: 0 ok, 1 error, 2 usage; 3 the study named is not in the store,\n"
-            "4 the model named is not in the configuration, 5 nothing to run (reprocess),\n"
-            "6 another node serves the data directory (serve), 7 no node serves it (reload)\n");
-}
-
 /* Built-in models sit next to the binary (models/, as in the build tree)
  * or in ../share/ainode/models once installed. */
 static void find_builtin_models(void)
@@ -91,12 +54,12 @@ int main(int argc, char **argv)
      * modes it creates with). */
     umask(027);
     if (argc < 2) {
-        usage(stderr);
+        cli_usage(stderr);
         return 2;
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
-        usage(stdout);
+        cli_usage(stdout);
         return 0;
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
@@ -116,7 +79,7 @@ int main(int argc, char **argv)
         strcmp(cmd, "infer") && strcmp(cmd, "retry") && strcmp(cmd, "explain") &&
         strcmp(cmd, "reload") && strcmp(cmd, "audit")) {
         fprintf(stderr, "ainode: unknown command '%s'\n", cmd);
-        usage(stderr);
+        cli_usage(stderr);
         return 2;
     }
 
