@@ -7,11 +7,13 @@ staging folder of the test's own and packs it, in seconds) and unpack it
 with `dpkg-deb -x` into a fresh root, whose /usr/bin/ainode checks the
 packaged /etc/ainode/ainode.yaml: the built-in models it names are found in
 that root's /usr/share/ainode/models (the binary looks beside itself, as
-../share/ainode/models). deploy/ainode.service is checked by
-`systemd-analyze verify`, in a copy naming the binary under test.
+../share/ainode/models). The package carries the man page as the build made
+it (gzip -9n) and the administrator's documents. deploy/ainode.service is
+checked by `systemd-analyze verify`, in a copy naming the binary under test.
 """
 
 import glob
+import gzip
 import os
 import re
 import shutil
@@ -31,6 +33,10 @@ FILES = [
     "./etc/ainode/ainode.yaml",
     "./lib/systemd/system/ainode.service",
     "./usr/share/doc/ainode/README.md",
+    "./usr/share/doc/ainode/configuration.md",
+    "./usr/share/doc/ainode/admin-guide.md",
+    "./usr/share/doc/ainode/conformance-statement.md",
+    "./usr/share/man/man8/ainode.8.gz",
 ]
 
 
@@ -115,6 +121,21 @@ class PackageTest(unittest.TestCase):
             postinst = f.read()
         self.assertRegex(postinst, r"adduser [^\n]*--system --group --home /var/lib/ainode")
         self.assertIn("chown ainode:ainode /var/lib/ainode", postinst)
+
+    def test_deb_holds_the_man_page_compressed_as_debian_wants_and_the_admin_documents(self):
+        self.package()
+        with open(os.path.join(self.root, "usr/share/man/man8/ainode.8.gz"), "rb") as f:
+            packed = f.read()
+        # gzip -9n: no file name (FLG.FNAME), no time (MTIME 0), best
+        # compression (XFL 2), so that the same page packs the same bytes.
+        self.assertEqual(packed[:3], b"\x1f\x8b\x08")
+        self.assertEqual((packed[3] & 0x08, packed[4:8], packed[8]), (0, bytes(4), 2))
+        with open(os.path.join(self.build_dir, "man", "ainode.8"), "rb") as f:
+            self.assertEqual(gzip.decompress(packed), f.read())
+        for doc in ("admin-guide.md", "conformance-statement.md", "configuration.md"):
+            with open(os.path.join(self.root, "usr/share/doc/ainode", doc), "rb") as f, \
+                    open(os.path.join(harness.REPO_ROOT, "docs", doc), "rb") as g:
+                self.assertEqual(f.read(), g.read(), doc)
 
     def test_unpacked_binary_checks_the_packaged_config_with_its_own_models(self):
         self.package()
