@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
  * days_from_civil): no timegm, no time zone. */
@@ -153,12 +152,10 @@ int cli_audit(const struct config *cfg, int64_t since_ms, int json)
 {
     struct storage *st = NULL;
     char err[512] = "";
-    char db[4096];
-    struct stat sb;
-    snprintf(db, sizeof db, "%s/ainode.db", cfg->node.data_dir);
     /* A node that never ran has recorded nothing, which is not an error. */
-    if (stat(db, &sb) == 0 &&
-        storage_open_readonly(cfg->node.data_dir, &st, err, sizeof err) != STORAGE_OK) {
+    int exists = storage_exists(cfg->node.data_dir, err, sizeof err);
+    if (exists < 0 ||
+        (exists && storage_open_readonly(cfg->node.data_dir, &st, err, sizeof err) != STORAGE_OK)) {
         fprintf(stderr, "ainode: %s\n", err);
         return 1;
     }

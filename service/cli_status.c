@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 static int print_job_row(void *ud, const struct storage_job_row *j)
 {
@@ -155,13 +154,12 @@ int cli_list_filter(const struct cli_list_args *a, struct storage_filter *f)
  * never ran (an empty store is not an error). Returns 0 or an exit code. */
 static int open_listing(const struct config *cfg, struct storage **st)
 {
-    char err[512] = "", db[4096];
-    struct stat sb;
+    char err[512] = "";
     *st = NULL;
-    snprintf(db, sizeof db, "%s/ainode.db", cfg->node.data_dir);
-    if (stat(db, &sb) != 0)
+    int exists = storage_exists(cfg->node.data_dir, err, sizeof err);
+    if (exists == 0)
         return CLI_EXIT_OK;
-    if (storage_open_readonly(cfg->node.data_dir, st, err, sizeof err) != STORAGE_OK) {
+    if (exists < 0 || storage_open_readonly(cfg->node.data_dir, st, err, sizeof err) != STORAGE_OK) {
         fprintf(stderr, "ainode: %s\n", err);
         return CLI_EXIT_ERROR;
     }

@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -655,6 +656,25 @@ int storage_open(const char *data_dir, storage_read_fn read, void *read_ud,
                  struct storage **out, char *err, size_t errlen)
 {
     return open_mode(data_dir, STORAGE_MODE_SERVE, read, read_ud, out, err, errlen);
+}
+
+int storage_exists(const char *data_dir, char *err, size_t errlen)
+{
+    char db[PATH_MAX];
+    struct stat sb;
+    if (snprintf(db, sizeof db, "%s/ainode.db", data_dir) >= (int)sizeof db) {
+        error_set(err, errlen, -1, "%s: path too long", data_dir);
+        return -1;
+    }
+    if (stat(db, &sb) == 0)
+        return 1;
+    if (errno == ENOENT)
+        return 0;
+    /* Above all EACCES: the data directory is the node user's alone. An
+     * empty listing here would tell the admin that nothing was stored. */
+    error_set(err, errlen, -1, "cannot read %s: %s (run the command as the user the node runs "
+                               "as, e.g. sudo -u ainode)", db, strerror(errno));
+    return -1;
 }
 
 int storage_open_readonly(const char *data_dir, struct storage **out, char *err, size_t errlen)

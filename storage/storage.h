@@ -98,6 +98,11 @@ int storage_schema_version(void);
 /* What the repair at open did: files indexed again and files removed. */
 void storage_repair_counts(const struct storage *st, int *reindexed, int *removed);
 
+/* Whether DATA_DIR holds a store: 1 yes, 0 no (a node never ran there:
+ * nothing recorded, not an error), -1 it cannot be told (no permission to
+ * look: ERR says so, and that the commands run as the node's user). */
+int storage_exists(const char *data_dir, char *err, size_t errlen);
+
 /* Opens an existing store read-only (for status); nothing is repaired or
  * migrated: a store of another schema version is refused (STORAGE_EVERSION). */
 int storage_open_readonly(const char *data_dir, struct storage **out, char *err, size_t errlen);

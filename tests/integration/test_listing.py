@@ -9,8 +9,10 @@ runs what it queued; every command answers --help; `version --json`.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -211,6 +213,42 @@ class ListingTest(NodeTestCase):
         time.sleep(1.5)  # nothing was queued by them
         self.assertEqual(len(n.status()["jobs"]), 3)
         self.assertEqual(n.stop(), 0)
+
+    def test_listings_refuse_a_store_their_user_may_not_read(self):
+        """status, jobs and audit run by a user who may not look into the
+        data directory say so and fail: an empty listing would tell the
+        admin that nothing was ever stored."""
+        n = self.start_node()
+        self.send(n, "a")
+        self.assertEqual(n.stop(), 0)
+        # What an unprivileged user can reach: a copy of the binary and of
+        # the configuration in a directory open to all; the data directory
+        # stays the node's alone (0750, root's).
+        shared = tempfile.mkdtemp(prefix="ainode-perm-")
+        self.addCleanup(shutil.rmtree, shared, True)
+        os.chmod(shared, 0o755)
+        binary = os.path.join(shared, "ainode")
+        shutil.copy(n.binary, binary)
+        # (The node section alone: the copy finds no built-in model.)
+        config = os.path.join(shared, "ainode.yaml")
+        harness.write_config(config, harness.to_yaml({"node": n.config["node"]}))
+        os.chmod(config, 0o644)
+        os.chmod(n.workdir, 0o755)
+        os.chmod(n.data_dir, 0o750)
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", binary]
+        harness.require_tool("setpriv")
+        for args in (["status"], ["jobs"], ["audit"], ["status", "--json"]):
+            r = subprocess.run(nobody + [args[0], "-c", config] + args[1:],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 1, (args, r.stdout, r.stderr))
+            self.assertEqual(r.stdout, "", args)
+            self.assertIn("cannot read %s: Permission denied" % n.db_path, r.stderr, args)
+            self.assertIn("sudo -u ainode", r.stderr, args)
+        # The node's own user still reads it.
+        r = subprocess.run([binary, "status", "-c", config], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("\n1 study\n", r.stdout)
 
     def test_every_command_prints_its_usage_with_help(self):
         for cmd in COMMANDS:
