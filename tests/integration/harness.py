@@ -68,7 +68,9 @@ class MissingToolError(HarnessError):
 
 # The Debian package of each outside program the tests run (the rest are DCMTK's).
 TOOL_PACKAGES = {"dciodvfy": "dicom3tools", "cpack": "cmake", "dpkg-deb": "dpkg",
-                 "dpkg-shlibdeps": "dpkg-dev", "systemd-analyze": "systemd"}
+                 "dpkg-shlibdeps": "dpkg-dev", "systemd-analyze": "systemd",
+                 "promtool": "prometheus", "chromium": "chromium", "openssl": "openssl",
+                 "man": "man-db", "groff": "groff-base", "setpriv": "util-linux"}
 
 
 def require_tool(name):

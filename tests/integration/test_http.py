@@ -32,16 +32,6 @@ RULES = [{"name": "ct", "match": {"Modality": "CT"}, "run": [MODEL], "send_resul
 SLICES = 4
 
 
-def need(tool, package):
-    """The path of TOOL; a missing one fails the test, naming its Debian package."""
-    path = shutil.which(tool)
-    if not path:
-        raise harness.MissingToolError(
-            "required program '%s' is not installed (Debian package %s; "
-            "deploy/setup-debian.sh installs it)" % (tool, package))
-    return path
-
-
 def output_dir():
     """Where a test run keeps what it shows (a screenshot, a scrape)."""
     d = os.environ.get("AINODE_TEST_OUTPUT") or os.path.join(
@@ -99,14 +89,14 @@ def value(s, name, **labels):
 
 def promtool_problems(text):
     """What `promtool check metrics` says of TEXT (empty: nothing), and its exit code."""
-    r = subprocess.run([need("promtool", "prometheus"), "check", "metrics"], input=text,
+    r = subprocess.run([harness.require_tool("promtool"), "check", "metrics"], input=text,
                        capture_output=True, text=True, timeout=60)
     return (r.stdout + r.stderr).strip(), r.returncode
 
 
 def chromium(*args):
     """Runs headless Chromium (Debian's chromium) with ARGS; its stdout."""
-    exe = need("chromium", "chromium")
+    exe = harness.require_tool("chromium")
     home = os.environ.get("TMPDIR", "/tmp")
     r = subprocess.run([exe, "--headless=new", "--no-sandbox", "--disable-gpu",
                         "--no-first-run", "--disable-extensions", "--hide-scrollbars",
@@ -411,7 +401,7 @@ class HttpTest(NodeTestCase):
         self.assertEqual((rc, out.strip().endswith("OK")), (0, True), out)
 
     def test_https_serves_with_the_configured_certificate(self):
-        need("openssl", "openssl")
+        harness.require_tool("openssl")
         pki = make_pki(os.path.join(self.workdir, "pki"))
         key = os.path.join(self.workdir, "http.key")
         shutil.copy(pki.server_key, key)

@@ -34,16 +34,6 @@ ENV = dict(os.environ, LC_ALL="C.UTF-8", MANWIDTH="80", MANPAGER="cat", PAGER="c
 ENV.pop("MAN_KEEP_FORMATTING", None)
 
 
-def tool(name, package):
-    """The path of program NAME; a missing one fails the test, naming its package."""
-    path = shutil.which(name)
-    if not path:
-        raise harness.MissingToolError(
-            "required program '%s' is not installed or not on PATH (Debian package %s; "
-            "deploy/setup-debian.sh installs it)" % (name, package))
-    return path
-
-
 def run(args, **kw):
     return subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, timeout=60, env=ENV, **kw)
@@ -55,7 +45,7 @@ def flat(text):
 
 def man(path):
     """`man --warnings -l PATH`: the text, after checking it said no warning."""
-    r = run([tool("man", "man-db"), "--warnings", "-l", path])
+    r = run([harness.require_tool("man"), "--warnings", "-l", path])
     if r.returncode != 0 or r.stderr:
         raise AssertionError("man -l %s: exit %d\n%s" % (path, r.returncode, r.stderr))
     return r.stdout
@@ -137,7 +127,7 @@ class ManPageTest(unittest.TestCase):
 
     def test_page_renders_without_warnings(self):
         self.assertTrue(os.path.isfile(self.page), "the build made no %s" % self.page)
-        r = run([tool("groff", "groff-base"), "-man", "-Tutf8", "-ww", "-z", self.page])
+        r = run([harness.require_tool("groff"), "-man", "-Tutf8", "-ww", "-z", self.page])
         self.assertEqual((r.returncode, r.stderr), (0, ""))
         man(self.page)  # raises on a warning
 
