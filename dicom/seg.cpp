@@ -23,6 +23,7 @@
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcitem.h>
+#include <dcmtk/dcmdata/dcpixel.h>
 #include <dcmtk/dcmdata/dcsequen.h>
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmfg/fgderimg.h>
@@ -30,6 +31,7 @@
 #include <dcmtk/dcmfg/fgpixmsr.h>
 #include <dcmtk/dcmfg/fgplanor.h>
 #include <dcmtk/dcmfg/fgplanpo.h>
+#include <dcmtk/dcmfg/fgseg.h>
 #include <dcmtk/dcmiod/cielabutil.h>
 #include <dcmtk/dcmiod/iodmacro.h>
 #include <dcmtk/dcmiod/iodreferences.h>
@@ -205,6 +207,34 @@ void validate(const dicom_result *r)
     check_text(r->software_version, 64, "software version");
     if (r->series_description && *r->series_description)
         check_text(r->series_description, 64, "series description");
+}
+
+// Sets bit AT + i of OUT (the first bit is the lowest of OUT[0]) for each
+// of the N labels L[i] equal to VALUE; OUT is zeroed by the caller. Eight
+// labels at a time where the bits fall on whole bytes: the bytes of a word
+// that equal VALUE become 0, each zero byte sets its top bit (exactly, no
+// carries: Mycroft's test) and one multiplication gathers the eight top
+// bits into one byte, the first label's lowest.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "pack_bits reads labels as little-endian words");
+void pack_bits(const uint8_t *l, size_t n, uint8_t value, Uint8 *out, size_t at)
+{
+    size_t i = 0;
+    for (; i < n && (at + i) % 8; i++)
+        if (l[i] == value)
+            out[(at + i) / 8] |= (Uint8)(1u << ((at + i) % 8));
+    const uint64_t ones = 0x0101010101010101ull, low7 = 0x7f7f7f7f7f7f7f7full;
+    const uint64_t spread = ones * value;
+    Uint8 *o = out + (at + i) / 8;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, l + i, 8); // little endian: label i in the lowest byte
+        const uint64_t x = w ^ spread;
+        const uint64_t zero = ~(((x & low7) + low7) | x | low7); // 0x80 where x's byte is 0
+        *o++ = (Uint8)(((zero >> 7) * 0x0102040810204080ull) >> 56);
+    }
+    for (; i < n; i++)
+        if (l[i] == value)
+            out[(at + i) / 8] |= (Uint8)(1u << ((at + i) % 8));
 }
 
 // The whole job; throws SegError (or std::exception) on failure.
@@ -483,48 +513,75 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
         deriv_fg[k] = std::move(d);
     };
 
-    // Frames: by segment, then by slice; one rows*cols buffer at a time.
-    std::vector<Uint8> frame(npix);
+    // Frames: by segment, then by slice. A segment without voxels keeps
+    // one empty frame on slice 0 so that it is still described (every
+    // segment needs a frame).
+    struct Frame {
+        uint8_t value;
+        size_t slice;
+        bool empty;
+    };
+    std::vector<Frame> frames;
     for (const dicom_segment *s : segs) {
         const uint8_t value = (uint8_t)s->number;
-        std::vector<size_t> slices;
+        const size_t before = frames.size();
         for (size_t k = 0; k < nz; k++)
             if (present(k, value))
-                slices.push_back(k);
-        // A segment without voxels keeps one empty frame on slice 0 so that
-        // it is still described (every segment needs a frame).
-        const bool empty = slices.empty();
-        if (empty)
-            slices.push_back(0);
-        for (size_t k : slices) {
-            slice_groups(k);
-            const uint8_t *p = r->labels + k * npix;
-            if (empty)
-                std::fill(frame.begin(), frame.end(), 0);
-            else
+                frames.push_back({value, k, false});
+        if (frames.size() == before)
+            frames.push_back({value, 0, true});
+    }
+    if (frames.size() > 2147483647u)
+        fail("%zu frames, too many for one SEG", frames.size());
+
+    // The functional groups of frame F, as dcmseg's addFrame would keep them.
+    FGPlaneOrientationPatient ori;
+    FGPixelMeasures pix;
+    auto frame_groups = [&](const Frame &f, FGFrameContent &content, OFVector<FGBase *> &groups) {
+        const size_t k = f.slice;
+        slice_groups(k);
+        check_cond(content.setDimensionIndexValues((Uint32)f.value, 0), "dimension value");
+        if (spatial)
+            check_cond(content.setDimensionIndexValues(position_index[k], 1), "dimension value");
+        if (spatial)
+            groups.push_back(pos_fg[k].get());
+        groups.push_back(&content);
+        groups.push_back(deriv_fg[k].get());
+        if (spatial && !shared_orientation) {
+            orientation_fg(ori, *geom[k]);
+            groups.push_back(&ori);
+        }
+        if (spatial && !shared_measures) {
+            measures_fg(pix, measures[k]);
+            groups.push_back(&pix);
+        }
+    };
+
+    // dcmseg builds and checks the object around the first frame of each
+    // segment: every module, the shared groups, the segments. dcmseg 3.6.7
+    // packs a frame one bit at a time, keeps a copy of every group per
+    // frame and finds each per-frame item by walking the sequence from its
+    // start (quadratic): on a CT of 400 slices that is most of the SEG's
+    // time. So the per-frame items are then written here, frame after
+    // frame, by the same functional group classes, and the frames packed
+    // here.
+    {
+        std::vector<Uint8> first(npix);
+        uint8_t last = 0;
+        for (const Frame &f : frames) {
+            if (f.value == last)
+                continue;
+            last = f.value;
+            std::fill(first.begin(), first.end(), 0);
+            if (!f.empty) {
+                const uint8_t *p = r->labels + f.slice * npix;
                 for (size_t i = 0; i < npix; i++)
-                    frame[i] = p[i] == value;
-            FGFrameContent content_fg;
-            check_cond(content_fg.setDimensionIndexValues((Uint32)s->number, 0), "dimension value");
-            if (spatial)
-                check_cond(content_fg.setDimensionIndexValues(position_index[k], 1),
-                           "dimension value");
+                    first[i] = p[i] == f.value;
+            }
+            FGFrameContent content;
             OFVector<FGBase *> groups;
-            if (spatial)
-                groups.push_back(pos_fg[k].get());
-            groups.push_back(&content_fg);
-            groups.push_back(deriv_fg[k].get());
-            FGPlaneOrientationPatient ori;
-            FGPixelMeasures pix;
-            if (spatial && !shared_orientation) {
-                orientation_fg(ori, *geom[k]);
-                groups.push_back(&ori);
-            }
-            if (spatial && !shared_measures) {
-                measures_fg(pix, measures[k]);
-                groups.push_back(&pix);
-            }
-            check_cond(seg->addFrame(frame.data(), (Uint16)s->number, groups), "cannot add frame");
+            frame_groups(f, content, groups);
+            check_cond(seg->addFrame(first.data(), (Uint16)f.value, groups), "cannot add frame");
         }
     }
 
@@ -536,6 +593,51 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
     DcmDataset *ds = ff.getDataset();
     check_cond(seg->writeDataset(*ds), "cannot build SEG");
     seg.reset();
+
+    // Per-frame Functional Groups: every frame's item, appended in order
+    // (what dcmseg wrote for the first frames is written again).
+    DcmSequenceOfItems *per_frame = nullptr;
+    check_cond(ds->findAndGetSequence(DCM_PerFrameFunctionalGroupsSequence, per_frame),
+               "per-frame functional groups");
+    if (!per_frame || per_frame->card() != segs.size())
+        fail("per-frame functional groups: %lu items, %zu expected",
+             per_frame ? per_frame->card() : 0UL, segs.size());
+    per_frame->clear();
+    for (size_t f = 0; f < frames.size(); f++) {
+        FGFrameContent content;
+        OFVector<FGBase *> groups;
+        frame_groups(frames[f], content, groups);
+        FGSegmentation segment;
+        check_cond(segment.setReferencedSegmentNumber((Uint16)frames[f].value),
+                   "referenced segment");
+        groups.push_back(&segment);
+        auto item = std::make_unique<DcmItem>();
+        for (FGBase *g : groups)
+            check_cond(g->write(*item), "per-frame functional group");
+        check_cond(per_frame->append(item.get()), "per-frame functional group");
+        item.release(); // the sequence owns it
+    }
+    check_cond(ds->putAndInsertOFStringArray(DCM_NumberOfFrames,
+                                             std::to_string(frames.size()).c_str()),
+               "number of frames");
+
+    // Pixel Data: one bit per pixel, frame after frame with no padding
+    // between them, the first pixel in the lowest bit (PS3.5 8.1.1).
+    const size_t bits = frames.size() * npix;
+    const size_t bytes = (bits + 7) / 8;
+    if (bytes > 4294967294UL)
+        fail("the SEG's pixel data would exceed 4 GiB");
+    auto pixel_data = std::make_unique<DcmPixelData>(DCM_PixelData);
+    Uint8 *packed = nullptr;
+    check_cond(pixel_data->createUint8Array((Uint32)bytes, packed), "pixel data");
+    pixel_data->setVR(EVR_OB); // 1-bit samples: OB, as dcmseg writes them
+    std::memset(packed, 0, bytes);
+    for (size_t f = 0; f < frames.size(); f++)
+        if (!frames[f].empty)
+            pack_bits(r->labels + frames[f].slice * npix, npix, frames[f].value, packed,
+                      f * npix);
+    check_cond(ds->insert(pixel_data.get(), OFTrue), "pixel data");
+    pixel_data.release(); // the data set owns it
 
     // Attributes dcmseg 3.6.7 does not manage.
     ds->putAndInsertOFStringArray(DCM_SegmentsOverlap, "NO"); // one label per voxel
