@@ -215,7 +215,8 @@ void validate(const dicom_result *r)
 // that equal VALUE become 0, each zero byte sets its top bit (exactly, no
 // carries: Mycroft's test) and one multiplication gathers the eight top
 // bits into one byte, the first label's lowest.
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "pack_bits reads labels as little-endian words");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "pack_bits reads labels as little-endian words");
 void pack_bits(const uint8_t *l, size_t n, uint8_t value, Uint8 *out, size_t at)
 {
     size_t i = 0;
@@ -541,10 +542,10 @@ void write_seg(const dicom_result *r, const char *path, dicom_written *out)
         const size_t k = f.slice;
         slice_groups(k);
         check_cond(content.setDimensionIndexValues((Uint32)f.value, 0), "dimension value");
-        if (spatial)
+        if (spatial) {
             check_cond(content.setDimensionIndexValues(position_index[k], 1), "dimension value");
-        if (spatial)
             groups.push_back(pos_fg[k].get());
+        }
         groups.push_back(&content);
         groups.push_back(deriv_fg[k].get());
         if (spatial && !shared_orientation) {

@@ -12,15 +12,14 @@ A reload changes log_level and log_format of the running node.
 import json
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from gen_series import make_ct_series  # noqa: E402
+from test_receiver import NodeTestCase  # noqa: E402
 
 PATIENT = "Logs^Patient"
 KEYS = ("ts", "level", "event", "study", "job", "item", "model", "dest", "peer", "addr", "msg")
@@ -48,24 +47,7 @@ def node_lines(n):
     return [ln for ln in n.log().splitlines() if ln and not ln.startswith("=== ")]
 
 
-class LogTest(unittest.TestCase):
-    def setUp(self):
-        self.binary = harness.default_binary()
-        self.workdir = tempfile.mkdtemp(prefix="ainode-logs-")
-        self.nodes = []
-
-    def tearDown(self):
-        for n in self.nodes:
-            if n.running():
-                n.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def node(self, env=None, **overrides):
-        n = harness.Node(self.binary, os.path.join(self.workdir, "node"), env=env,
-                         **overrides)
-        self.nodes.append(n)
-        return n
-
+class LogTest(NodeTestCase):
     def send_study(self, n, name="in", count=3):
         files = make_ct_series(os.path.join(self.workdir, name), count, rows=16, cols=16,
                                patient_name=PATIENT)
