@@ -219,8 +219,8 @@ struct dicom_send_peer {
     const struct dicom_tls_config *tls; /* NULL: plain TCP */
 };
 
-/* 1 when STATUS completes a C-STORE: success or a warning (0xB000, 0xB006,
- * 0xB007, 0x0001). */
+/* 1 when STATUS completes a C-STORE: success (0x0000) or a warning
+ * (0x0001, 0xBxxx). */
 DICOM_API int dicom_store_status_ok(uint16_t status);
 
 /* The outcome a C-STORE response STATUS means. */

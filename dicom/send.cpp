@@ -82,10 +82,10 @@ extern "C" {
 
 int dicom_store_status_ok(uint16_t status)
 {
-    // Success, and the warnings PS3.4 B.2.3 lists (coercion, elements
-    // discarded, data set does not match SOP class): the peer kept it.
-    return status == 0x0000 || status == 0x0001 || status == 0xB000 || status == 0xB006 ||
-           status == 0xB007;
+    // Success, and every warning (PS3.7 C.1: 0001 or Bxxx; PS3.4 B.2.3
+    // names B000, B006 and B007 for C-STORE, peers use others): the peer
+    // kept the instance. Sending it again would only make a duplicate.
+    return status == 0x0000 || status == 0x0001 || (status & 0xF000) == 0xB000;
 }
 
 enum dicom_send_outcome dicom_store_status_outcome(uint16_t status)

@@ -207,7 +207,17 @@ static void send_group(struct sender *s, const struct config *cfg,
             int64_t now = clock_now_ms();
             storage_outbox_record(s->store, items[i].id, now, 1, NULL, 0);
             metrics_send_succeeded(items[i].destination, items[i].kind, now);
-            audit(s, d, &items[i], now, "sent", NULL);
+            /* A warning (e.g. B000: the peer coerced attributes) is kept
+             * with the audit row: the peer has the instance, maybe changed. */
+            char warning[80] = "";
+            if (files[i].status != 0x0000) {
+                snprintf(warning, sizeof warning, "kept with warning status 0x%04x",
+                         files[i].status);
+                log_event(LOG_WARN, "send.warning",
+                          LOG_IDS(.item = items[i].id, .dest = d->name),
+                          "%s kept a %s %s", d->name, items[i].kind, warning);
+            }
+            audit(s, d, &items[i], now, "sent", warning[0] ? warning : NULL);
             CRASH_POINT(forward ? "forward.marked" : "send.marked");
             sent++;
         } else {

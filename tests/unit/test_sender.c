@@ -192,6 +192,33 @@ static int collect_audit(void *ud, const struct storage_audit_result *r)
     return 0;
 }
 
+/* Every warning status (0001, Bxxx) means the peer kept the instance: the
+ * items are sent, once, and their audit rows name the status. */
+static void test_a_warning_status_completes_the_item_and_is_audited(void **state)
+{
+    struct fixture *f = *state;
+    const char *data = getenv("AINODE_TEST_DATA");
+    assert_non_null(data);
+    char script[4096], port[16], log[600];
+    snprintf(script, sizeof script, "%s/../integration/rawscu.py", data);
+    snprintf(port, sizeof port, "%d", f->port);
+    snprintf(log, sizeof log, "%s/rawscu.log", f->dir);
+    char *argv[] = {"/usr/bin/python3", "-B", script, "scp", port, "--status", "0xB00A", NULL};
+    f->peer = fx_spawn_listening(argv, f->port, log);
+    struct fx_item items[SLICES];
+    send_until(f, "sent", 1, items);
+    struct audit_list l;
+    memset(&l, 0, sizeof l);
+    assert_int_equal(storage_audit_foreach_result(f->st, 0, collect_audit, &l), STORAGE_OK);
+    assert_int_equal(l.n, SLICES);
+    char want[160];
+    snprintf(want, sizeof want, "forward/pacs/STORESCP@127.0.0.1:%d/sent/1", f->port);
+    for (int k = 0; k < SLICES; k++) {
+        assert_string_equal(l.rows[k], want);
+        assert_string_equal(l.error[k], "kept with warning status 0xb00a");
+    }
+}
+
 static void test_every_send_attempt_is_in_the_audit_trail(void **state)
 {
     struct fixture *f = *state;
@@ -241,6 +268,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_failure_status_dead_letters_at_once, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_warning_status_completes_the_item_and_is_audited,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_a_permanent_association_rejection_dead_letters_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_send_attempt_is_in_the_audit_trail, setup,
