@@ -118,11 +118,26 @@ bool is_supported_transfer_syntax(const char *uid)
     return false;
 }
 
-// Every storage SOP class DCMTK knows, and any other under the storage
-// root, so that new classes from a newer modality are still stored.
+// Storage SOP classes whose instances belong to a patient's study and
+// series: every one DCMTK knows, and any other under the storage root, so
+// that new classes from a newer modality are still stored. The
+// "non-patient" classes (Hanging Protocol, Color Palette, implant
+// templates, protocols) have no study or series to be stored under: they
+// are refused here, where the sender learns it before sending anything.
 bool is_storage_class(const char *uid)
 {
-    return dcmIsaStorageSOPClassUID(uid, ESSC_All) ||
+    // Query models of protocols, under the storage root but no storage.
+    static const char *const kNotStorage[] = {
+        "1.2.840.10008.5.1.4.1.1.200.4",
+        "1.2.840.10008.5.1.4.1.1.200.5",
+        "1.2.840.10008.5.1.4.1.1.200.6",
+    };
+    for (const char *q : kNotStorage)
+        if (std::strcmp(uid, q) == 0)
+            return false;
+    if (dcmIsaStorageSOPClassUID(uid, ESSC_NonPatient))
+        return false;
+    return dcmIsaStorageSOPClassUID(uid, ESSC_Patient) ||
            std::strncmp(uid, "1.2.840.10008.5.1.4.1.1.", 24) == 0;
 }
 

@@ -193,6 +193,27 @@ class ReceiverTest(NodeTestCase):
         held[1].release()
         self.assertEqual(n.stop(), 0)
 
+    def test_only_classes_stored_under_a_study_are_accepted(self):
+        n = self.node()
+        n.start()
+        accepted = {
+            rawscu.VERIFICATION: True,
+            rawscu.CT_STORAGE: True,
+            "1.2.840.10008.5.1.4.1.1.66.4": True,    # Segmentation Storage
+            "1.2.840.10008.5.1.4.1.1.999.1": True,   # newer than DCMTK's list, under the root
+            "1.2.840.10008.5.1.4.38.1": False,       # Hanging Protocol Storage (non-patient)
+            "1.2.840.10008.5.1.4.39.1": False,       # Color Palette Storage (non-patient)
+            "1.2.840.10008.5.1.4.1.1.200.1": False,  # CT Defined Procedure Protocol (non-patient)
+            "1.2.840.10008.5.1.4.1.1.200.4": False,  # its FIND model, under the root
+            "1.2.840.10008.5.1.4.1.2.2.1": False,    # Study Root Query/Retrieve FIND
+        }
+        a = rawscu.Association(n.port, contexts=[(uid, [rawscu.EXPLICIT_LE])
+                                                 for uid in accepted])
+        got = {uid: pcid in a.accepted for pcid, uid in a.proposed.items()}
+        self.assertTrue(a.release())
+        self.assertEqual(got, accepted)
+        self.assertEqual(n.stop(), 0)
+
     # --- storing ----------------------------------------------------------
     def test_three_series_study_is_stored_as_sent_and_indexed(self):
         n = self.node()
