@@ -140,9 +140,8 @@ static int says(const char *text, const char *words)
     return strstr(lower, words) != NULL;
 }
 
-/* A peer that refuses for good: rawscu.py's SCP with ARGS. */
-static void refused_for_good(struct fixture *f, const char *arg, const char *value,
-                             const char *reason)
+/* The destination: rawscu.py's SCP with the option ARG VALUE. */
+static void start_rawscu(struct fixture *f, const char *arg, const char *value)
 {
     const char *data = getenv("AINODE_TEST_DATA");
     assert_non_null(data);
@@ -153,6 +152,13 @@ static void refused_for_good(struct fixture *f, const char *arg, const char *val
     char *argv[] = {"/usr/bin/python3", "-B", script, "scp", port, (char *)arg, (char *)value,
                     NULL};
     f->peer = fx_spawn_listening(argv, f->port, log);
+}
+
+/* A peer that refuses for good: rawscu.py's SCP with ARG VALUE. */
+static void refused_for_good(struct fixture *f, const char *arg, const char *value,
+                             const char *reason)
+{
+    start_rawscu(f, arg, value);
     struct fx_item items[SLICES];
     send_until(f, "failed", 1, items);
     for (int k = 0; k < SLICES; k++)
@@ -197,14 +203,7 @@ static int collect_audit(void *ud, const struct storage_audit_result *r)
 static void test_a_warning_status_completes_the_item_and_is_audited(void **state)
 {
     struct fixture *f = *state;
-    const char *data = getenv("AINODE_TEST_DATA");
-    assert_non_null(data);
-    char script[4096], port[16], log[600];
-    snprintf(script, sizeof script, "%s/../integration/rawscu.py", data);
-    snprintf(port, sizeof port, "%d", f->port);
-    snprintf(log, sizeof log, "%s/rawscu.log", f->dir);
-    char *argv[] = {"/usr/bin/python3", "-B", script, "scp", port, "--status", "0xB00A", NULL};
-    f->peer = fx_spawn_listening(argv, f->port, log);
+    start_rawscu(f, "--status", "0xB00A");
     struct fx_item items[SLICES];
     send_until(f, "sent", 1, items);
     struct audit_list l;
