@@ -201,7 +201,8 @@ static void send_group(struct sender *s, const struct config *cfg,
     dicom_send(&peer, files, n, err, sizeof err);
     /* The destination has them, the outbox says pending: sent again. */
     CRASH_POINT(forward ? "forward.sent" : "send.accepted");
-    int sent = 0;
+    int sent = 0, warned = 0;
+    uint16_t first_warning = 0;
     for (size_t i = 0; i < n; i++) {
         if (files[i].outcome == DICOM_SEND_SENT) {
             int64_t now = clock_now_ms();
@@ -213,9 +214,8 @@ static void send_group(struct sender *s, const struct config *cfg,
             if (files[i].status != 0x0000) {
                 snprintf(warning, sizeof warning, "kept with warning status 0x%04x",
                          files[i].status);
-                log_event(LOG_WARN, "send.warning",
-                          LOG_IDS(.item = items[i].id, .dest = d->name),
-                          "%s kept a %s %s", d->name, items[i].kind, warning);
+                if (!warned++)
+                    first_warning = files[i].status;
             }
             audit(s, d, &items[i], now, "sent", warning[0] ? warning : NULL);
             CRASH_POINT(forward ? "forward.marked" : "send.marked");
@@ -227,6 +227,14 @@ static void send_group(struct sender *s, const struct config *cfg,
     if (sent)
         log_event(LOG_INFO, "send.done", LOG_IDS(.dest = d->name), "sent %d result%s to %s", sent,
                   sent == 1 ? "" : "s", d->name);
+    /* One line for the association: a PACS that coerces answers B000 to
+     * every instance of a study. Each item's status is in its audit row. */
+    if (warned)
+        log_event(LOG_WARN, "send.warning", LOG_IDS(.dest = d->name),
+                  "%s answered %d of the %d sent with a warning status (the first 0x%04x): "
+                  "kept, but attributes may have been changed or dropped; ainode audit shows "
+                  "each",
+                  d->name, warned, sent, first_warning);
     free(files);
 }
 
